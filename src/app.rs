@@ -1,0 +1,154 @@
+//! The application: shared state, start-up and graceful shutdown.
+//!
+//! `App::build(settings)` binds the listener (tests pass their own bound to
+//! port 0 via [`App::with_listener`]); `app.run(shutdown)` serves until the
+//! `shutdown` future resolves, then drains: `/readyz` turns 503, every socket
+//! gets close 1001, and tasks are awaited up to `server.shutdown_timeout`.
+//! axum's graceful shutdown does not wait for upgraded sockets, so every
+//! connection and room is spawned on our own [`TaskTracker`].
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    auth::Keys,
+    config::Settings,
+    http,
+    metrics::Metrics,
+    room::{ConnId, Registry, RoomContext},
+};
+
+/// What every handler and connection shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub keys: Arc<Keys>,
+    pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server stops: connections close 1001, rooms end.
+    pub shutdown: CancellationToken,
+    /// Tracks every connection and room task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    draining: Arc<AtomicBool>,
+    next_conn: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+pub struct App {
+    state: AppState,
+    listener: TcpListener,
+}
+
+impl App {
+    /// Binds `server.bind` and prepares the server.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(settings.server.bind)
+            .await
+            .with_context(|| format!("cannot listen on server.bind = {}", settings.server.bind))?;
+        Self::with_listener(settings, listener)
+    }
+
+    /// Prepares the server on an already-bound listener.
+    pub fn with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let keys = Keys::from_settings(&settings.auth, &settings.server.data_dir)?;
+        if settings.server.allowed_origins.is_empty() {
+            tracing::warn!(
+                "server.allowed_origins is empty: WebSocket handshakes from any Origin are accepted"
+            );
+        }
+        let settings = Arc::new(settings);
+        let metrics = Arc::new(Metrics::default());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let registry = Registry::new(RoomContext {
+            settings: Arc::new(settings.exam.clone()),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            max_announcement_chars: settings.limits.max_announcement_chars,
+        });
+        let state = AppState {
+            settings,
+            keys: Arc::new(keys),
+            registry,
+            metrics,
+            shutdown,
+            tracker,
+            draining: Arc::default(),
+            next_conn: Arc::new(AtomicU64::new(1)),
+        };
+        Ok(Self { state, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self { state, listener } = self;
+        let addr = listener.local_addr()?;
+        let token = state.shutdown.clone();
+        let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(token.clone().cancelled_owned())
+                .into_future(),
+        );
+        tracing::info!(%addr, "examwatch listening on http://{addr}");
+
+        shutdown.await;
+        let settings = &state.settings.server;
+        state.draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            drain_delay_ms = settings.drain_delay.as_millis() as u64,
+            "shutting down: not ready any more"
+        );
+        tokio::time::sleep(settings.drain_delay).await;
+        token.cancel();
+        state.tracker.close();
+        let open = state.tracker.len();
+        if tokio::time::timeout(settings.shutdown_timeout, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = state.tracker.len(),
+                "shutdown timeout: abandoning tasks"
+            );
+        }
+        match tokio::time::timeout(settings.shutdown_timeout, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+            Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        }
+        tracing::info!(closed_tasks = open, "shutdown complete");
+        Ok(())
+    }
+}

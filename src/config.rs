@@ -1,0 +1,439 @@
+//! Typed settings, loaded in layers: built-in defaults ← a TOML file
+//! (`config/default.toml`, or `--config FILE`) ← `EXAMWATCH__SECTION__KEY`
+//! environment variables.
+//!
+//! Every knob has a default here so the server runs with no file at all; the
+//! file shipped in `config/default.toml` only documents them. Durations are
+//! humantime strings (`"15s"`, `"250ms"`) so tests can shrink minutes to
+//! milliseconds. A bad value is a start-up error that names the key: figment
+//! reports type errors with their key and source, and [`Settings::validate`]
+//! checks what types alone cannot.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Environment prefix; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "EXAMWATCH__";
+/// The file read when `--config` is not given (skipped if it does not exist).
+pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub auth: AuthSettings,
+    pub exam: ExamSettings,
+    pub ws: WsSettings,
+    pub limits: LimitSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the HTTP/WebSocket listener binds.
+    pub bind: SocketAddr,
+    /// Allowed `Origin` values for WebSocket handshakes. Empty = any origin
+    /// (a warning is logged at start-up). Comma-separated from the env.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_origins: Vec<String>,
+    /// Where the server keeps its own files (the generated JWT secret).
+    pub data_dir: PathBuf,
+    /// Upper bound on waiting for connections to finish at shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Time between reporting not-ready and closing sockets, so a load
+    /// balancer stops routing new clients here first.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_origins: Vec::new(),
+            data_dir: PathBuf::from("data"),
+            shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Token signature algorithm. Pinned: a token signed with anything else is
+/// refused, whatever its header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    EdDSA,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret. When absent, one is generated and kept in
+    /// `server.data_dir` (mode 0600).
+    pub jwt_secret: Option<Secret>,
+    /// PEM public key (RS256/EdDSA), inline or via `public_key_file`.
+    pub public_key: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    /// PEM private key, only used by `examwatch token` with RS256/EdDSA.
+    pub private_key_file: Option<PathBuf>,
+    /// Accepted `iss` values; checked (and required) when non-empty.
+    #[serde(deserialize_with = "string_or_list")]
+    pub issuer: Vec<String>,
+    /// Accepted `aud` values; checked (and required) when non-empty.
+    #[serde(deserialize_with = "string_or_list")]
+    pub audience: Vec<String>,
+    /// Clock skew tolerated on `exp`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            algorithm: JwtAlgorithm::HS256,
+            jwt_secret: None,
+            public_key: None,
+            public_key_file: None,
+            private_key_file: None,
+            issuer: Vec::new(),
+            audience: Vec::new(),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What happens when a student opens a second connection to the same exam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecondSession {
+    /// The new connection wins; the old one gets `session_invalidated` and 4001.
+    Takeover,
+    /// The new connection is closed with 4009; the old one keeps going.
+    Reject,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExamSettings {
+    /// A connected student with no progress or activity for this long is idle.
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
+    /// A dropped student is marked disconnected only after this long away.
+    #[serde(with = "humantime_serde")]
+    pub disconnect_grace: Duration,
+    pub second_session: SecondSession,
+    /// Events kept per exam for `resume`; older gaps get a fresh snapshot.
+    pub history_size: usize,
+    /// How long an exam room with nobody in it is kept before it is dropped.
+    #[serde(with = "humantime_serde")]
+    pub room_linger: Duration,
+    /// Bound of each room's command inbox.
+    pub room_inbox: usize,
+}
+
+impl Default for ExamSettings {
+    fn default() -> Self {
+        Self {
+            idle_after: Duration::from_secs(60),
+            disconnect_grace: Duration::from_secs(10),
+            second_session: SecondSession::Takeover,
+            history_size: 1024,
+            room_linger: Duration::from_secs(300),
+            room_inbox: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsSettings {
+    /// Server → client ping period; no pong (or any frame) within two
+    /// periods closes the connection.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Outbound queue bound (messages) for a teacher connection. A teacher
+    /// whose queue is full is closed with 4008.
+    pub teacher_queue: usize,
+    /// Outbound queue bound (messages) for a student connection.
+    pub student_queue: usize,
+    /// tungstenite read buffer; small keeps idle connections cheap.
+    pub read_buffer_bytes: usize,
+    /// tungstenite write buffer before a flush is forced.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(15),
+            teacher_queue: 4096,
+            student_queue: 64,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest accepted client frame; larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Bad messages tolerated per connection before it is closed (1007/1008).
+    pub max_bad_messages: u32,
+    /// Sustained client messages per second per connection (burst = 2×).
+    pub messages_per_second: u32,
+    /// Longest `announce` text, in characters.
+    pub max_announcement_chars: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 * 1024,
+            max_bad_messages: 10,
+            messages_per_second: 50,
+            max_announcement_chars: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `tracing` filter directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A string that never shows up in `Debug` output or logs.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A start-up configuration error; its message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl Settings {
+    /// Loads defaults ← file ← environment. `file` = `None` reads
+    /// [`DEFAULT_CONFIG_FILE`] when it exists.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_from(file: Option<&std::path::Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        }
+        let settings: Settings = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the constraints types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn positive(key: &'static str, ok: bool) -> Result<(), ConfigError> {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    problem: "must be greater than zero".into(),
+                })
+            }
+        }
+        positive("exam.idle_after", !self.exam.idle_after.is_zero())?;
+        positive("exam.history_size", self.exam.history_size > 0)?;
+        positive("exam.room_inbox", self.exam.room_inbox > 0)?;
+        positive("ws.ping_interval", !self.ws.ping_interval.is_zero())?;
+        positive("ws.teacher_queue", self.ws.teacher_queue > 0)?;
+        positive("ws.student_queue", self.ws.student_queue > 0)?;
+        positive("ws.read_buffer_bytes", self.ws.read_buffer_bytes > 0)?;
+        positive(
+            "limits.max_message_bytes",
+            self.limits.max_message_bytes > 0,
+        )?;
+        positive(
+            "limits.messages_per_second",
+            self.limits.messages_per_second > 0,
+        )?;
+        if let Some(secret) = &self.auth.jwt_secret
+            && secret.expose().len() < 32
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth.jwt_secret",
+                problem: "must be at least 32 characters".into(),
+            });
+        }
+        if self.auth.algorithm != JwtAlgorithm::HS256
+            && self.auth.public_key.is_none()
+            && self.auth.public_key_file.is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth.public_key",
+                problem: format!(
+                    "is required when auth.algorithm is {:?} (or set auth.public_key_file)",
+                    self.auth.algorithm
+                ),
+            });
+        }
+        for origin in &self.server.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    key: "server.allowed_origins",
+                    problem: format!("entry {origin:?} must start with http:// or https://"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepts a list, or a comma-separated string (how lists come from the env).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file_or_env() {
+        figment::Jail::expect_with(|_jail| {
+            let s = Settings::load(None).expect("defaults are valid");
+            assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
+            assert_eq!(s.exam.idle_after, Duration::from_secs(60));
+            assert_eq!(s.exam.second_session, SecondSession::Takeover);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_overrides_file_and_lists_are_comma_separated() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "custom.toml",
+                "[server]\nbind = \"127.0.0.1:9000\"\n[exam]\nidle_after = \"5s\"\n",
+            )?;
+            jail.set_env("EXAMWATCH__SERVER__BIND", "0.0.0.0:7000");
+            jail.set_env(
+                "EXAMWATCH__SERVER__ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            );
+            jail.set_env("EXAMWATCH__EXAM__SECOND_SESSION", "reject");
+            let s = Settings::load(Some("custom.toml".as_ref())).expect("valid");
+            assert_eq!(s.server.bind.to_string(), "0.0.0.0:7000");
+            assert_eq!(s.exam.idle_after, Duration::from_secs(5));
+            assert_eq!(
+                s.server.allowed_origins,
+                vec!["https://a.example", "https://b.example"]
+            );
+            assert_eq!(s.exam.second_session, SecondSession::Reject);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_settings_name_their_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__SERVER__BIND", "not-an-address");
+            let err = Settings::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("server.bind"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__EXAM__IDLE_AFTER", "0s");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("exam.idle_after"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__AUTH__JWT_SECRET", "short");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("auth.jwt_secret"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__EXAM__NOPE", "1");
+            let err = Settings::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("nope"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Settings::load(Some("/nonexistent/x.toml".as_ref())).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+}

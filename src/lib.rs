@@ -1,0 +1,28 @@
+//! examwatch: live exam monitoring over WebSockets.
+//!
+//! Students' exam clients hold a WebSocket to `/v1/exams/{id}/ws` and report
+//! progress, activity and focus; the exam's room (one actor task per exam,
+//! [`room`]) turns that into numbered events and pushes them to every teacher
+//! watching. The tour, in the order a request meets it:
+//!
+//! - [`config`]: typed settings from defaults, a TOML file and the environment;
+//! - [`app`]: building the server and shutting it down gracefully;
+//! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
+//! - [`auth`]: JWT verification and the handshake checks;
+//! - [`ws`]: the per-connection task (read, write, ping, close codes);
+//! - [`protocol`]: the wire contract (mirrored in docs/PROTOCOL.md);
+//! - [`room`]: rooms, their registry, and how student state changes;
+//! - [`metrics`], [`telemetry`]: what operators see.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod room;
+pub mod telemetry;
+pub mod ws;
+
+pub use app::App;
+pub use config::Settings;

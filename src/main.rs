@@ -1,0 +1,142 @@
+//! The `examwatch` command: parses the CLI, loads settings, starts logging,
+//! and hands over to the library.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use examwatch::{
+    App, Settings,
+    auth::{Keys, Role},
+    telemetry,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "examwatch",
+    version,
+    about = "Live exam monitoring over WebSockets"
+)]
+struct Cli {
+    /// Settings file (default: config/default.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Print a token signed with the configured key, to try the server.
+    Token {
+        /// User id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Display name.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// An exam the token grants; repeat for several.
+        #[arg(long = "exam")]
+        exams: Vec<String>,
+        /// Lifetime, e.g. `2h`, `30m`.
+        #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Student,
+    Teacher,
+    Admin,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = telemetry::init(&settings.log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings),
+        Command::Token {
+            sub,
+            name,
+            role,
+            exams,
+            ttl,
+        } => token(&settings, &sub, &name, role, exams, ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let app = App::build(settings).await?;
+        app.run(shutdown_signal()).await
+    })
+}
+
+fn token(
+    settings: &Settings,
+    sub: &str,
+    name: &str,
+    role: RoleArg,
+    exams: Vec<String>,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    let keys = Keys::from_settings(&settings.auth, &settings.server.data_dir)?;
+    let role = match role {
+        RoleArg::Student => Role::Student,
+        RoleArg::Teacher => Role::Teacher,
+        RoleArg::Admin => Role::Admin,
+    };
+    let name = if name.is_empty() { sub } else { name };
+    println!("{}", keys.mint(sub, name, role, exams, ttl)?);
+    Ok(())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("ctrl-c received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,435 @@
+//! The wire contract: every JSON message a client may send ([`ClientMsg`]) or
+//! receive ([`ServerMsg`]), and the student state teachers see.
+//! `docs/PROTOCOL.md` mirrors this module; change both together.
+//!
+//! Parsing happens once, at the socket ([`parse`]): a first pass reads only
+//! `type` and `ref` so that even a message with bad fields gets an `error`
+//! that echoes its `ref`; the second pass builds the typed message.
+
+use std::{borrow::Cow, time::SystemTime};
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Per-exam event number; strictly increasing, never reused.
+pub type Seq = u64;
+
+/// Longest accepted `ref` or question label, in bytes.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// A short client-chosen label: a string or a number, echoed back verbatim.
+/// Used for `ref` and for question ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Label {
+    Number(serde_json::Number),
+    Text(String),
+}
+
+impl Label {
+    fn is_valid(&self) -> bool {
+        match self {
+            Label::Number(n) => n.to_string().len() <= MAX_LABEL_LEN,
+            Label::Text(s) => s.len() <= MAX_LABEL_LEN,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActivityState {
+    Idle,
+    Active,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FocusState {
+    Lost,
+    Gained,
+}
+
+/// Client → server. Students send the first six; teachers `announce` and
+/// `resume`; both may send `heartbeat`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    Progress { question: Label, answered: u32 },
+    Activity { state: ActivityState },
+    Focus { state: FocusState },
+    Heartbeat {},
+    Submit {},
+    Resume { last_seq: Seq },
+    Announce { text: String },
+}
+
+/// Every `type` the server understands (for the `unknown_type` error).
+const KNOWN_TYPES: &[&str] = &[
+    "progress",
+    "activity",
+    "focus",
+    "heartbeat",
+    "submit",
+    "resume",
+    "announce",
+];
+
+impl ClientMsg {
+    /// May a client with this role send this message?
+    pub fn allowed_for(&self, watcher: bool) -> bool {
+        match self {
+            ClientMsg::Heartbeat {} | ClientMsg::Resume { .. } => true,
+            ClientMsg::Announce { .. } => watcher,
+            _ => !watcher,
+        }
+    }
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Progress { .. } => "progress",
+            ClientMsg::Activity { .. } => "activity",
+            ClientMsg::Focus { .. } => "focus",
+            ClientMsg::Heartbeat {} => "heartbeat",
+            ClientMsg::Submit {} => "submit",
+            ClientMsg::Resume { .. } => "resume",
+            ClientMsg::Announce { .. } => "announce",
+        }
+    }
+}
+
+/// A parsed client message with its optional `ref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub r#ref: Option<Label>,
+    pub msg: ClientMsg,
+}
+
+/// Error codes sent in `error {code}`; stable, documented in PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a JSON object.
+    InvalidJson,
+    /// `type` missing or not one of the known types.
+    UnknownType,
+    /// Known `type`, but fields missing or of the wrong type.
+    InvalidMessage,
+    /// `ref` is not a string/number of at most 64 characters.
+    InvalidRef,
+    /// The message is not allowed for this role.
+    Forbidden,
+    /// Too many messages per second.
+    RateLimited,
+    /// The student has already submitted; progress is no longer accepted.
+    AlreadySubmitted,
+    /// The announcement is empty or too long.
+    InvalidAnnouncement,
+}
+
+impl ErrorCode {
+    /// Malformed data closes with 1007 when repeated; other misuse with 1008.
+    pub fn is_invalid_data(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::InvalidJson
+                | ErrorCode::UnknownType
+                | ErrorCode::InvalidMessage
+                | ErrorCode::InvalidRef
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub r#ref: Option<Label>,
+}
+
+/// Parses one text frame into a typed message.
+pub fn parse(text: &str) -> Result<Incoming, ParseError> {
+    #[derive(Deserialize)]
+    struct Header {
+        #[serde(rename = "type")]
+        kind: Option<serde_json::Value>,
+        #[serde(rename = "ref")]
+        r#ref: Option<serde_json::Value>,
+    }
+    let fail = |code, message: String, r#ref| ParseError {
+        code,
+        message,
+        r#ref,
+    };
+    if !text.trim_start().starts_with('{') {
+        return Err(fail(
+            ErrorCode::InvalidJson,
+            "expected a JSON object".into(),
+            None,
+        ));
+    }
+    let header: Header = serde_json::from_str(text).map_err(|e| {
+        fail(
+            ErrorCode::InvalidJson,
+            format!("expected a JSON object: {e}"),
+            None,
+        )
+    })?;
+    let r#ref = match header.r#ref {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match serde_json::from_value::<Label>(v) {
+            Ok(l) if l.is_valid() => Some(l),
+            _ => {
+                return Err(fail(
+                    ErrorCode::InvalidRef,
+                    format!(
+                        "`ref` must be a string or number of at most {MAX_LABEL_LEN} characters"
+                    ),
+                    None,
+                ));
+            }
+        },
+    };
+    let kind = match &header.kind {
+        Some(serde_json::Value::String(k)) if KNOWN_TYPES.contains(&k.as_str()) => k.clone(),
+        Some(serde_json::Value::String(k)) => {
+            let shown: String = k.chars().take(32).collect();
+            return Err(fail(
+                ErrorCode::UnknownType,
+                format!("unknown message type {shown:?}"),
+                r#ref,
+            ));
+        }
+        _ => {
+            return Err(fail(
+                ErrorCode::UnknownType,
+                "missing string field `type`".into(),
+                r#ref,
+            ));
+        }
+    };
+    let msg: ClientMsg = serde_json::from_str(text).map_err(|e| {
+        fail(
+            ErrorCode::InvalidMessage,
+            format!("invalid `{kind}` message: {e}"),
+            r#ref.clone(),
+        )
+    })?;
+    if let ClientMsg::Progress { question, .. } = &msg
+        && !question.is_valid()
+    {
+        return Err(fail(
+            ErrorCode::InvalidMessage,
+            format!("`question` must be at most {MAX_LABEL_LEN} characters"),
+            r#ref,
+        ));
+    }
+    Ok(Incoming { r#ref, msg })
+}
+
+/// A point in time, serialized as RFC 3339 UTC with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self(SystemTime::now())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    Idle,
+    Submitted,
+    Disconnected,
+}
+
+/// What a teacher sees of one student.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudentState {
+    pub student_id: String,
+    pub name: String,
+    pub status: Status,
+    pub current_question: Option<Label>,
+    pub answered: u32,
+    /// Last progress or activity (not heartbeats).
+    pub last_activity: Timestamp,
+    /// Whether a socket is open right now (false during the grace period).
+    pub connected: bool,
+    /// Whether the exam page has focus, as last reported.
+    pub focused: bool,
+    pub focus_lost_count: u32,
+    /// Connections opened so far (1 + reconnects + takeovers).
+    pub connections: u32,
+    pub submitted_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub active: u32,
+    pub idle: u32,
+    pub submitted: u32,
+    pub disconnected: u32,
+}
+
+/// Why a `student` event was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    Connected,
+    Reconnected,
+    Progress,
+    Idle,
+    Active,
+    FocusLost,
+    FocusGained,
+    Disconnected,
+    Submitted,
+    SecondSession,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    FocusLost,
+    Idle,
+    Disconnected,
+    SecondSession,
+}
+
+/// Server → client. Serialized once per event; the same bytes go to every
+/// recipient.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg<'a> {
+    Welcome {
+        session_id: &'a str,
+        server_time: Timestamp,
+        exam_id: &'a str,
+        student: &'a StudentState,
+        /// The exam's latest seq; a later `resume {last_seq}` replays
+        /// announcements after it.
+        last_seq: Seq,
+    },
+    Announcement {
+        seq: Seq,
+        text: &'a str,
+        at: Timestamp,
+        from: &'a str,
+    },
+    Ack {
+        r#ref: &'a Label,
+    },
+    Error {
+        code: ErrorCode,
+        message: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a Label>,
+    },
+    SessionInvalidated {
+        reason: &'a str,
+    },
+    Snapshot {
+        seq: Seq,
+        exam_id: &'a str,
+        students: Vec<&'a StudentState>,
+        counts: Counts,
+    },
+    Student {
+        seq: Seq,
+        student: &'a StudentState,
+        cause: Cause,
+    },
+    Alert {
+        seq: Seq,
+        student_id: &'a str,
+        kind: AlertKind,
+        at: Timestamp,
+    },
+}
+
+impl ServerMsg<'_> {
+    /// Encodes to the text-frame payload. Serializing these types cannot
+    /// fail (no maps with non-string keys, no fallible Serialize impls).
+    pub fn encode(&self) -> axum::extract::ws::Utf8Bytes {
+        match serde_json::to_string(self) {
+            Ok(s) => s.into(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a server message");
+                r#"{"type":"error","code":"internal","message":"encoding failed"}"#.into()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_client_message_with_ref() {
+        let m = parse(r#"{"type":"progress","question":3,"answered":2,"ref":"a1"}"#).unwrap();
+        assert_eq!(m.r#ref, Some(Label::Text("a1".into())));
+        assert!(matches!(m.msg, ClientMsg::Progress { answered: 2, .. }));
+        let m = parse(r#"{"type":"heartbeat","ref":7}"#).unwrap();
+        assert_eq!(m.msg, ClientMsg::Heartbeat {});
+        assert!(matches!(
+            parse(r#"{"type":"submit"}"#).unwrap().msg,
+            ClientMsg::Submit {}
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"focus","state":"lost"}"#).unwrap().msg,
+            ClientMsg::Focus {
+                state: FocusState::Lost
+            }
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"resume","last_seq":10}"#).unwrap().msg,
+            ClientMsg::Resume { last_seq: 10 }
+        ));
+    }
+
+    #[test]
+    fn errors_are_classified_and_keep_the_ref() {
+        assert_eq!(parse("{nope").unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(parse("[1,2]").unwrap_err().code, ErrorCode::InvalidJson);
+        let e = parse(r#"{"type":"dance","ref":"r"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownType);
+        assert_eq!(e.r#ref, Some(Label::Text("r".into())));
+        let e = parse(r#"{"type":"progress","question":1,"answered":"x","ref":5}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(e.r#ref.is_some());
+        let long = "x".repeat(65);
+        let e = parse(&format!(r#"{{"type":"heartbeat","ref":"{long}"}}"#)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRef);
+        let e = parse(r#"{"type":"activity","state":"asleep"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+    }
+
+    #[test]
+    fn server_messages_are_snake_case_json() {
+        let r = Label::Number(5.into());
+        let v: serde_json::Value =
+            serde_json::from_str(ServerMsg::Ack { r#ref: &r }.encode().as_str()).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "ack", "ref": 5}));
+        let v: serde_json::Value = serde_json::from_str(
+            ServerMsg::Alert {
+                seq: 3,
+                student_id: "s1",
+                kind: AlertKind::SecondSession,
+                at: Timestamp::now(),
+            }
+            .encode()
+            .as_str(),
+        )
+        .unwrap();
+        assert_eq!(v["type"], "alert");
+        assert_eq!(v["kind"], "second_session");
+        assert!(v["at"].as_str().unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,255 @@
+//! Exam rooms: one actor task per exam owns that exam's state (students,
+//! `seq`, recent history) and is the only code that changes it.
+//!
+//! Connections talk to a room through a cloneable [`RoomHandle`] (a bounded
+//! mpsc); the room talks back through each member's [`Outbox`], a bounded
+//! queue of already-encoded frames plus a [`Kick`] to close it. The room never
+//! awaits a connection: it `try_send`s, and a member whose queue is full is
+//! kicked with 4008, so one slow reader cannot stall an exam.
+//!
+//! The [`Registry`] maps exam ids to live rooms. A room with no members
+//! lingers for `exam.room_linger`, then removes itself; a join that races with
+//! that removal sees its reply channel dropped and retries on a fresh room.
+//!
+//! Where a broker goes: the actor turns commands into events in
+//! [`actor`]'s `emit` (assign `seq`, encode once, keep in history) and hands
+//! the encoded bytes to `deliver` (fan out to local members). A cross-instance
+//! broker sits between the two: `emit` publishes, and every instance's room
+//! `deliver`s what its subscription receives.
+
+mod actor;
+mod students;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::ExamSettings,
+    metrics::Metrics,
+    protocol::{ClientMsg, Label, Seq},
+};
+
+/// Identifies one connection for the lifetime of the process.
+pub type ConnId = u64;
+
+/// A reason to close a connection, chosen by whoever kicks it first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// Close codes of the protocol (docs/PROTOCOL.md lists them all).
+pub mod close {
+    use super::CloseReason;
+    pub const GOING_AWAY: CloseReason = CloseReason {
+        code: 1001,
+        reason: "server shutting down",
+    };
+    pub const UNSUPPORTED: CloseReason = CloseReason {
+        code: 1003,
+        reason: "binary frames are not supported",
+    };
+    pub const INVALID_DATA: CloseReason = CloseReason {
+        code: 1007,
+        reason: "too many invalid messages",
+    };
+    pub const POLICY: CloseReason = CloseReason {
+        code: 1008,
+        reason: "too many rejected messages",
+    };
+    pub const TOO_BIG: CloseReason = CloseReason {
+        code: 1009,
+        reason: "message too big",
+    };
+    pub const PING_TIMEOUT: CloseReason = CloseReason {
+        code: 4000,
+        reason: "ping timeout",
+    };
+    pub const TAKEN_OVER: CloseReason = CloseReason {
+        code: 4001,
+        reason: "session taken over by a new connection",
+    };
+    pub const TOO_SLOW: CloseReason = CloseReason {
+        code: 4008,
+        reason: "too slow",
+    };
+    pub const SECOND_SESSION: CloseReason = CloseReason {
+        code: 4009,
+        reason: "another session is active for this student",
+    };
+}
+
+/// A one-shot "close this connection" signal. The first reason wins.
+#[derive(Clone, Default)]
+pub struct Kick {
+    inner: Arc<KickInner>,
+}
+
+#[derive(Default)]
+struct KickInner {
+    token: CancellationToken,
+    reason: OnceLock<CloseReason>,
+}
+
+impl Kick {
+    pub fn kick(&self, reason: CloseReason) {
+        let _ = self.inner.reason.set(reason);
+        self.inner.token.cancel();
+    }
+    pub async fn kicked(&self) -> CloseReason {
+        self.inner.token.cancelled().await;
+        self.reason().unwrap_or(close::GOING_AWAY)
+    }
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.inner.reason.get().cloned()
+    }
+}
+
+/// How the room reaches one connection.
+#[derive(Clone)]
+pub struct Outbox {
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    pub kick: Kick,
+}
+
+/// A student as the token describes them.
+#[derive(Debug, Clone)]
+pub struct StudentId {
+    pub id: String,
+    pub name: String,
+}
+
+/// What a connection asks of its room.
+pub enum RoomCmd {
+    JoinStudent {
+        conn: ConnId,
+        student: StudentId,
+        session_id: String,
+        out: Outbox,
+        /// Answered once joined (or refused); dropped if the room ended.
+        reply: oneshot::Sender<()>,
+    },
+    JoinTeacher {
+        conn: ConnId,
+        out: Outbox,
+        /// `Some` resumes after this seq instead of sending a snapshot.
+        last_seq: Option<Seq>,
+        reply: oneshot::Sender<()>,
+    },
+    Message {
+        conn: ConnId,
+        r#ref: Option<Label>,
+        msg: ClientMsg,
+        /// The sender's display name (for announcements).
+        from: Arc<str>,
+    },
+    Leave {
+        conn: ConnId,
+    },
+}
+
+/// A cloneable handle to one room's inbox.
+#[derive(Clone)]
+pub struct RoomHandle {
+    /// Distinguishes successive rooms of one exam in the registry.
+    id: u64,
+    tx: mpsc::Sender<RoomCmd>,
+}
+
+impl RoomHandle {
+    /// Sends a command; waits while the room's inbox is full (backpressure
+    /// on the sending connection, never on the room). Errors if it ended.
+    pub async fn send(&self, cmd: RoomCmd) -> Result<(), RoomCmd> {
+        self.tx.send(cmd).await.map_err(|e| e.0)
+    }
+}
+
+/// Everything a room needs besides its exam id.
+#[derive(Clone)]
+pub struct RoomContext {
+    pub settings: Arc<ExamSettings>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    /// `limits.max_announcement_chars`.
+    pub max_announcement_chars: usize,
+}
+
+/// The live rooms of this instance.
+#[derive(Clone)]
+pub struct Registry {
+    /// A std mutex: held only to look up or insert, never across an await.
+    rooms: Arc<Mutex<HashMap<Arc<str>, RoomHandle>>>,
+    next_id: Arc<AtomicU64>,
+    ctx: RoomContext,
+}
+
+impl Registry {
+    pub fn new(ctx: RoomContext) -> Self {
+        Self {
+            rooms: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            ctx,
+        }
+    }
+
+    /// The room of `exam_id`, started if there is none.
+    pub fn get_or_start(&self, exam_id: &str) -> RoomHandle {
+        let mut rooms = self.lock();
+        if let Some(h) = rooms.get(exam_id)
+            && !h.tx.is_closed()
+        {
+            return h.clone();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.ctx.settings.room_inbox);
+        let handle = RoomHandle { id, tx };
+        let exam: Arc<str> = exam_id.into();
+        rooms.insert(exam.clone(), handle.clone());
+        self.ctx.metrics.rooms.fetch_add(1, Ordering::Relaxed);
+        let room = actor::Room::new(exam, id, self.clone(), self.ctx.clone());
+        self.ctx.tracker.spawn(room.run(rx));
+        handle
+    }
+
+    /// Number of live rooms.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Called by a room that wants to end: removes it only if it is still
+    /// the registered room for its exam and nothing is waiting in its inbox.
+    fn remove_if_idle(&self, exam_id: &str, id: u64, inbox_empty: impl FnOnce() -> bool) -> bool {
+        let mut rooms = self.lock();
+        match rooms.get(exam_id) {
+            Some(h) if h.id == id => {
+                if !inbox_empty() {
+                    return false;
+                }
+                rooms.remove(exam_id);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, RoomHandle>> {
+        // A poisoned map is still a valid map: rooms never panic while
+        // holding it, and recovering beats taking the server down.
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

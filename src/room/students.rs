@@ -1,0 +1,259 @@
+//! How a student's state changes: pure transitions, no I/O and no timers.
+//!
+//! Each transition returns an [`Outcome`] saying what teachers must be told
+//! (a `student` event with its cause, maybe an alert) and whether the idle
+//! clock restarts. The room actor turns outcomes into events and timers; the
+//! server, not the client, decides `idle` and `disconnected`.
+
+use tokio_util::time::delay_queue;
+
+use crate::protocol::{
+    ActivityState, AlertKind, Cause, Counts, ErrorCode, FocusState, Label, Status, StudentState,
+    Timestamp,
+};
+
+use super::ConnId;
+
+/// One student's entry in the room.
+pub struct Student {
+    pub state: StudentState,
+    /// The connection currently speaking for this student, if any.
+    pub conn: Option<ConnId>,
+    /// Pending idle timer (while active and not submitted).
+    pub idle_timer: Option<delay_queue::Key>,
+    /// Pending disconnect-grace timer (while the socket is gone).
+    pub grace_timer: Option<delay_queue::Key>,
+}
+
+/// What a transition asks the room to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub cause: Option<Cause>,
+    pub alert: Option<AlertKind>,
+    /// The student did something: restart the idle clock.
+    pub touched: bool,
+}
+
+impl Outcome {
+    fn event(cause: Cause) -> Self {
+        Self {
+            cause: Some(cause),
+            ..Self::default()
+        }
+    }
+    fn with_alert(mut self, alert: AlertKind) -> Self {
+        self.alert = Some(alert);
+        self
+    }
+    fn touched(mut self) -> Self {
+        self.touched = true;
+        self
+    }
+}
+
+impl Student {
+    pub fn new(id: String, name: String, conn: ConnId) -> Self {
+        Self {
+            state: StudentState {
+                student_id: id,
+                name,
+                status: Status::Active,
+                current_question: None,
+                answered: 0,
+                last_activity: Timestamp::now(),
+                connected: true,
+                focused: true,
+                focus_lost_count: 0,
+                connections: 1,
+                submitted_at: None,
+            },
+            conn: Some(conn),
+            idle_timer: None,
+            grace_timer: None,
+        }
+    }
+
+    pub fn submitted(&self) -> bool {
+        self.state.status == Status::Submitted
+    }
+
+    /// A new socket for a student who was away (within grace or after).
+    pub fn reconnect(&mut self, conn: ConnId, name: String) -> Outcome {
+        let s = &mut self.state;
+        self.conn = Some(conn);
+        s.connected = true;
+        s.connections += 1;
+        if !name.is_empty() {
+            s.name = name;
+        }
+        if s.status != Status::Submitted {
+            s.status = Status::Active;
+            s.last_activity = Timestamp::now();
+        }
+        Outcome::event(Cause::Reconnected).touched()
+    }
+
+    /// A second socket replaces a live one (takeover policy).
+    pub fn take_over(&mut self, conn: ConnId) -> Outcome {
+        self.conn = Some(conn);
+        self.state.connections += 1;
+        self.state.connected = true;
+        Outcome::event(Cause::SecondSession)
+            .with_alert(AlertKind::SecondSession)
+            .touched()
+    }
+
+    /// The student's socket is gone; the grace clock starts (not here).
+    pub fn drop_connection(&mut self) {
+        self.conn = None;
+        self.state.connected = false;
+    }
+
+    /// The grace period ended without a reconnect.
+    pub fn grace_expired(&mut self) -> Outcome {
+        if self.state.connected || self.submitted() {
+            return Outcome::default();
+        }
+        self.state.status = Status::Disconnected;
+        Outcome::event(Cause::Disconnected).with_alert(AlertKind::Disconnected)
+    }
+
+    /// No progress or activity for `exam.idle_after`.
+    pub fn idle_expired(&mut self) -> Outcome {
+        if self.state.status != Status::Active {
+            return Outcome::default();
+        }
+        self.state.status = Status::Idle;
+        Outcome::event(Cause::Idle).with_alert(AlertKind::Idle)
+    }
+
+    pub fn progress(&mut self, question: Label, answered: u32) -> Result<Outcome, ErrorCode> {
+        self.refuse_if_submitted()?;
+        let s = &mut self.state;
+        s.current_question = Some(question);
+        s.answered = answered;
+        s.status = Status::Active;
+        s.last_activity = Timestamp::now();
+        Ok(Outcome::event(Cause::Progress).touched())
+    }
+
+    pub fn activity(&mut self, state: ActivityState) -> Result<Outcome, ErrorCode> {
+        self.refuse_if_submitted()?;
+        let s = &mut self.state;
+        Ok(match (state, s.status) {
+            (ActivityState::Idle, Status::Idle) => Outcome::default(),
+            (ActivityState::Idle, _) => {
+                s.status = Status::Idle;
+                Outcome::event(Cause::Idle).with_alert(AlertKind::Idle)
+            }
+            (ActivityState::Active, before) => {
+                s.status = Status::Active;
+                s.last_activity = Timestamp::now();
+                // Only a change of status is news for teachers; a refreshed
+                // `last_activity` rides along with the next event.
+                let out = if before == Status::Active {
+                    Outcome::default()
+                } else {
+                    Outcome::event(Cause::Active)
+                };
+                out.touched()
+            }
+        })
+    }
+
+    pub fn focus(&mut self, state: FocusState) -> Result<Outcome, ErrorCode> {
+        self.refuse_if_submitted()?;
+        let s = &mut self.state;
+        Ok(match state {
+            FocusState::Lost if !s.focused => Outcome::default(),
+            FocusState::Lost => {
+                s.focused = false;
+                s.focus_lost_count += 1;
+                Outcome::event(Cause::FocusLost).with_alert(AlertKind::FocusLost)
+            }
+            FocusState::Gained => {
+                s.focused = true;
+                s.status = Status::Active;
+                s.last_activity = Timestamp::now();
+                Outcome::event(Cause::FocusGained).touched()
+            }
+        })
+    }
+
+    /// Final: a second submit is acknowledged but changes nothing.
+    pub fn submit(&mut self) -> Outcome {
+        if self.submitted() {
+            return Outcome::default();
+        }
+        self.state.status = Status::Submitted;
+        self.state.submitted_at = Some(Timestamp::now());
+        Outcome::event(Cause::Submitted)
+    }
+
+    fn refuse_if_submitted(&self) -> Result<(), ErrorCode> {
+        if self.submitted() {
+            Err(ErrorCode::AlreadySubmitted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Students per status.
+pub fn count<'a>(students: impl Iterator<Item = &'a StudentState>) -> Counts {
+    let mut c = Counts::default();
+    for s in students {
+        match s.status {
+            Status::Active => c.active += 1,
+            Status::Idle => c.idle += 1,
+            Status::Submitted => c.submitted += 1,
+            Status::Disconnected => c.disconnected += 1,
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submitted_is_final() {
+        let mut s = Student::new("s".into(), "S".into(), 1);
+        assert_eq!(s.submit().cause, Some(Cause::Submitted));
+        assert_eq!(s.submit(), Outcome::default());
+        assert_eq!(
+            s.progress(Label::Number(1.into()), 1),
+            Err(ErrorCode::AlreadySubmitted)
+        );
+        s.drop_connection();
+        assert_eq!(s.grace_expired(), Outcome::default());
+        assert_eq!(s.state.status, Status::Submitted);
+    }
+
+    #[test]
+    fn idle_then_progress_then_focus() {
+        let mut s = Student::new("s".into(), "S".into(), 1);
+        assert_eq!(s.idle_expired().alert, Some(AlertKind::Idle));
+        assert_eq!(s.idle_expired(), Outcome::default(), "no double idle");
+        let o = s.progress(Label::Text("q2".into()), 1).unwrap();
+        assert!(o.touched && s.state.status == Status::Active);
+        assert_eq!(
+            s.focus(FocusState::Lost).unwrap().alert,
+            Some(AlertKind::FocusLost)
+        );
+        assert_eq!(s.focus(FocusState::Lost).unwrap(), Outcome::default());
+        assert_eq!(s.state.focus_lost_count, 1);
+    }
+
+    #[test]
+    fn grace_then_reconnect() {
+        let mut s = Student::new("s".into(), "S".into(), 1);
+        s.drop_connection();
+        assert_eq!(s.grace_expired().cause, Some(Cause::Disconnected));
+        let o = s.reconnect(2, String::new());
+        assert_eq!(o.cause, Some(Cause::Reconnected));
+        assert_eq!(s.state.status, Status::Active);
+        assert_eq!(s.state.connections, 2);
+    }
+}

@@ -1,0 +1,517 @@
+//! The WebSocket endpoint: the handshake checks (everything is refused before
+//! the upgrade), then one task per connection that reads client frames,
+//! writes what the room queued, pings, and closes with a documented code.
+//!
+//! One task, not a reader and a writer: it halves the per-connection cost,
+//! and every write is raced against the connection's [`Kick`] and the
+//! server's shutdown, so a peer that stops reading can never pin the task.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use axum::{
+    extract::{
+        ConnectInfo, Path, Query, State,
+        rejection::QueryRejection,
+        ws::{
+            CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
+            rejection::WebSocketUpgradeRejection,
+        },
+    },
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use futures_util::SinkExt;
+use serde::Deserialize;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{Instant, MissedTickBehavior},
+};
+use tracing::Instrument;
+
+use crate::{
+    app::AppState,
+    auth::{self, Claims, TokenError},
+    http::ApiError,
+    protocol::{self, ErrorCode, Label, Seq, ServerMsg},
+    room::{CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, close},
+};
+
+/// The subprotocol accepted when a client offers it.
+pub const SUBPROTOCOL: &str = "examwatch.v1";
+
+/// Longest wait for a peer to answer our close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+pub struct WsParams {
+    access_token: Option<String>,
+    /// Teachers only: resume after this seq instead of taking a snapshot.
+    last_seq: Option<Seq>,
+}
+
+/// `GET /v1/exams/{exam_id}/ws`: authenticate, authorize, then upgrade.
+pub async fn handshake(
+    State(app): State<AppState>,
+    Path(exam_id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    params: Result<Query<WsParams>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let user_agent = header_str(&headers, header::USER_AGENT)
+        .unwrap_or("-")
+        .to_owned();
+    let refuse = |err: ApiError| {
+        app.metrics
+            .handshakes_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            %exam_id, ip = %peer, %user_agent, auth = "rejected",
+            status = err.status.as_u16(), code = err.code, reason = %err.message,
+            "websocket handshake refused"
+        );
+        err.into_response()
+    };
+    if !auth::valid_exam_id(&exam_id) {
+        return refuse(ApiError::bad_request(
+            "invalid_exam_id",
+            "exam ids are 1-64 characters of letters, digits, '-', '_' and '.'",
+        ));
+    }
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return refuse(ApiError::bad_request("invalid_query", e.body_text())),
+    };
+    let token = auth::extract_token(
+        header_str(&headers, header::AUTHORIZATION),
+        params.access_token.as_deref(),
+    );
+    let claims = match token
+        .ok_or(TokenError::Missing)
+        .and_then(|t| app.keys.verify(t))
+    {
+        Ok(c) => c,
+        Err(e) => return refuse(ApiError::unauthorized(e)),
+    };
+    let origin = header_str(&headers, header::ORIGIN);
+    if !auth::origin_allowed(&app.settings.server.allowed_origins, origin) {
+        return refuse(ApiError::forbidden(
+            "origin_not_allowed",
+            format!("origin {:?} is not allowed", origin.unwrap_or("(none)")),
+        ));
+    }
+    if !claims.grants(&exam_id) {
+        return refuse(ApiError::forbidden(
+            "exam_not_granted",
+            format!("this token does not grant exam {exam_id:?}"),
+        ));
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(e) => {
+            let status = e.status();
+            return refuse(ApiError::new(status, "not_a_websocket", e.body_text()));
+        }
+    };
+    if app.shutdown.is_cancelled() || app.draining() {
+        return refuse(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down; reconnect to another instance",
+        ));
+    }
+    let ws = &app.settings.ws;
+    let max = app.settings.limits.max_message_bytes;
+    // Frames a little over the limit are read whole so they can be refused
+    // with a clean 1009; far larger ones are cut off by tungstenite itself.
+    let hard_cap = max.saturating_mul(4).max(64 * 1024);
+    let conn = Connection {
+        id: app.next_conn_id(),
+        exam_id: exam_id.into(),
+        name: claims.name.as_str().into(),
+        claims,
+        peer,
+        user_agent,
+        session_id: uuid::Uuid::new_v4().to_string(),
+        last_seq: params.last_seq,
+        app: app.clone(),
+    };
+    let guard = app.tracker.token();
+    upgrade
+        .protocols([SUBPROTOCOL])
+        .read_buffer_size(ws.read_buffer_bytes)
+        .write_buffer_size(ws.write_buffer_bytes)
+        .max_write_buffer_size(1024 * 1024)
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| async move {
+            let _guard = guard;
+            conn.run(socket).await;
+        })
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// How a connection ended, for the close frame and the log line.
+enum Ending {
+    /// We close, with this code.
+    Server(CloseReason),
+    /// The client sent a close frame.
+    Client { code: Option<u16>, reason: String },
+    /// The transport went away without a close handshake.
+    Dropped(String),
+}
+
+struct Connection {
+    id: ConnId,
+    exam_id: Arc<str>,
+    name: Arc<str>,
+    claims: Claims,
+    peer: SocketAddr,
+    user_agent: String,
+    session_id: String,
+    last_seq: Option<Seq>,
+    app: AppState,
+}
+
+impl Connection {
+    fn watcher(&self) -> bool {
+        self.claims.role.is_watcher()
+    }
+
+    async fn run(self, socket: WebSocket) {
+        let span = tracing::info_span!(
+            "conn",
+            conn_id = self.id,
+            exam_id = %self.exam_id,
+            user_id = %self.claims.sub,
+            role = self.claims.role.as_str(),
+        );
+        async move {
+            let started = Instant::now();
+            let gauge = if self.watcher() {
+                &self.app.metrics.teachers_connected
+            } else {
+                &self.app.metrics.students_connected
+            };
+            gauge.fetch_add(1, Ordering::Relaxed);
+            self.app
+                .metrics
+                .connections_total
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                ip = %self.peer, user_agent = %self.user_agent, auth = "ok",
+                session_id = %self.session_id,
+                protocol = socket.protocol().and_then(|p| p.to_str().ok()).unwrap_or("-"),
+                "connected"
+            );
+            let ending = self.serve(socket).await;
+            gauge.fetch_sub(1, Ordering::Relaxed);
+            let (code, reason, by) = match &ending {
+                Ending::Server(r) => (Some(r.code), r.reason.to_owned(), "server"),
+                Ending::Client { code, reason } => (*code, reason.clone(), "client"),
+                Ending::Dropped(e) => (None, e.clone(), "transport"),
+            };
+            tracing::info!(
+                ip = %self.peer, user_agent = %self.user_agent,
+                close_code = code.map(i64::from).unwrap_or(-1), close_reason = %reason,
+                closed_by = by, duration_ms = started.elapsed().as_millis() as u64,
+                "disconnected"
+            );
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn serve(&self, mut socket: WebSocket) -> Ending {
+        let settings = &self.app.settings;
+        let queue = if self.watcher() {
+            settings.ws.teacher_queue
+        } else {
+            settings.ws.student_queue
+        };
+        let (tx, mut rx) = mpsc::channel(queue);
+        let kick = Kick::default();
+        let out = Outbox {
+            tx,
+            kick: kick.clone(),
+        };
+        let Some(room) = self.join(out).await else {
+            let ending = Ending::Server(close::GOING_AWAY);
+            close_socket(&mut socket, &close::GOING_AWAY).await;
+            return ending;
+        };
+        let ending = self.pump(&mut socket, &mut rx, &kick, &room).await;
+        let _ = room.send(RoomCmd::Leave { conn: self.id }).await;
+        match &ending {
+            Ending::Server(reason) => close_socket(&mut socket, reason).await,
+            // Let tungstenite flush its automatic close reply.
+            Ending::Client { .. } => {
+                let _ = tokio::time::timeout(CLOSE_WAIT, socket.recv()).await;
+            }
+            Ending::Dropped(_) => {}
+        }
+        ending
+    }
+
+    /// Joins the room, retrying if it ended just as we looked it up.
+    async fn join(&self, out: Outbox) -> Option<RoomHandle> {
+        for _ in 0..8 {
+            if self.app.shutdown.is_cancelled() {
+                return None;
+            }
+            let room = self.app.registry.get_or_start(&self.exam_id);
+            let (reply, joined) = oneshot::channel();
+            let cmd = if self.watcher() {
+                RoomCmd::JoinTeacher {
+                    conn: self.id,
+                    out: out.clone(),
+                    last_seq: self.last_seq,
+                    reply,
+                }
+            } else {
+                RoomCmd::JoinStudent {
+                    conn: self.id,
+                    student: StudentId {
+                        id: self.claims.sub.clone(),
+                        name: self.claims.name.clone(),
+                    },
+                    session_id: self.session_id.clone(),
+                    out: out.clone(),
+                    reply,
+                }
+            };
+            if room.send(cmd).await.is_ok() && joined.await.is_ok() {
+                return Some(room);
+            }
+        }
+        tracing::error!("could not join the exam room");
+        None
+    }
+
+    /// The connection's main loop; returns how it ended.
+    async fn pump(
+        &self,
+        socket: &mut WebSocket,
+        rx: &mut mpsc::Receiver<Utf8Bytes>,
+        kick: &Kick,
+        room: &RoomHandle,
+    ) -> Ending {
+        let settings = &self.app.settings;
+        let shutdown = self.app.shutdown.clone();
+        let interval = settings.ws.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        let mut limiter = RateLimiter::new(settings.limits.messages_per_second);
+        let mut bad = 0u32;
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Err(Ending::Server(close::GOING_AWAY)),
+                reason = kick.kicked() => Err(Ending::Server(reason)),
+                Some(first) = rx.recv() => self.write_batch(socket, first, rx, kick).await,
+                incoming = socket.recv() => match incoming {
+                    None => Err(Ending::Dropped("connection closed without a close frame".into())),
+                    Some(Err(e)) => Err(read_error(e)),
+                    Some(Ok(msg)) => {
+                        last_seen = Instant::now();
+                        match msg {
+                            Message::Text(text) => {
+                                self.on_text(socket, text, room, kick, &mut limiter, &mut bad).await
+                            }
+                            Message::Binary(_) => Err(Ending::Server(close::UNSUPPORTED)),
+                            Message::Ping(_) | Message::Pong(_) => Ok(()),
+                            Message::Close(frame) => Err(Ending::Client {
+                                code: frame.as_ref().map(|f| f.code),
+                                reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                            }),
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > interval * 2 {
+                        self.app.metrics.ping_timeouts.fetch_add(1, Ordering::Relaxed);
+                        Err(Ending::Server(close::PING_TIMEOUT))
+                    } else {
+                        guarded(kick, &shutdown, socket.send(Message::Ping(Default::default()))).await
+                    }
+                }
+            };
+            if let Err(ending) = step {
+                return ending;
+            }
+        }
+    }
+
+    /// Writes one queued frame and whatever else is already queued, then
+    /// flushes once: one syscall for a burst instead of one per frame.
+    async fn write_batch(
+        &self,
+        socket: &mut WebSocket,
+        first: Utf8Bytes,
+        rx: &mut mpsc::Receiver<Utf8Bytes>,
+        kick: &Kick,
+    ) -> Result<(), Ending> {
+        let shutdown = &self.app.shutdown;
+        guarded(kick, shutdown, socket.feed(Message::Text(first))).await?;
+        for _ in 0..64 {
+            match rx.try_recv() {
+                Ok(more) => guarded(kick, shutdown, socket.feed(Message::Text(more))).await?,
+                Err(_) => break,
+            }
+        }
+        guarded(kick, shutdown, socket.flush()).await
+    }
+
+    async fn on_text(
+        &self,
+        socket: &mut WebSocket,
+        text: Utf8Bytes,
+        room: &RoomHandle,
+        kick: &Kick,
+        limiter: &mut RateLimiter,
+        bad: &mut u32,
+    ) -> Result<(), Ending> {
+        let metrics = &self.app.metrics;
+        let limits = &self.app.settings.limits;
+        metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+        if text.len() > limits.max_message_bytes {
+            return Err(Ending::Server(close::TOO_BIG));
+        }
+        let refused: (ErrorCode, String, Option<Label>) = if !limiter.allow() {
+            (
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages per second",
+                    limits.messages_per_second
+                ),
+                None,
+            )
+        } else {
+            match protocol::parse(text.as_str()) {
+                Err(e) => (e.code, e.message, e.r#ref),
+                Ok(incoming) if !incoming.msg.allowed_for(self.watcher()) => (
+                    ErrorCode::Forbidden,
+                    format!(
+                        "`{}` is not allowed for role {}",
+                        incoming.msg.kind(),
+                        self.claims.role.as_str()
+                    ),
+                    incoming.r#ref,
+                ),
+                Ok(incoming) => {
+                    let cmd = RoomCmd::Message {
+                        conn: self.id,
+                        r#ref: incoming.r#ref,
+                        msg: incoming.msg,
+                        from: self.name.clone(),
+                    };
+                    return match room.send(cmd).await {
+                        Ok(()) => Ok(()),
+                        Err(_) => Err(Ending::Server(close::GOING_AWAY)),
+                    };
+                }
+            }
+        };
+        let (code, message, r#ref) = refused;
+        metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
+        *bad += 1;
+        tracing::debug!(code = ?code, %message, "refused a client message");
+        let frame = ServerMsg::Error {
+            code,
+            message: message.into(),
+            r#ref: r#ref.as_ref(),
+        }
+        .encode();
+        guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await?;
+        if *bad >= limits.max_bad_messages {
+            return Err(Ending::Server(if code.is_invalid_data() {
+                close::INVALID_DATA
+            } else {
+                close::POLICY
+            }));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a socket write unless the connection is kicked or the server stops
+/// first: a peer that does not read cannot hold the task.
+async fn guarded<F>(
+    kick: &Kick,
+    shutdown: &tokio_util::sync::CancellationToken,
+    write: F,
+) -> Result<(), Ending>
+where
+    F: Future<Output = Result<(), axum::Error>>,
+{
+    tokio::select! {
+        r = write => r.map_err(|e| Ending::Dropped(format!("write failed: {e}"))),
+        reason = kick.kicked() => Err(Ending::Server(reason)),
+        _ = shutdown.cancelled() => Err(Ending::Server(close::GOING_AWAY)),
+    }
+}
+
+fn read_error(e: axum::Error) -> Ending {
+    let text = e.to_string();
+    // tungstenite reports oversized frames as a capacity error.
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("too big")
+    {
+        Ending::Server(close::TOO_BIG)
+    } else {
+        Ending::Dropped(format!("read failed: {text}"))
+    }
+}
+
+/// Sends our close frame and waits (bounded) for the peer's reply.
+async fn close_socket(socket: &mut WebSocket, reason: &CloseReason) {
+    let frame = Message::Close(Some(CloseFrame {
+        code: reason.code,
+        reason: reason.reason.into(),
+    }));
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if socket.send(frame).await.is_ok() {
+            while let Some(Ok(_)) = socket.recv().await {}
+        }
+    })
+    .await;
+}
+
+/// A token bucket: `rate` messages per second sustained, bursts of 2×rate.
+struct RateLimiter {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate);
+        Self {
+            rate,
+            tokens: rate * 2.0,
+            last: Instant::now(),
+        }
+    }
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
