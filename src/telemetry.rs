@@ -12,7 +12,9 @@ pub fn init(log: &LogSettings) -> anyhow::Result<()> {
         Err(_) => EnvFilter::try_new(&log.level)
             .map_err(|e| anyhow::anyhow!("invalid configuration: `log.level` {e}"))?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder

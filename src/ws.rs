@@ -315,8 +315,11 @@ impl Connection {
             let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(Ending::Server(close::GOING_AWAY)),
-                reason = kick.kicked() => Err(Ending::Server(reason)),
+                // Frames already queued go before a kick is noticed, so a
+                // `session_invalidated` reaches the socket it concerns; a
+                // write that blocks still yields to the kick (see `guarded`).
                 Some(first) = rx.recv() => self.write_batch(socket, first, rx, kick).await,
+                reason = kick.kicked() => Err(Ending::Server(reason)),
                 incoming = socket.recv() => match incoming {
                     None => Err(Ending::Dropped("connection closed without a close frame".into())),
                     Some(Err(e)) => Err(read_error(e)),
@@ -453,6 +456,7 @@ where
     F: Future<Output = Result<(), axum::Error>>,
 {
     tokio::select! {
+        biased;
         r = write => r.map_err(|e| Ending::Dropped(format!("write failed: {e}"))),
         reason = kick.kicked() => Err(Ending::Server(reason)),
         _ = shutdown.cancelled() => Err(Ending::Server(close::GOING_AWAY)),

@@ -1,0 +1,101 @@
+//! The real binary: `examwatch token` signs with the secret the server
+//! generated, `serve` is the default, a bad setting is a clear error, and
+//! SIGTERM drains with 1001 and exits 0.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_examwatch");
+
+fn examwatch(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
+        .env("EXAMWATCH__LOG__LEVEL", "info");
+    cmd
+}
+
+#[tokio::test]
+async fn token_then_serve_then_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    // `token` before the first start creates the secret the server will use.
+    let out = examwatch(dir.path())
+        .args([
+            "token", "--sub", "s1", "--name", "Ada", "--role", "student", "--exam", "e1", "--ttl",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.split('.').count(), 3);
+    assert!(dir.path().join("data/jwt_secret").exists());
+
+    // No subcommand = serve.
+    let mut child = examwatch(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                let _ = tx.send(addr);
+                sent = true;
+            }
+            assert!(!line.contains(&"eyJ"[..]), "no token in logs: {line}");
+        }
+    });
+    let addr = rx.recv_timeout(WAIT).expect("server logged its address");
+    let url = format!("ws://{addr}/v1/exams/e1/ws?access_token={token}");
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    req.headers_mut()
+        .insert("user-agent", "examwatch-test".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("token accepted");
+    let mut client = Client {
+        ws,
+        response: Default::default(),
+    };
+    let welcome = client.next_json().await;
+    assert_eq!(welcome["student"]["name"], "Ada");
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(client.expect_close().await.0, Some(1001));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn an_invalid_setting_is_a_startup_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = examwatch(dir.path())
+        .env("EXAMWATCH__WS__PING_INTERVAL", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(err.contains("ws.ping_interval"), "{err}");
+}

@@ -1,0 +1,285 @@
+//! Shared test harness: a real server on 127.0.0.1:0 per test, real
+//! WebSocket clients, and helpers that wait for events instead of sleeping.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use examwatch::{
+    App, Settings,
+    auth::{Keys, Role},
+    config::Secret,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{
+        self, Message,
+        client::IntoClientRequest,
+        http::{HeaderValue, Response},
+        protocol::CloseFrame,
+    },
+};
+
+/// How long any single awaited event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub keys: Arc<Keys>,
+    pub state: examwatch::app::AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _data: tempfile::TempDir,
+}
+
+/// Settings for tests: a fixed secret, a temp data folder, quiet logs.
+pub fn test_settings() -> Settings {
+    let mut s = Settings::default();
+    s.server.bind = "127.0.0.1:0".parse().expect("valid address");
+    s.server.shutdown_timeout = Duration::from_secs(3);
+    s.auth.jwt_secret = Some(Secret::new(SECRET));
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber_init();
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings();
+    settings.server.data_dir = data.path().to_path_buf();
+    configure(&mut settings);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let app = App::with_listener(settings, listener).expect("app builds");
+    let addr = app.local_addr().expect("local addr");
+    let state = app.state().clone();
+    let keys = state.keys.clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        keys,
+        state,
+        shutdown: Some(tx),
+        handle: Some(handle),
+        _data: data,
+    }
+}
+
+fn tracing_subscriber_init() -> anyhow::Result<()> {
+    examwatch::telemetry::init(&examwatch::config::LogSettings {
+        level: "debug".into(),
+        ..Default::default()
+    })
+}
+
+impl TestApp {
+    pub fn token(&self, sub: &str, role: Role, exams: &[&str]) -> String {
+        self.keys
+            .mint(
+                sub,
+                &format!("Name {sub}"),
+                role,
+                exams.iter().map(|s| s.to_string()).collect(),
+                Duration::from_secs(600),
+            )
+            .expect("mint token")
+    }
+
+    pub fn ws_url(&self, exam: &str) -> String {
+        format!("ws://{}/v1/exams/{exam}/ws", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connects with a bearer token; panics if the handshake fails.
+    pub async fn connect(&self, exam: &str, token: &str) -> Client {
+        self.try_connect(&self.ws_url(exam), Some(token), &[])
+            .await
+            .unwrap_or_else(|e| panic!("handshake failed: {e}"))
+    }
+
+    pub async fn try_connect(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Client, tungstenite::Error> {
+        let mut req = url.into_client_request()?;
+        if let Some(t) = bearer {
+            req.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {t}")).expect("header"),
+            );
+        }
+        for (k, v) in headers {
+            req.headers_mut()
+                .insert(*k, HeaderValue::from_str(v).expect("header"));
+        }
+        let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("handshake timed out")?;
+        Ok(Client { ws, response })
+    }
+
+    /// A student connection, after its `welcome`.
+    pub async fn student(&self, exam: &str, sub: &str) -> (Client, Value) {
+        let mut c = self
+            .connect(exam, &self.token(sub, Role::Student, &[exam]))
+            .await;
+        let welcome = c.next_of_type("welcome").await;
+        (c, welcome)
+    }
+
+    /// A teacher connection, after its join `snapshot`.
+    pub async fn teacher(&self, exam: &str, sub: &str) -> (Client, Value) {
+        let mut c = self
+            .connect(exam, &self.token(sub, Role::Teacher, &[exam]))
+            .await;
+        let snapshot = c.next_of_type("snapshot").await;
+        (c, snapshot)
+    }
+
+    pub fn metric(&self, name: &str) -> i64 {
+        let text = self.state.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// Triggers graceful shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let handle = self.handle.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("shutdown finished in time")
+            .expect("server task joined")
+    }
+
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub response: Response<Option<Vec<u8>>>,
+}
+
+/// What a client observed next.
+#[derive(Debug)]
+pub enum Next {
+    Json(Value),
+    Closed(Option<u16>, String),
+}
+
+impl Client {
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::text(s)).await.expect("send");
+    }
+
+    /// The next JSON message or close, skipping pings and pongs.
+    pub async fn next(&mut self) -> Next {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a message");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Next::Json(serde_json::from_str(t.as_str()).expect("server sent JSON"));
+                }
+                Some(Ok(Message::Close(f))) => return close_of(f),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(e)) => return Next::Closed(None, format!("error: {e}")),
+                None => return Next::Closed(None, "stream ended".into()),
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next().await {
+            Next::Json(v) => v,
+            Next::Closed(code, reason) => panic!("expected a message, got close {code:?} {reason}"),
+        }
+    }
+
+    /// Skips messages until one of type `ty` arrives.
+    pub async fn next_of_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    /// Skips messages until the close frame; returns its code.
+    pub async fn expect_close(&mut self) -> (Option<u16>, String) {
+        loop {
+            if let Next::Closed(code, reason) = self.next().await {
+                return (code, reason);
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+    }
+}
+
+fn close_of(f: Option<CloseFrame>) -> Next {
+    match f {
+        Some(f) => Next::Closed(Some(f.code.into()), f.reason.to_string()),
+        None => Next::Closed(None, String::new()),
+    }
+}
+
+/// A student event of `cause` for `student_id`.
+pub fn is_student_event(v: &Value, student_id: &str, cause: &str) -> bool {
+    v["type"] == "student" && v["student"]["student_id"] == student_id && v["cause"] == cause
+}
+
+pub fn progress(question: u32, answered: u32) -> Value {
+    json!({"type": "progress", "question": question, "answered": answered})
+}
+
+/// Waits (bounded) for a condition on server state that has no event of its
+/// own, such as a gauge going down after a socket closes.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,12 @@
+//! examwatch's integration tests: one binary, modules per feature, every test
+//! against a real server on 127.0.0.1:0 with real WebSocket clients.
+
+mod auth;
+mod bad_input;
+mod cli;
+mod helpers;
+mod ops;
+mod resume;
+mod rooms;
+mod sessions;
+mod status;

@@ -1,0 +1,88 @@
+//! What operators rely on: health, readiness, metrics, JSON errors, and a
+//! graceful shutdown that says goodbye (1001) to every socket.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_readiness_metrics_and_json_404() {
+    let app = spawn_app().await;
+    let http = reqwest::Client::new();
+    let r = http.get(app.http("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(app.http("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (_s, _) = app.student("e1", "s1").await;
+    let text = http
+        .get(app.http("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("examwatch_students_connected 1"), "{text}");
+    assert!(text.contains("examwatch_rooms 1"), "{text}");
+    let r = http.get(app.http("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    // A plain GET on the socket route (after auth) is a clear 4xx, not a hang.
+    let token = app.token("s1", examwatch::auth::Role::Student, &["e1"]);
+    let r = http
+        .get(app.ws_url("e1").replace("ws://", "http://"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error());
+}
+
+#[tokio::test]
+async fn shutdown_sends_1001_to_every_client_and_turns_not_ready() {
+    let mut app = spawn_app_with(|s| s.server.drain_delay = Duration::from_millis(300)).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s1, _) = app.student("e1", "s1").await;
+    let (mut s2, _) = app.student("e2", "s2").await;
+    let http = reqwest::Client::new();
+    app.begin_shutdown();
+    // During the drain delay the server still answers, but is not ready.
+    let mut status = 200;
+    for _ in 0..50 {
+        status = http
+            .get(app.http("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(status, 503);
+    for c in [&mut t, &mut s1, &mut s2] {
+        let (code, reason) = c.expect_close().await;
+        assert_eq!(code, Some(1001), "{reason}");
+    }
+    app.shutdown().await.expect("clean exit");
+}
+
+#[tokio::test]
+async fn an_empty_room_is_dropped_after_its_linger_time() {
+    let app = spawn_app_with(|s| {
+        s.exam.room_linger = Duration::from_millis(100);
+        s.exam.disconnect_grace = Duration::from_millis(50);
+    })
+    .await;
+    let (s, _) = app.student("e1", "s1").await;
+    assert_eq!(app.state.registry.len(), 1);
+    s.close().await;
+    eventually("the room ends", || app.state.registry.is_empty()).await;
+    assert_eq!(app.metric("examwatch_rooms"), 0);
+    // A new connection simply starts a new room.
+    let (_s, welcome) = app.student("e1", "s1").await;
+    assert_eq!(welcome["student"]["connections"], 1);
+}

@@ -1,0 +1,119 @@
+//! No silent gaps: a teacher that comes back gets exactly the events it
+//! missed, or a fresh snapshot when they are older than the history.
+
+use examwatch::auth::Role;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Makes `n` progress events and returns the seq of the last one, as seen
+/// by an always-connected observer.
+async fn make_events(student: &mut Client, observer: &mut Client, n: u32) -> u64 {
+    let mut last = 0;
+    for i in 0..n {
+        student.send_json(progress(i + 10, i)).await;
+        let ev = observer.next_of_type("student").await;
+        last = ev["seq"].as_u64().unwrap();
+    }
+    last
+}
+
+/// Reads until the ack of `reference`, returning everything before it.
+async fn until_ack(c: &mut Client, reference: &str) -> Vec<Value> {
+    let mut got = Vec::new();
+    loop {
+        let v = c.next_json().await;
+        if v["type"] == "ack" && v["ref"] == reference {
+            return got;
+        }
+        got.push(v);
+    }
+}
+
+#[tokio::test]
+async fn resume_replays_exactly_the_missed_events() {
+    let app = spawn_app().await;
+    let (mut observer, _) = app.teacher("e1", "observer").await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    observer.next_of_type("student").await; // connected
+    make_events(&mut s, &mut observer, 3).await;
+    // The teacher has read everything so far, then its network drops.
+    let mut last_seen = 0;
+    for _ in 0..4 {
+        last_seen = t.next_json().await["seq"].as_u64().unwrap();
+    }
+    drop(t);
+    let newest = make_events(&mut s, &mut observer, 5).await;
+    assert_eq!(newest, last_seen + 5);
+
+    // Message form: reconnect, then `resume {last_seq}` first thing.
+    let (mut back, snap) = app.teacher("e1", "t1").await;
+    assert_eq!(snap["seq"], newest);
+    back.send_json(json!({"type": "resume", "last_seq": last_seen, "ref": "r1"}))
+        .await;
+    let replay = until_ack(&mut back, "r1").await;
+    let seqs: Vec<u64> = replay.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, ((last_seen + 1)..=newest).collect::<Vec<_>>());
+    assert!(replay.iter().all(|v| v["type"] == "student"));
+
+    // Handshake form: `?last_seq=` replays instead of sending a snapshot.
+    let token = app.token("t2", Role::Teacher, &["e1"]);
+    let url = format!("{}?last_seq={last_seen}", app.ws_url("e1"));
+    let mut direct = app.try_connect(&url, Some(&token), &[]).await.unwrap();
+    for expected in (last_seen + 1)..=newest {
+        let ev = direct.next_json().await;
+        assert_eq!(ev["type"], "student", "no snapshot first: {ev}");
+        assert_eq!(ev["seq"], expected);
+    }
+    // And both continue live, with no duplicate.
+    let next = make_events(&mut s, &mut observer, 1).await;
+    assert_eq!(back.next_json().await["seq"], next);
+    assert_eq!(direct.next_json().await["seq"], next);
+}
+
+#[tokio::test]
+async fn resume_past_the_history_gets_a_fresh_snapshot() {
+    let app = spawn_app_with(|s| s.exam.history_size = 5).await;
+    let (mut observer, _) = app.teacher("e1", "observer").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    observer.next_of_type("student").await;
+    let newest = make_events(&mut s, &mut observer, 12).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    t.send_json(json!({"type": "resume", "last_seq": 1, "ref": "r"}))
+        .await;
+    let got = until_ack(&mut t, "r").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "snapshot");
+    assert_eq!(got[0]["seq"], newest);
+    assert_eq!(got[0]["students"][0]["current_question"], 21);
+    // A seq this room never issued (e.g. from before a restart) also gets one.
+    t.send_json(json!({"type": "resume", "last_seq": newest + 100, "ref": "r2"}))
+        .await;
+    assert_eq!(until_ack(&mut t, "r2").await[0]["type"], "snapshot");
+    // Up to date: nothing to replay.
+    t.send_json(json!({"type": "resume", "last_seq": newest, "ref": "r3"}))
+        .await;
+    assert!(until_ack(&mut t, "r3").await.is_empty());
+    assert_eq!(app.metric("examwatch_resume_snapshots_total"), 2);
+}
+
+#[tokio::test]
+async fn a_student_resume_replays_missed_announcements() {
+    let app = spawn_app().await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (s, welcome) = app.student("e1", "s1").await;
+    let joined_at = welcome["last_seq"].as_u64().unwrap();
+    drop(s);
+    for text in ["one", "two"] {
+        t.send_json(json!({"type": "announce", "text": text, "ref": text}))
+            .await;
+        t.next_of_type("ack").await;
+    }
+    let (mut s, _) = app.student("e1", "s1").await;
+    s.send_json(json!({"type": "resume", "last_seq": joined_at, "ref": "r"}))
+        .await;
+    let got = until_ack(&mut s, "r").await;
+    let texts: Vec<_> = got.iter().map(|v| v["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["one", "two"]);
+}

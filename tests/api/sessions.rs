@@ -1,0 +1,58 @@
+//! One session per student per exam, under both policies.
+
+use examwatch::config::SecondSession;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn takeover_invalidates_the_old_socket_and_alerts_teachers() {
+    let app = spawn_app().await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut old, _) = app.student("e1", "s1").await;
+    t.next_of_type("student").await;
+    let (mut new, welcome) = app.student("e1", "s1").await;
+    assert_eq!(welcome["student"]["connections"], 2);
+    let bye = old.next_json().await;
+    assert_eq!(
+        bye,
+        json!({"type": "session_invalidated", "reason": "second_session"})
+    );
+    assert_eq!(old.expect_close().await.0, Some(4001));
+    let ev = t.next_json().await;
+    assert!(is_student_event(&ev, "s1", "second_session"), "{ev}");
+    let alert = t.next_json().await;
+    assert_eq!(
+        (alert["type"].as_str(), alert["kind"].as_str()),
+        (Some("alert"), Some("second_session"))
+    );
+    // The new socket is the student now; the old one's close is not a drop.
+    new.send_json(json!({"type": "progress", "question": 1, "answered": 1, "ref": 1}))
+        .await;
+    assert_eq!(new.next_json().await["type"], "ack");
+    let ev = t.next_json().await;
+    assert!(is_student_event(&ev, "s1", "progress"), "{ev}");
+    assert_eq!(ev["student"]["connected"], true);
+}
+
+#[tokio::test]
+async fn reject_refuses_the_new_socket_with_4009() {
+    let app = spawn_app_with(|s| s.exam.second_session = SecondSession::Reject).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut first, _) = app.student("e1", "s1").await;
+    t.next_of_type("student").await;
+    let token = app.token("s1", examwatch::auth::Role::Student, &["e1"]);
+    let mut second = app.connect("e1", &token).await;
+    let (code, reason) = second.expect_close().await;
+    assert_eq!(code, Some(4009), "{reason}");
+    let alert = t.next_json().await;
+    assert_eq!(
+        (alert["kind"].as_str(), alert["student_id"].as_str()),
+        (Some("second_session"), Some("s1"))
+    );
+    // The first session is untouched.
+    first
+        .send_json(json!({"type": "heartbeat", "ref": "still-here"}))
+        .await;
+    assert_eq!(first.next_json().await["ref"], "still-here");
+}

@@ -1,0 +1,159 @@
+//! The server decides status: idle after `exam.idle_after`, disconnected only
+//! after the grace period, submitted is final, and a quick reconnect is the
+//! same student, not a new one.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn idle_after_silence_then_active_on_progress() {
+    let app = spawn_app_with(|s| s.exam.idle_after = Duration::from_millis(200)).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    assert!(is_student_event(&t.next_json().await, "s1", "connected"));
+    // Heartbeats keep the socket alive but are not activity.
+    s.send_json(json!({"type": "heartbeat", "ref": "hb"})).await;
+    assert_eq!(s.next_json().await, json!({"type": "ack", "ref": "hb"}));
+    let idle = t.next_json().await;
+    assert!(is_student_event(&idle, "s1", "idle"), "{idle}");
+    assert_eq!(idle["student"]["status"], "idle");
+    let alert = t.next_json().await;
+    assert_eq!(alert["type"], "alert");
+    assert_eq!(alert["kind"], "idle");
+    assert_eq!(alert["student_id"], "s1");
+    assert_eq!(alert["seq"], idle["seq"].as_u64().unwrap() + 1);
+    s.send_json(progress(2, 1)).await;
+    let back = t.next_json().await;
+    assert!(is_student_event(&back, "s1", "progress"));
+    assert_eq!(back["student"]["status"], "active");
+}
+
+#[tokio::test]
+async fn focus_lost_is_counted_and_alerted() {
+    let app = spawn_app().await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    t.next_of_type("student").await;
+    for _ in 0..2 {
+        s.send_json(json!({"type": "focus", "state": "lost"})).await;
+        s.send_json(json!({"type": "focus", "state": "gained"}))
+            .await;
+    }
+    let mut lost = 0;
+    let mut alerts = 0;
+    for _ in 0..6 {
+        let ev = t.next_json().await;
+        match (
+            ev["type"].as_str(),
+            ev["cause"].as_str(),
+            ev["kind"].as_str(),
+        ) {
+            (Some("student"), Some("focus_lost"), _) => {
+                lost += 1;
+                assert_eq!(ev["student"]["focus_lost_count"], lost);
+            }
+            (Some("alert"), _, Some("focus_lost")) => alerts += 1,
+            (Some("student"), Some("focus_gained"), _) => {}
+            _ => panic!("unexpected {ev}"),
+        }
+    }
+    assert_eq!((lost, alerts), (2, 2));
+}
+
+#[tokio::test]
+async fn a_dropped_student_is_disconnected_only_after_the_grace_period() {
+    let app = spawn_app_with(|s| s.exam.disconnect_grace = Duration::from_millis(300)).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (s, _) = app.student("e1", "s1").await;
+    t.next_of_type("student").await;
+    let dropped_at = std::time::Instant::now();
+    drop(s); // no close frame: the network just went away
+    let ev = t.next_json().await;
+    assert!(is_student_event(&ev, "s1", "disconnected"), "{ev}");
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(300),
+        "not before the grace period"
+    );
+    assert_eq!(ev["student"]["status"], "disconnected");
+    assert_eq!(ev["student"]["connected"], false);
+    let alert = t.next_json().await;
+    assert_eq!(
+        (alert["type"].as_str(), alert["kind"].as_str()),
+        (Some("alert"), Some("disconnected"))
+    );
+}
+
+#[tokio::test]
+async fn reconnect_within_grace_is_reconnected_and_never_disconnected() {
+    let grace = Duration::from_millis(400);
+    let app = spawn_app_with(|s| s.exam.disconnect_grace = grace).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    s.send_json(progress(4, 3)).await;
+    t.next_of_type("student").await; // connected
+    t.next_of_type("student").await; // progress
+    s.close().await;
+    let (_s, welcome) = app.student("e1", "s1").await;
+    // The student gets its state back.
+    assert_eq!(welcome["student"]["current_question"], 4);
+    assert_eq!(welcome["student"]["answered"], 3);
+    assert_eq!(welcome["student"]["connections"], 2);
+    let ev = t.next_json().await;
+    assert!(is_student_event(&ev, "s1", "reconnected"), "{ev}");
+    assert_eq!(ev["student"]["status"], "active");
+    // Let the old grace period run out, then probe with another student's
+    // event: nothing about s1 may have arrived in between.
+    tokio::time::sleep(grace * 2).await;
+    let (_other, _) = app.student("e1", "probe").await;
+    let next = t.next_json().await;
+    assert!(is_student_event(&next, "probe", "connected"), "got {next}");
+}
+
+#[tokio::test]
+async fn submitted_is_final_and_survives_a_drop() {
+    let app = spawn_app_with(|s| s.exam.disconnect_grace = Duration::from_millis(100)).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    s.send_json(json!({"type": "submit", "ref": "sub"})).await;
+    assert_eq!(s.next_json().await["ref"], "sub");
+    s.send_json(json!({"type": "submit", "ref": "again"})).await;
+    assert_eq!(
+        s.next_json().await["ref"],
+        "again",
+        "a repeated submit is acked"
+    );
+    s.send_json(json!({"type": "progress", "question": 1, "answered": 1, "ref": "late"}))
+        .await;
+    let err = s.next_json().await;
+    assert_eq!(
+        (
+            err["type"].as_str(),
+            err["code"].as_str(),
+            err["ref"].as_str()
+        ),
+        (Some("error"), Some("already_submitted"), Some("late"))
+    );
+    t.next_of_type("student").await; // connected
+    let sub = t.next_json().await;
+    assert!(is_student_event(&sub, "s1", "submitted"));
+    assert!(sub["student"]["submitted_at"].is_string());
+    s.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_t2, snap) = app.teacher("e1", "t2").await;
+    assert_eq!(snap["students"][0]["status"], "submitted");
+    assert_eq!(snap["counts"]["submitted"], 1);
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_two_ping_intervals() {
+    let app = spawn_app_with(|s| s.ws.ping_interval = Duration::from_millis(100)).await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    // Do not read (so no pong is sent) for longer than two intervals.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let (code, reason) = s.expect_close().await;
+    assert_eq!(code, Some(4000), "{reason}");
+    assert_eq!(app.metric("examwatch_ping_timeouts_total"), 1);
+}
