@@ -297,7 +297,7 @@ pub fn redact_query(query: &str) -> String {
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if k == "access_token" => "access_token=[redacted]".to_owned(),
+            Some(("access_token", _)) => "access_token=[redacted]".to_owned(),
             _ => pair.to_owned(),
         })
         .collect::<Vec<_>>()

@@ -46,19 +46,20 @@ async fn token_then_serve_then_sigterm() {
         .spawn()
         .unwrap();
     let stdout = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        let mut sent = false;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                let _ = tx.send(addr);
-                sent = true;
-            }
-            assert!(!line.contains(&"eyJ"[..]), "no token in logs: {line}");
+            let _ = tx.send(line);
         }
     });
-    let addr = rx.recv_timeout(WAIT).expect("server logged its address");
+    let mut logs = Vec::new();
+    let addr = loop {
+        let line = rx.recv_timeout(WAIT).expect("server logged its address");
+        logs.push(line.clone());
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.chars().take_while(|c| !c.is_whitespace()).collect::<String>();
+        }
+    };
     let url = format!("ws://{addr}/v1/exams/e1/ws?access_token={token}");
     let mut req =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
@@ -86,6 +87,10 @@ async fn token_then_serve_then_sigterm() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+    logs.extend(rx.try_iter());
+    assert!(logs.iter().any(|l| l.contains("disconnected") && l.contains("examwatch-test")), "disconnect logged with user agent: {logs:?}");
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(logs.iter().all(|l| !l.contains(signature)), "the token never reaches the logs");
 }
 
 #[test]
