@@ -104,3 +104,33 @@ fn an_invalid_setting_is_a_startup_error_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(err.contains("ws.ping_interval"), "{err}");
 }
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = examwatch(dir.path())
+        .env("EXAMWATCH__LOG__FORMAT", "json")
+        .env("EXAMWATCH__AUTH__JWT_SECRET", SECRET)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = loop {
+        let line = rx.recv_timeout(WAIT).expect("a log line");
+        if line.contains("listening") {
+            break line;
+        }
+    };
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["level"], "INFO");
+    assert!(v["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{v}");
+    assert!(status.success());
+}
