@@ -18,16 +18,22 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: client <ws-url> <token>");
     };
     let mut request = url.into_client_request()?;
-    request
-        .headers_mut()
-        .insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", HeaderValue::from_static("examwatch.v1"));
+    request.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("examwatch.v1"),
+    );
     let (ws, _) = match tokio_tungstenite::connect_async(request).await {
         Ok(ok) => ok,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let body = resp
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
             anyhow::bail!("refused: HTTP {} {body}", resp.status());
         }
         Err(e) => return Err(e.into()),

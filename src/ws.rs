@@ -51,6 +51,8 @@ pub struct WsParams {
     access_token: Option<String>,
     /// Teachers only: resume after this seq instead of taking a snapshot.
     last_seq: Option<Seq>,
+    /// Students: the `session_id` of this client's previous connection.
+    previous_session: Option<String>,
 }
 
 /// `GET /v1/exams/{exam_id}/ws`: authenticate, authorize, then upgrade.
@@ -138,6 +140,7 @@ pub async fn handshake(
         user_agent,
         session_id: uuid::Uuid::new_v4().to_string(),
         last_seq: params.last_seq,
+        previous_session: params.previous_session.filter(|s| s.len() <= 64),
         app: app.clone(),
     };
     let guard = app.tracker.token();
@@ -177,6 +180,7 @@ struct Connection {
     user_agent: String,
     session_id: String,
     last_seq: Option<Seq>,
+    previous_session: Option<String>,
     app: AppState,
 }
 
@@ -283,6 +287,7 @@ impl Connection {
                         name: self.claims.name.clone(),
                     },
                     session_id: self.session_id.clone(),
+                    previous_session: self.previous_session.clone(),
                     out: out.clone(),
                     reply,
                 }

@@ -63,13 +63,19 @@ pub(super) struct Room {
 }
 
 impl Room {
-    pub(super) fn new(exam_id: Arc<str>, id: u64, registry: Registry, ctx: RoomContext) -> Self {
+    pub(super) fn new(
+        exam_id: Arc<str>,
+        id: u64,
+        first_seq: Seq,
+        registry: Registry,
+        ctx: RoomContext,
+    ) -> Self {
         Self {
             exam_id,
             id,
             registry,
             ctx,
-            seq: 0,
+            seq: first_seq,
             students: HashMap::new(),
             student_conns: HashMap::new(),
             teachers: HashMap::new(),
@@ -118,10 +124,11 @@ impl Room {
                 conn,
                 student,
                 session_id,
+                previous_session,
                 out,
                 reply,
             } => {
-                self.join_student(conn, student, &session_id, out);
+                self.join_student(conn, student, session_id, previous_session, out);
                 let _ = reply.send(());
             }
             RoomCmd::JoinTeacher {
@@ -153,9 +160,29 @@ impl Room {
         }
     }
 
-    fn join_student(&mut self, conn: ConnId, who: StudentId, session_id: &str, out: Outbox) {
+    fn join_student(
+        &mut self,
+        conn: ConnId,
+        who: StudentId,
+        session_id: String,
+        previous_session: Option<String>,
+        out: Outbox,
+    ) {
         let sid: Arc<str> = who.id.as_str().into();
         let outcome = match self.students.get_mut(&sid) {
+            // The same client coming back while its old socket still looks
+            // alive (a silent network drop not yet detected): a reconnect,
+            // not a second session, and no alert.
+            Some(st)
+                if st.conn.is_some()
+                    && previous_session.is_some()
+                    && previous_session == st.session_id =>
+            {
+                if let Some((_, old)) = st.conn.and_then(|c| self.student_conns.remove(&c)) {
+                    old.kick.kick(close::TAKEN_OVER);
+                }
+                st.reconnect(conn, who.name)
+            }
             Some(st) if st.conn.is_some() => match self.ctx.settings.second_session {
                 SecondSession::Reject => {
                     out.kick.kick(close::SECOND_SESSION);
@@ -190,9 +217,10 @@ impl Room {
                 }
             }
         };
-        if let Some(st) = self.students.get(&sid) {
+        if let Some(st) = self.students.get_mut(&sid) {
+            st.session_id = Some(session_id);
             let welcome = ServerMsg::Welcome {
-                session_id,
+                session_id: st.session_id.as_deref().unwrap_or_default(),
                 server_time: Timestamp::now(),
                 exam_id: &self.exam_id,
                 student: &st.state,
@@ -508,7 +536,7 @@ impl Room {
     fn try_end(&mut self, rx: &mut mpsc::Receiver<RoomCmd>) -> bool {
         if !self
             .registry
-            .remove_if_idle(&self.exam_id, self.id, || rx.is_empty())
+            .remove_if_idle(&self.exam_id, self.id, self.seq, || rx.is_empty())
         {
             return false;
         }

@@ -135,6 +135,10 @@ pub enum RoomCmd {
         conn: ConnId,
         student: StudentId,
         session_id: String,
+        /// The `session_id` of this client's previous connection, if it
+        /// says so: a reconnect over a not-yet-detected dead socket is then
+        /// the same session, not a second one.
+        previous_session: Option<String>,
         out: Outbox,
         /// Answered once joined (or refused); dropped if the room ended.
         reply: oneshot::Sender<()>,
@@ -190,6 +194,9 @@ pub struct RoomContext {
 pub struct Registry {
     /// A std mutex: held only to look up or insert, never across an await.
     rooms: Arc<Mutex<HashMap<Arc<str>, RoomHandle>>>,
+    /// Last seq of exams whose room ended, so a recreated room continues
+    /// the numbering and an old `last_seq` can never match a new event.
+    ended: Arc<Mutex<HashMap<Arc<str>, Seq>>>,
     next_id: Arc<AtomicU64>,
     ctx: RoomContext,
 }
@@ -198,6 +205,7 @@ impl Registry {
     pub fn new(ctx: RoomContext) -> Self {
         Self {
             rooms: Arc::default(),
+            ended: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             ctx,
         }
@@ -217,7 +225,14 @@ impl Registry {
         let exam: Arc<str> = exam_id.into();
         rooms.insert(exam.clone(), handle.clone());
         self.ctx.metrics.rooms.fetch_add(1, Ordering::Relaxed);
-        let room = actor::Room::new(exam, id, self.clone(), self.ctx.clone());
+        let first_seq = self
+            .ended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(exam_id)
+            .copied()
+            .unwrap_or(0);
+        let room = actor::Room::new(exam, id, first_seq, self.clone(), self.ctx.clone());
         self.ctx.tracker.spawn(room.run(rx));
         handle
     }
@@ -233,7 +248,13 @@ impl Registry {
 
     /// Called by a room that wants to end: removes it only if it is still
     /// the registered room for its exam and nothing is waiting in its inbox.
-    fn remove_if_idle(&self, exam_id: &str, id: u64, inbox_empty: impl FnOnce() -> bool) -> bool {
+    fn remove_if_idle(
+        &self,
+        exam_id: &Arc<str>,
+        id: u64,
+        last_seq: Seq,
+        inbox_empty: impl FnOnce() -> bool,
+    ) -> bool {
         let mut rooms = self.lock();
         match rooms.get(exam_id) {
             Some(h) if h.id == id => {
@@ -241,6 +262,10 @@ impl Registry {
                     return false;
                 }
                 rooms.remove(exam_id);
+                self.ended
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(exam_id.clone(), last_seq);
                 true
             }
             _ => true,

@@ -23,6 +23,8 @@ pub struct Student {
     pub idle_timer: Option<delay_queue::Key>,
     /// Pending disconnect-grace timer (while the socket is gone).
     pub grace_timer: Option<delay_queue::Key>,
+    /// `session_id` of the current (or last) connection.
+    pub session_id: Option<String>,
 }
 
 /// What a transition asks the room to do.
@@ -70,6 +72,7 @@ impl Student {
             conn: Some(conn),
             idle_timer: None,
             grace_timer: None,
+            session_id: None,
         }
     }
 
@@ -170,6 +173,10 @@ impl Student {
                 s.focused = false;
                 s.focus_lost_count += 1;
                 Outcome::event(Cause::FocusLost).with_alert(AlertKind::FocusLost)
+            }
+            FocusState::Gained if s.focused => {
+                s.last_activity = Timestamp::now();
+                Outcome::default().touched()
             }
             FocusState::Gained => {
                 s.focused = true;

@@ -57,7 +57,10 @@ async fn token_then_serve_then_sigterm() {
         let line = rx.recv_timeout(WAIT).expect("server logged its address");
         logs.push(line.clone());
         if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.chars().take_while(|c| !c.is_whitespace()).collect::<String>();
+            break rest
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect::<String>();
         }
     };
     let url = format!("ws://{addr}/v1/exams/e1/ws?access_token={token}");
@@ -88,9 +91,16 @@ async fn token_then_serve_then_sigterm() {
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
     logs.extend(rx.try_iter());
-    assert!(logs.iter().any(|l| l.contains("disconnected") && l.contains("examwatch-test")), "disconnect logged with user agent: {logs:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("disconnected") && l.contains("examwatch-test")),
+        "disconnect logged with user agent: {logs:?}"
+    );
     let signature = token.rsplit('.').next().unwrap();
-    assert!(logs.iter().all(|l| !l.contains(signature)), "the token never reaches the logs");
+    assert!(
+        logs.iter().all(|l| !l.contains(signature)),
+        "the token never reaches the logs"
+    );
 }
 
 #[test]
@@ -127,10 +137,17 @@ fn json_log_format_writes_one_json_object_per_line() {
             break line;
         }
     };
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
     assert_eq!(v["level"], "INFO");
-    assert!(v["addr"].as_str().is_some_and(|a| a.starts_with("127.0.0.1:")), "{v}");
+    assert!(
+        v["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{v}"
+    );
     assert!(status.success());
 }

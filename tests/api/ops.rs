@@ -86,3 +86,25 @@ async fn an_empty_room_is_dropped_after_its_linger_time() {
     let (_s, welcome) = app.student("e1", "s1").await;
     assert_eq!(welcome["student"]["connections"], 1);
 }
+
+#[tokio::test]
+async fn a_recreated_room_continues_the_seq() {
+    let app = spawn_app_with(|s| {
+        s.exam.room_linger = Duration::from_millis(50);
+        s.exam.disconnect_grace = Duration::from_millis(20);
+    })
+    .await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (s, _) = app.student("e1", "s1").await;
+    let before = t.next_of_type("student").await["seq"].as_u64().unwrap();
+    s.close().await;
+    let after_drop = t.next_of_type("alert").await["seq"].as_u64().unwrap();
+    assert!(after_drop > before);
+    t.close().await;
+    eventually("the room ends", || app.state.registry.is_empty()).await;
+    let (_t, snap) = app.teacher("e1", "t1").await;
+    assert_eq!(
+        snap["seq"], after_drop,
+        "numbering continues, never restarts"
+    );
+}

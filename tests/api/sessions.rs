@@ -56,3 +56,34 @@ async fn reject_refuses_the_new_socket_with_4009() {
         .await;
     assert_eq!(first.next_json().await["ref"], "still-here");
 }
+
+#[tokio::test]
+async fn the_same_client_reconnecting_over_a_dead_socket_is_not_a_second_session() {
+    for policy in [SecondSession::Takeover, SecondSession::Reject] {
+        let app = spawn_app_with(|s| s.exam.second_session = policy).await;
+        let (mut t, _) = app.teacher("e1", "t1").await;
+        // The old socket stays open: the server has not noticed the drop yet.
+        let (mut old, welcome) = app.student("e1", "s1").await;
+        t.next_of_type("student").await;
+        let session = welcome["session_id"].as_str().unwrap();
+        let token = app.token("s1", examwatch::auth::Role::Student, &["e1"]);
+        let url = format!("{}?previous_session={session}", app.ws_url("e1"));
+        let mut new = app.try_connect(&url, Some(&token), &[]).await.unwrap();
+        let welcome = new.next_of_type("welcome").await;
+        assert_ne!(welcome["session_id"], session, "{policy:?}");
+        assert_eq!(old.expect_close().await.0, Some(4001), "{policy:?}");
+        let ev = t.next_json().await;
+        assert!(
+            is_student_event(&ev, "s1", "reconnected"),
+            "{policy:?}: {ev}"
+        );
+        // No alert followed: the next thing the teacher sees is our probe.
+        new.send_json(json!({"type": "progress", "question": 1, "answered": 0}))
+            .await;
+        let next = t.next_json().await;
+        assert!(
+            is_student_event(&next, "s1", "progress"),
+            "{policy:?}: {next}"
+        );
+    }
+}
