@@ -61,8 +61,16 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// A string or a list of strings, as RFC 7519 allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 impl Claims {
@@ -98,6 +106,9 @@ pub struct Keys {
     encoding: Option<EncodingKey>,
     algorithm: Algorithm,
     validation: Validation,
+    /// First configured `iss`/`aud`, put into minted tokens.
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl Keys {
@@ -168,6 +179,8 @@ impl Keys {
             encoding,
             algorithm,
             validation,
+            issuer: auth.issuer.first().cloned(),
+            audience: auth.audience.first().cloned(),
         })
     }
 
@@ -227,8 +240,8 @@ impl Keys {
             role,
             exams,
             exp: unix_now() + ttl.as_secs(),
-            iss: None,
-            aud: None,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone().map(Audience::One),
         })
     }
 }
@@ -254,14 +267,24 @@ fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // Write a private temp file, then link it into place: the link either
+    // creates the complete file or fails because another process won the
+    // race, so nobody ever reads a half-written secret.
+    let tmp = data_dir.join(format!(".{SECRET_FILE}.{}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(&path) {
-        Ok(mut file) => {
-            file.write_all(secret.as_bytes())?;
-            file.sync_all()?;
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(secret.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
             tracing::warn!(
                 path = %path.display(),
                 "no auth.jwt_secret configured: generated a random one and saved it (mode 0600); \
@@ -356,6 +379,27 @@ mod tests {
         assert_eq!(
             keys.verify(&keys.sign(&old).unwrap()).unwrap_err(),
             TokenError::Expired
+        );
+    }
+
+    #[test]
+    fn minted_tokens_carry_the_configured_issuer_and_audience() {
+        let mut s = settings();
+        s.issuer = vec!["https://idp.example".into()];
+        s.audience = vec!["examwatch".into(), "other".into()];
+        let keys = Keys::from_settings(&s, Path::new("/nonexistent")).unwrap();
+        let t = keys
+            .mint("t", "T", Role::Teacher, vec![], Duration::from_secs(60))
+            .unwrap();
+        assert!(keys.verify(&t).is_ok());
+        // An IdP's list-valued `aud` is accepted too.
+        let mut c = keys.verify(&t).unwrap();
+        c.aud = Some(Audience::Many(vec!["x".into(), "other".into()]));
+        assert!(keys.verify(&keys.sign(&c).unwrap()).is_ok());
+        c.aud = Some(Audience::Many(vec!["x".into()]));
+        assert_eq!(
+            keys.verify(&keys.sign(&c).unwrap()).unwrap_err(),
+            TokenError::Invalid("audience not accepted")
         );
     }
 

@@ -132,6 +132,10 @@ pub struct ExamSettings {
     #[serde(with = "humantime_serde")]
     pub disconnect_grace: Duration,
     pub second_session: SecondSession,
+    /// How long a reconnecting client's old socket may take to answer a
+    /// liveness ping before it is judged dead (see `previous_session`).
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
     /// Events kept per exam for `resume`; older gaps get a fresh snapshot.
     pub history_size: usize,
     /// How long an exam room with nobody in it is kept before it is dropped.
@@ -147,6 +151,7 @@ impl Default for ExamSettings {
             idle_after: Duration::from_secs(60),
             disconnect_grace: Duration::from_secs(10),
             second_session: SecondSession::Takeover,
+            probe_timeout: Duration::from_secs(2),
             history_size: 1024,
             room_linger: Duration::from_secs(300),
             room_inbox: 1024,
@@ -189,7 +194,8 @@ impl Default for WsSettings {
 pub struct LimitSettings {
     /// Largest accepted client frame; larger closes with 1009.
     pub max_message_bytes: usize,
-    /// Bad messages tolerated per connection before it is closed (1007/1008).
+    /// Bad messages tolerated per connection per minute before it is
+    /// closed (1007/1008).
     pub max_bad_messages: u32,
     /// Sustained client messages per second per connection (burst = 2×).
     pub messages_per_second: u32,
@@ -202,7 +208,7 @@ impl Default for LimitSettings {
         Self {
             max_message_bytes: 16 * 1024,
             max_bad_messages: 10,
-            messages_per_second: 50,
+            messages_per_second: 20,
             max_announcement_chars: 2000,
         }
     }
@@ -297,6 +303,30 @@ impl Settings {
                 })
             }
         }
+        fn at_most(key: &'static str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+            if value <= max {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    key,
+                    problem: format!("must be at most {}", humantime::format_duration(max)),
+                })
+            }
+        }
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        const HOUR: Duration = Duration::from_secs(3600);
+        at_most("exam.idle_after", self.exam.idle_after, DAY)?;
+        at_most("exam.disconnect_grace", self.exam.disconnect_grace, DAY)?;
+        at_most("exam.room_linger", self.exam.room_linger, DAY)?;
+        at_most("exam.probe_timeout", self.exam.probe_timeout, HOUR)?;
+        at_most("ws.ping_interval", self.ws.ping_interval, HOUR)?;
+        at_most(
+            "server.shutdown_timeout",
+            self.server.shutdown_timeout,
+            HOUR,
+        )?;
+        at_most("server.drain_delay", self.server.drain_delay, HOUR)?;
+        at_most("auth.leeway", self.auth.leeway, HOUR)?;
         positive("exam.idle_after", !self.exam.idle_after.is_zero())?;
         positive("exam.history_size", self.exam.history_size > 0)?;
         positive("exam.room_inbox", self.exam.room_inbox > 0)?;
@@ -312,6 +342,15 @@ impl Settings {
             "limits.messages_per_second",
             self.limits.messages_per_second > 0,
         )?;
+        if self.ws.teacher_queue <= self.exam.history_size {
+            return Err(ConfigError::Invalid {
+                key: "ws.teacher_queue",
+                problem: format!(
+                    "must be larger than exam.history_size ({}) so a full replay fits",
+                    self.exam.history_size
+                ),
+            });
+        }
         if let Some(secret) = &self.auth.jwt_secret
             && secret.expose().len() < 32
         {
@@ -422,6 +461,21 @@ mod tests {
             jail.set_env("EXAMWATCH__AUTH__JWT_SECRET", "short");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("auth.jwt_secret"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__EXAM__IDLE_AFTER", "3years");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("exam.idle_after") && err.contains("at most"),
+                "{err}"
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__EXAM__HISTORY_SIZE", "5000");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("ws.teacher_queue"), "{err}");
             Ok(())
         });
         figment::Jail::expect_with(|jail| {

@@ -14,7 +14,7 @@ use std::{
 
 use axum::{
     extract::{
-        ConnectInfo, Path, Query, State,
+        ConnectInfo, Path, Query, RawQuery, State,
         rejection::QueryRejection,
         ws::{
             CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
@@ -43,6 +43,9 @@ use crate::{
 /// The subprotocol accepted when a client offers it.
 pub const SUBPROTOCOL: &str = "examwatch.v1";
 
+/// Payload of the ping that answers a liveness probe.
+const PROBE: &[u8] = b"examwatch-probe";
+
 /// Longest wait for a peer to answer our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -61,18 +64,21 @@ pub async fn handshake(
     Path(exam_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
     params: Result<Query<WsParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let user_agent = header_str(&headers, header::USER_AGENT)
         .unwrap_or("-")
         .to_owned();
+    // The query may carry the token: only its redacted form is ever logged.
+    let query = auth::redact_query(raw_query.as_deref().unwrap_or_default());
     let refuse = |err: ApiError| {
         app.metrics
             .handshakes_rejected
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            %exam_id, ip = %peer, %user_agent, auth = "rejected",
+            %exam_id, %query, ip = %peer, %user_agent, auth = "rejected",
             status = err.status.as_u16(), code = err.code, reason = %err.message,
             "websocket handshake refused"
         );
@@ -315,7 +321,7 @@ impl Connection {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
         let mut limiter = RateLimiter::new(settings.limits.messages_per_second);
-        let mut bad = 0u32;
+        let mut bad = BadBudget::new();
         loop {
             let step = tokio::select! {
                 biased;
@@ -335,6 +341,10 @@ impl Connection {
                                 self.on_text(socket, text, room, kick, &mut limiter, &mut bad).await
                             }
                             Message::Binary(_) => Err(Ending::Server(close::UNSUPPORTED)),
+                            Message::Pong(payload) if payload.as_ref() == PROBE => {
+                                let _ = room.send(RoomCmd::Alive { conn: self.id }).await;
+                                Ok(())
+                            }
                             Message::Ping(_) | Message::Pong(_) => Ok(()),
                             Message::Close(frame) => Err(Ending::Client {
                                 code: frame.as_ref().map(|f| f.code),
@@ -343,6 +353,10 @@ impl Connection {
                         }
                     }
                 },
+                _ = kick.probed() => {
+                    let ping = Message::Ping(axum::body::Bytes::from_static(PROBE));
+                    guarded(kick, &shutdown, socket.send(ping)).await
+                }
                 _ = ping.tick() => {
                     if last_seen.elapsed() > interval * 2 {
                         self.app.metrics.ping_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -385,7 +399,7 @@ impl Connection {
         room: &RoomHandle,
         kick: &Kick,
         limiter: &mut RateLimiter,
-        bad: &mut u32,
+        bad: &mut BadBudget,
     ) -> Result<(), Ending> {
         let metrics = &self.app.metrics;
         let limits = &self.app.settings.limits;
@@ -430,7 +444,7 @@ impl Connection {
         };
         let (code, message, r#ref) = refused;
         metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
-        *bad += 1;
+        let exhausted = bad.spend(limits.max_bad_messages);
         tracing::debug!(code = ?code, %message, "refused a client message");
         let frame = ServerMsg::Error {
             code,
@@ -439,7 +453,7 @@ impl Connection {
         }
         .encode();
         guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await?;
-        if *bad >= limits.max_bad_messages {
+        if exhausted {
             return Err(Ending::Server(if code.is_invalid_data() {
                 close::INVALID_DATA
             } else {
@@ -468,16 +482,21 @@ where
     }
 }
 
+/// Maps a read error to how the connection ends: oversized frames get 1009,
+/// text that is not UTF-8 gets 1007, a transport failure is just a drop.
 fn read_error(e: axum::Error) -> Ending {
-    let text = e.to_string();
-    // tungstenite reports oversized frames as a capacity error.
-    if text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("too big")
-    {
-        Ending::Server(close::TOO_BIG)
-    } else {
-        Ending::Dropped(format!("read failed: {text}"))
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Ending::Server(close::TOO_BIG),
+        Some(tungstenite::Error::Utf8(_)) => Ending::Server(close::NOT_UTF8),
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => Ending::Dropped("connection reset without a close frame".into()),
+        Some(tungstenite::Error::Protocol(p)) => {
+            tracing::debug!(error = %p, "protocol violation");
+            Ending::Server(close::PROTOCOL)
+        }
+        _ => Ending::Dropped(format!("read failed: {inner}")),
     }
 }
 
@@ -493,6 +512,33 @@ async fn close_socket(socket: &mut WebSocket, reason: &CloseReason) {
         }
     })
     .await;
+}
+
+/// Counts rejected messages per minute: scattered mistakes over a long exam
+/// are forgiven, a burst of them is not.
+struct BadBudget {
+    count: u32,
+    window_start: Instant,
+}
+
+impl BadBudget {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn new() -> Self {
+        Self {
+            count: 0,
+            window_start: Instant::now(),
+        }
+    }
+    /// Records one rejected message; true once `max` is reached.
+    fn spend(&mut self, max: u32) -> bool {
+        if self.window_start.elapsed() > Self::WINDOW {
+            self.count = 0;
+            self.window_start = Instant::now();
+        }
+        self.count += 1;
+        self.count >= max
+    }
 }
 
 /// A token bucket: `rate` messages per second sustained, bursts of 2×rate.

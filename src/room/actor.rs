@@ -20,18 +20,28 @@ use tokio::{
 use tokio_util::time::DelayQueue;
 use tracing::Instrument;
 
+mod join;
+
 use super::{
-    ConnId, Outbox, Registry, RoomCmd, RoomContext, StudentId, close,
+    ConnId, Outbox, Registry, RoomCmd, RoomContext, close,
     students::{self, Outcome, Student},
 };
-use crate::{
-    config::SecondSession,
-    protocol::{AlertKind, Cause, ClientMsg, ErrorCode, Label, Seq, ServerMsg, Status, Timestamp},
-};
+use crate::protocol::{AlertKind, ClientMsg, ErrorCode, Label, Seq, ServerMsg, Status, Timestamp};
 
 enum Timer {
     Idle(Arc<str>),
     Grace(Arc<str>),
+    /// The liveness probe of this (old) connection timed out.
+    Probe(ConnId),
+}
+
+/// A teacher connection and how far its stream is in sync.
+struct Teacher {
+    out: Outbox,
+    /// The room's seq when this connection last received a snapshot or a
+    /// replay. If the room has moved on since, live events were delivered
+    /// after it, and a replay of older events would arrive out of order.
+    synced_at: Seq,
 }
 
 /// Who receives an event.
@@ -52,7 +62,10 @@ pub(super) struct Room {
     students: HashMap<Arc<str>, Student>,
     /// Student connections, by connection, with the student they speak for.
     student_conns: HashMap<ConnId, (Arc<str>, Outbox)>,
-    teachers: HashMap<ConnId, Outbox>,
+    teachers: HashMap<ConnId, Teacher>,
+    /// Joins waiting for a liveness probe of the student's old connection,
+    /// keyed by that old connection.
+    probes: HashMap<ConnId, (join::StudentJoin, tokio_util::time::delay_queue::Key)>,
     /// Last `exam.history_size` events, contiguous by seq, for teachers' resume.
     history: VecDeque<(Seq, Utf8Bytes)>,
     /// Recent announcements, for students' resume.
@@ -79,6 +92,7 @@ impl Room {
             students: HashMap::new(),
             student_conns: HashMap::new(),
             teachers: HashMap::new(),
+            probes: HashMap::new(),
             history: VecDeque::new(),
             announcements: VecDeque::new(),
             timers: DelayQueue::new(),
@@ -127,17 +141,27 @@ impl Room {
                 previous_session,
                 out,
                 reply,
-            } => {
-                self.join_student(conn, student, session_id, previous_session, out);
-                let _ = reply.send(());
-            }
+            } => self.join_student(join::StudentJoin {
+                conn,
+                who: student,
+                session_id,
+                previous_session,
+                out,
+                reply,
+            }),
             RoomCmd::JoinTeacher {
                 conn,
                 out,
                 last_seq,
                 reply,
             } => {
-                self.teachers.insert(conn, out);
+                self.teachers.insert(
+                    conn,
+                    Teacher {
+                        out,
+                        synced_at: self.seq,
+                    },
+                );
                 match last_seq {
                     Some(l) => self.resume_teacher(conn, l),
                     None => self.send_snapshot(conn),
@@ -157,80 +181,8 @@ impl Room {
                 }
             }
             RoomCmd::Leave { conn } => self.leave(conn),
+            RoomCmd::Alive { conn } => self.probe_result(conn, true),
         }
-    }
-
-    fn join_student(
-        &mut self,
-        conn: ConnId,
-        who: StudentId,
-        session_id: String,
-        previous_session: Option<String>,
-        out: Outbox,
-    ) {
-        let sid: Arc<str> = who.id.as_str().into();
-        let outcome = match self.students.get_mut(&sid) {
-            // The same client coming back while its old socket still looks
-            // alive (a silent network drop not yet detected): a reconnect,
-            // not a second session, and no alert.
-            Some(st)
-                if st.conn.is_some()
-                    && previous_session.is_some()
-                    && previous_session == st.session_id =>
-            {
-                if let Some((_, old)) = st.conn.and_then(|c| self.student_conns.remove(&c)) {
-                    old.kick.kick(close::TAKEN_OVER);
-                }
-                st.reconnect(conn, who.name)
-            }
-            Some(st) if st.conn.is_some() => match self.ctx.settings.second_session {
-                SecondSession::Reject => {
-                    out.kick.kick(close::SECOND_SESSION);
-                    self.emit_alert(&sid, AlertKind::SecondSession);
-                    return;
-                }
-                SecondSession::Takeover => {
-                    if let Some((_, old)) = st.conn.and_then(|c| self.student_conns.remove(&c)) {
-                        let bye = ServerMsg::SessionInvalidated {
-                            reason: "second_session",
-                        }
-                        .encode();
-                        let _ = old.tx.try_send(bye);
-                        old.kick.kick(close::TAKEN_OVER);
-                    }
-                    st.take_over(conn)
-                }
-            },
-            Some(st) => {
-                if let Some(key) = st.grace_timer.take() {
-                    self.timers.try_remove(&key);
-                }
-                st.reconnect(conn, who.name)
-            }
-            None => {
-                let st = Student::new(who.id, who.name, conn);
-                self.students.insert(sid.clone(), st);
-                Outcome {
-                    cause: Some(Cause::Connected),
-                    alert: None,
-                    touched: true,
-                }
-            }
-        };
-        if let Some(st) = self.students.get_mut(&sid) {
-            st.session_id = Some(session_id);
-            let welcome = ServerMsg::Welcome {
-                session_id: st.session_id.as_deref().unwrap_or_default(),
-                server_time: Timestamp::now(),
-                exam_id: &self.exam_id,
-                student: &st.state,
-                last_seq: self.seq,
-            }
-            .encode();
-            self.push(&out, welcome);
-        }
-        self.student_conns.insert(conn, (sid.clone(), out));
-        self.apply(&sid, outcome);
     }
 
     fn leave(&mut self, conn: ConnId) {
@@ -245,10 +197,16 @@ impl Room {
             && st.conn == Some(conn)
         {
             st.drop_connection();
+            // Away is not idle: the grace timer decides what happens next.
+            if let Some(key) = st.idle_timer.take() {
+                self.timers.try_remove(&key);
+            }
             if !st.submitted() {
                 st.grace_timer = Some(self.timers.insert(Timer::Grace(sid.clone()), grace));
             }
         }
+        // A join was waiting to learn whether this socket is alive: it is not.
+        self.probe_result(conn, false);
     }
 
     fn on_timer(&mut self, timer: Timer) {
@@ -269,6 +227,7 @@ impl Room {
                 let o = st.grace_expired();
                 (sid, o)
             }
+            Timer::Probe(old) => return self.probe_result(old, false),
         };
         self.apply(&sid, outcome);
     }
@@ -311,7 +270,7 @@ impl Room {
     }
 
     fn teacher_message(&mut self, conn: ConnId, r#ref: Option<Label>, msg: ClientMsg, from: &str) {
-        let Some(out) = self.teachers.get(&conn).cloned() else {
+        let Some(out) = self.teachers.get(&conn).map(|t| t.out.clone()) else {
             return;
         };
         match msg {
@@ -343,22 +302,28 @@ impl Room {
         self.ack(&out, r#ref.as_ref());
     }
 
-    /// Replays events after `last_seq` from history, or sends a fresh
-    /// snapshot when the history no longer reaches back that far (or the
-    /// client claims a seq this room never issued).
+    /// Replays the events after `last_seq` from history, in order. Sends a
+    /// fresh snapshot instead when the history no longer reaches back that
+    /// far, when the client claims a seq this room never issued, when the
+    /// replay would not fit in the connection's queue, or when live events
+    /// were already delivered on this connection since its last sync (the
+    /// replay would then arrive out of order or twice).
     fn resume_teacher(&mut self, conn: ConnId, last_seq: Seq) {
-        let Some(out) = self.teachers.get(&conn).cloned() else {
+        let Some(teacher) = self.teachers.get(&conn) else {
             return;
         };
         if last_seq == self.seq {
             return;
         }
+        let out = teacher.out.clone();
+        let in_sync = teacher.synced_at == self.seq;
         let covered = last_seq < self.seq
             && self
                 .history
                 .front()
                 .is_some_and(|(oldest, _)| *oldest <= last_seq + 1);
-        if !covered {
+        let missed = self.seq.saturating_sub(last_seq) as usize;
+        if !(in_sync && covered && missed <= out.tx.capacity()) {
             self.ctx
                 .metrics
                 .resume_snapshots
@@ -369,23 +334,21 @@ impl Room {
             .metrics
             .resume_replays
             .fetch_add(1, Ordering::Relaxed);
-        let missed: Vec<Utf8Bytes> = self
-            .history
-            .iter()
-            .filter(|(s, _)| *s > last_seq)
-            .map(|(_, b)| b.clone())
-            .collect();
-        for bytes in missed {
-            if !self.push(&out, bytes) {
+        let start = self.history.len() - missed;
+        for (_, bytes) in self.history.range(start..) {
+            if !try_push(&out, bytes.clone()) {
+                self.kick_slow(&out);
                 break;
             }
         }
     }
 
     fn send_snapshot(&mut self, conn: ConnId) {
-        let Some(out) = self.teachers.get(&conn).cloned() else {
+        let Some(teacher) = self.teachers.get_mut(&conn) else {
             return;
         };
+        teacher.synced_at = self.seq;
+        let out = teacher.out.clone();
         let mut students: Vec<_> = self.students.values().map(|s| &s.state).collect();
         students.sort_unstable_by(|a, b| a.student_id.cmp(&b.student_id));
         let counts = students::count(students.iter().copied());
@@ -455,14 +418,14 @@ impl Room {
     /// Fans one encoded event out to local members without ever waiting.
     fn deliver(&mut self, bytes: &Utf8Bytes, audience: Audience) {
         let mut too_slow = Vec::new();
-        for (conn, out) in &self.teachers {
-            if !try_push(out, bytes.clone()) {
+        for (conn, teacher) in &self.teachers {
+            if !try_push(&teacher.out, bytes.clone()) {
                 too_slow.push(*conn);
             }
         }
         for conn in too_slow {
-            if let Some(out) = self.teachers.remove(&conn) {
-                self.kick_slow(&out);
+            if let Some(teacher) = self.teachers.remove(&conn) {
+                self.kick_slow(&teacher.out);
             }
         }
         if audience == Audience::Everyone {

@@ -59,6 +59,14 @@ pub mod close {
         code: 1003,
         reason: "binary frames are not supported",
     };
+    pub const PROTOCOL: CloseReason = CloseReason {
+        code: 1002,
+        reason: "WebSocket protocol error",
+    };
+    pub const NOT_UTF8: CloseReason = CloseReason {
+        code: 1007,
+        reason: "text frame is not valid UTF-8",
+    };
     pub const INVALID_DATA: CloseReason = CloseReason {
         code: 1007,
         reason: "too many invalid messages",
@@ -99,6 +107,8 @@ pub struct Kick {
 struct KickInner {
     token: CancellationToken,
     reason: OnceLock<CloseReason>,
+    /// "Is your peer still there?": the connection pings and reports a pong.
+    probe: tokio::sync::Notify,
 }
 
 impl Kick {
@@ -112,6 +122,13 @@ impl Kick {
     }
     pub fn reason(&self) -> Option<CloseReason> {
         self.inner.reason.get().cloned()
+    }
+    /// Asks the connection to check that its peer is alive.
+    pub fn probe(&self) {
+        self.inner.probe.notify_one();
+    }
+    pub async fn probed(&self) {
+        self.inner.probe.notified().await
     }
 }
 
@@ -158,6 +175,10 @@ pub enum RoomCmd {
         from: Arc<str>,
     },
     Leave {
+        conn: ConnId,
+    },
+    /// The peer of this connection answered a liveness probe.
+    Alive {
         conn: ConnId,
     },
 }

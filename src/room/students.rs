@@ -25,6 +25,8 @@ pub struct Student {
     pub grace_timer: Option<delay_queue::Key>,
     /// `session_id` of the current (or last) connection.
     pub session_id: Option<String>,
+    /// When a second-session alert was last raised (to fold repeats).
+    pub last_second_session_alert: Option<std::time::Instant>,
 }
 
 /// What a transition asks the room to do.
@@ -73,6 +75,7 @@ impl Student {
             idle_timer: None,
             grace_timer: None,
             session_id: None,
+            last_second_session_alert: None,
         }
     }
 

@@ -84,8 +84,9 @@ async fn alg_none_and_other_algorithms_are_refused() {
         base64_url(br#"{"alg":"none","typ":"JWT"}"#),
         base64_url(&claims)
     );
-    let (status, _) = refused(&app, &url, Some(&unsigned), &[]).await;
+    let (status, body) = refused(&app, &url, Some(&unsigned), &[]).await;
     assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_token");
 
     // HS384 with the right secret: still refused, the algorithm is pinned.
     let hs384 = jsonwebtoken::encode(
@@ -209,7 +210,7 @@ async fn issuer_and_audience_are_checked_when_configured() {
     .await;
     assert_eq!(status, 401, "iss/aud are required once configured");
     c.iss = Some("https://idp.example".into());
-    c.aud = Some("someone-else".into());
+    c.aud = Some(examwatch::auth::Audience::One("someone-else".into()));
     let (status, body) = refused(
         &app,
         &app.ws_url("e1"),
@@ -222,7 +223,10 @@ async fn issuer_and_audience_are_checked_when_configured() {
         body["error"]["message"],
         "invalid token: audience not accepted"
     );
-    c.aud = Some("examwatch".into());
+    c.aud = Some(examwatch::auth::Audience::Many(vec![
+        "other".into(),
+        "examwatch".into(),
+    ]));
     let token = jsonwebtoken::encode(&Header::default(), &c, &key).unwrap();
     let mut ok = app.connect("e1", &token).await;
     assert_eq!(ok.next_json().await["type"], "welcome");

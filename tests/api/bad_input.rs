@@ -173,3 +173,21 @@ async fn abuse_on_one_socket_does_not_disturb_the_exam() {
     }
     assert_eq!(ev["student"]["answered"], 1);
 }
+
+#[tokio::test]
+async fn text_that_is_not_utf8_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    };
+    let app = spawn_app().await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    s.ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(s.expect_close().await.0, Some(1007));
+    // The teacher's connection is untouched.
+    t.send_json(json!({"type": "heartbeat", "ref": "alive"}))
+        .await;
+    assert_eq!(t.next_of_type("ack").await["ref"], "alive");
+}

@@ -117,3 +117,28 @@ async fn a_student_resume_replays_missed_announcements() {
     let texts: Vec<_> = got.iter().map(|v| v["text"].as_str().unwrap()).collect();
     assert_eq!(texts, ["one", "two"]);
 }
+
+#[tokio::test]
+async fn a_resume_after_live_events_gets_a_snapshot_never_duplicates() {
+    let app = spawn_app().await;
+    let (mut observer, _) = app.teacher("e1", "observer").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    observer.next_of_type("student").await;
+    make_events(&mut s, &mut observer, 3).await;
+    let (mut t, snap) = app.teacher("e1", "t1").await;
+    let at_join = snap["seq"].as_u64().unwrap();
+    // Two live events reach the teacher before it asks to resume.
+    let newest = make_events(&mut s, &mut observer, 2).await;
+    for expected in at_join + 1..=newest {
+        assert_eq!(t.next_json().await["seq"], expected);
+    }
+    t.send_json(json!({"type": "resume", "last_seq": 1, "ref": "r"}))
+        .await;
+    let got = until_ack(&mut t, "r").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "snapshot");
+    assert_eq!(got[0]["seq"], newest);
+    // Live events continue after it, in order.
+    let next = make_events(&mut s, &mut observer, 1).await;
+    assert_eq!(t.next_json().await["seq"], next);
+}

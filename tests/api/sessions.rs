@@ -3,6 +3,7 @@
 use examwatch::config::SecondSession;
 use serde_json::json;
 
+use crate::helpers::Next;
 use crate::helpers::*;
 
 #[tokio::test]
@@ -43,8 +44,11 @@ async fn reject_refuses_the_new_socket_with_4009() {
     t.next_of_type("student").await;
     let token = app.token("s1", examwatch::auth::Role::Student, &["e1"]);
     let mut second = app.connect("e1", &token).await;
-    let (code, reason) = second.expect_close().await;
-    assert_eq!(code, Some(4009), "{reason}");
+    // Refused outright: no welcome, the very next frame is the close.
+    match second.next().await {
+        Next::Closed(code, reason) => assert_eq!(code, Some(4009), "{reason}"),
+        Next::Json(v) => panic!("the rejected socket got {v}"),
+    }
     let alert = t.next_json().await;
     assert_eq!(
         (alert["kind"].as_str(), alert["student_id"].as_str()),
@@ -60,7 +64,11 @@ async fn reject_refuses_the_new_socket_with_4009() {
 #[tokio::test]
 async fn the_same_client_reconnecting_over_a_dead_socket_is_not_a_second_session() {
     for policy in [SecondSession::Takeover, SecondSession::Reject] {
-        let app = spawn_app_with(|s| s.exam.second_session = policy).await;
+        let app = spawn_app_with(|s| {
+            s.exam.second_session = policy;
+            s.exam.probe_timeout = std::time::Duration::from_millis(200);
+        })
+        .await;
         let (mut t, _) = app.teacher("e1", "t1").await;
         // The old socket stays open: the server has not noticed the drop yet.
         let (mut old, welcome) = app.student("e1", "s1").await;
@@ -86,4 +94,29 @@ async fn the_same_client_reconnecting_over_a_dead_socket_is_not_a_second_session
             "{policy:?}: {next}"
         );
     }
+}
+
+#[tokio::test]
+async fn claiming_a_previous_session_while_the_old_device_is_alive_is_a_second_session() {
+    let app = spawn_app().await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut old, welcome) = app.student("e1", "s1").await;
+    t.next_of_type("student").await;
+    let session = welcome["session_id"].as_str().unwrap().to_owned();
+    // The old device keeps reading, so it answers the server's probe ping.
+    let old_reader = tokio::spawn(async move {
+        let first = old.next_json().await;
+        let (code, _) = old.expect_close().await;
+        (first, code)
+    });
+    let token = app.token("s1", examwatch::auth::Role::Student, &["e1"]);
+    let url = format!("{}?previous_session={session}", app.ws_url("e1"));
+    let mut new = app.try_connect(&url, Some(&token), &[]).await.unwrap();
+    new.next_of_type("welcome").await;
+    let (first, code) = old_reader.await.unwrap();
+    assert_eq!(first["type"], "session_invalidated");
+    assert_eq!(code, Some(4001));
+    let ev = t.next_json().await;
+    assert!(is_student_event(&ev, "s1", "second_session"), "{ev}");
+    assert_eq!(t.next_json().await["kind"], "second_session");
 }

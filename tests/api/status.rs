@@ -157,3 +157,21 @@ async fn a_silent_connection_is_closed_after_two_ping_intervals() {
     assert_eq!(code, Some(4000), "{reason}");
     assert_eq!(app.metric("examwatch_ping_timeouts_total"), 1);
 }
+
+#[tokio::test]
+async fn a_dropped_student_is_not_reported_idle_while_away() {
+    let app = spawn_app_with(|s| {
+        s.exam.idle_after = Duration::from_millis(150);
+        s.exam.disconnect_grace = Duration::from_millis(500);
+    })
+    .await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (s, _) = app.student("e1", "s1").await;
+    t.next_of_type("student").await;
+    drop(s);
+    let ev = t.next_json().await;
+    assert!(
+        is_student_event(&ev, "s1", "disconnected"),
+        "away is not idle: {ev}"
+    );
+}

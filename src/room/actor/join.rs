@@ -1,0 +1,170 @@
+//! How a student's connection joins the room: new student, reconnect, or a
+//! second session — and how the room tells a reconnect over a dead socket
+//! from a genuine second device.
+//!
+//! A client that lost its network silently reconnects before the server has
+//! noticed: its old socket still looks open. If the new connection names the
+//! old `session_id` (`?previous_session=`), the room does not guess: it asks
+//! the old connection to ping its peer. No pong within `exam.probe_timeout`
+//! (or the old socket closes) means the old one is dead, so this is the same
+//! client reconnecting — `reconnected`, no alert. A pong means two live
+//! devices — the second-session policy applies, whatever the client claimed.
+
+use std::{sync::Arc, time::Instant};
+
+use tokio::sync::oneshot;
+
+use super::{Room, Timer};
+use crate::{
+    config::SecondSession,
+    protocol::{AlertKind, Cause, ServerMsg, Timestamp},
+    room::{ConnId, Outbox, StudentId, close, students::Outcome, students::Student},
+};
+
+/// A join request, kept whole while a probe is pending.
+pub(in crate::room) struct StudentJoin {
+    pub conn: ConnId,
+    pub who: StudentId,
+    pub session_id: String,
+    pub previous_session: Option<String>,
+    pub out: Outbox,
+    pub reply: oneshot::Sender<()>,
+}
+
+/// Repeated second-session alerts for one student are folded within this.
+const ALERT_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Room {
+    pub(super) fn join_student(&mut self, join: StudentJoin) {
+        let sid: Arc<str> = join.who.id.as_str().into();
+        let Some(st) = self.students.get(&sid) else {
+            return self.admit(join, None);
+        };
+        let Some(old) = st.conn else {
+            return self.admit(join, None);
+        };
+        let claims_same_client =
+            join.previous_session.is_some() && join.previous_session == st.session_id;
+        if claims_same_client && !self.probes.contains_key(&old) {
+            if let Some((_, old_out)) = self.student_conns.get(&old) {
+                old_out.kick.probe();
+            }
+            let key = self
+                .timers
+                .insert(Timer::Probe(old), self.ctx.settings.probe_timeout);
+            self.probes.insert(old, (join, key));
+            return;
+        }
+        self.second_session(join, old);
+    }
+
+    /// The probe of `old` finished: `alive` if its peer answered.
+    pub(super) fn probe_result(&mut self, old: ConnId, alive: bool) {
+        let Some((join, key)) = self.probes.remove(&old) else {
+            return;
+        };
+        self.timers.try_remove(&key);
+        if alive {
+            return self.second_session(join, old);
+        }
+        // Dead: retire the old socket quietly and treat this as a reconnect.
+        if let Some((sid, old_out)) = self.student_conns.remove(&old) {
+            old_out.kick.kick(close::TAKEN_OVER);
+            if let Some(st) = self.students.get_mut(&sid)
+                && st.conn == Some(old)
+            {
+                st.drop_connection();
+            }
+        }
+        self.admit(join, None);
+    }
+
+    /// A second live connection for a student who already has one.
+    fn second_session(&mut self, join: StudentJoin, old: ConnId) {
+        let sid: Arc<str> = join.who.id.as_str().into();
+        let alert = self.students.get_mut(&sid).is_some_and(|st| {
+            let quiet = st
+                .last_second_session_alert
+                .is_some_and(|t| t.elapsed() < ALERT_QUIET);
+            st.last_second_session_alert = Some(Instant::now());
+            !quiet
+        });
+        match self.ctx.settings.second_session {
+            SecondSession::Reject => {
+                join.out.kick.kick(close::SECOND_SESSION);
+                if alert {
+                    self.emit_alert(&sid, AlertKind::SecondSession);
+                }
+                let _ = join.reply.send(());
+            }
+            SecondSession::Takeover => {
+                if let Some((_, old_out)) = self.student_conns.remove(&old) {
+                    let bye = ServerMsg::SessionInvalidated {
+                        reason: "second_session",
+                    }
+                    .encode();
+                    let _ = old_out.tx.try_send(bye);
+                    old_out.kick.kick(close::TAKEN_OVER);
+                }
+                let conn = join.conn;
+                let outcome = self
+                    .students
+                    .get_mut(&sid)
+                    .map(|st| st.take_over(conn))
+                    .unwrap_or_default();
+                let outcome = Outcome {
+                    alert: outcome.alert.filter(|_| alert),
+                    ..outcome
+                };
+                self.admit(join, Some(outcome));
+            }
+        }
+    }
+
+    /// Attaches the connection, sends `welcome`, and tells teachers.
+    /// `outcome` is given when the student's state was already updated.
+    fn admit(&mut self, join: StudentJoin, outcome: Option<Outcome>) {
+        let StudentJoin {
+            conn,
+            who,
+            session_id,
+            out,
+            reply,
+            ..
+        } = join;
+        let sid: Arc<str> = who.id.as_str().into();
+        let outcome = match (outcome, self.students.get_mut(&sid)) {
+            (Some(o), _) => o,
+            (None, Some(st)) => {
+                if let Some(key) = st.grace_timer.take() {
+                    self.timers.try_remove(&key);
+                }
+                st.reconnect(conn, who.name)
+            }
+            (None, None) => {
+                self.students
+                    .insert(sid.clone(), Student::new(who.id, who.name, conn));
+                Outcome {
+                    cause: Some(Cause::Connected),
+                    alert: None,
+                    touched: true,
+                }
+            }
+        };
+        if let Some(st) = self.students.get_mut(&sid) {
+            st.session_id = Some(session_id);
+            let welcome = ServerMsg::Welcome {
+                session_id: st.session_id.as_deref().unwrap_or_default(),
+                server_time: Timestamp::now(),
+                exam_id: &self.exam_id,
+                student: &st.state,
+                last_seq: self.seq,
+            }
+            .encode();
+            self.push(&out, welcome);
+        }
+        self.student_conns.insert(conn, (sid.clone(), out));
+        self.apply(&sid, outcome);
+        let _ = reply.send(());
+    }
+}
