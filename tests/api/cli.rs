@@ -79,6 +79,15 @@ async fn token_then_serve_then_sigterm() {
     let welcome = client.next_json().await;
     assert_eq!(welcome["student"]["name"], "Ada");
 
+    // A refused handshake is logged with the query, but never the token.
+    let refused = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/v1/exams/e2/ws?access_token={token}"
+    ))
+    .await;
+    assert!(
+        matches!(refused, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 403)
+    );
+
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -95,6 +104,11 @@ async fn token_then_serve_then_sigterm() {
         logs.iter()
             .any(|l| l.contains("disconnected") && l.contains("examwatch-test")),
         "disconnect logged with user agent: {logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("handshake refused") && l.contains("access_token=[redacted]")),
+        "refusal logged with a redacted query: {logs:?}"
     );
     let signature = token.rsplit('.').next().unwrap();
     assert!(
