@@ -27,6 +27,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
 pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
+    pub database: DatabaseSettings,
     pub exam: ExamSettings,
     pub ws: WsSettings,
     pub limits: LimitSettings,
@@ -108,6 +109,38 @@ impl Default for AuthSettings {
             issuer: Vec::new(),
             audience: Vec::new(),
             leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db` (created with its folder, WAL mode) or
+    /// `postgres://user@host/db`. The same code runs on both.
+    pub url: String,
+    pub max_connections: u32,
+    /// The event writer commits at most this many records per transaction...
+    pub batch_max: usize,
+    /// ...and waits at most this long to fill a batch.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Records waiting for the database beyond this: new exam connections
+    /// are refused (503) until the backlog drains. Nothing is dropped.
+    pub queue_limit: usize,
+    /// Recorded with every session; defaults to `hostname:pid`.
+    pub instance_id: Option<String>,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/examwatch.db".into(),
+            max_connections: 8,
+            batch_max: 512,
+            flush_interval: Duration::from_millis(5),
+            queue_limit: 100_000,
+            instance_id: None,
         }
     }
 }
@@ -327,6 +360,19 @@ impl Settings {
         )?;
         at_most("server.drain_delay", self.server.drain_delay, HOUR)?;
         at_most("auth.leeway", self.auth.leeway, HOUR)?;
+        at_most("database.flush_interval", self.database.flush_interval, HOUR)?;
+        positive("database.max_connections", self.database.max_connections > 0)?;
+        positive("database.batch_max", self.database.batch_max > 0)?;
+        positive("database.queue_limit", self.database.queue_limit > 0)?;
+        if !(self.database.url.starts_with("sqlite:")
+            || self.database.url.starts_with("postgres://")
+            || self.database.url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "database.url",
+                problem: "must start with sqlite: or postgres://".into(),
+            });
+        }
         positive("exam.idle_after", !self.exam.idle_after.is_zero())?;
         positive("exam.history_size", self.exam.history_size > 0)?;
         positive("exam.room_inbox", self.exam.room_inbox > 0)?;

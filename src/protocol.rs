@@ -240,7 +240,29 @@ impl Serialize for Timestamp {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Cow::<str>::deserialize(d)?;
+        humantime::parse_rfc3339(&s)
+            .map(Timestamp)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Timestamp {
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_ms(self) -> i64 {
+        self.0
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+    pub fn from_unix_ms(ms: i64) -> Self {
+        Self(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Active,
@@ -250,7 +272,7 @@ pub enum Status {
 }
 
 /// What a teacher sees of one student.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StudentState {
     pub student_id: String,
     pub name: String,

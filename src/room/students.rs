@@ -179,7 +179,12 @@ impl Student {
             }
             FocusState::Gained if s.focused => {
                 s.last_activity = Timestamp::now();
-                Outcome::default().touched()
+                if s.status == Status::Idle {
+                    s.status = Status::Active;
+                    Outcome::event(Cause::Active).touched()
+                } else {
+                    Outcome::default().touched()
+                }
             }
             FocusState::Gained => {
                 s.focused = true;

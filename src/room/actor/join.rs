@@ -67,6 +67,13 @@ impl Room {
         if alive {
             return self.second_session(join, old);
         }
+        // Meanwhile another connection may have become this student's.
+        let sid: Arc<str> = join.who.id.as_str().into();
+        if let Some(current) = self.students.get(&sid).and_then(|st| st.conn)
+            && current != old
+        {
+            return self.second_session(join, current);
+        }
         // Dead: retire the old socket quietly and treat this as a reconnect.
         if let Some((sid, old_out)) = self.student_conns.remove(&old) {
             old_out.kick.kick(close::TAKEN_OVER);

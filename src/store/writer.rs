@@ -1,0 +1,242 @@
+//! The batching writer: the only path from the live exam to the database.
+//!
+//! Rooms and connections hand it records and move on; it commits them in
+//! batches (up to `database.batch_max` records, at least every
+//! `database.flush_interval`), one transaction per batch. If the database is
+//! slow or down, records wait in memory, `/readyz` reports degraded, and the
+//! batch is retried with exponential backoff until it commits — a record is
+//! never dropped. Past `database.queue_limit` waiting records the server
+//! refuses new exam connections instead (see `ws.rs`).
+//!
+//! Answers and submissions carry a completion: it fires only after their
+//! transaction committed, and that is when the student gets its `ack`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::Store;
+use crate::config::DatabaseSettings;
+
+/// One record for the database.
+#[derive(Debug)]
+pub enum Record {
+    /// An exam event exactly as teachers received it.
+    Event {
+        exam_id: Arc<str>,
+        seq: i64,
+        at: i64,
+        student_id: Option<Arc<str>>,
+        kind: &'static str,
+        payload: String,
+    },
+    SessionOpened {
+        id: String,
+        exam_id: Arc<str>,
+        user_id: String,
+        role: &'static str,
+        at: i64,
+        ip: String,
+        user_agent: String,
+        instance_id: Arc<str>,
+    },
+    SessionClosed {
+        id: String,
+        at: i64,
+        code: Option<i64>,
+        reason: String,
+    },
+    TeacherAction {
+        exam_id: Arc<str>,
+        actor_id: String,
+        action: &'static str,
+        payload: String,
+        at: i64,
+    },
+    /// Stored idempotently by (exam, student, answer id).
+    Answer {
+        exam_id: Arc<str>,
+        student_id: Arc<str>,
+        answer_id: String,
+        question: String,
+        value: String,
+        at: i64,
+        done: oneshot::Sender<()>,
+    },
+    Submission {
+        exam_id: Arc<str>,
+        student_id: Arc<str>,
+        at: i64,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Shared counters about the writer, for readiness and metrics.
+#[derive(Default)]
+pub struct WriterStats {
+    /// Records accepted but not yet committed.
+    pub pending: AtomicUsize,
+    /// The last attempt to commit failed (and is being retried).
+    pub failing: AtomicBool,
+    pub committed: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+/// A cheap handle for handing records to the writer task.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Record>,
+    stats: Arc<WriterStats>,
+    limit: usize,
+}
+
+/// Owns the writer task; `finish` drains it at shutdown.
+pub struct WriterTask {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn spawn(store: Store, settings: &DatabaseSettings) -> (Writer, WriterTask) {
+        // Unbounded on purpose: bounding here would mean dropping or blocking
+        // the live path. The bound is enforced at admission (queue_limit).
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(WriterStats::default());
+        let stop = CancellationToken::new();
+        let worker = Worker {
+            store,
+            rx,
+            stats: stats.clone(),
+            batch_max: settings.batch_max,
+            flush_interval: settings.flush_interval,
+            stop: stop.clone(),
+        };
+        let handle = tokio::spawn(worker.run());
+        let writer = Writer {
+            tx,
+            stats,
+            limit: settings.queue_limit,
+        };
+        (writer, WriterTask { stop, handle })
+    }
+
+    /// Queues a record. Never blocks, never drops while the task runs.
+    pub fn write(&self, record: Record) {
+        self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(record).is_err() {
+            self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("record written after the writer stopped");
+        }
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Too much is waiting for the database to admit new connections.
+    pub fn over_limit(&self) -> bool {
+        self.stats.pending.load(Ordering::Relaxed) >= self.limit
+    }
+
+    /// The database is failing writes right now.
+    pub fn degraded(&self) -> bool {
+        self.stats.failing.load(Ordering::Relaxed)
+    }
+}
+
+impl WriterTask {
+    /// Stops accepting the wait, writes everything still queued (retrying
+    /// until `deadline`), then returns.
+    pub async fn finish(self, deadline: Duration) {
+        self.stop.cancel();
+        if tokio::time::timeout(deadline, self.handle).await.is_err() {
+            tracing::error!("database writer did not drain before the shutdown deadline");
+        }
+    }
+}
+
+struct Worker {
+    store: Store,
+    rx: mpsc::UnboundedReceiver<Record>,
+    stats: Arc<WriterStats>,
+    batch_max: usize,
+    flush_interval: Duration,
+    stop: CancellationToken,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut batch: Vec<Record> = Vec::with_capacity(self.batch_max);
+        loop {
+            // Wait for the first record, or for the order to stop.
+            let first = tokio::select! {
+                r = self.rx.recv() => r,
+                _ = self.stop.cancelled() => None,
+            };
+            match first {
+                Some(r) => batch.push(r),
+                None => {
+                    // Stopping: take whatever is still queued.
+                    while let Ok(r) = self.rx.try_recv() {
+                        batch.push(r);
+                    }
+                    if !batch.is_empty() {
+                        self.commit(std::mem::take(&mut batch)).await;
+                    }
+                    return;
+                }
+            }
+            let deadline = Instant::now() + self.flush_interval;
+            while batch.len() < self.batch_max {
+                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(r)) => batch.push(r),
+                    _ => break,
+                }
+            }
+            self.commit(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Commits one batch, retrying with backoff until it succeeds.
+    async fn commit(&self, batch: Vec<Record>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match super::queries::write_batch(&self.store, &batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if !self.stats.failing.swap(true, Ordering::Relaxed) {
+                        tracing::error!(error = %e, records = batch.len(), "database write failed; retrying, nothing is dropped");
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        if self.stats.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("database writes succeed again");
+        }
+        let n = batch.len();
+        for record in batch {
+            match record {
+                Record::Answer { done, .. } | Record::Submission { done, .. } => {
+                    let _ = done.send(());
+                }
+                _ => {}
+            }
+        }
+        self.stats.pending.fetch_sub(n, Ordering::Relaxed);
+        self.stats.committed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
