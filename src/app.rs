@@ -25,6 +25,11 @@ use crate::{
     http,
     metrics::Metrics,
     room::{ConnId, Registry, RoomContext},
+    roster::RosterCache,
+    store::{
+        Store,
+        writer::{Writer, WriterTask},
+    },
 };
 
 /// What every handler and connection shares. Cheap to clone.
@@ -38,6 +43,11 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks every connection and room task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    pub store: Store,
+    pub writer: Writer,
+    pub rosters: RosterCache,
+    /// Recorded with every session (`database.instance_id` or hostname:pid).
+    pub instance_id: Arc<str>,
     draining: Arc<AtomicBool>,
     next_conn: Arc<AtomicU64>,
 }
@@ -54,6 +64,7 @@ impl AppState {
 pub struct App {
     state: AppState,
     listener: TcpListener,
+    writer_task: WriterTask,
 }
 
 impl App {
@@ -62,12 +73,24 @@ impl App {
         let listener = TcpListener::bind(settings.server.bind)
             .await
             .with_context(|| format!("cannot listen on server.bind = {}", settings.server.bind))?;
-        Self::with_listener(settings, listener)
+        Self::with_listener(settings, listener).await
     }
 
-    /// Prepares the server on an already-bound listener.
-    pub fn with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
+    /// Prepares the server on an already-bound listener: opens (and
+    /// migrates) the database and starts its writer.
+    pub async fn with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
         settings.validate()?;
+        let store = Store::open(&settings.database).await.with_context(|| {
+            format!(
+                "cannot open database.url = {}",
+                redact_url(&settings.database.url)
+            )
+        })?;
+        let (writer, writer_task) = Writer::spawn(store.clone(), &settings.database);
+        let instance_id: Arc<str> = match &settings.database.instance_id {
+            Some(id) => id.as_str().into(),
+            None => format!("{}:{}", hostname(), std::process::id()).into(),
+        };
         let keys = Keys::from_settings(&settings.auth, &settings.server.data_dir)?;
         if settings.server.allowed_origins.is_empty() {
             tracing::warn!(
@@ -84,6 +107,8 @@ impl App {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             max_announcement_chars: settings.limits.max_announcement_chars,
+            store: store.clone(),
+            writer: writer.clone(),
         });
         let state = AppState {
             settings,
@@ -94,8 +119,16 @@ impl App {
             tracker,
             draining: Arc::default(),
             next_conn: Arc::new(AtomicU64::new(1)),
+            store,
+            writer,
+            rosters: RosterCache::default(),
+            instance_id,
         };
-        Ok(Self { state, listener })
+        Ok(Self {
+            state,
+            listener,
+            writer_task,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -111,7 +144,11 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Self { state, listener } = self;
+        let Self {
+            state,
+            listener,
+            writer_task,
+        } = self;
         let addr = listener.local_addr()?;
         let token = state.shutdown.clone();
         let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -142,6 +179,8 @@ impl App {
                 "shutdown timeout: abandoning tasks"
             );
         }
+        // Everything the rooms and sockets produced is written before exit.
+        writer_task.finish(settings.shutdown_timeout).await;
         match tokio::time::timeout(settings.shutdown_timeout, server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
@@ -151,4 +190,26 @@ impl App {
         tracing::info!(closed_tasks = open, "shutdown complete");
         Ok(())
     }
+}
+
+/// The URL without its password, for error messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "examwatch".into())
 }

@@ -360,8 +360,15 @@ impl Settings {
         )?;
         at_most("server.drain_delay", self.server.drain_delay, HOUR)?;
         at_most("auth.leeway", self.auth.leeway, HOUR)?;
-        at_most("database.flush_interval", self.database.flush_interval, HOUR)?;
-        positive("database.max_connections", self.database.max_connections > 0)?;
+        at_most(
+            "database.flush_interval",
+            self.database.flush_interval,
+            HOUR,
+        )?;
+        positive(
+            "database.max_connections",
+            self.database.max_connections > 0,
+        )?;
         positive("database.batch_max", self.database.batch_max > 0)?;
         positive("database.queue_limit", self.database.queue_limit > 0)?;
         if !(self.database.url.starts_with("sqlite:")

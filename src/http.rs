@@ -76,25 +76,50 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready for new clients: 503 once draining or shutting down.
+/// Ready for new clients: 503 once draining, or when so much waits for the
+/// database that new exam connections are refused. While database writes
+/// fail but the backlog is under its bound, 200 with `"status": "degraded"`:
+/// the live exam still works, and nothing is lost.
 async fn readyz(State(app): State<AppState>) -> Response {
-    if app.draining() || app.shutdown.is_cancelled() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "shutting_down"})),
-        )
-            .into_response()
+    use std::sync::atomic::Ordering;
+    let pending = app.writer.stats().pending.load(Ordering::Relaxed);
+    let database = if app.writer.degraded() {
+        "failing"
     } else {
-        Json(json!({"status": "ready"})).into_response()
-    }
+        "ok"
+    };
+    let (status, code) = if app.draining() || app.shutdown.is_cancelled() {
+        ("shutting_down", StatusCode::SERVICE_UNAVAILABLE)
+    } else if app.writer.over_limit() {
+        ("degraded", StatusCode::SERVICE_UNAVAILABLE)
+    } else if app.writer.degraded() {
+        ("degraded", StatusCode::OK)
+    } else {
+        ("ready", StatusCode::OK)
+    };
+    let body = json!({"status": status, "database": database, "pending_writes": pending});
+    (code, Json(body)).into_response()
 }
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-        .into_response()
+    use std::sync::atomic::Ordering;
+    let w = app.writer.stats();
+    let mut text = app.metrics.render();
+    text.push_str(&format!(
+        "# HELP examwatch_db_pending_writes Records waiting for the database\n\
+         # TYPE examwatch_db_pending_writes gauge\nexamwatch_db_pending_writes {}\n\
+         # HELP examwatch_db_failing 1 while database writes fail\n\
+         # TYPE examwatch_db_failing gauge\nexamwatch_db_failing {}\n\
+         # HELP examwatch_db_committed_total Records committed\n\
+         # TYPE examwatch_db_committed_total counter\nexamwatch_db_committed_total {}\n\
+         # HELP examwatch_db_retries_total Failed batch commits (retried)\n\
+         # TYPE examwatch_db_retries_total counter\nexamwatch_db_retries_total {}\n",
+        w.pending.load(Ordering::Relaxed),
+        u8::from(w.failing.load(Ordering::Relaxed)),
+        w.committed.load(Ordering::Relaxed),
+        w.retries.load(Ordering::Relaxed),
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -21,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod room;
+pub mod roster;
 pub mod store;
 pub mod telemetry;
 pub mod ws;

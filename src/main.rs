@@ -28,6 +28,9 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
+    /// Apply the database migrations and exit (the server also applies
+    /// them at start-up).
+    Migrate,
     /// Print a token signed with the configured key, to try the server.
     Token {
         /// User id (`sub`).
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
+        Command::Migrate => migrate(settings),
         Command::Token {
             sub,
             name,
@@ -92,6 +96,23 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         let app = App::build(settings).await?;
         app.run(shutdown).await
+    })
+}
+
+fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        examwatch::store::Store::open(&settings.database).await?;
+        println!(
+            "migrations applied to {}",
+            settings
+                .database
+                .url
+                .split('@')
+                .next_back()
+                .unwrap_or_default()
+        );
+        Ok(())
     })
 }
 

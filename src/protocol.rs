@@ -25,6 +25,15 @@ pub enum Label {
     Text(String),
 }
 
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Number(n) => write!(f, "{n}"),
+            Label::Text(s) => f.write_str(s),
+        }
+    }
+}
+
 impl Label {
     fn is_valid(&self) -> bool {
         match self {
@@ -53,13 +62,31 @@ pub enum FocusState {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
-    Progress { question: Label, answered: u32 },
-    Activity { state: ActivityState },
-    Focus { state: FocusState },
+    Progress {
+        question: Label,
+        answered: u32,
+    },
+    Activity {
+        state: ActivityState,
+    },
+    Focus {
+        state: FocusState,
+    },
     Heartbeat {},
     Submit {},
-    Resume { last_seq: Seq },
-    Announce { text: String },
+    Resume {
+        last_seq: Seq,
+    },
+    Announce {
+        text: String,
+    },
+    /// A student's answer, stored durably before it is acked. `id` is
+    /// client-generated and unique: re-sending it is harmless.
+    Answer {
+        id: Label,
+        question: Label,
+        value: serde_json::Value,
+    },
 }
 
 /// Every `type` the server understands (for the `unknown_type` error).
@@ -71,6 +98,7 @@ const KNOWN_TYPES: &[&str] = &[
     "submit",
     "resume",
     "announce",
+    "answer",
 ];
 
 impl ClientMsg {
@@ -91,6 +119,7 @@ impl ClientMsg {
             ClientMsg::Submit {} => "submit",
             ClientMsg::Resume { .. } => "resume",
             ClientMsg::Announce { .. } => "announce",
+            ClientMsg::Answer { .. } => "answer",
         }
     }
 }
@@ -212,12 +241,15 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
             r#ref.clone(),
         )
     })?;
-    if let ClientMsg::Progress { question, .. } = &msg
-        && !question.is_valid()
-    {
+    let labels_ok = match &msg {
+        ClientMsg::Progress { question, .. } => question.is_valid(),
+        ClientMsg::Answer { id, question, .. } => id.is_valid() && question.is_valid(),
+        _ => true,
+    };
+    if !labels_ok {
         return Err(fail(
             ErrorCode::InvalidMessage,
-            format!("`question` must be at most {MAX_LABEL_LEN} characters"),
+            format!("`id` and `question` must be at most {MAX_LABEL_LEN} characters"),
             r#ref,
         ));
     }
@@ -306,6 +338,7 @@ pub enum Cause {
     Connected,
     Reconnected,
     Progress,
+    Answered,
     Idle,
     Active,
     FocusLost,
@@ -414,6 +447,13 @@ mod tests {
             parse(r#"{"type":"resume","last_seq":10}"#).unwrap().msg,
             ClientMsg::Resume { last_seq: 10 }
         ));
+        let m = parse(
+            r#"{"type":"answer","id":"a-1","question":"q3","value":{"choice":[1,2]},"ref":9}"#,
+        )
+        .unwrap();
+        assert!(matches!(m.msg, ClientMsg::Answer { .. }));
+        let e = parse(r#"{"type":"answer","question":"q3","value":1}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage, "id is required");
     }
 
     #[test]

@@ -38,6 +38,8 @@ use crate::{
     http::ApiError,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
     room::{CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, close},
+    roster::Admission,
+    store::{now_ms, writer::Record},
 };
 
 /// The subprotocol accepted when a client offers it.
@@ -118,6 +120,36 @@ pub async fn handshake(
             format!("this token does not grant exam {exam_id:?}"),
         ));
     }
+    if app.writer.over_limit() {
+        return refuse(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_backlog",
+            "too many records are waiting for the database; retry shortly",
+        ));
+    }
+    if !claims.role.is_watcher() {
+        match app.rosters.check(&app.store, &exam_id, &claims.sub).await {
+            Admission::Admitted => {}
+            Admission::NotOnRoster => {
+                return refuse(ApiError::forbidden(
+                    "not_on_roster",
+                    format!(
+                        "student {:?} is not on the roster of exam {exam_id:?}",
+                        claims.sub
+                    ),
+                ));
+            }
+            Admission::NotAllowed => {
+                return refuse(ApiError::forbidden(
+                    "not_allowed",
+                    format!(
+                        "student {:?} is not allowed to sit exam {exam_id:?}",
+                        claims.sub
+                    ),
+                ));
+            }
+        }
+    }
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(e) => {
@@ -141,6 +173,7 @@ pub async fn handshake(
         id: app.next_conn_id(),
         exam_id: exam_id.into(),
         name: claims.name.as_str().into(),
+        user: claims.sub.as_str().into(),
         claims,
         peer,
         user_agent,
@@ -181,6 +214,7 @@ struct Connection {
     id: ConnId,
     exam_id: Arc<str>,
     name: Arc<str>,
+    user: Arc<str>,
     claims: Claims,
     peer: SocketAddr,
     user_agent: String,
@@ -221,6 +255,16 @@ impl Connection {
                 protocol = socket.protocol().and_then(|p| p.to_str().ok()).unwrap_or("-"),
                 "connected"
             );
+            self.app.writer.write(Record::SessionOpened {
+                id: self.session_id.clone(),
+                exam_id: self.exam_id.clone(),
+                user_id: self.claims.sub.clone(),
+                role: self.claims.role.as_str(),
+                at: now_ms(),
+                ip: self.peer.to_string(),
+                user_agent: self.user_agent.clone(),
+                instance_id: self.app.instance_id.clone(),
+            });
             let ending = self.serve(socket).await;
             gauge.fetch_sub(1, Ordering::Relaxed);
             let (code, reason, by) = match &ending {
@@ -228,6 +272,12 @@ impl Connection {
                 Ending::Client { code, reason } => (*code, reason.clone(), "client"),
                 Ending::Dropped(e) => (None, e.clone(), "transport"),
             };
+            self.app.writer.write(Record::SessionClosed {
+                id: self.session_id.clone(),
+                at: now_ms(),
+                code: code.map(i64::from),
+                reason: format!("{by}: {reason}"),
+            });
             tracing::info!(
                 ip = %self.peer, user_agent = %self.user_agent,
                 close_code = code.map(i64::from).unwrap_or(-1), close_reason = %reason,
@@ -253,9 +303,13 @@ impl Connection {
             kick: kick.clone(),
         };
         let Some(room) = self.join(out).await else {
-            let ending = Ending::Server(close::GOING_AWAY);
-            close_socket(&mut socket, &close::GOING_AWAY).await;
-            return ending;
+            let reason = if self.app.shutdown.is_cancelled() {
+                close::GOING_AWAY
+            } else {
+                close::TRY_AGAIN
+            };
+            close_socket(&mut socket, &reason).await;
+            return Ending::Server(reason);
         };
         let ending = self.pump(&mut socket, &mut rx, &kick, &room).await;
         let _ = room.send(RoomCmd::Leave { conn: self.id }).await;
@@ -433,6 +487,7 @@ impl Connection {
                         conn: self.id,
                         r#ref: incoming.r#ref,
                         msg: incoming.msg,
+                        user: self.user.clone(),
                         from: self.name.clone(),
                     };
                     return match room.send(cmd).await {

@@ -20,6 +20,9 @@ use tokio::{
 use tokio_util::time::DelayQueue;
 use tracing::Instrument;
 
+use crate::store::{now_ms, writer::Record};
+
+mod durable;
 mod join;
 
 use super::{
@@ -73,6 +76,9 @@ pub(super) struct Room {
     timers: DelayQueue<Timer>,
     /// Since when the room has had no members and no pending timers.
     empty_since: Option<Instant>,
+    /// The room's own inbox, weakly: commit waiters post results here
+    /// without keeping the room alive.
+    inbox: mpsc::WeakSender<RoomCmd>,
 }
 
 impl Room {
@@ -82,6 +88,7 @@ impl Room {
         first_seq: Seq,
         registry: Registry,
         ctx: RoomContext,
+        inbox: mpsc::WeakSender<RoomCmd>,
     ) -> Self {
         Self {
             exam_id,
@@ -97,6 +104,7 @@ impl Room {
             announcements: VecDeque::new(),
             timers: DelayQueue::new(),
             empty_since: Some(Instant::now()),
+            inbox,
         }
     }
 
@@ -104,6 +112,12 @@ impl Room {
         let span = tracing::info_span!("room", exam_id = %self.exam_id);
         async move {
             tracing::debug!("room started");
+            if let Err(e) = self.restore().await {
+                tracing::error!(error = %e, "cannot load the exam's state; refusing joins (1013)");
+                self.refuse_all(&mut rx);
+                self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
             let shutdown = self.ctx.shutdown.clone();
             loop {
                 let linger = self.empty_since.map(|t| t + self.ctx.settings.room_linger);
@@ -172,14 +186,21 @@ impl Room {
                 conn,
                 r#ref,
                 msg,
+                user,
                 from,
             } => {
                 if self.teachers.contains_key(&conn) {
-                    self.teacher_message(conn, r#ref, msg, &from);
+                    self.teacher_message(conn, r#ref, msg, &user, &from);
                 } else {
                     self.student_message(conn, r#ref, msg);
                 }
             }
+            RoomCmd::Stored {
+                conn,
+                student,
+                what,
+                r#ref,
+            } => self.stored(conn, student, what, r#ref),
             RoomCmd::Leave { conn } => self.leave(conn),
             RoomCmd::Alive { conn } => self.probe_result(conn, true),
         }
@@ -237,6 +258,27 @@ impl Room {
             return; // left, or taken over: its socket is closing
         };
         let (sid, out) = (sid.clone(), out.clone());
+        // Durable messages: acked when committed, not now.
+        let msg = match msg {
+            ClientMsg::Answer {
+                id,
+                question,
+                value,
+            } => {
+                match self.store_answer(conn, &sid, id, question, value, r#ref.clone()) {
+                    Ok(outcome) => self.apply(&sid, outcome),
+                    Err(code) => self.error(&out, code, r#ref.as_ref()),
+                }
+                return;
+            }
+            ClientMsg::Submit {} => {
+                if !self.store_submission(conn, &sid, r#ref.clone()) {
+                    self.ack(&out, r#ref.as_ref()); // already submitted
+                }
+                return;
+            }
+            other => other,
+        };
         let Some(st) = self.students.get_mut(&sid) else {
             return;
         };
@@ -244,7 +286,6 @@ impl Room {
             ClientMsg::Progress { question, answered } => st.progress(question, answered),
             ClientMsg::Activity { state } => st.activity(state),
             ClientMsg::Focus { state } => st.focus(state),
-            ClientMsg::Submit {} => Ok(st.submit()),
             ClientMsg::Heartbeat {} => Ok(Outcome::default()),
             ClientMsg::Resume { last_seq } => {
                 let missed: Vec<Utf8Bytes> = self
@@ -258,7 +299,9 @@ impl Room {
                 }
                 Ok(Outcome::default())
             }
-            ClientMsg::Announce { .. } => Err(ErrorCode::Forbidden),
+            ClientMsg::Announce { .. } | ClientMsg::Answer { .. } | ClientMsg::Submit {} => {
+                Err(ErrorCode::Forbidden)
+            }
         };
         match result {
             Ok(outcome) => {
@@ -269,7 +312,14 @@ impl Room {
         }
     }
 
-    fn teacher_message(&mut self, conn: ConnId, r#ref: Option<Label>, msg: ClientMsg, from: &str) {
+    fn teacher_message(
+        &mut self,
+        conn: ConnId,
+        r#ref: Option<Label>,
+        msg: ClientMsg,
+        user: &str,
+        from: &str,
+    ) {
         let Some(out) = self.teachers.get(&conn).map(|t| t.out.clone()) else {
             return;
         };
@@ -293,7 +343,14 @@ impl Room {
                 if self.announcements.len() > self.ctx.settings.history_size {
                     self.announcements.pop_front();
                 }
-                self.emit(seq, bytes, Audience::Everyone);
+                self.ctx.writer.write(Record::TeacherAction {
+                    exam_id: self.exam_id.clone(),
+                    actor_id: user.to_owned(),
+                    action: "announce",
+                    payload: serde_json::json!({ "text": text, "seq": seq }).to_string(),
+                    at: now_ms(),
+                });
+                self.emit(seq, bytes, Audience::Everyone, "announcement", None);
             }
             ClientMsg::Resume { last_seq } => self.resume_teacher(conn, last_seq),
             ClientMsg::Heartbeat {} => {}
@@ -386,7 +443,7 @@ impl Room {
                 cause,
             }
             .encode();
-            self.emit(self.seq, bytes, Audience::Teachers);
+            self.emit(self.seq, bytes, Audience::Teachers, "student", Some(sid));
         }
         if let Some(kind) = outcome.alert {
             self.emit_alert(sid, kind);
@@ -402,17 +459,34 @@ impl Room {
             at: Timestamp::now(),
         }
         .encode();
-        self.emit(self.seq, bytes, Audience::Teachers);
+        let sid: Arc<str> = sid.into();
+        self.emit(self.seq, bytes, Audience::Teachers, "alert", Some(&sid));
     }
 
-    /// Records an encoded event in the history and delivers it.
-    fn emit(&mut self, seq: Seq, bytes: Utf8Bytes, audience: Audience) {
+    /// Records an encoded event in the history, delivers it, then hands it
+    /// to the database writer: teachers never wait for the disk.
+    fn emit(
+        &mut self,
+        seq: Seq,
+        bytes: Utf8Bytes,
+        audience: Audience,
+        kind: &'static str,
+        student: Option<&Arc<str>>,
+    ) {
         self.history.push_back((seq, bytes.clone()));
         if self.history.len() > self.ctx.settings.history_size {
             self.history.pop_front();
         }
         self.ctx.metrics.events.fetch_add(1, Ordering::Relaxed);
         self.deliver(&bytes, audience);
+        self.ctx.writer.write(Record::Event {
+            exam_id: self.exam_id.clone(),
+            seq: seq as i64,
+            at: now_ms(),
+            student_id: student.cloned(),
+            kind,
+            payload: bytes.as_str().to_owned(),
+        });
     }
 
     /// Fans one encoded event out to local members without ever waiting.

@@ -79,6 +79,10 @@ pub mod close {
         code: 1009,
         reason: "message too big",
     };
+    pub const TRY_AGAIN: CloseReason = CloseReason {
+        code: 1013,
+        reason: "exam state unavailable, try again later",
+    };
     pub const PING_TIMEOUT: CloseReason = CloseReason {
         code: 4000,
         reason: "ping timeout",
@@ -171,8 +175,16 @@ pub enum RoomCmd {
         conn: ConnId,
         r#ref: Option<Label>,
         msg: ClientMsg,
-        /// The sender's display name (for announcements).
+        /// The sender's user id and display name (for announcements).
+        user: Arc<str>,
         from: Arc<str>,
+    },
+    /// The writer committed a student's answer or submission.
+    Stored {
+        conn: ConnId,
+        student: Arc<str>,
+        what: Stored,
+        r#ref: Option<Label>,
     },
     Leave {
         conn: ConnId,
@@ -181,6 +193,13 @@ pub enum RoomCmd {
     Alive {
         conn: ConnId,
     },
+}
+
+/// What became durable.
+#[derive(Debug)]
+pub enum Stored {
+    Answer { question: String },
+    Submission { at: crate::protocol::Timestamp },
 }
 
 /// A cloneable handle to one room's inbox.
@@ -208,6 +227,8 @@ pub struct RoomContext {
     pub tracker: TaskTracker,
     /// `limits.max_announcement_chars`.
     pub max_announcement_chars: usize,
+    pub store: crate::store::Store,
+    pub writer: crate::store::writer::Writer,
 }
 
 /// The live rooms of this instance.
@@ -253,7 +274,14 @@ impl Registry {
             .get(exam_id)
             .copied()
             .unwrap_or(0);
-        let room = actor::Room::new(exam, id, first_seq, self.clone(), self.ctx.clone());
+        let room = actor::Room::new(
+            exam,
+            id,
+            first_seq,
+            self.clone(),
+            self.ctx.clone(),
+            handle.tx.downgrade(),
+        );
         self.ctx.tracker.spawn(room.run(rx));
         handle
     }

@@ -27,6 +27,11 @@ pub struct Student {
     pub session_id: Option<String>,
     /// When a second-session alert was last raised (to fold repeats).
     pub last_second_session_alert: Option<std::time::Instant>,
+    /// Questions with at least one stored answer; `answered` counts them
+    /// once any exist (before that, the client's own count is shown).
+    pub answered_questions: std::collections::HashSet<String>,
+    /// A submission is being committed; its ack is on the way.
+    pub submitting: bool,
 }
 
 /// What a transition asks the room to do.
@@ -76,7 +81,54 @@ impl Student {
             grace_timer: None,
             session_id: None,
             last_second_session_alert: None,
+            answered_questions: Default::default(),
+            submitting: false,
         }
+    }
+
+    /// A student as the database last knew them, with no socket yet.
+    pub fn restored(mut state: StudentState, answered: std::collections::HashSet<String>) -> Self {
+        state.connected = false;
+        if !answered.is_empty() {
+            state.answered = answered.len() as u32;
+        }
+        Self {
+            state,
+            conn: None,
+            idle_timer: None,
+            grace_timer: None,
+            session_id: None,
+            last_second_session_alert: None,
+            answered_questions: answered,
+            submitting: false,
+        }
+    }
+
+    /// An answer was stored (committed). Idempotent per question.
+    pub fn answer_stored(&mut self, question: String) -> Outcome {
+        let new = self.answered_questions.insert(question);
+        let s = &mut self.state;
+        s.answered = self.answered_questions.len() as u32;
+        if new {
+            Outcome::event(Cause::Answered)
+        } else {
+            Outcome::default()
+        }
+    }
+
+    /// An answer arrived: it is activity, whatever its fate in storage.
+    pub fn answering(&mut self, question: Label) -> Result<Outcome, ErrorCode> {
+        self.refuse_if_submitted()?;
+        let s = &mut self.state;
+        s.current_question = Some(question);
+        s.last_activity = Timestamp::now();
+        let woke = s.status != Status::Active;
+        s.status = Status::Active;
+        Ok(if woke {
+            Outcome::event(Cause::Active).touched()
+        } else {
+            Outcome::default().touched()
+        })
     }
 
     pub fn submitted(&self) -> bool {
@@ -137,7 +189,11 @@ impl Student {
         self.refuse_if_submitted()?;
         let s = &mut self.state;
         s.current_question = Some(question);
-        s.answered = answered;
+        s.answered = if self.answered_questions.is_empty() {
+            answered
+        } else {
+            self.answered_questions.len() as u32
+        };
         s.status = Status::Active;
         s.last_activity = Timestamp::now();
         Ok(Outcome::event(Cause::Progress).touched())
@@ -196,12 +252,13 @@ impl Student {
     }
 
     /// Final: a second submit is acknowledged but changes nothing.
-    pub fn submit(&mut self) -> Outcome {
+    pub fn submit(&mut self, at: Timestamp) -> Outcome {
+        self.submitting = false;
         if self.submitted() {
             return Outcome::default();
         }
         self.state.status = Status::Submitted;
-        self.state.submitted_at = Some(Timestamp::now());
+        self.state.submitted_at = Some(at);
         Outcome::event(Cause::Submitted)
     }
 
@@ -235,8 +292,8 @@ mod tests {
     #[test]
     fn submitted_is_final() {
         let mut s = Student::new("s".into(), "S".into(), 1);
-        assert_eq!(s.submit().cause, Some(Cause::Submitted));
-        assert_eq!(s.submit(), Outcome::default());
+        assert_eq!(s.submit(Timestamp::now()).cause, Some(Cause::Submitted));
+        assert_eq!(s.submit(Timestamp::now()), Outcome::default());
         assert_eq!(
             s.progress(Label::Number(1.into()), 1),
             Err(ErrorCode::AlreadySubmitted)

@@ -196,20 +196,20 @@ impl Store {
                 .map_err(|e| StoreError::Corrupt(format!("student event: {e}")))?;
             state.students.push(ev.student);
         }
-        let rows = sqlx::query(
-            "SELECT DISTINCT student_id, question FROM answers WHERE exam_id = $1",
-        )
-        .bind(exam_id)
-        .fetch_all(pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT DISTINCT student_id, question FROM answers WHERE exam_id = $1")
+                .bind(exam_id)
+                .fetch_all(pool)
+                .await?;
         for row in rows {
             let (student, question): (String, String) = (row.try_get(0)?, row.try_get(1)?);
             state.answered.entry(student).or_default().insert(question);
         }
-        let rows = sqlx::query("SELECT student_id, submitted_at FROM submissions WHERE exam_id = $1")
-            .bind(exam_id)
-            .fetch_all(pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT student_id, submitted_at FROM submissions WHERE exam_id = $1")
+                .bind(exam_id)
+                .fetch_all(pool)
+                .await?;
         for row in rows {
             state.submitted.insert(row.try_get(0)?, row.try_get(1)?);
         }
@@ -312,4 +312,23 @@ pub struct SessionSpan {
     pub user_id: String,
     pub connected_at: i64,
     pub disconnected_at: Option<i64>,
+}
+
+/// An exam's roster: student id → (name, allowed). Empty = no roster.
+pub type Roster = HashMap<String, (String, bool)>;
+
+impl Store {
+    /// The roster of an exam (empty if the exam has none or does not exist).
+    pub async fn roster(&self, exam_id: &str) -> Result<Roster, StoreError> {
+        let rows = sqlx::query("SELECT student_id, name, allowed FROM roster WHERE exam_id = $1")
+            .bind(exam_id)
+            .fetch_all(self.pool())
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let allowed: i64 = r.try_get(2)?;
+                Ok((r.try_get(0)?, (r.try_get(1)?, allowed != 0)))
+            })
+            .collect()
+    }
 }

@@ -55,11 +55,14 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let data = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings();
     settings.server.data_dir = data.path().to_path_buf();
+    settings.database.url = format!("sqlite://{}/examwatch.db", data.path().display());
     configure(&mut settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
-    let app = App::with_listener(settings, listener).expect("app builds");
+    let app = App::with_listener(settings, listener)
+        .await
+        .expect("app builds");
     let addr = app.local_addr().expect("local addr");
     let state = app.state().clone();
     let keys = state.keys.clone();

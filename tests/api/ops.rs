@@ -82,9 +82,10 @@ async fn an_empty_room_is_dropped_after_its_linger_time() {
     s.close().await;
     eventually("the room ends", || app.state.registry.is_empty()).await;
     assert_eq!(app.metric("examwatch_rooms"), 0);
-    // A new connection simply starts a new room.
+    // A new connection starts a new room, which picks the student's state
+    // up from the database: the same student, reconnected.
     let (_s, welcome) = app.student("e1", "s1").await;
-    assert_eq!(welcome["student"]["connections"], 1);
+    assert_eq!(welcome["student"]["connections"], 2);
 }
 
 #[tokio::test]

@@ -1,0 +1,196 @@
+//! The room's durable side: picking up an exam's state from the database
+//! when the room starts, and acknowledging answers and submissions only
+//! once they are committed.
+//!
+//! The room never awaits the database while it runs. An answer goes to the
+//! batching writer with a completion; a small task waits for the commit and
+//! posts `RoomCmd::Stored` back into the room's inbox, where the ack is sent.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Room, Timer};
+use crate::{
+    protocol::{ErrorCode, Label, Status, Timestamp},
+    room::{RoomCmd, Stored, close, students::Outcome, students::Student},
+    store::{StoreError, now_ms, writer::Record},
+};
+
+impl Room {
+    /// Loads seq, students, answers and recent history. Students who were
+    /// connected when the last room ended get a grace period to come back.
+    pub(super) async fn restore(&mut self) -> Result<(), StoreError> {
+        let mut attempt = 0;
+        let state = loop {
+            let load = self
+                .ctx
+                .store
+                .load_exam_state(&self.exam_id, self.ctx.settings.history_size);
+            match tokio::time::timeout(Duration::from_secs(3), load).await {
+                Ok(Ok(s)) => break s,
+                Ok(Err(e)) if attempt >= 2 => return Err(e),
+                Err(_) if attempt >= 2 => {
+                    return Err(StoreError::Db(sqlx::Error::PoolTimedOut));
+                }
+                _ => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+            }
+        };
+        self.seq = self.seq.max(state.last_seq);
+        let grace = self.ctx.settings.disconnect_grace;
+        let mut answered = state.answered;
+        for st in state.students {
+            let sid: Arc<str> = st.student_id.as_str().into();
+            let questions = answered.remove(st.student_id.as_str()).unwrap_or_default();
+            let mut student = Student::restored(st, questions);
+            if let Some(at) = state.submitted.get(sid.as_ref()) {
+                student.state.status = Status::Submitted;
+                student.state.submitted_at = Some(Timestamp::from_unix_ms(*at));
+            }
+            if matches!(student.state.status, Status::Active | Status::Idle) {
+                student.grace_timer = Some(self.timers.insert(Timer::Grace(sid.clone()), grace));
+            }
+            self.students.insert(sid, student);
+        }
+        self.history = state
+            .history
+            .into_iter()
+            .map(|(seq, payload)| (seq, Utf8Bytes::from(payload)))
+            .collect();
+        if !self.students.is_empty() {
+            tracing::info!(
+                seq = self.seq,
+                students = self.students.len(),
+                "exam state restored from the database"
+            );
+        }
+        Ok(())
+    }
+
+    /// The room could not load its state: every pending join is told to
+    /// come back later (1013) rather than starting from a wrong seq.
+    pub(super) fn refuse_all(&mut self, rx: &mut mpsc::Receiver<RoomCmd>) {
+        self.registry
+            .remove_if_idle(&self.exam_id, self.id, self.seq, || true);
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                RoomCmd::JoinStudent { out, reply, .. }
+                | RoomCmd::JoinTeacher { out, reply, .. } => {
+                    out.kick.kick(close::TRY_AGAIN);
+                    let _ = reply.send(());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Hands an answer to the writer; the ack comes with `Stored`.
+    pub(super) fn store_answer(
+        &mut self,
+        conn: crate::room::ConnId,
+        sid: &Arc<str>,
+        id: Label,
+        question: Label,
+        value: serde_json::Value,
+        r#ref: Option<Label>,
+    ) -> Result<Outcome, ErrorCode> {
+        let st = self.students.get_mut(sid).ok_or(ErrorCode::Forbidden)?;
+        let outcome = st.answering(question.clone())?;
+        let question = question.to_string();
+        let (done, committed) = oneshot::channel();
+        self.ctx.writer.write(Record::Answer {
+            exam_id: self.exam_id.clone(),
+            student_id: sid.clone(),
+            answer_id: id.to_string(),
+            question: question.clone(),
+            value: value.to_string(),
+            at: now_ms(),
+            done,
+        });
+        self.when_committed(committed, conn, sid, Stored::Answer { question }, r#ref);
+        Ok(outcome)
+    }
+
+    /// Hands a submission to the writer; the ack comes with `Stored`.
+    /// A repeated submit is acked at once.
+    pub(super) fn store_submission(
+        &mut self,
+        conn: crate::room::ConnId,
+        sid: &Arc<str>,
+        r#ref: Option<Label>,
+    ) -> bool {
+        let Some(st) = self.students.get_mut(sid) else {
+            return false;
+        };
+        if st.submitted() {
+            return false;
+        }
+        st.submitting = true;
+        let at = Timestamp::now();
+        let (done, committed) = oneshot::channel();
+        self.ctx.writer.write(Record::Submission {
+            exam_id: self.exam_id.clone(),
+            student_id: sid.clone(),
+            at: at.unix_ms(),
+            done,
+        });
+        self.when_committed(committed, conn, sid, Stored::Submission { at }, r#ref);
+        true
+    }
+
+    fn when_committed(
+        &self,
+        committed: oneshot::Receiver<()>,
+        conn: crate::room::ConnId,
+        sid: &Arc<str>,
+        what: Stored,
+        r#ref: Option<Label>,
+    ) {
+        let inbox = self.inbox.clone();
+        let student = sid.clone();
+        self.ctx.tracker.spawn(async move {
+            if committed.await.is_err() {
+                return; // writer stopped before committing: no ack, the client re-sends
+            }
+            if let Some(inbox) = inbox.upgrade() {
+                let _ = inbox
+                    .send(RoomCmd::Stored {
+                        conn,
+                        student,
+                        what,
+                        r#ref,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// A commit landed: update the student, tell teachers, ack the sender.
+    pub(super) fn stored(
+        &mut self,
+        conn: crate::room::ConnId,
+        sid: Arc<str>,
+        what: Stored,
+        r#ref: Option<Label>,
+    ) {
+        let Some(st) = self.students.get_mut(&sid) else {
+            return;
+        };
+        let outcome = match what {
+            Stored::Answer { question } => st.answer_stored(question),
+            Stored::Submission { at } => st.submit(at),
+        };
+        self.apply(&sid, outcome);
+        // Ack on the socket that sent it, if it is still here; otherwise the
+        // client re-sends after reconnecting and gets its ack then.
+        if let Some((_, out)) = self.student_conns.get(&conn) {
+            let out = out.clone();
+            self.ack(&out, r#ref.as_ref());
+        }
+    }
+}
