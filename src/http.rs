@@ -12,15 +12,26 @@ use axum::{
     routing::get,
 };
 use serde_json::json;
+use utoipa_axum::routes;
 
 use crate::{app::AppState, auth::TokenError, ws};
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/exams/{exam_id}/ws", get(ws::handshake))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (router, openapi) = crate::api::router()
+        .routes(routes!(ws::handshake))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .split_for_parts();
+    let openapi = std::sync::Arc::new(openapi);
+    router
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -72,6 +83,8 @@ impl IntoResponse for ApiError {
 }
 
 /// Alive: the process answers HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "The process is alive")))]
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -80,6 +93,11 @@ async fn healthz() -> impl IntoResponse {
 /// database that new exam connections are refused. While database writes
 /// fail but the backlog is under its bound, 200 with `"status": "degraded"`:
 /// the live exam still works, and nothing is lost.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Ready (`status` is `ready`, or `degraded` while database writes are retried)"),
+        (status = 503, description = "Shutting down, or too much waiting for the database"),
+    ))]
 async fn readyz(State(app): State<AppState>) -> Response {
     use std::sync::atomic::Ordering;
     let pending = app.writer.stats().pending.load(Ordering::Relaxed);
@@ -101,6 +119,9 @@ async fn readyz(State(app): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(app): State<AppState>) -> Response {
     use std::sync::atomic::Ordering;
     let w = app.writer.stats();

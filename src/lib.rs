@@ -14,6 +14,7 @@
 //! - [`room`]: rooms, their registry, and how student state changes;
 //! - [`metrics`], [`telemetry`]: what operators see.
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;

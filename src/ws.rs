@@ -61,6 +61,21 @@ pub struct WsParams {
 }
 
 /// `GET /v1/exams/{exam_id}/ws`: authenticate, authorize, then upgrade.
+/// The protocol spoken after the upgrade is in docs/PROTOCOL.md.
+#[utoipa::path(get, path = "/v1/exams/{exam_id}/ws", tag = "websocket",
+    params(
+        ("exam_id" = String, Path, description = "Exam id"),
+        ("access_token" = Option<String>, Query, description = "JWT, for browsers (else the Authorization header)"),
+        ("last_seq" = Option<u64>, Query, description = "Teachers: resume after this seq instead of a snapshot"),
+        ("previous_session" = Option<String>, Query, description = "Students: session_id of the previous connection"),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol (subprotocol examwatch.v1 when offered)"),
+        (status = 400, description = "Invalid exam id or query, or not a WebSocket request"),
+        (status = 401, description = "Missing, invalid or expired token"),
+        (status = 403, description = "Exam not granted, Origin not allowed, or not on the roster"),
+        (status = 503, description = "Shutting down, or the database backlog is full"),
+    ))]
 pub async fn handshake(
     State(app): State<AppState>,
     Path(exam_id): Path<String>,

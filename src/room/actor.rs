@@ -203,6 +203,9 @@ impl Room {
             } => self.stored(conn, student, what, r#ref),
             RoomCmd::Leave { conn } => self.leave(conn),
             RoomCmd::Alive { conn } => self.probe_result(conn, true),
+            RoomCmd::Counts { reply } => {
+                let _ = reply.send(students::count(self.students.values().map(|s| &s.state)));
+            }
         }
     }
 

@@ -193,6 +193,10 @@ pub enum RoomCmd {
     Alive {
         conn: ConnId,
     },
+    /// Students per status, for the REST API.
+    Counts {
+        reply: oneshot::Sender<crate::protocol::Counts>,
+    },
 }
 
 /// What became durable.
@@ -284,6 +288,14 @@ impl Registry {
         );
         self.ctx.tracker.spawn(room.run(rx));
         handle
+    }
+
+    /// Live counts of an exam whose room is running here.
+    pub async fn counts(&self, exam_id: &str) -> Option<crate::protocol::Counts> {
+        let handle = self.lock().get(exam_id).cloned()?;
+        let (reply, counts) = oneshot::channel();
+        handle.send(RoomCmd::Counts { reply }).await.ok()?;
+        counts.await.ok()
     }
 
     /// Number of live rooms.

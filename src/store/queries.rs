@@ -332,3 +332,200 @@ impl Store {
             .collect()
     }
 }
+
+/// An exam as stored.
+pub struct ExamRow {
+    pub id: String,
+    pub title: String,
+    pub phase: String,
+    pub starts_at: Option<i64>,
+    pub duration_secs: Option<i64>,
+    pub settings: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub roster_size: i64,
+}
+
+const EXAM_COLUMNS: &str = "SELECT id, title, phase, starts_at, duration_secs, settings, created_by, created_at, \
+     (SELECT COUNT(*) FROM roster r WHERE r.exam_id = exams.id) AS roster_size FROM exams";
+
+fn exam_row(r: sqlx::any::AnyRow) -> Result<ExamRow, StoreError> {
+    Ok(ExamRow {
+        id: r.try_get(0)?,
+        title: r.try_get(1)?,
+        phase: r.try_get(2)?,
+        starts_at: r.try_get(3)?,
+        duration_secs: r.try_get(4)?,
+        settings: r.try_get(5)?,
+        created_by: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        roster_size: r.try_get(8)?,
+    })
+}
+
+impl Store {
+    /// Creates an exam with its roster; `Conflict` if the id is taken.
+    pub async fn create_exam(
+        &self,
+        exam: &ExamRow,
+        roster: &[(String, String, bool)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO exams (id, title, phase, starts_at, duration_secs, settings, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(exam.id.as_str())
+        .bind(exam.title.as_str())
+        .bind(exam.phase.as_str())
+        .bind(exam.starts_at)
+        .bind(exam.duration_secs)
+        .bind(exam.settings.as_str())
+        .bind(exam.created_by.as_str())
+        .bind(exam.created_at)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict);
+        }
+        insert_roster(&mut tx, &exam.id, roster).await?;
+        record_action(
+            &mut tx,
+            &exam.id,
+            &exam.created_by,
+            "create_exam",
+            roster.len(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn exam(&self, id: &str) -> Result<Option<ExamRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!("{EXAM_COLUMNS} WHERE id = $1"));
+        match sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+        {
+            Some(r) => Ok(Some(exam_row(r)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All exams, newest first.
+    pub async fn exams(&self) -> Result<Vec<ExamRow>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!("{EXAM_COLUMNS} ORDER BY created_at DESC, id"));
+        let rows = sqlx::query(sql).fetch_all(self.pool()).await?;
+        rows.into_iter().map(exam_row).collect()
+    }
+
+    /// Replaces an exam's roster; `NotFound` if the exam does not exist.
+    pub async fn replace_roster(
+        &self,
+        exam_id: &str,
+        actor: &str,
+        roster: &[(String, String, bool)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM exams WHERE id = $1")
+            .bind(exam_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query("DELETE FROM roster WHERE exam_id = $1")
+            .bind(exam_id)
+            .execute(&mut *tx)
+            .await?;
+        insert_roster(&mut tx, exam_id, roster).await?;
+        record_action(&mut tx, exam_id, actor, "replace_roster", roster.len()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Each student's last known state, from their latest `student` event.
+    pub async fn student_states(&self, exam_id: &str) -> Result<Vec<StudentState>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.payload FROM events e \
+             JOIN (SELECT student_id, MAX(seq) AS seq FROM events \
+                   WHERE exam_id = $1 AND kind = 'student' GROUP BY student_id) m \
+             ON e.student_id = m.student_id AND e.seq = m.seq \
+             WHERE e.exam_id = $1 ORDER BY e.student_id",
+        )
+        .bind(exam_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let payload: String = row.try_get(0)?;
+                serde_json::from_str::<StudentEvent>(&payload)
+                    .map(|e| e.student)
+                    .map_err(|e| StoreError::Corrupt(format!("student event: {e}")))
+            })
+            .collect()
+    }
+
+    /// Submission times (unix ms) per student.
+    pub async fn submissions(&self, exam_id: &str) -> Result<HashMap<String, i64>, StoreError> {
+        let rows =
+            sqlx::query("SELECT student_id, submitted_at FROM submissions WHERE exam_id = $1")
+                .bind(exam_id)
+                .fetch_all(self.pool())
+                .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Distinct answered questions per student.
+    pub async fn answered_counts(&self, exam_id: &str) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT student_id, COUNT(DISTINCT question) FROM answers WHERE exam_id = $1 GROUP BY student_id",
+        )
+        .bind(exam_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+}
+
+async fn insert_roster(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    exam_id: &str,
+    roster: &[(String, String, bool)],
+) -> Result<(), StoreError> {
+    for (student_id, name, allowed) in roster {
+        sqlx::query(
+            "INSERT INTO roster (exam_id, student_id, name, allowed) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(exam_id)
+        .bind(student_id.as_str())
+        .bind(name.as_str())
+        .bind(i64::from(*allowed))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn record_action(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    exam_id: &str,
+    actor: &str,
+    action: &str,
+    roster_size: usize,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO teacher_actions (exam_id, actor_id, action, payload, at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(exam_id)
+        .bind(actor)
+        .bind(action)
+        .bind(serde_json::json!({ "roster_size": roster_size }).to_string())
+        .bind(super::now_ms())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! Exams and their rosters.
+
+use axum::{
+    Json,
+    extract::{Path, State, rejection::JsonRejection},
+    http::StatusCode,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{Watcher, invalid};
+use crate::{
+    app::AppState,
+    auth::valid_exam_id,
+    http::ApiError,
+    protocol::{Counts, Status, Timestamp},
+    store::{now_ms, queries::ExamRow},
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_exam, list_exams))
+        .routes(routes!(get_exam))
+        .routes(routes!(replace_roster))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewExam {
+    /// 1-64 characters of letters, digits, '-', '_' and '.'.
+    pub id: String,
+    pub title: String,
+    /// RFC 3339, e.g. "2026-12-01T09:00:00Z".
+    pub starts_at: Option<String>,
+    pub duration_minutes: Option<u32>,
+    /// Free-form exam settings (a JSON object).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub settings: Option<serde_json::Value>,
+    /// Students allowed to sit the exam; empty = any student whose token grants it.
+    #[serde(default)]
+    pub roster: Vec<RosterEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RosterEntry {
+    pub student_id: String,
+    pub name: String,
+    #[serde(default = "yes")]
+    pub allowed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RosterBody {
+    pub roster: Vec<RosterEntry>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Exam {
+    pub id: String,
+    pub title: String,
+    pub phase: String,
+    pub starts_at: Option<String>,
+    pub duration_minutes: Option<i64>,
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+    pub created_by: String,
+    pub created_at: String,
+    pub roster_size: i64,
+    /// Students per status right now (live room, else the last stored state).
+    #[schema(value_type = Object)]
+    pub counts: Option<Counts>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExamList {
+    pub exams: Vec<Exam>,
+}
+
+fn to_exam(row: ExamRow, counts: Option<Counts>) -> Exam {
+    Exam {
+        starts_at: row
+            .starts_at
+            .map(|ms| humantime::format_rfc3339_seconds(Timestamp::from_unix_ms(ms).0).to_string()),
+        duration_minutes: row.duration_secs.map(|s| s / 60),
+        settings: serde_json::from_str(&row.settings).unwrap_or_default(),
+        created_at: humantime::format_rfc3339_millis(Timestamp::from_unix_ms(row.created_at).0)
+            .to_string(),
+        id: row.id,
+        title: row.title,
+        phase: row.phase,
+        created_by: row.created_by,
+        roster_size: row.roster_size,
+        counts,
+    }
+}
+
+fn validate_roster(roster: &[RosterEntry]) -> Result<Vec<(String, String, bool)>, ApiError> {
+    let mut seen = std::collections::HashSet::new();
+    roster
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if e.student_id.is_empty() || e.student_id.len() > 128 {
+                return Err(invalid(format!(
+                    "roster[{i}].student_id must be 1 to 128 characters"
+                )));
+            }
+            if e.name.len() > 200 {
+                return Err(invalid(format!(
+                    "roster[{i}].name is longer than 200 characters"
+                )));
+            }
+            if !seen.insert(e.student_id.as_str()) {
+                return Err(invalid(format!(
+                    "roster[{i}].student_id {:?} appears twice",
+                    e.student_id
+                )));
+            }
+            Ok((e.student_id.clone(), e.name.clone(), e.allowed))
+        })
+        .collect()
+}
+
+/// Create an exam (teachers and admins, for an exam id their token grants).
+#[utoipa::path(post, path = "/v1/exams", request_body = NewExam, tag = "exams",
+    responses(
+        (status = 201, description = "Created", body = Exam),
+        (status = 400, description = "Malformed JSON"),
+        (status = 401, description = "Missing or invalid token"),
+        (status = 403, description = "Not a teacher, or exam not granted"),
+        (status = 409, description = "An exam with this id exists"),
+        (status = 422, description = "A field is invalid"),
+    ))]
+async fn create_exam(
+    State(app): State<AppState>,
+    caller: Watcher,
+    body: Result<Json<NewExam>, JsonRejection>,
+) -> Result<(StatusCode, Json<Exam>), ApiError> {
+    let Json(new) = body?;
+    if !valid_exam_id(&new.id) {
+        return Err(invalid(
+            "id must be 1-64 characters of letters, digits, '-', '_' and '.'",
+        ));
+    }
+    caller.require(&new.id)?;
+    let title = new.title.trim();
+    if title.is_empty() || title.chars().count() > 200 {
+        return Err(invalid("title must be 1 to 200 characters"));
+    }
+    let starts_at = match &new.starts_at {
+        Some(s) => Some(
+            humantime::parse_rfc3339_weak(s)
+                .map(|t| Timestamp(t).unix_ms())
+                .map_err(|_| invalid("starts_at must be an RFC 3339 date-time"))?,
+        ),
+        None => None,
+    };
+    let settings = match new.settings {
+        None => serde_json::json!({}),
+        Some(v @ serde_json::Value::Object(_)) => v,
+        Some(_) => return Err(invalid("settings must be a JSON object")),
+    };
+    let roster = validate_roster(&new.roster)?;
+    let row = ExamRow {
+        id: new.id,
+        title: title.to_owned(),
+        phase: "scheduled".into(),
+        starts_at,
+        duration_secs: new.duration_minutes.map(|m| i64::from(m) * 60),
+        settings: settings.to_string(),
+        created_by: caller.0.sub.clone(),
+        created_at: now_ms(),
+        roster_size: roster.len() as i64,
+    };
+    app.store.create_exam(&row, &roster).await?;
+    app.rosters.invalidate(&row.id);
+    Ok((
+        StatusCode::CREATED,
+        Json(to_exam(row, Some(Counts::default()))),
+    ))
+}
+
+/// List the exams the token grants (admins: all).
+#[utoipa::path(get, path = "/v1/exams", tag = "exams",
+    responses((status = 200, body = ExamList), (status = 401), (status = 403)))]
+async fn list_exams(
+    State(app): State<AppState>,
+    caller: Watcher,
+) -> Result<Json<ExamList>, ApiError> {
+    let exams = app
+        .store
+        .exams()
+        .await?
+        .into_iter()
+        .filter(|e| caller.0.grants(&e.id))
+        .map(|e| to_exam(e, None))
+        .collect();
+    Ok(Json(ExamList { exams }))
+}
+
+/// One exam, with live counts.
+#[utoipa::path(get, path = "/v1/exams/{id}", tag = "exams",
+    params(("id" = String, Path, description = "Exam id")),
+    responses((status = 200, body = Exam), (status = 401), (status = 403), (status = 404)))]
+async fn get_exam(
+    State(app): State<AppState>,
+    caller: Watcher,
+    Path(id): Path<String>,
+) -> Result<Json<Exam>, ApiError> {
+    caller.require(&id)?;
+    let row = app
+        .store
+        .exam(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such exam"))?;
+    let counts = live_counts(&app, &id).await?;
+    Ok(Json(to_exam(row, Some(counts))))
+}
+
+/// Counts from the live room, else from the last stored states (nobody is
+/// connected when no room is live).
+pub(super) async fn live_counts(app: &AppState, exam_id: &str) -> Result<Counts, ApiError> {
+    if let Some(counts) = app.registry.counts(exam_id).await {
+        return Ok(counts);
+    }
+    let submitted = app.store.submissions(exam_id).await?;
+    let mut counts = Counts::default();
+    for st in app.store.student_states(exam_id).await? {
+        if st.status == Status::Submitted || submitted.contains_key(&st.student_id) {
+            counts.submitted += 1;
+        } else {
+            counts.disconnected += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Replace an exam's roster.
+#[utoipa::path(put, path = "/v1/exams/{id}/roster", request_body = RosterBody, tag = "exams",
+    params(("id" = String, Path, description = "Exam id")),
+    responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404), (status = 422)))]
+async fn replace_roster(
+    State(app): State<AppState>,
+    caller: Watcher,
+    Path(id): Path<String>,
+    body: Result<Json<RosterBody>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(&id)?;
+    let Json(body) = body?;
+    let roster = validate_roster(&body.roster)?;
+    app.store
+        .replace_roster(&id, &caller.0.sub, &roster)
+        .await?;
+    app.rosters.invalidate(&id);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,138 @@
+//! The REST API under `/v1`: exams, rosters, the audit timeline, answers
+//! and the report. Routes are registered through utoipa-axum, so the
+//! OpenAPI document at `/v1/openapi.json` is generated from the very same
+//! handlers and cannot drift from them.
+//!
+//! Same JWT as the WebSocket (header only); teachers and admins only, and
+//! only for exams their token grants (admins: all).
+
+mod exams;
+mod records;
+
+use axum::{
+    extract::{FromRequestParts, rejection::JsonRejection},
+    http::{StatusCode, header, request::Parts},
+};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{
+    app::AppState,
+    auth::{self, Claims, TokenError},
+    http::ApiError,
+    store::StoreError,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "examwatch", description = "Live exam monitoring: REST API"),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API routes, carrying their OpenAPI description.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(exams::router())
+        .merge(records::router())
+}
+
+/// A caller of the REST API: a verified teacher or admin.
+pub struct Watcher(pub Claims);
+
+impl FromRequestParts<AppState> for Watcher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = auth::extract_token(header, None).ok_or(TokenError::Missing);
+        let claims = token
+            .and_then(|t| app.keys.verify(t))
+            .map_err(ApiError::unauthorized)?;
+        if !claims.role.is_watcher() {
+            return Err(ApiError::forbidden(
+                "teachers_only",
+                "this API is for teachers and admins",
+            ));
+        }
+        Ok(Watcher(claims))
+    }
+}
+
+impl Watcher {
+    /// Refuses (403) an exam the token does not grant.
+    pub fn require(&self, exam_id: &str) -> Result<(), ApiError> {
+        if self.0.grants(exam_id) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "exam_not_granted",
+                format!("this token does not grant exam {exam_id:?}"),
+            ))
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", "already exists")
+            }
+            StoreError::NotFound => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such exam")
+            }
+            other => {
+                tracing::error!(error = %other, "database error in the API");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the database could not answer; retry shortly",
+                )
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        let status = match e {
+            JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, "invalid_body", e.body_text())
+    }
+}
+
+/// 422 with a message naming the field.
+pub fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        message.into(),
+    )
+}

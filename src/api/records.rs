@@ -1,0 +1,275 @@
+//! What happened: the exam's event timeline, a student's answers, and the
+//! per-student report.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{Watcher, invalid};
+use crate::{
+    app::AppState,
+    http::ApiError,
+    protocol::{Status, Timestamp},
+    store::{now_ms, queries::StoredAnswer},
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(timeline))
+        .routes(routes!(answers))
+        .routes(routes!(report))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TimelineQuery {
+    /// Return events with a seq greater than this (default 0).
+    pub after_seq: Option<i64>,
+    /// At most this many events (1-1000, default 100).
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Timeline {
+    /// Events exactly as teachers received them, oldest first.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `after_seq` for the next page.
+    pub next_after_seq: i64,
+    pub has_more: bool,
+}
+
+/// The exam's event log, paged by seq.
+#[utoipa::path(get, path = "/v1/exams/{id}/timeline", tag = "records",
+    params(("id" = String, Path, description = "Exam id"), TimelineQuery),
+    responses((status = 200, body = Timeline), (status = 400), (status = 401), (status = 403)))]
+async fn timeline(
+    State(app): State<AppState>,
+    caller: Watcher,
+    Path(id): Path<String>,
+    query: Result<Query<TimelineQuery>, QueryRejection>,
+) -> Result<Json<Timeline>, ApiError> {
+    caller.require(&id)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let after = q.after_seq.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(invalid("limit must be between 1 and 1000"));
+    }
+    // One extra row tells whether there is a next page.
+    let mut rows = app.store.timeline(&id, after, limit + 1).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_after_seq = rows.last().map(|(seq, _)| *seq).unwrap_or(after);
+    let events = rows
+        .into_iter()
+        .filter_map(|(_, payload)| serde_json::from_str(&payload).ok())
+        .collect();
+    Ok(Json(Timeline {
+        events,
+        next_after_seq,
+        has_more,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Answers {
+    pub student_id: String,
+    pub answers: Vec<StoredAnswer>,
+}
+
+/// Every stored answer of one student, oldest first.
+#[utoipa::path(get, path = "/v1/exams/{id}/students/{student_id}/answers", tag = "records",
+    params(("id" = String, Path, description = "Exam id"), ("student_id" = String, Path)),
+    responses((status = 200, body = Answers), (status = 401), (status = 403)))]
+async fn answers(
+    State(app): State<AppState>,
+    caller: Watcher,
+    Path((id, student_id)): Path<(String, String)>,
+) -> Result<Json<Answers>, ApiError> {
+    caller.require(&id)?;
+    let answers = app.store.answers(&id, &student_id).await?;
+    Ok(Json(Answers {
+        student_id,
+        answers,
+    }))
+}
+
+/// One CSV row per student: status, answered, connections, total time
+/// disconnected, focus-lost count, submission time.
+#[utoipa::path(get, path = "/v1/exams/{id}/report.csv", tag = "records",
+    params(("id" = String, Path, description = "Exam id")),
+    responses((status = 200, content_type = "text/csv", body = String), (status = 401), (status = 403)))]
+async fn report(
+    State(app): State<AppState>,
+    caller: Watcher,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(&id)?;
+    let live = app.registry.counts(&id).await.is_some();
+    let states = app.store.student_states(&id).await?;
+    let submitted = app.store.submissions(&id).await?;
+    let answered = app.store.answered_counts(&id).await?;
+    let roster = app.store.roster(&id).await?;
+    let mut away: HashMap<String, i64> = HashMap::new();
+    let now = now_ms();
+    let mut per_user: BTreeMap<String, Vec<(i64, Option<i64>)>> = BTreeMap::new();
+    for s in app.store.sessions(&id).await? {
+        per_user
+            .entry(s.user_id)
+            .or_default()
+            .push((s.connected_at, s.disconnected_at));
+    }
+    for (user, sessions) in per_user {
+        let end = submitted.get(&user).copied().unwrap_or(now);
+        away.insert(user, disconnected_ms(&sessions, end));
+    }
+    let mut csv = String::from(
+        "student_id,name,status,answered,connections,total_disconnected_seconds,focus_lost_count,submitted_at\n",
+    );
+    let mut seen = std::collections::HashSet::new();
+    for st in &states {
+        seen.insert(st.student_id.as_str());
+        let submitted_at = submitted.get(&st.student_id).copied();
+        let status = match (submitted_at, st.status) {
+            (Some(_), _) | (_, Status::Submitted) => "submitted",
+            // With no live room, nobody is connected.
+            _ if !live => "disconnected",
+            (_, Status::Active) => "active",
+            (_, Status::Idle) => "idle",
+            (_, Status::Disconnected) => "disconnected",
+        };
+        let row = [
+            st.student_id.clone(),
+            st.name.clone(),
+            status.to_owned(),
+            answered
+                .get(&st.student_id)
+                .copied()
+                .unwrap_or(i64::from(st.answered))
+                .to_string(),
+            st.connections.to_string(),
+            (away.get(&st.student_id).copied().unwrap_or(0) / 1000).to_string(),
+            st.focus_lost_count.to_string(),
+            submitted_at
+                .or(st.submitted_at.map(|t| t.unix_ms()))
+                .map(|ms| {
+                    humantime::format_rfc3339_seconds(Timestamp::from_unix_ms(ms).0).to_string()
+                })
+                .unwrap_or_default(),
+        ];
+        push_row(&mut csv, &row);
+    }
+    // Rostered students who never connected.
+    let mut absent: Vec<_> = roster
+        .iter()
+        .filter(|(id, _)| !seen.contains(id.as_str()))
+        .collect();
+    absent.sort();
+    for (student_id, (name, _)) in absent {
+        push_row(
+            &mut csv,
+            &[
+                student_id.clone(),
+                name.clone(),
+                "absent".into(),
+                "0".into(),
+                "0".into(),
+                "0".into(),
+                "0".into(),
+                String::new(),
+            ],
+        );
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{id}-report.csv\""),
+            ),
+        ],
+        csv,
+    ))
+}
+
+/// Time without any open session between the first connect and `end`.
+fn disconnected_ms(sessions: &[(i64, Option<i64>)], end: i64) -> i64 {
+    let mut total = 0;
+    // The furthest point covered by a session so far (None: one is open).
+    let mut covered_until: Option<i64> = None;
+    let mut open = false;
+    for &(start, stop) in sessions {
+        // A session never closed (the server crashed) ends where the next begins.
+        if open {
+            open = false;
+            covered_until = Some(covered_until.map_or(start, |u| u.max(start)));
+        }
+        if let Some(until) = covered_until
+            && !open
+            && start > until
+        {
+            total += start - until;
+        }
+        match stop {
+            None => open = true,
+            Some(stop) => covered_until = Some(covered_until.map_or(stop, |u| u.max(stop))),
+        }
+    }
+    if let Some(until) = covered_until
+        && !open
+        && end > until
+    {
+        total += end - until;
+    }
+    total
+}
+
+fn push_row(csv: &mut String, fields: &[String]) {
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            csv.push(',');
+        }
+        if f.contains([',', '"', '\n', '\r']) {
+            csv.push('"');
+            csv.push_str(&f.replace('"', "\"\""));
+            csv.push('"');
+        } else {
+            csv.push_str(f);
+        }
+    }
+    csv.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disconnected_time_counts_gaps_between_sessions() {
+        // 0-10 connected, 10-15 away, 15-30 connected, then away until 40.
+        assert_eq!(disconnected_ms(&[(0, Some(10)), (15, Some(30))], 40), 15);
+        // Overlapping sessions (a takeover) leave no gap.
+        assert_eq!(disconnected_ms(&[(0, Some(20)), (10, Some(30))], 30), 0);
+        // Still connected: no trailing gap.
+        assert_eq!(disconnected_ms(&[(0, Some(10)), (12, None)], 100), 2);
+        // A session left open by a crash ends where the next one starts.
+        assert_eq!(disconnected_ms(&[(0, None), (50, Some(60))], 70), 10);
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        let mut csv = String::new();
+        push_row(&mut csv, &["a".into(), "O'Brien, \"Al\"".into()]);
+        assert_eq!(csv, "a,\"O'Brien, \"\"Al\"\"\"\n");
+    }
+}
