@@ -30,9 +30,18 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub keys: Arc<Keys>,
     pub state: examwatch::app::AppState,
+    /// The database this server uses (to restart another on it).
+    pub db_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
-    _data: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
+    pub _db_dir: Option<tempfile::TempDir>,
+}
+
+/// What must outlive a stopped server for another to start on its data.
+pub struct TestAppParts {
+    pub db_dir: Option<tempfile::TempDir>,
+    pub data: Option<tempfile::TempDir>,
 }
 
 /// Settings for tests: a fixed secret, a temp data folder, quiet logs.
@@ -49,14 +58,80 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on_url(None, configure).await
+}
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database URL for `backend`; `None` (with a visible
+/// notice) when PostgreSQL is not reachable outside CI. Under `CI=true` a
+/// missing PostgreSQL fails the test.
+pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<String> {
+    match backend {
+        Backend::Sqlite => Some(format!("sqlite://{}/examwatch.db", dir.display())),
+        Backend::Postgres => {
+            let base = std::env::var("TEST_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let conn =
+                tokio::time::timeout(Duration::from_secs(5), sqlx::PgPool::connect(&base)).await;
+            let pool = match conn {
+                Ok(Ok(pool)) => pool,
+                other => {
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                        panic!("PostgreSQL is required under CI ({base}): {why}");
+                    }
+                    eprintln!("NOTICE: skipping a PostgreSQL test: cannot reach {base}: {why}");
+                    return None;
+                }
+            };
+            let name = format!("examwatch_test_{}", uuid::Uuid::new_v4().simple());
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&pool)
+                .await
+                .expect("create a test database");
+            pool.close().await;
+            let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
+            Some(format!("{prefix}/{name}"))
+        }
+    }
+}
+
+/// A server on a fresh database of `backend`; `None` if it is unavailable.
+pub async fn spawn_app_on(
+    backend: Backend,
+    configure: impl FnOnce(&mut Settings),
+) -> Option<TestApp> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = fresh_database(backend, dir.path()).await?;
+    let mut app = spawn_app_on_url(Some(url), configure).await;
+    app._db_dir = Some(dir);
+    Some(app)
+}
+
+/// A server on `url` (default: SQLite in its temp folder).
+pub async fn spawn_app_on_url(
+    url: Option<String>,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         let _ = tracing_subscriber_init();
     }
     let data = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings();
     settings.server.data_dir = data.path().to_path_buf();
-    settings.database.url = format!("sqlite://{}/examwatch.db", data.path().display());
+    settings.database.url =
+        url.unwrap_or_else(|| format!("sqlite://{}/examwatch.db", data.path().display()));
     configure(&mut settings);
+    let db_url = settings.database.url.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind port 0");
@@ -74,9 +149,11 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         addr,
         keys,
         state,
+        db_url,
         shutdown: Some(tx),
         handle: Some(handle),
-        _data: data,
+        _data: Some(data),
+        _db_dir: None,
     }
 }
 
@@ -156,6 +233,22 @@ impl TestApp {
         (c, snapshot)
     }
 
+    /// A REST call with a bearer token.
+    pub fn api(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        reqwest::Client::new()
+            .request(method, self.http(path))
+            .bearer_auth(token)
+    }
+
+    /// Waits until everything queued for the database is committed.
+    pub async fn flushed(&self) {
+        let stats = self.state.writer.stats();
+        eventually("the database writer is flushed", || {
+            stats.pending.load(std::sync::atomic::Ordering::Relaxed) == 0
+        })
+        .await;
+    }
+
     pub fn metric(&self, name: &str) -> i64 {
         let text = self.state.metrics.render();
         text.lines()
@@ -174,6 +267,21 @@ impl TestApp {
             .await
             .expect("shutdown finished in time")
             .expect("server task joined")
+    }
+
+    /// Graceful stop that keeps the database files for a restart.
+    pub async fn stop(mut self) -> TestAppParts {
+        self.begin_shutdown();
+        let handle = self.handle.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(10), handle)
+            .await
+            .expect("shutdown finished in time")
+            .expect("server task joined")
+            .expect("clean shutdown");
+        TestAppParts {
+            db_dir: self._db_dir.take(),
+            data: self._data.take(),
+        }
     }
 
     pub fn begin_shutdown(&mut self) {
@@ -285,4 +393,18 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Runs each named `async fn(Backend)` test once on SQLite and once on
+/// PostgreSQL, as `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name($crate::helpers::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name($crate::helpers::Backend::Postgres).await })*
+        }
+    };
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod helpers;
 mod ops;
+mod persistence;
 mod resume;
 mod rooms;
 mod sessions;

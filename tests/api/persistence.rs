@@ -1,0 +1,220 @@
+//! Durable records, run on SQLite and on PostgreSQL: answers and
+//! submissions are stored before they are acked, exactly once; a restart
+//! continues the exam where it stopped; the roster is enforced.
+
+use examwatch::auth::Role;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::{helpers::*, on_both_databases};
+
+on_both_databases!(
+    answers_are_stored_once_and_acked_after_commit,
+    a_submission_is_durable_and_final,
+    a_restart_continues_seq_and_resume_replays_from_the_database,
+    the_roster_decides_who_may_join,
+);
+
+async fn answers_are_stored_once_and_acked_after_commit(db: Backend) {
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    let answers = [
+        ("a1", "q1", json!({"choice": "B"})),
+        ("a1", "q1", json!({"choice": "B"})), // re-sent after a drop: harmless
+        ("a2", "q1", json!({"choice": "C"})), // changed their mind
+        ("a3", "q2", json!("free text, with \"quotes\"")),
+    ];
+    for (i, (id, q, value)) in answers.iter().enumerate() {
+        s.send_json(json!({"type": "answer", "id": id, "question": q, "value": value, "ref": i}))
+            .await;
+        let ack = s.next_json().await;
+        assert_eq!(ack, json!({"type": "ack", "ref": i}), "acked after commit");
+    }
+    // The ack came after the commit: the rows are there now, once each.
+    let body: Value = app
+        .api(Method::GET, "/v1/exams/e1/students/s1/answers", &teacher)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<_> = body["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{body}");
+    assert!(ids.contains(&"a1") && ids.contains(&"a2") && ids.contains(&"a3"));
+    let a3 = body["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "a3")
+        .unwrap();
+    assert_eq!(a3["value"], json!("free text, with \"quotes\""));
+    // `answered` counts questions with a stored answer.
+    let mut last = Value::Null;
+    for _ in 0..2 {
+        last = t.next_of_type("student").await;
+        while last["cause"] != "answered" {
+            last = t.next_of_type("student").await;
+        }
+    }
+    assert_eq!(last["student"]["answered"], 2);
+    s.send_json(json!({"type": "answer", "id": "x", "question": "q3"}))
+        .await;
+    assert_eq!(
+        s.next_json().await["code"],
+        "invalid_message",
+        "value is required"
+    );
+}
+
+async fn a_submission_is_durable_and_final(db: Backend) {
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    s.send_json(json!({"type": "submit", "ref": "done"})).await;
+    assert_eq!(s.next_json().await["ref"], "done");
+    let ev = t.next_of_type("student").await;
+    let ev = if ev["cause"] == "connected" {
+        t.next_of_type("student").await
+    } else {
+        ev
+    };
+    assert!(is_student_event(&ev, "s1", "submitted"), "{ev}");
+    s.send_json(json!({"type": "answer", "id": "late", "question": "q1", "value": 1, "ref": 2}))
+        .await;
+    assert_eq!(s.next_json().await["code"], "already_submitted");
+    app.flushed().await;
+    let csv = app
+        .api(Method::GET, "/v1/exams/e1/report.csv", &teacher)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with("s1,"))
+        .expect("a row for s1");
+    let fields: Vec<_> = row.split(',').collect();
+    assert_eq!(fields[2], "submitted", "{csv}");
+    assert!(!fields[7].is_empty(), "submitted_at is set: {csv}");
+}
+
+async fn a_restart_continues_seq_and_resume_replays_from_the_database(db: Backend) {
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": 1}))
+        .await;
+    s.next_of_type("ack").await;
+    // The teacher saw everything up to here, then lost its connection.
+    let mut last_seen = 0;
+    loop {
+        let ev = t.next_of_type("student").await;
+        last_seen = ev["seq"].as_u64().unwrap().max(last_seen);
+        if ev["cause"] == "answered" {
+            break;
+        }
+    }
+    drop(t);
+    for q in 2..=4 {
+        s.send_json(json!({"type": "progress", "question": q, "answered": 1, "ref": q}))
+            .await;
+        s.next_of_type("ack").await;
+    }
+    s.close().await;
+    let url = app.db_url.clone();
+    // Graceful stop (the writer drains), then a new server on the same database.
+    let TestAppParts { db_dir, data } = app.stop().await;
+    let app2 = spawn_app_on_url(Some(url), |_| {}).await;
+    let token = app2.token("t1", Role::Teacher, &["e1"]);
+    let resume = format!("{}?last_seq={last_seen}", app2.ws_url("e1"));
+    let mut t2 = app2.try_connect(&resume, Some(&token), &[]).await.unwrap();
+    // s1's three progress events, replayed from the log, no snapshot first.
+    let mut seqs = Vec::new();
+    let mut last = Value::Null;
+    for _ in 0..3 {
+        last = t2.next_json().await;
+        assert_eq!(last["type"], "student", "{last}");
+        seqs.push(last["seq"].as_u64().unwrap());
+    }
+    assert_eq!(last["student"]["current_question"], 4);
+    let expected: Vec<u64> = ((last_seen + 1)..=last_seen + 3).collect();
+    assert_eq!(
+        seqs, expected,
+        "a gapless replay that continues the old numbering"
+    );
+    // The student comes back to the restarted server: same student, state kept.
+    let (_s, welcome) = app2.student("e1", "s1").await;
+    assert_eq!(welcome["student"]["current_question"], 4);
+    assert_eq!(welcome["student"]["answered"], 1);
+    let ev = t2.next_json().await;
+    assert!(is_student_event(&ev, "s1", "reconnected"), "{ev}");
+    assert_eq!(
+        ev["seq"],
+        seqs.last().unwrap() + 1,
+        "seq continues after the restart"
+    );
+    drop((db_dir, data));
+}
+
+async fn the_roster_decides_who_may_join(db: Backend) {
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
+    let teacher = app.token("t1", Role::Teacher, &["final"]);
+    let r = app
+        .api(Method::POST, "/v1/exams", &teacher)
+        .json(&json!({
+            "id": "final", "title": "Final", "duration_minutes": 90,
+            "roster": [
+                {"student_id": "s1", "name": "Ada"},
+                {"student_id": "s2", "name": "Bob", "allowed": false},
+            ]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (_s1, _) = app.student("final", "s1").await;
+    for (sub, code) in [("s2", "not_allowed"), ("s3", "not_on_roster")] {
+        let token = app.token(sub, Role::Student, &["final"]);
+        match app
+            .try_connect(&app.ws_url("final"), Some(&token), &[])
+            .await
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 403);
+                let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], code);
+            }
+            other => panic!("{sub} was not refused: {:?}", other.map(|_| ())),
+        }
+    }
+    let r = app
+        .api(Method::PUT, "/v1/exams/final/roster", &teacher)
+        .json(&json!({"roster": [{"student_id": "s3", "name": "Cy"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (_s3, welcome) = app.student("final", "s3").await;
+    assert_eq!(welcome["student"]["student_id"], "s3");
+    // Exams without a roster take any student their token admits.
+    let (_x, _) = app.student("open-exam", "anyone").await;
+}
