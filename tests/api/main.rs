@@ -7,6 +7,7 @@ mod cli;
 mod helpers;
 mod ops;
 mod persistence;
+mod rest;
 mod resume;
 mod rooms;
 mod sessions;
