@@ -311,6 +311,11 @@ impl Client {
             .expect("send");
     }
 
+    /// Sends, reporting failure instead of panicking (for killed servers).
+    pub async fn ws_send(&mut self, v: Value) -> Result<(), tungstenite::Error> {
+        self.ws.send(Message::text(v.to_string())).await
+    }
+
     pub async fn send_text(&mut self, s: &str) {
         self.ws.send(Message::text(s)).await.expect("send");
     }
@@ -407,4 +412,78 @@ macro_rules! on_both_databases {
             $(#[tokio::test] async fn $name() { super::$name($crate::helpers::Backend::Postgres).await })*
         }
     };
+}
+
+/// A real `examwatch serve` process, for tests that kill or signal it.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts the binary with `env` (on 127.0.0.1:0) and waits for its address.
+    pub fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> ServerProcess {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_examwatch"));
+        cmd.current_dir(dir)
+            .env_remove("RUST_LOG")
+            .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
+            .env("EXAMWATCH__LOG__LEVEL", "info")
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start examwatch");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, logs) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        let addr = loop {
+            let line = logs
+                .recv_timeout(WAIT * 2)
+                .expect("server logged its address");
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                break rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect::<String>();
+            }
+        };
+        ServerProcess { child, addr, logs }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects a WebSocket client to `url`.
+pub async fn connect_url(url: &str, token: &str) -> Client {
+    let mut req = url.into_client_request().expect("valid url");
+    req.headers_mut().insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake timed out")
+        .expect("handshake accepted");
+    Client { ws, response }
 }

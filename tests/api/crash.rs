@@ -1,0 +1,177 @@
+//! A server killed with SIGKILL while students stream answers loses nothing
+//! it acknowledged: after a restart every acked answer and submission is
+//! stored exactly once, and re-sending (what clients do) adds no duplicate.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use examwatch::auth::{Keys, Role};
+use serde_json::{Value, json};
+
+use crate::{helpers::*, on_both_databases};
+
+on_both_databases!(acked_answers_and_submissions_survive_kill_9);
+
+const STUDENTS: usize = 6;
+
+fn keys(dir: &std::path::Path) -> Keys {
+    let mut auth = examwatch::config::AuthSettings::default();
+    auth.jwt_secret = Some(examwatch::config::Secret::new(SECRET));
+    Keys::from_settings(&auth, dir).expect("keys")
+}
+
+fn token(keys: &Keys, sub: &str, role: Role) -> String {
+    keys.mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
+        .expect("token")
+}
+
+/// What one student saw acknowledged before the server died.
+#[derive(Default)]
+struct Acked {
+    answers: HashMap<String, HashSet<String>>,
+    submitted: HashSet<String>,
+}
+
+async fn acked_answers_and_submissions_survive_kill_9(db: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(url) = fresh_database(db, dir.path()).await else {
+        return;
+    };
+    let env = [
+        ("EXAMWATCH__DATABASE__URL", url.as_str()),
+        ("EXAMWATCH__AUTH__JWT_SECRET", SECRET),
+    ];
+    let mut server = ServerProcess::start(dir.path(), &env);
+    let keys = keys(dir.path());
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..STUDENTS {
+        let student = format!("s{i}");
+        let url = format!("ws://{}/v1/exams/e1/ws", server.addr);
+        let mut c = connect_url(&url, &token(&keys, &student, Role::Student)).await;
+        c.next_of_type("welcome").await;
+        let (acked, count) = (acked.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            // Students 0 and 1 submit after 10 answers; the rest keep going.
+            for k in 0.. {
+                let id = format!("{student}-a{k}");
+                let msg = if i < 2 && k == 10 {
+                    json!({"type": "submit", "ref": "submit"})
+                } else {
+                    json!({"type": "answer", "id": id, "question": format!("q{}", k % 7), "value": {"k": k}, "ref": id})
+                };
+                if c.ws_send(msg).await.is_err() {
+                    return;
+                }
+                let Next::Json(ack) = c.next().await else { return };
+                if ack["type"] != "ack" {
+                    return;
+                }
+                let mut a = acked.lock().unwrap();
+                if ack["ref"] == "submit" {
+                    a.submitted.insert(student.clone());
+                    return;
+                }
+                a.answers.entry(student.clone()).or_default().insert(id);
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Kill the server mid-stream, once plenty has been acknowledged.
+    eventually("answers are being acked", || {
+        count.load(Ordering::Relaxed) >= 120
+    })
+    .await;
+    server.kill9();
+    for t in tasks {
+        tokio::time::timeout(WAIT * 2, t)
+            .await
+            .expect("student task ended")
+            .unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert_eq!(
+        acked.submitted.len(),
+        2,
+        "both submissions were acked before the kill"
+    );
+
+    let server = ServerProcess::start(dir.path(), &env);
+    let teacher = token(&keys, "t1", Role::Teacher);
+    let stored = |student: String| {
+        let (addr, teacher) = (server.addr.clone(), teacher.clone());
+        async move {
+            let body: Value = reqwest::Client::new()
+                .get(format!(
+                    "http://{addr}/v1/exams/e1/students/{student}/answers"
+                ))
+                .bearer_auth(teacher)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["answers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    for (student, ids) in &acked.answers {
+        let rows = stored(student.clone()).await;
+        let unique: HashSet<_> = rows.iter().cloned().collect();
+        assert_eq!(unique.len(), rows.len(), "{student}: no duplicate rows");
+        let missing: Vec<_> = ids.difference(&unique).collect();
+        assert!(missing.is_empty(), "{student}: acked but lost: {missing:?}");
+    }
+    // Clients re-send everything not acked (here: everything) after the
+    // restart: harmless.
+    for (student, ids) in &acked.answers {
+        if acked.submitted.contains(student) {
+            continue;
+        }
+        let url = format!("ws://{}/v1/exams/e1/ws", server.addr);
+        let mut c = connect_url(&url, &token(&keys, student, Role::Student)).await;
+        c.next_of_type("welcome").await;
+        for id in ids {
+            c.send_json(
+                json!({"type": "answer", "id": id, "question": "q0", "value": 0, "ref": id}),
+            )
+            .await;
+            assert_eq!(c.next_of_type("ack").await["ref"], id.as_str());
+        }
+        let rows = stored(student.clone()).await;
+        let unique: HashSet<_> = rows.iter().cloned().collect();
+        assert_eq!(
+            unique.len(),
+            rows.len(),
+            "{student}: re-sending added no row"
+        );
+    }
+    let csv = reqwest::Client::new()
+        .get(format!("http://{}/v1/exams/e1/report.csv", server.addr))
+        .bearer_auth(&teacher)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for student in &acked.submitted {
+        let row = csv
+            .lines()
+            .find(|l| l.starts_with(&format!("{student},")))
+            .unwrap();
+        assert!(row.contains(",submitted,"), "{row}");
+    }
+}
