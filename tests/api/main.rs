@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod helpers;
 mod ops;
+mod outage;
 mod persistence;
 mod rest;
 mod resume;
