@@ -21,8 +21,10 @@ on_both_databases!(acked_answers_and_submissions_survive_kill_9);
 const STUDENTS: usize = 6;
 
 fn keys(dir: &std::path::Path) -> Keys {
-    let mut auth = examwatch::config::AuthSettings::default();
-    auth.jwt_secret = Some(examwatch::config::Secret::new(SECRET));
+    let auth = examwatch::config::AuthSettings {
+        jwt_secret: Some(examwatch::config::Secret::new(SECRET)),
+        ..Default::default()
+    };
     Keys::from_settings(&auth, dir).expect("keys")
 }
 

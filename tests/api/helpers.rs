@@ -418,7 +418,8 @@ macro_rules! on_both_databases {
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: String,
-    pub logs: std::sync::mpsc::Receiver<String>,
+    /// The server's log lines (kept so the reader thread never blocks).
+    pub _logs: std::sync::mpsc::Receiver<String>,
 }
 
 impl ServerProcess {
@@ -436,7 +437,7 @@ impl ServerProcess {
         }
         let mut child = cmd.spawn().expect("start examwatch");
         let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, logs) = std::sync::mpsc::channel::<String>();
+        let (tx, _logs) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr)
                 .lines()
@@ -456,7 +457,7 @@ impl ServerProcess {
                     .collect::<String>();
             }
         };
-        ServerProcess { child, addr, logs }
+        ServerProcess { child, addr, _logs }
     }
 
     pub fn kill9(&mut self) {
