@@ -447,7 +447,7 @@ impl ServerProcess {
             }
         });
         let addr = loop {
-            let line = logs
+            let line = _logs
                 .recv_timeout(WAIT * 2)
                 .expect("server logged its address");
             if let Some(rest) = line.split("listening on http://").nth(1) {
