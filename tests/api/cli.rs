@@ -165,3 +165,51 @@ fn json_log_format_writes_one_json_object_per_line() {
     );
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn migrate_creates_the_default_sqlite_database_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = examwatch(dir.path()).arg("migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = dir.path().join("data/examwatch.db");
+    assert!(
+        db.exists(),
+        "the default database file and its folder are created"
+    );
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for t in [
+        "answers",
+        "events",
+        "exams",
+        "roster",
+        "sessions",
+        "submissions",
+        "teacher_actions",
+    ] {
+        assert!(tables.iter().any(|n| n == t), "table {t} in {tables:?}");
+    }
+    // Running it again is a no-op.
+    assert!(
+        examwatch(dir.path())
+            .arg("migrate")
+            .status()
+            .unwrap()
+            .success()
+    );
+}
