@@ -31,6 +31,9 @@ use super::{
 };
 use crate::protocol::{AlertKind, ClientMsg, ErrorCode, Label, Seq, ServerMsg, Status, Timestamp};
 
+/// Seqs reserved in the database per write.
+const SEQ_BLOCK: Seq = 1000;
+
 enum Timer {
     Idle(Arc<str>),
     Grace(Arc<str>),
@@ -62,6 +65,14 @@ pub(super) struct Room {
     ctx: RoomContext,
     /// Last assigned event number.
     seq: Seq,
+    /// The seq reserved in the database (written ahead of use).
+    reserved: Seq,
+    /// The previous room of this exam ended cleanly in this process, so its
+    /// last seq is known exactly even if its final write is still queued.
+    ended_cleanly_here: bool,
+    /// Resumes from before this seq get a snapshot: the previous room ended
+    /// uncleanly and events below it may be missing from history and log.
+    epoch_floor: Seq,
     students: HashMap<Arc<str>, Student>,
     /// Student connections, by connection, with the student they speak for.
     student_conns: HashMap<ConnId, (Arc<str>, Outbox)>,
@@ -85,7 +96,7 @@ impl Room {
     pub(super) fn new(
         exam_id: Arc<str>,
         id: u64,
-        first_seq: Seq,
+        first_seq: Option<Seq>,
         registry: Registry,
         ctx: RoomContext,
         inbox: mpsc::WeakSender<RoomCmd>,
@@ -95,7 +106,10 @@ impl Room {
             id,
             registry,
             ctx,
-            seq: first_seq,
+            seq: first_seq.unwrap_or(0),
+            ended_cleanly_here: first_seq.is_some(),
+            reserved: 0,
+            epoch_floor: 0,
             students: HashMap::new(),
             student_conns: HashMap::new(),
             teachers: HashMap::new(),
@@ -139,6 +153,11 @@ impl Room {
                 }
                 self.update_empty();
             }
+            // A clean end: the next room continues right after our last seq.
+            self.ctx.writer.write(Record::SeqReserved {
+                exam_id: self.exam_id.clone(),
+                reserved: self.seq as i64,
+            });
             self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(seq = self.seq, "room ended");
         }
@@ -333,8 +352,7 @@ impl Room {
                 if text.is_empty() || text.chars().count() > max {
                     return self.error(&out, ErrorCode::InvalidAnnouncement, r#ref.as_ref());
                 }
-                self.seq += 1;
-                let seq = self.seq;
+                let seq = self.next_seq();
                 let bytes = ServerMsg::Announcement {
                     seq,
                     text,
@@ -378,6 +396,7 @@ impl Room {
         let out = teacher.out.clone();
         let in_sync = teacher.synced_at == self.seq;
         let covered = last_seq < self.seq
+            && last_seq >= self.epoch_floor
             && self
                 .history
                 .front()
@@ -439,9 +458,12 @@ impl Room {
             self.timers.try_remove(&key);
         }
         if let Some(cause) = outcome.cause {
-            self.seq += 1;
+            let seq = self.next_seq();
+            let Some(st) = self.students.get(sid) else {
+                return;
+            };
             let bytes = ServerMsg::Student {
-                seq: self.seq,
+                seq,
                 student: &st.state,
                 cause,
             }
@@ -454,7 +476,7 @@ impl Room {
     }
 
     fn emit_alert(&mut self, sid: &str, kind: AlertKind) {
-        self.seq += 1;
+        self.next_seq();
         let bytes = ServerMsg::Alert {
             seq: self.seq,
             student_id: sid,
@@ -464,6 +486,20 @@ impl Room {
         .encode();
         let sid: Arc<str> = sid.into();
         self.emit(self.seq, bytes, Audience::Teachers, "alert", Some(&sid));
+    }
+
+    /// The next event number, reserving more in the database ahead of use
+    /// (asynchronously: the reservation runs at least half a block ahead).
+    fn next_seq(&mut self) -> Seq {
+        self.seq += 1;
+        if self.seq + SEQ_BLOCK / 2 >= self.reserved {
+            self.reserved = self.seq + SEQ_BLOCK;
+            self.ctx.writer.write(Record::SeqReserved {
+                exam_id: self.exam_id.clone(),
+                reserved: self.reserved as i64,
+            });
+        }
+        self.seq
     }
 
     /// Records an encoded event in the history, delivers it, then hands it

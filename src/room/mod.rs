@@ -271,13 +271,13 @@ impl Registry {
         let exam: Arc<str> = exam_id.into();
         rooms.insert(exam.clone(), handle.clone());
         self.ctx.metrics.rooms.fetch_add(1, Ordering::Relaxed);
+        // Known only if this exam's previous room ended cleanly in this process.
         let first_seq = self
             .ended
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(exam_id)
-            .copied()
-            .unwrap_or(0);
+            .copied();
         let room = actor::Room::new(
             exam,
             id,

@@ -35,6 +35,16 @@ pub(super) async fn write_batch(store: &Store, batch: &[Record]) -> Result<(), S
                 .execute(&mut *tx)
                 .await?;
             }
+            Record::SeqReserved { exam_id, reserved } => {
+                sqlx::query(
+                    "INSERT INTO exam_seq (exam_id, reserved) VALUES ($1, $2) \
+                     ON CONFLICT (exam_id) DO UPDATE SET reserved = excluded.reserved",
+                )
+                .bind(exam_id.as_ref())
+                .bind(*reserved)
+                .execute(&mut *tx)
+                .await?;
+            }
             Record::SessionOpened {
                 id,
                 exam_id,
@@ -145,6 +155,10 @@ pub(super) async fn write_batch(store: &Store, batch: &[Record]) -> Result<(), S
 #[derive(Default)]
 pub struct ExamState {
     pub last_seq: Seq,
+    /// The seq reservation left by the previous room (0 if none). Above
+    /// `last_seq` means that room did not end cleanly: seqs up to here may
+    /// have reached teachers without reaching the log.
+    pub reserved: Seq,
     /// Each student's state as of their last `student` event.
     pub students: Vec<StudentState>,
     /// Questions with at least one stored answer, per student.
@@ -173,8 +187,14 @@ impl Store {
                 .bind(exam_id)
                 .fetch_one(pool)
                 .await?;
+        let reserved: Option<i64> =
+            sqlx::query_scalar("SELECT reserved FROM exam_seq WHERE exam_id = $1")
+                .bind(exam_id)
+                .fetch_optional(pool)
+                .await?;
         let mut state = ExamState {
             last_seq: last_seq.unwrap_or(0).max(0) as Seq,
+            reserved: reserved.unwrap_or(0).max(0) as Seq,
             ..ExamState::default()
         };
         if state.last_seq == 0 {

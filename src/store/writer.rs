@@ -41,6 +41,8 @@ pub enum Record {
         kind: &'static str,
         payload: String,
     },
+    /// The exam's seq may be used up to `reserved` (see `exam_seq`).
+    SeqReserved { exam_id: Arc<str>, reserved: i64 },
     SessionOpened {
         id: String,
         exam_id: Arc<str>,

@@ -53,6 +53,19 @@ async fn acked_answers_and_submissions_survive_kill_9(db: Backend) {
     let keys = keys(dir.path());
     let acked = Arc::new(Mutex::new(Acked::default()));
     let count = Arc::new(AtomicUsize::new(0));
+    // A teacher watches live and remembers the newest seq it saw.
+    let teacher_url = format!("ws://{}/v1/exams/e1/ws", server.addr);
+    let mut watcher = connect_url(&teacher_url, &token(&keys, "t0", Role::Teacher)).await;
+    watcher.next_of_type("snapshot").await;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    let watching = tokio::spawn(async move {
+        while let Next::Json(ev) = watcher.next().await {
+            if let Some(seq) = ev["seq"].as_u64() {
+                seen2.fetch_max(seq as usize, Ordering::Relaxed);
+            }
+        }
+    });
     let mut tasks = Vec::new();
     for i in 0..STUDENTS {
         let student = format!("s{i}");
@@ -98,6 +111,11 @@ async fn acked_answers_and_submissions_survive_kill_9(db: Backend) {
             .expect("student task ended")
             .unwrap();
     }
+    tokio::time::timeout(WAIT * 2, watching)
+        .await
+        .expect("watcher ended")
+        .unwrap();
+    let seen = seen.load(Ordering::Relaxed) as u64;
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert_eq!(
         acked.submitted.len(),
@@ -107,6 +125,18 @@ async fn acked_answers_and_submissions_survive_kill_9(db: Backend) {
 
     let server = ServerProcess::start(dir.path(), &env);
     let teacher = token(&keys, "t1", Role::Teacher);
+    // Events the teacher saw may not have reached the log before the kill:
+    // their seqs are never re-issued, and resuming from them is answered
+    // with a snapshot, not a replay that would skip what was lost.
+    let resume = format!("ws://{}/v1/exams/e1/ws?last_seq={seen}", server.addr);
+    let mut back = connect_url(&resume, &teacher).await;
+    let first = back.next_json().await;
+    assert_eq!(first["type"], "snapshot", "{first}");
+    assert!(
+        first["seq"].as_u64().unwrap() > seen,
+        "no seq is reused: {} <= {seen}",
+        first["seq"]
+    );
     let stored = |student: String| {
         let (addr, teacher) = (server.addr.clone(), teacher.clone());
         async move {

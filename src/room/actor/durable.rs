@@ -41,6 +41,20 @@ impl Room {
             }
         };
         self.seq = self.seq.max(state.last_seq);
+        if state.reserved > self.seq && !self.ended_cleanly_here {
+            // The last room did not end cleanly (a crash): seqs up to its
+            // reservation may have reached teachers without reaching the
+            // log. Never re-issue them, and answer older resumes with a
+            // snapshot.
+            tracing::warn!(
+                last_stored = state.last_seq,
+                reserved = state.reserved,
+                "previous room ended uncleanly; continuing after its reservation"
+            );
+            self.seq = state.reserved;
+            self.epoch_floor = state.reserved;
+        }
+        self.reserved = self.seq;
         let grace = self.ctx.settings.disconnect_grace;
         let mut answered = state.answered;
         for st in state.students {
@@ -60,6 +74,13 @@ impl Room {
             .history
             .into_iter()
             .map(|(seq, payload)| (seq, Utf8Bytes::from(payload)))
+            .collect();
+        // Announcements among them stay available to students' `resume`.
+        self.announcements = self
+            .history
+            .iter()
+            .filter(|(_, b)| b.as_str().starts_with(r#"{"type":"announcement""#))
+            .cloned()
             .collect();
         if !self.students.is_empty() {
             tracing::info!(
