@@ -209,6 +209,16 @@ impl Keys {
         if claims.name.len() > 200 {
             return Err(TokenError::Invalid("`name` is longer than 200 characters"));
         }
+        if claims
+            .sub
+            .chars()
+            .chain(claims.name.chars())
+            .any(char::is_control)
+        {
+            return Err(TokenError::Invalid(
+                "`sub` and `name` may not contain control characters",
+            ));
+        }
         Ok(claims)
     }
 

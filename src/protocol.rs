@@ -35,10 +35,12 @@ impl std::fmt::Display for Label {
 }
 
 impl Label {
+    /// At most 64 bytes, and no control characters (PostgreSQL cannot
+    /// store NUL in text, and none belong in an id).
     fn is_valid(&self) -> bool {
         match self {
             Label::Number(n) => n.to_string().len() <= MAX_LABEL_LEN,
-            Label::Text(s) => s.len() <= MAX_LABEL_LEN,
+            Label::Text(s) => s.len() <= MAX_LABEL_LEN && !s.chars().any(char::is_control),
         }
     }
 }
@@ -151,6 +153,9 @@ pub enum ErrorCode {
     AlreadySubmitted,
     /// The announcement is empty or too long.
     InvalidAnnouncement,
+    /// The database refused to store this answer or submission (its data);
+    /// re-sending the same message will not help.
+    NotStored,
 }
 
 impl ErrorCode {
@@ -249,7 +254,9 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
     if !labels_ok {
         return Err(fail(
             ErrorCode::InvalidMessage,
-            format!("`id` and `question` must be at most {MAX_LABEL_LEN} characters"),
+            format!(
+                "`id` and `question` must be at most {MAX_LABEL_LEN} characters, without control characters"
+            ),
             r#ref,
         ));
     }

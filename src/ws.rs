@@ -417,7 +417,11 @@ impl Connection {
                             Message::Ping(_) | Message::Pong(_) => Ok(()),
                             Message::Close(frame) => Err(Ending::Client {
                                 code: frame.as_ref().map(|f| f.code),
-                                reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                                // Client-chosen text headed for logs and the
+                                // database: no control characters.
+                                reason: frame
+                                    .map(|f| f.reason.chars().filter(|c| !c.is_control()).collect())
+                                    .unwrap_or_default(),
                             }),
                         }
                     }

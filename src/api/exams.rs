@@ -108,6 +108,15 @@ fn validate_roster(roster: &[RosterEntry]) -> Result<Vec<(String, String, bool)>
         .iter()
         .enumerate()
         .map(|(i, e)| {
+            if e.student_id
+                .chars()
+                .chain(e.name.chars())
+                .any(char::is_control)
+            {
+                return Err(invalid(format!(
+                    "roster[{i}] may not contain control characters"
+                )));
+            }
             if e.student_id.is_empty() || e.student_id.len() > 128 {
                 return Err(invalid(format!(
                     "roster[{i}].student_id must be 1 to 128 characters"
@@ -133,11 +142,11 @@ fn validate_roster(roster: &[RosterEntry]) -> Result<Vec<(String, String, bool)>
 #[utoipa::path(post, path = "/v1/exams", request_body = NewExam, tag = "exams",
     responses(
         (status = 201, description = "Created", body = Exam),
-        (status = 400, description = "Malformed JSON"),
-        (status = 401, description = "Missing or invalid token"),
-        (status = 403, description = "Not a teacher, or exam not granted"),
-        (status = 409, description = "An exam with this id exists"),
-        (status = 422, description = "A field is invalid"),
+        (status = 400, description = "Malformed JSON", body = crate::http::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = crate::http::ErrorBody),
+        (status = 403, description = "Not a teacher, or exam not granted", body = crate::http::ErrorBody),
+        (status = 409, description = "An exam with this id exists", body = crate::http::ErrorBody),
+        (status = 422, description = "A field is invalid", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)
     ))]
 async fn create_exam(
     State(app): State<AppState>,
@@ -152,8 +161,10 @@ async fn create_exam(
     }
     caller.require(&new.id)?;
     let title = new.title.trim();
-    if title.is_empty() || title.chars().count() > 200 {
-        return Err(invalid("title must be 1 to 200 characters"));
+    if title.is_empty() || title.chars().count() > 200 || title.chars().any(char::is_control) {
+        return Err(invalid(
+            "title must be 1 to 200 characters, without control characters",
+        ));
     }
     let starts_at = match &new.starts_at {
         Some(s) => Some(
@@ -190,7 +201,7 @@ async fn create_exam(
 
 /// List the exams the token grants (admins: all).
 #[utoipa::path(get, path = "/v1/exams", tag = "exams",
-    responses((status = 200, body = ExamList), (status = 401), (status = 403)))]
+    responses((status = 200, description = "OK", body = ExamList), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn list_exams(
     State(app): State<AppState>,
     caller: Watcher,
@@ -209,7 +220,7 @@ async fn list_exams(
 /// One exam, with live counts.
 #[utoipa::path(get, path = "/v1/exams/{id}", tag = "exams",
     params(("id" = String, Path, description = "Exam id")),
-    responses((status = 200, body = Exam), (status = 401), (status = 403), (status = 404)))]
+    responses((status = 200, description = "OK", body = Exam), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn get_exam(
     State(app): State<AppState>,
     caller: Watcher,
@@ -246,7 +257,7 @@ pub(super) async fn live_counts(app: &AppState, exam_id: &str) -> Result<Counts,
 /// Replace an exam's roster.
 #[utoipa::path(put, path = "/v1/exams/{id}/roster", request_body = RosterBody, tag = "exams",
     params(("id" = String, Path, description = "Exam id")),
-    responses((status = 204), (status = 400), (status = 401), (status = 403), (status = 404), (status = 422)))]
+    responses((status = 204, description = "Replaced"), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 422, description = "A field is invalid", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn replace_roster(
     State(app): State<AppState>,
     caller: Watcher,

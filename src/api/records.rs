@@ -50,7 +50,7 @@ pub struct Timeline {
 /// The exam's event log, paged by seq.
 #[utoipa::path(get, path = "/v1/exams/{id}/timeline", tag = "records",
     params(("id" = String, Path, description = "Exam id"), TimelineQuery),
-    responses((status = 200, body = Timeline), (status = 400), (status = 401), (status = 403)))]
+    responses((status = 200, description = "OK", body = Timeline), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn timeline(
     State(app): State<AppState>,
     caller: Watcher,
@@ -58,6 +58,7 @@ async fn timeline(
     query: Result<Query<TimelineQuery>, QueryRejection>,
 ) -> Result<Json<Timeline>, ApiError> {
     caller.require(&id)?;
+    known(&app, &id).await?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let after = q.after_seq.unwrap_or(0);
     let limit = q.limit.unwrap_or(100);
@@ -89,13 +90,14 @@ pub struct Answers {
 /// Every stored answer of one student, oldest first.
 #[utoipa::path(get, path = "/v1/exams/{id}/students/{student_id}/answers", tag = "records",
     params(("id" = String, Path, description = "Exam id"), ("student_id" = String, Path)),
-    responses((status = 200, body = Answers), (status = 401), (status = 403)))]
+    responses((status = 200, description = "OK", body = Answers), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn answers(
     State(app): State<AppState>,
     caller: Watcher,
     Path((id, student_id)): Path<(String, String)>,
 ) -> Result<Json<Answers>, ApiError> {
     caller.require(&id)?;
+    known(&app, &id).await?;
     let answers = app.store.answers(&id, &student_id).await?;
     Ok(Json(Answers {
         student_id,
@@ -107,13 +109,14 @@ async fn answers(
 /// disconnected, focus-lost count, submission time.
 #[utoipa::path(get, path = "/v1/exams/{id}/report.csv", tag = "records",
     params(("id" = String, Path, description = "Exam id")),
-    responses((status = 200, content_type = "text/csv", body = String), (status = 401), (status = 403)))]
+    responses((status = 200, description = "One row per student", content_type = "text/csv", body = String), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn report(
     State(app): State<AppState>,
     caller: Watcher,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(&id)?;
+    known(&app, &id).await?;
     let live = app.registry.counts(&id).await.is_some();
     let states = app.store.student_states(&id).await?;
     let submitted = app.store.submissions(&id).await?;
@@ -200,6 +203,19 @@ async fn report(
         ],
         csv,
     ))
+}
+
+/// 404 for an exam that was never created nor sat.
+async fn known(app: &AppState, id: &str) -> Result<(), ApiError> {
+    if app.store.exam_known(id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such exam",
+        ))
+    }
 }
 
 /// Time without any open session between the first connect and `end`.

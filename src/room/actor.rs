@@ -157,6 +157,7 @@ impl Room {
             self.ctx.writer.write(Record::SeqReserved {
                 exam_id: self.exam_id.clone(),
                 reserved: self.seq as i64,
+                done: None,
             });
             self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
             tracing::debug!(seq = self.seq, "room ended");
@@ -218,8 +219,9 @@ impl Room {
                 conn,
                 student,
                 what,
+                stored,
                 r#ref,
-            } => self.stored(conn, student, what, r#ref),
+            } => self.stored(conn, student, what, stored, r#ref),
             RoomCmd::Leave { conn } => self.leave(conn),
             RoomCmd::Alive { conn } => self.probe_result(conn, true),
             RoomCmd::Counts { reply } => {
@@ -395,14 +397,20 @@ impl Room {
         }
         let out = teacher.out.clone();
         let in_sync = teacher.synced_at == self.seq;
-        let covered = last_seq < self.seq
+        // The replay is the history after `last_seq`; it must run without a
+        // hole from `last_seq + 1` to the latest seq (a history reloaded
+        // after a crash, or one the writer had not caught up with, may not).
+        let start = self.history.partition_point(|(s, _)| *s <= last_seq);
+        let missed = self.history.len() - start;
+        let contiguous = last_seq < self.seq
             && last_seq >= self.epoch_floor
             && self
                 .history
-                .front()
-                .is_some_and(|(oldest, _)| *oldest <= last_seq + 1);
-        let missed = self.seq.saturating_sub(last_seq) as usize;
-        if !(in_sync && covered && missed <= out.tx.capacity()) {
+                .get(start)
+                .is_some_and(|(s, _)| *s == last_seq + 1)
+            && self.history.back().is_some_and(|(s, _)| *s == self.seq)
+            && missed as u64 == self.seq - last_seq;
+        if !(in_sync && contiguous && missed <= out.tx.capacity()) {
             self.ctx
                 .metrics
                 .resume_snapshots
@@ -413,7 +421,6 @@ impl Room {
             .metrics
             .resume_replays
             .fetch_add(1, Ordering::Relaxed);
-        let start = self.history.len() - missed;
         for (_, bytes) in self.history.range(start..) {
             if !try_push(&out, bytes.clone()) {
                 self.kick_slow(&out);
@@ -497,6 +504,7 @@ impl Room {
             self.ctx.writer.write(Record::SeqReserved {
                 exam_id: self.exam_id.clone(),
                 reserved: self.reserved as i64,
+                done: None,
             });
         }
         self.seq
@@ -586,6 +594,7 @@ impl Room {
         let message = match code {
             ErrorCode::AlreadySubmitted => "the exam is already submitted",
             ErrorCode::InvalidAnnouncement => "announcement text is empty or too long",
+            ErrorCode::NotStored => "the database refused to store this message",
             ErrorCode::Forbidden => "this message is not allowed for your role",
             _ => "request refused",
         };

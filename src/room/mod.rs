@@ -184,6 +184,8 @@ pub enum RoomCmd {
         conn: ConnId,
         student: Arc<str>,
         what: Stored,
+        /// False if the database refused the record for its data.
+        stored: bool,
         r#ref: Option<Label>,
     },
     Leave {

@@ -46,6 +46,23 @@ pub enum StoreError {
     NotFound,
 }
 
+impl StoreError {
+    /// The database refused the data itself (SQLSTATE class 22 or 23, or a
+    /// constraint): retrying the same record can never succeed. Anything
+    /// else (unreachable, timeouts, shutdown, serialization) is worth a retry.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(e)) => {
+                !matches!(e.kind(), sqlx::error::ErrorKind::Other)
+                    || e.code()
+                        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+            }
+            StoreError::Db(sqlx::Error::Encode(_)) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A cheap-to-clone handle to the database.
 #[derive(Clone)]
 pub struct Store {

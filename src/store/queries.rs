@@ -10,7 +10,11 @@ use super::{Store, StoreError, writer::Record};
 use crate::protocol::{Seq, StudentState};
 
 /// Commits one batch of records in a single transaction.
-pub(super) async fn write_batch(store: &Store, batch: &[Record]) -> Result<(), StoreError> {
+pub(super) async fn write_batch(
+    store: &Store,
+    batch: &[Record],
+    stats: &super::writer::WriterStats,
+) -> Result<(), StoreError> {
     let mut tx = store.pool().begin().await?;
     for record in batch {
         match record {
@@ -22,7 +26,7 @@ pub(super) async fn write_batch(store: &Store, batch: &[Record]) -> Result<(), S
                 kind,
                 payload,
             } => {
-                sqlx::query(
+                let done = sqlx::query(
                     "INSERT INTO events (exam_id, seq, at, student_id, kind, payload) \
                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (exam_id, seq) DO NOTHING",
                 )
@@ -34,8 +38,18 @@ pub(super) async fn write_batch(store: &Store, batch: &[Record]) -> Result<(), S
                 .bind(payload.as_str())
                 .execute(&mut *tx)
                 .await?;
+                if done.rows_affected() == 0 {
+                    // Only a re-issued seq can collide; seq reservation is
+                    // there to make this impossible, so it must be loud.
+                    stats
+                        .collisions
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(%exam_id, seq, "an event's seq was already in the log");
+                }
             }
-            Record::SeqReserved { exam_id, reserved } => {
+            Record::SeqReserved {
+                exam_id, reserved, ..
+            } => {
                 sqlx::query(
                     "INSERT INTO exam_seq (exam_id, reserved) VALUES ($1, $2) \
                      ON CONFLICT (exam_id) DO UPDATE SET reserved = excluded.reserved",
@@ -463,6 +477,18 @@ impl Store {
         record_action(&mut tx, exam_id, actor, "replace_roster", roster.len()).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Whether the exam exists: created through the API, or seen live.
+    pub async fn exam_known(&self, exam_id: &str) -> Result<bool, StoreError> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM exams WHERE id = $1 \
+             UNION ALL SELECT exam_id FROM events WHERE exam_id = $1 LIMIT 1",
+        )
+        .bind(exam_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(found.is_some())
     }
 
     /// Each student's last known state, from their latest `student` event.

@@ -42,7 +42,12 @@ pub enum Record {
         payload: String,
     },
     /// The exam's seq may be used up to `reserved` (see `exam_seq`).
-    SeqReserved { exam_id: Arc<str>, reserved: i64 },
+    /// `done`, if given, fires once committed (a room starting up waits).
+    SeqReserved {
+        exam_id: Arc<str>,
+        reserved: i64,
+        done: Option<oneshot::Sender<bool>>,
+    },
     SessionOpened {
         id: String,
         exam_id: Arc<str>,
@@ -74,13 +79,13 @@ pub enum Record {
         question: String,
         value: String,
         at: i64,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<bool>,
     },
     Submission {
         exam_id: Arc<str>,
         student_id: Arc<str>,
         at: i64,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<bool>,
     },
 }
 
@@ -93,6 +98,11 @@ pub struct WriterStats {
     pub failing: AtomicBool,
     pub committed: AtomicU64,
     pub retries: AtomicU64,
+    /// Records the database refused permanently (bad data): logged, counted,
+    /// and for answers reported to the student instead of an ack.
+    pub rejected: AtomicU64,
+    /// Events whose (exam, seq) was already in the log.
+    pub collisions: AtomicU64,
 }
 
 /// A cheap handle for handing records to the writer task.
@@ -210,15 +220,25 @@ impl Worker {
         }
     }
 
-    /// Commits one batch, retrying with backoff until it succeeds.
+    /// Commits one batch, retrying with backoff until it succeeds. A batch
+    /// the database refuses for its data (not for being unreachable) is
+    /// committed record by record so one bad record cannot stall the rest.
     async fn commit(&self, batch: Vec<Record>) {
+        let n = batch.len();
+        let mut pending = batch;
         let mut backoff = Duration::from_millis(50);
-        loop {
-            match super::queries::write_batch(&self.store, &batch).await {
-                Ok(()) => break,
+        while !pending.is_empty() {
+            match super::queries::write_batch(&self.store, &pending, &self.stats).await {
+                Ok(()) => {
+                    self.succeeded();
+                    finish(std::mem::take(&mut pending), true);
+                }
+                Err(e) if e.is_permanent() => {
+                    pending = self.commit_one_by_one(pending).await;
+                }
                 Err(e) => {
                     if !self.stats.failing.swap(true, Ordering::Relaxed) {
-                        tracing::error!(error = %e, records = batch.len(), "database write failed; retrying, nothing is dropped");
+                        tracing::error!(error = %e, records = pending.len(), "database write failed; retrying, nothing is dropped");
                     }
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
@@ -226,19 +246,82 @@ impl Worker {
                 }
             }
         }
+        self.stats.pending.fetch_sub(n, Ordering::Relaxed);
+        self.stats.committed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Commits each record alone; drops (with a log line) those the database
+    /// refuses for their data, and returns the rest if it becomes
+    /// unreachable midway.
+    async fn commit_one_by_one(&self, batch: Vec<Record>) -> Vec<Record> {
+        let mut rest = batch.into_iter();
+        while let Some(record) = rest.next() {
+            let one = std::slice::from_ref(&record);
+            match super::queries::write_batch(&self.store, one, &self.stats).await {
+                Ok(()) => finish(vec![record], true),
+                Err(e) if e.is_permanent() => {
+                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, record = record.describe(), "the database refused a record; it is set aside");
+                    finish(vec![record], false);
+                }
+                Err(_) => {
+                    let mut left = vec![record];
+                    left.extend(rest);
+                    return left;
+                }
+            }
+        }
+        self.succeeded();
+        Vec::new()
+    }
+
+    fn succeeded(&self) {
         if self.stats.failing.swap(false, Ordering::Relaxed) {
             tracing::info!("database writes succeed again");
         }
-        let n = batch.len();
-        for record in batch {
-            match record {
-                Record::Answer { done, .. } | Record::Submission { done, .. } => {
-                    let _ = done.send(());
-                }
-                _ => {}
+    }
+}
+
+/// Tells whoever waits on these records how they ended.
+fn finish(records: Vec<Record>, stored: bool) {
+    for record in records {
+        match record {
+            Record::Answer { done, .. } | Record::Submission { done, .. } => {
+                let _ = done.send(stored);
+            }
+            Record::SeqReserved {
+                done: Some(done), ..
+            } => {
+                let _ = done.send(stored);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Record {
+    /// A short description for logs (no payloads).
+    fn describe(&self) -> String {
+        match self {
+            Record::Event { exam_id, seq, .. } => format!("event {exam_id}#{seq}"),
+            Record::SeqReserved { exam_id, .. } => format!("seq reservation of {exam_id}"),
+            Record::SessionOpened { id, .. } => format!("session {id} opened"),
+            Record::SessionClosed { id, .. } => format!("session {id} closed"),
+            Record::TeacherAction {
+                exam_id, action, ..
+            } => format!("{action} in {exam_id}"),
+            Record::Answer {
+                exam_id,
+                student_id,
+                ..
+            } => format!("answer of {student_id} in {exam_id}"),
+            Record::Submission {
+                exam_id,
+                student_id,
+                ..
+            } => {
+                format!("submission of {student_id} in {exam_id}")
             }
         }
-        self.stats.pending.fetch_sub(n, Ordering::Relaxed);
-        self.stats.committed.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

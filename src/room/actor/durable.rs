@@ -54,7 +54,20 @@ impl Room {
             self.seq = state.reserved;
             self.epoch_floor = state.reserved;
         }
-        self.reserved = self.seq;
+        // Reserve the next block before issuing anything: a crash right after
+        // this start must not re-issue seqs teachers may already have seen.
+        // Through the writer, so it lands after a predecessor's final write.
+        self.reserved = self.seq + super::SEQ_BLOCK;
+        let (done, reserved) = oneshot::channel();
+        self.ctx.writer.write(Record::SeqReserved {
+            exam_id: self.exam_id.clone(),
+            reserved: self.reserved as i64,
+            done: Some(done),
+        });
+        match tokio::time::timeout(Duration::from_secs(5), reserved).await {
+            Ok(Ok(true)) => {}
+            _ => return Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
+        }
         let grace = self.ctx.settings.disconnect_grace;
         let mut answered = state.answered;
         for st in state.students {
@@ -75,6 +88,11 @@ impl Room {
             .into_iter()
             .map(|(seq, payload)| (seq, Utf8Bytes::from(payload)))
             .collect();
+        // A history that does not end at the current seq has a hole (lost
+        // events): resumes from before here get a snapshot.
+        if self.history.back().is_some_and(|(s, _)| *s != self.seq) {
+            self.epoch_floor = self.epoch_floor.max(self.seq);
+        }
         // Announcements among them stay available to students' `resume`.
         self.announcements = self
             .history
@@ -166,7 +184,7 @@ impl Room {
 
     fn when_committed(
         &self,
-        committed: oneshot::Receiver<()>,
+        committed: oneshot::Receiver<bool>,
         conn: crate::room::ConnId,
         sid: &Arc<str>,
         what: Stored,
@@ -175,15 +193,16 @@ impl Room {
         let inbox = self.inbox.clone();
         let student = sid.clone();
         self.ctx.tracker.spawn(async move {
-            if committed.await.is_err() {
+            let Ok(stored) = committed.await else {
                 return; // writer stopped before committing: no ack, the client re-sends
-            }
+            };
             if let Some(inbox) = inbox.upgrade() {
                 let _ = inbox
                     .send(RoomCmd::Stored {
                         conn,
                         student,
                         what,
+                        stored,
                         r#ref,
                     })
                     .await;
@@ -197,8 +216,19 @@ impl Room {
         conn: crate::room::ConnId,
         sid: Arc<str>,
         what: Stored,
+        stored: bool,
         r#ref: Option<Label>,
     ) {
+        if !stored {
+            if let Some(st) = self.students.get_mut(&sid) {
+                st.submitting = false;
+            }
+            if let Some((_, out)) = self.student_conns.get(&conn) {
+                let out = out.clone();
+                self.error(&out, ErrorCode::NotStored, r#ref.as_ref());
+            }
+            return;
+        }
         let Some(st) = self.students.get_mut(&sid) else {
             return;
         };
