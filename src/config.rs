@@ -176,6 +176,9 @@ pub struct ExamSettings {
     pub room_linger: Duration,
     /// Bound of each room's command inbox.
     pub room_inbox: usize,
+    /// When the roster cannot be read (database down, nothing cached):
+    /// admit on the token alone (true) or refuse with 503 (false).
+    pub roster_fail_open: bool,
 }
 
 impl Default for ExamSettings {
@@ -188,6 +191,7 @@ impl Default for ExamSettings {
             history_size: 1024,
             room_linger: Duration::from_secs(300),
             room_inbox: 1024,
+            roster_fail_open: true,
         }
     }
 }

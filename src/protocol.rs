@@ -156,6 +156,9 @@ pub enum ErrorCode {
     /// The database refused to store this answer or submission (its data);
     /// re-sending the same message will not help.
     NotStored,
+    /// Too much is waiting for the database: keep the answer and re-send it
+    /// later (with backoff). Nothing was stored, nothing was lost.
+    StorageBusy,
 }
 
 impl ErrorCode {

@@ -3,9 +3,10 @@
 //!
 //! Exams without a roster accept any student whose token grants the exam.
 //! If the database cannot be reached and nothing is cached, the check fails
-//! open (and says so in the log): locking every student out of a running
-//! exam because the database blinked is worse than admitting one who holds
-//! a valid token for it.
+//! open by default (`exam.roster_fail_open`, and says so in the log):
+//! locking every student out of a running exam because the database blinked
+//! is worse than admitting one who holds a valid token for it. Set it to
+//! false to refuse (503) instead.
 
 use std::{
     collections::HashMap,
@@ -22,6 +23,8 @@ pub enum Admission {
     Admitted,
     NotOnRoster,
     NotAllowed,
+    /// The roster could not be read and `exam.roster_fail_open` is false.
+    Unavailable,
 }
 
 /// When a roster was fetched, and the roster.
@@ -34,7 +37,13 @@ pub struct RosterCache {
 }
 
 impl RosterCache {
-    pub async fn check(&self, store: &Store, exam_id: &str, student_id: &str) -> Admission {
+    pub async fn check(
+        &self,
+        store: &Store,
+        exam_id: &str,
+        student_id: &str,
+        fail_open: bool,
+    ) -> Admission {
         let cached = self.lock().get(exam_id).cloned();
         let roster = match cached {
             Some((at, roster)) if at.elapsed() < TTL => roster,
@@ -46,10 +55,20 @@ impl RosterCache {
                     roster
                 }
                 Err(e) => match stale {
-                    Some((_, roster)) => roster,
-                    None => {
+                    Some((_, roster)) => {
+                        // Keep using it for another TTL rather than making
+                        // every handshake wait for an unreachable database.
+                        self.lock()
+                            .insert(exam_id.to_owned(), (Instant::now(), roster.clone()));
+                        roster
+                    }
+                    None if fail_open => {
                         tracing::warn!(error = %e, %exam_id, "roster unavailable; admitting on the token alone");
                         return Admission::Admitted;
+                    }
+                    None => {
+                        tracing::warn!(error = %e, %exam_id, "roster unavailable; refusing");
+                        return Admission::Unavailable;
                     }
                 },
             },

@@ -143,7 +143,12 @@ pub async fn handshake(
         ));
     }
     if !claims.role.is_watcher() {
-        match app.rosters.check(&app.store, &exam_id, &claims.sub).await {
+        let fail_open = app.settings.exam.roster_fail_open;
+        match app
+            .rosters
+            .check(&app.store, &exam_id, &claims.sub, fail_open)
+            .await
+        {
             Admission::Admitted => {}
             Admission::NotOnRoster => {
                 return refuse(ApiError::forbidden(
@@ -161,6 +166,13 @@ pub async fn handshake(
                         "student {:?} is not allowed to sit exam {exam_id:?}",
                         claims.sub
                     ),
+                ));
+            }
+            Admission::Unavailable => {
+                return refuse(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "roster_unavailable",
+                    "the exam's roster cannot be read right now; retry shortly",
                 ));
             }
         }

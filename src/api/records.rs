@@ -18,7 +18,10 @@ use crate::{
     app::AppState,
     http::ApiError,
     protocol::{Status, Timestamp},
-    store::{now_ms, queries::StoredAnswer},
+    store::{
+        now_ms,
+        queries::{ExamRow, StoredAnswer},
+    },
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -131,8 +134,18 @@ async fn report(
             .or_default()
             .push((s.connected_at, s.disconnected_at));
     }
+    // Time away counts until the student submitted, the exam's scheduled
+    // end (when it has one), or now, whichever comes first.
+    let exam_end = match app.store.exam(&id).await? {
+        Some(ExamRow {
+            starts_at: Some(start),
+            duration_secs: Some(d),
+            ..
+        }) => start + d * 1000,
+        _ => i64::MAX,
+    };
     for (user, sessions) in per_user {
-        let end = submitted.get(&user).copied().unwrap_or(now);
+        let end = submitted.get(&user).copied().unwrap_or(now).min(exam_end);
         away.insert(user, disconnected_ms(&sessions, end));
     }
     let mut csv = String::from(

@@ -595,6 +595,9 @@ impl Room {
             ErrorCode::AlreadySubmitted => "the exam is already submitted",
             ErrorCode::InvalidAnnouncement => "announcement text is empty or too long",
             ErrorCode::NotStored => "the database refused to store this message",
+            ErrorCode::StorageBusy => {
+                "the database is behind; keep this answer and re-send it later"
+            }
             ErrorCode::Forbidden => "this message is not allowed for your role",
             _ => "request refused",
         };

@@ -140,6 +140,14 @@ async fn a_database_outage_degrades_but_loses_nothing() {
         other => panic!("a new connection was admitted: {:?}", other.map(|_| ())),
     }
     assert_eq!(ready(&app).await.0, 503);
+    // Past the bound, new answers are refused (kept by the client), not queued.
+    s.send_json(json!({"type": "answer", "id": "a2", "question": "q2", "value": "y", "ref": "a2"}))
+        .await;
+    let busy = s.next_of_type("error").await;
+    assert_eq!(
+        (busy["code"].as_str(), busy["ref"].as_str()),
+        (Some("storage_busy"), Some("a2"))
+    );
 
     proxy.restore();
     let ack = s.next_of_type("ack").await;

@@ -13,7 +13,147 @@ on_both_databases!(
     a_submission_is_durable_and_final,
     a_restart_continues_seq_and_resume_replays_from_the_database,
     the_roster_decides_who_may_join,
+    sessions_and_teacher_actions_are_recorded,
+    a_record_the_database_refuses_does_not_stall_the_others,
 );
+
+async fn db_pool(app: &TestApp) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(&app.db_url)
+        .await
+        .expect("connect to the test database")
+}
+
+async fn sessions_and_teacher_actions_are_recorded(db: Backend) {
+    use sqlx::Row;
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let token = app.token("s1", Role::Student, &["e1"]);
+    let mut s = app
+        .try_connect(
+            &app.ws_url("e1"),
+            Some(&token),
+            &[("user-agent", "exam-browser/1.0")],
+        )
+        .await
+        .unwrap();
+    let welcome = s.next_of_type("welcome").await;
+    t.send_json(json!({"type": "announce", "text": "Pens down in 5", "ref": 1}))
+        .await;
+    t.next_of_type("ack").await;
+    s.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "bye\0now".into(),
+    }))
+    .await
+    .unwrap();
+    s.expect_close().await;
+    app.flushed().await;
+    let pool = db_pool(&app).await;
+    let session_id = welcome["session_id"].as_str().unwrap();
+    let mut row = None;
+    for _ in 0..100 {
+        app.flushed().await;
+        let r = sqlx::query(
+            "SELECT user_id, role, ip, user_agent, close_code, close_reason, instance_id, disconnected_at \
+             FROM sessions WHERE id = $1",
+        )
+        .bind(session_id)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(r) = r
+            && r.try_get::<Option<i64>, _>(7).unwrap().is_some()
+        {
+            row = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let row = row.expect("the session was closed in the database");
+    assert_eq!(row.try_get::<String, _>(0).unwrap(), "s1");
+    assert_eq!(row.try_get::<String, _>(1).unwrap(), "student");
+    assert!(
+        row.try_get::<String, _>(2)
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(row.try_get::<String, _>(3).unwrap(), "exam-browser/1.0");
+    assert_eq!(row.try_get::<Option<i64>, _>(4).unwrap(), Some(1000));
+    assert_eq!(
+        row.try_get::<String, _>(5).unwrap(),
+        "client: byenow",
+        "control characters stripped"
+    );
+    assert!(
+        !row.try_get::<String, _>(6).unwrap().is_empty(),
+        "instance id"
+    );
+    let action =
+        sqlx::query("SELECT actor_id, action, payload FROM teacher_actions WHERE exam_id = $1")
+            .bind("e1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(action.try_get::<String, _>(0).unwrap(), "t1");
+    assert_eq!(action.try_get::<String, _>(1).unwrap(), "announce");
+    let payload: Value = serde_json::from_str(&action.try_get::<String, _>(2).unwrap()).unwrap();
+    assert_eq!(payload["text"], "Pens down in 5");
+}
+
+/// PostgreSQL refuses NUL in text. Such input is refused at the socket, and
+/// a record the database refuses anyway is set aside without holding up the
+/// records around it.
+async fn a_record_the_database_refuses_does_not_stall_the_others(db: Backend) {
+    use examwatch::store::writer::Record;
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
+    let (mut s, _) = app.student("e1", "s1").await;
+    s.send_json(json!({"type": "answer", "id": "a\u{0}", "question": "q1", "value": 1, "ref": 1}))
+        .await;
+    assert_eq!(s.next_json().await["code"], "invalid_message");
+    let (bad, bad_done) = tokio::sync::oneshot::channel();
+    let (good, good_done) = tokio::sync::oneshot::channel();
+    let answer = |id: &str, done| Record::Answer {
+        exam_id: "e1".into(),
+        student_id: "s9".into(),
+        answer_id: id.into(),
+        question: "q1".into(),
+        value: "1".into(),
+        at: 1,
+        done,
+    };
+    // Written directly, as a stand-in for any record the database rejects.
+    let bad_id = if db == Backend::Postgres {
+        "bad\0id"
+    } else {
+        "fine-on-sqlite"
+    };
+    app.state.writer.write(answer(bad_id, bad));
+    app.state.writer.write(answer("good", good));
+    let bad_stored = tokio::time::timeout(WAIT, bad_done).await.unwrap().unwrap();
+    let good_stored = tokio::time::timeout(WAIT, good_done)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(good_stored, "the good record is committed");
+    assert_eq!(
+        bad_stored,
+        db == Backend::Sqlite,
+        "PostgreSQL refuses NUL, SQLite stores it"
+    );
+    app.flushed().await;
+    assert!(
+        !app.state.writer.degraded(),
+        "the writer is not stuck retrying"
+    );
+    s.send_json(json!({"type": "answer", "id": "a2", "question": "q2", "value": 2, "ref": 2}))
+        .await;
+    assert_eq!(s.next_json().await["ref"], 2);
+}
 
 async fn answers_are_stored_once_and_acked_after_commit(db: Backend) {
     let Some(app) = spawn_app_on(db, |_| {}).await else {

@@ -111,8 +111,17 @@ async fn errors_have_one_shape_and_the_right_status(db: Backend) {
         (app.api(Method::PUT, "/v1/exams/math/roster", &teacher).json(&json!({"roster": [{"student_id": "s1", "name": "A"}, {"student_id": "s1", "name": "B"}]})).send().await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
         (app.api(Method::GET, "/v1/exams/math/timeline?limit=0", &teacher).send().await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
         (app.api(Method::GET, "/v1/exams/math/timeline?after_seq=x", &teacher).send().await.unwrap(), StatusCode::BAD_REQUEST, "invalid_query"),
+        (app.api(Method::DELETE, "/v1/exams", &teacher).send().await.unwrap(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (app.api(Method::GET, "/v1/exams/math/timeline", &app.token("a", Role::Admin, &[])).send().await.unwrap(), StatusCode::OK, "-"),
+        (app.api(Method::GET, "/v1/exams/ghost/timeline", &app.token("a", Role::Admin, &[])).send().await.unwrap(), StatusCode::NOT_FOUND, "not_found"),
+        (app.api(Method::GET, "/v1/exams/ghost/report.csv", &app.token("a", Role::Admin, &[])).send().await.unwrap(), StatusCode::NOT_FOUND, "not_found"),
+        (app.api(Method::GET, "/v1/exams/%FF/students/x/answers", &app.token("a", Role::Admin, &[])).send().await.unwrap(), StatusCode::BAD_REQUEST, "bad_request"),
     ];
     for (i, (resp, status, code)) in cases.into_iter().enumerate() {
+        if status == StatusCode::OK {
+            assert_eq!(resp.status(), status, "case {i}");
+            continue;
+        }
         assert_eq!(error_of(resp).await, (status, code.to_owned()), "case {i}");
     }
 }

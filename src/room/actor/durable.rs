@@ -138,6 +138,10 @@ impl Room {
         value: serde_json::Value,
         r#ref: Option<Label>,
     ) -> Result<Outcome, ErrorCode> {
+        if self.ctx.writer.over_limit() {
+            // Refuse rather than queue more: the client keeps it and re-sends.
+            return Err(ErrorCode::StorageBusy);
+        }
         let st = self.students.get_mut(sid).ok_or(ErrorCode::Forbidden)?;
         let outcome = st.answering(question.clone())?;
         let question = question.to_string();
