@@ -19,6 +19,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::broker::{Broker, RedisBroker, redis::RedisOptions};
 use crate::{
     auth::Keys,
     config::Settings,
@@ -48,6 +49,7 @@ pub struct AppState {
     pub rosters: RosterCache,
     /// Recorded with every session (`database.instance_id` or hostname:pid).
     pub instance_id: Arc<str>,
+    pub broker: Broker,
     draining: Arc<AtomicBool>,
     next_conn: Arc<AtomicU64>,
 }
@@ -101,6 +103,21 @@ impl App {
         let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let (broker, inbound) = if settings.broker.redis_url.is_empty() {
+            (Broker::Memory, None)
+        } else {
+            let (redis, inbound) = RedisBroker::connect(RedisOptions {
+                url: settings.broker.redis_url.clone(),
+                instance: instance_id.clone(),
+                prefix: settings.broker.prefix.clone(),
+                history: settings.exam.history_size,
+                queue_limit: settings.broker.queue_limit,
+            })
+            .await
+            .context("cannot connect to broker.redis_url")?;
+            tracing::info!(instance = %instance_id, "sharing exams through Redis");
+            (Broker::Redis(redis), Some(inbound))
+        };
         let registry = Registry::new(RoomContext {
             settings: Arc::new(settings.exam.clone()),
             metrics: metrics.clone(),
@@ -109,7 +126,16 @@ impl App {
             max_announcement_chars: settings.limits.max_announcement_chars,
             store: store.clone(),
             writer: writer.clone(),
+            broker: broker.clone(),
         });
+        if let (Some(inbound), Broker::Redis(redis)) = (inbound, &broker) {
+            tokio::spawn(crate::broker::dispatch(inbound, registry.clone()));
+            tokio::spawn(crate::broker::heartbeat(
+                redis.clone(),
+                settings.broker.heartbeat_ttl,
+                shutdown.clone(),
+            ));
+        }
         let state = AppState {
             settings,
             keys: Arc::new(keys),
@@ -123,6 +149,7 @@ impl App {
             writer,
             rosters: RosterCache::default(),
             instance_id,
+            broker,
         };
         Ok(Self {
             state,

@@ -28,6 +28,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
     pub database: DatabaseSettings,
+    pub broker: BrokerSettings,
     pub exam: ExamSettings,
     pub ws: WsSettings,
     pub limits: LimitSettings,
@@ -115,6 +116,34 @@ impl Default for AuthSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// `redis://host:port/` to share exams between instances; empty = this
+    /// instance alone (in-memory broker).
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel.
+    pub prefix: String,
+    /// Events allowed to wait while Redis is unreachable; beyond it they
+    /// are dropped from the stream and every teacher gets a snapshot once
+    /// Redis is back.
+    pub queue_limit: usize,
+    /// How long an instance's liveness key lives (renewed every third).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_ttl: Duration,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            prefix: "examwatch".into(),
+            queue_limit: 100_000,
+            heartbeat_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `sqlite://path/to/file.db` (created with its folder, WAL mode) or
     /// `postgres://user@host/db`. The same code runs on both.
@@ -176,6 +205,11 @@ pub struct ExamSettings {
     pub room_linger: Duration,
     /// Bound of each room's command inbox.
     pub room_inbox: usize,
+    /// How long a student's cluster-wide session lease lives without being
+    /// renewed (renewed every third of it); a crashed instance's students
+    /// are freed after this.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
     /// When the roster cannot be read (database down, nothing cached):
     /// admit on the token alone (true) or refuse with 503 (false).
     pub roster_fail_open: bool,
@@ -192,6 +226,7 @@ impl Default for ExamSettings {
             room_linger: Duration::from_secs(300),
             room_inbox: 1024,
             roster_fail_open: true,
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -356,6 +391,11 @@ impl Settings {
         at_most("exam.disconnect_grace", self.exam.disconnect_grace, DAY)?;
         at_most("exam.room_linger", self.exam.room_linger, DAY)?;
         at_most("exam.probe_timeout", self.exam.probe_timeout, HOUR)?;
+        at_most("exam.lease_ttl", self.exam.lease_ttl, HOUR)?;
+        positive(
+            "exam.lease_ttl",
+            self.exam.lease_ttl >= Duration::from_millis(300),
+        )?;
         at_most("ws.ping_interval", self.ws.ping_interval, HOUR)?;
         at_most(
             "server.shutdown_timeout",

@@ -127,12 +127,17 @@ async fn readyz(State(app): State<AppState>) -> Response {
         ("shutting_down", StatusCode::SERVICE_UNAVAILABLE)
     } else if app.writer.over_limit() {
         ("degraded", StatusCode::SERVICE_UNAVAILABLE)
-    } else if app.writer.degraded() {
+    } else if app.writer.degraded() || !app.broker.healthy() {
         ("degraded", StatusCode::OK)
     } else {
         ("ready", StatusCode::OK)
     };
-    let body = json!({"status": status, "database": database, "pending_writes": pending});
+    let broker = match (&app.broker, app.broker.healthy()) {
+        (crate::broker::Broker::Memory, _) => "memory",
+        (_, true) => "ok",
+        (_, false) => "unreachable",
+    };
+    let body = json!({"status": status, "database": database, "pending_writes": pending, "broker": broker});
     (code, Json(body)).into_response()
 }
 

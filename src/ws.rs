@@ -41,6 +41,7 @@ use crate::{
     roster::Admission,
     store::{now_ms, writer::Record},
 };
+use crate::{broker::Broker, config::SecondSession, room::ClusterJoin};
 
 /// The subprotocol accepted when a client offers it.
 pub const SUBPROTOCOL: &str = "examwatch.v1";
@@ -340,6 +341,13 @@ impl Connection {
         };
         let ending = self.pump(&mut socket, &mut rx, &kick, &room).await;
         let _ = room.send(RoomCmd::Leave { conn: self.id }).await;
+        if let Broker::Redis(redis) = &self.app.broker
+            && !self.watcher()
+        {
+            redis
+                .release_lease(&self.exam_id, &self.claims.sub, &self.lease_holder())
+                .await;
+        }
         match &ending {
             Ending::Server(reason) => close_socket(&mut socket, reason).await,
             // Let tungstenite flush its automatic close reply.
@@ -351,8 +359,55 @@ impl Connection {
         ending
     }
 
+    /// The cluster-wide session lease holder name of this connection.
+    fn lease_holder(&self) -> String {
+        format!("{}/{}", self.app.instance_id, self.session_id)
+    }
+
+    /// Takes the student's cluster-wide session lease and says how the room
+    /// should treat a session held on another instance.
+    async fn claim_session(&self) -> ClusterJoin {
+        let Broker::Redis(redis) = &self.app.broker else {
+            return ClusterJoin::Alone;
+        };
+        if self.watcher() {
+            return ClusterJoin::Alone;
+        }
+        let ttl = self.app.settings.exam.lease_ttl;
+        let holder = self.lease_holder();
+        let (exam, student) = (&self.exam_id, &self.claims.sub);
+        let previous = match redis.claim_lease(exam, student, &holder, ttl, false).await {
+            Ok(None) => return ClusterJoin::Alone,
+            Ok(Some(p)) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the session lease; admitting");
+                return ClusterJoin::Alone;
+            }
+        };
+        let (instance, session) = previous.split_once('/').unwrap_or((&previous, ""));
+        if instance == self.app.instance_id.as_ref() {
+            return ClusterJoin::Alone; // the local room decides
+        }
+        let same_client = self.previous_session.as_deref() == Some(session);
+        let alive = redis.instance_alive(instance).await.unwrap_or(true);
+        let policy = self.app.settings.exam.second_session;
+        if alive && !same_client && policy == SecondSession::Reject {
+            return ClusterJoin::RejectedElsewhere;
+        }
+        let _ = redis.claim_lease(exam, student, &holder, ttl, true).await;
+        if alive {
+            let _ = redis.send_kick(exam, student).await;
+        }
+        if alive && !same_client {
+            ClusterJoin::TookOverElsewhere
+        } else {
+            ClusterJoin::Alone // the same client back, or its instance died
+        }
+    }
+
     /// Joins the room, retrying if it ended just as we looked it up.
     async fn join(&self, out: Outbox) -> Option<RoomHandle> {
+        let cluster = self.claim_session().await;
         for _ in 0..8 {
             if self.app.shutdown.is_cancelled() {
                 return None;
@@ -375,6 +430,7 @@ impl Connection {
                     },
                     session_id: self.session_id.clone(),
                     previous_session: self.previous_session.clone(),
+                    cluster,
                     out: out.clone(),
                     reply,
                 }

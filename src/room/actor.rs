@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::store::{now_ms, writer::Record};
 
+mod cluster;
 mod durable;
 mod join;
 
@@ -133,6 +134,10 @@ impl Room {
                 return;
             }
             let shutdown = self.ctx.shutdown.clone();
+            let clustered = self.ctx.broker.clustered();
+            let tick_every =
+                (self.ctx.settings.lease_ttl / 3).max(std::time::Duration::from_millis(100));
+            let mut tick = tokio::time::interval(tick_every);
             loop {
                 let linger = self.empty_since.map(|t| t + self.ctx.settings.room_linger);
                 tokio::select! {
@@ -145,6 +150,7 @@ impl Room {
                     Some(expired) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)) => {
                         self.on_timer(expired.into_inner());
                     }
+                    _ = tick.tick(), if clustered => self.cluster_tick(),
                     _ = sleep_until_opt(linger), if linger.is_some() => {
                         if self.try_end(&mut rx) {
                             break;
@@ -152,6 +158,9 @@ impl Room {
                     }
                 }
                 self.update_empty();
+            }
+            if let crate::broker::Broker::Redis(redis) = &self.ctx.broker {
+                redis.unsubscribe(self.exam_id.clone());
             }
             // A clean end: the next room continues right after our last seq.
             self.ctx.writer.write(Record::SeqReserved {
@@ -173,6 +182,7 @@ impl Room {
                 student,
                 session_id,
                 previous_session,
+                cluster,
                 out,
                 reply,
             } => self.join_student(join::StudentJoin {
@@ -180,6 +190,7 @@ impl Room {
                 who: student,
                 session_id,
                 previous_session,
+                cluster,
                 out,
                 reply,
             }),
@@ -227,6 +238,11 @@ impl Room {
             RoomCmd::Counts { reply } => {
                 let _ = reply.send(students::count(self.students.values().map(|s| &s.state)));
             }
+            RoomCmd::Published(p) => self.on_published(p),
+            RoomCmd::Resync => self.start_resync(),
+            RoomCmd::Resynced(state) => self.on_resynced(state),
+            RoomCmd::KickedElsewhere { student } => self.kicked_elsewhere(&student),
+            RoomCmd::Orphaned { student } => self.orphaned(student),
         }
     }
 
@@ -354,26 +370,23 @@ impl Room {
                 if text.is_empty() || text.chars().count() > max {
                     return self.error(&out, ErrorCode::InvalidAnnouncement, r#ref.as_ref());
                 }
-                let seq = self.next_seq();
-                let bytes = ServerMsg::Announcement {
-                    seq,
-                    text,
-                    at: Timestamp::now(),
-                    from,
-                }
-                .encode();
-                self.announcements.push_back((seq, bytes.clone()));
-                if self.announcements.len() > self.ctx.settings.history_size {
-                    self.announcements.pop_front();
-                }
                 self.ctx.writer.write(Record::TeacherAction {
                     exam_id: self.exam_id.clone(),
                     actor_id: user.to_owned(),
                     action: "announce",
-                    payload: serde_json::json!({ "text": text, "seq": seq }).to_string(),
+                    payload: serde_json::json!({ "text": text }).to_string(),
                     at: now_ms(),
                 });
-                self.emit(seq, bytes, Audience::Everyone, "announcement", None);
+                let at = Timestamp::now();
+                self.publish_event(Audience::Everyone, "announcement", None, |seq| {
+                    ServerMsg::Announcement {
+                        seq,
+                        text,
+                        at,
+                        from,
+                    }
+                    .encode()
+                });
             }
             ClientMsg::Resume { last_seq } => self.resume_teacher(conn, last_seq),
             ClientMsg::Heartbeat {} => {}
@@ -465,17 +478,17 @@ impl Room {
             self.timers.try_remove(&key);
         }
         if let Some(cause) = outcome.cause {
-            let seq = self.next_seq();
-            let Some(st) = self.students.get(sid) else {
+            let Some(state) = self.students.get(sid).map(|st| st.state.clone()) else {
                 return;
             };
-            let bytes = ServerMsg::Student {
-                seq,
-                student: &st.state,
-                cause,
-            }
-            .encode();
-            self.emit(self.seq, bytes, Audience::Teachers, "student", Some(sid));
+            self.publish_event(Audience::Teachers, "student", Some(sid), |seq| {
+                ServerMsg::Student {
+                    seq,
+                    student: &state,
+                    cause,
+                }
+                .encode()
+            });
         }
         if let Some(kind) = outcome.alert {
             self.emit_alert(sid, kind);
@@ -483,16 +496,17 @@ impl Room {
     }
 
     fn emit_alert(&mut self, sid: &str, kind: AlertKind) {
-        self.next_seq();
-        let bytes = ServerMsg::Alert {
-            seq: self.seq,
-            student_id: sid,
-            kind,
-            at: Timestamp::now(),
-        }
-        .encode();
         let sid: Arc<str> = sid.into();
-        self.emit(self.seq, bytes, Audience::Teachers, "alert", Some(&sid));
+        let at = Timestamp::now();
+        self.publish_event(Audience::Teachers, "alert", Some(&sid), |seq| {
+            ServerMsg::Alert {
+                seq,
+                student_id: &sid,
+                kind,
+                at,
+            }
+            .encode()
+        });
     }
 
     /// The next event number, reserving more in the database ahead of use
@@ -523,6 +537,12 @@ impl Room {
         self.history.push_back((seq, bytes.clone()));
         if self.history.len() > self.ctx.settings.history_size {
             self.history.pop_front();
+        }
+        if audience == Audience::Everyone {
+            self.announcements.push_back((seq, bytes.clone()));
+            if self.announcements.len() > self.ctx.settings.history_size {
+                self.announcements.pop_front();
+            }
         }
         self.ctx.metrics.events.fetch_add(1, Ordering::Relaxed);
         self.deliver(&bytes, audience);

@@ -160,6 +160,8 @@ pub enum RoomCmd {
         /// says so: a reconnect over a not-yet-detected dead socket is then
         /// the same session, not a second one.
         previous_session: Option<String>,
+        /// What the cluster-wide session lease said (always `Alone` in memory).
+        cluster: ClusterJoin,
         out: Outbox,
         /// Answered once joined (or refused); dropped if the room ended.
         reply: oneshot::Sender<()>,
@@ -199,6 +201,31 @@ pub enum RoomCmd {
     Counts {
         reply: oneshot::Sender<crate::protocol::Counts>,
     },
+    /// A numbered event from the broker.
+    Published(crate::broker::Published),
+    /// The broker reconnected: reload the shared state.
+    Resync,
+    /// The reloaded shared state.
+    Resynced(crate::broker::SharedState),
+    /// Another instance took over this student's session.
+    KickedElsewhere {
+        student: Arc<str>,
+    },
+    /// This instance claimed a student whose instance died.
+    Orphaned {
+        student: Arc<str>,
+    },
+}
+
+/// The outcome of the cluster-wide session lease for a joining student.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterJoin {
+    /// No live session elsewhere (or the same client coming back).
+    Alone,
+    /// A live session on another instance was taken over.
+    TookOverElsewhere,
+    /// A live session on another instance holds the lease; refuse (4009).
+    RejectedElsewhere,
 }
 
 /// What became durable.
@@ -235,6 +262,7 @@ pub struct RoomContext {
     pub max_announcement_chars: usize,
     pub store: crate::store::Store,
     pub writer: crate::store::writer::Writer,
+    pub broker: crate::broker::Broker,
 }
 
 /// The live rooms of this instance.
@@ -290,6 +318,19 @@ impl Registry {
         );
         self.ctx.tracker.spawn(room.run(rx));
         handle
+    }
+
+    /// Sends a command to an exam's room if it runs here (broker traffic).
+    pub async fn route(&self, exam_id: &str, cmd: RoomCmd) {
+        let handle = self.lock().get(exam_id).cloned();
+        if let Some(handle) = handle {
+            let _ = handle.send(cmd).await;
+        }
+    }
+
+    /// Every room running here.
+    pub fn all(&self) -> Vec<RoomHandle> {
+        self.lock().values().cloned().collect()
     }
 
     /// Live counts of an exam whose room is running here.

@@ -88,6 +88,22 @@ impl Room {
             .into_iter()
             .map(|(seq, payload)| (seq, Utf8Bytes::from(payload)))
             .collect();
+        // With Redis, the shared state is the newest: students attached to
+        // other instances, the cluster's seq and recent history. Subscribe
+        // first, so nothing published meanwhile is missed.
+        if let crate::broker::Broker::Redis(redis) = &self.ctx.broker {
+            let subscribed = redis.subscribe(self.exam_id.clone());
+            if tokio::time::timeout(Duration::from_secs(2), subscribed)
+                .await
+                .is_err()
+            {
+                tracing::warn!("Redis subscription pending; serving from the database meanwhile");
+            }
+            match tokio::time::timeout(Duration::from_secs(2), redis.load(&self.exam_id)).await {
+                Ok(Ok(shared)) => self.apply_shared(shared),
+                _ => tracing::warn!("cannot load the exam's shared state from Redis yet"),
+            }
+        }
         // A history that does not end at the current seq has a hole (lost
         // events): resumes from before here get a snapshot.
         if self.history.back().is_some_and(|(s, _)| *s != self.seq) {

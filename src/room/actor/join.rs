@@ -27,6 +27,7 @@ pub(in crate::room) struct StudentJoin {
     pub who: StudentId,
     pub session_id: String,
     pub previous_session: Option<String>,
+    pub cluster: crate::room::ClusterJoin,
     pub out: Outbox,
     pub reply: oneshot::Sender<()>,
 }
@@ -37,6 +38,40 @@ const ALERT_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 impl Room {
     pub(super) fn join_student(&mut self, join: StudentJoin) {
         let sid: Arc<str> = join.who.id.as_str().into();
+        match join.cluster {
+            crate::room::ClusterJoin::Alone => {}
+            crate::room::ClusterJoin::RejectedElsewhere => {
+                join.out.kick.kick(close::SECOND_SESSION);
+                self.emit_alert(&sid, AlertKind::SecondSession);
+                let _ = join.reply.send(());
+                return;
+            }
+            crate::room::ClusterJoin::TookOverElsewhere => {
+                // The old session lives on another instance, which was told
+                // to close it; here it is a takeover with its alert.
+                let conn = join.conn;
+                let outcome = match self.students.get_mut(&sid) {
+                    Some(st) => {
+                        if let Some(key) = st.grace_timer.take() {
+                            self.timers.try_remove(&key);
+                        }
+                        st.take_over(conn)
+                    }
+                    None => {
+                        self.students.insert(
+                            sid.clone(),
+                            Student::new(join.who.id.clone(), join.who.name.clone(), conn),
+                        );
+                        Outcome {
+                            cause: Some(Cause::SecondSession),
+                            alert: Some(AlertKind::SecondSession),
+                            touched: true,
+                        }
+                    }
+                };
+                return self.admit(join, Some(outcome));
+            }
+        }
         let Some(st) = self.students.get(&sid) else {
             return self.admit(join, None);
         };

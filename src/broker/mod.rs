@@ -1,0 +1,133 @@
+//! Where events go between being decided and being delivered.
+//!
+//! `Broker::Memory` (one instance): the room numbers its events itself and
+//! delivers them at once. `Broker::Redis` (several instances): the room
+//! hands the event to Redis, where one Lua script gives it the exam's next
+//! cluster-wide `seq`, appends it to a trimmed history list, records the
+//! student's latest state and publishes it on the exam's channel — all
+//! atomically, so the channel's order *is* the seq order. Every instance
+//! with members in that exam (the origin included) receives it from its one
+//! subscription per exam and delivers it locally. Rooms only call the small
+//! surface below and do not care which broker they have.
+
+pub mod redis;
+
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+
+use crate::protocol::Seq;
+
+pub use self::redis::RedisBroker;
+
+/// An event decided by a room, not yet numbered. `body` is the encoded
+/// event with `"seq":0`; the broker puts the real seq in its place.
+#[derive(Debug)]
+pub struct Draft {
+    pub exam: Arc<str>,
+    pub body: String,
+    /// `student`, `alert` or `announcement`.
+    pub kind: &'static str,
+    pub student: Option<Arc<str>>,
+    /// The room's latest seq: the counter never goes below it, even if
+    /// Redis lost its data.
+    pub floor: Seq,
+}
+
+/// A numbered event, as every instance receives it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub origin: Arc<str>,
+    pub kind: String,
+    pub student: Option<Arc<str>>,
+    pub seq: Seq,
+    pub event: Utf8Bytes,
+}
+
+/// What the broker knows of an exam, for a room starting up.
+#[derive(Debug, Default)]
+pub struct SharedState {
+    pub seq: Seq,
+    /// Each student's latest `student` event (JSON).
+    pub students: Vec<String>,
+    /// Recent events, oldest first.
+    pub history: Vec<(Seq, String)>,
+}
+
+#[derive(Clone)]
+pub enum Broker {
+    Memory,
+    Redis(Arc<RedisBroker>),
+}
+
+impl Broker {
+    /// True when events are numbered and fanned out by Redis.
+    pub fn clustered(&self) -> bool {
+        matches!(self, Broker::Redis(_))
+    }
+
+    /// This instance's id (events it published come back with it).
+    pub fn instance(&self) -> Option<&Arc<str>> {
+        match self {
+            Broker::Memory => None,
+            Broker::Redis(r) => Some(r.instance()),
+        }
+    }
+
+    /// Hands a draft to Redis, in order, without waiting.
+    pub fn publish(&self, draft: Draft) {
+        if let Broker::Redis(r) = self {
+            r.publish(draft);
+        }
+    }
+
+    /// Whether the broker is reachable (always, in memory).
+    pub fn healthy(&self) -> bool {
+        match self {
+            Broker::Memory => true,
+            Broker::Redis(r) => r.healthy(),
+        }
+    }
+}
+
+/// Routes what Redis pushes to this instance's rooms.
+pub async fn dispatch(
+    mut inbound: tokio::sync::mpsc::UnboundedReceiver<redis::Inbound>,
+    registry: crate::room::Registry,
+) {
+    use crate::room::RoomCmd;
+    while let Some(msg) = inbound.recv().await {
+        match msg {
+            redis::Inbound::Event(exam, published) => {
+                registry.route(&exam, RoomCmd::Published(published)).await;
+            }
+            redis::Inbound::Kick { exam, student } => {
+                registry
+                    .route(&exam, RoomCmd::KickedElsewhere { student })
+                    .await;
+            }
+            redis::Inbound::Resync => {
+                for room in registry.all() {
+                    let _ = room.send(RoomCmd::Resync).await;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps this instance's liveness key alive until shutdown.
+pub async fn heartbeat(
+    redis: Arc<RedisBroker>,
+    ttl: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval((ttl / 3).max(std::time::Duration::from_millis(100)));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                let _ = redis.heartbeat(ttl).await;
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

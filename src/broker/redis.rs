@@ -1,0 +1,500 @@
+//! The Redis broker: one reconnecting connection (the redis crate's
+//! `ConnectionManager`, RESP3, automatic resubscription) per instance.
+//!
+//! - **Publishing** goes through one task that owns the order: drafts are
+//!   pipelined, each through the numbering script, so the order rooms
+//!   handed them over is the order they are numbered and published in.
+//!   While Redis is unreachable drafts wait (bounded) and are retried with
+//!   backoff; `/readyz` reports degraded.
+//! - **Subscribing**: one channel per exam, only while this instance has a
+//!   room for it. Pushed messages are parsed here and routed to rooms.
+//! - **Re-synchronising**: after a disconnection, every room is told to
+//!   reload the exam's shared state, so a teacher whose instance missed
+//!   events gets a fresh snapshot instead of a silent gap.
+//! - **Leases**: one session per student across the cluster, and liveness
+//!   keys per instance so a crashed instance's presence expires.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use redis::{
+    AsyncCommands, PushInfo, PushKind, Value,
+    aio::{ConnectionManager, ConnectionManagerConfig},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Draft, Published, SharedState};
+use crate::protocol::Seq;
+
+/// Numbers, records and publishes one event atomically.
+const PUBLISH_LUA: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if seq <= floor then
+  seq = floor + 1
+  redis.call('SET', KEYS[1], seq)
+end
+local event = string.gsub(ARGV[2], '"seq":0,', '"seq":' .. seq .. ',', 1)
+redis.call('PUBLISH', KEYS[2], ARGV[3] .. '\n' .. ARGV[4] .. '\n' .. ARGV[5] .. '\n' .. seq .. '\n' .. event)
+redis.call('RPUSH', KEYS[3], seq .. '\n' .. event)
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+if ARGV[4] == 'student' and ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[5], event)
+end
+return seq
+"#;
+
+/// What the broker tells the rooms of this instance.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A numbered event for an exam.
+    Event(Arc<str>, Published),
+    /// A message for one connection of this instance (second session).
+    Kick { exam: Arc<str>, student: Arc<str> },
+    /// Redis came back after a disconnection: reload shared state.
+    Resync,
+}
+
+enum Op {
+    Publish(Draft),
+    Subscribe(Arc<str>, oneshot::Sender<()>),
+    Unsubscribe(Arc<str>),
+}
+
+pub struct RedisBroker {
+    instance: Arc<str>,
+    prefix: Arc<str>,
+    conn: ConnectionManager,
+    ops: mpsc::UnboundedSender<Op>,
+    healthy: Arc<AtomicBool>,
+    pending: Arc<AtomicUsize>,
+    /// Drafts allowed to wait while Redis is unreachable.
+    limit: usize,
+    /// Set when drafts had to be dropped: rooms re-synchronise afterwards.
+    overflowed: Arc<AtomicBool>,
+}
+
+/// Settings the broker needs.
+pub struct RedisOptions {
+    pub url: String,
+    pub instance: Arc<str>,
+    pub prefix: String,
+    pub history: usize,
+    pub queue_limit: usize,
+}
+
+impl RedisBroker {
+    /// Connects, and starts the publisher and the push reader. Inbound
+    /// events for rooms arrive on the returned receiver.
+    pub async fn connect(
+        options: RedisOptions,
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Inbound>), redis::RedisError> {
+        let mut url = options.url.clone();
+        if !url.contains("protocol=") {
+            url.push_str(if url.contains('?') { "&" } else { "?" });
+            url.push_str("protocol=resp3");
+        }
+        let client = redis::Client::open(url)?;
+        let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(push_tx)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let (ops, ops_rx) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound) = mpsc::unbounded_channel();
+        let broker = Arc::new(Self {
+            instance: options.instance.clone(),
+            prefix: options.prefix.clone().into(),
+            conn: conn.clone(),
+            ops,
+            healthy: Arc::new(AtomicBool::new(true)),
+            pending: Arc::default(),
+            limit: options.queue_limit,
+            overflowed: Arc::default(),
+        });
+        let needs_resync = Arc::new(AtomicBool::new(false));
+        tokio::spawn(read_pushes(
+            push_rx,
+            options.prefix.clone(),
+            inbound_tx.clone(),
+            broker.healthy.clone(),
+            needs_resync.clone(),
+        ));
+        tokio::spawn(
+            Publisher {
+                conn,
+                rx: ops_rx,
+                prefix: options.prefix,
+                instance: options.instance,
+                history: options.history,
+                healthy: broker.healthy.clone(),
+                pending: broker.pending.clone(),
+                overflowed: broker.overflowed.clone(),
+                needs_resync,
+                inbound: inbound_tx,
+            }
+            .run(),
+        );
+        Ok((broker, inbound))
+    }
+
+    pub fn instance(&self) -> &Arc<str> {
+        &self.instance
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn publish(&self, draft: Draft) {
+        if self.pending.load(Ordering::Relaxed) >= self.limit {
+            // Bounded memory while Redis is away: drop, and make every room
+            // re-synchronise (fresh snapshots) once it is back.
+            self.overflowed.store(true, Ordering::Relaxed);
+            return;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        let _ = self.ops.send(Op::Publish(draft));
+    }
+
+    /// Subscribes to an exam's channel; resolves once Redis confirmed.
+    pub fn subscribe(&self, exam: Arc<str>) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.ops.send(Op::Subscribe(exam, tx));
+        rx
+    }
+
+    pub fn unsubscribe(&self, exam: Arc<str>) {
+        let _ = self.ops.send(Op::Unsubscribe(exam));
+    }
+
+    /// The exam's shared state: seq, students' latest events, history.
+    pub async fn load(&self, exam: &str) -> Result<SharedState, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let p = &self.prefix;
+        let (seq, students, history): (Option<u64>, Vec<String>, Vec<String>) = redis::pipe()
+            .get(format!("{p}:{{{exam}}}:seq"))
+            .hvals(format!("{p}:{{{exam}}}:students"))
+            .lrange(format!("{p}:{{{exam}}}:history"), 0, -1)
+            .query_async(&mut conn)
+            .await?;
+        let history = history
+            .into_iter()
+            .filter_map(|entry| {
+                let (seq, event) = entry.split_once('\n')?;
+                Some((seq.parse().ok()?, event.to_owned()))
+            })
+            .collect();
+        Ok(SharedState {
+            seq: seq.unwrap_or(0),
+            students,
+            history,
+        })
+    }
+
+    /// Takes the student's cluster-wide session lease for `holder`
+    /// (`instance/session`). Returns the previous holder if another
+    /// session held it; `takeover` replaces it either way.
+    pub async fn claim_lease(
+        &self,
+        exam: &str,
+        student: &str,
+        holder: &str,
+        ttl: Duration,
+        takeover: bool,
+    ) -> Result<Option<String>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}:{{{exam}}}:lease:{student}", self.prefix);
+        let previous: Option<String> = conn.get(&key).await?;
+        let ours = previous.as_deref() == Some(holder);
+        if previous.is_none() || ours || takeover {
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(holder)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(previous.filter(|p| p != holder))
+    }
+
+    /// Renews (or drops) leases of this instance's students.
+    pub async fn renew_leases(
+        &self,
+        exam: &str,
+        leases: &[(Arc<str>, String)],
+        ttl: Duration,
+    ) -> Result<(), redis::RedisError> {
+        if leases.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for (student, holder) in leases {
+            let key = format!("{}:{{{exam}}}:lease:{student}", self.prefix);
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(holder)
+                .arg("PX")
+                .arg(ttl.as_millis() as u64)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await
+    }
+
+    /// Releases a lease if this holder still has it.
+    pub async fn release_lease(&self, exam: &str, student: &str, holder: &str) {
+        let mut conn = self.conn.clone();
+        let key = format!("{}:{{{exam}}}:lease:{student}", self.prefix);
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        );
+        let _: Result<i64, _> = script.key(key).arg(holder).invoke_async(&mut conn).await;
+    }
+
+    /// Claims a student who looks connected but whose lease expired (their
+    /// instance died); true for the one instance that wins.
+    pub async fn claim_orphan(
+        &self,
+        exam: &str,
+        student: &str,
+        ttl: Duration,
+    ) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let lease = format!("{}:{{{exam}}}:lease:{student}", self.prefix);
+        if conn.exists::<_, bool>(&lease).await? {
+            return Ok(false);
+        }
+        let reap = format!("{}:{{{exam}}}:reap:{student}", self.prefix);
+        let won: Option<String> = redis::cmd("SET")
+            .arg(reap)
+            .arg(self.instance.as_ref())
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(won.is_some())
+    }
+
+    /// Asks the instance holding a student's old session to close it.
+    pub async fn send_kick(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let channel = format!("{}:exam:{exam}", self.prefix);
+        let msg = format!("{}\nkick\n{student}\n0\n", self.instance);
+        conn.publish(channel, msg).await
+    }
+
+    /// Marks this instance alive for `ttl`.
+    pub async fn heartbeat(&self, ttl: Duration) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}:instance:{}", self.prefix, self.instance);
+        conn.set_ex(key, "1", ttl.as_secs().max(1)).await
+    }
+
+    /// Whether an instance has heartbeated recently.
+    pub async fn instance_alive(&self, instance: &str) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        conn.exists(format!("{}:instance:{instance}", self.prefix))
+            .await
+    }
+}
+
+struct Publisher {
+    conn: ConnectionManager,
+    rx: mpsc::UnboundedReceiver<Op>,
+    prefix: String,
+    instance: Arc<str>,
+    history: usize,
+    healthy: Arc<AtomicBool>,
+    pending: Arc<AtomicUsize>,
+    overflowed: Arc<AtomicBool>,
+    needs_resync: Arc<AtomicBool>,
+    inbound: mpsc::UnboundedSender<Inbound>,
+}
+
+impl Publisher {
+    async fn run(mut self) {
+        let mut queue: VecDeque<Op> = VecDeque::new();
+        let mut backoff = Duration::from_millis(50);
+        let mut ping = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            if queue.is_empty() {
+                tokio::select! {
+                    op = self.rx.recv() => match op {
+                        Some(op) => queue.push_back(op),
+                        None => return,
+                    },
+                    // A regular PING notices a lost connection (and brings
+                    // the subscriptions back) even when nothing is published.
+                    _ = ping.tick() => {
+                        let ok = redis::cmd("PING").query_async::<Value>(&mut self.conn).await.is_ok();
+                        self.report(ok);
+                        continue;
+                    }
+                }
+            }
+            while let Ok(op) = self.rx.try_recv() {
+                queue.push_back(op);
+            }
+            let ok = match queue.front() {
+                Some(Op::Publish(_)) => self.publish_batch(&mut queue).await,
+                Some(Op::Subscribe(exam, _)) => {
+                    let channel = format!("{}:exam:{exam}", self.prefix);
+                    let ok = self.conn.subscribe(channel).await.is_ok();
+                    if ok && let Some(Op::Subscribe(_, done)) = queue.pop_front() {
+                        let _ = done.send(());
+                    }
+                    ok
+                }
+                Some(Op::Unsubscribe(exam)) => {
+                    let channel = format!("{}:exam:{exam}", self.prefix);
+                    let _ = self.conn.unsubscribe(channel).await;
+                    queue.pop_front();
+                    true
+                }
+                None => true,
+            };
+            self.report(ok);
+            if ok {
+                backoff = Duration::from_millis(50);
+            } else {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+
+    /// Publishes the drafts at the front of the queue in one pipeline.
+    async fn publish_batch(&mut self, queue: &mut VecDeque<Op>) -> bool {
+        let mut pipe = redis::pipe();
+        let mut n = 0;
+        for op in queue.iter().take(256) {
+            let Op::Publish(d) = op else { break };
+            let exam = &d.exam;
+            let p = &self.prefix;
+            pipe.cmd("EVAL")
+                .arg(PUBLISH_LUA)
+                .arg(4)
+                .arg(format!("{p}:{{{exam}}}:seq"))
+                .arg(format!("{p}:exam:{exam}"))
+                .arg(format!("{p}:{{{exam}}}:history"))
+                .arg(format!("{p}:{{{exam}}}:students"))
+                .arg(d.floor)
+                .arg(&d.body)
+                .arg(self.instance.as_ref())
+                .arg(d.kind)
+                .arg(d.student.as_deref().unwrap_or(""))
+                .arg(self.history)
+                .ignore();
+            n += 1;
+        }
+        match pipe.query_async::<()>(&mut self.conn).await {
+            Ok(()) => {
+                queue.drain(..n);
+                self.pending.fetch_sub(n, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                if self.healthy.load(Ordering::Relaxed) {
+                    tracing::error!(error = %e, waiting = n, "cannot publish to Redis; retrying");
+                }
+                false
+            }
+        }
+    }
+
+    fn report(&self, ok: bool) {
+        let was = self.healthy.swap(ok, Ordering::Relaxed);
+        if !ok {
+            self.needs_resync.store(true, Ordering::Relaxed);
+            return;
+        }
+        if !was {
+            tracing::info!("Redis reachable again");
+        }
+        let resync = self.needs_resync.swap(false, Ordering::Relaxed)
+            | self.overflowed.swap(false, Ordering::Relaxed);
+        if resync {
+            let _ = self.inbound.send(Inbound::Resync);
+        }
+    }
+}
+
+/// Parses pushed messages and hands them to the rooms.
+async fn read_pushes(
+    mut rx: mpsc::UnboundedReceiver<PushInfo>,
+    prefix: String,
+    inbound: mpsc::UnboundedSender<Inbound>,
+    healthy: Arc<AtomicBool>,
+    needs_resync: Arc<AtomicBool>,
+) {
+    let channel_prefix = format!("{prefix}:exam:");
+    while let Some(push) = rx.recv().await {
+        match push.kind {
+            PushKind::Message => {
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (push.data.first(), push.data.get(1))
+                else {
+                    continue;
+                };
+                let Some(exam) = std::str::from_utf8(channel)
+                    .ok()
+                    .and_then(|c| c.strip_prefix(&channel_prefix))
+                else {
+                    continue;
+                };
+                let Some(msg) = parse(payload) else {
+                    tracing::warn!("unparseable message on an exam channel");
+                    continue;
+                };
+                let exam: Arc<str> = exam.into();
+                let inbound_msg = if msg.kind == "kick" {
+                    match msg.student {
+                        Some(student) => Inbound::Kick { exam, student },
+                        None => continue,
+                    }
+                } else {
+                    Inbound::Event(exam, msg)
+                };
+                let _ = inbound.send(inbound_msg);
+            }
+            PushKind::Disconnection => {
+                healthy.store(false, Ordering::Relaxed);
+                needs_resync.store(true, Ordering::Relaxed);
+                tracing::warn!("Redis connection lost; reconnecting");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `origin \n kind \n student \n seq \n event`.
+fn parse(payload: &[u8]) -> Option<Published> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.splitn(5, '\n');
+    let origin = parts.next()?;
+    let kind = parts.next()?;
+    let student = parts.next()?;
+    let seq: Seq = parts.next()?.parse().ok()?;
+    let event = parts.next().unwrap_or_default();
+    Some(Published {
+        origin: origin.into(),
+        kind: kind.to_owned(),
+        student: (!student.is_empty()).then(|| student.into()),
+        seq,
+        event: event.to_owned().into(),
+    })
+}

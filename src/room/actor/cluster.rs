@@ -1,0 +1,283 @@
+//! The room's side of scale-out: publishing through the broker, receiving
+//! numbered events from it, keeping a mirror of students attached to other
+//! instances, re-synchronising after a Redis outage, session leases, and
+//! expiring the presence of students whose instance died.
+//!
+//! With `Broker::Memory` none of this runs: `publish_event` numbers and
+//! delivers at once, as a single instance always did.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::Utf8Bytes;
+
+use super::{Audience, Room, Timer};
+use crate::{
+    broker::{Broker, Draft, Published, SharedState},
+    protocol::{Seq, ServerMsg, StudentState},
+    room::{RoomCmd, close},
+    store::{now_ms, writer::Record},
+};
+
+#[derive(serde::Deserialize)]
+struct StudentEvent {
+    student: StudentState,
+}
+
+impl Room {
+    /// Emits an event: numbered here (memory), or handed to Redis and
+    /// delivered when it comes back numbered (cluster).
+    pub(super) fn publish_event(
+        &mut self,
+        audience: Audience,
+        kind: &'static str,
+        student: Option<&Arc<str>>,
+        build: impl FnOnce(Seq) -> Utf8Bytes,
+    ) {
+        match &self.ctx.broker {
+            Broker::Memory => {
+                let seq = self.next_seq();
+                let bytes = build(seq);
+                self.emit(seq, bytes, audience, kind, student);
+            }
+            broker @ Broker::Redis(_) => {
+                let body = build(0);
+                broker.publish(Draft {
+                    exam: self.exam_id.clone(),
+                    body: body.as_str().to_owned(),
+                    kind,
+                    student: student.cloned(),
+                    floor: self.seq,
+                });
+            }
+        }
+    }
+
+    /// A numbered event from the broker (ours or another instance's).
+    pub(super) fn on_published(&mut self, p: Published) {
+        if p.seq <= self.seq {
+            return; // already have it (e.g. loaded at start-up)
+        }
+        let gap = p.seq > self.seq + 1;
+        self.seq = p.seq;
+        if p.kind == "student"
+            && let Some(sid) = &p.student
+        {
+            self.mirror(sid, p.event.as_str());
+        }
+        if p.kind == "announcement" {
+            self.announcements.push_back((p.seq, p.event.clone()));
+            if self.announcements.len() > self.ctx.settings.history_size {
+                self.announcements.pop_front();
+            }
+        }
+        if self.ctx.broker.instance() == Some(&p.origin) {
+            self.ctx.writer.write(Record::Event {
+                exam_id: self.exam_id.clone(),
+                seq: p.seq as i64,
+                at: now_ms(),
+                student_id: p.student.clone(),
+                kind: match p.kind.as_str() {
+                    "alert" => "alert",
+                    "announcement" => "announcement",
+                    _ => "student",
+                },
+                payload: p.event.as_str().to_owned(),
+            });
+        }
+        if gap {
+            // Events were missed (a lost subscription): the history has a
+            // hole, so teachers get the truth as a snapshot, not a skip.
+            tracing::warn!(
+                seq = p.seq,
+                "gap in the exam's event stream; sending snapshots"
+            );
+            self.history.clear();
+            self.history.push_back((p.seq, p.event));
+            self.epoch_floor = p.seq;
+            self.snapshot_all();
+            return;
+        }
+        self.history.push_back((p.seq, p.event.clone()));
+        if self.history.len() > self.ctx.settings.history_size {
+            self.history.pop_front();
+        }
+        self.ctx
+            .metrics
+            .events
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let audience = if p.kind == "announcement" {
+            Audience::Everyone
+        } else {
+            Audience::Teachers
+        };
+        self.deliver(&p.event, audience);
+    }
+
+    /// Updates a student attached elsewhere from their latest event.
+    fn mirror(&mut self, sid: &Arc<str>, event: &str) {
+        let Ok(ev) = serde_json::from_str::<StudentEvent>(event) else {
+            return;
+        };
+        match self.students.get_mut(sid) {
+            // Attached here: our own state is the newest.
+            Some(st) if st.conn.is_some() => {}
+            Some(st) => {
+                if ev.student.connected
+                    && let Some(key) = st.grace_timer.take()
+                {
+                    // Back on another instance: no longer ours to expire.
+                    self.timers.try_remove(&key);
+                }
+                let questions = std::mem::take(&mut st.answered_questions);
+                *st = crate::room::students::Student::restored(ev.student, questions);
+                st.state.connected = event_connected(event);
+            }
+            None => {
+                let mut st =
+                    crate::room::students::Student::restored(ev.student, Default::default());
+                st.state.connected = event_connected(event);
+                self.students.insert(sid.clone(), st);
+            }
+        }
+    }
+
+    /// Another instance took this student's session: close ours quietly.
+    pub(super) fn kicked_elsewhere(&mut self, sid: &Arc<str>) {
+        let Some(st) = self.students.get_mut(sid) else {
+            return;
+        };
+        let Some(conn) = st.conn.take() else {
+            return;
+        };
+        if let Some((_, out)) = self.student_conns.remove(&conn) {
+            let bye = ServerMsg::SessionInvalidated {
+                reason: "second_session",
+            }
+            .encode();
+            let _ = out.tx.try_send(bye);
+            out.kick.kick(close::TAKEN_OVER);
+        }
+        if let Some(key) = st.idle_timer.take() {
+            self.timers.try_remove(&key);
+        }
+    }
+
+    /// Reloads the shared state after Redis came back (async, off the loop).
+    pub(super) fn start_resync(&self) {
+        let Broker::Redis(redis) = &self.ctx.broker else {
+            return;
+        };
+        let (redis, exam, inbox) = (redis.clone(), self.exam_id.clone(), self.inbox.clone());
+        self.ctx.tracker.spawn(async move {
+            let state = match tokio::time::timeout(Duration::from_secs(3), redis.load(&exam)).await
+            {
+                Ok(Ok(s)) => s,
+                _ => return,
+            };
+            if let Some(inbox) = inbox.upgrade() {
+                let _ = inbox.send(RoomCmd::Resynced(state)).await;
+            }
+        });
+    }
+
+    /// Applies reloaded shared state; teachers get a snapshot if anything
+    /// was missed.
+    pub(super) fn on_resynced(&mut self, state: SharedState) {
+        let missed = state.seq > self.seq;
+        self.apply_shared(state);
+        if missed {
+            self.snapshot_all();
+        }
+    }
+
+    /// Merges the broker's view of the exam into the room.
+    pub(super) fn apply_shared(&mut self, state: SharedState) {
+        for event in &state.students {
+            if let Ok(ev) = serde_json::from_str::<StudentEvent>(event) {
+                let sid: Arc<str> = ev.student.student_id.as_str().into();
+                self.mirror(&sid, event);
+            }
+        }
+        if state.seq > self.seq {
+            let contiguous = state
+                .history
+                .first()
+                .is_some_and(|(s, _)| *s <= self.seq + 1);
+            self.history = state
+                .history
+                .into_iter()
+                .map(|(seq, e)| (seq, Utf8Bytes::from(e)))
+                .collect();
+            if !contiguous {
+                self.epoch_floor = state.seq;
+            }
+            self.seq = state.seq;
+        }
+    }
+
+    /// Every local teacher gets a fresh snapshot.
+    pub(super) fn snapshot_all(&mut self) {
+        let teachers: Vec<_> = self.teachers.keys().copied().collect();
+        for conn in teachers {
+            self.send_snapshot(conn);
+        }
+    }
+
+    /// Renews this instance's student leases, and looks for students whose
+    /// instance died (their lease expired while they still look connected):
+    /// one instance claims each and gives them the usual grace period.
+    pub(super) fn cluster_tick(&mut self) {
+        let Broker::Redis(redis) = &self.ctx.broker else {
+            return;
+        };
+        let instance = redis.instance().clone();
+        let leases: Vec<(Arc<str>, String)> = self
+            .students
+            .iter()
+            .filter(|(_, st)| st.conn.is_some())
+            .filter_map(|(sid, st)| {
+                st.session_id
+                    .as_ref()
+                    .map(|s| (sid.clone(), format!("{instance}/{s}")))
+            })
+            .collect();
+        let orphans: Vec<Arc<str>> = self
+            .students
+            .iter()
+            .filter(|(_, st)| st.conn.is_none() && st.grace_timer.is_none() && st.state.connected)
+            .map(|(sid, _)| sid.clone())
+            .collect();
+        let ttl = self.ctx.settings.lease_ttl;
+        let (redis, exam, inbox) = (redis.clone(), self.exam_id.clone(), self.inbox.clone());
+        self.ctx.tracker.spawn(async move {
+            let _ = redis.renew_leases(&exam, &leases, ttl).await;
+            for sid in orphans {
+                if let Ok(true) = redis.claim_orphan(&exam, &sid, ttl * 2).await
+                    && let Some(inbox) = inbox.upgrade()
+                {
+                    let _ = inbox.send(RoomCmd::Orphaned { student: sid }).await;
+                }
+            }
+        });
+    }
+
+    /// A student whose instance died: start the grace period here.
+    pub(super) fn orphaned(&mut self, sid: Arc<str>) {
+        let grace = self.ctx.settings.disconnect_grace;
+        if let Some(st) = self.students.get_mut(&sid)
+            && st.conn.is_none()
+            && st.grace_timer.is_none()
+            && !st.submitted()
+        {
+            st.state.connected = false;
+            st.grace_timer = Some(self.timers.insert(Timer::Grace(sid), grace));
+        }
+    }
+}
+
+/// The `connected` flag of a student event, defaulting to false.
+fn event_connected(event: &str) -> bool {
+    serde_json::from_str::<StudentEvent>(event)
+        .map(|e| e.student.connected)
+        .unwrap_or(false)
+}
