@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod cli;
+mod cluster;
 mod crash;
 mod helpers;
 mod ops;

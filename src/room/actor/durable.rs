@@ -41,7 +41,10 @@ impl Room {
             }
         };
         self.seq = self.seq.max(state.last_seq);
-        if state.reserved > self.seq && !self.ended_cleanly_here {
+        // With Redis, the cluster's counter numbers events (floored by what
+        // the log holds); the database reservation is for a single instance.
+        let single = !self.ctx.broker.clustered();
+        if single && state.reserved > self.seq && !self.ended_cleanly_here {
             // The last room did not end cleanly (a crash): seqs up to its
             // reservation may have reached teachers without reaching the
             // log. Never re-issue them, and answer older resumes with a
@@ -57,16 +60,18 @@ impl Room {
         // Reserve the next block before issuing anything: a crash right after
         // this start must not re-issue seqs teachers may already have seen.
         // Through the writer, so it lands after a predecessor's final write.
-        self.reserved = self.seq + super::SEQ_BLOCK;
-        let (done, reserved) = oneshot::channel();
-        self.ctx.writer.write(Record::SeqReserved {
-            exam_id: self.exam_id.clone(),
-            reserved: self.reserved as i64,
-            done: Some(done),
-        });
-        match tokio::time::timeout(Duration::from_secs(5), reserved).await {
-            Ok(Ok(true)) => {}
-            _ => return Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
+        if single {
+            self.reserved = self.seq + super::SEQ_BLOCK;
+            let (done, reserved) = oneshot::channel();
+            self.ctx.writer.write(Record::SeqReserved {
+                exam_id: self.exam_id.clone(),
+                reserved: self.reserved as i64,
+                done: Some(done),
+            });
+            match tokio::time::timeout(Duration::from_secs(5), reserved).await {
+                Ok(Ok(true)) => {}
+                _ => return Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
+            }
         }
         let grace = self.ctx.settings.disconnect_grace;
         let mut answered = state.answered;

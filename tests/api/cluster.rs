@@ -1,0 +1,290 @@
+//! Several instances sharing exams through a real Redis (a `redis-server`
+//! this harness starts on a free port, so it can stop and restart it).
+
+use std::{collections::HashMap, process::Child, time::Duration};
+
+use examwatch::auth::Role;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// A private redis-server on a free port.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// Starts one, or `None` (with a notice) when redis-server is missing
+    /// outside CI.
+    pub fn start() -> Option<Redis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let mut redis = Redis { port, child: None };
+        if let Err(e) = redis.spawn() {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("redis-server is required under CI: {e}");
+            }
+            eprintln!("NOTICE: skipping a Redis test: cannot start redis-server: {e}");
+            return None;
+        }
+        Some(redis)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(std::io::Error::other("redis-server did not start"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops it (its data is gone: it keeps nothing on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn().expect("redis-server restarts");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `n` instances on one Redis and one database.
+async fn cluster(redis: &Redis, n: usize, tune: impl Fn(&mut examwatch::Settings)) -> Vec<TestApp> {
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/shared.db", db.path().display());
+    let mut apps = Vec::new();
+    for i in 0..n {
+        let mut app = spawn_app_on_url(Some(url.clone()), |s| {
+            s.broker.redis_url = redis.url();
+            s.database.instance_id = Some(format!("node-{i}"));
+            tune(s);
+        })
+        .await;
+        if i == 0 {
+            app._db_dir = Some(tempfile::tempdir().unwrap());
+        }
+        apps.push(app);
+    }
+    // Keep the shared database folder alive with the first app.
+    std::mem::forget(db);
+    apps
+}
+
+/// A teacher's model of the exam: applies snapshots and student events.
+#[derive(Default, Debug)]
+struct View {
+    seq: u64,
+    questions: HashMap<String, Value>,
+    events: Vec<(u64, String, String)>,
+}
+
+impl View {
+    fn apply(&mut self, v: &Value) {
+        match v["type"].as_str() {
+            Some("snapshot") => {
+                self.seq = v["seq"].as_u64().unwrap();
+                self.questions = v["students"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| {
+                        (
+                            s["student_id"].as_str().unwrap().to_owned(),
+                            s["current_question"].clone(),
+                        )
+                    })
+                    .collect();
+            }
+            Some("student") => {
+                let seq = v["seq"].as_u64().unwrap();
+                if seq <= self.seq {
+                    return;
+                }
+                self.seq = seq;
+                let id = v["student"]["student_id"].as_str().unwrap().to_owned();
+                self.questions
+                    .insert(id.clone(), v["student"]["current_question"].clone());
+                self.events
+                    .push((seq, id, v["cause"].as_str().unwrap().to_owned()));
+            }
+            _ => {
+                if let Some(seq) = v["seq"].as_u64() {
+                    self.seq = self.seq.max(seq);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_instances_one_order_and_snapshots_include_every_instance() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 3, |_| {}).await;
+    let mut teachers = Vec::new();
+    for (i, app) in apps.iter().enumerate() {
+        teachers.push(app.teacher("e1", &format!("t{i}")).await.0);
+    }
+    // Students spread over the three instances.
+    let mut students = Vec::new();
+    for i in 0..6 {
+        let (s, _) = apps[i % 3].student("e1", &format!("s{i}")).await;
+        students.push(s);
+    }
+    for round in 1..=3 {
+        for (i, s) in students.iter_mut().enumerate() {
+            s.send_json(json!({"type": "progress", "question": round * 10 + i, "answered": round, "ref": round}))
+                .await;
+        }
+    }
+    for s in students.iter_mut() {
+        for _ in 0..3 {
+            s.next_of_type("ack").await;
+        }
+    }
+    // 6 connects + 18 progress events; every teacher sees the same list.
+    let mut seen = Vec::new();
+    for t in teachers.iter_mut() {
+        let mut v = View::default();
+        while v.events.len() < 24 {
+            let ev = t.next_json().await;
+            v.apply(&ev);
+        }
+        seen.push(v.events);
+    }
+    assert_eq!(seen[0], seen[1], "instances 0 and 1 agree on order");
+    assert_eq!(seen[0], seen[2], "instances 0 and 2 agree on order");
+    let seqs: Vec<u64> = seen[0].iter().map(|e| e.0).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "one gapless seq: {seqs:?}"
+    );
+    // A teacher joining any instance sees students of every instance.
+    for app in &apps {
+        let (_t, snap) = app.teacher("e1", "late").await;
+        assert_eq!(snap["students"].as_array().unwrap().len(), 6, "{snap}");
+        assert_eq!(snap["counts"]["active"], 6);
+        assert_eq!(snap["seq"], *seqs.last().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn resume_and_announcements_work_across_instances() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (mut t, _) = apps[0].teacher("e1", "t1").await;
+    let (mut s, _) = apps[1].student("e1", "s1").await;
+    let mut last_seen = t.next_of_type("student").await["seq"].as_u64().unwrap();
+    s.send_json(progress(1, 1)).await;
+    last_seen = last_seen.max(t.next_of_type("student").await["seq"].as_u64().unwrap());
+    drop(t);
+    for q in 2..=4 {
+        s.send_json(json!({"type": "progress", "question": q, "answered": q, "ref": q}))
+            .await;
+        s.next_of_type("ack").await;
+    }
+    // The teacher comes back through the other instance.
+    let token = apps[1].token("t1", Role::Teacher, &["e1"]);
+    let url = format!("{}?last_seq={last_seen}", apps[1].ws_url("e1"));
+    let mut back = apps[1].try_connect(&url, Some(&token), &[]).await.unwrap();
+    for (i, expected) in (last_seen + 1..=last_seen + 3).enumerate() {
+        let ev = back.next_json().await;
+        assert_eq!(ev["seq"], expected, "{ev}");
+        assert_eq!(ev["student"]["current_question"], i as u64 + 2);
+    }
+    // An announcement on instance 1 reaches a student on instance 0.
+    let (mut s0, _) = apps[0].student("e1", "s0").await;
+    back.send_json(json!({"type": "announce", "text": "Time!"}))
+        .await;
+    assert_eq!(s0.next_of_type("announcement").await["text"], "Time!");
+    assert_eq!(s.next_of_type("announcement").await["text"], "Time!");
+}
+
+#[tokio::test]
+async fn a_second_session_on_another_instance_takes_over_with_an_alert() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (mut t, _) = apps[0].teacher("e1", "t1").await;
+    let (mut first, _) = apps[0].student("e1", "s1").await;
+    t.next_of_type("student").await;
+    let (_second, welcome) = apps[1].student("e1", "s1").await;
+    assert_eq!(welcome["student"]["student_id"], "s1");
+    assert_eq!(first.next_json().await["type"], "session_invalidated");
+    assert_eq!(first.expect_close().await.0, Some(4001));
+    let ev = t.next_of_type("student").await;
+    assert!(is_student_event(&ev, "s1", "second_session"), "{ev}");
+    assert_eq!(t.next_of_type("alert").await["kind"], "second_session");
+    let (_t2, snap) = apps[1].teacher("e1", "t2").await;
+    assert_eq!(
+        snap["students"].as_array().unwrap().len(),
+        1,
+        "never a duplicate student"
+    );
+}
+
+#[tokio::test]
+async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (mut t0, snap0) = apps[0].teacher("e1", "t0").await;
+    let (mut t1, snap1) = apps[1].teacher("e1", "t1").await;
+    let (mut v0, mut v1) = (View::default(), View::default());
+    v0.apply(&snap0);
+    v1.apply(&snap1);
+    let (mut a, _) = apps[0].student("e1", "a").await;
+    let (mut b, _) = apps[1].student("e1", "b").await;
+    redis.restart();
+    // Students keep working through the outage and after it.
+    for q in 1..=5 {
+        a.send_json(json!({"type": "progress", "question": q, "answered": q, "ref": q}))
+            .await;
+        b.send_json(json!({"type": "progress", "question": 100 + q, "answered": q, "ref": q}))
+            .await;
+        a.next_of_type("ack").await;
+        b.next_of_type("ack").await;
+    }
+    // Every teacher converges on the truth (events replayed late, or a
+    // fresh snapshot), never a stale view.
+    for (t, v) in [(&mut t0, &mut v0), (&mut t1, &mut v1)] {
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        while v.questions.get("a") != Some(&json!(5)) || v.questions.get("b") != Some(&json!(105)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "teacher view stuck at {v:?}"
+            );
+            let ev = t.next_json().await;
+            v.apply(&ev);
+        }
+    }
+    eventually("readiness recovers", || {
+        apps.iter().all(|a| a.state.broker.healthy())
+    })
+    .await;
+}
