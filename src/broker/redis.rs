@@ -126,6 +126,7 @@ impl RedisBroker {
         let needs_resync = Arc::new(AtomicBool::new(false));
         tokio::spawn(read_pushes(
             push_rx,
+            options.instance.clone(),
             options.prefix.clone(),
             inbound_tx.clone(),
             broker.healthy.clone(),
@@ -436,6 +437,7 @@ impl Publisher {
 /// Parses pushed messages and hands them to the rooms.
 async fn read_pushes(
     mut rx: mpsc::UnboundedReceiver<PushInfo>,
+    instance: Arc<str>,
     prefix: String,
     inbound: mpsc::UnboundedSender<Inbound>,
     healthy: Arc<AtomicBool>,
@@ -462,6 +464,9 @@ async fn read_pushes(
                 };
                 let exam: Arc<str> = exam.into();
                 let inbound_msg = if msg.kind == "kick" {
+                    if msg.origin == instance {
+                        continue; // our own request: the new session is here
+                    }
                     match msg.student {
                         Some(student) => Inbound::Kick { exam, student },
                         None => continue,

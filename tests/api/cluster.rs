@@ -288,3 +288,84 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/shared.db", dir.path().display());
+    let redis_url = redis.url();
+    let env = |id: &'static str| {
+        vec![
+            ("EXAMWATCH__BROKER__REDIS_URL", redis_url.clone()),
+            ("EXAMWATCH__DATABASE__URL", db.clone()),
+            ("EXAMWATCH__DATABASE__INSTANCE_ID", id.to_owned()),
+            ("EXAMWATCH__AUTH__JWT_SECRET", SECRET.to_owned()),
+            ("EXAMWATCH__EXAM__LEASE_TTL", "600ms".to_owned()),
+            ("EXAMWATCH__BROKER__HEARTBEAT_TTL", "600ms".to_owned()),
+            ("EXAMWATCH__EXAM__DISCONNECT_GRACE", "800ms".to_owned()),
+        ]
+    };
+    let start = |id: &'static str| {
+        let vars = env(id);
+        let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ServerProcess::start(dir.path(), &refs)
+    };
+    let mut a = start("node-a");
+    let b = start("node-b");
+    let keys = {
+        let auth = examwatch::config::AuthSettings {
+            jwt_secret: Some(examwatch::config::Secret::new(SECRET)),
+            ..Default::default()
+        };
+        examwatch::auth::Keys::from_settings(&auth, dir.path()).unwrap()
+    };
+    let token = |sub: &str, role| {
+        keys.mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
+            .unwrap()
+    };
+    let ws = |addr: &str| format!("ws://{addr}/v1/exams/e1/ws");
+    let mut t = connect_url(&ws(&b.addr), &token("t1", Role::Teacher)).await;
+    t.next_of_type("snapshot").await;
+    let mut sessions = HashMap::new();
+    let mut on_a = Vec::new();
+    for s in ["s1", "s2"] {
+        let mut c = connect_url(&ws(&a.addr), &token(s, Role::Student)).await;
+        let welcome = c.next_of_type("welcome").await;
+        sessions.insert(s, welcome["session_id"].as_str().unwrap().to_owned());
+        on_a.push(c);
+    }
+    for _ in 0..2 {
+        assert_eq!(t.next_of_type("student").await["cause"], "connected");
+    }
+    a.kill9();
+    drop(on_a);
+    // s1's client reconnects through the other instance, naming its session.
+    let url = format!("{}?previous_session={}", ws(&b.addr), sessions["s1"]);
+    let mut s1 = connect_url(&url, &token("s1", Role::Student)).await;
+    let welcome = s1.next_of_type("welcome").await;
+    assert_eq!(
+        welcome["student"]["connections"], 2,
+        "the same student, state moved with it"
+    );
+    let mut causes = HashMap::new();
+    while causes.len() < 2 {
+        let ev = t.next_of_type("student").await;
+        let id = ev["student"]["student_id"].as_str().unwrap().to_owned();
+        causes.insert(id, ev["cause"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        causes["s1"], "reconnected",
+        "not a second session, not a new student"
+    );
+    assert_eq!(
+        causes["s2"], "disconnected",
+        "the dead instance's presence expired"
+    );
+    let mut late = connect_url(&ws(&b.addr), &token("t2", Role::Teacher)).await;
+    let snap = late.next_of_type("snapshot").await;
+    let students = snap["students"].as_array().unwrap();
+    assert_eq!(students.len(), 2, "never a duplicate student: {snap}");
+    assert_eq!(snap["counts"]["active"], 1);
+    assert_eq!(snap["counts"]["disconnected"], 1);
+}
