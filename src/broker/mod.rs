@@ -32,12 +32,17 @@ pub struct Draft {
     /// The room's latest seq: the counter never goes below it, even if
     /// Redis lost its data.
     pub floor: Seq,
+    /// Already delivered to the origin's own members (Redis was away when
+    /// it was decided): the origin must not deliver it a second time.
+    pub delivered_locally: bool,
 }
 
 /// A numbered event, as every instance receives it.
 #[derive(Debug, Clone)]
 pub struct Published {
     pub origin: Arc<str>,
+    /// The origin delivered it locally already (see `Draft`).
+    pub delivered_at_origin: bool,
     pub kind: String,
     pub student: Option<Arc<str>>,
     pub seq: Seq,

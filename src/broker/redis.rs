@@ -395,7 +395,11 @@ impl Publisher {
                 .arg(format!("{p}:{{{exam}}}:students"))
                 .arg(d.floor)
                 .arg(&d.body)
-                .arg(self.instance.as_ref())
+                .arg(if d.delivered_locally {
+                    format!("{}!", self.instance)
+                } else {
+                    self.instance.to_string()
+                })
                 .arg(d.kind)
                 .arg(d.student.as_deref().unwrap_or(""))
                 .arg(self.history)
@@ -491,12 +495,17 @@ fn parse(payload: &[u8]) -> Option<Published> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.splitn(5, '\n');
     let origin = parts.next()?;
+    let (origin, delivered_at_origin) = match origin.strip_suffix('!') {
+        Some(o) => (o, true),
+        None => (origin, false),
+    };
     let kind = parts.next()?;
     let student = parts.next()?;
     let seq: Seq = parts.next()?.parse().ok()?;
     let event = parts.next().unwrap_or_default();
     Some(Published {
         origin: origin.into(),
+        delivered_at_origin,
         kind: kind.to_owned(),
         student: (!student.is_empty()).then(|| student.into()),
         seq,

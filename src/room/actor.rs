@@ -68,6 +68,9 @@ pub(super) struct Room {
     seq: Seq,
     /// The seq reserved in the database (written ahead of use).
     reserved: Seq,
+    /// Events were delivered here under provisional seqs while Redis was
+    /// away: local teachers get a snapshot once it is back.
+    diverged: bool,
     /// The previous room of this exam ended cleanly in this process, so its
     /// last seq is known exactly even if its final write is still queued.
     ended_cleanly_here: bool,
@@ -109,6 +112,7 @@ impl Room {
             ctx,
             seq: first_seq.unwrap_or(0),
             ended_cleanly_here: first_seq.is_some(),
+            diverged: false,
             reserved: 0,
             epoch_floor: 0,
             students: HashMap::new(),

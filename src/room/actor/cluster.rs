@@ -31,15 +31,16 @@ impl Room {
         audience: Audience,
         kind: &'static str,
         student: Option<&Arc<str>>,
-        build: impl FnOnce(Seq) -> Utf8Bytes,
+        build: impl Fn(Seq) -> Utf8Bytes,
     ) {
-        match &self.ctx.broker {
+        let broker = self.ctx.broker.clone();
+        match &broker {
             Broker::Memory => {
                 let seq = self.next_seq();
                 let bytes = build(seq);
                 self.emit(seq, bytes, audience, kind, student);
             }
-            broker @ Broker::Redis(_) => {
+            broker @ Broker::Redis(_) if broker.healthy() => {
                 let body = build(0);
                 broker.publish(Draft {
                     exam: self.exam_id.clone(),
@@ -47,6 +48,31 @@ impl Room {
                     kind,
                     student: student.cloned(),
                     floor: self.seq,
+                    delivered_locally: false,
+                });
+            }
+            broker => {
+                // Redis is away: keep serving our own members now, under a
+                // provisional local seq; the event still goes to Redis (and
+                // the other instances) once it is back, and our teachers get
+                // a snapshot then, since the cluster numbers it anew.
+                self.seq += 1;
+                let seq = self.seq;
+                let bytes = build(seq);
+                let draft_body = build(0);
+                self.diverged = true;
+                self.history.push_back((seq, bytes.clone()));
+                if self.history.len() > self.ctx.settings.history_size {
+                    self.history.pop_front();
+                }
+                self.deliver(&bytes, audience);
+                broker.publish(Draft {
+                    exam: self.exam_id.clone(),
+                    body: draft_body.as_str().to_owned(),
+                    kind,
+                    student: student.cloned(),
+                    floor: self.seq,
+                    delivered_locally: true,
                 });
             }
         }
@@ -57,7 +83,8 @@ impl Room {
         if p.seq <= self.seq {
             return; // already have it (e.g. loaded at start-up)
         }
-        let gap = p.seq > self.seq + 1;
+        let ours = self.ctx.broker.instance() == Some(&p.origin);
+        let gap = p.seq > self.seq + 1 && !(ours && p.delivered_at_origin);
         self.seq = p.seq;
         if p.kind == "student"
             && let Some(sid) = &p.student
@@ -70,7 +97,7 @@ impl Room {
                 self.announcements.pop_front();
             }
         }
-        if self.ctx.broker.instance() == Some(&p.origin) {
+        if ours {
             self.ctx.writer.write(Record::Event {
                 exam_id: self.exam_id.clone(),
                 seq: p.seq as i64,
@@ -105,6 +132,9 @@ impl Room {
             .metrics
             .events
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if ours && p.delivered_at_origin {
+            return; // our members had it already, under a provisional seq
+        }
         let audience = if p.kind == "announcement" {
             Audience::Everyone
         } else {
@@ -183,9 +213,10 @@ impl Room {
     /// Applies reloaded shared state; teachers get a snapshot if anything
     /// was missed.
     pub(super) fn on_resynced(&mut self, state: SharedState) {
-        let missed = state.seq > self.seq;
+        let missed = state.seq > self.seq || self.diverged;
         self.apply_shared(state);
         if missed {
+            self.diverged = false;
             self.snapshot_all();
         }
     }
