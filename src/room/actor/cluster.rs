@@ -80,24 +80,11 @@ impl Room {
 
     /// A numbered event from the broker (ours or another instance's).
     pub(super) fn on_published(&mut self, p: Published) {
-        if p.seq <= self.seq {
-            return; // already have it (e.g. loaded at start-up)
-        }
         let ours = self.ctx.broker.instance() == Some(&p.origin);
-        let gap = p.seq > self.seq + 1 && !(ours && p.delivered_at_origin);
-        self.seq = p.seq;
-        if p.kind == "student"
-            && let Some(sid) = &p.student
-        {
-            self.mirror(sid, p.event.as_str());
-        }
-        if p.kind == "announcement" {
-            self.announcements.push_back((p.seq, p.event.clone()));
-            if self.announcements.len() > self.ctx.settings.history_size {
-                self.announcements.pop_front();
-            }
-        }
-        if ours {
+        // The origin writes its events to the log, including those its
+        // members already saw under a provisional seq (whose number the
+        // room may have passed meanwhile).
+        if ours && (p.seq > self.seq || p.delivered_at_origin) {
             self.ctx.writer.write(Record::Event {
                 exam_id: self.exam_id.clone(),
                 seq: p.seq as i64,
@@ -110,6 +97,22 @@ impl Room {
                 },
                 payload: p.event.as_str().to_owned(),
             });
+        }
+        if p.seq <= self.seq {
+            return; // already have it (e.g. loaded at start-up)
+        }
+        let gap = p.seq > self.seq + 1 && !(ours && p.delivered_at_origin);
+        self.seq = p.seq;
+        if p.kind == "student"
+            && let Some(sid) = &p.student
+        {
+            self.mirror(sid, p.event.as_str());
+        }
+        if p.kind == "announcement" {
+            self.announcements.push_back((p.seq, p.event.clone()));
+            if self.announcements.len() > self.ctx.settings.history_size {
+                self.announcements.pop_front();
+            }
         }
         if gap {
             // Events were missed (a lost subscription): the history has a
