@@ -214,22 +214,7 @@ impl Store {
         if state.last_seq == 0 {
             return Ok(state);
         }
-        let rows = sqlx::query(
-            "SELECT e.payload FROM events e \
-             JOIN (SELECT student_id, MAX(seq) AS seq FROM events \
-                   WHERE exam_id = $1 AND kind = 'student' GROUP BY student_id) m \
-             ON e.student_id = m.student_id AND e.seq = m.seq \
-             WHERE e.exam_id = $1",
-        )
-        .bind(exam_id)
-        .fetch_all(pool)
-        .await?;
-        for row in rows {
-            let payload: String = row.try_get(0)?;
-            let ev: StudentEvent = serde_json::from_str(&payload)
-                .map_err(|e| StoreError::Corrupt(format!("student event: {e}")))?;
-            state.students.push(ev.student);
-        }
+        state.students = self.student_states(exam_id).await?;
         let rows =
             sqlx::query("SELECT DISTINCT student_id, question FROM answers WHERE exam_id = $1")
                 .bind(exam_id)
@@ -239,14 +224,7 @@ impl Store {
             let (student, question): (String, String) = (row.try_get(0)?, row.try_get(1)?);
             state.answered.entry(student).or_default().insert(question);
         }
-        let rows =
-            sqlx::query("SELECT student_id, submitted_at FROM submissions WHERE exam_id = $1")
-                .bind(exam_id)
-                .fetch_all(pool)
-                .await?;
-        for row in rows {
-            state.submitted.insert(row.try_get(0)?, row.try_get(1)?);
-        }
+        state.submitted = self.submissions(exam_id).await?;
         let rows = sqlx::query(
             "SELECT seq, payload FROM events WHERE exam_id = $1 ORDER BY seq DESC LIMIT $2",
         )
