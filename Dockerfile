@@ -8,7 +8,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
 COPY examples ./examples
-RUN cargo build --release --locked --bin examwatch
+RUN cargo build --release --locked --bin examwatch \
+ && strip target/release/examwatch
 
 FROM debian:bookworm-slim
 RUN apt-get update \
