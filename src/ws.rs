@@ -340,14 +340,9 @@ impl Connection {
             return Ending::Server(reason);
         };
         let ending = self.pump(&mut socket, &mut rx, &kick, &room).await;
+        // The room keeps the session lease through the grace period (marked
+        // `/grace`) and releases it when the student is gone for good.
         let _ = room.send(RoomCmd::Leave { conn: self.id }).await;
-        if let Broker::Redis(redis) = &self.app.broker
-            && !self.watcher()
-        {
-            redis
-                .release_lease(&self.exam_id, &self.claims.sub, &self.lease_holder())
-                .await;
-        }
         match &ending {
             Ending::Server(reason) => close_socket(&mut socket, reason).await,
             // Let tungstenite flush its automatic close reply.
@@ -386,9 +381,15 @@ impl Connection {
         };
         let (instance, session) = previous.split_once('/').unwrap_or((&previous, ""));
         if instance == self.app.instance_id.as_ref() {
-            return ClusterJoin::Alone; // the local room decides
+            // Held here: the local room applies the policy (and its lease
+            // renewal names whichever session wins).
+            return ClusterJoin::Alone;
         }
-        let same_client = self.previous_session.as_deref() == Some(session);
+        let (session, in_grace) = match session.strip_suffix("/grace") {
+            Some(s) => (s, true),
+            None => (session, false),
+        };
+        let same_client = in_grace || self.previous_session.as_deref() == Some(session);
         let alive = redis.instance_alive(instance).await.unwrap_or(true);
         let policy = self.app.settings.exam.second_session;
         if alive && !same_client && policy == SecondSession::Reject {
@@ -396,12 +397,16 @@ impl Connection {
         }
         let _ = redis.claim_lease(exam, student, &holder, ttl, true).await;
         if alive {
+            // The other instance closes its socket (or ends its grace
+            // period) for this student, without an event of its own.
             let _ = redis.send_kick(exam, student).await;
         }
         if alive && !same_client {
             ClusterJoin::TookOverElsewhere
         } else {
-            ClusterJoin::Alone // the same client back, or its instance died
+            // The same client back (it named its session, or its old socket
+            // was already gone), or its instance died: a reconnect.
+            ClusterJoin::Alone
         }
     }
 

@@ -79,10 +79,12 @@ impl Broker {
         }
     }
 
-    /// Hands a draft to Redis, in order, without waiting.
-    pub fn publish(&self, draft: Draft) {
-        if let Broker::Redis(r) = self {
-            r.publish(draft);
+    /// Hands a draft to Redis, in order, without waiting. False if it had
+    /// to be dropped (too many waiting).
+    pub fn publish(&self, draft: Draft) -> bool {
+        match self {
+            Broker::Memory => true,
+            Broker::Redis(r) => r.publish(draft),
         }
     }
 

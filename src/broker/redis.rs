@@ -32,8 +32,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Draft, Published, SharedState};
 use crate::protocol::Seq;
 
-/// Numbers, records and publishes one event atomically.
+/// Numbers, records and publishes one event atomically. KEYS[5] is the
+/// draft's id: a pipeline re-sent after a timeout (that Redis had in fact
+/// run) does not number the same draft twice.
 const PUBLISH_LUA: &str = r#"
+if not redis.call('SET', KEYS[5], '1', 'NX', 'PX', 60000) then
+  return 0
+end
 local seq = redis.call('INCR', KEYS[1])
 local floor = tonumber(ARGV[1])
 if seq <= floor then
@@ -62,7 +67,8 @@ pub enum Inbound {
 }
 
 enum Op {
-    Publish(Draft),
+    /// A draft and its id, unique per instance.
+    Publish(Draft, u64),
     Subscribe(Arc<str>, oneshot::Sender<()>),
     Unsubscribe(Arc<str>),
 }
@@ -78,6 +84,7 @@ pub struct RedisBroker {
     limit: usize,
     /// Set when drafts had to be dropped: rooms re-synchronise afterwards.
     overflowed: Arc<AtomicBool>,
+    next_draft: std::sync::atomic::AtomicU64,
 }
 
 /// Settings the broker needs.
@@ -122,6 +129,7 @@ impl RedisBroker {
             pending: Arc::default(),
             limit: options.queue_limit,
             overflowed: Arc::default(),
+            next_draft: std::sync::atomic::AtomicU64::new(1),
         });
         let needs_resync = Arc::new(AtomicBool::new(false));
         tokio::spawn(read_pushes(
@@ -158,15 +166,18 @@ impl RedisBroker {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    pub fn publish(&self, draft: Draft) {
+    /// Queues a draft; false if it was dropped because too many wait (the
+    /// room then owes its teachers a snapshot).
+    pub fn publish(&self, draft: Draft) -> bool {
         if self.pending.load(Ordering::Relaxed) >= self.limit {
-            // Bounded memory while Redis is away: drop, and make every room
-            // re-synchronise (fresh snapshots) once it is back.
+            // Bounded memory while Redis is away or slow: drop, and make
+            // every room re-synchronise (fresh snapshots) once it catches up.
             self.overflowed.store(true, Ordering::Relaxed);
-            return;
+            return false;
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
-        let _ = self.ops.send(Op::Publish(draft));
+        let id = self.next_draft.fetch_add(1, Ordering::Relaxed);
+        self.ops.send(Op::Publish(draft, id)).is_ok()
     }
 
     /// Subscribes to an exam's channel; resolves once Redis confirmed.
@@ -204,65 +215,99 @@ impl RedisBroker {
         })
     }
 
-    /// Takes the student's cluster-wide session lease for `holder`
-    /// (`instance/session`). Returns the previous holder if another
-    /// session held it; `takeover` replaces it either way.
+    /// Tries to take the student's cluster-wide session lease for `holder`
+    /// (`instance/session`), atomically. `Ok(None)`: taken (nobody held
+    /// it, or we did). `Ok(Some(previous))`: held by someone else and left
+    /// alone, unless `force`, which replaces it. A holder ending in
+    /// `/grace` has lost its socket and is within its grace period.
     pub async fn claim_lease(
         &self,
         exam: &str,
         student: &str,
         holder: &str,
         ttl: Duration,
-        takeover: bool,
+        force: bool,
     ) -> Result<Option<String>, redis::RedisError> {
         let mut conn = self.conn.clone();
-        let key = format!("{}:{{{exam}}}:lease:{student}", self.prefix);
-        let previous: Option<String> = conn.get(&key).await?;
-        let ours = previous.as_deref() == Some(holder);
-        if previous.is_none() || ours || takeover {
-            let _: () = redis::cmd("SET")
-                .arg(&key)
-                .arg(holder)
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .query_async(&mut conn)
-                .await?;
-        }
-        Ok(previous.filter(|p| p != holder))
+        let script = redis::Script::new(
+            r"local cur = redis.call('GET', KEYS[1])
+              if (not cur) or cur == ARGV[1] or cur == ARGV[1] .. '/grace' or ARGV[3] == '1' then
+                redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                if (not cur) or cur == ARGV[1] or cur == ARGV[1] .. '/grace' then return '' end
+              end
+              return cur",
+        );
+        let previous: String = script
+            .key(self.lease_key(exam, student))
+            .arg(holder)
+            .arg(ttl.as_millis() as u64)
+            .arg(if force { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((!previous.is_empty()).then_some(previous))
     }
 
-    /// Renews (or drops) leases of this instance's students.
+    /// Renews this instance's leases: each `(student, holder, in_grace)`
+    /// keeps its lease only if it still holds it (another instance may have
+    /// taken it over), marked `/grace` while the socket is gone.
     pub async fn renew_leases(
         &self,
         exam: &str,
-        leases: &[(Arc<str>, String)],
+        leases: &[(Arc<str>, String, bool)],
         ttl: Duration,
     ) -> Result<(), redis::RedisError> {
         if leases.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for (student, holder) in leases {
-            let key = format!("{}:{{{exam}}}:lease:{student}", self.prefix);
-            pipe.cmd("SET")
-                .arg(key)
+        // Any lease held by this instance is ours to renew: the room knows
+        // which of its sessions speaks for the student now.
+        let script = redis::Script::new(
+            r"local cur = redis.call('GET', KEYS[1])
+              if (not cur) or string.sub(cur, 1, #ARGV[4]) == ARGV[4] then
+                redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+                return 1
+              end
+              return 0",
+        );
+        let mine = format!("{}/", self.instance);
+        for (student, holder, in_grace) in leases {
+            let value = if *in_grace {
+                format!("{holder}/grace")
+            } else {
+                holder.clone()
+            };
+            let _: i64 = script
+                .key(self.lease_key(exam, student))
                 .arg(holder)
-                .arg("PX")
+                .arg(value)
                 .arg(ttl.as_millis() as u64)
-                .ignore();
+                .arg(&mine)
+                .invoke_async(&mut conn)
+                .await?;
         }
-        pipe.query_async::<()>(&mut conn).await
+        Ok(())
     }
 
-    /// Releases a lease if this holder still has it.
+    /// Releases a lease if this holder (in either form) still has it.
     pub async fn release_lease(&self, exam: &str, student: &str, holder: &str) {
         let mut conn = self.conn.clone();
-        let key = format!("{}:{{{exam}}}:lease:{student}", self.prefix);
         let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            r"local cur = redis.call('GET', KEYS[1])
+              if cur == ARGV[1] or cur == ARGV[1] .. '/grace' then
+                return redis.call('DEL', KEYS[1])
+              end
+              return 0",
         );
-        let _: Result<i64, _> = script.key(key).arg(holder).invoke_async(&mut conn).await;
+        let _: Result<i64, _> = script
+            .key(self.lease_key(exam, student))
+            .arg(holder)
+            .invoke_async(&mut conn)
+            .await;
+    }
+
+    fn lease_key(&self, exam: &str, student: &str) -> String {
+        format!("{}:{{{exam}}}:lease:{student}", self.prefix)
     }
 
     /// Claims a student who looks connected but whose lease expired (their
@@ -351,7 +396,7 @@ impl Publisher {
                 queue.push_back(op);
             }
             let ok = match queue.front() {
-                Some(Op::Publish(_)) => self.publish_batch(&mut queue).await,
+                Some(Op::Publish(..)) => self.publish_batch(&mut queue).await,
                 Some(Op::Subscribe(exam, _)) => {
                     let channel = format!("{}:exam:{exam}", self.prefix);
                     let ok = self.conn.subscribe(channel).await.is_ok();
@@ -383,16 +428,17 @@ impl Publisher {
         let mut pipe = redis::pipe();
         let mut n = 0;
         for op in queue.iter().take(256) {
-            let Op::Publish(d) = op else { break };
+            let Op::Publish(d, id) = op else { break };
             let exam = &d.exam;
             let p = &self.prefix;
             pipe.cmd("EVAL")
                 .arg(PUBLISH_LUA)
-                .arg(4)
+                .arg(5)
                 .arg(format!("{p}:{{{exam}}}:seq"))
                 .arg(format!("{p}:exam:{exam}"))
                 .arg(format!("{p}:{{{exam}}}:history"))
                 .arg(format!("{p}:{{{exam}}}:students"))
+                .arg(format!("{p}:{{{exam}}}:draft:{}:{id}", self.instance))
                 .arg(d.floor)
                 .arg(&d.body)
                 .arg(if d.delivered_locally {

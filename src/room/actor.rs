@@ -71,6 +71,9 @@ pub(super) struct Room {
     /// Events were delivered here under provisional seqs while Redis was
     /// away: local teachers get a snapshot once it is back.
     diverged: bool,
+    /// A gap was seen: the shared state is being reloaded, then teachers
+    /// get a snapshot.
+    resync_pending: bool,
     /// The previous room of this exam ended cleanly in this process, so its
     /// last seq is known exactly even if its final write is still queued.
     ended_cleanly_here: bool,
@@ -113,6 +116,7 @@ impl Room {
             seq: first_seq.unwrap_or(0),
             ended_cleanly_here: first_seq.is_some(),
             diverged: false,
+            resync_pending: false,
             reserved: 0,
             epoch_floor: 0,
             students: HashMap::new(),
@@ -266,7 +270,9 @@ impl Room {
             if let Some(key) = st.idle_timer.take() {
                 self.timers.try_remove(&key);
             }
-            if !st.submitted() {
+            if st.submitted() {
+                self.release_lease(&sid);
+            } else {
                 st.grace_timer = Some(self.timers.insert(Timer::Grace(sid.clone()), grace));
             }
         }
@@ -290,6 +296,9 @@ impl Room {
                 };
                 st.grace_timer = None;
                 let o = st.grace_expired();
+                if o.cause.is_some() {
+                    self.release_lease(&sid);
+                }
                 (sid, o)
             }
             Timer::Probe(old) => return self.probe_result(old, false),
@@ -589,6 +598,15 @@ impl Room {
             .metrics
             .frames_out
             .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// An announcement to this room's students only.
+    fn deliver_to_students(&mut self, bytes: &Utf8Bytes) {
+        for (_, out) in self.student_conns.values() {
+            if !try_push(out, bytes.clone()) {
+                out.kick.kick(close::TOO_SLOW);
+            }
+        }
     }
 
     /// Queues one frame for one member; kicks it (4008) if its queue is full.

@@ -42,7 +42,7 @@ impl Room {
             }
             broker @ Broker::Redis(_) if broker.healthy() => {
                 let body = build(0);
-                broker.publish(Draft {
+                let queued = broker.publish(Draft {
                     exam: self.exam_id.clone(),
                     body: body.as_str().to_owned(),
                     kind,
@@ -50,6 +50,9 @@ impl Room {
                     floor: self.seq,
                     delivered_locally: false,
                 });
+                if !queued {
+                    self.diverged = true; // teachers get a snapshot at resync
+                }
             }
             broker => {
                 // Redis is away: keep serving our own members now, under a
@@ -66,7 +69,7 @@ impl Room {
                     self.history.pop_front();
                 }
                 self.deliver(&bytes, audience);
-                broker.publish(Draft {
+                let _ = broker.publish(Draft {
                     exam: self.exam_id.clone(),
                     body: draft_body.as_str().to_owned(),
                     kind,
@@ -116,15 +119,21 @@ impl Room {
         }
         if gap {
             // Events were missed (a lost subscription): the history has a
-            // hole, so teachers get the truth as a snapshot, not a skip.
+            // hole, and students attached elsewhere may have changed unseen.
+            // Reload the shared state, then teachers get the truth as a
+            // snapshot; announcements still reach students now.
             tracing::warn!(
                 seq = p.seq,
-                "gap in the exam's event stream; sending snapshots"
+                "gap in the exam's event stream; re-synchronising"
             );
             self.history.clear();
-            self.history.push_back((p.seq, p.event));
+            self.history.push_back((p.seq, p.event.clone()));
             self.epoch_floor = p.seq;
-            self.snapshot_all();
+            if p.kind == "announcement" {
+                self.deliver_to_students(&p.event);
+            }
+            self.resync_pending = true;
+            self.start_resync();
             return;
         }
         self.history.push_back((p.seq, p.event.clone()));
@@ -174,11 +183,15 @@ impl Room {
         }
     }
 
-    /// Another instance took this student's session: close ours quietly.
+    /// Another instance took this student's session: close ours quietly,
+    /// or end our grace period for them without an event.
     pub(super) fn kicked_elsewhere(&mut self, sid: &Arc<str>) {
         let Some(st) = self.students.get_mut(sid) else {
             return;
         };
+        if let Some(key) = st.grace_timer.take() {
+            self.timers.try_remove(&key);
+        }
         let Some(conn) = st.conn.take() else {
             return;
         };
@@ -195,20 +208,24 @@ impl Room {
         }
     }
 
-    /// Reloads the shared state after Redis came back (async, off the loop).
+    /// Reloads the shared state after Redis came back or a gap (async, off
+    /// the loop; retried until it succeeds).
     pub(super) fn start_resync(&self) {
         let Broker::Redis(redis) = &self.ctx.broker else {
             return;
         };
         let (redis, exam, inbox) = (redis.clone(), self.exam_id.clone(), self.inbox.clone());
         self.ctx.tracker.spawn(async move {
-            let state = match tokio::time::timeout(Duration::from_secs(3), redis.load(&exam)).await
-            {
-                Ok(Ok(s)) => s,
-                _ => return,
+            let cmd = match tokio::time::timeout(Duration::from_secs(3), redis.load(&exam)).await {
+                Ok(Ok(s)) => RoomCmd::Resynced(s),
+                _ => {
+                    // Not yet: try again shortly (the room may have ended).
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    RoomCmd::Resync
+                }
             };
             if let Some(inbox) = inbox.upgrade() {
-                let _ = inbox.send(RoomCmd::Resynced(state)).await;
+                let _ = inbox.send(cmd).await;
             }
         });
     }
@@ -216,10 +233,11 @@ impl Room {
     /// Applies reloaded shared state; teachers get a snapshot if anything
     /// was missed.
     pub(super) fn on_resynced(&mut self, state: SharedState) {
-        let missed = state.seq > self.seq || self.diverged;
+        let missed = state.seq > self.seq || self.diverged || self.resync_pending;
         self.apply_shared(state);
         if missed {
             self.diverged = false;
+            self.resync_pending = false;
             self.snapshot_all();
         }
     }
@@ -265,14 +283,15 @@ impl Room {
             return;
         };
         let instance = redis.instance().clone();
-        let leases: Vec<(Arc<str>, String)> = self
+        // Students with a socket here, or within their grace period here.
+        let leases: Vec<(Arc<str>, String, bool)> = self
             .students
             .iter()
-            .filter(|(_, st)| st.conn.is_some())
+            .filter(|(_, st)| st.conn.is_some() || st.grace_timer.is_some())
             .filter_map(|(sid, st)| {
                 st.session_id
                     .as_ref()
-                    .map(|s| (sid.clone(), format!("{instance}/{s}")))
+                    .map(|s| (sid.clone(), format!("{instance}/{s}"), st.conn.is_none()))
             })
             .collect();
         let orphans: Vec<Arc<str>> = self
@@ -292,6 +311,22 @@ impl Room {
                     let _ = inbox.send(RoomCmd::Orphaned { student: sid }).await;
                 }
             }
+        });
+    }
+
+    /// The student is gone for good from here (disconnected, or left after
+    /// submitting): free the cluster-wide lease.
+    pub(super) fn release_lease(&self, sid: &Arc<str>) {
+        let Broker::Redis(redis) = &self.ctx.broker else {
+            return;
+        };
+        let Some(session) = self.students.get(sid).and_then(|st| st.session_id.clone()) else {
+            return;
+        };
+        let holder = format!("{}/{session}", redis.instance());
+        let (redis, exam, sid) = (redis.clone(), self.exam_id.clone(), sid.clone());
+        self.ctx.tracker.spawn(async move {
+            redis.release_lease(&exam, &sid, &holder).await;
         });
     }
 
