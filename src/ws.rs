@@ -413,6 +413,15 @@ impl Connection {
     /// Joins the room, retrying if it ended just as we looked it up.
     async fn join(&self, out: Outbox) -> Option<RoomHandle> {
         let cluster = self.claim_session().await;
+        let answered = match (&self.app.broker, self.watcher()) {
+            (Broker::Redis(_), false) => self
+                .app
+                .store
+                .answered_questions(&self.exam_id, &self.claims.sub)
+                .await
+                .ok(),
+            _ => None,
+        };
         for _ in 0..8 {
             if self.app.shutdown.is_cancelled() {
                 return None;
@@ -436,6 +445,7 @@ impl Connection {
                     session_id: self.session_id.clone(),
                     previous_session: self.previous_session.clone(),
                     cluster,
+                    answered: answered.clone(),
                     out: out.clone(),
                     reply,
                 }

@@ -306,6 +306,16 @@ impl RedisBroker {
             .await;
     }
 
+    /// Who holds a student's lease right now.
+    pub async fn lease_holder(
+        &self,
+        exam: &str,
+        student: &str,
+    ) -> Result<Option<String>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        conn.get(self.lease_key(exam, student)).await
+    }
+
     fn lease_key(&self, exam: &str, student: &str) -> String {
         format!("{}:{{{exam}}}:lease:{student}", self.prefix)
     }

@@ -191,6 +191,7 @@ impl Room {
                 session_id,
                 previous_session,
                 cluster,
+                answered,
                 out,
                 reply,
             } => self.join_student(join::StudentJoin {
@@ -199,6 +200,7 @@ impl Room {
                 session_id,
                 previous_session,
                 cluster,
+                answered,
                 out,
                 reply,
             }),
@@ -251,6 +253,15 @@ impl Room {
             RoomCmd::Resynced(state) => self.on_resynced(state),
             RoomCmd::KickedElsewhere { student } => self.kicked_elsewhere(&student),
             RoomCmd::Orphaned { student } => self.orphaned(student),
+            RoomCmd::LeaseLost { student, session } => {
+                let current = self
+                    .students
+                    .get(&student)
+                    .and_then(|st| st.session_id.as_deref());
+                if current == Some(session.as_str()) {
+                    self.kicked_elsewhere(&student);
+                }
+            }
         }
     }
 

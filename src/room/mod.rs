@@ -162,6 +162,9 @@ pub enum RoomCmd {
         previous_session: Option<String>,
         /// What the cluster-wide session lease said (always `Alone` in memory).
         cluster: ClusterJoin,
+        /// With several instances: the student's answered questions, from
+        /// the database (another instance may have stored them).
+        answered: Option<std::collections::HashSet<String>>,
         out: Outbox,
         /// Answered once joined (or refused); dropped if the room ended.
         reply: oneshot::Sender<()>,
@@ -214,6 +217,12 @@ pub enum RoomCmd {
     /// This instance claimed a student whose instance died.
     Orphaned {
         student: Arc<str>,
+    },
+    /// Right after this session joined, its lease turned out to be held
+    /// elsewhere (a simultaneous claim on another instance won).
+    LeaseLost {
+        student: Arc<str>,
+        session: String,
     },
 }
 

@@ -457,6 +457,22 @@ impl Store {
         Ok(())
     }
 
+    /// Questions with a stored answer for one student.
+    pub async fn answered_questions(
+        &self,
+        exam_id: &str,
+        student_id: &str,
+    ) -> Result<HashSet<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT question FROM answers WHERE exam_id = $1 AND student_id = $2",
+        )
+        .bind(exam_id)
+        .bind(student_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// Whether the exam exists: created through the API, or seen live.
     pub async fn exam_known(&self, exam_id: &str) -> Result<bool, StoreError> {
         let found: Option<String> = sqlx::query_scalar(

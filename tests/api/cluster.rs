@@ -394,3 +394,107 @@ async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires(
     assert_eq!(snap["counts"]["active"], 1);
     assert_eq!(snap["counts"]["disconnected"], 1);
 }
+
+#[tokio::test]
+async fn simultaneous_connections_on_two_instances_leave_one_session() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    for round in 0..5 {
+        let sub = format!("s{round}");
+        let token = apps[0].token(&sub, Role::Student, &["e1"]);
+        let (url_a, url_b) = (apps[0].ws_url("e1"), apps[1].ws_url("e1"));
+        let (a, b) = tokio::join!(
+            apps[0].try_connect(&url_a, Some(&token), &[]),
+            apps[1].try_connect(&url_b, Some(&token), &[]),
+        );
+        let mut closed = 0;
+        for mut c in [a.unwrap(), b.unwrap()] {
+            // Either refused/closed soon, or it stays the one session.
+            let outcome = tokio::time::timeout(Duration::from_millis(1500), async {
+                loop {
+                    match c.next().await {
+                        Next::Closed(code, _) => return code,
+                        Next::Json(_) => {}
+                    }
+                }
+            })
+            .await;
+            if let Ok(code) = outcome {
+                assert_eq!(code, Some(4001), "round {round}");
+                closed += 1;
+            }
+        }
+        assert_eq!(
+            closed, 1,
+            "round {round}: exactly one of the two sessions survives"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_disconnect_watched_from_another_instance_is_reported_once() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |s| {
+        s.exam.disconnect_grace = Duration::from_millis(300);
+        s.exam.lease_ttl = Duration::from_millis(400);
+    })
+    .await;
+    let (mut t, _) = apps[1].teacher("e1", "t1").await;
+    let (s, _) = apps[0].student("e1", "s1").await;
+    t.next_of_type("student").await;
+    s.close().await;
+    let ev = t.next_of_type("student").await;
+    assert!(is_student_event(&ev, "s1", "disconnected"), "{ev}");
+    // Well past another lease lifetime and grace period, nothing more about
+    // s1 arrives: the next event is our probe.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_probe, _) = apps[1].student("e1", "probe").await;
+    loop {
+        let ev = t.next_json().await;
+        if ev["type"] == "alert" && ev["student_id"] == "s1" {
+            continue; // the one alert that goes with the disconnect
+        }
+        assert!(
+            is_student_event(&ev, "probe", "connected"),
+            "a second report: {ev}"
+        );
+        break;
+    }
+}
+
+#[tokio::test]
+async fn answers_stored_through_another_instance_still_count() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (mut t, _) = apps[1].teacher("e1", "t1").await;
+    let (mut s, welcome) = apps[0].student("e1", "s1").await;
+    for q in 1..=3 {
+        s.send_json(json!({"type": "answer", "id": format!("a{q}"), "question": format!("q{q}"), "value": q, "ref": q}))
+            .await;
+        s.next_of_type("ack").await;
+    }
+    s.close().await;
+    let token = apps[1].token("s1", Role::Student, &["e1"]);
+    let url = format!(
+        "{}?previous_session={}",
+        apps[1].ws_url("e1"),
+        welcome["session_id"].as_str().unwrap()
+    );
+    let mut moved = apps[1].try_connect(&url, Some(&token), &[]).await.unwrap();
+    let w = moved.next_of_type("welcome").await;
+    assert_eq!(w["student"]["answered"], 3);
+    moved
+        .send_json(json!({"type": "answer", "id": "a4", "question": "q4", "value": 4, "ref": 4}))
+        .await;
+    moved.next_of_type("ack").await;
+    let mut most = 0;
+    loop {
+        let ev = t.next_of_type("student").await;
+        let answered = ev["student"]["answered"].as_u64().unwrap();
+        assert!(answered >= most, "answered never goes backwards: {ev}");
+        most = answered;
+        if ev["cause"] == "answered" && answered == 4 {
+            break;
+        }
+    }
+}

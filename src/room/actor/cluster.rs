@@ -314,6 +314,42 @@ impl Room {
         });
     }
 
+    /// Checks, after a student joined here, that the session lease is still
+    /// ours: a simultaneous claim on another instance may have taken it
+    /// just before its request to close our socket could find it.
+    pub(super) fn verify_lease(&self, sid: &Arc<str>) {
+        let Broker::Redis(redis) = &self.ctx.broker else {
+            return;
+        };
+        let Some(session) = self.students.get(sid).and_then(|st| st.session_id.clone()) else {
+            return;
+        };
+        let mine = format!("{}/{session}", redis.instance());
+        let (redis, exam, sid, inbox) = (
+            redis.clone(),
+            self.exam_id.clone(),
+            sid.clone(),
+            self.inbox.clone(),
+        );
+        self.ctx.tracker.spawn(async move {
+            let Ok(Some(holder)) = redis.lease_holder(&exam, &sid).await else {
+                return;
+            };
+            if holder != mine
+                && holder != format!("{mine}/grace")
+                && !holder.starts_with(&format!("{}/", redis.instance()))
+                && let Some(inbox) = inbox.upgrade()
+            {
+                let _ = inbox
+                    .send(RoomCmd::LeaseLost {
+                        student: sid,
+                        session,
+                    })
+                    .await;
+            }
+        });
+    }
+
     /// The student is gone for good from here (disconnected, or left after
     /// submitting): free the cluster-wide lease.
     pub(super) fn release_lease(&self, sid: &Arc<str>) {

@@ -28,6 +28,7 @@ pub(in crate::room) struct StudentJoin {
     pub session_id: String,
     pub previous_session: Option<String>,
     pub cluster: crate::room::ClusterJoin,
+    pub answered: Option<std::collections::HashSet<String>>,
     pub out: Outbox,
     pub reply: oneshot::Sender<()>,
 }
@@ -172,8 +173,16 @@ impl Room {
             session_id,
             out,
             reply,
+            answered,
             ..
         } = join;
+        if let (Some(answered), Some(st)) = (answered, self.students.get_mut(who.id.as_str()))
+            && answered.len() > st.answered_questions.len()
+        {
+            // Answers stored through another instance count here too.
+            st.state.answered = answered.len() as u32;
+            st.answered_questions = answered;
+        }
         let sid: Arc<str> = who.id.as_str().into();
         let outcome = match (outcome, self.students.get_mut(&sid)) {
             (Some(o), _) => o,
@@ -207,6 +216,7 @@ impl Room {
         }
         self.student_conns.insert(conn, (sid.clone(), out));
         self.apply(&sid, outcome);
+        self.verify_lease(&sid);
         let _ = reply.send(());
     }
 }
