@@ -52,6 +52,10 @@ redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
 if ARGV[4] == 'student' and ARGV[5] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[5], event)
 end
+-- An exam's keys live a day past its last event (the database keeps all).
+redis.call('PEXPIRE', KEYS[1], 86400000)
+redis.call('PEXPIRE', KEYS[3], 86400000)
+redis.call('PEXPIRE', KEYS[4], 86400000)
 return seq
 "#;
 
@@ -117,7 +121,24 @@ impl RedisBroker {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        // Lazy: an instance starts (and serves its own members) even while
+        // Redis is down; the publisher's pings connect it when it is back.
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        // Until the first command succeeds Redis counts as away (events are
+        // served locally); reaching it then re-synchronises every room.
+        let needs_resync = Arc::new(AtomicBool::new(true));
+        let mut probe = conn.clone();
+        let reachable = tokio::time::timeout(
+            Duration::from_secs(2),
+            redis::cmd("PING").query_async::<Value>(&mut probe),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if reachable {
+            needs_resync.store(false, Ordering::Relaxed);
+        } else {
+            tracing::warn!("Redis is not reachable yet; serving this instance's members alone");
+        }
         let (ops, ops_rx) = mpsc::unbounded_channel();
         let (inbound_tx, inbound) = mpsc::unbounded_channel();
         let broker = Arc::new(Self {
@@ -125,13 +146,12 @@ impl RedisBroker {
             prefix: options.prefix.clone().into(),
             conn: conn.clone(),
             ops,
-            healthy: Arc::new(AtomicBool::new(true)),
+            healthy: Arc::new(AtomicBool::new(reachable)),
             pending: Arc::default(),
             limit: options.queue_limit,
             overflowed: Arc::default(),
             next_draft: std::sync::atomic::AtomicU64::new(1),
         });
-        let needs_resync = Arc::new(AtomicBool::new(false));
         tokio::spawn(read_pushes(
             push_rx,
             options.instance.clone(),

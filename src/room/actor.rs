@@ -64,8 +64,11 @@ pub(super) struct Room {
     id: u64,
     registry: Registry,
     ctx: RoomContext,
-    /// Last assigned event number.
+    /// Last assigned event number (with Redis: the latest delivered here,
+    /// which may be provisional during an outage).
     seq: Seq,
+    /// With Redis: the latest seq received from the cluster.
+    confirmed: Seq,
     /// The seq reserved in the database (written ahead of use).
     reserved: Seq,
     /// Events were delivered here under provisional seqs while Redis was
@@ -114,6 +117,7 @@ impl Room {
             registry,
             ctx,
             seq: first_seq.unwrap_or(0),
+            confirmed: 0,
             ended_cleanly_here: first_seq.is_some(),
             diverged: false,
             resync_pending: false,

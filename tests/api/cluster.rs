@@ -498,3 +498,51 @@ async fn answers_stored_through_another_instance_still_count() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_instance_starts_while_redis_is_down_and_joins_the_cluster_later() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    redis.stop();
+    let apps = cluster(&redis, 1, |_| {}).await;
+    let (mut t, _) = apps[0].teacher("e1", "t1").await;
+    let (mut s, _) = apps[0].student("e1", "s1").await;
+    s.send_json(json!({"type": "progress", "question": 3, "answered": 1, "ref": 1}))
+        .await;
+    s.next_of_type("ack").await;
+    // Served alone meanwhile.
+    loop {
+        let ev = t.next_of_type("student").await;
+        if ev["cause"] == "progress" {
+            break;
+        }
+    }
+    let ready: Value = reqwest::get(apps[0].http("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["broker"], "unreachable");
+    redis.start_again();
+    eventually("the instance reaches Redis", || {
+        apps[0].state.broker.healthy()
+    })
+    .await;
+    // A second instance now sees the student the first one served.
+    let mut others = cluster(&redis, 1, |s| s.database.instance_id = Some("late".into())).await;
+    let other = others.remove(0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_t2, snap) = other.teacher("e1", "t2").await;
+        if snap["students"][0]["current_question"] == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never shared: {snap}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

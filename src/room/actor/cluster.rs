@@ -101,8 +101,18 @@ impl Room {
                 payload: p.event.as_str().to_owned(),
             });
         }
-        if p.seq <= self.seq {
+        if p.seq <= self.confirmed {
             return; // already have it (e.g. loaded at start-up)
+        }
+        self.confirmed = p.seq;
+        if p.seq <= self.seq {
+            // Numbered below what our teachers saw under provisional seqs
+            // (an outage): they get a snapshot at resync; students still
+            // need other instances' announcements.
+            if p.kind == "announcement" && !(ours && p.delivered_at_origin) {
+                self.deliver_to_students(&p.event);
+            }
+            return;
         }
         let gap = p.seq > self.seq + 1 && !(ours && p.delivered_at_origin);
         self.seq = p.seq;
@@ -250,6 +260,7 @@ impl Room {
                 self.mirror(&sid, event);
             }
         }
+        self.confirmed = self.confirmed.max(state.seq);
         if state.seq > self.seq {
             let contiguous = state
                 .history
