@@ -20,6 +20,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod loadgen;
 pub mod metrics;
 pub mod protocol;
 pub mod room;

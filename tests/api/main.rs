@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod helpers;
+mod loadgen;
 mod ops;
 mod outage;
 mod persistence;
