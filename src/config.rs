@@ -255,7 +255,7 @@ impl Default for WsSettings {
             ping_interval: Duration::from_secs(15),
             teacher_queue: 4096,
             student_queue: 64,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 0,
         }
     }
