@@ -16,37 +16,24 @@ pub(super) async fn write_batch(
     stats: &super::writer::WriterStats,
 ) -> Result<(), StoreError> {
     let mut tx = store.pool().begin().await?;
+    let mut events: Vec<&Record> = Vec::new();
     for record in batch {
-        match record {
-            Record::Event {
-                exam_id,
-                seq,
-                at,
-                student_id,
-                kind,
-                payload,
-            } => {
-                let done = sqlx::query(
-                    "INSERT INTO events (exam_id, seq, at, student_id, kind, payload) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (exam_id, seq) DO NOTHING",
-                )
-                .bind(exam_id.as_ref())
-                .bind(*seq)
-                .bind(*at)
-                .bind(student_id.as_deref())
-                .bind(*kind)
-                .bind(payload.as_str())
-                .execute(&mut *tx)
-                .await?;
-                if done.rows_affected() == 0 {
-                    // Only a re-issued seq can collide; seq reservation is
-                    // there to make this impossible, so it must be loud.
-                    stats
-                        .collisions
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(%exam_id, seq, "an event's seq was already in the log");
-                }
+        // Events (the bulk) go in multi-row INSERTs: one statement, one
+        // round trip to the database thread, for up to EVENT_ROWS rows.
+        if matches!(record, Record::Event { .. }) {
+            events.push(record);
+            if events.len() == EVENT_ROWS {
+                insert_events(&mut tx, &events, stats).await?;
+                events.clear();
             }
+            continue;
+        }
+        if !events.is_empty() {
+            insert_events(&mut tx, &events, stats).await?;
+            events.clear();
+        }
+        match record {
+            Record::Event { .. } => {}
             Record::SeqReserved {
                 exam_id, reserved, ..
             } => {
@@ -161,7 +148,69 @@ pub(super) async fn write_batch(
             }
         }
     }
+    if !events.is_empty() {
+        insert_events(&mut tx, &events, stats).await?;
+    }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Rows per multi-row event INSERT (6 parameters each).
+const EVENT_ROWS: usize = 100;
+
+async fn insert_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    events: &[&Record],
+    stats: &super::writer::WriterStats,
+) -> Result<(), StoreError> {
+    let mut sql =
+        String::from("INSERT INTO events (exam_id, seq, at, student_id, kind, payload) VALUES ");
+    for i in 0..events.len() {
+        let b = i * 6;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5,
+            b + 6
+        ));
+    }
+    sql.push_str(" ON CONFLICT (exam_id, seq) DO NOTHING");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for record in events {
+        if let Record::Event {
+            exam_id,
+            seq,
+            at,
+            student_id,
+            kind,
+            payload,
+        } = record
+        {
+            query = query
+                .bind(exam_id.as_ref())
+                .bind(*seq)
+                .bind(*at)
+                .bind(student_id.as_deref())
+                .bind(*kind)
+                .bind(payload.as_str());
+        }
+    }
+    let done = query.execute(&mut **tx).await?;
+    let collided = events.len() as u64 - done.rows_affected().min(events.len() as u64);
+    if collided > 0 {
+        // Only a re-issued seq can collide; seq reservation is there to
+        // make this impossible, so it must be loud.
+        stats
+            .collisions
+            .fetch_add(collided, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(collided, "events whose seq was already in the log");
+    }
     Ok(())
 }
 
