@@ -3,6 +3,7 @@
 #   latency   5k and 20k events/s, 100 exams x 30 students x 1 teacher
 #   idle      10,000 idle student connections: server RSS per connection
 #   cpu       server CPU µs per event at a fixed 20k events/s (/proc/PID/stat)
+#   capacity  ramp to 19,000 idle connections on one server: RSS per connection, connect rate
 # Results (JSON) land in bench/out/. Builds release binaries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,5 +59,17 @@ cpu)
     t1=$(cpu_ticks)
     events=$(python3 -c "import json;print(json.load(open('$OUT/cpu.json'))['delivered'])")
     echo "{\"events\": $events, \"cpu_ticks\": $((t1 - t0)), \"us_per_event\": $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / events ))}" | tee "$OUT/cpu-us.json" ;;
+capacity)
+    start_server
+    before=$(rss_kb)
+    loadgen --exams 190 --students 100 --teachers 0 --rate 1 --duration 20s --prefix cap- \
+        --sources 127.0.0.1,127.0.0.2 >"$OUT/capacity.json" 2>"$OUT/capacity.log" &
+    LG=$!
+    until grep -q 'connections in' "$OUT/capacity.log"; do sleep 0.5; done
+    sleep 2
+    after=$(rss_kb)
+    secs=$(grep -o 'connections in [0-9.]*' "$OUT/capacity.log" | awk '{print $3}')
+    echo "{\"connections\": 19000, \"connect_seconds\": $secs, \"rss_before_kb\": $before, \"rss_after_kb\": $after, \"bytes_per_connection\": $(( (after - before) * 1024 / 19000 ))}" | tee "$OUT/capacity-rss.json"
+    wait $LG ;;
 *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
