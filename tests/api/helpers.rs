@@ -240,6 +240,17 @@ impl TestApp {
             .bearer_auth(token)
     }
 
+    /// GET a JSON document from the REST API.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.api(reqwest::Method::GET, path, token)
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// Waits until everything queued for the database is committed.
     pub async fn flushed(&self) {
         let stats = self.state.writer.stats();

@@ -176,13 +176,8 @@ async fn answers_are_stored_once_and_acked_after_commit(db: Backend) {
     }
     // The ack came after the commit: the rows are there now, once each.
     let body: Value = app
-        .api(Method::GET, "/v1/exams/e1/students/s1/answers", &teacher)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json("/v1/exams/e1/students/s1/answers", &teacher)
+        .await;
     let ids: Vec<_> = body["answers"]
         .as_array()
         .unwrap()

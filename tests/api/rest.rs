@@ -47,27 +47,13 @@ async fn exams_are_created_read_and_listed_per_grant(db: Backend) {
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     let (_s, _) = app.student("math", "s1").await;
-    let exam: Value = app
-        .api(Method::GET, "/v1/exams/math", &teacher)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let exam: Value = app.get_json("/v1/exams/math", &teacher).await;
     assert_eq!(exam["title"], "Algebra");
     assert_eq!(exam["starts_at"], "2026-12-01T09:00:00Z");
     assert_eq!(exam["duration_minutes"], 60);
     assert_eq!(exam["settings"], json!({"calculator": false}));
     assert_eq!(exam["counts"]["active"], 1, "live counts: {exam}");
-    let mine: Value = app
-        .api(Method::GET, "/v1/exams", &teacher)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mine: Value = app.get_json("/v1/exams", &teacher).await;
     let mut ids: Vec<_> = mine["exams"]
         .as_array()
         .unwrap()
@@ -76,14 +62,7 @@ async fn exams_are_created_read_and_listed_per_grant(db: Backend) {
         .collect();
     ids.sort();
     assert_eq!(ids, ["bio", "math"], "only the exams the token grants");
-    let all: Value = app
-        .api(Method::GET, "/v1/exams", &admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = app.get_json("/v1/exams", &admin).await;
     assert_eq!(all["exams"].as_array().unwrap().len(), 3);
 }
 
