@@ -37,7 +37,7 @@ use crate::{
     auth::{self, Claims, TokenError},
     http::ApiError,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
-    room::{CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, close},
+    room::{CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, close},
     roster::Admission,
     store::{now_ms, writer::Record},
 };
@@ -354,11 +354,6 @@ impl Connection {
         ending
     }
 
-    /// The cluster-wide session lease holder name of this connection.
-    fn lease_holder(&self) -> String {
-        format!("{}/{}", self.app.instance_id, self.session_id)
-    }
-
     /// Takes the student's cluster-wide session lease and says how the room
     /// should treat a session held on another instance.
     async fn claim_session(&self) -> ClusterJoin {
@@ -369,7 +364,7 @@ impl Connection {
             return ClusterJoin::Alone;
         }
         let ttl = self.app.settings.exam.lease_ttl;
-        let holder = self.lease_holder();
+        let holder = redis.holder(&self.session_id);
         let (exam, student) = (&self.exam_id, &self.claims.sub);
         let previous = match redis.claim_lease(exam, student, &holder, ttl, false).await {
             Ok(None) => return ClusterJoin::Alone,
@@ -436,9 +431,9 @@ impl Connection {
                     reply,
                 }
             } else {
-                RoomCmd::JoinStudent {
+                RoomCmd::JoinStudent(StudentJoin {
                     conn: self.id,
-                    student: StudentId {
+                    who: StudentId {
                         id: self.claims.sub.clone(),
                         name: self.claims.name.clone(),
                     },
@@ -448,7 +443,7 @@ impl Connection {
                     answered: answered.clone(),
                     out: out.clone(),
                     reply,
-                }
+                })
             };
             if room.send(cmd).await.is_ok() && joined.await.is_ok() {
                 return Some(room);

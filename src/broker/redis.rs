@@ -182,6 +182,11 @@ impl RedisBroker {
         &self.instance
     }
 
+    /// The lease holder name of one of this instance's sessions.
+    pub fn holder(&self, session: &str) -> String {
+        format!("{}/{session}", self.instance)
+    }
+
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }

@@ -89,7 +89,7 @@ pub(super) struct Room {
     teachers: HashMap<ConnId, Teacher>,
     /// Joins waiting for a liveness probe of the student's old connection,
     /// keyed by that old connection.
-    probes: HashMap<ConnId, (join::StudentJoin, tokio_util::time::delay_queue::Key)>,
+    probes: HashMap<ConnId, (super::StudentJoin, tokio_util::time::delay_queue::Key)>,
     /// Last `exam.history_size` events, contiguous by seq, for teachers' resume.
     history: VecDeque<(Seq, Utf8Bytes)>,
     /// Recent announcements, for students' resume.
@@ -189,25 +189,7 @@ impl Room {
 
     fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
-            RoomCmd::JoinStudent {
-                conn,
-                student,
-                session_id,
-                previous_session,
-                cluster,
-                answered,
-                out,
-                reply,
-            } => self.join_student(join::StudentJoin {
-                conn,
-                who: student,
-                session_id,
-                previous_session,
-                cluster,
-                answered,
-                out,
-                reply,
-            }),
+            RoomCmd::JoinStudent(join) => self.join_student(join),
             RoomCmd::JoinTeacher {
                 conn,
                 out,
@@ -406,14 +388,16 @@ impl Room {
                     at: now_ms(),
                 });
                 let at = Timestamp::now();
-                self.publish_event(Audience::Everyone, "announcement", None, |seq| {
-                    ServerMsg::Announcement {
-                        seq,
-                        text,
-                        at,
-                        from,
-                    }
-                    .encode()
+                self.publish_event(Audience::Everyone, "announcement", None, |_, seq| {
+                    Some(
+                        ServerMsg::Announcement {
+                            seq,
+                            text,
+                            at,
+                            from,
+                        }
+                        .encode(),
+                    )
                 });
             }
             ClientMsg::Resume { last_seq } => self.resume_teacher(conn, last_seq),
@@ -506,16 +490,17 @@ impl Room {
             self.timers.try_remove(&key);
         }
         if let Some(cause) = outcome.cause {
-            let Some(state) = self.students.get(sid).map(|st| st.state.clone()) else {
-                return;
-            };
-            self.publish_event(Audience::Teachers, "student", Some(sid), |seq| {
-                ServerMsg::Student {
-                    seq,
-                    student: &state,
-                    cause,
-                }
-                .encode()
+            // Encoded straight from the room's state: no copy per event.
+            self.publish_event(Audience::Teachers, "student", Some(sid), |room, seq| {
+                let st = room.students.get(sid)?;
+                Some(
+                    ServerMsg::Student {
+                        seq,
+                        student: &st.state,
+                        cause,
+                    }
+                    .encode(),
+                )
             });
         }
         if let Some(kind) = outcome.alert {
@@ -526,15 +511,33 @@ impl Room {
     fn emit_alert(&mut self, sid: &str, kind: AlertKind) {
         let sid: Arc<str> = sid.into();
         let at = Timestamp::now();
-        self.publish_event(Audience::Teachers, "alert", Some(&sid), |seq| {
-            ServerMsg::Alert {
-                seq,
-                student_id: &sid,
-                kind,
-                at,
-            }
-            .encode()
+        self.publish_event(Audience::Teachers, "alert", Some(&sid), |_, seq| {
+            Some(
+                ServerMsg::Alert {
+                    seq,
+                    student_id: &sid,
+                    kind,
+                    at,
+                }
+                .encode(),
+            )
         });
+    }
+
+    /// Keeps an event in the bounded history that `resume` replays from.
+    fn remember(&mut self, seq: Seq, bytes: &Utf8Bytes) {
+        self.history.push_back((seq, bytes.clone()));
+        if self.history.len() > self.ctx.settings.history_size {
+            self.history.pop_front();
+        }
+    }
+
+    /// Keeps an announcement for students' `resume`.
+    fn remember_announcement(&mut self, seq: Seq, bytes: &Utf8Bytes) {
+        self.announcements.push_back((seq, bytes.clone()));
+        if self.announcements.len() > self.ctx.settings.history_size {
+            self.announcements.pop_front();
+        }
     }
 
     /// The next event number, reserving more in the database ahead of use
@@ -562,15 +565,9 @@ impl Room {
         kind: &'static str,
         student: Option<&Arc<str>>,
     ) {
-        self.history.push_back((seq, bytes.clone()));
-        if self.history.len() > self.ctx.settings.history_size {
-            self.history.pop_front();
-        }
+        self.remember(seq, &bytes);
         if audience == Audience::Everyone {
-            self.announcements.push_back((seq, bytes.clone()));
-            if self.announcements.len() > self.ctx.settings.history_size {
-                self.announcements.pop_front();
-            }
+            self.remember_announcement(seq, &bytes);
         }
         self.ctx.metrics.events.fetch_add(1, Ordering::Relaxed);
         self.deliver(&bytes, audience);

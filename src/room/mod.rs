@@ -150,25 +150,28 @@ pub struct StudentId {
     pub name: String,
 }
 
+/// A student connection asking to join its exam's room.
+pub struct StudentJoin {
+    pub conn: ConnId,
+    pub who: StudentId,
+    pub session_id: String,
+    /// The `session_id` of this client's previous connection, if it says
+    /// so: a reconnect over a not-yet-detected dead socket is then the same
+    /// session, not a second one.
+    pub previous_session: Option<String>,
+    /// What the cluster-wide session lease said (always `Alone` in memory).
+    pub cluster: ClusterJoin,
+    /// With several instances: the student's answered questions, from the
+    /// database (another instance may have stored them).
+    pub answered: Option<std::collections::HashSet<String>>,
+    pub out: Outbox,
+    /// Answered once joined (or refused); dropped if the room ended.
+    pub reply: oneshot::Sender<()>,
+}
+
 /// What a connection asks of its room.
 pub enum RoomCmd {
-    JoinStudent {
-        conn: ConnId,
-        student: StudentId,
-        session_id: String,
-        /// The `session_id` of this client's previous connection, if it
-        /// says so: a reconnect over a not-yet-detected dead socket is then
-        /// the same session, not a second one.
-        previous_session: Option<String>,
-        /// What the cluster-wide session lease said (always `Alone` in memory).
-        cluster: ClusterJoin,
-        /// With several instances: the student's answered questions, from
-        /// the database (another instance may have stored them).
-        answered: Option<std::collections::HashSet<String>>,
-        out: Outbox,
-        /// Answered once joined (or refused); dropped if the room ended.
-        reply: oneshot::Sender<()>,
-    },
+    JoinStudent(StudentJoin),
     JoinTeacher {
         conn: ConnId,
         out: Outbox,

@@ -251,6 +251,21 @@ impl TestApp {
             .expect("a JSON body")
     }
 
+    /// The whole timeline of an exam, read page by page (`limit` per page).
+    pub async fn timeline(&self, exam: &str, token: &str, limit: u32) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let path = format!("/v1/exams/{exam}/timeline?after_seq={after}&limit={limit}");
+            let page = self.get_json(&path, token).await;
+            events.extend(page["events"].as_array().expect("events").iter().cloned());
+            after = page["next_after_seq"].as_i64().expect("next_after_seq");
+            if page["has_more"] == false {
+                return events;
+            }
+        }
+    }
+
     /// Waits until everything queued for the database is committed.
     pub async fn flushed(&self) {
         let stats = self.state.writer.stats();

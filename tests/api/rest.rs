@@ -121,27 +121,7 @@ async fn the_timeline_pages_through_the_event_log(db: Backend) {
         live.push(t.next_json().await); // connected, 4 × progress, focus_lost, alert
     }
     app.flushed().await;
-    let mut pages = Vec::new();
-    let mut after = 0;
-    loop {
-        let page: Value = app
-            .api(
-                Method::GET,
-                &format!("/v1/exams/e1/timeline?after_seq={after}&limit=3"),
-                &teacher,
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        pages.extend(page["events"].as_array().unwrap().clone());
-        after = page["next_after_seq"].as_i64().unwrap();
-        if page["has_more"] == false {
-            break;
-        }
-    }
+    let pages = app.timeline("e1", &teacher, 3).await;
     assert_eq!(
         pages, live,
         "the log holds exactly what teachers saw, in order"

@@ -31,17 +31,19 @@ impl Room {
         audience: Audience,
         kind: &'static str,
         student: Option<&Arc<str>>,
-        build: impl Fn(Seq) -> Utf8Bytes,
+        build: impl Fn(&Room, Seq) -> Option<Utf8Bytes>,
     ) {
         let broker = self.ctx.broker.clone();
         match &broker {
             Broker::Memory => {
                 let seq = self.next_seq();
-                let bytes = build(seq);
+                let Some(bytes) = build(self, seq) else {
+                    return;
+                };
                 self.emit(seq, bytes, audience, kind, student);
             }
             broker @ Broker::Redis(_) if broker.healthy() => {
-                let body = build(0);
+                let Some(body) = build(self, 0) else { return };
                 let queued = broker.publish(Draft {
                     exam: self.exam_id.clone(),
                     body: body.as_str().to_owned(),
@@ -59,15 +61,14 @@ impl Room {
                 // provisional local seq; the event still goes to Redis (and
                 // the other instances) once it is back, and our teachers get
                 // a snapshot then, since the cluster numbers it anew.
+                let (Some(bytes), Some(draft_body)) = (build(self, self.seq + 1), build(self, 0))
+                else {
+                    return;
+                };
                 self.seq += 1;
                 let seq = self.seq;
-                let bytes = build(seq);
-                let draft_body = build(0);
                 self.diverged = true;
-                self.history.push_back((seq, bytes.clone()));
-                if self.history.len() > self.ctx.settings.history_size {
-                    self.history.pop_front();
-                }
+                self.remember(seq, &bytes);
                 self.deliver(&bytes, audience);
                 let _ = broker.publish(Draft {
                     exam: self.exam_id.clone(),
@@ -122,10 +123,7 @@ impl Room {
             self.mirror(sid, p.event.as_str());
         }
         if p.kind == "announcement" {
-            self.announcements.push_back((p.seq, p.event.clone()));
-            if self.announcements.len() > self.ctx.settings.history_size {
-                self.announcements.pop_front();
-            }
+            self.remember_announcement(p.seq, &p.event);
         }
         if gap {
             // Events were missed (a lost subscription): the history has a
@@ -146,10 +144,7 @@ impl Room {
             self.start_resync();
             return;
         }
-        self.history.push_back((p.seq, p.event.clone()));
-        if self.history.len() > self.ctx.settings.history_size {
-            self.history.pop_front();
-        }
+        self.remember(p.seq, &p.event);
         self.ctx
             .metrics
             .events
@@ -293,7 +288,6 @@ impl Room {
         let Broker::Redis(redis) = &self.ctx.broker else {
             return;
         };
-        let instance = redis.instance().clone();
         // Students with a socket here, or within their grace period here.
         let leases: Vec<(Arc<str>, String, bool)> = self
             .students
@@ -302,7 +296,7 @@ impl Room {
             .filter_map(|(sid, st)| {
                 st.session_id
                     .as_ref()
-                    .map(|s| (sid.clone(), format!("{instance}/{s}"), st.conn.is_none()))
+                    .map(|s| (sid.clone(), redis.holder(s), st.conn.is_none()))
             })
             .collect();
         let orphans: Vec<Arc<str>> = self
@@ -335,7 +329,7 @@ impl Room {
         let Some(session) = self.students.get(sid).and_then(|st| st.session_id.clone()) else {
             return;
         };
-        let mine = format!("{}/{session}", redis.instance());
+        let mine = redis.holder(&session);
         let (redis, exam, sid, inbox) = (
             redis.clone(),
             self.exam_id.clone(),
@@ -370,7 +364,7 @@ impl Room {
         let Some(session) = self.students.get(sid).and_then(|st| st.session_id.clone()) else {
             return;
         };
-        let holder = format!("{}/{session}", redis.instance());
+        let holder = redis.holder(&session);
         let (redis, exam, sid) = (redis.clone(), self.exam_id.clone(), sid.clone());
         self.ctx.tracker.spawn(async move {
             redis.release_lease(&exam, &sid, &holder).await;

@@ -139,7 +139,7 @@ impl Room {
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
-                RoomCmd::JoinStudent { out, reply, .. }
+                RoomCmd::JoinStudent(crate::room::StudentJoin { out, reply, .. })
                 | RoomCmd::JoinTeacher { out, reply, .. } => {
                     out.kick.kick(close::TRY_AGAIN);
                     let _ = reply.send(());

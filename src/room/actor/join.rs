@@ -12,26 +12,12 @@
 
 use std::{sync::Arc, time::Instant};
 
-use tokio::sync::oneshot;
-
 use super::{Room, Timer};
 use crate::{
     config::SecondSession,
     protocol::{AlertKind, Cause, ServerMsg, Timestamp},
-    room::{ConnId, Outbox, StudentId, close, students::Outcome, students::Student},
+    room::{ConnId, StudentJoin, close, students::Outcome, students::Student},
 };
-
-/// A join request, kept whole while a probe is pending.
-pub(in crate::room) struct StudentJoin {
-    pub conn: ConnId,
-    pub who: StudentId,
-    pub session_id: String,
-    pub previous_session: Option<String>,
-    pub cluster: crate::room::ClusterJoin,
-    pub answered: Option<std::collections::HashSet<String>>,
-    pub out: Outbox,
-    pub reply: oneshot::Sender<()>,
-}
 
 /// Repeated second-session alerts for one student are folded within this.
 const ALERT_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
