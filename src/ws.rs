@@ -27,9 +27,10 @@ use axum::{
 use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::oneshot,
     time::{Instant, MissedTickBehavior},
 };
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use crate::{
@@ -37,7 +38,10 @@ use crate::{
     auth::{self, Claims, TokenError},
     http::ApiError,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
-    room::{CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, close},
+    room::{
+        CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, close,
+        queue::QueueRx,
+    },
     roster::Admission,
     store::{now_ms, writer::Record},
 };
@@ -197,7 +201,7 @@ pub async fn handshake(
     // Frames a little over the limit are read whole so they can be refused
     // with a clean 1009; far larger ones are cut off by tungstenite itself.
     let hard_cap = max.saturating_mul(4).max(64 * 1024);
-    let conn = Connection {
+    let conn = Box::new(Connection {
         id: app.next_conn_id(),
         exam_id: exam_id.into(),
         name: claims.name.as_str().into(),
@@ -209,7 +213,7 @@ pub async fn handshake(
         last_seq: params.last_seq,
         previous_session: params.previous_session.filter(|s| s.len() <= 64),
         app: app.clone(),
-    };
+    });
     let guard = app.tracker.token();
     upgrade
         .protocols([SUBPROTOCOL])
@@ -218,10 +222,7 @@ pub async fn handshake(
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| async move {
-            let _guard = guard;
-            conn.run(socket).await;
-        })
+        .on_upgrade(move |socket| conn.run(socket, guard))
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -257,7 +258,13 @@ impl Connection {
         self.claims.role.is_watcher()
     }
 
-    async fn run(self, socket: WebSocket) {
+    /// The connection's life. Its future is the task's whole footprint
+    /// while the connection idles, so it is kept lean: the connection is
+    /// boxed (the task's outer layers keep their own copy of whatever they
+    /// were given for the whole life of the task), the socket is owned here
+    /// only, and the log lines run synchronously inside the span instead of
+    /// wrapping the whole body in another future layer.
+    async fn run(self: Box<Self>, mut socket: WebSocket, _guard: TaskTrackerToken) {
         let span = tracing::info_span!(
             "conn",
             conn_id = self.id,
@@ -265,89 +272,101 @@ impl Connection {
             user_id = %self.claims.sub,
             role = self.claims.role.as_str(),
         );
-        async move {
-            let started = Instant::now();
-            let gauge = if self.watcher() {
-                &self.app.metrics.teachers_connected
-            } else {
-                &self.app.metrics.students_connected
-            };
-            gauge.fetch_add(1, Ordering::Relaxed);
-            self.app
-                .metrics
-                .connections_total
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                ip = %self.peer, user_agent = %self.user_agent, auth = "ok",
-                session_id = %self.session_id,
-                protocol = socket.protocol().and_then(|p| p.to_str().ok()).unwrap_or("-"),
-                "connected"
-            );
-            self.app.writer.write(Record::SessionOpened {
-                id: self.session_id.clone(),
-                exam_id: self.exam_id.clone(),
-                user_id: self.claims.sub.clone(),
-                role: self.claims.role.as_str(),
-                at: now_ms(),
-                ip: self.peer.to_string(),
-                user_agent: self.user_agent.clone(),
-                instance_id: self.app.instance_id.clone(),
-            });
-            let ending = self.serve(socket).await;
-            gauge.fetch_sub(1, Ordering::Relaxed);
-            let (code, reason, by) = match &ending {
-                Ending::Server(r) => (Some(r.code), r.reason.to_owned(), "server"),
-                Ending::Client { code, reason } => (*code, reason.clone(), "client"),
-                Ending::Dropped(e) => (None, e.clone(), "transport"),
-            };
-            self.app.writer.write(Record::SessionClosed {
-                id: self.session_id.clone(),
-                at: now_ms(),
-                code: code.map(i64::from),
-                reason: format!("{by}: {reason}"),
-            });
-            tracing::info!(
-                ip = %self.peer, user_agent = %self.user_agent,
-                close_code = code.map(i64::from).unwrap_or(-1), close_reason = %reason,
-                closed_by = by, duration_ms = started.elapsed().as_millis() as u64,
-                "disconnected"
-            );
-        }
-        .instrument(span)
-        .await
+        let started = Instant::now();
+        span.in_scope(|| self.opened(&socket));
+        let ending = self.serve(&mut socket).instrument(span.clone()).await;
+        span.in_scope(|| self.closed(&ending, started));
     }
 
-    async fn serve(&self, mut socket: WebSocket) -> Ending {
+    fn gauge(&self) -> &std::sync::atomic::AtomicI64 {
+        if self.watcher() {
+            &self.app.metrics.teachers_connected
+        } else {
+            &self.app.metrics.students_connected
+        }
+    }
+
+    fn opened(&self, socket: &WebSocket) {
+        self.gauge().fetch_add(1, Ordering::Relaxed);
+        self.app
+            .metrics
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            ip = %self.peer, user_agent = %self.user_agent, auth = "ok",
+            session_id = %self.session_id,
+            protocol = socket.protocol().and_then(|p| p.to_str().ok()).unwrap_or("-"),
+            "connected"
+        );
+        self.app.writer.write(Record::SessionOpened {
+            id: self.session_id.clone(),
+            exam_id: self.exam_id.clone(),
+            user_id: self.claims.sub.clone(),
+            role: self.claims.role.as_str(),
+            at: now_ms(),
+            ip: self.peer.to_string(),
+            user_agent: self.user_agent.clone(),
+            instance_id: self.app.instance_id.clone(),
+        });
+    }
+
+    fn closed(&self, ending: &Ending, started: Instant) {
+        self.gauge().fetch_sub(1, Ordering::Relaxed);
+        let (code, reason, by) = match ending {
+            Ending::Server(r) => (Some(r.code), r.reason.to_owned(), "server"),
+            Ending::Client { code, reason } => (*code, reason.clone(), "client"),
+            Ending::Dropped(e) => (None, e.clone(), "transport"),
+        };
+        self.app.writer.write(Record::SessionClosed {
+            id: self.session_id.clone(),
+            at: now_ms(),
+            code: code.map(i64::from),
+            reason: format!("{by}: {reason}"),
+        });
+        tracing::info!(
+            ip = %self.peer, user_agent = %self.user_agent,
+            close_code = code.map(i64::from).unwrap_or(-1), close_reason = %reason,
+            closed_by = by, duration_ms = started.elapsed().as_millis() as u64,
+            "disconnected"
+        );
+    }
+
+    async fn serve(&self, socket: &mut WebSocket) -> Ending {
         let settings = &self.app.settings;
         let queue = if self.watcher() {
             settings.ws.teacher_queue
         } else {
             settings.ws.student_queue
         };
-        let (tx, mut rx) = mpsc::channel(queue);
+        let (tx, mut rx) = crate::room::queue::queue(queue);
         let kick = Kick::default();
         let out = Outbox {
             tx,
             kick: kick.clone(),
         };
-        let Some(room) = self.join(out).await else {
+        // Boxed here and below: a future's size is that of its largest
+        // await point, and it lives for the connection's whole life. The
+        // join (lease claim, database read) and the write and message
+        // handlers only run briefly, so they live on the heap while they
+        // do: the idle connection's task shrank from 5.6 KB to under 1 KB.
+        let Some(room) = Box::pin(self.join(out)).await else {
             let reason = if self.app.shutdown.is_cancelled() {
                 close::GOING_AWAY
             } else {
                 close::TRY_AGAIN
             };
-            close_socket(&mut socket, &reason).await;
+            Box::pin(close_socket(socket, &reason)).await;
             return Ending::Server(reason);
         };
-        let ending = self.pump(&mut socket, &mut rx, &kick, &room).await;
+        let ending = self.pump(socket, &mut rx, &kick, &room).await;
         // The room keeps the session lease through the grace period (marked
         // `/grace`) and releases it when the student is gone for good.
-        let _ = room.send(RoomCmd::Leave { conn: self.id }).await;
+        let _ = Box::pin(room.send(RoomCmd::Leave { conn: self.id })).await;
         match &ending {
-            Ending::Server(reason) => close_socket(&mut socket, reason).await,
+            Ending::Server(reason) => Box::pin(close_socket(socket, reason)).await,
             // Let tungstenite flush its automatic close reply.
             Ending::Client { .. } => {
-                let _ = tokio::time::timeout(CLOSE_WAIT, socket.recv()).await;
+                let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, socket.recv())).await;
             }
             Ending::Dropped(_) => {}
         }
@@ -457,7 +476,7 @@ impl Connection {
     async fn pump(
         &self,
         socket: &mut WebSocket,
-        rx: &mut mpsc::Receiver<Utf8Bytes>,
+        rx: &mut QueueRx,
         kick: &Kick,
         room: &RoomHandle,
     ) -> Ending {
@@ -476,7 +495,7 @@ impl Connection {
                 // Frames already queued go before a kick is noticed, so a
                 // `session_invalidated` reaches the socket it concerns; a
                 // write that blocks still yields to the kick (see `guarded`).
-                Some(first) = rx.recv() => self.write_batch(socket, first, rx, kick).await,
+                first = rx.recv() => Box::pin(self.write_batch(socket, first, rx, kick)).await,
                 reason = kick.kicked() => Err(Ending::Server(reason)),
                 incoming = socket.recv() => match incoming {
                     None => Err(Ending::Dropped("connection closed without a close frame".into())),
@@ -485,11 +504,11 @@ impl Connection {
                         last_seen = Instant::now();
                         match msg {
                             Message::Text(text) => {
-                                self.on_text(socket, text, room, kick, &mut limiter, &mut bad).await
+                                Box::pin(self.on_text(socket, text, room, kick, &mut limiter, &mut bad)).await
                             }
                             Message::Binary(_) => Err(Ending::Server(close::UNSUPPORTED)),
                             Message::Pong(payload) if payload.as_ref() == PROBE => {
-                                let _ = room.send(RoomCmd::Alive { conn: self.id }).await;
+                                let _ = Box::pin(room.send(RoomCmd::Alive { conn: self.id })).await;
                                 Ok(())
                             }
                             Message::Ping(_) | Message::Pong(_) => Ok(()),
@@ -506,14 +525,15 @@ impl Connection {
                 },
                 _ = kick.probed() => {
                     let ping = Message::Ping(axum::body::Bytes::from_static(PROBE));
-                    guarded(kick, &shutdown, socket.send(ping)).await
+                    Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
                 }
                 _ = ping.tick() => {
                     if last_seen.elapsed() > interval * 2 {
                         self.app.metrics.ping_timeouts.fetch_add(1, Ordering::Relaxed);
                         Err(Ending::Server(close::PING_TIMEOUT))
                     } else {
-                        guarded(kick, &shutdown, socket.send(Message::Ping(Default::default()))).await
+                        let ping = Message::Ping(Default::default());
+                        Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
                     }
                 }
             };
@@ -529,15 +549,15 @@ impl Connection {
         &self,
         socket: &mut WebSocket,
         first: Utf8Bytes,
-        rx: &mut mpsc::Receiver<Utf8Bytes>,
+        rx: &mut QueueRx,
         kick: &Kick,
     ) -> Result<(), Ending> {
         let shutdown = &self.app.shutdown;
         guarded(kick, shutdown, socket.feed(Message::Text(first))).await?;
         for _ in 0..64 {
             match rx.try_recv() {
-                Ok(more) => guarded(kick, shutdown, socket.feed(Message::Text(more))).await?,
-                Err(_) => break,
+                Some(more) => guarded(kick, shutdown, socket.feed(Message::Text(more))).await?,
+                None => break,
             }
         }
         guarded(kick, shutdown, socket.flush()).await

@@ -1,27 +1,47 @@
 //! `examwatch-loadgen`: drives an examwatch (or peer) server with simulated
 //! exams and reports latency, delivery, loss and duplicates. See
 //! `examwatch::loadgen` for how it measures.
+//!
+//! `--processes N` splits the exams over N child processes of this same
+//! binary (each under its own 20,000 open-files limit and with its own
+//! source addresses): they connect, report `ready`, start sending together
+//! when the parent says `go`, and hand back reports whose histograms the
+//! parent merges exactly.
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::IpAddr,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use clap::Parser;
 use examwatch::{
     auth::Keys,
     config::{AuthSettings, Secret},
-    loadgen::{Plan, run},
+    loadgen::{Framing, Plan, Report, connect},
 };
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(name = "examwatch-loadgen", about = "Open-loop load for examwatch")]
 struct Args {
-    /// Server address, host:port.
+    /// Server address students connect to, host:port.
     #[arg(long, default_value = "127.0.0.1:8080")]
     server: std::net::SocketAddr,
+    /// Teachers connect here instead (e.g. a second instance behind Redis).
+    #[arg(long)]
+    teacher_server: Option<std::net::SocketAddr>,
+    /// Wire framing of the server under test.
+    #[arg(long, value_enum, default_value = "examwatch")]
+    framing: Framing,
     /// The server's HS256 secret (to mint tokens).
     #[arg(long, env = "EXAMWATCH__AUTH__JWT_SECRET")]
     secret: String,
     #[arg(long, default_value_t = 10)]
     exams: usize,
+    /// Number of the first exam (set for child processes).
+    #[arg(long, default_value_t = 0)]
+    first_exam: usize,
     #[arg(long, default_value_t = 30)]
     students: usize,
     #[arg(long, default_value_t = 1)]
@@ -37,6 +57,21 @@ struct Args {
     /// Exam id prefix.
     #[arg(long, default_value = "load-")]
     prefix: String,
+    /// Extra teachers in the first exam that never read.
+    #[arg(long, default_value_t = 0)]
+    slow_teachers: usize,
+    /// Every client drops and reconnects this long after sending starts.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    storm_after: Option<Duration>,
+    /// Handshakes in flight at once while connecting.
+    #[arg(long, default_value_t = 32)]
+    connect_concurrency: usize,
+    /// Split the exams over this many processes.
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Internal: run as a child of `--processes`.
+    #[arg(long, hide = true)]
+    child: bool,
     /// Write the JSON report here (default: stdout only).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -45,6 +80,33 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut report = if args.processes > 1 && !args.child {
+        tokio::task::spawn_blocking({
+            let args = args.clone();
+            move || parent(&args)
+        })
+        .await??
+    } else {
+        single(&args).await?
+    };
+    if args.child {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    report.histogram.clear();
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, &json)?;
+    }
+    for line in report.summary().lines() {
+        eprintln!("loadgen: {line}");
+    }
+    println!("{json}");
+    Ok(())
+}
+
+/// One process: connect, (as a child: say ready and wait for go), send.
+async fn single(args: &Args) -> anyhow::Result<Report> {
     let keys = Keys::from_settings(
         &AuthSettings {
             jwt_secret: Some(Secret::new(args.secret.clone())),
@@ -54,36 +116,108 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let plan = Plan {
         server: args.server,
+        teacher_server: args.teacher_server,
+        framing: args.framing,
         exams: args.exams,
+        first_exam: args.first_exam,
         students: args.students,
         teachers: args.teachers,
         rate: args.rate,
         duration: args.duration,
-        sources: args.sources,
-        prefix: args.prefix,
+        sources: args.sources.clone(),
+        prefix: args.prefix.clone(),
+        slow_teachers: args.slow_teachers,
+        storm_after: args.storm_after,
+        connect_concurrency: args.connect_concurrency,
     };
-    let report = run(&plan, &keys, |line| eprintln!("loadgen: {line}")).await?;
-    let json = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, &json)?;
+    let tag = if args.child {
+        format!("loadgen[{}]", args.first_exam)
+    } else {
+        "loadgen".to_owned()
+    };
+    let connected = connect(&plan, &keys).await?;
+    if args.child {
+        println!("ready {}", connected.connections());
+        tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)
+        })
+        .await??;
     }
-    let l = &report.latency_us;
-    eprintln!(
-        "loadgen: {} connections | sent {} at {:.0}/s | delivered {}/{} | lost {} | duplicated {}\n\
-         loadgen: latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
-        report.connections,
-        report.sent,
-        report.achieved_rate,
-        report.delivered,
-        report.expected,
-        report.lost,
-        report.duplicated,
-        l.p50,
-        l.p90,
-        l.p99,
-        l.p999,
-        l.max
-    );
-    println!("{json}");
-    Ok(())
+    let mut report = connected
+        .send(|line| eprintln!("{tag}: {line}"))
+        .await?;
+    if !args.child {
+        report.histogram.clear();
+    }
+    Ok(report)
+}
+
+/// Several processes: split exams (and sources), start them together, merge.
+fn parent(args: &Args) -> anyhow::Result<Report> {
+    let exe = std::env::current_exe()?;
+    let p = args.processes.min(args.exams.max(1));
+    let mut children = Vec::new();
+    let mut first = 0;
+    for i in 0..p {
+        let exams = args.exams / p + usize::from(i < args.exams % p);
+        let sources: Vec<String> = args
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| args.sources.len() < p || j % p == i)
+            .map(|(_, s)| s.to_string())
+            .collect();
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--child", "--processes", "1"])
+            .args(["--server", &args.server.to_string()])
+            .args(["--framing", framing_name(args.framing)])
+            .args(["--secret", &args.secret])
+            .args(["--exams", &exams.to_string()])
+            .args(["--first-exam", &(args.first_exam + first).to_string()])
+            .args(["--students", &args.students.to_string()])
+            .args(["--teachers", &args.teachers.to_string()])
+            .args(["--rate", &(args.rate * exams as f64 / args.exams as f64).to_string()])
+            .args(["--duration", &humantime::format_duration(args.duration).to_string()])
+            .args(["--sources", &sources.join(",")])
+            .args(["--prefix", &args.prefix])
+            .args(["--connect-concurrency", &args.connect_concurrency.to_string()])
+            .args(["--slow-teachers", &if i == 0 { args.slow_teachers } else { 0 }.to_string()]);
+        if let Some(t) = args.teacher_server {
+            cmd.args(["--teacher-server", &t.to_string()]);
+        }
+        if let Some(s) = args.storm_after {
+            cmd.args(["--storm-after", &humantime::format_duration(s).to_string()]);
+        }
+        first += exams;
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+        let stdout = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+        children.push((child, stdout));
+    }
+    for (_, out) in &mut children {
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        anyhow::ensure!(line.starts_with("ready"), "a child failed to connect: {line:?}");
+    }
+    eprintln!("loadgen: {p} processes connected; go");
+    for (child, _) in &mut children {
+        if let Some(stdin) = child.stdin.as_mut() {
+            stdin.write_all(b"go\n")?;
+        }
+    }
+    let mut parts = Vec::new();
+    for (mut child, mut out) in children {
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        parts.push(serde_json::from_str(&line)?);
+        child.wait()?;
+    }
+    Report::merge(parts)
+}
+
+fn framing_name(f: Framing) -> &'static str {
+    match f {
+        Framing::Examwatch => "examwatch",
+        Framing::Socketio => "socketio",
+    }
 }

@@ -14,7 +14,7 @@ use std::{
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::{
-    sync::mpsc::{self, error::TrySendError},
+    sync::mpsc,
     time::Instant,
 };
 use tokio_util::time::DelayQueue;
@@ -693,8 +693,8 @@ fn try_push(out: &Outbox, bytes: Utf8Bytes) -> bool {
         Ok(()) => true,
         // A closed queue means the connection is already gone; its Leave
         // is on the way.
-        Err(TrySendError::Closed(_)) => true,
-        Err(TrySendError::Full(_)) => false,
+        Err(super::queue::PushError::Closed) => true,
+        Err(super::queue::PushError::Full) => false,
     }
 }
 

@@ -18,6 +18,7 @@
 //! `deliver`s what its subscription receives.
 
 mod actor;
+pub mod queue;
 mod students;
 
 use std::{
@@ -28,7 +29,6 @@ use std::{
     },
 };
 
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -139,7 +139,7 @@ impl Kick {
 /// How the room reaches one connection.
 #[derive(Clone)]
 pub struct Outbox {
-    pub tx: mpsc::Sender<Utf8Bytes>,
+    pub tx: queue::QueueTx,
     pub kick: Kick,
 }
 

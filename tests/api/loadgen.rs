@@ -12,14 +12,13 @@ use crate::helpers::*;
 async fn the_load_generator_delivers_every_event_exactly_once() {
     let app = spawn_app_with(|s| s.limits.messages_per_second = 1000).await;
     let plan = Plan {
-        server: app.addr,
         exams: 2,
         students: 10,
         teachers: 2,
         rate: 500.0,
         duration: Duration::from_secs(2),
-        sources: vec!["127.0.0.1".parse().unwrap()],
         prefix: "smoke-".into(),
+        ..Plan::new(app.addr)
     };
     let report = run(&plan, &app.keys, |_| {})
         .await
@@ -33,4 +32,51 @@ async fn the_load_generator_delivers_every_event_exactly_once() {
     assert_eq!(report.delivered, report.expected);
     assert_eq!((report.lost, report.duplicated), (0, 0));
     assert!(report.latency_us.max >= report.latency_us.p50);
+}
+
+#[tokio::test]
+async fn a_reconnect_storm_loses_nothing_and_everyone_comes_back() {
+    let app = spawn_app_with(|s| s.limits.messages_per_second = 1000).await;
+    let plan = Plan {
+        exams: 2,
+        students: 8,
+        teachers: 1,
+        rate: 300.0,
+        duration: Duration::from_secs(2),
+        prefix: "storm-".into(),
+        storm_after: Some(Duration::from_millis(800)),
+        ..Plan::new(app.addr)
+    };
+    let report = run(&plan, &app.keys, |_| {})
+        .await
+        .expect("the run completes");
+    let storm = report.storm.expect("the storm happened");
+    assert_eq!(storm.clients, 18, "16 students and 2 teachers dropped");
+    assert_eq!(storm.back, 18, "every client came back");
+    assert_eq!(storm.snapshots, 0, "teachers resumed with a replay");
+    assert_eq!(report.connect_errors, 0);
+    assert_eq!(report.sent, 600);
+    assert_eq!(report.delivered, report.expected);
+    assert_eq!((report.lost, report.duplicated), (0, 0));
+}
+
+#[tokio::test]
+async fn a_teacher_who_never_reads_does_not_cost_the_others_an_event() {
+    let app = spawn_app_with(|s| s.limits.messages_per_second = 1000).await;
+    let plan = Plan {
+        exams: 1,
+        students: 10,
+        teachers: 2,
+        rate: 1000.0,
+        duration: Duration::from_secs(2),
+        prefix: "slow-".into(),
+        slow_teachers: 1,
+        ..Plan::new(app.addr)
+    };
+    let report = run(&plan, &app.keys, |_| {})
+        .await
+        .expect("the run completes");
+    assert_eq!(report.connections, 13);
+    assert_eq!(report.delivered, report.expected);
+    assert_eq!((report.lost, report.duplicated), (0, 0));
 }

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# examwatch side by side with its Node.js peers, A/B alternated in one run:
+#   bench/ab.sh [ROUNDS]     (default 3 rounds; order ABBA-alternates per round)
+# Per round and server: p99 at 5k and 20k events/s, server CPU µs per event at
+# 20k/s, RSS per idle connection (10,000 sockets); and the two-instance case
+# through Redis (examwatch x2 vs Socket.IO + @socket.io/redis-adapter x2).
+# Then the latency curve (p50/p99 vs offered rate) for the plot.
+# Writes bench/out/ab-*.json; bench/ab-report.py turns them into tables and
+# docs/img/latency-vs-rate.svg.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+ROUNDS=${1:-3}
+build
+for d in node-ws socketio; do
+    [ -d "bench/peers/$d/node_modules" ] || (cd "bench/peers/$d" && npm ci --silent)
+done
+
+one_instance() { # LABEL ROUND
+    local label=$1 r=$2 framing=examwatch
+    case $label in
+        examwatch) start_server S ;;
+        node-ws) start_peer S node-ws ;;
+        socketio) start_peer S socketio; framing=socketio ;;
+    esac
+    for rate in 5000 20000; do
+        loadgen --server "$ADDR_S" --framing $framing --exams 100 --students 30 --teachers 1 --rate $rate \
+            --duration 10s --prefix "ab$rate-" --json "$OUT/ab-$label-lat$rate-r$r.json" >/dev/null 2>&1
+    done
+    cpu_run S "$ADDR_S" "$label-r$r" $framing >/dev/null
+    cp "$OUT/cpu-$label-r$r-us.json" "$OUT/ab-$label-cpu-r$r.json"
+    stop_server S
+    case $label in
+        examwatch) start_server S ;;
+        *) start_peer S "$label" ;;
+    esac
+    idle_run S "$ADDR_S" 10000 "$label-r$r" $framing >/dev/null
+    cp "$OUT/idle-$label-r$r-rss.json" "$OUT/ab-$label-idle-r$r.json"
+    stop_server S
+}
+
+two_instances() { # LABEL ROUND
+    local label=$1 r=$2 framing=examwatch
+    start_redis
+    case $label in
+        examwatch) start_server A "$REDIS_URL"; start_server B "$REDIS_URL" ;;
+        socketio) start_peer A socketio "$REDIS_URL"; start_peer B socketio "$REDIS_URL"; framing=socketio ;;
+    esac
+    for rate in 5000 20000; do
+        loadgen --server "$ADDR_A" --teacher-server "$ADDR_B" --framing $framing --exams 100 --students 30 \
+            --teachers 1 --rate $rate --duration 10s --prefix "ab2$rate-" \
+            --json "$OUT/ab-$label-redis$rate-r$r.json" >/dev/null 2>&1
+    done
+    stop_server A; stop_server B
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    REDIS_PORT=
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+    if [ $((r % 2)) = 1 ]; then order="examwatch node-ws socketio"; else order="socketio node-ws examwatch"; fi
+    for label in $order; do echo "ab: round $r, $label, one instance"; one_instance "$label" "$r"; done
+    if [ $((r % 2)) = 1 ]; then order="examwatch socketio"; else order="socketio examwatch"; fi
+    for label in $order; do echo "ab: round $r, $label, two instances through Redis"; two_instances "$label" "$r"; done
+done
+
+# The curve: one server each, rates alternating between them.
+start_server E; start_peer N node-ws
+for rate in 2000 5000 10000 20000 30000 40000 60000; do
+    for label in examwatch node-ws; do
+        addr=$ADDR_E; [ $label = node-ws ] && addr=$ADDR_N
+        echo "ab: curve $label $rate/s"
+        loadgen --server "$addr" --exams 100 --students 30 --teachers 1 --rate $rate --duration 8s \
+            --processes 2 --prefix "c$rate-" --json "$OUT/ab-$label-curve$rate.json" >/dev/null 2>&1 || true
+    done
+done
+python3 bench/ab-report.py

@@ -1,0 +1,116 @@
+# Helpers shared by bench/run.sh and bench/ab.sh (sourced, not run).
+OUT=bench/out; mkdir -p "$OUT"
+SECRET=bench-secret-bench-secret-bench-secret-42
+BIN=target/release
+PIDS=()
+
+build() { cargo build --release --locked --bins -q; }
+
+# start_server NAME [REDIS_URL] [DATABASE_URL]: sets PID_NAME and ADDR_NAME.
+start_server() {
+    local name=$1 redis=${2:-} db=${3:-} port
+    port=$(free_port)
+    [ -n "$db" ] || db="sqlite://$(mktemp -d)/bench.db"
+    EXAMWATCH__AUTH__JWT_SECRET=$SECRET EXAMWATCH__SERVER__BIND=127.0.0.1:$port \
+    EXAMWATCH__LIMITS__MESSAGES_PER_SECOND=1000 EXAMWATCH__LOG__LEVEL=warn \
+    EXAMWATCH__EXAM__IDLE_AFTER=1h EXAMWATCH__DATABASE__URL=$db \
+    EXAMWATCH__BROKER__REDIS_URL=$redis EXAMWATCH__DATABASE__INSTANCE_ID=bench-$name \
+        $BIN/examwatch >"$OUT/server-$name.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    printf -v "PID_$name" %s "$pid"; printf -v "ADDR_$name" %s "127.0.0.1:$port"
+    wait_http "127.0.0.1:$port"
+}
+
+# start_peer NAME DIR [REDIS_URL]: a Node.js peer from bench/peers/DIR.
+start_peer() {
+    local name=$1 dir=$2 redis=${3:-} port
+    port=$(free_port)
+    [ -d "bench/peers/$dir/node_modules" ] || (cd "bench/peers/$dir" && npm ci --silent)
+    PORT=$port REDIS_URL=$redis node "bench/peers/$dir/server.js" >"$OUT/peer-$name.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    printf -v "PID_$name" %s "$pid"; printf -v "ADDR_$name" %s "127.0.0.1:$port"
+    wait_http "127.0.0.1:$port"
+}
+
+wait_http() {
+    for _ in $(seq 1 100); do curl -fs "http://$1/healthz" >/dev/null && return; sleep 0.1; done
+    echo "server on $1 did not start" >&2; exit 1
+}
+
+stop_server() {
+    local pid_var="PID_$1"
+    kill -TERM "${!pid_var}" 2>/dev/null || true
+    wait "${!pid_var}" 2>/dev/null || true
+}
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -z "${REDIS_PORT:-}" ] || redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+metric() { curl -fs "http://$2/metrics" | awk -v m="examwatch_$1" '$1 == m {print $2}'; }
+loadgen() { $BIN/examwatch-loadgen --secret $SECRET "$@"; }
+json_field() { python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print(eval('d'+sys.argv[2]))" "$1" "$2"; }
+
+start_redis() {
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+        --logfile "$PWD/$OUT/redis.log" >/dev/null
+    for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
+}
+
+pg_db() {
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $1" >/dev/null
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $1" >/dev/null
+}
+
+# cpu_run NAME ADDR LABEL [FRAMING]: server CPU µs per event at 20k events/s.
+cpu_run() {
+    local pid_var="PID_$1" t0 t1 events
+    loadgen --server "$2" --framing "${4:-examwatch}" --exams 100 --students 30 --teachers 1 \
+        --rate 20000 --duration 10s --prefix "cpu$RANDOM-" >"$OUT/cpu-$3.json" 2>"$OUT/cpu-$3.log" &
+    local lg=$!
+    until grep -q 'sending' "$OUT/cpu-$3.log"; do sleep 0.2; done
+    t0=$(cpu_ticks "${!pid_var}")
+    wait $lg
+    t1=$(cpu_ticks "${!pid_var}")
+    events=$(json_field "$OUT/cpu-$3.json" "['delivered']")
+    echo "{\"server\": \"$3\", \"events\": $events, \"cpu_ticks\": $((t1 - t0)), \"us_per_event\": $(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $events, 2))")}" \
+        | tee "$OUT/cpu-$3-us.json"
+}
+
+# idle_run NAME ADDR N LABEL [FRAMING]: RSS per idle connection.
+idle_run() {
+    local pid_var="PID_$1" before after
+    before=$(rss_kb "${!pid_var}")
+    loadgen --server "$2" --framing "${5:-examwatch}" --exams $(($3 / 100)) --students 100 --teachers 0 \
+        --rate 1 --duration 8s --prefix "idle$RANDOM-" >"$OUT/idle-$4.json" 2>"$OUT/idle-$4.log" &
+    local lg=$!
+    until grep -q 'sending' "$OUT/idle-$4.log"; do sleep 0.5; done
+    sleep 2
+    after=$(rss_kb "${!pid_var}")
+    wait $lg
+    echo "{\"server\": \"$4\", \"connections\": $3, \"rss_before_kb\": $before, \"rss_after_kb\": $after, \"bytes_per_connection\": $(( (after - before) * 1024 / $3 ))}" \
+        | tee "$OUT/idle-$4-rss.json"
+}
+
+# step_rates NAME ADDR LABEL: raise the rate until p99 > 10 ms or a loss.
+step_rates() {
+    local rate p99 lost
+    for rate in 20000 40000 60000 80000 100000 125000 150000 200000; do
+        loadgen --server "$2" --exams 100 --students 30 --teachers 1 --rate $rate --duration 10s \
+            --processes 2 --prefix "t$rate-$RANDOM-" --json "$OUT/$3-$rate.json" >/dev/null 2>&1 || true
+        p99=$(json_field "$OUT/$3-$rate.json" "['latency_us']['p99']")
+        lost=$(json_field "$OUT/$3-$rate.json" "['lost']")
+        echo "$3 rate=$rate achieved=$(json_field "$OUT/$3-$rate.json" "['achieved_rate']") p99_us=$p99 lost=$lost"
+        if [ "$p99" -gt 10000 ] || [ "$lost" -gt 0 ]; then break; fi
+    done
+}

@@ -1,0 +1,198 @@
+//! One simulated client's connection, in either framing the load generator
+//! speaks: examwatch's own (JSON text frames) or Socket.IO's (Engine.IO v4
+//! packets over a raw WebSocket), so the same run can drive examwatch and
+//! the Socket.IO peer in `bench/peers/socketio`.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::{io::AsyncWriteExt, net::TcpSocket};
+use tokio_tungstenite::{
+    WebSocketStream, client_async_with_config,
+    tungstenite::{
+        Message, client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig,
+    },
+};
+
+/// The wire framing of the server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Framing {
+    /// examwatch's protocol (and the Node `ws` peer, which mimics it).
+    Examwatch,
+    /// Socket.IO v4 over a WebSocket-only Engine.IO transport.
+    Socketio,
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    pub server: SocketAddr,
+    pub source: IpAddr,
+    pub exam: &'a str,
+    pub token: &'a str,
+    /// Extra query (`last_seq=…` or `previous_session=…`), examwatch only.
+    pub query: Option<String>,
+}
+
+/// An open connection that yields application text frames.
+pub struct Link {
+    ws: WebSocketStream<tokio::net::TcpStream>,
+    framing: Framing,
+}
+
+impl Link {
+    pub async fn connect(framing: Framing, to: &Target<'_>) -> anyhow::Result<Self> {
+        let socket = match to.source {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(to.source, 0))?;
+        let tcp = socket.connect(to.server).await?;
+        tcp.set_nodelay(true)?;
+        let server = to.server;
+        let url = match framing {
+            Framing::Examwatch => {
+                let q = to.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default();
+                format!("ws://{server}/v1/exams/{}/ws{q}", to.exam)
+            }
+            Framing::Socketio => format!(
+                "ws://{server}/socket.io/?EIO=4&transport=websocket&exam={}&access_token={}",
+                to.exam, to.token
+            ),
+        };
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {}", to.token))?,
+        );
+        // Small buffers: 19,000 clients at tungstenite's default 128 KiB
+        // read buffer would need 2.4 GB.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (ws, _) = client_async_with_config(req, tcp, Some(config)).await?;
+        let mut link = Self { ws, framing };
+        if framing == Framing::Socketio {
+            // Engine.IO open packet, then a Socket.IO CONNECT to "/".
+            link.expect_raw(|t| t.starts_with('0')).await?;
+            link.ws.send(Message::text("40")).await?;
+            link.expect_raw(|t| t.starts_with("40")).await?;
+        }
+        Ok(link)
+    }
+
+    async fn expect_raw(&mut self, ok: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+        match tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if ok(t.as_str()) => Ok(()),
+            other => anyhow::bail!("unexpected Socket.IO handshake frame: {other:?}"),
+        }
+    }
+
+    /// The next application text frame; `None` when the connection ends.
+    /// Socket.IO pings are answered here and never returned.
+    pub async fn next_text(&mut self) -> Option<String> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => match self.framing {
+                    Framing::Examwatch => return Some(t.as_str().to_owned()),
+                    Framing::Socketio if t.as_str() == "2" => {
+                        self.ws.send(Message::text("3")).await.ok()?;
+                    }
+                    Framing::Socketio => return Some(t.as_str().to_owned()),
+                },
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Waits for a message whose JSON `type` is `kind`; returns its text.
+    pub async fn wait_for(&mut self, kind: &str) -> anyhow::Result<String> {
+        let needle = format!(r#""type":"{kind}""#);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.next_text()).await {
+                Ok(Some(t)) if t.contains(&needle) => return Ok(t),
+                Ok(Some(_)) => {}
+                Ok(None) => anyhow::bail!("connection closed before {kind}"),
+                Err(_) => anyhow::bail!("no {kind} within 30 s"),
+            }
+        }
+    }
+
+    /// Sends the `progress` that carries event `k` and its intended time.
+    pub async fn send_progress(&mut self, k: u64, stamp: u64) -> anyhow::Result<()> {
+        let body = format!(r#"{{"type":"progress","question":"{k}:{stamp}","answered":1}}"#);
+        let frame = match self.framing {
+            Framing::Examwatch => body,
+            Framing::Socketio => format!(r#"42["progress",{body}]"#),
+        };
+        self.ws.send(Message::text(frame)).await?;
+        Ok(())
+    }
+
+    /// Drops the connection the way a lost network does: no close frame,
+    /// just the TCP end (after whatever was already written).
+    pub async fn drop_abruptly(mut self) {
+        let _ = self.ws.get_mut().shutdown().await;
+    }
+
+    /// Closes politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// `k` and its stamp from a `student` event with cause `progress`.
+pub fn parse_progress(text: &str) -> Option<(u64, u64)> {
+    if !text.contains(r#""cause":"progress""#) {
+        return None;
+    }
+    let (k, stamp) = string_field(text, "current_question")?.split_once(':')?;
+    Some((k.parse().ok()?, stamp.parse().ok()?))
+}
+
+/// The first `"seq":N` of a message, if any.
+pub fn parse_seq(text: &str) -> Option<u64> {
+    let at = text.find(r#""seq":"#)? + r#""seq":"#.len();
+    let digits: &str = &text[at..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+/// The value of the first string field `name` (no escapes expected).
+pub fn string_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(r#""{name}":""#);
+    let at = text.find(&key)? + key.len();
+    let rest = &text[at..];
+    Some(&rest[..rest.find('"')?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_events_carry_their_number_and_stamp() {
+        let ev = r#"{"type":"student","seq":9,"student":{"student_id":"s","current_question":"42:1234"},"cause":"progress"}"#;
+        assert_eq!(parse_progress(ev), Some((42, 1234)));
+        assert_eq!(parse_seq(ev), Some(9));
+        assert_eq!(parse_progress(r#"{"cause":"connected"}"#), None);
+        let sio = format!(r#"42["student",{ev}]"#);
+        assert_eq!(parse_progress(&sio), Some((42, 1234)));
+    }
+
+    #[test]
+    fn fields_are_found_or_not() {
+        let w = r#"{"type":"welcome","session_id":"abc-1","last_seq":3}"#;
+        assert_eq!(string_field(w, "session_id"), Some("abc-1"));
+        assert_eq!(string_field(w, "nope"), None);
+        assert_eq!(parse_seq(r#"{"type":"x"}"#), None);
+    }
+}

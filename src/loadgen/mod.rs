@@ -1,0 +1,487 @@
+//! The load generator behind `examwatch-loadgen` (and the CI smoke test).
+//!
+//! Open loop: event `k` has an intended send time `start + k / rate`, fixed
+//! before the run, and its latency is measured from that time — a slow
+//! server cannot hide queueing by slowing the sender down. Each event is a
+//! student `progress` whose `question` carries `k` and its intended time;
+//! teachers see it in the `student` event and compare against the same
+//! monotonic clock. Every teacher of an exam must see each of its events
+//! exactly once: anything else is counted as lost or duplicated.
+//!
+//! Two optional disturbances: a reconnect storm (every client drops its TCP
+//! connection at once and comes back, students naming their previous
+//! session, teachers resuming from their last seq — no event may be lost),
+//! and slow teachers that connect and never read.
+
+mod client;
+mod report;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hdrhistogram::Histogram;
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+pub use client::{Framing, Link, Target, parse_progress};
+pub use report::{Latency, Report, Storm};
+
+use crate::auth::{Keys, Role};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `host:port` of the server students connect to.
+    pub server: SocketAddr,
+    /// Teachers connect here instead, when set (two instances behind Redis).
+    pub teacher_server: Option<SocketAddr>,
+    pub framing: Framing,
+    pub exams: usize,
+    /// The first exam's number (a child process runs a slice of the exams).
+    pub first_exam: usize,
+    pub students: usize,
+    pub teachers: usize,
+    /// Total student events per second, across this plan's exams.
+    pub rate: f64,
+    pub duration: Duration,
+    /// Local addresses to spread connections over (port limits).
+    pub sources: Vec<IpAddr>,
+    /// Exam id prefix (runs can share a server).
+    pub prefix: String,
+    /// Extra teachers in the first exam that never read a byte.
+    pub slow_teachers: usize,
+    /// Drop and reconnect every client this long after sending starts.
+    pub storm_after: Option<Duration>,
+    /// Connections opened at once while connecting.
+    pub connect_concurrency: usize,
+}
+
+impl Plan {
+    /// A small plan against `server`, to adjust with struct update syntax.
+    pub fn new(server: SocketAddr) -> Self {
+        Self {
+            server,
+            teacher_server: None,
+            framing: Framing::Examwatch,
+            exams: 10,
+            first_exam: 0,
+            students: 30,
+            teachers: 1,
+            rate: 1000.0,
+            duration: Duration::from_secs(10),
+            sources: vec![IpAddr::from([127, 0, 0, 1])],
+            prefix: "load-".into(),
+            slow_teachers: 0,
+            storm_after: None,
+            connect_concurrency: 32,
+        }
+    }
+
+    fn total_events(&self) -> u64 {
+        (self.rate * self.duration.as_secs_f64()).ceil() as u64
+    }
+}
+
+/// What every client task shares.
+struct Shared {
+    framing: Framing,
+    /// Events delivered to teachers so far (for progress and the tail wait).
+    received: AtomicU64,
+    stop: CancellationToken,
+    storm: CancellationToken,
+    storm_at: OnceLock<Instant>,
+    back: AtomicU64,
+    last_back_us: AtomicU64,
+    snapshots: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Shared {
+    fn mark_back(&self) {
+        let at = self.storm_at.get().map_or(0, |t| t.elapsed().as_micros());
+        self.last_back_us.fetch_max(at as u64, Ordering::Relaxed);
+        self.back.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Who a client is, so it can connect again after a storm.
+#[derive(Clone)]
+struct Who {
+    server: SocketAddr,
+    source: IpAddr,
+    exam: String,
+    token: String,
+}
+
+impl Who {
+    async fn connect(&self, sh: &Shared, query: Option<String>) -> anyhow::Result<Link> {
+        let target = Target {
+            server: self.server,
+            source: self.source,
+            exam: &self.exam,
+            token: &self.token,
+            query,
+        };
+        Link::connect(sh.framing, &target).await
+    }
+
+    /// Connects again after a drop, retrying for up to 30 s; returns the
+    /// link and, when `kind` is given, the first message of that type.
+    async fn reconnect(
+        &self,
+        sh: &Shared,
+        query: String,
+        kind: Option<&str>,
+    ) -> Option<(Link, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut pause = Duration::from_millis(20);
+        while Instant::now() < deadline && !sh.stop.is_cancelled() {
+            if let Ok(mut link) = self.connect(sh, Some(query.clone())).await {
+                match kind {
+                    // A resuming teacher gets its replay, or nothing yet.
+                    None => return Some((link, String::new())),
+                    Some(kind) => {
+                        if let Ok(first) = link.wait_for(kind).await {
+                            return Some((link, first));
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+        sh.errors.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// Clients connected and waiting to send.
+pub struct Connected {
+    plan: Plan,
+    shared: Arc<Shared>,
+    teachers: Vec<tokio::task::JoinHandle<(u64, u64, Histogram<u64>)>>,
+    students: Vec<mpsc::Sender<(u64, u64)>>,
+    slow: Vec<Link>,
+    connections: usize,
+    connect_seconds: f64,
+}
+
+/// Opens every connection of the plan: teachers first, so they see every
+/// event, then the slow teachers, then the students.
+pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
+    anyhow::ensure!(
+        plan.storm_after.is_none() || plan.framing == Framing::Examwatch,
+        "a reconnect storm needs examwatch's resume"
+    );
+    anyhow::ensure!(!plan.sources.is_empty(), "no source address");
+    let started = Instant::now();
+    let shared = Arc::new(Shared {
+        framing: plan.framing,
+        received: AtomicU64::new(0),
+        stop: CancellationToken::new(),
+        storm: CancellationToken::new(),
+        storm_at: OnceLock::new(),
+        back: AtomicU64::new(0),
+        last_back_us: AtomicU64::new(0),
+        snapshots: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let ttl = plan.duration + Duration::from_secs(3600);
+    let mut n = 0usize;
+    let mut who = |e: usize, id: String, role: Role, to: SocketAddr| -> anyhow::Result<Who> {
+        let exam = format!("{}{}", plan.prefix, plan.first_exam + e);
+        let name = if role == Role::Student { "load student" } else { "load teacher" };
+        let token = keys.mint(&id, name, role, vec![exam.clone()], ttl)?;
+        n += 1;
+        Ok(Who {
+            server: to,
+            source: plan.sources[n % plan.sources.len()],
+            exam,
+            token,
+        })
+    };
+    let total = plan.total_events();
+    let teacher_server = plan.teacher_server.unwrap_or(plan.server);
+    let mut teachers = Vec::new();
+    let mut slow = Vec::new();
+    let mut students = Vec::new();
+    let mut opening = JoinSet::new();
+    // Teachers, then slow teachers, then students: each group fully open
+    // before the next, a bounded number of handshakes at a time.
+    for group in 0..3 {
+        let mut whos = Vec::new();
+        for e in 0..plan.exams {
+            let g = plan.first_exam + e;
+            match group {
+                0 => for t in 0..plan.teachers {
+                    whos.push(who(e, format!("lt{g}-{t}"), Role::Teacher, teacher_server)?);
+                },
+                1 if e == 0 => for t in 0..plan.slow_teachers {
+                    whos.push(who(e, format!("slow{g}-{t}"), Role::Teacher, teacher_server)?);
+                },
+                2 => for s in 0..plan.students {
+                    whos.push(who(e, format!("ls{g}-{s}"), Role::Student, plan.server)?);
+                },
+                _ => {}
+            }
+        }
+        let kind = if group == 2 { "welcome" } else { "snapshot" };
+        for w in whos {
+            if opening.len() >= plan.connect_concurrency.max(1) {
+                collect(&mut opening, &shared, total, &mut teachers, &mut slow, &mut students).await?;
+            }
+            let sh = shared.clone();
+            opening.spawn(async move {
+                let mut link = w.connect(&sh, None).await?;
+                let first = link.wait_for(kind).await?;
+                anyhow::Ok((group, w, link, first))
+            });
+        }
+        while !opening.is_empty() {
+            collect(&mut opening, &shared, total, &mut teachers, &mut slow, &mut students).await?;
+        }
+    }
+    Ok(Connected {
+        connections: teachers.len() + slow.len() + students.len(),
+        plan: plan.clone(),
+        shared,
+        teachers,
+        students,
+        slow,
+        connect_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+type Opening = JoinSet<anyhow::Result<(u8, Who, Link, String)>>;
+
+/// Takes one opened connection and starts its client task.
+async fn collect(
+    opening: &mut Opening,
+    sh: &Arc<Shared>,
+    total: u64,
+    teachers: &mut Vec<tokio::task::JoinHandle<(u64, u64, Histogram<u64>)>>,
+    slow: &mut Vec<Link>,
+    students: &mut Vec<mpsc::Sender<(u64, u64)>>,
+) -> anyhow::Result<()> {
+    let Some(joined) = opening.join_next().await else {
+        return Ok(());
+    };
+    let (group, who, link, first) = joined??;
+    match group {
+        0 => {
+            let seq = client::parse_seq(&first).unwrap_or(0);
+            teachers.push(tokio::spawn(teacher(link, who, seq, total, sh.clone())));
+        }
+        1 => slow.push(link),
+        _ => {
+            let session = client::string_field(&first, "session_id").unwrap_or("").to_owned();
+            let (tx, rx) = mpsc::channel(4096);
+            tokio::spawn(student(link, who, session, rx, sh.clone()));
+            students.push(tx);
+        }
+    }
+    Ok(())
+}
+
+/// Connects, then sends: the whole run in one call.
+pub async fn run(plan: &Plan, keys: &Keys, progress: impl FnMut(&str)) -> anyhow::Result<Report> {
+    connect(plan, keys).await?.send(progress).await
+}
+
+impl Connected {
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
+    /// Sends the plan's events open-loop, waits for the tail, and counts.
+    pub async fn send(self, mut progress: impl FnMut(&str)) -> anyhow::Result<Report> {
+        let Connected { plan, shared: sh, teachers, students, slow, connections, connect_seconds } =
+            self;
+        let total = plan.total_events();
+        progress(&format!(
+            "{connections} connections in {connect_seconds:.1}s; sending {total} events at {}/s",
+            plan.rate
+        ));
+        let start = Instant::now();
+        let n = students.len() as u64;
+        let mut sent = 0u64;
+        let mut last_report = Instant::now();
+        let storm_at = plan.storm_after.map(|d| start + d);
+        for k in 0..total {
+            let due = start + Duration::from_secs_f64(k as f64 / plan.rate);
+            tokio::time::sleep_until(due.into()).await;
+            if storm_at.is_some_and(|t| due >= t) && !sh.storm.is_cancelled() {
+                let _ = sh.storm_at.set(Instant::now());
+                sh.storm.cancel();
+                progress("storm: every client drops its connection now");
+            }
+            // The intended time, not the actual one, is what latency counts from.
+            let stamp = due.duration_since(epoch()).as_micros() as u64;
+            if n > 0 && students[(k % n) as usize].try_send((k, stamp)).is_ok() {
+                sent += 1;
+            }
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                progress(&format!(
+                    "sent {sent}/{total}, delivered {}",
+                    sh.received.load(Ordering::Relaxed)
+                ));
+            }
+        }
+        let send_seconds = start.elapsed().as_secs_f64();
+        // Let the tail arrive (and stormed clients come back), then count.
+        let expected = sent * plan.teachers as u64;
+        let clients = (teachers.len() + students.len()) as u64;
+        let storm_done = |sh: &Shared| {
+            !sh.storm.is_cancelled()
+                || sh.back.load(Ordering::Relaxed) + sh.errors.load(Ordering::Relaxed) >= clients
+        };
+        let deadline = Instant::now() + Duration::from_secs(if storm_at.is_some() { 35 } else { 5 });
+        while (sh.received.load(Ordering::Relaxed) < expected || !storm_done(&sh))
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(students);
+        sh.stop.cancel();
+        let mut hist = report::new_histogram();
+        let (mut delivered, mut duplicated) = (0u64, 0u64);
+        for task in teachers {
+            let (d, dup, h) = task.await?;
+            delivered += d;
+            duplicated += dup;
+            hist.add(&h)?;
+        }
+        for link in slow {
+            link.close().await;
+        }
+        let storm = storm_at.map(|_| Storm {
+            clients: if sh.storm.is_cancelled() { clients } else { 0 },
+            back: sh.back.load(Ordering::Relaxed),
+            all_back_seconds: sh.last_back_us.load(Ordering::Relaxed) as f64 / 1e6,
+            snapshots: sh.snapshots.load(Ordering::Relaxed),
+        });
+        Ok(Report {
+            connections,
+            connect_errors: sh.errors.load(Ordering::Relaxed),
+            connect_seconds,
+            sent,
+            expected,
+            delivered,
+            lost: expected.saturating_sub(delivered),
+            duplicated,
+            offered_rate: plan.rate,
+            achieved_rate: sent as f64 / send_seconds.max(f64::EPSILON),
+            latency_us: Latency::of(&hist),
+            storm,
+            histogram: report::buckets(&hist),
+        })
+    }
+}
+
+/// The clock events are stamped against (one per process).
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
+async fn student(
+    mut link: Link,
+    who: Who,
+    mut session: String,
+    mut rx: mpsc::Receiver<(u64, u64)>,
+    sh: Arc<Shared>,
+) {
+    let mut stormed = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = sh.storm.cancelled(), if !stormed => {
+                stormed = true;
+                link.drop_abruptly().await;
+                let query = format!("previous_session={session}");
+                let Some((back, welcome)) = who.reconnect(&sh, query, Some("welcome")).await else {
+                    return;
+                };
+                session = client::string_field(&welcome, "session_id").unwrap_or("").to_owned();
+                sh.mark_back();
+                link = back;
+            }
+            ev = rx.recv() => match ev {
+                Some((k, stamp)) => {
+                    if link.send_progress(k, stamp).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            // Reading keeps pings answered; a closed socket ends the student.
+            text = link.next_text() => if text.is_none() { return },
+        }
+    }
+    link.close().await;
+}
+
+/// Counts one teacher's events until told to stop.
+async fn teacher(
+    mut link: Link,
+    who: Who,
+    mut last_seq: u64,
+    total: u64,
+    sh: Arc<Shared>,
+) -> (u64, u64, Histogram<u64>) {
+    let mut seen = vec![0u64; total.div_ceil(64) as usize + 1];
+    let mut hist = report::new_histogram();
+    let (mut delivered, mut duplicated) = (0u64, 0u64);
+    let mut stormed = false;
+    loop {
+        let text = tokio::select! {
+            biased;
+            _ = sh.stop.cancelled() => break,
+            _ = sh.storm.cancelled(), if !stormed => {
+                stormed = true;
+                link.drop_abruptly().await;
+                let query = format!("last_seq={last_seq}");
+                let Some((back, _)) = who.reconnect(&sh, query, None).await else {
+                    break;
+                };
+                sh.mark_back();
+                link = back;
+                continue;
+            }
+            t = link.next_text() => match t {
+                Some(t) => t,
+                None => break,
+            },
+        };
+        if stormed && text.contains(r#""type":"snapshot""#) {
+            sh.snapshots.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(seq) = client::parse_seq(&text) {
+            last_seq = last_seq.max(seq);
+        }
+        let Some((k, stamp)) = parse_progress(&text) else {
+            continue;
+        };
+        let now = epoch().elapsed().as_micros() as u64;
+        let (word, bit) = ((k / 64) as usize, 1u64 << (k % 64));
+        if word < seen.len() && seen[word] & bit != 0 {
+            duplicated += 1;
+        } else {
+            if word < seen.len() {
+                seen[word] |= bit;
+            }
+            delivered += 1;
+            let _ = hist.record(now.saturating_sub(stamp).max(1));
+            sh.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    (delivered, duplicated, hist)
+}
