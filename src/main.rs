@@ -57,6 +57,13 @@ enum RoleArg {
     Admin,
 }
 
+/// mimalloc, not glibc's malloc: the server makes many small, short-lived
+/// allocations on two or more threads, where glibc's per-thread arenas and
+/// chunk consolidation showed up in `perf` (malloc_consolidate, unlink_chunk)
+/// and held more memory per idle connection (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
