@@ -106,6 +106,15 @@ export function kill9(server) {
   });
 }
 
+/** SIGTERM (graceful: everything queued is written), expecting exit 0. */
+export function stop(server) {
+  return new Promise((resolve, reject) => {
+    server.proc.removeAllListeners('exit');
+    server.proc.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`server exited with ${code}`))));
+    server.proc.kill('SIGTERM');
+  });
+}
+
 /** A token minted by `examwatch token` with the test secret. */
 export function token(sub, role, exam, name = sub) {
   const args = ['token', '--sub', sub, '--name', name, '--role', role, '--exam', exam];

@@ -8,7 +8,7 @@
 //   the restart. The answer ids are printed on a RESULT line; the Rust side
 //   checks that each is in the database exactly once.
 
-import { SECOND, SLOW, check, kill9, launch, log, page, row, scenario, startServer, token } from './lib.mjs';
+import { SECOND, SLOW, check, kill9, launch, log, page, row, scenario, startServer, stop, token } from './lib.mjs';
 
 // A slow writer: an answer's ack waits ~1.5 s, so an answer sent right
 // before the kill is certainly unacknowledged.
@@ -75,5 +75,7 @@ await scenario('restart', async ({ cleanup, problems }) => {
   await dash.waitForSelector(`${row('s1')}[data-conn="connected"]`, { timeout: SECOND });
   await dash.waitForFunction((sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '3 / 5', row('s1'), { timeout: SLOW });
   check(await student.evaluate(() => window.examwatch.client.pending().length === 0), 'outbox empty');
+  // A graceful stop, so that every event is in the database for the check.
+  await stop(server);
   console.log(`RESULT ${JSON.stringify({ unacked: ids })}`);
 });
