@@ -63,7 +63,10 @@ export function startServer(args, { bind = '127.0.0.1:0', env = {} } = {}) {
   const server = { proc, addr: null, urls: {}, logs: [] };
   const wantUrls = args[0] === 'demo';
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${server.logs.join('\n')}`)), SLOW);
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`server did not start:\n${server.logs.join('\n')}`));
+    }, SLOW);
     const done = () => {
       if (server.addr && (!wantUrls || server.urls.student)) {
         clearTimeout(timer);
@@ -155,8 +158,25 @@ export async function page(context, url, problems) {
   return p;
 }
 
+/**
+ * Waits until `fn(arg)` is true in `page`, at most `ms`; logs how long it
+ * took. On timeout the error says what `show(arg)` saw in the page.
+ */
+export async function within(page, ms, what, fn, arg = null, show = null) {
+  const t0 = Date.now();
+  try {
+    // Interval polling: a page that is not the front tab gets no animation
+    // frames, which the default polling relies on.
+    await page.waitForFunction(fn, arg, { timeout: ms, polling: 50 });
+  } catch {
+    const seen = show ? await page.evaluate(show, arg).catch((e) => `? ${e.message}`) : '';
+    throw new Error(`${what}: not within ${ms} ms; the page shows: ${seen}`);
+  }
+  log(`${what}: ${Date.now() - t0} ms`);
+}
+
 /** The dashboard row of a student. */
-export const row = (id) => `tr[data-student="${id}"]`;
+export const row = (id) => `#students .row[data-student="${id}"]`;
 
 export function artifacts() {
   mkdirSync(ARTIFACTS, { recursive: true });

@@ -5,7 +5,9 @@
 // filtering work; a screenshot of the dashboard is saved.
 
 import { join } from 'node:path';
-import { SECOND, artifacts, check, kill9, launch, log, page, row, scenario, startServer } from './lib.mjs';
+import { SECOND, artifacts, check, kill9, launch, log, page, row, scenario, startServer, within } from './lib.mjs';
+
+const rowText = (sel) => document.querySelector(sel)?.textContent ?? 'no such row';
 
 await scenario('live dashboard', async ({ cleanup, problems }) => {
   const server = await startServer(['demo', '--students', '30', '--pace', '1s']);
@@ -28,7 +30,7 @@ await scenario('live dashboard', async ({ cleanup, problems }) => {
   const dash = await page(browser, server.urls.dashboard, problems);
   await dash.waitForSelector('#live[data-state="live"]');
   check(!new URL(dash.url()).searchParams.has('token'), 'the token is removed from the address bar');
-  await dash.waitForFunction(() => document.querySelectorAll('#students tbody tr').length === 30);
+  await dash.waitForFunction(() => document.querySelectorAll('#students .rows .row').length === 30);
   log('30 simulated students on the dashboard');
   check((await dash.textContent('#count-active')) !== '', 'counts are shown');
 
@@ -44,46 +46,41 @@ await scenario('live dashboard', async ({ cleanup, problems }) => {
   // A student page joins: on the dashboard within a second of being online.
   const student = await page(browser, server.urls.student, problems);
   await student.waitForSelector('#conn[data-state="live"]');
-  await dash.waitForSelector(row('visitor'), { timeout: SECOND });
-  check((await dash.textContent(`${row('visitor')} .c-name`)) === 'You (student page)', 'name shown');
-  log('student page joined and is on the dashboard');
+  await within(dash, SECOND, 'the student page is on the dashboard', (sel) => document.querySelector(sel)?.textContent.includes('You (student page)'), row('visitor'), rowText);
 
   // Focus lost on the student page: the count changes within a second.
   await student.evaluate(() => window.dispatchEvent(new Event('blur')));
-  await dash.waitForFunction((sel) => document.querySelector(`${sel} .c-focus`)?.textContent === '1', row('visitor'), { timeout: SECOND });
-  await dash.waitForFunction(() => [...document.querySelectorAll('#alerts li')].some((li) => li.textContent.includes('You (student page)')), null, { timeout: SECOND });
+  await within(dash, SECOND, 'focus loss on the dashboard', (sel) => document.querySelector(`${sel} .c-focus`)?.textContent === '1', row('visitor'), rowText);
+  await within(dash, SECOND, 'focus loss in the alerts', () => [...document.querySelectorAll('#alerts li')].some((li) => li.textContent.includes('You (student page)')), null, () => document.querySelector('#alerts').textContent);
   await student.evaluate(() => window.dispatchEvent(new Event('focus')));
-  log('focus loss shown within a second, with its alert');
 
   // An announcement from the dashboard reaches the student page within a second.
   await dash.fill('#announce-text', 'Ten minutes left');
   await dash.click('#announce-form button');
-  await student.waitForFunction(() => document.querySelector('#announcements li')?.textContent.includes('Ten minutes left'), null, { timeout: SECOND });
-  await dash.waitForFunction(() => document.querySelector('#announce-status').textContent === 'sent', null, { timeout: SECOND });
-  log('announcement reached the student page within a second');
+  await within(student, SECOND, 'announcement on the student page', () => document.querySelector('#announcements li')?.textContent.includes('Ten minutes left'), null, () => document.querySelector('#announcements').textContent);
+  await within(dash, SECOND, 'announcement acked', () => document.querySelector('#announce-status').textContent === 'sent', null, () => document.querySelector('#announce-status').textContent);
 
   // The student answers everything and submits: "submitted" within a second.
   for (const q of ['q1', 'q2', 'q3', 'q4', 'q5']) await student.check(`fieldset[data-question="${q}"] input >> nth=0`);
   await student.waitForSelector('#pending[data-count="0"]');
-  await dash.waitForFunction((sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '5 / 5', row('visitor'), { timeout: SECOND });
+  await within(dash, SECOND, 'progress 5 / 5', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '5 / 5', row('visitor'), rowText);
   await student.click('#submit');
-  await dash.waitForSelector(`${row('visitor')}[data-status="submitted"]`, { timeout: SECOND });
-  log('submission shown within a second');
+  await within(dash, SECOND, 'submission on the dashboard', (sel) => document.querySelector(sel)?.dataset.status === 'submitted', row('visitor'), rowText);
 
   // Filter and sort.
   await dash.selectOption('#filter-status', 'submitted');
   await dash.waitForFunction(() => {
-    const shown = [...document.querySelectorAll('#students tbody tr:not([hidden])')];
+    const shown = [...document.querySelectorAll('#students .rows .row:not([hidden])')];
     return shown.length >= 1 && shown.every((r) => r.dataset.status === 'submitted');
   }, null, { timeout: SECOND });
   check(!(await dash.$eval(row('visitor'), (r) => r.hidden)), 'the submitted student is shown');
   await dash.selectOption('#filter-status', '');
   await dash.fill('#filter-name', 'page)');
-  await dash.waitForFunction(() => document.querySelectorAll('#students tbody tr:not([hidden])').length === 1);
+  await dash.waitForFunction(() => document.querySelectorAll('#students .rows .row:not([hidden])').length === 1);
   await dash.fill('#filter-name', '');
-  await dash.click('th[data-sort="name"]');
+  await dash.click('[data-sort="name"]');
   await dash.waitForFunction(() => {
-    const names = [...document.querySelectorAll('#students tbody tr .c-name')].map((td) => td.textContent.toLowerCase());
+    const names = [...document.querySelectorAll('#students .rows .row .c-name')].map((td) => td.textContent.toLowerCase());
     return names.length === 31 && names.every((n, i) => i === 0 || names[i - 1] <= n);
   });
   log('filter by status and name, sort by name: ok');

@@ -8,7 +8,9 @@
 //   the restart. The answer ids are printed on a RESULT line; the Rust side
 //   checks that each is in the database exactly once.
 
-import { SECOND, SLOW, check, kill9, launch, log, page, row, scenario, startServer, stop, token } from './lib.mjs';
+import { SECOND, SLOW, check, kill9, launch, log, page, row, scenario, startServer, stop, token, within } from './lib.mjs';
+
+const rowState = (sel) => { const r = document.querySelector(sel); return r ? `${r.dataset.conn} ${r.textContent}` : 'no row'; };
 
 // A slow writer: an answer's ack waits ~1.5 s, so an answer sent right
 // before the kill is certainly unacknowledged.
@@ -34,21 +36,23 @@ await scenario('restart', async ({ cleanup, problems }) => {
   const studentUrl = `${base}/demo/student?token=${token('s1', 'student', 'e1', 'Ada')}`;
   let student = await page(browser, studentUrl, problems);
   await student.waitForSelector('#conn[data-state="live"]');
-  await dash.waitForSelector(`${row('s1')}[data-conn="connected"]`, { timeout: SECOND });
+  await within(dash, SECOND, 'the student is on the dashboard', (sel) => document.querySelector(sel)?.dataset.conn === 'connected', row('s1'), rowState);
 
   // q1 is answered and stored.
   await student.check('fieldset[data-question="q1"] input >> nth=0');
   await student.waitForSelector('#pending[data-count="0"]', { timeout: 2 * SLOW });
-  await dash.waitForFunction((sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '1 / 5', row('s1'));
+  await within(dash, SECOND, 'progress 1 / 5', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '1 / 5', row('s1'), rowState);
 
   // q2 is sent, and the server dies before acking it.
   await student.check('fieldset[data-question="q2"] input >> nth=1');
-  await student.waitForSelector('#pending[data-count="1"]', { timeout: SECOND });
+  await within(student, SECOND, 'q2 waits for its ack', () => document.querySelector('#pending').dataset.count === '1', null, () => document.querySelector('#pending').textContent);
   await kill9(server);
   log('server killed with q2 unacked');
 
-  await dash.waitForSelector('#banner:not([hidden])', { timeout: 2 * SECOND });
-  check((await dash.textContent('#banner')).includes('Not live'), 'banner says not live');
+  await within(dash, 2 * SECOND, 'the "not live" banner', () => {
+    const b = document.querySelector('#banner');
+    return !b.hidden && b.textContent.includes('Not live');
+  }, null, () => document.querySelector('#banner').outerHTML);
   check(await dash.evaluate(() => document.body.classList.contains('stale')), 'table is marked stale');
   await student.waitForSelector('#conn[data-state="offline"]', { timeout: 2 * SECOND });
 
@@ -62,18 +66,17 @@ await scenario('restart', async ({ cleanup, problems }) => {
 
   server = await startServer(['serve'], { bind: addr, env });
   log('server restarted on', server.addr);
-  await dash.waitForSelector('#banner', { state: 'hidden', timeout: 2 * SLOW });
+  await within(dash, 2 * SLOW, 'banner gone after the restart', () => document.querySelector('#banner').hidden, null, () => document.querySelector('#banner').outerHTML);
   check(!(await dash.evaluate(() => document.body.classList.contains('stale'))), 'table no longer stale');
   // The true state: the student's socket did not survive the restart.
-  await dash.waitForSelector(`${row('s1')}[data-conn="offline"]`, { timeout: SECOND });
-  log('dashboard live again with the true state');
+  await within(dash, SECOND, 'the true state after the restart', (sel) => document.querySelector(sel)?.dataset.conn === 'offline', row('s1'), rowState);
 
   // The student comes back: the outbox is delivered.
   student = await page(browser, studentUrl, problems);
   await student.waitForSelector('#conn[data-state="live"]', { timeout: SLOW });
   await student.waitForSelector('#pending[data-count="0"]', { timeout: SLOW });
-  await dash.waitForSelector(`${row('s1')}[data-conn="connected"]`, { timeout: SECOND });
-  await dash.waitForFunction((sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '3 / 5', row('s1'), { timeout: SLOW });
+  await within(dash, SECOND, 'the student back on the dashboard', (sel) => document.querySelector(sel)?.dataset.conn === 'connected', row('s1'), rowState);
+  await within(dash, SECOND, 'progress 3 / 5', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '3 / 5', row('s1'), rowState);
   check(await student.evaluate(() => window.examwatch.client.pending().length === 0), 'outbox empty');
   // A graceful stop, so that every event is in the database for the check.
   await stop(server);

@@ -85,6 +85,7 @@ function watch(exam) {
   view.reset([]);
   view.setTotal(null);
   view.timelineSeq = 0;
+  view.lists.clear();
   $('#alerts').replaceChildren();
   $('#timeline').replaceChildren();
   api(`/v1/exams/${encodeURIComponent(exam)}`)
@@ -136,7 +137,7 @@ $('#signout').addEventListener('click', () => {
 $('#exam').addEventListener('change', (e) => watch(e.target.value));
 $('#filter-status').addEventListener('change', (e) => view.setFilter({ status: e.target.value }));
 $('#filter-name').addEventListener('input', (e) => view.setFilter({ name: e.target.value }));
-for (const th of document.querySelectorAll('th[data-sort]')) {
+for (const th of document.querySelectorAll('[data-sort]')) {
   th.addEventListener('click', () => view.setSort(th.dataset.sort));
 }
 $('#announce-form').addEventListener('submit', async (e) => {
