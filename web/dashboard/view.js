@@ -136,7 +136,9 @@ export class View {
     if (ev.type === 'student') text = `${ev.student.name || ev.student.student_id}: ${CAUSE_TEXT[ev.cause] ?? ev.cause}`;
     else if (ev.type === 'alert') text = `alert: ${this.name(ev.student_id)} ${ALERT_TEXT[ev.kind] ?? ev.kind}`;
     else text = `announcement${ev.from ? ` from ${ev.from}` : ''}: ${ev.text}`;
-    const at = ev.at ?? ev.student?.last_activity;
+    // Student events carry no time: now, or for a replayed one the last
+    // activity it reports.
+    const at = ev.at ?? (ev.stale ? ev.student?.last_activity : undefined);
     const li = el('li', `ev ev-${ev.type}`);
     li.append(el('time', '', clock(at ?? this.now())), el('span', 'seq', `#${ev.seq}`), el('span', 'what', text));
     this._queue('#timeline', li);
