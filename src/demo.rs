@@ -71,8 +71,20 @@ pub async fn run(
     let keys = state.keys.clone();
     let twelve_hours = Duration::from_secs(12 * 3600);
     let grant = || vec![opts.exam.clone()];
-    let teacher = keys.mint("demo-teacher", "Demo Teacher", Role::Teacher, grant(), twelve_hours)?;
-    let visitor = keys.mint("visitor", "You (student page)", Role::Student, grant(), twelve_hours)?;
+    let teacher = keys.mint(
+        "demo-teacher",
+        "Demo Teacher",
+        Role::Teacher,
+        grant(),
+        twelve_hours,
+    )?;
+    let visitor = keys.mint(
+        "visitor",
+        "You (student page)",
+        Role::Student,
+        grant(),
+        twelve_hours,
+    )?;
     let stop = CancellationToken::new();
     for i in 0..opts.students {
         let token = keys.mint(
@@ -110,13 +122,48 @@ fn print_urls(addr: SocketAddr, opts: &DemoOptions, teacher: &str, visitor: &str
 }
 
 const FIRST: &[&str] = &[
-    "Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Margaret", "Ken", "Frances", "Dennis",
-    "Radia", "John", "Hedy", "Tim", "Katherine", "Niklaus", "Annie", "Linus", "Sophie", "Guido",
+    "Ada",
+    "Alan",
+    "Grace",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Margaret",
+    "Ken",
+    "Frances",
+    "Dennis",
+    "Radia",
+    "John",
+    "Hedy",
+    "Tim",
+    "Katherine",
+    "Niklaus",
+    "Annie",
+    "Linus",
+    "Sophie",
+    "Guido",
 ];
 const LAST: &[&str] = &[
-    "Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Hamilton", "Thompson",
-    "Allen", "Ritchie", "Perlman", "Backus", "Lamarr", "Berners-Lee", "Johnson", "Wirth",
-    "Easley", "Torvalds", "Wilson", "van Rossum",
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Hamilton",
+    "Thompson",
+    "Allen",
+    "Ritchie",
+    "Perlman",
+    "Backus",
+    "Lamarr",
+    "Berners-Lee",
+    "Johnson",
+    "Wirth",
+    "Easley",
+    "Torvalds",
+    "Wilson",
+    "van Rossum",
 ];
 
 fn student_name(i: usize) -> String {
@@ -172,9 +219,8 @@ struct Simulated {
     stop: CancellationToken,
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Simulated {
     async fn run(mut self) {
@@ -265,8 +311,10 @@ impl Simulated {
             answered[q] = true;
             let question = format!("q{}", q + 1);
             let count = answered.iter().filter(|a| **a).count();
-            ws.send(send(json!({"type": "progress", "question": question, "answered": count})))
-                .await?;
+            ws.send(send(
+                json!({"type": "progress", "question": question, "answered": count}),
+            ))
+            .await?;
             let id = format!("a{k}-{}", self.rng.next() % 1_000_000);
             let value = ["A", "B", "C"][self.rng.below(3) as usize];
             ws.send(send(json!({"type": "answer", "id": id, "question": question, "value": value, "ref": id})))
@@ -274,9 +322,11 @@ impl Simulated {
             return Ok(Step::Continue(pace));
         }
         if roll < 72 {
-            ws.send(send(json!({"type": "focus", "state": "lost"}))).await?;
+            ws.send(send(json!({"type": "focus", "state": "lost"})))
+                .await?;
             tokio::time::sleep(self.rng.jitter(Duration::from_secs(3), 0.3, 1.0)).await;
-            ws.send(send(json!({"type": "focus", "state": "gained"}))).await?;
+            ws.send(send(json!({"type": "focus", "state": "gained"})))
+                .await?;
             return Ok(Step::Continue(pace));
         }
         if roll < 80 {
@@ -285,10 +335,15 @@ impl Simulated {
         }
         if roll < 86 {
             // Wi-Fi trouble: back within the 5 s grace, or after it.
-            return Ok(Step::Drop(self.rng.jitter(Duration::from_secs(8), 0.2, 1.2)));
+            return Ok(Step::Drop(self.rng.jitter(
+                Duration::from_secs(8),
+                0.2,
+                1.2,
+            )));
         }
         if roll < 88 && answered.iter().all(|a| *a) {
-            ws.send(send(json!({"type": "submit", "ref": "submit"}))).await?;
+            ws.send(send(json!({"type": "submit", "ref": "submit"})))
+                .await?;
             return Ok(Step::Done);
         }
         ws.send(send(json!({"type": "heartbeat"}))).await?;
@@ -305,7 +360,10 @@ mod tests {
         let mut rng = Rng::seeded(7);
         for _ in 0..1000 {
             let d = rng.jitter(Duration::from_secs(2), 0.5, 1.5);
-            assert!(d >= Duration::from_secs(1) && d < Duration::from_secs(3), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(1) && d < Duration::from_secs(3),
+                "{d:?}"
+            );
         }
         let names: std::collections::HashSet<_> = (0..300).map(student_name).collect();
         assert!(names.len() > 250, "{} distinct names", names.len());

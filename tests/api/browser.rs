@@ -38,9 +38,7 @@ fn prerequisites() -> Result<(), String> {
     if !Path::new(&chromium).exists() {
         return Err(format!("{chromium} not found (apt-get install chromium)"));
     }
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output();
+    let node = std::process::Command::new("node").arg("--version").output();
     if !node.is_ok_and(|o| o.status.success()) {
         return Err("node not found".into());
     }
@@ -133,7 +131,9 @@ async fn after_a_kill_the_dashboard_recovers_and_the_page_delivers_its_answers_o
     assert_eq!(unacked.len(), 2, "{unacked:?}");
 
     let url = format!("sqlite://{}/examwatch.db", dir.path().display());
-    let db = sqlx::SqlitePool::connect(&url).await.expect("open the database");
+    let db = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("open the database");
     let rows = sqlx::query(
         "SELECT answer_id, question FROM answers WHERE exam_id = 'e1' AND student_id = 's1'",
     )
@@ -149,7 +149,11 @@ async fn after_a_kill_the_dashboard_recovers_and_the_page_delivers_its_answers_o
         q.sort_unstable();
         q
     };
-    assert_eq!(questions, ["q1", "q2", "q3"], "one stored answer per click: {stored:?}");
+    assert_eq!(
+        questions,
+        ["q1", "q2", "q3"],
+        "one stored answer per click: {stored:?}"
+    );
     for id in &unacked {
         let n = stored.iter().filter(|(a, _)| a == id).count();
         assert_eq!(n, 1, "unacked answer {id} stored exactly once: {stored:?}");
