@@ -23,7 +23,7 @@ use axum::{
     extract::Path,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
-    routing::get,
+    routing::{MethodRouter, get},
 };
 
 use crate::{app::AppState, http::ApiError};
@@ -39,42 +39,25 @@ const JS: &str = "text/javascript; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 
+/// `asset!("dir/file", TYPE)`: the file `web/dir/file`, served at `/dir/file`.
+macro_rules! asset {
+    ($path:literal, $content_type:expr) => {
+        Asset {
+            path: $path,
+            content_type: $content_type,
+            body: include_str!(concat!("../web/", $path)),
+        }
+    };
+}
+
 static ASSETS: &[Asset] = &[
-    Asset {
-        path: "dashboard/index.html",
-        content_type: HTML,
-        body: include_str!("../web/dashboard/index.html"),
-    },
-    Asset {
-        path: "dashboard/dashboard.js",
-        content_type: JS,
-        body: include_str!("../web/dashboard/dashboard.js"),
-    },
-    Asset {
-        path: "dashboard/view.js",
-        content_type: JS,
-        body: include_str!("../web/dashboard/view.js"),
-    },
-    Asset {
-        path: "dashboard/dashboard.css",
-        content_type: CSS,
-        body: include_str!("../web/dashboard/dashboard.css"),
-    },
-    Asset {
-        path: "client/examwatch.js",
-        content_type: JS,
-        body: include_str!("../web/client/examwatch.js"),
-    },
-    Asset {
-        path: "demo/student.html",
-        content_type: HTML,
-        body: include_str!("../web/demo/student.html"),
-    },
-    Asset {
-        path: "demo/student.js",
-        content_type: JS,
-        body: include_str!("../web/demo/student.js"),
-    },
+    asset!("dashboard/index.html", HTML),
+    asset!("dashboard/dashboard.js", JS),
+    asset!("dashboard/view.js", JS),
+    asset!("dashboard/dashboard.css", CSS),
+    asset!("client/examwatch.js", JS),
+    asset!("demo/student.html", HTML),
+    asset!("demo/student.js", JS),
 ];
 
 /// Strong ETags, computed once per process from the embedded bytes.
@@ -109,21 +92,16 @@ pub fn router() -> Router<AppState> {
             "/demo/student",
             get(|h: HeaderMap| async move { serve("demo/student.html", &h) }),
         )
-        .route("/dashboard/{file}", get(dashboard_file))
-        .route("/client/{file}", get(client_file))
-        .route("/demo/{file}", get(demo_file))
+        .route("/dashboard/{file}", files_under("dashboard"))
+        .route("/client/{file}", files_under("client"))
+        .route("/demo/{file}", files_under("demo"))
 }
 
-async fn dashboard_file(Path(file): Path<String>, h: HeaderMap) -> Response {
-    serve(&format!("dashboard/{file}"), &h)
-}
-
-async fn client_file(Path(file): Path<String>, h: HeaderMap) -> Response {
-    serve(&format!("client/{file}"), &h)
-}
-
-async fn demo_file(Path(file): Path<String>, h: HeaderMap) -> Response {
-    serve(&format!("demo/{file}"), &h)
+/// GET `/{dir}/{file}`: the embedded `dir/file`, if it is in the table.
+fn files_under(dir: &'static str) -> MethodRouter<AppState> {
+    get(
+        move |Path(file): Path<String>, h: HeaderMap| async move { serve(&format!("{dir}/{file}"), &h) },
+    )
 }
 
 /// The asset at `path`, a 304 if the browser's copy is current, else 404.

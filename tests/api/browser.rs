@@ -62,6 +62,18 @@ fn ready() -> bool {
     }
 }
 
+/// Runs a scenario in a fresh folder (kept for checks on its database),
+/// one at a time; `None` when the browser tests are skipped.
+async fn scenario(script: &str) -> Option<(tempfile::TempDir, String)> {
+    if !ready() {
+        return None;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stdout = run_scenario(script, dir.path()).await;
+    Some((dir, stdout))
+}
+
 /// Runs `tests/browser/{script}` with its own temp folder; returns stdout.
 /// Panics with the script's output if it fails or hangs.
 async fn run_scenario(script: &str, dir: &Path) -> String {
@@ -103,12 +115,9 @@ fn line_json(stdout: &str, prefix: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn dashboard_shows_students_joining_changes_and_announcements_live() {
-    if !ready() {
+    let Some(_) = scenario("live.mjs").await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    run_scenario("live.mjs", dir.path()).await;
+    };
     let shot = artifact_dir().join("dashboard-30.png");
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 10_000, "a screenshot of 30 students at {shot:?}");
@@ -116,12 +125,9 @@ async fn dashboard_shows_students_joining_changes_and_announcements_live() {
 
 #[tokio::test]
 async fn after_a_kill_the_dashboard_recovers_and_the_page_delivers_its_answers_once() {
-    if !ready() {
+    let Some((dir, stdout)) = scenario("restart.mjs").await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let stdout = run_scenario("restart.mjs", dir.path()).await;
+    };
     let unacked: Vec<String> = line_json(&stdout, "RESULT ")["unacked"]
         .as_array()
         .expect("unacked ids")
@@ -180,12 +186,9 @@ async fn after_a_kill_the_dashboard_recovers_and_the_page_delivers_its_answers_o
 
 #[tokio::test]
 async fn dashboard_stays_smooth_with_300_students() {
-    if !ready() {
+    let Some((_, stdout)) = scenario("perf.mjs").await else {
         return;
-    }
-    let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let stdout = run_scenario("perf.mjs", dir.path()).await;
+    };
     let perf = line_json(&stdout, "PERF ");
     assert_eq!(perf["students"], 300, "{perf}");
     assert!(perf["row_updates"].as_u64().unwrap_or(0) >= 3000, "{perf}");

@@ -3,8 +3,8 @@
 // own performance.now() timings), the gaps between animation frames (jank),
 // long tasks (> 50 ms), the main thread's busy share (Chromium's metrics)
 // and the 1 Hz "last active" refresh. Prints a PERF line with the numbers
-// quoted in docs/CLIENT.md, and fails if a render does not fit in a 60 Hz
-// frame at the 95th percentile or the page stops animating.
+// quoted in docs/CLIENT.md. It fails if a row element is rebuilt, if a row
+// update costs more than a few DOM mutations, or if renders get slow.
 
 import { check, kill9, launch, log, page, scenario, startServer } from './lib.mjs';
 
@@ -35,6 +35,13 @@ await scenario('300 students', async ({ cleanup, problems }) => {
       for (const e of list.getEntries()) window.longTasks.push(e.duration);
     }).observe({ type: 'longtask', buffered: false });
     window.measureStart = performance.now();
+    // Update only what changed: count DOM mutations in the table, and keep
+    // the row elements to check that none was rebuilt.
+    window.rowsAtStart = [...document.querySelectorAll('#students .rows .row')];
+    window.mutations = 0;
+    new MutationObserver((records) => {
+      window.mutations += records.length;
+    }).observe(document.querySelector('#students .rows'), { subtree: true, childList: true, characterData: true, attributes: true });
     // Gaps between animation frames: what a viewer would see as jank.
     window.gaps = [];
     let last = performance.now();
@@ -53,6 +60,8 @@ await scenario('300 students', async ({ cleanup, problems }) => {
     const seconds = (performance.now() - window.measureStart) / 1000;
     return {
       students: document.querySelectorAll('#students .rows .row').length,
+      rows_rebuilt: window.rowsAtStart.filter((r) => !r.isConnected).length,
+      mutations_per_row_update: +(window.mutations / s.rowUpdates).toFixed(2),
       seconds: +seconds.toFixed(1),
       frames: s.frames,
       row_updates: s.rowUpdates,
@@ -76,9 +85,11 @@ await scenario('300 students', async ({ cleanup, problems }) => {
   m.style_pct = busy('RecalcStyleDuration');
   console.log(`PERF ${JSON.stringify(m)}`);
   check(m.students === STUDENTS, 'every student has a row');
-  check(m.frame_ms_p95 < 16, `95% of renders apply their updates within 16 ms (got ${m.frame_ms_p95} ms)`);
-  // Generous (the test machine is shared), but a view that re-rendered
-  // the table per event would fail it.
-  check(m.frame_gap_ms_p95 < 100, `the page keeps animating: 95% of frame gaps under 100 ms (got ${m.frame_gap_ms_p95} ms)`);
-  check(m.main_thread_busy_pct < 90, `the main thread has time to spare (busy ${m.main_thread_busy_pct}%)`);
+  // Deterministic: what the view does per update, whatever the machine's load.
+  check(m.rows_rebuilt === 0, `no row element was rebuilt (${m.rows_rebuilt} were)`);
+  check(m.mutations_per_row_update < 8, `a row update touches only its changed cells (${m.mutations_per_row_update} DOM mutations each)`);
+  // Timing: generous, because this machine may be shared (the numbers
+  // quoted in docs/CLIENT.md come from this same line, run alone); a view
+  // that re-rendered the table per event would still fail it.
+  check(m.frame_ms_p95 < 50, `95% of renders apply their updates within 50 ms (got ${m.frame_ms_p95} ms)`);
 });

@@ -58,6 +58,7 @@ export class View {
     this.tbody = root.querySelector('#students .rows');
     this.rows = new Map(); // student_id -> { tr, cells, student, sortKey, visible }
     this.dirty = new Set();
+    this.moved = new Set(); // rows whose sort key changed since the last _order
     this.reorder = false;
     this.totalQuestions = null;
     this.filter = { status: '', name: '' };
@@ -75,6 +76,7 @@ export class View {
     this.tbody.replaceChildren();
     this.rows.clear();
     this.dirty.clear();
+    this.moved.clear();
     for (const s of students) this.upsert(s);
     this.reorder = true;
     // At once, not at the next tick: the "not live" banner goes away right
@@ -263,6 +265,7 @@ export class View {
     const key = this._sortKey(s);
     if (key !== row.sortKey) {
       row.sortKey = key;
+      if (row.tr.isConnected) this.moved.add(row);
       this.reorder = true;
     }
     const visible = this._matches(s);
@@ -307,20 +310,28 @@ export class View {
     return true;
   }
 
-  /** Sorts and filters, moving only the rows that are out of place. */
+  /**
+   * Sorts and filters, moving only the rows whose sort key changed: they
+   * are taken out first, so the others are already in order and a single
+   * pass puts each moved row back before the first row that sorts after it.
+   */
   _order() {
     this.reorder = false;
     const rows = [...this.rows.values()].filter((r) => r.student);
     for (const r of rows) r.sortKey = this._sortKey(r.student);
     const dir = this.sort.dir;
     rows.sort((a, b) => (a.sortKey < b.sortKey ? -dir : a.sortKey > b.sortKey ? dir : a.student.student_id < b.student.student_id ? -1 : 1));
+    for (const r of this.moved) r.tr.remove();
+    this.moved.clear();
+    let cursor = this.tbody.firstElementChild;
     let shown = 0;
-    rows.forEach((r, i) => {
+    for (const r of rows) {
       const visible = this._matches(r.student);
       if (r.tr.hidden === visible) r.tr.hidden = !visible;
       if (visible) shown += 1;
-      if (this.tbody.children[i] !== r.tr) this.tbody.insertBefore(r.tr, this.tbody.children[i] ?? null);
-    });
+      if (r.tr === cursor) cursor = cursor.nextElementSibling;
+      else this.tbody.insertBefore(r.tr, cursor);
+    }
     this.root.querySelector('#shown').textContent = `${shown} of ${rows.length} shown`;
   }
 
