@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod crash;
+mod dashboard;
 mod helpers;
 mod loadgen;
 mod ops;
