@@ -73,8 +73,13 @@ export class ExamwatchClient extends EventTarget {
     this.state = 'idle';
     /** Estimated server clock minus local clock, in ms. */
     this.clockOffsetMs = 0;
-    /** Highest event seq seen (teachers: every event; students: announcements). */
-    this.lastSeq = Number(this._load('seq') ?? 0) || 0;
+    /**
+     * Highest event seq seen (teachers: every event; students: their
+     * welcome's, then announcements'); null until the first welcome or
+     * snapshot. Students keep it in storage, to resume across page loads.
+     */
+    const stored = this._load('seq');
+    this.lastSeq = stored === null || Number.isNaN(Number(stored)) ? null : Number(stored);
     /** Teachers: the seq the current view reflects (PROTOCOL.md 4.1). */
     this.appliedSeq = 0;
     this.sessionId = this._load('session');
@@ -284,10 +289,10 @@ export class ExamwatchClient extends EventTarget {
         this._syncClock(Date.parse(msg.server_time));
         this._emit('welcome', msg);
         this._emit('status', { student: msg.student, cause: 'welcome' });
-        // The announcements this client missed, then everything unacked.
-        if (this.lastSeq > 0) this.send({ type: 'resume', last_seq: this.lastSeq });
-        else this._setSeq(msg.last_seq);
         this._live({ sessionId: msg.session_id });
+        // The announcements this client missed, then everything unacked.
+        if (this.lastSeq !== null) this.send({ type: 'resume', last_seq: this.lastSeq });
+        else this._setSeq(msg.last_seq);
         this._flush(0);
         break;
       case 'snapshot': {
@@ -299,7 +304,7 @@ export class ExamwatchClient extends EventTarget {
           this._live({});
           // Events between what we saw and this snapshot: already in the
           // snapshot, but a dashboard lists the alerts it missed.
-          if (missedFrom > 0 && missedFrom < msg.seq) this.send({ type: 'resume', last_seq: missedFrom });
+          if (missedFrom !== null && missedFrom < msg.seq) this.send({ type: 'resume', last_seq: missedFrom });
         }
         this._setSeq(msg.seq);
         break;
@@ -307,7 +312,7 @@ export class ExamwatchClient extends EventTarget {
       case 'student':
       case 'alert':
       case 'announcement': {
-        const stale = this.role === 'watcher' ? msg.seq <= this.appliedSeq : msg.seq <= this.lastSeq;
+        const stale = this.role === 'watcher' ? msg.seq <= this.appliedSeq : msg.seq <= (this.lastSeq ?? 0);
         if (!stale && this.role === 'watcher') this.appliedSeq = msg.seq;
         const detail = { ...msg, stale };
         this._emit('event', detail);
@@ -436,7 +441,7 @@ export class ExamwatchClient extends EventTarget {
   }
 
   _setSeq(seq) {
-    if (Number.isFinite(seq) && seq > this.lastSeq) {
+    if (Number.isFinite(seq) && (this.lastSeq === null || seq > this.lastSeq)) {
       this.lastSeq = seq;
       if (this.role === 'student') this._store('seq', seq);
     }
