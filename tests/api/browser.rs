@@ -6,6 +6,9 @@
 //! will not do) and exits non-zero on the first failed check; this module
 //! runs them, one at a time, and checks the database afterwards.
 //!
+//! `client.mjs` checks the client library's rules in node alone, against a
+//! scripted fake socket.
+//!
 //! Without chromium, node or `npm ci` in tests/browser they are skipped
 //! with a visible notice, except under `CI=true`, where that is a failure
 //! (`.ci/run` installs all three).
@@ -32,15 +35,19 @@ fn artifact_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts")
 }
 
-/// `Err(reason)` when something the browser tests need is missing.
-fn prerequisites() -> Result<(), String> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return Err(format!("{chromium} not found (apt-get install chromium)"));
-    }
+/// `Err(reason)` when something the tests need is missing: node, and for
+/// the browser scenarios chromium and `npm ci` in tests/browser.
+fn prerequisites(browser: bool) -> Result<(), String> {
     let node = std::process::Command::new("node").arg("--version").output();
     if !node.is_ok_and(|o| o.status.success()) {
         return Err("node not found".into());
+    }
+    if !browser {
+        return Ok(());
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        return Err(format!("{chromium} not found (apt-get install chromium)"));
     }
     if !browser_dir().join("node_modules/playwright-core").exists() {
         return Err("tests/browser/node_modules missing (npm ci in tests/browser)".into());
@@ -49,8 +56,8 @@ fn prerequisites() -> Result<(), String> {
 }
 
 /// Whether to run; a visible notice when not, a failure under CI.
-fn ready() -> bool {
-    match prerequisites() {
+fn ready(browser: bool) -> bool {
+    match prerequisites(browser) {
         Ok(()) => true,
         Err(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
             panic!("browser tests are required under CI: {why}")
@@ -65,7 +72,7 @@ fn ready() -> bool {
 /// Runs a scenario in a fresh folder (kept for checks on its database),
 /// one at a time; `None` when the browser tests are skipped.
 async fn scenario(script: &str) -> Option<(tempfile::TempDir, String)> {
-    if !ready() {
+    if !ready(true) {
         return None;
     }
     let _one = ONE_AT_A_TIME.lock().await;
@@ -111,6 +118,17 @@ fn line_json(stdout: &str, prefix: &str) -> serde_json::Value {
         .find_map(|l| l.strip_prefix(prefix))
         .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{stdout}"));
     serde_json::from_str(line).expect("the line holds JSON")
+}
+
+/// The client library's rules against a scripted fake socket (node only).
+#[tokio::test]
+async fn client_library_backs_off_resumes_and_keeps_its_outbox() {
+    if !ready(false) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stdout = run_scenario("client.mjs", dir.path()).await;
+    assert!(stdout.contains("client library: ok"), "{stdout}");
 }
 
 #[tokio::test]
