@@ -115,15 +115,7 @@ async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
         answered |= ev["cause"] == "answered";
     }
     // The exam exists for the REST API, with its number of questions.
-    let exam: serde_json::Value = reqwest::Client::new()
-        .get(format!("{base}/v1/exams/demo"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let exam = get_json_at(&format!("{base}/v1/exams/demo"), token).await;
     assert_eq!(exam["settings"]["total_questions"], 5, "{exam}");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
