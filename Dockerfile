@@ -8,6 +8,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
 COPY examples ./examples
+# The dashboard, client library and demo page are compiled into the binary.
+COPY web ./web
 RUN cargo build --release --locked --bin examwatch \
  && strip target/release/examwatch
 

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the one JSON error shape every non-WebSocket
 //! answer uses (`{"error": {"code", "message"}}`), and the operational
-//! endpoints (`/healthz`, `/readyz`, `/metrics`).
+//! endpoints (`/healthz`, `/readyz`, `/metrics`). The browser pages are
+//! merged in from [`crate::dashboard`].
 
 use std::borrow::Cow;
 
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)

@@ -12,13 +12,17 @@
 //! - [`ws`]: the per-connection task (read, write, ping, close codes);
 //! - [`protocol`]: the wire contract (mirrored in docs/PROTOCOL.md);
 //! - [`room`]: rooms, their registry, and how student state changes;
-//! - [`metrics`], [`telemetry`]: what operators see.
+//! - [`metrics`], [`telemetry`]: what operators see;
+//! - [`dashboard`]: the embedded teacher dashboard, client library and demo page;
+//! - [`demo`]: `examwatch demo`, one exam with simulated students.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod dashboard;
+pub mod demo;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;

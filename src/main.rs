@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use examwatch::{
     App, Settings,
     auth::{Keys, Role},
+    demo::DemoOptions,
     telemetry,
 };
 
@@ -48,6 +49,19 @@ enum Command {
         #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Run the server with one demo exam and simulated students, and print
+    /// the dashboard URL with a ready teacher token.
+    Demo {
+        /// Simulated students.
+        #[arg(long, default_value_t = 30)]
+        students: usize,
+        /// Mean time between two actions of one student, e.g. `2s`.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        pace: Duration,
+        /// The demo exam's id.
+        #[arg(long, default_value = "demo")]
+        exam: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -87,6 +101,18 @@ fn main() -> ExitCode {
             exams,
             ttl,
         } => token(&settings, &sub, &name, role, exams, ttl),
+        Command::Demo {
+            students,
+            pace,
+            exam,
+        } => demo(
+            settings,
+            DemoOptions {
+                students,
+                pace,
+                exam,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,6 +129,17 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let shutdown = shutdown_signal()?;
         let app = App::build(settings).await?;
         app.run(shutdown).await
+    })
+}
+
+fn demo(settings: Settings, opts: DemoOptions) -> anyhow::Result<()> {
+    if !examwatch::auth::valid_exam_id(&opts.exam) {
+        anyhow::bail!("--exam must be 1-64 characters of letters, digits, '-', '_' and '.'");
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        examwatch::demo::run(settings, opts, shutdown).await
     })
 }
 

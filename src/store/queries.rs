@@ -504,6 +504,14 @@ impl Store {
         roster: &[(String, String, bool)],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
+        // Write first, read second: on SQLite a transaction that read before
+        // its first write fails at once with SQLITE_BUSY (no busy wait) if
+        // the event writer committed in between; one that starts by writing
+        // waits for the lock like any other writer.
+        sqlx::query("DELETE FROM roster WHERE exam_id = $1")
+            .bind(exam_id)
+            .execute(&mut *tx)
+            .await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT id FROM exams WHERE id = $1")
             .bind(exam_id)
             .fetch_optional(&mut *tx)
@@ -511,10 +519,6 @@ impl Store {
         if exists.is_none() {
             return Err(StoreError::NotFound);
         }
-        sqlx::query("DELETE FROM roster WHERE exam_id = $1")
-            .bind(exam_id)
-            .execute(&mut *tx)
-            .await?;
         insert_roster(&mut tx, exam_id, roster).await?;
         record_action(&mut tx, exam_id, actor, "replace_roster", roster.len()).await?;
         tx.commit().await?;

@@ -242,13 +242,7 @@ impl TestApp {
 
     /// GET a JSON document from the REST API.
     pub async fn get_json(&self, path: &str, token: &str) -> Value {
-        self.api(reqwest::Method::GET, path, token)
-            .send()
-            .await
-            .expect("request sent")
-            .json()
-            .await
-            .expect("a JSON body")
+        get_json_at(&self.http(path), token).await
     }
 
     /// The whole timeline of an exam, read page by page (`limit` per page).
@@ -499,6 +493,19 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// GET a JSON document at `url` with a bearer token (any server).
+pub async fn get_json_at(url: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("a JSON body")
 }
 
 /// Connects a WebSocket client to `url`.

@@ -3,9 +3,11 @@
 
 mod auth;
 mod bad_input;
+mod browser;
 mod cli;
 mod cluster;
 mod crash;
+mod dashboard;
 mod helpers;
 mod loadgen;
 mod ops;

@@ -1,0 +1,371 @@
+//! `examwatch demo`: the whole product in one command.
+//!
+//! A newcomer should see a live exam without writing a client: this starts
+//! the normal server (same settings, same code paths), creates one exam, and
+//! runs N simulated students against it over real WebSockets. They answer
+//! questions, pause long enough to become idle, lose and regain focus, drop
+//! their connection and come back (some within the grace period, some
+//! after), and now and then submit. It prints the dashboard URL with a
+//! ready teacher token, and a student page URL to join the exam by hand.
+//!
+//! The simulated students are ordinary protocol clients (tokio-tungstenite),
+//! so the demo doubles as a load source for the 300-student dashboard
+//! measurement in the browser tests.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    App, Settings,
+    auth::Role,
+    store::{StoreError, now_ms, queries::ExamRow},
+};
+
+/// Questions in the demo exam (the dashboard's progress bar total, read
+/// from the exam's `settings.total_questions`).
+pub const QUESTIONS: u32 = 5;
+
+/// What `examwatch demo` runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub students: usize,
+    /// Mean time between two actions of one student.
+    pub pace: Duration,
+    pub exam: String,
+}
+
+/// Runs the server with the demo exam and its simulated students until
+/// `shutdown` resolves.
+pub async fn run(
+    mut settings: Settings,
+    opts: DemoOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Short timers, so that idle and disconnected students show up within
+    // a minute of watching.
+    settings.exam.idle_after = Duration::from_secs(15);
+    settings.exam.disconnect_grace = Duration::from_secs(5);
+    let app = App::build(settings).await?;
+    let addr = app.local_addr()?;
+    let state = app.state().clone();
+    let exam = ExamRow {
+        id: opts.exam.clone(),
+        title: "Demo exam".into(),
+        phase: "running".into(),
+        starts_at: Some(now_ms()),
+        duration_secs: Some(3600),
+        settings: json!({ "total_questions": QUESTIONS }).to_string(),
+        created_by: "examwatch demo".into(),
+        created_at: now_ms(),
+        roster_size: 0,
+    };
+    match state.store.create_exam(&exam, &[]).await {
+        Ok(()) | Err(StoreError::Conflict) => {}
+        Err(e) => return Err(e).context("cannot create the demo exam"),
+    }
+    let keys = state.keys.clone();
+    let twelve_hours = Duration::from_secs(12 * 3600);
+    let grant = || vec![opts.exam.clone()];
+    let teacher = keys.mint(
+        "demo-teacher",
+        "Demo Teacher",
+        Role::Teacher,
+        grant(),
+        twelve_hours,
+    )?;
+    let visitor = keys.mint(
+        "visitor",
+        "You (student page)",
+        Role::Student,
+        grant(),
+        twelve_hours,
+    )?;
+    let stop = CancellationToken::new();
+    for i in 0..opts.students {
+        let token = keys.mint(
+            &format!("s{:03}", i + 1),
+            &student_name(i),
+            Role::Student,
+            grant(),
+            twelve_hours,
+        )?;
+        let sim = Simulated {
+            url: format!("ws://{addr}/v1/exams/{}/ws", opts.exam),
+            token,
+            pace: opts.pace,
+            rng: Rng::seeded(i as u64),
+            stop: stop.clone(),
+        };
+        tokio::spawn(sim.run());
+    }
+    print_urls(addr, &opts, &teacher, &visitor);
+    app.run(async move {
+        shutdown.await;
+        stop.cancel();
+    })
+    .await
+}
+
+fn print_urls(addr: SocketAddr, opts: &DemoOptions, teacher: &str, visitor: &str) {
+    let exam = &opts.exam;
+    println!(
+        "examwatch demo: exam {exam:?} with {} simulated students (ctrl-c to stop)\n\
+         \n  dashboard:    http://{addr}/dashboard/?exam={exam}&token={teacher}\
+         \n  student page: http://{addr}/demo/student?exam={exam}&token={visitor}\n",
+        opts.students
+    );
+}
+
+const FIRST: &[&str] = &[
+    "Ada",
+    "Alan",
+    "Grace",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Margaret",
+    "Ken",
+    "Frances",
+    "Dennis",
+    "Radia",
+    "John",
+    "Hedy",
+    "Tim",
+    "Katherine",
+    "Niklaus",
+    "Annie",
+    "Linus",
+    "Sophie",
+    "Guido",
+];
+const LAST: &[&str] = &[
+    "Lovelace",
+    "Turing",
+    "Hopper",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Hamilton",
+    "Thompson",
+    "Allen",
+    "Ritchie",
+    "Perlman",
+    "Backus",
+    "Lamarr",
+    "Berners-Lee",
+    "Johnson",
+    "Wirth",
+    "Easley",
+    "Torvalds",
+    "Wilson",
+    "van Rossum",
+];
+
+fn student_name(i: usize) -> String {
+    let first = FIRST[i % FIRST.len()];
+    let last = LAST[(i / FIRST.len() + i * 7) % LAST.len()];
+    format!("{first} {last}")
+}
+
+/// xorshift64*: plenty for jittering a demo, and no extra dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(salt: u64) -> Self {
+        let mut seed = [0u8; 8];
+        // No randomness available: a fixed seed still makes a fine demo.
+        let _ = getrandom::fill(&mut seed);
+        Self((u64::from_le_bytes(seed) ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// Uniform in `[lo, hi)` of `base`, e.g. `jitter(pace, 0.5, 1.5)`.
+    fn jitter(&mut self, base: Duration, lo: f64, hi: f64) -> Duration {
+        let f = lo + (hi - lo) * (self.below(1_000_000) as f64 / 1_000_000.0);
+        base.mul_f64(f)
+    }
+}
+
+/// What a simulated student does next.
+enum Step {
+    /// Keep going on this connection after waiting this long.
+    Continue(Duration),
+    /// Drop the connection, come back after this long.
+    Drop(Duration),
+    /// Submitted: stay connected, do nothing more.
+    Done,
+}
+
+/// One simulated student: connects, acts at random, reconnects after drops
+/// with `previous_session`, like a real exam client.
+struct Simulated {
+    url: String,
+    token: String,
+    pace: Duration,
+    rng: Rng,
+    stop: CancellationToken,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Simulated {
+    async fn run(mut self) {
+        // Spread the joins over the first seconds, like a class arriving.
+        let mut wait = self.rng.jitter(Duration::from_secs(3), 0.0, 1.0);
+        let mut session: Option<String> = None;
+        let mut answered = [false; QUESTIONS as usize];
+        let mut k = 0u64;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.cancelled() => return,
+            }
+            let Some((mut ws, welcome)) = self.connect(session.as_deref()).await else {
+                wait = self.rng.jitter(Duration::from_secs(2), 0.5, 1.5);
+                continue;
+            };
+            session = welcome["session_id"].as_str().map(str::to_owned);
+            let mut submitted = welcome["student"]["status"] == "submitted";
+            let mut next = self.rng.jitter(self.pace, 0.2, 1.0);
+            wait = loop {
+                let due = tokio::time::Instant::now() + next;
+                // Reading while waiting answers the server's pings.
+                let incoming = tokio::select! {
+                    _ = tokio::time::sleep_until(due) => None,
+                    msg = ws.next() => Some(msg),
+                    _ = self.stop.cancelled() => return,
+                };
+                match incoming {
+                    Some(Some(Ok(_))) => {
+                        next = due.saturating_duration_since(tokio::time::Instant::now());
+                        continue;
+                    }
+                    Some(_) => break Duration::from_secs(1),
+                    None => {}
+                }
+                if submitted {
+                    next = Duration::from_secs(3600);
+                    continue;
+                }
+                k += 1;
+                match self.act(&mut ws, &mut answered, k).await {
+                    Ok(Step::Continue(d)) => next = d,
+                    Ok(Step::Drop(d)) => {
+                        let _ = ws.close(None).await;
+                        break d;
+                    }
+                    Ok(Step::Done) => submitted = true,
+                    Err(_) => break Duration::from_secs(1),
+                }
+            };
+        }
+    }
+
+    async fn connect(&self, previous: Option<&str>) -> Option<(Socket, Value)> {
+        let url = match previous {
+            Some(id) => format!("{}?previous_session={id}", self.url),
+            None => self.url.clone(),
+        };
+        let mut req = url.into_client_request().ok()?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.token)).ok()?;
+        req.headers_mut().insert("authorization", bearer);
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.ok()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, ws.next()).await.ok()??;
+            if let Ok(Message::Text(text)) = msg {
+                let v: Value = serde_json::from_str(text.as_str()).ok()?;
+                if v["type"] == "welcome" {
+                    return Some((ws, v));
+                }
+            }
+        }
+    }
+
+    /// One random action, weighted like a real class: mostly answering.
+    async fn act(
+        &mut self,
+        ws: &mut Socket,
+        answered: &mut [bool; QUESTIONS as usize],
+        k: u64,
+    ) -> Result<Step, tokio_tungstenite::tungstenite::Error> {
+        let pace = self.rng.jitter(self.pace, 0.5, 1.5);
+        let roll = self.rng.below(100);
+        let send = |v: Value| Message::text(v.to_string());
+        if roll < 60 {
+            let q = self.rng.below(u64::from(QUESTIONS)) as usize;
+            answered[q] = true;
+            let question = format!("q{}", q + 1);
+            let count = answered.iter().filter(|a| **a).count();
+            ws.send(send(
+                json!({"type": "progress", "question": question, "answered": count}),
+            ))
+            .await?;
+            let id = format!("a{k}-{}", self.rng.next() % 1_000_000);
+            let value = ["A", "B", "C"][self.rng.below(3) as usize];
+            ws.send(send(json!({"type": "answer", "id": id, "question": question, "value": value, "ref": id})))
+                .await?;
+            return Ok(Step::Continue(pace));
+        }
+        if roll < 72 {
+            ws.send(send(json!({"type": "focus", "state": "lost"})))
+                .await?;
+            tokio::time::sleep(self.rng.jitter(Duration::from_secs(3), 0.3, 1.0)).await;
+            ws.send(send(json!({"type": "focus", "state": "gained"})))
+                .await?;
+            return Ok(Step::Continue(pace));
+        }
+        if roll < 80 {
+            // A long pause: the server marks the student idle (15 s).
+            return Ok(Step::Continue(Duration::from_secs(16 + self.rng.below(10))));
+        }
+        if roll < 86 {
+            // Wi-Fi trouble: back within the 5 s grace, or after it.
+            return Ok(Step::Drop(self.rng.jitter(
+                Duration::from_secs(8),
+                0.2,
+                1.2,
+            )));
+        }
+        if roll < 88 && answered.iter().all(|a| *a) {
+            ws.send(send(json!({"type": "submit", "ref": "submit"})))
+                .await?;
+            return Ok(Step::Done);
+        }
+        ws.send(send(json!({"type": "heartbeat"}))).await?;
+        Ok(Step::Continue(pace))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range_and_names_vary() {
+        let mut rng = Rng::seeded(7);
+        for _ in 0..1000 {
+            let d = rng.jitter(Duration::from_secs(2), 0.5, 1.5);
+            assert!(
+                d >= Duration::from_secs(1) && d < Duration::from_secs(3),
+                "{d:?}"
+            );
+        }
+        let names: std::collections::HashSet<_> = (0..300).map(student_name).collect();
+        assert!(names.len() > 250, "{} distinct names", names.len());
+    }
+}

@@ -1,0 +1,124 @@
+//! The browser pages as HTTP sees them (no browser needed): content types,
+//! CSP and caching headers, 304 on a matching ETag, 404 in the JSON shape;
+//! and `examwatch demo`, whose URL and token really open a live exam with
+//! its simulated students in it.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use reqwest::{StatusCode, header};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn pages_are_served_with_their_types_csp_and_etags() {
+    let app = spawn_app().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = http.get(app.http("/")).send().await.unwrap();
+    assert!(root.status().is_redirection());
+    assert_eq!(root.headers()[header::LOCATION], "/dashboard/");
+
+    for (path, ty) in [
+        ("/dashboard/", "text/html"),
+        ("/dashboard/dashboard.js", "text/javascript"),
+        ("/dashboard/dashboard.css", "text/css"),
+        ("/client/examwatch.js", "text/javascript"),
+        ("/demo/student", "text/html"),
+        ("/demo/student.js", "text/javascript"),
+    ] {
+        let res = http.get(app.http(path)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let h = res.headers();
+        assert!(
+            h[header::CONTENT_TYPE].to_str().unwrap().starts_with(ty),
+            "{path}"
+        );
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(h[header::CACHE_CONTROL], "no-cache");
+        let etag = h[header::ETAG].clone();
+        let again = http
+            .get(app.http(path))
+            .header(header::IF_NONE_MATCH, etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+    }
+    for path in [
+        "/dashboard/nope.js",
+        "/client/Cargo.toml",
+        "/demo/student.css",
+    ] {
+        let res = http.get(app.http(path)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+}
+
+/// The line of `examwatch demo`'s output that starts with `label:`.
+fn url_after(lines: &std::sync::mpsc::Receiver<String>, label: &str) -> String {
+    loop {
+        let line = lines.recv_timeout(WAIT * 2).expect("demo printed its URLs");
+        if let Some(url) = line.trim().strip_prefix(label) {
+            return url.trim().to_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_examwatch"))
+        .args(["demo", "--students", "4", "--pace", "300ms"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let dashboard = url_after(&lines, "dashboard:");
+    let student_page = url_after(&lines, "student page:");
+    let (base, query) = dashboard
+        .split_once("/dashboard/?")
+        .expect("a dashboard URL");
+    let token = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .expect("a token in the URL");
+    assert!(student_page.contains("/demo/student?exam=demo&token="));
+
+    // The teacher token watches exam `demo`, where the students act.
+    let ws = format!("{}/v1/exams/demo/ws", base.replacen("http", "ws", 1));
+    let mut teacher = connect_url(&ws, token).await;
+    teacher.next_of_type("snapshot").await;
+    let mut joined = std::collections::HashSet::new();
+    let mut answered = false;
+    while joined.len() < 4 || !answered {
+        let ev = teacher.next_of_type("student").await;
+        joined.insert(ev["student"]["student_id"].as_str().unwrap().to_owned());
+        answered |= ev["cause"] == "answered";
+    }
+    // The exam exists for the REST API, with its number of questions.
+    let exam = get_json_at(&format!("{base}/v1/exams/demo"), token).await;
+    assert_eq!(exam["settings"]["total_questions"], 5, "{exam}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success(), "demo exits 0 on SIGTERM");
+}

@@ -1,0 +1,87 @@
+// `examwatch demo` with 30 simulated students, watched on the dashboard:
+// students joining appear; a student page joining appears; its focus loss
+// and its submission are on the dashboard within a second; an announcement
+// from the dashboard reaches the student page within a second; sorting and
+// filtering work; a screenshot of the dashboard is saved.
+
+import { join } from 'node:path';
+import { SECOND, artifacts, check, kill9, launch, log, page, row, scenario, startServer, within } from './lib.mjs';
+
+const rowText = (sel) => document.querySelector(sel)?.textContent ?? 'no such row';
+
+await scenario('live dashboard', async ({ cleanup, problems }) => {
+  const server = await startServer(['demo', '--students', '30', '--pace', '1s']);
+  cleanup.push(() => kill9(server));
+  log('demo running at', server.addr);
+
+  // Static files: right types, CSP, caching.
+  const base = `http://${server.addr}`;
+  const lib = await fetch(`${base}/client/examwatch.js`);
+  check(lib.headers.get('content-type').startsWith('text/javascript'), 'library is served as JavaScript');
+  check(lib.headers.get('cache-control') === 'no-cache' && lib.headers.get('etag'), 'library revalidates by ETag');
+  const again = await fetch(`${base}/client/examwatch.js`, { headers: { 'if-none-match': lib.headers.get('etag') } });
+  check(again.status === 304, `unchanged library is a 304, got ${again.status}`);
+  const html = await fetch(`${base}/dashboard/`);
+  check(/script-src 'self'/.test(html.headers.get('content-security-policy') ?? ''), 'dashboard has a CSP');
+  check((await fetch(`${base}/dashboard/nope.js`)).status === 404, 'unknown file is a 404');
+
+  const browser = await launch();
+  cleanup.push(() => browser.close());
+  const dash = await page(browser, server.urls.dashboard, problems);
+  await dash.waitForSelector('#live[data-state="live"]');
+  check(!new URL(dash.url()).searchParams.has('token'), 'the token is removed from the address bar');
+  await dash.waitForFunction(() => document.querySelectorAll('#students .rows .row').length === 30);
+  log('30 simulated students on the dashboard');
+  check((await dash.textContent('#count-active')) !== '', 'counts are shown');
+
+  // The README screenshot: wait until the class looks like a real one.
+  await dash.waitForFunction(() => {
+    const n = (k) => Number(document.querySelector(`#count-${k}`).textContent);
+    return document.querySelectorAll('#alerts li').length >= 3 && n('idle') + n('disconnected') >= 2;
+  }, null, { timeout: 60000 });
+  const shot = join(artifacts(), 'dashboard-30.png');
+  await dash.screenshot({ path: shot, fullPage: true });
+  log('screenshot saved to', shot);
+
+  // A student page joins: on the dashboard within a second of being online.
+  const student = await page(browser, server.urls.student, problems);
+  await student.waitForSelector('#conn[data-state="live"]');
+  await within(dash, SECOND, 'the student page is on the dashboard', (sel) => document.querySelector(sel)?.textContent.includes('You (student page)'), row('visitor'), rowText);
+
+  // Focus lost on the student page: the count changes within a second.
+  await student.evaluate(() => window.dispatchEvent(new Event('blur')));
+  await within(dash, SECOND, 'focus loss on the dashboard', (sel) => document.querySelector(`${sel} .c-focus`)?.textContent === '1', row('visitor'), rowText);
+  await within(dash, SECOND, 'focus loss in the alerts', () => [...document.querySelectorAll('#alerts li')].some((li) => li.textContent.includes('You (student page)')), null, () => document.querySelector('#alerts').textContent);
+  await student.evaluate(() => window.dispatchEvent(new Event('focus')));
+
+  // An announcement from the dashboard reaches the student page within a second.
+  await dash.fill('#announce-text', 'Ten minutes left');
+  await dash.click('#announce-form button');
+  await within(student, SECOND, 'announcement on the student page', () => document.querySelector('#announcements li')?.textContent.includes('Ten minutes left'), null, () => document.querySelector('#announcements').textContent);
+  await within(dash, SECOND, 'announcement acked', () => document.querySelector('#announce-status').textContent === 'sent', null, () => document.querySelector('#announce-status').textContent);
+
+  // The student answers everything and submits: "submitted" within a second.
+  for (const q of ['q1', 'q2', 'q3', 'q4', 'q5']) await student.check(`fieldset[data-question="${q}"] input >> nth=0`);
+  await student.waitForSelector('#pending[data-count="0"]');
+  await within(dash, SECOND, 'progress 5 / 5', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '5 / 5', row('visitor'), rowText);
+  await student.click('#submit');
+  await within(dash, SECOND, 'submission on the dashboard', (sel) => document.querySelector(sel)?.dataset.status === 'submitted', row('visitor'), rowText);
+
+  // Filter and sort.
+  await dash.selectOption('#filter-status', 'submitted');
+  await dash.waitForFunction(() => {
+    const shown = [...document.querySelectorAll('#students .rows .row:not([hidden])')];
+    return shown.length >= 1 && shown.every((r) => r.dataset.status === 'submitted');
+  }, null, { timeout: SECOND });
+  check(!(await dash.$eval(row('visitor'), (r) => r.hidden)), 'the submitted student is shown');
+  await dash.selectOption('#filter-status', '');
+  await dash.fill('#filter-name', 'page)');
+  await dash.waitForFunction(() => document.querySelectorAll('#students .rows .row:not([hidden])').length === 1);
+  await dash.fill('#filter-name', '');
+  await dash.click('[data-sort="name"]');
+  await dash.waitForFunction(() => {
+    const names = [...document.querySelectorAll('#students .rows .row .c-name')].map((td) => td.textContent.toLowerCase());
+    return names.length === 31 && names.every((n, i) => i === 0 || names[i - 1] <= n);
+  });
+  log('filter by status and name, sort by name: ok');
+});

@@ -1,0 +1,84 @@
+// The server is killed (SIGKILL) while a student page has an answer in
+// flight, and restarted on the same port:
+// - the dashboard shows the "not live" banner while it is down, then
+//   reconnects on its own, drops the banner and shows the true state (the
+//   student's socket is gone: not connected);
+// - the student page keeps the in-flight answer and those given while the
+//   server is down, even across closing the tab, and delivers them after
+//   the restart. The answer ids are printed on a RESULT line; the Rust side
+//   checks that each is in the database exactly once.
+
+import { SECOND, SLOW, check, kill9, launch, log, page, row, scenario, startServer, stop, token, within } from './lib.mjs';
+
+const rowState = (sel) => { const r = document.querySelector(sel); return r ? `${r.dataset.conn} ${r.textContent}` : 'no row'; };
+
+// A slow writer: an answer's ack waits ~1.5 s, so an answer sent right
+// before the kill is certainly unacknowledged.
+const env = { EXAMWATCH__DATABASE__FLUSH_INTERVAL: '1500ms' };
+
+await scenario('restart', async ({ cleanup, problems }) => {
+  let server = await startServer(['serve'], { env });
+  cleanup.push(() => kill9(server));
+  const addr = server.addr;
+  const base = `http://${addr}`;
+  const teacher = token('t1', 'teacher', 'e1', 'Ms Lovelace');
+  const created = await fetch(`${base}/v1/exams`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${teacher}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ id: 'e1', title: 'Restart test', settings: { total_questions: 5 } }),
+  });
+  check(created.status === 201, `exam created: ${created.status}`);
+
+  const browser = await launch();
+  cleanup.push(() => browser.close());
+  const dash = await page(browser, `${base}/dashboard/?token=${teacher}`, problems);
+  await dash.waitForSelector('#live[data-state="live"]');
+  const studentUrl = `${base}/demo/student?token=${token('s1', 'student', 'e1', 'Ada')}`;
+  let student = await page(browser, studentUrl, problems);
+  await student.waitForSelector('#conn[data-state="live"]');
+  await within(dash, SECOND, 'the student is on the dashboard', (sel) => document.querySelector(sel)?.dataset.conn === 'connected', row('s1'), rowState);
+
+  // q1 is answered and stored.
+  await student.check('fieldset[data-question="q1"] input >> nth=0');
+  await student.waitForSelector('#pending[data-count="0"]', { timeout: 2 * SLOW });
+  await within(dash, SECOND, 'progress 1 / 5', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '1 / 5', row('s1'), rowState);
+
+  // q2 is sent, and the server dies before acking it.
+  await student.check('fieldset[data-question="q2"] input >> nth=1');
+  await within(student, SECOND, 'q2 waits for its ack', () => document.querySelector('#pending').dataset.count === '1', null, () => document.querySelector('#pending').textContent);
+  await kill9(server);
+  log('server killed with q2 unacked');
+
+  await within(dash, 2 * SECOND, 'the "not live" banner', () => {
+    const b = document.querySelector('#banner');
+    return !b.hidden && b.textContent.includes('Not live');
+  }, null, () => document.querySelector('#banner').outerHTML);
+  check(await dash.evaluate(() => document.body.classList.contains('stale')), 'table is marked stale');
+  await student.waitForSelector('#conn[data-state="offline"]', { timeout: 2 * SECOND });
+
+  // More answers while the server is down, then the tab is closed.
+  await student.check('fieldset[data-question="q3"] input >> nth=2');
+  await student.waitForSelector('#pending[data-count="2"]', { timeout: SECOND });
+  const ids = await student.evaluate(() => window.examwatch.client.pending().map((m) => m.id));
+  check(ids.length === 2, `two answers wait in the outbox: ${ids}`);
+  await student.close();
+  log('student tab closed with', ids.length, 'unacked answers');
+
+  server = await startServer(['serve'], { bind: addr, env });
+  log('server restarted on', server.addr);
+  await within(dash, 2 * SLOW, 'banner gone after the restart', () => document.querySelector('#banner').hidden, null, () => document.querySelector('#banner').outerHTML);
+  check(!(await dash.evaluate(() => document.body.classList.contains('stale'))), 'table no longer stale');
+  // The true state: the student's socket did not survive the restart.
+  await within(dash, SECOND, 'the true state after the restart', (sel) => document.querySelector(sel)?.dataset.conn === 'offline', row('s1'), rowState);
+
+  // The student comes back: the outbox is delivered.
+  student = await page(browser, studentUrl, problems);
+  await student.waitForSelector('#conn[data-state="live"]', { timeout: SLOW });
+  await student.waitForSelector('#pending[data-count="0"]', { timeout: SLOW });
+  await within(dash, SECOND, 'the student back on the dashboard', (sel) => document.querySelector(sel)?.dataset.conn === 'connected', row('s1'), rowState);
+  await within(dash, SECOND, 'progress 3 / 5', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '3 / 5', row('s1'), rowState);
+  check(await student.evaluate(() => window.examwatch.client.pending().length === 0), 'outbox empty');
+  // A graceful stop, so that every event is in the database for the check.
+  await stop(server);
+  console.log(`RESULT ${JSON.stringify({ unacked: ids })}`);
+});

@@ -1,0 +1,158 @@
+// The teacher dashboard's controller: token, exam choice, and the live
+// connection (through the same client library students use), feeding the
+// view in view.js.
+//
+// The token comes from `?token=` (then moved to sessionStorage and removed
+// from the address bar, so it is not bookmarked or shared by accident) or
+// from the paste field. The exam list is what the token grants: its `exams`
+// claim, plus the exams the REST API lists for it (titles; every exam for
+// an admin). The view is never stale silently: whenever the connection is
+// not live a banner says so and the table is greyed, and it goes away only
+// when a fresh snapshot has replaced the state.
+
+import { ExamwatchClient, decodeToken } from '/client/examwatch.js';
+import { View } from './view.js';
+
+const TOKEN_KEY = 'examwatch.dashboard.token';
+const $ = (sel) => document.querySelector(sel);
+
+const params = new URLSearchParams(location.search);
+if (params.has('token')) {
+  sessionStorage.setItem(TOKEN_KEY, params.get('token'));
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
+}
+
+let client = null;
+const view = new View(document.body, () => (client ? client.serverNow().getTime() : Date.now()));
+// Read by the browser tests (and handy in the console).
+window.examwatch = { view, stats: view.stats, get client() { return client; } };
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) ?? '';
+}
+
+async function api(path) {
+  const res = await fetch(path, { headers: { authorization: `Bearer ${token()}` } });
+  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  return res.json();
+}
+
+/** The exams this token grants, with titles where the server knows them. */
+async function grantedExams() {
+  const claims = decodeToken(token());
+  const exams = new Map((Array.isArray(claims.exams) ? claims.exams : []).map((id) => [String(id), String(id)]));
+  try {
+    for (const e of (await api('/v1/exams')).exams) exams.set(e.id, e.title ? `${e.title} (${e.id})` : e.id);
+  } catch {
+    // Not fatal: the claim alone is enough to watch.
+  }
+  return exams;
+}
+
+async function start() {
+  if (!token()) {
+    $('#token-form').hidden = false;
+    return;
+  }
+  $('#token-form').hidden = true;
+  const claims = decodeToken(token());
+  $('#who').textContent = claims.name || claims.sub || '';
+  const exams = await grantedExams();
+  const picker = $('#exam');
+  picker.replaceChildren(...[...exams].map(([id, label]) => new Option(label, id)));
+  const wanted = params.get('exam') ?? sessionStorage.getItem('examwatch.dashboard.exam');
+  if (wanted && exams.has(wanted)) picker.value = wanted;
+  if (exams.size === 0) {
+    showBanner('This token grants no exam.', 'error');
+    return;
+  }
+  watch(picker.value);
+}
+
+function showBanner(text, kind) {
+  const b = $('#banner');
+  b.textContent = text;
+  b.className = `banner ${kind}`;
+  b.hidden = !text;
+  document.body.classList.toggle('stale', Boolean(text) && kind !== 'info');
+}
+
+function watch(exam) {
+  if (client) client.close();
+  sessionStorage.setItem('examwatch.dashboard.exam', exam);
+  view.reset([]);
+  view.setTotal(null);
+  view.timelineSeq = 0;
+  view.lists.clear();
+  $('#alerts').replaceChildren();
+  $('#timeline').replaceChildren();
+  api(`/v1/exams/${encodeURIComponent(exam)}`)
+    .then((e) => view.setTotal(e.settings?.total_questions))
+    .catch(() => {}); // An exam not created through the API: total unknown.
+  client = new ExamwatchClient({ exam, token: token() });
+  client.addEventListener('connection', (e) => onConnection(e.detail));
+  client.addEventListener('snapshot', (e) => view.reset(e.detail.students));
+  client.addEventListener('event', (e) => {
+    const ev = e.detail;
+    // Replayed events (resume after a reconnect) are already in the
+    // snapshot; they still belong in the timeline and alerts if unseen.
+    const unseen = ev.seq > view.timelineSeq;
+    if (ev.type === 'student' && !ev.stale) view.upsert(ev.student);
+    if (ev.type === 'alert' && unseen) view.alert(ev);
+    if (unseen) view.timeline(ev);
+  });
+  client.addEventListener('session_invalidated', () => showBanner('Closed: this token was used elsewhere.', 'error'));
+  client.connect();
+}
+
+function onConnection(d) {
+  const dot = $('#live');
+  dot.dataset.state = d.state;
+  dot.textContent = d.state === 'live' ? 'live' : d.state;
+  if (d.state === 'live') showBanner('', 'info');
+  else if (d.state === 'offline') {
+    const secs = Math.ceil((d.delayMs ?? 0) / 1000);
+    showBanner(`Not live — reconnecting… (attempt ${d.attempt}, next in ${secs} s). The table shows the last known state.`, 'warn');
+  } else if (d.state === 'connecting' && dot.dataset.everLive) {
+    showBanner('Not live — reconnecting…', 'warn');
+  } else if (d.state === 'closed' && d.code) {
+    showBanner(`Not live: the connection was closed (${d.code}). Reload to try again.`, 'error');
+  }
+  if (d.state === 'live') dot.dataset.everLive = '1';
+}
+
+$('#token-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const value = $('#token-input').value.trim();
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+  start();
+});
+$('#signout').addEventListener('click', () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (client) client.close();
+  location.reload();
+});
+$('#exam').addEventListener('change', (e) => watch(e.target.value));
+$('#filter-status').addEventListener('change', (e) => view.setFilter({ status: e.target.value }));
+$('#filter-name').addEventListener('input', (e) => view.setFilter({ name: e.target.value }));
+for (const th of document.querySelectorAll('[data-sort]')) {
+  th.addEventListener('click', () => view.setSort(th.dataset.sort));
+}
+$('#announce-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const text = $('#announce-text').value.trim();
+  const status = $('#announce-status');
+  if (!text || !client) return;
+  status.textContent = 'sending…';
+  try {
+    await client.announce(text);
+    $('#announce-text').value = '';
+    status.textContent = 'sent';
+  } catch (err) {
+    status.textContent = `not sent: ${err.message}`;
+  }
+});
+
+start();

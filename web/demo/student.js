@@ -1,0 +1,121 @@
+// The student demo page: a five-question exam built on the client library,
+// so the whole loop (student page → server → dashboard) can be seen and
+// tested in a browser. The token comes from `?token=` (then kept in this
+// tab's sessionStorage and removed from the address bar); the exam is
+// `?exam=` or the first one the token grants.
+
+import { ExamwatchClient, decodeToken } from '/client/examwatch.js';
+
+export const QUESTIONS = [
+  { id: 'q1', text: '2 + 2 × 2 =', options: ['6', '8', '4'] },
+  { id: 'q2', text: 'The derivative of x² is', options: ['2x', 'x', 'x³/3'] },
+  { id: 'q3', text: 'log₁₀ 1000 =', options: ['3', '10', '100'] },
+  { id: 'q4', text: 'The square root of 144 is', options: ['12', '14', '72'] },
+  { id: 'q5', text: 'A prime number:', options: ['91', '97', '99'] },
+];
+
+const $ = (sel) => document.querySelector(sel);
+const params = new URLSearchParams(location.search);
+if (params.has('token')) {
+  sessionStorage.setItem('examwatch.student.token', params.get('token'));
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : ''));
+}
+const token = sessionStorage.getItem('examwatch.student.token') ?? '';
+const claims = decodeToken(token);
+const exam = params.get('exam') ?? (Array.isArray(claims.exams) ? claims.exams[0] : null);
+const answered = new Set();
+
+function renderQuestions(client) {
+  const form = $('#questions');
+  for (const q of QUESTIONS) {
+    const fs = document.createElement('fieldset');
+    fs.dataset.question = q.id;
+    const legend = document.createElement('legend');
+    legend.textContent = `${q.id.toUpperCase()}. ${q.text}`;
+    const saved = document.createElement('span');
+    saved.className = 'saved';
+    legend.append(' ', saved);
+    fs.append(legend);
+    for (const option of q.options) {
+      const label = document.createElement('label');
+      const input = document.createElement('input');
+      input.type = 'radio';
+      input.name = q.id;
+      input.value = option;
+      input.addEventListener('change', () => {
+        answered.add(q.id);
+        client.answer(q.id, option);
+        client.progress(q.id, answered.size);
+        saved.textContent = 'saving…';
+      });
+      label.append(input, ` ${option}`);
+      fs.append(label);
+    }
+    form.append(fs);
+  }
+}
+
+function showPending(client) {
+  const pending = client.pending();
+  const node = $('#pending');
+  node.dataset.count = String(pending.length);
+  node.textContent = pending.length ? `${pending.length} waiting to be saved.` : 'All answers saved.';
+  const waiting = new Set(pending.filter((m) => m.type === 'answer').map((m) => String(m.question)));
+  for (const fs of document.querySelectorAll('fieldset[data-question]')) {
+    const q = fs.dataset.question;
+    const text = waiting.has(q) ? 'saving…' : answered.has(q) ? 'saved' : '';
+    fs.querySelector('.saved').textContent = text;
+  }
+}
+
+function start() {
+  if (!token || !exam) {
+    $('#notice').hidden = false;
+    $('#notice').textContent = 'Open this page with ?token=<student token> (see `examwatch demo`).';
+    return;
+  }
+  $('#who').textContent = claims.name || claims.sub || '';
+  const client = new ExamwatchClient({ exam, token });
+  window.examwatch = { client };
+  renderQuestions(client);
+  for (const m of client.pending()) if (m.type === 'answer') answered.add(String(m.question));
+  client.addEventListener('connection', (e) => {
+    const { state } = e.detail;
+    $('#conn').dataset.state = state;
+    $('#conn').textContent = state === 'live' ? 'online' : state;
+    $('#notice').hidden = state === 'live' || state === 'connecting';
+    if (state === 'offline') $('#notice').textContent = 'Offline — your answers are kept here and sent when the connection is back.';
+  });
+  client.addEventListener('status', (e) => {
+    const s = e.detail.student;
+    if (s.status === 'submitted') $('#submit-status').textContent = 'Submitted.';
+  });
+  client.addEventListener('outbox', () => showPending(client));
+  client.addEventListener('ack', (e) => {
+    if (e.detail.message?.type === 'submit') {
+      $('#submit-status').textContent = 'Submitted.';
+      $('#submit').disabled = true;
+    }
+  });
+  client.addEventListener('announcement', (e) => {
+    const li = document.createElement('li');
+    li.dataset.seq = String(e.detail.seq);
+    li.textContent = `${new Date(e.detail.at).toLocaleTimeString([], { hour12: false })} ${e.detail.from ? `${e.detail.from}: ` : ''}${e.detail.text}`;
+    $('#announcements').prepend(li);
+  });
+  client.addEventListener('session_invalidated', () => {
+    $('#notice').hidden = false;
+    $('#notice').textContent = 'This exam was opened somewhere else; this page is closed.';
+  });
+  $('#submit').addEventListener('click', () => {
+    client.submit();
+    $('#submit-status').textContent = 'submitting…';
+  });
+  client.watchFocus();
+  client.connect();
+  showPending(client);
+}
+
+start();
