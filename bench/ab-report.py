@@ -26,6 +26,7 @@ def measure(label):
         m[f"p99 at {rate // 1000}k/s, two instances via Redis (ms)"] = median([r["latency_us"]["p99"] / 1000 for r in runs])
         m[f"lost at {rate // 1000}k/s, two instances"] = sum(r["lost"] + r["duplicated"] for r in runs) if runs else None
     m["server CPU per event at 20k/s (µs)"] = median([r["us_per_event"] for r in load(f"ab-{label}-cpu-r*.json")])
+    m["server CPU per fanned-out event, 10 teachers/exam (µs)"] = median([r["us_per_event"] for r in load(f"ab-{label}-cpufan-r*.json")])
     m["RSS per idle connection (KB)"] = median([r["bytes_per_connection"] / 1000 for r in load(f"ab-{label}-idle-r*.json")])
     m["rounds"] = len(load(f"ab-{label}-cpu-r*.json")) or len(load(f"ab-{label}-redis5000-r*.json"))
     return m

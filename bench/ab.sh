@@ -2,7 +2,7 @@
 # examwatch side by side with its Node.js peers, A/B alternated in one run:
 #   bench/ab.sh [ROUNDS]     (default 3 rounds; order ABBA-alternates per round)
 # Per round and server: p99 at 5k and 20k events/s, server CPU µs per event at
-# 20k/s, RSS per idle connection (10,000 sockets); and the two-instance case
+# 20k/s and per fanned-out event with 10 teachers per exam, RSS per idle connection (10,000 sockets); and the two-instance case
 # through Redis (examwatch x2 vs Socket.IO + @socket.io/redis-adapter x2).
 # Then the latency curve (p50/p99 vs offered rate) for the plot.
 # Writes bench/out/ab-*.json; bench/ab-report.py turns them into tables and
@@ -29,6 +29,8 @@ one_instance() { # LABEL ROUND
     done
     cpu_run S "$ADDR_S" "$label-r$r" $framing >/dev/null
     cp "$OUT/cpu-$label-r$r-us.json" "$OUT/ab-$label-cpu-r$r.json"
+    cpu_run S "$ADDR_S" "$label-fan-r$r" $framing 10 2000 >/dev/null
+    cp "$OUT/cpu-$label-fan-r$r-us.json" "$OUT/ab-$label-cpufan-r$r.json"
     stop_server S
     case $label in
         examwatch) start_server S ;;

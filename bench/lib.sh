@@ -72,18 +72,21 @@ pg_db() {
     psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $1" >/dev/null
 }
 
-# cpu_run NAME ADDR LABEL [FRAMING]: server CPU µs per event at 20k events/s.
+# cpu_run NAME ADDR LABEL [FRAMING] [TEACHERS] [RATE]: server CPU µs per
+# fanned-out event (events x teachers per exam) at RATE (default 20k/s,
+# 100 exams x 30 students x 1 teacher).
 cpu_run() {
-    local pid_var="PID_$1" t0 t1 events
-    loadgen --server "$2" --framing "${4:-examwatch}" --exams 100 --students 30 --teachers 1 \
-        --rate 20000 --duration 10s --prefix "cpu$RANDOM-" >"$OUT/cpu-$3.json" 2>"$OUT/cpu-$3.log" &
+    local pid_var="PID_$1" t0 t1 events teachers=${5:-1} rate=${6:-20000}
+    local exams=$(( teachers == 1 ? 100 : 10 ))
+    loadgen --server "$2" --framing "${4:-examwatch}" --exams $exams --students 30 --teachers "$teachers" \
+        --rate "$rate" --duration 10s --prefix "cpu$RANDOM-" >"$OUT/cpu-$3.json" 2>"$OUT/cpu-$3.log" &
     local lg=$!
     until grep -q 'sending' "$OUT/cpu-$3.log"; do sleep 0.2; done
     t0=$(cpu_ticks "${!pid_var}")
     wait $lg
     t1=$(cpu_ticks "${!pid_var}")
     events=$(json_field "$OUT/cpu-$3.json" "['delivered']")
-    echo "{\"server\": \"$3\", \"events\": $events, \"cpu_ticks\": $((t1 - t0)), \"us_per_event\": $(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $events, 2))")}" \
+    echo "{\"server\": \"$3\", \"teachers_per_exam\": $teachers, \"fanned_out\": $events, \"cpu_ticks\": $((t1 - t0)), \"us_per_event\": $(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $events, 2))")}" \
         | tee "$OUT/cpu-$3-us.json"
 }
 

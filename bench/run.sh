@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark scenarios, one command each:  bench/run.sh SCENARIO
 #   latency      5k and 20k events/s, 100 exams x 30 students x 1 teacher, one instance
-#   cpu          server CPU µs per event at a fixed 20k events/s (/proc/PID/stat)
+#   cpu          server CPU µs per event at a fixed 20k events/s (/proc/PID/stat), and per
+#                fanned-out event with 10 teachers per exam (2k events/s x 10)
 #   idle         10,000 idle student connections: server RSS per connection
 #   capacity     ramp to 19,000 idle connections on one server: RSS per connection, connect rate
 #   throughput   step the rate up (100 exams x 30 students) until p99 > 10 ms or an event is lost
@@ -26,7 +27,9 @@ latency)
     done ;;
 cpu)
     start_server A
-    cpu_run A "$ADDR_A" examwatch ;;
+    cpu_run A "$ADDR_A" examwatch
+    # Fan-out: 10 exams x 30 students x 10 teachers, 2k events/s = 20k frames/s out.
+    cpu_run A "$ADDR_A" examwatch-fanout10 examwatch 10 2000 ;;
 idle)
     start_server A
     idle_run A "$ADDR_A" 10000 examwatch ;;

@@ -144,9 +144,7 @@ async fn single(args: &Args) -> anyhow::Result<Report> {
         })
         .await??;
     }
-    let mut report = connected
-        .send(|line| eprintln!("{tag}: {line}"))
-        .await?;
+    let mut report = connected.send(|line| eprintln!("{tag}: {line}")).await?;
     if !args.child {
         report.histogram.clear();
     }
@@ -177,12 +175,24 @@ fn parent(args: &Args) -> anyhow::Result<Report> {
             .args(["--first-exam", &(args.first_exam + first).to_string()])
             .args(["--students", &args.students.to_string()])
             .args(["--teachers", &args.teachers.to_string()])
-            .args(["--rate", &(args.rate * exams as f64 / args.exams as f64).to_string()])
-            .args(["--duration", &humantime::format_duration(args.duration).to_string()])
+            .args([
+                "--rate",
+                &(args.rate * exams as f64 / args.exams as f64).to_string(),
+            ])
+            .args([
+                "--duration",
+                &humantime::format_duration(args.duration).to_string(),
+            ])
             .args(["--sources", &sources.join(",")])
             .args(["--prefix", &args.prefix])
-            .args(["--connect-concurrency", &args.connect_concurrency.to_string()])
-            .args(["--slow-teachers", &if i == 0 { args.slow_teachers } else { 0 }.to_string()]);
+            .args([
+                "--connect-concurrency",
+                &args.connect_concurrency.to_string(),
+            ])
+            .args([
+                "--slow-teachers",
+                &if i == 0 { args.slow_teachers } else { 0 }.to_string(),
+            ]);
         if let Some(t) = args.teacher_server {
             cmd.args(["--teacher-server", &t.to_string()]);
         }
@@ -191,13 +201,21 @@ fn parent(args: &Args) -> anyhow::Result<Report> {
         }
         first += exams;
         let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-        let stdout = BufReader::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+        let stdout = BufReader::new(
+            child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+        );
         children.push((child, stdout));
     }
     for (_, out) in &mut children {
         let mut line = String::new();
         out.read_line(&mut line)?;
-        anyhow::ensure!(line.starts_with("ready"), "a child failed to connect: {line:?}");
+        anyhow::ensure!(
+            line.starts_with("ready"),
+            "a child failed to connect: {line:?}"
+        );
     }
     eprintln!("loadgen: {p} processes connected; go");
     for (child, _) in &mut children {

@@ -55,7 +55,11 @@ impl Link {
         let server = to.server;
         let url = match framing {
             Framing::Examwatch => {
-                let q = to.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default();
+                let q = to
+                    .query
+                    .as_deref()
+                    .map(|q| format!("?{q}"))
+                    .unwrap_or_default();
                 format!("ws://{server}/v1/exams/{}/ws{q}", to.exam)
             }
             Framing::Socketio => format!(

@@ -196,7 +196,11 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
     let mut n = 0usize;
     let mut who = |e: usize, id: String, role: Role, to: SocketAddr| -> anyhow::Result<Who> {
         let exam = format!("{}{}", plan.prefix, plan.first_exam + e);
-        let name = if role == Role::Student { "load student" } else { "load teacher" };
+        let name = if role == Role::Student {
+            "load student"
+        } else {
+            "load teacher"
+        };
         let token = keys.mint(&id, name, role, vec![exam.clone()], ttl)?;
         n += 1;
         Ok(Who {
@@ -219,22 +223,41 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
         for e in 0..plan.exams {
             let g = plan.first_exam + e;
             match group {
-                0 => for t in 0..plan.teachers {
-                    whos.push(who(e, format!("lt{g}-{t}"), Role::Teacher, teacher_server)?);
-                },
-                1 if e == 0 => for t in 0..plan.slow_teachers {
-                    whos.push(who(e, format!("slow{g}-{t}"), Role::Teacher, teacher_server)?);
-                },
-                2 => for s in 0..plan.students {
-                    whos.push(who(e, format!("ls{g}-{s}"), Role::Student, plan.server)?);
-                },
+                0 => {
+                    for t in 0..plan.teachers {
+                        whos.push(who(e, format!("lt{g}-{t}"), Role::Teacher, teacher_server)?);
+                    }
+                }
+                1 if e == 0 => {
+                    for t in 0..plan.slow_teachers {
+                        whos.push(who(
+                            e,
+                            format!("slow{g}-{t}"),
+                            Role::Teacher,
+                            teacher_server,
+                        )?);
+                    }
+                }
+                2 => {
+                    for s in 0..plan.students {
+                        whos.push(who(e, format!("ls{g}-{s}"), Role::Student, plan.server)?);
+                    }
+                }
                 _ => {}
             }
         }
         let kind = if group == 2 { "welcome" } else { "snapshot" };
         for w in whos {
             if opening.len() >= plan.connect_concurrency.max(1) {
-                collect(&mut opening, &shared, total, &mut teachers, &mut slow, &mut students).await?;
+                collect(
+                    &mut opening,
+                    &shared,
+                    total,
+                    &mut teachers,
+                    &mut slow,
+                    &mut students,
+                )
+                .await?;
             }
             let sh = shared.clone();
             opening.spawn(async move {
@@ -244,7 +267,15 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
             });
         }
         while !opening.is_empty() {
-            collect(&mut opening, &shared, total, &mut teachers, &mut slow, &mut students).await?;
+            collect(
+                &mut opening,
+                &shared,
+                total,
+                &mut teachers,
+                &mut slow,
+                &mut students,
+            )
+            .await?;
         }
     }
     Ok(Connected {
@@ -280,7 +311,9 @@ async fn collect(
         }
         1 => slow.push(link),
         _ => {
-            let session = client::string_field(&first, "session_id").unwrap_or("").to_owned();
+            let session = client::string_field(&first, "session_id")
+                .unwrap_or("")
+                .to_owned();
             let (tx, rx) = mpsc::channel(4096);
             tokio::spawn(student(link, who, session, rx, sh.clone()));
             students.push(tx);
@@ -301,8 +334,15 @@ impl Connected {
 
     /// Sends the plan's events open-loop, waits for the tail, and counts.
     pub async fn send(self, mut progress: impl FnMut(&str)) -> anyhow::Result<Report> {
-        let Connected { plan, shared: sh, teachers, students, slow, connections, connect_seconds } =
-            self;
+        let Connected {
+            plan,
+            shared: sh,
+            teachers,
+            students,
+            slow,
+            connections,
+            connect_seconds,
+        } = self;
         let total = plan.total_events();
         progress(&format!(
             "{connections} connections in {connect_seconds:.1}s; sending {total} events at {}/s",
@@ -342,7 +382,8 @@ impl Connected {
             !sh.storm.is_cancelled()
                 || sh.back.load(Ordering::Relaxed) + sh.errors.load(Ordering::Relaxed) >= clients
         };
-        let deadline = Instant::now() + Duration::from_secs(if storm_at.is_some() { 35 } else { 5 });
+        let deadline =
+            Instant::now() + Duration::from_secs(if storm_at.is_some() { 35 } else { 5 });
         while (sh.received.load(Ordering::Relaxed) < expected || !storm_done(&sh))
             && Instant::now() < deadline
         {

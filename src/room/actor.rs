@@ -13,10 +13,7 @@ use std::{
 };
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::{
-    sync::mpsc,
-    time::Instant,
-};
+use tokio::{sync::mpsc, time::Instant};
 use tokio_util::time::DelayQueue;
 use tracing::Instrument;
 

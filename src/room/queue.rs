@@ -95,7 +95,9 @@ impl QueueTx {
 
     /// Free slots left.
     pub fn capacity(&self) -> usize {
-        self.inner.bound.saturating_sub(self.inner.lock().frames.len())
+        self.inner
+            .bound
+            .saturating_sub(self.inner.lock().frames.len())
     }
 }
 
@@ -144,7 +146,10 @@ mod tests {
         assert_eq!(tx.try_send("c".into()), Err(PushError::Full));
         assert_eq!(tx.capacity(), 0);
         assert_eq!(rx.recv().await.as_str(), "a");
-        assert_eq!(rx.try_recv().map(|f| f.as_str().to_owned()), Some("b".into()));
+        assert_eq!(
+            rx.try_recv().map(|f| f.as_str().to_owned()),
+            Some("b".into())
+        );
         assert!(rx.try_recv().is_none());
         assert_eq!(tx.capacity(), 2);
     }
