@@ -6,7 +6,7 @@
 #   idle         10,000 idle student connections: server RSS per connection
 #   capacity     ramp to 19,000 idle connections on one server: RSS per connection, connect rate
 #   throughput   step the rate up (100 exams x 30 students) until p99 > 10 ms or an event is lost
-#   redis        5k and 20k events/s, students on instance A, teachers on instance B, through Redis
+#   redis        5k, 10k and 20k events/s, students on instance A, teachers on instance B, through Redis
 #   storm        19,000 clients drop and reconnect at once: time until all are back, events lost
 #   slow         one teacher stops reading: server RSS over time, other teachers' p99 with and without
 #   persistence  the throughput steps with the SQLite writer and with the PostgreSQL writer
@@ -41,7 +41,7 @@ capacity)
         >"$OUT/capacity.json" 2>"$OUT/capacity.log" &
     LG=$!
     until grep -q 'sending' "$OUT/capacity.log"; do sleep 0.5; done
-    sleep 2
+    sleep 12  # idle long enough for freed handshake memory to be returned (see idle_run)
     after=$(rss_kb "$PID_A")
     secs=$(grep -o 'connections in [0-9.]*' "$OUT/capacity.log" | awk '{print $3}' | sort -n | tail -1)
     echo "{\"connections\": 19000, \"connect_seconds\": $secs, \"rss_before_kb\": $before, \"rss_after_kb\": $after, \"bytes_per_connection\": $(( (after - before) * 1024 / 19000 ))}" | tee "$OUT/capacity-rss.json"
@@ -53,7 +53,7 @@ redis)
     start_redis
     start_server A "$REDIS_URL"
     start_server B "$REDIS_URL"
-    for rate in 5000 20000; do
+    for rate in 5000 10000 20000; do
         loadgen --server "$ADDR_A" --teacher-server "$ADDR_B" --exams 100 --students 30 --teachers 1 \
             --rate $rate --duration 10s --prefix "r$rate-" --json "$OUT/redis-$rate.json" >/dev/null
     done ;;

@@ -72,8 +72,7 @@ pub struct App {
 impl App {
     /// Binds `server.bind` and prepares the server.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(settings.server.bind)
-            .await
+        let listener = listen(settings.server.bind)
             .with_context(|| format!("cannot listen on server.bind = {}", settings.server.bind))?;
         Self::with_listener(settings, listener).await
     }
@@ -239,4 +238,23 @@ fn hostname() -> String {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "examwatch".into())
+}
+
+/// Pending connections the kernel may hold before `accept` (it caps this at
+/// `net.core.somaxconn`, 4096 on current kernels). tokio's `bind` asks for
+/// 1024: when a whole exam hall reconnects at once (a Wi-Fi access point
+/// coming back), the SYNs past that are dropped and those clients retry
+/// only after the kernel's 1 s, then 3 s SYN timeouts — measured in the
+/// reconnect-storm benchmark (docs/BENCHMARKS.md).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

@@ -71,13 +71,6 @@ enum RoleArg {
     Admin,
 }
 
-/// mimalloc, not glibc's malloc: the server makes many small, short-lived
-/// allocations on two or more threads, where glibc's per-thread arenas and
-/// chunk consolidation showed up in `perf` (malloc_consolidate, unlink_chunk)
-/// and held more memory per idle connection (docs/BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -135,6 +128,15 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
 fn demo(settings: Settings, opts: DemoOptions) -> anyhow::Result<()> {
     if !examwatch::auth::valid_exam_id(&opts.exam) {
         anyhow::bail!("--exam must be 1-64 characters of letters, digits, '-', '_' and '.'");
+    }
+    // Zero would make every simulated student a busy loop, and a huge pace
+    // overflows the timer arithmetic.
+    let pace_range = Duration::from_millis(100)..=Duration::from_secs(60);
+    if !pace_range.contains(&opts.pace) {
+        anyhow::bail!(
+            "--pace must be between 100ms and 60s, got {}",
+            humantime::format_duration(opts.pace)
+        );
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

@@ -172,6 +172,8 @@ impl RedisBroker {
                 overflowed: broker.overflowed.clone(),
                 needs_resync,
                 inbound: inbound_tx,
+                script_sha: redis::Script::new(PUBLISH_LUA).get_hash().to_owned(),
+                script_loaded: false,
             }
             .run(),
         );
@@ -404,6 +406,12 @@ struct Publisher {
     overflowed: Arc<AtomicBool>,
     needs_resync: Arc<AtomicBool>,
     inbound: mpsc::UnboundedSender<Inbound>,
+    /// The numbering script runs by its SHA1 (`EVALSHA`): sending its text
+    /// with every event made Redis hash a kilobyte per event.
+    script_sha: String,
+    /// Loaded since the last error (a restarted Redis forgets scripts; any
+    /// failed pipeline, NOSCRIPT included, loads it again before retrying).
+    script_loaded: bool,
 }
 
 impl Publisher {
@@ -461,13 +469,16 @@ impl Publisher {
     /// Publishes the drafts at the front of the queue in one pipeline.
     async fn publish_batch(&mut self, queue: &mut VecDeque<Op>) -> bool {
         let mut pipe = redis::pipe();
+        if !self.script_loaded {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_LUA).ignore();
+        }
         let mut n = 0;
         for op in queue.iter().take(256) {
             let Op::Publish(d, id) = op else { break };
             let exam = &d.exam;
             let p = &self.prefix;
-            pipe.cmd("EVAL")
-                .arg(PUBLISH_LUA)
+            pipe.cmd("EVALSHA")
+                .arg(&self.script_sha)
                 .arg(5)
                 .arg(format!("{p}:{{{exam}}}:seq"))
                 .arg(format!("{p}:exam:{exam}"))
@@ -487,13 +498,18 @@ impl Publisher {
                 .ignore();
             n += 1;
         }
+        if n == 0 {
+            return true;
+        }
         match pipe.query_async::<()>(&mut self.conn).await {
             Ok(()) => {
+                self.script_loaded = true;
                 queue.drain(..n);
                 self.pending.fetch_sub(n, Ordering::Relaxed);
                 true
             }
             Err(e) => {
+                self.script_loaded = false;
                 if self.healthy.load(Ordering::Relaxed) {
                     tracing::error!(error = %e, waiting = n, "cannot publish to Redis; retrying");
                 }

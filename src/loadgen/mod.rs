@@ -420,6 +420,7 @@ impl Connected {
             offered_rate: plan.rate,
             achieved_rate: sent as f64 / send_seconds.max(f64::EPSILON),
             latency_us: Latency::of(&hist),
+            resyncs: sh.snapshots.load(Ordering::Relaxed),
             storm,
             histogram: report::buckets(&hist),
         })
@@ -502,7 +503,9 @@ async fn teacher(
                 None => break,
             },
         };
-        if stormed && text.contains(r#""type":"snapshot""#) {
+        if text.contains(r#""type":"snapshot""#) {
+            // A snapshot after the first: the server re-synchronised this
+            // teacher instead of sending the events in between.
             sh.snapshots.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(seq) = client::parse_seq(&text) {

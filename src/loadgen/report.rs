@@ -20,6 +20,10 @@ pub struct Report {
     pub offered_rate: f64,
     pub achieved_rate: f64,
     pub latency_us: Latency,
+    /// Snapshots teachers got after their first one (the server chose to
+    /// re-synchronise them rather than send every event).
+    #[serde(default)]
+    pub resyncs: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<Storm>,
     /// Recorded latency buckets `[value_us, count]`, for merging children.
@@ -45,7 +49,8 @@ pub struct Storm {
     pub back: u64,
     /// From the drop until the last client was back.
     pub all_back_seconds: f64,
-    /// Teachers that got a snapshot instead of a replay.
+    /// Snapshots teachers got instead of a replay (all of them, when the
+    /// run had a storm: see `Report::resyncs`).
     pub snapshots: u64,
 }
 
@@ -87,6 +92,7 @@ impl Report {
             out.delivered += p.delivered;
             out.lost += p.lost;
             out.duplicated += p.duplicated;
+            out.resyncs += p.resyncs;
             out.offered_rate += p.offered_rate;
             out.achieved_rate += p.achieved_rate;
             for [value, count] in p.histogram {
@@ -109,7 +115,7 @@ impl Report {
     pub fn summary(&self) -> String {
         let l = &self.latency_us;
         let mut s = format!(
-            "{} connections ({} errors) in {:.1}s | sent {} at {:.0}/s | delivered {}/{} | lost {} | duplicated {}\n\
+            "{} connections ({} errors) in {:.1}s | sent {} at {:.0}/s | delivered {}/{} | lost {} | duplicated {} | resyncs {}\n\
              latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
             self.connections,
             self.connect_errors,
@@ -120,6 +126,7 @@ impl Report {
             self.expected,
             self.lost,
             self.duplicated,
+            self.resyncs,
             l.p50,
             l.p90,
             l.p99,
