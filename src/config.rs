@@ -243,7 +243,10 @@ pub struct WsSettings {
     pub teacher_queue: usize,
     /// Outbound queue bound (messages) for a student connection.
     pub student_queue: usize,
-    /// tungstenite read buffer; small keeps idle connections cheap.
+    /// tungstenite read buffer; small keeps idle connections cheap (client
+    /// messages are mostly under 200 bytes; larger frames take more reads,
+    /// not more memory held: 1 KiB -> 256 B saved 0.8 KB per idle
+    /// connection, with no measurable CPU change: docs/BENCHMARKS.md).
     pub read_buffer_bytes: usize,
     /// tungstenite write buffer before a flush is forced.
     pub write_buffer_bytes: usize,
@@ -255,7 +258,7 @@ impl Default for WsSettings {
             ping_interval: Duration::from_secs(15),
             teacher_queue: 4096,
             student_queue: 64,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 256,
             write_buffer_bytes: 0,
         }
     }

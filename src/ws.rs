@@ -264,18 +264,31 @@ impl Connection {
     /// were given for the whole life of the task), the socket is owned here
     /// only, and the log lines run synchronously inside the span instead of
     /// wrapping the whole body in another future layer.
-    async fn run(self: Box<Self>, mut socket: WebSocket, _guard: TaskTrackerToken) {
-        let span = tracing::info_span!(
-            "conn",
-            conn_id = self.id,
-            exam_id = %self.exam_id,
-            user_id = %self.claims.sub,
-            role = self.claims.role.as_str(),
-        );
-        let started = Instant::now();
-        span.in_scope(|| self.opened(&socket));
-        let ending = self.serve(&mut socket).instrument(span.clone()).await;
-        span.in_scope(|| self.closed(&ending, started));
+    ///
+    /// A plain `fn` returning an `async move` block, not an `async fn`: an
+    /// `async fn` keeps a second copy of its arguments (the socket, 368
+    /// bytes) beside the one it works on (rust-lang/rust#62958), for the
+    /// whole life of the connection.
+    fn run(
+        self: Box<Self>,
+        socket: WebSocket,
+        guard: TaskTrackerToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let mut socket = socket;
+        async move {
+            let _guard = &guard;
+            let span = tracing::info_span!(
+                "conn",
+                conn_id = self.id,
+                exam_id = %self.exam_id,
+                user_id = %self.claims.sub,
+                role = self.claims.role.as_str(),
+            );
+            let started = Instant::now();
+            span.in_scope(|| self.opened(&socket));
+            let ending = self.serve(&mut socket).instrument(span.clone()).await;
+            span.in_scope(|| self.closed(&ending, started));
+        }
     }
 
     fn gauge(&self) -> &std::sync::atomic::AtomicI64 {
