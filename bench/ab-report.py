@@ -77,7 +77,7 @@ def plot(series):
     Y = lambda y: t + (h - t - b) * (1 - (math.log10(max(y, 0.05)) - ymin) / (ymax - ymin))
     s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
          f'<rect width="{w}" height="{h}" fill="white"/>',
-         f'<text x="{w / 2 - 40}" y="18" font-size="14">Latency vs offered rate (100 exams × 30 students × 1 teacher)</text>']
+         f'<text x="{w / 2}" y="18" font-size="14" text-anchor="middle">Latency vs offered rate (100 exams × 30 students × 1 teacher)</text>']
     for d in range(int(math.floor(ymin)), int(math.ceil(ymax)) + 1):
         for m in (1, 2, 5):
             v = m * 10 ** d

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # examwatch side by side with its Node.js peers, A/B alternated in one run:
-#   bench/ab.sh [ROUNDS]     (default 3 rounds; order ABBA-alternates per round)
+#   bench/ab.sh [ROUNDS]       (default 3 rounds; the order reverses every other round)
+#   bench/ab.sh idle [ROUNDS]  only the idle-memory comparison
 # Per round and server: p99 at 5k and 20k events/s, server CPU µs per event at
 # 20k/s and per fanned-out event with 10 teachers per exam, RSS per idle connection (10,000 sockets); and the two-instance case
 # through Redis (examwatch x2 vs Socket.IO + @socket.io/redis-adapter x2).
@@ -10,6 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
+MODE=all
+if [ "${1:-}" = idle ]; then MODE=idle; shift; fi
 ROUNDS=${1:-3}
 build
 for d in node-ws socketio; do
@@ -32,13 +35,7 @@ one_instance() { # LABEL ROUND
     cpu_run S "$ADDR_S" "$label-fan-r$r" $framing 10 2000 >/dev/null
     cp "$OUT/cpu-$label-fan-r$r-us.json" "$OUT/ab-$label-cpufan-r$r.json"
     stop_server S
-    case $label in
-        examwatch) start_server S ;;
-        *) start_peer S "$label" ;;
-    esac
-    idle_run S "$ADDR_S" 10000 "$label-r$r" $framing >/dev/null
-    cp "$OUT/idle-$label-r$r-rss.json" "$OUT/ab-$label-idle-r$r.json"
-    stop_server S
+    idle_only "$label" "$r"
 }
 
 two_instances() { # LABEL ROUND
@@ -57,6 +54,27 @@ two_instances() { # LABEL ROUND
     redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
     REDIS_PORT=
 }
+
+idle_only() { # LABEL ROUND
+    local label=$1 r=$2 framing=examwatch
+    case $label in
+        examwatch) start_server S ;;
+        *) start_peer S "$label"; [ "$label" = socketio ] && framing=socketio ;;
+    esac
+    idle_run S "$ADDR_S" 10000 "$label-r$r" $framing >/dev/null
+    cp "$OUT/idle-$label-r$r-rss.json" "$OUT/ab-$label-idle-r$r.json"
+    stop_server S
+}
+
+if [ $MODE = idle ]; then
+    rm -f "$OUT"/ab-*-idle-r*.json
+    for r in $(seq 1 "$ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then order="examwatch node-ws socketio"; else order="socketio node-ws examwatch"; fi
+        for label in $order; do echo "ab: round $r, $label, idle"; idle_only "$label" "$r"; done
+    done
+    python3 bench/ab-report.py
+    exit 0
+fi
 
 for r in $(seq 1 "$ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then order="examwatch node-ws socketio"; else order="socketio node-ws examwatch"; fi
