@@ -21,7 +21,7 @@ use std::sync::LazyLock;
 use axum::{
     Router,
     extract::Path,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Redirect, Response},
     routing::{MethodRouter, get},
 };
@@ -82,8 +82,8 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/dashboard/") }))
-        .route("/dashboard", get(|| async { Redirect::to("/dashboard/") }))
+        .route("/", get(to_dashboard))
+        .route("/dashboard", get(to_dashboard))
         .route(
             "/dashboard/",
             get(|h: HeaderMap| async move { serve("dashboard/index.html", &h) }),
@@ -95,6 +95,15 @@ pub fn router() -> Router<AppState> {
         .route("/dashboard/{file}", files_under("dashboard"))
         .route("/client/{file}", files_under("client"))
         .route("/demo/{file}", files_under("demo"))
+}
+
+/// `/` and `/dashboard` → `/dashboard/`, keeping the query: the dashboard
+/// is opened with `?token=…&exam=…`, which a bare redirect would drop.
+async fn to_dashboard(uri: Uri) -> Redirect {
+    match uri.query() {
+        Some(query) => Redirect::to(&format!("/dashboard/?{query}")),
+        None => Redirect::to("/dashboard/"),
+    }
 }
 
 /// GET `/{dir}/{file}`: the embedded `dir/file`, if it is in the table.

@@ -22,6 +22,20 @@ async fn pages_are_served_with_their_types_csp_and_etags() {
     let root = http.get(app.http("/")).send().await.unwrap();
     assert!(root.status().is_redirection());
     assert_eq!(root.headers()[header::LOCATION], "/dashboard/");
+    // The dashboard is opened with `?token=…&exam=…`: a redirect keeps them.
+    for path in ["/", "/dashboard"] {
+        let res = http
+            .get(app.http(&format!("{path}?token=a.b.c&exam=e1")))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_redirection(), "{path}");
+        assert_eq!(
+            res.headers()[header::LOCATION],
+            "/dashboard/?token=a.b.c&exam=e1",
+            "{path}"
+        );
+    }
 
     for (path, ty) in [
         ("/dashboard/", "text/html"),
@@ -121,4 +135,39 @@ async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert!(child.wait().unwrap().success(), "demo exits 0 on SIGTERM");
+}
+
+#[test]
+fn the_demo_refuses_a_pace_that_would_spin_or_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    for pace in ["0s", "10ms", "100years"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_examwatch"))
+            .args(["demo", "--pace", pace])
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A demo that started anyway would run until killed.
+        let deadline = std::time::Instant::now() + WAIT * 4;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("--pace {pace}: the demo started instead of refusing");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "--pace {pace} is refused");
+        assert!(
+            stderr.contains("--pace must be between 100ms and 60s"),
+            "--pace {pace}: {stderr}"
+        );
+    }
 }
