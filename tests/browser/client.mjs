@@ -4,7 +4,17 @@
 // emptied only by acks; it survives a new client on the same storage (a
 // closed tab); a reconnect carries previous_session and sends resume from
 // the last announcement seen; the clock offset comes from server_time; a
-// 4001 close stops the client. Run by tests/api/browser.rs.
+// 4001 close stops the client. Then the rules that keep answers safe under
+// the server's limits: the outbox is paced (10 a second, 10 in flight, a
+// pause after rate_limited) and answer() sends only the new entry; a submit
+// waits for every answer before it; what is refused for good is reported
+// (`rejected`), never dropped silently; oversized answers throw, and the
+// entry behind a 1009 is set aside; a welcome does not reset the backoff;
+// two tabs share one outbox; a taken-over client refuses answers; storage
+// failures are reported; a missed heartbeat goes offline at once; focus is
+// re-sent on every reconnect; 1008/4009 wait at least a floor; teachers
+// resume with ?last_seq=; announce() settles on a drop or a timeout. Run by
+// tests/api/browser.rs.
 
 import { ExamwatchClient, backoffDelay } from '../../web/client/examwatch.js';
 
@@ -21,12 +31,20 @@ class FakeSocket {
     this.url = url;
     this.protocol = protocol;
     this.sent = [];
+    this.sentAt = [];
     FakeSocket.all.push(this);
   }
   send(data) {
     this.sent.push(JSON.parse(data));
+    this.sentAt.push(Date.now());
   }
+  /** The client calling close(): recorded, then the close event (if still listened to). */
   close(code = 1000) {
+    this.closedWith = code;
+    this.onclose?.({ code, reason: '' });
+  }
+  /** The server (or the network) ending the connection. */
+  drop(code) {
     this.onclose?.({ code, reason: '' });
   }
   receive(msg) {
@@ -60,8 +78,8 @@ const welcome = (id, lastSeq, skewMs = 0) => ({
   student,
   last_seq: lastSeq,
 });
-const until = async (what, cond) => {
-  const deadline = Date.now() + 2000;
+const until = async (what, cond, ms = 2000) => {
+  const deadline = Date.now() + ms;
   while (!cond()) {
     check(Date.now() < deadline, `timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
@@ -97,7 +115,7 @@ const sent1 = ws1.sent.find((m) => m.type === 'answer');
 check(sent1 && sent1.id === id && sent1.question === 'q1' && sent1.ref, 'the answer is sent with a ref');
 
 ws1.receive({ type: 'announcement', seq: 8, text: 'hi', at: new Date().toISOString(), from: 'T' });
-ws1.close(1006); // network drop: no ack came
+ws1.drop(1006); // network drop: no ack came
 check(client.state === 'offline', 'offline after a drop');
 await until('a reconnect', () => FakeSocket.all.length === 2);
 const ws2 = FakeSocket.last();
@@ -136,8 +154,284 @@ check(ws3.sent.some((m) => m.type === 'answer' && m.id === a2.id), 'and is deliv
 let invalidated = 0;
 reopened.addEventListener('session_invalidated', () => (invalidated += 1));
 ws3.receive({ type: 'session_invalidated', reason: 'second_session' });
-ws3.close(4001);
+ws3.drop(4001);
 await new Promise((r) => setTimeout(r, 100));
 check(reopened.state === 'closed' && invalidated === 1, `closed after 4001 (${reopened.state}, ${invalidated})`);
 check(FakeSocket.last() === ws3, 'no reconnect after 4001');
+
+// ---- The outbox is paced (PROTOCOL.md 1.7: 20/s, bursts of 40, the 10th
+// refusal closes 1008) --------------------------------------------------
+const stored = (n, q = 'p') =>
+  JSON.stringify(Array.from({ length: n }, (_, i) => ({ type: 'answer', id: `${q}${i}`, question: `q${i}`, value: i, ref: `a:${q}${i}` })));
+const live = (opts, sessionId = 'L1') => {
+  const c = new ExamwatchClient({ ...options, ...opts }).connect();
+  const ws = FakeSocket.last();
+  ws.receive(welcome(sessionId, 0));
+  return { c, ws };
+};
+const answersSent = (ws) => ws.sent.filter((m) => m.type === 'answer');
+const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) => u >= t && u < t + 1000).length));
+{
+  // 49 answers waiting from an earlier page: not all at once after the welcome.
+  const storage49 = new MemoryStorage();
+  storage49.setItem('examwatch:outbox:e1:s1', stored(49));
+  const { c, ws } = live({ storage: storage49 });
+  check(answersSent(ws).length === 10, `10 sent right after the welcome, not all: ${answersSent(ws).length}`);
+  // Acks come as the server stores them; the rest follows, paced.
+  await until('all 49 delivered', () => {
+    for (const m of answersSent(ws)) if (c.pending().some((p) => p.ref === m.ref)) ws.receive({ type: 'ack', ref: m.ref });
+    return c.pending().length === 0;
+  }, 10000);
+  check(answersSent(ws).length === 49, `each sent once: ${answersSent(ws).length}`);
+  check(most1s(ws) <= 20, `at most 20 frames in any second (the server's sustained rate): ${most1s(ws)}`);
+  // Only the new entry goes out on answer(), whatever else is unacked
+  // (after a second, so that the pacing has room again).
+  await new Promise((r) => setTimeout(r, 1100));
+  const before = answersSent(ws).length;
+  const id1 = c.answer('x1', 1);
+  const id2 = c.answer('x2', 2);
+  check(answersSent(ws).length === before + 2, 'each answer is sent at once');
+  c.answer('x3', 3);
+  check(answersSent(ws).length === before + 3 && answersSent(ws).at(-1).question === 'x3', 'answer() sends just the new answer');
+  check(answersSent(ws).filter((m) => m.id === id1 || m.id === id2).length === 2, 'unacked ones are not re-sent by it');
+  c.close();
+}
+{
+  // At most 10 in flight: without acks, nothing more is sent.
+  const storage30 = new MemoryStorage();
+  storage30.setItem('examwatch:outbox:e1:s1', stored(30));
+  const { c, ws } = live({ storage: storage30 });
+  await new Promise((r) => setTimeout(r, 1500));
+  check(answersSent(ws).length === 10, `no more than 10 unacked in flight: ${answersSent(ws).length}`);
+  // rate_limited (no ref): the outbox pauses, then sends again what was in flight.
+  ws.receive({ type: 'error', code: 'rate_limited', message: '' });
+  c.answer('y', 1);
+  check(answersSent(ws).length === 10, 'nothing sent during the pause after rate_limited');
+  await until('sending again after the pause', () => answersSent(ws).length > 10, 4000);
+  check(answersSent(ws)[10].id === 'p0', `what was in flight is sent again first: ${answersSent(ws)[10].id}`);
+  c.close();
+}
+
+// ---- submit never overtakes an answer; nothing refused is silent --------
+{
+  const { c, ws } = live({ storage: new MemoryStorage(), retryMs: 200 });
+  const rejected = [];
+  c.addEventListener('rejected', (e) => rejected.push(e.detail));
+  c.answer('q1', 'A');
+  c.submit();
+  const [a] = answersSent(ws);
+  check(!ws.sent.some((m) => m.type === 'submit'), 'the submit waits for the answer before it');
+  let threw = false;
+  try {
+    c.answer('q2', 'late');
+  } catch {
+    threw = true;
+  }
+  check(threw, 'answer() after submit() throws instead of queueing a doomed answer');
+  ws.receive({ type: 'error', code: 'storage_busy', message: '', ref: a.ref });
+  check(!ws.sent.some((m) => m.type === 'submit'), 'still waiting after storage_busy');
+  await until('the busy answer re-sent', () => answersSent(ws).length === 2);
+  check(!ws.sent.some((m) => m.type === 'submit'), 'still waiting for its ack');
+  ws.receive({ type: 'ack', ref: a.ref });
+  const submit = ws.sent.find((m) => m.type === 'submit');
+  check(submit, 'the submit goes once the answer is acked');
+  ws.receive({ type: 'ack', ref: submit.ref });
+  check(c.pending().length === 0 && rejected.length === 0, 'both acked');
+  c.close();
+
+  // already_submitted (e.g. submitted from another tab): set aside and reported.
+  const other = live({ storage: new MemoryStorage() });
+  other.c.addEventListener('rejected', (e) => rejected.push(e.detail));
+  const id = other.c.answer('q9', 'Z');
+  other.ws.receive({ type: 'error', code: 'already_submitted', message: 'submitted', ref: `a:${id}` });
+  check(rejected.length === 1 && rejected[0].message.id === id && rejected[0].code === 'already_submitted', `reported: ${JSON.stringify(rejected)}`);
+  check(other.c.rejected().length === 1 && other.c.pending().length === 0, 'listed in rejected(), out of the outbox');
+  other.c.close();
+}
+
+// ---- too big: refused up front; a 1009 sets the culprit aside ----------
+{
+  const storageBig = new MemoryStorage();
+  const { c, ws } = live({ storage: storageBig, maxMessageBytes: 100000 });
+  let threw = null;
+  try {
+    new ExamwatchClient({ ...options, storage: new MemoryStorage() }).answer('q1', 'x'.repeat(17000));
+  } catch (e) {
+    threw = e;
+  }
+  check(threw instanceof RangeError, `an answer over 16 KiB throws: ${threw}`);
+  // This client believes in 100 KB; the server says 1009.
+  const small = c.answer('q1', 'fine');
+  const big = c.answer('q2', 'x'.repeat(20000));
+  check(answersSent(ws).length === 2, 'both sent');
+  const offline = [];
+  c.addEventListener('connection', (e) => e.detail.state === 'offline' && offline.push(e.detail));
+  const rejected = [];
+  c.addEventListener('rejected', (e) => rejected.push(e.detail));
+  ws.drop(1009);
+  check(rejected.length === 1 && rejected[0].message.id === big && rejected[0].code === 'message_too_big', `the big one is set aside: ${JSON.stringify(rejected.map((r) => r.code))}`);
+  await until('a reconnect', () => FakeSocket.last() !== ws);
+  const ws2 = FakeSocket.last();
+  ws2.receive(welcome('B2', 0));
+  check(answersSent(ws2).length === 1 && answersSent(ws2)[0].id === small, 'the reconnect sends only the small one');
+  // A server that closes right after each welcome: the backoff keeps growing.
+  ws2.drop(1006);
+  check(offline.map((d) => d.attempt).join() === '1,2', `the welcome did not reset the backoff: ${offline.map((d) => d.attempt)}`);
+  c.close();
+}
+
+// ---- two tabs share one outbox; a taken-over tab refuses answers --------
+{
+  const shared = new MemoryStorage();
+  const tabA = new ExamwatchClient({ ...options, storage: shared });
+  const tabB = new ExamwatchClient({ ...options, storage: shared });
+  const x = tabA.answer('q1', 'from A');
+  const y = tabB.answer('q2', 'from B');
+  const inStorage = () => JSON.parse(shared.getItem('examwatch:outbox:e1:s1')).map((m) => m.id).sort().join();
+  check(inStorage() === [x, y].sort().join(), `B's save kept A's answer: ${inStorage()}`);
+  // A learns of B's answer from the storage event.
+  const bus = new EventTarget();
+  globalThis.addEventListener = bus.addEventListener.bind(bus);
+  globalThis.removeEventListener = bus.removeEventListener.bind(bus);
+  tabA.connect();
+  const wsA = FakeSocket.last();
+  const ev = Object.assign(new Event('storage'), { key: 'examwatch:outbox:e1:s1', newValue: shared.getItem('examwatch:outbox:e1:s1'), storageArea: shared });
+  bus.dispatchEvent(ev);
+  check(tabA.pending().some((m) => m.id === y), 'tab A has B\'s answer too');
+  wsA.receive(welcome('A1', 0));
+  check(answersSent(wsA).some((m) => m.id === y), 'and delivers it');
+  wsA.receive({ type: 'ack', ref: `a:${x}` });
+  check(!inStorage().includes(x) && inStorage().includes(y), `an ack removes only its own entry: ${inStorage()}`);
+  // Taken over: answers are refused loudly, not queued for nobody.
+  wsA.receive({ type: 'session_invalidated', reason: 'second_session' });
+  wsA.drop(4001);
+  let threw = false;
+  try {
+    tabA.answer('q3', 'lost?');
+  } catch {
+    threw = true;
+  }
+  check(threw && tabA.pending().every((m) => m.question !== 'q3'), 'answer() throws after a takeover');
+  delete globalThis.addEventListener;
+  delete globalThis.removeEventListener;
+}
+
+// ---- storage failures are reported ---------------------------------------
+{
+  const broken = new MemoryStorage();
+  broken.setItem = () => {
+    throw new Error('QuotaExceededError');
+  };
+  const errors = [];
+  const { c, ws } = live({ storage: broken });
+  c.addEventListener('storage_error', (e) => errors.push(e.detail.what));
+  c.answer('q1', 'A');
+  check(errors.includes('outbox'), `a failed save is reported: ${errors}`);
+  check(answersSent(ws).length === 1, 'the answer is still sent from memory');
+  c.close();
+}
+
+// ---- a silent network: the heartbeat notices, without waiting for onclose -
+{
+  const { c, ws } = live({ storage: new MemoryStorage(), heartbeatMs: 50 });
+  const states = [];
+  c.addEventListener('connection', (e) => states.push(e.detail.state));
+  await until('the heartbeat timeout', () => ws.closedWith === 4000, 1000);
+  check(c.state === 'offline' || FakeSocket.last() !== ws, `offline at once, not "live" until a close event: ${c.state}`);
+  check(states[0] === 'offline', `the page is told: ${states}`);
+  await until('a new socket', () => FakeSocket.last() !== ws);
+  c.close();
+}
+
+// ---- focus: the current state is sent every time the client goes live ----
+{
+  const doc = Object.assign(new EventTarget(), { visibilityState: 'visible' });
+  const win = new EventTarget();
+  const c = new ExamwatchClient({ ...options, storage: new MemoryStorage() });
+  c.watchFocus(doc, win);
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.receive(welcome('F1', 0));
+  const focus = (w) => w.sent.filter((m) => m.type === 'focus').map((m) => m.state).join();
+  check(focus(ws) === 'gained', `the state on going live: ${focus(ws)}`);
+  win.dispatchEvent(new Event('blur'));
+  ws.drop(1006);
+  win.dispatchEvent(new Event('focus')); // regained while offline
+  await until('a reconnect', () => FakeSocket.last() !== ws);
+  const ws2 = FakeSocket.last();
+  ws2.receive(welcome('F2', 0));
+  check(focus(ws) === 'gained,lost' && focus(ws2) === 'gained', `focus regained offline is sent once live: ${focus(ws)} / ${focus(ws2)}`);
+  c.close();
+}
+
+// ---- after 1008 or 4009, a floor under the backoff; 4009 is reported -------
+{
+  const realRandom = Math.random;
+  Math.random = () => 0; // full jitter's worst case: no wait at all
+  const { c, ws } = live({ storage: new MemoryStorage(), backoffCapMs: 30000, slowBackoffMs: 300 });
+  const delays = [];
+  const refused = [];
+  c.addEventListener('connection', (e) => e.detail.state === 'offline' && delays.push(e.detail.delayMs));
+  c.addEventListener('session_rejected', (e) => refused.push(e.detail.code));
+  ws.drop(1006);
+  await until('a reconnect', () => FakeSocket.last() !== ws);
+  const ws2 = FakeSocket.last();
+  ws2.drop(4009);
+  check(delays[0] === 0 && delays[1] === 300, `a network error may retry at once, 4009 not: ${delays}`);
+  check(refused.join() === '4009', 'the page is told about 4009');
+  Math.random = realRandom;
+  c.close();
+  const again = live({ storage: new MemoryStorage(), backoffCapMs: 30000, slowBackoffMs: 300 });
+  const d = [];
+  again.c.addEventListener('connection', (e) => e.detail.state === 'offline' && d.push(e.detail.delayMs));
+  again.ws.drop(1008);
+  check(d[0] >= 300, `1008 waits at least the floor: ${d}`);
+  again.c.close();
+}
+
+// ---- teachers: resume at the handshake; announce() settles ---------------
+{
+  // Watchers read the server's clock from /healthz's Date header.
+  globalThis.fetch = async () => ({ headers: new Map([['date', new Date().toUTCString()]]) });
+  const tToken = `${b64({ alg: 'HS256' })}.${b64({ sub: 't1', role: 'teacher', exams: ['e1'] })}.sig`;
+  const t = new ExamwatchClient({ ...options, token: tToken, storage: new MemoryStorage(), announceTimeoutMs: 100 }).connect();
+  const ws = FakeSocket.last();
+  check(!ws.url.includes('last_seq'), 'the first connection takes a snapshot');
+  ws.receive({ type: 'snapshot', seq: 5, exam_id: 'e1', students: [], counts: {} });
+  check(t.state === 'live', 'live on the snapshot');
+  ws.receive({ type: 'alert', seq: 6, student_id: 's1', kind: 'idle', at: '' });
+  // announce(): rejected on a lost connection, and on no answer.
+  const lost = t.announce('hello').then(() => 'resolved', (e) => e.message);
+  const silent = t.announce('anyone?').then(() => 'resolved', (e) => e.message);
+  ws.drop(1006);
+  check((await lost) === 'connection lost', 'announce() rejects when the connection drops');
+  check((await silent) === 'connection lost', 'every pending one');
+  await until('a reconnect', () => FakeSocket.last() !== ws);
+  const ws2 = FakeSocket.last();
+  check(ws2.url.endsWith('&last_seq=6'), `reconnects with ?last_seq=: ${ws2.url}`);
+  ws2.onopen();
+  const sync = ws2.sent.find((m) => m.type === 'heartbeat');
+  check(sync && t.state === 'connecting', 'not live before the replay is known to be complete');
+  const events = [];
+  t.addEventListener('event', (e) => events.push(`${e.detail.seq}${e.detail.stale ? 's' : ''}`));
+  ws2.receive({ type: 'student', seq: 7, student, cause: 'idle' });
+  ws2.receive({ type: 'alert', seq: 8, student_id: 's1', kind: 'idle', at: '' });
+  ws2.receive({ type: 'ack', ref: sync.ref });
+  check(t.state === 'live' && events.join() === '7,8' && t.appliedSeq === 8, `the replay applied, then live: ${events} ${t.state}`);
+  const timedOut = await t.announce('anyone?').then(() => 'resolved', (e) => e.message);
+  check(timedOut === 'no answer from the server', `announce() times out: ${timedOut}`);
+  // A gap too old for a replay: the server sends a snapshot instead.
+  ws2.drop(1006);
+  await until('a reconnect', () => FakeSocket.last() !== ws2);
+  const ws3 = FakeSocket.last();
+  check(ws3.url.endsWith('&last_seq=8'), ws3.url);
+  ws3.onopen();
+  ws3.receive({ type: 'snapshot', seq: 90, exam_id: 'e1', students: [], counts: {} });
+  check(t.state === 'live' && t.appliedSeq === 90, 'a snapshot instead of a replay also makes it live');
+  const sync3 = ws3.sent.find((m) => m.type === 'heartbeat');
+  ws3.receive({ type: 'ack', ref: sync3.ref });
+  check(t.state === 'live', 'and the late sync ack changes nothing');
+  t.close();
+}
+
 console.log('client library: ok');

@@ -1,8 +1,10 @@
 // `examwatch demo` with 30 simulated students, watched on the dashboard:
 // students joining appear; a student page joining appears; its focus loss
 // and its submission are on the dashboard within a second; an announcement
-// from the dashboard reaches the student page within a second; sorting and
-// filtering work; a screenshot of the dashboard is saved.
+// from the dashboard reaches the student page within a second; an answer
+// the server refuses shows as "not saved"; a second tab of the same student
+// takes over and the first page disables its form; sorting and filtering
+// work; a screenshot of the dashboard is saved.
 
 import { join } from 'node:path';
 import { SECOND, artifacts, check, kill9, launch, log, page, row, scenario, startServer, within } from './lib.mjs';
@@ -66,6 +68,15 @@ await scenario('live dashboard', async ({ cleanup, problems }) => {
   await within(dash, SECOND, 'progress 5 / 5', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '5 / 5', row('visitor'), rowText);
   await student.click('#submit');
   await within(dash, SECOND, 'submission on the dashboard', (sel) => document.querySelector(sel)?.dataset.status === 'submitted', row('visitor'), rowText);
+
+  // An answer after the submission is refused by the server: the page says "not saved".
+  await student.check('fieldset[data-question="q1"] input >> nth=1');
+  await within(student, SECOND, 'a refused answer shows as not saved', () => document.querySelector('fieldset[data-question="q1"] .saved').dataset.state === 'rejected', null, () => document.querySelector('fieldset[data-question="q1"] .saved').textContent);
+  // The same student opens the exam in a second tab, which takes the session
+  // over: the first page closes its form instead of queueing answers for nobody.
+  const second = await page(browser, server.urls.student, problems);
+  await second.waitForSelector('#conn[data-state="live"]');
+  await within(student, SECOND, 'the taken-over page disables its form', () => !document.querySelector('#notice').hidden && [...document.querySelectorAll('#questions input, #submit')].every((i) => i.disabled), null, () => document.querySelector('#notice').textContent);
 
   // Filter and sort.
   await dash.selectOption('#filter-status', 'submitted');

@@ -3,12 +3,15 @@
 // Every exam client needs the same hard parts, and gets them wrong when it
 // writes them itself: reconnecting with capped exponential backoff and full
 // jitter, resuming after a reconnect (students with `previous_session` and
-// `resume`, teachers with a fresh snapshot then `resume` for what they
-// missed), and never losing an answer: answers and the submit go to an
-// outbox kept in localStorage and are re-sent until the server acks them
-// (an ack means "committed to the database", docs/PROTOCOL.md 2.1), so
-// closing the tab or losing Wi-Fi loses nothing. The teacher dashboard uses
-// this very module for its own connection. API and example: docs/CLIENT.md.
+// `resume`, teachers with `?last_seq=`, which replays what they missed or
+// sends a snapshot), and never losing an answer: answers and the submit go
+// to an outbox kept in localStorage (shared by the student's tabs) and are
+// re-sent, paced to stay within the server's rate limit, until the server
+// acks them (an ack means "committed to the database", docs/PROTOCOL.md
+// 2.1), so closing the tab or losing Wi-Fi loses nothing; what the server
+// refuses for good is reported, never dropped silently. The teacher
+// dashboard uses this very module for its own connection. API and example:
+// docs/CLIENT.md.
 
 const PROTOCOL = 'examwatch.v1';
 
@@ -39,10 +42,35 @@ function newId() {
   return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
 }
 
+/** The server's default frame limit (PROTOCOL.md 1.7, `limits.max_message_bytes`). */
+export const MAX_MESSAGE_BYTES = 16384;
+
 /** Close codes after which reconnecting cannot help (PROTOCOL.md 5). */
 const FATAL_CLOSES = new Set([1002, 1003, 1007, 4001]);
 /** Close codes that ask for a long backoff before trying again. */
 const SLOW_CLOSES = new Set([1008, 4009]);
+/**
+ * Outbox pacing. The server allows 20 messages/s with bursts of 40, and
+ * closes the socket (1008) at the 10th refused message in a minute; a page
+ * re-sending a long outbox at once would be refused before the acks of the
+ * accepted answers arrive, and do it again after every reconnect. So the
+ * outbox goes out at most 10 a second, with at most 10 entries waiting for
+ * their ack, leaving the other half of the rate to progress, focus and
+ * heartbeats.
+ */
+const OUTBOX_PER_SECOND = 10;
+const MAX_IN_FLIGHT = 10;
+
+/** Bytes of `text` in UTF-8 (what the server's size limit counts). */
+function utf8Length(text) {
+  return new TextEncoder().encode(text).length;
+}
+
+/** An outbox entry as sent and stored: without the in-memory bookkeeping. */
+function wire(m) {
+  const { sentAt: _s, retryAt: _r, ...w } = m;
+  return w;
+}
 
 export class ExamwatchClient extends EventTarget {
   /**
@@ -52,8 +80,12 @@ export class ExamwatchClient extends EventTarget {
    * @param {string} [o.url]  WebSocket URL (default: this page's origin)
    * @param {Storage} [o.storage] where the outbox lives (default: localStorage)
    * @param {number} [o.backoffBaseMs=500] @param {number} [o.backoffCapMs=30000]
+   * @param {number} [o.slowBackoffMs=5000] least wait after close 1008 or 4009
+   * @param {number} [o.stableMs=15000] live this long before the backoff starts over
    * @param {number} [o.heartbeatMs=15000] heartbeat period; no ack within it: reconnect
-   * @param {number} [o.retryMs=10000] re-send unacked outbox entries this often while live
+   * @param {number} [o.retryMs=10000] re-send an unacked outbox entry after this long
+   * @param {number} [o.announceTimeoutMs=10000] `announce()` rejects without an ack by then
+   * @param {number} [o.maxMessageBytes=16384] the server's `limits.max_message_bytes`
    */
   constructor(o) {
     super();
@@ -67,8 +99,12 @@ export class ExamwatchClient extends EventTarget {
     this.storage = o.storage ?? globalThis.localStorage;
     this.baseMs = o.backoffBaseMs ?? 500;
     this.capMs = o.backoffCapMs ?? 30000;
+    this.slowBackoffMs = o.slowBackoffMs ?? 5000;
+    this.stableMs = o.stableMs ?? 15000;
     this.heartbeatMs = o.heartbeatMs ?? 15000;
     this.retryMs = o.retryMs ?? 10000;
+    this.announceTimeoutMs = o.announceTimeoutMs ?? 10000;
+    this.maxMessageBytes = o.maxMessageBytes ?? MAX_MESSAGE_BYTES;
     /** 'idle' | 'connecting' | 'live' | 'offline' | 'closed' */
     this.state = 'idle';
     /** Estimated server clock minus local clock, in ms. */
@@ -78,17 +114,34 @@ export class ExamwatchClient extends EventTarget {
      * welcome's, then announcements'); null until the first welcome or
      * snapshot. Students keep it in storage, to resume across page loads.
      */
-    const stored = this._load('seq');
+    const stored = this.role === 'student' ? this._load('seq') : null;
     this.lastSeq = stored === null || Number.isNaN(Number(stored)) ? null : Number(stored);
     /** Teachers: the seq the current view reflects (PROTOCOL.md 4.1). */
     this.appliedSeq = 0;
+    /** Teachers: a snapshot was applied, so a reconnect can resume with `?last_seq=`. */
+    this._synced = false;
     this.sessionId = this._load('session');
-    this.outbox = this._loadOutbox();
+    /** Refs this tab saw acked or set aside: never merged back from storage. */
+    this._done = new Set();
+    /** Entries the server refused for good (or too big to send), with why. */
+    this._rejected = [];
+    this.outbox = [];
+    this._mergeStored(this._readStoredOutbox());
     this._attempt = 0;
     this._ws = null;
     this._timers = new Set();
+    this._pumpTimer = null;
     this._pendingPing = null;
+    this._syncRef = null;
+    /** Outbox send budget (token bucket) and the pause after `rate_limited`. */
+    this._tokens = OUTBOX_PER_SECOND;
+    this._tokensAt = Date.now();
+    this._pauseUntil = 0;
+    this._rateLimited = 0;
+    /** announce() promises waiting for their ack, by ref. */
+    this._announces = new Map();
     this._onOnline = () => this.state === 'offline' && this.reconnectNow();
+    this._onStorage = (e) => this._storageChanged(e);
     this._invalidated = false;
   }
 
@@ -97,26 +150,27 @@ export class ExamwatchClient extends EventTarget {
   /** Opens the connection; reconnects on its own until close(). */
   connect() {
     if (this.state !== 'idle' && this.state !== 'closed') return this;
+    if (this._invalidated) return this;
     globalThis.addEventListener?.('online', this._onOnline);
+    globalThis.addEventListener?.('storage', this._onStorage);
     this._open();
     return this;
   }
 
   /** Closes for good (no reconnect). The outbox stays stored for next time. */
   close() {
-    this._setState('closed', {});
     globalThis.removeEventListener?.('online', this._onOnline);
-    this._clearTimers();
-    if (this._ws) this._ws.close(1000);
-    this._ws = null;
+    globalThis.removeEventListener?.('storage', this._onStorage);
+    this._detach(1000);
+    this._connectionLost('closed');
+    this._setState('closed', {});
   }
 
   /** Skips the backoff wait (e.g. after the browser reports it is online). */
   reconnectNow() {
     if (this.state === 'closed') return;
-    this._clearTimers();
-    if (this._ws) this._ws.close(1000);
-    this._ws = null;
+    this._detach(1000);
+    this._connectionLost('reconnecting');
     this._open();
   }
 
@@ -127,29 +181,56 @@ export class ExamwatchClient extends EventTarget {
 
   /**
    * Stores an answer in the outbox and sends it; re-sent until acked (the
-   * ack means it is in the database). Returns the answer's id.
+   * ack means it is in the database). Returns the answer's id. Throws if
+   * the client was closed or taken over (nothing would ever send it), after
+   * `submit()`, or if the message would exceed the server's size limit
+   * (the server would close the connection instead of storing it).
    */
   answer(question, value) {
+    this._usable();
+    if (this.outbox.some((m) => m.type === 'submit')) throw new Error('the exam is being submitted');
+    if (value === undefined) throw new TypeError('an answer needs a value (null is allowed)');
     const id = newId();
-    this._enqueue({ type: 'answer', id, question, value, ref: `a:${id}` });
+    const m = { type: 'answer', id, question, value, ref: `a:${id}` };
+    const bytes = utf8Length(JSON.stringify(m));
+    if (bytes > this.maxMessageBytes) {
+      throw new RangeError(`answer too big: ${bytes} bytes, the server accepts ${this.maxMessageBytes}`);
+    }
+    this._enqueue(m);
     return id;
   }
 
-  /** Submits the exam (durable like answers; sent after the answers before it). */
+  /**
+   * Submits the exam: durable like answers, and sent only once every
+   * answer before it is acked (a submit that overtook an answer would make
+   * the server refuse that answer).
+   */
   submit() {
+    this._usable();
     if (this.outbox.some((m) => m.type === 'submit')) return;
     this._enqueue({ type: 'submit', ref: `submit:${newId()}` });
   }
 
   /** Answers and submit not yet acked. */
   pending() {
-    return this.outbox.slice();
+    return this.outbox.map(wire);
+  }
+
+  /**
+   * Outbox entries set aside for good: `{message, code, reason}`, where
+   * `code` is the server's error code (`not_stored`, `invalid_message`,
+   * `already_submitted`, …) or `message_too_big` (the server closed 1009).
+   */
+  rejected() {
+    return this._rejected.slice();
   }
 
   /** Sends a non-durable message (progress, focus, activity, announce, …) if live. */
   send(msg) {
     if (this.state !== 'live' || !this._ws) return false;
-    this._ws.send(JSON.stringify(msg));
+    const text = JSON.stringify(msg);
+    if (utf8Length(text) > this.maxMessageBytes) throw new RangeError('message too big for the server');
+    this._ws.send(text);
     return true;
   }
 
@@ -167,8 +248,9 @@ export class ExamwatchClient extends EventTarget {
 
   /**
    * Students: reports the page losing and regaining focus (tab switch,
-   * window change) as `focus` messages, and the current state after every
-   * reconnect. Returns a function that stops watching.
+   * window change) as `focus` messages, and the current state every time
+   * the client goes live (a change while offline is not lost). Returns a
+   * function that stops watching.
    */
   watchFocus(doc = globalThis.document, win = globalThis.window) {
     let lost = false;
@@ -180,7 +262,7 @@ export class ExamwatchClient extends EventTarget {
     const onBlur = () => report(true);
     const onFocus = () => report(false);
     const onVisibility = () => report(doc.visibilityState === 'hidden');
-    const onLive = (e) => e.detail.state === 'live' && lost && this.focus(true);
+    const onLive = (e) => e.detail.state === 'live' && this.focus(lost);
     win.addEventListener('blur', onBlur);
     win.addEventListener('focus', onFocus);
     doc.addEventListener('visibilitychange', onVisibility);
@@ -193,7 +275,11 @@ export class ExamwatchClient extends EventTarget {
     };
   }
 
-  /** Teachers: sends an announcement; resolves on its ack, rejects on error. */
+  /**
+   * Teachers: sends an announcement; resolves on its ack, rejects on an
+   * error, on losing the connection before the ack, or after
+   * `announceTimeoutMs` without one.
+   */
   announce(text) {
     const ref = `ann:${newId()}`;
     return new Promise((resolve, reject) => {
@@ -201,15 +287,8 @@ export class ExamwatchClient extends EventTarget {
         reject(new Error('not connected'));
         return;
       }
-      const done = (ev) => {
-        if (ev.detail.ref !== ref) return;
-        this.removeEventListener('ack', done);
-        this.removeEventListener('error', done);
-        if (ev.type === 'ack') resolve();
-        else reject(new Error(ev.detail.message || ev.detail.code));
-      };
-      this.addEventListener('ack', done);
-      this.addEventListener('error', done);
+      const timer = setTimeout(() => this._settleAnnounce(ref, new Error('no answer from the server')), this.announceTimeoutMs);
+      this._announces.set(ref, { resolve, reject, timer });
     });
   }
 
@@ -221,6 +300,11 @@ export class ExamwatchClient extends EventTarget {
     if (this.role === 'student' && this.sessionId) {
       url += `&previous_session=${encodeURIComponent(this.sessionId)}`;
     }
+    // Teachers resume atomically at the handshake (PROTOCOL.md 4.4 form 1):
+    // the server sends what was missed, or a snapshot, instead of a snapshot
+    // followed by a `resume` that a live event could turn into a snapshot.
+    const resuming = this.role !== 'student' && this._synced;
+    if (resuming) url += `&last_seq=${this.appliedSeq}`;
     let ws;
     try {
       ws = new WebSocket(url, PROTOCOL);
@@ -233,14 +317,47 @@ export class ExamwatchClient extends EventTarget {
     ws.onclose = (e) => {
       if (this._ws !== ws) return;
       this._ws = null;
-      this._clearTimers();
+      if (e.code === 1009) this._setAsideTooBig();
+      this._connectionLost('connection lost');
       this._scheduleReconnect(e.code, e.reason);
     };
+    if (resuming) {
+      // A replay may be empty, so nothing might arrive: a heartbeat's ack
+      // comes after the replay (same queue), and then the view is current.
+      ws.onopen = () => {
+        if (this._ws !== ws) return;
+        this._syncRef = `sync:${newId()}`;
+        ws.send(JSON.stringify({ type: 'heartbeat', ref: this._syncRef }));
+      };
+    }
+  }
+
+  /** Drops the current socket without waiting for the browser's close event. */
+  _detach(code, reason) {
+    const ws = this._ws;
+    this._ws = null;
+    if (!ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // Already closed, or a code the browser refuses: the socket is gone anyway.
+    }
+  }
+
+  /** Whatever waited on the connection that just ended. */
+  _connectionLost(why) {
+    this._clearTimers();
+    this._syncRef = null;
+    for (const m of this.outbox) m.sentAt = 0;
+    for (const ref of [...this._announces.keys()]) this._settleAnnounce(ref, new Error(why));
   }
 
   _scheduleReconnect(code, reason) {
     if (this.state === 'closed') return;
     if (FATAL_CLOSES.has(code)) {
+      globalThis.removeEventListener?.('online', this._onOnline);
+      globalThis.removeEventListener?.('storage', this._onStorage);
       if (code === 4001 && !this._invalidated) {
         this._invalidated = true;
         this._emit('session_invalidated', { reason: 'second_session', code });
@@ -248,27 +365,43 @@ export class ExamwatchClient extends EventTarget {
       this._setState('closed', { code, reason });
       return;
     }
-    const attempt = SLOW_CLOSES.has(code) ? Math.max(this._attempt, 8) : this._attempt;
-    const delayMs = backoffDelay(attempt, this.baseMs, this.capMs);
+    if (code === 4009) this._emit('session_rejected', { code, reason });
+    let delayMs;
+    if (SLOW_CLOSES.has(code)) {
+      // Full jitter can be 0: never retry at once after a refusal.
+      const floor = Math.min(this.slowBackoffMs, this.capMs);
+      delayMs = Math.max(floor, backoffDelay(Math.max(this._attempt, 8), this.baseMs, this.capMs));
+    } else {
+      delayMs = backoffDelay(this._attempt, this.baseMs, this.capMs);
+    }
     this._attempt += 1;
     this._setState('offline', { code, reason, delayMs, attempt: this._attempt });
     this._later(() => this._open(), delayMs);
   }
 
-  /** Live again: reset backoff, start heartbeats, resume, flush the outbox. */
+  /**
+   * Live again: start heartbeats and the outbox. The backoff starts over
+   * only once the connection has held for `stableMs`, so a connection the
+   * server closes right after its welcome does not reconnect in a tight loop.
+   */
   _live(detail) {
-    this._attempt = 0;
     this._setState('live', detail);
+    this._later(() => {
+      this._attempt = 0;
+      this._rateLimited = 0;
+    }, this.stableMs);
     this._every(() => this._heartbeat(), this.heartbeatMs);
-    this._every(() => this._flush(this.retryMs), this.retryMs);
+    this._every(() => this._pump(), 1000);
   }
 
   _heartbeat() {
     if (this._pendingPing) {
-      // The previous heartbeat was never acked: the connection is dead
-      // even though the browser has not noticed yet.
-      this._pendingPing = null;
-      if (this._ws) this._ws.close(4000, 'heartbeat timeout');
+      // The previous heartbeat was never acked: the connection is dead even
+      // though the browser has not noticed. Its close event may come only
+      // after a long closing handshake, so do not wait for it.
+      this._detach(4000, 'heartbeat timeout');
+      this._connectionLost('heartbeat timeout');
+      this._scheduleReconnect(4000, 'heartbeat timeout');
       return;
     }
     this._pendingPing = { ref: `hb:${newId()}`, sentAt: performance.now() };
@@ -293,22 +426,16 @@ export class ExamwatchClient extends EventTarget {
         // The announcements this client missed, then everything unacked.
         if (this.lastSeq !== null) this.send({ type: 'resume', last_seq: this.lastSeq });
         else this._setSeq(msg.last_seq);
-        this._flush(0);
+        this._pump();
         break;
-      case 'snapshot': {
-        const missedFrom = this.lastSeq;
+      case 'snapshot':
         this.appliedSeq = msg.seq;
+        this._synced = true;
         this._syncClockOverHttp();
         this._emit('snapshot', msg);
-        if (this.state !== 'live') {
-          this._live({});
-          // Events between what we saw and this snapshot: already in the
-          // snapshot, but a dashboard lists the alerts it missed.
-          if (missedFrom !== null && missedFrom < msg.seq) this.send({ type: 'resume', last_seq: missedFrom });
-        }
+        if (this.state !== 'live') this._live({});
         this._setSeq(msg.seq);
         break;
-      }
       case 'student':
       case 'alert':
       case 'announcement': {
@@ -343,49 +470,153 @@ export class ExamwatchClient extends EventTarget {
       this._pendingPing = null;
       return;
     }
+    if (this._syncRef !== null && ref === this._syncRef) {
+      // Resumed with ?last_seq= and the replay (if any) is applied.
+      this._syncRef = null;
+      if (this.state !== 'live') this._live({ resumed: true });
+      return;
+    }
+    if (this._announces.has(ref)) this._settleAnnounce(ref, null);
     const i = this.outbox.findIndex((m) => m.ref === ref);
     if (i >= 0) {
       const [m] = this.outbox.splice(i, 1);
+      this._done.add(ref);
+      this._rateLimited = 0;
       this._saveOutbox();
-      this._emit('ack', { ref, message: m });
+      this._emit('ack', { ref, message: wire(m) });
       this._emit('outbox', { pending: this.outbox.length });
+      this._pump();
       return;
     }
     this._emit('ack', { ref });
   }
 
   _onError(msg) {
-    const i = this.outbox.findIndex((m) => m.ref === msg.ref);
-    // storage_busy: keep it, the retry timer re-sends it. Any other error
-    // for an outbox entry (already_submitted, not_stored, invalid_message)
-    // will not change by re-sending: drop it and tell the page.
-    if (i >= 0 && msg.code !== 'storage_busy') {
-      this.outbox.splice(i, 1);
-      this._saveOutbox();
-      this._emit('outbox', { pending: this.outbox.length });
+    if (msg.code === 'rate_limited') {
+      // Refused unprocessed, and the error names no ref: pause the outbox,
+      // longer each time, and send what was in flight again afterwards
+      // (duplicates are harmless, a lost answer is not).
+      this._rateLimited += 1;
+      this._pauseUntil = Date.now() + Math.min(30000, 2000 * this._rateLimited);
+      for (const m of this.outbox) if (m.sentAt) m.sentAt = 0;
+      // The refused message may have been the heartbeat: do not take its
+      // missing ack for a dead connection.
+      this._pendingPing = null;
+      this._emit('error', msg);
+      return;
+    }
+    if (this._announces.has(msg.ref)) this._settleAnnounce(msg.ref, new Error(msg.message || msg.code));
+    const m = this.outbox.find((e) => e.ref === msg.ref);
+    if (m && msg.code === 'storage_busy') {
+      // Nothing stored: keep it and try again later.
+      m.sentAt = 0;
+      m.retryAt = Date.now() + this.retryMs;
+      this._pumpIn(this.retryMs);
+    } else if (m) {
+      // Any other error for an outbox entry (already_submitted, not_stored,
+      // invalid_message) will not change by re-sending: set it aside, and
+      // say so, so the page never shows it as saved.
+      this._setAside(m, msg.code, msg.message);
     }
     this._emit('error', msg);
   }
 
-  // ---- outbox -----------------------------------------------------------
-
-  _enqueue(m) {
-    m.sentAt = 0;
-    this.outbox.push(m);
-    this._saveOutbox();
-    this._emit('outbox', { pending: this.outbox.length });
-    this._flush(0);
+  _settleAnnounce(ref, error) {
+    const p = this._announces.get(ref);
+    if (!p) return;
+    this._announces.delete(ref);
+    clearTimeout(p.timer);
+    if (error) p.reject(error);
+    else p.resolve();
   }
 
-  /** (Re-)sends every outbox entry last sent more than `olderThanMs` ago. */
-  _flush(olderThanMs) {
-    if (this.state !== 'live') return;
-    const now = Date.now();
+  // ---- outbox -----------------------------------------------------------
+
+  _usable() {
+    if (this._invalidated) throw new Error('this exam was opened somewhere else; this page is closed');
+    if (this.state === 'closed') throw new Error('the client is closed');
+  }
+
+  _enqueue(m) {
+    this.outbox.push({ ...m, sentAt: 0 });
+    this._saveOutbox();
+    this._emit('outbox', { pending: this.outbox.length });
+    this._pump();
+  }
+
+  _setAside(m, code, reason) {
+    const i = this.outbox.indexOf(m);
+    if (i < 0) return; // already set aside
+    this.outbox.splice(i, 1);
+    this._done.add(m.ref);
+    const entry = { message: wire(m), code, reason: reason ?? '' };
+    this._rejected.push(entry);
+    this._saveOutbox();
+    this._emit('rejected', entry);
+    this._emit('outbox', { pending: this.outbox.length });
+    this._pump();
+  }
+
+  /** After close 1009: the biggest entry in flight caused it; never send it again. */
+  _setAsideTooBig() {
+    let culprit = null;
+    let size = -1;
     for (const m of this.outbox) {
-      if (olderThanMs && now - m.sentAt < olderThanMs) continue;
-      const { sentAt: _unused, ...wire } = m;
-      if (this.send(wire)) m.sentAt = now;
+      if (!m.sentAt) continue;
+      const n = utf8Length(JSON.stringify(wire(m)));
+      if (n > size) [culprit, size] = [m, n];
     }
+    if (culprit) this._setAside(culprit, 'message_too_big', `${size} bytes: more than the server accepts`);
+  }
+
+  /**
+   * Sends what is due, paced: entries not yet sent on this connection (and
+   * past their `storage_busy` wait), and entries unacked for `retryMs`; at
+   * most MAX_IN_FLIGHT awaiting their ack and OUTBOX_PER_SECOND a second. A
+   * submit waits until every answer before it is acked.
+   */
+  _pump() {
+    if (this.state !== 'live' || !this._ws) return;
+    const now = Date.now();
+    if (now < this._pauseUntil) return this._pumpIn(this._pauseUntil - now);
+    this._tokens = Math.min(OUTBOX_PER_SECOND, this._tokens + ((now - this._tokensAt) * OUTBOX_PER_SECOND) / 1000);
+    this._tokensAt = now;
+    let inFlight = this.outbox.filter((m) => m.sentAt).length;
+    let answersBefore = 0;
+    const tooBig = [];
+    for (const m of this.outbox) {
+      const fresh = !m.sentAt && now >= (m.retryAt ?? 0);
+      const stale = m.sentAt && now - m.sentAt >= this.retryMs;
+      const blocked = (fresh && inFlight >= MAX_IN_FLIGHT) || (m.type === 'submit' && answersBefore > 0);
+      if (m.type === 'answer') answersBefore += 1;
+      if ((!fresh && !stale) || blocked) continue;
+      if (this._tokens < 1) {
+        this._pumpIn(Math.ceil(((1 - this._tokens) * 1000) / OUTBOX_PER_SECOND));
+        break;
+      }
+      const text = JSON.stringify(wire(m));
+      if (utf8Length(text) > this.maxMessageBytes) {
+        // Stored by an older page: the server would close the socket.
+        tooBig.push(m);
+        continue;
+      }
+      this._tokens -= 1;
+      this._ws.send(text);
+      if (fresh) inFlight += 1;
+      m.sentAt = now;
+      m.retryAt = 0;
+    }
+    for (const m of tooBig) this._setAside(m, 'message_too_big', 'more than the server accepts');
+  }
+
+  _pumpIn(ms) {
+    if (this._pumpTimer !== null) return;
+    this._pumpTimer = setTimeout(() => {
+      this._timers.delete(this._pumpTimer);
+      this._pumpTimer = null;
+      this._pump();
+    }, ms);
+    this._timers.add(this._pumpTimer);
   }
 
   _key(what) {
@@ -394,28 +625,69 @@ export class ExamwatchClient extends EventTarget {
   _load(what) {
     try {
       return this.storage?.getItem(this._key(what)) ?? null;
-    } catch {
+    } catch (e) {
+      this._emit('storage_error', { what, error: String(e) });
       return null;
     }
   }
   _store(what, value) {
     try {
       this.storage?.setItem(this._key(what), String(value));
-    } catch {
-      // Storage full or forbidden: the outbox still works in memory.
+    } catch (e) {
+      // Storage full or forbidden: the outbox still works in memory, but
+      // does not survive the tab. The page should say so.
+      this._emit('storage_error', { what, error: String(e) });
     }
   }
-  _loadOutbox() {
+  _readStoredOutbox() {
     if (this.role !== 'student') return [];
     try {
       const list = JSON.parse(this._load('outbox') ?? '[]');
-      return Array.isArray(list) ? list.map((m) => ({ ...m, sentAt: 0 })) : [];
+      return Array.isArray(list) ? list : [];
     } catch {
       return [];
     }
   }
+  /**
+   * Adds the stored entries this tab does not have (another tab of the same
+   * student wrote them) and has not itself seen acked. Union by ref, never
+   * a removal: an entry another tab got acked is sent once more from here,
+   * which is harmless; dropping one that tab had not yet seen would lose it.
+   */
+  _mergeStored(list) {
+    const known = new Set(this.outbox.map((m) => m.ref));
+    let added = 0;
+    for (const m of list) {
+      if (!m || typeof m.ref !== 'string' || known.has(m.ref) || this._done.has(m.ref)) continue;
+      known.add(m.ref);
+      const entry = { ...wire(m), sentAt: 0 };
+      // Answers go before a submit, which waits for them.
+      const submit = this.outbox.findIndex((e) => e.type === 'submit');
+      if (entry.type === 'answer' && submit >= 0) this.outbox.splice(submit, 0, entry);
+      else this.outbox.push(entry);
+      added += 1;
+    }
+    return added;
+  }
   _saveOutbox() {
-    this._store('outbox', JSON.stringify(this.outbox.map(({ sentAt: _unused, ...m }) => m)));
+    if (this.role !== 'student') return;
+    // Re-read first: another tab may have stored answers since.
+    this._mergeStored(this._readStoredOutbox());
+    this._store('outbox', JSON.stringify(this.outbox.map(wire)));
+  }
+  /** Another tab changed the stored outbox. */
+  _storageChanged(e) {
+    if (e.key !== this._key('outbox')) return;
+    if (e.storageArea && e.storageArea !== this.storage) return;
+    let list;
+    try {
+      list = JSON.parse(e.newValue ?? '[]');
+    } catch {
+      return;
+    }
+    if (!Array.isArray(list) || this._mergeStored(list) === 0) return;
+    this._emit('outbox', { pending: this.outbox.length });
+    this._pump();
   }
 
   // ---- clock, seq, helpers ---------------------------------------------
@@ -475,6 +747,7 @@ export class ExamwatchClient extends EventTarget {
       clearInterval(t);
     }
     this._timers.clear();
+    this._pumpTimer = null;
     this._pendingPing = null;
   }
 }

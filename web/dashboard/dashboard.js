@@ -8,7 +8,8 @@
 // claim, plus the exams the REST API lists for it (titles; every exam for
 // an admin). The view is never stale silently: whenever the connection is
 // not live a banner says so and the table is greyed, and it goes away only
-// when a fresh snapshot has replaced the state.
+// when the state is current again: the events it missed were replayed (it
+// reconnects with `?last_seq=`), or a fresh snapshot replaced the state.
 
 import { ExamwatchClient, decodeToken } from '/client/examwatch.js';
 import { View } from './view.js';
@@ -96,8 +97,9 @@ function watch(exam) {
   client.addEventListener('snapshot', (e) => view.reset(e.detail.students));
   client.addEventListener('event', (e) => {
     const ev = e.detail;
-    // Replayed events (resume after a reconnect) are already in the
-    // snapshot; they still belong in the timeline and alerts if unseen.
+    // Events replayed after a reconnect are applied like live ones; any
+    // already in the view (`stale`) still belong in the timeline and
+    // alerts if unseen there.
     const unseen = ev.seq > view.timelineSeq;
     if (ev.type === 'student' && !ev.stale) view.upsert(ev.student);
     if (ev.type === 'alert' && unseen) view.alert(ev);

@@ -26,6 +26,8 @@ const token = sessionStorage.getItem('examwatch.student.token') ?? '';
 const claims = decodeToken(token);
 const exam = params.get('exam') ?? (Array.isArray(claims.exams) ? claims.exams[0] : null);
 const answered = new Set();
+/** The id of each question's latest answer: its state is the question's. */
+const latest = new Map();
 
 function renderQuestions(client) {
   const form = $('#questions');
@@ -45,10 +47,16 @@ function renderQuestions(client) {
       input.name = q.id;
       input.value = option;
       input.addEventListener('change', () => {
+        try {
+          latest.set(q.id, client.answer(q.id, option));
+        } catch (e) {
+          saved.textContent = `not saved: ${e.message}`;
+          saved.dataset.state = 'rejected';
+          return;
+        }
         answered.add(q.id);
-        client.answer(q.id, option);
         client.progress(q.id, answered.size);
-        saved.textContent = 'saving…';
+        showPending(client);
       });
       label.append(input, ` ${option}`);
       fs.append(label);
@@ -62,11 +70,17 @@ function showPending(client) {
   const node = $('#pending');
   node.dataset.count = String(pending.length);
   node.textContent = pending.length ? `${pending.length} waiting to be saved.` : 'All answers saved.';
-  const waiting = new Set(pending.filter((m) => m.type === 'answer').map((m) => String(m.question)));
+  const waiting = new Set(pending.filter((m) => m.type === 'answer').map((m) => m.id));
+  const refused = new Map(client.rejected().map((r) => [r.message.id, r]));
   for (const fs of document.querySelectorAll('fieldset[data-question]')) {
     const q = fs.dataset.question;
-    const text = waiting.has(q) ? 'saving…' : answered.has(q) ? 'saved' : '';
-    fs.querySelector('.saved').textContent = text;
+    const id = latest.get(q);
+    const mark = fs.querySelector('.saved');
+    let state = answered.has(q) ? 'saved' : '';
+    if (waiting.has(id)) state = 'saving';
+    else if (refused.has(id)) state = 'rejected';
+    mark.dataset.state = state;
+    mark.textContent = { saved: 'saved', saving: 'saving…', rejected: `not saved (${refused.get(id)?.code})`, '': '' }[state];
   }
 }
 
@@ -80,13 +94,39 @@ function start() {
   const client = new ExamwatchClient({ exam, token });
   window.examwatch = { client };
   renderQuestions(client);
-  for (const m of client.pending()) if (m.type === 'answer') answered.add(String(m.question));
+  for (const m of client.pending()) {
+    if (m.type !== 'answer') continue;
+    answered.add(String(m.question));
+    latest.set(String(m.question), m.id);
+  }
+  const closePage = (text) => {
+    $('#notice').hidden = false;
+    $('#notice').textContent = text;
+    for (const input of document.querySelectorAll('#questions input, #submit')) input.disabled = true;
+  };
   client.addEventListener('connection', (e) => {
     const { state } = e.detail;
     $('#conn').dataset.state = state;
     $('#conn').textContent = state === 'live' ? 'online' : state;
+    if (state === 'closed') {
+      // 4001 comes with session_invalidated, which says why.
+      if (e.detail.code && e.detail.code !== 4001) closePage(`The connection was closed (${e.detail.code}). Reload the page.`);
+      return;
+    }
     $('#notice').hidden = state === 'live' || state === 'connecting';
     if (state === 'offline') $('#notice').textContent = 'Offline — your answers are kept here and sent when the connection is back.';
+  });
+  client.addEventListener('rejected', (e) => {
+    if (e.detail.message.type === 'submit') $('#submit-status').textContent = `not submitted (${e.detail.code})`;
+    showPending(client);
+  });
+  client.addEventListener('session_rejected', () => {
+    $('#notice').hidden = false;
+    $('#notice').textContent = 'This exam is open somewhere else; trying again in a while.';
+  });
+  client.addEventListener('storage_error', () => {
+    $('#storage').hidden = false;
+    $('#storage').textContent = 'This browser does not let the page keep your answers: do not close this tab until all are saved.';
   });
   client.addEventListener('status', (e) => {
     const s = e.detail.student;
@@ -105,13 +145,14 @@ function start() {
     li.textContent = `${new Date(e.detail.at).toLocaleTimeString([], { hour12: false })} ${e.detail.from ? `${e.detail.from}: ` : ''}${e.detail.text}`;
     $('#announcements').prepend(li);
   });
-  client.addEventListener('session_invalidated', () => {
-    $('#notice').hidden = false;
-    $('#notice').textContent = 'This exam was opened somewhere else; this page is closed.';
-  });
+  client.addEventListener('session_invalidated', () => closePage('This exam was opened somewhere else; this page is closed.'));
   $('#submit').addEventListener('click', () => {
-    client.submit();
-    $('#submit-status').textContent = 'submitting…';
+    try {
+      client.submit();
+      $('#submit-status').textContent = 'submitting…';
+    } catch (e) {
+      $('#submit-status').textContent = `not submitted: ${e.message}`;
+    }
   });
   client.watchFocus();
   client.connect();
