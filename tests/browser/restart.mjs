@@ -5,8 +5,12 @@
 //   student's socket is gone: not connected);
 // - the student page keeps the in-flight answer and those given while the
 //   server is down, even across closing the tab, and delivers them after
-//   the restart. The answer ids are printed on a RESULT line; the Rust side
-//   checks that each is in the database exactly once.
+//   the restart;
+// - a second student's page stays open through it all and comes back by
+//   itself (backoff, then `previous_session`, `resume`, and its unacked
+//   answers re-sent).
+// The answer ids are printed on a RESULT line; the Rust side checks that
+// each is in the database exactly once.
 
 import { SECOND, SLOW, check, kill9, launch, log, page, row, scenario, startServer, stop, token, within } from './lib.mjs';
 
@@ -38,14 +42,30 @@ await scenario('restart', async ({ cleanup, problems }) => {
   await student.waitForSelector('#conn[data-state="live"]');
   await within(dash, SECOND, 'the student is on the dashboard', (sel) => document.querySelector(sel)?.dataset.conn === 'connected', row('s1'), rowState);
 
-  // q1 is answered and stored.
+  // The second student's page, which is never closed; every socket it opens is recorded.
+  const sockets = [];
+  const stayer = await browser.newPage();
+  stayer.on('pageerror', (e) => problems.push(`page error on the open student page: ${e.message}`));
+  stayer.on('websocket', (ws) => {
+    const s = { url: ws.url(), sent: [] };
+    ws.on('framesent', (f) => s.sent.push(JSON.parse(f.payload)));
+    sockets.push(s);
+  });
+  await stayer.goto(`${base}/demo/student?token=${token('s2', 'student', 'e1', 'Grace')}`);
+  await stayer.waitForSelector('#conn[data-state="live"]');
+
+  // q1 is answered and stored, on both pages.
   await student.check('fieldset[data-question="q1"] input >> nth=0');
+  await stayer.check('fieldset[data-question="q1"] input >> nth=0');
   await student.waitForSelector('#pending[data-count="0"]', { timeout: 2 * SLOW });
+  await stayer.waitForSelector('#pending[data-count="0"]', { timeout: 2 * SLOW });
   await within(dash, SECOND, 'progress 1 / 5', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '1 / 5', row('s1'), rowState);
 
   // q2 is sent, and the server dies before acking it.
   await student.check('fieldset[data-question="q2"] input >> nth=1');
+  await stayer.check('fieldset[data-question="q2"] input >> nth=1');
   await within(student, SECOND, 'q2 waits for its ack', () => document.querySelector('#pending').dataset.count === '1', null, () => document.querySelector('#pending').textContent);
+  await within(stayer, SECOND, 'q2 waits for its ack (open page)', () => document.querySelector('#pending').dataset.count === '1', null, () => document.querySelector('#pending').textContent);
   await kill9(server);
   log('server killed with q2 unacked');
 
@@ -63,6 +83,11 @@ await scenario('restart', async ({ cleanup, problems }) => {
   check(ids.length === 2, `two answers wait in the outbox: ${ids}`);
   await student.close();
   log('student tab closed with', ids.length, 'unacked answers');
+  await stayer.waitForSelector('#conn[data-state="offline"]', { timeout: 2 * SECOND });
+  await stayer.check('fieldset[data-question="q3"] input >> nth=2');
+  await stayer.waitForSelector('#pending[data-count="2"]', { timeout: SECOND });
+  const stayerIds = await stayer.evaluate(() => window.examwatch.client.pending().map((m) => m.id));
+  const sessionBefore = await stayer.evaluate(() => window.examwatch.client.sessionId);
 
   server = await startServer(['serve'], { bind: addr, env });
   log('server restarted on', server.addr);
@@ -78,7 +103,17 @@ await scenario('restart', async ({ cleanup, problems }) => {
   await within(dash, SECOND, 'the student back on the dashboard', (sel) => document.querySelector(sel)?.dataset.conn === 'connected', row('s1'), rowState);
   await within(dash, SECOND, 'progress 3 / 5', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '3 / 5', row('s1'), rowState);
   check(await student.evaluate(() => window.examwatch.client.pending().length === 0), 'outbox empty');
+  // The page that stayed open came back by itself (its backoff may have
+  // grown to 30 s while the server was down) and delivered its outbox.
+  await stayer.waitForSelector('#conn[data-state="live"]', { timeout: 40 * SECOND });
+  await stayer.waitForSelector('#pending[data-count="0"]', { timeout: SLOW });
+  const back = sockets.at(-1);
+  check(back.url.includes(`previous_session=${encodeURIComponent(sessionBefore)}`), `reconnected with previous_session: ${back.url}`);
+  check(back.sent.some((m) => m.type === 'resume'), `sent resume: ${JSON.stringify(back.sent.map((m) => m.type))}`);
+  const resent = back.sent.filter((m) => m.type === 'answer').map((m) => m.id);
+  check(stayerIds.every((id) => resent.includes(id)), `re-sent its unacked answers: ${resent} (wanted ${stayerIds})`);
+  await within(dash, SECOND, 'progress 3 / 5 for the open page', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '3 / 5', row('s2'), rowState);
   // A graceful stop, so that every event is in the database for the check.
   await stop(server);
-  console.log(`RESULT ${JSON.stringify({ unacked: ids })}`);
+  console.log(`RESULT ${JSON.stringify({ unacked: ids, stayed_open: stayerIds })}`);
 });
