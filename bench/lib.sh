@@ -111,7 +111,7 @@ idle_run() {
 step_rates() {
     local rate p99 lost
     for rate in 5000 10000 15000 20000 30000 40000 60000 80000 100000 150000; do
-        loadgen --server "$2" --exams 100 --students 30 --teachers 1 --rate $rate --duration 10s \
+        loadgen --server "$2" --framing "${FRAMING:-examwatch}" --exams 100 --students 30 --teachers 1 --rate $rate --duration 10s \
             --processes 2 --prefix "t$rate-$RANDOM-" --json "$OUT/$3-$rate.json" >/dev/null 2>&1 || true
         p99=$(json_field "$OUT/$3-$rate.json" "['latency_us']['p99']")
         lost=$(json_field "$OUT/$3-$rate.json" "['lost']")

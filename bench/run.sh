@@ -10,13 +10,21 @@
 #   storm        19,000 clients drop and reconnect at once: time until all are back, events lost
 #   slow         one teacher stops reading: server RSS over time, other teachers' p99 with and without
 #   persistence  the throughput steps with the SQLite writer and with the PostgreSQL writer
-# Peers (bench/peers/*) are run side by side by bench/ab.sh. Results (JSON)
+# PEER=node-ws or PEER=socketio runs capacity, throughput or slow against that
+# Node.js peer instead (the other scenarios need examwatch's resume, Redis
+# numbering or persistence). Peers (bench/peers/*) also run side by side in
+# bench/ab.sh. Results (JSON)
 # land in bench/out/. Builds release binaries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 SCENARIO="${1:?usage: bench/run.sh latency|cpu|idle|capacity|throughput|redis|storm|slow|persistence}"
 build
+PEER=${PEER:-}
+FRAMING=examwatch; [ "$PEER" = socketio ] && FRAMING=socketio
+# start_target NAME: examwatch, or the peer named by $PEER.
+start_target() { if [ -n "$PEER" ]; then start_peer "$1" "$PEER"; else start_server "$1"; fi; }
+LABEL=${PEER:-examwatch}
 
 case "$SCENARIO" in
 latency)
@@ -34,21 +42,21 @@ idle)
     start_server A
     idle_run A "$ADDR_A" 10000 examwatch ;;
 capacity)
-    start_server A
+    start_target A
     before=$(rss_kb "$PID_A")
-    loadgen --server "$ADDR_A" --exams 190 --students 100 --teachers 0 --rate 1 --duration 20s --prefix cap- \
+    loadgen --server "$ADDR_A" --framing $FRAMING --exams 190 --students 100 --teachers 0 --rate 1 --duration 20s --prefix cap- \
         --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --processes 2 \
-        >"$OUT/capacity.json" 2>"$OUT/capacity.log" &
+        >"$OUT/capacity-$LABEL.json" 2>"$OUT/capacity.log" &
     LG=$!
     until grep -q 'sending' "$OUT/capacity.log"; do sleep 0.5; done
     sleep 12  # idle long enough for freed handshake memory to be returned (see idle_run)
     after=$(rss_kb "$PID_A")
     secs=$(grep -o 'connections in [0-9.]*' "$OUT/capacity.log" | awk '{print $3}' | sort -n | tail -1)
-    echo "{\"connections\": 19000, \"connect_seconds\": $secs, \"rss_before_kb\": $before, \"rss_after_kb\": $after, \"bytes_per_connection\": $(( (after - before) * 1024 / 19000 ))}" | tee "$OUT/capacity-rss.json"
+    echo "{\"connections\": 19000, \"connect_seconds\": $secs, \"rss_before_kb\": $before, \"rss_after_kb\": $after, \"bytes_per_connection\": $(( (after - before) * 1024 / 19000 ))}" | tee "$OUT/capacity-$LABEL-rss.json"
     wait $LG ;;
 throughput)
-    start_server A
-    step_rates A "$ADDR_A" throughput ;;
+    start_target A
+    step_rates A "$ADDR_A" "throughput-$LABEL" ;;
 redis)
     start_redis
     start_server A "$REDIS_URL"
@@ -63,16 +71,16 @@ storm)
         --storm-after 8s --processes 2 --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
         --connect-concurrency 64 --prefix storm- --json "$OUT/storm.json" >/dev/null ;;
 slow)
-    start_server A
+    start_target A
     for slow in 0 1; do
-        loadgen --server "$ADDR_A" --exams 10 --students 30 --teachers 2 --rate 10000 --duration 20s \
-            --slow-teachers $slow --prefix "slow$slow-" --json "$OUT/slow-$slow.json" \
+        loadgen --server "$ADDR_A" --framing $FRAMING --exams 10 --students 30 --teachers 2 --rate 10000 \
+            --duration 20s --slow-teachers $slow --prefix "slow$slow-" --json "$OUT/slow-$LABEL-$slow.json" \
             >/dev/null 2>"$OUT/slow-$slow.log" &
         LG=$!
         : >"$OUT/slow-$slow-rss.txt"
         while kill -0 $LG 2>/dev/null; do rss_kb "$PID_A" >>"$OUT/slow-$slow-rss.txt"; sleep 0.5; done
         wait $LG
-        echo "slow=$slow rss_kb min/max: $(sort -n "$OUT/slow-$slow-rss.txt" | sed -n '1p;$p' | paste -sd/) slow_closes=$(metric slow_consumer_closes_total "$ADDR_A")"
+        echo "$LABEL slow=$slow rss_kb min/max: $(sort -n "$OUT/slow-$slow-rss.txt" | sed -n '1p;$p' | paste -sd/) p99_us=$(json_field "$OUT/slow-$LABEL-$slow.json" "['latency_us']['p99']") lost=$(json_field "$OUT/slow-$LABEL-$slow.json" "['lost']") slow_closes=$(metric slow_consumer_closes_total "$ADDR_A" || echo n/a)"
     done ;;
 persistence)
     start_server A
