@@ -15,6 +15,7 @@
 
 mod client;
 mod report;
+mod tasks;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use client::{Framing, Link, Target, parse_progress};
 pub use report::{Latency, Report, Storm};
+use tasks::{Shared, Who, epoch, student, teacher};
 
 use crate::auth::{Keys, Role};
 
@@ -88,79 +90,6 @@ impl Plan {
     }
 }
 
-/// What every client task shares.
-struct Shared {
-    framing: Framing,
-    /// Events delivered to teachers so far (for progress and the tail wait).
-    received: AtomicU64,
-    stop: CancellationToken,
-    storm: CancellationToken,
-    storm_at: OnceLock<Instant>,
-    back: AtomicU64,
-    last_back_us: AtomicU64,
-    snapshots: AtomicU64,
-    errors: AtomicU64,
-}
-
-impl Shared {
-    fn mark_back(&self) {
-        let at = self.storm_at.get().map_or(0, |t| t.elapsed().as_micros());
-        self.last_back_us.fetch_max(at as u64, Ordering::Relaxed);
-        self.back.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Who a client is, so it can connect again after a storm.
-#[derive(Clone)]
-struct Who {
-    server: SocketAddr,
-    source: IpAddr,
-    exam: String,
-    token: String,
-}
-
-impl Who {
-    async fn connect(&self, sh: &Shared, query: Option<String>) -> anyhow::Result<Link> {
-        let target = Target {
-            server: self.server,
-            source: self.source,
-            exam: &self.exam,
-            token: &self.token,
-            query,
-        };
-        Link::connect(sh.framing, &target).await
-    }
-
-    /// Connects again after a drop, retrying for up to 30 s; returns the
-    /// link and, when `kind` is given, the first message of that type.
-    async fn reconnect(
-        &self,
-        sh: &Shared,
-        query: String,
-        kind: Option<&str>,
-    ) -> Option<(Link, String)> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut pause = Duration::from_millis(20);
-        while Instant::now() < deadline && !sh.stop.is_cancelled() {
-            if let Ok(mut link) = self.connect(sh, Some(query.clone())).await {
-                match kind {
-                    // A resuming teacher gets its replay, or nothing yet.
-                    None => return Some((link, String::new())),
-                    Some(kind) => {
-                        if let Ok(first) = link.wait_for(kind).await {
-                            return Some((link, first));
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-        }
-        sh.errors.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-}
-
 /// Clients connected and waiting to send.
 pub struct Connected {
     plan: Plan,
@@ -212,9 +141,7 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
     };
     let total = plan.total_events();
     let teacher_server = plan.teacher_server.unwrap_or(plan.server);
-    let mut teachers = Vec::new();
-    let mut slow = Vec::new();
-    let mut students = Vec::new();
+    let mut clients = Clients::default();
     let mut opening = JoinSet::new();
     // Teachers, then slow teachers, then students: each group fully open
     // before the next, a bounded number of handshakes at a time.
@@ -249,15 +176,7 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
         let kind = if group == 2 { "welcome" } else { "snapshot" };
         for w in whos {
             if opening.len() >= plan.connect_concurrency.max(1) {
-                collect(
-                    &mut opening,
-                    &shared,
-                    total,
-                    &mut teachers,
-                    &mut slow,
-                    &mut students,
-                )
-                .await?;
+                clients.collect(&mut opening, &shared, total).await?;
             }
             let sh = shared.clone();
             opening.spawn(async move {
@@ -267,17 +186,14 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
             });
         }
         while !opening.is_empty() {
-            collect(
-                &mut opening,
-                &shared,
-                total,
-                &mut teachers,
-                &mut slow,
-                &mut students,
-            )
-            .await?;
+            clients.collect(&mut opening, &shared, total).await?;
         }
     }
+    let Clients {
+        teachers,
+        slow,
+        students,
+    } = clients;
     Ok(Connected {
         connections: teachers.len() + slow.len() + students.len(),
         plan: plan.clone(),
@@ -291,35 +207,42 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
 
 type Opening = JoinSet<anyhow::Result<(u8, Who, Link, String)>>;
 
-/// Takes one opened connection and starts its client task.
-async fn collect(
-    opening: &mut Opening,
-    sh: &Arc<Shared>,
-    total: u64,
-    teachers: &mut Vec<tokio::task::JoinHandle<(u64, u64, Histogram<u64>)>>,
-    slow: &mut Vec<Link>,
-    students: &mut Vec<mpsc::Sender<(u64, u64)>>,
-) -> anyhow::Result<()> {
-    let Some(joined) = opening.join_next().await else {
-        return Ok(());
-    };
-    let (group, who, link, first) = joined??;
-    match group {
-        0 => {
-            let seq = client::parse_seq(&first).unwrap_or(0);
-            teachers.push(tokio::spawn(teacher(link, who, seq, total, sh.clone())));
+/// The clients opened so far, by kind.
+#[derive(Default)]
+struct Clients {
+    teachers: Vec<tokio::task::JoinHandle<(u64, u64, Histogram<u64>)>>,
+    slow: Vec<Link>,
+    students: Vec<mpsc::Sender<(u64, u64)>>,
+}
+
+impl Clients {
+    /// Takes one opened connection and starts its client task.
+    async fn collect(
+        &mut self,
+        opening: &mut Opening,
+        sh: &Arc<Shared>,
+        total: u64,
+    ) -> anyhow::Result<()> {
+        let Some(joined) = opening.join_next().await else {
+            return Ok(());
+        };
+        let (group, who, link, first) = joined??;
+        match group {
+            0 => {
+                let seq = client::parse_seq(&first).unwrap_or(0);
+                let task = teacher(link, who, seq, total, sh.clone());
+                self.teachers.push(tokio::spawn(task));
+            }
+            1 => self.slow.push(link),
+            _ => {
+                let session = client::string_field(&first, "session_id").unwrap_or("");
+                let (tx, rx) = mpsc::channel(4096);
+                tokio::spawn(student(link, who, session.to_owned(), rx, sh.clone()));
+                self.students.push(tx);
+            }
         }
-        1 => slow.push(link),
-        _ => {
-            let session = client::string_field(&first, "session_id")
-                .unwrap_or("")
-                .to_owned();
-            let (tx, rx) = mpsc::channel(4096);
-            tokio::spawn(student(link, who, session, rx, sh.clone()));
-            students.push(tx);
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Connects, then sends: the whole run in one call.
@@ -425,107 +348,4 @@ impl Connected {
             histogram: report::buckets(&hist),
         })
     }
-}
-
-/// The clock events are stamped against (one per process).
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-fn epoch() -> Instant {
-    *EPOCH.get_or_init(Instant::now)
-}
-
-async fn student(
-    mut link: Link,
-    who: Who,
-    mut session: String,
-    mut rx: mpsc::Receiver<(u64, u64)>,
-    sh: Arc<Shared>,
-) {
-    let mut stormed = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = sh.storm.cancelled(), if !stormed => {
-                stormed = true;
-                link.drop_abruptly().await;
-                let query = format!("previous_session={session}");
-                let Some((back, welcome)) = who.reconnect(&sh, query, Some("welcome")).await else {
-                    return;
-                };
-                session = client::string_field(&welcome, "session_id").unwrap_or("").to_owned();
-                sh.mark_back();
-                link = back;
-            }
-            ev = rx.recv() => match ev {
-                Some((k, stamp)) => {
-                    if link.send_progress(k, stamp).await.is_err() {
-                        return;
-                    }
-                }
-                None => break,
-            },
-            // Reading keeps pings answered; a closed socket ends the student.
-            text = link.next_text() => if text.is_none() { return },
-        }
-    }
-    link.close().await;
-}
-
-/// Counts one teacher's events until told to stop.
-async fn teacher(
-    mut link: Link,
-    who: Who,
-    mut last_seq: u64,
-    total: u64,
-    sh: Arc<Shared>,
-) -> (u64, u64, Histogram<u64>) {
-    let mut seen = vec![0u64; total.div_ceil(64) as usize + 1];
-    let mut hist = report::new_histogram();
-    let (mut delivered, mut duplicated) = (0u64, 0u64);
-    let mut stormed = false;
-    loop {
-        let text = tokio::select! {
-            biased;
-            _ = sh.stop.cancelled() => break,
-            _ = sh.storm.cancelled(), if !stormed => {
-                stormed = true;
-                link.drop_abruptly().await;
-                let query = format!("last_seq={last_seq}");
-                let Some((back, _)) = who.reconnect(&sh, query, None).await else {
-                    break;
-                };
-                sh.mark_back();
-                link = back;
-                continue;
-            }
-            t = link.next_text() => match t {
-                Some(t) => t,
-                None => break,
-            },
-        };
-        if text.contains(r#""type":"snapshot""#) {
-            // A snapshot after the first: the server re-synchronised this
-            // teacher instead of sending the events in between.
-            sh.snapshots.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(seq) = client::parse_seq(&text) {
-            last_seq = last_seq.max(seq);
-        }
-        let Some((k, stamp)) = parse_progress(&text) else {
-            continue;
-        };
-        let now = epoch().elapsed().as_micros() as u64;
-        let (word, bit) = ((k / 64) as usize, 1u64 << (k % 64));
-        if word < seen.len() && seen[word] & bit != 0 {
-            duplicated += 1;
-        } else {
-            if word < seen.len() {
-                seen[word] |= bit;
-            }
-            delivered += 1;
-            let _ = hist.record(now.saturating_sub(stamp).max(1));
-            sh.received.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    (delivered, duplicated, hist)
 }
