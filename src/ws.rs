@@ -361,7 +361,7 @@ impl Connection {
         // await point, and it lives for the connection's whole life. The
         // join (lease claim, database read) and the write and message
         // handlers only run briefly, so they live on the heap while they
-        // do: the idle connection's task shrank from 5.6 KB to under 1 KB.
+        // do (with `run` below, the task's future went from 5.6 KB to 1.35 KB).
         let Some(room) = Box::pin(self.join(out)).await else {
             let reason = if self.app.shutdown.is_cancelled() {
                 close::GOING_AWAY

@@ -498,9 +498,6 @@ impl Publisher {
                 .ignore();
             n += 1;
         }
-        if n == 0 {
-            return true;
-        }
         match pipe.query_async::<()>(&mut self.conn).await {
             Ok(()) => {
                 self.script_loaded = true;

@@ -686,12 +686,13 @@ impl Room {
 }
 
 fn try_push(out: &Outbox, bytes: Utf8Bytes) -> bool {
+    use super::queue::PushError;
     match out.tx.try_send(bytes) {
         Ok(()) => true,
         // A closed queue means the connection is already gone; its Leave
         // is on the way.
-        Err(super::queue::PushError::Closed) => true,
-        Err(super::queue::PushError::Full) => false,
+        Err(PushError::Closed) => true,
+        Err(PushError::Full) => false,
     }
 }
 

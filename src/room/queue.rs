@@ -6,8 +6,8 @@
 //! one that never receives a frame — most students. This queue is a
 //! `VecDeque` that allocates on the first push and gives its buffer back
 //! once drained, so an idle connection costs one small `Arc`. The room
-//! pushes with [`Outbox::try_send`](super::Outbox) semantics (never waits);
-//! the connection task awaits [`QueueRx::recv`].
+//! pushes with [`QueueTx::try_send`] (never waits); the connection task
+//! awaits [`QueueRx::recv`].
 
 use std::{
     collections::VecDeque,

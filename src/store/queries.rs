@@ -158,34 +158,49 @@ pub(super) async fn write_batch(
 /// Rows per multi-row event INSERT (6 parameters each).
 const EVENT_ROWS: usize = 100;
 
-/// The VALUES list of a multi-row event INSERT. SQLite gets anonymous `?`
+/// The multi-row event INSERT for `rows` rows. SQLite gets anonymous `?`
 /// placeholders: sqlx looks up each numbered one by name, and SQLite finds a
 /// name by a linear scan, so 600 `$N` cost 180,000 comparisons per statement
 /// (7.7 % of the server's CPU at 20k events/s, by `perf`). PostgreSQL only
-/// speaks `$N`, and looks them up by number.
-fn event_rows_sql(backend: super::Backend, rows: usize) -> String {
-    let mut sql =
-        String::from("INSERT INTO events (exam_id, seq, at, student_id, kind, payload) VALUES ");
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
+/// speaks `$N`, and looks them up by number. The full-size statement (most
+/// batches under load) is built once per backend.
+fn event_insert_sql(backend: super::Backend, rows: usize) -> String {
+    use std::fmt::Write as _;
+    static FULL: [std::sync::OnceLock<String>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    let build = || {
+        let mut sql = String::from(
+            "INSERT INTO events (exam_id, seq, at, student_id, kind, payload) VALUES ",
+        );
+        for i in 0..rows {
+            if i > 0 {
+                sql.push(',');
+            }
+            if backend == super::Backend::Sqlite {
+                sql.push_str("(?, ?, ?, ?, ?, ?)");
+            } else {
+                let b = i * 6;
+                let _ = write!(
+                    sql,
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                );
+            }
         }
-        if backend == super::Backend::Sqlite {
-            sql.push_str("(?, ?, ?, ?, ?, ?)");
-        } else {
-            let b = i * 6;
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6
-            ));
-        }
+        sql.push_str(" ON CONFLICT (exam_id, seq) DO NOTHING");
+        sql
+    };
+    if rows == EVENT_ROWS {
+        let slot = &FULL[usize::from(backend == super::Backend::Postgres)];
+        slot.get_or_init(build).clone()
+    } else {
+        build()
     }
-    sql
 }
 
 async fn insert_events(
@@ -194,8 +209,7 @@ async fn insert_events(
     events: &[&Record],
     stats: &super::writer::WriterStats,
 ) -> Result<(), StoreError> {
-    let mut sql = event_rows_sql(backend, events.len());
-    sql.push_str(" ON CONFLICT (exam_id, seq) DO NOTHING");
+    let sql = event_insert_sql(backend, events.len());
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for record in events {
         if let Record::Event {

@@ -4,25 +4,31 @@
 
 use std::time::Duration;
 
-use examwatch::loadgen::{Plan, run};
+use examwatch::loadgen::{Plan, Report, run};
 
 use crate::helpers::*;
 
+/// Runs `plan` (given the server's address) against a fresh server that
+/// lets each connection send fast enough for the generator.
+async fn run_on_fresh_app(plan: impl FnOnce(std::net::SocketAddr) -> Plan) -> Report {
+    let app = spawn_app_with(|s| s.limits.messages_per_second = 1000).await;
+    run(&plan(app.addr), &app.keys, |_| {})
+        .await
+        .expect("the run completes")
+}
+
 #[tokio::test]
 async fn the_load_generator_delivers_every_event_exactly_once() {
-    let app = spawn_app_with(|s| s.limits.messages_per_second = 1000).await;
-    let plan = Plan {
+    let report = run_on_fresh_app(|addr| Plan {
         exams: 2,
         students: 10,
         teachers: 2,
         rate: 500.0,
         duration: Duration::from_secs(2),
         prefix: "smoke-".into(),
-        ..Plan::new(app.addr)
-    };
-    let report = run(&plan, &app.keys, |_| {})
-        .await
-        .expect("the run completes");
+        ..Plan::new(addr)
+    })
+    .await;
     assert_eq!(report.connections, 24);
     assert_eq!(report.sent, 1000);
     assert_eq!(
@@ -36,8 +42,7 @@ async fn the_load_generator_delivers_every_event_exactly_once() {
 
 #[tokio::test]
 async fn a_reconnect_storm_loses_nothing_and_everyone_comes_back() {
-    let app = spawn_app_with(|s| s.limits.messages_per_second = 1000).await;
-    let plan = Plan {
+    let report = run_on_fresh_app(|addr| Plan {
         exams: 2,
         students: 8,
         teachers: 1,
@@ -45,11 +50,9 @@ async fn a_reconnect_storm_loses_nothing_and_everyone_comes_back() {
         duration: Duration::from_secs(2),
         prefix: "storm-".into(),
         storm_after: Some(Duration::from_millis(800)),
-        ..Plan::new(app.addr)
-    };
-    let report = run(&plan, &app.keys, |_| {})
-        .await
-        .expect("the run completes");
+        ..Plan::new(addr)
+    })
+    .await;
     let storm = report.storm.expect("the storm happened");
     assert_eq!(storm.clients, 18, "16 students and 2 teachers dropped");
     assert_eq!(storm.back, 18, "every client came back");
@@ -62,8 +65,7 @@ async fn a_reconnect_storm_loses_nothing_and_everyone_comes_back() {
 
 #[tokio::test]
 async fn a_teacher_who_never_reads_does_not_cost_the_others_an_event() {
-    let app = spawn_app_with(|s| s.limits.messages_per_second = 1000).await;
-    let plan = Plan {
+    let report = run_on_fresh_app(|addr| Plan {
         exams: 1,
         students: 10,
         teachers: 2,
@@ -71,11 +73,9 @@ async fn a_teacher_who_never_reads_does_not_cost_the_others_an_event() {
         duration: Duration::from_secs(2),
         prefix: "slow-".into(),
         slow_teachers: 1,
-        ..Plan::new(app.addr)
-    };
-    let report = run(&plan, &app.keys, |_| {})
-        .await
-        .expect("the run completes");
+        ..Plan::new(addr)
+    })
+    .await;
     assert_eq!(report.connections, 13);
     assert_eq!(report.delivered, report.expected);
     assert_eq!((report.lost, report.duplicated), (0, 0));
