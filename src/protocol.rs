@@ -418,11 +418,40 @@ pub enum ServerMsg<'a> {
     },
 }
 
+/// A scratch buffer grown past this (a large snapshot) is not kept.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
 impl ServerMsg<'_> {
     /// Encodes to the text-frame payload. Serializing these types cannot
     /// fail (no maps with non-string keys, no fallible Serialize impls).
+    ///
+    /// Serialized into a per-thread scratch buffer, then copied once into an
+    /// allocation of exactly its size: `to_string` grows its buffer 128 →
+    /// 256 → 512 bytes for a typical 300-byte event (two reallocs), and the
+    /// frame kept in the room's history would hold the whole 512.
     pub fn encode(&self) -> axum::extract::ws::Utf8Bytes {
-        match serde_json::to_string(self) {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let encoded = SCRATCH.with(|scratch| -> Result<String, serde_json::Error> {
+            // Not re-entrant (Serialize impls here never encode), but a
+            // borrowed scratch falls back to a fresh buffer all the same.
+            let mut fresh = Vec::new();
+            let mut borrowed = scratch.try_borrow_mut();
+            let buf = match borrowed.as_deref_mut() {
+                Ok(b) => b,
+                Err(_) => &mut fresh,
+            };
+            buf.clear();
+            serde_json::to_writer(&mut *buf, self)?;
+            let text = String::from_utf8(buf.as_slice().to_vec())
+                .map_err(<serde_json::Error as serde::ser::Error>::custom);
+            if buf.capacity() > SCRATCH_KEEP {
+                *buf = Vec::new();
+            }
+            text
+        });
+        match encoded {
             Ok(s) => s.into(),
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a server message");

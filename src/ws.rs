@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use crate::{
     app::AppState,
-    auth::{self, Claims, TokenError},
+    auth::{self, Role, TokenError},
     http::ApiError,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
     room::{
@@ -206,7 +206,7 @@ pub async fn handshake(
         exam_id: exam_id.into(),
         name: claims.name.as_str().into(),
         user: claims.sub.as_str().into(),
-        claims,
+        role: claims.role,
         peer,
         user_agent,
         session_id: uuid::Uuid::new_v4().to_string(),
@@ -244,7 +244,9 @@ struct Connection {
     exam_id: Arc<str>,
     name: Arc<str>,
     user: Arc<str>,
-    claims: Claims,
+    /// Only what the connection needs of its token (the whole claims,
+    /// with the list of granted exams, would be held for its whole life).
+    role: Role,
     peer: SocketAddr,
     user_agent: String,
     session_id: String,
@@ -255,7 +257,7 @@ struct Connection {
 
 impl Connection {
     fn watcher(&self) -> bool {
-        self.claims.role.is_watcher()
+        self.role.is_watcher()
     }
 
     /// The connection's life. Its future is the task's whole footprint
@@ -281,8 +283,8 @@ impl Connection {
                 "conn",
                 conn_id = self.id,
                 exam_id = %self.exam_id,
-                user_id = %self.claims.sub,
-                role = self.claims.role.as_str(),
+                user_id = %self.user,
+                role = self.role.as_str(),
             );
             let started = Instant::now();
             span.in_scope(|| self.opened(&socket));
@@ -314,8 +316,8 @@ impl Connection {
         self.app.writer.write(Record::SessionOpened {
             id: self.session_id.clone(),
             exam_id: self.exam_id.clone(),
-            user_id: self.claims.sub.clone(),
-            role: self.claims.role.as_str(),
+            user_id: self.user.to_string(),
+            role: self.role.as_str(),
             at: now_ms(),
             ip: self.peer.to_string(),
             user_agent: self.user_agent.clone(),
@@ -351,8 +353,7 @@ impl Connection {
         } else {
             settings.ws.student_queue
         };
-        let (tx, mut rx) = crate::room::queue::queue(queue);
-        let kick = Kick::default();
+        let (tx, rx, kick) = crate::room::queue::queue(queue);
         let out = Outbox {
             tx,
             kick: kick.clone(),
@@ -371,7 +372,7 @@ impl Connection {
             Box::pin(close_socket(socket, &reason)).await;
             return Ending::Server(reason);
         };
-        let ending = self.pump(socket, &mut rx, &kick, &room).await;
+        let ending = self.pump(socket, &rx, &kick, &room).await;
         // The room keeps the session lease through the grace period (marked
         // `/grace`) and releases it when the student is gone for good.
         let _ = Box::pin(room.send(RoomCmd::Leave { conn: self.id })).await;
@@ -397,7 +398,7 @@ impl Connection {
         }
         let ttl = self.app.settings.exam.lease_ttl;
         let holder = redis.holder(&self.session_id);
-        let (exam, student) = (&self.exam_id, &self.claims.sub);
+        let (exam, student) = (&self.exam_id, &self.user);
         let previous = match redis.claim_lease(exam, student, &holder, ttl, false).await {
             Ok(None) => return ClusterJoin::Alone,
             Ok(Some(p)) => p,
@@ -444,7 +445,7 @@ impl Connection {
             (Broker::Redis(_), false) => self
                 .app
                 .store
-                .answered_questions(&self.exam_id, &self.claims.sub)
+                .answered_questions(&self.exam_id, &self.user)
                 .await
                 .ok(),
             _ => None,
@@ -466,8 +467,8 @@ impl Connection {
                 RoomCmd::JoinStudent(StudentJoin {
                     conn: self.id,
                     who: StudentId {
-                        id: self.claims.sub.clone(),
-                        name: self.claims.name.clone(),
+                        id: self.user.to_string(),
+                        name: self.name.to_string(),
                     },
                     session_id: self.session_id.clone(),
                     previous_session: self.previous_session.clone(),
@@ -489,7 +490,7 @@ impl Connection {
     async fn pump(
         &self,
         socket: &mut WebSocket,
-        rx: &mut QueueRx,
+        rx: &QueueRx,
         kick: &Kick,
         room: &RoomHandle,
     ) -> Ending {
@@ -562,7 +563,7 @@ impl Connection {
         &self,
         socket: &mut WebSocket,
         first: Utf8Bytes,
-        rx: &mut QueueRx,
+        rx: &QueueRx,
         kick: &Kick,
     ) -> Result<(), Ending> {
         let shutdown = &self.app.shutdown;
@@ -608,7 +609,7 @@ impl Connection {
                     format!(
                         "`{}` is not allowed for role {}",
                         incoming.msg.kind(),
-                        self.claims.role.as_str()
+                        self.role.as_str()
                     ),
                     incoming.r#ref,
                 ),

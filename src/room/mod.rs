@@ -19,12 +19,13 @@
 
 mod actor;
 pub mod queue;
+pub use queue::Kick;
 mod students;
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -99,41 +100,6 @@ pub mod close {
         code: 4009,
         reason: "another session is active for this student",
     };
-}
-
-/// A one-shot "close this connection" signal. The first reason wins.
-#[derive(Clone, Default)]
-pub struct Kick {
-    inner: Arc<KickInner>,
-}
-
-#[derive(Default)]
-struct KickInner {
-    token: CancellationToken,
-    reason: OnceLock<CloseReason>,
-    /// "Is your peer still there?": the connection pings and reports a pong.
-    probe: tokio::sync::Notify,
-}
-
-impl Kick {
-    pub fn kick(&self, reason: CloseReason) {
-        let _ = self.inner.reason.set(reason);
-        self.inner.token.cancel();
-    }
-    pub async fn kicked(&self) -> CloseReason {
-        self.inner.token.cancelled().await;
-        self.reason().unwrap_or(close::GOING_AWAY)
-    }
-    pub fn reason(&self) -> Option<CloseReason> {
-        self.inner.reason.get().cloned()
-    }
-    /// Asks the connection to check that its peer is alive.
-    pub fn probe(&self) {
-        self.inner.probe.notify_one();
-    }
-    pub async fn probed(&self) {
-        self.inner.probe.notified().await
-    }
 }
 
 /// How the room reaches one connection.

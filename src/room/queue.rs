@@ -1,21 +1,31 @@
-//! The per-connection outbound queue: bounded, single consumer, and free
-//! when empty.
+//! The per-connection outbound queue: bounded, single consumer, free when
+//! empty, and the connection's two control signals (a kick that closes it,
+//! a probe that asks it to ping its peer).
 //!
 //! tokio's bounded `mpsc` allocates its first 32-slot block (about 1.1 KB
 //! with the channel) the moment it is created, for every connection, even
 //! one that never receives a frame — most students. This queue is a
 //! `VecDeque` that allocates on the first push and gives its buffer back
-//! once drained, so an idle connection costs one small `Arc`. The room
-//! pushes with [`QueueTx::try_send`] (never waits); the connection task
-//! awaits [`QueueRx::recv`].
+//! once drained. The room pushes with [`QueueTx::try_send`] (never waits);
+//! the connection task awaits [`QueueRx::recv`].
+//!
+//! The kick and the probe live in the same shared state, behind one waker:
+//! every future that waits on it ([`QueueRx::recv`], [`Kick::kicked`],
+//! [`Kick::probed`]) is polled by the one connection task, so one waker
+//! slot serves them all. A `CancellationToken` plus two `Notify`s cost
+//! about 200 bytes of heap and 250 bytes of the connection's future, for
+//! every idle connection.
 
 use std::{
     collections::VecDeque,
+    future::poll_fn,
     sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
 };
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
+
+use super::CloseReason;
 
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,16 +37,31 @@ pub enum PushError {
 }
 
 struct Inner {
-    /// A std mutex: held for a push or a pop, never across an `.await`.
+    /// A std mutex: held for a push, a pop or a flag, never across an
+    /// `.await`.
     state: Mutex<State>,
-    /// Wakes the one consumer; a permit is kept if it is not waiting yet.
-    ready: Notify,
     bound: usize,
 }
 
 struct State {
     frames: VecDeque<Utf8Bytes>,
     closed: bool,
+    /// Set once: the first kick's reason wins.
+    kicked: Option<CloseReason>,
+    /// A probe asked for and not yet taken.
+    probe: bool,
+    /// The connection task's waker, registered by whichever of its futures
+    /// last found nothing to do.
+    waker: Option<Waker>,
+}
+
+impl State {
+    fn park(&mut self, cx: &Context<'_>) {
+        match &self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+    }
 }
 
 /// The room's side (cloneable).
@@ -50,36 +75,64 @@ pub struct QueueRx {
     inner: Arc<Inner>,
 }
 
-/// A queue of at most `bound` frames.
-pub fn queue(bound: usize) -> (QueueTx, QueueRx) {
+/// A one-shot "close this connection" signal (the first reason wins), and
+/// "is your peer still there?" probes: the connection pings and reports the
+/// pong. Cloneable; shares the queue's state.
+#[derive(Clone)]
+pub struct Kick {
+    inner: Arc<Inner>,
+}
+
+/// A queue of at most `bound` frames, and the kick of its connection.
+pub fn queue(bound: usize) -> (QueueTx, QueueRx, Kick) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
             frames: VecDeque::new(),
             closed: false,
+            kicked: None,
+            probe: false,
+            waker: None,
         }),
-        ready: Notify::new(),
         bound,
     });
     (
         QueueTx {
             inner: inner.clone(),
         },
-        QueueRx { inner },
+        QueueRx {
+            inner: inner.clone(),
+        },
+        Kick { inner },
     )
 }
 
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue
-        // inconsistent (push_back/pop_front), so a poisoned lock is usable.
+        // inconsistent (push_back/pop_front, flags), so a poisoned lock is
+        // usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the state, then wakes the connection task (outside the lock).
+    fn signal(&self, change: impl FnOnce(&mut State) -> bool) {
+        let waker = {
+            let mut s = self.lock();
+            if !change(&mut s) {
+                return;
+            }
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 }
 
 impl QueueTx {
     /// Queues a frame without waiting.
     pub fn try_send(&self, frame: Utf8Bytes) -> Result<(), PushError> {
-        {
+        let waker = {
             let mut s = self.inner.lock();
             if s.closed {
                 return Err(PushError::Closed);
@@ -88,8 +141,11 @@ impl QueueTx {
                 return Err(PushError::Full);
             }
             s.frames.push_back(frame);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
-        self.inner.ready.notify_one();
         Ok(())
     }
 
@@ -104,25 +160,33 @@ impl QueueTx {
 impl QueueRx {
     /// The next frame; waits while the queue is empty. Never ends on its
     /// own: the connection ends by its other branches.
-    pub async fn recv(&mut self) -> Utf8Bytes {
-        loop {
-            if let Some(frame) = self.try_recv() {
-                return frame;
+    pub async fn recv(&self) -> Utf8Bytes {
+        poll_fn(|cx| {
+            let mut s = self.inner.lock();
+            match pop(&mut s) {
+                Some(frame) => Poll::Ready(frame),
+                None => {
+                    s.park(cx);
+                    Poll::Pending
+                }
             }
-            self.inner.ready.notified().await;
-        }
+        })
+        .await
     }
 
     /// The next frame if one is queued.
-    pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
-        let mut s = self.inner.lock();
-        let frame = s.frames.pop_front();
-        if s.frames.is_empty() && s.frames.capacity() > 0 {
-            // Drained: give the buffer back (idle connections cost nothing).
-            s.frames = VecDeque::new();
-        }
-        frame
+    pub fn try_recv(&self) -> Option<Utf8Bytes> {
+        pop(&mut self.inner.lock())
     }
+}
+
+fn pop(s: &mut State) -> Option<Utf8Bytes> {
+    let frame = s.frames.pop_front();
+    if s.frames.is_empty() && s.frames.capacity() > 0 {
+        // Drained: give the buffer back (idle connections cost nothing).
+        s.frames = VecDeque::new();
+    }
+    frame
 }
 
 impl Drop for QueueRx {
@@ -133,13 +197,68 @@ impl Drop for QueueRx {
     }
 }
 
+impl Kick {
+    /// Closes the connection with `reason`, unless it was kicked already.
+    pub fn kick(&self, reason: CloseReason) {
+        self.inner.signal(|s| {
+            if s.kicked.is_some() {
+                return false;
+            }
+            s.kicked = Some(reason);
+            true
+        });
+    }
+
+    /// Waits for a kick; its reason.
+    pub async fn kicked(&self) -> CloseReason {
+        poll_fn(|cx| {
+            let mut s = self.inner.lock();
+            match &s.kicked {
+                Some(r) => Poll::Ready(r.clone()),
+                None => {
+                    s.park(cx);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    /// The reason, if kicked.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.inner.lock().kicked.clone()
+    }
+
+    /// Asks the connection to check that its peer is alive.
+    pub fn probe(&self) {
+        self.inner.signal(|s| {
+            s.probe = true;
+            true
+        });
+    }
+
+    /// Waits for a probe request, and takes it.
+    pub async fn probed(&self) {
+        poll_fn(|cx| {
+            let mut s = self.inner.lock();
+            if std::mem::take(&mut s.probe) {
+                Poll::Ready(())
+            } else {
+                s.park(cx);
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn frames_come_out_in_order_up_to_the_bound() {
-        let (tx, mut rx) = queue(2);
+        let (tx, rx, _) = queue(2);
         assert_eq!(tx.capacity(), 2);
         tx.try_send("a".into()).unwrap();
         tx.try_send("b".into()).unwrap();
@@ -156,7 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_consumer_is_woken_and_a_gone_one_refuses() {
-        let (tx, mut rx) = queue(4);
+        let (tx, rx, _) = queue(4);
         let waiter = tokio::spawn(async move {
             let f = rx.recv().await;
             (f, rx)
@@ -167,5 +286,40 @@ mod tests {
         assert_eq!(frame.as_str(), "x");
         drop(rx);
         assert_eq!(tx.try_send("y".into()), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn the_first_kick_wins_and_wakes_a_waiting_connection() {
+        let (_tx, rx, kick) = queue(4);
+        let room_side = kick.clone();
+        let conn = tokio::spawn(async move {
+            tokio::select! {
+                _ = rx.recv() => None,
+                reason = kick.kicked() => Some(reason),
+            }
+        });
+        tokio::task::yield_now().await;
+        room_side.kick(crate::room::close::TOO_SLOW);
+        room_side.kick(crate::room::close::GOING_AWAY);
+        assert_eq!(conn.await.unwrap(), Some(crate::room::close::TOO_SLOW));
+        assert_eq!(room_side.reason(), Some(crate::room::close::TOO_SLOW));
+    }
+
+    #[tokio::test]
+    async fn a_probe_is_taken_once() {
+        let (_tx, _rx, kick) = queue(4);
+        let waiter = kick.clone();
+        let conn = tokio::spawn(async move { waiter.probed().await });
+        tokio::task::yield_now().await;
+        kick.probe();
+        conn.await.unwrap();
+        // Taken: a second wait pends until the next probe.
+        let again = tokio::time::timeout(std::time::Duration::from_millis(20), kick.probed()).await;
+        assert!(
+            again.is_err(),
+            "a probe must be consumed by the wait that saw it"
+        );
+        kick.probe();
+        kick.probed().await;
     }
 }
