@@ -2,29 +2,15 @@
 //! generated, `serve` is the default, a bad setting is a clear error, and
 //! SIGTERM drains with 1001 and exits 0.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_examwatch");
-
-fn examwatch(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
-        .env("EXAMWATCH__LOG__LEVEL", "info");
-    cmd
-}
 
 #[tokio::test]
 async fn token_then_serve_then_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     // `token` before the first start creates the secret the server will use.
-    let out = examwatch(dir.path())
+    let out = examwatch_command(dir.path())
         .args([
             "token", "--sub", "s1", "--name", "Ada", "--role", "student", "--exam", "e1", "--ttl",
             "1h",
@@ -41,17 +27,11 @@ async fn token_then_serve_then_sigterm() {
     assert!(dir.path().join("data/jwt_secret").exists());
 
     // No subcommand = serve.
-    let mut child = examwatch(dir.path())
+    let mut child = examwatch_command(dir.path())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stderr.take().unwrap());
     let mut logs = Vec::new();
     let addr = loop {
         let line = rx.recv_timeout(WAIT).expect("server logged its address");
@@ -120,7 +100,7 @@ async fn token_then_serve_then_sigterm() {
 #[test]
 fn an_invalid_setting_is_a_startup_error_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let out = examwatch(dir.path())
+    let out = examwatch_command(dir.path())
         .env("EXAMWATCH__WS__PING_INTERVAL", "soon")
         .output()
         .unwrap();
@@ -132,19 +112,13 @@ fn an_invalid_setting_is_a_startup_error_naming_the_key() {
 #[test]
 fn json_log_format_writes_one_json_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = examwatch(dir.path())
+    let mut child = examwatch_command(dir.path())
         .env("EXAMWATCH__LOG__FORMAT", "json")
         .env("EXAMWATCH__AUTH__JWT_SECRET", SECRET)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stderr.take().unwrap());
     let line = loop {
         let line = rx.recv_timeout(WAIT).expect("a log line");
         if line.contains("listening") {
@@ -169,7 +143,10 @@ fn json_log_format_writes_one_json_object_per_line() {
 #[tokio::test]
 async fn migrate_creates_the_default_sqlite_database_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let out = examwatch(dir.path()).arg("migrate").output().unwrap();
+    let out = examwatch_command(dir.path())
+        .arg("migrate")
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -206,7 +183,7 @@ async fn migrate_creates_the_default_sqlite_database_in_wal_mode() {
     }
     // Running it again is a no-op.
     assert!(
-        examwatch(dir.path())
+        examwatch_command(dir.path())
             .arg("migrate")
             .status()
             .unwrap()

@@ -3,10 +3,7 @@
 //! and `examwatch demo`, whose URL and token really open a live exam with
 //! its simulated students in it.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
 use reqwest::{StatusCode, header};
 
@@ -90,22 +87,13 @@ fn url_after(lines: &std::sync::mpsc::Receiver<String>, label: &str) -> String {
 #[tokio::test]
 async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_examwatch"))
+    let mut child = examwatch_command(dir.path())
         .args(["demo", "--students", "4", "--pace", "300ms"])
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(child.stdout.take().unwrap());
     let dashboard = url_after(&lines, "dashboard:");
     let student_page = url_after(&lines, "student page:");
     let (base, query) = dashboard
@@ -141,11 +129,8 @@ async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
 fn the_demo_refuses_a_pace_that_would_spin_or_overflow() {
     let dir = tempfile::tempdir().unwrap();
     for pace in ["0s", "10ms", "100years"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_examwatch"))
+        let mut child = examwatch_command(dir.path())
             .args(["demo", "--pace", pace])
-            .current_dir(dir.path())
-            .env_remove("RUST_LOG")
-            .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -438,6 +438,32 @@ macro_rules! on_both_databases {
     };
 }
 
+/// The real binary, run in `dir`, on 127.0.0.1:0, logging at info level.
+pub fn examwatch_command(dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_examwatch"));
+    cmd.current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
+        .env("EXAMWATCH__LOG__LEVEL", "info");
+    cmd
+}
+
+/// A child's output, line by line, read on a thread of its own (so the
+/// child never blocks on a full pipe).
+pub fn lines_of(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(output)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 /// A real `examwatch serve` process, for tests that kill or signal it.
 pub struct ServerProcess {
     pub child: std::process::Child,
@@ -449,27 +475,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary with `env` (on 127.0.0.1:0) and waits for its address.
     pub fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> ServerProcess {
-        use std::io::BufRead;
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_examwatch"));
-        cmd.current_dir(dir)
-            .env_remove("RUST_LOG")
-            .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
-            .env("EXAMWATCH__LOG__LEVEL", "info")
-            .stderr(std::process::Stdio::piped());
+        let mut cmd = examwatch_command(dir);
+        cmd.stderr(std::process::Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start examwatch");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, _logs) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
+        let _logs = lines_of(child.stderr.take().expect("piped stderr"));
         let addr = loop {
             let line = _logs
                 .recv_timeout(WAIT * 2)
