@@ -16,10 +16,10 @@ use std::{
 };
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::accept::{self, ListenerLimits};
 use crate::broker::{Broker, RedisBroker, redis::RedisOptions};
 use crate::{
     auth::Keys,
@@ -67,6 +67,9 @@ impl AppState {
 pub struct App {
     state: AppState,
     listener: TcpListener,
+    /// The operators' listener (`server.admin_bind`).
+    admin: TcpListener,
+    limits: ListenerLimits,
     writer_task: WriterTask,
 }
 
@@ -82,17 +85,30 @@ impl App {
     /// migrates) the database and starts its writer.
     pub async fn with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
         settings.validate()?;
+        let admin = listen(settings.server.admin_bind).with_context(|| {
+            format!(
+                "cannot listen on server.admin_bind = {}",
+                settings.server.admin_bind
+            )
+        })?;
+        let limits = listener_limits(&settings);
         let store = Store::open(&settings.database).await.with_context(|| {
             format!(
                 "cannot open database.url = {}",
                 redact_url(&settings.database.url)
             )
         })?;
-        let (writer, writer_task) = Writer::spawn(store.clone(), &settings.database);
         let instance_id: Arc<str> = match &settings.database.instance_id {
             Some(id) => id.as_str().into(),
             None => format!("{}:{}", hostname(), std::process::id()).into(),
         };
+        store.check_writable(&instance_id).await.with_context(|| {
+            format!(
+                "cannot write to the database at database.url = {} (read-only file, folder or server?)",
+                redact_url(&settings.database.url)
+            )
+        })?;
+        let (writer, writer_task) = Writer::spawn(store.clone(), &settings.database);
         let keys = Keys::from_settings(&settings.auth, &settings.server.data_dir)?;
         if settings.server.allowed_origins.is_empty() {
             tracing::warn!(
@@ -154,12 +170,19 @@ impl App {
         Ok(Self {
             state,
             listener,
+            admin,
+            limits,
             writer_task,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where the operators' listener (metrics, detailed readiness) is.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
     }
 
     pub fn state(&self) -> &AppState {
@@ -174,17 +197,29 @@ impl App {
         let Self {
             state,
             listener,
+            admin,
+            limits,
             writer_task,
         } = self;
         let addr = listener.local_addr()?;
+        let admin_addr = admin.local_addr()?;
         let token = state.shutdown.clone();
-        let app = http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let server = tokio::spawn(
-            axum::serve(listener.tap_io(tune_accepted), app)
-                .with_graceful_shutdown(token.clone().cancelled_owned())
-                .into_future(),
-        );
+        let server = tokio::spawn(accept::serve(
+            listener,
+            http::router(state.clone()),
+            limits.clone(),
+            state.metrics.clone(),
+            token.clone(),
+        ));
+        let admin_server = tokio::spawn(accept::serve(
+            admin,
+            http::admin_router(state.clone()),
+            limits,
+            state.metrics.clone(),
+            token.clone(),
+        ));
         tracing::info!(%addr, "examwatch listening on http://{addr}");
+        tracing::info!(addr = %admin_addr, "operators' endpoints (/metrics, /readyz) on http://{admin_addr}");
 
         shutdown.await;
         let settings = &state.settings.server;
@@ -208,11 +243,12 @@ impl App {
         }
         // Everything the rooms and sockets produced is written before exit.
         writer_task.finish(settings.shutdown_timeout).await;
-        match tokio::time::timeout(settings.shutdown_timeout, server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server error"),
-            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
-            Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        for server in [server, admin_server] {
+            match tokio::time::timeout(settings.shutdown_timeout, server).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+                Err(_) => tracing::warn!("HTTP server did not stop in time"),
+            }
         }
         tracing::info!(closed_tasks = open, "shutdown complete");
         Ok(())
@@ -260,33 +296,35 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Every accepted socket sends without Nagle's algorithm. With it, a small
-/// frame written while the previous one is still unacknowledged waits for
-/// that ACK, and a client that delays its ACKs (Linux: up to 40 ms) stalls
-/// the next event by that much: the load benchmark saw p99.9 at 43 ms, and
-/// p99 at 40 ms in busy runs, from exactly this (docs/BENCHMARKS.md). Live
-/// events are small and latency-bound; the writes are already batched.
-fn tune_accepted(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn accepted_sockets_send_without_nagle() {
-        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = tokio::net::TcpStream::connect(addr);
-        let ((mut accepted, _), _client) = tokio::try_join!(listener.accept(), client).unwrap();
-        assert!(
-            !accepted.nodelay().unwrap(),
-            "the kernel's default has Nagle on"
-        );
-        tune_accepted(&mut accepted);
-        assert!(accepted.nodelay().unwrap());
+/// The accept loop's limits: the request-head deadline, and the
+/// connection cap (by default the open-files limit, raised to its hard
+/// limit first, less a reserve), logged so an operator sees what applies.
+fn listener_limits(settings: &Settings) -> ListenerLimits {
+    let (soft, hard) = accept::raise_open_files_limit();
+    let reserve = accept::fd_reserve(settings.database.max_connections);
+    let fits = soft.saturating_sub(reserve).max(16);
+    let max_connections = match settings.server.max_connections {
+        0 => fits,
+        n => {
+            if n > fits {
+                tracing::warn!(
+                    max_connections = n,
+                    open_files_limit = soft,
+                    "server.max_connections is above what the open-files limit leaves room for: accepts may fail with EMFILE"
+                );
+            }
+            n
+        }
+    };
+    tracing::info!(
+        open_files_limit = soft,
+        open_files_hard_limit = hard,
+        max_connections,
+        request_head_timeout_ms = settings.server.request_head_timeout.as_millis() as u64,
+        "connection limits"
+    );
+    ListenerLimits {
+        max_connections,
+        request_head_timeout: settings.server.request_head_timeout,
     }
 }

@@ -53,6 +53,18 @@ pub struct ServerSettings {
     /// balancer stops routing new clients here first.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
+    /// Address of the operators' listener (`/metrics`, and `/readyz` with
+    /// its details). Loopback by default: never expose it publicly.
+    pub admin_bind: SocketAddr,
+    /// Deadline for a client to send a complete request head, and for the
+    /// next one on an idle keep-alive connection (see `accept.rs`).
+    #[serde(with = "humantime_serde")]
+    pub request_head_timeout: Duration,
+    /// Open connections at most (HTTP and WebSocket together); past it a
+    /// client gets 503 with `Retry-After`. 0 = the open-files limit less a
+    /// reserve for the database, Redis and the server itself (logged at
+    /// start-up).
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -63,6 +75,9 @@ impl Default for ServerSettings {
             data_dir: PathBuf::from("data"),
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
+            admin_bind: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            request_head_timeout: Duration::from_secs(10),
+            max_connections: 0,
         }
     }
 }
@@ -390,6 +405,15 @@ impl Settings {
         }
         const DAY: Duration = Duration::from_secs(24 * 3600);
         const HOUR: Duration = Duration::from_secs(3600);
+        positive(
+            "server.request_head_timeout",
+            !self.server.request_head_timeout.is_zero(),
+        )?;
+        at_most(
+            "server.request_head_timeout",
+            self.server.request_head_timeout,
+            HOUR,
+        )?;
         at_most("exam.idle_after", self.exam.idle_after, DAY)?;
         at_most("exam.disconnect_grace", self.exam.disconnect_grace, DAY)?;
         at_most("exam.room_linger", self.exam.room_linger, DAY)?;

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the one JSON error shape every non-WebSocket
 //! answer uses (`{"error": {"code", "message"}}`), and the operational
-//! endpoints (`/healthz`, `/readyz`, `/metrics`). The browser pages are
+//! endpoints (`/healthz` and `/readyz` here; `/metrics` and a detailed
+//! `/readyz` on the operators' listener, [`admin_router`]). The browser pages are
 //! merged in from [`crate::dashboard`].
 
 use std::borrow::Cow;
@@ -22,7 +23,6 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ws::handshake))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .routes(routes!(metrics))
         .split_for_parts();
     let openapi = std::sync::Arc::new(openapi);
     router
@@ -108,62 +108,137 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready for new clients: 503 once draining, or when so much waits for the
-/// database that new exam connections are refused. While database writes
-/// fail but the backlog is under its bound, 200 with `"status": "degraded"`:
-/// the live exam still works, and nothing is lost.
+/// What readiness is made of, for both listeners.
+struct Readiness {
+    code: StatusCode,
+    status: &'static str,
+    /// Why it is not simply `ready` (stable words, for operators).
+    reasons: Vec<&'static str>,
+}
+
+fn readiness(app: &AppState) -> Readiness {
+    let mut reasons = Vec::new();
+    if app.writer.degraded() {
+        reasons.push("database_writes_failing");
+    }
+    if app.writer.over_limit() {
+        reasons.push("database_backlog");
+    }
+    if !app.broker.healthy() {
+        reasons.push("broker_unreachable");
+    }
+    let (code, status) = if app.draining() || app.shutdown.is_cancelled() {
+        reasons.insert(0, "shutting_down");
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    } else if app.writer.over_limit() {
+        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
+    } else if !reasons.is_empty() {
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    Readiness {
+        code,
+        status,
+        reasons,
+    }
+}
+
+/// Ready for new clients, for load balancers: 503 once draining, or when so
+/// much waits for the database that new exam connections are refused.
+/// While database writes fail but the backlog is under its bound, 200 with
+/// `"status": "degraded"`: the live exam still works, answers wait for
+/// their commit, and nothing is lost. Says nothing more (the reasons and
+/// numbers are on the operators' listener, `server.admin_bind`).
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
-        (status = 200, description = "Ready (`status` is `ready`, or `degraded` while database writes are retried)"),
+        (status = 200, description = "Ready (`status` is `ready`, or `degraded` while database writes are retried or the broker is unreachable)"),
         (status = 503, description = "Shutting down, or too much waiting for the database"),
     ))]
 async fn readyz(State(app): State<AppState>) -> Response {
+    let r = readiness(&app);
+    (r.code, Json(json!({"status": r.status}))).into_response()
+}
+
+/// The operators' listener (`server.admin_bind`): metrics, and readiness
+/// with its reasons and numbers. Loopback by default.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/readyz", get(admin_readyz))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Readiness with its reasons, the database backlog and the broker.
+async fn admin_readyz(State(app): State<AppState>) -> Response {
     use std::sync::atomic::Ordering;
+    let r = readiness(&app);
     let pending = app.writer.stats().pending.load(Ordering::Relaxed);
     let database = if app.writer.degraded() {
         "failing"
     } else {
         "ok"
     };
-    let (status, code) = if app.draining() || app.shutdown.is_cancelled() {
-        ("shutting_down", StatusCode::SERVICE_UNAVAILABLE)
-    } else if app.writer.over_limit() {
-        ("degraded", StatusCode::SERVICE_UNAVAILABLE)
-    } else if app.writer.degraded() || !app.broker.healthy() {
-        ("degraded", StatusCode::OK)
-    } else {
-        ("ready", StatusCode::OK)
-    };
     let broker = match (&app.broker, app.broker.healthy()) {
         (crate::broker::Broker::Memory, _) => "memory",
         (_, true) => "ok",
         (_, false) => "unreachable",
     };
-    let body = json!({"status": status, "database": database, "pending_writes": pending, "broker": broker});
-    (code, Json(body)).into_response()
+    let body = json!({
+        "status": r.status,
+        "reasons": r.reasons,
+        "database": database,
+        "pending_writes": pending,
+        "broker": broker,
+        "instance_id": app.instance_id.as_ref(),
+    });
+    (r.code, Json(body)).into_response()
 }
 
-/// Prometheus text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, content_type = "text/plain", body = String)))]
+/// Prometheus text format; every metric is labelled with `instance_id`.
 async fn metrics(State(app): State<AppState>) -> Response {
+    use crate::metrics::write_metric;
     use std::sync::atomic::Ordering;
     let w = app.writer.stats();
-    let mut text = app.metrics.render();
-    text.push_str(&format!(
-        "# HELP examwatch_db_pending_writes Records waiting for the database\n\
-         # TYPE examwatch_db_pending_writes gauge\nexamwatch_db_pending_writes {}\n\
-         # HELP examwatch_db_failing 1 while database writes fail\n\
-         # TYPE examwatch_db_failing gauge\nexamwatch_db_failing {}\n\
-         # HELP examwatch_db_committed_total Records committed\n\
-         # TYPE examwatch_db_committed_total counter\nexamwatch_db_committed_total {}\n\
-         # HELP examwatch_db_retries_total Failed batch commits (retried)\n\
-         # TYPE examwatch_db_retries_total counter\nexamwatch_db_retries_total {}\n",
-        w.pending.load(Ordering::Relaxed),
-        u8::from(w.failing.load(Ordering::Relaxed)),
-        w.committed.load(Ordering::Relaxed),
-        w.retries.load(Ordering::Relaxed),
-    ));
+    let id = app.instance_id.as_ref();
+    let mut text = app.metrics.render(id);
+    let db: [(&str, &str, &str, u64); 5] = [
+        (
+            "examwatch_db_pending_writes",
+            "Records waiting for the database",
+            "gauge",
+            w.pending.load(Ordering::Relaxed) as u64,
+        ),
+        (
+            "examwatch_db_failing",
+            "1 while database writes fail (and are retried)",
+            "gauge",
+            u64::from(w.failing.load(Ordering::Relaxed)),
+        ),
+        (
+            "examwatch_db_committed_total",
+            "Records committed",
+            "counter",
+            w.committed.load(Ordering::Relaxed),
+        ),
+        (
+            "examwatch_db_retries_total",
+            "Failed batch commits (retried on a fresh connection)",
+            "counter",
+            w.retries.load(Ordering::Relaxed),
+        ),
+        (
+            "examwatch_db_rejected_total",
+            "Records the database refused for their data (set aside)",
+            "counter",
+            w.rejected.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, kind, v) in db {
+        write_metric(&mut text, name, help, kind, id, v);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

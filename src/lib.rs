@@ -16,6 +16,7 @@
 //! - [`dashboard`]: the embedded teacher dashboard, client library and demo page;
 //! - [`demo`]: `examwatch demo`, one exam with simulated students.
 
+pub mod accept;
 pub mod api;
 pub mod app;
 pub mod auth;

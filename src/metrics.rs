@@ -19,11 +19,15 @@ pub struct Metrics {
     pub ping_timeouts: AtomicU64,
     pub resume_replays: AtomicU64,
     pub resume_snapshots: AtomicU64,
+    /// `accept` failed (out of file descriptors, …); the loop backed off.
+    pub accept_errors: AtomicU64,
+    /// Connections answered 503 because `server.max_connections` were open.
+    pub connections_refused_full: AtomicU64,
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
-        let counters: [(&str, &str, u64); 10] = [
+    pub fn render(&self, instance: &str) -> String {
+        let counters = [
             (
                 "examwatch_connections_total",
                 "WebSocket connections accepted",
@@ -74,8 +78,18 @@ impl Metrics {
                 "Teacher resumes answered with a fresh snapshot",
                 self.resume_snapshots.load(Ordering::Relaxed),
             ),
+            (
+                "examwatch_accept_errors_total",
+                "Failed accepts (e.g. out of file descriptors); the listener backed off",
+                self.accept_errors.load(Ordering::Relaxed),
+            ),
+            (
+                "examwatch_connections_refused_full_total",
+                "Connections answered 503 at server.max_connections",
+                self.connections_refused_full.load(Ordering::Relaxed),
+            ),
         ];
-        let gauges: [(&str, &str, i64); 3] = [
+        let gauges = [
             (
                 "examwatch_students_connected",
                 "Open student sockets",
@@ -92,17 +106,69 @@ impl Metrics {
                 self.rooms.load(Ordering::Relaxed),
             ),
         ];
-        let mut out = String::with_capacity(2048);
+        let mut out = String::with_capacity(4096);
         for (name, help, v) in counters {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
-            ));
+            write_metric(&mut out, name, help, "counter", instance, v);
         }
         for (name, help, v) in gauges {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
-            ));
+            write_metric(&mut out, name, help, "gauge", instance, v);
         }
         out
+    }
+}
+
+/// Appends one metric in the Prometheus text format, labelled with the
+/// instance id (several instances behind one scrape job stay apart; the
+/// label is `instance_id` because Prometheus owns `instance`).
+pub fn write_metric(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    instance: &str,
+    value: impl std::fmt::Display,
+) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{instance_id=\"{}\"}} {value}\n",
+        label_value(instance)
+    );
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the format asks.
+fn label_value(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_carries_the_instance() {
+        let m = Metrics::default();
+        m.events.fetch_add(3, Ordering::Relaxed);
+        let text = m.render("host:1");
+        assert!(
+            text.contains("examwatch_events_total{instance_id=\"host:1\"} 3\n"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("{instance_id=\"host:1\"} "), "{line}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(label_value("plain"), "plain");
     }
 }

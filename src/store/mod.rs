@@ -11,6 +11,7 @@
 //! batching [`writer`], so a slow database never delays a teacher's screen.
 
 pub mod queries;
+pub mod tx;
 pub mod writer;
 
 use std::{path::Path, str::FromStr, time::Duration};
@@ -53,9 +54,22 @@ impl StoreError {
     pub fn is_permanent(&self) -> bool {
         match self {
             StoreError::Db(sqlx::Error::Database(e)) => {
-                !matches!(e.kind(), sqlx::error::ErrorKind::Other)
-                    || e.code()
-                        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+                if !matches!(e.kind(), sqlx::error::ErrorKind::Other) {
+                    return true;
+                }
+                let Some(code) = e.code() else { return false };
+                if e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+                {
+                    code.starts_with("22") || code.starts_with("23")
+                } else {
+                    // SQLite's extended result codes are numbers whose low
+                    // byte is the primary code: TOOBIG (18), CONSTRAINT (19),
+                    // MISMATCH (20), RANGE (25) are about the data. Reading
+                    // them as SQLSTATEs was wrong: SQLITE_IOERR_RDLOCK is 2314.
+                    code.parse::<i32>()
+                        .is_ok_and(|c| matches!(c & 0xff, 18 | 19 | 20 | 25))
+                }
             }
             StoreError::Db(sqlx::Error::Encode(_)) => true,
             _ => false,
@@ -115,6 +129,23 @@ impl Store {
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// Proves the database takes writes: one row of `write_probe`
+    /// rewritten in a real transaction. Run at start-up, so a read-only
+    /// file, folder or server stops the server with the reason instead of
+    /// letting it report ready while every record fails.
+    pub async fn check_writable(&self, instance_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO write_probe (instance_id, at) VALUES ($1, $2) \
+             ON CONFLICT (instance_id) DO UPDATE SET at = excluded.at",
+        )
+        .bind(instance_id)
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await?;
+        tx.commit().await
     }
 
     pub fn pool(&self) -> &AnyPool {

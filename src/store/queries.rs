@@ -15,7 +15,7 @@ pub(super) async fn write_batch(
     batch: &[Record],
     stats: &super::writer::WriterStats,
 ) -> Result<(), StoreError> {
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.write_tx().await?;
     let mut events: Vec<&Record> = Vec::new();
     for record in batch {
         // Events (the bulk) go in multi-row INSERTs: one statement, one
@@ -43,7 +43,7 @@ pub(super) async fn write_batch(
                 )
                 .bind(exam_id.as_ref())
                 .bind(*reserved)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
             }
             Record::SessionOpened {
@@ -68,7 +68,7 @@ pub(super) async fn write_batch(
                 .bind(ip.as_str())
                 .bind(user_agent.as_str())
                 .bind(instance_id.as_ref())
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
             }
             Record::SessionClosed {
@@ -85,7 +85,7 @@ pub(super) async fn write_batch(
                 .bind(*at)
                 .bind(*code)
                 .bind(reason.as_str())
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
             }
             Record::TeacherAction {
@@ -104,7 +104,7 @@ pub(super) async fn write_batch(
                 .bind(*action)
                 .bind(payload.as_str())
                 .bind(*at)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
             }
             Record::Answer {
@@ -127,7 +127,7 @@ pub(super) async fn write_batch(
                 .bind(question.as_str())
                 .bind(value.as_str())
                 .bind(*at)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
             }
             Record::Submission {
@@ -143,7 +143,7 @@ pub(super) async fn write_batch(
                 .bind(exam_id.as_ref())
                 .bind(student_id.as_ref())
                 .bind(*at)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
             }
         }
@@ -205,7 +205,7 @@ fn event_insert_sql(backend: super::Backend, rows: usize) -> String {
 
 async fn insert_events(
     backend: super::Backend,
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut super::tx::WriteTx,
     events: &[&Record],
     stats: &super::writer::WriterStats,
 ) -> Result<(), StoreError> {
@@ -230,7 +230,7 @@ async fn insert_events(
                 .bind(payload.as_str());
         }
     }
-    let done = query.execute(&mut **tx).await?;
+    let done = query.execute(tx.conn()).await?;
     let collided = events.len() as u64 - done.rows_affected().min(events.len() as u64);
     if collided > 0 {
         // Only a re-issued seq can collide; seq reservation is there to
@@ -460,7 +460,7 @@ impl Store {
         exam: &ExamRow,
         roster: &[(String, String, bool)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let inserted = sqlx::query(
             "INSERT INTO exams (id, title, phase, starts_at, duration_secs, settings, created_by, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
@@ -473,7 +473,7 @@ impl Store {
         .bind(exam.settings.as_str())
         .bind(exam.created_by.as_str())
         .bind(exam.created_at)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         if inserted.rows_affected() == 0 {
             return Err(StoreError::Conflict);
@@ -517,18 +517,18 @@ impl Store {
         actor: &str,
         roster: &[(String, String, bool)],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         // Write first, read second: on SQLite a transaction that read before
         // its first write fails at once with SQLITE_BUSY (no busy wait) if
         // the event writer committed in between; one that starts by writing
         // waits for the lock like any other writer.
         sqlx::query("DELETE FROM roster WHERE exam_id = $1")
             .bind(exam_id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
         let exists: Option<String> = sqlx::query_scalar("SELECT id FROM exams WHERE id = $1")
             .bind(exam_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(tx.conn())
             .await?;
         if exists.is_none() {
             return Err(StoreError::NotFound);
@@ -616,7 +616,7 @@ impl Store {
 }
 
 async fn insert_roster(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut super::tx::WriteTx,
     exam_id: &str,
     roster: &[(String, String, bool)],
 ) -> Result<(), StoreError> {
@@ -628,14 +628,14 @@ async fn insert_roster(
         .bind(student_id.as_str())
         .bind(name.as_str())
         .bind(i64::from(*allowed))
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?;
     }
     Ok(())
 }
 
 async fn record_action(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut super::tx::WriteTx,
     exam_id: &str,
     actor: &str,
     action: &str,
@@ -647,7 +647,7 @@ async fn record_action(
         .bind(action)
         .bind(serde_json::json!({ "roster_size": roster_size }).to_string())
         .bind(super::now_ms())
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?;
     Ok(())
 }

@@ -268,7 +268,7 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
         apps.iter().all(|a| !a.state.broker.healthy())
     })
     .await;
-    let ready: Value = reqwest::get(apps[0].http("/readyz"))
+    let ready: Value = reqwest::get(apps[0].admin("/readyz"))
         .await
         .unwrap()
         .json()
@@ -522,7 +522,7 @@ async fn an_instance_starts_while_redis_is_down_and_joins_the_cluster_later() {
             break;
         }
     }
-    let ready: Value = reqwest::get(apps[0].http("/readyz"))
+    let ready: Value = reqwest::get(apps[0].admin("/readyz"))
         .await
         .unwrap()
         .json()

@@ -28,6 +28,8 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The operators' listener (`server.admin_bind`): /metrics, detailed /readyz.
+    pub admin_addr: SocketAddr,
     pub keys: Arc<Keys>,
     pub state: examwatch::app::AppState,
     /// The database this server uses (to restart another on it).
@@ -48,6 +50,7 @@ pub struct TestAppParts {
 pub fn test_settings() -> Settings {
     let mut s = Settings::default();
     s.server.bind = "127.0.0.1:0".parse().expect("valid address");
+    s.server.admin_bind = "127.0.0.1:0".parse().expect("valid address");
     s.server.shutdown_timeout = Duration::from_secs(3);
     s.auth.jwt_secret = Some(Secret::new(SECRET));
     s
@@ -143,6 +146,7 @@ pub async fn spawn_app_on_url(
         .await
         .expect("app builds");
     let addr = app.local_addr().expect("local addr");
+    let admin_addr = app.admin_addr().expect("admin addr");
     let state = app.state().clone();
     let keys = state.keys.clone();
     let (tx, rx) = oneshot::channel::<()>();
@@ -151,6 +155,7 @@ pub async fn spawn_app_on_url(
     }));
     TestApp {
         addr,
+        admin_addr,
         keys,
         state,
         db_url,
@@ -274,11 +279,13 @@ impl TestApp {
     }
 
     pub fn metric(&self, name: &str) -> i64 {
-        let text = self.state.metrics.render();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} missing"))
+        let text = self.state.metrics.render(&self.state.instance_id);
+        metric_in(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// A URL on the operators' listener.
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
     }
 
     /// Triggers graceful shutdown and waits for `run` to return.
@@ -438,12 +445,25 @@ macro_rules! on_both_databases {
     };
 }
 
+/// The value of metric `name` in a Prometheus text (any labels).
+pub fn metric_in(text: &str, name: &str) -> Option<i64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let value = match rest.strip_prefix('{') {
+            Some(labels) => labels.split_once("} ")?.1,
+            None => rest.strip_prefix(' ')?,
+        };
+        value.trim().parse().ok()
+    })
+}
+
 /// The real binary, run in `dir`, on 127.0.0.1:0, logging at info level.
 pub fn examwatch_command(dir: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_examwatch"));
     cmd.current_dir(dir)
         .env_remove("RUST_LOG")
         .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
+        .env("EXAMWATCH__SERVER__ADMIN_BIND", "127.0.0.1:0")
         .env("EXAMWATCH__LOG__LEVEL", "info");
     cmd
 }
@@ -468,6 +488,8 @@ pub fn lines_of(output: impl std::io::Read + Send + 'static) -> std::sync::mpsc:
 pub struct ServerProcess {
     pub child: std::process::Child,
     pub addr: String,
+    /// The operators' listener (metrics).
+    pub admin_addr: String,
     /// The server's log lines (kept so the reader thread never blocks).
     pub _logs: std::sync::mpsc::Receiver<String>,
 }
@@ -476,24 +498,41 @@ impl ServerProcess {
     /// Starts the binary with `env` (on 127.0.0.1:0) and waits for its address.
     pub fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> ServerProcess {
         let mut cmd = examwatch_command(dir);
-        cmd.stderr(std::process::Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` (which runs the server) and waits for its addresses.
+    pub fn spawn(mut cmd: std::process::Command) -> ServerProcess {
+        cmd.stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("start examwatch");
         let _logs = lines_of(child.stderr.take().expect("piped stderr"));
-        let addr = loop {
+        let addr_after = |line: &str, marker: &str| {
+            line.split(marker).nth(1).map(|rest| {
+                rest.chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect::<String>()
+            })
+        };
+        let (mut addr, mut admin_addr) = (None, None);
+        while addr.is_none() || admin_addr.is_none() {
             let line = _logs
                 .recv_timeout(WAIT * 2)
-                .expect("server logged its address");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect::<String>();
+                .expect("server logged its addresses");
+            if let Some(a) = addr_after(&line, "listening on http://") {
+                addr = Some(a);
+            } else if let Some(a) = addr_after(&line, "(/metrics, /readyz) on http://") {
+                admin_addr = Some(a);
             }
-        };
-        ServerProcess { child, addr, _logs }
+        }
+        ServerProcess {
+            child,
+            addr: addr.unwrap_or_default(),
+            admin_addr: admin_addr.unwrap_or_default(),
+            _logs,
+        }
     }
 
     pub fn kill9(&mut self) {

@@ -13,17 +13,50 @@ async fn health_readiness_metrics_and_json_404() {
     assert_eq!(r.status(), 200);
     let r = http.get(app.http("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // The public readiness says how it is, not why: no numbers, no names.
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"status": "ready"}));
     let (_s, _) = app.student("e1", "s1").await;
+    // Metrics are for operators only: not on the public port.
+    let r = http.get(app.http("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
     let text = http
-        .get(app.http("/metrics"))
+        .get(app.admin("/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert!(text.contains("examwatch_students_connected 1"), "{text}");
-    assert!(text.contains("examwatch_rooms 1"), "{text}");
+    let id = app.state.instance_id.as_ref();
+    assert!(
+        text.contains(&format!(
+            "examwatch_students_connected{{instance_id=\"{id}\"}} 1\n"
+        )),
+        "{text}"
+    );
+    assert_eq!(metric_in(&text, "examwatch_rooms"), Some(1), "{text}");
+    assert_eq!(metric_in(&text, "examwatch_db_failing"), Some(0), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(
+            line.contains(&format!("{{instance_id=\"{id}\"}} ")),
+            "{line}"
+        );
+    }
+    // The operators' readiness has the details.
+    let body: serde_json::Value = http
+        .get(app.admin("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["database"], "ok");
+    assert_eq!(body["broker"], "memory");
+    assert_eq!(body["reasons"], serde_json::json!([]));
+    assert_eq!(body["instance_id"], id);
     let r = http.get(app.http("/nope")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let body: serde_json::Value = r.json().await.unwrap();

@@ -68,7 +68,7 @@ impl Proxy {
 }
 
 async fn ready(app: &TestApp) -> (u16, Value) {
-    let r = reqwest::get(app.http("/readyz")).await.unwrap();
+    let r = reqwest::get(app.admin("/readyz")).await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
