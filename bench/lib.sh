@@ -6,12 +6,14 @@ PIDS=()
 
 build() { cargo build --release --locked --bins -q; }
 
-# start_server NAME [REDIS_URL] [DATABASE_URL]: sets PID_NAME and ADDR_NAME.
+# start_server NAME [REDIS_URL] [DATABASE_URL]: sets PID_NAME, ADDR_NAME and
+# ADMIN_NAME (the operators' listener, for metrics).
 start_server() {
-    local name=$1 redis=${2:-} db=${3:-} port
-    port=$(free_port)
+    local name=$1 redis=${2:-} db=${3:-} port admin
+    port=$(free_port); admin=$(free_port)
     [ -n "$db" ] || db="sqlite://$(mktemp -d)/bench.db"
     EXAMWATCH__AUTH__JWT_SECRET=$SECRET EXAMWATCH__SERVER__BIND=127.0.0.1:$port \
+    EXAMWATCH__SERVER__ADMIN_BIND=127.0.0.1:$admin \
     EXAMWATCH__LIMITS__MESSAGES_PER_SECOND=1000 EXAMWATCH__LOG__LEVEL=warn \
     EXAMWATCH__EXAM__IDLE_AFTER=1h EXAMWATCH__DATABASE__URL=$db \
     EXAMWATCH__BROKER__REDIS_URL=$redis EXAMWATCH__DATABASE__INSTANCE_ID=bench-$name \
@@ -19,6 +21,7 @@ start_server() {
     local pid=$!
     PIDS+=("$pid")
     printf -v "PID_$name" %s "$pid"; printf -v "ADDR_$name" %s "127.0.0.1:$port"
+    printf -v "ADMIN_$name" %s "127.0.0.1:$admin"
     wait_http "127.0.0.1:$port"
 }
 
@@ -55,7 +58,8 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-metric() { curl -fs "http://$2/metrics" | awk -v m="examwatch_$1" '$1 == m {print $2}'; }
+# metric NAME ADMIN_ADDR: one examwatch metric (labelled with instance_id).
+metric() { curl -fs "http://$2/metrics" | awk -v m="examwatch_$1" 'index($1, m "{") == 1 {print $2}'; }
 loadgen() { $BIN/examwatch-loadgen --secret $SECRET "$@"; }
 json_field() { python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print(eval('d'+sys.argv[2]))" "$1" "$2"; }
 

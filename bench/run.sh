@@ -80,7 +80,7 @@ slow)
         : >"$OUT/slow-$slow-rss.txt"
         while kill -0 $LG 2>/dev/null; do rss_kb "$PID_A" >>"$OUT/slow-$slow-rss.txt"; sleep 0.5; done
         wait $LG
-        echo "$LABEL slow=$slow rss_kb min/max: $(sort -n "$OUT/slow-$slow-rss.txt" | sed -n '1p;$p' | paste -sd/) p99_us=$(json_field "$OUT/slow-$LABEL-$slow.json" "['latency_us']['p99']") lost=$(json_field "$OUT/slow-$LABEL-$slow.json" "['lost']") slow_closes=$(metric slow_consumer_closes_total "$ADDR_A" || echo n/a)"
+        echo "$LABEL slow=$slow rss_kb min/max: $(sort -n "$OUT/slow-$slow-rss.txt" | sed -n '1p;$p' | paste -sd/) p99_us=$(json_field "$OUT/slow-$LABEL-$slow.json" "['latency_us']['p99']") lost=$(json_field "$OUT/slow-$LABEL-$slow.json" "['lost']") slow_closes=$(metric slow_consumer_closes_total "$ADMIN_A" || echo n/a)"
     done ;;
 persistence)
     start_server A
