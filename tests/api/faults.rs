@@ -480,3 +480,248 @@ async fn postgres_connections_killed_mid_commit_lose_no_acked_answer() {
         lost.len()
     );
 }
+
+/// A PostgreSQL server of the test's own, its data on a tmpfs of its own
+/// (so the test can fill its disk or restart it without touching the
+/// machine's shared server).
+struct OwnPostgres {
+    fs: Tmpfs,
+    bin: PathBuf,
+    port: u16,
+    server: Option<Child>,
+}
+
+impl OwnPostgres {
+    async fn start() -> Option<OwnPostgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|dirs| {
+                dirs.flatten()
+                    .map(|d| d.path().join("bin"))
+                    .filter(|b| b.join("postgres").exists())
+                    .max()
+            });
+        let Some(bin) = bin else {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("PostgreSQL's server binaries are required under CI");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOTICE: skipping an own-PostgreSQL test: no /usr/lib/postgresql/*/bin/postgres"
+            );
+            return None;
+        };
+        let fs = Tmpfs::mount("96m")?;
+        let ok = fs
+            .command("chown")
+            .arg("postgres:postgres")
+            .arg(fs.inside())
+            .status()
+            .expect("chown")
+            .success();
+        assert!(ok, "chown the tmpfs to postgres");
+        let out = fs
+            .command("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .arg("-D")
+            .arg(fs.inside().join("data"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "--wal-segsize=1",
+            ])
+            .output()
+            .expect("run initdb");
+        assert!(out.status.success(), "initdb: {out:?}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut pg = OwnPostgres {
+            fs,
+            bin,
+            port,
+            server: None,
+        };
+        pg.launch().await;
+        let admin = sqlx::PgPool::connect(&pg.url("postgres"))
+            .await
+            .expect("connect");
+        sqlx::query("CREATE DATABASE examwatch")
+            .execute(&admin)
+            .await
+            .expect("create the database");
+        admin.close().await;
+        Some(pg)
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    async fn launch(&mut self) {
+        // setpriv execs (runuser would stay in between as the parent and
+        // not pass signals on): the child is the postmaster itself.
+        let child = self
+            .fs
+            .command("setpriv")
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg(self.bin.join("postgres"))
+            .arg("-D")
+            .arg(self.fs.inside().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.fs.inside())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        self.server = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT * 2;
+        loop {
+            if let Ok(pool) = sqlx::PgPool::connect(&self.url("postgres")).await {
+                pool.close().await;
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "postgres started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Immediate shutdown (SIGQUIT to the postmaster: no checkpoint, every
+    /// backend killed, what a crash or an OOM kill does), then start again.
+    async fn restart_immediately(&mut self) {
+        self.stop();
+        self.launch().await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + WAIT;
+            while child.try_wait().ok().flatten().is_none() {
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn stored_in_postgres(url: &str) -> HashSet<String> {
+    use sqlx::Row;
+    let check = sqlx::PgPool::connect(url).await.expect("connect to check");
+    let rows = sqlx::query("SELECT answer_id FROM answers WHERE exam_id = 'e1'")
+        .fetch_all(&check)
+        .await
+        .expect("read answers");
+    rows.iter().map(|r| r.get::<String, _>(0)).collect()
+}
+
+async fn wait_for_failing(admin: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric_at(admin, "examwatch_db_failing").await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fault made commits fail"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_restarted_mid_stream_loses_no_acked_answer() {
+    let Some(mut pg) = OwnPostgres::start().await else {
+        return;
+    };
+    let url = pg.url("examwatch");
+    let app = spawn_app_on_url(Some(url.clone()), |s| {
+        s.limits.messages_per_second = 1000;
+    })
+    .await;
+    let students = start_answering(&app.addr.to_string(), &app.keys, 4).await;
+    students
+        .acks_grow_by(30, "answers are acked before the restart")
+        .await;
+    for _ in 0..3 {
+        pg.restart_immediately().await;
+        students
+            .acks_grow_by(20, "answers are acked again after the restart")
+            .await;
+    }
+    // (Whether a restart lands mid-commit is luck here; the test above
+    // kills connections often enough to hit the writer every time.)
+    let acked = students.finish().await;
+    app.flushed().await;
+    let stored = stored_in_postgres(&url).await;
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acked answers missing: {lost:?}",
+        lost.len()
+    );
+}
+
+#[tokio::test]
+async fn postgres_with_a_full_disk_loses_no_acked_answer() {
+    let Some(mut pg) = OwnPostgres::start().await else {
+        return;
+    };
+    let url = pg.url("examwatch");
+    let app = spawn_app_on_url(Some(url.clone()), |s| {
+        s.limits.messages_per_second = 1000;
+    })
+    .await;
+    let students = start_answering(&app.addr.to_string(), &app.keys, 4).await;
+    students
+        .acks_grow_by(30, "answers are acked before the fault")
+        .await;
+    let filler = pg.fs.fill();
+    let admin = app.admin_addr.to_string();
+    wait_for_failing(&admin).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::remove_file(&filler).expect("free the disk");
+    // PostgreSQL panics when it cannot write its WAL; if it did not come
+    // back by itself, an operator restarts it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sqlx::PgPool::connect(&url).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            pg.restart_immediately().await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    students
+        .acks_grow_by(30, "answers are acked again once space returns")
+        .await;
+    let acked = students.finish().await;
+    app.flushed().await;
+    let stored = stored_in_postgres(&url).await;
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acked answers missing: {lost:?}",
+        lost.len()
+    );
+}
