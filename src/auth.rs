@@ -570,10 +570,7 @@ mod tests {
             redact_query(&format!("previous_session={jwt}")),
             "previous_session=[redacted]"
         );
-        assert_eq!(
-            redact_query(&format!("x=%65{}", &jwt[1..])),
-            "x=[redacted]"
-        );
+        assert_eq!(redact_query(&format!("x=%65{}", &jwt[1..])), "x=[redacted]");
         assert_eq!(
             redact_query(&format!("access_token%3D{jwt}&last_seq=2")),
             "[redacted]&last_seq=2"

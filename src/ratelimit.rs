@@ -97,7 +97,11 @@ impl<K: Hash + Eq> KeyedLimiter<K> {
 
     /// Keys currently tracked (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).next.len()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -197,7 +201,9 @@ struct BudgetState {
 pub enum Verdict {
     Write,
     /// Count it; the caller schedules the summary when told to.
-    Suppress { schedule_summary: bool },
+    Suppress {
+        schedule_summary: bool,
+    },
 }
 
 impl LogBudget {
@@ -210,8 +216,7 @@ impl LogBudget {
 
     pub fn admit(&self, now: Instant) -> Verdict {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s
-            .window_start
+        if s.window_start
             .is_none_or(|start| now.duration_since(start) >= Duration::from_secs(1))
         {
             s.window_start = Some(now);
@@ -304,7 +309,10 @@ mod tests {
         assert_eq!(IpKey::from(a), IpKey::from(b));
         assert_ne!(IpKey::from(a), IpKey::from(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(IpKey::from(mapped), IpKey::from(IpAddr::from([192, 0, 2, 7])));
+        assert_eq!(
+            IpKey::from(mapped),
+            IpKey::from(IpAddr::from([192, 0, 2, 7]))
+        );
     }
 
     #[test]

@@ -98,9 +98,8 @@ pub async fn handshake(
     // Client-chosen and headed for the log and the sessions table: bounded.
     let user_agent =
         telemetry::clip(header_str(&headers, header::USER_AGENT).unwrap_or("-")).into_owned();
-    let refuse = |err: ApiError| {
-        refused(&app, &exam_id, raw_query.as_deref(), peer, &user_agent, err)
-    };
+    let refuse =
+        |err: ApiError| refused(&app, &exam_id, raw_query.as_deref(), peer, &user_agent, err);
     // Before anything else, so a flood from one address costs a map lookup.
     if let Err(wait) = guard.limits.check_ip(peer.ip(), now) {
         return rate_limited(&app, refuse, "client address", wait);

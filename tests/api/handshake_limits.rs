@@ -46,10 +46,12 @@ async fn connect_from(
         "authorization",
         HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
     );
-    let (ws, response) =
-        tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)))
-            .await
-            .expect("handshake timed out")?;
+    let (ws, response) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .expect("handshake timed out")?;
     Ok(Client { ws, response })
 }
 
@@ -120,7 +122,10 @@ async fn a_flood_from_one_address_gets_429_and_other_addresses_are_served() {
             .err()
             .expect("refused"),
     );
-    assert_eq!((status, body["error"]["code"].clone()), (401, json!("invalid_token")));
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("invalid_token"))
+    );
     for sub in ["s1", "s2"] {
         let mut c = connect_from(here, &app, &app.token(sub, Role::Student, &["e1"]))
             .await
@@ -137,10 +142,17 @@ async fn a_flood_from_one_address_gets_429_and_other_addresses_are_served() {
     assert_retry_after(retry_after);
 
     // The same student from another address is served.
-    let mut c = connect_from([127, 0, 0, 2], &app, &app.token("s3", Role::Student, &["e1"]))
-        .await
-        .expect("another address has its own limit");
-    assert_eq!(c.next_of_type("welcome").await["student"]["student_id"], "s3");
+    let mut c = connect_from(
+        [127, 0, 0, 2],
+        &app,
+        &app.token("s3", Role::Student, &["e1"]),
+    )
+    .await
+    .expect("another address has its own limit");
+    assert_eq!(
+        c.next_of_type("welcome").await["student"]["student_id"],
+        "s3"
+    );
     assert_eq!(app.metric("examwatch_handshakes_rate_limited_total"), 1);
     assert_eq!(app.metric("examwatch_handshakes_rejected_total"), 2);
 }

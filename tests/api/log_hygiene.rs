@@ -97,7 +97,13 @@ async fn a_flood_of_refused_handshakes_writes_a_bounded_log() {
     let elapsed = started.elapsed();
     // A real client with the same User-Agent is served, its UA clipped.
     let token = keys(dir.path())
-        .mint("s1", "S1", Role::Student, vec!["e1".into()], Duration::from_secs(600))
+        .mint(
+            "s1",
+            "S1",
+            Role::Student,
+            vec!["e1".into()],
+            Duration::from_secs(600),
+        )
         .unwrap();
     let mut ok = handshake(&url, Some(&token), Some(&long_ua))
         .await
@@ -117,11 +123,7 @@ async fn a_flood_of_refused_handshakes_writes_a_bounded_log() {
                 assert_eq!(json["code"], "invalid_token");
                 assert_eq!(
                     json["user_agent"],
-                    format!(
-                        "{}…[truncated, {} bytes]",
-                        &long_ua[..256],
-                        long_ua.len()
-                    )
+                    format!("{}…[truncated, {} bytes]", &long_ua[..256], long_ua.len())
                 );
             }
             "connected" => {
@@ -177,7 +179,13 @@ async fn no_spelling_of_the_token_parameter_gets_a_token_into_the_log() {
     let server = start(dir.path(), "1000");
     let base = format!("ws://{}/v1/exams", server.addr);
     let token = keys(dir.path())
-        .mint("s1", "S1", Role::Student, vec!["e1".into()], Duration::from_secs(600))
+        .mint(
+            "s1",
+            "S1",
+            Role::Student,
+            vec!["e1".into()],
+            Duration::from_secs(600),
+        )
         .unwrap();
     let signature = token.rsplit('.').next().unwrap().to_owned();
     let encoded_value = format!("%65{}", &token[1..]);
@@ -212,7 +220,12 @@ async fn no_spelling_of_the_token_parameter_gets_a_token_into_the_log() {
     .await;
     assert_eq!(status_of(refused), 403);
     expected_queries.push("last_seq=1&previous_session=[redacted]".into());
-    let refused = handshake(&format!("{base}/e1/ws?ticket=tk-0123456789abcdef"), None, None).await;
+    let refused = handshake(
+        &format!("{base}/e1/ws?ticket=tk-0123456789abcdef"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status_of(refused), 401);
     expected_queries.push("ticket=[redacted]".into());
 
@@ -229,5 +242,8 @@ async fn no_spelling_of_the_token_parameter_gets_a_token_into_the_log() {
     }
     assert_eq!(queries, expected_queries);
     assert!(!log.contains(&signature), "a token reached the log:\n{log}");
-    assert!(!log.contains("tk-0123456789abcdef"), "a ticket reached the log");
+    assert!(
+        !log.contains("tk-0123456789abcdef"),
+        "a ticket reached the log"
+    );
 }
