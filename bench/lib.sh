@@ -12,7 +12,7 @@ start_server() {
     port=$(free_port)
     [ -n "$db" ] || db="sqlite://$(mktemp -d)/bench.db"
     EXAMWATCH__AUTH__JWT_SECRET=$SECRET EXAMWATCH__SERVER__BIND=127.0.0.1:$port \
-    EXAMWATCH__LIMITS__MESSAGES_PER_SECOND=1000 EXAMWATCH__LOG__LEVEL=warn \
+    EXAMWATCH__LIMITS__MESSAGES_PER_SECOND=1000 EXAMWATCH__LIMITS__HANDSHAKES_PER_IP=0 EXAMWATCH__LOG__LEVEL=warn \
     EXAMWATCH__EXAM__IDLE_AFTER=1h EXAMWATCH__DATABASE__URL=$db \
     EXAMWATCH__BROKER__REDIS_URL=$redis EXAMWATCH__DATABASE__INSTANCE_ID=bench-$name \
         $BIN/examwatch >"$OUT/server-$name.log" 2>&1 &
