@@ -51,6 +51,7 @@ pub struct AppState {
     /// Recorded with every session (`database.instance_id` or hostname:pid).
     pub instance_id: Arc<str>,
     pub broker: Broker,
+    pub handshake_guard: Arc<crate::ratelimit::HandshakeGuard>,
     draining: Arc<AtomicBool>,
     next_conn: Arc<AtomicU64>,
 }
@@ -153,6 +154,7 @@ impl App {
             ));
         }
         let state = AppState {
+            handshake_guard: Arc::new(crate::ratelimit::HandshakeGuard::new(&settings)),
             settings,
             keys: Arc::new(keys),
             registry,

@@ -2,10 +2,12 @@
 //! handshake must pass before a socket is upgraded.
 //!
 //! Algorithms are pinned to the one configured (HS256 by default, RS256 or
-//! EdDSA with a public key), `exp` is required, and `iss`/`aud` are checked
-//! when configured. A token is accepted from `Authorization: Bearer` or, for
+//! EdDSA with a public key), `exp` is required, `nbf` is enforced when
+//! present, both within `auth.leeway`, and `iss`/`aud` are checked when
+//! configured. A token is accepted from `Authorization: Bearer` or, for
 //! browsers that cannot set headers on `new WebSocket()`, from the
-//! `access_token` query parameter; [`redact_query`] keeps it out of logs.
+//! `access_token` query parameter; [`redact_query`] keeps it (and `ticket`)
+//! out of logs however the key is spelled, and any JWT-shaped value too.
 //!
 //! With HS256 and no configured secret, the server generates one on first
 //! start and keeps it in `server.data_dir/jwt_secret` (mode 0600), so
@@ -86,6 +88,8 @@ pub enum TokenError {
     Missing,
     #[error("token expired")]
     Expired,
+    #[error("token not yet valid: its `nbf` is in the future")]
+    NotYetValid,
     #[error("invalid token: {0}")]
     Invalid(&'static str),
 }
@@ -95,6 +99,7 @@ impl TokenError {
         match self {
             TokenError::Missing => "missing_token",
             TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
             TokenError::Invalid(_) => "invalid_token",
         }
     }
@@ -160,6 +165,9 @@ impl Keys {
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
         validation.leeway = auth.leeway.as_secs();
+        // Off by default in jsonwebtoken: a token minted for tomorrow's exam
+        // would work today. Checked only when the token carries `nbf`.
+        validation.validate_nbf = true;
         let mut required = vec!["exp"];
         if auth.issuer.is_empty() {
             validation.iss = None;
@@ -196,7 +204,7 @@ impl Keys {
                 ErrorKind::InvalidIssuer => TokenError::Invalid("issuer not accepted"),
                 ErrorKind::InvalidAudience => TokenError::Invalid("audience not accepted"),
                 ErrorKind::MissingRequiredClaim(_) => TokenError::Invalid("missing required claim"),
-                ErrorKind::ImmatureSignature => TokenError::Invalid("token not yet valid"),
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 ErrorKind::Json(_) | ErrorKind::InvalidClaimFormat(_) => {
                     TokenError::Invalid("claims do not match the expected shape")
                 }
@@ -325,16 +333,108 @@ pub fn extract_token<'a>(
         .or(access_token.filter(|t| !t.is_empty()))
 }
 
-/// Replaces the value of `access_token` in a query string, for logging.
+/// Query parameters whose value is a credential: the token, and the
+/// single-use connection ticket.
+const SECRET_PARAMS: [&str; 2] = ["access_token", "ticket"];
+
+/// The query string as it may be logged: the value of every credential
+/// parameter replaced by `[redacted]`, its key compared *after* decoding
+/// (the query parser decodes `access%5Ftoken` and `%61ccess_token` to
+/// `access_token`, so they authenticate), and any other pair holding
+/// something shaped like a JWT redacted as well, whatever its key.
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some(("access_token", _)) => "access_token=[redacted]".to_owned(),
-            _ => pair.to_owned(),
+        .map(|pair| {
+            let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = form_decode(raw_key);
+            if SECRET_PARAMS.contains(&key.as_ref()) {
+                format!("{raw_key}=[redacted]")
+            } else if looks_like_jwt(&key) {
+                "[redacted]".to_owned()
+            } else if looks_like_jwt(&form_decode(raw_value)) {
+                format!("{raw_key}=[redacted]")
+            } else {
+                pair.to_owned()
+            }
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// Free text headed for a log (a refusal's reason, a path segment) with
+/// every JWT-shaped run replaced by `[redacted]`.
+pub fn redact_jwts(text: &str) -> std::borrow::Cow<'_, str> {
+    if !looks_like_jwt(text) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(is_jwt_char) {
+        out.push_str(&rest[..start]);
+        let run = &rest[start..];
+        let end = run.find(|c| !is_jwt_char(c)).unwrap_or(run.len());
+        if jwt_run(&run[..end]) {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(&run[..end]);
+        }
+        rest = &run[end..];
+    }
+    out.push_str(rest);
+    out.into()
+}
+
+fn is_jwt_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// Does `text` contain a run shaped like a JWS in compact form: base64url
+/// segments joined by dots, at least two of them non-trivial? Deliberately
+/// loose (a false positive only hides a harmless value from a log line).
+fn looks_like_jwt(text: &str) -> bool {
+    text.split(|c| !is_jwt_char(c)).any(jwt_run)
+}
+
+fn jwt_run(run: &str) -> bool {
+    let mut segments = run.split('.');
+    let (Some(a), Some(b), Some(_)) = (segments.next(), segments.next(), segments.next()) else {
+        return false;
+    };
+    run.len() >= 16 && a.len() >= 4 && b.len() >= 4
+}
+
+/// `application/x-www-form-urlencoded` decoding, as the query parser does
+/// it: `+` is a space, `%XX` a byte, anything else (a stray `%`) itself.
+fn form_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return s.into();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |j: usize| {
+            bytes
+                .get(j)
+                .and_then(|b| char::from(*b).to_digit(16))
+                .map(|d| d as u8)
+        };
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 /// Is `origin` allowed? An empty allow-list accepts any origin. A missing
@@ -447,6 +547,68 @@ mod tests {
             redact_query("last_seq=3&access_token=eyJ.x.y"),
             "last_seq=3&access_token=[redacted]"
         );
+    }
+
+    #[test]
+    fn redaction_decodes_keys_and_catches_jwts_by_value() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzMSJ9.c2lnbmF0dXJl";
+        for key in [
+            "access_token",
+            "access%5Ftoken",
+            "%61ccess_token",
+            "%61%63%63%65%73%73%5f%74%6f%6b%65%6e",
+            "ticket",
+            "tick%65t",
+        ] {
+            assert_eq!(
+                redact_query(&format!("last_seq=1&{key}=opaque-secret&x=2")),
+                format!("last_seq=1&{key}=[redacted]&x=2")
+            );
+        }
+        // By value, whatever the key; and a JWT in a key (`%3D` is `=`).
+        assert_eq!(
+            redact_query(&format!("previous_session={jwt}")),
+            "previous_session=[redacted]"
+        );
+        assert_eq!(redact_query(&format!("x=%65{}", &jwt[1..])), "x=[redacted]");
+        assert_eq!(
+            redact_query(&format!("access_token%3D{jwt}&last_seq=2")),
+            "[redacted]&last_seq=2"
+        );
+        // Ordinary values are kept.
+        let plain = "last_seq=12&previous_session=9b2f6d3a-1e7c-4a85-8f40-c3d5e6a7b812&v=1.2.3";
+        assert_eq!(redact_query(plain), plain);
+        assert_eq!(
+            redact_jwts(&format!("origin \"{jwt}\" is not allowed")),
+            "origin \"[redacted]\" is not allowed"
+        );
+        assert_eq!(redact_jwts("no token here"), "no token here");
+        assert_eq!(form_decode("a%2"), "a%2");
+        assert_eq!(form_decode("a+b%20c%zz"), "a b c%zz");
+    }
+
+    #[test]
+    fn nbf_is_enforced_within_the_leeway() {
+        let keys = Keys::from_settings(&settings(), Path::new("/nonexistent")).unwrap();
+        let sign = |nbf: u64| {
+            let claims = serde_json::json!({
+                "sub": "s1", "role": "student", "exp": unix_now() + 3600, "nbf": nbf,
+            });
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret("x".repeat(40).as_bytes()),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            keys.verify(&sign(unix_now() + 86_400)).unwrap_err(),
+            TokenError::NotYetValid
+        );
+        assert_eq!(TokenError::NotYetValid.code(), "token_not_yet_valid");
+        // Within the default 30 s leeway, and in the past: accepted.
+        assert!(keys.verify(&sign(unix_now() + 20)).is_ok());
+        assert!(keys.verify(&sign(unix_now() - 60)).is_ok());
     }
 
     #[test]

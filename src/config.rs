@@ -109,7 +109,7 @@ pub struct AuthSettings {
     /// Accepted `aud` values; checked (and required) when non-empty.
     #[serde(deserialize_with = "string_or_list")]
     pub audience: Vec<String>,
-    /// Clock skew tolerated on `exp`.
+    /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
 }
@@ -291,6 +291,20 @@ pub struct LimitSettings {
     pub messages_per_second: u32,
     /// Longest `announce` text, in characters.
     pub max_announcement_chars: usize,
+    /// WebSocket handshakes per token subject (`sub`) per
+    /// `handshake_window`, on this instance; past it, 429. 0 = no limit.
+    /// A reconnect loop is stopped; a real client's backoff never gets here.
+    pub handshakes_per_subject: u32,
+    /// WebSocket handshakes per client IP (IPv6: per /64) per
+    /// `handshake_window`, counted before the token is checked; past it,
+    /// 429. Sized for an exam hall behind one NAT address reconnecting at
+    /// once, several times. The IP is the TCP peer: behind a proxy, every
+    /// client has the proxy's, so set 0 there and limit at the proxy.
+    pub handshakes_per_ip: u32,
+    /// The window of both handshake limits: `limit` at once, then one
+    /// every `window / limit`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_window: Duration,
 }
 
 impl Default for LimitSettings {
@@ -300,6 +314,9 @@ impl Default for LimitSettings {
             max_bad_messages: 10,
             messages_per_second: 20,
             max_announcement_chars: 2000,
+            handshakes_per_subject: 30,
+            handshakes_per_ip: 1200,
+            handshake_window: Duration::from_secs(60),
         }
     }
 }
@@ -317,6 +334,10 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// `tracing` filter directive; `RUST_LOG` overrides it.
     pub level: String,
+    /// "websocket handshake refused" lines written per second, at most;
+    /// the rest are counted (`examwatch_handshake_logs_suppressed_total`)
+    /// and summed up in one line per second while they last.
+    pub refused_handshakes_per_second: u32,
 }
 
 impl Default for LogSettings {
@@ -324,6 +345,7 @@ impl Default for LogSettings {
         Self {
             format: LogFormat::Text,
             level: "info".into(),
+            refused_handshakes_per_second: 20,
         }
     }
 }
@@ -431,6 +453,15 @@ impl Settings {
         )?;
         at_most("server.drain_delay", self.server.drain_delay, HOUR)?;
         at_most("auth.leeway", self.auth.leeway, HOUR)?;
+        at_most(
+            "limits.handshake_window",
+            self.limits.handshake_window,
+            HOUR,
+        )?;
+        positive(
+            "limits.handshake_window",
+            !self.limits.handshake_window.is_zero(),
+        )?;
         at_most(
             "database.flush_interval",
             self.database.flush_interval,

@@ -9,6 +9,7 @@
 //! - [`app`]: building the server and shutting it down gracefully;
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
 //! - [`auth`]: JWT verification and the handshake checks;
+//! - [`ratelimit`]: handshake limits per subject and IP, the refusal log budget;
 //! - [`ws`]: the per-connection task (read, write, ping, close codes);
 //! - [`protocol`]: the wire contract (mirrored in docs/PROTOCOL.md);
 //! - [`room`]: rooms, their registry, and how student state changes;
@@ -28,6 +29,7 @@ pub mod http;
 pub mod loadgen;
 pub mod metrics;
 pub mod protocol;
+pub mod ratelimit;
 pub mod room;
 pub mod roster;
 pub mod store;

@@ -10,6 +10,10 @@ pub struct Metrics {
     pub students_connected: AtomicI64,
     pub teachers_connected: AtomicI64,
     pub handshakes_rejected: AtomicU64,
+    /// Of those, refused with 429 by a handshake rate limit.
+    pub handshakes_rate_limited: AtomicU64,
+    /// Refused-handshake log lines not written (over the log budget).
+    pub handshake_logs_suppressed: AtomicU64,
     pub rooms: AtomicI64,
     pub messages_in: AtomicU64,
     pub bad_messages: AtomicU64,
@@ -35,8 +39,18 @@ impl Metrics {
             ),
             (
                 "examwatch_handshakes_rejected_total",
-                "Handshakes refused (401/403/400)",
+                "Handshakes refused (400/401/403/429/503), each counted",
                 self.handshakes_rejected.load(Ordering::Relaxed),
+            ),
+            (
+                "examwatch_handshakes_rate_limited_total",
+                "Handshakes refused with 429 (per-subject or per-IP limit)",
+                self.handshakes_rate_limited.load(Ordering::Relaxed),
+            ),
+            (
+                "examwatch_handshake_logs_suppressed_total",
+                "Refused handshakes not logged one by one (over log.refused_handshakes_per_second)",
+                self.handshake_logs_suppressed.load(Ordering::Relaxed),
             ),
             (
                 "examwatch_messages_in_total",

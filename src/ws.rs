@@ -38,12 +38,14 @@ use crate::{
     auth::{self, Role, TokenError},
     http::ApiError,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
+    ratelimit::Verdict,
     room::{
         CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, close,
         queue::QueueRx,
     },
     roster::Admission,
     store::{now_ms, writer::Record},
+    telemetry,
 };
 use crate::{broker::Broker, config::SecondSession, room::ClusterJoin};
 
@@ -77,8 +79,9 @@ pub struct WsParams {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol (subprotocol examwatch.v1 when offered)"),
         (status = 400, description = "Invalid exam id or query, or not a WebSocket request"),
-        (status = 401, description = "Missing, invalid or expired token"),
+        (status = 401, description = "Missing, invalid, expired or not yet valid token"),
         (status = 403, description = "Exam not granted, Origin not allowed, or not on the roster"),
+        (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`); see `Retry-After`"),
         (status = 503, description = "Shutting down, or the database backlog is full"),
     ))]
 pub async fn handshake(
@@ -90,22 +93,17 @@ pub async fn handshake(
     params: Result<Query<WsParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let user_agent = header_str(&headers, header::USER_AGENT)
-        .unwrap_or("-")
-        .to_owned();
-    // The query may carry the token: only its redacted form is ever logged.
-    let query = auth::redact_query(raw_query.as_deref().unwrap_or_default());
-    let refuse = |err: ApiError| {
-        app.metrics
-            .handshakes_rejected
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            %exam_id, %query, ip = %peer, %user_agent, auth = "rejected",
-            status = err.status.as_u16(), code = err.code, reason = %err.message,
-            "websocket handshake refused"
-        );
-        err.into_response()
-    };
+    let now = std::time::Instant::now();
+    let guard = &app.handshake_guard;
+    // Client-chosen and headed for the log and the sessions table: bounded.
+    let user_agent =
+        telemetry::clip(header_str(&headers, header::USER_AGENT).unwrap_or("-")).into_owned();
+    let refuse =
+        |err: ApiError| refused(&app, &exam_id, raw_query.as_deref(), peer, &user_agent, err);
+    // Before anything else, so a flood from one address costs a map lookup.
+    if let Err(wait) = guard.limits.check_ip(peer.ip(), now) {
+        return rate_limited(&app, refuse, "client address", wait);
+    }
     if !auth::valid_exam_id(&exam_id) {
         return refuse(ApiError::bad_request(
             "invalid_exam_id",
@@ -127,11 +125,17 @@ pub async fn handshake(
         Ok(c) => c,
         Err(e) => return refuse(ApiError::unauthorized(e)),
     };
+    if let Err(wait) = guard.limits.check_subject(&claims.sub, now) {
+        return rate_limited(&app, refuse, "token subject", wait);
+    }
     let origin = header_str(&headers, header::ORIGIN);
     if !auth::origin_allowed(&app.settings.server.allowed_origins, origin) {
         return refuse(ApiError::forbidden(
             "origin_not_allowed",
-            format!("origin {:?} is not allowed", origin.unwrap_or("(none)")),
+            format!(
+                "origin {:?} is not allowed",
+                telemetry::clip(origin.unwrap_or("(none)"))
+            ),
         ));
     }
     if !claims.grants(&exam_id) {
@@ -223,6 +227,92 @@ pub async fn handshake(
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| conn.run(socket, guard))
+}
+
+/// Counts a refused handshake, logs it within the log budget (every
+/// client-supplied field clipped, credentials redacted), and answers.
+fn refused(
+    app: &AppState,
+    exam_id: &str,
+    raw_query: Option<&str>,
+    peer: SocketAddr,
+    user_agent: &str,
+    err: ApiError,
+) -> Response {
+    let metrics = &app.metrics;
+    metrics.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
+    match app
+        .handshake_guard
+        .refusal_log
+        .admit(std::time::Instant::now())
+    {
+        Verdict::Write => {
+            // Redact first, clip after: a clipped token might no longer
+            // look like one. Only written lines pay for either.
+            let query = auth::redact_query(raw_query.unwrap_or_default());
+            tracing::info!(
+                exam_id = %telemetry::clip(&auth::redact_jwts(exam_id)),
+                query = %telemetry::clip(&query),
+                ip = %peer, %user_agent, auth = "rejected",
+                status = err.status.as_u16(), code = err.code,
+                reason = %telemetry::clip(&auth::redact_jwts(&err.message)),
+                "websocket handshake refused"
+            );
+        }
+        Verdict::Suppress { schedule_summary } => {
+            metrics
+                .handshake_logs_suppressed
+                .fetch_add(1, Ordering::Relaxed);
+            if schedule_summary {
+                app.tracker.spawn(summarize_suppressed(app.clone()));
+            }
+        }
+    }
+    err.into_response()
+}
+
+/// While refusals are over the log budget: once a second, one line with
+/// how many were not logged; ends when a second passes with none.
+async fn summarize_suppressed(app: AppState) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = app.shutdown.cancelled() => {}
+        }
+        let n = app.handshake_guard.refusal_log.take_suppressed();
+        if n > 0 {
+            tracing::warn!(
+                suppressed = n,
+                "{n} more refused handshakes not logged (all are counted in \
+                 examwatch_handshakes_rejected_total)"
+            );
+        }
+        if n == 0 || app.shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// 429 with `Retry-After` (whole seconds, rounded up).
+fn rate_limited(
+    app: &AppState,
+    refuse: impl FnOnce(ApiError) -> Response,
+    what: &str,
+    wait: Duration,
+) -> Response {
+    app.metrics
+        .handshakes_rate_limited
+        .fetch_add(1, Ordering::Relaxed);
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let secs = secs.max(1);
+    let mut res = refuse(ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many handshakes from this {what}; retry in {secs} s"),
+    ));
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    res
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -340,7 +430,8 @@ impl Connection {
         });
         tracing::info!(
             ip = %self.peer, user_agent = %self.user_agent,
-            close_code = code.map(i64::from).unwrap_or(-1), close_reason = %reason,
+            close_code = code.map(i64::from).unwrap_or(-1),
+            close_reason = %telemetry::clip(&reason),
             closed_by = by, duration_ms = started.elapsed().as_millis() as u64,
             "disconnected"
         );
@@ -631,7 +722,7 @@ impl Connection {
         let (code, message, r#ref) = refused;
         metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
         let exhausted = bad.spend(limits.max_bad_messages);
-        tracing::debug!(code = ?code, %message, "refused a client message");
+        tracing::debug!(code = ?code, message = %telemetry::clip(&message), "refused a client message");
         let frame = ServerMsg::Error {
             code,
             message: message.into(),

@@ -231,3 +231,59 @@ async fn issuer_and_audience_are_checked_when_configured() {
     let mut ok = app.connect("e1", &token).await;
     assert_eq!(ok.next_json().await["type"], "welcome");
 }
+
+/// A token signed with the test secret, with `nbf` (not before) set.
+fn token_with_nbf(sub: &str, role: &str, nbf: u64) -> String {
+    let claims = serde_json::json!({
+        "sub": sub, "name": "X", "role": role, "exams": ["e1"],
+        "exp": unix_now() + 3600, "nbf": nbf,
+    });
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_token_not_valid_until_tomorrow_is_refused_at_the_handshake() {
+    // The default leeway (30 s) applies to `nbf` as it does to `exp`.
+    let app = spawn_app().await;
+    let tomorrow = token_with_nbf("s1", "student", unix_now() + 86_400);
+    let (status, body) = refused(&app, &app.ws_url("e1"), Some(&tomorrow), &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        body,
+        serde_json::json!({"error": {
+            "code": "token_not_yet_valid",
+            "message": "token not yet valid: its `nbf` is in the future",
+        }})
+    );
+    // Ten seconds ahead (a client clock a little fast) is within the leeway.
+    let soon = token_with_nbf("s1", "student", unix_now() + 10);
+    let mut c = app.connect("e1", &soon).await;
+    assert_eq!(c.next_json().await["type"], "welcome");
+}
+
+#[tokio::test]
+async fn a_token_not_valid_until_tomorrow_is_refused_by_the_rest_api() {
+    let app = spawn_app().await;
+    let tomorrow = token_with_nbf("t1", "teacher", unix_now() + 86_400);
+    let res = app
+        .api(reqwest::Method::GET, "/v1/exams", &tomorrow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "token_not_yet_valid");
+
+    let soon = token_with_nbf("t1", "teacher", unix_now() + 10);
+    let res = app
+        .api(reqwest::Method::GET, "/v1/exams", &soon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
