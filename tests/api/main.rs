@@ -9,6 +9,7 @@ mod cluster;
 mod crash;
 mod dashboard;
 mod helpers;
+mod limits;
 mod loadgen;
 mod ops;
 mod outage;
