@@ -228,6 +228,11 @@ pub struct ExamSettings {
     /// When the roster cannot be read (database down, nothing cached):
     /// admit on the token alone (true) or refuse with 503 (false).
     pub roster_fail_open: bool,
+    /// Repeated alerts of one kind for one student within this are folded
+    /// into one (sent with their count when it ends), so one student cannot
+    /// flood the dashboard; zero sends every alert.
+    #[serde(with = "humantime_serde")]
+    pub alert_window: Duration,
 }
 
 impl Default for ExamSettings {
@@ -242,6 +247,7 @@ impl Default for ExamSettings {
             room_inbox: 1024,
             roster_fail_open: true,
             lease_ttl: Duration::from_secs(30),
+            alert_window: Duration::from_secs(10),
         }
     }
 }
@@ -287,7 +293,9 @@ pub struct LimitSettings {
     /// Bad messages tolerated per connection per minute before it is
     /// closed (1007/1008).
     pub max_bad_messages: u32,
-    /// Sustained client messages per second per connection (burst = 2×).
+    /// Sustained client messages per second (burst = 2×): per student,
+    /// shared by all their connections (`room/rate.rs`); per connection
+    /// for teachers.
     pub messages_per_second: u32,
     /// Longest `announce` text, in characters.
     pub max_announcement_chars: usize,

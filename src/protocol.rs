@@ -328,6 +328,11 @@ pub struct StudentState {
     /// Whether the exam page has focus, as last reported.
     pub focused: bool,
     pub focus_lost_count: u32,
+    /// Alerts raised for this student so far, per kind, folded ones
+    /// included (`room/alerts.rs`). Absent while none; `default` so states
+    /// stored before this field existed still load.
+    #[serde(default, skip_serializing_if = "AlertCounts::is_empty")]
+    pub alerts: AlertCounts,
     /// Connections opened so far (1 + reconnects + takeovers).
     pub connections: u32,
     pub submitted_at: Option<Timestamp>,
@@ -365,6 +370,51 @@ pub enum AlertKind {
     Idle,
     Disconnected,
     SecondSession,
+}
+
+/// Alerts raised for one student, per kind. Only non-zero kinds are
+/// written, so a student without alerts costs nothing in a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertCounts {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub focus_lost: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub idle: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disconnected: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub second_session: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl AlertCounts {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn get(&self, kind: AlertKind) -> u32 {
+        match kind {
+            AlertKind::FocusLost => self.focus_lost,
+            AlertKind::Idle => self.idle,
+            AlertKind::Disconnected => self.disconnected,
+            AlertKind::SecondSession => self.second_session,
+        }
+    }
+
+    /// Counts one more alert of `kind`; returns the new count.
+    pub fn bump(&mut self, kind: AlertKind) -> u32 {
+        let n = match kind {
+            AlertKind::FocusLost => &mut self.focus_lost,
+            AlertKind::Idle => &mut self.idle,
+            AlertKind::Disconnected => &mut self.disconnected,
+            AlertKind::SecondSession => &mut self.second_session,
+        };
+        *n = n.saturating_add(1);
+        *n
+    }
 }
 
 /// Server → client. Serialized once per event; the same bytes go to every
@@ -415,6 +465,9 @@ pub enum ServerMsg<'a> {
         student_id: &'a str,
         kind: AlertKind,
         at: Timestamp,
+        /// Alerts of this kind raised for this student so far, this one
+        /// and any folded into it included (`AlertCounts`).
+        count: u32,
     },
 }
 
@@ -524,6 +577,7 @@ mod tests {
                 student_id: "s1",
                 kind: AlertKind::SecondSession,
                 at: Timestamp::now(),
+                count: 2,
             }
             .encode()
             .as_str(),
@@ -531,6 +585,7 @@ mod tests {
         .unwrap();
         assert_eq!(v["type"], "alert");
         assert_eq!(v["kind"], "second_session");
+        assert_eq!(v["count"], 2);
         assert!(v["at"].as_str().unwrap().ends_with('Z'));
     }
 }

@@ -41,7 +41,7 @@ use crate::{
     ratelimit::Verdict,
     room::{
         CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, close,
-        queue::QueueRx,
+        queue::QueueRx, rate::RateBucket,
     },
     roster::Admission,
     store::{now_ms, writer::Record},
@@ -454,7 +454,7 @@ impl Connection {
         // join (lease claim, database read) and the write and message
         // handlers only run briefly, so they live on the heap while they
         // do (with `run` below, the task's future went from 5.6 KB to 1.35 KB).
-        let Some(room) = Box::pin(self.join(out)).await else {
+        let Some((room, limiter)) = Box::pin(self.join(out)).await else {
             let reason = if self.app.shutdown.is_cancelled() {
                 close::GOING_AWAY
             } else {
@@ -463,7 +463,7 @@ impl Connection {
             Box::pin(close_socket(socket, &reason)).await;
             return Ending::Server(reason);
         };
-        let ending = self.pump(socket, &rx, &kick, &room).await;
+        let ending = self.pump(socket, &rx, &kick, &room, &limiter).await;
         // The room keeps the session lease through the grace period (marked
         // `/grace`) and releases it when the student is gone for good.
         let _ = Box::pin(room.send(RoomCmd::Leave { conn: self.id })).await;
@@ -529,8 +529,10 @@ impl Connection {
         }
     }
 
-    /// Joins the room, retrying if it ended just as we looked it up.
-    async fn join(&self, out: Outbox) -> Option<RoomHandle> {
+    /// Joins the room, retrying if it ended just as we looked it up. Also
+    /// returns the message-rate bucket to use: a student's comes from the
+    /// room (shared by all their connections), a teacher's is its own.
+    async fn join(&self, out: Outbox) -> Option<(RoomHandle, Arc<RateBucket>)> {
         let cluster = self.claim_session().await;
         let answered = match (&self.app.broker, self.watcher()) {
             (Broker::Redis(_), false) => self
@@ -541,21 +543,31 @@ impl Connection {
                 .ok(),
             _ => None,
         };
+        let fresh = || {
+            Arc::new(RateBucket::new(
+                self.app.settings.limits.messages_per_second,
+                std::time::Instant::now(),
+            ))
+        };
         for _ in 0..8 {
             if self.app.shutdown.is_cancelled() {
                 return None;
             }
             let room = self.app.registry.get_or_start(&self.exam_id);
-            let (reply, joined) = oneshot::channel();
-            let cmd = if self.watcher() {
-                RoomCmd::JoinTeacher {
+            if self.watcher() {
+                let (reply, joined) = oneshot::channel();
+                let cmd = RoomCmd::JoinTeacher {
                     conn: self.id,
                     out: out.clone(),
                     last_seq: self.last_seq,
                     reply,
+                };
+                if room.send(cmd).await.is_ok() && joined.await.is_ok() {
+                    return Some((room, fresh()));
                 }
             } else {
-                RoomCmd::JoinStudent(StudentJoin {
+                let (reply, joined) = oneshot::channel();
+                let cmd = RoomCmd::JoinStudent(StudentJoin {
                     conn: self.id,
                     who: StudentId {
                         id: self.user.to_string(),
@@ -566,11 +578,14 @@ impl Connection {
                     cluster,
                     answered: answered.clone(),
                     out: out.clone(),
+                    rate: fresh(),
                     reply,
-                })
-            };
-            if room.send(cmd).await.is_ok() && joined.await.is_ok() {
-                return Some(room);
+                });
+                if room.send(cmd).await.is_ok()
+                    && let Ok(rate) = joined.await
+                {
+                    return Some((room, rate));
+                }
             }
         }
         tracing::error!("could not join the exam room");
@@ -584,6 +599,7 @@ impl Connection {
         rx: &QueueRx,
         kick: &Kick,
         room: &RoomHandle,
+        limiter: &RateBucket,
     ) -> Ending {
         let settings = &self.app.settings;
         let shutdown = self.app.shutdown.clone();
@@ -591,7 +607,6 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
-        let mut limiter = RateLimiter::new(settings.limits.messages_per_second);
         let mut bad = BadBudget::new();
         loop {
             let step = tokio::select! {
@@ -609,7 +624,7 @@ impl Connection {
                         last_seen = Instant::now();
                         match msg {
                             Message::Text(text) => {
-                                Box::pin(self.on_text(socket, text, room, kick, &mut limiter, &mut bad)).await
+                                Box::pin(self.on_text(socket, text, room, kick, limiter, &mut bad)).await
                             }
                             Message::Binary(_) => Err(Ending::Server(close::UNSUPPORTED)),
                             Message::Pong(payload) if payload.as_ref() == PROBE => {
@@ -674,7 +689,7 @@ impl Connection {
         text: Utf8Bytes,
         room: &RoomHandle,
         kick: &Kick,
-        limiter: &mut RateLimiter,
+        limiter: &RateBucket,
         bad: &mut BadBudget,
     ) -> Result<(), Ending> {
         let metrics = &self.app.metrics;
@@ -683,42 +698,43 @@ impl Connection {
         if text.len() > limits.max_message_bytes {
             return Err(Ending::Server(close::TOO_BIG));
         }
-        let refused: (ErrorCode, String, Option<Label>) = if !limiter.allow() {
-            (
-                ErrorCode::RateLimited,
-                format!(
-                    "more than {} messages per second",
-                    limits.messages_per_second
-                ),
-                None,
-            )
-        } else {
-            match protocol::parse(text.as_str()) {
-                Err(e) => (e.code, e.message, e.r#ref),
-                Ok(incoming) if !incoming.msg.allowed_for(self.watcher()) => (
-                    ErrorCode::Forbidden,
+        let refused: (ErrorCode, String, Option<Label>) =
+            if !limiter.allow(std::time::Instant::now()) {
+                (
+                    ErrorCode::RateLimited,
                     format!(
-                        "`{}` is not allowed for role {}",
-                        incoming.msg.kind(),
-                        self.role.as_str()
+                        "more than {} messages per second",
+                        limits.messages_per_second
                     ),
-                    incoming.r#ref,
-                ),
-                Ok(incoming) => {
-                    let cmd = RoomCmd::Message {
-                        conn: self.id,
-                        r#ref: incoming.r#ref,
-                        msg: incoming.msg,
-                        user: self.user.clone(),
-                        from: self.name.clone(),
-                    };
-                    return match room.send(cmd).await {
-                        Ok(()) => Ok(()),
-                        Err(_) => Err(Ending::Server(close::GOING_AWAY)),
-                    };
+                    None,
+                )
+            } else {
+                match protocol::parse(text.as_str()) {
+                    Err(e) => (e.code, e.message, e.r#ref),
+                    Ok(incoming) if !incoming.msg.allowed_for(self.watcher()) => (
+                        ErrorCode::Forbidden,
+                        format!(
+                            "`{}` is not allowed for role {}",
+                            incoming.msg.kind(),
+                            self.role.as_str()
+                        ),
+                        incoming.r#ref,
+                    ),
+                    Ok(incoming) => {
+                        let cmd = RoomCmd::Message {
+                            conn: self.id,
+                            r#ref: incoming.r#ref,
+                            msg: incoming.msg,
+                            user: self.user.clone(),
+                            from: self.name.clone(),
+                        };
+                        return match room.send(cmd).await {
+                            Ok(()) => Ok(()),
+                            Err(_) => Err(Ending::Server(close::GOING_AWAY)),
+                        };
+                    }
                 }
-            }
-        };
+            };
         let (code, message, r#ref) = refused;
         metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
         let exhausted = bad.spend(limits.max_bad_messages);
@@ -815,35 +831,5 @@ impl BadBudget {
         }
         self.count += 1;
         self.count >= max
-    }
-}
-
-/// A token bucket: `rate` messages per second sustained, bursts of 2×rate.
-struct RateLimiter {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimiter {
-    fn new(rate: u32) -> Self {
-        let rate = f64::from(rate);
-        Self {
-            rate,
-            tokens: rate * 2.0,
-            last: Instant::now(),
-        }
-    }
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }

@@ -108,8 +108,10 @@ async fn answers(
     }))
 }
 
-/// One CSV row per student: status, answered, connections, total time
-/// disconnected, focus-lost count, submission time.
+/// One CSV row per student: status, answered (stored answers: distinct
+/// questions), connections, total time disconnected, focus-lost count,
+/// submission time. RFC 4180; a cell that would start a spreadsheet
+/// formula (`=`, `+`, `-`, `@`, tab, CR) is prefixed with `'` and quoted.
 #[utoipa::path(get, path = "/v1/exams/{id}/report.csv", tag = "records",
     params(("id" = String, Path, description = "Exam id")),
     responses((status = 200, description = "One row per student", content_type = "text/csv", body = String), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
@@ -167,10 +169,12 @@ async fn report(
             st.student_id.clone(),
             st.name.clone(),
             status.to_owned(),
+            // Answers actually stored, never the client's own claim
+            // (`progress.answered` before its first stored answer).
             answered
                 .get(&st.student_id)
                 .copied()
-                .unwrap_or(i64::from(st.answered))
+                .unwrap_or(0)
                 .to_string(),
             st.connections.to_string(),
             (away.get(&st.student_id).copied().unwrap_or(0) / 1000).to_string(),
@@ -263,20 +267,45 @@ fn disconnected_ms(sessions: &[(i64, Option<i64>)], end: i64) -> i64 {
     total
 }
 
+/// Appends one CSV record (RFC 4180, `\n` line ends) of `fields`.
 fn push_row(csv: &mut String, fields: &[String]) {
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
             csv.push(',');
         }
-        if f.contains([',', '"', '\n', '\r']) {
-            csv.push('"');
-            csv.push_str(&f.replace('"', "\"\""));
-            csv.push('"');
-        } else {
-            csv.push_str(f);
-        }
+        push_cell(csv, f);
     }
     csv.push('\n');
+}
+
+/// Characters that make a spreadsheet read a cell as a formula (OWASP's
+/// "CSV injection" list): `=`, `+`, `-`, `@`, and tab or carriage return,
+/// which some spreadsheets skip before looking for one of those.
+const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// Appends one field. Names and ids are the user's choice, so a cell that
+/// a spreadsheet would run as a formula (`=HYPERLINK(...)`) is neutralised
+/// as OWASP recommends: prefixed with `'` (shown, not evaluated) and quoted.
+/// Otherwise RFC 4180: a field holding a comma, quote, CR or LF is quoted,
+/// with its quotes doubled. Every cell goes through here, counts included
+/// (none is ever negative, so no number is altered).
+fn push_cell(csv: &mut String, field: &str) {
+    let formula = field.starts_with(FORMULA_START);
+    if !formula && !field.contains([',', '"', '\n', '\r']) {
+        csv.push_str(field);
+        return;
+    }
+    csv.push('"');
+    if formula {
+        csv.push('\'');
+    }
+    for c in field.chars() {
+        if c == '"' {
+            csv.push('"');
+        }
+        csv.push(c);
+    }
+    csv.push('"');
 }
 
 #[cfg(test)]
@@ -300,5 +329,33 @@ mod tests {
         let mut csv = String::new();
         push_row(&mut csv, &["a".into(), "O'Brien, \"Al\"".into()]);
         assert_eq!(csv, "a,\"O'Brien, \"\"Al\"\"\"\n");
+    }
+
+    fn cell(f: &str) -> String {
+        let mut csv = String::new();
+        push_cell(&mut csv, f);
+        csv
+    }
+
+    #[test]
+    fn csv_cells_that_start_a_formula_are_neutralised() {
+        assert_eq!(cell("=1+2"), "\"'=1+2\"");
+        assert_eq!(cell("+1"), "\"'+1\"");
+        assert_eq!(cell("-1"), "\"'-1\"");
+        assert_eq!(cell("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(cell("\t=1"), "\"'\t=1\"");
+        assert_eq!(cell("\r=1"), "\"'\r=1\"");
+        // Still RFC 4180: quotes doubled inside the quoted field.
+        assert_eq!(
+            cell("=HYPERLINK(\"http://x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\""
+        );
+        // Only the first character matters; plain cells stay as they are.
+        assert_eq!(cell("a=b"), "a=b");
+        assert_eq!(cell("Ada Lovelace"), "Ada Lovelace");
+        assert_eq!(cell("2026-12-01T09:00:00Z"), "2026-12-01T09:00:00Z");
+        assert_eq!(cell("12"), "12");
+        assert_eq!(cell(""), "");
+        assert_eq!(cell("a\nb"), "\"a\nb\"");
     }
 }

@@ -24,7 +24,7 @@ mod durable;
 mod join;
 
 use super::{
-    ConnId, Outbox, Registry, RoomCmd, RoomContext, close,
+    ConnId, Outbox, Registry, RoomCmd, RoomContext, alerts, close,
     students::{self, Outcome, Student},
 };
 use crate::protocol::{AlertKind, ClientMsg, ErrorCode, Label, Seq, ServerMsg, Status, Timestamp};
@@ -37,6 +37,8 @@ enum Timer {
     Grace(Arc<str>),
     /// The liveness probe of this (old) connection timed out.
     Probe(ConnId),
+    /// A student's alert window of this kind ended: send what was folded.
+    AlertFlush(Arc<str>, AlertKind),
 }
 
 /// A teacher connection and how far its stream is in sync.
@@ -80,6 +82,9 @@ pub(super) struct Room {
     /// Resumes from before this seq get a snapshot: the previous room ended
     /// uncleanly and events below it may be missing from history and log.
     epoch_floor: Seq,
+    /// The exam's `settings.total_questions`, read at start: `progress`
+    /// and `answer` may not claim beyond it.
+    total_questions: Option<u32>,
     students: HashMap<Arc<str>, Student>,
     /// Student connections, by connection, with the student they speak for.
     student_conns: HashMap<ConnId, (Arc<str>, Outbox)>,
@@ -120,6 +125,7 @@ impl Room {
             resync_pending: false,
             reserved: 0,
             epoch_floor: 0,
+            total_questions: None,
             students: HashMap::new(),
             student_conns: HashMap::new(),
             teachers: HashMap::new(),
@@ -296,6 +302,16 @@ impl Room {
                 (sid, o)
             }
             Timer::Probe(old) => return self.probe_result(old, false),
+            Timer::AlertFlush(sid, kind) => {
+                let Some(st) = self.students.get_mut(&sid) else {
+                    return;
+                };
+                let now = std::time::Instant::now();
+                if let Some(count) = st.alert_fold.flush(&st.state.alerts, kind, now) {
+                    self.emit_alert(&sid, kind, count);
+                }
+                return;
+            }
         };
         self.apply(&sid, outcome);
     }
@@ -330,7 +346,9 @@ impl Room {
             return;
         };
         let result = match msg {
-            ClientMsg::Progress { question, answered } => st.progress(question, answered),
+            ClientMsg::Progress { question, answered } => {
+                st.progress(question, answered, self.total_questions)
+            }
             ClientMsg::Activity { state } => st.activity(state),
             ClientMsg::Focus { state } => st.focus(state),
             ClientMsg::Heartbeat {} => Ok(Outcome::default()),
@@ -486,6 +504,11 @@ impl Room {
         } else if let Some(key) = st.idle_timer.take() {
             self.timers.try_remove(&key);
         }
+        // Counted before the `student` event, so the state it carries
+        // includes this alert even when the alert itself is folded.
+        let alert = outcome
+            .alert
+            .and_then(|kind| Some((kind, self.raise_alert(sid, kind)?)));
         if let Some(cause) = outcome.cause {
             // Encoded straight from the room's state: no copy per event.
             self.publish_event(Audience::Teachers, "student", Some(sid), |room, seq| {
@@ -500,21 +523,51 @@ impl Room {
                 )
             });
         }
-        if let Some(kind) = outcome.alert {
-            self.emit_alert(sid, kind);
+        if let Some((kind, count)) = alert {
+            self.emit_alert(sid, kind, count);
         }
     }
 
-    fn emit_alert(&mut self, sid: &str, kind: AlertKind) {
-        let sid: Arc<str> = sid.into();
+    /// Counts an alert for a student and says whether to send it now
+    /// (with its count) or whether it was folded (`room/alerts.rs`); the
+    /// first fold of a window schedules the flush that reports it.
+    fn raise_alert(&mut self, sid: &Arc<str>, kind: AlertKind) -> Option<u32> {
+        let window = self.ctx.settings.alert_window;
+        let Some(st) = self.students.get_mut(sid) else {
+            // Not known here (refused for a session elsewhere): nothing to fold into.
+            return Some(1);
+        };
+        let now = std::time::Instant::now();
+        match st.alert_fold.raise(&mut st.state.alerts, kind, now, window) {
+            alerts::Raised::Send(count) => Some(count),
+            alerts::Raised::Folded { flush_at } => {
+                if let Some(at) = flush_at {
+                    let at = Instant::from_std(at);
+                    self.timers
+                        .insert_at(Timer::AlertFlush(sid.clone(), kind), at);
+                }
+                None
+            }
+        }
+    }
+
+    /// An alert with no `student` event of its own (a refused second session).
+    fn alert(&mut self, sid: &Arc<str>, kind: AlertKind) {
+        if let Some(count) = self.raise_alert(sid, kind) {
+            self.emit_alert(sid, kind, count);
+        }
+    }
+
+    fn emit_alert(&mut self, sid: &Arc<str>, kind: AlertKind, count: u32) {
         let at = Timestamp::now();
-        self.publish_event(Audience::Teachers, "alert", Some(&sid), |_, seq| {
+        self.publish_event(Audience::Teachers, "alert", Some(sid), |_, seq| {
             Some(
                 ServerMsg::Alert {
                     seq,
-                    student_id: &sid,
+                    student_id: sid,
                     kind,
                     at,
+                    count,
                 }
                 .encode(),
             )
@@ -650,6 +703,9 @@ impl Room {
                 "the database is behind; keep this answer and re-send it later"
             }
             ErrorCode::Forbidden => "this message is not allowed for your role",
+            ErrorCode::InvalidMessage => {
+                "answered or question is beyond the exam's total_questions"
+            }
             _ => "request refused",
         };
         let bytes = ServerMsg::Error {

@@ -18,8 +18,10 @@
 //! `deliver`s what its subscription receives.
 
 mod actor;
+mod alerts;
 pub mod queue;
 pub use queue::Kick;
+pub mod rate;
 mod students;
 
 use std::{
@@ -131,8 +133,13 @@ pub struct StudentJoin {
     /// database (another instance may have stored them).
     pub answered: Option<std::collections::HashSet<String>>,
     pub out: Outbox,
-    /// Answered once joined (or refused); dropped if the room ended.
-    pub reply: oneshot::Sender<()>,
+    /// A fresh message-rate bucket, kept as the student's if they have
+    /// none yet (`room/rate.rs`).
+    pub rate: Arc<rate::RateBucket>,
+    /// Answered once joined (or refused) with the bucket this connection
+    /// must use: the student's own, shared by all their connections.
+    /// Dropped if the room ended.
+    pub reply: oneshot::Sender<Arc<rate::RateBucket>>,
 }
 
 /// What a connection asks of its room.

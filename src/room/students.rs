@@ -25,12 +25,16 @@ pub struct Student {
     pub grace_timer: Option<delay_queue::Key>,
     /// `session_id` of the current (or last) connection.
     pub session_id: Option<String>,
-    /// When a second-session alert was last raised (to fold repeats).
-    pub last_second_session_alert: Option<std::time::Instant>,
+    /// Which of this student's alerts were sent, to fold repeats.
+    pub alert_fold: super::alerts::Folding,
+    /// The message-rate bucket every connection of this student shares
+    /// (set by the first one to join), so reconnecting does not refill it.
+    pub rate: Option<std::sync::Arc<super::rate::RateBucket>>,
     /// Questions with at least one stored answer; `answered` counts them
     /// once any exist (before that, the client's own count is shown).
     pub answered_questions: std::collections::HashSet<String>,
-    /// A submission is being committed; its ack is on the way.
+    /// A submission is being committed; its ack is on the way. From the
+    /// moment it arrived, nothing but another `submit` changes the student.
     pub submitting: bool,
 }
 
@@ -73,6 +77,7 @@ impl Student {
                 connected: true,
                 focused: true,
                 focus_lost_count: 0,
+                alerts: Default::default(),
                 connections: 1,
                 submitted_at: None,
             },
@@ -80,7 +85,8 @@ impl Student {
             idle_timer: None,
             grace_timer: None,
             session_id: None,
-            last_second_session_alert: None,
+            alert_fold: Default::default(),
+            rate: None,
             answered_questions: Default::default(),
             submitting: false,
         }
@@ -98,7 +104,8 @@ impl Student {
             idle_timer: None,
             grace_timer: None,
             session_id: None,
-            last_second_session_alert: None,
+            alert_fold: Default::default(),
+            rate: None,
             answered_questions: answered,
             submitting: false,
         }
@@ -117,8 +124,10 @@ impl Student {
     }
 
     /// An answer arrived: it is activity, whatever its fate in storage.
-    pub fn answering(&mut self, question: Label) -> Result<Outcome, ErrorCode> {
+    /// `total` is the exam's `total_questions`, when it has one.
+    pub fn answering(&mut self, question: Label, total: Option<u32>) -> Result<Outcome, ErrorCode> {
         self.refuse_if_submitted()?;
+        plausible(&question, None, total)?;
         let s = &mut self.state;
         s.current_question = Some(question);
         s.last_activity = Timestamp::now();
@@ -185,8 +194,14 @@ impl Student {
         Outcome::event(Cause::Idle).with_alert(AlertKind::Idle)
     }
 
-    pub fn progress(&mut self, question: Label, answered: u32) -> Result<Outcome, ErrorCode> {
+    pub fn progress(
+        &mut self,
+        question: Label,
+        answered: u32,
+        total: Option<u32>,
+    ) -> Result<Outcome, ErrorCode> {
         self.refuse_if_submitted()?;
+        plausible(&question, Some(answered), total)?;
         let s = &mut self.state;
         s.current_question = Some(question);
         s.answered = if self.answered_questions.is_empty() {
@@ -262,13 +277,44 @@ impl Student {
         Outcome::event(Cause::Submitted)
     }
 
+    /// Submitted, or a `submit` arrived and is being committed: a message
+    /// that arrives behind it (even in the same TCP segment) is refused, so
+    /// nothing is ever stored after the submission.
     fn refuse_if_submitted(&self) -> Result<(), ErrorCode> {
-        if self.submitted() {
+        if self.submitted() || self.submitting {
             Err(ErrorCode::AlreadySubmitted)
         } else {
             Ok(())
         }
     }
+}
+
+/// With the exam's total known, `answered` above it, or a question that is
+/// an index (an integer) above it, cannot be true: `invalid_message`.
+/// Text labels (`"q3"`) and other numbers (`1.5`) are names, not indices.
+pub fn plausible(
+    question: &Label,
+    answered: Option<u32>,
+    total: Option<u32>,
+) -> Result<(), ErrorCode> {
+    let Some(total) = total else {
+        return Ok(());
+    };
+    let index_above = match question {
+        Label::Number(n) => n.as_u64().is_some_and(|q| q > u64::from(total)),
+        Label::Text(_) => false,
+    };
+    if index_above || answered.is_some_and(|a| a > total) {
+        return Err(ErrorCode::InvalidMessage);
+    }
+    Ok(())
+}
+
+/// The exam's `settings.total_questions` (a positive integer), if it has one.
+pub fn total_questions(settings: &str) -> Option<u32> {
+    let settings: serde_json::Value = serde_json::from_str(settings).ok()?;
+    let total = settings.get("total_questions")?.as_u64()?;
+    u32::try_from(total).ok().filter(|t| *t > 0)
 }
 
 /// Students per status.
@@ -295,7 +341,7 @@ mod tests {
         assert_eq!(s.submit(Timestamp::now()).cause, Some(Cause::Submitted));
         assert_eq!(s.submit(Timestamp::now()), Outcome::default());
         assert_eq!(
-            s.progress(Label::Number(1.into()), 1),
+            s.progress(Label::Number(1.into()), 1, None),
             Err(ErrorCode::AlreadySubmitted)
         );
         s.drop_connection();
@@ -308,7 +354,7 @@ mod tests {
         let mut s = Student::new("s".into(), "S".into(), 1);
         assert_eq!(s.idle_expired().alert, Some(AlertKind::Idle));
         assert_eq!(s.idle_expired(), Outcome::default(), "no double idle");
-        let o = s.progress(Label::Text("q2".into()), 1).unwrap();
+        let o = s.progress(Label::Text("q2".into()), 1, None).unwrap();
         assert!(o.touched && s.state.status == Status::Active);
         assert_eq!(
             s.focus(FocusState::Lost).unwrap().alert,
@@ -327,5 +373,48 @@ mod tests {
         assert_eq!(o.cause, Some(Cause::Reconnected));
         assert_eq!(s.state.status, Status::Active);
         assert_eq!(s.state.connections, 2);
+    }
+
+    #[test]
+    fn nothing_changes_the_student_once_a_submit_arrived() {
+        let mut s = Student::new("s".into(), "S".into(), 1);
+        s.submitting = true; // what the room sets when `submit` arrives
+        let q = || Label::Text("q1".into());
+        assert_eq!(s.answering(q(), None), Err(ErrorCode::AlreadySubmitted));
+        assert_eq!(s.progress(q(), 1, None), Err(ErrorCode::AlreadySubmitted));
+        assert_eq!(s.focus(FocusState::Lost), Err(ErrorCode::AlreadySubmitted));
+        // A submission the database refused lets the student carry on.
+        s.submitting = false;
+        assert!(s.progress(q(), 1, None).is_ok());
+    }
+
+    #[test]
+    fn progress_beyond_the_exams_total_is_refused() {
+        let mut s = Student::new("s".into(), "S".into(), 1);
+        let n = |i: u64| Label::Number(i.into());
+        assert_eq!(
+            s.progress(n(1), u32::MAX, Some(5)),
+            Err(ErrorCode::InvalidMessage)
+        );
+        assert_eq!(s.progress(n(6), 0, Some(5)), Err(ErrorCode::InvalidMessage));
+        assert_eq!(s.answering(n(6), Some(5)), Err(ErrorCode::InvalidMessage));
+        assert_eq!(s.state.answered, 0, "a refused claim changes nothing");
+        assert!(s.progress(n(5), 5, Some(5)).is_ok());
+        assert_eq!(s.state.answered, 5);
+        // Names are not indices; without a total anything goes.
+        assert!(s.progress(Label::Text("q99".into()), 2, Some(5)).is_ok());
+        assert!(s.answering(n(99), None).is_ok());
+        assert!(s.progress(n(99), u32::MAX, None).is_ok());
+    }
+
+    #[test]
+    fn total_questions_comes_from_the_exams_settings() {
+        assert_eq!(total_questions(r#"{"total_questions":5}"#), Some(5));
+        assert_eq!(total_questions(r#"{"total_questions":0}"#), None);
+        assert_eq!(total_questions(r#"{"total_questions":"5"}"#), None);
+        assert_eq!(total_questions(r#"{"total_questions":-1}"#), None);
+        assert_eq!(total_questions(r#"{"total_questions":4294967296}"#), None);
+        assert_eq!(total_questions(r#"{"calculator":true}"#), None);
+        assert_eq!(total_questions("not json"), None);
     }
 }

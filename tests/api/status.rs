@@ -33,7 +33,8 @@ async fn idle_after_silence_then_active_on_progress() {
 
 #[tokio::test]
 async fn focus_lost_is_counted_and_alerted() {
-    let app = spawn_app().await;
+    // Nothing folded here (tests/api/limits.rs covers folding).
+    let app = spawn_app_with(|s| s.exam.alert_window = Duration::ZERO).await;
     let (mut t, _) = app.teacher("e1", "t1").await;
     let (mut s, _) = app.student("e1", "s1").await;
     t.next_of_type("student").await;
@@ -55,7 +56,10 @@ async fn focus_lost_is_counted_and_alerted() {
                 lost += 1;
                 assert_eq!(ev["student"]["focus_lost_count"], lost);
             }
-            (Some("alert"), _, Some("focus_lost")) => alerts += 1,
+            (Some("alert"), _, Some("focus_lost")) => {
+                alerts += 1;
+                assert_eq!(ev["count"], alerts);
+            }
             (Some("student"), Some("focus_gained"), _) => {}
             _ => panic!("unexpected {ev}"),
         }

@@ -66,6 +66,7 @@ export class View {
     this.stats = { frames: 0, rowUpdates: 0, frameMs: [] };
     this.timelineSeq = 0;
     this.lists = new Map(); // list selector -> items waiting for the next frame
+    this.alertEntries = new Map(); // "student_id kind" -> its entry in the alerts list
     this._frame = null;
     this._lastRender = 0;
     setInterval(() => this._tickAges(), 1000);
@@ -123,11 +124,32 @@ export class View {
     this._schedule();
   }
 
-  /** Adds an alert to the alerts panel (newest first). */
+  /**
+   * Adds an alert to the alerts panel (newest first), one entry per student
+   * and kind: a repeat updates that entry (its time and "×count", from the
+   * alert's `count`) and moves it to the top instead of adding a line. So a
+   * student holds at most one line per kind, and one student's repeats can
+   * never push other students' alerts off the list.
+   */
   alert(ev) {
-    const li = el('li', `alert alert-${ev.kind}`);
-    li.append(el('time', '', clock(ev.at)), el('span', 'who', this.name(ev.student_id)), el('span', 'what', ALERT_TEXT[ev.kind] ?? ev.kind));
-    this._queue('#alerts', li);
+    const key = `${ev.student_id}\u0000${ev.kind}`;
+    const pending = this.lists.get('#alerts');
+    let entry = this.alertEntries.get(key);
+    // An entry trimmed off the list, or cleared with it, starts afresh.
+    if (entry && !entry.li.isConnected && !pending?.includes(entry.li)) entry = null;
+    if (!entry) {
+      const li = el('li', `alert alert-${ev.kind}`);
+      entry = { li, time: el('time'), count: el('span', 'count'), n: 0 };
+      li.append(entry.time, el('span', 'who', this.name(ev.student_id)), el('span', 'what', ALERT_TEXT[ev.kind] ?? ev.kind), entry.count);
+      this.alertEntries.set(key, entry);
+    } else if (pending) {
+      const i = pending.indexOf(entry.li);
+      if (i >= 0) pending.splice(i, 1); // queued again below, at the top
+    }
+    entry.n = Number.isInteger(ev.count) ? ev.count : entry.n + 1;
+    entry.time.textContent = clock(ev.at);
+    entry.count.textContent = entry.n > 1 ? `×${entry.n}` : '';
+    this._queue('#alerts', entry.li);
   }
 
   /** Adds an event to the timeline, once per seq. */

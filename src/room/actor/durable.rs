@@ -41,6 +41,18 @@ impl Room {
             }
         };
         self.seq = self.seq.max(state.last_seq);
+        // The exam's total bounds what `progress` may claim. Read once: an
+        // exam's settings do not change once it is created (normally before
+        // its students connect). Not fatal: unknown, nothing is bounded.
+        let exam = self.ctx.store.exam(&self.exam_id);
+        self.total_questions = match tokio::time::timeout(Duration::from_secs(3), exam).await {
+            Ok(Ok(row)) => row.and_then(|e| crate::room::students::total_questions(&e.settings)),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the exam's settings; total_questions unknown");
+                None
+            }
+            Err(_) => None,
+        };
         // With Redis, the cluster's counter numbers events (floored by what
         // the log holds); the database reservation is for a single instance.
         let single = !self.ctx.broker.clustered();
@@ -139,8 +151,13 @@ impl Room {
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
-                RoomCmd::JoinStudent(crate::room::StudentJoin { out, reply, .. })
-                | RoomCmd::JoinTeacher { out, reply, .. } => {
+                RoomCmd::JoinStudent(crate::room::StudentJoin {
+                    out, reply, rate, ..
+                }) => {
+                    out.kick.kick(close::TRY_AGAIN);
+                    let _ = reply.send(rate);
+                }
+                RoomCmd::JoinTeacher { out, reply, .. } => {
                     out.kick.kick(close::TRY_AGAIN);
                     let _ = reply.send(());
                 }
@@ -164,7 +181,7 @@ impl Room {
             return Err(ErrorCode::StorageBusy);
         }
         let st = self.students.get_mut(sid).ok_or(ErrorCode::Forbidden)?;
-        let outcome = st.answering(question.clone())?;
+        let outcome = st.answering(question.clone(), self.total_questions)?;
         let question = question.to_string();
         let (done, committed) = oneshot::channel();
         self.ctx.writer.write(Record::Answer {

@@ -10,7 +10,7 @@
 //! client reconnecting — `reconnected`, no alert. A pong means two live
 //! devices — the second-session policy applies, whatever the client claimed.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use super::{Room, Timer};
 use crate::{
@@ -19,9 +19,6 @@ use crate::{
     room::{ConnId, StudentJoin, close, students::Outcome, students::Student},
 };
 
-/// Repeated second-session alerts for one student are folded within this.
-const ALERT_QUIET: std::time::Duration = std::time::Duration::from_secs(10);
-
 impl Room {
     pub(super) fn join_student(&mut self, join: StudentJoin) {
         let sid: Arc<str> = join.who.id.as_str().into();
@@ -29,8 +26,8 @@ impl Room {
             crate::room::ClusterJoin::Alone => {}
             crate::room::ClusterJoin::RejectedElsewhere => {
                 join.out.kick.kick(close::SECOND_SESSION);
-                self.emit_alert(&sid, AlertKind::SecondSession);
-                let _ = join.reply.send(());
+                self.alert(&sid, AlertKind::SecondSession);
+                let _ = join.reply.send(join.rate);
                 return;
             }
             crate::room::ClusterJoin::TookOverElsewhere => {
@@ -108,23 +105,15 @@ impl Room {
         self.admit(join, None);
     }
 
-    /// A second live connection for a student who already has one.
+    /// A second live connection for a student who already has one. Its
+    /// alert is folded with the student's other recent ones (`alerts.rs`).
     fn second_session(&mut self, join: StudentJoin, old: ConnId) {
         let sid: Arc<str> = join.who.id.as_str().into();
-        let alert = self.students.get_mut(&sid).is_some_and(|st| {
-            let quiet = st
-                .last_second_session_alert
-                .is_some_and(|t| t.elapsed() < ALERT_QUIET);
-            st.last_second_session_alert = Some(Instant::now());
-            !quiet
-        });
         match self.ctx.settings.second_session {
             SecondSession::Reject => {
                 join.out.kick.kick(close::SECOND_SESSION);
-                if alert {
-                    self.emit_alert(&sid, AlertKind::SecondSession);
-                }
-                let _ = join.reply.send(());
+                self.alert(&sid, AlertKind::SecondSession);
+                let _ = join.reply.send(join.rate);
             }
             SecondSession::Takeover => {
                 if let Some((_, old_out)) = self.student_conns.remove(&old) {
@@ -141,10 +130,6 @@ impl Room {
                     .get_mut(&sid)
                     .map(|st| st.take_over(conn))
                     .unwrap_or_default();
-                let outcome = Outcome {
-                    alert: outcome.alert.filter(|_| alert),
-                    ..outcome
-                };
                 self.admit(join, Some(outcome));
             }
         }
@@ -160,6 +145,7 @@ impl Room {
             out,
             reply,
             answered,
+            rate,
             ..
         } = join;
         if let (Some(answered), Some(st)) = (answered, self.students.get_mut(who.id.as_str()))
@@ -188,7 +174,11 @@ impl Room {
                 }
             }
         };
+        // The student's bucket outlives their connections: the first one's
+        // is kept and every later one shares it.
+        let mut rate = rate;
         if let Some(st) = self.students.get_mut(&sid) {
+            rate = st.rate.get_or_insert(rate).clone();
             st.session_id = Some(session_id);
             let welcome = ServerMsg::Welcome {
                 session_id: st.session_id.as_deref().unwrap_or_default(),
@@ -203,6 +193,6 @@ impl Room {
         self.student_conns.insert(conn, (sid.clone(), out));
         self.apply(&sid, outcome);
         self.verify_lease(&sid);
-        let _ = reply.send(());
+        let _ = reply.send(rate);
     }
 }

@@ -1,0 +1,243 @@
+//! What one student cannot do to an exam: push more messages than the rate
+//! limit by reconnecting, change anything after `submit`, claim more progress
+//! than the exam has questions, or flood the teachers' alerts.
+
+use std::time::{Duration, Instant};
+
+use examwatch::auth::Role;
+use futures_util::SinkExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn reconnecting_does_not_refill_a_students_message_budget() {
+    let rate = 5; // per second, bursts of 10
+    let app = spawn_app_with(|s| s.limits.messages_per_second = rate).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut other, _) = app.student("e1", "s2").await;
+    let started = Instant::now();
+    let mut acked = 0;
+    // Ten connections in a row, each sending a full burst's worth at once.
+    for _ in 0..10 {
+        let (mut s, _) = app.student("e1", "s1").await;
+        for i in 0..10 {
+            s.send_json(json!({"type": "progress", "question": 1, "answered": 0, "ref": i}))
+                .await;
+        }
+        // Every message is answered: acked, or refused unprocessed.
+        for _ in 0..10 {
+            let reply = s.next_json().await;
+            if reply["type"] == "ack" {
+                acked += 1;
+            } else {
+                assert_eq!(
+                    reply,
+                    json!({"type": "error", "code": "rate_limited", "message": "more than 5 messages per second"})
+                );
+            }
+        }
+        s.close().await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Another student has a budget of their own.
+    for i in 0..10 {
+        other
+            .send_json(json!({"type": "progress", "question": 2, "answered": 1, "ref": i}))
+            .await;
+        assert_eq!(other.next_json().await, json!({"type": "ack", "ref": i}));
+    }
+    // The teacher's stream is in room order: every s1 event came before s2's last one.
+    let (mut s1_progress, mut s2_progress) = (0, 0);
+    while s2_progress < 10 {
+        let ev = t.next_json().await;
+        if is_student_event(&ev, "s1", "progress") {
+            s1_progress += 1;
+        } else if is_student_event(&ev, "s2", "progress") {
+            s2_progress += 1;
+        }
+    }
+    // A token bucket lets at most its burst plus the rate times the span through.
+    let bound = 2 * rate as usize + (f64::from(rate) * elapsed).floor() as usize;
+    assert_eq!(s1_progress, acked, "teachers saw exactly what was acked");
+    assert!(
+        s1_progress <= bound,
+        "{s1_progress} events in {elapsed:.2} s; the limit allows {bound}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_behind_submit_is_stored_even_in_the_same_segment() {
+    let app = spawn_app().await;
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let (mut s, _) = app.student("e1", "s1").await;
+    // Three frames in one write: they reach the server together.
+    for frame in [
+        json!({"type": "submit", "ref": "final"}),
+        json!({"type": "answer", "id": "late-1", "question": "q1", "value": "B", "ref": "late"}),
+        json!({"type": "progress", "question": "q2", "answered": 1, "ref": "later"}),
+    ] {
+        s.ws.feed(Message::text(frame.to_string())).await.unwrap();
+    }
+    s.ws.flush().await.unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        replies.push(s.next_json().await);
+    }
+    // Errors are sent at once, the ack after the commit: match by ref.
+    let reply = |r: &str| {
+        replies
+            .iter()
+            .find(|v| v["ref"] == r)
+            .cloned()
+            .unwrap_or_else(|| panic!("no reply for {r}: {replies:?}"))
+    };
+    assert_eq!(reply("final"), json!({"type": "ack", "ref": "final"}));
+    for r in ["late", "later"] {
+        assert_eq!(
+            reply(r),
+            json!({"type": "error", "code": "already_submitted", "message": "the exam is already submitted", "ref": r})
+        );
+    }
+    app.flushed().await;
+    let stored = app
+        .get_json("/v1/exams/e1/students/s1/answers", &teacher)
+        .await;
+    assert_eq!(
+        stored["answers"],
+        json!([]),
+        "no answer after the submission"
+    );
+}
+
+#[tokio::test]
+async fn progress_beyond_the_exams_total_is_invalid() {
+    let app = spawn_app().await;
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let created = app
+        .api(Method::POST, "/v1/exams", &teacher)
+        .json(&json!({"id": "e1", "title": "T", "settings": {"total_questions": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    let invalid = |r: &str| json!({"type": "error", "code": "invalid_message", "message": "answered or question is beyond the exam's total_questions", "ref": r});
+    for (msg, r) in [
+        (
+            json!({"type": "progress", "question": 1, "answered": 4294967295_u32}),
+            "a",
+        ),
+        (
+            json!({"type": "progress", "question": 1, "answered": 6}),
+            "b",
+        ),
+        (
+            json!({"type": "progress", "question": 6, "answered": 0}),
+            "c",
+        ),
+        (
+            json!({"type": "answer", "id": "x", "question": 6, "value": 1}),
+            "d",
+        ),
+    ] {
+        let mut msg = msg;
+        msg["ref"] = json!(r);
+        s.send_json(msg).await;
+        assert_eq!(s.next_json().await, invalid(r));
+    }
+    // Up to the total is fine, and it is all teachers ever saw.
+    s.send_json(json!({"type": "progress", "question": 5, "answered": 5, "ref": "ok"}))
+        .await;
+    assert_eq!(s.next_json().await, json!({"type": "ack", "ref": "ok"}));
+    assert!(is_student_event(&t.next_json().await, "s1", "connected"));
+    let ev = t.next_json().await;
+    assert!(is_student_event(&ev, "s1", "progress"), "{ev}");
+    assert_eq!(ev["student"]["answered"], 5);
+    app.flushed().await;
+    let answers = app
+        .get_json("/v1/exams/e1/students/s1/answers", &teacher)
+        .await;
+    assert_eq!(answers["answers"], json!([]));
+}
+
+/// The alerts a teacher receives until `done` says it has seen enough.
+async fn alerts_until(t: &mut Client, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    let mut alerts = Vec::new();
+    while !done(&alerts) {
+        let ev = t.next_json().await;
+        if ev["type"] == "alert" {
+            alerts.push(ev);
+        }
+    }
+    alerts
+}
+
+#[tokio::test]
+async fn one_students_alert_flood_is_folded_and_others_are_still_alerted() {
+    let window = Duration::from_millis(500);
+    let app = spawn_app_with(|s| {
+        s.exam.alert_window = window;
+        s.limits.messages_per_second = 1000;
+    })
+    .await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s1, _) = app.student("e1", "s1").await;
+    let (mut s2, _) = app.student("e1", "s2").await;
+    let started = Instant::now();
+    for _ in 0..50 {
+        s1.send_json(json!({"type": "focus", "state": "lost"}))
+            .await;
+        s1.send_json(json!({"type": "focus", "state": "gained"}))
+            .await;
+    }
+    s1.send_json(json!({"type": "heartbeat", "ref": "done"}))
+        .await;
+    assert_eq!(s1.next_json().await, json!({"type": "ack", "ref": "done"}));
+    s2.send_json(json!({"type": "focus", "state": "lost"}))
+        .await;
+    // Until s2's alert and the one that reports all 50 of s1's.
+    let alerts = alerts_until(&mut t, |seen| {
+        seen.iter().any(|a| a["student_id"] == "s2")
+            && seen
+                .iter()
+                .any(|a| a["student_id"] == "s1" && a["count"] == 50)
+    })
+    .await;
+    let span = started.elapsed();
+    let s1_counts: Vec<u64> = alerts
+        .iter()
+        .filter(|a| a["student_id"] == "s1")
+        .map(|a| {
+            assert_eq!(a["kind"], "focus_lost");
+            a["count"].as_u64().expect("an alert carries its count")
+        })
+        .collect();
+    // The first is sent at once; each later one opens a window of its own.
+    assert_eq!(s1_counts.first(), Some(&1));
+    assert!(s1_counts.windows(2).all(|w| w[0] < w[1]), "{s1_counts:?}");
+    let bound = 1 + (span.as_millis() / window.as_millis()) as usize;
+    assert!(
+        s1_counts.len() <= bound,
+        "{} alerts in {span:?}: {s1_counts:?}",
+        s1_counts.len()
+    );
+    let s2_alert = alerts.iter().find(|a| a["student_id"] == "s2").unwrap();
+    assert_eq!(
+        (&s2_alert["kind"], &s2_alert["count"]),
+        (&json!("focus_lost"), &json!(1))
+    );
+    // The student's state counts every one of them.
+    let (_t2, snapshot) = app.teacher("e1", "t2").await;
+    let s1 = snapshot["students"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["student_id"] == "s1")
+        .unwrap();
+    assert_eq!(s1["alerts"], json!({"focus_lost": 50}));
+    assert_eq!(s1["focus_lost_count"], 50);
+}
