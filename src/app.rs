@@ -32,6 +32,7 @@ use crate::{
         Store,
         writer::{Writer, WriterTask},
     },
+    tickets::Tickets,
 };
 
 /// What every handler and connection shares. Cheap to clone.
@@ -51,6 +52,8 @@ pub struct AppState {
     /// Recorded with every session (`database.instance_id` or hostname:pid).
     pub instance_id: Arc<str>,
     pub broker: Broker,
+    /// Connection tickets (`POST /v1/tickets`, `?ticket=`).
+    pub tickets: Arc<Tickets>,
     draining: Arc<AtomicBool>,
     next_conn: Arc<AtomicU64>,
 }
@@ -136,7 +139,13 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        let shared = match &broker {
+            Broker::Redis(redis) => Some(redis.clone()),
+            Broker::Memory => None,
+        };
+        let tickets = Arc::new(Tickets::new(&settings.auth, shared, metrics.clone()));
         let state = AppState {
+            tickets,
             settings,
             keys: Arc::new(keys),
             registry,

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub ping_timeouts: AtomicU64,
     pub resume_replays: AtomicU64,
     pub resume_snapshots: AtomicU64,
+    /// Connection tickets minted, redeemed, and refused at a handshake.
+    pub tickets_issued: AtomicU64,
+    pub tickets_redeemed: AtomicU64,
+    pub tickets_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -101,6 +105,28 @@ impl Metrics {
         for (name, help, v) in gauges {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+            ));
+        }
+        let tickets = [
+            ("issued", "minted", &self.tickets_issued),
+            (
+                "redeemed",
+                "redeemed at a handshake",
+                &self.tickets_redeemed,
+            ),
+            (
+                "refused",
+                "refused at a handshake (invalid_ticket)",
+                &self.tickets_refused,
+            ),
+        ];
+        for (what, help, v) in tickets {
+            let (name, v) = (
+                format!("examwatch_tickets_{what}_total"),
+                v.load(Ordering::Relaxed),
+            );
+            out.push_str(&format!(
+                "# HELP {name} Connection tickets {help}\n# TYPE {name} counter\n{name} {v}\n"
             ));
         }
         out

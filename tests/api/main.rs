@@ -18,3 +18,4 @@ mod resume;
 mod rooms;
 mod sessions;
 mod status;
+mod tickets;
