@@ -29,6 +29,9 @@ await scenario('live dashboard', async ({ cleanup, problems }) => {
 
   const browser = await launch();
   cleanup.push(() => browser.close());
+  // Every socket a page opens, to check how it authenticated.
+  const socketUrls = [];
+  browser.on('page', (p) => p.on('websocket', (ws) => socketUrls.push(ws.url())));
   const dash = await page(browser, server.urls.dashboard, problems);
   await dash.waitForSelector('#live[data-state="live"]');
   check(!new URL(dash.url()).searchParams.has('token'), 'the token is removed from the address bar');
@@ -95,4 +98,14 @@ await scenario('live dashboard', async ({ cleanup, problems }) => {
     return names.length === 31 && names.every((n, i) => i === 0 || names[i - 1] <= n);
   });
   log('filter by status and name, sort by name: ok');
+
+  // The pages connected with single-use tickets, never with the token in the URL.
+  check(socketUrls.length >= 3, `the dashboard and two student tabs opened sockets: ${socketUrls}`);
+  const tickets = socketUrls.map((u) => new URL(u).searchParams.get('ticket'));
+  check(socketUrls.every((u) => !u.includes('access_token') && !u.includes('eyJ')), `no token in a socket URL: ${socketUrls}`);
+  check(tickets.every((t) => /^[0-9a-f]{64}$/.test(t ?? '')) && new Set(tickets).size === tickets.length, `a fresh ticket each time: ${tickets}`);
+  const plain = server.logs.map((l) => l.replace(/\x1b\[[0-9;]*m/g, ''));
+  const visitor = plain.filter((l) => l.includes('user_id=visitor') && / connected /.test(l));
+  check(visitor.length >= 2 && visitor.every((l) => l.includes('via="ticket"')), `the server admitted the student page by ticket:\n${visitor.join('\n')}`);
+  log('every page socket used a ticket:', socketUrls.length);
 });
