@@ -331,3 +331,25 @@ async fn while_redis_is_away_a_ticket_still_works_once_on_its_own_instance() {
     redis.start_again();
     assert!(is_invalid_ticket(&refused_with(&a, "e1", &t).await));
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_tickets() {
+    let app = spawn_app().await;
+    let doc: Value = reqwest::get(app.http("/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let post = &doc["paths"]["/v1/tickets"]["post"];
+    assert_eq!(
+        post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/TicketRequest"
+    );
+    assert!(post["responses"]["200"].is_object(), "{post}");
+    let ws = &doc["paths"]["/v1/exams/{exam_id}/ws"]["get"]["parameters"];
+    assert!(
+        ws.as_array().unwrap().iter().any(|p| p["name"] == "ticket"),
+        "{ws}"
+    );
+}

@@ -4,7 +4,8 @@
 // from the dashboard reaches the student page within a second; an answer
 // the server refuses shows as "not saved"; a second tab of the same student
 // takes over and the first page disables its form; sorting and filtering
-// work; a screenshot of the dashboard is saved.
+// work; every socket (pages and simulated students) was admitted with a
+// single-use ticket, never a token in the URL; a screenshot is saved.
 
 import { join } from 'node:path';
 import { SECOND, artifacts, check, kill9, launch, log, page, row, scenario, startServer, within } from './lib.mjs';
@@ -107,5 +108,8 @@ await scenario('live dashboard', async ({ cleanup, problems }) => {
   const plain = server.logs.map((l) => l.replace(/\x1b\[[0-9;]*m/g, ''));
   const visitor = plain.filter((l) => l.includes('user_id=visitor') && / connected /.test(l));
   check(visitor.length >= 2 && visitor.every((l) => l.includes('via="ticket"')), `the server admitted the student page by ticket:\n${visitor.join('\n')}`);
-  log('every page socket used a ticket:', socketUrls.length);
+  // So did the demo's simulated students (every connection, reconnects included).
+  const connected = plain.filter((l) => / connected /.test(l));
+  check(connected.length > 30 && connected.every((l) => l.includes('via="ticket"')), `every connection admitted by ticket:\n${connected.filter((l) => !l.includes('via="ticket"')).join('\n')}`);
+  log('every socket used a ticket:', socketUrls.length, 'pages,', connected.length, 'connections');
 });
