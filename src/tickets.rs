@@ -122,7 +122,9 @@ impl Tickets {
             exam_id: exam_id.to_owned(),
             claims: claims.clone(),
         };
-        if let Some(redis) = &self.shared {
+        // Known to be away (the broker pings it every second): do not make
+        // the page wait for a connection timeout.
+        if let Some(redis) = self.shared.as_ref().filter(|r| r.healthy()) {
             let value = serde_json::to_string(&grant).map_err(|_| TicketError::Unavailable)?;
             match redis.put_ticket(&ticket, &value, expires_in).await {
                 Ok(()) => {
@@ -175,6 +177,9 @@ impl Tickets {
         let Some(redis) = &self.shared else {
             return Err(TicketError::Invalid);
         };
+        if !redis.healthy() {
+            return Err(TicketError::Unavailable);
+        }
         match redis.take_ticket(ticket).await {
             Ok(Some(value)) => serde_json::from_str(&value).map_err(|_| TicketError::Invalid),
             Ok(None) => Err(TicketError::Invalid),

@@ -329,6 +329,8 @@ async fn while_redis_is_away_a_ticket_still_works_once_on_its_own_instance() {
         (503, &json!("tickets_unavailable"))
     );
     redis.start_again();
+    let broker = a.state.broker.clone();
+    eventually("Redis is reachable again", || broker.healthy()).await;
     assert!(is_invalid_ticket(&refused_with(&a, "e1", &t).await));
 }
 
