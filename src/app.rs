@@ -32,6 +32,7 @@ use crate::{
         Store,
         writer::{Writer, WriterTask},
     },
+    tickets::Tickets,
 };
 
 /// What every handler and connection shares. Cheap to clone.
@@ -52,6 +53,8 @@ pub struct AppState {
     pub instance_id: Arc<str>,
     pub broker: Broker,
     pub handshake_guard: Arc<crate::ratelimit::HandshakeGuard>,
+    /// Connection tickets (`POST /v1/tickets`, `?ticket=`).
+    pub tickets: Arc<Tickets>,
     draining: Arc<AtomicBool>,
     next_conn: Arc<AtomicU64>,
 }
@@ -153,8 +156,14 @@ impl App {
                 shutdown.clone(),
             ));
         }
+        let shared = match &broker {
+            Broker::Redis(redis) => Some(redis.clone()),
+            Broker::Memory => None,
+        };
+        let tickets = Arc::new(Tickets::new(&settings.auth, shared, metrics.clone()));
         let state = AppState {
             handshake_guard: Arc::new(crate::ratelimit::HandshakeGuard::new(&settings)),
+            tickets,
             settings,
             keys: Arc::new(keys),
             registry,

@@ -112,6 +112,14 @@ pub struct AuthSettings {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// How long a connection ticket (`POST /v1/tickets`) stays valid. Short:
+    /// it is put in a WebSocket URL, where proxies may log it.
+    #[serde(with = "humantime_serde")]
+    pub ticket_ttl: Duration,
+    /// Unused tickets this instance keeps in memory at most (without
+    /// Redis, or while it is unreachable); past it, `POST /v1/tickets`
+    /// answers 503 `tickets_unavailable`.
+    pub ticket_capacity: usize,
 }
 
 impl Default for AuthSettings {
@@ -125,6 +133,8 @@ impl Default for AuthSettings {
             issuer: Vec::new(),
             audience: Vec::new(),
             leeway: Duration::from_secs(30),
+            ticket_ttl: Duration::from_secs(30),
+            ticket_capacity: 50_000,
         }
     }
 }
@@ -461,6 +471,9 @@ impl Settings {
         )?;
         at_most("server.drain_delay", self.server.drain_delay, HOUR)?;
         at_most("auth.leeway", self.auth.leeway, HOUR)?;
+        at_most("auth.ticket_ttl", self.auth.ticket_ttl, HOUR)?;
+        positive("auth.ticket_ttl", !self.auth.ticket_ttl.is_zero())?;
+        positive("auth.ticket_capacity", self.auth.ticket_capacity > 0)?;
         at_most(
             "limits.handshake_window",
             self.limits.handshake_window,

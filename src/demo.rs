@@ -8,8 +8,9 @@
 //! after), and now and then submit. It prints the dashboard URL with a
 //! ready teacher token, and a student page URL to join the exam by hand.
 //!
-//! The simulated students are ordinary protocol clients (tokio-tungstenite),
-//! so the demo doubles as a load source for the 300-student dashboard
+//! The simulated students are ordinary protocol clients (tokio-tungstenite)
+//! that connect the way browsers do, with a fresh ticket from
+//! `POST /v1/tickets` each time, so the demo doubles as a load source for the 300-student dashboard
 //! measurement in the browser tests.
 
 use std::{net::SocketAddr, time::Duration};
@@ -96,6 +97,8 @@ pub async fn run(
         )?;
         let sim = Simulated {
             url: format!("ws://{addr}/v1/exams/{}/ws", opts.exam),
+            addr,
+            exam: opts.exam.clone(),
             token,
             pace: opts.pace,
             rng: Rng::seeded(i as u64),
@@ -213,6 +216,8 @@ enum Step {
 /// with `previous_session`, like a real exam client.
 struct Simulated {
     url: String,
+    addr: SocketAddr,
+    exam: String,
     token: String,
     pace: Duration,
     rng: Rng,
@@ -276,13 +281,21 @@ impl Simulated {
     }
 
     async fn connect(&self, previous: Option<&str>) -> Option<(Socket, Value)> {
-        let url = match previous {
-            Some(id) => format!("{}?previous_session={id}", self.url),
-            None => self.url.clone(),
+        // Like the student page: a fresh ticket per attempt, so the demo
+        // exercises the path browsers take; the bearer header if none came.
+        let ticket = self.ticket().await;
+        let mut query: Vec<String> = ticket.iter().map(|t| format!("ticket={t}")).collect();
+        query.extend(previous.map(|id| format!("previous_session={id}")));
+        let url = if query.is_empty() {
+            self.url.clone()
+        } else {
+            format!("{}?{}", self.url, query.join("&"))
         };
         let mut req = url.into_client_request().ok()?;
-        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.token)).ok()?;
-        req.headers_mut().insert("authorization", bearer);
+        if ticket.is_none() {
+            let bearer = HeaderValue::from_str(&format!("Bearer {}", self.token)).ok()?;
+            req.headers_mut().insert("authorization", bearer);
+        }
         let (mut ws, _) = tokio_tungstenite::connect_async(req).await.ok()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -294,6 +307,37 @@ impl Simulated {
                 }
             }
         }
+    }
+
+    /// `POST /v1/tickets` with the token in the header, over a plain
+    /// one-shot HTTP/1.1 connection (the demo needs no HTTP client crate).
+    async fn ticket(&self) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = json!({ "exam_id": self.exam }).to_string();
+        let request = format!(
+            "POST /v1/tickets HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            self.token,
+            body.len()
+        );
+        let exchange = async {
+            let mut tcp = tokio::net::TcpStream::connect(self.addr).await.ok()?;
+            tcp.write_all(request.as_bytes()).await.ok()?;
+            let mut response = Vec::new();
+            tcp.read_to_end(&mut response).await.ok()?;
+            Some(response)
+        };
+        let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .ok()??;
+        let text = std::str::from_utf8(&response).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        let v: Value = serde_json::from_str(body).ok()?;
+        v["ticket"].as_str().map(str::to_owned)
     }
 
     /// One random action, weighted like a real class: mostly answering.

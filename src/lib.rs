@@ -10,6 +10,7 @@
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
 //! - [`auth`]: JWT verification and the handshake checks;
 //! - [`ratelimit`]: handshake limits per subject and IP, the refusal log budget;
+//! - [`tickets`]: short-lived, single-use connection tickets for browsers;
 //! - [`ws`]: the per-connection task (read, write, ping, close codes);
 //! - [`protocol`]: the wire contract (mirrored in docs/PROTOCOL.md);
 //! - [`room`]: rooms, their registry, and how student state changes;
@@ -34,6 +35,7 @@ pub mod room;
 pub mod roster;
 pub mod store;
 pub mod telemetry;
+pub mod tickets;
 pub mod ws;
 
 pub use app::App;

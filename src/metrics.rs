@@ -27,6 +27,10 @@ pub struct Metrics {
     pub accept_errors: AtomicU64,
     /// Connections answered 503 because `server.max_connections` were open.
     pub connections_refused_full: AtomicU64,
+    /// Connection tickets minted, redeemed, and refused at a handshake.
+    pub tickets_issued: AtomicU64,
+    pub tickets_redeemed: AtomicU64,
+    pub tickets_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -126,6 +130,27 @@ impl Metrics {
         }
         for (name, help, v) in gauges {
             write_metric(&mut out, name, help, "gauge", instance, v);
+        }
+        let tickets = [
+            ("issued", "minted", &self.tickets_issued),
+            (
+                "redeemed",
+                "redeemed at a handshake",
+                &self.tickets_redeemed,
+            ),
+            (
+                "refused",
+                "refused at a handshake (invalid_ticket)",
+                &self.tickets_refused,
+            ),
+        ];
+        for (what, help, v) in tickets {
+            let (name, v) = (
+                format!("examwatch_tickets_{what}_total"),
+                v.load(Ordering::Relaxed),
+            );
+            let help = format!("Connection tickets {help}");
+            write_metric(&mut out, &name, &help, "counter", instance, v);
         }
         out
     }

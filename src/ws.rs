@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use crate::{
     app::AppState,
-    auth::{self, Role, TokenError},
+    auth::{self, Claims, Role, TokenError},
     http::ApiError,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
     ratelimit::Verdict,
@@ -61,6 +61,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Deserialize)]
 pub struct WsParams {
     access_token: Option<String>,
+    /// A connection ticket from `POST /v1/tickets`, in place of a token.
+    ticket: Option<String>,
     /// Teachers only: resume after this seq instead of taking a snapshot.
     last_seq: Option<Seq>,
     /// Students: the `session_id` of this client's previous connection.
@@ -72,17 +74,18 @@ pub struct WsParams {
 #[utoipa::path(get, path = "/v1/exams/{exam_id}/ws", tag = "websocket",
     params(
         ("exam_id" = String, Path, description = "Exam id"),
-        ("access_token" = Option<String>, Query, description = "JWT, for browsers (else the Authorization header)"),
+        ("ticket" = Option<String>, Query, description = "Connection ticket from POST /v1/tickets: how browsers authenticate (single use, for this exam, about 30 s); the token is then not read"),
+        ("access_token" = Option<String>, Query, description = "JWT (fallback for servers without tickets; else the Authorization header)"),
         ("last_seq" = Option<u64>, Query, description = "Teachers: resume after this seq instead of a snapshot"),
         ("previous_session" = Option<String>, Query, description = "Students: session_id of the previous connection"),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol (subprotocol examwatch.v1 when offered)"),
         (status = 400, description = "Invalid exam id or query, or not a WebSocket request"),
-        (status = 401, description = "Missing, invalid, expired or not yet valid token"),
+        (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), or a ticket that is unknown, used, expired or for another exam (`invalid_ticket`)"),
         (status = 403, description = "Exam not granted, Origin not allowed, or not on the roster"),
         (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`); see `Retry-After`"),
-        (status = 503, description = "Shutting down, or the database backlog is full"),
+        (status = 503, description = "Shutting down, the database backlog is full, or tickets cannot be read (`tickets_unavailable`)"),
     ))]
 pub async fn handshake(
     State(app): State<AppState>,
@@ -114,35 +117,35 @@ pub async fn handshake(
         Ok(Query(p)) => p,
         Err(e) => return refuse(ApiError::bad_request("invalid_query", e.body_text())),
     };
-    let token = auth::extract_token(
-        header_str(&headers, header::AUTHORIZATION),
-        params.access_token.as_deref(),
-    );
-    let claims = match token
-        .ok_or(TokenError::Missing)
-        .and_then(|t| app.keys.verify(t))
-    {
-        Ok(c) => c,
-        Err(e) => return refuse(ApiError::unauthorized(e)),
+    // A ticket, when given, is the credential: the token is not read (a
+    // page that has one never put its token in the URL).
+    let (claims, via) = match params.ticket.as_deref() {
+        Some(ticket) => match app.tickets.redeem(ticket, &exam_id).await {
+            Ok(c) => (c, AuthVia::Ticket),
+            Err(e) => return refuse(e.into()),
+        },
+        None => {
+            let token = auth::extract_token(
+                header_str(&headers, header::AUTHORIZATION),
+                params.access_token.as_deref(),
+            );
+            match token
+                .ok_or(TokenError::Missing)
+                .and_then(|t| app.keys.verify(t))
+            {
+                Ok(c) => (c, AuthVia::Token),
+                Err(e) => return refuse(ApiError::unauthorized(e)),
+            }
+        }
     };
     if let Err(wait) = guard.limits.check_subject(&claims.sub, now) {
         return rate_limited(&app, refuse, "token subject", wait);
     }
-    let origin = header_str(&headers, header::ORIGIN);
-    if !auth::origin_allowed(&app.settings.server.allowed_origins, origin) {
-        return refuse(ApiError::forbidden(
-            "origin_not_allowed",
-            format!(
-                "origin {:?} is not allowed",
-                telemetry::clip(origin.unwrap_or("(none)"))
-            ),
-        ));
+    if let Err(e) = check_origin(&app, &headers) {
+        return refuse(e);
     }
-    if !claims.grants(&exam_id) {
-        return refuse(ApiError::forbidden(
-            "exam_not_granted",
-            format!("this token does not grant exam {exam_id:?}"),
-        ));
+    if let Err(e) = require_grant(&claims, &exam_id) {
+        return refuse(e);
     }
     if app.writer.over_limit() {
         return refuse(ApiError::new(
@@ -151,40 +154,8 @@ pub async fn handshake(
             "too many records are waiting for the database; retry shortly",
         ));
     }
-    if !claims.role.is_watcher() {
-        let fail_open = app.settings.exam.roster_fail_open;
-        match app
-            .rosters
-            .check(&app.store, &exam_id, &claims.sub, fail_open)
-            .await
-        {
-            Admission::Admitted => {}
-            Admission::NotOnRoster => {
-                return refuse(ApiError::forbidden(
-                    "not_on_roster",
-                    format!(
-                        "student {:?} is not on the roster of exam {exam_id:?}",
-                        claims.sub
-                    ),
-                ));
-            }
-            Admission::NotAllowed => {
-                return refuse(ApiError::forbidden(
-                    "not_allowed",
-                    format!(
-                        "student {:?} is not allowed to sit exam {exam_id:?}",
-                        claims.sub
-                    ),
-                ));
-            }
-            Admission::Unavailable => {
-                return refuse(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "roster_unavailable",
-                    "the exam's roster cannot be read right now; retry shortly",
-                ));
-            }
-        }
+    if let Err(e) = check_roster(&app, &claims, &exam_id).await {
+        return refuse(e);
     }
     let upgrade = match upgrade {
         Ok(u) => u,
@@ -214,6 +185,7 @@ pub async fn handshake(
         peer,
         user_agent,
         session_id: uuid::Uuid::new_v4().to_string(),
+        via,
         last_seq: params.last_seq,
         previous_session: params.previous_session.filter(|s| s.len() <= 64),
         app: app.clone(),
@@ -315,6 +287,73 @@ fn rate_limited(
     res
 }
 
+/// 403 `origin_not_allowed` unless the `Origin` header (if any) is allowed.
+pub(crate) fn check_origin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let origin = header_str(headers, header::ORIGIN);
+    if auth::origin_allowed(&app.settings.server.allowed_origins, origin) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "origin_not_allowed",
+            format!(
+                "origin {:?} is not allowed",
+                telemetry::clip(origin.unwrap_or("(none)"))
+            ),
+        ))
+    }
+}
+
+/// 403 `exam_not_granted` unless the claims grant the exam.
+pub(crate) fn require_grant(claims: &Claims, exam_id: &str) -> Result<(), ApiError> {
+    if claims.grants(exam_id) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "exam_not_granted",
+            format!("this token does not grant exam {exam_id:?}"),
+        ))
+    }
+}
+
+/// Students only: 403 unless on the exam's roster (when it has one) and
+/// allowed; 503 when the roster cannot be read (and `roster_fail_open` is off).
+pub(crate) async fn check_roster(
+    app: &AppState,
+    claims: &Claims,
+    exam_id: &str,
+) -> Result<(), ApiError> {
+    if claims.role.is_watcher() {
+        return Ok(());
+    }
+    let fail_open = app.settings.exam.roster_fail_open;
+    match app
+        .rosters
+        .check(&app.store, exam_id, &claims.sub, fail_open)
+        .await
+    {
+        Admission::Admitted => Ok(()),
+        Admission::NotOnRoster => Err(ApiError::forbidden(
+            "not_on_roster",
+            format!(
+                "student {:?} is not on the roster of exam {exam_id:?}",
+                claims.sub
+            ),
+        )),
+        Admission::NotAllowed => Err(ApiError::forbidden(
+            "not_allowed",
+            format!(
+                "student {:?} is not allowed to sit exam {exam_id:?}",
+                claims.sub
+            ),
+        )),
+        Admission::Unavailable => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "roster_unavailable",
+            "the exam's roster cannot be read right now; retry shortly",
+        )),
+    }
+}
+
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -340,9 +379,29 @@ struct Connection {
     peer: SocketAddr,
     user_agent: String,
     session_id: String,
+    /// How the handshake authenticated, for the `connected` log line.
+    via: AuthVia,
     last_seq: Option<Seq>,
     previous_session: Option<String>,
     app: AppState,
+}
+
+/// The credential a connection was admitted with.
+#[derive(Debug, Clone, Copy)]
+enum AuthVia {
+    /// `Authorization: Bearer` or `?access_token=`.
+    Token,
+    /// `?ticket=` (`POST /v1/tickets`).
+    Ticket,
+}
+
+impl AuthVia {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthVia::Token => "token",
+            AuthVia::Ticket => "ticket",
+        }
+    }
 }
 
 impl Connection {
@@ -399,7 +458,7 @@ impl Connection {
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             ip = %self.peer, user_agent = %self.user_agent, auth = "ok",
-            session_id = %self.session_id,
+            via = self.via.as_str(), session_id = %self.session_id,
             protocol = socket.protocol().and_then(|p| p.to_str().ok()).unwrap_or("-"),
             "connected"
         );

@@ -4,10 +4,12 @@
 //! handlers and cannot drift from them.
 //!
 //! Same JWT as the WebSocket (header only); teachers and admins only, and
-//! only for exams their token grants (admins: all).
+//! only for exams their token grants (admins: all). The exception is
+//! `POST /v1/tickets` ([`tickets`]), which every role uses to connect.
 
 mod exams;
 mod records;
+mod tickets;
 
 use axum::{
     extract::{FromRequestParts, rejection::JsonRejection},
@@ -56,6 +58,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(exams::router())
         .merge(records::router())
+        .merge(tickets::router())
 }
 
 /// A caller of the REST API: a verified teacher or admin.

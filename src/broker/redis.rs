@@ -380,6 +380,33 @@ impl RedisBroker {
         conn.publish(channel, msg).await
     }
 
+    /// Stores a connection ticket's value for `ttl` (see `crate::tickets`).
+    pub async fn put_ticket(
+        &self,
+        ticket: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        conn.pset_ex(self.ticket_key(ticket), value, ms).await
+    }
+
+    /// Takes a ticket's value and deletes it in one command (`GETDEL`,
+    /// Redis 6.2+): of any number of instances redeeming the same ticket at
+    /// once, exactly one gets it.
+    pub async fn take_ticket(&self, ticket: &str) -> Result<Option<String>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("GETDEL")
+            .arg(self.ticket_key(ticket))
+            .query_async(&mut conn)
+            .await
+    }
+
+    fn ticket_key(&self, ticket: &str) -> String {
+        format!("{}:ticket:{ticket}", self.prefix)
+    }
+
     /// Marks this instance alive for `ttl`.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();

@@ -23,3 +23,4 @@ mod resume;
 mod rooms;
 mod sessions;
 mod status;
+mod tickets;

@@ -93,7 +93,9 @@ check(backoffDelay(40, 500, 30000, () => 0.999) < 30000, 'capped');
 check(backoffDelay(5, 500, 30000, () => 0) === 0, 'full jitter reaches 0');
 
 const storage = new MemoryStorage();
-const options = { exam: 'e1', token, storage, backoffBaseMs: 10, backoffCapMs: 40, heartbeatMs: 60000 };
+// The rules above hold whatever authenticates the socket; most scenarios
+// use `?access_token=` for a synchronous connect, tickets have their own below.
+const options = { exam: 'e1', token, storage, backoffBaseMs: 10, backoffCapMs: 40, heartbeatMs: 60000, tickets: false };
 const client = new ExamwatchClient(options);
 const announcements = [];
 client.addEventListener('announcement', (e) => announcements.push(e.detail.seq));
@@ -432,6 +434,91 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   ws3.receive({ type: 'ack', ref: sync3.ref });
   check(t.state === 'live', 'and the late sync ack changes nothing');
   t.close();
+}
+
+// ---- connection tickets (PROTOCOL.md 1.2): the token never in the URL ----
+{
+  // A scripted POST /v1/tickets: each request waits until the test answers it.
+  const requests = [];
+  const fetch = (url, init) =>
+    new Promise((resolve, reject) => {
+      const answer = (status, body) => resolve({ status, ok: status >= 200 && status < 300, json: async () => body });
+      requests.push({ url, init, answer, fail: reject });
+      init.signal?.addEventListener('abort', () => reject(new Error('aborted')));
+    });
+  const grant = (n) => requests[n].answer(200, { ticket: `T${n}`, exam_id: 'e1', expires_in_ms: 30000 });
+  const sockets = () => FakeSocket.all.length;
+  const c = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage() });
+  const n0 = sockets();
+  c.connect();
+  check(requests.length === 1 && sockets() === n0, 'a ticket is requested before any socket');
+  const [req] = requests;
+  check(req.url === 'http://exams.test/v1/tickets' && req.init.method === 'POST', `POST /v1/tickets: ${req.url}`);
+  check(req.init.headers.authorization === `Bearer ${token}`, 'the token goes in the Authorization header');
+  check(req.init.body === JSON.stringify({ exam_id: 'e1' }), `for the exam: ${req.init.body}`);
+  grant(0);
+  await until('a socket', () => sockets() === n0 + 1);
+  const ws = FakeSocket.last();
+  check(ws.url === 'ws://exams.test/v1/exams/e1/ws?ticket=T0', `the socket URL carries the ticket only: ${ws.url}`);
+  const id = c.answer('q1', 'A');
+  ws.receive(welcome('K1', 3));
+  const first = ws.sent.find((m) => m.type === 'answer');
+  check(first && first.id === id, 'the answer is sent once live');
+
+  // Every reconnect takes a fresh ticket; resume and re-sending are as before.
+  ws.drop(1006);
+  await until('a second ticket request', () => requests.length === 2);
+  check(sockets() === n0 + 1, 'no socket before its ticket');
+  grant(1);
+  await until('a reconnect', () => sockets() === n0 + 2);
+  const ws2 = FakeSocket.last();
+  check(ws2.url === 'ws://exams.test/v1/exams/e1/ws?ticket=T1&previous_session=K1', ws2.url);
+  ws2.receive(welcome('K2', 3));
+  check(ws2.sent[0].type === 'resume' && ws2.sent[0].last_seq === 3, `resume: ${JSON.stringify(ws2.sent[0])}`);
+  const again = ws2.sent.find((m) => m.type === 'answer');
+  check(again && again.id === id && again.ref === first.ref, 'the unacked answer is re-sent, same id');
+  ws2.receive({ type: 'ack', ref: first.ref });
+  check(c.pending().length === 0, 'acked');
+
+  // A failed or refused ticket request is a failed attempt: backoff, then a new request.
+  const offline = [];
+  c.addEventListener('connection', (e) => e.detail.state === 'offline' && offline.push(e.detail.reason));
+  ws2.drop(1006);
+  await until('a third ticket request', () => requests.length === 3);
+  requests[2].fail(new TypeError('Failed to fetch'));
+  await until('a fourth ticket request', () => requests.length === 4);
+  requests[3].answer(401, { error: { code: 'token_expired', message: 'token expired' } });
+  await until('a fifth ticket request', () => requests.length === 5);
+  check(sockets() === n0 + 2, 'no socket without a ticket');
+  check(offline.length === 3 && /Failed to fetch/.test(offline[1]) && /401 token_expired/.test(offline[2]), `offline, saying why: ${offline}`);
+  // An older server without tickets (404): the documented fallback.
+  requests[4].answer(404, { error: { code: 'not_found', message: 'no such route' } });
+  await until('a fallback socket', () => sockets() === n0 + 3);
+  check(FakeSocket.last().url === `ws://exams.test/v1/exams/e1/ws?access_token=${encodeURIComponent(token)}&previous_session=K2`, FakeSocket.last().url);
+
+  // A ticket arriving for a superseded attempt opens nothing.
+  c.reconnectNow();
+  check(requests.length === 6, 'reconnectNow asks for a ticket');
+  c.reconnectNow();
+  grant(6);
+  grant(5);
+  await until('one socket', () => sockets() === n0 + 4);
+  await new Promise((r) => setTimeout(r, 20));
+  check(sockets() === n0 + 4 && FakeSocket.last().url.includes('ticket=T6'), `only the latest attempt connects: ${FakeSocket.last().url}`);
+  c.close();
+
+  // close() while a ticket is on its way: no socket afterwards.
+  const d = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage() }).connect();
+  d.close();
+  grant(7);
+  await new Promise((r) => setTimeout(r, 20));
+  check(sockets() === n0 + 4 && d.state === 'closed', 'closed: the ticket is not used');
+
+  // A ticket request that hangs counts as a failed attempt after ticketTimeoutMs.
+  const h = new ExamwatchClient({ ...options, tickets: true, fetch, ticketTimeoutMs: 30, storage: new MemoryStorage() }).connect();
+  await until('a retry after the timeout', () => requests.length === 10);
+  check(sockets() === n0 + 4 && h.state !== 'live', 'no socket for a hung request');
+  h.close();
 }
 
 console.log('client library: ok');

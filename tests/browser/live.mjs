@@ -4,7 +4,8 @@
 // from the dashboard reaches the student page within a second; an answer
 // the server refuses shows as "not saved"; a second tab of the same student
 // takes over and the first page disables its form; sorting and filtering
-// work; a screenshot of the dashboard is saved.
+// work; every socket (pages and simulated students) was admitted with a
+// single-use ticket, never a token in the URL; a screenshot is saved.
 
 import { join } from 'node:path';
 import { SECOND, artifacts, check, kill9, launch, log, page, row, scenario, startServer, within } from './lib.mjs';
@@ -29,6 +30,9 @@ await scenario('live dashboard', async ({ cleanup, problems }) => {
 
   const browser = await launch();
   cleanup.push(() => browser.close());
+  // Every socket a page opens, to check how it authenticated.
+  const socketUrls = [];
+  browser.on('page', (p) => p.on('websocket', (ws) => socketUrls.push(ws.url())));
   const dash = await page(browser, server.urls.dashboard, problems);
   await dash.waitForSelector('#live[data-state="live"]');
   check(!new URL(dash.url()).searchParams.has('token'), 'the token is removed from the address bar');
@@ -95,4 +99,17 @@ await scenario('live dashboard', async ({ cleanup, problems }) => {
     return names.length === 31 && names.every((n, i) => i === 0 || names[i - 1] <= n);
   });
   log('filter by status and name, sort by name: ok');
+
+  // The pages connected with single-use tickets, never with the token in the URL.
+  check(socketUrls.length >= 3, `the dashboard and two student tabs opened sockets: ${socketUrls}`);
+  const tickets = socketUrls.map((u) => new URL(u).searchParams.get('ticket'));
+  check(socketUrls.every((u) => !u.includes('access_token') && !u.includes('eyJ')), `no token in a socket URL: ${socketUrls}`);
+  check(tickets.every((t) => /^[0-9a-f]{64}$/.test(t ?? '')) && new Set(tickets).size === tickets.length, `a fresh ticket each time: ${tickets}`);
+  const plain = server.logs.map((l) => l.replace(/\x1b\[[0-9;]*m/g, ''));
+  const visitor = plain.filter((l) => l.includes('user_id=visitor') && / connected /.test(l));
+  check(visitor.length >= 2 && visitor.every((l) => l.includes('via="ticket"')), `the server admitted the student page by ticket:\n${visitor.join('\n')}`);
+  // So did the demo's simulated students (every connection, reconnects included).
+  const connected = plain.filter((l) => / connected /.test(l));
+  check(connected.length > 30 && connected.every((l) => l.includes('via="ticket"')), `every connection admitted by ticket:\n${connected.filter((l) => !l.includes('via="ticket"')).join('\n')}`);
+  log('every socket used a ticket:', socketUrls.length, 'pages,', connected.length, 'connections');
 });

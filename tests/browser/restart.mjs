@@ -35,6 +35,9 @@ await scenario('restart', async ({ cleanup, problems }) => {
 
   const browser = await launch();
   cleanup.push(() => browser.close());
+  // Every socket a page opens, to check how it authenticated.
+  const socketUrls = [];
+  browser.on('page', (p) => p.on('websocket', (ws) => socketUrls.push(ws.url())));
   const dash = await page(browser, `${base}/dashboard/?token=${teacher}`, problems);
   await dash.waitForSelector('#live[data-state="live"]');
   const studentUrl = `${base}/demo/student?token=${token('s1', 'student', 'e1', 'Ada')}`;
@@ -113,6 +116,11 @@ await scenario('restart', async ({ cleanup, problems }) => {
   const resent = back.sent.filter((m) => m.type === 'answer').map((m) => m.id);
   check(stayerIds.every((id) => resent.includes(id)), `re-sent its unacked answers: ${resent} (wanted ${stayerIds})`);
   await within(dash, SECOND, 'progress 3 / 5 for the open page', (sel) => document.querySelector(`${sel} .bar-text`)?.textContent === '3 / 5', row('s2'), rowState);
+  // Each (re)connect of every page took a fresh ticket, before and after the restart.
+  const tickets = socketUrls.map((u) => new URL(u).searchParams.get('ticket'));
+  check(socketUrls.every((u) => !u.includes('access_token')), `no token in a socket URL: ${socketUrls}`);
+  check(tickets.every((t) => /^[0-9a-f]{64}$/.test(t ?? '')) && new Set(tickets).size === tickets.length, `a fresh ticket each time: ${tickets}`);
+  check(back.url.includes('ticket='), `the open page came back with a ticket: ${back.url}`);
   // A graceful stop, so that every event is in the database for the check.
   await stop(server);
   console.log(`RESULT ${JSON.stringify({ unacked: ids, stayed_open: stayerIds })}`);

@@ -76,8 +76,12 @@ export class ExamwatchClient extends EventTarget {
   /**
    * @param {object} o
    * @param {string} o.exam   exam id
-   * @param {string} o.token  JWT (sent as `access_token`, browsers cannot set headers)
+   * @param {string} o.token  JWT: sent in a header to get a connection ticket, never in the socket URL
    * @param {string} [o.url]  WebSocket URL (default: this page's origin)
+   * @param {boolean} [o.tickets=true] connect with `?ticket=` from POST /v1/tickets; false: `?access_token=`
+   * @param {string} [o.ticketUrl] where to POST for tickets (default: /v1/tickets on the socket URL's host)
+   * @param {Function} [o.fetch] the fetch used for tickets (default: globalThis.fetch)
+   * @param {number} [o.ticketTimeoutMs=10000] a ticket request taking longer counts as a failed connect
    * @param {Storage} [o.storage] where the outbox lives (default: localStorage)
    * @param {number} [o.backoffBaseMs=500] @param {number} [o.backoffCapMs=30000]
    * @param {number} [o.slowBackoffMs=5000] least wait after close 1008 or 4009
@@ -97,6 +101,12 @@ export class ExamwatchClient extends EventTarget {
     const scheme = globalThis.location?.protocol === 'https:' ? 'wss' : 'ws';
     this.url = o.url ?? `${scheme}://${globalThis.location?.host}/v1/exams/${encodeURIComponent(o.exam)}/ws`;
     this.storage = o.storage ?? globalThis.localStorage;
+    this.tickets = o.tickets ?? true;
+    this.ticketUrl = o.ticketUrl ?? this.url.replace(/^ws/, 'http').replace(/\/v1\/exams\/.*$/, '/v1/tickets');
+    this._fetch = o.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.ticketTimeoutMs = o.ticketTimeoutMs ?? 10000;
+    /** Counts connection attempts, so a ticket arriving for a superseded one is dropped. */
+    this._opening = 0;
     this.baseMs = o.backoffBaseMs ?? 500;
     this.capMs = o.backoffCapMs ?? 30000;
     this.slowBackoffMs = o.slowBackoffMs ?? 5000;
@@ -296,7 +306,49 @@ export class ExamwatchClient extends EventTarget {
 
   _open() {
     this._setState('connecting', { attempt: this._attempt });
-    let url = `${this.url}?access_token=${encodeURIComponent(this.token)}`;
+    const opening = ++this._opening;
+    const current = () => opening === this._opening && this.state === 'connecting';
+    const credential = this._credential();
+    if (typeof credential === 'string') return this._openSocket(credential);
+    credential.then(
+      (c) => current() && this._openSocket(c),
+      (e) => current() && this._scheduleReconnect(1006, String(e?.message ?? e)),
+    );
+  }
+
+  /**
+   * What authenticates the next socket, as a query parameter: a fresh
+   * single-use ticket (PROTOCOL.md 1.2), fetched with the token in a header
+   * so the token never appears in a URL that proxies may log; or, when
+   * tickets are turned off or the server has none (404, an older server),
+   * the token itself as `access_token`. A promise when a ticket is fetched;
+   * it rejects (a failed attempt, retried with the usual backoff) when the
+   * request fails or is refused.
+   */
+  _credential() {
+    const fallback = `access_token=${encodeURIComponent(this.token)}`;
+    if (!this.tickets || typeof this._fetch !== 'function') return fallback;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), this.ticketTimeoutMs);
+    return this._fetch(this.ticketUrl, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ exam_id: this.exam }),
+      signal: abort.signal,
+    })
+      .then(async (res) => {
+        if (res.status === 404) return fallback;
+        const body = await res.json().catch(() => ({}));
+        if (!res.ok || typeof body.ticket !== 'string') {
+          throw new Error(`no ticket: ${res.status} ${body.error?.code ?? ''}`.trim());
+        }
+        return `ticket=${encodeURIComponent(body.ticket)}`;
+      })
+      .finally(() => clearTimeout(timer));
+  }
+
+  _openSocket(credential) {
+    let url = `${this.url}?${credential}`;
     if (this.role === 'student' && this.sessionId) {
       url += `&previous_session=${encodeURIComponent(this.sessionId)}`;
     }

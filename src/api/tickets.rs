@@ -1,0 +1,112 @@
+//! `POST /v1/tickets`: a short-lived, single-use ticket to open one exam's
+//! WebSocket with `?ticket=` instead of putting the JWT in the URL (why, and
+//! where tickets live: [`crate::tickets`]).
+//!
+//! Any role may ask (students sit exams through it too), with the token in
+//! the `Authorization` header only, and a ticket is minted only for what
+//! the handshake itself would admit: the token grants the exam, the
+//! `Origin` is allowed, and a student is on the roster. The handshake
+//! checks all of that again when the ticket is redeemed.
+
+use axum::{
+    Json,
+    extract::{State, rejection::JsonRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    app::AppState,
+    auth::{self, TokenError},
+    http::ApiError,
+    ws,
+};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_ticket))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TicketRequest {
+    /// The one exam the ticket opens.
+    pub exam_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ticket {
+    /// Opaque (64 hex digits). Use it once, as
+    /// `/v1/exams/{exam_id}/ws?ticket=…`, within `expires_in_ms`.
+    pub ticket: String,
+    pub exam_id: String,
+    /// `auth.ticket_ttl` (30 s by default), or less if the token expires sooner.
+    pub expires_in_ms: u64,
+}
+
+/// Mints a connection ticket for one exam. Send the JWT in the
+/// `Authorization: Bearer` header; then open
+/// `/v1/exams/{exam_id}/ws?ticket=…` once, within `expires_in_ms`. Any
+/// role; the token must grant the exam, and a student must be on its roster.
+#[utoipa::path(post, path = "/v1/tickets", tag = "websocket",
+    request_body = TicketRequest,
+    responses(
+        (status = 200, description = "A ticket (never cached: `Cache-Control: no-store`)", body = Ticket),
+        (status = 400, description = "The body is not JSON", body = crate::http::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token in the Authorization header", body = crate::http::ErrorBody),
+        (status = 403, description = "`exam_not_granted`, `origin_not_allowed`, `not_on_roster` or `not_allowed`", body = crate::http::ErrorBody),
+        (status = 422, description = "`invalid_exam_id`, or the body lacks `exam_id`", body = crate::http::ErrorBody),
+        (status = 503, description = "`tickets_unavailable` (too many unused tickets, or Redis failed; `Retry-After`) or `roster_unavailable`", body = crate::http::ErrorBody),
+    ))]
+async fn create_ticket(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<TicketRequest>, JsonRejection>,
+) -> Response {
+    match mint(&app, &headers, body).await {
+        Ok(ticket) => (
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            Json(ticket),
+        )
+            .into_response(),
+        Err(e) if e.code == "tickets_unavailable" => {
+            ([(header::RETRY_AFTER, HeaderValue::from_static("1"))], e).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn mint(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Result<Json<TicketRequest>, JsonRejection>,
+) -> Result<Ticket, ApiError> {
+    // Who asks comes first: without a valid token nothing else is said.
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let claims = auth::extract_token(header, None)
+        .ok_or(TokenError::Missing)
+        .and_then(|t| app.keys.verify(t))
+        .map_err(ApiError::unauthorized)?;
+    let Json(request) = body?;
+    let exam_id = request.exam_id;
+    if !auth::valid_exam_id(&exam_id) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_exam_id",
+            "exam ids are 1-64 characters of letters, digits, '-', '_' and '.'",
+        ));
+    }
+    ws::check_origin(app, headers)?;
+    ws::require_grant(&claims, &exam_id)?;
+    ws::check_roster(app, &claims, &exam_id).await?;
+    let issued = app.tickets.issue(&exam_id, &claims).await?;
+    Ok(Ticket {
+        ticket: issued.ticket,
+        exam_id,
+        expires_in_ms: u64::try_from(issued.expires_in.as_millis()).unwrap_or(u64::MAX),
+    })
+}
