@@ -53,6 +53,12 @@ pub const SUBPROTOCOL: &str = "examwatch.v1";
 /// Payload of the ping that answers a liveness probe.
 const PROBE: &[u8] = b"examwatch-probe";
 
+/// The most a socket's write buffer holds (tungstenite's
+/// `max_write_buffer_size`): a frame larger than this cannot be written at
+/// all ("Write buffer is full"), so large snapshots go in parts well below
+/// it (room/snapshot.rs).
+pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+
 /// Longest wait for a peer to answer our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -219,7 +225,7 @@ pub async fn handshake(
         .protocols([SUBPROTOCOL])
         .read_buffer_size(ws.read_buffer_bytes)
         .write_buffer_size(ws.write_buffer_bytes)
-        .max_write_buffer_size(1024 * 1024)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| conn.run(socket, guard))

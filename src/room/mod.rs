@@ -20,6 +20,7 @@
 mod actor;
 pub mod queue;
 pub use queue::Kick;
+mod snapshot;
 mod students;
 
 use std::{

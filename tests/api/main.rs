@@ -17,4 +17,5 @@ mod rest;
 mod resume;
 mod rooms;
 mod sessions;
+mod snapshots;
 mod status;
