@@ -235,7 +235,7 @@ impl Default for ExamSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct WsSettings {
     /// Server → client ping period; no pong (or any frame) within two
-    /// periods closes the connection.
+    /// periods, with a ping unanswered for one, closes the connection.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     /// Outbound queue bound (messages) for a teacher connection. A teacher

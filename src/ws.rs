@@ -506,6 +506,12 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
+        // When the first ping after the client's last frame went out. A
+        // connection is dead when that ping stayed unanswered, not merely
+        // when the client was silent: while the queue is never empty (a
+        // large snapshot to a slow link) the loop writes and sends no ping,
+        // and a client that was never asked owes no pong.
+        let mut pinged_at: Option<Instant> = None;
         let mut limiter = RateLimiter::new(settings.limits.messages_per_second);
         let mut bad = BadBudget::new();
         loop {
@@ -548,10 +554,16 @@ impl Connection {
                     Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
                 }
                 _ = ping.tick() => {
-                    if last_seen.elapsed() > interval * 2 {
+                    let unanswered = pinged_at.filter(|at| *at > last_seen);
+                    if last_seen.elapsed() > interval * 2
+                        && unanswered.is_some_and(|at| at.elapsed() >= interval)
+                    {
                         self.app.metrics.ping_timeouts.fetch_add(1, Ordering::Relaxed);
                         Err(Ending::Server(close::PING_TIMEOUT))
                     } else {
+                        if unanswered.is_none() {
+                            pinged_at = Some(Instant::now());
+                        }
                         let ping = Message::Ping(Default::default());
                         Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
                     }

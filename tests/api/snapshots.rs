@@ -246,3 +246,85 @@ async fn in_a_cluster_a_large_snapshot_comes_in_parts_on_every_instance() {
     );
     assert_eq!(whole["seq"], ev["seq"]);
 }
+
+/// A teacher on a slow link: a small receive buffer, so the server's
+/// writes wait for the reader.
+async fn slow_teacher(app: &TestApp, exam: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let tcp = socket.connect(app.addr).await.unwrap();
+    let mut req = app.ws_url(exam).into_client_request().unwrap();
+    let token = app.token("slow", Role::Teacher, &[exam]);
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let tcp = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+    let (ws, response) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    Client { ws, response }
+}
+
+#[tokio::test]
+async fn a_teacher_slowly_receiving_a_large_snapshot_is_not_taken_for_dead() {
+    // Two silent ping intervals close a connection (4000). While the server
+    // writes the parts it cannot ping, so that silence must not count: it
+    // pings once the parts are out, and the pong answers.
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let interval = std::time::Duration::from_secs(1);
+    let app = spawn_app_with(|s| s.ws.ping_interval = interval).await;
+    seed_students(&app, "big", N_SEEDED).await;
+    let mut t = slow_teacher(&app, "big").await;
+    let started = Instant::now();
+    // The first 6 MB (more than the kernel's buffers hold: 4 MiB at most
+    // to send) at a slow link's pace, ~1.7 MB/s: the server's write waits
+    // for ~3.5 s, over three intervals. Then the rest at once, answering
+    // the ping on the way (tungstenite pongs while reading). Parsed
+    // afterwards: reading is fast, parsing in a debug build is not.
+    let mut frames = Vec::new();
+    let mut read = 0;
+    loop {
+        let msg = tokio::time::timeout(WAIT, t.ws.next())
+            .await
+            .expect("a frame");
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                read += text.len();
+                let (part, parts) = (number(&text, "part"), number(&text, "parts"));
+                frames.push(text);
+                if part == parts {
+                    break;
+                }
+                if read < 6_000_000 {
+                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("a snapshot part, got {other:?}"),
+        }
+    }
+    println!("SLOW SNAPSHOT received in {:?}", started.elapsed());
+    let parts: Vec<(usize, Value)> = frames
+        .iter()
+        .map(|f| (f.len(), serde_json::from_str(f.as_str()).unwrap()))
+        .collect();
+    check_large(&parts, N_SEEDED);
+    t.send_json(serde_json::json!({"type": "heartbeat", "ref": "hb"}))
+        .await;
+    assert_eq!(
+        t.next_json().await,
+        serde_json::json!({"type": "ack", "ref": "hb"}),
+        "still open after the download"
+    );
+}
+
+/// The first `"name":N` of a frame, without parsing it (the header fields
+/// come before any student).
+fn number(text: &str, name: &str) -> u64 {
+    let key = format!(r#""{name}":"#);
+    let at = text.find(&key).expect("field") + key.len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("a number")
+}
