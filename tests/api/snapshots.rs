@@ -37,7 +37,7 @@ fn long_name(i: usize) -> String {
 /// Writes `n` students' `connected`-style events (seq 1..=n) for `exam` and
 /// waits for the commit. Every fourth is submitted, the rest disconnected
 /// (neither starts a timer when the room restores them).
-async fn seed_students(app: &TestApp, exam: &str, n: usize) {
+pub async fn seed_students(app: &TestApp, exam: &str, n: usize) {
     let exam_id: std::sync::Arc<str> = exam.into();
     for i in 0..n {
         let state = StudentState {
