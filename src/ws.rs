@@ -506,12 +506,13 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
-        // When the first ping after the client's last frame went out. A
-        // connection is dead when that ping stayed unanswered, not merely
-        // when the client was silent: while the queue is never empty (a
-        // large snapshot to a slow link) the loop writes and sends no ping,
-        // and a client that was never asked owes no pong.
-        let mut pinged_at: Option<Instant> = None;
+        // A ping went out (at an earlier tick, so an interval ago or more)
+        // since the client's last frame. A connection is dead when a ping
+        // stayed unanswered, not merely when the client was silent: while
+        // the queue is never empty (a large snapshot to a slow link) the
+        // loop writes and sends no ping, and a client never asked owes no
+        // pong. A flag, not an `Instant`: the connection keeps it all its life.
+        let mut pinged = false;
         let mut limiter = RateLimiter::new(settings.limits.messages_per_second);
         let mut bad = BadBudget::new();
         loop {
@@ -528,6 +529,7 @@ impl Connection {
                     Some(Err(e)) => Err(read_error(e)),
                     Some(Ok(msg)) => {
                         last_seen = Instant::now();
+                        pinged = false;
                         match msg {
                             Message::Text(text) => {
                                 Box::pin(self.on_text(socket, text, room, kick, &mut limiter, &mut bad)).await
@@ -554,16 +556,11 @@ impl Connection {
                     Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
                 }
                 _ = ping.tick() => {
-                    let unanswered = pinged_at.filter(|at| *at > last_seen);
-                    if last_seen.elapsed() > interval * 2
-                        && unanswered.is_some_and(|at| at.elapsed() >= interval)
-                    {
+                    if pinged && last_seen.elapsed() > interval * 2 {
                         self.app.metrics.ping_timeouts.fetch_add(1, Ordering::Relaxed);
                         Err(Ending::Server(close::PING_TIMEOUT))
                     } else {
-                        if unanswered.is_none() {
-                            pinged_at = Some(Instant::now());
-                        }
+                        pinged = true;
                         let ping = Message::Ping(Default::default());
                         Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
                     }
