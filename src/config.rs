@@ -266,7 +266,7 @@ impl Default for ExamSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct WsSettings {
     /// Server → client ping period; no pong (or any frame) within two
-    /// periods closes the connection.
+    /// periods, with a ping unanswered for one, closes the connection.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     /// Outbound queue bound (messages) for a teacher connection. A teacher
@@ -279,9 +279,14 @@ pub struct WsSettings {
     /// not more memory held: 1 KiB -> 256 B saved 0.8 KB per idle
     /// connection, with no measurable CPU change: docs/BENCHMARKS.md).
     pub read_buffer_bytes: usize,
-    /// tungstenite write buffer before a flush is forced.
+    /// tungstenite write buffer before a flush is forced; at most 512 KiB,
+    /// so the largest frame (a 256 KiB snapshot part) fits beside it within
+    /// the socket's 1 MiB write limit.
     pub write_buffer_bytes: usize,
 }
+
+/// The largest accepted `ws.write_buffer_bytes`.
+const MAX_WRITE_BUFFER_BYTES: usize = 512 * 1024;
 
 impl Default for WsSettings {
     fn default() -> Self {
@@ -510,6 +515,18 @@ impl Settings {
         positive("ws.teacher_queue", self.ws.teacher_queue > 0)?;
         positive("ws.student_queue", self.ws.student_queue > 0)?;
         positive("ws.read_buffer_bytes", self.ws.read_buffer_bytes > 0)?;
+        // tungstenite holds at most 1 MiB per socket (ws::MAX_WRITE_BUFFER)
+        // and panics at the upgrade if the write buffer is not below that;
+        // a snapshot part (256 KiB) must also fit beside a full one.
+        if self.ws.write_buffer_bytes > MAX_WRITE_BUFFER_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "ws.write_buffer_bytes",
+                problem: format!(
+                    "must be at most {MAX_WRITE_BUFFER_BYTES} (512 KiB): a 256 KiB frame must \
+                     fit beside it in the socket's 1 MiB write limit"
+                ),
+            });
+        }
         positive(
             "limits.max_message_bytes",
             self.limits.max_message_bytes > 0,
@@ -658,6 +675,21 @@ mod tests {
             jail.set_env("EXAMWATCH__EXAM__NOPE", "1");
             let err = Settings::load(None).unwrap_err().to_string().to_lowercase();
             assert!(err.contains("nope"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_write_buffer_that_leaves_no_room_for_a_frame_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__WS__WRITE_BUFFER_BYTES", "2097152");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("ws.write_buffer_bytes"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__WS__WRITE_BUFFER_BYTES", "524288");
+            assert!(Settings::load(None).is_ok());
             Ok(())
         });
     }

@@ -449,10 +449,15 @@ pub enum ServerMsg<'a> {
     SessionInvalidated {
         reason: &'a str,
     },
+    /// One part of a snapshot (`part` of `parts`, from 1): a large exam's
+    /// students are split over several frames (room/snapshot.rs,
+    /// docs/PROTOCOL.md 4.12); `counts` is the whole exam's in every part.
     Snapshot {
         seq: Seq,
         exam_id: &'a str,
-        students: Vec<&'a StudentState>,
+        part: u32,
+        parts: u32,
+        students: &'a [&'a StudentState],
         counts: Counts,
     },
     Student {
@@ -511,6 +516,21 @@ impl ServerMsg<'_> {
                 r#"{"type":"error","code":"internal","message":"encoding failed"}"#.into()
             }
         }
+    }
+
+    /// Encodes into a buffer of `capacity` bytes, for a large frame whose
+    /// size is known (a snapshot part): no scratch, no regrowth, no copy.
+    pub fn encode_sized(&self, capacity: usize) -> axum::extract::ws::Utf8Bytes {
+        let mut buf = Vec::with_capacity(capacity);
+        serde_json::to_writer(&mut buf, self)
+            .and_then(|()| {
+                String::from_utf8(buf).map_err(<serde_json::Error as serde::ser::Error>::custom)
+            })
+            .map(Into::into)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot encode a server message");
+                r#"{"type":"error","code":"internal","message":"encoding failed"}"#.into()
+            })
     }
 }
 

@@ -55,6 +55,12 @@ pub const SUBPROTOCOL: &str = "examwatch.v1";
 /// Payload of the ping that answers a liveness probe.
 const PROBE: &[u8] = b"examwatch-probe";
 
+/// The most a socket's write buffer holds (tungstenite's
+/// `max_write_buffer_size`): a frame larger than this cannot be written at
+/// all ("Write buffer is full"), so large snapshots go in parts well below
+/// it (room/snapshot.rs).
+pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
+
 /// Longest wait for a peer to answer our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -195,7 +201,7 @@ pub async fn handshake(
         .protocols([SUBPROTOCOL])
         .read_buffer_size(ws.read_buffer_bytes)
         .write_buffer_size(ws.write_buffer_bytes)
-        .max_write_buffer_size(1024 * 1024)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_upgrade(move |socket| conn.run(socket, guard))
@@ -666,6 +672,13 @@ impl Connection {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
+        // A ping went out (at an earlier tick, so an interval ago or more)
+        // since the client's last frame. A connection is dead when a ping
+        // stayed unanswered, not merely when the client was silent: while
+        // the queue is never empty (a large snapshot to a slow link) the
+        // loop writes and sends no ping, and a client never asked owes no
+        // pong. A flag, not an `Instant`: the connection keeps it all its life.
+        let mut pinged = false;
         let mut bad = BadBudget::new();
         loop {
             let step = tokio::select! {
@@ -681,6 +694,7 @@ impl Connection {
                     Some(Err(e)) => Err(read_error(e)),
                     Some(Ok(msg)) => {
                         last_seen = Instant::now();
+                        pinged = false;
                         match msg {
                             Message::Text(text) => {
                                 Box::pin(self.on_text(socket, text, room, kick, limiter, &mut bad)).await
@@ -707,10 +721,11 @@ impl Connection {
                     Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
                 }
                 _ = ping.tick() => {
-                    if last_seen.elapsed() > interval * 2 {
+                    if pinged && last_seen.elapsed() > interval * 2 {
                         self.app.metrics.ping_timeouts.fetch_add(1, Ordering::Relaxed);
                         Err(Ending::Server(close::PING_TIMEOUT))
                     } else {
+                        pinged = true;
                         let ping = Message::Ping(Default::default());
                         Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
                     }

@@ -114,13 +114,17 @@ impl Link {
     }
 
     /// Waits for a message whose JSON `type` is `kind`; returns its text.
+    /// For `snapshot`, waits for its last part (a large exam's snapshot
+    /// comes in parts, docs/PROTOCOL.md 4.12) and returns that one.
     pub async fn wait_for(&mut self, kind: &str) -> anyhow::Result<String> {
         let needle = format!(r#""type":"{kind}""#);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.next_text()).await {
-                Ok(Some(t)) if t.contains(&needle) => return Ok(t),
+                Ok(Some(t)) if t.contains(&needle) && (kind != "snapshot" || last_part(&t)) => {
+                    return Ok(t);
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => anyhow::bail!("connection closed before {kind}"),
                 Err(_) => anyhow::bail!("no {kind} within 30 s"),
@@ -162,7 +166,28 @@ pub fn parse_progress(text: &str) -> Option<(u64, u64)> {
 
 /// The first `"seq":N` of a message, if any.
 pub fn parse_seq(text: &str) -> Option<u64> {
-    let at = text.find(r#""seq":"#)? + r#""seq":"#.len();
+    number_field(text, "seq")
+}
+
+/// Whether a snapshot frame is its first part (or whole).
+pub fn first_part(text: &str) -> bool {
+    number_field(text, "part").is_none_or(|p| p == 1)
+}
+
+/// Whether a snapshot frame is its last part (or whole).
+pub fn last_part(text: &str) -> bool {
+    match (number_field(text, "part"), number_field(text, "parts")) {
+        (Some(part), Some(parts)) => part >= parts,
+        _ => true,
+    }
+}
+
+/// The first `"name":N` of a message, if any. The server writes `seq`,
+/// `part` and `parts` before any client-chosen text, and the quotes of a
+/// name inside a string are escaped, so the first match is the field.
+fn number_field(text: &str, name: &str) -> Option<u64> {
+    let key = format!(r#""{name}":"#);
+    let at = text.find(&key)? + key.len();
     let digits: &str = &text[at..];
     let end = digits
         .find(|c: char| !c.is_ascii_digit())
@@ -198,5 +223,21 @@ mod tests {
         assert_eq!(string_field(w, "session_id"), Some("abc-1"));
         assert_eq!(string_field(w, "nope"), None);
         assert_eq!(parse_seq(r#"{"type":"x"}"#), None);
+    }
+
+    #[test]
+    fn snapshot_parts_are_told_apart() {
+        let part = |p, n| {
+            format!(
+                r#"{{"type":"snapshot","seq":4,"exam_id":"e","part":{p},"parts":{n},"students":[]}}"#
+            )
+        };
+        assert!(first_part(&part(1, 3)) && !last_part(&part(1, 3)));
+        assert!(!first_part(&part(2, 3)) && !last_part(&part(2, 3)));
+        assert!(!first_part(&part(3, 3)) && last_part(&part(3, 3)));
+        assert!(first_part(&part(1, 1)) && last_part(&part(1, 1)));
+        let unpaged = r#"{"type":"snapshot","seq":4,"students":[]}"#;
+        assert!(first_part(unpaged) && last_part(unpaged));
+        assert_eq!(parse_seq(&part(2, 3)), Some(4));
     }
 }

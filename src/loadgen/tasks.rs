@@ -170,9 +170,10 @@ pub(super) async fn teacher(
                 None => break,
             },
         };
-        if text.contains(r#""type":"snapshot""#) {
+        if text.contains(r#""type":"snapshot""#) && client::first_part(&text) {
             // A snapshot after the first: the server re-synchronised this
-            // teacher instead of sending the events in between.
+            // teacher instead of sending the events in between (counted
+            // once, not once per part).
             sh.snapshots.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(seq) = client::parse_seq(&text) {

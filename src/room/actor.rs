@@ -470,22 +470,52 @@ impl Room {
     }
 
     fn send_snapshot(&mut self, conn: ConnId) {
+        if self.teachers.contains_key(&conn) {
+            let parts = self.snapshot_parts();
+            self.send_parts(conn, &parts);
+        }
+    }
+
+    /// The room's state as snapshot frames: one for a small exam, several
+    /// of at most `PART_BYTES` for a large one (room/snapshot.rs). Encoded
+    /// once, whoever receives them.
+    pub(super) fn snapshot_parts(&self) -> Vec<Utf8Bytes> {
+        let started = std::time::Instant::now();
+        let mut students: Vec<_> = self.students.values().map(|s| &s.state).collect();
+        students.sort_unstable_by(|a, b| a.student_id.cmp(&b.student_id));
+        let counts = students::count(students.iter().copied());
+        let parts = super::snapshot::encode(
+            self.seq,
+            &self.exam_id,
+            &students,
+            counts,
+            super::snapshot::PART_BYTES,
+        );
+        tracing::debug!(
+            students = students.len(),
+            parts = parts.len(),
+            bytes = parts.iter().map(|p| p.len()).sum::<usize>(),
+            micros = started.elapsed().as_micros() as u64,
+            "snapshot encoded"
+        );
+        parts
+    }
+
+    /// Queues every part of a snapshot for one teacher, in this one step of
+    /// the room, so no event can come between its parts (each takes a slot
+    /// of the queue; `ws.teacher_queue` is far above what any exam needs).
+    /// A queue that cannot take them all is a slow consumer: kicked (4008).
+    pub(super) fn send_parts(&mut self, conn: ConnId, parts: &[Utf8Bytes]) {
         let Some(teacher) = self.teachers.get_mut(&conn) else {
             return;
         };
         teacher.synced_at = self.seq;
         let out = teacher.out.clone();
-        let mut students: Vec<_> = self.students.values().map(|s| &s.state).collect();
-        students.sort_unstable_by(|a, b| a.student_id.cmp(&b.student_id));
-        let counts = students::count(students.iter().copied());
-        let bytes = ServerMsg::Snapshot {
-            seq: self.seq,
-            exam_id: &self.exam_id,
-            students,
-            counts,
+        for part in parts {
+            if !self.push(&out, part.clone()) {
+                break;
+            }
         }
-        .encode();
-        self.push(&out, bytes);
     }
 
     /// Turns a transition's outcome into timers and events.

@@ -22,6 +22,7 @@ mod alerts;
 pub mod queue;
 pub use queue::Kick;
 pub mod rate;
+mod snapshot;
 mod students;
 
 use std::{

@@ -245,3 +245,22 @@ async fn dashboard_stays_smooth_with_300_students() {
     assert_eq!(perf["students"], 300, "{perf}");
     assert!(perf["row_updates"].as_u64().unwrap_or(0) >= 3000, "{perf}");
 }
+
+/// A 20,000-student exam's snapshot (about 10 MB, in parts) on the
+/// dashboard: every row and the whole exam's counts, live.
+#[tokio::test]
+async fn dashboard_shows_a_20000_student_exam() {
+    if !ready(true) {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The scenario's server uses `examwatch.db` in its folder: seed it first.
+    let url = format!("sqlite://{}/examwatch.db", dir.path().display());
+    let app = crate::helpers::spawn_app_on_url(Some(url), |_| {}).await;
+    crate::snapshots::seed_students(&app, "big", 20_000).await;
+    app.stop().await;
+    let stdout = run_scenario("large.mjs", dir.path()).await;
+    let large = line_json(&stdout, "LARGE ");
+    assert_eq!(large["rows"], 20_000, "{large}");
+}

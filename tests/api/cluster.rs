@@ -78,7 +78,11 @@ impl Drop for Redis {
 }
 
 /// `n` instances on one Redis and one database.
-async fn cluster(redis: &Redis, n: usize, tune: impl Fn(&mut examwatch::Settings)) -> Vec<TestApp> {
+pub async fn cluster(
+    redis: &Redis,
+    n: usize,
+    tune: impl Fn(&mut examwatch::Settings),
+) -> Vec<TestApp> {
     let db = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/shared.db", db.path().display());
     let mut apps = Vec::new();

@@ -233,12 +233,13 @@ impl TestApp {
         (c, welcome)
     }
 
-    /// A teacher connection, after its join `snapshot`.
+    /// A teacher connection, after its whole join `snapshot` (every part,
+    /// assembled: see [`Client::snapshot`]).
     pub async fn teacher(&self, exam: &str, sub: &str) -> (Client, Value) {
         let mut c = self
             .connect(exam, &self.token(sub, Role::Teacher, &[exam]))
             .await;
-        let snapshot = c.next_of_type("snapshot").await;
+        let snapshot = c.snapshot().await;
         (c, snapshot)
     }
 
@@ -387,6 +388,60 @@ impl Client {
         }
     }
 
+    /// Skips messages until a `snapshot` starts, then reads all its parts
+    /// (docs/PROTOCOL.md 4.12) and returns them assembled: the first part
+    /// with `students` holding every part's students, in order.
+    pub async fn snapshot(&mut self) -> Value {
+        let parts = self.snapshot_parts().await;
+        assemble_snapshot(parts.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Skips messages until a `snapshot` starts; returns each of its parts
+    /// with the size of its frame in bytes. Checks that the parts belong
+    /// together: numbered 1, 2, … `parts`, nothing else in between (no
+    /// socket-level errors are provoked here), the same `seq`, `exam_id`,
+    /// `parts` and `counts` in each. A snapshot without `part`/`parts` is
+    /// taken as whole.
+    pub async fn snapshot_parts(&mut self) -> Vec<(usize, Value)> {
+        let mut parts: Vec<(usize, Value)> = Vec::new();
+        loop {
+            let (bytes, v) = self.next_text_json().await;
+            if parts.is_empty() && v["type"] != "snapshot" {
+                continue;
+            }
+            assert_eq!(v["type"], "snapshot", "a snapshot part, got {v}");
+            let part = v["part"].as_u64().unwrap_or(1);
+            let total = v["parts"].as_u64().unwrap_or(1);
+            assert_eq!(part, parts.len() as u64 + 1, "parts in order: {v}");
+            if let Some((_, first)) = parts.first() {
+                for field in ["seq", "exam_id", "parts", "counts"] {
+                    assert_eq!(v[field], first[field], "`{field}` of part {part}");
+                }
+            }
+            parts.push((bytes, v));
+            if part == total {
+                return parts;
+            }
+        }
+    }
+
+    /// The next text frame's size and JSON, skipping pings and pongs.
+    async fn next_text_json(&mut self) -> (usize, Value) {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a message");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let v = serde_json::from_str(t.as_str()).expect("server sent JSON");
+                    return (t.len(), v);
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Skips messages until the close frame; returns its code.
     pub async fn expect_close(&mut self) -> (Option<u16>, String) {
         loop {
@@ -400,6 +455,23 @@ impl Client {
         let _ = self.ws.close(None).await;
         while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
     }
+}
+
+/// One snapshot from its parts: the first, with every part's students.
+pub fn assemble_snapshot(parts: Vec<Value>) -> Value {
+    let mut parts = parts.into_iter();
+    let mut whole = parts.next().expect("at least one part");
+    let students = whole["students"].as_array_mut().expect("students");
+    for part in parts {
+        students.extend(
+            part["students"]
+                .as_array()
+                .expect("students")
+                .iter()
+                .cloned(),
+        );
+    }
+    whole
 }
 
 fn close_of(f: Option<CloseFrame>) -> Next {

@@ -22,5 +22,6 @@ mod rest;
 mod resume;
 mod rooms;
 mod sessions;
+mod snapshots;
 mod status;
 mod tickets;

@@ -13,7 +13,8 @@
 // two tabs share one outbox; a taken-over client refuses answers; storage
 // failures are reported; a missed heartbeat goes offline at once; focus is
 // re-sent on every reconnect; 1008/4009 wait at least a floor; teachers
-// resume with ?last_seq=; announce() settles on a drop or a timeout. Run by
+// resume with ?last_seq=; announce() settles on a drop or a timeout; a
+// snapshot in parts is applied only whole, never from a dropped socket. Run by
 // tests/api/browser.rs.
 
 import { ExamwatchClient, backoffDelay } from '../../web/client/examwatch.js';
@@ -519,6 +520,47 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   await until('a retry after the timeout', () => requests.length === 10);
   check(sockets() === n0 + 4 && h.state !== 'live', 'no socket for a hung request');
   h.close();
+}
+
+// ---- teachers: a large exam's snapshot comes in parts (PROTOCOL.md 4.12) ----
+{
+  const tToken = `${b64({ alg: 'HS256' })}.${b64({ sub: 't2', role: 'teacher', exams: ['e1'] })}.sig`;
+  const t = new ExamwatchClient({ ...options, token: tToken, storage: new MemoryStorage() }).connect();
+  const snapshots = [];
+  t.addEventListener('snapshot', (e) => snapshots.push(e.detail));
+  const counts = { active: 5, idle: 0, submitted: 0, disconnected: 0 };
+  const st = (i) => ({ ...student, student_id: `s${i}` });
+  const part = (seq, n, parts, ids) => ({ type: 'snapshot', seq, exam_id: 'e1', part: n, parts, students: ids.map(st), counts });
+  const ws = FakeSocket.last();
+  ws.receive(part(40, 1, 3, [1, 2]));
+  ws.receive(part(40, 2, 3, [3]));
+  check(snapshots.length === 0 && t.state === 'connecting', 'nothing is applied before the last part');
+  ws.receive(part(40, 3, 3, [4, 5]));
+  check(snapshots.length === 1 && t.state === 'live' && t.appliedSeq === 40, 'the whole snapshot on the last part');
+  const ids = snapshots[0].students.map((s) => s.student_id).join();
+  check(ids === 's1,s2,s3,s4,s5' && snapshots[0].seq === 40, `every part's students, in order: ${ids}`);
+  // A part that does not continue the snapshot (another seq) drops it; a
+  // new part 1 starts over.
+  ws.receive(part(41, 1, 2, [1]));
+  ws.receive(part(42, 2, 2, [2]));
+  check(snapshots.length === 1 && t.appliedSeq === 40, 'a part of another snapshot is not mixed in');
+  // A drop mid-snapshot: the partial one is never applied; the reconnect
+  // resumes from the last whole snapshot.
+  ws.receive(part(43, 1, 2, [1, 2]));
+  ws.drop(1006);
+  await until('a reconnect', () => FakeSocket.last() !== ws);
+  const ws2 = FakeSocket.last();
+  check(ws2.url.endsWith('&last_seq=40'), `resumes from the last whole snapshot: ${ws2.url}`);
+  ws2.onopen();
+  ws2.receive(part(44, 2, 2, [3]));
+  check(snapshots.length === 1 && t.appliedSeq === 40, 'the old partial snapshot is gone with its socket');
+  ws2.receive(part(44, 1, 2, [1, 2]));
+  ws2.receive(part(44, 2, 2, [3]));
+  check(snapshots.length === 2 && snapshots[1].students.length === 3 && t.appliedSeq === 44, 'a fresh snapshot after the reconnect');
+  // A one-part snapshot is applied at once, as before.
+  ws2.receive({ type: 'snapshot', seq: 45, exam_id: 'e1', part: 1, parts: 1, students: [st(9)], counts });
+  check(snapshots.length === 3 && t.appliedSeq === 45, 'a single part is whole');
+  t.close();
 }
 
 console.log('client library: ok');

@@ -143,6 +143,8 @@ export class ExamwatchClient extends EventTarget {
     this._pumpTimer = null;
     this._pendingPing = null;
     this._syncRef = null;
+    /** Teachers: the parts of a snapshot received so far (PROTOCOL.md 4.12). */
+    this._snapshotParts = null;
     /** Outbox send budget (token bucket) and the pause after `rate_limited`. */
     this._tokens = OUTBOX_PER_SECOND;
     this._tokensAt = Date.now();
@@ -401,6 +403,7 @@ export class ExamwatchClient extends EventTarget {
   _connectionLost(why) {
     this._clearTimers();
     this._syncRef = null;
+    this._snapshotParts = null;
     for (const m of this.outbox) m.sentAt = 0;
     for (const ref of [...this._announces.keys()]) this._settleAnnounce(ref, new Error(why));
   }
@@ -481,6 +484,10 @@ export class ExamwatchClient extends EventTarget {
         this._pump();
         break;
       case 'snapshot':
+        // A large exam's snapshot comes in parts (PROTOCOL.md 4.12): only
+        // the whole one is applied and reported.
+        msg = this._assembleSnapshot(msg);
+        if (!msg) break;
         this.appliedSeq = msg.seq;
         this._synced = true;
         this._syncClockOverHttp();
@@ -514,6 +521,36 @@ export class ExamwatchClient extends EventTarget {
       default:
         this._emit('message', msg);
     }
+  }
+
+  /**
+   * Collects a snapshot's parts; returns the whole snapshot once its last
+   * part arrived (with every part's students, in order), else null. A
+   * part 1 always starts over; a part that does not continue the one being
+   * collected (another seq, a number out of order) drops what was
+   * collected, and the client waits for a fresh part 1. What was collected
+   * is dropped with the connection too (`_connectionLost`): a partial
+   * snapshot is never applied.
+   */
+  _assembleSnapshot(msg) {
+    const parts = Number.isInteger(msg.parts) ? msg.parts : 1;
+    const part = Number.isInteger(msg.part) ? msg.part : 1;
+    if (part === 1) this._snapshotParts = null;
+    if (parts <= 1) return msg;
+    const got = this._snapshotParts;
+    if (part === 1) {
+      this._snapshotParts = { ...msg, students: [...(msg.students ?? [])] };
+      return null;
+    }
+    if (!got || got.seq !== msg.seq || got.parts !== parts || got.part + 1 !== part) {
+      this._snapshotParts = null;
+      return null;
+    }
+    for (const s of msg.students ?? []) got.students.push(s);
+    got.part = part;
+    if (part < parts) return null;
+    this._snapshotParts = null;
+    return got;
   }
 
   _onAck(ref) {

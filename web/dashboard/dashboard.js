@@ -94,6 +94,8 @@ function watch(exam) {
     .catch(() => {}); // An exam not created through the API: total unknown.
   client = new ExamwatchClient({ exam, token: token() });
   client.addEventListener('connection', (e) => onConnection(e.detail));
+  // Always a whole snapshot: the library collects a large exam's parts and
+  // emits it once (PROTOCOL.md 4.12), so the table is rendered once.
   client.addEventListener('snapshot', (e) => view.reset(e.detail.students));
   client.addEventListener('event', (e) => {
     const ev = e.detail;

@@ -276,8 +276,13 @@ impl Room {
     /// Every local teacher gets a fresh snapshot.
     pub(super) fn snapshot_all(&mut self) {
         let teachers: Vec<_> = self.teachers.keys().copied().collect();
+        if teachers.is_empty() {
+            return;
+        }
+        // Encoded once, in parts like any snapshot; the same bytes for all.
+        let parts = self.snapshot_parts();
         for conn in teachers {
-            self.send_snapshot(conn);
+            self.send_parts(conn, &parts);
         }
     }
 
