@@ -118,8 +118,8 @@ fn print_urls(addr: SocketAddr, opts: &DemoOptions, teacher: &str, visitor: &str
     let exam = &opts.exam;
     println!(
         "examwatch demo: exam {exam:?} with {} simulated students (ctrl-c to stop)\n\
-         \n  dashboard:    http://{addr}/dashboard/?exam={exam}&token={teacher}\
-         \n  student page: http://{addr}/demo/student?exam={exam}&token={visitor}\n",
+         \n  dashboard:    http://{addr}/dashboard/?exam={exam}#token={teacher}\
+         \n  student page: http://{addr}/demo/student?exam={exam}#token={visitor}\n",
         opts.students
     );
 }

@@ -40,7 +40,7 @@ await scenario('restart', async ({ cleanup, problems }) => {
   browser.on('page', (p) => p.on('websocket', (ws) => socketUrls.push(ws.url())));
   const dash = await page(browser, `${base}/dashboard/?token=${teacher}`, problems);
   await dash.waitForSelector('#live[data-state="live"]');
-  const studentUrl = `${base}/demo/student?token=${token('s1', 'student', 'e1', 'Ada')}`;
+  const studentUrl = `${base}/demo/student#token=${token('s1', 'student', 'e1', 'Ada')}`;
   let student = await page(browser, studentUrl, problems);
   await student.waitForSelector('#conn[data-state="live"]');
   await within(dash, SECOND, 'the student is on the dashboard', (sel) => document.querySelector(sel)?.dataset.conn === 'connected', row('s1'), rowState);

@@ -17,12 +17,18 @@ import { View } from './view.js';
 const TOKEN_KEY = 'examwatch.dashboard.token';
 const $ = (sel) => document.querySelector(sel);
 
+// `#token=` (preferred: a fragment is never sent to the server, so no
+// proxy or server log ever holds it) or `?token=` (older links).
 const params = new URLSearchParams(location.search);
-if (params.has('token')) {
-  sessionStorage.setItem(TOKEN_KEY, params.get('token'));
+const fragment = new URLSearchParams(location.hash.slice(1));
+const given = fragment.get('token') ?? params.get('token');
+if (given) {
+  sessionStorage.setItem(TOKEN_KEY, given);
   params.delete('token');
+  fragment.delete('token');
   const rest = params.toString();
-  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + location.hash);
+  const frag = fragment.toString();
+  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + (frag ? `#${frag}` : ''));
 }
 
 let client = null;

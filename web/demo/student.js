@@ -15,12 +15,18 @@ export const QUESTIONS = [
 ];
 
 const $ = (sel) => document.querySelector(sel);
+// `#token=` (preferred: a fragment never reaches the server or a proxy's
+// log) or `?token=` (older links).
 const params = new URLSearchParams(location.search);
-if (params.has('token')) {
-  sessionStorage.setItem('examwatch.student.token', params.get('token'));
+const fragment = new URLSearchParams(location.hash.slice(1));
+const given = fragment.get('token') ?? params.get('token');
+if (given) {
+  sessionStorage.setItem('examwatch.student.token', given);
   params.delete('token');
+  fragment.delete('token');
   const rest = params.toString();
-  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : ''));
+  const frag = fragment.toString();
+  history.replaceState(null, '', location.pathname + (rest ? `?${rest}` : '') + (frag ? `#${frag}` : ''));
 }
 const token = sessionStorage.getItem('examwatch.student.token') ?? '';
 const claims = decodeToken(token);
@@ -87,7 +93,7 @@ function showPending(client) {
 function start() {
   if (!token || !exam) {
     $('#notice').hidden = false;
-    $('#notice').textContent = 'Open this page with ?token=<student token> (see `examwatch demo`).';
+    $('#notice').textContent = 'Open this page with #token=<student token> (see `examwatch demo`).';
     return;
   }
   $('#who').textContent = claims.name || claims.sub || '';
