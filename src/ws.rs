@@ -144,7 +144,10 @@ pub async fn handshake(
             }
         }
     };
-    if let Err(wait) = guard.limits.check_subject(&claims.sub, now) {
+    // A ticket's handshake was counted when it was minted.
+    if via == AuthVia::Token
+        && let Err(wait) = guard.limits.check_subject(&claims.sub, now)
+    {
         return rate_limited(&app, refuse, "token subject", wait);
     }
     if let Err(e) = check_origin(&app, &headers) {
@@ -271,6 +274,11 @@ async fn summarize_suppressed(app: AppState) {
     }
 }
 
+/// A wait as `Retry-After` seconds: whole, rounded up, at least 1.
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 /// 429 with `Retry-After` (whole seconds, rounded up).
 fn rate_limited(
     app: &AppState,
@@ -281,8 +289,7 @@ fn rate_limited(
     app.metrics
         .handshakes_rate_limited
         .fetch_add(1, Ordering::Relaxed);
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let secs = secs.max(1);
+    let secs = retry_after_secs(wait);
     let mut res = refuse(ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
@@ -393,7 +400,7 @@ struct Connection {
 }
 
 /// The credential a connection was admitted with.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AuthVia {
     /// `Authorization: Bearer` or `?access_token=`.
     Token,

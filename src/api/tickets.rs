@@ -58,6 +58,7 @@ pub struct Ticket {
         (status = 401, description = "Missing, invalid or expired token in the Authorization header", body = crate::http::ErrorBody),
         (status = 403, description = "`exam_not_granted`, `origin_not_allowed`, `not_on_roster` or `not_allowed`", body = crate::http::ErrorBody),
         (status = 422, description = "`invalid_exam_id`, or the body lacks `exam_id`", body = crate::http::ErrorBody),
+        (status = 429, description = "`rate_limited`: too many tickets or handshakes for this token subject; see `Retry-After`", body = crate::http::ErrorBody),
         (status = 503, description = "`tickets_unavailable` (too many unused tickets, or Redis failed; `Retry-After`) or `roster_unavailable`", body = crate::http::ErrorBody),
     ))]
 async fn create_ticket(
@@ -71,10 +72,34 @@ async fn create_ticket(
             Json(ticket),
         )
             .into_response(),
-        Err(e) if e.code == "tickets_unavailable" => {
+        Err(Refusal::RateLimited(secs)) => {
+            app.metrics
+                .handshakes_rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many tickets or handshakes for this token subject; retry in {secs} s"),
+            );
+            ([(header::RETRY_AFTER, HeaderValue::from(secs))], e).into_response()
+        }
+        Err(Refusal::Api(e)) if e.code == "tickets_unavailable" => {
             ([(header::RETRY_AFTER, HeaderValue::from_static("1"))], e).into_response()
         }
-        Err(e) => e.into_response(),
+        Err(Refusal::Api(e)) => e.into_response(),
+    }
+}
+
+/// Why no ticket was minted.
+enum Refusal {
+    Api(ApiError),
+    /// Over `limits.handshakes_per_subject`; seconds until one is allowed.
+    RateLimited(u64),
+}
+
+impl<E: Into<ApiError>> From<E> for Refusal {
+    fn from(e: E) -> Self {
+        Refusal::Api(e.into())
     }
 }
 
@@ -82,7 +107,7 @@ async fn mint(
     app: &AppState,
     headers: &HeaderMap,
     body: Result<Json<TicketRequest>, JsonRejection>,
-) -> Result<Ticket, ApiError> {
+) -> Result<Ticket, Refusal> {
     // Who asks comes first: without a valid token nothing else is said.
     let header = headers
         .get(header::AUTHORIZATION)
@@ -91,19 +116,33 @@ async fn mint(
         .ok_or(TokenError::Missing)
         .and_then(|t| app.keys.verify(t))
         .map_err(ApiError::unauthorized)?;
+    // Minting is where a ticket's handshake is counted against the token
+    // subject's handshake budget (the handshake that redeems it is not
+    // counted again): one token cannot fill the ticket store, nor loop.
+    if let Err(wait) = app
+        .handshake_guard
+        .limits
+        .check_subject(&claims.sub, std::time::Instant::now())
+    {
+        return Err(Refusal::RateLimited(ws::retry_after_secs(wait)));
+    }
     let Json(request) = body?;
     let exam_id = request.exam_id;
     if !auth::valid_exam_id(&exam_id) {
-        return Err(ApiError::new(
+        return Err(Refusal::Api(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_exam_id",
             "exam ids are 1-64 characters of letters, digits, '-', '_' and '.'",
-        ));
+        )));
     }
     ws::check_origin(app, headers)?;
     ws::require_grant(&claims, &exam_id)?;
     ws::check_roster(app, &claims, &exam_id).await?;
-    let issued = app.tickets.issue(&exam_id, &claims).await?;
+    let issued = app
+        .tickets
+        .issue(&exam_id, &claims)
+        .await
+        .map_err(ApiError::from)?;
     Ok(Ticket {
         ticket: issued.ticket,
         exam_id,

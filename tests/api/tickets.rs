@@ -355,3 +355,31 @@ async fn the_openapi_document_describes_tickets() {
         "{ws}"
     );
 }
+
+/// Minting counts against the token subject's handshake budget (so one
+/// token cannot fill the ticket store), and the handshake that redeems a
+/// ticket is not counted a second time.
+#[tokio::test]
+async fn tickets_count_once_against_the_subjects_handshake_budget() {
+    let app = spawn_app_with(|s| {
+        s.limits.handshakes_per_subject = 6;
+        s.limits.handshake_window = Duration::from_secs(600);
+    })
+    .await;
+    let token = app.token("s1", Role::Student, &["e1"]);
+    // Six tickets, six sockets: twelve handshake-ish steps, within a budget of six.
+    for _ in 0..6 {
+        let t = ticket(&app, "e1", &token, 30_000).await;
+        let mut c = connect_with(&app, "e1", &t).await;
+        c.next_of_type("welcome").await;
+        c.close().await;
+    }
+    let (status, headers, body) = post_ticket(&app, "e1", Some(&token)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    let secs: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=100).contains(&secs), "Retry-After {secs}");
+    // Another student is not affected.
+    let other = app.token("s2", Role::Student, &["e1"]);
+    ticket(&app, "e1", &other, 30_000).await;
+}
