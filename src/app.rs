@@ -222,10 +222,16 @@ impl App {
             state.metrics.clone(),
             token.clone(),
         ));
+        // The operators' listener has a small cap of its own, inside the
+        // descriptor reserve, so it never eats into the public one's.
+        let admin_limits = ListenerLimits {
+            max_connections: ADMIN_CONNECTIONS,
+            ..limits
+        };
         let admin_server = tokio::spawn(accept::serve(
             admin,
             http::admin_router(state.clone()),
-            limits,
+            admin_limits,
             state.metrics.clone(),
             token.clone(),
         ));
@@ -254,12 +260,18 @@ impl App {
         }
         // Everything the rooms and sockets produced is written before exit.
         writer_task.finish(settings.shutdown_timeout).await;
-        for server in [server, admin_server] {
-            match tokio::time::timeout(settings.shutdown_timeout, server).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
-                Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        // Both listeners under one deadline, so shutdown stays within
+        // drain_delay + 3 x shutdown_timeout (docs/DEPLOY.md).
+        let both = async { (server.await, admin_server.await) };
+        match tokio::time::timeout(settings.shutdown_timeout, both).await {
+            Ok((a, b)) => {
+                for r in [a, b] {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "HTTP server task failed");
+                    }
+                }
             }
+            Err(_) => tracing::warn!("HTTP server did not stop in time"),
         }
         tracing::info!(closed_tasks = open, "shutdown complete");
         Ok(())
@@ -306,6 +318,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
+
+/// Connections the operators' listener takes at once (scrapers, probes).
+const ADMIN_CONNECTIONS: usize = 32;
 
 /// The accept loop's limits: the request-head deadline, and the
 /// connection cap (by default the open-files limit, raised to its hard

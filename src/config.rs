@@ -60,6 +60,10 @@ pub struct ServerSettings {
     /// next one on an idle keep-alive connection (see `accept.rs`).
     #[serde(with = "humantime_serde")]
     pub request_head_timeout: Duration,
+    /// Deadline for a whole request once its head is in: its body read and
+    /// its answer made (408 `request_timeout` past it).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Open connections at most (HTTP and WebSocket together); past it a
     /// client gets 503 with `Retry-After`. 0 = the open-files limit less a
     /// reserve for the database, Redis and the server itself (logged at
@@ -77,6 +81,7 @@ impl Default for ServerSettings {
             drain_delay: Duration::ZERO,
             admin_bind: SocketAddr::from(([127, 0, 0, 1], 9090)),
             request_head_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             max_connections: 0,
         }
     }
@@ -459,6 +464,11 @@ impl Settings {
             self.server.request_head_timeout,
             HOUR,
         )?;
+        positive(
+            "server.request_timeout",
+            !self.server.request_timeout.is_zero(),
+        )?;
+        at_most("server.request_timeout", self.server.request_timeout, HOUR)?;
         at_most("exam.idle_after", self.exam.idle_after, DAY)?;
         at_most("exam.disconnect_grace", self.exam.disconnect_grace, DAY)?;
         at_most("exam.room_linger", self.exam.room_linger, DAY)?;

@@ -35,8 +35,42 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(crate::dashboard::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_deadline,
+        ))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// A whole request (its body read, its answer made) within
+/// `server.request_timeout`, else 408 `request_timeout`: the head has its
+/// own deadline in the accept loop, and without this one a client could
+/// hold a connection by trickling a body (a handler reads the body before
+/// it can look at the token). A WebSocket handshake answers at once; the
+/// socket that follows is not a request any more.
+async fn request_deadline(
+    State(app): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = app.settings.server.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            let mut res = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request took longer than {} ms", limit.as_millis()),
+            )
+            .into_response();
+            res.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            res
+        }
+    }
 }
 
 /// The body of every error answer, for the OpenAPI document.

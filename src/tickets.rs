@@ -131,11 +131,14 @@ impl Tickets {
                     self.metrics.tickets_issued.fetch_add(1, Ordering::Relaxed);
                     return Ok(Issued { ticket, expires_in });
                 }
-                // Redis away: a ticket valid on this instance only still
-                // lets the browser in (a retry reaches us again, sooner or
-                // later, behind a round-robin balancer) — never twice.
+                // The write may have reached Redis before it failed (a
+                // timeout): keeping the ticket in memory too could let it
+                // be redeemed twice, once here and once through Redis. The
+                // client takes a new ticket. Only a Redis already known to
+                // be away (below) gets memory-only tickets.
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot store a ticket in Redis; keeping it in memory")
+                    tracing::warn!(error = %e, "cannot store a ticket in Redis");
+                    return Err(TicketError::Unavailable);
                 }
             }
         }

@@ -151,7 +151,7 @@ async fn report(
         away.insert(user, disconnected_ms(&sessions, end));
     }
     let mut csv = String::from(
-        "student_id,name,status,answered,connections,total_disconnected_seconds,focus_lost_count,submitted_at\n",
+        "student_id,name,status,answered,connections,total_disconnected_seconds,focus_lost_count,submitted_at\r\n",
     );
     let mut seen = std::collections::HashSet::new();
     for st in &states {
@@ -267,7 +267,7 @@ fn disconnected_ms(sessions: &[(i64, Option<i64>)], end: i64) -> i64 {
     total
 }
 
-/// Appends one CSV record (RFC 4180, `\n` line ends) of `fields`.
+/// Appends one CSV record (RFC 4180, CRLF line ends) of `fields`.
 fn push_row(csv: &mut String, fields: &[String]) {
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
@@ -275,7 +275,7 @@ fn push_row(csv: &mut String, fields: &[String]) {
         }
         push_cell(csv, f);
     }
-    csv.push('\n');
+    csv.push_str("\r\n");
 }
 
 /// Characters that make a spreadsheet read a cell as a formula (OWASP's
@@ -328,7 +328,7 @@ mod tests {
     fn csv_fields_are_quoted_when_needed() {
         let mut csv = String::new();
         push_row(&mut csv, &["a".into(), "O'Brien, \"Al\"".into()]);
-        assert_eq!(csv, "a,\"O'Brien, \"\"Al\"\"\"\n");
+        assert_eq!(csv, "a,\"O'Brien, \"\"Al\"\"\"\r\n");
     }
 
     fn cell(f: &str) -> String {

@@ -10,7 +10,7 @@
 
 use axum::{
     Json,
-    extract::{State, rejection::JsonRejection},
+    extract::{ConnectInfo, State, rejection::JsonRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -58,15 +58,16 @@ pub struct Ticket {
         (status = 401, description = "Missing, invalid or expired token in the Authorization header", body = crate::http::ErrorBody),
         (status = 403, description = "`exam_not_granted`, `origin_not_allowed`, `not_on_roster` or `not_allowed`", body = crate::http::ErrorBody),
         (status = 422, description = "`invalid_exam_id`, or the body lacks `exam_id`", body = crate::http::ErrorBody),
-        (status = 429, description = "`rate_limited`: too many tickets or handshakes for this token subject; see `Retry-After`", body = crate::http::ErrorBody),
+        (status = 429, description = "`rate_limited`: too many tickets or handshakes for this token subject or client address; see `Retry-After`", body = crate::http::ErrorBody),
         (status = 503, description = "`tickets_unavailable` (too many unused tickets, or Redis failed; `Retry-After`) or `roster_unavailable`", body = crate::http::ErrorBody),
     ))]
 async fn create_ticket(
     State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<TicketRequest>, JsonRejection>,
 ) -> Response {
-    match mint(&app, &headers, body).await {
+    match mint(&app, peer, &headers, body).await {
         Ok(ticket) => (
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
             Json(ticket),
@@ -79,7 +80,9 @@ async fn create_ticket(
             let e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
-                format!("too many tickets or handshakes for this token subject; retry in {secs} s"),
+                format!(
+                    "too many tickets or handshakes for this token subject or address; retry in {secs} s"
+                ),
             );
             ([(header::RETRY_AFTER, HeaderValue::from(secs))], e).into_response()
         }
@@ -105,9 +108,18 @@ impl<E: Into<ApiError>> From<E> for Refusal {
 
 async fn mint(
     app: &AppState,
+    peer: std::net::SocketAddr,
     headers: &HeaderMap,
     body: Result<Json<TicketRequest>, JsonRejection>,
 ) -> Result<Ticket, Refusal> {
+    // Per address first, as at the handshake: a flood costs a map lookup.
+    if let Err(wait) = app
+        .handshake_guard
+        .limits
+        .check_ip(peer.ip(), std::time::Instant::now())
+    {
+        return Err(Refusal::RateLimited(ws::retry_after_secs(wait)));
+    }
     // Who asks comes first: without a valid token nothing else is said.
     let header = headers
         .get(header::AUTHORIZATION)

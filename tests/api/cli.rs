@@ -79,7 +79,9 @@ async fn token_then_serve_then_sigterm() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
-    logs.extend(rx.try_iter());
+    // The process has exited: read its log to the end (try_iter could
+    // miss lines the reader thread has not passed on yet).
+    logs.extend(rx.iter());
     assert!(
         logs.iter()
             .any(|l| l.contains("disconnected") && l.contains("examwatch-test")),

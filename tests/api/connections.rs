@@ -73,6 +73,12 @@ async fn silent_half_sent_and_idle_keepalive_connections_are_closed() {
         );
         held.push(("idle keep-alive", tcp));
     }
+    // While they are held, a valid client is served.
+    assert!(
+        raw_get(app.addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     for (what, tcp) in held {
         closed_by_server(tcp, what).await;
     }
@@ -237,4 +243,29 @@ async fn out_of_file_descriptors_the_listener_backs_off_and_recovers() {
         metric_in(&text, "examwatch_accept_errors_total").is_some_and(|n| n > 0),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_trickled_body_cannot_hold_a_connection() {
+    let app = spawn_app_with(|s| {
+        s.server.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // POST /v1/tickets reads its body before it can look at a token.
+    let mut tcp = TcpStream::connect(app.addr).await.unwrap();
+    tcp.write_all(
+        b"POST /v1/tickets HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server ends the request")
+        .expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a complete answer");
+    assert!(head.starts_with("HTTP/1.1 408"), "{answer}");
+    let body: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(body["error"]["code"], "request_timeout");
 }

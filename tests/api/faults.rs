@@ -330,8 +330,9 @@ async fn a_full_disk_never_loses_an_acked_answer_and_recovers_by_itself() {
         .await
         .unwrap();
     assert_eq!(public, json!({"status": "degraded"}));
-    // Hold the fault a little while answers keep arriving (and wait).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Hold the fault through several failed commits while answers keep
+    // arriving (and wait).
+    retries_grow_while_failing(&admin, 3).await;
 
     // Space comes back: the writer recovers by itself, acks flow again.
     std::fs::remove_file(&filler).expect("free the disk");
@@ -639,6 +640,20 @@ async fn stored_in_postgres(url: &str) -> HashSet<String> {
     rows.iter().map(|r| r.get::<String, _>(0)).collect()
 }
 
+/// Waits until `n` more commits have failed, the database still failing.
+async fn retries_grow_while_failing(admin: &str, n: i64) {
+    let target = metric_at(admin, "examwatch_db_retries_total").await + n;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric_at(admin, "examwatch_db_retries_total").await < target {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "commits kept failing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric_at(admin, "examwatch_db_failing").await, 1);
+}
+
 async fn wait_for_failing(admin: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while metric_at(admin, "examwatch_db_failing").await != 1 {
@@ -700,7 +715,7 @@ async fn postgres_with_a_full_disk_loses_no_acked_answer() {
     let filler = pg.fs.fill();
     let admin = app.admin_addr.to_string();
     wait_for_failing(&admin).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    retries_grow_while_failing(&admin, 3).await;
     std::fs::remove_file(&filler).expect("free the disk");
     // PostgreSQL panics when it cannot write its WAL; if it did not come
     // back by itself, an operator restarts it.

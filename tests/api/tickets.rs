@@ -383,3 +383,21 @@ async fn tickets_count_once_against_the_subjects_handshake_budget() {
     let other = app.token("s2", Role::Student, &["e1"]);
     ticket(&app, "e1", &other, 30_000).await;
 }
+
+#[tokio::test]
+async fn minting_counts_against_the_address_budget_too() {
+    let app = spawn_app_with(|s| {
+        s.limits.handshakes_per_ip = 3;
+        s.limits.handshake_window = Duration::from_secs(600);
+    })
+    .await;
+    for i in 0..3 {
+        let token = app.token(&format!("s{i}"), Role::Student, &["e1"]);
+        ticket(&app, "e1", &token, 30_000).await;
+    }
+    let token = app.token("s9", Role::Student, &["e1"]);
+    let (status, headers, body) = post_ticket(&app, "e1", Some(&token)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(headers.contains_key("retry-after"));
+}
