@@ -515,6 +515,14 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   await new Promise((r) => setTimeout(r, 20));
   check(sockets() === n0 + 4 && d.state === 'closed', 'closed: the ticket is not used');
 
+  // A fetch that throws at once is a failed attempt too: the client retries.
+  let throws = 0;
+  const throwing = () => { throws += 1; throw new TypeError('Failed to construct Request'); };
+  const t2 = new ExamwatchClient({ ...options, tickets: true, fetch: throwing, storage: new MemoryStorage() }).connect();
+  await until('a retry after a throwing fetch', () => throws >= 2);
+  check(sockets() === n0 + 4 && t2.state !== 'closed', `still trying, no socket: ${t2.state}`);
+  t2.close();
+
   // A ticket request that hangs counts as a failed attempt after ticketTimeoutMs.
   const h = new ExamwatchClient({ ...options, tickets: true, fetch, ticketTimeoutMs: 30, storage: new MemoryStorage() }).connect();
   await until('a retry after the timeout', () => requests.length === 10);

@@ -332,12 +332,21 @@ export class ExamwatchClient extends EventTarget {
     if (!this.tickets || typeof this._fetch !== 'function') return fallback;
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), this.ticketTimeoutMs);
-    return this._fetch(this.ticketUrl, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ exam_id: this.exam }),
-      signal: abort.signal,
-    })
+    let request;
+    try {
+      request = this._fetch(this.ticketUrl, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ exam_id: this.exam }),
+        signal: abort.signal,
+      });
+    } catch (e) {
+      // A fetch that throws at once (a bad URL, a polyfill) is a failed
+      // attempt with a backoff like any other, not a client that stops.
+      clearTimeout(timer);
+      return Promise.reject(e);
+    }
+    return Promise.resolve(request)
       .then(async (res) => {
         if (res.status === 404) return fallback;
         const body = await res.json().catch(() => ({}));
