@@ -193,6 +193,15 @@ async fn create_exam(
     };
     app.store.create_exam(&row, &roster).await?;
     app.rosters.invalidate(&row.id);
+    // A room already running for this id (students connected before the
+    // exam was created) learns its total now; rooms on other instances
+    // look for it themselves (`Room::refresh_total`).
+    if let (Some(room), Some(total)) = (
+        app.registry.get(&row.id),
+        crate::room::total_questions(&row.settings),
+    ) {
+        let _ = room.send(crate::room::RoomCmd::ExamTotal(total)).await;
+    }
     Ok((
         StatusCode::CREATED,
         Json(to_exam(row, Some(Counts::default()))),

@@ -85,6 +85,9 @@ pub(super) struct Room {
     /// The exam's `settings.total_questions`, read at start: `progress`
     /// and `answer` may not claim beyond it.
     total_questions: Option<u32>,
+    /// When the total was last looked for while unknown (see
+    /// `refresh_total`).
+    total_checked: Option<std::time::Instant>,
     students: HashMap<Arc<str>, Student>,
     /// Student connections, by connection, with the student they speak for.
     student_conns: HashMap<ConnId, (Arc<str>, Outbox)>,
@@ -126,6 +129,7 @@ impl Room {
             reserved: 0,
             epoch_floor: 0,
             total_questions: None,
+            total_checked: None,
             students: HashMap::new(),
             student_conns: HashMap::new(),
             teachers: HashMap::new(),
@@ -239,6 +243,7 @@ impl Room {
             }
             RoomCmd::Published(p) => self.on_published(p),
             RoomCmd::Resync => self.start_resync(),
+            RoomCmd::ExamTotal(total) => self.total_questions = Some(total),
             RoomCmd::Resynced(state) => self.on_resynced(state),
             RoomCmd::KickedElsewhere { student } => self.kicked_elsewhere(&student),
             RoomCmd::Orphaned { student } => self.orphaned(student),
@@ -316,11 +321,49 @@ impl Room {
         self.apply(&sid, outcome);
     }
 
+    /// While the exam's total is unknown (no exam yet when the room
+    /// started, or its read failed under load), looks for it again at most
+    /// every `TOTAL_RECHECK`, off the room's loop; the answer comes back as
+    /// `RoomCmd::ExamTotal`. An exam created on this instance tells its
+    /// room at once (`api/exams.rs`); this covers the others and failures.
+    fn refresh_total(&mut self) {
+        const TOTAL_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+        if self.total_questions.is_some() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .total_checked
+            .is_some_and(|t| now.duration_since(t) < TOTAL_RECHECK)
+        {
+            return;
+        }
+        self.total_checked = Some(now);
+        let (store, exam_id, inbox) = (
+            self.ctx.store.clone(),
+            self.exam_id.clone(),
+            self.inbox.clone(),
+        );
+        self.ctx.tracker.spawn(async move {
+            let read = tokio::time::timeout(TOTAL_RECHECK, store.exam(&exam_id)).await;
+            let total = match read {
+                Ok(Ok(Some(exam))) => crate::room::students::total_questions(&exam.settings),
+                _ => None,
+            };
+            if let (Some(total), Some(inbox)) = (total, inbox.upgrade()) {
+                let _ = inbox.send(RoomCmd::ExamTotal(total)).await;
+            }
+        });
+    }
+
     fn student_message(&mut self, conn: ConnId, r#ref: Option<Label>, msg: ClientMsg) {
         let Some((sid, out)) = self.student_conns.get(&conn) else {
             return; // left, or taken over: its socket is closing
         };
         let (sid, out) = (sid.clone(), out.clone());
+        if matches!(msg, ClientMsg::Progress { .. } | ClientMsg::Answer { .. }) {
+            self.refresh_total();
+        }
         // Durable messages: acked when committed, not now.
         let msg = match msg {
             ClientMsg::Answer {

@@ -24,6 +24,7 @@ pub use queue::Kick;
 pub mod rate;
 mod snapshot;
 mod students;
+pub use students::total_questions;
 
 use std::{
     collections::HashMap,
@@ -185,6 +186,9 @@ pub enum RoomCmd {
     Published(crate::broker::Published),
     /// The broker reconnected: reload the shared state.
     Resync,
+    /// The exam's `settings.total_questions`, learnt after the room started
+    /// (the exam was created later, or the first read failed).
+    ExamTotal(u32),
     /// The reloaded shared state.
     Resynced(crate::broker::SharedState),
     /// Another instance took over this student's session.
@@ -320,6 +324,14 @@ impl Registry {
     }
 
     /// Every room running here.
+    /// The room of `exam_id`, if this instance has one running.
+    pub fn get(&self, exam_id: &str) -> Option<RoomHandle> {
+        self.lock()
+            .get(exam_id)
+            .filter(|h| !h.tx.is_closed())
+            .cloned()
+    }
+
     pub fn all(&self) -> Vec<RoomHandle> {
         self.lock().values().cloned().collect()
     }

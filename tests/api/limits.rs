@@ -241,3 +241,29 @@ async fn one_students_alert_flood_is_folded_and_others_are_still_alerted() {
     assert_eq!(s1["alerts"], json!({"focus_lost": 50}));
     assert_eq!(s1["focus_lost_count"], 50);
 }
+
+/// A room that started before its exam was created (students connected
+/// first) learns the total when the exam is created, and bounds progress
+/// from then on.
+#[tokio::test]
+async fn an_exam_created_after_its_room_started_still_bounds_progress() {
+    let app = spawn_app().await;
+    let (mut s, _) = app.student("late", "s1").await;
+    s.send_json(json!({"type": "progress", "question": 1, "answered": 9, "ref": "before"}))
+        .await;
+    assert_eq!(s.next_json().await, json!({"type": "ack", "ref": "before"}));
+    let teacher = app.token("t1", Role::Teacher, &["late"]);
+    let created = app
+        .api(Method::POST, "/v1/exams", &teacher)
+        .json(&json!({"id": "late", "title": "T", "settings": {"total_questions": 5}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    s.send_json(json!({"type": "progress", "question": 1, "answered": 6, "ref": "after"}))
+        .await;
+    assert_eq!(
+        s.next_json().await,
+        json!({"type": "error", "code": "invalid_message", "message": "answered or question is beyond the exam's total_questions", "ref": "after"})
+    );
+}

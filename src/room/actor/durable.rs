@@ -44,6 +44,7 @@ impl Room {
         // The exam's total bounds what `progress` may claim. Read once: an
         // exam's settings do not change once it is created (normally before
         // its students connect). Not fatal: unknown, nothing is bounded.
+        self.total_checked = Some(std::time::Instant::now());
         let exam = self.ctx.store.exam(&self.exam_id);
         self.total_questions = match tokio::time::timeout(Duration::from_secs(3), exam).await {
             Ok(Ok(row)) => row.and_then(|e| crate::room::students::total_questions(&e.settings)),
