@@ -272,6 +272,11 @@ pub fn unix_now() -> u64 {
 }
 
 /// Reads `data_dir/jwt_secret`, or creates it (0600) with 32 random bytes.
+/// Where the server keeps the HS256 secret it generated (`server.data_dir`).
+pub fn secret_file(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join(SECRET_FILE)
+}
+
 fn load_or_create_secret(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join(SECRET_FILE);
     match std::fs::read_to_string(&path) {

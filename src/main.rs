@@ -48,6 +48,10 @@ enum Command {
         /// Lifetime, e.g. `2h`, `30m`.
         #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The server's data folder, where it keeps its generated secret
+        /// (default: `server.data_dir` of the settings, `data`).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Run the server with one demo exam and simulated students, and print
     /// the dashboard URL with a ready teacher token.
@@ -93,7 +97,14 @@ fn main() -> ExitCode {
             role,
             exams,
             ttl,
-        } => token(&settings, &sub, &name, role, exams, ttl),
+            data_dir,
+        } => {
+            let mut settings = settings;
+            if let Some(dir) = data_dir {
+                settings.server.data_dir = dir;
+            }
+            token(&settings, &sub, &name, role, exams, ttl)
+        }
         Command::Demo {
             students,
             pace,
@@ -170,6 +181,22 @@ fn token(
     exams: Vec<String>,
     ttl: Duration,
 ) -> anyhow::Result<()> {
+    // Never generate a secret here: a token signed with a secret the
+    // server does not use is refused by it, with nothing to say why.
+    let secret_file = examwatch::auth::secret_file(&settings.server.data_dir);
+    if settings.auth.algorithm == examwatch::config::JwtAlgorithm::HS256
+        && settings.auth.jwt_secret.is_none()
+        && !secret_file.exists()
+    {
+        anyhow::bail!(
+            "no JWT secret to sign with: auth.jwt_secret is not set and {} does not exist \
+             (the server writes it at its first start, in server.data_dir). Start the server \
+             first and run this from the same folder, or point at the server's secret with \
+             --data-dir <its data folder>, --config <its settings file> or \
+             EXAMWATCH__AUTH__JWT_SECRET",
+            secret_file.display()
+        );
+    }
     let keys = Keys::from_settings(&settings.auth, &settings.server.data_dir)?;
     let role = match role {
         RoleArg::Student => Role::Student,

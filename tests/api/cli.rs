@@ -7,26 +7,9 @@ use std::process::{Command, Stdio};
 use crate::helpers::*;
 
 #[tokio::test]
-async fn token_then_serve_then_sigterm() {
+async fn serve_then_token_then_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    // `token` before the first start creates the secret the server will use.
-    let out = examwatch_command(dir.path())
-        .args([
-            "token", "--sub", "s1", "--name", "Ada", "--role", "student", "--exam", "e1", "--ttl",
-            "1h",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert_eq!(token.split('.').count(), 3);
-    assert!(dir.path().join("data/jwt_secret").exists());
-
-    // No subcommand = serve.
+    // No subcommand = serve; the first start writes the secret.
     let mut child = examwatch_command(dir.path())
         .stderr(Stdio::piped())
         .spawn()
@@ -43,6 +26,22 @@ async fn token_then_serve_then_sigterm() {
                 .collect::<String>();
         }
     };
+    assert!(dir.path().join("data/jwt_secret").exists());
+    // `token` from the same folder signs with that secret.
+    let out = examwatch_command(dir.path())
+        .args([
+            "token", "--sub", "s1", "--name", "Ada", "--role", "student", "--exam", "e1", "--ttl",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.split('.').count(), 3);
     let url = format!("ws://{addr}/v1/exams/e1/ws?access_token={token}");
     let mut req =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
@@ -190,5 +189,69 @@ async fn migrate_creates_the_default_sqlite_database_in_wal_mode() {
             .status()
             .unwrap()
             .success()
+    );
+}
+
+/// `token` never makes up a secret: from a folder with none it fails,
+/// naming where it looked and how to point it at the server's, and writes
+/// nothing; with `--data-dir` it signs with the server's own secret.
+#[test]
+fn token_never_mints_with_a_secret_the_server_does_not_use() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = examwatch_command(elsewhere.path())
+        .args(["token", "--sub", "s1", "--role", "student", "--exam", "e1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "refused");
+    assert!(out.stdout.is_empty(), "no token printed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data/jwt_secret"),
+        "names where it looked: {err}"
+    );
+    for hint in ["--data-dir", "--config", "EXAMWATCH__AUTH__JWT_SECRET"] {
+        assert!(
+            err.contains(hint),
+            "says how to point at the server's ({hint}): {err}"
+        );
+    }
+    assert!(
+        !elsewhere.path().join("data").exists(),
+        "no secret (or folder) was generated"
+    );
+    // The server's folder, named from elsewhere, works.
+    let server = tempfile::tempdir().unwrap();
+    let data = server.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("jwt_secret"), "s".repeat(40)).unwrap();
+    let out = examwatch_command(elsewhere.path())
+        .args([
+            "token",
+            "--sub",
+            "s1",
+            "--role",
+            "student",
+            "--exam",
+            "e1",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let auth = examwatch::config::AuthSettings {
+        jwt_secret: Some(examwatch::config::Secret::new(&"s".repeat(40))),
+        ..Default::default()
+    };
+    let keys = examwatch::auth::Keys::from_settings(&auth, server.path()).unwrap();
+    assert_eq!(
+        keys.verify(token.trim()).unwrap().sub,
+        "s1",
+        "signed with the server's secret"
     );
 }
