@@ -245,7 +245,7 @@ fn token_never_mints_with_a_secret_the_server_does_not_use() {
     );
     let token = String::from_utf8(out.stdout).unwrap();
     let auth = examwatch::config::AuthSettings {
-        jwt_secret: Some(examwatch::config::Secret::new(&"s".repeat(40))),
+        jwt_secret: Some(examwatch::config::Secret::new("s".repeat(40))),
         ..Default::default()
     };
     let keys = examwatch::auth::Keys::from_settings(&auth, server.path()).unwrap();
