@@ -56,6 +56,30 @@ pub struct CloseReason {
 /// Close codes of the protocol (docs/PROTOCOL.md lists them all).
 pub mod close {
     use super::CloseReason;
+
+    /// What a close code means to a client, in a few words (PROTOCOL.md,
+    /// close codes): for tools that show it to a person.
+    pub fn meaning(code: u16) -> &'static str {
+        match code {
+            1000 => "normal close",
+            1001 => "server shutting down: reconnect (another instance may take you)",
+            1002 => "WebSocket protocol error: the client broke the framing rules",
+            1003 => "binary frames are not supported: send JSON text",
+            1005 => "closed without a code",
+            1006 => "connection lost without a close frame",
+            1007 => "invalid data: not UTF-8, or too many invalid messages",
+            1008 => "too many rejected messages (forbidden or rate limited)",
+            1009 => "message too big: never resend it",
+            1011 => "server error",
+            1013 => "exam state unavailable: try again later, with backoff",
+            4000 => "ping timeout: no sign of life from the client",
+            4001 => "session taken over by a newer connection of this student",
+            4008 => "too slow: the outbound queue was full",
+            4009 => "another session is active for this student (policy reject)",
+            _ => "not an examwatch close code",
+        }
+    }
+
     pub const GOING_AWAY: CloseReason = CloseReason {
         code: 1001,
         reason: "server shutting down",

@@ -255,3 +255,86 @@ fn token_never_mints_with_a_secret_the_server_does_not_use() {
         "signed with the server's secret"
     );
 }
+
+/// The example client built by `cargo test` along with the tests.
+fn example_client() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_BIN_EXE_examwatch"))
+        .parent()
+        .expect("a target folder")
+        .join("examples/client")
+}
+
+/// Waits (with a deadline) for a child to exit.
+fn exit_of(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}: still running after {WAIT:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+// Multi-threaded: the in-process server keeps serving while this test
+// blocks on the child's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_client_keeps_its_token_off_the_command_line_and_exits_on_close() {
+    use std::io::Write;
+    let app = spawn_app().await;
+    let url = app.ws_url("e1");
+    let token = app.token("t1", examwatch::auth::Role::Teacher, &["e1"]);
+    // A token on the command line is refused, with the way to pass it.
+    let out = Command::new(example_client())
+        .args([&url, &token])
+        .output()
+        .expect("run the example client (built by cargo test)");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EXAMWATCH_TOKEN"));
+    // From stdin's first line: connects, prints the snapshot, and ctrl-d ends it.
+    let mut child = Command::new(example_client())
+        .arg(&url)
+        .env_remove("EXAMWATCH_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{token}").unwrap();
+    let out = lines_of(child.stdout.take().unwrap());
+    let first: serde_json::Value =
+        serde_json::from_str(&out.recv_timeout(WAIT).expect("a first line")).unwrap();
+    assert_eq!(first["type"], "snapshot");
+    drop(stdin);
+    assert!(exit_of(&mut child, "after ctrl-d").success());
+    // From the environment; stdin stays open (nobody presses Enter), and
+    // the server's close ends the client, saying what the code means.
+    let mut child = Command::new(example_client())
+        .arg(&url)
+        .env("EXAMWATCH_TOKEN", &token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take().unwrap();
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    let first: serde_json::Value =
+        serde_json::from_str(&out.recv_timeout(WAIT).expect("a first line")).unwrap();
+    assert_eq!(first["type"], "snapshot");
+    app.shutdown().await.expect("clean shutdown");
+    let status = exit_of(&mut child, "after the server closed the socket");
+    assert!(status.success(), "{status}");
+    let said: Vec<String> = err.iter().collect();
+    assert!(
+        said.iter().any(|l| l.contains("1001")
+            && l.contains("server shutting down")
+            && l.contains("reconnect")),
+        "the close code and its meaning: {said:?}"
+    );
+}
