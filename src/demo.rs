@@ -106,7 +106,9 @@ pub async fn run(
         };
         tokio::spawn(sim.run());
     }
-    print_urls(addr, &opts, &teacher, &visitor);
+    let links = links(addr, &opts, &teacher, &visitor);
+    print!("{links}");
+    repeat_on_enter(links);
     app.run(async move {
         shutdown.await;
         stop.cancel();
@@ -114,14 +116,37 @@ pub async fn run(
     .await
 }
 
-fn print_urls(addr: SocketAddr, opts: &DemoOptions, teacher: &str, visitor: &str) {
+/// The demo's links, in a block framed by rules so they stand out of
+/// whatever else the terminal shows.
+fn links(addr: SocketAddr, opts: &DemoOptions, teacher: &str, visitor: &str) -> String {
     let exam = &opts.exam;
-    println!(
-        "examwatch demo: exam {exam:?} with {} simulated students (ctrl-c to stop)\n\
+    let rule = "─".repeat(72);
+    format!(
+        "{rule}\n\
+         examwatch demo: exam {exam:?} with {} simulated students\n\
          \n  dashboard:    http://{addr}/dashboard/?exam={exam}#token={teacher}\
-         \n  student page: http://{addr}/demo/student?exam={exam}#token={visitor}\n",
+         \n  student page: http://{addr}/demo/student?exam={exam}#token={visitor}\n\
+         \nPress Enter to show these links again; ctrl-c stops the demo.\n\
+         {rule}\n",
         opts.students
-    );
+    )
+}
+
+/// Prints the links again each time a line is read from stdin (Enter in a
+/// terminal). A plain thread: a blocking read of stdin must not hold up
+/// the runtime, and the process exits without waiting for it.
+fn repeat_on_enter(links: String) {
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        for line in std::io::stdin().lock().lines() {
+            if line.is_err() {
+                return;
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(links.as_bytes());
+            let _ = out.flush();
+        }
+    });
 }
 
 const FIRST: &[&str] = &[

@@ -77,13 +77,24 @@ enum RoleArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    // The demo's links are what its user reads: its log stays at `warn`
+    // unless a level was asked for (RUST_LOG, EXAMWATCH__LOG__LEVEL, or a
+    // settings file with another level), so info lines do not scroll the
+    // links away.
+    if matches!(cli.command, Some(Command::Demo { .. }))
+        && std::env::var_os("RUST_LOG").is_none()
+        && std::env::var_os("EXAMWATCH__LOG__LEVEL").is_none()
+        && settings.log.level == examwatch::config::LogSettings::default().level
+    {
+        settings.log.level = "warn".into();
+    }
     if let Err(e) = telemetry::init(&settings.log) {
         eprintln!("error: {e}");
         return ExitCode::from(2);

@@ -338,3 +338,60 @@ async fn the_example_client_keeps_its_token_off_the_command_line_and_exits_on_cl
         "the close code and its meaning: {said:?}"
     );
 }
+
+/// The demo's links stay visible: printed in a framed block, again on
+/// Enter, and not buried under info-level log lines (the demo logs at
+/// `warn` unless a level is asked for).
+#[test]
+fn the_demo_keeps_its_links_visible() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = examwatch_command(dir.path())
+        .env_remove("EXAMWATCH__LOG__LEVEL")
+        .args(["demo", "--students", "2", "--pace", "300ms"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines_of(child.stdout.take().unwrap());
+    let err = lines_of(child.stderr.take().unwrap());
+    let block = |what: &str| {
+        let mut lines = Vec::new();
+        let mut rules = 0;
+        while rules < 2 {
+            let line = out
+                .recv_timeout(WAIT * 2)
+                .unwrap_or_else(|_| panic!("{what}: a framed block, got {lines:?}"));
+            if line.starts_with('─') {
+                rules += 1;
+            }
+            lines.push(line);
+        }
+        lines
+    };
+    let first = block("at start");
+    let link = |lines: &[String]| {
+        lines.iter().find_map(|l| {
+            l.trim()
+                .strip_prefix("dashboard:")
+                .map(|u| u.trim().to_owned())
+        })
+    };
+    let dashboard = link(&first).expect("the dashboard link in the block");
+    assert!(first.iter().any(|l| l.trim().starts_with("student page:")));
+    assert!(first.iter().any(|l| l.contains("Enter")), "{first:?}");
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin).unwrap();
+    let again = block("after Enter");
+    assert_eq!(link(&again), Some(dashboard), "the same links again");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success());
+    let logged: Vec<String> = err.iter().collect();
+    assert!(
+        logged.iter().all(|l| !l.contains("INFO")),
+        "no info lines by default: {logged:?}"
+    );
+}
