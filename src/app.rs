@@ -246,6 +246,11 @@ impl App {
             "shutting down: not ready any more"
         );
         tokio::time::sleep(settings.drain_delay).await;
+        // Before the sockets close: students reconnecting elsewhere at once
+        // must find this instance gone, not a live session of theirs here.
+        if let crate::broker::Broker::Redis(redis) = &state.broker {
+            redis.retire().await;
+        }
         token.cancel();
         state.tracker.close();
         let open = state.tracker.len();

@@ -89,6 +89,9 @@ pub struct RedisBroker {
     /// Set when drafts had to be dropped: rooms re-synchronise afterwards.
     overflowed: Arc<AtomicBool>,
     next_draft: std::sync::atomic::AtomicU64,
+    /// Set by a graceful stop (`retire`): the heartbeat stops renewing the
+    /// liveness key, which is gone.
+    retired: AtomicBool,
 }
 
 /// Settings the broker needs.
@@ -151,6 +154,7 @@ impl RedisBroker {
             limit: options.queue_limit,
             overflowed: Arc::default(),
             next_draft: std::sync::atomic::AtomicU64::new(1),
+            retired: AtomicBool::new(false),
         });
         tokio::spawn(read_pushes(
             push_rx,
@@ -407,11 +411,35 @@ impl RedisBroker {
         format!("{}:ticket:{ticket}", self.prefix)
     }
 
-    /// Marks this instance alive for `ttl`.
+    /// Marks this instance alive for `ttl` (not once it has retired).
     pub async fn heartbeat(&self, ttl: Duration) -> Result<(), redis::RedisError> {
+        if self.retired.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let mut conn = self.conn.clone();
         let key = format!("{}:instance:{}", self.prefix, self.instance);
         conn.set_ex(key, "1", ttl.as_secs().max(1)).await
+    }
+
+    /// A graceful stop, before the sockets close: this instance stops
+    /// saying it is alive and deletes its liveness key, so a student who
+    /// reconnects elsewhere at once is a reconnect there, not a live second
+    /// session (which it would be until the key expired, up to
+    /// `broker.heartbeat_ttl`). The rooms release their leases as they end.
+    pub async fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        let mut conn = self.conn.clone();
+        let key = format!("{}:instance:{}", self.prefix, self.instance);
+        let deleted: Result<i64, _> = tokio::time::timeout(Duration::from_secs(2), conn.del(key))
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::TimedOut,
+                )))
+            });
+        if let Err(e) = deleted {
+            tracing::warn!(error = %e, "cannot delete this instance's liveness key; it expires by itself");
+        }
     }
 
     /// Whether an instance has heartbeated recently.

@@ -161,7 +161,11 @@ impl Room {
                 let linger = self.empty_since.map(|t| t + self.ctx.settings.room_linger);
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => break,
+                    _ = shutdown.cancelled() => {
+                        // A graceful stop: this instance's leases go with it.
+                        self.release_all_leases();
+                        break;
+                    }
                     cmd = rx.recv() => match cmd {
                         Some(cmd) => self.handle(cmd),
                         None => break,

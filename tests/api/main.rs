@@ -20,6 +20,7 @@ mod outage;
 mod persistence;
 mod rest;
 mod resume;
+mod rollout;
 mod rooms;
 mod sessions;
 mod snapshots;

@@ -376,6 +376,18 @@ impl Room {
         });
     }
 
+    /// The server is stopping: free the lease of every student whose
+    /// session is here (the liveness key is already gone, `retire`).
+    pub(super) fn release_all_leases(&self) {
+        if !self.ctx.broker.clustered() {
+            return;
+        }
+        let sids: Vec<Arc<str>> = self.students.keys().cloned().collect();
+        for sid in &sids {
+            self.release_lease(sid);
+        }
+    }
+
     /// A student whose instance died: start the grace period here.
     pub(super) fn orphaned(&mut self, sid: Arc<str>) {
         let grace = self.ctx.settings.disconnect_grace;
