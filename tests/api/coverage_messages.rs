@@ -185,6 +185,8 @@ async fn a_numeric_and_a_string_question_are_one_question_and_null_is_a_value() 
     assert_eq!(s.next_json().await, ack("a3"));
     let next = t.next_json().await;
     assert!(is_student_event(&next, "s1", "answered"), "{next}");
+    // The event of question 4, not one of "3": that sent none.
+    assert_eq!(next["student"]["current_question"], 4, "{next}");
     assert_eq!(next["student"]["answered"], 2, "questions 3 and 4");
     // A missing `value` is not `null`.
     s.send_json(json!({"type": "answer", "id": "a4", "question": 5, "ref": "a4"}))
