@@ -310,9 +310,14 @@ impl Default for WsSettings {
 pub struct LimitSettings {
     /// Largest accepted client frame; larger closes with 1009.
     pub max_message_bytes: usize,
-    /// Bad messages tolerated per connection per minute before it is
-    /// closed (1007/1008).
+    /// Bad messages tolerated per connection per `bad_message_window`
+    /// before it is closed (1007/1008).
     pub max_bad_messages: u32,
+    /// The window of `max_bad_messages` (a minute): scattered mistakes over
+    /// a long exam are forgiven, a burst is not. A setting so tests can
+    /// show the window ends without waiting a minute.
+    #[serde(with = "humantime_serde")]
+    pub bad_message_window: Duration,
     /// Sustained client messages per second (burst = 2×): per student,
     /// shared by all their connections (`room/rate.rs`); per connection
     /// for teachers.
@@ -340,6 +345,7 @@ impl Default for LimitSettings {
         Self {
             max_message_bytes: 16 * 1024,
             max_bad_messages: 10,
+            bad_message_window: Duration::from_secs(60),
             messages_per_second: 20,
             max_announcement_chars: 2000,
             handshakes_per_subject: 30,
@@ -497,6 +503,15 @@ impl Settings {
         positive(
             "limits.handshake_window",
             !self.limits.handshake_window.is_zero(),
+        )?;
+        at_most(
+            "limits.bad_message_window",
+            self.limits.bad_message_window,
+            HOUR,
+        )?;
+        positive(
+            "limits.bad_message_window",
+            !self.limits.bad_message_window.is_zero(),
         )?;
         at_most(
             "database.flush_interval",

@@ -686,7 +686,7 @@ impl Connection {
         // loop writes and sends no ping, and a client never asked owes no
         // pong. A flag, not an `Instant`: the connection keeps it all its life.
         let mut pinged = false;
-        let mut bad = BadBudget::new();
+        let mut bad = BadBudget::new(settings.limits.bad_message_window);
         loop {
             let step = tokio::select! {
                 biased;
@@ -888,25 +888,26 @@ async fn close_socket(socket: &mut WebSocket, reason: &CloseReason) {
     .await;
 }
 
-/// Counts rejected messages per minute: scattered mistakes over a long exam
-/// are forgiven, a burst of them is not.
+/// Counts rejected messages per window (`limits.bad_message_window`, a
+/// minute): scattered mistakes over a long exam are forgiven, a burst of
+/// them is not.
 struct BadBudget {
     count: u32,
+    window: Duration,
     window_start: Instant,
 }
 
 impl BadBudget {
-    const WINDOW: Duration = Duration::from_secs(60);
-
-    fn new() -> Self {
+    fn new(window: Duration) -> Self {
         Self {
             count: 0,
+            window,
             window_start: Instant::now(),
         }
     }
     /// Records one rejected message; true once `max` is reached.
     fn spend(&mut self, max: u32) -> bool {
-        if self.window_start.elapsed() > Self::WINDOW {
+        if self.window_start.elapsed() > self.window {
             self.count = 0;
             self.window_start = Instant::now();
         }
