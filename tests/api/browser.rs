@@ -10,6 +10,10 @@
 //! scripted fake socket; `alerts.mjs` the dashboard's alerts list, against
 //! a minimal fake DOM.
 //!
+//! Checks promised "within a second" wait up to `BROWSER_SLACK` (default
+//! 3) times their promise before failing, and log `SLOW` when they took
+//! longer than promised (tests/browser/lib.mjs).
+//!
 //! Without chromium, node or `npm ci` in tests/browser they are skipped
 //! with a visible notice, except under `CI=true`, where that is a failure
 //! (`.ci/run` installs all three).
