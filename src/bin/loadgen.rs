@@ -57,7 +57,8 @@ struct Args {
     /// Exam id prefix.
     #[arg(long, default_value = "load-")]
     prefix: String,
-    /// Extra teachers in the first exam that never read.
+    /// Extra teachers in the first exam that never read (on small TCP
+    /// buffers, so the server's queue fills, not the kernel's).
     #[arg(long, default_value_t = 0)]
     slow_teachers: usize,
     /// Every client drops and reconnects this long after sending starts.

@@ -35,6 +35,11 @@ pub struct Target<'a> {
     pub token: &'a str,
     /// Extra query (`last_seq=…` or `previous_session=…`), examwatch only.
     pub query: Option<String>,
+    /// A small TCP receive buffer (4 KiB): for a teacher that never reads,
+    /// so what the server sends it piles up in the server's queue, not in
+    /// megabytes of loopback socket buffers, and the server's slow-consumer
+    /// rule (close 4008) is what ends it.
+    pub small_receive_buffer: bool,
 }
 
 /// An open connection that yields application text frames.
@@ -50,6 +55,14 @@ impl Link {
             IpAddr::V6(_) => TcpSocket::new_v6()?,
         };
         socket.bind(SocketAddr::new(to.source, 0))?;
+        if to.small_receive_buffer {
+            // Before connecting, so the handshake offers a small window and
+            // a small segment size: the server's send buffer grows with its
+            // segment size, and loopback's 64 KiB segments would let it
+            // absorb megabytes.
+            socket.set_recv_buffer_size(4096)?;
+            small_segments(&socket)?;
+        }
         let tcp = socket.connect(to.server).await?;
         tcp.set_nodelay(true)?;
         let server = to.server;
@@ -152,6 +165,29 @@ impl Link {
     /// Closes politely.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+/// Asks for TCP segments of at most 536 bytes (the IPv4 minimum) on a
+/// socket that is not yet connected.
+fn small_segments(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mss: libc::c_int = 536;
+    // SAFETY: a valid, open descriptor (borrowed from `socket` for the call)
+    // and a pointer to a `c_int` that outlives it, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&raw const mss).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

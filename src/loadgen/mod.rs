@@ -56,7 +56,8 @@ pub struct Plan {
     pub sources: Vec<IpAddr>,
     /// Exam id prefix (runs can share a server).
     pub prefix: String,
-    /// Extra teachers in the first exam that never read a byte.
+    /// Extra teachers in the first exam that never read a byte, connected
+    /// with small TCP buffers (`Target::small_receive_buffer`).
     pub slow_teachers: usize,
     /// Drop and reconnect every client this long after sending starts.
     pub storm_after: Option<Duration>,
@@ -137,6 +138,7 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
             source: plan.sources[n % plan.sources.len()],
             exam,
             token,
+            slow: false,
         })
     };
     let total = plan.total_events();
@@ -157,12 +159,8 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
                 }
                 1 if e == 0 => {
                     for t in 0..plan.slow_teachers {
-                        whos.push(who(
-                            e,
-                            format!("slow{g}-{t}"),
-                            Role::Teacher,
-                            teacher_server,
-                        )?);
+                        let slow = who(e, format!("slow{g}-{t}"), Role::Teacher, teacher_server)?;
+                        whos.push(Who { slow: true, ..slow });
                     }
                 }
                 2 => {

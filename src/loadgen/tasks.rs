@@ -50,6 +50,9 @@ pub(super) struct Who {
     pub(super) source: IpAddr,
     pub(super) exam: String,
     pub(super) token: String,
+    /// A slow teacher's: connects with a small receive buffer (see
+    /// [`Target::small_receive_buffer`]).
+    pub(super) slow: bool,
 }
 
 impl Who {
@@ -60,6 +63,7 @@ impl Who {
             exam: &self.exam,
             token: &self.token,
             query,
+            small_receive_buffer: self.slow,
         };
         Link::connect(sh.framing, &target).await
     }

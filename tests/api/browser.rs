@@ -10,6 +10,10 @@
 //! scripted fake socket; `alerts.mjs` the dashboard's alerts list, against
 //! a minimal fake DOM.
 //!
+//! Checks promised "within a second" wait up to `BROWSER_SLACK` (default
+//! 3) times their promise before failing, and log `SLOW` when they took
+//! longer than promised (tests/browser/lib.mjs).
+//!
 //! Without chromium, node or `npm ci` in tests/browser they are skipped
 //! with a visible notice, except under `CI=true`, where that is a failure
 //! (`.ci/run` installs all three).
@@ -32,9 +36,18 @@ fn browser_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
 
-/// Where screenshots land (target/tmp/browser-artifacts).
+/// Where screenshots land (target/tmp/browser-artifacts). Emptied once per
+/// run, before the first scenario, so what is there after a run is that
+/// run's, never a stale screenshot of an earlier one.
 fn artifact_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts")
+    static CLEARED: std::sync::Once = std::sync::Once::new();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-artifacts");
+    CLEARED.call_once(|| match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("cannot clear {}: {e}", dir.display()),
+    });
+    dir
 }
 
 /// `Err(reason)` when something the tests need is missing: node, and for

@@ -72,7 +72,10 @@ async fn serve_then_token_then_sigterm() {
         .status()
         .unwrap();
     assert!(kill.success());
-    assert_eq!(client.expect_close().await.0, Some(1001));
+    assert_eq!(
+        client.expect_close().await,
+        (Some(1001), "server shutting down".to_string())
+    );
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()

@@ -77,29 +77,52 @@ impl Drop for Redis {
     }
 }
 
-/// `n` instances on one Redis and one database.
+/// `n` instances on one Redis and one (SQLite) database.
 pub async fn cluster(
     redis: &Redis,
     n: usize,
     tune: impl Fn(&mut examwatch::Settings),
 ) -> Vec<TestApp> {
+    cluster_on(redis, Backend::Sqlite, n, tune)
+        .await
+        .expect("SQLite is always there")
+}
+
+/// `n` instances on one Redis and one fresh database of `backend`; `None`
+/// when that database is unavailable outside CI. Every instance uses the
+/// same database (`TestApp::db_url`), as a real deployment does.
+pub async fn cluster_on(
+    redis: &Redis,
+    backend: Backend,
+    n: usize,
+    tune: impl Fn(&mut examwatch::Settings),
+) -> Option<Vec<TestApp>> {
     let db = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/shared.db", db.path().display());
+    let url = fresh_database(backend, db.path()).await?;
+    let mut apps = join_cluster(redis, &url, 0..n, tune).await;
+    // The shared database's folder lives as long as the first app.
+    apps[0]._db_dir = Some(db);
+    Some(apps)
+}
+
+/// Instances `ids` (named `node-{id}`) joining a cluster on `db_url`.
+pub async fn join_cluster(
+    redis: &Redis,
+    db_url: &str,
+    ids: std::ops::Range<usize>,
+    tune: impl Fn(&mut examwatch::Settings),
+) -> Vec<TestApp> {
     let mut apps = Vec::new();
-    for i in 0..n {
-        let mut app = spawn_app_on_url(Some(url.clone()), |s| {
+    for i in ids {
+        let app = spawn_app_on_url(Some(db_url.to_owned()), |s| {
             s.broker.redis_url = redis.url();
             s.database.instance_id = Some(format!("node-{i}"));
             tune(s);
         })
         .await;
-        if i == 0 {
-            app._db_dir = Some(tempfile::tempdir().unwrap());
-        }
+        assert_eq!(app.db_url, db_url, "one database for the cluster");
         apps.push(app);
     }
-    // Keep the shared database folder alive with the first app.
-    std::mem::forget(db);
     apps
 }
 
@@ -170,8 +193,8 @@ async fn three_instances_one_order_and_snapshots_include_every_instance() {
         }
     }
     for s in students.iter_mut() {
-        for _ in 0..3 {
-            s.next_of_type("ack").await;
+        for round in 1..=3 {
+            s.expect_ack(round).await;
         }
     }
     // 6 connects + 18 progress events; every teacher sees the same list.
@@ -213,7 +236,7 @@ async fn resume_and_announcements_work_across_instances() {
     for q in 2..=4 {
         s.send_json(json!({"type": "progress", "question": q, "answered": q, "ref": q}))
             .await;
-        s.next_of_type("ack").await;
+        s.expect_ack(q).await;
     }
     // The teacher comes back through the other instance.
     let token = apps[1].token("t1", Role::Teacher, &["e1"]);
@@ -242,7 +265,10 @@ async fn a_second_session_on_another_instance_takes_over_with_an_alert() {
     let (_second, welcome) = apps[1].student("e1", "s1").await;
     assert_eq!(welcome["student"]["student_id"], "s1");
     assert_eq!(first.next_json().await["type"], "session_invalidated");
-    assert_eq!(first.expect_close().await.0, Some(4001));
+    assert_eq!(
+        first.expect_close().await,
+        (Some(4001), "session taken over by a new connection".into())
+    );
     let ev = t.next_of_type("student").await;
     assert!(is_student_event(&ev, "s1", "second_session"), "{ev}");
     assert_eq!(t.next_of_type("alert").await["kind"], "second_session");
@@ -285,7 +311,7 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
     // Each instance keeps serving its own members while Redis is away.
     a.send_json(json!({"type": "progress", "question": 77, "answered": 1, "ref": "x"}))
         .await;
-    a.next_of_type("ack").await;
+    a.expect_ack("x").await;
     loop {
         let ev = t0.next_json().await;
         v0.apply(&ev);
@@ -300,8 +326,8 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
             .await;
         b.send_json(json!({"type": "progress", "question": 100 + q, "answered": q, "ref": q}))
             .await;
-        a.next_of_type("ack").await;
-        b.next_of_type("ack").await;
+        a.expect_ack(q).await;
+        b.expect_ack(q).await;
     }
     // Every teacher converges on the truth (events replayed late, or a
     // fresh snapshot), never a stale view.
@@ -407,6 +433,7 @@ async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires(
 async fn simultaneous_connections_on_two_instances_leave_one_session() {
     let Some(redis) = Redis::start() else { return };
     let apps = cluster(&redis, 2, |_| {}).await;
+    let mut survivors = Vec::new();
     for round in 0..5 {
         let sub = format!("s{round}");
         let token = apps[0].token(&sub, Role::Student, &["e1"]);
@@ -415,26 +442,44 @@ async fn simultaneous_connections_on_two_instances_leave_one_session() {
             apps[0].try_connect(&url_a, Some(&token), &[]),
             apps[1].try_connect(&url_b, Some(&token), &[]),
         );
-        let mut closed = 0;
-        for mut c in [a.unwrap(), b.unwrap()] {
-            // Either refused/closed soon, or it stays the one session.
-            let outcome = tokio::time::timeout(Duration::from_millis(1500), async {
-                loop {
-                    match c.next().await {
-                        Next::Closed(code, _) => return code,
-                        Next::Json(_) => {}
-                    }
-                }
-            })
-            .await;
-            if let Ok(code) = outcome {
-                assert_eq!(code, Some(4001), "round {round}");
-                closed += 1;
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        // Whichever closes first is the one taken over.
+        let (closed, survivor) = tokio::time::timeout(WAIT, async {
+            tokio::select! {
+                close = a.expect_close() => (close, b),
+                close = b.expect_close() => (close, a),
             }
-        }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: neither session was closed"));
         assert_eq!(
-            closed, 1,
-            "round {round}: exactly one of the two sessions survives"
+            closed,
+            (Some(4001), "session taken over by a new connection".into()),
+            "round {round}"
+        );
+        survivors.push((round, survivor));
+    }
+    // A late second close would leave the student with no session at all.
+    // Once the takeovers of every round have had time to settle (each
+    // student's last close came within the round; allow the lease and
+    // probe machinery twice the wait), every survivor still answers, and
+    // every student is connected, once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (round, survivor) in survivors.iter_mut() {
+        let r = format!("alive-{round}");
+        survivor
+            .send_json(json!({"type": "heartbeat", "ref": r}))
+            .await;
+        survivor.expect_ack(r).await;
+    }
+    let (_t, snap) = apps[1].teacher("e1", "t1").await;
+    let students = snap["students"].as_array().unwrap();
+    assert_eq!(students.len(), 5, "{snap}");
+    for st in students {
+        assert_eq!(
+            (&st["connected"], &st["status"]),
+            (&json!(true), &json!("active")),
+            "{st}"
         );
     }
 }
@@ -453,33 +498,45 @@ async fn a_disconnect_watched_from_another_instance_is_reported_once() {
     s.close().await;
     let ev = t.next_of_type("student").await;
     assert!(is_student_event(&ev, "s1", "disconnected"), "{ev}");
+    // The one alert that goes with the disconnect, right after it.
+    let alert = t.next_json().await;
+    assert_eq!(
+        (
+            alert["type"].as_str(),
+            alert["kind"].as_str(),
+            alert["student_id"].as_str()
+        ),
+        (Some("alert"), Some("disconnected"), Some("s1")),
+        "{alert}"
+    );
+    assert_eq!(alert["seq"], ev["seq"].as_u64().unwrap() + 1);
     // Well past another lease lifetime and grace period, nothing more about
-    // s1 arrives: the next event is our probe.
+    // s1 arrives (no second event, no second alert): the very next frame is
+    // our probe's.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_probe, _) = apps[1].student("e1", "probe").await;
-    loop {
-        let ev = t.next_json().await;
-        if ev["type"] == "alert" && ev["student_id"] == "s1" {
-            continue; // the one alert that goes with the disconnect
-        }
-        assert!(
-            is_student_event(&ev, "probe", "connected"),
-            "a second report: {ev}"
-        );
-        break;
-    }
+    let next = t.next_json().await;
+    assert!(
+        is_student_event(&next, "probe", "connected"),
+        "a second report: {next}"
+    );
 }
 
+/// On PostgreSQL (the production setup): both instances read and write
+/// the one database.
 #[tokio::test]
 async fn answers_stored_through_another_instance_still_count() {
     let Some(redis) = Redis::start() else { return };
-    let apps = cluster(&redis, 2, |_| {}).await;
+    let Some(apps) = cluster_on(&redis, Backend::Postgres, 2, |_| {}).await else {
+        return;
+    };
+    assert!(apps[0].db_url.starts_with("postgres://"));
     let (mut t, _) = apps[1].teacher("e1", "t1").await;
     let (mut s, welcome) = apps[0].student("e1", "s1").await;
     for q in 1..=3 {
         s.send_json(json!({"type": "answer", "id": format!("a{q}"), "question": format!("q{q}"), "value": q, "ref": q}))
             .await;
-        s.next_of_type("ack").await;
+        s.expect_ack(q).await;
     }
     s.close().await;
     let token = apps[1].token("s1", Role::Student, &["e1"]);
@@ -494,7 +551,7 @@ async fn answers_stored_through_another_instance_still_count() {
     moved
         .send_json(json!({"type": "answer", "id": "a4", "question": "q4", "value": 4, "ref": 4}))
         .await;
-    moved.next_of_type("ack").await;
+    moved.expect_ack(4).await;
     let mut most = 0;
     loop {
         let ev = t.next_of_type("student").await;
@@ -505,6 +562,19 @@ async fn answers_stored_through_another_instance_still_count() {
             break;
         }
     }
+    // The answer written through one instance is read through the other.
+    let teacher = apps[0].token("t1", Role::Teacher, &["e1"]);
+    let body = apps[0]
+        .get_json("/v1/exams/e1/students/s1/answers", &teacher)
+        .await;
+    let mut ids: Vec<_> = body["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a1", "a2", "a3", "a4"], "{body}");
 }
 
 #[tokio::test]
@@ -518,7 +588,7 @@ async fn an_instance_starts_while_redis_is_down_and_joins_the_cluster_later() {
     let (mut s, _) = apps[0].student("e1", "s1").await;
     s.send_json(json!({"type": "progress", "question": 3, "answered": 1, "ref": 1}))
         .await;
-    s.next_of_type("ack").await;
+    s.expect_ack(1).await;
     // Served alone meanwhile.
     loop {
         let ev = t.next_of_type("student").await;
@@ -538,9 +608,11 @@ async fn an_instance_starts_while_redis_is_down_and_joins_the_cluster_later() {
         apps[0].state.broker.healthy()
     })
     .await;
-    // A second instance now sees the student the first one served.
-    let mut others = cluster(&redis, 1, |s| s.database.instance_id = Some("late".into())).await;
-    let other = others.remove(0);
+    // A second instance, on the same database, now sees the student the
+    // first one served.
+    let other = join_cluster(&redis, &apps[0].db_url, 1..2, |_| {})
+        .await
+        .remove(0);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (_t2, snap) = other.teacher("e1", "t2").await;

@@ -48,6 +48,9 @@ async fn acked_answers_and_submissions_survive_kill_9(db: Backend) {
     let env = [
         ("EXAMWATCH__DATABASE__URL", url.as_str()),
         ("EXAMWATCH__AUTH__JWT_SECRET", SECRET),
+        // Students stream as fast as acks come back: a rate limit must not
+        // be what stops them (a refusal would fail the test, below).
+        ("EXAMWATCH__LIMITS__MESSAGES_PER_SECOND", "1000000"),
     ];
     let mut server = ServerProcess::start(dir.path(), &env);
     let keys = keys(dir.path());
@@ -77,20 +80,25 @@ async fn acked_answers_and_submissions_survive_kill_9(db: Backend) {
             // Students 0 and 1 submit after 10 answers; the rest keep going.
             for k in 0.. {
                 let id = format!("{student}-a{k}");
-                let msg = if i < 2 && k == 10 {
-                    json!({"type": "submit", "ref": "submit"})
+                let submit = i < 2 && k == 10;
+                let (msg, r) = if submit {
+                    (json!({"type": "submit", "ref": "submit"}), "submit".to_string())
                 } else {
-                    json!({"type": "answer", "id": id, "question": format!("q{}", k % 7), "value": {"k": k}, "ref": id})
+                    let msg = json!({"type": "answer", "id": id, "question": format!("q{}", k % 7), "value": {"k": k}, "ref": id});
+                    (msg, id.clone())
                 };
                 if c.ws_send(msg).await.is_err() {
                     return;
                 }
-                let Next::Json(ack) = c.next().await else { return };
-                if ack["type"] != "ack" {
-                    return;
-                }
+                // Only the kill may end a student: any reply but the exact
+                // ack (an `error`, whatever its code) fails the test.
+                let reply = match c.next().await {
+                    Next::Json(reply) => reply,
+                    Next::Closed(..) => return,
+                };
+                assert_eq!(reply, ack(r), "{student}: the reply to message {k}");
                 let mut a = acked.lock().unwrap();
-                if ack["ref"] == "submit" {
+                if submit {
                     a.submitted.insert(student.clone());
                     return;
                 }
@@ -151,23 +159,23 @@ async fn acked_answers_and_submissions_survive_kill_9(db: Backend) {
                 .json()
                 .await
                 .unwrap();
-            body["answers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a["id"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
+            body["answers"].as_array().unwrap().clone()
         }
     };
+    let ids_of = |rows: &[Value]| {
+        rows.iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
     for (student, ids) in &acked.answers {
-        let rows = stored(student.clone()).await;
+        let rows = ids_of(&stored(student.clone()).await);
         let unique: HashSet<_> = rows.iter().cloned().collect();
         assert_eq!(unique.len(), rows.len(), "{student}: no duplicate rows");
         let missing: Vec<_> = ids.difference(&unique).collect();
         assert!(missing.is_empty(), "{student}: acked but lost: {missing:?}");
     }
-    // Clients re-send everything not acked (here: everything) after the
-    // restart: harmless.
+    // Clients re-send everything not acked (here: everything, with another
+    // question and value) after the restart: harmless, the first stays.
     for (student, ids) in &acked.answers {
         if acked.submitted.contains(student) {
             continue;
@@ -180,15 +188,25 @@ async fn acked_answers_and_submissions_survive_kill_9(db: Backend) {
                 json!({"type": "answer", "id": id, "question": "q0", "value": 0, "ref": id}),
             )
             .await;
-            assert_eq!(c.next_of_type("ack").await["ref"], id.as_str());
+            c.expect_ack(id.as_str()).await;
         }
-        let rows = stored(student.clone()).await;
+        let answers = stored(student.clone()).await;
+        let rows = ids_of(&answers);
         let unique: HashSet<_> = rows.iter().cloned().collect();
         assert_eq!(
             unique.len(),
             rows.len(),
             "{student}: re-sending added no row"
         );
+        for id in ids {
+            let k: u64 = id.rsplit_once("-a").unwrap().1.parse().unwrap();
+            let row = answers.iter().find(|a| a["id"] == id.as_str()).unwrap();
+            assert_eq!(
+                (&row["question"], &row["value"]),
+                (&json!(format!("q{}", k % 7)), &json!({"k": k})),
+                "{student}: the re-sent {id} did not overwrite the first"
+            );
+        }
     }
     let csv = reqwest::Client::new()
         .get(format!("http://{}/v1/exams/e1/report.csv", server.addr))

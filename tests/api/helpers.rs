@@ -648,3 +648,32 @@ pub async fn connect_url(url: &str, token: &str) -> Client {
         .expect("handshake accepted");
     Client { ws, response }
 }
+
+/// The whole acknowledgement of a message sent with `ref` `r`.
+pub fn ack(r: impl Into<Value>) -> Value {
+    json!({"type": "ack", "ref": r.into()})
+}
+
+impl Client {
+    /// Reads until the reply to `r` arrives and asserts it is exactly
+    /// `{"type":"ack","ref":r}`. An `error` (which echoes the `ref` too, or
+    /// none at all, like `rate_limited`) or a close fails at once; events
+    /// and acks of other messages are skipped, because replies are matched
+    /// by `ref`, never by order (docs/PROTOCOL.md 1.6). One deadline for
+    /// the whole wait, so chatter cannot extend it.
+    pub async fn expect_ack(&mut self, r: impl Into<Value>) {
+        let r = r.into();
+        let wait = async {
+            loop {
+                let v = self.next_json().await;
+                if v["type"] == "error" || v["ref"] == r {
+                    return v;
+                }
+            }
+        };
+        let reply = tokio::time::timeout(WAIT, wait)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for the ack of {r}"));
+        assert_eq!(reply, ack(r), "the reply is exactly the ack");
+    }
+}

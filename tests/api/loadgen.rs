@@ -63,20 +63,76 @@ async fn a_reconnect_storm_loses_nothing_and_everyone_comes_back() {
     assert_eq!((report.lost, report.duplicated), (0, 0));
 }
 
+/// The slow teacher is made slow for real: its queue (`ws.teacher_queue`)
+/// holds 256 frames, and it connects with small TCP buffers and segments
+/// (see `Target::small_receive_buffer`), so 2,000 events of ~350 bytes are
+/// far more than its queue and socket buffers hold. (Without them, loopback
+/// buffers absorbed all 4,000 events of a test run and the queue never
+/// filled.) The server must close it with 4008, and only it: the reading
+/// teacher loses nothing.
 #[tokio::test]
 async fn a_teacher_who_never_reads_does_not_cost_the_others_an_event() {
-    let report = run_on_fresh_app(|addr| Plan {
+    use sqlx::Row;
+    let app = spawn_app_with(|s| {
+        s.limits.messages_per_second = 1000;
+        s.ws.teacher_queue = 256;
+        // The queue must hold a full replay (config validation).
+        s.exam.history_size = 128;
+    })
+    .await;
+    let plan = Plan {
         exams: 1,
         students: 10,
-        teachers: 2,
+        teachers: 1,
         rate: 1000.0,
         duration: Duration::from_secs(2),
         prefix: "slow-".into(),
         slow_teachers: 1,
-        ..Plan::new(addr)
-    })
-    .await;
-    assert_eq!(report.connections, 13);
+        ..Plan::new(app.addr)
+    };
+    let report = run(&plan, &app.keys, |_| {})
+        .await
+        .expect("the run completes");
+    assert_eq!(report.connections, 12);
+    assert_eq!(report.sent, 2000);
+    assert_eq!(report.expected, 2000, "the reading teacher's share");
     assert_eq!(report.delivered, report.expected);
     assert_eq!((report.lost, report.duplicated), (0, 0));
+    // Exactly one connection was too slow, and it was the slow teacher's.
+    assert_eq!(app.metric("examwatch_slow_consumer_closes_total"), 1);
+    app.flushed().await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.db_url)
+        .await
+        .expect("connect to the test database");
+    let mut closes = Vec::new();
+    for _ in 0..100 {
+        closes = sqlx::query(
+            "SELECT user_id, close_code FROM sessions WHERE role = 'teacher' ORDER BY user_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("read the sessions")
+        .iter()
+        .map(|r| {
+            let user: String = r.try_get(0).expect("user_id");
+            let code: Option<i64> = r.try_get(1).expect("close_code");
+            (user, code)
+        })
+        .collect::<Vec<_>>();
+        if closes.iter().any(|(_, code)| code.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        closes.contains(&("slow0-0".to_string(), Some(4008))),
+        "the slow teacher was closed with 4008: {closes:?}"
+    );
+    assert!(
+        closes
+            .iter()
+            .all(|(user, code)| user == "slow0-0" || *code != Some(4008)),
+        "no other teacher was: {closes:?}"
+    );
 }

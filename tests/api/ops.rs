@@ -97,8 +97,10 @@ async fn shutdown_sends_1001_to_every_client_and_turns_not_ready() {
     }
     assert_eq!(status, 503);
     for c in [&mut t, &mut s1, &mut s2] {
-        let (code, reason) = c.expect_close().await;
-        assert_eq!(code, Some(1001), "{reason}");
+        assert_eq!(
+            c.expect_close().await,
+            (Some(1001), "server shutting down".to_string())
+        );
     }
     app.shutdown().await.expect("clean exit");
 }

@@ -42,7 +42,7 @@ async fn sessions_and_teacher_actions_are_recorded(db: Backend) {
     let welcome = s.next_of_type("welcome").await;
     t.send_json(json!({"type": "announce", "text": "Pens down in 5", "ref": 1}))
         .await;
-    t.next_of_type("ack").await;
+    t.expect_ack(1).await;
     s.ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
         reason: "bye\0now".into(),
@@ -114,7 +114,16 @@ async fn a_record_the_database_refuses_does_not_stall_the_others(db: Backend) {
     let (mut s, _) = app.student("e1", "s1").await;
     s.send_json(json!({"type": "answer", "id": "a\u{0}", "question": "q1", "value": 1, "ref": 1}))
         .await;
-    assert_eq!(s.next_json().await["code"], "invalid_message");
+    let refused = s.next_json().await;
+    assert_eq!(
+        (
+            refused["type"].as_str(),
+            refused["code"].as_str(),
+            refused["ref"].as_i64()
+        ),
+        (Some("error"), Some("invalid_message"), Some(1)),
+        "{refused}"
+    );
     let (bad, bad_done) = tokio::sync::oneshot::channel();
     let (good, good_done) = tokio::sync::oneshot::channel();
     let answer = |id: &str, done| Record::Answer {
@@ -152,16 +161,18 @@ async fn a_record_the_database_refuses_does_not_stall_the_others(db: Backend) {
     );
     s.send_json(json!({"type": "answer", "id": "a2", "question": "q2", "value": 2, "ref": 2}))
         .await;
-    assert_eq!(s.next_json().await["ref"], 2);
+    s.expect_ack(2).await;
 }
 
 async fn answers_are_stored_once_and_acked_after_commit(db: Backend) {
+    use sqlx::Row;
     let Some(app) = spawn_app_on(db, |_| {}).await else {
         return;
     };
     let teacher = app.token("t1", Role::Teacher, &["e1"]);
     let (mut t, _) = app.teacher("e1", "t1").await;
     let (mut s, _) = app.student("e1", "s1").await;
+    let pool = db_pool(&app).await;
     let answers = [
         ("a1", "q1", json!({"choice": "B"})),
         ("a1", "q1", json!({"choice": "B"})), // re-sent after a drop: harmless
@@ -171,10 +182,25 @@ async fn answers_are_stored_once_and_acked_after_commit(db: Backend) {
     for (i, (id, q, value)) in answers.iter().enumerate() {
         s.send_json(json!({"type": "answer", "id": id, "question": q, "value": value, "ref": i}))
             .await;
-        let ack = s.next_json().await;
-        assert_eq!(ack, json!({"type": "ack", "ref": i}), "acked after commit");
+        s.expect_ack(i).await;
+        // The ack comes after the commit: read at the moment it arrived
+        // (nothing flushed, nothing waited for), the row is in the database.
+        let stored: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM answers WHERE exam_id = $1 AND student_id = $2 AND answer_id = $3",
+        )
+        .bind("e1")
+        .bind("s1")
+        .bind(*id)
+        .fetch_one(&pool)
+        .await
+        .expect("count the answer")
+        .try_get(0)
+        .expect("a count");
+        assert_eq!(
+            stored, 1,
+            "answer {id} is stored, once, when its ack arrives"
+        );
     }
-    // The ack came after the commit: the rows are there now, once each.
     let body: Value = app
         .get_json("/v1/exams/e1/students/s1/answers", &teacher)
         .await;
@@ -184,6 +210,7 @@ async fn answers_are_stored_once_and_acked_after_commit(db: Backend) {
         .iter()
         .map(|a| a["id"].as_str().unwrap())
         .collect();
+    // Three answers (a1 once) to two questions.
     assert_eq!(ids.len(), 3, "{body}");
     assert!(ids.contains(&"a1") && ids.contains(&"a2") && ids.contains(&"a3"));
     let a3 = body["answers"]
@@ -193,15 +220,29 @@ async fn answers_are_stored_once_and_acked_after_commit(db: Backend) {
         .find(|a| a["id"] == "a3")
         .unwrap();
     assert_eq!(a3["value"], json!("free text, with \"quotes\""));
-    // `answered` counts questions with a stored answer.
-    let mut last = Value::Null;
-    for _ in 0..2 {
-        last = t.next_of_type("student").await;
-        while last["cause"] != "answered" {
-            last = t.next_of_type("student").await;
+    // `answered` counts questions with a stored answer, not answers: every
+    // s1 event up to a marker (another student joining) shows 1 for q1
+    // (however many answers it got), then 2 for q2 — never 3.
+    let (_marker, _) = app.student("e1", "marker").await;
+    let mut answered = Vec::new();
+    loop {
+        let ev = t.next_of_type("student").await;
+        if ev["student"]["student_id"] == "marker" {
+            break;
+        }
+        if ev["cause"] == "answered" {
+            answered.push(ev["student"]["answered"].clone());
         }
     }
-    assert_eq!(last["student"]["answered"], 2);
+    assert_eq!(answered, [json!(1), json!(2)], "one event per new question");
+    let (_t2, snap) = app.teacher("e1", "t2").await;
+    let s1 = snap["students"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["student_id"] == "s1")
+        .expect("s1 in the snapshot");
+    assert_eq!(s1["answered"], 2, "two questions answered: {s1}");
     s.send_json(json!({"type": "answer", "id": "x", "question": "q3"}))
         .await;
     assert_eq!(
@@ -219,7 +260,7 @@ async fn a_submission_is_durable_and_final(db: Backend) {
     let (mut t, _) = app.teacher("e1", "t1").await;
     let (mut s, _) = app.student("e1", "s1").await;
     s.send_json(json!({"type": "submit", "ref": "done"})).await;
-    assert_eq!(s.next_json().await["ref"], "done");
+    s.expect_ack("done").await;
     let ev = t.next_of_type("student").await;
     let ev = if ev["cause"] == "connected" {
         t.next_of_type("student").await
@@ -229,7 +270,11 @@ async fn a_submission_is_durable_and_final(db: Backend) {
     assert!(is_student_event(&ev, "s1", "submitted"), "{ev}");
     s.send_json(json!({"type": "answer", "id": "late", "question": "q1", "value": 1, "ref": 2}))
         .await;
-    assert_eq!(s.next_json().await["code"], "already_submitted");
+    assert_eq!(
+        s.next_json().await,
+        json!({"type": "error", "code": "already_submitted",
+               "message": "the exam is already submitted", "ref": 2})
+    );
     app.flushed().await;
     let csv = app
         .api(Method::GET, "/v1/exams/e1/report.csv", &teacher)
@@ -256,7 +301,7 @@ async fn a_restart_continues_seq_and_resume_replays_from_the_database(db: Backen
     let (mut s, _) = app.student("e1", "s1").await;
     s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": 1}))
         .await;
-    s.next_of_type("ack").await;
+    s.expect_ack(1).await;
     // The teacher saw everything up to here, then lost its connection.
     let mut last_seen = 0;
     loop {
@@ -270,7 +315,7 @@ async fn a_restart_continues_seq_and_resume_replays_from_the_database(db: Backen
     for q in 2..=4 {
         s.send_json(json!({"type": "progress", "question": q, "answered": 1, "ref": q}))
             .await;
-        s.next_of_type("ack").await;
+        s.expect_ack(q).await;
     }
     s.close().await;
     let url = app.db_url.clone();

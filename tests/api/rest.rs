@@ -149,11 +149,11 @@ async fn the_report_has_a_row_per_student(db: Backend) {
     let (mut s1, _) = app.student("e1", "s1").await;
     s1.send_json(json!({"type": "answer", "id": "a", "question": "q1", "value": 1, "ref": 1}))
         .await;
-    s1.next_of_type("ack").await;
+    s1.expect_ack(1).await;
     s1.send_json(json!({"type": "focus", "state": "lost"}))
         .await;
     s1.send_json(json!({"type": "submit", "ref": 2})).await;
-    s1.next_of_type("ack").await;
+    s1.expect_ack(2).await;
     let (s2, _) = app.student("e1", "s2").await;
     s2.close().await;
     loop {

@@ -23,7 +23,9 @@ async fn until_ack(c: &mut Client, reference: &str) -> Vec<Value> {
     let mut got = Vec::new();
     loop {
         let v = c.next_json().await;
-        if v["type"] == "ack" && v["ref"] == reference {
+        // An `error` echoes the `ref` too: the reply must be the ack itself.
+        if v["ref"] == reference {
+            assert_eq!(v, ack(reference), "the reply to {reference}");
             return got;
         }
         got.push(v);
@@ -108,7 +110,7 @@ async fn a_student_resume_replays_missed_announcements() {
     for text in ["one", "two"] {
         t.send_json(json!({"type": "announce", "text": text, "ref": text}))
             .await;
-        t.next_of_type("ack").await;
+        t.expect_ack(text).await;
     }
     let (mut s, _) = app.student("e1", "s1").await;
     s.send_json(json!({"type": "resume", "last_seq": joined_at, "ref": "r"}))

@@ -33,8 +33,7 @@ async fn thirty_students_every_change_reaches_the_teacher_in_order() {
     }
     for (i, s) in students.iter_mut().enumerate() {
         for round in 1..=3u32 {
-            let ack = s.next_of_type("ack").await;
-            assert_eq!(ack["ref"], format!("{i}-{round}"));
+            s.expect_ack(format!("{i}-{round}")).await;
         }
     }
     // The teacher sees 30 connects then 90 progress events, seq +1 each time.
@@ -69,10 +68,10 @@ async fn snapshot_on_join_has_every_student_and_the_counts() {
     let (mut b, _) = app.student("e1", "b").await;
     let (c, _) = app.student("e1", "c").await;
     b.send_json(json!({"type": "submit", "ref": 1})).await;
-    b.next_of_type("ack").await;
+    b.expect_ack(1).await;
     a.send_json(json!({"type": "activity", "state": "idle", "ref": 1}))
         .await;
-    a.next_of_type("ack").await;
+    a.expect_ack(1).await;
     // c drops; watch it become disconnected before taking the snapshot.
     let (mut watcher, _) = app.teacher("e1", "t0").await;
     c.close().await;
@@ -125,12 +124,12 @@ async fn announcements_reach_every_student_and_teacher() {
         assert_eq!(a["text"], "10 minutes left");
         assert!(a["at"].as_str().unwrap().ends_with('Z'));
     }
-    assert_eq!(t.next_of_type("ack").await["ref"], "a");
+    t.expect_ack("a").await;
     // Another exam's student got nothing: its next message is our probe's ack.
     other_exam
         .send_json(json!({"type": "heartbeat", "ref": "probe"}))
         .await;
-    assert_eq!(other_exam.next_json().await["type"], "ack");
+    assert_eq!(other_exam.next_json().await, ack("probe"));
 }
 
 #[tokio::test]
@@ -163,7 +162,7 @@ async fn a_teacher_that_never_reads_is_closed_without_delaying_others() {
             .send_json(json!({"type": "announce", "text": text, "ref": i}))
             .await;
         // The announcer reads its acks so it never becomes slow itself.
-        announcer.next_of_type("ack").await;
+        announcer.expect_ack(i).await;
     }
     let (seqs, _fast) = tokio::time::timeout(WAIT * 4, reader)
         .await

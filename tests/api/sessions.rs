@@ -19,7 +19,13 @@ async fn takeover_invalidates_the_old_socket_and_alerts_teachers() {
         bye,
         json!({"type": "session_invalidated", "reason": "second_session"})
     );
-    assert_eq!(old.expect_close().await.0, Some(4001));
+    assert_eq!(
+        old.expect_close().await,
+        (
+            Some(4001),
+            "session taken over by a new connection".to_string()
+        )
+    );
     let ev = t.next_json().await;
     assert!(is_student_event(&ev, "s1", "second_session"), "{ev}");
     let alert = t.next_json().await;
@@ -30,7 +36,7 @@ async fn takeover_invalidates_the_old_socket_and_alerts_teachers() {
     // The new socket is the student now; the old one's close is not a drop.
     new.send_json(json!({"type": "progress", "question": 1, "answered": 1, "ref": 1}))
         .await;
-    assert_eq!(new.next_json().await["type"], "ack");
+    new.expect_ack(1).await;
     let ev = t.next_json().await;
     assert!(is_student_event(&ev, "s1", "progress"), "{ev}");
     assert_eq!(ev["student"]["connected"], true);
@@ -46,7 +52,10 @@ async fn reject_refuses_the_new_socket_with_4009() {
     let mut second = app.connect("e1", &token).await;
     // Refused outright: no welcome, the very next frame is the close.
     match second.next().await {
-        Next::Closed(code, reason) => assert_eq!(code, Some(4009), "{reason}"),
+        Next::Closed(code, reason) => assert_eq!(
+            (code, reason.as_str()),
+            (Some(4009), "another session is active for this student")
+        ),
         Next::Json(v) => panic!("the rejected socket got {v}"),
     }
     let alert = t.next_json().await;
@@ -58,7 +67,7 @@ async fn reject_refuses_the_new_socket_with_4009() {
     first
         .send_json(json!({"type": "heartbeat", "ref": "still-here"}))
         .await;
-    assert_eq!(first.next_json().await["ref"], "still-here");
+    assert_eq!(first.next_json().await, ack("still-here"));
 }
 
 #[tokio::test]
@@ -79,7 +88,14 @@ async fn the_same_client_reconnecting_over_a_dead_socket_is_not_a_second_session
         let mut new = app.try_connect(&url, Some(&token), &[]).await.unwrap();
         let welcome = new.next_of_type("welcome").await;
         assert_ne!(welcome["session_id"], session, "{policy:?}");
-        assert_eq!(old.expect_close().await.0, Some(4001), "{policy:?}");
+        assert_eq!(
+            old.expect_close().await,
+            (
+                Some(4001),
+                "session taken over by a new connection".to_string()
+            ),
+            "{policy:?}"
+        );
         let ev = t.next_json().await;
         assert!(
             is_student_event(&ev, "s1", "reconnected"),

@@ -4,22 +4,43 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
 
 #[tokio::test]
 async fn idle_after_silence_then_active_on_progress() {
-    let app = spawn_app_with(|s| s.exam.idle_after = Duration::from_millis(200)).await;
+    let idle_after = Duration::from_millis(200);
+    let app = spawn_app_with(|s| s.exam.idle_after = idle_after).await;
     let (mut t, _) = app.teacher("e1", "t1").await;
     let (mut s, _) = app.student("e1", "s1").await;
     assert!(is_student_event(&t.next_json().await, "s1", "connected"));
-    // Heartbeats keep the socket alive but are not activity.
-    s.send_json(json!({"type": "heartbeat", "ref": "hb"})).await;
-    assert_eq!(s.next_json().await, json!({"type": "ack", "ref": "hb"}));
-    let idle = t.next_json().await;
+    // Heartbeats all along keep the socket alive but are not activity: the
+    // student still goes idle while they keep coming (four or more of them
+    // before `idle_after` is up, so each would have restarted the clock).
+    let mut beat = tokio::time::interval(idle_after / 4);
+    let mut beats = 0;
+    let idle = tokio::time::timeout(WAIT, async {
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    s.send_json(json!({"type": "heartbeat", "ref": format!("hb{beats}")})).await;
+                    beats += 1;
+                }
+                ev = t.next_json() => return ev,
+            }
+        }
+    })
+    .await
+    .expect("the student went idle while sending heartbeats");
     assert!(is_student_event(&idle, "s1", "idle"), "{idle}");
+    assert!(beats >= 4, "heartbeats throughout: {beats}");
     assert_eq!(idle["student"]["status"], "idle");
+    for i in 0..beats {
+        s.expect_ack(format!("hb{i}")).await;
+    }
     let alert = t.next_json().await;
     assert_eq!(alert["type"], "alert");
     assert_eq!(alert["kind"], "idle");
@@ -122,23 +143,16 @@ async fn submitted_is_final_and_survives_a_drop() {
     let (mut t, _) = app.teacher("e1", "t1").await;
     let (mut s, _) = app.student("e1", "s1").await;
     s.send_json(json!({"type": "submit", "ref": "sub"})).await;
-    assert_eq!(s.next_json().await["ref"], "sub");
+    s.expect_ack("sub").await;
+    // A repeated submit is acked, not refused.
     s.send_json(json!({"type": "submit", "ref": "again"})).await;
-    assert_eq!(
-        s.next_json().await["ref"],
-        "again",
-        "a repeated submit is acked"
-    );
+    s.expect_ack("again").await;
     s.send_json(json!({"type": "progress", "question": 1, "answered": 1, "ref": "late"}))
         .await;
-    let err = s.next_json().await;
     assert_eq!(
-        (
-            err["type"].as_str(),
-            err["code"].as_str(),
-            err["ref"].as_str()
-        ),
-        (Some("error"), Some("already_submitted"), Some("late"))
+        s.next_json().await,
+        json!({"type": "error", "code": "already_submitted",
+               "message": "the exam is already submitted", "ref": "late"})
     );
     t.next_of_type("student").await; // connected
     let sub = t.next_json().await;
@@ -151,14 +165,62 @@ async fn submitted_is_final_and_survives_a_drop() {
     assert_eq!(snap["counts"]["submitted"], 1);
 }
 
+/// docs/PROTOCOL.md 4.8: a connection is closed 2–3 intervals after its
+/// last frame, and one that answers pings is never closed.
 #[tokio::test]
 async fn a_silent_connection_is_closed_after_two_ping_intervals() {
-    let app = spawn_app_with(|s| s.ws.ping_interval = Duration::from_millis(100)).await;
+    let interval = Duration::from_millis(300);
+    // Scheduling on a loaded machine may delay the close, never advance it.
+    let slack = Duration::from_millis(250);
+    let app = spawn_app_with(|s| s.ws.ping_interval = interval).await;
+    // A control client that reads all along, so its WebSocket layer answers
+    // every ping: it must stay open.
+    let (mut control, _) = app.student("e1", "control").await;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return control,
+                frame = control.ws.next() => match frame {
+                    Some(Ok(Message::Ping(_))) => continue,
+                    other => panic!("the control client got {other:?}"),
+                },
+            }
+        }
+    });
+    // Before the handshake, so no later than the server's last sight of s1.
+    let connecting = std::time::Instant::now();
     let (mut s, _) = app.student("e1", "s1").await;
-    // Do not read (so no pong is sent) for longer than two intervals.
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let (code, reason) = s.expect_close().await;
-    assert_eq!(code, Some(4000), "{reason}");
+    // After the welcome, so no earlier than the server's last sight of s1.
+    let welcomed = std::time::Instant::now();
+    // Not read (so no pong is sent): when the server gives up is seen in
+    // its counter, not on the socket, which reading would answer.
+    let deadline = welcomed + WAIT;
+    while app.metric("examwatch_ping_timeouts_total") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        connecting.elapsed() > interval * 2,
+        "not before two intervals: {:?}",
+        connecting.elapsed()
+    );
+    assert!(
+        welcomed.elapsed() < interval * 3 + slack,
+        "within three intervals: {:?}",
+        welcomed.elapsed()
+    );
+    assert_eq!(
+        s.expect_close().await,
+        (Some(4000), "ping timeout".to_string())
+    );
+    // The control client outlived it and still works.
+    stop.send(()).expect("the control reader is waiting");
+    let mut control = reader.await.expect("control reader");
+    control
+        .send_json(json!({"type": "heartbeat", "ref": "alive"}))
+        .await;
+    control.expect_ack("alive").await;
     assert_eq!(app.metric("examwatch_ping_timeouts_total"), 1);
 }
 

@@ -8,7 +8,7 @@
 // single-use ticket, never a token in the URL; a screenshot is saved.
 
 import { join } from 'node:path';
-import { SECOND, artifacts, check, kill9, launch, log, page, row, scenario, startServer, within } from './lib.mjs';
+import { SECOND, artifacts, check, kill9, launch, log, page, patience, row, scenario, startServer, within } from './lib.mjs';
 
 const rowText = (sel) => document.querySelector(sel)?.textContent ?? 'no such row';
 
@@ -88,7 +88,7 @@ await scenario('live dashboard', async ({ cleanup, problems }) => {
   await dash.waitForFunction(() => {
     const shown = [...document.querySelectorAll('#students .rows .row:not([hidden])')];
     return shown.length >= 1 && shown.every((r) => r.dataset.status === 'submitted');
-  }, null, { timeout: SECOND });
+  }, null, { timeout: patience(SECOND) });
   check(!(await dash.$eval(row('visitor'), (r) => r.hidden)), 'the submitted student is shown');
   await dash.selectOption('#filter-status', '');
   await dash.fill('#filter-name', 'page)');

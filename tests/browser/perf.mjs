@@ -88,8 +88,13 @@ await scenario('300 students', async ({ cleanup, problems }) => {
   // Deterministic: what the view does per update, whatever the machine's load.
   check(m.rows_rebuilt === 0, `no row element was rebuilt (${m.rows_rebuilt} were)`);
   check(m.mutations_per_row_update < 8, `a row update touches only its changed cells (${m.mutations_per_row_update} DOM mutations each)`);
-  // Timing: generous, because this machine may be shared (the numbers
-  // quoted in docs/CLIENT.md come from this same line, run alone); a view
-  // that re-rendered the table per event would still fail it.
-  check(m.frame_ms_p95 < 50, `95% of renders apply their updates within 50 ms (got ${m.frame_ms_p95} ms)`);
+  // Renders are batched: one at most every RENDER_MS (100 ms, a timer that
+  // never fires early), each applying many row updates. A view that
+  // rendered per event has about one render per row update and fails here,
+  // whatever the machine's speed. (A bound on render time, which this
+  // replaces, could not fail: one repaint of 300 rows takes well under its
+  // 50 ms even when done for every event.)
+  check(m.frames > 0, 'renders were measured');
+  check(m.frames <= Math.floor((m.seconds + 0.1) * 10) + 2, `at most ten renders a second (${m.frames} in ${m.seconds} s)`);
+  check(m.row_updates >= 5 * m.frames, `each render applies a batch of updates (${m.row_updates} updates in ${m.frames} renders)`);
 });

@@ -12,7 +12,7 @@
 // The answer ids are printed on a RESULT line; the Rust side checks that
 // each is in the database exactly once.
 
-import { SECOND, SLOW, check, kill9, launch, log, page, row, scenario, startServer, stop, token, within } from './lib.mjs';
+import { SECOND, SLOW, check, kill9, launch, log, page, patience, row, scenario, startServer, stop, token, within } from './lib.mjs';
 
 const rowState = (sel) => { const r = document.querySelector(sel); return r ? `${r.dataset.conn} ${r.textContent}` : 'no row'; };
 
@@ -77,18 +77,18 @@ await scenario('restart', async ({ cleanup, problems }) => {
     return !b.hidden && b.textContent.includes('Not live');
   }, null, () => document.querySelector('#banner').outerHTML);
   check(await dash.evaluate(() => document.body.classList.contains('stale')), 'table is marked stale');
-  await student.waitForSelector('#conn[data-state="offline"]', { timeout: 2 * SECOND });
+  await student.waitForSelector('#conn[data-state="offline"]', { timeout: patience(2 * SECOND) });
 
   // More answers while the server is down, then the tab is closed.
   await student.check('fieldset[data-question="q3"] input >> nth=2');
-  await student.waitForSelector('#pending[data-count="2"]', { timeout: SECOND });
+  await student.waitForSelector('#pending[data-count="2"]', { timeout: patience(SECOND) });
   const ids = await student.evaluate(() => window.examwatch.client.pending().map((m) => m.id));
   check(ids.length === 2, `two answers wait in the outbox: ${ids}`);
   await student.close();
   log('student tab closed with', ids.length, 'unacked answers');
-  await stayer.waitForSelector('#conn[data-state="offline"]', { timeout: 2 * SECOND });
+  await stayer.waitForSelector('#conn[data-state="offline"]', { timeout: patience(2 * SECOND) });
   await stayer.check('fieldset[data-question="q3"] input >> nth=2');
-  await stayer.waitForSelector('#pending[data-count="2"]', { timeout: SECOND });
+  await stayer.waitForSelector('#pending[data-count="2"]', { timeout: patience(SECOND) });
   const stayerIds = await stayer.evaluate(() => window.examwatch.client.pending().map((m) => m.id));
   const sessionBefore = await stayer.evaluate(() => window.examwatch.client.sessionId);
 
