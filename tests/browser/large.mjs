@@ -36,5 +36,12 @@ await scenario('large exam', async ({ cleanup, problems }) => {
   }));
   check(seen.counts.submitted === 5000 && seen.counts.disconnected === 15000, `counts: ${JSON.stringify(seen.counts)}`);
   check(seen.banner, 'no "not live" banner');
+  // The exam has no total_questions: no bar drawn (never a full one), the count alone.
+  const progress = await dash.evaluate(() => {
+    const row = document.querySelector('#students .rows .row');
+    const bar = row.querySelector('.bar');
+    return { hidden: getComputedStyle(bar).display === 'none', width: row.querySelector('.fill').style.width, text: row.querySelector('.bar-text').textContent };
+  });
+  check(progress.hidden && progress.text === '16', `no progress bar without a total: ${JSON.stringify(progress)}`);
   console.log(`LARGE ${JSON.stringify({ ...seen, ms: Date.now() - started })}`);
 });

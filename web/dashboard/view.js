@@ -209,6 +209,7 @@ export class View {
     cells.statusBadge = el('span', 'badge');
     cells.status.append(cells.statusBadge);
     const bar = el('span', 'bar');
+    cells.barBox = bar;
     cells.bar = el('span', 'fill');
     bar.append(cells.bar);
     cells.barText = el('span', 'bar-text');
@@ -271,8 +272,11 @@ export class View {
       c.statusBadge.className = `badge status-${s.status}`;
     }
     this._set(row, 'question', c.question, s.current_question === null ? '—' : String(s.current_question));
+    // Without the exam's total a bar would have nothing to be a share of
+    // (drawing it full would claim the student is done): the count alone.
     const total = this.totalQuestions;
-    const share = total ? Math.min(1, s.answered / total) : s.answered > 0 ? 1 : 0;
+    if (c.barBox.hidden !== !total) c.barBox.hidden = !total;
+    const share = total ? Math.min(1, s.answered / total) : 0;
     this._set(row, 'bar', c.bar.style, null, `${Math.round(share * 100)}%`);
     this._set(row, 'progress', c.barText, total ? `${s.answered} / ${total}` : String(s.answered));
     this._set(row, 'focus', c.focus, String(s.focus_lost_count));
