@@ -16,41 +16,68 @@ pub struct Redis {
 
 impl Redis {
     /// Starts one, or `None` (with a notice) when redis-server is missing
-    /// outside CI.
+    /// outside CI. redis-server cannot bind port 0 and report it, so the
+    /// port is a free one found by binding; another process may take it
+    /// before redis-server binds, so a start that fails (or finds some other
+    /// server there) is retried on a fresh port.
     pub fn start() -> Option<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let mut redis = Redis { port, child: None };
-        if let Err(e) = redis.spawn() {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("redis-server is required under CI: {e}");
+        let mut last = None;
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut redis = Redis { port, child: None };
+            match redis.spawn() {
+                Ok(()) => return Some(redis),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    missing(
+                        Prerequisite::Redis,
+                        &format!("cannot start redis-server: {e}"),
+                    );
+                    return None;
+                }
+                Err(e) => last = Some(e),
             }
-            // Not `eprintln!`, which libtest captures in a passing test.
-            let _ = writeln!(
-                std::io::stderr(),
-                "NOTICE: skipping a Redis test: cannot start redis-server: {e}"
-            );
-            return None;
         }
-        Some(redis)
+        panic!("redis-server did not start on five free ports: {last:?}");
     }
 
+    /// Runs redis-server on `self.port` and waits until it answers there
+    /// as itself (its `process_id`), not some other server on that port.
     fn spawn(&mut self) -> std::io::Result<()> {
-        let child = std::process::Command::new("redis-server")
+        let mut child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
             .stdout(std::process::Stdio::null())
             .spawn()?;
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "redis-server on port {} exited: {status}",
+                    self.port
+                )));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            match redis_pid(self.port) {
+                Some(p) if p == pid => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Some(other) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(std::io::Error::other(format!(
+                        "port {} is held by another redis-server (pid {other})",
+                        self.port
+                    )));
+                }
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
         }
+        let _ = child.kill();
+        let _ = child.wait();
         Err(std::io::Error::other("redis-server did not start"))
     }
 
@@ -66,9 +93,29 @@ impl Redis {
         }
     }
 
+    /// Starts it again on the same port (the instances' `redis_url`).
     pub fn start_again(&mut self) {
-        self.spawn().expect("redis-server restarts");
+        self.spawn().expect("redis-server restarts on its port");
     }
+}
+
+/// The `process_id` of the Redis answering on `port`, if one answers.
+fn redis_pid(port: u16) -> Option<u32> {
+    use std::io::Read;
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    tcp.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    let mut info = Vec::new();
+    let mut buf = [0u8; 4096];
+    // INFO server is one bulk string of a few KiB; read until its pid line.
+    while !String::from_utf8_lossy(&info).contains("run_id:") {
+        let n = tcp.read(&mut buf).ok().filter(|n| *n > 0)?;
+        info.extend_from_slice(&buf[..n]);
+    }
+    let info = String::from_utf8_lossy(&info);
+    let line = info.lines().find(|l| l.starts_with("process_id:"))?;
+    line["process_id:".len()..].trim().parse().ok()
 }
 
 impl Drop for Redis {

@@ -1,7 +1,11 @@
 //! Shared test harness: a real server on 127.0.0.1:0 per test, real
 //! WebSocket clients, and helpers that wait for events instead of sleeping.
 
-use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+mod run_end;
+pub use run_end::{Prerequisite, missing};
+use run_end::{created_database, sweep_stale_databases};
 
 use examwatch::{
     App, Settings,
@@ -74,7 +78,8 @@ pub enum Backend {
 
 /// A fresh, empty database URL for `backend`; `None` (with a visible
 /// notice) when PostgreSQL is not reachable outside CI. Under `CI=true` a
-/// missing PostgreSQL fails the test.
+/// missing PostgreSQL fails the test. A PostgreSQL database is dropped when
+/// the test process exits (see `run_end`).
 pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<String> {
     match backend {
         Backend::Sqlite => Some(format!("sqlite://{}/examwatch.db", dir.display())),
@@ -90,22 +95,25 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<S
                         Ok(Err(e)) => e.to_string(),
                         _ => "timed out".into(),
                     };
-                    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                        panic!("PostgreSQL is required under CI ({base}): {why}");
-                    }
-                    // Not `eprintln!`, which libtest captures in a passing test.
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "NOTICE: skipping a PostgreSQL test: cannot reach {base}: {why}"
+                    missing(
+                        Prerequisite::Postgres,
+                        &format!("cannot reach {base}: {why}"),
                     );
                     return None;
                 }
             };
+            static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                sweep_stale_databases(&pool).await;
+            }
             let name = format!("examwatch_test_{}", uuid::Uuid::new_v4().simple());
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&pool)
                 .await
                 .expect("create a test database");
+            // Dropped when the test process exits (the database may outlive
+            // the test's server: restarts on the same data).
+            created_database(&base, &name);
             pool.close().await;
             let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
             Some(format!("{prefix}/{name}"))
@@ -642,9 +650,16 @@ pub fn metric_in(text: &str, name: &str) -> Option<i64> {
     })
 }
 
-/// The real binary, run in `dir`, on 127.0.0.1:0, logging at info level.
+/// The real binary, run in `dir`, on 127.0.0.1:0, logging at info level,
+/// with none of the test process's own `EXAMWATCH__*` settings (a developer's
+/// shell must not change what a test runs).
 pub fn examwatch_command(dir: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_examwatch"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("EXAMWATCH__") {
+            cmd.env_remove(key);
+        }
+    }
     cmd.current_dir(dir)
         .env_remove("RUST_LOG")
         .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
