@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, io::Write, process::Child, time::Duration};
 
+use tokio::time::Instant;
+
 use examwatch::auth::Role;
 use serde_json::{Value, json};
 
@@ -225,8 +227,10 @@ async fn three_instances_one_order_and_snapshots_include_every_instance() {
     let mut seen = Vec::new();
     for t in teachers.iter_mut() {
         let mut v = View::default();
+        let deadline = deadline();
         while v.events.len() < 24 {
-            let ev = t.next_json().await;
+            assert!(Instant::now() < deadline, "teacher view stuck at {v:?}");
+            let ev = t.next_json_within(deadline).await;
             v.apply(&ev);
         }
         seen.push(v.events);
@@ -333,8 +337,10 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
     a.send_json(json!({"type": "progress", "question": 77, "answered": 1, "ref": "x"}))
         .await;
     a.next_of_type("ack").await;
+    let deadline = deadline();
     loop {
-        let ev = t0.next_json().await;
+        assert!(Instant::now() < deadline, "teacher view stuck at {v0:?}");
+        let ev = t0.next_json_within(deadline).await;
         v0.apply(&ev);
         if v0.questions.get("a") == Some(&json!(77)) {
             break;
@@ -359,7 +365,7 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
                 tokio::time::Instant::now() < deadline,
                 "teacher view stuck at {v:?}"
             );
-            let ev = t.next_json().await;
+            let ev = t.next_json_within(deadline).await;
             v.apply(&ev);
         }
     }
@@ -429,8 +435,10 @@ async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires(
         "the same student, state moved with it"
     );
     let mut causes = HashMap::new();
+    let deadline = deadline();
     while causes.len() < 2 {
-        let ev = t.next_of_type("student").await;
+        assert!(Instant::now() < deadline, "only {causes:?}");
+        let ev = t.next_of_type_within("student", deadline).await;
         let id = ev["student"]["student_id"].as_str().unwrap().to_owned();
         causes.insert(id, ev["cause"].as_str().unwrap().to_owned());
     }
@@ -504,8 +512,9 @@ async fn a_disconnect_watched_from_another_instance_is_reported_once() {
     // s1 arrives: the next event is our probe.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_probe, _) = apps[1].student("e1", "probe").await;
+    let deadline = deadline();
     loop {
-        let ev = t.next_json().await;
+        let ev = t.next_json_within(deadline).await;
         if ev["type"] == "alert" && ev["student_id"] == "s1" {
             continue; // the one alert that goes with the disconnect
         }
@@ -543,8 +552,9 @@ async fn answers_stored_through_another_instance_still_count() {
         .await;
     moved.next_of_type("ack").await;
     let mut most = 0;
+    let deadline = deadline();
     loop {
-        let ev = t.next_of_type("student").await;
+        let ev = t.next_of_type_within("student", deadline).await;
         let answered = ev["student"]["answered"].as_u64().unwrap();
         assert!(answered >= most, "answered never goes backwards: {ev}");
         most = answered;

@@ -187,10 +187,11 @@ async fn start_answering(addr: &str, keys: &Keys, students: usize) -> Answering 
                 }
                 // The ack may wait for the disk to come back: no deadline
                 // on this one reply beyond the test's own.
+                let until = tokio::time::Instant::now() + Duration::from_secs(60);
                 let reply = loop {
                     use futures_util::StreamExt;
                     use tokio_tungstenite::tungstenite::Message;
-                    match tokio::time::timeout(Duration::from_secs(60), c.ws.next()).await {
+                    match tokio::time::timeout_at(until, c.ws.next()).await {
                         Ok(Some(Ok(Message::Text(t)))) => {
                             let v: serde_json::Value =
                                 serde_json::from_str(t.as_str()).expect("server sent JSON");
@@ -441,6 +442,10 @@ async fn postgres_connections_killed_mid_commit_lose_no_acked_answer() {
     let mut killed = 0;
     let until = tokio::time::Instant::now() + Duration::from_millis(1500);
     while killed < 5 || tokio::time::Instant::now() < until {
+        assert!(
+            tokio::time::Instant::now() < until + WAIT,
+            "only {killed} backends terminated"
+        );
         let rows = sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = $1 AND pid <> pg_backend_pid()",

@@ -4,6 +4,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 mod run_end;
+#[cfg(test)]
+mod self_tests;
 pub use run_end::{Prerequisite, missing};
 use run_end::{created_database, sweep_stale_databases};
 
@@ -403,13 +405,29 @@ impl Client {
 
     /// [`Client::next_of_type`] with the caller's overall deadline.
     pub async fn next_of_type_within(&mut self, ty: &str, deadline: Instant) -> Value {
+        self.next_where_within(&format!("a `{ty}`"), deadline, |v| v["type"] == ty)
+            .await
+    }
+
+    /// Skips messages until one for which `wanted` holds, within [`WAIT`]
+    /// in all; fails naming `what` it waited for and what it skipped.
+    pub async fn next_where(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        self.next_where_within(what, deadline(), wanted).await
+    }
+
+    /// [`Client::next_where`] with the caller's overall deadline.
+    pub async fn next_where_within(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut seen = Seen::default();
-        let what = format!("a `{ty}`");
         loop {
-            match self.frame_within(deadline, &mut seen, &what).await {
+            match self.frame_within(deadline, &mut seen, what).await {
                 Frame::Text(t) => {
                     let v = parse(&t);
-                    if v["type"] == ty {
+                    if wanted(&v) {
                         return v;
                     }
                     seen.push(t);

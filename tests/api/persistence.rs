@@ -196,10 +196,11 @@ async fn answers_are_stored_once_and_acked_after_commit(db: Backend) {
     // `answered` counts questions with a stored answer.
     let mut last = Value::Null;
     for _ in 0..2 {
-        last = t.next_of_type("student").await;
-        while last["cause"] != "answered" {
-            last = t.next_of_type("student").await;
-        }
+        last = t
+            .next_where("an `answered`", |v| {
+                v["type"] == "student" && v["cause"] == "answered"
+            })
+            .await;
     }
     assert_eq!(last["student"]["answered"], 2);
     s.send_json(json!({"type": "answer", "id": "x", "question": "q3"}))
@@ -259,8 +260,9 @@ async fn a_restart_continues_seq_and_resume_replays_from_the_database(db: Backen
     s.next_of_type("ack").await;
     // The teacher saw everything up to here, then lost its connection.
     let mut last_seen = 0;
+    let deadline = deadline();
     loop {
-        let ev = t.next_of_type("student").await;
+        let ev = t.next_of_type_within("student", deadline).await;
         last_seen = ev["seq"].as_u64().unwrap().max(last_seen);
         if ev["cause"] == "answered" {
             break;
