@@ -212,12 +212,12 @@ async fn abuse_on_one_socket_does_not_disturb_the_exam() {
         }
     }
     good.send_json(progress(1, 1)).await;
-    let ev = t.next_of_type("student").await;
     // Teachers see the abusers come and go, and the good student's progress.
-    let mut ev = ev;
-    while !is_student_event(&ev, "good", "progress") {
-        ev = t.next_of_type("student").await;
-    }
+    let ev = t
+        .next_where("good's progress", |ev| {
+            is_student_event(ev, "good", "progress")
+        })
+        .await;
     assert_eq!(ev["student"]["answered"], 1);
 }
 

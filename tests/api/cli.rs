@@ -16,8 +16,12 @@ async fn serve_then_token_then_sigterm() {
         .unwrap();
     let rx = lines_of(child.stderr.take().unwrap());
     let mut logs = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
     let addr = loop {
-        let line = rx.recv_timeout(WAIT).expect("server logged its address");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no address logged ({e}); logged: {logs:#?}"));
         logs.push(line.clone());
         if let Some(rest) = line.split("listening on http://").nth(1) {
             break rest
@@ -123,11 +127,17 @@ fn json_log_format_writes_one_json_object_per_line() {
         .spawn()
         .unwrap();
     let rx = lines_of(child.stderr.take().unwrap());
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
     let line = loop {
-        let line = rx.recv_timeout(WAIT).expect("a log line");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("no `listening` line ({e}); logged: {seen:#?}"));
         if line.contains("listening") {
             break line;
         }
+        seen.push(line);
     };
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

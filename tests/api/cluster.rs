@@ -3,6 +3,8 @@
 
 use std::{collections::HashMap, io::Write, process::Child, time::Duration};
 
+use tokio::time::Instant;
+
 use examwatch::auth::Role;
 use serde_json::{Value, json};
 
@@ -16,41 +18,68 @@ pub struct Redis {
 
 impl Redis {
     /// Starts one, or `None` (with a notice) when redis-server is missing
-    /// outside CI.
+    /// outside CI. redis-server cannot bind port 0 and report it, so the
+    /// port is a free one found by binding; another process may take it
+    /// before redis-server binds, so a start that fails (or finds some other
+    /// server there) is retried on a fresh port.
     pub fn start() -> Option<Redis> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let mut redis = Redis { port, child: None };
-        if let Err(e) = redis.spawn() {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("redis-server is required under CI: {e}");
+        let mut last = None;
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut redis = Redis { port, child: None };
+            match redis.spawn() {
+                Ok(()) => return Some(redis),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    missing(
+                        Prerequisite::Redis,
+                        &format!("cannot start redis-server: {e}"),
+                    );
+                    return None;
+                }
+                Err(e) => last = Some(e),
             }
-            // Not `eprintln!`, which libtest captures in a passing test.
-            let _ = writeln!(
-                std::io::stderr(),
-                "NOTICE: skipping a Redis test: cannot start redis-server: {e}"
-            );
-            return None;
         }
-        Some(redis)
+        panic!("redis-server did not start on five free ports: {last:?}");
     }
 
+    /// Runs redis-server on `self.port` and waits until it answers there
+    /// as itself (its `process_id`), not some other server on that port.
     fn spawn(&mut self) -> std::io::Result<()> {
-        let child = std::process::Command::new("redis-server")
+        let mut child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
             .stdout(std::process::Stdio::null())
             .spawn()?;
-        self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "redis-server on port {} exited: {status}",
+                    self.port
+                )));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            match redis_pid(self.port) {
+                Some(p) if p == pid => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Some(other) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(std::io::Error::other(format!(
+                        "port {} is held by another redis-server (pid {other})",
+                        self.port
+                    )));
+                }
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
         }
+        let _ = child.kill();
+        let _ = child.wait();
         Err(std::io::Error::other("redis-server did not start"))
     }
 
@@ -66,9 +95,29 @@ impl Redis {
         }
     }
 
+    /// Starts it again on the same port (the instances' `redis_url`).
     pub fn start_again(&mut self) {
-        self.spawn().expect("redis-server restarts");
+        self.spawn().expect("redis-server restarts on its port");
     }
+}
+
+/// The `process_id` of the Redis answering on `port`, if one answers.
+fn redis_pid(port: u16) -> Option<u32> {
+    use std::io::Read;
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    tcp.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        .ok()?;
+    let mut info = Vec::new();
+    let mut buf = [0u8; 4096];
+    // INFO server is one bulk string of a few KiB; read until its pid line.
+    while !String::from_utf8_lossy(&info).contains("run_id:") {
+        let n = tcp.read(&mut buf).ok().filter(|n| *n > 0)?;
+        info.extend_from_slice(&buf[..n]);
+    }
+    let info = String::from_utf8_lossy(&info);
+    let line = info.lines().find(|l| l.starts_with("process_id:"))?;
+    line["process_id:".len()..].trim().parse().ok()
 }
 
 impl Drop for Redis {
@@ -201,8 +250,10 @@ async fn three_instances_one_order_and_snapshots_include_every_instance() {
     let mut seen = Vec::new();
     for t in teachers.iter_mut() {
         let mut v = View::default();
+        let deadline = deadline();
         while v.events.len() < 24 {
-            let ev = t.next_json().await;
+            assert!(Instant::now() < deadline, "teacher view stuck at {v:?}");
+            let ev = t.next_json_within(deadline).await;
             v.apply(&ev);
         }
         seen.push(v.events);
@@ -312,8 +363,10 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
     a.send_json(json!({"type": "progress", "question": 77, "answered": 1, "ref": "x"}))
         .await;
     a.expect_ack("x").await;
+    let deadline = deadline();
     loop {
-        let ev = t0.next_json().await;
+        assert!(Instant::now() < deadline, "teacher view stuck at {v0:?}");
+        let ev = t0.next_json_within(deadline).await;
         v0.apply(&ev);
         if v0.questions.get("a") == Some(&json!(77)) {
             break;
@@ -338,7 +391,7 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
                 tokio::time::Instant::now() < deadline,
                 "teacher view stuck at {v:?}"
             );
-            let ev = t.next_json().await;
+            let ev = t.next_json_within(deadline).await;
             v.apply(&ev);
         }
     }
@@ -408,8 +461,10 @@ async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires(
         "the same student, state moved with it"
     );
     let mut causes = HashMap::new();
+    let deadline = deadline();
     while causes.len() < 2 {
-        let ev = t.next_of_type("student").await;
+        assert!(Instant::now() < deadline, "only {causes:?}");
+        let ev = t.next_of_type_within("student", deadline).await;
         let id = ev["student"]["student_id"].as_str().unwrap().to_owned();
         causes.insert(id, ev["cause"].as_str().unwrap().to_owned());
     }
@@ -515,7 +570,7 @@ async fn a_disconnect_watched_from_another_instance_is_reported_once() {
     // our probe's.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_probe, _) = apps[1].student("e1", "probe").await;
-    let next = t.next_json().await;
+    let next = t.next_json_within(deadline()).await;
     assert!(
         is_student_event(&next, "probe", "connected"),
         "a second report: {next}"
@@ -553,8 +608,9 @@ async fn answers_stored_through_another_instance_still_count() {
         .await;
     moved.expect_ack(4).await;
     let mut most = 0;
+    let deadline = deadline();
     loop {
-        let ev = t.next_of_type("student").await;
+        let ev = t.next_of_type_within("student", deadline).await;
         let answered = ev["student"]["answered"].as_u64().unwrap();
         assert!(answered >= most, "answered never goes backwards: {ev}");
         most = answered;

@@ -75,12 +75,19 @@ async fn pages_are_served_with_their_types_csp_and_etags() {
 }
 
 /// The line of `examwatch demo`'s output that starts with `label:`.
+/// Fails (with the lines it read) if none comes within `2 * WAIT` in all.
 fn url_after(lines: &std::sync::mpsc::Receiver<String>, label: &str) -> String {
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    let mut seen = Vec::new();
     loop {
-        let line = lines.recv_timeout(WAIT * 2).expect("demo printed its URLs");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines.recv_timeout(left).unwrap_or_else(|e| {
+            panic!("the demo printed no `{label}` ({e}); it printed {seen:#?}")
+        });
         if let Some(url) = line.trim().strip_prefix(label) {
             return url.trim().to_owned();
         }
+        seen.push(line);
     }
 }
 
@@ -114,11 +121,21 @@ async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
     teacher.next_of_type("snapshot").await;
     let mut joined = std::collections::HashSet::new();
     let mut answered = false;
-    while joined.len() < 4 || !answered {
-        let ev = teacher.next_of_type("student").await;
-        joined.insert(ev["student"]["student_id"].as_str().unwrap().to_owned());
-        answered |= ev["cause"] == "answered";
-    }
+    // One deadline in all: the demo's students keep acting, so a wait per
+    // event would never end if they never answered.
+    let in_time = tokio::time::timeout(WAIT * 2, async {
+        while joined.len() < 4 || !answered {
+            let ev = teacher.next_of_type("student").await;
+            joined.insert(ev["student"]["student_id"].as_str().unwrap().to_owned());
+            answered |= ev["cause"] == "answered";
+        }
+    })
+    .await;
+    assert!(
+        in_time.is_ok(),
+        "within {:?}: joined {joined:?}, an answer seen: {answered}",
+        WAIT * 2
+    );
     // The exam exists for the REST API, with its number of questions.
     let exam = get_json_at(&format!("{base}/v1/exams/demo"), token).await;
     assert_eq!(exam["settings"]["total_questions"], 5, "{exam}");

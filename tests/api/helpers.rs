@@ -1,7 +1,13 @@
 //! Shared test harness: a real server on 127.0.0.1:0 per test, real
 //! WebSocket clients, and helpers that wait for events instead of sleeping.
 
-use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+mod run_end;
+#[cfg(test)]
+mod self_tests;
+pub use run_end::{Prerequisite, missing};
+use run_end::{created_database, sweep_stale_databases};
 
 use examwatch::{
     App, Settings,
@@ -10,7 +16,7 @@ use examwatch::{
 };
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle};
+use tokio::{net::TcpStream, sync::oneshot, task::JoinHandle, time::Instant};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
     tungstenite::{
@@ -21,7 +27,8 @@ use tokio_tungstenite::{
     },
 };
 
-/// How long any single awaited event may take before the test fails.
+/// How long any one wait may take in all before the test fails (one
+/// deadline per wait: pings and other frames do not extend it).
 pub const WAIT: Duration = Duration::from_secs(5);
 
 pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
@@ -73,7 +80,8 @@ pub enum Backend {
 
 /// A fresh, empty database URL for `backend`; `None` (with a visible
 /// notice) when PostgreSQL is not reachable outside CI. Under `CI=true` a
-/// missing PostgreSQL fails the test.
+/// missing PostgreSQL fails the test. A PostgreSQL database is dropped when
+/// the test process exits (see `run_end`).
 pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<String> {
     match backend {
         Backend::Sqlite => Some(format!("sqlite://{}/examwatch.db", dir.display())),
@@ -89,22 +97,25 @@ pub async fn fresh_database(backend: Backend, dir: &std::path::Path) -> Option<S
                         Ok(Err(e)) => e.to_string(),
                         _ => "timed out".into(),
                     };
-                    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                        panic!("PostgreSQL is required under CI ({base}): {why}");
-                    }
-                    // Not `eprintln!`, which libtest captures in a passing test.
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "NOTICE: skipping a PostgreSQL test: cannot reach {base}: {why}"
+                    missing(
+                        Prerequisite::Postgres,
+                        &format!("cannot reach {base}: {why}"),
                     );
                     return None;
                 }
             };
+            static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                sweep_stale_databases(&pool).await;
+            }
             let name = format!("examwatch_test_{}", uuid::Uuid::new_v4().simple());
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&pool)
                 .await
                 .expect("create a test database");
+            // Dropped when the test process exits (the database may outlive
+            // the test's server: restarts on the same data).
+            created_database(&base, &name);
             pool.close().await;
             let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
             Some(format!("{prefix}/{name}"))
@@ -259,7 +270,13 @@ impl TestApp {
     pub async fn timeline(&self, exam: &str, token: &str, limit: u32) -> Vec<Value> {
         let mut events = Vec::new();
         let mut after = 0;
+        let deadline = deadline();
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "the timeline of {exam} did not end within {WAIT:?}: {} events, after_seq {after}",
+                events.len()
+            );
             let path = format!("/v1/exams/{exam}/timeline?after_seq={after}&limit={limit}");
             let page = self.get_json(&path, token).await;
             events.extend(page["events"].as_array().expect("events").iter().cloned());
@@ -352,38 +369,72 @@ impl Client {
         self.ws.send(Message::text(s)).await.expect("send");
     }
 
-    /// The next JSON message or close, skipping pings and pongs.
+    /// The next JSON message or close, skipping pings and pongs, within
+    /// [`WAIT`] in all (pings do not extend it).
     pub async fn next(&mut self) -> Next {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("timed out waiting for a message");
-            match msg {
-                Some(Ok(Message::Text(t))) => {
-                    return Next::Json(serde_json::from_str(t.as_str()).expect("server sent JSON"));
-                }
-                Some(Ok(Message::Close(f))) => return close_of(f),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
-                Some(Err(e)) => return Next::Closed(None, format!("error: {e}")),
-                None => return Next::Closed(None, "stream ended".into()),
-            }
+        self.next_within(deadline()).await
+    }
+
+    /// [`Client::next`] with the caller's overall deadline (one `deadline`
+    /// for a whole waiting loop).
+    pub async fn next_within(&mut self, deadline: Instant) -> Next {
+        let mut seen = Seen::default();
+        match self.frame_within(deadline, &mut seen, "a message").await {
+            Frame::Text(t) => Next::Json(parse(&t)),
+            Frame::Closed(code, reason) => Next::Closed(code, reason),
         }
     }
 
     pub async fn next_json(&mut self) -> Value {
-        match self.next().await {
+        self.next_json_within(deadline()).await
+    }
+
+    /// The next JSON message by `deadline`; panics on a close.
+    pub async fn next_json_within(&mut self, deadline: Instant) -> Value {
+        match self.next_within(deadline).await {
             Next::Json(v) => v,
             Next::Closed(code, reason) => panic!("expected a message, got close {code:?} {reason}"),
         }
     }
 
-    /// Skips messages until one of type `ty` arrives.
+    /// Skips messages until one of type `ty` arrives, within [`WAIT`] in
+    /// all; fails with the messages it skipped.
     pub async fn next_of_type(&mut self, ty: &str) -> Value {
+        self.next_of_type_within(ty, deadline()).await
+    }
+
+    /// [`Client::next_of_type`] with the caller's overall deadline.
+    pub async fn next_of_type_within(&mut self, ty: &str, deadline: Instant) -> Value {
+        self.next_where_within(&format!("a `{ty}`"), deadline, |v| v["type"] == ty)
+            .await
+    }
+
+    /// Skips messages until one for which `wanted` holds, within [`WAIT`]
+    /// in all; fails naming `what` it waited for and what it skipped.
+    pub async fn next_where(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        self.next_where_within(what, deadline(), wanted).await
+    }
+
+    /// [`Client::next_where`] with the caller's overall deadline.
+    pub async fn next_where_within(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut seen = Seen::default();
         loop {
-            let v = self.next_json().await;
-            if v["type"] == ty {
-                return v;
+            match self.frame_within(deadline, &mut seen, what).await {
+                Frame::Text(t) => {
+                    let v = parse(&t);
+                    if wanted(&v) {
+                        return v;
+                    }
+                    seen.push(t);
+                }
+                Frame::Closed(code, reason) => {
+                    panic!("expected {what}, got close {code:?} {reason}; before it: {seen}")
+                }
             }
         }
     }
@@ -401,12 +452,27 @@ impl Client {
     /// together: numbered 1, 2, … `parts`, nothing else in between (no
     /// socket-level errors are provoked here), the same `seq`, `exam_id`,
     /// `parts` and `counts` in each. A snapshot without `part`/`parts` is
-    /// taken as whole.
+    /// taken as whole. All parts within one [`WAIT`] (a 20,000-student
+    /// snapshot takes well under a second here).
     pub async fn snapshot_parts(&mut self) -> Vec<(usize, Value)> {
+        let deadline = deadline();
+        let mut seen = Seen::default();
         let mut parts: Vec<(usize, Value)> = Vec::new();
         loop {
-            let (bytes, v) = self.next_text_json().await;
+            let t = match self
+                .frame_within(deadline, &mut seen, "a snapshot part")
+                .await
+            {
+                Frame::Text(t) => t,
+                Frame::Closed(code, reason) => {
+                    panic!(
+                        "expected a snapshot part, got close {code:?} {reason}; before it: {seen}"
+                    )
+                }
+            };
+            let (bytes, v) = (t.len(), parse(&t));
             if parts.is_empty() && v["type"] != "snapshot" {
+                seen.push(t);
                 continue;
             }
             assert_eq!(v["type"], "snapshot", "a snapshot part, got {v}");
@@ -425,35 +491,108 @@ impl Client {
         }
     }
 
-    /// The next text frame's size and JSON, skipping pings and pongs.
-    async fn next_text_json(&mut self) -> (usize, Value) {
+    /// The next text frame or close by `deadline`, skipping (and noting in
+    /// `seen`) pings and pongs; panics at the deadline with what was seen.
+    async fn frame_within(&mut self, deadline: Instant, seen: &mut Seen, what: &str) -> Frame {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("timed out waiting for a message");
+            let Ok(msg) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
+                panic!("timed out waiting for {what}; saw {seen}");
+            };
             match msg {
-                Some(Ok(Message::Text(t))) => {
-                    let v = serde_json::from_str(t.as_str()).expect("server sent JSON");
-                    return (t.len(), v);
+                Some(Ok(Message::Text(t))) => return Frame::Text(t.as_str().to_owned()),
+                Some(Ok(Message::Close(f))) => {
+                    let Next::Closed(code, reason) = close_of(f) else {
+                        unreachable!("close_of returns Closed")
+                    };
+                    return Frame::Closed(code, reason);
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
+                Some(Ok(Message::Ping(_))) => seen.push("(ping)".into()),
+                Some(Ok(Message::Pong(_))) => seen.push("(pong)".into()),
+                Some(Ok(other)) => panic!("unexpected frame {other:?} waiting for {what}"),
+                Some(Err(e)) => return Frame::Closed(None, format!("error: {e}")),
+                None => return Frame::Closed(None, "stream ended".into()),
             }
         }
     }
 
-    /// Skips messages until the close frame; returns its code.
+    /// Skips messages until the close frame, within [`WAIT`] in all;
+    /// returns its code and reason.
     pub async fn expect_close(&mut self) -> (Option<u16>, String) {
+        self.expect_close_within(deadline()).await
+    }
+
+    /// [`Client::expect_close`] with the caller's overall deadline.
+    pub async fn expect_close_within(&mut self, deadline: Instant) -> (Option<u16>, String) {
+        let mut seen = Seen::default();
         loop {
-            if let Next::Closed(code, reason) = self.next().await {
-                return (code, reason);
+            match self.frame_within(deadline, &mut seen, "the close").await {
+                Frame::Text(t) => seen.push(t),
+                Frame::Closed(code, reason) => return (code, reason),
             }
         }
     }
 
+    /// Closes and reads until the server's close (or [`WAIT`] in all).
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
-        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+        let deadline = deadline();
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
+    }
+}
+
+/// The overall deadline of one wait: [`WAIT`] from now.
+pub fn deadline() -> Instant {
+    Instant::now() + WAIT
+}
+
+/// A text frame or the end of the socket.
+enum Frame {
+    Text(String),
+    Closed(Option<u16>, String),
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("server sent JSON ({e}): {text}"))
+}
+
+/// What a wait skipped, for its failure message: how many frames, and the
+/// last few of them (shortened), which is where a regression shows.
+#[derive(Default)]
+pub struct Seen {
+    count: usize,
+    last: std::collections::VecDeque<String>,
+}
+
+impl Seen {
+    const KEEP: usize = 12;
+
+    pub fn push(&mut self, mut frame: String) {
+        if frame.len() > 300 {
+            let cut = (0..=300)
+                .rev()
+                .find(|i| frame.is_char_boundary(*i))
+                .unwrap_or(0);
+            frame.truncate(cut);
+            frame.push('…');
+        }
+        self.count += 1;
+        if self.last.len() == Self::KEEP {
+            self.last.pop_front();
+        }
+        self.last.push_back(frame);
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.count == 0 {
+            return write!(f, "nothing");
+        }
+        write!(f, "{} frames, the last {}:", self.count, self.last.len())?;
+        for frame in &self.last {
+            write!(f, "\n  {frame}")?;
+        }
+        Ok(())
     }
 }
 
@@ -493,11 +632,11 @@ pub fn progress(question: u32, answered: u32) -> Value {
 /// Waits (bounded) for a condition on server state that has no event of its
 /// own, such as a gauge going down after a socket closes.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = deadline();
     while !cond() {
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -529,9 +668,16 @@ pub fn metric_in(text: &str, name: &str) -> Option<i64> {
     })
 }
 
-/// The real binary, run in `dir`, on 127.0.0.1:0, logging at info level.
+/// The real binary, run in `dir`, on 127.0.0.1:0, logging at info level,
+/// with none of the test process's own `EXAMWATCH__*` settings (a developer's
+/// shell must not change what a test runs).
 pub fn examwatch_command(dir: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_examwatch"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("EXAMWATCH__") {
+            cmd.env_remove(key);
+        }
+    }
     cmd.current_dir(dir)
         .env_remove("RUST_LOG")
         .env("EXAMWATCH__SERVER__BIND", "127.0.0.1:0")
@@ -589,10 +735,16 @@ impl ServerProcess {
             })
         };
         let (mut addr, mut admin_addr) = (None, None);
+        // One deadline for both addresses: other log lines do not extend it.
+        let deadline = std::time::Instant::now() + WAIT * 2;
+        let mut seen = Seen::default();
         while addr.is_none() || admin_addr.is_none() {
-            let line = _logs
-                .recv_timeout(WAIT * 2)
-                .expect("server logged its addresses");
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = _logs.recv_timeout(left).unwrap_or_else(|e| {
+                let _ = child.kill();
+                panic!("the server did not log its addresses ({e}); it logged {seen}")
+            });
+            seen.push(line.clone());
             if let Some(a) = addr_after(&line, "listening on http://") {
                 addr = Some(a);
             } else if let Some(a) = addr_after(&line, "(/metrics, /readyz) on http://") {

@@ -51,14 +51,21 @@ async fn reconnecting_does_not_refill_a_students_message_budget() {
     }
     // The teacher's stream is in room order: every s1 event came before s2's last one.
     let (mut s1_progress, mut s2_progress) = (0, 0);
-    while s2_progress < 10 {
-        let ev = t.next_json().await;
-        if is_student_event(&ev, "s1", "progress") {
-            s1_progress += 1;
-        } else if is_student_event(&ev, "s2", "progress") {
-            s2_progress += 1;
+    let in_time = tokio::time::timeout(WAIT, async {
+        while s2_progress < 10 {
+            let ev = t.next_json().await;
+            if is_student_event(&ev, "s1", "progress") {
+                s1_progress += 1;
+            } else if is_student_event(&ev, "s2", "progress") {
+                s2_progress += 1;
+            }
         }
-    }
+    })
+    .await;
+    assert!(
+        in_time.is_ok(),
+        "within {WAIT:?}: {s1_progress} s1 and {s2_progress} s2 progress events"
+    );
     // A token bucket lets at most its burst plus the rate times the span through.
     let bound = 2 * rate as usize + (f64::from(rate) * elapsed).floor() as usize;
     assert_eq!(s1_progress, acked, "teachers saw exactly what was acked");
@@ -165,14 +172,22 @@ async fn progress_beyond_the_exams_total_is_invalid() {
 }
 
 /// The alerts a teacher receives until `done` says it has seen enough.
+/// Fails with the alerts seen if `done` does not hold within `WAIT` in all.
 async fn alerts_until(t: &mut Client, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
     let mut alerts = Vec::new();
-    while !done(&alerts) {
-        let ev = t.next_json().await;
-        if ev["type"] == "alert" {
-            alerts.push(ev);
+    let in_time = tokio::time::timeout(WAIT, async {
+        while !done(&alerts) {
+            let ev = t.next_json().await;
+            if ev["type"] == "alert" {
+                alerts.push(ev);
+            }
         }
-    }
+    })
+    .await;
+    assert!(
+        in_time.is_ok(),
+        "within {WAIT:?}, only these alerts: {alerts:#?}"
+    );
     alerts
 }
 

@@ -225,8 +225,9 @@ async fn answers_are_stored_once_and_acked_after_commit(db: Backend) {
     // (however many answers it got), then 2 for q2 — never 3.
     let (_marker, _) = app.student("e1", "marker").await;
     let mut answered = Vec::new();
+    let deadline = deadline();
     loop {
-        let ev = t.next_of_type("student").await;
+        let ev = t.next_of_type_within("student", deadline).await;
         if ev["student"]["student_id"] == "marker" {
             break;
         }
@@ -304,8 +305,9 @@ async fn a_restart_continues_seq_and_resume_replays_from_the_database(db: Backen
     s.expect_ack(1).await;
     // The teacher saw everything up to here, then lost its connection.
     let mut last_seen = 0;
+    let deadline = deadline();
     loop {
-        let ev = t.next_of_type("student").await;
+        let ev = t.next_of_type_within("student", deadline).await;
         last_seen = ev["seq"].as_u64().unwrap().max(last_seen);
         if ev["cause"] == "answered" {
             break;

@@ -156,11 +156,10 @@ async fn the_report_has_a_row_per_student(db: Backend) {
     s1.expect_ack(2).await;
     let (s2, _) = app.student("e1", "s2").await;
     s2.close().await;
-    loop {
-        if is_student_event(&t.next_json().await, "s2", "disconnected") {
-            break;
-        }
-    }
+    t.next_where("s2 disconnected", |ev| {
+        is_student_event(ev, "s2", "disconnected")
+    })
+    .await;
     app.flushed().await;
     let resp = app
         .api(Method::GET, "/v1/exams/e1/report.csv", &teacher)
@@ -253,15 +252,12 @@ async fn the_report_counts_stored_answers_not_claims(db: Backend) {
             .await;
         assert_eq!(s2.next_json().await, json!({"type": "ack", "ref": i}));
     }
-    loop {
-        let ev = t.next_json().await;
-        if ev["type"] == "student"
+    t.next_where("s2 with two answers", |ev| {
+        ev["type"] == "student"
             && ev["student"]["student_id"] == "s2"
             && ev["student"]["answered"] == 2
-        {
-            break;
-        }
-    }
+    })
+    .await;
     app.flushed().await;
     let csv = report_csv(&app, "e1", &teacher).await;
     let row = |id: &str| {

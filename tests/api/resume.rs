@@ -21,8 +21,9 @@ async fn make_events(student: &mut Client, observer: &mut Client, n: u32) -> u64
 /// Reads until the ack of `reference`, returning everything before it.
 async fn until_ack(c: &mut Client, reference: &str) -> Vec<Value> {
     let mut got = Vec::new();
+    let deadline = deadline();
     loop {
-        let v = c.next_json().await;
+        let v = c.next_json_within(deadline).await;
         // An `error` echoes the `ref` too: the reply must be the ack itself.
         if v["ref"] == reference {
             assert_eq!(v, ack(reference), "the reply to {reference}");

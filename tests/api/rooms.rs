@@ -75,12 +75,11 @@ async fn snapshot_on_join_has_every_student_and_the_counts() {
     // c drops; watch it become disconnected before taking the snapshot.
     let (mut watcher, _) = app.teacher("e1", "t0").await;
     c.close().await;
-    loop {
-        let ev = watcher.next_json().await;
-        if is_student_event(&ev, "c", "disconnected") {
-            break;
-        }
-    }
+    watcher
+        .next_where("c disconnected", |ev| {
+            is_student_event(ev, "c", "disconnected")
+        })
+        .await;
     let (_t, snap) = app.teacher("e1", "t1").await;
     assert_eq!(snap["exam_id"], "e1");
     assert_eq!(
@@ -149,8 +148,9 @@ async fn a_teacher_that_never_reads_is_closed_without_delaying_others() {
     let total = 400;
     let reader = tokio::spawn(async move {
         let mut seqs = Vec::new();
+        let deadline = deadline() + WAIT * 3;
         while seqs.len() < total {
-            let ev = fast.next_json().await;
+            let ev = fast.next_json_within(deadline).await;
             if ev["type"] == "announcement" {
                 seqs.push(ev["seq"].as_u64().unwrap());
             }

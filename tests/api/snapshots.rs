@@ -283,10 +283,11 @@ async fn a_teacher_slowly_receiving_a_large_snapshot_is_not_taken_for_dead() {
     // afterwards: reading is fast, parsing in a debug build is not.
     let mut frames = Vec::new();
     let mut read = 0;
+    let deadline = deadline() + WAIT * 3;
     loop {
-        let msg = tokio::time::timeout(WAIT, t.ws.next())
+        let msg = tokio::time::timeout_at(deadline, t.ws.next())
             .await
-            .expect("a frame");
+            .unwrap_or_else(|_| panic!("the whole snapshot within {:?}: {read} bytes", WAIT * 4));
         match msg {
             Some(Ok(Message::Text(text))) => {
                 read += text.len();

@@ -51,6 +51,9 @@ export function serverEnv(extra = {}) {
   const { RUST_LOG: _ignored, ...inherited } = process.env;
   return {
     ...inherited,
+    // A free port for the operators' listener too: the default 9090 may be
+    // held by anything else on the machine (another test run).
+    EXAMWATCH__SERVER__ADMIN_BIND: '127.0.0.1:0',
     EXAMWATCH__LOG__LEVEL: 'info',
     EXAMWATCH__DATABASE__URL: `sqlite://${DIR}/examwatch.db`,
     EXAMWATCH__SERVER__DATA_DIR: join(DIR, 'data'),
