@@ -427,14 +427,7 @@ async fn postgres_connections_killed_mid_commit_lose_no_acked_answer() {
     let Some(url) = fresh_database(Backend::Postgres, dir.path()).await else {
         return;
     };
-    let app = spawn_app_on_url(Some(url.clone()), |s| {
-        s.limits.messages_per_second = 1000;
-    })
-    .await;
-    let students = start_answering(&app.addr.to_string(), &app.keys, 4).await;
-    students
-        .acks_grow_by(30, "answers are acked before the fault")
-        .await;
+    let (app, students) = answering_on(&url).await;
     let database = url.rsplit('/').next().expect("a database name").to_owned();
     let killer = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
         .await
@@ -465,20 +458,7 @@ async fn postgres_connections_killed_mid_commit_lose_no_acked_answer() {
         metric_at(&admin, "examwatch_db_retries_total").await >= 1,
         "the kills hit the writer"
     );
-    let acked = students.finish().await;
-    app.flushed().await;
-    let check = sqlx::PgPool::connect(&url).await.expect("connect to check");
-    let rows = sqlx::query("SELECT answer_id FROM answers WHERE exam_id = 'e1'")
-        .fetch_all(&check)
-        .await
-        .expect("read answers");
-    let stored: HashSet<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-    let lost: Vec<_> = acked.difference(&stored).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acked answers missing: {lost:?}",
-        lost.len()
-    );
+    every_ack_stored(app, students, &url).await;
 }
 
 /// A PostgreSQL server of the test's own, its data on a tmpfs of its own
@@ -688,6 +668,34 @@ async fn retries_grow_while_failing(admin: &str, n: i64) {
     assert_eq!(metric_at(admin, "examwatch_db_failing").await, 1);
 }
 
+/// A server on the PostgreSQL at `url` with four students answering, 30
+/// answers acked already.
+async fn answering_on(url: &str) -> (TestApp, Answering) {
+    let app = spawn_app_on_url(Some(url.to_owned()), |s| {
+        s.limits.messages_per_second = 1000;
+    })
+    .await;
+    let students = start_answering(&app.addr.to_string(), &app.keys, 4).await;
+    students
+        .acks_grow_by(30, "answers are acked before the fault")
+        .await;
+    (app, students)
+}
+
+/// Stops the students, waits for the writer, and checks that every answer
+/// they saw acked is in the database at `url`.
+async fn every_ack_stored(app: TestApp, students: Answering, url: &str) {
+    let acked = students.finish().await;
+    app.flushed().await;
+    let stored = stored_in_postgres(url).await;
+    let lost: Vec<_> = acked.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acked answers missing: {lost:?}",
+        lost.len()
+    );
+}
+
 async fn wait_for_failing(admin: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while metric_at(admin, "examwatch_db_failing").await != 1 {
@@ -705,14 +713,7 @@ async fn postgres_restarted_mid_stream_loses_no_acked_answer() {
         return;
     };
     let url = pg.url("examwatch");
-    let app = spawn_app_on_url(Some(url.clone()), |s| {
-        s.limits.messages_per_second = 1000;
-    })
-    .await;
-    let students = start_answering(&app.addr.to_string(), &app.keys, 4).await;
-    students
-        .acks_grow_by(30, "answers are acked before the restart")
-        .await;
+    let (app, students) = answering_on(&url).await;
     for _ in 0..3 {
         pg.restart_immediately().await;
         students
@@ -721,15 +722,7 @@ async fn postgres_restarted_mid_stream_loses_no_acked_answer() {
     }
     // (Whether a restart lands mid-commit is luck here; the test above
     // kills connections often enough to hit the writer every time.)
-    let acked = students.finish().await;
-    app.flushed().await;
-    let stored = stored_in_postgres(&url).await;
-    let lost: Vec<_> = acked.difference(&stored).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acked answers missing: {lost:?}",
-        lost.len()
-    );
+    every_ack_stored(app, students, &url).await;
 }
 
 #[tokio::test]
@@ -738,14 +731,7 @@ async fn postgres_with_a_full_disk_loses_no_acked_answer() {
         return;
     };
     let url = pg.url("examwatch");
-    let app = spawn_app_on_url(Some(url.clone()), |s| {
-        s.limits.messages_per_second = 1000;
-    })
-    .await;
-    let students = start_answering(&app.addr.to_string(), &app.keys, 4).await;
-    students
-        .acks_grow_by(30, "answers are acked before the fault")
-        .await;
+    let (app, students) = answering_on(&url).await;
     let filler = pg.fs.fill();
     let admin = app.admin_addr.to_string();
     wait_for_failing(&admin).await;
@@ -764,13 +750,5 @@ async fn postgres_with_a_full_disk_loses_no_acked_answer() {
     students
         .acks_grow_by(30, "answers are acked again once space returns")
         .await;
-    let acked = students.finish().await;
-    app.flushed().await;
-    let stored = stored_in_postgres(&url).await;
-    let lost: Vec<_> = acked.difference(&stored).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acked answers missing: {lost:?}",
-        lost.len()
-    );
+    every_ack_stored(app, students, &url).await;
 }
