@@ -20,7 +20,7 @@ use crate::{app::AppState, auth::TokenError, ws};
 
 pub fn router(state: AppState) -> Router {
     let (router, openapi) = crate::api::router()
-        .routes(routes!(ws::handshake))
+        .routes(routes!(ws::handshake::handshake))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .split_for_parts();

@@ -1,4 +1,4 @@
-//! The WebSocket endpoint: the handshake checks (everything is refused before
+//! The WebSocket endpoint: the handshake checks ([`handshake`]: everything is refused before
 //! the upgrade), then one task per connection that reads client frames,
 //! writes what the room queued, pings, and closes with a documented code.
 //!
@@ -12,20 +12,8 @@ use std::{
     time::Duration,
 };
 
-use axum::{
-    extract::{
-        ConnectInfo, Path, Query, RawQuery, State,
-        rejection::QueryRejection,
-        ws::{
-            CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
-            rejection::WebSocketUpgradeRejection,
-        },
-    },
-    http::{HeaderMap, StatusCode, header},
-    response::{IntoResponse, Response},
-};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use serde::Deserialize;
 use tokio::{
     sync::oneshot,
     time::{Instant, MissedTickBehavior},
@@ -35,15 +23,12 @@ use tracing::Instrument;
 
 use crate::{
     app::AppState,
-    auth::{self, Claims, Role, TokenError},
-    http::ApiError,
+    auth::Role,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
-    ratelimit::Verdict,
     room::{
         CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, close,
         queue::QueueRx, rate::RateBucket,
     },
-    roster::Admission,
     store::{now_ms, writer::Record},
     telemetry,
 };
@@ -64,312 +49,9 @@ pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// Longest wait for a peer to answer our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Deserialize)]
-pub struct WsParams {
-    access_token: Option<String>,
-    /// A connection ticket from `POST /v1/tickets`, in place of a token.
-    ticket: Option<String>,
-    /// Teachers only: resume after this seq instead of taking a snapshot.
-    last_seq: Option<Seq>,
-    /// Students: the `session_id` of this client's previous connection.
-    previous_session: Option<String>,
-}
-
-/// `GET /v1/exams/{exam_id}/ws`: authenticate, authorize, then upgrade.
-/// The protocol spoken after the upgrade is in docs/PROTOCOL.md.
-#[utoipa::path(get, path = "/v1/exams/{exam_id}/ws", tag = "websocket",
-    params(
-        ("exam_id" = String, Path, description = "Exam id"),
-        ("ticket" = Option<String>, Query, description = "Connection ticket from POST /v1/tickets: how browsers authenticate (single use, for this exam, about 30 s); the token is then not read"),
-        ("access_token" = Option<String>, Query, description = "JWT (fallback for servers without tickets; else the Authorization header)"),
-        ("last_seq" = Option<u64>, Query, description = "Teachers: resume after this seq instead of a snapshot"),
-        ("previous_session" = Option<String>, Query, description = "Students: session_id of the previous connection"),
-    ),
-    responses(
-        (status = 101, description = "Switching to the WebSocket protocol (subprotocol examwatch.v1 when offered)"),
-        (status = 400, description = "Invalid exam id or query, or not a WebSocket request"),
-        (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), or a ticket that is unknown, used, expired or for another exam (`invalid_ticket`)"),
-        (status = 403, description = "Exam not granted, Origin not allowed, or not on the roster"),
-        (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`); see `Retry-After`"),
-        (status = 503, description = "Shutting down, the database backlog is full, or tickets cannot be read (`tickets_unavailable`)"),
-    ))]
-pub async fn handshake(
-    State(app): State<AppState>,
-    Path(exam_id): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    RawQuery(raw_query): RawQuery,
-    params: Result<Query<WsParams>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let now = std::time::Instant::now();
-    let guard = &app.handshake_guard;
-    // Client-chosen and headed for the log and the sessions table: bounded.
-    let user_agent =
-        telemetry::clip(header_str(&headers, header::USER_AGENT).unwrap_or("-")).into_owned();
-    let refuse =
-        |err: ApiError| refused(&app, &exam_id, raw_query.as_deref(), peer, &user_agent, err);
-    // Before anything else, so a flood from one address costs a map lookup.
-    if let Err(wait) = guard.limits.check_ip(peer.ip(), now) {
-        return rate_limited(&app, refuse, "client address", wait);
-    }
-    if !auth::valid_exam_id(&exam_id) {
-        return refuse(ApiError::bad_request(
-            "invalid_exam_id",
-            "exam ids are 1-64 characters of letters, digits, '-', '_' and '.'",
-        ));
-    }
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return refuse(ApiError::bad_request("invalid_query", e.body_text())),
-    };
-    // A ticket, when given, is the credential: the token is not read (a
-    // page that has one never put its token in the URL).
-    let (claims, via) = match params.ticket.as_deref() {
-        Some(ticket) => match app.tickets.redeem(ticket, &exam_id).await {
-            Ok(c) => (c, AuthVia::Ticket),
-            Err(e) => return refuse(e.into()),
-        },
-        None => {
-            let token = auth::extract_token(
-                header_str(&headers, header::AUTHORIZATION),
-                params.access_token.as_deref(),
-            );
-            match token
-                .ok_or(TokenError::Missing)
-                .and_then(|t| app.keys.verify(t))
-            {
-                Ok(c) => (c, AuthVia::Token),
-                Err(e) => return refuse(ApiError::unauthorized(e)),
-            }
-        }
-    };
-    // A ticket's handshake was counted when it was minted.
-    if via == AuthVia::Token
-        && let Err(wait) = guard.limits.check_subject(&claims.sub, now)
-    {
-        return rate_limited(&app, refuse, "token subject", wait);
-    }
-    if let Err(e) = check_origin(&app, &headers) {
-        return refuse(e);
-    }
-    if let Err(e) = require_grant(&claims, &exam_id) {
-        return refuse(e);
-    }
-    if app.writer.over_limit() {
-        return refuse(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_backlog",
-            "too many records are waiting for the database; retry shortly",
-        ));
-    }
-    if let Err(e) = check_roster(&app, &claims, &exam_id).await {
-        return refuse(e);
-    }
-    let upgrade = match upgrade {
-        Ok(u) => u,
-        Err(e) => {
-            let status = e.status();
-            return refuse(ApiError::new(status, "not_a_websocket", e.body_text()));
-        }
-    };
-    if app.shutdown.is_cancelled() || app.draining() {
-        return refuse(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down; reconnect to another instance",
-        ));
-    }
-    let ws = &app.settings.ws;
-    let max = app.settings.limits.max_message_bytes;
-    // Frames a little over the limit are read whole so they can be refused
-    // with a clean 1009; far larger ones are cut off by tungstenite itself.
-    let hard_cap = max.saturating_mul(4).max(64 * 1024);
-    let conn = Box::new(Connection {
-        id: app.next_conn_id(),
-        exam_id: exam_id.into(),
-        name: claims.name.as_str().into(),
-        user: claims.sub.as_str().into(),
-        role: claims.role,
-        peer,
-        user_agent,
-        session_id: uuid::Uuid::new_v4().to_string(),
-        via,
-        last_seq: params.last_seq,
-        previous_session: params.previous_session.filter(|s| s.len() <= 64),
-        app: app.clone(),
-    });
-    let guard = app.tracker.token();
-    upgrade
-        .protocols([SUBPROTOCOL])
-        .read_buffer_size(ws.read_buffer_bytes)
-        .write_buffer_size(ws.write_buffer_bytes)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .max_message_size(hard_cap)
-        .max_frame_size(hard_cap)
-        .on_upgrade(move |socket| conn.run(socket, guard))
-}
-
-/// Counts a refused handshake, logs it within the log budget (every
-/// client-supplied field clipped, credentials redacted), and answers.
-fn refused(
-    app: &AppState,
-    exam_id: &str,
-    raw_query: Option<&str>,
-    peer: SocketAddr,
-    user_agent: &str,
-    err: ApiError,
-) -> Response {
-    let metrics = &app.metrics;
-    metrics.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
-    match app
-        .handshake_guard
-        .refusal_log
-        .admit(std::time::Instant::now())
-    {
-        Verdict::Write => {
-            // Redact first, clip after: a clipped token might no longer
-            // look like one. Only written lines pay for either.
-            let query = auth::redact_query(raw_query.unwrap_or_default());
-            tracing::info!(
-                exam_id = %telemetry::clip(&auth::redact_jwts(exam_id)),
-                query = %telemetry::clip(&query),
-                ip = %peer, %user_agent, auth = "rejected",
-                status = err.status.as_u16(), code = err.code,
-                reason = %telemetry::clip(&auth::redact_jwts(&err.message)),
-                "websocket handshake refused"
-            );
-        }
-        Verdict::Suppress { schedule_summary } => {
-            metrics
-                .handshake_logs_suppressed
-                .fetch_add(1, Ordering::Relaxed);
-            if schedule_summary {
-                app.tracker.spawn(summarize_suppressed(app.clone()));
-            }
-        }
-    }
-    err.into_response()
-}
-
-/// While refusals are over the log budget: once a second, one line with
-/// how many were not logged; ends when a second passes with none.
-async fn summarize_suppressed(app: AppState) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = app.shutdown.cancelled() => {}
-        }
-        let n = app.handshake_guard.refusal_log.take_suppressed();
-        if n > 0 {
-            tracing::warn!(
-                suppressed = n,
-                "{n} more refused handshakes not logged (all are counted in \
-                 examwatch_handshakes_rejected_total)"
-            );
-        }
-        if n == 0 || app.shutdown.is_cancelled() {
-            return;
-        }
-    }
-}
-
-/// A wait as `Retry-After` seconds: whole, rounded up, at least 1.
-pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
-}
-
-/// 429 with `Retry-After` (whole seconds, rounded up).
-fn rate_limited(
-    app: &AppState,
-    refuse: impl FnOnce(ApiError) -> Response,
-    what: &str,
-    wait: Duration,
-) -> Response {
-    app.metrics
-        .handshakes_rate_limited
-        .fetch_add(1, Ordering::Relaxed);
-    let secs = retry_after_secs(wait);
-    let mut res = refuse(ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        format!("too many handshakes from this {what}; retry in {secs} s"),
-    ));
-    res.headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-    res
-}
-
-/// 403 `origin_not_allowed` unless the `Origin` header (if any) is allowed.
-pub(crate) fn check_origin(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let origin = header_str(headers, header::ORIGIN);
-    if auth::origin_allowed(&app.settings.server.allowed_origins, origin) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "origin_not_allowed",
-            format!(
-                "origin {:?} is not allowed",
-                telemetry::clip(origin.unwrap_or("(none)"))
-            ),
-        ))
-    }
-}
-
-/// 403 `exam_not_granted` unless the claims grant the exam.
-pub(crate) fn require_grant(claims: &Claims, exam_id: &str) -> Result<(), ApiError> {
-    if claims.grants(exam_id) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "exam_not_granted",
-            format!("this token does not grant exam {exam_id:?}"),
-        ))
-    }
-}
-
-/// Students only: 403 unless on the exam's roster (when it has one) and
-/// allowed; 503 when the roster cannot be read (and `roster_fail_open` is off).
-pub(crate) async fn check_roster(
-    app: &AppState,
-    claims: &Claims,
-    exam_id: &str,
-) -> Result<(), ApiError> {
-    if claims.role.is_watcher() {
-        return Ok(());
-    }
-    let fail_open = app.settings.exam.roster_fail_open;
-    match app
-        .rosters
-        .check(&app.store, exam_id, &claims.sub, fail_open)
-        .await
-    {
-        Admission::Admitted => Ok(()),
-        Admission::NotOnRoster => Err(ApiError::forbidden(
-            "not_on_roster",
-            format!(
-                "student {:?} is not on the roster of exam {exam_id:?}",
-                claims.sub
-            ),
-        )),
-        Admission::NotAllowed => Err(ApiError::forbidden(
-            "not_allowed",
-            format!(
-                "student {:?} is not allowed to sit exam {exam_id:?}",
-                claims.sub
-            ),
-        )),
-        Admission::Unavailable => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "roster_unavailable",
-            "the exam's roster cannot be read right now; retry shortly",
-        )),
-    }
-}
-
-fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
+pub mod handshake;
+pub use handshake::{WsParams, handshake};
+pub(crate) use handshake::{check_origin, check_roster, require_grant, retry_after_secs};
 
 /// How a connection ended, for the close frame and the log line.
 enum Ending {
