@@ -479,31 +479,27 @@ impl Room {
         let Some(teacher) = self.teachers.get(&conn) else {
             return;
         };
-        if last_seq == self.seq {
-            return;
-        }
         let out = teacher.out.clone();
         let in_sync = teacher.synced_at == self.seq;
-        // The replay is the history after `last_seq`; it must run without a
-        // hole from `last_seq + 1` to the latest seq (a history reloaded
-        // after a crash, or one the writer had not caught up with, may not).
-        let start = self.history.partition_point(|(s, _)| *s <= last_seq);
-        let missed = self.history.len() - start;
-        let contiguous = last_seq < self.seq
-            && last_seq >= self.epoch_floor
-            && self
-                .history
-                .get(start)
-                .is_some_and(|(s, _)| *s == last_seq + 1)
-            && self.history.back().is_some_and(|(s, _)| *s == self.seq)
-            && missed as u64 == self.seq - last_seq;
-        if !(in_sync && contiguous && missed <= out.tx.capacity()) {
-            self.ctx
-                .metrics
-                .resume_snapshots
-                .fetch_add(1, Ordering::Relaxed);
-            return self.send_snapshot(conn);
-        }
+        let plan = super::replay::plan(
+            &self.history,
+            last_seq,
+            self.seq,
+            self.epoch_floor,
+            in_sync,
+            out.tx.capacity(),
+        );
+        let start = match plan {
+            super::replay::Resume::UpToDate => return,
+            super::replay::Resume::Snapshot => {
+                self.ctx
+                    .metrics
+                    .resume_snapshots
+                    .fetch_add(1, Ordering::Relaxed);
+                return self.send_snapshot(conn);
+            }
+            super::replay::Resume::Replay { start } => start,
+        };
         self.ctx
             .metrics
             .resume_replays

@@ -22,6 +22,7 @@ mod alerts;
 pub mod queue;
 pub use queue::Kick;
 pub mod rate;
+mod replay;
 mod snapshot;
 mod students;
 pub use students::total_questions;
