@@ -238,7 +238,7 @@ async fn metrics(State(app): State<AppState>) -> Response {
     let w = app.writer.stats();
     let id = app.instance_id.as_ref();
     let mut text = app.metrics.render(id);
-    let db: [(&str, &str, &str, u64); 5] = [
+    let db: [(&str, &str, &str, u64); 6] = [
         (
             "examwatch_db_pending_writes",
             "Records waiting for the database",
@@ -268,6 +268,12 @@ async fn metrics(State(app): State<AppState>) -> Response {
             "Records the database refused for their data (set aside)",
             "counter",
             w.rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "examwatch_db_collisions_total",
+            "Events whose (exam, seq) was already in the log (a re-issued seq)",
+            "counter",
+            w.collisions.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, kind, v) in db {

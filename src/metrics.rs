@@ -43,7 +43,7 @@ impl Metrics {
             ),
             (
                 "examwatch_handshakes_rejected_total",
-                "Handshakes refused (400/401/403/429/503), each counted",
+                "Handshakes refused before the upgrade (400/401/403/426/429/503), each counted",
                 self.handshakes_rejected.load(Ordering::Relaxed),
             ),
             (
@@ -63,7 +63,7 @@ impl Metrics {
             ),
             (
                 "examwatch_bad_messages_total",
-                "Client messages answered with an error",
+                "Client messages answered with an error (by the socket or by the room)",
                 self.bad_messages.load(Ordering::Relaxed),
             ),
             (
@@ -73,7 +73,7 @@ impl Metrics {
             ),
             (
                 "examwatch_frames_out_total",
-                "Frames queued to sockets by rooms",
+                "Frames rooms queued to sockets (refused pushes, closed 4008, not counted)",
                 self.frames_out.load(Ordering::Relaxed),
             ),
             (

@@ -717,31 +717,31 @@ impl Room {
                 self.kick_slow(&teacher.out);
             }
         }
-        if audience == Audience::Everyone {
-            for (_, out) in self.student_conns.values() {
-                if !try_push(out, bytes.clone()) {
-                    out.kick.kick(close::TOO_SLOW);
-                }
-            }
-        }
-        let n = self.teachers.len()
-            + match audience {
-                Audience::Everyone => self.student_conns.len(),
-                Audience::Teachers => 0,
-            };
+        let students = match audience {
+            Audience::Everyone => self.deliver_to_students(bytes),
+            Audience::Teachers => 0,
+        };
+        // Frames actually queued (a refused push is a 4008, counted there).
+        let n = self.teachers.len() + students;
         self.ctx
             .metrics
             .frames_out
             .fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// An announcement to this room's students only.
-    fn deliver_to_students(&mut self, bytes: &Utf8Bytes) {
+    /// An announcement (or an event for everyone) to this room's students;
+    /// kicks (4008, counted) those whose queue is full. Returns how many
+    /// frames were queued.
+    fn deliver_to_students(&mut self, bytes: &Utf8Bytes) -> usize {
+        let mut queued = 0;
         for (_, out) in self.student_conns.values() {
-            if !try_push(out, bytes.clone()) {
-                out.kick.kick(close::TOO_SLOW);
+            if try_push(out, bytes.clone()) {
+                queued += 1;
+            } else {
+                self.kick_slow(out);
             }
         }
+        queued
     }
 
     /// Queues one frame for one member; kicks it (4008) if its queue is full.
@@ -781,6 +781,11 @@ impl Room {
             }
             _ => "request refused",
         };
+        // Counted like the socket's own refusals (examwatch_bad_messages_total).
+        self.ctx
+            .metrics
+            .bad_messages
+            .fetch_add(1, Ordering::Relaxed);
         let bytes = ServerMsg::Error {
             code,
             message: message.into(),

@@ -156,6 +156,8 @@ async fn progress_beyond_the_exams_total_is_invalid() {
         s.send_json(msg).await;
         assert_eq!(s.next_json().await, invalid(r));
     }
+    // Refused by the room, and counted like the socket's own refusals.
+    assert_eq!(app.metric("examwatch_bad_messages_total"), 4);
     // Up to the total is fine, and it is all teachers ever saw.
     s.send_json(json!({"type": "progress", "question": 5, "answered": 5, "ref": "ok"}))
         .await;

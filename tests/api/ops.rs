@@ -37,6 +37,12 @@ async fn health_readiness_metrics_and_json_404() {
     );
     assert_eq!(metric_in(&text, "examwatch_rooms"), Some(1), "{text}");
     assert_eq!(metric_in(&text, "examwatch_db_failing"), Some(0), "{text}");
+    for exported in [
+        "examwatch_db_rejected_total",
+        "examwatch_db_collisions_total",
+    ] {
+        assert_eq!(metric_in(&text, exported), Some(0), "{exported}: {text}");
+    }
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(
             line.contains(&format!("{{instance_id=\"{id}\"}} ")),
