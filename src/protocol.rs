@@ -474,6 +474,15 @@ pub enum ServerMsg<'a> {
         /// and any folded into it included (`AlertCounts`).
         count: u32,
     },
+    /// The answer to a student's `resume` (PROTOCOL.md 4.5), sent before
+    /// the `replayed` announcements it announces. `recovered` is true only
+    /// when every announcement after the student's `last_seq` is among
+    /// them; `last_seq` is the exam's seq now, the student's from here on.
+    Resumed {
+        recovered: bool,
+        last_seq: Seq,
+        replayed: usize,
+    },
 }
 
 /// A scratch buffer grown past this (a large snapshot) is not kept.

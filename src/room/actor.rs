@@ -99,6 +99,11 @@ pub(super) struct Room {
     history: VecDeque<(Seq, Utf8Bytes)>,
     /// Recent announcements, for students' resume.
     announcements: VecDeque<(Seq, Utf8Bytes)>,
+    /// Announcements at or below this seq may be missing from
+    /// `announcements` (fallen out, older than the reloaded history, missed
+    /// in a cluster gap): a student's `resume` from before it is not
+    /// `recovered` (PROTOCOL.md 4.5).
+    announcement_floor: Seq,
     timers: DelayQueue<Timer>,
     /// Since when the room has had no members and no pending timers.
     empty_since: Option<Instant>,
@@ -136,6 +141,7 @@ impl Room {
             probes: HashMap::new(),
             history: VecDeque::new(),
             announcements: VecDeque::new(),
+            announcement_floor: 0,
             timers: DelayQueue::new(),
             empty_since: Some(Instant::now()),
             inbox,
@@ -400,14 +406,30 @@ impl Room {
             ClientMsg::Focus { state } => st.focus(state),
             ClientMsg::Heartbeat {} => Ok(Outcome::default()),
             ClientMsg::Resume { last_seq } => {
-                let missed: Vec<Utf8Bytes> = self
+                let plan = super::replay::plan_student(
+                    &self.announcements,
+                    last_seq,
+                    self.seq,
+                    self.announcement_floor.max(self.epoch_floor),
+                );
+                // `resumed` first: a client knows whether anything was lost
+                // (and how many frames the replay is) before it applies it.
+                let replay: Vec<Utf8Bytes> = self
                     .announcements
-                    .iter()
-                    .filter(|(s, _)| *s > last_seq)
+                    .range(plan.start..)
                     .map(|(_, b)| b.clone())
                     .collect();
-                for bytes in missed {
-                    self.push(&out, bytes);
+                let resumed = ServerMsg::Resumed {
+                    recovered: plan.recovered,
+                    last_seq: self.seq,
+                    replayed: replay.len(),
+                };
+                if self.push(&out, resumed.encode()) {
+                    for bytes in replay {
+                        if !self.push(&out, bytes) {
+                            break;
+                        }
+                    }
                 }
                 Ok(Outcome::default())
             }
@@ -658,8 +680,10 @@ impl Room {
     /// Keeps an announcement for students' `resume`.
     fn remember_announcement(&mut self, seq: Seq, bytes: &Utf8Bytes) {
         self.announcements.push_back((seq, bytes.clone()));
-        if self.announcements.len() > self.ctx.settings.history_size {
-            self.announcements.pop_front();
+        if self.announcements.len() > self.ctx.settings.history_size
+            && let Some((gone, _)) = self.announcements.pop_front()
+        {
+            self.announcement_floor = self.announcement_floor.max(gone);
         }
     }
 

@@ -4,6 +4,12 @@
 //! unit test — including "the replay does not fit the teacher's queue",
 //! which no socket-level test can reach (a queue only fills while its
 //! connection is blocked writing, and then it reads no `resume`).
+//!
+//! Also whether a student's `resume` is `recovered` (PROTOCOL.md 4.5):
+//! announcements are a sparse subset of the seqs, so "the oldest kept one"
+//! does not say what was lost; the room keeps a floor instead (the newest
+//! seq at or below which announcements may be gone) and this decides from
+//! it.
 
 use std::collections::VecDeque;
 
@@ -52,9 +58,80 @@ pub(super) fn plan<T>(
     }
 }
 
+/// How to answer a student's `resume`.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct StudentResume {
+    /// Everything the student missed is in the replay.
+    pub recovered: bool,
+    /// Replay `announcements[start..]`.
+    pub start: usize,
+}
+
+/// `announcements` are the kept ones, in seq order; every announcement
+/// after `floor` is among them (older ones may have fallen out, or never
+/// been kept: an unclean end, a gap in the cluster's stream); `seq` is the
+/// room's latest. A `last_seq` ahead of `seq` is a numbering the room never
+/// issued (a server that lost its data): not recovered. Not recovered, the
+/// student gets every kept announcement.
+pub(super) fn plan_student<T>(
+    announcements: &VecDeque<(Seq, T)>,
+    last_seq: Seq,
+    seq: Seq,
+    floor: Seq,
+) -> StudentResume {
+    if last_seq >= floor && last_seq <= seq {
+        StudentResume {
+            recovered: true,
+            start: announcements.partition_point(|(s, _)| *s <= last_seq),
+        }
+    } else {
+        StudentResume {
+            recovered: false,
+            start: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn recovered(start: usize) -> StudentResume {
+        StudentResume {
+            recovered: true,
+            start,
+        }
+    }
+
+    const LOST: StudentResume = StudentResume {
+        recovered: false,
+        start: 0,
+    };
+
+    #[test]
+    fn a_student_who_missed_only_kept_announcements_is_recovered() {
+        let kept: VecDeque<(Seq, ())> = [(3, ()), (7, ()), (9, ())].into();
+        assert_eq!(plan_student(&kept, 5, 12, 2), recovered(1));
+        // The floor itself: the announcement at it was seen, none is lost.
+        assert_eq!(plan_student(&kept, 2, 12, 2), recovered(0));
+    }
+
+    #[test]
+    fn a_student_with_nothing_missed_is_recovered_with_nothing() {
+        let kept: VecDeque<(Seq, ())> = [(3, ()), (7, ())].into();
+        assert_eq!(plan_student(&kept, 12, 12, 2), recovered(2));
+        assert_eq!(
+            plan_student(&VecDeque::<(Seq, ())>::new(), 0, 0, 0),
+            recovered(0)
+        );
+    }
+
+    #[test]
+    fn a_student_from_below_the_floor_or_the_future_gets_every_kept_one() {
+        let kept: VecDeque<(Seq, ())> = [(3, ()), (7, ())].into();
+        assert_eq!(plan_student(&kept, 1, 12, 2), LOST);
+        assert_eq!(plan_student(&kept, 13, 12, 0), LOST);
+    }
 
     fn history(seqs: std::ops::RangeInclusive<Seq>) -> VecDeque<(Seq, ())> {
         seqs.map(|s| (s, ())).collect()

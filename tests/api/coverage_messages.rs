@@ -248,6 +248,11 @@ async fn heartbeat_resume_and_submit_still_work_after_submission() {
     still_open(&mut s, "hb").await;
     s.send_json(json!({"type": "resume", "last_seq": 0, "ref": "r"}))
         .await;
+    let resumed = s.next_json().await;
+    assert_eq!(
+        (&resumed["type"], &resumed["recovered"]),
+        (&json!("resumed"), &json!(true))
+    );
     assert_eq!(
         s.next_json().await,
         announcement,

@@ -137,6 +137,7 @@ async fn a_student_replay_larger_than_its_queue_closes_4008() {
     // Resuming from 0 needs 12 slots of 4. Without a `ref`, so the close
     // comes from the replay itself, not from an ack that finds no room.
     s.send_json(json!({"type": "resume", "last_seq": 0})).await;
+    assert_eq!(s.next_json().await["type"], "resumed");
     loop {
         match s.next().await {
             Next::Json(v) => assert_eq!(v["type"], "announcement", "{v}"),
@@ -150,6 +151,15 @@ async fn a_student_replay_larger_than_its_queue_closes_4008() {
     let (mut s2, _) = app.student("e1", "s2").await;
     s2.send_json(json!({"type": "resume", "last_seq": seqs[9], "ref": "r2"}))
         .await;
+    let resumed = s2.next_json().await;
+    assert_eq!(
+        (
+            &resumed["type"],
+            &resumed["recovered"],
+            &resumed["replayed"]
+        ),
+        (&json!("resumed"), &json!(true), &json!(2))
+    );
     assert_eq!(s2.next_json().await["text"], "note 10");
     assert_eq!(s2.next_json().await["text"], "note 11");
     assert_eq!(s2.next_json().await, ack("r2"));

@@ -101,24 +101,123 @@ async fn resume_past_the_history_gets_a_fresh_snapshot() {
     assert_eq!(app.metric("examwatch_resume_snapshots_total"), 2);
 }
 
+/// Announces each text and returns the seq of the last one (the teacher's
+/// own copy carries it).
+async fn announce(t: &mut Client, texts: &[&str]) -> u64 {
+    let mut seq = 0;
+    for text in texts {
+        t.send_json(json!({"type": "announce", "text": text, "ref": text}))
+            .await;
+        seq = t.next_of_type("announcement").await["seq"]
+            .as_u64()
+            .unwrap();
+        t.expect_ack(*text).await;
+    }
+    seq
+}
+
+/// Reconnects student `sid` and returns it with the exam's seq after its
+/// `reconnected` event (what a `resumed.last_seq` must say).
+async fn come_back(app: &TestApp, t: &mut Client, sid: &str) -> (Client, u64) {
+    let (s, _) = app.student("e1", sid).await;
+    let ev = t.next_of_type("student").await;
+    assert_eq!(ev["student"]["student_id"], sid, "{ev}");
+    (s, ev["seq"].as_u64().unwrap())
+}
+
+/// The `text`s of a replay, which must be announcements only.
+fn texts(replay: &[Value]) -> Vec<&str> {
+    replay
+        .iter()
+        .map(|v| {
+            assert_eq!(v["type"], "announcement", "{v}");
+            v["text"].as_str().unwrap()
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_student_resume_replays_missed_announcements() {
     let app = spawn_app().await;
     let (mut t, _) = app.teacher("e1", "t1").await;
     let (s, welcome) = app.student("e1", "s1").await;
     let joined_at = welcome["last_seq"].as_u64().unwrap();
+    t.next_of_type("student").await; // connected
     drop(s);
-    for text in ["one", "two"] {
-        t.send_json(json!({"type": "announce", "text": text, "ref": text}))
-            .await;
-        t.expect_ack(text).await;
-    }
-    let (mut s, _) = app.student("e1", "s1").await;
+    announce(&mut t, &["one", "two"]).await;
+    let (mut s, now) = come_back(&app, &mut t, "s1").await;
     s.send_json(json!({"type": "resume", "last_seq": joined_at, "ref": "r"}))
         .await;
     let got = until_ack(&mut s, "r").await;
-    let texts: Vec<_> = got.iter().map(|v| v["text"].as_str().unwrap()).collect();
-    assert_eq!(texts, ["one", "two"]);
+    // Everything missed is still kept: recovered, then exactly the missed ones.
+    assert_eq!(
+        got[0],
+        json!({"type": "resumed", "recovered": true, "last_seq": now, "replayed": 2})
+    );
+    assert_eq!(texts(&got[1..]), ["one", "two"]);
+}
+
+#[tokio::test]
+async fn a_student_resume_from_before_the_kept_announcements_is_not_recovered() {
+    // Only the last two announcements are kept.
+    let app = spawn_app_with(|s| s.exam.history_size = 2).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (s, welcome) = app.student("e1", "s1").await;
+    let joined_at = welcome["last_seq"].as_u64().unwrap();
+    t.next_of_type("student").await; // connected
+    drop(s);
+    announce(&mut t, &["one", "two", "three", "four"]).await;
+    let (mut s, now) = come_back(&app, &mut t, "s1").await;
+    s.send_json(json!({"type": "resume", "last_seq": joined_at, "ref": "r"}))
+        .await;
+    let got = until_ack(&mut s, "r").await;
+    assert_eq!(
+        got[0],
+        json!({"type": "resumed", "recovered": false, "last_seq": now, "replayed": 2})
+    );
+    assert_eq!(texts(&got[1..]), ["three", "four"], "the ones still kept");
+    // Announcements follow each other here: `three - 1` is "two" (gone,
+    // but a student who saw it missed only kept ones), `three - 2` is "one".
+    let three = got[1]["seq"].as_u64().unwrap();
+    s.send_json(json!({"type": "resume", "last_seq": three - 2, "ref": "r2"}))
+        .await;
+    let got = until_ack(&mut s, "r2").await;
+    assert_eq!(
+        got[0]["recovered"], false,
+        "\"two\" was missed and is gone: {got:?}"
+    );
+    s.send_json(json!({"type": "resume", "last_seq": three - 1, "ref": "r3"}))
+        .await;
+    let got = until_ack(&mut s, "r3").await;
+    assert_eq!(
+        got[0],
+        json!({"type": "resumed", "recovered": true, "last_seq": now, "replayed": 2})
+    );
+    assert_eq!(texts(&got[1..]), ["three", "four"]);
+}
+
+#[tokio::test]
+async fn a_student_resume_with_nothing_missed_is_recovered_and_nothing_else() {
+    let app = spawn_app().await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    announce(&mut t, &["before"]).await;
+    let (mut s, now) = come_back(&app, &mut t, "s1").await;
+    s.send_json(json!({"type": "resume", "last_seq": now, "ref": "r"}))
+        .await;
+    assert_eq!(
+        until_ack(&mut s, "r").await,
+        [json!({"type": "resumed", "recovered": true, "last_seq": now, "replayed": 0})]
+    );
+    // A seq this exam never reached (a server that lost its data): its
+    // numbering cannot be trusted, so not recovered, and every kept one.
+    s.send_json(json!({"type": "resume", "last_seq": now + 50, "ref": "r2"}))
+        .await;
+    let got = until_ack(&mut s, "r2").await;
+    assert_eq!(
+        got[0],
+        json!({"type": "resumed", "recovered": false, "last_seq": now, "replayed": 1})
+    );
+    assert_eq!(texts(&got[1..]), ["before"]);
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 // before anything is sent, re-sent after a reconnect with the same ids and
 // emptied only by acks; it survives a new client on the same storage (a
 // closed tab); a reconnect carries previous_session and sends resume from
-// the last announcement seen; the clock offset comes from server_time; a
+// the last announcement seen, and its `resumed` answer is an event (lost
+// or not); the clock offset comes from server_time; a
 // 4001 close stops the client. Then the rules that keep answers safe under
 // the server's limits: the outbox is paced (10 a second, 10 in flight, a
 // pause after rate_limited) and answer() sends only the new entry; a submit
@@ -131,6 +132,19 @@ check(resent && resent.id === id && resent.ref === sent1.ref, 'the unacked answe
 ws2.receive({ type: 'announcement', seq: 8, text: 'hi', at: '', from: 'T' });
 ws2.receive({ type: 'announcement', seq: 9, text: 'again', at: '', from: 'T' });
 check(JSON.stringify(announcements) === '[8,9]', `each announcement once: ${announcements}`);
+// `resumed` is surfaced as an event, both ways (PROTOCOL.md 4.5).
+const resumed = [];
+client.addEventListener('resumed', (e) => resumed.push(e.detail));
+ws2.receive({ type: 'resumed', recovered: true, last_seq: 10, replayed: 0 });
+check(resumed.length === 1 && resumed[0].recovered === true, `recovered: ${JSON.stringify(resumed)}`);
+ws2.receive({ type: 'resumed', recovered: false, last_seq: 10, replayed: 1 });
+check(resumed.length === 2 && resumed[1].recovered === false && resumed[1].last_seq === 10, `state lost: ${JSON.stringify(resumed)}`);
+check(client.lastSeq === 9, `a server at or ahead of our seq keeps it: ${client.lastSeq}`);
+// A server behind our seq (it lost its data): its kept announcements are new.
+ws2.receive({ type: 'resumed', recovered: false, last_seq: 3, replayed: 1 });
+ws2.receive({ type: 'announcement', seq: 2, text: 'renumbered', at: '', from: 'T' });
+check(JSON.stringify(announcements) === '[8,9,2]', `renumbered announcement reported: ${announcements}`);
+check(client.lastSeq === 2, `and followed: ${client.lastSeq}`);
 
 ws2.receive({ type: 'ack', ref: sent1.ref });
 check(client.pending().length === 0, 'acked: out of the outbox');

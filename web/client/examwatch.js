@@ -517,6 +517,17 @@ export class ExamwatchClient extends EventTarget {
         this._setSeq(msg.seq);
         break;
       }
+      case 'resumed':
+        // The answer to our `resume` (PROTOCOL.md 4.5), before its replay.
+        // Not recovered: announcements were lost, tell the page. A server
+        // behind our seq (it lost its data) numbers anew: start over so its
+        // replayed announcements are not taken for ones already seen.
+        if (!msg.recovered && this.lastSeq !== null && msg.last_seq < this.lastSeq) {
+          this.lastSeq = null;
+          this._setSeq(msg.replayed > 0 ? 0 : msg.last_seq);
+        }
+        this._emit('resumed', msg);
+        break;
       case 'ack':
         this._onAck(msg.ref);
         break;

@@ -70,6 +70,11 @@ impl Room {
                 self.diverged = true;
                 self.remember(seq, &bytes);
                 self.deliver(&bytes, audience);
+                if audience == Audience::Everyone {
+                    // Not kept for `resume` under a number the cluster will
+                    // not use: a student resuming from before it lost it.
+                    self.announcement_floor = self.seq;
+                }
                 let _ = broker.publish(Draft {
                     exam: self.exam_id.clone(),
                     body: draft_body.as_str().to_owned(),
@@ -112,6 +117,8 @@ impl Room {
             // need other instances' announcements.
             if p.kind == "announcement" && !(ours && p.delivered_at_origin) {
                 self.deliver_to_students(&p.event);
+                // Delivered, not kept: below our numbering.
+                self.announcement_floor = self.announcement_floor.max(self.seq);
             }
             return;
         }
@@ -137,6 +144,8 @@ impl Room {
             self.history.clear();
             self.history.push_back((p.seq, p.event.clone()));
             self.epoch_floor = p.seq;
+            // Announcements in the gap were never kept here.
+            self.announcement_floor = self.announcement_floor.max(p.seq - 1);
             if p.kind == "announcement" {
                 self.deliver_to_students(&p.event);
             }
@@ -268,6 +277,17 @@ impl Room {
                 .collect();
             if !contiguous {
                 self.epoch_floor = state.seq;
+            }
+            // The announcements this room had not seen stay resumable (at
+            // start-up the whole list is rebuilt from the history anyway).
+            let new: Vec<_> = self
+                .history
+                .iter()
+                .filter(|(s, b)| *s > self.seq && super::durable::is_announcement(b))
+                .cloned()
+                .collect();
+            for (s, b) in new {
+                self.remember_announcement(s, &b);
             }
             self.seq = state.seq;
         }

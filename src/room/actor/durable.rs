@@ -127,13 +127,18 @@ impl Room {
         if self.history.back().is_some_and(|(s, _)| *s != self.seq) {
             self.epoch_floor = self.epoch_floor.max(self.seq);
         }
-        // Announcements among them stay available to students' `resume`.
+        // Announcements among them stay available to students' `resume`;
+        // older ones (before the reloaded history) are gone.
         self.announcements = self
             .history
             .iter()
-            .filter(|(_, b)| b.as_str().starts_with(r#"{"type":"announcement""#))
+            .filter(|(_, b)| is_announcement(b))
             .cloned()
             .collect();
+        self.announcement_floor = self
+            .history
+            .front()
+            .map_or(self.seq, |(s, _)| s.saturating_sub(1));
         if !self.students.is_empty() {
             tracing::info!(
                 seq = self.seq,
@@ -287,4 +292,10 @@ impl Room {
             self.ack(&out, r#ref.as_ref());
         }
     }
+}
+
+/// Whether an encoded event is an announcement (every `ServerMsg` starts
+/// with its `type`).
+pub(super) fn is_announcement(event: &Utf8Bytes) -> bool {
+    event.as_str().starts_with(r#"{"type":"announcement""#)
 }
