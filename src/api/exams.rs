@@ -48,10 +48,14 @@ pub struct NewExam {
     /// "2026-12-01T09:00:00Z"; 1970 or later (UTC).
     #[schema(format = DateTime)]
     pub starts_at: Option<String>,
+    /// Whole minutes; JSON Schema counts `90.0` as an integer, so it is
+    /// taken as 90 (serde alone would refuse it).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 4294967295_u32)]
     pub duration_minutes: Option<u32>,
-    /// Free-form exam settings (a JSON object).
+    /// Free-form exam settings (a JSON object; null or absent: `{}`).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Value>,
     /// Students allowed to sit the exam; empty = any student whose token grants it.
     #[serde(default)]
@@ -78,6 +82,26 @@ pub struct RosterEntry {
 // The patterns above: no control character (what `char::is_control`
 // refuses: the C0 and C1 ranges and DEL), in a regex both ECMA-262 and
 // Python read; a title also needs one non-whitespace character.
+/// A `u32` written as an integer or as a float with no fraction (`90.0`).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX))
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|v| u32::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a whole number of minutes 0-4294967295, got {n}"
+            ))
+        })
+}
+
 fn yes() -> bool {
     true
 }

@@ -237,6 +237,24 @@ async fn the_stated_limits_are_the_enforced_ones() {
     .await
     .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    // What JSON Schema calls valid: `90.0` is an integer, null settings
+    // are allowed (`{}`).
+    let r = create(json!({"id": "f", "title": "T", "duration_minutes": 90.0, "settings": null}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let exam: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&exam["duration_minutes"], &exam["settings"]),
+        (&json!(90), &json!({}))
+    );
+    for body in [
+        json!({"id": "g", "title": "T", "duration_minutes": 1.5}),
+        json!({"id": "g", "title": "T", "settings": []}),
+    ] {
+        let r = create(body.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
     for limit in ["0", "1001"] {
         let r = app
             .api(
