@@ -1,4 +1,9 @@
 //! Exams and their rosters.
+//!
+//! Every limit a handler enforces is also stated in the schema (`pattern`,
+//! `minLength`, `maxLength`), so the OpenAPI document tells a client what
+//! will be refused before it tries; `tests/api/api_doc.rs` and the CI's
+//! schemathesis run hold the two together.
 
 use axum::{
     Json,
@@ -29,14 +34,28 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct NewExam {
     /// 1-64 characters of letters, digits, '-', '_' and '.'.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64)]
     pub id: String,
+    /// 1-200 characters, not all whitespace (stored trimmed), without
+    /// control characters (U+0000-U+001F, U+007F-U+009F).
+    #[schema(
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        min_length = 1,
+        max_length = 200
+    )]
     pub title: String,
-    /// RFC 3339, e.g. "2026-12-01T09:00:00Z".
+    /// RFC 3339 with an offset (`Z` or `+02:00`), e.g.
+    /// "2026-12-01T09:00:00Z"; 1970 or later (UTC).
+    #[schema(format = DateTime)]
     pub starts_at: Option<String>,
+    /// Whole minutes; JSON Schema counts `90.0` as an integer, so it is
+    /// taken as 90 (serde alone would refuse it).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 4294967295_u32)]
     pub duration_minutes: Option<u32>,
-    /// Free-form exam settings (a JSON object).
+    /// Free-form exam settings (a JSON object; null or absent: `{}`).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub settings: Option<serde_json::Value>,
     /// Students allowed to sit the exam; empty = any student whose token grants it.
     #[serde(default)]
@@ -46,10 +65,41 @@ pub struct NewExam {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RosterEntry {
+    /// 1-128 bytes, without control characters.
+    #[schema(
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub student_id: String,
+    /// At most 200 bytes, without control characters.
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", max_length = 200)]
     pub name: String,
     #[serde(default = "yes")]
     pub allowed: bool,
+}
+
+// The patterns above: no control character (what `char::is_control`
+// refuses: the C0 and C1 ranges and DEL), in a regex both ECMA-262 and
+// Python read; a title also needs one non-whitespace character.
+/// A `u32` written as an integer or as a float with no fraction (`90.0`).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX))
+            .map(|f| f as u64)
+    });
+    whole
+        .and_then(|v| u32::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "expected a whole number of minutes 0-4294967295, got {n}"
+            ))
+        })
 }
 
 fn yes() -> bool {
@@ -74,9 +124,23 @@ pub struct Exam {
     pub created_by: String,
     pub created_at: String,
     pub roster_size: i64,
-    /// Students per status right now (live room, else the last stored state).
-    #[schema(value_type = Object)]
-    pub counts: Option<Counts>,
+    /// Students per status right now: from the room when this instance
+    /// runs it, else from the stored states (everyone not submitted counts
+    /// as disconnected). The same in create, get and list.
+    #[schema(value_type = CountsDoc)]
+    pub counts: Counts,
+}
+
+/// The schema of [`Counts`] (kept out of the wire-contract module, which
+/// has no OpenAPI derive).
+#[derive(ToSchema)]
+#[schema(as = Counts)]
+#[allow(dead_code)] // documents the JSON shape Counts serializes to
+pub struct CountsDoc {
+    pub active: u32,
+    pub idle: u32,
+    pub submitted: u32,
+    pub disconnected: u32,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -84,7 +148,7 @@ pub struct ExamList {
     pub exams: Vec<Exam>,
 }
 
-fn to_exam(row: ExamRow, counts: Option<Counts>) -> Exam {
+fn to_exam(row: ExamRow, counts: Counts) -> Exam {
     Exam {
         starts_at: row
             .starts_at
@@ -117,12 +181,13 @@ fn validate_roster(roster: &[RosterEntry]) -> Result<Vec<(String, String, bool)>
                     "roster[{i}] may not contain control characters"
                 )));
             }
-            if e.student_id.is_empty() || e.student_id.len() > 128 {
+            // Characters, as the schema's maxLength counts them.
+            if e.student_id.is_empty() || e.student_id.chars().count() > 128 {
                 return Err(invalid(format!(
                     "roster[{i}].student_id must be 1 to 128 characters"
                 )));
             }
-            if e.name.len() > 200 {
+            if e.name.chars().count() > 200 {
                 return Err(invalid(format!(
                     "roster[{i}].name is longer than 200 characters"
                 )));
@@ -146,6 +211,8 @@ fn validate_roster(roster: &[RosterEntry]) -> Result<Vec<(String, String, bool)>
         (status = 401, description = "Missing or invalid token", body = crate::http::ErrorBody),
         (status = 403, description = "Not a teacher, or exam not granted", body = crate::http::ErrorBody),
         (status = 409, description = "An exam with this id exists", body = crate::http::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 2 MiB", body = crate::http::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`", body = crate::http::ErrorBody),
         (status = 422, description = "A field is invalid", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)
     ))]
 async fn create_exam(
@@ -160,18 +227,18 @@ async fn create_exam(
         ));
     }
     caller.require(&new.id)?;
+    // The length is the one sent (the schema's maxLength), the blank check
+    // on what is stored.
     let title = new.title.trim();
-    if title.is_empty() || title.chars().count() > 200 || title.chars().any(char::is_control) {
+    if title.is_empty() || new.title.chars().count() > 200 || title.chars().any(char::is_control) {
         return Err(invalid(
             "title must be 1 to 200 characters, without control characters",
         ));
     }
     let starts_at = match &new.starts_at {
-        Some(s) => Some(
-            humantime::parse_rfc3339_weak(s)
-                .map(|t| Timestamp(t).unix_ms())
-                .map_err(|_| invalid("starts_at must be an RFC 3339 date-time"))?,
-        ),
+        Some(s) => Some(parse_rfc3339(s).ok_or_else(|| {
+            invalid("starts_at must be an RFC 3339 date-time with an offset, 1970 or later")
+        })?),
         None => None,
     };
     let settings = match new.settings {
@@ -202,10 +269,55 @@ async fn create_exam(
     ) {
         let _ = room.send(crate::room::RoomCmd::ExamTotal(total)).await;
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(to_exam(row, Some(Counts::default()))),
-    ))
+    // The same counts GET answers: students may already be in the room.
+    let counts = live_counts(&app, &row.id).await?;
+    Ok((StatusCode::CREATED, Json(to_exam(row, counts))))
+}
+
+/// RFC 3339 (`2026-12-01T09:00:00Z`, `…+02:00`, `…-05:30`, lower-case `t`
+/// and `z`, fractions of a second) to Unix milliseconds. humantime reads
+/// only UTC, so an offset is taken off here and applied after. `None` for
+/// anything else, a missing offset, or an instant before 1970.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    if !s.is_ascii() || s.len() < "2026-12-01T09:00:00Z".len() {
+        return None;
+    }
+    let s = s.to_ascii_uppercase();
+    let (utc, offset_mins) = if s.ends_with('Z') {
+        (s, 0)
+    } else {
+        let (base, off) = s.split_at(s.len() - 6);
+        let b = off.as_bytes();
+        let sign = match b[0] {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        if b[3] != b':'
+            || !off[1..3]
+                .bytes()
+                .chain(off[4..].bytes())
+                .all(|c| c.is_ascii_digit())
+        {
+            return None;
+        }
+        let (h, m): (i64, i64) = (off[1..3].parse().ok()?, off[4..].parse().ok()?);
+        if h > 23 || m > 59 {
+            return None;
+        }
+        (format!("{base}Z"), sign * (h * 60 + m))
+    };
+    // humantime also takes a space for the `T`; RFC 3339 proper does not.
+    if utc.as_bytes().get(10) != Some(&b'T') {
+        return None;
+    }
+    let local = humantime::parse_rfc3339_weak(&utc).ok()?;
+    let ms = local
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis();
+    let ms = i64::try_from(ms).ok()? - offset_mins * 60_000;
+    (ms >= 0).then_some(ms)
 }
 
 /// List the exams the token grants (admins: all).
@@ -220,10 +332,15 @@ async fn list_exams(
         .exams()
         .await?
         .into_iter()
-        .filter(|e| caller.0.grants(&e.id))
-        .map(|e| to_exam(e, None))
-        .collect();
-    Ok(Json(ExamList { exams }))
+        .filter(|e| caller.0.grants(&e.id));
+    // The same counts as `GET /v1/exams/{id}`, never null: an exam's
+    // numbers must not depend on which endpoint was asked.
+    let mut list = Vec::new();
+    for row in exams {
+        let counts = live_counts(&app, &row.id).await?;
+        list.push(to_exam(row, counts));
+    }
+    Ok(Json(ExamList { exams: list }))
 }
 
 /// One exam, with live counts.
@@ -242,7 +359,7 @@ async fn get_exam(
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such exam"))?;
     let counts = live_counts(&app, &id).await?;
-    Ok(Json(to_exam(row, Some(counts))))
+    Ok(Json(to_exam(row, counts)))
 }
 
 /// Counts from the live room, else from the last stored states (nobody is
@@ -266,7 +383,7 @@ pub(super) async fn live_counts(app: &AppState, exam_id: &str) -> Result<Counts,
 /// Replace an exam's roster.
 #[utoipa::path(put, path = "/v1/exams/{id}/roster", request_body = RosterBody, tag = "exams",
     params(("id" = String, Path, description = "Exam id")),
-    responses((status = 204, description = "Replaced"), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 422, description = "A field is invalid", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
+    responses((status = 204, description = "Replaced"), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 413, description = "`payload_too_large`: the body is over 2 MiB", body = crate::http::ErrorBody), (status = 415, description = "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`", body = crate::http::ErrorBody), (status = 422, description = "A field is invalid", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn replace_roster(
     State(app): State<AppState>,
     caller: Watcher,

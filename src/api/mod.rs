@@ -123,11 +123,16 @@ impl From<StoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        let status = match e {
-            JsonRejection::JsonDataError(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::BAD_REQUEST,
+        // axum knows the right status: 413 past the body limit (2 MiB),
+        // 415 without `Content-Type: application/json`, 422 for JSON of
+        // the wrong shape, 400 for JSON that does not parse.
+        let status = e.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            _ => "invalid_body",
         };
-        ApiError::new(status, "invalid_body", e.body_text())
+        ApiError::new(status, code, e.body_text())
     }
 }
 

@@ -36,7 +36,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct TimelineQuery {
     /// Return events with a seq greater than this (default 0).
     pub after_seq: Option<i64>,
-    /// At most this many events (1-1000, default 100).
+    /// At most this many events (1-1000, default 100); outside that, 422.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -53,7 +54,7 @@ pub struct Timeline {
 /// The exam's event log, paged by seq.
 #[utoipa::path(get, path = "/v1/exams/{id}/timeline", tag = "records",
     params(("id" = String, Path, description = "Exam id"), TimelineQuery),
-    responses((status = 200, description = "OK", body = Timeline), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
+    responses((status = 200, description = "OK", body = Timeline), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 422, description = "`invalid_field`: `limit` is outside 1-1000", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn timeline(
     State(app): State<AppState>,
     caller: Watcher,

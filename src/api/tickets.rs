@@ -57,6 +57,8 @@ pub struct Ticket {
         (status = 400, description = "The body is not JSON", body = crate::http::ErrorBody),
         (status = 401, description = "Missing, invalid or expired token in the Authorization header", body = crate::http::ErrorBody),
         (status = 403, description = "`exam_not_granted`, `origin_not_allowed`, `not_on_roster` or `not_allowed`", body = crate::http::ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 2 MiB", body = crate::http::ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`", body = crate::http::ErrorBody),
         (status = 422, description = "`invalid_exam_id`, or the body lacks `exam_id`", body = crate::http::ErrorBody),
         (status = 429, description = "`rate_limited`: too many tickets or handshakes for this token subject or client address; see `Retry-After`", body = crate::http::ErrorBody),
         (status = 503, description = "`tickets_unavailable` (too many unused tickets, or Redis failed; `Retry-After`) or `roster_unavailable`", body = crate::http::ErrorBody),
