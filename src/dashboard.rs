@@ -9,6 +9,10 @@
 //! file served is listed here with its content type, and nothing else under
 //! `web/` can leak out.
 //!
+//! The dashboard's icon is also served at `/favicon.ico`, where a browser
+//! looks for one on pages that name none: a 404 there is a console error on
+//! every page load.
+//!
 //! Headers: a strict Content-Security-Policy (scripts only from this
 //! origin, no inline script, sockets only to this origin), `nosniff`, and
 //! `Referrer-Policy: no-referrer` because the dashboard may be opened with a
@@ -38,6 +42,7 @@ struct Asset {
 const JS: &str = "text/javascript; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const SVG: &str = "image/svg+xml";
 
 /// `asset!("dir/file", TYPE)`: the file `web/dir/file`, served at `/dir/file`.
 macro_rules! asset {
@@ -55,6 +60,8 @@ static ASSETS: &[Asset] = &[
     asset!("dashboard/dashboard.js", JS),
     asset!("dashboard/view.js", JS),
     asset!("dashboard/dashboard.css", CSS),
+    asset!("dashboard/history.js", JS),
+    asset!("dashboard/icon.svg", SVG),
     asset!("client/examwatch.js", JS),
     asset!("demo/student.html", HTML),
     asset!("demo/student.js", JS),
@@ -91,6 +98,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/demo/student",
             get(|h: HeaderMap| async move { serve("demo/student.html", &h) }),
+        )
+        .route(
+            "/favicon.ico",
+            get(|h: HeaderMap| async move { serve("dashboard/icon.svg", &h) }),
         )
         .route("/dashboard/{file}", files_under("dashboard"))
         .route("/client/{file}", files_under("client"))
@@ -166,6 +177,7 @@ mod tests {
                 "js" => JS,
                 "html" => HTML,
                 "css" => CSS,
+                "svg" => SVG,
                 other => panic!("unexpected extension {other}"),
             };
             assert_eq!(a.content_type, expected, "{}", a.path);

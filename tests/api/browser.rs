@@ -8,7 +8,8 @@
 //!
 //! `client.mjs` checks the client library's rules in node alone, against a
 //! scripted fake socket; `alerts.mjs` the dashboard's alerts list, against
-//! a minimal fake DOM.
+//! a minimal fake DOM. `history.mjs` checks a dashboard opened mid-exam;
+//! `clean.mjs` a page load without console errors and bidi-isolated names.
 //!
 //! Checks promised "within a second" wait up to `BROWSER_SLACK` (default
 //! 3) times their promise before failing, and log `SLOW` when they took
@@ -280,4 +281,25 @@ async fn dashboard_shows_a_20000_student_exam() {
     let stdout = run_scenario("large.mjs", dir.path()).await;
     let large = line_json(&stdout, "LARGE ");
     assert_eq!(large["rows"], 20_000, "{large}");
+}
+
+/// A dashboard opened after the student acted shows the earlier alerts and
+/// timeline entries, each once, merged by seq with what came live while the
+/// REST timeline was loading (issue 13 item 9).
+#[tokio::test]
+async fn a_dashboard_opened_mid_exam_shows_the_earlier_alerts_and_timeline_once() {
+    let Some((_, stdout)) = scenario("history.mjs").await else {
+        return;
+    };
+    assert!(stdout.contains("history: ok"), "{stdout}");
+}
+
+/// No console error, no answer >= 400 on load (the icon is served), and
+/// strings with U+202E are isolated (issue 13 item 11).
+#[tokio::test]
+async fn a_page_load_is_clean_and_user_strings_are_bidi_isolated() {
+    let Some((_, stdout)) = scenario("clean.mjs").await else {
+        return;
+    };
+    assert!(stdout.contains("clean page: ok"), "{stdout}");
 }

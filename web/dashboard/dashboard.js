@@ -10,9 +10,16 @@
 // not live a banner says so and the table is greyed, and it goes away only
 // when the state is current again: the events it missed were replayed (it
 // reconnects with `?last_seq=`), or a fresh snapshot replaced the state.
+//
+// Alerts and timeline hold the whole exam, not only what happened since the
+// page opened: after each snapshot the events up to its seq are loaded from
+// the REST timeline (history.js), and the live events that arrive meanwhile
+// wait until they are in, so both lists are merged by seq (each event once,
+// in order, no gap between what the REST call returned and the socket).
 
 import { ExamwatchClient, decodeToken } from '/client/examwatch.js';
 import { View } from './view.js';
+import { loadTimeline } from './history.js';
 
 const TOKEN_KEY = 'examwatch.dashboard.token';
 const $ = (sel) => document.querySelector(sel);
@@ -46,12 +53,27 @@ async function api(path) {
   return res.json();
 }
 
+/**
+ * The exams the REST API listed (id -> settings); `null` when the list
+ * could not be read. An exam missing from a list that was read was never
+ * created through the API: it has no settings, and asking for it would be a
+ * 404 (a console error) for nothing.
+ */
+let listed = null;
+
 /** The exams this token grants, with titles where the server knows them. */
 async function grantedExams() {
   const claims = decodeToken(token());
   const exams = new Map((Array.isArray(claims.exams) ? claims.exams : []).map((id) => [String(id), String(id)]));
   try {
-    for (const e of (await api('/v1/exams')).exams) exams.set(e.id, e.title ? `${e.title} (${e.id})` : e.id);
+    const found = new Map();
+    // FSI … PDI around the title: an <option> cannot hold a <bdi>, and a
+    // title with a bidi override must not reorder the id after it.
+    for (const e of (await api('/v1/exams')).exams) {
+      exams.set(e.id, e.title ? `\u2068${e.title}\u2069 (\u2068${e.id}\u2069)` : e.id);
+      found.set(e.id, e.settings ?? {});
+    }
+    listed = found;
   } catch {
     // Not fatal: the claim alone is enough to watch.
   }
@@ -93,28 +115,65 @@ function watch(exam) {
   view.setTotal(null);
   view.timelineSeq = 0;
   view.lists.clear();
+  catchUp = null;
   $('#alerts').replaceChildren();
   $('#timeline').replaceChildren();
-  api(`/v1/exams/${encodeURIComponent(exam)}`)
-    .then((e) => view.setTotal(e.settings?.total_questions))
-    .catch(() => {}); // An exam not created through the API: total unknown.
+  if (listed) view.setTotal(listed.get(exam)?.total_questions);
+  else {
+    api(`/v1/exams/${encodeURIComponent(exam)}`)
+      .then((e) => view.setTotal(e.settings?.total_questions))
+      .catch(() => {}); // An exam not created through the API: total unknown.
+  }
   client = new ExamwatchClient({ exam, token: token() });
   client.addEventListener('connection', (e) => onConnection(e.detail));
   // Always a whole snapshot: the library collects a large exam's parts and
   // emits it once (PROTOCOL.md 4.12), so the table is rendered once.
-  client.addEventListener('snapshot', (e) => view.reset(e.detail.students));
+  client.addEventListener('snapshot', (e) => {
+    view.reset(e.detail.students);
+    loadPast(exam, e.detail.seq);
+  });
   client.addEventListener('event', (e) => {
     const ev = e.detail;
     // Events replayed after a reconnect are applied like live ones; any
     // already in the view (`stale`) still belong in the timeline and
     // alerts if unseen there.
-    const unseen = ev.seq > view.timelineSeq;
     if (ev.type === 'student' && !ev.stale) view.upsert(ev.student);
-    if (ev.type === 'alert' && unseen) view.alert(ev);
-    if (unseen) view.timeline(ev);
+    if (catchUp) catchUp.events.push(ev);
+    else toLists(ev);
   });
   client.addEventListener('session_invalidated', () => showBanner('Closed: this token was used elsewhere.', 'error'));
   client.connect();
+}
+
+/**
+ * While the timeline before a snapshot loads: `{ events }`, the live events
+ * that arrived meanwhile (all after the snapshot), applied once it is in.
+ */
+let catchUp = null;
+
+/** An event into the alerts and the timeline, unless they have it already. */
+function toLists(ev) {
+  if (ev.seq <= view.timelineSeq) return;
+  if (ev.type === 'alert') view.alert(ev);
+  view.timeline(ev);
+}
+
+/** Loads what the lists miss before the snapshot at `upTo`, then the live rest. */
+function loadPast(exam, upTo) {
+  const from = view.timelineSeq;
+  if (!(upTo > from)) return;
+  const waiting = { events: [] };
+  catchUp = waiting;
+  loadTimeline(api, exam, from, upTo)
+    // Unreadable (database down): the lists go on from the snapshot.
+    .catch(() => [])
+    .then((past) => {
+      // A newer snapshot or another exam took over; its own load covers this.
+      if (catchUp !== waiting) return;
+      catchUp = null;
+      view.history(past);
+      for (const ev of waiting.events) toLists(ev);
+    });
 }
 
 function onConnection(d) {

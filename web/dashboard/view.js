@@ -6,7 +6,10 @@
 // cells whose text changed). Rows move only when a sort key changed. Every
 // frame's cost is measured into `stats`, which the browser test reads for
 // the 300-student measurement (docs/CLIENT.md). All text goes in through
-// textContent: names come from tokens and are never parsed as HTML.
+// textContent: names come from tokens and are never parsed as HTML. Every
+// user-supplied string (names, ids, question ids, announcement texts) sits
+// in its own <bdi>, so a bidi control in it (U+202E) cannot reorder the text
+// around it.
 
 const STATUS_ORDER = { disconnected: 0, idle: 1, active: 2, submitted: 3 };
 const CAUSE_TEXT = {
@@ -140,7 +143,7 @@ export class View {
     if (!entry) {
       const li = el('li', `alert alert-${ev.kind}`);
       entry = { li, time: el('time'), count: el('span', 'count'), n: 0 };
-      li.append(entry.time, el('span', 'who', this.name(ev.student_id)), el('span', 'what', ALERT_TEXT[ev.kind] ?? ev.kind), entry.count);
+      li.append(entry.time, el('bdi', 'who', this.name(ev.student_id)), el('span', 'what', ALERT_TEXT[ev.kind] ?? ev.kind), entry.count);
       this.alertEntries.set(key, entry);
     } else if (pending) {
       const i = pending.indexOf(entry.li);
@@ -156,16 +159,28 @@ export class View {
   timeline(ev) {
     if (ev.seq <= this.timelineSeq) return;
     this.timelineSeq = ev.seq;
-    let text;
-    if (ev.type === 'student') text = `${ev.student.name || ev.student.student_id}: ${CAUSE_TEXT[ev.cause] ?? ev.cause}`;
-    else if (ev.type === 'alert') text = `alert: ${this.name(ev.student_id)} ${ALERT_TEXT[ev.kind] ?? ev.kind}`;
-    else text = `announcement${ev.from ? ` from ${ev.from}` : ''}: ${ev.text}`;
-    // Student events carry no time: now, or for a replayed one the last
-    // activity it reports.
+    const what = el('span', 'what');
+    const user = (text) => el('bdi', '', text);
+    if (ev.type === 'student') what.append(user(ev.student.name || ev.student.student_id), `: ${CAUSE_TEXT[ev.cause] ?? ev.cause}`);
+    else if (ev.type === 'alert') what.append('alert: ', user(this.name(ev.student_id)), ` ${ALERT_TEXT[ev.kind] ?? ev.kind}`);
+    else what.append('announcement', ...(ev.from ? [' from ', user(ev.from)] : []), ': ', user(ev.text));
+    // Student events carry no time: now, or for a replayed (or loaded) one
+    // the last activity it reports.
     const at = ev.at ?? (ev.stale ? ev.student?.last_activity : undefined);
     const li = el('li', `ev ev-${ev.type}`);
-    li.append(el('time', '', clock(at ?? this.now())), el('span', 'seq', `#${ev.seq}`), el('span', 'what', text));
+    li.append(el('time', '', clock(at ?? this.now())), el('span', 'seq', `#${ev.seq}`), what);
     this._queue('#timeline', li);
+  }
+
+  /**
+   * Events from before the snapshot (the REST timeline), oldest first, as
+   * if they had come live: every alert folds into its line; only the last
+   * MAX_LIST make timeline lines (the rest would be trimmed at once).
+   */
+  history(events) {
+    const past = events.filter((ev) => ev.seq > this.timelineSeq).sort((a, b) => a.seq - b.seq);
+    for (const ev of past) if (ev.type === 'alert') this.alert(ev);
+    for (const ev of past.slice(-MAX_LIST)) this.timeline({ ...ev, stale: true });
   }
 
   counts() {
@@ -206,6 +221,11 @@ export class View {
       cells[c].setAttribute('role', 'cell');
       tr.append(cells[c]);
     }
+    // The user's strings, each isolated in a <bdi> of its own.
+    cells.nameText = el('bdi');
+    cells.name.append(cells.nameText);
+    cells.questionText = el('bdi');
+    cells.question.append(cells.questionText);
     cells.statusBadge = el('span', 'badge');
     cells.status.append(cells.statusBadge);
     const bar = el('span', 'bar');
@@ -265,13 +285,13 @@ export class View {
   _paintRow(row) {
     const s = row.student;
     const c = row.cells;
-    this._set(row, 'name', c.name, s.name || s.student_id);
+    this._set(row, 'name', c.nameText, s.name || s.student_id);
     this._set(row, 'status', c.statusBadge, s.status);
     if (row.tr.dataset.status !== s.status) {
       row.tr.dataset.status = s.status;
       c.statusBadge.className = `badge status-${s.status}`;
     }
-    this._set(row, 'question', c.question, s.current_question === null ? '—' : String(s.current_question));
+    this._set(row, 'question', c.questionText, s.current_question === null ? '—' : String(s.current_question));
     // Without the exam's total a bar would have nothing to be a share of
     // (drawing it full would claim the student is done): the count alone.
     const total = this.totalQuestions;
