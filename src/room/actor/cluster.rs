@@ -286,9 +286,7 @@ impl Room {
         }
     }
 
-    /// Renews this instance's student leases, and looks for students whose
-    /// instance died (their lease expired while they still look connected):
-    /// one instance claims each and gives them the usual grace period.
+    /// Renews this instance's student leases (every `exam.lease_ttl` / 3).
     pub(super) fn cluster_tick(&mut self) {
         let Broker::Redis(redis) = &self.ctx.broker else {
             return;
@@ -304,18 +302,44 @@ impl Room {
                     .map(|s| (sid.clone(), redis.holder(s), st.conn.is_none()))
             })
             .collect();
-        let orphans: Vec<Arc<str>> = self
+        let ttl = self.ctx.settings.lease_ttl;
+        let (redis, exam) = (redis.clone(), self.exam_id.clone());
+        self.ctx.tracker.spawn(async move {
+            let _ = redis.renew_leases(&exam, &leases, ttl).await;
+        });
+    }
+
+    /// Looks for students whose instance died (every `broker.heartbeat_ttl`
+    /// / 3): they still look connected here, but their lease is held by an
+    /// instance whose liveness key is gone, or has expired. One instance
+    /// claims each and gives them the usual grace period, so the dashboard
+    /// shows them `disconnected` within `heartbeat_ttl` + `disconnect_grace`
+    /// of the crash, not after the 30 s lease. A student of a gracefully
+    /// stopped instance (whose key `retire` deleted) is claimed the same
+    /// way, but reconnects within the grace: no event at all.
+    pub(super) fn orphan_tick(&mut self) {
+        let Broker::Redis(redis) = &self.ctx.broker else {
+            return;
+        };
+        let candidates: Vec<Arc<str>> = self
             .students
             .iter()
             .filter(|(_, st)| st.conn.is_none() && st.grace_timer.is_none() && st.state.connected)
             .map(|(sid, _)| sid.clone())
             .collect();
+        if candidates.is_empty() {
+            return;
+        }
         let ttl = self.ctx.settings.lease_ttl;
         let (redis, exam, inbox) = (redis.clone(), self.exam_id.clone(), self.inbox.clone());
         self.ctx.tracker.spawn(async move {
-            let _ = redis.renew_leases(&exam, &leases, ttl).await;
-            for sid in orphans {
-                if let Ok(true) = redis.claim_orphan(&exam, &sid, ttl * 2).await
+            let Ok(orphans) = redis.find_orphans(&exam, &candidates).await else {
+                return;
+            };
+            for (sid, seen) in orphans {
+                if let Ok(true) = redis
+                    .claim_orphan(&exam, &sid, seen.as_deref(), ttl * 2)
+                    .await
                     && let Some(inbox) = inbox.upgrade()
                 {
                     let _ = inbox.send(RoomCmd::Orphaned { student: sid }).await;
@@ -388,6 +412,18 @@ impl Room {
         }
     }
 
+    /// What an answer's commit task needs to record it in Redis (`None`
+    /// with `Broker::Memory`).
+    pub(super) fn answer_sharing(&self) -> Option<AnswerSharing> {
+        match &self.ctx.broker {
+            Broker::Redis(redis) => Some(AnswerSharing {
+                redis: redis.clone(),
+                exam: self.exam_id.clone(),
+            }),
+            Broker::Memory => None,
+        }
+    }
+
     /// A student whose instance died: start the grace period here.
     pub(super) fn orphaned(&mut self, sid: Arc<str>) {
         let grace = self.ctx.settings.disconnect_grace;
@@ -398,6 +434,30 @@ impl Room {
         {
             st.state.connected = false;
             st.grace_timer = Some(self.timers.insert(Timer::Grace(sid), grace));
+        }
+    }
+}
+
+/// Records committed answers in the exam's shared state, so a student who
+/// reconnects on any instance gets their `answered` count from Redis, not
+/// from one database query per join (a reconnect storm after an instance
+/// died is then no database storm).
+pub(super) struct AnswerSharing {
+    redis: Arc<crate::broker::RedisBroker>,
+    exam: Arc<str>,
+}
+
+impl AnswerSharing {
+    /// Best effort, bounded: if Redis is away the join falls back to the
+    /// database (the set is then known incomplete, see `answered`).
+    pub(super) async fn record(&self, student: &str, question: &str) {
+        let recorded = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.redis.record_answer(&self.exam, student, question),
+        )
+        .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::warn!("cannot record an answer in Redis; joins read it from the database");
         }
     }
 }
