@@ -260,6 +260,9 @@ impl Room {
             RoomCmd::Resynced(state) => self.on_resynced(state),
             RoomCmd::KickedElsewhere { student } => self.kicked_elsewhere(&student),
             RoomCmd::Orphaned { student } => self.orphaned(student),
+            RoomCmd::AnsweredLoaded { student, answered } => {
+                self.answered_loaded(&student, answered)
+            }
             RoomCmd::LeaseLost { student, session } => {
                 let current = self
                     .students

@@ -110,3 +110,51 @@ async fn a_reconnect_storm_reads_no_answers_from_the_database() {
     );
     t.close().await;
 }
+
+/// Redis lost a student's answered set (a restart without persistence):
+/// the join on another instance notices the set is smaller than the count
+/// it knows and reads the database once, so the next answer counts on from
+/// the truth instead of starting again at 1.
+#[tokio::test]
+async fn an_answered_set_lost_by_redis_is_read_again_from_the_database() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (mut t, _) = apps[1].teacher("e1", "t1").await;
+    let (mut s, welcome) = apps[0].student("e1", "s1").await;
+    for q in 1..=3 {
+        s.send_json(json!({"type": "answer", "id": format!("a{q}"), "question": format!("q{q}"), "value": q, "ref": q}))
+            .await;
+        s.expect_ack(q).await;
+    }
+    t.next_where("the third answer", |v| v["student"]["answered"] == 3)
+        .await;
+    s.close().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let removed: i64 = redis::cmd("DEL")
+        .arg("examwatch:{e1}:answered:s1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the answered set was in Redis");
+
+    let url = format!(
+        "{}?previous_session={}",
+        apps[1].ws_url("e1"),
+        welcome["session_id"].as_str().unwrap()
+    );
+    let token = apps[1].token("s1", Role::Student, &["e1"]);
+    let mut moved = apps[1].try_connect(&url, Some(&token), &[]).await.unwrap();
+    assert_eq!(
+        moved.next_of_type("welcome").await["student"]["answered"],
+        3
+    );
+    moved
+        .send_json(json!({"type": "answer", "id": "a4", "question": "q4", "value": 4, "ref": 4}))
+        .await;
+    moved.expect_ack(4).await;
+    let ev = t
+        .next_where("the fourth answer", |v| v["cause"] == "answered")
+        .await;
+    assert_eq!(ev["student"]["answered"], 4, "{ev}");
+}

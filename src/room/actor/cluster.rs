@@ -6,7 +6,7 @@
 //! With `Broker::Memory` none of this runs: `publish_event` numbers and
 //! delivers at once, as a single instance always did.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -176,7 +176,11 @@ impl Room {
                     self.timers.try_remove(&key);
                 }
                 let questions = std::mem::take(&mut st.answered_questions);
+                // The event's count is the cluster's newest; our own set may
+                // be older (answers went through another instance since).
+                let answered = ev.student.answered;
                 *st = crate::room::students::Student::restored(ev.student, questions);
+                st.state.answered = st.state.answered.max(answered);
                 st.state.connected = event_connected(event);
             }
             None => {
@@ -421,6 +425,40 @@ impl Room {
                 exam: self.exam_id.clone(),
             }),
             Broker::Memory => None,
+        }
+    }
+
+    /// Reads a student's answered questions from the database, off the
+    /// loop: the rare join whose shared set (Redis) was not whole.
+    pub(super) fn load_answered(&self, sid: Arc<str>) {
+        let (store, exam, inbox) = (
+            self.ctx.store.clone(),
+            self.exam_id.clone(),
+            self.inbox.clone(),
+        );
+        self.ctx.tracker.spawn(async move {
+            let Ok(answered) = store.answered_questions(&exam, &sid).await else {
+                return;
+            };
+            if let Some(inbox) = inbox.upgrade() {
+                let _ = inbox
+                    .send(RoomCmd::AnsweredLoaded {
+                        student: sid,
+                        answered,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// The database's answered set for a student (see `load_answered`).
+    /// Merged, not replaced: an answer committed since the read (its
+    /// question then in our set) still counts.
+    pub(super) fn answered_loaded(&mut self, sid: &Arc<str>, answered: HashSet<String>) {
+        if let Some(st) = self.students.get_mut(sid) {
+            st.answered_questions.extend(answered);
+            let n = st.answered_questions.len() as u32;
+            st.state.answered = st.state.answered.max(n);
         }
     }
 
