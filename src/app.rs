@@ -132,6 +132,7 @@ impl App {
                 prefix: settings.broker.prefix.clone(),
                 history: settings.exam.history_size,
                 queue_limit: settings.broker.queue_limit,
+                heartbeat_ttl: settings.broker.heartbeat_ttl,
             })
             .await
             .context("cannot connect to broker.redis_url")?;

@@ -157,6 +157,7 @@ pub struct BrokerSettings {
     /// Redis is back.
     pub queue_limit: usize,
     /// How long an instance's liveness key lives (renewed every third).
+    /// Rooms look for a dead instance's students every third of it.
     #[serde(with = "humantime_serde")]
     pub heartbeat_ttl: Duration,
 }

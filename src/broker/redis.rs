@@ -92,6 +92,8 @@ pub struct RedisBroker {
     /// Set by a graceful stop (`retire`): the heartbeat stops renewing the
     /// liveness key, which is gone.
     retired: AtomicBool,
+    /// `broker.heartbeat_ttl` (see `RedisOptions`).
+    heartbeat_ttl: Duration,
 }
 
 /// Settings the broker needs.
@@ -101,6 +103,9 @@ pub struct RedisOptions {
     pub prefix: String,
     pub history: usize,
     pub queue_limit: usize,
+    /// `broker.heartbeat_ttl`: how soon a dead instance's liveness key is
+    /// gone, hence how often rooms look for its orphaned students.
+    pub heartbeat_ttl: Duration,
 }
 
 impl RedisBroker {
@@ -155,6 +160,7 @@ impl RedisBroker {
             overflowed: Arc::default(),
             next_draft: std::sync::atomic::AtomicU64::new(1),
             retired: AtomicBool::new(false),
+            heartbeat_ttl: options.heartbeat_ttl,
         });
         tokio::spawn(read_pushes(
             push_rx,
@@ -191,6 +197,11 @@ impl RedisBroker {
     /// The lease holder name of one of this instance's sessions.
     pub fn holder(&self, session: &str) -> String {
         format!("{}/{session}", self.instance)
+    }
+
+    /// How long a liveness key outlives its instance's last heartbeat.
+    pub fn heartbeat_ttl(&self) -> Duration {
+        self.heartbeat_ttl
     }
 
     pub fn healthy(&self) -> bool {
@@ -351,29 +362,130 @@ impl RedisBroker {
         format!("{}:{{{exam}}}:lease:{student}", self.prefix)
     }
 
-    /// Claims a student who looks connected but whose lease expired (their
-    /// instance died); true for the one instance that wins.
+    /// Of these students (who look connected, with no socket or grace
+    /// period here), those whose session is on no live instance: their
+    /// lease expired, or its holder's liveness key is gone (killed, or
+    /// stopped). Each comes with the lease value seen (`None`: none), for
+    /// `claim_orphan`. Two round trips whatever the number of students:
+    /// one `MGET` of the leases, one `EXISTS` per distinct holder.
+    pub async fn find_orphans(
+        &self,
+        exam: &str,
+        students: &[Arc<str>],
+    ) -> Result<Vec<(Arc<str>, Option<String>)>, redis::RedisError> {
+        if students.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = students.iter().map(|s| self.lease_key(exam, s)).collect();
+        // `MGET` of one key returns a single value: ask with a slice, the
+        // crate then always answers with a list.
+        let leases: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut holders: Vec<String> = leases
+            .iter()
+            .flatten()
+            .map(|l| holder_instance(l).to_owned())
+            .collect();
+        holders.sort_unstable();
+        holders.dedup();
+        let mut pipe = redis::pipe();
+        for h in &holders {
+            pipe.exists(format!("{}:instance:{h}", self.prefix));
+        }
+        let alive: Vec<bool> = if holders.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
+        let dead = |l: &str| {
+            let h = holder_instance(l);
+            holders
+                .iter()
+                .position(|x| x == h)
+                .is_none_or(|i| !alive.get(i).copied().unwrap_or(true))
+        };
+        Ok(students
+            .iter()
+            .cloned()
+            .zip(leases)
+            .filter(|(_, l)| l.as_deref().is_none_or(dead))
+            .collect())
+    }
+
+    /// Claims a student whose session is on no live instance (see
+    /// `find_orphans`); true for the one instance that wins. Atomic: it
+    /// wins only if the lease is still `seen` (the student did not come
+    /// back elsewhere meanwhile) and nobody claimed that same lease yet.
+    /// The claim remembers the lease it was for, so a later lease of the
+    /// same student (on another instance that dies too) can be claimed;
+    /// an expired lease is claimable only if no claim is recorded at all
+    /// (the claimed lease may expire during the grace period started for
+    /// it: that is not a second orphan).
     pub async fn claim_orphan(
         &self,
         exam: &str,
         student: &str,
+        seen: Option<&str>,
         ttl: Duration,
     ) -> Result<bool, redis::RedisError> {
         let mut conn = self.conn.clone();
-        let lease = format!("{}:{{{exam}}}:lease:{student}", self.prefix);
-        if conn.exists::<_, bool>(&lease).await? {
-            return Ok(false);
-        }
-        let reap = format!("{}:{{{exam}}}:reap:{student}", self.prefix);
-        let won: Option<String> = redis::cmd("SET")
-            .arg(reap)
-            .arg(self.instance.as_ref())
-            .arg("NX")
-            .arg("PX")
+        let script = redis::Script::new(
+            r"local cur = redis.call('GET', KEYS[1]) or ''
+              if cur ~= ARGV[1] then return 0 end
+              local reaped = redis.call('GET', KEYS[2])
+              if reaped and (reaped == ARGV[1] or ARGV[1] == '') then return 0 end
+              redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+              return 1",
+        );
+        let won: i64 = script
+            .key(self.lease_key(exam, student))
+            .key(format!("{}:{{{exam}}}:reap:{student}", self.prefix))
+            .arg(seen.unwrap_or(""))
             .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(won == 1)
+    }
+
+    /// Adds a committed answer's question to the student's answered set
+    /// (kept, like the exam's other keys, a day past its last write).
+    pub async fn record_answer(
+        &self,
+        exam: &str,
+        student: &str,
+        question: &str,
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let key = self.answered_key(exam, student);
+        redis::pipe()
+            .sadd(&key, question)
+            .ignore()
+            .pexpire(&key, 86_400_000)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+    }
+
+    /// The questions a student has a committed answer for, as recorded by
+    /// `record_answer`; `None` when Redis holds no state for the exam (its
+    /// keys expired or Redis lost its data): then only the database knows.
+    pub async fn answered(
+        &self,
+        exam: &str,
+        student: &str,
+    ) -> Result<Option<std::collections::HashSet<String>>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let (known, answered): (bool, std::collections::HashSet<String>) = redis::pipe()
+            .exists(format!("{}:{{{exam}}}:seq", self.prefix))
+            .smembers(self.answered_key(exam, student))
             .query_async(&mut conn)
             .await?;
-        Ok(won.is_some())
+        Ok(known.then_some(answered))
+    }
+
+    fn answered_key(&self, exam: &str, student: &str) -> String {
+        format!("{}:{{{exam}}}:answered:{student}", self.prefix)
     }
 
     /// Asks the instance holding a student's old session to close it.
@@ -637,6 +749,11 @@ async fn read_pushes(
             _ => {}
         }
     }
+}
+
+/// The instance part of a lease value (`instance/session[/grace]`).
+fn holder_instance(lease: &str) -> &str {
+    lease.split_once('/').map_or(lease, |(i, _)| i)
 }
 
 /// `origin \n kind \n student \n seq \n event`.

@@ -163,6 +163,14 @@ impl Room {
             let tick_every =
                 (self.ctx.settings.lease_ttl / 3).max(std::time::Duration::from_millis(100));
             let mut tick = tokio::time::interval(tick_every);
+            // Orphans are looked for as often as a dead instance's liveness
+            // key can vanish, independently of the (slower) lease renewal.
+            let orphans_every = match &self.ctx.broker {
+                crate::broker::Broker::Redis(r) => r.heartbeat_ttl() / 3,
+                crate::broker::Broker::Memory => tick_every,
+            }
+            .max(std::time::Duration::from_millis(100));
+            let mut orphan_tick = tokio::time::interval(orphans_every);
             loop {
                 let linger = self.empty_since.map(|t| t + self.ctx.settings.room_linger);
                 tokio::select! {
@@ -180,6 +188,7 @@ impl Room {
                         self.on_timer(expired.into_inner());
                     }
                     _ = tick.tick(), if clustered => self.cluster_tick(),
+                    _ = orphan_tick.tick(), if clustered => self.orphan_tick(),
                     _ = sleep_until_opt(linger), if linger.is_some() => {
                         if self.try_end(&mut rx) {
                             break;
@@ -257,6 +266,9 @@ impl Room {
             RoomCmd::Resynced(state) => self.on_resynced(state),
             RoomCmd::KickedElsewhere { student } => self.kicked_elsewhere(&student),
             RoomCmd::Orphaned { student } => self.orphaned(student),
+            RoomCmd::AnsweredLoaded { student, answered } => {
+                self.answered_loaded(&student, answered)
+            }
             RoomCmd::LeaseLost { student, session } => {
                 let current = self
                     .students

@@ -224,6 +224,13 @@ pub enum RoomCmd {
     Orphaned {
         student: Arc<str>,
     },
+    /// A student's answered questions read from the database, because
+    /// the set Redis gave at their join was smaller than the count the
+    /// room knew (Redis lost data, or a record failed).
+    AnsweredLoaded {
+        student: Arc<str>,
+        answered: std::collections::HashSet<String>,
+    },
     /// Right after this session joined, its lease turned out to be held
     /// elsewhere (a simultaneous claim on another instance won).
     LeaseLost {

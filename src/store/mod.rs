@@ -82,9 +82,19 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// `answered_questions` queries run, for tests (a reconnect storm in
+    /// cluster mode must not be one query per student).
+    answered_reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
+    /// How many `answered_questions` queries this handle (and its clones)
+    /// ran.
+    pub fn answered_reads(&self) -> u64 {
+        self.answered_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Connects (creating a SQLite file and its folder if needed) and
     /// applies the migrations.
     pub async fn open(settings: &DatabaseSettings) -> Result<Self, StoreError> {
@@ -120,7 +130,11 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            answered_reads: Default::default(),
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {

@@ -545,6 +545,8 @@ impl Store {
         exam_id: &str,
         student_id: &str,
     ) -> Result<HashSet<String>, StoreError> {
+        self.answered_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = sqlx::query(
             "SELECT DISTINCT question FROM answers WHERE exam_id = $1 AND student_id = $2",
         )

@@ -283,18 +283,36 @@ impl Connection {
         }
     }
 
+    /// The student's answered questions, stored through any instance: from
+    /// Redis (rooms record each committed answer there before its ack), so
+    /// a reconnect storm costs no database query per student; from the
+    /// database only when Redis has no state for the exam or cannot answer.
+    async fn answered(
+        &self,
+        redis: &crate::broker::RedisBroker,
+    ) -> Option<std::collections::HashSet<String>> {
+        let shared = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            redis.answered(&self.exam_id, &self.user),
+        )
+        .await;
+        if let Ok(Ok(Some(answered))) = shared {
+            return Some(answered);
+        }
+        self.app
+            .store
+            .answered_questions(&self.exam_id, &self.user)
+            .await
+            .ok()
+    }
+
     /// Joins the room, retrying if it ended just as we looked it up. Also
     /// returns the message-rate bucket to use: a student's comes from the
     /// room (shared by all their connections), a teacher's is its own.
     async fn join(&self, out: Outbox) -> Option<(RoomHandle, Arc<RateBucket>)> {
         let cluster = self.claim_session().await;
         let answered = match (&self.app.broker, self.watcher()) {
-            (Broker::Redis(_), false) => self
-                .app
-                .store
-                .answered_questions(&self.exam_id, &self.user)
-                .await
-                .ok(),
+            (Broker::Redis(redis), false) => self.answered(redis).await,
             _ => None,
         };
         let fresh = || {

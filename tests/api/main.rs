@@ -7,6 +7,7 @@ mod bad_input;
 mod browser;
 mod cli;
 mod cluster;
+mod cluster_liveness;
 mod connections;
 mod coverage_handshake;
 mod coverage_messages;

@@ -6,7 +6,7 @@
 //! With `Broker::Memory` none of this runs: `publish_event` numbers and
 //! delivers at once, as a single instance always did.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -185,7 +185,11 @@ impl Room {
                     self.timers.try_remove(&key);
                 }
                 let questions = std::mem::take(&mut st.answered_questions);
+                // The event's count is the cluster's newest; our own set may
+                // be older (answers went through another instance since).
+                let answered = ev.student.answered;
                 *st = crate::room::students::Student::restored(ev.student, questions);
+                st.state.answered = st.state.answered.max(answered);
                 st.state.connected = event_connected(event);
             }
             None => {
@@ -306,9 +310,7 @@ impl Room {
         }
     }
 
-    /// Renews this instance's student leases, and looks for students whose
-    /// instance died (their lease expired while they still look connected):
-    /// one instance claims each and gives them the usual grace period.
+    /// Renews this instance's student leases (every `exam.lease_ttl` / 3).
     pub(super) fn cluster_tick(&mut self) {
         let Broker::Redis(redis) = &self.ctx.broker else {
             return;
@@ -324,18 +326,44 @@ impl Room {
                     .map(|s| (sid.clone(), redis.holder(s), st.conn.is_none()))
             })
             .collect();
-        let orphans: Vec<Arc<str>> = self
+        let ttl = self.ctx.settings.lease_ttl;
+        let (redis, exam) = (redis.clone(), self.exam_id.clone());
+        self.ctx.tracker.spawn(async move {
+            let _ = redis.renew_leases(&exam, &leases, ttl).await;
+        });
+    }
+
+    /// Looks for students whose instance died (every `broker.heartbeat_ttl`
+    /// / 3): they still look connected here, but their lease is held by an
+    /// instance whose liveness key is gone, or has expired. One instance
+    /// claims each and gives them the usual grace period, so the dashboard
+    /// shows them `disconnected` within `heartbeat_ttl` + `disconnect_grace`
+    /// of the crash, not after the 30 s lease. A student of a gracefully
+    /// stopped instance (whose key `retire` deleted) is claimed the same
+    /// way, but reconnects within the grace: no event at all.
+    pub(super) fn orphan_tick(&mut self) {
+        let Broker::Redis(redis) = &self.ctx.broker else {
+            return;
+        };
+        let candidates: Vec<Arc<str>> = self
             .students
             .iter()
             .filter(|(_, st)| st.conn.is_none() && st.grace_timer.is_none() && st.state.connected)
             .map(|(sid, _)| sid.clone())
             .collect();
+        if candidates.is_empty() {
+            return;
+        }
         let ttl = self.ctx.settings.lease_ttl;
         let (redis, exam, inbox) = (redis.clone(), self.exam_id.clone(), self.inbox.clone());
         self.ctx.tracker.spawn(async move {
-            let _ = redis.renew_leases(&exam, &leases, ttl).await;
-            for sid in orphans {
-                if let Ok(true) = redis.claim_orphan(&exam, &sid, ttl * 2).await
+            let Ok(orphans) = redis.find_orphans(&exam, &candidates).await else {
+                return;
+            };
+            for (sid, seen) in orphans {
+                if let Ok(true) = redis
+                    .claim_orphan(&exam, &sid, seen.as_deref(), ttl * 2)
+                    .await
                     && let Some(inbox) = inbox.upgrade()
                 {
                     let _ = inbox.send(RoomCmd::Orphaned { student: sid }).await;
@@ -408,6 +436,52 @@ impl Room {
         }
     }
 
+    /// What an answer's commit task needs to record it in Redis (`None`
+    /// with `Broker::Memory`).
+    pub(super) fn answer_sharing(&self) -> Option<AnswerSharing> {
+        match &self.ctx.broker {
+            Broker::Redis(redis) => Some(AnswerSharing {
+                redis: redis.clone(),
+                exam: self.exam_id.clone(),
+            }),
+            Broker::Memory => None,
+        }
+    }
+
+    /// Reads a student's answered questions from the database, off the
+    /// loop: the rare join whose shared set (Redis) was not whole.
+    pub(super) fn load_answered(&self, sid: Arc<str>) {
+        let (store, exam, inbox) = (
+            self.ctx.store.clone(),
+            self.exam_id.clone(),
+            self.inbox.clone(),
+        );
+        self.ctx.tracker.spawn(async move {
+            let Ok(answered) = store.answered_questions(&exam, &sid).await else {
+                return;
+            };
+            if let Some(inbox) = inbox.upgrade() {
+                let _ = inbox
+                    .send(RoomCmd::AnsweredLoaded {
+                        student: sid,
+                        answered,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// The database's answered set for a student (see `load_answered`).
+    /// Merged, not replaced: an answer committed since the read (its
+    /// question then in our set) still counts.
+    pub(super) fn answered_loaded(&mut self, sid: &Arc<str>, answered: HashSet<String>) {
+        if let Some(st) = self.students.get_mut(sid) {
+            st.answered_questions.extend(answered);
+            let n = st.answered_questions.len() as u32;
+            st.state.answered = st.state.answered.max(n);
+        }
+    }
+
     /// A student whose instance died: start the grace period here.
     pub(super) fn orphaned(&mut self, sid: Arc<str>) {
         let grace = self.ctx.settings.disconnect_grace;
@@ -418,6 +492,30 @@ impl Room {
         {
             st.state.connected = false;
             st.grace_timer = Some(self.timers.insert(Timer::Grace(sid), grace));
+        }
+    }
+}
+
+/// Records committed answers in the exam's shared state, so a student who
+/// reconnects on any instance gets their `answered` count from Redis, not
+/// from one database query per join (a reconnect storm after an instance
+/// died is then no database storm).
+pub(super) struct AnswerSharing {
+    redis: Arc<crate::broker::RedisBroker>,
+    exam: Arc<str>,
+}
+
+impl AnswerSharing {
+    /// Best effort, bounded: if Redis is away the join falls back to the
+    /// database (the set is then known incomplete, see `answered`).
+    pub(super) async fn record(&self, student: &str, question: &str) {
+        let recorded = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.redis.record_answer(&self.exam, student, question),
+        )
+        .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::warn!("cannot record an answer in Redis; joins read it from the database");
         }
     }
 }

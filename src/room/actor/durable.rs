@@ -240,10 +240,15 @@ impl Room {
     ) {
         let inbox = self.inbox.clone();
         let student = sid.clone();
+        let share = self.answer_sharing();
         self.ctx.tracker.spawn(async move {
             let Ok(stored) = committed.await else {
                 return; // writer stopped before committing: no ack, the client re-sends
             };
+            if let (true, Some(share), Stored::Answer { question }) = (stored, &share, &what) {
+                // Before the ack: an acked answer counts on every instance.
+                share.record(&student, question).await;
+            }
             if let Some(inbox) = inbox.upgrade() {
                 let _ = inbox
                     .send(RoomCmd::Stored {

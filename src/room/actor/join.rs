@@ -148,12 +148,15 @@ impl Room {
             rate,
             ..
         } = join;
-        if let (Some(answered), Some(st)) = (answered, self.students.get_mut(who.id.as_str()))
-            && answered.len() > st.answered_questions.len()
-        {
-            // Answers stored through another instance count here too.
-            st.state.answered = answered.len() as u32;
-            st.answered_questions = answered;
+        if let (Some(answered), Some(st)) = (answered, self.students.get_mut(who.id.as_str())) {
+            if answered.len() > st.answered_questions.len() {
+                // Answers stored through another instance count here too.
+                st.state.answered = answered.len() as u32;
+                st.answered_questions = answered;
+            } else if (st.answered_questions.len() as u32) < st.state.answered {
+                // Fewer than the count we know: the shared set is not whole.
+                self.load_answered(who.id.as_str().into());
+            }
         }
         let sid: Arc<str> = who.id.as_str().into();
         let outcome = match (outcome, self.students.get_mut(&sid)) {

@@ -1,0 +1,160 @@
+//! Cluster presence follows instance liveness, and a reconnect storm stays
+//! off the database (issue 13 items 2 and 3).
+
+use std::time::Duration;
+
+use examwatch::auth::Role;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::{
+    cluster::{Redis, cluster},
+    helpers::*,
+};
+
+/// kill -9 of an instance: its students are shown `disconnected` once its
+/// liveness key expires (plus the grace), not once their 30 s lease does.
+#[tokio::test]
+async fn a_killed_instances_students_are_disconnected_within_heartbeat_ttl_and_grace() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/shared.db", dir.path().display());
+    let redis_url = redis.url();
+    let start = |id: &str| {
+        let vars = [
+            ("EXAMWATCH__BROKER__REDIS_URL", redis_url.clone()),
+            ("EXAMWATCH__DATABASE__URL", db.clone()),
+            ("EXAMWATCH__DATABASE__INSTANCE_ID", id.to_owned()),
+            ("EXAMWATCH__AUTH__JWT_SECRET", SECRET.to_owned()),
+            // The lease would keep the student "connected" for 30 s.
+            ("EXAMWATCH__EXAM__LEASE_TTL", "30s".to_owned()),
+            ("EXAMWATCH__BROKER__HEARTBEAT_TTL", "1s".to_owned()),
+            ("EXAMWATCH__EXAM__DISCONNECT_GRACE", "300ms".to_owned()),
+        ];
+        let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ServerProcess::start(dir.path(), &refs)
+    };
+    let mut a = start("node-a");
+    let b = start("node-b");
+    let keys = {
+        let auth = examwatch::config::AuthSettings {
+            jwt_secret: Some(examwatch::config::Secret::new(SECRET)),
+            ..Default::default()
+        };
+        examwatch::auth::Keys::from_settings(&auth, dir.path()).unwrap()
+    };
+    let token = |sub: &str, role| {
+        keys.mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
+            .unwrap()
+    };
+    let ws = |addr: &str| format!("ws://{addr}/v1/exams/e1/ws");
+    let mut t = connect_url(&ws(&b.addr), &token("t1", Role::Teacher)).await;
+    t.next_of_type("snapshot").await;
+    let mut s = connect_url(&ws(&a.addr), &token("s1", Role::Student)).await;
+    s.next_of_type("welcome").await;
+    assert_eq!(t.next_of_type("student").await["cause"], "connected");
+
+    a.kill9();
+    let killed = Instant::now();
+    drop(s);
+    // heartbeat_ttl (1 s) + a check every ttl/3 + grace (0.3 s) + slack:
+    // well before the 30 s lease could run out.
+    let ev = t
+        .next_of_type_within("student", killed + Duration::from_secs(5))
+        .await;
+    assert_eq!(ev["cause"], "disconnected", "{ev}");
+    assert_eq!(ev["student"]["student_id"], "s1");
+    assert_eq!(ev["student"]["connected"], false);
+}
+
+/// Students of a live room reconnecting on another instance: their answers
+/// come from Redis, not one database query each, and still count.
+#[tokio::test]
+async fn a_reconnect_storm_reads_no_answers_from_the_database() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (t, _) = apps[1].teacher("e1", "t1").await;
+    let students = ["s1", "s2", "s3", "s4"];
+    let mut sessions = Vec::new();
+    for (i, sid) in students.iter().enumerate() {
+        let (mut s, welcome) = apps[0].student("e1", sid).await;
+        for q in 0..=i {
+            let r = q as u64 + 1;
+            s.send_json(json!({"type": "answer", "id": format!("a{q}"), "question": format!("q{q}"), "value": q, "ref": r}))
+                .await;
+            s.expect_ack(r).await;
+        }
+        sessions.push((s, welcome["session_id"].as_str().unwrap().to_owned()));
+    }
+    let before = apps[1].state.store.answered_reads();
+    let mut moved = Vec::new();
+    for (sid, (s, session)) in students.iter().zip(sessions) {
+        s.close().await;
+        let url = format!("{}?previous_session={session}", apps[1].ws_url("e1"));
+        let token = apps[1].token(sid, Role::Student, &["e1"]);
+        let mut c = apps[1].try_connect(&url, Some(&token), &[]).await.unwrap();
+        moved.push((sid, c.next_of_type("welcome").await));
+        drop(c);
+    }
+    for (i, (sid, welcome)) in moved.iter().enumerate() {
+        assert_eq!(
+            welcome["student"]["answered"],
+            i as u64 + 1,
+            "{sid}: {welcome}"
+        );
+    }
+    assert_eq!(
+        apps[1].state.store.answered_reads(),
+        before,
+        "no answered_questions query for students of a live room"
+    );
+    t.close().await;
+}
+
+/// Redis lost a student's answered set (a restart without persistence):
+/// the join on another instance notices the set is smaller than the count
+/// it knows and reads the database once, so the next answer counts on from
+/// the truth instead of starting again at 1.
+#[tokio::test]
+async fn an_answered_set_lost_by_redis_is_read_again_from_the_database() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (mut t, _) = apps[1].teacher("e1", "t1").await;
+    let (mut s, welcome) = apps[0].student("e1", "s1").await;
+    for q in 1..=3 {
+        s.send_json(json!({"type": "answer", "id": format!("a{q}"), "question": format!("q{q}"), "value": q, "ref": q}))
+            .await;
+        s.expect_ack(q).await;
+    }
+    t.next_where("the third answer", |v| v["student"]["answered"] == 3)
+        .await;
+    s.close().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let removed: i64 = redis::cmd("DEL")
+        .arg("examwatch:{e1}:answered:s1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the answered set was in Redis");
+
+    let url = format!(
+        "{}?previous_session={}",
+        apps[1].ws_url("e1"),
+        welcome["session_id"].as_str().unwrap()
+    );
+    let token = apps[1].token("s1", Role::Student, &["e1"]);
+    let mut moved = apps[1].try_connect(&url, Some(&token), &[]).await.unwrap();
+    assert_eq!(
+        moved.next_of_type("welcome").await["student"]["answered"],
+        3
+    );
+    moved
+        .send_json(json!({"type": "answer", "id": "a4", "question": "q4", "value": 4, "ref": 4}))
+        .await;
+    moved.expect_ack(4).await;
+    let ev = t
+        .next_where("the fourth answer", |v| v["cause"] == "answered")
+        .await;
+    assert_eq!(ev["student"]["answered"], 4, "{ev}");
+}
