@@ -244,3 +244,30 @@ async fn a_resume_after_live_events_gets_a_snapshot_never_duplicates() {
     let next = make_events(&mut s, &mut observer, 1).await;
     assert_eq!(t.next_json().await["seq"], next);
 }
+
+/// Announcements are reloaded from the database when a room starts (4.5):
+/// a student who missed them before a restart still gets them, recovered.
+#[tokio::test]
+async fn a_student_resume_after_a_restart_replays_announcements_from_the_database() {
+    let app = spawn_app().await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (s, welcome) = app.student("e1", "s1").await;
+    let joined_at = welcome["last_seq"].as_u64().unwrap();
+    t.next_of_type("student").await; // connected
+    drop(s);
+    announce(&mut t, &["before", "the restart"]).await;
+    t.close().await;
+    let url = app.db_url.clone();
+    let TestAppParts {
+        db_dir: _db,
+        data: _data,
+    } = app.stop().await;
+    let app2 = spawn_app_on_url(Some(url), |_| {}).await;
+    let (mut s, _) = app2.student("e1", "s1").await;
+    s.send_json(json!({"type": "resume", "last_seq": joined_at, "ref": "r"}))
+        .await;
+    let got = until_ack(&mut s, "r").await;
+    assert_eq!(got[0]["type"], "resumed", "{got:?}");
+    assert_eq!(got[0]["recovered"], true, "{got:?}");
+    assert_eq!(texts(&got[1..]), ["before", "the restart"]);
+}
