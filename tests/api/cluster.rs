@@ -175,6 +175,53 @@ pub async fn join_cluster(
     apps
 }
 
+/// Two real `examwatch serve` processes ("node-a", "node-b") sharing
+/// `redis` and one SQLite file, for tests that SIGKILL one; `keys` mints
+/// their tokens.
+pub struct Processes {
+    pub a: ServerProcess,
+    pub b: ServerProcess,
+    pub keys: examwatch::auth::Keys,
+    _dir: tempfile::TempDir,
+}
+
+impl Processes {
+    pub fn start(redis: &Redis, lease_ttl: &str, heartbeat_ttl: &str, grace: &str) -> Processes {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}/shared.db", dir.path().display());
+        let redis_url = redis.url();
+        let start = |id: &str| {
+            let vars = [
+                ("EXAMWATCH__BROKER__REDIS_URL", redis_url.as_str()),
+                ("EXAMWATCH__DATABASE__URL", db.as_str()),
+                ("EXAMWATCH__DATABASE__INSTANCE_ID", id),
+                ("EXAMWATCH__AUTH__JWT_SECRET", SECRET),
+                ("EXAMWATCH__EXAM__LEASE_TTL", lease_ttl),
+                ("EXAMWATCH__BROKER__HEARTBEAT_TTL", heartbeat_ttl),
+                ("EXAMWATCH__EXAM__DISCONNECT_GRACE", grace),
+            ];
+            ServerProcess::start(dir.path(), &vars)
+        };
+        let (a, b) = (start("node-a"), start("node-b"));
+        let auth = examwatch::config::AuthSettings {
+            jwt_secret: Some(examwatch::config::Secret::new(SECRET)),
+            ..Default::default()
+        };
+        let keys = examwatch::auth::Keys::from_settings(&auth, dir.path()).unwrap();
+        Processes {
+            a,
+            b,
+            keys,
+            _dir: dir,
+        }
+    }
+}
+
+/// The socket URL of exam e1 on `addr`.
+pub fn ws_e1(addr: &str) -> String {
+    format!("ws://{addr}/v1/exams/e1/ws")
+}
+
 /// A teacher's model of the exam: applies snapshots and student events.
 #[derive(Default, Debug)]
 struct View {
@@ -404,39 +451,14 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
 #[tokio::test]
 async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires() {
     let Some(redis) = Redis::start() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/shared.db", dir.path().display());
-    let redis_url = redis.url();
-    let env = |id: &'static str| {
-        vec![
-            ("EXAMWATCH__BROKER__REDIS_URL", redis_url.clone()),
-            ("EXAMWATCH__DATABASE__URL", db.clone()),
-            ("EXAMWATCH__DATABASE__INSTANCE_ID", id.to_owned()),
-            ("EXAMWATCH__AUTH__JWT_SECRET", SECRET.to_owned()),
-            ("EXAMWATCH__EXAM__LEASE_TTL", "600ms".to_owned()),
-            ("EXAMWATCH__BROKER__HEARTBEAT_TTL", "600ms".to_owned()),
-            ("EXAMWATCH__EXAM__DISCONNECT_GRACE", "800ms".to_owned()),
-        ]
-    };
-    let start = |id: &'static str| {
-        let vars = env(id);
-        let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ServerProcess::start(dir.path(), &refs)
-    };
-    let mut a = start("node-a");
-    let b = start("node-b");
-    let keys = {
-        let auth = examwatch::config::AuthSettings {
-            jwt_secret: Some(examwatch::config::Secret::new(SECRET)),
-            ..Default::default()
-        };
-        examwatch::auth::Keys::from_settings(&auth, dir.path()).unwrap()
-    };
+    let p = Processes::start(&redis, "600ms", "600ms", "800ms");
+    let (mut a, b) = (p.a, p.b);
     let token = |sub: &str, role| {
-        keys.mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
+        p.keys
+            .mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
             .unwrap()
     };
-    let ws = |addr: &str| format!("ws://{addr}/v1/exams/e1/ws");
+    let ws = |addr: &str| ws_e1(addr);
     let mut t = connect_url(&ws(&b.addr), &token("t1", Role::Teacher)).await;
     t.next_of_type("snapshot").await;
     let mut sessions = HashMap::new();

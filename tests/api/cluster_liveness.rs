@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::{
-    cluster::{Redis, cluster},
+    cluster::{Processes, Redis, cluster, ws_e1},
     helpers::*,
 };
 
@@ -17,37 +17,15 @@ use crate::{
 #[tokio::test]
 async fn a_killed_instances_students_are_disconnected_within_heartbeat_ttl_and_grace() {
     let Some(redis) = Redis::start() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/shared.db", dir.path().display());
-    let redis_url = redis.url();
-    let start = |id: &str| {
-        let vars = [
-            ("EXAMWATCH__BROKER__REDIS_URL", redis_url.clone()),
-            ("EXAMWATCH__DATABASE__URL", db.clone()),
-            ("EXAMWATCH__DATABASE__INSTANCE_ID", id.to_owned()),
-            ("EXAMWATCH__AUTH__JWT_SECRET", SECRET.to_owned()),
-            // The lease would keep the student "connected" for 30 s.
-            ("EXAMWATCH__EXAM__LEASE_TTL", "30s".to_owned()),
-            ("EXAMWATCH__BROKER__HEARTBEAT_TTL", "1s".to_owned()),
-            ("EXAMWATCH__EXAM__DISCONNECT_GRACE", "300ms".to_owned()),
-        ];
-        let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        ServerProcess::start(dir.path(), &refs)
-    };
-    let mut a = start("node-a");
-    let b = start("node-b");
-    let keys = {
-        let auth = examwatch::config::AuthSettings {
-            jwt_secret: Some(examwatch::config::Secret::new(SECRET)),
-            ..Default::default()
-        };
-        examwatch::auth::Keys::from_settings(&auth, dir.path()).unwrap()
-    };
+    // The lease would keep the student "connected" for 30 s.
+    let p = Processes::start(&redis, "30s", "1s", "300ms");
+    let (mut a, b) = (p.a, p.b);
     let token = |sub: &str, role| {
-        keys.mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
+        p.keys
+            .mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
             .unwrap()
     };
-    let ws = |addr: &str| format!("ws://{addr}/v1/exams/e1/ws");
+    let ws = |addr: &str| ws_e1(addr);
     let mut t = connect_url(&ws(&b.addr), &token("t1", Role::Teacher)).await;
     t.next_of_type("snapshot").await;
     let mut s = connect_url(&ws(&a.addr), &token("s1", Role::Student)).await;
