@@ -217,6 +217,12 @@ impl Processes {
     }
 }
 
+/// A token for exam e1 signed with `keys`.
+pub fn token_e1(keys: &examwatch::auth::Keys, sub: &str, role: examwatch::auth::Role) -> String {
+    keys.mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
+        .unwrap()
+}
+
 /// The socket URL of exam e1 on `addr`.
 pub fn ws_e1(addr: &str) -> String {
     format!("ws://{addr}/v1/exams/e1/ws")
@@ -453,11 +459,7 @@ async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires(
     let Some(redis) = Redis::start() else { return };
     let p = Processes::start(&redis, "600ms", "600ms", "800ms");
     let (mut a, b) = (p.a, p.b);
-    let token = |sub: &str, role| {
-        p.keys
-            .mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
-            .unwrap()
-    };
+    let token = |sub: &str, role| token_e1(&p.keys, sub, role);
     let ws = |addr: &str| ws_e1(addr);
     let mut t = connect_url(&ws(&b.addr), &token("t1", Role::Teacher)).await;
     t.next_of_type("snapshot").await;

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::{
-    cluster::{Processes, Redis, cluster, ws_e1},
+    cluster::{Processes, Redis, cluster, token_e1, ws_e1},
     helpers::*,
 };
 
@@ -20,11 +20,7 @@ async fn a_killed_instances_students_are_disconnected_within_heartbeat_ttl_and_g
     // The lease would keep the student "connected" for 30 s.
     let p = Processes::start(&redis, "30s", "1s", "300ms");
     let (mut a, b) = (p.a, p.b);
-    let token = |sub: &str, role| {
-        p.keys
-            .mint(sub, sub, role, vec!["e1".into()], Duration::from_secs(600))
-            .unwrap()
-    };
+    let token = |sub: &str, role| token_e1(&p.keys, sub, role);
     let ws = |addr: &str| ws_e1(addr);
     let mut t = connect_url(&ws(&b.addr), &token("t1", Role::Teacher)).await;
     t.next_of_type("snapshot").await;
