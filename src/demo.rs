@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     App, Settings,
     auth::Role,
+    control::{ExamClock, Phase, Timing},
     store::{StoreError, now_ms, queries::ExamRow},
 };
 
@@ -54,12 +55,25 @@ pub async fn run(
     let app = App::build(settings).await?;
     let addr = app.local_addr()?;
     let state = app.state().clone();
+    let now = now_ms();
+    let mut clock = ExamClock::new(
+        Phase::Draft,
+        Timing::Fixed,
+        Some(now),
+        None,
+        Some(3_600_000),
+        false,
+    );
+    for phase in [Phase::Scheduled, Phase::InProgress] {
+        clock
+            .set_phase(phase, now)
+            .context("the demo exam's phases")?;
+    }
     let exam = ExamRow {
         id: opts.exam.clone(),
         title: "Demo exam".into(),
-        phase: "running".into(),
-        starts_at: Some(now_ms()),
-        duration_secs: Some(3600),
+        clock,
+        version: 0,
         settings: json!({ "total_questions": QUESTIONS }).to_string(),
         created_by: "examwatch demo".into(),
         created_at: now_ms(),

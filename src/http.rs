@@ -87,6 +87,8 @@ pub struct ErrorDetail {
     pub code: String,
     /// For humans.
     pub message: String,
+    /// The request field at fault, when one is.
+    pub field: Option<String>,
 }
 
 /// The HTTP boundary's error: a status, a stable machine code, a message
@@ -96,6 +98,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: Cow<'static, str>,
+    /// The request field at fault, when one is (`error.field`).
+    pub field: Option<&'static str>,
 }
 
 impl ApiError {
@@ -108,7 +112,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            field: None,
         }
+    }
+    /// Names the request field at fault.
+    pub fn with_field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
     }
     pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -123,7 +133,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        let body = match self.field {
+            Some(field) => {
+                json!({"error": {"code": self.code, "message": self.message, "field": field}})
+            }
+            None => json!({"error": {"code": self.code, "message": self.message}}),
+        };
+        let body = Json(body);
         let mut res = (self.status, body).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(

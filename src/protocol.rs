@@ -159,6 +159,15 @@ pub enum ErrorCode {
     /// Too much is waiting for the database: keep the answer and re-send it
     /// later (with backoff). Nothing was stored, nothing was lost.
     StorageBusy,
+    /// The exam has not started (`draft` or `scheduled`: the waiting
+    /// room); keep the message for when it does.
+    ExamNotStarted,
+    /// The exam, or this student's time, is over: nothing more is taken.
+    /// What was acked before stays.
+    ExamEnded,
+    /// The exam or this student is paused: no time is lost, and nothing is
+    /// taken until `exam_update` says `paused: false`; re-send then.
+    ExamPaused,
 }
 
 impl ErrorCode {
@@ -336,6 +345,25 @@ pub struct StudentState {
     /// Connections opened so far (1 + reconnects + takeovers).
     pub connections: u32,
     pub submitted_at: Option<Timestamp>,
+    /// When this student's time ends, by the server's clock (null while
+    /// untimed or not started); while `paused`, as if the pause ended now.
+    #[serde(default)]
+    pub deadline: Option<Timestamp>,
+    /// The exam or this student is paused (their time stands still).
+    #[serde(default)]
+    pub paused: bool,
+    /// Extra time granted as an accommodation.
+    #[serde(default)]
+    pub extra_minutes: u32,
+    /// Total time disconnected so far, up to this state (while
+    /// `connected` is false, add the time since `disconnected_since`).
+    #[serde(default)]
+    pub disconnected_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected_since: Option<Timestamp>,
+    /// The student has a raised hand waiting for an answer.
+    #[serde(default)]
+    pub hand_raised: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,6 +389,12 @@ pub enum Cause {
     Disconnected,
     Submitted,
     SecondSession,
+    /// Their time ran out: the server submitted for them.
+    TimeUp,
+    /// Their clock changed: an accommodation, an extension, a pause.
+    Timing,
+    /// Their clock started (admitted while the exam is in progress).
+    Started,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -430,6 +464,35 @@ pub enum ServerMsg<'a> {
         /// The exam's latest seq; a later `resume {last_seq}` replays
         /// announcements after it.
         last_seq: Seq,
+        /// The exam's phase and this student's clock (as `exam_update`).
+        phase: crate::control::Phase,
+        deadline: Option<Timestamp>,
+        paused: bool,
+        opens_at: Option<Timestamp>,
+        closes_at: Option<Timestamp>,
+    },
+    /// The exam's phase or timing, or this student's clock, changed
+    /// (PROTOCOL.md 4.13). Students get their own `deadline`,
+    /// `extra_minutes` and `paused`; watchers get it as a numbered event
+    /// (`seq`) with the exam's whole `clock` and its `version`.
+    ExamUpdate {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<Seq>,
+        phase: crate::control::Phase,
+        opens_at: Option<Timestamp>,
+        closes_at: Option<Timestamp>,
+        server_time: Timestamp,
+        /// The student's own (null when untimed); absent for watchers.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        deadline: Option<Option<Timestamp>>,
+        paused: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        extra_minutes: Option<u32>,
+        cause: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        clock: Option<&'a crate::control::ExamClock>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        version: Option<i64>,
     },
     Announcement {
         seq: Seq,
@@ -459,11 +522,17 @@ pub enum ServerMsg<'a> {
         parts: u32,
         students: &'a [&'a StudentState],
         counts: Counts,
+        phase: crate::control::Phase,
+        server_time: Timestamp,
     },
     Student {
         seq: Seq,
         student: &'a StudentState,
         cause: Cause,
+        /// With cause `timing`/`started`/`time_up`: the student's control
+        /// record, so every instance's room applies it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        control: Option<&'a crate::control::StudentControl>,
     },
     Alert {
         seq: Seq,

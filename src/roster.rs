@@ -1,6 +1,12 @@
 //! Who may sit an exam: the roster check at the handshake, with a short
 //! cache so a reconnect storm does not become a query storm.
 //!
+//! The same cached read holds the exam's phase (no student socket to an
+//! exam that does not exist or is a `draft`: `exam_not_open`) and who was
+//! denied access (`deny`, `terminate`). The cache answers for at most
+//! `TTL` after a change made on another instance; the room, which hears of
+//! every change at once, enforces them on sockets already open.
+//!
 //! Exams without a roster accept any student whose token grants the exam.
 //! If the database cannot be reached and nothing is cached, the check fails
 //! open by default (`exam.roster_fail_open`, and says so in the log):
@@ -14,21 +20,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::store::{Store, queries::Roster};
+use crate::store::{Store, control::Gate, queries::Roster};
 
-const TTL: Duration = Duration::from_secs(5);
+const TTL: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     Admitted,
     NotOnRoster,
     NotAllowed,
+    /// No such exam, or a `draft`.
+    NotOpen,
+    /// Denied by a teacher (`deny`, or `terminate`), with the reason.
+    Denied(String),
     /// The roster could not be read and `exam.roster_fail_open` is false.
     Unavailable,
 }
 
-/// When a roster was fetched, and the roster.
-type Entry = (Instant, Arc<Roster>);
+/// When a roster was fetched, the roster and the exam's gate.
+type Entry = (Instant, Arc<(Roster, Gate)>);
 
 #[derive(Clone, Default)]
 pub struct RosterCache {
@@ -47,7 +57,7 @@ impl RosterCache {
         let cached = self.lock().get(exam_id).cloned();
         let roster = match cached {
             Some((at, roster)) if at.elapsed() < TTL => roster,
-            stale => match store.roster(exam_id).await {
+            stale => match read(store, exam_id).await {
                 Ok(roster) => {
                     let roster = Arc::new(roster);
                     self.lock()
@@ -73,6 +83,14 @@ impl RosterCache {
                 },
             },
         };
+        let (roster, gate) = &*roster;
+        match gate.phase {
+            None | Some(crate::control::Phase::Draft) => return Admission::NotOpen,
+            Some(_) => {}
+        }
+        if let Some(reason) = gate.denied.get(student_id) {
+            return Admission::Denied(reason.clone());
+        }
         if roster.is_empty() {
             return Admission::Admitted;
         }
@@ -83,7 +101,7 @@ impl RosterCache {
         }
     }
 
-    /// Forgets an exam's roster after it changed.
+    /// Forgets an exam's roster and gate after they changed.
     pub fn invalidate(&self, exam_id: &str) {
         self.lock().remove(exam_id);
     }
@@ -91,4 +109,8 @@ impl RosterCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+async fn read(store: &Store, exam_id: &str) -> Result<(Roster, Gate), crate::store::StoreError> {
+    Ok((store.roster(exam_id).await?, store.exam_gate(exam_id).await?))
 }

@@ -14,10 +14,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Watcher, invalid};
+use super::{
+    Watcher, invalid,
+    timing::{InitialPhase, TimingInput, TimingName, TimingView},
+};
 use crate::{
     app::AppState,
     auth::valid_exam_id,
+    control::{ExamClock, Phase},
     http::ApiError,
     protocol::{Counts, Status, Timestamp},
     store::{now_ms, queries::ExamRow},
@@ -26,7 +30,7 @@ use crate::{
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_exam, list_exams))
-        .routes(routes!(get_exam))
+        .routes(routes!(get_exam, super::control::patch_exam))
         .routes(routes!(replace_roster))
 }
 
@@ -44,15 +48,39 @@ pub struct NewExam {
         max_length = 200
     )]
     pub title: String,
+    /// The old name of `opens_at` (send one or the other).
     /// RFC 3339 with an offset (`Z` or `+02:00`), e.g.
     /// "2026-12-01T09:00:00Z"; 1970 or later (UTC).
     #[schema(format = DateTime)]
     pub starts_at: Option<String>,
+    /// The phase to create it in: `draft` (the default: no student may
+    /// connect yet), `scheduled` (the waiting room) or `in_progress`.
+    #[serde(default)]
+    pub phase: Option<InitialPhase>,
+    /// When the exam opens (RFC 3339 with an offset); with `auto_start`
+    /// it moves from `scheduled` to `in_progress` by itself then.
+    #[schema(format = DateTime)]
+    pub opens_at: Option<String>,
+    /// When it closes (RFC 3339 with an offset): `in_progress` moves to
+    /// `ended` by itself then (or at the latest student deadline, when
+    /// accommodations run past it).
+    #[schema(format = DateTime)]
+    pub closes_at: Option<String>,
     /// Whole minutes; JSON Schema counts `90.0` as an integer, so it is
-    /// taken as 90 (serde alone would refuse it).
+    /// taken as 90 (serde alone would refuse it). Or `duration_seconds`.
     #[serde(default, deserialize_with = "whole_number")]
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 4294967295_u32)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 4294967295_u32)]
     pub duration_minutes: Option<u32>,
+    /// The duration in seconds (instead of `duration_minutes`).
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 4294967295_u32)]
+    pub duration_seconds: Option<u32>,
+    /// Start by itself at `opens_at` (needs `opens_at`).
+    #[serde(default)]
+    pub auto_start: bool,
+    /// `fixed` (default) or `per_student`.
+    #[serde(default)]
+    pub timing: TimingName,
     /// Free-form exam settings (a JSON object; null or absent: `{}`).
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -77,6 +105,13 @@ pub struct RosterEntry {
     pub name: String,
     #[serde(default = "yes")]
     pub allowed: bool,
+    /// Extra time for this student (an accommodation), 0-10000 minutes.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10000)]
+    pub extra_minutes: Option<i64>,
+    /// Their time multiplied (an accommodation), e.g. 1.25.
+    #[serde(default)]
+    pub time_multiplier: Option<f64>,
 }
 
 // The patterns above: no control character (what `char::is_control`
@@ -116,7 +151,10 @@ pub struct RosterBody {
 pub struct Exam {
     pub id: String,
     pub title: String,
-    pub phase: String,
+    /// The phase and timing model.
+    #[serde(flatten)]
+    pub clock: TimingView,
+    /// The old name of `opens_at`.
     pub starts_at: Option<String>,
     pub duration_minutes: Option<i64>,
     #[schema(value_type = Object)]
@@ -148,18 +186,17 @@ pub struct ExamList {
     pub exams: Vec<Exam>,
 }
 
-fn to_exam(row: ExamRow, counts: Counts) -> Exam {
+pub(super) fn to_exam(row: ExamRow, counts: Counts) -> Exam {
+    let clock = TimingView::of(&row.clock);
     Exam {
-        starts_at: row
-            .starts_at
-            .map(|ms| humantime::format_rfc3339_seconds(Timestamp::from_unix_ms(ms).0).to_string()),
-        duration_minutes: row.duration_secs.map(|s| s / 60),
+        starts_at: clock.opens_at.clone(),
+        duration_minutes: clock.duration_seconds.map(|s| s / 60),
+        clock,
         settings: serde_json::from_str(&row.settings).unwrap_or_default(),
         created_at: humantime::format_rfc3339_millis(Timestamp::from_unix_ms(row.created_at).0)
             .to_string(),
         id: row.id,
         title: row.title,
-        phase: row.phase,
         created_by: row.created_by,
         roster_size: row.roster_size,
         counts,
@@ -198,6 +235,16 @@ fn validate_roster(roster: &[RosterEntry]) -> Result<Vec<(String, String, bool)>
                     e.student_id
                 )));
             }
+            if e.extra_minutes.is_some() || e.time_multiplier.is_some() {
+                super::timing::check_accommodation(
+                    e.extra_minutes.unwrap_or(0),
+                    e.time_multiplier.unwrap_or(1.0),
+                )
+                .map_err(|err| ApiError {
+                    message: format!("roster[{i}]: {}", err.message).into(),
+                    ..err
+                })?;
+            }
             Ok((e.student_id.clone(), e.name.clone(), e.allowed))
         })
         .collect()
@@ -235,12 +282,36 @@ async fn create_exam(
             "title must be 1 to 200 characters, without control characters",
         ));
     }
-    let starts_at = match &new.starts_at {
-        Some(s) => Some(parse_rfc3339(s).ok_or_else(|| {
-            invalid("starts_at must be an RFC 3339 date-time with an offset, 1970 or later")
-        })?),
-        None => None,
+    let (opens_at, closes_at, duration_ms) = TimingInput {
+        starts_at: new.starts_at.as_deref(),
+        opens_at: new.opens_at.as_deref(),
+        closes_at: new.closes_at.as_deref(),
+        duration_minutes: new.duration_minutes,
+        duration_seconds: new.duration_seconds,
+    }
+    .read()?;
+    let now = now_ms();
+    let mut clock = ExamClock::new(
+        Phase::Draft,
+        new.timing.into(),
+        opens_at,
+        closes_at,
+        duration_ms,
+        new.auto_start,
+    );
+    super::timing::check(&clock)?;
+    // Created in a later phase: through the phases before it, so the clock
+    // is what those transitions make it (`started_at` for in_progress).
+    let path: &[Phase] = match new.phase.unwrap_or_default() {
+        InitialPhase::Draft => &[],
+        InitialPhase::Scheduled => &[Phase::Scheduled],
+        InitialPhase::InProgress => &[Phase::Scheduled, Phase::InProgress],
     };
+    for phase in path {
+        clock
+            .set_phase(*phase, now)
+            .map_err(|_| invalid("phase: not a phase an exam can be created in"))?;
+    }
     let settings = match new.settings {
         None => serde_json::json!({}),
         Some(v @ serde_json::Value::Object(_)) => v,
@@ -250,15 +321,15 @@ async fn create_exam(
     let row = ExamRow {
         id: new.id,
         title: title.to_owned(),
-        phase: "scheduled".into(),
-        starts_at,
-        duration_secs: new.duration_minutes.map(|m| i64::from(m) * 60),
         settings: settings.to_string(),
         created_by: caller.0.sub.clone(),
-        created_at: now_ms(),
+        created_at: now,
         roster_size: roster.len() as i64,
+        clock,
+        version: 0,
     };
     app.store.create_exam(&row, &roster).await?;
+    super::control::store_accommodations(&app, &row.id, &new.roster).await?;
     app.rosters.invalidate(&row.id);
     // A room already running for this id (students connected before the
     // exam was created) learns its total now; rooms on other instances
@@ -278,7 +349,7 @@ async fn create_exam(
 /// and `z`, fractions of a second) to Unix milliseconds. humantime reads
 /// only UTC, so an offset is taken off here and applied after. `None` for
 /// anything else, a missing offset, or an instant before 1970.
-fn parse_rfc3339(s: &str) -> Option<i64> {
+pub(super) fn parse_rfc3339(s: &str) -> Option<i64> {
     if !s.is_ascii() || s.len() < "2026-12-01T09:00:00Z".len() {
         return None;
     }
@@ -396,6 +467,7 @@ async fn replace_roster(
     app.store
         .replace_roster(&id, &caller.0.sub, &roster)
         .await?;
+    super::control::store_accommodations(&app, &id, &body.roster).await?;
     app.rosters.invalidate(&id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,9 +7,11 @@
 //! only for exams their token grants (admins: all). The exception is
 //! `POST /v1/tickets` ([`tickets`]), which every role uses to connect.
 
+mod control;
 mod exams;
 mod records;
 mod tickets;
+mod timing;
 
 use axum::{
     extract::{FromRequestParts, rejection::JsonRejection},
@@ -57,6 +59,7 @@ impl Modify for BearerAuth {
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(exams::router())
+        .merge(control::router())
         .merge(records::router())
         .merge(tickets::router())
 }

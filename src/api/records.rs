@@ -140,12 +140,12 @@ async fn report(
     // Time away counts until the student submitted, the exam's scheduled
     // end (when it has one), or now, whichever comes first.
     let exam_end = match app.store.exam(&id).await? {
-        Some(ExamRow {
-            starts_at: Some(start),
-            duration_secs: Some(d),
-            ..
-        }) => start + d * 1000,
-        _ => i64::MAX,
+        Some(ExamRow { clock, .. }) => clock
+            .ended_at
+            .or(clock.closes_at)
+            .or(clock.opens_at.zip(clock.duration_ms).map(|(s, d)| s + d))
+            .unwrap_or(i64::MAX),
+        None => i64::MAX,
     };
     for (user, sessions) in per_user {
         let end = submitted.get(&user).copied().unwrap_or(now).min(exam_end);

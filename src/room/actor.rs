@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::store::{now_ms, writer::Record};
 
 mod cluster;
+mod control;
 mod durable;
 mod join;
 
@@ -39,6 +40,10 @@ enum Timer {
     Probe(ConnId),
     /// A student's alert window of this kind ended: send what was folded.
     AlertFlush(Arc<str>, AlertKind),
+    /// A student's time may have run out.
+    Deadline(Arc<str>),
+    /// The exam's automatic start or end may be due.
+    ExamDue,
 }
 
 /// A teacher connection and how far its stream is in sync.
@@ -110,6 +115,10 @@ pub(super) struct Room {
     /// The room's own inbox, weakly: commit waiters post results here
     /// without keeping the room alive.
     inbox: mpsc::WeakSender<RoomCmd>,
+    /// The exam's phase and clocks (`room/control.rs`).
+    control: super::control::Control,
+    deadline_timers: HashMap<Arc<str>, tokio_util::time::delay_queue::Key>,
+    exam_timer: Option<tokio_util::time::delay_queue::Key>,
 }
 
 impl Room {
@@ -145,6 +154,9 @@ impl Room {
             timers: DelayQueue::new(),
             empty_since: Some(Instant::now()),
             inbox,
+            control: Default::default(),
+            deadline_timers: HashMap::new(),
+            exam_timer: None,
         }
     }
 
@@ -158,6 +170,7 @@ impl Room {
                 self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
+            self.control_started();
             let shutdown = self.ctx.shutdown.clone();
             let clustered = self.ctx.broker.clustered();
             let tick_every =
@@ -269,6 +282,17 @@ impl Room {
             RoomCmd::AnsweredLoaded { student, answered } => {
                 self.answered_loaded(&student, answered)
             }
+            RoomCmd::ExamControl {
+                clock,
+                version,
+                cause,
+            } => self.on_exam_control(clock, version, cause, true),
+            RoomCmd::StudentControl {
+                student,
+                control,
+                cause,
+            } => self.on_student_control(student, *control, cause),
+            RoomCmd::TimeUp { student, won, at } => self.time_up(student, won, at),
             RoomCmd::LeaseLost { student, session } => {
                 let current = self
                     .students
@@ -329,6 +353,8 @@ impl Room {
                 (sid, o)
             }
             Timer::Probe(old) => return self.probe_result(old, false),
+            Timer::Deadline(sid) => return self.on_deadline(sid),
+            Timer::ExamDue => return self.on_exam_due(),
             Timer::AlertFlush(sid, kind) => {
                 let Some(st) = self.students.get_mut(&sid) else {
                     return;
@@ -385,6 +411,20 @@ impl Room {
         let (sid, out) = (sid.clone(), out.clone());
         if matches!(msg, ClientMsg::Progress { .. } | ClientMsg::Answer { .. }) {
             self.refresh_total();
+        }
+        // The exam's phase and the student's own clock decide whether
+        // work is taken now (an answer that arrived before the deadline is
+        // stored even if its commit lands after it).
+        if matches!(
+            msg,
+            ClientMsg::Progress { .. } | ClientMsg::Answer { .. } | ClientMsg::Submit {}
+        ) && let Err(code) = self.control.work(&sid, now_ms())
+        {
+            let submitted = self.students.get(&sid).is_some_and(|st| st.submitted());
+            // A submitted student's repeated `submit` is still acked.
+            if !(submitted && matches!(msg, ClientMsg::Submit {})) {
+                return self.error(&out, code, r#ref.as_ref());
+            }
         }
         // Durable messages: acked when committed, not now.
         let msg = match msg {
@@ -566,6 +606,7 @@ impl Room {
             &self.exam_id,
             &students,
             counts,
+            self.control.phase(),
             super::snapshot::PART_BYTES,
         );
         tracing::debug!(
@@ -625,6 +666,7 @@ impl Room {
                         seq,
                         student: &st.state,
                         cause,
+                        control: None,
                     }
                     .encode(),
                 )
@@ -815,6 +857,9 @@ impl Room {
             ErrorCode::InvalidMessage => {
                 "answered or question is beyond the exam's total_questions"
             }
+            ErrorCode::ExamNotStarted => "the exam has not started yet",
+            ErrorCode::ExamEnded => "the exam is over for you: nothing more is taken",
+            ErrorCode::ExamPaused => "the exam is paused: re-send when it resumes",
             _ => "request refused",
         };
         // Counted like the socket's own refusals (examwatch_bad_messages_total).

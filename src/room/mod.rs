@@ -19,6 +19,7 @@
 
 mod actor;
 mod alerts;
+pub mod control;
 pub mod queue;
 pub use queue::Kick;
 pub mod rate;
@@ -237,6 +238,49 @@ pub enum RoomCmd {
         student: Arc<str>,
         session: String,
     },
+    /// The exam's clock changed (stored already, at `version`).
+    ExamControl {
+        clock: crate::control::ExamClock,
+        version: i64,
+        cause: ControlCause,
+    },
+    /// One student's control record changed (stored already).
+    StudentControl {
+        student: Arc<str>,
+        control: Box<crate::control::StudentControl>,
+        cause: ControlCause,
+    },
+    /// A `time_up` submission was written; `won` if by this room.
+    TimeUp {
+        student: Arc<str>,
+        won: bool,
+        at: i64,
+    },
+}
+
+/// Why the exam's control changed (the `cause` of `exam_update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlCause {
+    /// A teacher changed the phase.
+    Phase,
+    /// A teacher changed the exam's timing.
+    Timing,
+    /// The phase changed by itself (`opens_at` with `auto_start`, the end).
+    Auto,
+    /// A student's accommodations changed.
+    Accommodation,
+}
+
+impl ControlCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlCause::Phase => "phase",
+            ControlCause::Timing => "timing",
+            ControlCause::Auto => "auto",
+            ControlCause::Accommodation => "accommodation",
+        }
+    }
 }
 
 /// The outcome of the cluster-wide session lease for a joining student.

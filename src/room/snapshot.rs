@@ -21,6 +21,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use crate::protocol::{Counts, Seq, ServerMsg, StudentState};
 
+
 /// The most bytes of one snapshot frame: a quarter of the write buffer, so
 /// a part always fits beside whatever is still unwritten of the previous
 /// one, and a browser parses each in a few milliseconds.
@@ -37,8 +38,10 @@ pub fn encode(
     exam_id: &str,
     students: &[&StudentState],
     counts: Counts,
+    phase: crate::control::Phase,
     budget: usize,
 ) -> Vec<Utf8Bytes> {
+    let server_time = crate::protocol::Timestamp::now();
     let frame = |part, parts, students| ServerMsg::Snapshot {
         seq,
         exam_id,
@@ -46,6 +49,8 @@ pub fn encode(
         parts,
         students,
         counts,
+        phase,
+        server_time,
     };
     // The frame around the students, at its largest (10-digit numbers).
     let overhead = frame(u32::MAX, u32::MAX, &[]).encode().len();
@@ -118,6 +123,12 @@ mod tests {
             connections: 1,
             submitted_at: None,
             alerts: Default::default(),
+            deadline: None,
+            paused: false,
+            extra_minutes: 0,
+            disconnected_ms: 0,
+            disconnected_since: None,
+            hand_raised: false,
         }
     }
 
@@ -137,7 +148,7 @@ mod tests {
             ..Counts::default()
         };
         let budget = 16 * 1024;
-        let frames = encode(7, "e1", &refs, counts, budget);
+        let frames = encode(7, "e1", &refs, counts, crate::control::Phase::InProgress, budget);
         assert!(frames.len() > 10, "{} parts", frames.len());
         assert!(frames.iter().all(|f| f.len() <= budget));
         let parts = decode(&frames);
@@ -168,7 +179,7 @@ mod tests {
         let one = [student(1, 10)];
         let refs: Vec<&StudentState> = one.iter().collect();
         for students in [&refs[..], &[]] {
-            let frames = encode(3, "e1", students, Counts::default(), PART_BYTES);
+            let frames = encode(3, "e1", students, Counts::default(), crate::control::Phase::InProgress, PART_BYTES);
             assert_eq!(frames.len(), 1);
             let p = &decode(&frames)[0];
             assert_eq!(
@@ -185,7 +196,7 @@ mod tests {
     fn a_student_larger_than_the_budget_travels_alone() {
         let all = [student(0, 10), student(1, 5000), student(2, 10)];
         let refs: Vec<&StudentState> = all.iter().collect();
-        let frames = encode(1, "e1", &refs, Counts::default(), 1024);
+        let frames = encode(1, "e1", &refs, Counts::default(), crate::control::Phase::InProgress, 1024);
         let sizes: Vec<usize> = decode(&frames)
             .iter()
             .map(|p| p["students"].as_array().unwrap().len())

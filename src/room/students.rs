@@ -80,6 +80,12 @@ impl Student {
                 alerts: Default::default(),
                 connections: 1,
                 submitted_at: None,
+                deadline: None,
+                paused: false,
+                extra_minutes: 0,
+                disconnected_ms: 0,
+                disconnected_since: None,
+                hand_raised: false,
             },
             conn: Some(conn),
             idle_timer: None,
@@ -146,6 +152,7 @@ impl Student {
 
     /// A new socket for a student who was away (within grace or after).
     pub fn reconnect(&mut self, conn: ConnId, name: String) -> Outcome {
+        self.back();
         let s = &mut self.state;
         self.conn = Some(conn);
         s.connected = true;
@@ -162,6 +169,7 @@ impl Student {
 
     /// A second socket replaces a live one (takeover policy).
     pub fn take_over(&mut self, conn: ConnId) -> Outcome {
+        self.back();
         self.conn = Some(conn);
         self.state.connections += 1;
         self.state.connected = true;
@@ -174,6 +182,20 @@ impl Student {
     pub fn drop_connection(&mut self) {
         self.conn = None;
         self.state.connected = false;
+        if !self.submitted() {
+            self.state.disconnected_since.get_or_insert_with(Timestamp::now);
+        }
+    }
+
+    /// A socket is back: the time away is added to `disconnected_ms`.
+    fn back(&mut self) {
+        if let Some(since) = self.state.disconnected_since.take() {
+            let away = Timestamp::now().unix_ms() - since.unix_ms();
+            self.state.disconnected_ms = self
+                .state
+                .disconnected_ms
+                .saturating_add(u64::try_from(away).unwrap_or(0));
+        }
     }
 
     /// The grace period ended without a reconnect.
@@ -272,6 +294,7 @@ impl Student {
         if self.submitted() {
             return Outcome::default();
         }
+        self.back();
         self.state.status = Status::Submitted;
         self.state.submitted_at = Some(at);
         Outcome::event(Cause::Submitted)

@@ -427,29 +427,30 @@ impl Store {
 pub struct ExamRow {
     pub id: String,
     pub title: String,
-    pub phase: String,
-    pub starts_at: Option<i64>,
-    pub duration_secs: Option<i64>,
     pub settings: String,
     pub created_by: String,
     pub created_at: i64,
     pub roster_size: i64,
+    /// The phase and timing model.
+    pub clock: crate::control::ExamClock,
+    pub version: i64,
 }
 
-const EXAM_COLUMNS: &str = "SELECT id, title, phase, starts_at, duration_secs, settings, created_by, created_at, \
-     (SELECT COUNT(*) FROM roster r WHERE r.exam_id = exams.id) AS roster_size FROM exams";
+const EXAM_COLUMNS: &str = "SELECT id, title, settings, created_by, created_at, \
+     (SELECT COUNT(*) FROM roster r WHERE r.exam_id = exams.id) AS roster_size, \
+     phase, timing, opens_at, closes_at, duration_ms, auto_start, started_at, ended_at, pauses, version FROM exams";
 
 fn exam_row(r: sqlx::any::AnyRow) -> Result<ExamRow, StoreError> {
+    let (clock, version) = super::control::clock_from_row(&r, 6)?;
     Ok(ExamRow {
         id: r.try_get(0)?,
         title: r.try_get(1)?,
-        phase: r.try_get(2)?,
-        starts_at: r.try_get(3)?,
-        duration_secs: r.try_get(4)?,
-        settings: r.try_get(5)?,
-        created_by: r.try_get(6)?,
-        created_at: r.try_get(7)?,
-        roster_size: r.try_get(8)?,
+        settings: r.try_get(2)?,
+        created_by: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        roster_size: r.try_get(5)?,
+        clock,
+        version,
     })
 }
 
@@ -462,17 +463,24 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         let inserted = sqlx::query(
-            "INSERT INTO exams (id, title, phase, starts_at, duration_secs, settings, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO exams (id, title, phase, starts_at, duration_secs, settings, created_by, created_at, \
+             timing, opens_at, closes_at, duration_ms, auto_start, started_at, pauses) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, '[]') ON CONFLICT (id) DO NOTHING",
         )
         .bind(exam.id.as_str())
         .bind(exam.title.as_str())
-        .bind(exam.phase.as_str())
-        .bind(exam.starts_at)
-        .bind(exam.duration_secs)
+        .bind(exam.clock.phase.as_str())
+        .bind(exam.clock.opens_at)
+        .bind(exam.clock.duration_ms.map(|ms| ms / 1000))
         .bind(exam.settings.as_str())
         .bind(exam.created_by.as_str())
         .bind(exam.created_at)
+        .bind(super::control::timing_str(exam.clock.timing))
+        .bind(exam.clock.opens_at)
+        .bind(exam.clock.closes_at)
+        .bind(exam.clock.duration_ms)
+        .bind(i64::from(exam.clock.auto_start))
+        .bind(exam.clock.started_at)
         .execute(tx.conn())
         .await?;
         if inserted.rows_affected() == 0 {

@@ -325,6 +325,23 @@ pub(crate) async fn check_roster(
                 claims.sub
             ),
         )),
+        Admission::NotOpen => Err(ApiError::forbidden(
+            "exam_not_open",
+            format!(
+                "exam {exam_id:?} does not exist or is a draft: a teacher must create and open it first"
+            ),
+        )),
+        Admission::Denied(reason) => Err(ApiError::forbidden(
+            if reason == "terminated" {
+                "terminated"
+            } else {
+                "access_revoked"
+            },
+            format!(
+                "student {:?} may not connect to exam {exam_id:?} ({reason})",
+                claims.sub
+            ),
+        )),
         Admission::Unavailable => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "roster_unavailable",

@@ -45,6 +45,8 @@ pub struct TestApp {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _data: Option<tempfile::TempDir>,
     pub _db_dir: Option<tempfile::TempDir>,
+    /// Exams already opened for students by [`TestApp::try_connect`].
+    opened: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// What must outlive a stopped server for another to start on its data.
@@ -174,6 +176,7 @@ pub async fn spawn_app_on_url(
         handle: Some(handle),
         _data: Some(data),
         _db_dir: None,
+        opened: Default::default(),
     }
 }
 
@@ -212,7 +215,39 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("handshake failed: {e}"))
     }
 
+    /// Connects to `url`. A student connecting to an exam of this server
+    /// finds it open: students may only join an exam a teacher created and
+    /// opened (issue 14), so the exam is created `in_progress` first (or
+    /// moved there), once per exam. Tests of what happens before that use
+    /// [`TestApp::try_connect_as_is`].
     pub async fn try_connect(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Client, tungstenite::Error> {
+        if let (Some(token), Some(exam)) = (bearer, self.exam_of(url))
+            && self
+                .keys
+                .verify(token)
+                .is_ok_and(|c| c.role == Role::Student)
+            && self.opened.lock().unwrap().insert(exam.clone())
+        {
+            let admin = self.token("test-admin", Role::Admin, &[]);
+            open_exam_at(&self.http(""), &admin, &exam).await;
+        }
+        self.try_connect_as_is(url, bearer, headers).await
+    }
+
+    /// The exam id of a socket URL of this server.
+    fn exam_of(&self, url: &str) -> Option<String> {
+        let rest = url.strip_prefix(&format!("ws://{}/v1/exams/", self.addr))?;
+        let (exam, tail) = rest.split_once('/')?;
+        tail.starts_with("ws").then(|| exam.to_owned())
+    }
+
+    /// Connects to `url` without opening its exam first.
+    pub async fn try_connect_as_is(
         &self,
         url: &str,
         bearer: Option<&str>,
@@ -787,8 +822,75 @@ pub async fn get_json_at(url: &str, token: &str) -> Value {
         .expect("a JSON body")
 }
 
-/// Connects a WebSocket client to `url`.
+/// Makes sure exam `exam` exists and is `in_progress` on the server at
+/// `base` (`http://host:port`), with an admin's token: created so, or moved
+/// there through the phases before it. Other phases are left alone.
+pub async fn open_exam_at(base: &str, admin: &str, exam: &str) {
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("{base}/v1/exams"))
+        .bearer_auth(admin)
+        .json(&json!({"id": exam, "title": format!("Exam {exam}"), "phase": "in_progress"}))
+        .send()
+        .await
+        .expect("create exam request");
+    if created.status() != reqwest::StatusCode::CONFLICT {
+        return; // created, or an id the API refuses (the test's concern)
+    }
+    let now: Value = http
+        .get(format!("{base}/v1/exams/{exam}"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .expect("get exam request")
+        .json()
+        .await
+        .expect("exam JSON");
+    let path: &[&str] = match now["phase"].as_str() {
+        Some("draft") => &["scheduled", "in_progress"],
+        Some("scheduled") => &["in_progress"],
+        _ => &[],
+    };
+    for phase in path {
+        let res = http
+            .post(format!("{base}/v1/exams/{exam}/phase"))
+            .bearer_auth(admin)
+            .json(&json!({ "phase": phase }))
+            .send()
+            .await
+            .expect("phase request");
+        assert!(res.status().is_success(), "opening {exam}: {}", res.status());
+    }
+}
+
+/// Keys signed with [`SECRET`], the secret every test server uses.
+fn test_keys() -> &'static Keys {
+    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let auth = examwatch::config::AuthSettings {
+            jwt_secret: Some(Secret::new(SECRET)),
+            ..Default::default()
+        };
+        Keys::from_settings(&auth, std::path::Path::new(".")).expect("test keys")
+    })
+}
+
+/// Connects a WebSocket client to `url`. A student (a token signed with
+/// [`SECRET`]) finds the exam open, as [`TestApp::try_connect`] does.
 pub async fn connect_url(url: &str, token: &str) -> Client {
+    if let Some((host, rest)) = url
+        .strip_prefix("ws://")
+        .and_then(|u| u.split_once("/v1/exams/"))
+        && let Some((exam, _)) = rest.split_once('/')
+        && test_keys()
+            .verify(token)
+            .is_ok_and(|c| c.role == Role::Student)
+    {
+        let admin = test_keys()
+            .mint("test-admin", "Admin", Role::Admin, vec![], Duration::from_secs(600))
+            .expect("admin token");
+        open_exam_at(&format!("http://{host}"), &admin, exam).await;
+    }
     let mut req = url.into_client_request().expect("valid url");
     req.headers_mut().insert(
         "authorization",

@@ -57,12 +57,19 @@ pub async fn seed_students(app: &TestApp, exam: &str, n: usize) {
             connections: 2,
             submitted_at: (i % 4 == 0).then(Timestamp::now),
             alerts: Default::default(),
+            deadline: Some(Timestamp::now()),
+            paused: false,
+            extra_minutes: 15,
+            disconnected_ms: 1234,
+            disconnected_since: None,
+            hand_raised: false,
         };
         let seq = i as u64 + 1;
         let payload = ServerMsg::Student {
             seq,
             student: &state,
             cause: Cause::Disconnected,
+            control: None,
         }
         .encode();
         app.state.writer.write(Record::Event {

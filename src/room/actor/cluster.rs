@@ -102,6 +102,7 @@ impl Room {
                 kind: match p.kind.as_str() {
                     "alert" => "alert",
                     "announcement" => "announcement",
+                    "exam_update" => "exam_update",
                     _ => "student",
                 },
                 payload: p.event.as_str().to_owned(),
@@ -128,6 +129,12 @@ impl Room {
             && let Some(sid) = &p.student
         {
             self.mirror(sid, p.event.as_str());
+            if p.event.as_str().contains(r#""control":"#) {
+                self.student_control_published(p.event.as_str());
+            }
+        }
+        if p.kind == "exam_update" {
+            self.exam_update_published(p.event.as_str());
         }
         if p.kind == "announcement" {
             self.remember_announcement(p.seq, &p.event);

@@ -139,6 +139,11 @@ impl Room {
             .history
             .front()
             .map_or(self.seq, |(s, _)| s.saturating_sub(1));
+        match tokio::time::timeout(Duration::from_secs(3), self.load_control()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(StoreError::Db(sqlx::Error::PoolTimedOut)),
+        }
         if !self.students.is_empty() {
             tracing::info!(
                 seq = self.seq,

@@ -177,6 +177,12 @@ impl Room {
                 }
             }
         };
+        // Admitted while the exam runs: their clock starts (once).
+        let now = crate::store::now_ms();
+        self.start_clock(&sid, now);
+        self.refresh_view(&sid, now);
+        let view = self.control.view(&sid, now);
+        let exam = &self.control.exam;
         // The student's bucket outlives their connections: the first one's
         // is kept and every later one shares it.
         let mut rate = rate;
@@ -185,10 +191,15 @@ impl Room {
             st.session_id = Some(session_id);
             let welcome = ServerMsg::Welcome {
                 session_id: st.session_id.as_deref().unwrap_or_default(),
-                server_time: Timestamp::now(),
+                server_time: Timestamp::from_unix_ms(now),
                 exam_id: &self.exam_id,
                 student: &st.state,
                 last_seq: self.seq,
+                phase: exam.phase,
+                deadline: view.deadline.map(Timestamp::from_unix_ms),
+                paused: view.paused,
+                opens_at: exam.opens_at.map(Timestamp::from_unix_ms),
+                closes_at: exam.closes_at.map(Timestamp::from_unix_ms),
             }
             .encode();
             self.push(&out, welcome);

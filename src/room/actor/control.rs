@@ -1,0 +1,419 @@
+//! The room's side of exam control: taking in changes (from the REST API on
+//! this instance, or published by another), telling students and watchers,
+//! and the timers that run the exam by itself — the automatic start at
+//! `opens_at`, the end at `closes_at` (or the latest deadline), and each
+//! student's own deadline.
+//!
+//! What the state is, and what is due when, is decided by the plain state
+//! in `room/control.rs`; this file only dispatches. Whatever must happen
+//! once in a cluster (a phase change by timer, a `time_up` submission) is
+//! decided by the database: every instance's room tries the same
+//! conditional write, and only the one that made it publishes the event.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::extract::ws::Utf8Bytes;
+
+use super::{Audience, Room, Timer};
+use crate::{
+    control::{ExamClock, Finish, Phase, StudentControl},
+    protocol::{Cause, ServerMsg, Timestamp},
+    room::{ControlCause, RoomCmd, control::Due},
+    store::{control::PhaseChange, now_ms},
+};
+
+/// After a failed database write of a timer's effect, try again this soon.
+const RETRY: Duration = Duration::from_secs(1);
+
+fn ts(ms: Option<i64>) -> Option<Timestamp> {
+    ms.map(Timestamp::from_unix_ms)
+}
+
+fn until(at: i64, now: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+}
+
+#[derive(serde::Deserialize)]
+struct ExamEvent {
+    clock: ExamClock,
+    version: i64,
+    cause: ControlCause,
+}
+
+#[derive(serde::Deserialize)]
+struct StudentControlEvent {
+    student: StudentIdOnly,
+    control: Option<StudentControl>,
+}
+
+#[derive(serde::Deserialize)]
+struct StudentIdOnly {
+    student_id: String,
+}
+
+impl Room {
+    /// Loads the exam's clock and its students' records (room start).
+    pub(super) async fn load_control(&mut self) -> Result<(), crate::store::StoreError> {
+        let store = &self.ctx.store;
+        if let Some((clock, version)) = store.exam_clock(&self.exam_id).await? {
+            self.control = crate::room::control::Control::new(clock, version);
+        }
+        for (sid, control) in store.student_controls(&self.exam_id).await? {
+            self.control.apply_student(sid.as_str().into(), control);
+        }
+        Ok(())
+    }
+
+    /// After the room's state is loaded: views, timers.
+    pub(super) fn control_started(&mut self) {
+        let now = now_ms();
+        let sids: Vec<Arc<str>> = self.students.keys().cloned().collect();
+        for sid in &sids {
+            self.refresh_view(sid, now);
+            self.arm_deadline(sid, now);
+        }
+        self.arm_exam_timer(now);
+    }
+
+    /// Copies the student's clock into the state watchers see.
+    pub(super) fn refresh_view(&mut self, sid: &str, now: i64) {
+        let view = self.control.view(sid, now);
+        if let Some(st) = self.students.get_mut(sid) {
+            st.state.deadline = ts(view.deadline);
+            st.state.paused = view.paused;
+            st.state.extra_minutes = view.extra_minutes;
+        }
+    }
+
+    /// The student's `exam_update`, encoded for them.
+    pub(super) fn exam_update_for(&self, sid: &str, cause: &str, now: i64) -> Utf8Bytes {
+        let view = self.control.view(sid, now);
+        let exam = &self.control.exam;
+        ServerMsg::ExamUpdate {
+            seq: None,
+            phase: exam.phase,
+            opens_at: ts(exam.opens_at),
+            closes_at: ts(exam.closes_at),
+            server_time: Timestamp::from_unix_ms(now),
+            deadline: Some(ts(view.deadline)),
+            paused: view.paused,
+            extra_minutes: Some(view.extra_minutes),
+            cause,
+            clock: None,
+            version: None,
+        }
+        .encode()
+    }
+
+    /// Sends a student their `exam_update` on every socket they have here.
+    fn tell_student(&mut self, sid: &str, cause: &str, now: i64) {
+        let conns: Vec<_> = self
+            .student_conns
+            .values()
+            .filter(|(s, _)| s.as_ref() == sid)
+            .map(|(_, out)| out.clone())
+            .collect();
+        if conns.is_empty() {
+            return;
+        }
+        let bytes = self.exam_update_for(sid, cause, now);
+        for out in conns {
+            self.push(&out, bytes.clone());
+        }
+    }
+
+    /// A change of the exam's clock: from this instance's API or timers
+    /// (`local`: publish it), or published by another instance.
+    pub(super) fn on_exam_control(
+        &mut self,
+        clock: ExamClock,
+        version: i64,
+        cause: ControlCause,
+        local: bool,
+    ) {
+        let before = self.control.phase();
+        if !self.control.apply_exam(clock, version) {
+            return;
+        }
+        let now = now_ms();
+        let phase = self.control.phase();
+        // Students waiting here when it starts: their clocks start now.
+        if before != phase && phase == Phase::InProgress {
+            let waiting: Vec<Arc<str>> = self
+                .student_conns
+                .values()
+                .map(|(s, _)| s.clone())
+                .collect();
+            for sid in waiting {
+                self.start_clock(&sid, now);
+            }
+        }
+        let sids: Vec<Arc<str>> = self.students.keys().cloned().collect();
+        for sid in &sids {
+            self.refresh_view(sid, now);
+            self.tell_student(sid, cause.as_str(), now);
+            self.arm_deadline(sid, now);
+        }
+        self.arm_exam_timer(now);
+        if phase == Phase::Ended && before != Phase::Ended {
+            // Everyone not done is submitted at the moment it ended.
+            let at = self.control.exam.ended_at.unwrap_or(now);
+            let mut known: Vec<Arc<str>> = self.students.keys().cloned().collect();
+            known.extend(self.control.students.keys().cloned());
+            known.sort_unstable();
+            known.dedup();
+            for sid in known {
+                self.finish_once(sid, at);
+            }
+        }
+        if local {
+            self.publish_exam_update(cause);
+        }
+    }
+
+    fn publish_exam_update(&mut self, cause: ControlCause) {
+        let now = now_ms();
+        self.publish_event(Audience::Teachers, "exam_update", None, |room, seq| {
+            let exam = &room.control.exam;
+            Some(
+                ServerMsg::ExamUpdate {
+                    seq: Some(seq),
+                    phase: exam.phase,
+                    opens_at: ts(exam.opens_at),
+                    closes_at: ts(exam.closes_at),
+                    server_time: Timestamp::from_unix_ms(now),
+                    deadline: None,
+                    paused: exam.is_paused(),
+                    extra_minutes: None,
+                    cause: cause.as_str(),
+                    clock: Some(exam),
+                    version: Some(room.control.version),
+                }
+                .encode(),
+            )
+        });
+    }
+
+    /// Another instance's `exam_update` event (or our own, back from Redis).
+    pub(super) fn exam_update_published(&mut self, event: &str) {
+        if let Ok(ev) = serde_json::from_str::<ExamEvent>(event) {
+            self.on_exam_control(ev.clock, ev.version, ev.cause, false);
+        }
+    }
+
+    /// A student event that carries a control record (from any instance).
+    pub(super) fn student_control_published(&mut self, event: &str) {
+        let Ok(ev) = serde_json::from_str::<StudentControlEvent>(event) else {
+            return;
+        };
+        if let Some(control) = ev.control {
+            let sid: Arc<str> = ev.student.student_id.as_str().into();
+            self.take_student_control(&sid, control, ControlCause::Timing.as_str());
+        }
+    }
+
+    /// A student's record changed here (the API): apply, tell, publish.
+    pub(super) fn on_student_control(
+        &mut self,
+        sid: Arc<str>,
+        control: StudentControl,
+        cause: ControlCause,
+    ) {
+        if self.take_student_control(&sid, control, cause.as_str()) {
+            self.publish_student_control(&sid, Cause::Timing);
+        }
+    }
+
+    /// Applies a record if newer; tells the student. True if applied.
+    fn take_student_control(&mut self, sid: &Arc<str>, control: StudentControl, cause: &str) -> bool {
+        if !self.control.apply_student(sid.clone(), control) {
+            return false;
+        }
+        let now = now_ms();
+        self.refresh_view(sid, now);
+        self.tell_student(sid, cause, now);
+        self.arm_deadline(sid, now);
+        self.arm_exam_timer(now);
+        true
+    }
+
+    /// A `student` event with the student's control record in it.
+    fn publish_student_control(&mut self, sid: &Arc<str>, cause: Cause) {
+        if !self.students.contains_key(sid) {
+            // Never seen here: nothing to show yet; their record is
+            // applied where they connect (from the database at join).
+            return;
+        }
+        let sid2 = sid.clone();
+        self.publish_event(Audience::Teachers, "student", Some(sid), move |room, seq| {
+            let st = room.students.get(&sid2)?;
+            Some(
+                ServerMsg::Student {
+                    seq,
+                    student: &st.state,
+                    cause,
+                    control: Some(room.control.student(&sid2)),
+                }
+                .encode(),
+            )
+        });
+    }
+
+    /// Starts a student's clock if it had not (admission while the exam
+    /// runs, or the start while they wait); stores the instant.
+    pub(super) fn start_clock(&mut self, sid: &Arc<str>, now: i64) {
+        let Some(at) = self.control.admit(sid, now) else {
+            return;
+        };
+        let (store, exam, student) = (self.ctx.store.clone(), self.exam_id.clone(), sid.clone());
+        self.ctx.tracker.spawn(async move {
+            for attempt in 0..5u32 {
+                match store.mark_started(&exam, &student, at).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %student, attempt, "cannot store a student's start; retrying");
+                        tokio::time::sleep(RETRY * (attempt + 1)).await;
+                    }
+                }
+            }
+        });
+        self.refresh_view(sid, now);
+        self.arm_deadline(sid, now);
+        self.arm_exam_timer(now);
+    }
+
+    /// (Re)arms the timer of a student's deadline, or removes it.
+    pub(super) fn arm_deadline(&mut self, sid: &Arc<str>, now: i64) {
+        if let Some(key) = self.deadline_timers.remove(sid) {
+            self.timers.try_remove(&key);
+        }
+        if let Some(at) = self.control.deadline_due(sid, now) {
+            let key = self
+                .timers
+                .insert(Timer::Deadline(sid.clone()), until(at, now));
+            self.deadline_timers.insert(sid.clone(), key);
+        }
+    }
+
+    /// (Re)arms the exam's own timer (automatic start or end).
+    pub(super) fn arm_exam_timer(&mut self, now: i64) {
+        if let Some(key) = self.exam_timer.take() {
+            self.timers.try_remove(&key);
+        }
+        let at = match self.control.exam_due(now) {
+            Some(Due::AutoStart(at) | Due::AutoEnd(at)) => at,
+            None => return,
+        };
+        self.exam_timer = Some(self.timers.insert(Timer::ExamDue, until(at, now)));
+    }
+
+    /// A student's deadline timer fired.
+    pub(super) fn on_deadline(&mut self, sid: Arc<str>) {
+        self.deadline_timers.remove(&sid);
+        let now = now_ms();
+        if !self.control.time_up(&sid, now) {
+            // Moved (an extension, a pause) since it was armed.
+            return self.arm_deadline(&sid, now);
+        }
+        // Their client learns at once, from here; the submission is
+        // recorded by whichever instance's write lands first.
+        self.refresh_view(&sid, now);
+        self.tell_student(&sid, "time_up", now);
+        let at = self.control.deadline_due(&sid, now).unwrap_or(now);
+        self.finish_once(sid, at);
+    }
+
+    /// Ends a student's exam with `time_up` in the database, once in the
+    /// cluster; the winner's room is told (`RoomCmd::TimeUp`).
+    fn finish_once(&mut self, sid: Arc<str>, at: i64) {
+        let c = self.control.student(&sid);
+        let submitted = self.students.get(&sid).is_some_and(|st| st.submitted());
+        if c.finished.is_some() || submitted {
+            return;
+        }
+        let (store, exam, inbox) = (
+            self.ctx.store.clone(),
+            self.exam_id.clone(),
+            self.inbox.clone(),
+        );
+        let shutdown = self.ctx.shutdown.clone();
+        self.ctx.tracker.spawn(async move {
+            let won = loop {
+                match store.finish_student(&exam, &sid, Finish::TimeUp, at).await {
+                    Ok(won) => break won,
+                    // Every instance's room tries; after a restart the
+                    // room's start tries again (the deadline is stored).
+                    Err(e) if shutdown.is_cancelled() => {
+                        tracing::warn!(error = %e, student = %sid, "time_up submission not stored before shutdown");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, student = %sid, "cannot store a time_up submission; retrying");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            };
+            if let Some(inbox) = inbox.upgrade() {
+                let _ = inbox.send(RoomCmd::TimeUp { student: sid, won, at }).await;
+            }
+        });
+    }
+
+    /// The outcome of `finish_once`: the winner tells watchers.
+    pub(super) fn time_up(&mut self, sid: Arc<str>, won: bool, at: i64) {
+        if !won {
+            return;
+        }
+        self.control.finish(&sid, Finish::TimeUp, at);
+        let outcome = match self.students.get_mut(&sid) {
+            Some(st) => {
+                st.submit(Timestamp::from_unix_ms(at));
+                crate::room::students::Outcome {
+                    cause: Some(Cause::TimeUp),
+                    ..Default::default()
+                }
+            }
+            None => return,
+        };
+        self.release_lease(&sid);
+        self.apply(&sid, outcome);
+    }
+
+    /// The exam's timer fired: start or end it, if this instance wins.
+    pub(super) fn on_exam_due(&mut self) {
+        self.exam_timer = None;
+        let now = now_ms();
+        let (to, from) = match self.control.exam_due(now) {
+            Some(Due::AutoStart(at)) if at <= now => (Phase::InProgress, Phase::Scheduled),
+            Some(Due::AutoEnd(at)) if at <= now => (Phase::Ended, Phase::InProgress),
+            _ => return self.arm_exam_timer(now),
+        };
+        let (store, exam, inbox) = (
+            self.ctx.store.clone(),
+            self.exam_id.clone(),
+            self.inbox.clone(),
+        );
+        let shutdown = self.ctx.shutdown.clone();
+        self.ctx.tracker.spawn(async move {
+            let change = loop {
+                match store.change_phase(&exam, to, Some(from), now).await {
+                    Ok(c) => break c,
+                    Err(_) if shutdown.is_cancelled() => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, phase = to.as_str(), "cannot change the exam's phase by timer; retrying");
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            };
+            if let (PhaseChange::Changed(clock, version), Some(inbox)) = (change, inbox.upgrade()) {
+                let _ = inbox
+                    .send(RoomCmd::ExamControl {
+                        clock,
+                        version,
+                        cause: ControlCause::Auto,
+                    })
+                    .await;
+            }
+        });
+    }
+}
