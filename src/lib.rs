@@ -24,6 +24,7 @@ pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod dashboard;
 pub mod demo;
 pub mod http;
