@@ -203,6 +203,21 @@ mod tests {
     }
 
     #[test]
+    fn a_week_long_take_home_passes_and_a_month_and_a_day_does_not() {
+        let day = 24 * 60 * MIN;
+        assert_eq!(
+            validate_timing(Timing::PerStudent, None, None, Some(7 * day), false),
+            Ok(())
+        );
+        assert_eq!(
+            validate_timing(Timing::PerStudent, None, None, Some(31 * day), false),
+            Ok(())
+        );
+        let err = validate_timing(Timing::PerStudent, None, None, Some(32 * day), false);
+        assert_eq!(field(err), "duration");
+    }
+
+    #[test]
     fn messages_explain() {
         let err = validate_timing(Timing::Fixed, Some(T), Some(T), None, false).unwrap_err();
         assert_eq!(err.to_string(), "closes_at: must be after opens_at");
