@@ -492,7 +492,7 @@ impl Connection {
             } else {
                 match protocol::parse(text.as_str()) {
                     Err(e) => (e.code, e.message, e.r#ref),
-                    Ok(incoming) if !incoming.msg.allowed_for(self.watcher()) => (
+                    Ok(incoming) if !incoming.msg.allowed_for(self.role) => (
                         ErrorCode::Forbidden,
                         format!(
                             "`{}` is not allowed for role {}",

@@ -25,6 +25,7 @@ mod outage;
 mod persistence;
 mod rest;
 mod resume;
+mod roles;
 mod rollout;
 mod rooms;
 mod sessions;
