@@ -389,3 +389,41 @@ async fn a_stream_on_one_instance_sees_a_student_on_another() {
     student_event(&ev, base + 2, "s1", "progress");
     assert_eq!(ev.data["student"]["answered"], 1);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_stream() {
+    let app = spawn_app().await;
+    let doc: Value = reqwest::get(app.http("/v1/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let op = &doc["paths"]["/v1/exams/{exam_id}/events"]["get"];
+    let mut statuses: Vec<&String> = op["responses"]
+        .as_object()
+        .expect("responses")
+        .keys()
+        .collect();
+    statuses.sort();
+    assert_eq!(statuses, ["200", "400", "401", "403", "429", "503"], "{op}");
+    assert!(
+        op["responses"]["200"]["content"]["text/event-stream"].is_object(),
+        "{op}"
+    );
+    let params: Vec<&str> = op["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for name in [
+        "exam_id",
+        "access_token",
+        "last_event_id",
+        "last_seq",
+        "Last-Event-ID",
+    ] {
+        assert!(params.contains(&name), "{name} in {params:?}");
+    }
+}
