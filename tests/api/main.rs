@@ -30,5 +30,6 @@ mod rollout;
 mod rooms;
 mod sessions;
 mod snapshots;
+mod sse;
 mod status;
 mod tickets;
