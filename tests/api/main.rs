@@ -24,6 +24,7 @@ mod log_hygiene;
 mod ops;
 mod outage;
 mod persistence;
+mod readme;
 mod rest;
 mod resume;
 mod rollout;
