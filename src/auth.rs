@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthSettings, JwtAlgorithm};
 
+mod rights;
+pub use rights::Right;
+
 /// File name of the generated HS256 secret inside `server.data_dir`.
 pub const SECRET_FILE: &str = "jwt_secret";
 
@@ -32,6 +35,9 @@ pub const SECRET_FILE: &str = "jwt_secret";
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Student,
+    /// Invigilates: watches and deals with single students, but does not
+    /// change the exam for everyone (see [`Role::may`]).
+    Proctor,
     Teacher,
     Admin,
 }
@@ -40,11 +46,13 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Student => "student",
+            Role::Proctor => "proctor",
             Role::Teacher => "teacher",
             Role::Admin => "admin",
         }
     }
-    /// Teachers and admins watch exams; students sit them.
+    /// Proctors, teachers and admins watch exams; students sit them. What
+    /// a watcher may do beyond watching is [`Role::may`].
     pub fn is_watcher(self) -> bool {
         !matches!(self, Role::Student)
     }
@@ -498,6 +506,27 @@ mod tests {
             keys.verify(&keys.sign(&old).unwrap()).unwrap_err(),
             TokenError::Expired
         );
+    }
+
+    #[test]
+    fn proctor_is_a_watcher_spelled_proctor_in_tokens() {
+        let keys = Keys::from_settings(&settings(), Path::new("/nonexistent")).unwrap();
+        let t = keys
+            .mint(
+                "p1",
+                "P",
+                Role::Proctor,
+                vec!["e1".into()],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let c = keys.verify(&t).unwrap();
+        assert_eq!(c.role, Role::Proctor);
+        assert_eq!(Role::Proctor.as_str(), "proctor");
+        assert_eq!(serde_json::to_value(Role::Proctor).unwrap(), "proctor");
+        assert!(Role::Proctor.is_watcher());
+        // A proctor's grant is its list, like a teacher's (only admins see all).
+        assert!(c.grants("e1") && !c.grants("e2"));
     }
 
     #[test]

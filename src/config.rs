@@ -31,6 +31,7 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub exam: ExamSettings,
     pub ws: WsSettings,
+    pub sse: SseSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
 }
@@ -291,6 +292,24 @@ pub struct WsSettings {
     pub write_buffer_bytes: usize,
 }
 
+/// Server-Sent Events streams (`GET /v1/exams/{id}/events`, [`crate::sse`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseSettings {
+    /// A `: ping` comment line this often, so proxies keep an idle stream
+    /// open and a client that went away is found by the failing write.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
+impl Default for SseSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
+        }
+    }
+}
+
 /// The largest accepted `ws.write_buffer_bytes`.
 const MAX_WRITE_BUFFER_BYTES: usize = 512 * 1024;
 
@@ -486,6 +505,8 @@ impl Settings {
             self.exam.lease_ttl >= Duration::from_millis(300),
         )?;
         at_most("ws.ping_interval", self.ws.ping_interval, HOUR)?;
+        at_most("sse.heartbeat", self.sse.heartbeat, HOUR)?;
+        positive("sse.heartbeat", !self.sse.heartbeat.is_zero())?;
         at_most(
             "server.shutdown_timeout",
             self.server.shutdown_timeout,
@@ -633,6 +654,7 @@ mod tests {
             assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
             assert_eq!(s.exam.idle_after, Duration::from_secs(60));
             assert_eq!(s.exam.second_session, SecondSession::Takeover);
+            assert_eq!(s.sse.heartbeat, Duration::from_secs(15));
             Ok(())
         });
     }
@@ -650,7 +672,9 @@ mod tests {
                 "https://a.example, https://b.example",
             );
             jail.set_env("EXAMWATCH__EXAM__SECOND_SESSION", "reject");
+            jail.set_env("EXAMWATCH__SSE__HEARTBEAT", "250ms");
             let s = Settings::load(Some("custom.toml".as_ref())).expect("valid");
+            assert_eq!(s.sse.heartbeat, Duration::from_millis(250));
             assert_eq!(s.server.bind.to_string(), "0.0.0.0:7000");
             assert_eq!(s.exam.idle_after, Duration::from_secs(5));
             assert_eq!(
@@ -695,6 +719,12 @@ mod tests {
             jail.set_env("EXAMWATCH__EXAM__HISTORY_SIZE", "5000");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("ws.teacher_queue"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__SSE__HEARTBEAT", "0s");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("sse.heartbeat"), "{err}");
             Ok(())
         });
         figment::Jail::expect_with(|jail| {

@@ -21,6 +21,7 @@ use crate::{app::AppState, auth::TokenError, ws};
 pub fn router(state: AppState) -> Router {
     let (router, openapi) = crate::api::router()
         .routes(routes!(ws::handshake::handshake))
+        .routes(routes!(crate::sse::watcher_events))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .split_for_parts();

@@ -12,6 +12,7 @@
 //! - [`ratelimit`]: handshake limits per subject and IP, the refusal log budget;
 //! - [`tickets`]: short-lived, single-use connection tickets for browsers;
 //! - [`ws`]: the per-connection task (read, write, ping, close codes);
+//! - [`sse`]: the same events as a Server-Sent Events stream, for watchers;
 //! - [`protocol`]: the wire contract (mirrored in docs/PROTOCOL.md);
 //! - [`room`]: rooms, their registry, and how student state changes;
 //! - [`metrics`], [`telemetry`]: what operators see;
@@ -34,6 +35,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod room;
 pub mod roster;
+pub mod sse;
 pub mod store;
 pub mod telemetry;
 pub mod tickets;

@@ -71,6 +71,7 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum RoleArg {
     Student,
+    Proctor,
     Teacher,
     Admin,
 }
@@ -211,6 +212,7 @@ fn token(
     let keys = Keys::from_settings(&settings.auth, &settings.server.data_dir)?;
     let role = match role {
         RoleArg::Student => Role::Student,
+        RoleArg::Proctor => Role::Proctor,
         RoleArg::Teacher => Role::Teacher,
         RoleArg::Admin => Role::Admin,
     };

@@ -9,6 +9,9 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     pub students_connected: AtomicI64,
     pub teachers_connected: AtomicI64,
+    /// Open Server-Sent Events streams (`GET /v1/exams/{id}/events`), which
+    /// are not sockets: counted apart from `teachers_connected`.
+    pub sse_streams: AtomicI64,
     pub handshakes_rejected: AtomicU64,
     /// Of those, refused with 429 by a handshake rate limit.
     pub handshakes_rate_limited: AtomicU64,
@@ -73,7 +76,7 @@ impl Metrics {
             ),
             (
                 "examwatch_frames_out_total",
-                "Frames rooms queued to sockets (refused pushes, closed 4008, not counted)",
+                "Frames rooms queued to sockets and SSE streams (refused pushes, closed 4008, not counted)",
                 self.frames_out.load(Ordering::Relaxed),
             ),
             (
@@ -117,6 +120,11 @@ impl Metrics {
                 "examwatch_teachers_connected",
                 "Open teacher sockets",
                 self.teachers_connected.load(Ordering::Relaxed),
+            ),
+            (
+                "examwatch_sse_streams",
+                "Open Server-Sent Events streams (watchers on GET /v1/exams/{id}/events; not in the socket gauges, their frames are in examwatch_frames_out_total)",
+                self.sse_streams.load(Ordering::Relaxed),
             ),
             (
                 "examwatch_rooms",

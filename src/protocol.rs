@@ -10,6 +10,8 @@ use std::{borrow::Cow, time::SystemTime};
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::auth::{Right, Role};
+
 /// Per-exam event number; strictly increasing, never reused.
 pub type Seq = u64;
 
@@ -59,8 +61,9 @@ pub enum FocusState {
     Gained,
 }
 
-/// Client → server. Students send the first six; teachers `announce` and
-/// `resume`; both may send `heartbeat`.
+/// Client → server. Students send `progress`, `activity`, `focus`,
+/// `submit` and `answer`; everyone `heartbeat` and `resume`; `announce`
+/// takes `Right::Announce` (teachers, admins). See [`ClientMsg::allowed_for`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
@@ -104,12 +107,18 @@ const KNOWN_TYPES: &[&str] = &[
 ];
 
 impl ClientMsg {
-    /// May a client with this role send this message?
-    pub fn allowed_for(&self, watcher: bool) -> bool {
+    /// May a client with this role send this message? The student
+    /// messages are for students only (a watcher has no answers to give);
+    /// the watcher messages need the [`Right`] the rights matrix gives them.
+    pub fn allowed_for(&self, role: Role) -> bool {
         match self {
             ClientMsg::Heartbeat {} | ClientMsg::Resume { .. } => true,
-            ClientMsg::Announce { .. } => watcher,
-            _ => !watcher,
+            ClientMsg::Announce { .. } => role.may(Right::Announce),
+            ClientMsg::Progress { .. }
+            | ClientMsg::Activity { .. }
+            | ClientMsg::Focus { .. }
+            | ClientMsg::Submit {}
+            | ClientMsg::Answer { .. } => !role.is_watcher(),
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -685,5 +694,47 @@ mod tests {
         assert_eq!(v["kind"], "second_session");
         assert_eq!(v["count"], 2);
         assert!(v["at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn who_may_send_what() {
+        let msgs = [
+            r#"{"type":"progress","question":1,"answered":1}"#,
+            r#"{"type":"activity","state":"idle"}"#,
+            r#"{"type":"focus","state":"lost"}"#,
+            r#"{"type":"heartbeat"}"#,
+            r#"{"type":"submit"}"#,
+            r#"{"type":"resume","last_seq":0}"#,
+            r#"{"type":"announce","text":"hi"}"#,
+            r#"{"type":"answer","id":"a","question":1,"value":2}"#,
+        ]
+        .map(|m| parse(m).unwrap().msg);
+        let allowed = |role: Role| -> Vec<&str> {
+            msgs.iter()
+                .filter(|m| m.allowed_for(role))
+                .map(ClientMsg::kind)
+                .collect()
+        };
+        assert_eq!(
+            allowed(Role::Student),
+            [
+                "progress",
+                "activity",
+                "focus",
+                "heartbeat",
+                "submit",
+                "resume",
+                "answer"
+            ]
+        );
+        // A proctor watches like a teacher but may not announce.
+        assert_eq!(allowed(Role::Proctor), ["heartbeat", "resume"]);
+        for role in [Role::Teacher, Role::Admin] {
+            assert_eq!(
+                allowed(role),
+                ["heartbeat", "resume", "announce"],
+                "{role:?}"
+            );
+        }
     }
 }

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::{
     app::AppState,
+    auth::Right,
     control::{Phase, StudentControl},
     http::ApiError,
     room::{ControlCause, RoomCmd},
@@ -76,7 +77,7 @@ async fn set_phase(
     Path(id): Path<String>,
     body: Result<Json<PhaseBody>, JsonRejection>,
 ) -> Result<Json<Exam>, ApiError> {
-    caller.require(&id)?;
+    caller.require_right(&id, Right::SetPhase)?;
     let Json(body) = body?;
     let to: Phase = body.phase.into();
     match app.store.change_phase(&id, to, None, now_ms()).await {
@@ -165,8 +166,11 @@ pub(super) async fn patch_exam(
     Path(id): Path<String>,
     body: Result<Json<ExamPatch>, JsonRejection>,
 ) -> Result<Json<Exam>, ApiError> {
-    caller.require(&id)?;
+    caller.require_right(&id, Right::EditExam)?;
     let Json(patch) = body?;
+    if patch.phase.is_some() {
+        caller.require_right(&id, Right::SetPhase)?;
+    }
     let input = TimingInput {
         starts_at: None,
         opens_at: patch.opens_at.as_ref().and_then(|o| o.as_deref()),
@@ -264,7 +268,7 @@ async fn patch_student(
     Path((id, student_id)): Path<(String, String)>,
     body: Result<Json<StudentPatch>, JsonRejection>,
 ) -> Result<Json<StudentControl>, ApiError> {
-    caller.require(&id)?;
+    caller.require_right(&id, Right::EditExam)?;
     let Json(patch) = body?;
     if student_id.is_empty()
         || student_id.chars().count() > 128

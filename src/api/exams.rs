@@ -256,7 +256,7 @@ fn validate_roster(roster: &[RosterEntry]) -> Result<Vec<(String, String, bool)>
         (status = 201, description = "Created", body = Exam),
         (status = 400, description = "Malformed JSON", body = crate::http::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = crate::http::ErrorBody),
-        (status = 403, description = "Not a teacher, or exam not granted", body = crate::http::ErrorBody),
+        (status = 403, description = "`teachers_only` (a student's token), `exam_not_granted`, or `forbidden` (the role may not edit exams: a proctor)", body = crate::http::ErrorBody),
         (status = 409, description = "An exam with this id exists", body = crate::http::ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 2 MiB", body = crate::http::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`", body = crate::http::ErrorBody),
@@ -273,7 +273,7 @@ async fn create_exam(
             "id must be 1-64 characters of letters, digits, '-', '_' and '.'",
         ));
     }
-    caller.require(&new.id)?;
+    caller.require_right(&new.id, crate::auth::Right::EditExam)?;
     // The length is the one sent (the schema's maxLength), the blank check
     // on what is stored.
     let title = new.title.trim();
@@ -393,7 +393,7 @@ pub(super) fn parse_rfc3339(s: &str) -> Option<i64> {
 
 /// List the exams the token grants (admins: all).
 #[utoipa::path(get, path = "/v1/exams", tag = "exams",
-    responses((status = 200, description = "OK", body = ExamList), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
+    responses((status = 200, description = "OK", body = ExamList), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "`teachers_only`: a student's token", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn list_exams(
     State(app): State<AppState>,
     caller: Watcher,
@@ -417,13 +417,13 @@ async fn list_exams(
 /// One exam, with live counts.
 #[utoipa::path(get, path = "/v1/exams/{id}", tag = "exams",
     params(("id" = String, Path, description = "Exam id")),
-    responses((status = 200, description = "OK", body = Exam), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
+    responses((status = 200, description = "OK", body = Exam), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "`teachers_only` (a student's token) or `exam_not_granted`", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn get_exam(
     State(app): State<AppState>,
     caller: Watcher,
     Path(id): Path<String>,
 ) -> Result<Json<Exam>, ApiError> {
-    caller.require(&id)?;
+    caller.require_right(&id, crate::auth::Right::Watch)?;
     let row = app
         .store
         .exam(&id)
@@ -454,14 +454,14 @@ pub(super) async fn live_counts(app: &AppState, exam_id: &str) -> Result<Counts,
 /// Replace an exam's roster.
 #[utoipa::path(put, path = "/v1/exams/{id}/roster", request_body = RosterBody, tag = "exams",
     params(("id" = String, Path, description = "Exam id")),
-    responses((status = 204, description = "Replaced"), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 413, description = "`payload_too_large`: the body is over 2 MiB", body = crate::http::ErrorBody), (status = 415, description = "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`", body = crate::http::ErrorBody), (status = 422, description = "A field is invalid", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
+    responses((status = 204, description = "Replaced"), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "`teachers_only` (a student's token), `exam_not_granted`, or `forbidden` (the role may not edit exams: a proctor)", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 413, description = "`payload_too_large`: the body is over 2 MiB", body = crate::http::ErrorBody), (status = 415, description = "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`", body = crate::http::ErrorBody), (status = 422, description = "A field is invalid", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn replace_roster(
     State(app): State<AppState>,
     caller: Watcher,
     Path(id): Path<String>,
     body: Result<Json<RosterBody>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(&id)?;
+    caller.require_right(&id, crate::auth::Right::EditExam)?;
     let Json(body) = body?;
     let roster = validate_roster(&body.roster)?;
     app.store

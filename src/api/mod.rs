@@ -3,8 +3,10 @@
 //! OpenAPI document at `/v1/openapi.json` is generated from the very same
 //! handlers and cannot drift from them.
 //!
-//! Same JWT as the WebSocket (header only); teachers and admins only, and
-//! only for exams their token grants (admins: all). The exception is
+//! Same JWT as the WebSocket (header only); watchers only (proctors,
+//! teachers, admins), and only for exams their token grants (admins: all),
+//! each handler asking for the [`Right`] it needs (reads: `Watch`; creating
+//! an exam or replacing its roster: `EditExam`). The exception is
 //! `POST /v1/tickets` ([`tickets`]), which every role uses to connect.
 
 mod control;
@@ -25,7 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
     app::AppState,
-    auth::{self, Claims, TokenError},
+    auth::{self, Claims, Right, TokenError},
     http::ApiError,
     store::StoreError,
 };
@@ -64,7 +66,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(tickets::router())
 }
 
-/// A caller of the REST API: a verified teacher or admin.
+/// A caller of the REST API: a verified watcher (proctor, teacher or
+/// admin). Holding one proves only that; each handler then asks
+/// [`Watcher::require_right`] for the exam and the right it needs.
 pub struct Watcher(pub Claims);
 
 impl FromRequestParts<AppState> for Watcher {
@@ -82,7 +86,7 @@ impl FromRequestParts<AppState> for Watcher {
         if !claims.role.is_watcher() {
             return Err(ApiError::forbidden(
                 "teachers_only",
-                "this API is for teachers and admins",
+                "this API is for proctors, teachers and admins",
             ));
         }
         Ok(Watcher(claims))
@@ -90,16 +94,23 @@ impl FromRequestParts<AppState> for Watcher {
 }
 
 impl Watcher {
-    /// Refuses (403) an exam the token does not grant.
-    pub fn require(&self, exam_id: &str) -> Result<(), ApiError> {
-        if self.0.grants(exam_id) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "exam_not_granted",
-                format!("this token does not grant exam {exam_id:?}"),
-            ))
+    /// Refuses (403) an exam the token does not grant (`exam_not_granted`),
+    /// then a right the caller's role does not hold (`forbidden`, naming
+    /// the role and what it may not do). The grant comes first, so a token
+    /// learns nothing about an exam it was not given.
+    pub fn require_right(&self, exam_id: &str, right: Right) -> Result<(), ApiError> {
+        crate::ws::require_grant(&self.0, exam_id)?;
+        if !self.0.role.may(right) {
+            return Err(ApiError::forbidden(
+                "forbidden",
+                format!(
+                    "role {} may not {} (exam {exam_id:?})",
+                    self.0.role.as_str(),
+                    right.describe()
+                ),
+            ));
         }
+        Ok(())
     }
 }
 

@@ -16,6 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::{Watcher, invalid};
 use crate::{
     app::AppState,
+    auth::Right,
     http::ApiError,
     protocol::{Status, Timestamp},
     store::{
@@ -54,14 +55,14 @@ pub struct Timeline {
 /// The exam's event log, paged by seq.
 #[utoipa::path(get, path = "/v1/exams/{id}/timeline", tag = "records",
     params(("id" = String, Path, description = "Exam id"), TimelineQuery),
-    responses((status = 200, description = "OK", body = Timeline), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 422, description = "`invalid_field`: `limit` is outside 1-1000", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
+    responses((status = 200, description = "OK", body = Timeline), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "`teachers_only` (a student's token) or `exam_not_granted`", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 422, description = "`invalid_field`: `limit` is outside 1-1000", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn timeline(
     State(app): State<AppState>,
     caller: Watcher,
     Path(id): Path<String>,
     query: Result<Query<TimelineQuery>, QueryRejection>,
 ) -> Result<Json<Timeline>, ApiError> {
-    caller.require(&id)?;
+    caller.require_right(&id, Right::Watch)?;
     known(&app, &id).await?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let after = q.after_seq.unwrap_or(0);
@@ -94,13 +95,13 @@ pub struct Answers {
 /// Every stored answer of one student, oldest first.
 #[utoipa::path(get, path = "/v1/exams/{id}/students/{student_id}/answers", tag = "records",
     params(("id" = String, Path, description = "Exam id"), ("student_id" = String, Path)),
-    responses((status = 200, description = "OK", body = Answers), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
+    responses((status = 200, description = "OK", body = Answers), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "`teachers_only` (a student's token) or `exam_not_granted`", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn answers(
     State(app): State<AppState>,
     caller: Watcher,
     Path((id, student_id)): Path<(String, String)>,
 ) -> Result<Json<Answers>, ApiError> {
-    caller.require(&id)?;
+    caller.require_right(&id, Right::Watch)?;
     known(&app, &id).await?;
     let answers = app.store.answers(&id, &student_id).await?;
     Ok(Json(Answers {
@@ -115,13 +116,13 @@ async fn answers(
 /// formula (`=`, `+`, `-`, `@`, tab, CR) is prefixed with `'` and quoted.
 #[utoipa::path(get, path = "/v1/exams/{id}/report.csv", tag = "records",
     params(("id" = String, Path, description = "Exam id")),
-    responses((status = 200, description = "One row per student", content_type = "text/csv", body = String), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "Not a teacher or admin, or exam not granted", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
+    responses((status = 200, description = "One row per student", content_type = "text/csv", body = String), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "`teachers_only` (a student's token) or `exam_not_granted`", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
 async fn report(
     State(app): State<AppState>,
     caller: Watcher,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    caller.require(&id)?;
+    caller.require_right(&id, Right::Watch)?;
     known(&app, &id).await?;
     let live = app.registry.counts(&id).await.is_some();
     let states = app.store.student_states(&id).await?;

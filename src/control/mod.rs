@@ -32,7 +32,8 @@ pub mod phase;
 pub mod validate;
 
 pub use clock::{
-    AlreadyInState, ExamClock, Extended, MAX_PAUSES, Span, StudentClock, Timing, Untimed,
+    AlreadyInState, ExamClock, Extended, MAX_EXTENSION_MS, MAX_PAUSES, Span, StudentClock, Timing,
+    Untimed,
 };
 pub use phase::{InvalidTransition, Phase, WorkRefused};
 pub use validate::{FieldError, validate_accommodation, validate_timing};

@@ -72,13 +72,13 @@ pub fn validate_timing(
         if closes_at <= opens_at {
             return refuse("closes_at", "must be after opens_at");
         }
-        if let (Timing::Fixed, Some(duration)) = (timing, duration_ms) {
-            if closes_at < opens_at + duration {
-                return refuse(
-                    "closes_at",
-                    "is before opens_at + duration: with fixed timing everyone ends at closes_at",
-                );
-            }
+        if let (Timing::Fixed, Some(duration)) = (timing, duration_ms)
+            && closes_at < opens_at + duration
+        {
+            return refuse(
+                "closes_at",
+                "is before opens_at + duration: with fixed timing everyone ends at closes_at",
+            );
         }
     }
     if timing == Timing::PerStudent && duration_ms.is_none() {
@@ -200,6 +200,21 @@ mod tests {
             );
             assert!(!err.message.is_empty());
         }
+    }
+
+    #[test]
+    fn a_week_long_take_home_passes_and_a_month_and_a_day_does_not() {
+        let day = 24 * 60 * MIN;
+        assert_eq!(
+            validate_timing(Timing::PerStudent, None, None, Some(7 * day), false),
+            Ok(())
+        );
+        assert_eq!(
+            validate_timing(Timing::PerStudent, None, None, Some(31 * day), false),
+            Ok(())
+        );
+        let err = validate_timing(Timing::PerStudent, None, None, Some(32 * day), false);
+        assert_eq!(field(err), "duration");
     }
 
     #[test]

@@ -399,7 +399,37 @@ impl Registry {
         }
     }
 
-    /// Every room running here.
+    /// Joins `exam_id`'s room as a watcher (a teacher's socket, an SSE
+    /// stream): the room queues a snapshot, or the replay after `last_seq`,
+    /// on `out` before it answers. Retries when the room ended just as it
+    /// was looked up; `None` when shutting down or the room never answered.
+    /// The caller owes the room a [`RoomCmd::Leave`] once it is done.
+    pub async fn join_watcher(
+        &self,
+        exam_id: &str,
+        conn: ConnId,
+        out: &Outbox,
+        last_seq: Option<Seq>,
+    ) -> Option<RoomHandle> {
+        for _ in 0..8 {
+            if self.ctx.shutdown.is_cancelled() {
+                return None;
+            }
+            let room = self.get_or_start(exam_id);
+            let (reply, joined) = oneshot::channel();
+            let cmd = RoomCmd::JoinTeacher {
+                conn,
+                out: out.clone(),
+                last_seq,
+                reply,
+            };
+            if room.send(cmd).await.is_ok() && joined.await.is_ok() {
+                return Some(room);
+            }
+        }
+        None
+    }
+
     /// The room of `exam_id`, if this instance has one running.
     pub fn get(&self, exam_id: &str) -> Option<RoomHandle> {
         self.lock()
@@ -408,6 +438,7 @@ impl Registry {
             .cloned()
     }
 
+    /// Every room running here.
     pub fn all(&self) -> Vec<RoomHandle> {
         self.lock().values().cloned().collect()
     }

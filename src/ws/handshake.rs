@@ -73,8 +73,17 @@ pub async fn handshake(
     // Client-chosen and headed for the log and the sessions table: bounded.
     let user_agent =
         telemetry::clip(header_str(&headers, header::USER_AGENT).unwrap_or("-")).into_owned();
-    let refuse =
-        |err: ApiError| refused(&app, &exam_id, raw_query.as_deref(), peer, &user_agent, err);
+    let refuse = |err: ApiError| {
+        refused(
+            &app,
+            Transport::WebSocket,
+            &exam_id,
+            raw_query.as_deref(),
+            peer,
+            &user_agent,
+            err,
+        )
+    };
     // Before anything else, so a flood from one address costs a map lookup.
     if let Err(wait) = guard.limits.check_ip(peer.ip(), now) {
         return rate_limited(&app, refuse, "client address", wait);
@@ -176,10 +185,29 @@ pub async fn handshake(
         .on_upgrade(move |socket| conn.run(socket, guard))
 }
 
+/// What a refused handshake was opening, for its log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    WebSocket,
+    /// A Server-Sent Events stream ([`crate::sse`]).
+    EventStream,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::EventStream => "sse",
+        }
+    }
+}
+
 /// Counts a refused handshake, logs it within the log budget (every
 /// client-supplied field clipped, credentials redacted), and answers.
-fn refused(
+/// Shared by the socket and the SSE stream: one counter, one log budget.
+pub(crate) fn refused(
     app: &AppState,
+    transport: Transport,
     exam_id: &str,
     raw_query: Option<&str>,
     peer: SocketAddr,
@@ -203,7 +231,7 @@ fn refused(
                 ip = %peer, %user_agent, auth = "rejected",
                 status = err.status.as_u16(), code = err.code,
                 reason = %telemetry::clip(&auth::redact_jwts(&err.message)),
-                "websocket handshake refused"
+                "{} handshake refused", transport.as_str()
             );
         }
         Verdict::Suppress { schedule_summary } => {
@@ -246,7 +274,7 @@ pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
 }
 
 /// 429 with `Retry-After` (whole seconds, rounded up).
-fn rate_limited(
+pub(crate) fn rate_limited(
     app: &AppState,
     refuse: impl FnOnce(ApiError) -> Response,
     what: &str,
@@ -350,6 +378,6 @@ pub(crate) async fn check_roster(
     }
 }
 
-fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+pub(crate) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }

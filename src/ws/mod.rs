@@ -321,43 +321,41 @@ impl Connection {
                 std::time::Instant::now(),
             ))
         };
+        if self.watcher() {
+            let registry = &self.app.registry;
+            let joined = registry.join_watcher(&self.exam_id, self.id, &out, self.last_seq);
+            let Some(room) = joined.await else {
+                if !self.app.shutdown.is_cancelled() {
+                    tracing::error!("could not join the exam room");
+                }
+                return None;
+            };
+            return Some((room, fresh()));
+        }
         for _ in 0..8 {
             if self.app.shutdown.is_cancelled() {
                 return None;
             }
             let room = self.app.registry.get_or_start(&self.exam_id);
-            if self.watcher() {
-                let (reply, joined) = oneshot::channel();
-                let cmd = RoomCmd::JoinTeacher {
-                    conn: self.id,
-                    out: out.clone(),
-                    last_seq: self.last_seq,
-                    reply,
-                };
-                if room.send(cmd).await.is_ok() && joined.await.is_ok() {
-                    return Some((room, fresh()));
-                }
-            } else {
-                let (reply, joined) = oneshot::channel();
-                let cmd = RoomCmd::JoinStudent(StudentJoin {
-                    conn: self.id,
-                    who: StudentId {
-                        id: self.user.to_string(),
-                        name: self.name.to_string(),
-                    },
-                    session_id: self.session_id.clone(),
-                    previous_session: self.previous_session.clone(),
-                    cluster,
-                    answered: answered.clone(),
-                    out: out.clone(),
-                    rate: fresh(),
-                    reply,
-                });
-                if room.send(cmd).await.is_ok()
-                    && let Ok(rate) = joined.await
-                {
-                    return Some((room, rate));
-                }
+            let (reply, joined) = oneshot::channel();
+            let cmd = RoomCmd::JoinStudent(StudentJoin {
+                conn: self.id,
+                who: StudentId {
+                    id: self.user.to_string(),
+                    name: self.name.to_string(),
+                },
+                session_id: self.session_id.clone(),
+                previous_session: self.previous_session.clone(),
+                cluster,
+                answered: answered.clone(),
+                out: out.clone(),
+                rate: fresh(),
+                reply,
+            });
+            if room.send(cmd).await.is_ok()
+                && let Ok(rate) = joined.await
+            {
+                return Some((room, rate));
             }
         }
         tracing::error!("could not join the exam room");
@@ -492,7 +490,7 @@ impl Connection {
             } else {
                 match protocol::parse(text.as_str()) {
                     Err(e) => (e.code, e.message, e.r#ref),
-                    Ok(incoming) if !incoming.msg.allowed_for(self.watcher()) => (
+                    Ok(incoming) if !incoming.msg.allowed_for(self.role) => (
                         ErrorCode::Forbidden,
                         format!(
                             "`{}` is not allowed for role {}",

@@ -4,6 +4,8 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 mod run_end;
+mod sse_client;
+pub use sse_client::{SseClient, SseEvent, sse_get_at};
 #[cfg(test)]
 mod self_tests;
 pub use run_end::{Prerequisite, missing};
