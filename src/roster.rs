@@ -101,6 +101,13 @@ impl RosterCache {
         }
     }
 
+    /// The exam's clock as last read for a handshake (see [`Gate`]).
+    pub fn exam_clock(&self, exam_id: &str) -> Option<(crate::control::ExamClock, i64)> {
+        self.lock()
+            .get(exam_id)
+            .and_then(|(_, entry)| entry.1.clock.clone())
+    }
+
     /// Forgets an exam's roster and gate after they changed.
     pub fn invalidate(&self, exam_id: &str) {
         self.lock().remove(exam_id);
@@ -112,5 +119,8 @@ impl RosterCache {
 }
 
 async fn read(store: &Store, exam_id: &str) -> Result<(Roster, Gate), crate::store::StoreError> {
-    Ok((store.roster(exam_id).await?, store.exam_gate(exam_id).await?))
+    Ok((
+        store.roster(exam_id).await?,
+        store.exam_gate(exam_id).await?,
+    ))
 }

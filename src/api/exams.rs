@@ -151,9 +151,19 @@ pub struct RosterBody {
 pub struct Exam {
     pub id: String,
     pub title: String,
-    /// The phase and timing model.
-    #[serde(flatten)]
-    pub clock: TimingView,
+    /// `draft`, `scheduled`, `in_progress`, `paused`, `ended` or `grading`.
+    pub phase: String,
+    pub timing: TimingName,
+    pub opens_at: Option<String>,
+    pub closes_at: Option<String>,
+    pub duration_seconds: Option<i64>,
+    pub auto_start: bool,
+    /// When the exam first entered `in_progress`.
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// The server's clock when this was answered: compare times with it,
+    /// never with the client's own clock.
+    pub server_time: String,
     /// The old name of `opens_at`.
     pub starts_at: Option<String>,
     pub duration_minutes: Option<i64>,
@@ -191,7 +201,15 @@ pub(super) fn to_exam(row: ExamRow, counts: Counts) -> Exam {
     Exam {
         starts_at: clock.opens_at.clone(),
         duration_minutes: clock.duration_seconds.map(|s| s / 60),
-        clock,
+        phase: clock.phase,
+        timing: clock.timing,
+        opens_at: clock.opens_at,
+        closes_at: clock.closes_at,
+        duration_seconds: clock.duration_seconds,
+        auto_start: clock.auto_start,
+        started_at: clock.started_at,
+        ended_at: clock.ended_at,
+        server_time: clock.server_time,
         settings: serde_json::from_str(&row.settings).unwrap_or_default(),
         created_at: humantime::format_rfc3339_millis(Timestamp::from_unix_ms(row.created_at).0)
             .to_string(),
@@ -339,6 +357,20 @@ async fn create_exam(
         crate::room::total_questions(&row.settings),
     ) {
         let _ = room.send(crate::room::RoomCmd::ExamTotal(total)).await;
+    }
+    // A room already running here (watchers opened it first) takes the
+    // clock now, and publishes it to the rooms of other instances.
+    if app.registry.get(&row.id).is_some() {
+        super::control::notify(
+            &app,
+            &row.id,
+            crate::room::RoomCmd::ExamControl {
+                clock: row.clock.clone(),
+                version: row.version,
+                cause: crate::room::ControlCause::Phase,
+            },
+        )
+        .await;
     }
     // The same counts GET answers: students may already be in the room.
     let counts = live_counts(&app, &row.id).await?;

@@ -154,8 +154,8 @@ fn rfc3339(ms: Option<i64>) -> Option<String> {
     ms.map(|ms| humantime::format_rfc3339_seconds(Timestamp::from_unix_ms(ms).0).to_string())
 }
 
-/// The timing model of an exam as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
+/// The timing model of an exam as the API shows it (in `Exam`).
+#[derive(Debug)]
 pub struct TimingView {
     /// `draft`, `scheduled`, `in_progress`, `paused`, `ended` or `grading`.
     pub phase: String,

@@ -14,6 +14,7 @@
 //! and slow teachers that connect and never read.
 
 mod client;
+mod open;
 mod report;
 mod tasks;
 
@@ -123,6 +124,12 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
         errors: AtomicU64::new(0),
     });
     let ttl = plan.duration + Duration::from_secs(3600);
+    if plan.framing == Framing::Examwatch {
+        for e in 0..plan.exams {
+            let exam = format!("{}{}", plan.prefix, plan.first_exam + e);
+            open::open_exam(plan.server, keys, &exam).await?;
+        }
+    }
     let mut n = 0usize;
     let mut who = |e: usize, id: String, role: Role, to: SocketAddr| -> anyhow::Result<Who> {
         let exam = format!("{}{}", plan.prefix, plan.first_exam + e);

@@ -44,7 +44,9 @@ impl Default for Control {
     fn default() -> Self {
         Self::new(
             ExamClock::new(Phase::Draft, Timing::Fixed, None, None, None, false),
-            0,
+            // Not known yet (no such exam when the room started): any
+            // stored clock, even at version 0, is newer.
+            -1,
         )
     }
 }
@@ -219,9 +221,18 @@ mod tests {
         assert_eq!(c.work("ada", t0 + 10 * MIN), Err(ErrorCode::ExamEnded));
         assert!(c.time_up("ada", t0 + 10 * MIN));
         assert!(!c.time_up("ada", t0 + 10 * MIN - 1));
-        c.students.get_mut("ada").unwrap().clock.pause(t0 + MIN).unwrap();
+        c.students
+            .get_mut("ada")
+            .unwrap()
+            .clock
+            .pause(t0 + MIN)
+            .unwrap();
         assert_eq!(c.work("ada", t0 + 2 * MIN), Err(ErrorCode::ExamPaused));
-        assert_eq!(c.deadline_due("ada", t0 + 2 * MIN), None, "no timer while paused");
+        assert_eq!(
+            c.deadline_due("ada", t0 + 2 * MIN),
+            None,
+            "no timer while paused"
+        );
         assert!(c.view("ada", t0 + 2 * MIN).paused);
         let mut exam = c.exam.clone();
         exam.set_phase(Phase::Ended, t0 + 3 * MIN).unwrap();
@@ -232,7 +243,14 @@ mod tests {
 
     #[test]
     fn a_scheduled_exam_refuses_work_and_arms_its_start() {
-        let mut exam = ExamClock::new(Phase::Draft, Timing::Fixed, Some(5000), None, Some(MIN), true);
+        let mut exam = ExamClock::new(
+            Phase::Draft,
+            Timing::Fixed,
+            Some(5000),
+            None,
+            Some(MIN),
+            true,
+        );
         exam.set_phase(Phase::Scheduled, 0).unwrap();
         let c = Control::new(exam, 1);
         assert_eq!(c.work("ada", 10), Err(ErrorCode::ExamNotStarted));

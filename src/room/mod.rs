@@ -160,6 +160,8 @@ pub struct StudentJoin {
     /// With several instances: the student's answered questions, from the
     /// database (another instance may have stored them).
     pub answered: Option<std::collections::HashSet<String>>,
+    /// The exam's clock as the handshake read it (store/control.rs `Gate`).
+    pub exam_clock: Option<(crate::control::ExamClock, i64)>,
     pub out: Outbox,
     /// A fresh message-rate bucket, kept as the student's if they have
     /// none yet (`room/rate.rs`).

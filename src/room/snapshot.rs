@@ -21,7 +21,6 @@ use axum::extract::ws::Utf8Bytes;
 
 use crate::protocol::{Counts, Seq, ServerMsg, StudentState};
 
-
 /// The most bytes of one snapshot frame: a quarter of the write buffer, so
 /// a part always fits beside whatever is still unwritten of the previous
 /// one, and a browser parses each in a few milliseconds.
@@ -148,7 +147,14 @@ mod tests {
             ..Counts::default()
         };
         let budget = 16 * 1024;
-        let frames = encode(7, "e1", &refs, counts, crate::control::Phase::InProgress, budget);
+        let frames = encode(
+            7,
+            "e1",
+            &refs,
+            counts,
+            crate::control::Phase::InProgress,
+            budget,
+        );
         assert!(frames.len() > 10, "{} parts", frames.len());
         assert!(frames.iter().all(|f| f.len() <= budget));
         let parts = decode(&frames);
@@ -179,7 +185,14 @@ mod tests {
         let one = [student(1, 10)];
         let refs: Vec<&StudentState> = one.iter().collect();
         for students in [&refs[..], &[]] {
-            let frames = encode(3, "e1", students, Counts::default(), crate::control::Phase::InProgress, PART_BYTES);
+            let frames = encode(
+                3,
+                "e1",
+                students,
+                Counts::default(),
+                crate::control::Phase::InProgress,
+                PART_BYTES,
+            );
             assert_eq!(frames.len(), 1);
             let p = &decode(&frames)[0];
             assert_eq!(
@@ -196,7 +209,14 @@ mod tests {
     fn a_student_larger_than_the_budget_travels_alone() {
         let all = [student(0, 10), student(1, 5000), student(2, 10)];
         let refs: Vec<&StudentState> = all.iter().collect();
-        let frames = encode(1, "e1", &refs, Counts::default(), crate::control::Phase::InProgress, 1024);
+        let frames = encode(
+            1,
+            "e1",
+            &refs,
+            Counts::default(),
+            crate::control::Phase::InProgress,
+            1024,
+        );
         let sizes: Vec<usize> = decode(&frames)
             .iter()
             .map(|p| p["students"].as_array().unwrap().len())

@@ -183,7 +183,9 @@ impl Student {
         self.conn = None;
         self.state.connected = false;
         if !self.submitted() {
-            self.state.disconnected_since.get_or_insert_with(Timestamp::now);
+            self.state
+                .disconnected_since
+                .get_or_insert_with(Timestamp::now);
         }
     }
 

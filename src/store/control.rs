@@ -22,8 +22,7 @@ use crate::control::{ExamClock, Finish, Phase, Span, StudentClock, StudentContro
 /// another change landed in between).
 const ATTEMPTS: usize = 8;
 
-pub(super) const CLOCK_COLUMNS: &str =
-    "phase, timing, opens_at, closes_at, duration_ms, auto_start, started_at, ended_at, pauses, version";
+pub(super) const CLOCK_COLUMNS: &str = "phase, timing, opens_at, closes_at, duration_ms, auto_start, started_at, ended_at, pauses, version";
 
 /// Reads the clock columns of an exam row, from `first` on.
 pub(super) fn clock_from_row(
@@ -112,15 +111,16 @@ fn student_from_row(r: &sqlx::any::AnyRow) -> Result<(String, StudentControl), S
 #[derive(Debug, Default)]
 pub struct Gate {
     pub phase: Option<Phase>,
+    /// The exam's clock and version, handed to the room with each join so
+    /// a room that started before the exam existed (or heard of a change
+    /// late) is brought up to date before the student's `welcome`.
+    pub clock: Option<(ExamClock, i64)>,
     pub denied: HashMap<String, String>,
 }
 
 impl Store {
     pub async fn exam_gate(&self, exam_id: &str) -> Result<Gate, StoreError> {
-        let phase: Option<String> = sqlx::query_scalar("SELECT phase FROM exams WHERE id = $1")
-            .bind(exam_id)
-            .fetch_optional(self.pool())
-            .await?;
+        let clock = self.exam_clock(exam_id).await?;
         let rows = sqlx::query(
             "SELECT student_id, deny_reason FROM student_control WHERE exam_id = $1 AND denied = 1",
         )
@@ -131,11 +131,15 @@ impl Store {
             .iter()
             .map(|r| {
                 let reason: Option<String> = r.try_get(1)?;
-                Ok((r.try_get(0)?, reason.unwrap_or_else(|| "access_revoked".into())))
+                Ok((
+                    r.try_get(0)?,
+                    reason.unwrap_or_else(|| "access_revoked".into()),
+                ))
             })
             .collect::<Result<_, StoreError>>()?;
         Ok(Gate {
-            phase: phase.as_deref().and_then(Phase::parse),
+            phase: clock.as_ref().map(|(c, _)| c.phase),
+            clock,
             denied,
         })
     }
@@ -220,7 +224,10 @@ impl Store {
         let sql = sqlx::AssertSqlSafe(format!(
             "SELECT {STUDENT_COLUMNS} FROM student_control WHERE exam_id = $1"
         ));
-        let rows = sqlx::query(sql).bind(exam_id).fetch_all(self.pool()).await?;
+        let rows = sqlx::query(sql)
+            .bind(exam_id)
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(student_from_row).collect()
     }
 

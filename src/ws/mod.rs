@@ -348,6 +348,7 @@ impl Connection {
                 previous_session: self.previous_session.clone(),
                 cluster,
                 answered: answered.clone(),
+                exam_clock: self.app.rosters.exam_clock(&self.exam_id),
                 out: out.clone(),
                 rate: fresh(),
                 reply,

@@ -35,19 +35,21 @@ fn statuses(doc: &Value, path: &str, method: &str) -> Vec<String> {
 async fn counts_agree_in_create_get_and_list() {
     let app = spawn_app().await;
     let teacher = app.token("t1", Role::Teacher, &["math", "bio"]);
-    // A student is in the room before the exam is created.
-    let (_s1, _) = app.student("math", "s1").await;
+    // Created open, then a student joins (no student joins an exam that
+    // does not exist: PROTOCOL.md 1.2).
     let created: Value = app
         .api(Method::POST, "/v1/exams", &teacher)
-        .json(&json!({"id": "math", "title": "Algebra"}))
+        .json(&json!({"id": "math", "title": "Algebra", "phase": "in_progress"}))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    let zero = json!({"active": 0, "idle": 0, "submitted": 0, "disconnected": 0});
+    assert_eq!(created["counts"], zero, "create: {created}");
+    let (_s1, _) = app.student("math", "s1").await;
     let one = json!({"active": 1, "idle": 0, "submitted": 0, "disconnected": 0});
-    assert_eq!(created["counts"], one, "create: {created}");
     let got = app.get_json("/v1/exams/math", &teacher).await;
     assert_eq!(got["counts"], one, "get: {got}");
     // An exam without a room has stored counts in the list too, not null.

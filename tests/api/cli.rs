@@ -46,6 +46,16 @@ async fn serve_then_token_then_sigterm() {
     );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert_eq!(token.split('.').count(), 3);
+    // A teacher's token from the same command opens the exam first.
+    let teacher = examwatch_command(dir.path())
+        .args([
+            "token", "--sub", "t1", "--role", "teacher", "--exam", "e1", "--ttl", "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(teacher.status.success());
+    let teacher = String::from_utf8(teacher.stdout).unwrap().trim().to_owned();
+    open_exam_at(&format!("http://{addr}"), &teacher, "e1").await;
     let url = format!("ws://{addr}/v1/exams/e1/ws?access_token={token}");
     let mut req =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)

@@ -139,6 +139,7 @@ async fn a_malformed_exam_id_or_query_gets_400_before_the_token_is_read() {
 #[tokio::test]
 async fn a_request_that_is_not_an_upgrade_gets_400_and_http_1_0_gets_426() {
     let app = spawn_app().await;
+    app.open_exam("e1").await;
     let token = app.token("s1", Role::Student, &["e1"]);
     let head = |version: &str, extra: &str| {
         format!(
@@ -355,6 +356,16 @@ async fn asymmetric_end_to_end(algorithm: JwtAlgorithm, kind: &str) {
         jsonwebtoken::encode(&Header::new(jwt_alg), &c, &key(pem).expect("a PEM key"))
             .expect("sign")
     };
+    // A teacher signed with the same key opens the exam first.
+    let mut teacher = claims("t1", "Teacher");
+    teacher.role = examwatch::auth::Role::Teacher;
+    let teacher = jsonwebtoken::encode(
+        &Header::new(jwt_alg),
+        &teacher,
+        &key(&private).expect("a PEM key"),
+    )
+    .expect("sign");
+    open_exam_at(&app.http(""), &teacher, "e1").await;
     let mut s = app.connect("e1", &sign(&private)).await;
     let welcome = s.next_json().await;
     assert_eq!(welcome["type"], "welcome");

@@ -114,6 +114,7 @@ async fn a_flood_from_one_address_gets_429_and_other_addresses_are_served() {
         s.limits.handshake_window = std::time::Duration::from_secs(60);
     })
     .await;
+    app.open_exam("e1").await;
     let here = [127, 0, 0, 1];
     // Refused handshakes count too: the per-IP limit comes before the token.
     let (status, _, body) = refusal(

@@ -265,18 +265,21 @@ async fn one_students_alert_flood_is_folded_and_others_are_still_alerted() {
 #[tokio::test]
 async fn an_exam_created_after_its_room_started_still_bounds_progress() {
     let app = spawn_app().await;
-    let (mut s, _) = app.student("late", "s1").await;
-    s.send_json(json!({"type": "progress", "question": 1, "answered": 9, "ref": "before"}))
-        .await;
-    assert_eq!(s.next_json().await, json!({"type": "ack", "ref": "before"}));
+    // A watcher starts the room before the exam exists.
     let teacher = app.token("t1", Role::Teacher, &["late"]);
+    let mut t = app
+        .try_connect_as_is(&app.ws_url("late"), Some(&teacher), &[])
+        .await
+        .unwrap();
+    assert_eq!(t.snapshot().await["phase"], "draft", "no such exam yet");
     let created = app
         .api(Method::POST, "/v1/exams", &teacher)
-        .json(&json!({"id": "late", "title": "T", "settings": {"total_questions": 5}}))
+        .json(&json!({"id": "late", "title": "T", "phase": "in_progress", "settings": {"total_questions": 5}}))
         .send()
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
+    let (mut s, _) = app.student("late", "s1").await;
     s.send_json(json!({"type": "progress", "question": 1, "answered": 6, "ref": "after"}))
         .await;
     assert_eq!(

@@ -86,6 +86,7 @@ async fn a_flood_of_refused_handshakes_writes_a_bounded_log() {
     const N: u64 = 300;
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), &BUDGET.to_string());
+    open_exam_on(&server.addr, "e1").await;
     let url = format!("ws://{}/v1/exams/e1/ws", server.addr);
     let long_ua = format!("Mozilla/5.0 {}", "A".repeat(8600));
 
@@ -177,6 +178,7 @@ async fn the_metrics_count_every_refused_handshake_logged_or_not() {
 async fn no_spelling_of_the_token_parameter_gets_a_token_into_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), "1000");
+    open_exam_on(&server.addr, "e1").await;
     let base = format!("ws://{}/v1/exams", server.addr);
     let token = keys(dir.path())
         .mint(

@@ -191,9 +191,18 @@ async fn a_small_exam_gets_its_snapshot_in_one_part() {
     assert_eq!(
         keys,
         [
-            "counts", "exam_id", "part", "parts", "seq", "students", "type"
+            "counts",
+            "exam_id",
+            "part",
+            "parts",
+            "phase",
+            "seq",
+            "server_time",
+            "students",
+            "type"
         ]
     );
+    assert_eq!(snapshot["phase"], "in_progress");
     assert_eq!(snapshot["type"], "snapshot");
     assert_eq!(snapshot["part"], 1);
     assert_eq!(snapshot["parts"], 1);
@@ -210,12 +219,18 @@ async fn a_small_exam_gets_its_snapshot_in_one_part() {
 #[tokio::test]
 async fn an_empty_exam_gets_one_empty_part() {
     let app = spawn_app().await;
-    let (_t, snapshot) = app.teacher("e0", "t1").await;
+    let (_t, mut snapshot) = app.teacher("e0", "t1").await;
+    let server_time = snapshot["server_time"].take();
+    assert!(
+        server_time.as_str().is_some_and(|t| t.ends_with('Z')),
+        "{server_time}"
+    );
     assert_eq!(
         snapshot,
         serde_json::json!({
             "type": "snapshot", "seq": 0, "exam_id": "e0", "part": 1, "parts": 1,
-            "students": [], "counts": {"active": 0, "idle": 0, "submitted": 0, "disconnected": 0}
+            "students": [], "counts": {"active": 0, "idle": 0, "submitted": 0, "disconnected": 0},
+            "phase": "in_progress", "server_time": null
         })
     );
 }

@@ -17,7 +17,7 @@ await scenario('history', async ({ cleanup, problems }) => {
   const created = await fetch(`${base}/v1/exams`, {
     method: 'POST',
     headers: { authorization: `Bearer ${teacher}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ id: 'e1', title: 'History test', settings: { total_questions: 3 } }),
+    body: JSON.stringify({ id: 'e1', phase: 'in_progress', title: 'History test', settings: { total_questions: 3 } }),
   });
   check(created.status === 201, `exam created: ${created.status}`);
   const timeline = async () => {

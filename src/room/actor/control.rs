@@ -225,7 +225,12 @@ impl Room {
     }
 
     /// Applies a record if newer; tells the student. True if applied.
-    fn take_student_control(&mut self, sid: &Arc<str>, control: StudentControl, cause: &str) -> bool {
+    fn take_student_control(
+        &mut self,
+        sid: &Arc<str>,
+        control: StudentControl,
+        cause: &str,
+    ) -> bool {
         if !self.control.apply_student(sid.clone(), control) {
             return false;
         }
@@ -245,18 +250,23 @@ impl Room {
             return;
         }
         let sid2 = sid.clone();
-        self.publish_event(Audience::Teachers, "student", Some(sid), move |room, seq| {
-            let st = room.students.get(&sid2)?;
-            Some(
-                ServerMsg::Student {
-                    seq,
-                    student: &st.state,
-                    cause,
-                    control: Some(room.control.student(&sid2)),
-                }
-                .encode(),
-            )
-        });
+        self.publish_event(
+            Audience::Teachers,
+            "student",
+            Some(sid),
+            move |room, seq| {
+                let st = room.students.get(&sid2)?;
+                Some(
+                    ServerMsg::Student {
+                        seq,
+                        student: &st.state,
+                        cause,
+                        control: Some(room.control.student(&sid2)),
+                    }
+                    .encode(),
+                )
+            },
+        );
     }
 
     /// Starts a student's clock if it had not (admission while the exam

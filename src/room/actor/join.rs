@@ -20,8 +20,12 @@ use crate::{
 };
 
 impl Room {
-    pub(super) fn join_student(&mut self, join: StudentJoin) {
+    pub(super) fn join_student(&mut self, mut join: StudentJoin) {
         let sid: Arc<str> = join.who.id.as_str().into();
+        if let Some((clock, version)) = join.exam_clock.take() {
+            // Newer than ours only if we missed a change (ignored otherwise).
+            self.on_exam_control(clock, version, crate::room::ControlCause::Timing, false);
+        }
         match join.cluster {
             crate::room::ClusterJoin::Alone => {}
             crate::room::ClusterJoin::RejectedElsewhere => {

@@ -78,6 +78,7 @@ impl TestApp {
 
     /// The exam's stream, opened with a bearer token; must be a 200.
     pub async fn sse(&self, exam: &str, token: &str) -> SseClient {
+        self.open_exam(exam).await; // before the stream starts its room
         SseClient::open(self.sse_get(&self.events_url(exam), Some(token), &[]).await).await
     }
 }
