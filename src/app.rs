@@ -149,6 +149,12 @@ impl App {
             writer: writer.clone(),
             broker: broker.clone(),
         });
+        tokio::spawn(crate::room::scheduler::run(
+            registry.clone(),
+            store.clone(),
+            settings.exam.control_scan,
+            shutdown.clone(),
+        ));
         if let (Some(inbound), Broker::Redis(redis)) = (inbound, &broker) {
             tokio::spawn(crate::broker::dispatch(inbound, registry.clone()));
             tokio::spawn(crate::broker::heartbeat(

@@ -250,6 +250,12 @@ pub struct ExamSettings {
     /// flood the dashboard; zero sends every alert.
     #[serde(with = "humantime_serde")]
     pub alert_window: Duration,
+    /// How often each instance looks for exams whose clock runs (an
+    /// automatic start coming up, a deadline or an end to keep) and starts
+    /// their rooms, so timers fire with nobody connected and after a
+    /// restart (room/scheduler.rs).
+    #[serde(with = "humantime_serde")]
+    pub control_scan: Duration,
 }
 
 impl Default for ExamSettings {
@@ -265,6 +271,7 @@ impl Default for ExamSettings {
             roster_fail_open: true,
             lease_ttl: Duration::from_secs(30),
             alert_window: Duration::from_secs(10),
+            control_scan: Duration::from_secs(5),
         }
     }
 }
@@ -498,6 +505,7 @@ impl Settings {
         at_most("exam.idle_after", self.exam.idle_after, DAY)?;
         at_most("exam.disconnect_grace", self.exam.disconnect_grace, DAY)?;
         at_most("exam.room_linger", self.exam.room_linger, DAY)?;
+        at_most("exam.control_scan", self.exam.control_scan, DAY)?;
         at_most("exam.probe_timeout", self.exam.probe_timeout, HOUR)?;
         at_most("exam.lease_ttl", self.exam.lease_ttl, HOUR)?;
         positive(

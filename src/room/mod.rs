@@ -24,6 +24,7 @@ pub mod queue;
 pub use queue::Kick;
 pub mod rate;
 mod replay;
+pub mod scheduler;
 mod snapshot;
 mod students;
 pub use students::total_questions;

@@ -144,6 +144,20 @@ impl Store {
         })
     }
 
+    /// Exams whose clock needs a room running: an automatic start before
+    /// `horizon`, or an exam in progress with a timing (an end, deadlines).
+    pub async fn exams_with_running_clocks(&self, horizon: i64) -> Result<Vec<String>, StoreError> {
+        let ids = sqlx::query_scalar(
+            "SELECT id FROM exams WHERE \
+             (phase = 'scheduled' AND auto_start = 1 AND opens_at IS NOT NULL AND opens_at <= $1) \
+             OR (phase = 'in_progress' AND (closes_at IS NOT NULL OR duration_ms IS NOT NULL))",
+        )
+        .bind(horizon)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids)
+    }
+
     /// The exam's clock and its version; `None` if there is no such exam.
     pub async fn exam_clock(&self, exam_id: &str) -> Result<Option<(ExamClock, i64)>, StoreError> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {CLOCK_COLUMNS} FROM exams WHERE id = $1"));
