@@ -150,8 +150,16 @@ pub fn check_accommodation(extra_minutes: i64, multiplier: f64) -> Result<(), Ap
         .map_err(|e| invalid_timing(e.field, e.message))
 }
 
+/// Whole seconds as `…T09:00:00Z`, anything finer with milliseconds.
 fn rfc3339(ms: Option<i64>) -> Option<String> {
-    ms.map(|ms| humantime::format_rfc3339_seconds(Timestamp::from_unix_ms(ms).0).to_string())
+    ms.map(|ms| {
+        let t = Timestamp::from_unix_ms(ms).0;
+        if ms % 1000 == 0 {
+            humantime::format_rfc3339_seconds(t).to_string()
+        } else {
+            humantime::format_rfc3339_millis(t).to_string()
+        }
+    })
 }
 
 /// The timing model of an exam as the API shows it (in `Exam`).

@@ -14,6 +14,7 @@ mod coverage_messages;
 mod coverage_rooms;
 mod crash;
 mod dashboard;
+mod exam_control;
 mod fanout_metrics;
 mod faults;
 mod handshake_limits;

@@ -1,0 +1,614 @@
+//! Exam control, slice 1 (issue 14 items 2-5, PROTOCOL.md 4.13): phases over
+//! REST, the timing model, the waiting room, `exam_update` to students and
+//! watchers, the server's clock with accommodations and pauses, the
+//! automatic start, end and `time_up`, on one instance, after a restart and
+//! across two instances.
+//!
+//! Durations are seconds; every wait is for an event, with a deadline.
+
+use std::time::Duration;
+
+use examwatch::auth::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite;
+
+use crate::helpers::*;
+
+const PHASES: [&str; 6] = [
+    "draft",
+    "scheduled",
+    "in_progress",
+    "paused",
+    "ended",
+    "grading",
+];
+
+/// The drawn transitions (shared/design/exam-clock.md).
+fn drawn(from: &str, to: &str) -> bool {
+    matches!(
+        (from, to),
+        ("draft", "scheduled")
+            | ("scheduled", "in_progress")
+            | ("in_progress", "paused")
+            | ("paused", "in_progress")
+            | ("draft" | "scheduled" | "in_progress" | "paused", "ended")
+            | ("ended", "grading")
+    )
+}
+
+/// The phases to go through from `draft` to reach `phase`.
+fn path_to(phase: &str) -> &'static [&'static str] {
+    match phase {
+        "draft" => &[],
+        "scheduled" => &["scheduled"],
+        "in_progress" => &["scheduled", "in_progress"],
+        "paused" => &["scheduled", "in_progress", "paused"],
+        "ended" => &["ended"],
+        _ => &["ended", "grading"],
+    }
+}
+
+async fn create(app: &TestApp, token: &str, body: Value) -> (StatusCode, Value) {
+    let res = app
+        .api(Method::POST, "/v1/exams", token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (res.status(), res.json().await.unwrap())
+}
+
+async fn set_phase(app: &TestApp, token: &str, exam: &str, phase: &str) -> (StatusCode, Value) {
+    let res = app
+        .api(Method::POST, &format!("/v1/exams/{exam}/phase"), token)
+        .json(&json!({ "phase": phase }))
+        .send()
+        .await
+        .unwrap();
+    (res.status(), res.json().await.unwrap())
+}
+
+fn ms(v: &Value) -> i64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("a timestamp: {v}"));
+    humantime::parse_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn now_ms() -> i64 {
+    examwatch::store::now_ms()
+}
+
+#[tokio::test]
+async fn every_phase_transition_is_allowed_exactly_as_drawn() {
+    let app = spawn_app().await;
+    let admin = app.token("root", Role::Admin, &[]);
+    let mut n = 0;
+    for from in PHASES {
+        for to in PHASES {
+            n += 1;
+            let id = format!("x{n}");
+            let (status, _) = create(&app, &admin, json!({"id": id, "title": "T"})).await;
+            assert_eq!(status, StatusCode::CREATED);
+            for step in path_to(from) {
+                let (status, body) = set_phase(&app, &admin, &id, step).await;
+                assert_eq!(status, StatusCode::OK, "{from}: {step}: {body}");
+            }
+            let (status, body) = set_phase(&app, &admin, &id, to).await;
+            if drawn(from, to) {
+                assert_eq!(status, StatusCode::OK, "{from} -> {to}: {body}");
+                assert_eq!(body["phase"], to);
+            } else {
+                assert_eq!(status, StatusCode::CONFLICT, "{from} -> {to}: {body}");
+                assert_eq!(
+                    body,
+                    json!({"error": {"code": "invalid_transition",
+                        "message": format!("an exam cannot go from {from} to {to}")}})
+                );
+                let got = app.get_json(&format!("/v1/exams/{id}"), &admin).await;
+                assert_eq!(got["phase"], from, "a refused transition changes nothing");
+            }
+        }
+    }
+    let (status, body) = set_phase(&app, &admin, "nope", "ended").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("not_found"))
+    );
+    // A proctor may not change phases.
+    let proctor = app.token("p1", Role::Proctor, &["x1"]);
+    let (status, body) = set_phase(&app, &proctor, "x1", "scheduled").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::FORBIDDEN, &json!("forbidden"))
+    );
+}
+
+#[tokio::test]
+async fn the_timing_model_is_checked_together_and_shown_back() {
+    let app = spawn_app().await;
+    let t = app.token("t1", Role::Teacher, &["a", "b", "c", "d", "e", "f"]);
+    let t0 = now_ms() + 60_000;
+    let (status, body) = create(
+        &app,
+        &t,
+        json!({"id": "a", "title": "A", "opens_at": rfc3339(t0), "closes_at": rfc3339(t0 - 1000)}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_timing");
+    assert_eq!(body["error"]["field"], "closes_at");
+    let (status, body) = create(
+        &app,
+        &t,
+        json!({"id": "b", "title": "B", "timing": "per_student"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (StatusCode::BAD_REQUEST, &json!("duration"))
+    );
+    let (status, body) = create(
+        &app,
+        &t,
+        json!({"id": "c", "title": "C", "auto_start": true}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (StatusCode::BAD_REQUEST, &json!("auto_start"))
+    );
+    let (status, body) = create(
+        &app,
+        &t,
+        json!({"id": "d", "title": "D", "duration_minutes": 5, "duration_seconds": 300}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (StatusCode::BAD_REQUEST, &json!("duration_seconds"))
+    );
+    let (status, body) = create(
+        &app,
+        &t,
+        json!({"id": "e", "title": "E", "roster": [{"student_id": "s1", "name": "S", "time_multiplier": 0}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (StatusCode::BAD_REQUEST, &json!("time_multiplier"))
+    );
+    // The old `starts_at` (with an offset) still works and is `opens_at`.
+    let (status, body) = create(
+        &app,
+        &t,
+        json!({"id": "f", "title": "F", "starts_at": "2030-01-01T10:00:00+02:00", "duration_minutes": 90}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["phase"], "draft", "draft by default");
+    assert_eq!(body["opens_at"], "2030-01-01T08:00:00Z");
+    assert_eq!(body["starts_at"], body["opens_at"]);
+    assert_eq!(body["duration_seconds"], 5400);
+    assert_eq!(body["duration_minutes"], 90);
+    assert_eq!(body["timing"], "fixed");
+    assert_eq!(body["auto_start"], false);
+    assert!(
+        body["server_time"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
+    // PATCH changes the timing, checked the same way.
+    let res = app
+        .api(Method::PATCH, "/v1/exams/f", &t)
+        .json(&json!({"closes_at": "2030-01-01T09:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "closes_at", "{body}");
+    let res = app
+        .api(Method::PATCH, "/v1/exams/f", &t)
+        .json(&json!({"closes_at": "2030-01-01T10:00:00Z", "auto_start": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        (&body["closes_at"], &body["auto_start"]),
+        (&json!("2030-01-01T10:00:00Z"), &json!(true))
+    );
+}
+
+#[tokio::test]
+async fn a_draft_or_unknown_exam_takes_no_student_and_scheduled_is_a_waiting_room() {
+    let app = spawn_app().await;
+    let t = app.token("t1", Role::Teacher, &["w"]);
+    let s1 = app.token("s1", Role::Student, &["w", "ghost"]);
+    for exam in ["ghost", "w"] {
+        if exam == "w" {
+            create(&app, &t, json!({"id": "w", "title": "W"})).await;
+        }
+        let err = app
+            .try_connect_as_is(&app.ws_url(exam), Some(&s1), &[])
+            .await
+            .err()
+            .expect("refused before the upgrade");
+        let tungstenite::Error::Http(res) = err else {
+            panic!("an HTTP refusal: {err}");
+        };
+        assert_eq!(res.status(), 403);
+        let body: Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "exam_not_open", "{exam}");
+    }
+    set_phase(&app, &t, "w", "scheduled").await;
+    let mut teacher = app
+        .try_connect_as_is(&app.ws_url("w"), Some(&t), &[])
+        .await
+        .unwrap();
+    let snapshot = teacher.snapshot().await;
+    assert_eq!(snapshot["phase"], "scheduled");
+    let mut s = app
+        .try_connect_as_is(&app.ws_url("w"), Some(&s1), &[])
+        .await
+        .unwrap();
+    let welcome = s.next_of_type("welcome").await;
+    assert_eq!(welcome["phase"], "scheduled");
+    assert_eq!(welcome["deadline"], Value::Null);
+    let ev = teacher.next_of_type("student").await;
+    assert_eq!(
+        (&ev["cause"], &ev["student"]["student_id"]),
+        (&json!("connected"), &json!("s1"))
+    );
+    for msg in [
+        json!({"type": "progress", "question": "q1", "answered": 1, "ref": "p"}),
+        json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": "a"}),
+        json!({"type": "submit", "ref": "s"}),
+    ] {
+        let r = msg["ref"].clone();
+        s.send_json(msg).await;
+        assert_eq!(
+            s.next_json().await,
+            json!({"type": "error", "code": "exam_not_started", "message": "the exam has not started yet", "ref": r})
+        );
+    }
+    // Focus and heartbeats still count in the waiting room.
+    s.send_json(json!({"type": "heartbeat", "ref": "h"})).await;
+    s.expect_ack("h").await;
+    // Opened: the student's clock starts, both sides are told.
+    let (status, _) = set_phase(&app, &t, "w", "in_progress").await;
+    assert_eq!(status, StatusCode::OK);
+    let update = s.next_of_type("exam_update").await;
+    assert_eq!(update["phase"], "in_progress");
+    assert_eq!(update["cause"], "phase");
+    assert_eq!(update["paused"], false);
+    assert_eq!(update["deadline"], Value::Null, "untimed");
+    assert!(update.get("seq").is_none(), "the student's form has no seq");
+    let watched = teacher.next_of_type("exam_update").await;
+    assert_eq!(watched["phase"], "in_progress");
+    assert!(
+        watched["seq"]
+            .as_u64()
+            .is_some_and(|n| n > ev["seq"].as_u64().unwrap())
+    );
+    assert_eq!(watched["clock"]["phase"], "in_progress");
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": "a"}))
+        .await;
+    s.expect_ack("a").await;
+    // Ended by hand: work stops, the student is submitted as time_up.
+    set_phase(&app, &t, "w", "ended").await;
+    let update = s.next_of_type("exam_update").await;
+    assert_eq!(update["phase"], "ended");
+    let time_up = teacher
+        .next_where("s1 time_up", |v| is_student_event(v, "s1", "time_up"))
+        .await;
+    assert_eq!(time_up["student"]["status"], "submitted");
+    s.send_json(json!({"type": "answer", "id": "a2", "question": "q2", "value": 2, "ref": "late"}))
+        .await;
+    assert_eq!(
+        s.next_of_type("error").await,
+        json!({"type": "error", "code": "exam_ended", "message": "the exam is over for you: nothing more is taken", "ref": "late"})
+    );
+    let admin = app.token("root", Role::Admin, &[]);
+    let answers = app
+        .get_json("/v1/exams/w/students/s1/answers", &admin)
+        .await;
+    assert_eq!(
+        answers["answers"].as_array().map(Vec::len),
+        Some(1),
+        "{answers}"
+    );
+}
+
+#[tokio::test]
+async fn deadlines_follow_accommodations_pauses_and_end_with_time_up() {
+    let app = spawn_app().await;
+    let t = app.token("t1", Role::Teacher, &["clock"]);
+    let opens = now_ms();
+    // Bob has 3 s; Ada has an extra minute (an accommodation).
+    let (status, body) = create(
+        &app,
+        &t,
+        json!({"id": "clock", "title": "Clock", "phase": "in_progress", "opens_at": rfc3339(opens),
+               "duration_seconds": 3,
+               "roster": [{"student_id": "ada", "name": "Ada", "extra_minutes": 1},
+                          {"student_id": "bob", "name": "Bob"}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(ms(&body["opens_at"]), opens);
+    let (mut teacher, _) = app.teacher("clock", "t1").await;
+    let (mut ada, aw) = app.student("clock", "ada").await;
+    let (mut bob, bw) = app.student("clock", "bob").await;
+    assert_eq!(ms(&bw["deadline"]), opens + 3000, "{bw}");
+    assert_eq!(ms(&aw["deadline"]), opens + 3000 + 60_000, "{aw}");
+    assert_eq!(aw["student"]["extra_minutes"], 1);
+    // A pause stops every clock; resuming adds the paused time back.
+    set_phase(&app, &t, "clock", "paused").await;
+    let paused = bob.next_of_type("exam_update").await;
+    assert_eq!(paused["paused"], true);
+    bob.send_json(json!({"type": "progress", "question": "q1", "answered": 1, "ref": "p"}))
+        .await;
+    assert_eq!(bob.next_of_type("error").await["code"], "exam_paused");
+    tokio::time::sleep(Duration::from_millis(400)).await; // a pause of measurable length
+    set_phase(&app, &t, "clock", "in_progress").await;
+    let resumed = bob.next_of_type("exam_update").await;
+    assert_eq!(resumed["paused"], false);
+    let bob_deadline = ms(&resumed["deadline"]);
+    assert!(
+        bob_deadline >= opens + 3400,
+        "the pause is added back: {resumed}"
+    );
+    let ada_resumed = ada
+        .next_where("Ada resumed", |v| {
+            v["type"] == "exam_update" && v["paused"] == false
+        })
+        .await;
+    assert_eq!(ms(&ada_resumed["deadline"]) - bob_deadline, 60_000);
+    bob.send_json(json!({"type": "progress", "question": "q1", "answered": 1, "ref": "p2"}))
+        .await;
+    bob.expect_ack("p2").await;
+    // Bob's time runs out: the server submits for him, once.
+    let up = bob.next_of_type("exam_update").await;
+    assert_eq!(up["cause"], "time_up");
+    assert!(now_ms() >= bob_deadline, "not before the deadline");
+    let ev = teacher
+        .next_where("bob time_up", |v| is_student_event(v, "bob", "time_up"))
+        .await;
+    assert_eq!(ev["student"]["status"], "submitted");
+    assert_eq!(ms(&ev["student"]["submitted_at"]), bob_deadline);
+    bob.send_json(json!({"type": "answer", "id": "b1", "question": "q1", "value": 1, "ref": "b"}))
+        .await;
+    assert_eq!(bob.next_of_type("error").await["code"], "exam_ended");
+    // Ada still has her minute.
+    ada.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": "a"}))
+        .await;
+    ada.expect_ack("a").await;
+}
+
+#[tokio::test]
+async fn an_answer_that_arrived_before_the_deadline_is_stored_even_if_committed_after() {
+    // Commits wait 3 s for a batch: the answer's lands after the deadline.
+    let app = spawn_app_with(|s| {
+        s.database.flush_interval = Duration::from_millis(3000);
+        s.database.batch_max = 100_000;
+    })
+    .await;
+    let t = app.token("t1", Role::Teacher, &["edge"]);
+    create(
+        &app,
+        &t,
+        json!({"id": "edge", "title": "Edge", "phase": "in_progress", "timing": "per_student", "duration_seconds": 2}),
+    )
+    .await;
+    let (mut s, welcome) = app.student("edge", "s1").await;
+    let deadline = ms(&welcome["deadline"]);
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": "B", "ref": "a"}))
+        .await;
+    let sent_at = now_ms();
+    assert!(sent_at < deadline, "sent before the deadline");
+    s.expect_ack("a").await;
+    assert!(now_ms() > deadline, "acked after it: the commit came later");
+    let admin = app.token("root", Role::Admin, &[]);
+    let answers = app
+        .get_json("/v1/exams/edge/students/s1/answers", &admin)
+        .await;
+    assert_eq!(answers["answers"][0]["value"], "B", "{answers}");
+}
+
+#[tokio::test]
+async fn per_student_timing_starts_at_admission_with_the_multiplier() {
+    let app = spawn_app().await;
+    let t = app.token("t1", Role::Teacher, &["ps"]);
+    create(
+        &app,
+        &t,
+        json!({"id": "ps", "title": "PS", "phase": "in_progress", "timing": "per_student",
+               "duration_seconds": 20,
+               "roster": [{"student_id": "ada", "name": "Ada", "time_multiplier": 1.5},
+                          {"student_id": "bob", "name": "Bob"}]}),
+    )
+    .await;
+    let (_ada, aw) = app.student("ps", "ada").await;
+    let (_bob, bw) = app.student("ps", "bob").await;
+    let left = |w: &Value| ms(&w["deadline"]) - ms(&w["server_time"]);
+    assert!((29_900..=30_000).contains(&left(&aw)), "30 s for Ada: {aw}");
+    assert!((19_900..=20_000).contains(&left(&bw)), "20 s for Bob: {bw}");
+    // An accommodation changed during the exam reaches the student at once.
+    let res = app
+        .api(Method::PATCH, "/v1/exams/ps/students/bob", &t)
+        .json(&json!({"extra_minutes": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut bob = _bob;
+    let update = bob.next_of_type("exam_update").await;
+    assert_eq!(update["cause"], "accommodation");
+    assert_eq!(update["extra_minutes"], 2);
+    assert_eq!(ms(&update["deadline"]), ms(&bw["deadline"]) + 120_000);
+}
+
+#[tokio::test]
+async fn an_exam_starts_and_ends_by_itself_with_nobody_acting() {
+    let app = spawn_app_with(|s| s.exam.control_scan = Duration::from_millis(100)).await;
+    let t = app.token("t1", Role::Teacher, &["auto"]);
+    let opens = now_ms() + 1000;
+    let (status, body) = create(
+        &app,
+        &t,
+        json!({"id": "auto", "title": "Auto", "phase": "scheduled", "auto_start": true,
+               "opens_at": rfc3339(opens), "closes_at": rfc3339(opens + 1500)}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // As is: the test helpers would open a scheduled exam themselves.
+    let s1 = app.token("s1", Role::Student, &["auto"]);
+    let mut s = app
+        .try_connect_as_is(&app.ws_url("auto"), Some(&s1), &[])
+        .await
+        .unwrap();
+    let welcome = s.next_of_type("welcome").await;
+    assert_eq!(welcome["phase"], "scheduled");
+    let started = s.next_of_type("exam_update").await;
+    assert_eq!(
+        (&started["phase"], &started["cause"]),
+        (&json!("in_progress"), &json!("auto"))
+    );
+    assert!(now_ms() >= opens, "not before opens_at");
+    let ended = s
+        .next_where("ended", |v| {
+            v["type"] == "exam_update" && v["phase"] == "ended"
+        })
+        .await;
+    assert_eq!(ended["cause"], "auto");
+    let got = app.get_json("/v1/exams/auto", &t).await;
+    assert_eq!(got["phase"], "ended");
+    assert!(got["ended_at"].is_string());
+}
+
+#[tokio::test]
+async fn the_clock_survives_a_restart_with_nobody_connected() {
+    let app = spawn_app_with(|s| s.exam.control_scan = Duration::from_millis(100)).await;
+    let t = app.token("t1", Role::Teacher, &["r"]);
+    let closes = now_ms() + 2500;
+    create(
+        &app,
+        &t,
+        json!({"id": "r", "title": "R", "phase": "in_progress", "closes_at": rfc3339(closes)}),
+    )
+    .await;
+    let (mut s, _) = app.student("r", "s1").await;
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": "a"}))
+        .await;
+    s.expect_ack("a").await;
+    s.close().await;
+    let url = app.db_url.clone();
+    let _parts = app.stop().await;
+    let app2 = spawn_app_on_url(Some(url), |s| {
+        s.exam.control_scan = Duration::from_millis(100)
+    })
+    .await;
+    let t2 = app2.token("t1", Role::Teacher, &["r"]);
+    let mut ended = false;
+    let until = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < until {
+        let got = app2.get_json("/v1/exams/r", &t2).await;
+        if got["phase"] == "ended" {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ended, "the restarted instance ended the exam at closes_at");
+    assert!(now_ms() >= closes);
+    let report = app2
+        .api(Method::GET, "/v1/exams/r/report.csv", &t2)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("s1,"))
+        .unwrap_or_default();
+    assert!(
+        row.contains(",submitted,"),
+        "submitted at the end: {report}"
+    );
+}
+
+#[tokio::test]
+async fn in_a_cluster_a_change_made_on_one_instance_reaches_students_on_another() {
+    let Some(redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    let apps = crate::cluster::cluster(&redis, 2, |_| {}).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let t = b.token("t1", Role::Teacher, &["cx"]);
+    create(
+        b,
+        &t,
+        json!({"id": "cx", "title": "CX", "phase": "in_progress", "duration_seconds": 3600}),
+    )
+    .await;
+    let (mut s, welcome) = a.student("cx", "s1").await;
+    let (mut teacher, _) = b.teacher("cx", "t1").await;
+    // An accommodation set on B: the student on A is told at once.
+    let res = b
+        .api(Method::PATCH, "/v1/exams/cx/students/s1", &t)
+        .json(&json!({"extra_minutes": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let update = s.next_of_type("exam_update").await;
+    assert_eq!(ms(&update["deadline"]), ms(&welcome["deadline"]) + 600_000);
+    let ev = teacher
+        .next_where("s1 timing", |v| is_student_event(v, "s1", "timing"))
+        .await;
+    assert_eq!(ev["student"]["extra_minutes"], 10);
+    // A pause set on B stops the student on A.
+    set_phase(b, &t, "cx", "paused").await;
+    let update = s.next_of_type("exam_update").await;
+    assert_eq!(
+        (&update["phase"], &update["paused"]),
+        (&json!("paused"), &json!(true))
+    );
+    s.send_json(json!({"type": "progress", "question": "q1", "answered": 1, "ref": "p"}))
+        .await;
+    assert_eq!(s.next_of_type("error").await["code"], "exam_paused");
+    // Ended on B: the student on A is submitted exactly once.
+    set_phase(b, &t, "cx", "ended").await;
+    let ev = teacher
+        .next_where("s1 time_up", |v| is_student_event(v, "s1", "time_up"))
+        .await;
+    assert_eq!(ev["student"]["status"], "submitted");
+    s.send_json(json!({"type": "heartbeat", "ref": "h"})).await;
+    s.expect_ack("h").await;
+    teacher
+        .send_json(json!({"type": "heartbeat", "ref": "th"}))
+        .await;
+    let mut more = 0;
+    loop {
+        let v = teacher.next_json().await;
+        if v["ref"] == "th" {
+            break;
+        }
+        if is_student_event(&v, "s1", "time_up") {
+            more += 1;
+        }
+    }
+    assert_eq!(more, 0, "time_up is recorded once in the cluster");
+}
