@@ -95,8 +95,9 @@ impl Control {
         true
     }
 
-    /// Takes a newer copy of a student's record. A `finished` already
-    /// known here is kept (it only ever goes from none to some).
+    /// Takes a newer copy of a student's record. A `finished` or a clock
+    /// start already known here is kept: both only ever go from none to
+    /// some, and the copy may have been read before this room set them.
     pub fn apply_student(&mut self, sid: Arc<str>, mut control: StudentControl) -> bool {
         let current = self.students.get(&sid);
         if current.is_some_and(|c| c.version >= control.version && control.version != 0) {
@@ -104,6 +105,9 @@ impl Control {
         }
         if control.finished.is_none() {
             control.finished = current.and_then(|c| c.finished);
+        }
+        if control.clock.started_at.is_none() {
+            control.clock.started_at = current.and_then(|c| c.clock.started_at);
         }
         self.students.insert(sid, control);
         true
@@ -282,6 +286,20 @@ mod tests {
             }
         ));
         assert_eq!(c.student("ada").finished, Some((Finish::TimeUp, 42)));
+        // A copy read before the student's clock started keeps the start.
+        let exam = c.exam.clone();
+        let mut started = StudentControl::default();
+        started.clock.admit(&exam, 7);
+        let bob: Arc<str> = "bob".into();
+        assert!(c.apply_student(bob.clone(), started));
+        assert!(c.apply_student(
+            bob.clone(),
+            StudentControl {
+                version: 1,
+                ..Default::default()
+            }
+        ));
+        assert_eq!(c.student("bob").clock.started_at, Some(7));
         assert_eq!(c.work("ada", 1), Err(ErrorCode::ExamEnded));
         assert_eq!(c.deadline_due("ada", 1), None);
     }

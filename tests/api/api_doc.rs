@@ -183,15 +183,17 @@ async fn starts_at_takes_any_rfc3339_offset() {
             .json(&json!({"id": id, "title": "T", "starts_at": starts_at}))
             .send()
     };
-    for (id, sent) in [
-        ("a", "2026-12-01T11:00:00+02:00"),
-        ("b", "2026-12-01T03:30:00-05:30"),
-        ("c", "2026-12-01t09:00:00.250z"),
+    for (id, sent, shown) in [
+        ("a", "2026-12-01T11:00:00+02:00", "2026-12-01T09:00:00Z"),
+        ("b", "2026-12-01T03:30:00-05:30", "2026-12-01T09:00:00Z"),
+        // Fractions of a second are kept (deadlines are computed from them).
+        ("c", "2026-12-01t09:00:00.250z", "2026-12-01T09:00:00.250Z"),
     ] {
         let r = create(id, sent).await.unwrap();
         assert_eq!(r.status(), StatusCode::CREATED, "{sent}");
         let exam = app.get_json(&format!("/v1/exams/{id}"), &teacher).await;
-        assert_eq!(exam["starts_at"], "2026-12-01T09:00:00Z", "{sent}");
+        assert_eq!(exam["starts_at"], shown, "{sent}");
+        assert_eq!(exam["opens_at"], shown, "{sent}");
     }
     for bad in [
         "2026-12-01T09:00:00",
