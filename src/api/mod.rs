@@ -9,6 +9,7 @@
 //! an exam or replacing its roster: `EditExam`). The exception is
 //! `POST /v1/tickets` ([`tickets`]), which every role uses to connect.
 
+mod alerts;
 mod exams;
 mod records;
 mod tickets;
@@ -59,6 +60,7 @@ impl Modify for BearerAuth {
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(exams::router())
+        .merge(alerts::router())
         .merge(records::router())
         .merge(tickets::router())
 }
