@@ -263,7 +263,11 @@ async fn resolve_alert(
     let give_up = tokio::time::Instant::now() + patience;
     let resolved = loop {
         let at = Timestamp::now();
-        match app.store.resolve_alert(&id, &alert_id, &by, &note, at).await? {
+        match app
+            .store
+            .resolve_alert(&id, &alert_id, &by, &note, at)
+            .await?
+        {
             Resolved::NotFound if tokio::time::Instant::now() < give_up => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

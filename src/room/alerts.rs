@@ -213,10 +213,7 @@ mod tests {
             ));
         }
         for n in 1..=3 {
-            assert_eq!(
-                f.raise(&mut c, AlertKind::Report, t0, W),
-                Raised::Send(n)
-            );
+            assert_eq!(f.raise(&mut c, AlertKind::Report, t0, W), Raised::Send(n));
         }
         assert_eq!(f.flush(&c, AlertKind::Report, t0 + W), None);
     }

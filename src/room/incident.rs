@@ -181,7 +181,10 @@ mod tests {
         let mut inc = Incidents::default();
         // 3 of 100 at once: above the minimum, far below 30 %.
         for n in 0..3 {
-            assert_eq!(inc.dropped(&sid(n), 99 - n as usize, t0, T), Verdict::Normal);
+            assert_eq!(
+                inc.dropped(&sid(n), 99 - n as usize, t0, T),
+                Verdict::Normal
+            );
         }
         // 2 of 2: the whole exam, but fewer than incident_min.
         let mut inc = Incidents::default();

@@ -20,8 +20,8 @@
 mod actor;
 mod alerts;
 pub mod incident;
-pub mod signals;
 pub mod queue;
+pub mod signals;
 pub use queue::Kick;
 pub mod rate;
 mod replay;

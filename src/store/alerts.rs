@@ -207,7 +207,11 @@ impl Store {
         rows.into_iter().map(row).collect()
     }
 
-    pub async fn alert(&self, exam_id: &str, alert_id: &str) -> Result<Option<AlertRow>, StoreError> {
+    pub async fn alert(
+        &self,
+        exam_id: &str,
+        alert_id: &str,
+    ) -> Result<Option<AlertRow>, StoreError> {
         let r = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{COLUMNS} WHERE exam_id = $1 AND alert_id = $2"
         )))
@@ -280,7 +284,11 @@ impl Store {
                 Some(AlertCategory::Technical) => 2,
                 None => continue,
             };
-            out.entry(student).or_default()[i] += if kind == "report" { rows } else { highest.max(rows) };
+            out.entry(student).or_default()[i] += if kind == "report" {
+                rows
+            } else {
+                highest.max(rows)
+            };
         }
         Ok(out)
     }

@@ -51,7 +51,10 @@ fn assert_alert_shape(a: &Value, kind: &str, category: &str) {
     assert_eq!(a["state"], "open", "{a}");
     let id = a["alert_id"].as_str().expect("alert_id is a string");
     assert_eq!(id.len(), 36, "a UUID: {a}");
-    assert!(a["seq"].as_u64().is_some() && a["count"].as_u64().is_some(), "{a}");
+    assert!(
+        a["seq"].as_u64().is_some() && a["count"].as_u64().is_some(),
+        "{a}"
+    );
 }
 
 /// A student connection from `ip` (any 127.0.0.0/8 address is this host)
@@ -63,7 +66,10 @@ async fn student_from(app: &TestApp, exam: &str, sub: &str, ip: &str, user_agent
     let mut req = app.ws_url(exam).into_client_request().unwrap();
     let token = app.token(sub, Role::Student, &[exam]);
     let h = req.headers_mut();
-    h.insert("authorization", HeaderValue::from_str(&format!("Bearer {token}")).unwrap());
+    h.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
     h.insert("user-agent", HeaderValue::from_str(user_agent).unwrap());
     let (ws, response) = tokio::time::timeout(
         WAIT,
@@ -86,7 +92,9 @@ async fn fullscreen_exit_is_a_test_taker_alert_and_every_alert_has_id_category_s
         .await;
     s.expect_ack(1).await;
     let ev = t
-        .next_where("the student event", |v| is_student_event(v, "s1", "fullscreen_exit"))
+        .next_where("the student event", |v| {
+            is_student_event(v, "s1", "fullscreen_exit")
+        })
         .await;
     assert_eq!(ev["student"]["alerts"]["fullscreen_exit"], 1, "{ev}");
     assert_eq!(ev["student"]["focused"], true, "not a focus loss");
@@ -117,7 +125,10 @@ async fn a_session_from_another_ip_or_browser_is_alerted_and_the_same_one_is_not
     let mut s = student_from(&app, "e1", "s1", "127.0.0.1", "Firefox/1").await;
     s.send_json(json!({"type": "focus", "state": "fullscreen_exit"}))
         .await;
-    assert_eq!(alerts_until(&mut t, "s1", "fullscreen_exit").await, Vec::<String>::new());
+    assert_eq!(
+        alerts_until(&mut t, "s1", "fullscreen_exit").await,
+        Vec::<String>::new()
+    );
     drop(s);
     // Another address: ip_changed only.
     let s = student_from(&app, "e1", "s1", "127.0.0.2", "Firefox/1").await;
@@ -169,8 +180,12 @@ async fn a_heartbeat_gap_while_progress_keeps_coming_is_alerted() {
     let (mut beating, _) = app.student("e1", "beats").await;
     let (mut stopped, _) = app.student("e1", "stopped").await;
     let (mut never, _) = app.student("e1", "never").await;
-    beating.send_json(json!({"type": "heartbeat", "ref": 0})).await;
-    stopped.send_json(json!({"type": "heartbeat", "ref": 0})).await;
+    beating
+        .send_json(json!({"type": "heartbeat", "ref": 0}))
+        .await;
+    stopped
+        .send_json(json!({"type": "heartbeat", "ref": 0}))
+        .await;
     beating.expect_ack(0).await;
     stopped.expect_ack(0).await;
     // Time passes (the condition itself, not a wait for an event): one
@@ -179,7 +194,9 @@ async fn a_heartbeat_gap_while_progress_keeps_coming_is_alerted() {
     let mut n = 1;
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(gap / 4).await;
-        beating.send_json(json!({"type": "heartbeat", "ref": n})).await;
+        beating
+            .send_json(json!({"type": "heartbeat", "ref": n}))
+            .await;
         beating.expect_ack(n).await;
         n += 1;
     }
@@ -190,7 +207,11 @@ async fn a_heartbeat_gap_while_progress_keeps_coming_is_alerted() {
     assert_alert_shape(&a, "heartbeat_gap", "technical");
     // Once per gap: more progress, no second alert.
     stopped.send_json(progress(2, 2)).await;
-    for (who, s) in [("beats", &mut beating), ("never", &mut never), ("stopped", &mut stopped)] {
+    for (who, s) in [
+        ("beats", &mut beating),
+        ("never", &mut never),
+        ("stopped", &mut stopped),
+    ] {
         s.send_json(json!({"type": "focus", "state": "fullscreen_exit"}))
             .await;
         assert_eq!(
@@ -255,7 +276,10 @@ async fn four_of_five_dropping_at_once_is_one_network_incident() {
         }
         other_alerts.push(v);
     }
-    assert!(other_alerts.is_empty(), "no per-student alerts: {other_alerts:?}");
+    assert!(
+        other_alerts.is_empty(),
+        "no per-student alerts: {other_alerts:?}"
+    );
     // It is listed like any alert.
     let teacher = app.token("t1", Role::Teacher, &["e1"]);
     create_exam(&app, "e1", &teacher).await;
@@ -274,8 +298,10 @@ async fn one_drop_alone_is_the_normal_disconnected_alert() {
         students.push(app.student("e1", &format!("s{i}")).await.0);
     }
     drop(students.remove(0));
-    t.next_where("s1 disconnected", |v| is_student_event(v, "s1", "disconnected"))
-        .await;
+    t.next_where("s1 disconnected", |v| {
+        is_student_event(v, "s1", "disconnected")
+    })
+    .await;
     let a = next_alert(&mut t, json!("s1")).await;
     assert_alert_shape(&a, "disconnected", "technical");
     // No incident alert came first (it would be a null-student alert).
@@ -304,20 +330,30 @@ async fn create_exam(app: &TestApp, id: &str, teacher: &str) {
 async fn eventually_listed(app: &TestApp, exam: &str, token: &str, id: &str) -> Value {
     let give_up = deadline();
     loop {
-        let list = app.get_json(&format!("/v1/exams/{exam}/alerts"), token).await;
+        let list = app
+            .get_json(&format!("/v1/exams/{exam}/alerts"), token)
+            .await;
         if let Some(a) = list["alerts"]
             .as_array()
             .and_then(|l| l.iter().find(|a| a["alert_id"] == id))
         {
             return a.clone();
         }
-        assert!(tokio::time::Instant::now() < give_up, "{id} never listed: {list}");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "{id} never listed: {list}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 async fn post(app: &TestApp, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    let r = app.api(Method::POST, path, token).json(&body).send().await.unwrap();
+    let r = app
+        .api(Method::POST, path, token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = r.status();
     (status, r.json().await.unwrap_or(Value::Null))
 }
@@ -334,7 +370,8 @@ async fn reports_are_pushed_resolved_once_and_listed(db: Backend) {
     let (mut s, _) = app.student("e1", "s1").await;
 
     // A report about s1, pushed to watchers and answered with the alert.
-    let body = json!({"student_id": "s1", "category": "environment", "text": "Fire alarm\nin room B"});
+    let body =
+        json!({"student_id": "s1", "category": "environment", "text": "Fire alarm\nin room B"});
     let (status, filed) = post(&app, "/v1/exams/e1/irregularities", &proctor, body).await;
     assert_eq!(status, StatusCode::CREATED, "{filed}");
     assert_eq!(filed["kind"], "report");
@@ -364,66 +401,138 @@ async fn reports_are_pushed_resolved_once_and_listed(db: Backend) {
     assert_eq!(first["resolution"]["note"], "drill");
     let ev = t.next_of_type("alert_resolved").await;
     assert_eq!(ev["alert_id"], report_id.as_str());
-    assert_eq!((ev["by"].as_str(), ev["note"].as_str()), (Some("p1"), Some("drill")));
+    assert_eq!(
+        (ev["by"].as_str(), ev["note"].as_str()),
+        (Some("p1"), Some("drill"))
+    );
     assert!(ev["seq"].as_u64().unwrap() > pushed["seq"].as_u64().unwrap());
     let (status, again) = post(&app, &path, &teacher, json!({"note": "other"})).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(again["resolution"], first["resolution"], "the first resolution stays");
+    assert_eq!(
+        again["resolution"], first["resolution"],
+        "the first resolution stays"
+    );
     let auto_path = format!("/v1/exams/e1/alerts/{auto_id}/resolve");
     let (status, _) = post(&app, &auto_path, &teacher, json!({})).await;
     assert_eq!(status, StatusCode::OK);
     let ev = t.next_of_type("alert_resolved").await;
-    assert_eq!(ev["alert_id"], auto_id.as_str(), "not a second event for the report");
+    assert_eq!(
+        ev["alert_id"],
+        auto_id.as_str(),
+        "not a second event for the report"
+    );
 
     // Listing, with the state filter; newest first.
     let all = app.get_json("/v1/exams/e1/alerts", &proctor).await;
-    let ids: Vec<&str> = all["alerts"].as_array().unwrap().iter().map(|a| a["alert_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = all["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [auto_id.as_str(), report_id.as_str()], "{all}");
     let (_s, _) = (
-        post(&app, "/v1/exams/e1/irregularities", &proctor, json!({"category": "technical", "text": "projector"})).await,
+        post(
+            &app,
+            "/v1/exams/e1/irregularities",
+            &proctor,
+            json!({"category": "technical", "text": "projector"}),
+        )
+        .await,
         (),
     );
-    let open = app.get_json("/v1/exams/e1/alerts?state=open", &proctor).await;
+    let open = app
+        .get_json("/v1/exams/e1/alerts?state=open", &proctor)
+        .await;
     let open = open["alerts"].as_array().unwrap();
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(open[0]["student_id"], Value::Null);
     assert_eq!(open[0]["category"], "technical");
-    let resolved = app.get_json("/v1/exams/e1/alerts?state=resolved&limit=1", &proctor).await;
-    assert_eq!(resolved["alerts"].as_array().unwrap().len(), 1, "bounded by limit");
+    let resolved = app
+        .get_json("/v1/exams/e1/alerts?state=resolved&limit=1", &proctor)
+        .await;
+    assert_eq!(
+        resolved["alerts"].as_array().unwrap().len(),
+        1,
+        "bounded by limit"
+    );
 
     // Bad input, rights, unknown alerts.
     for (body, field) in [
         (json!({"category": "weather", "text": "x"}), "category"),
         (json!({"category": "technical", "text": ""}), "text"),
         (json!({"category": "technical", "text": "a\u{7}b"}), "text"),
-        (json!({"category": "technical", "text": "x".repeat(2001)}), "text"),
+        (
+            json!({"category": "technical", "text": "x".repeat(2001)}),
+            "text",
+        ),
     ] {
         let (status, err) = post(&app, "/v1/exams/e1/irregularities", &proctor, body).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
-        assert!(err["error"]["message"].as_str().unwrap().contains(field), "{err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(field),
+            "{err}"
+        );
     }
-    let r = app.api(Method::GET, "/v1/exams/e1/alerts?state=maybe", &proctor).send().await.unwrap();
+    let r = app
+        .api(Method::GET, "/v1/exams/e1/alerts?state=maybe", &proctor)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let r = app.api(Method::GET, "/v1/exams/e1/alerts?limit=1001", &proctor).send().await.unwrap();
+    let r = app
+        .api(Method::GET, "/v1/exams/e1/alerts?limit=1001", &proctor)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let (status, _) = post(&app, "/v1/exams/e1/irregularities", &student, json!({"category": "technical", "text": "x"})).await;
+    let (status, _) = post(
+        &app,
+        "/v1/exams/e1/irregularities",
+        &student,
+        json!({"category": "technical", "text": "x"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = post(&app, &path, &student, json!({"note": "x"})).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let r = app.api(Method::GET, "/v1/exams/e1/alerts", &student).send().await.unwrap();
+    let r = app
+        .api(Method::GET, "/v1/exams/e1/alerts", &student)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let (status, err) = post(&app, "/v1/exams/e1/alerts/no-such-alert/resolve", &proctor, json!({"note": ""})).await;
+    let (status, err) = post(
+        &app,
+        "/v1/exams/e1/alerts/no-such-alert/resolve",
+        &proctor,
+        json!({"note": ""}),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
     assert_eq!(err["error"]["code"], "not_found");
-    let (status, _) = post(&app, "/v1/exams/ghost/irregularities", &app.token("a", Role::Admin, &[]), json!({"category": "technical", "text": "x"})).await;
+    let (status, _) = post(
+        &app,
+        "/v1/exams/ghost/irregularities",
+        &app.token("a", Role::Admin, &[]),
+        json!({"category": "technical", "text": "x"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // In the timeline and the report.
     app.flushed().await;
     let timeline = app.timeline("e1", &teacher, 100).await;
-    let resolutions = timeline.iter().filter(|e| e["type"] == "alert_resolved").count();
+    let resolutions = timeline
+        .iter()
+        .filter(|e| e["type"] == "alert_resolved")
+        .count();
     assert_eq!(resolutions, 2, "one per resolved alert");
-    assert!(timeline.iter().any(|e| e["type"] == "alert" && e["kind"] == "report"));
+    assert!(
+        timeline
+            .iter()
+            .any(|e| e["type"] == "alert" && e["kind"] == "report")
+    );
     let csv = app
         .api(Method::GET, "/v1/exams/e1/report.csv", &teacher)
         .send()
@@ -433,8 +542,20 @@ async fn reports_are_pushed_resolved_once_and_listed(db: Backend) {
         .await
         .unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
-    assert_eq!(&header[8..], ["alerts_environment", "alerts_test_taker", "alerts_technical"]);
-    let s1: Vec<&str> = csv.lines().find(|l| l.starts_with("s1,")).unwrap().split(',').collect();
+    assert_eq!(
+        &header[8..],
+        [
+            "alerts_environment",
+            "alerts_test_taker",
+            "alerts_technical"
+        ]
+    );
+    let s1: Vec<&str> = csv
+        .lines()
+        .find(|l| l.starts_with("s1,"))
+        .unwrap()
+        .split(',')
+        .collect();
     assert_eq!(&s1[8..], ["1", "1", "0"], "{csv}");
 }
 
@@ -457,14 +578,26 @@ async fn a_report_filed_on_one_instance_reaches_and_resolves_on_another() {
     create_exam(a, "e1", &teacher).await;
     let (mut watcher, _) = a.teacher("e1", "t1").await;
     let body = json!({"category": "test_taker", "text": "phone on the desk", "student_id": "s9"});
-    let (status, filed) = post(b, "/v1/exams/e1/irregularities", &b.token("p1", Role::Proctor, &["e1"]), body).await;
+    let (status, filed) = post(
+        b,
+        "/v1/exams/e1/irregularities",
+        &b.token("p1", Role::Proctor, &["e1"]),
+        body,
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{filed}");
     let pushed = next_alert(&mut watcher, json!("s9")).await;
     assert_alert_shape(&pushed, "report", "test_taker");
     assert_eq!(pushed["alert_id"], filed["alert_id"]);
     let id = filed["alert_id"].as_str().unwrap();
     let path = format!("/v1/exams/e1/alerts/{id}/resolve");
-    let (status, done) = post(a, &path, &a.token("p2", Role::Proctor, &["e1"]), json!({"note": "seen"})).await;
+    let (status, done) = post(
+        a,
+        &path,
+        &a.token("p2", Role::Proctor, &["e1"]),
+        json!({"note": "seen"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{done}");
     let ev = watcher.next_of_type("alert_resolved").await;
     assert_eq!(ev["alert_id"], id);
@@ -478,7 +611,10 @@ async fn a_report_filed_on_one_instance_reaches_and_resolves_on_another() {
         if l["seq"] == pushed["seq"] {
             break;
         }
-        assert!(tokio::time::Instant::now() < give_up, "seq never stored: {l} vs {pushed}");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "seq never stored: {l} vs {pushed}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -493,13 +629,28 @@ async fn the_document_lists_the_alert_routes() {
         .await
         .unwrap();
     for (path, method, codes) in [
-        ("/v1/exams/{id}/irregularities", "post", &["201", "403", "404", "422"][..]),
-        ("/v1/exams/{id}/alerts/{alert_id}/resolve", "post", &["200", "403", "404", "422"]),
-        ("/v1/exams/{id}/alerts", "get", &["200", "403", "404", "422"]),
+        (
+            "/v1/exams/{id}/irregularities",
+            "post",
+            &["201", "403", "404", "422"][..],
+        ),
+        (
+            "/v1/exams/{id}/alerts/{alert_id}/resolve",
+            "post",
+            &["200", "403", "404", "422"],
+        ),
+        (
+            "/v1/exams/{id}/alerts",
+            "get",
+            &["200", "403", "404", "422"],
+        ),
     ] {
         let responses = &doc["paths"][path][method]["responses"];
         for code in codes {
-            assert!(responses.get(*code).is_some(), "{method} {path} {code}: {responses}");
+            assert!(
+                responses.get(*code).is_some(),
+                "{method} {path} {code}: {responses}"
+            );
         }
     }
     let category = &doc["components"]["schemas"]["AlertCategory"]["enum"];
