@@ -783,6 +783,43 @@ mod tests {
     }
 
     #[test]
+    fn alert_kind_names_are_their_wire_names() {
+        use AlertKind::*;
+        for kind in [
+            FocusLost,
+            Idle,
+            Disconnected,
+            SecondSession,
+            FullscreenExit,
+            IpChanged,
+            DeviceChanged,
+            AnsweredDecreased,
+            HeartbeatGap,
+            NetworkIncident,
+            Report,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for c in [
+            AlertCategory::Environment,
+            AlertCategory::TestTaker,
+            AlertCategory::Technical,
+        ] {
+            assert_eq!(AlertCategory::parse(c.as_str()), Some(c));
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        assert_eq!(AlertCategory::parse("weather"), None);
+        assert!(matches!(
+            parse(r#"{"type":"focus","state":"fullscreen_exit"}"#)
+                .unwrap()
+                .msg,
+            ClientMsg::Focus {
+                state: FocusState::FullscreenExit
+            }
+        ));
+    }
+
+    #[test]
     fn who_may_send_what() {
         let msgs = [
             r#"{"type":"progress","question":1,"answered":1}"#,

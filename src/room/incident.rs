@@ -15,7 +15,8 @@
 //!
 //! A drop whose grace ended before the incident was recognised has already
 //! had its alert (grace shorter than the time the incident took to form).
-//! In a cluster each instance judges the students connected to it.
+//! In a cluster each instance sees the drops of its own students (and
+//! counts them against every connected student of the exam).
 //!
 //! Plain data; every method takes `now`, so its tests need no clock.
 
