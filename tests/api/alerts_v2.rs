@@ -431,16 +431,9 @@ async fn reports_are_pushed_resolved_once_and_listed(db: Backend) {
         .map(|a| a["alert_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [auto_id.as_str(), report_id.as_str()], "{all}");
-    let (_s, _) = (
-        post(
-            &app,
-            "/v1/exams/e1/irregularities",
-            &proctor,
-            json!({"category": "technical", "text": "projector"}),
-        )
-        .await,
-        (),
-    );
+    let room_wide = json!({"category": "technical", "text": "projector"});
+    let (status, _) = post(&app, "/v1/exams/e1/irregularities", &proctor, room_wide).await;
+    assert_eq!(status, StatusCode::CREATED);
     let open = app
         .get_json("/v1/exams/e1/alerts?state=open", &proctor)
         .await;
