@@ -141,6 +141,7 @@ impl App {
         };
         let registry = Registry::new(RoomContext {
             settings: Arc::new(settings.exam.clone()),
+            alerts: settings.alerts,
             metrics: metrics.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),

@@ -30,6 +30,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub broker: BrokerSettings,
     pub exam: ExamSettings,
+    pub alerts: AlertSettings,
     pub ws: WsSettings,
     pub sse: SseSettings,
     pub limits: LimitSettings,
@@ -276,6 +277,35 @@ impl Default for ExamSettings {
     }
 }
 
+/// Thresholds of the automatic alerts (docs/PROTOCOL.md, alerts).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertSettings {
+    /// A student who has sent heartbeats and goes this long without one
+    /// while progress or answers keep arriving gets a `heartbeat_gap`
+    /// alert (a second client, or a page with its heartbeat removed).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_gap: Duration,
+    /// More than this share (0-1) of the exam's connected students
+    /// dropping within `incident_window` is one `network_incident`...
+    pub incident_share: f64,
+    /// ...provided at least this many dropped.
+    pub incident_min: u32,
+    #[serde(with = "humantime_serde")]
+    pub incident_window: Duration,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_gap: Duration::from_secs(60),
+            incident_share: 0.3,
+            incident_min: 3,
+            incident_window: Duration::from_secs(5),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WsSettings {
@@ -508,6 +538,16 @@ impl Settings {
         at_most("exam.control_scan", self.exam.control_scan, DAY)?;
         at_most("exam.probe_timeout", self.exam.probe_timeout, HOUR)?;
         at_most("exam.lease_ttl", self.exam.lease_ttl, HOUR)?;
+        at_most("alerts.heartbeat_gap", self.alerts.heartbeat_gap, DAY)?;
+        positive("alerts.heartbeat_gap", !self.alerts.heartbeat_gap.is_zero())?;
+        at_most("alerts.incident_window", self.alerts.incident_window, HOUR)?;
+        positive("alerts.incident_min", self.alerts.incident_min > 0)?;
+        if !(0.0..=1.0).contains(&self.alerts.incident_share) {
+            return Err(ConfigError::Invalid {
+                key: "alerts.incident_share",
+                problem: "must be between 0 and 1".into(),
+            });
+        }
         positive(
             "exam.lease_ttl",
             self.exam.lease_ttl >= Duration::from_millis(300),
@@ -681,6 +721,8 @@ mod tests {
             );
             jail.set_env("EXAMWATCH__EXAM__SECOND_SESSION", "reject");
             jail.set_env("EXAMWATCH__SSE__HEARTBEAT", "250ms");
+            jail.set_env("EXAMWATCH__ALERTS__INCIDENT_SHARE", "0.5");
+            jail.set_env("EXAMWATCH__ALERTS__HEARTBEAT_GAP", "2s");
             let s = Settings::load(Some("custom.toml".as_ref())).expect("valid");
             assert_eq!(s.sse.heartbeat, Duration::from_millis(250));
             assert_eq!(s.server.bind.to_string(), "0.0.0.0:7000");
@@ -690,6 +732,15 @@ mod tests {
                 vec!["https://a.example", "https://b.example"]
             );
             assert_eq!(s.exam.second_session, SecondSession::Reject);
+            assert_eq!(s.alerts.incident_share, 0.5);
+            assert_eq!(s.alerts.heartbeat_gap, Duration::from_secs(2));
+            assert_eq!(s.alerts.incident_min, 3, "the default stays");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__ALERTS__INCIDENT_SHARE", "1.5");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("alerts.incident_share"), "{err}");
             Ok(())
         });
     }

@@ -59,6 +59,8 @@ pub enum ActivityState {
 pub enum FocusState {
     Lost,
     Gained,
+    /// The page left full-screen mode (an alert of kind `fullscreen_exit`).
+    FullscreenExit,
 }
 
 /// Client → server. Students send `progress`, `activity`, `focus`,
@@ -404,15 +406,106 @@ pub enum Cause {
     Timing,
     /// Their clock started (admitted while the exam is in progress).
     Started,
+    FullscreenExit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What an alert is about. The per-student kinds fold (room/alerts.rs);
+/// `network_incident` is one per room and `report` is filed by a proctor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     FocusLost,
     Idle,
     Disconnected,
     SecondSession,
+    FullscreenExit,
+    IpChanged,
+    DeviceChanged,
+    AnsweredDecreased,
+    HeartbeatGap,
+    NetworkIncident,
+    Report,
+}
+
+/// TAO's three irregularity categories. Every automatic kind has one
+/// ([`AlertKind::category`]); a `report` carries the proctor's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertCategory {
+    /// The room, the network, the building: nobody's doing.
+    Environment,
+    /// Something the student did (or seems to have done).
+    TestTaker,
+    /// The student's device or connection failed.
+    Technical,
+}
+
+impl AlertCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertCategory::Environment => "environment",
+            AlertCategory::TestTaker => "test_taker",
+            AlertCategory::Technical => "technical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "environment" => Some(AlertCategory::Environment),
+            "test_taker" => Some(AlertCategory::TestTaker),
+            "technical" => Some(AlertCategory::Technical),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a proctor has dealt with an alert yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    Open,
+    Resolved,
+}
+
+impl AlertKind {
+    /// The category of an automatic alert (docs/PROTOCOL.md, alerts).
+    /// What the student does to the exam page is `test_taker`, idle
+    /// included (an invigilator walks over either way); what breaks the
+    /// connection is `technical`, a room-wide drop included (a network
+    /// outage is a technical failure, however many it hits). A `report`
+    /// has no default: its filer picks one (`environment` is offered as
+    /// the fallback only so this function is total).
+    pub fn category(self) -> AlertCategory {
+        match self {
+            AlertKind::FocusLost
+            | AlertKind::Idle
+            | AlertKind::SecondSession
+            | AlertKind::FullscreenExit
+            | AlertKind::IpChanged
+            | AlertKind::DeviceChanged
+            | AlertKind::AnsweredDecreased => AlertCategory::TestTaker,
+            AlertKind::Disconnected | AlertKind::HeartbeatGap | AlertKind::NetworkIncident => {
+                AlertCategory::Technical
+            }
+            AlertKind::Report => AlertCategory::Environment,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::FocusLost => "focus_lost",
+            AlertKind::Idle => "idle",
+            AlertKind::Disconnected => "disconnected",
+            AlertKind::SecondSession => "second_session",
+            AlertKind::FullscreenExit => "fullscreen_exit",
+            AlertKind::IpChanged => "ip_changed",
+            AlertKind::DeviceChanged => "device_changed",
+            AlertKind::AnsweredDecreased => "answered_decreased",
+            AlertKind::HeartbeatGap => "heartbeat_gap",
+            AlertKind::NetworkIncident => "network_incident",
+            AlertKind::Report => "report",
+        }
+    }
 }
 
 /// Alerts raised for one student, per kind. Only non-zero kinds are
@@ -427,6 +520,19 @@ pub struct AlertCounts {
     pub disconnected: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub second_session: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fullscreen_exit: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ip_changed: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub device_changed: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub answered_decreased: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub heartbeat_gap: u32,
+    /// Manual reports filed about this student.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub report: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -444,6 +550,14 @@ impl AlertCounts {
             AlertKind::Idle => self.idle,
             AlertKind::Disconnected => self.disconnected,
             AlertKind::SecondSession => self.second_session,
+            AlertKind::FullscreenExit => self.fullscreen_exit,
+            AlertKind::IpChanged => self.ip_changed,
+            AlertKind::DeviceChanged => self.device_changed,
+            AlertKind::AnsweredDecreased => self.answered_decreased,
+            AlertKind::HeartbeatGap => self.heartbeat_gap,
+            AlertKind::Report => self.report,
+            // A room's alert, never counted per student.
+            AlertKind::NetworkIncident => 0,
         }
     }
 
@@ -454,6 +568,13 @@ impl AlertCounts {
             AlertKind::Idle => &mut self.idle,
             AlertKind::Disconnected => &mut self.disconnected,
             AlertKind::SecondSession => &mut self.second_session,
+            AlertKind::FullscreenExit => &mut self.fullscreen_exit,
+            AlertKind::IpChanged => &mut self.ip_changed,
+            AlertKind::DeviceChanged => &mut self.device_changed,
+            AlertKind::AnsweredDecreased => &mut self.answered_decreased,
+            AlertKind::HeartbeatGap => &mut self.heartbeat_gap,
+            AlertKind::Report => &mut self.report,
+            AlertKind::NetworkIncident => return 1,
         };
         *n = n.saturating_add(1);
         *n
@@ -545,12 +666,37 @@ pub enum ServerMsg<'a> {
     },
     Alert {
         seq: Seq,
-        student_id: &'a str,
+        /// Unique and the same on every instance (a UUID): what
+        /// `POST /v1/exams/{id}/alerts/{alert_id}/resolve` names.
+        alert_id: &'a str,
+        /// Null for a room's alert (`network_incident`, a report about
+        /// nobody in particular).
+        student_id: Option<&'a str>,
         kind: AlertKind,
+        category: AlertCategory,
+        /// Always `open` when sent; `alert_resolved` closes it.
+        state: AlertState,
         at: Timestamp,
         /// Alerts of this kind raised for this student so far, this one
         /// and any folded into it included (`AlertCounts`).
         count: u32,
+        /// `network_incident`: how many students dropped.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        students: Option<u32>,
+        /// `report`: the proctor's text.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<&'a str>,
+        /// `report`: who filed it (their `sub`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<&'a str>,
+    },
+    /// An alert was resolved (`POST .../alerts/{alert_id}/resolve`).
+    AlertResolved {
+        seq: Seq,
+        alert_id: &'a str,
+        by: &'a str,
+        note: &'a str,
+        at: Timestamp,
     },
     /// The answer to a student's `resume` (PROTOCOL.md 4.5), sent before
     /// the `replayed` announcements it announces. `recovered` is true only
@@ -681,10 +827,16 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(
             ServerMsg::Alert {
                 seq: 3,
-                student_id: "s1",
+                alert_id: "a-1",
+                student_id: Some("s1"),
                 kind: AlertKind::SecondSession,
+                category: AlertKind::SecondSession.category(),
+                state: AlertState::Open,
                 at: Timestamp::now(),
                 count: 2,
+                students: None,
+                text: None,
+                by: None,
             }
             .encode()
             .as_str(),
@@ -693,7 +845,47 @@ mod tests {
         assert_eq!(v["type"], "alert");
         assert_eq!(v["kind"], "second_session");
         assert_eq!(v["count"], 2);
+        assert_eq!(v["category"], "test_taker");
+        assert_eq!(v["state"], "open");
+        assert!(v.get("text").is_none(), "absent, not null");
         assert!(v["at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn alert_kind_names_are_their_wire_names() {
+        use AlertKind::*;
+        for kind in [
+            FocusLost,
+            Idle,
+            Disconnected,
+            SecondSession,
+            FullscreenExit,
+            IpChanged,
+            DeviceChanged,
+            AnsweredDecreased,
+            HeartbeatGap,
+            NetworkIncident,
+            Report,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        for c in [
+            AlertCategory::Environment,
+            AlertCategory::TestTaker,
+            AlertCategory::Technical,
+        ] {
+            assert_eq!(AlertCategory::parse(c.as_str()), Some(c));
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        assert_eq!(AlertCategory::parse("weather"), None);
+        assert!(matches!(
+            parse(r#"{"type":"focus","state":"fullscreen_exit"}"#)
+                .unwrap()
+                .msg,
+            ClientMsg::Focus {
+                state: FocusState::FullscreenExit
+            }
+        ));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! `POST /v1/tickets` ([`tickets`]), which every role uses to connect.
 
 mod control;
+mod alerts;
 mod exams;
 mod records;
 mod tickets;
@@ -62,6 +63,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(exams::router())
         .merge(control::router())
+        .merge(alerts::router())
         .merge(records::router())
         .merge(tickets::router())
 }

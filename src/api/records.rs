@@ -129,6 +129,7 @@ async fn report(
     let submitted = app.store.submissions(&id).await?;
     let answered = app.store.answered_counts(&id).await?;
     let roster = app.store.roster(&id).await?;
+    let categories = app.store.alert_categories(&id).await?;
     let mut away: HashMap<String, i64> = HashMap::new();
     let now = now_ms();
     let mut per_user: BTreeMap<String, Vec<(i64, Option<i64>)>> = BTreeMap::new();
@@ -153,7 +154,7 @@ async fn report(
         away.insert(user, disconnected_ms(&sessions, end));
     }
     let mut csv = String::from(
-        "student_id,name,status,answered,connections,total_disconnected_seconds,focus_lost_count,submitted_at\r\n",
+        "student_id,name,status,answered,connections,total_disconnected_seconds,focus_lost_count,submitted_at,alerts_environment,alerts_test_taker,alerts_technical\r\n",
     );
     let mut seen = std::collections::HashSet::new();
     for st in &states {
@@ -167,6 +168,8 @@ async fn report(
             (_, Status::Idle) => "idle",
             (_, Status::Disconnected) => "disconnected",
         };
+        let [environment, test_taker, technical] =
+            categories.get(&st.student_id).copied().unwrap_or_default();
         let row = [
             st.student_id.clone(),
             st.name.clone(),
@@ -187,6 +190,9 @@ async fn report(
                     humantime::format_rfc3339_seconds(Timestamp::from_unix_ms(ms).0).to_string()
                 })
                 .unwrap_or_default(),
+            environment.to_string(),
+            test_taker.to_string(),
+            technical.to_string(),
         ];
         push_row(&mut csv, &row);
     }
@@ -208,6 +214,9 @@ async fn report(
                 "0".into(),
                 "0".into(),
                 String::new(),
+                "0".into(),
+                "0".into(),
+                "0".into(),
             ],
         );
     }

@@ -22,6 +22,7 @@ use crate::store::{now_ms, writer::Record};
 mod cluster;
 mod control;
 mod durable;
+mod irregular;
 mod join;
 
 use super::{
@@ -110,6 +111,8 @@ pub(super) struct Room {
     /// `recovered` (PROTOCOL.md 4.5).
     announcement_floor: Seq,
     timers: DelayQueue<Timer>,
+    /// Drops of many students at once (room/incident.rs).
+    incidents: super::incident::Incidents,
     /// Since when the room has had no members and no pending timers.
     empty_since: Option<Instant>,
     /// The room's own inbox, weakly: commit waiters post results here
@@ -152,6 +155,7 @@ impl Room {
             announcements: VecDeque::new(),
             announcement_floor: 0,
             timers: DelayQueue::new(),
+            incidents: Default::default(),
             empty_since: Some(Instant::now()),
             inbox,
             control: Default::default(),
@@ -293,6 +297,13 @@ impl Room {
                 cause,
             } => self.on_student_control(student, *control, cause),
             RoomCmd::TimeUp { student, won, at } => self.time_up(student, won, at),
+            RoomCmd::Report { report, reply } => self.file_report(report, reply),
+            RoomCmd::AlertResolved {
+                alert_id,
+                by,
+                note,
+                at,
+            } => self.alert_resolved(&alert_id, &by, &note, at),
             RoomCmd::LeaseLost { student, session } => {
                 let current = self
                     .students
@@ -325,6 +336,7 @@ impl Room {
                 self.release_lease(&sid);
             } else {
                 st.grace_timer = Some(self.timers.insert(Timer::Grace(sid.clone()), grace));
+                self.student_dropped(&sid);
             }
         }
         // A join was waiting to learn whether this socket is alive: it is not.
@@ -346,7 +358,11 @@ impl Room {
                     return;
                 };
                 st.grace_timer = None;
-                let o = st.grace_expired();
+                let mut o = st.grace_expired();
+                // Part of a network incident: reported once for the room.
+                if o.alert.is_some() && self.incidents.folds_disconnect(&sid) {
+                    o.alert = None;
+                }
                 if o.cause.is_some() {
                     self.release_lease(&sid);
                 }
@@ -412,6 +428,8 @@ impl Room {
         if matches!(msg, ClientMsg::Progress { .. } | ClientMsg::Answer { .. }) {
             self.refresh_total();
         }
+        // Heartbeat gaps and `answered` going back (room/signals.rs).
+        let signals = self.watch_signals(&sid, &msg);
         // The exam's phase and the student's own clock decide whether
         // work is taken now (an answer that arrived before the deadline is
         // stored even if its commit lands after it).
@@ -434,7 +452,10 @@ impl Room {
                 value,
             } => {
                 match self.store_answer(conn, &sid, id, question, value, r#ref.clone()) {
-                    Ok(outcome) => self.apply(&sid, outcome),
+                    Ok(outcome) => {
+                        self.apply(&sid, outcome);
+                        self.raise_signals(&sid, signals);
+                    }
                     Err(code) => self.error(&out, code, r#ref.as_ref()),
                 }
                 return;
@@ -492,6 +513,7 @@ impl Room {
         match result {
             Ok(outcome) => {
                 self.apply(&sid, outcome);
+                self.raise_signals(&sid, signals);
                 self.ack(&out, r#ref.as_ref());
             }
             Err(code) => self.error(&out, code, r#ref.as_ref()),
@@ -708,19 +730,7 @@ impl Room {
     }
 
     fn emit_alert(&mut self, sid: &Arc<str>, kind: AlertKind, count: u32) {
-        let at = Timestamp::now();
-        self.publish_event(Audience::Teachers, "alert", Some(sid), |_, seq| {
-            Some(
-                ServerMsg::Alert {
-                    seq,
-                    student_id: sid,
-                    kind,
-                    at,
-                    count,
-                }
-                .encode(),
-            )
-        });
+        self.send_alert(Some(sid), kind, count, None);
     }
 
     /// Keeps an event in the bounded history that `resume` replays from.
@@ -780,6 +790,7 @@ impl Room {
             kind,
             payload: bytes.as_str().to_owned(),
         });
+        self.log_alert(seq, kind, bytes.as_str());
     }
 
     /// Fans one encoded event out to local members without ever waiting.

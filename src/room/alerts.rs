@@ -30,7 +30,7 @@ pub enum Raised {
 /// One student's folding state, per alert kind.
 #[derive(Debug, Default)]
 pub struct Folding {
-    kinds: [KindFold; 4],
+    kinds: [KindFold; FOLDED_KINDS],
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -41,13 +41,24 @@ struct KindFold {
     folded: u32,
 }
 
-fn index(kind: AlertKind) -> usize {
-    match kind {
+/// The per-student kinds, which fold.
+const FOLDED_KINDS: usize = 9;
+
+/// A kind's slot; `None` for those that never fold: a room's
+/// `network_incident` and a proctor's `report` are each news.
+fn index(kind: AlertKind) -> Option<usize> {
+    Some(match kind {
         AlertKind::FocusLost => 0,
         AlertKind::Idle => 1,
         AlertKind::Disconnected => 2,
         AlertKind::SecondSession => 3,
-    }
+        AlertKind::FullscreenExit => 4,
+        AlertKind::IpChanged => 5,
+        AlertKind::DeviceChanged => 6,
+        AlertKind::AnsweredDecreased => 7,
+        AlertKind::HeartbeatGap => 8,
+        AlertKind::NetworkIncident | AlertKind::Report => return None,
+    })
 }
 
 impl Folding {
@@ -61,7 +72,10 @@ impl Folding {
         window: Duration,
     ) -> Raised {
         let count = counts.bump(kind);
-        let k = &mut self.kinds[index(kind)];
+        let Some(i) = index(kind) else {
+            return Raised::Send(count);
+        };
+        let k = &mut self.kinds[i];
         match k.sent_at {
             Some(start) if now.saturating_duration_since(start) < window => {
                 k.folded += 1;
@@ -82,7 +96,7 @@ impl Folding {
     /// The flush of `kind` is due: the count to send if repeats were folded
     /// since the last alert (then a new window starts at `now`), or `None`.
     pub fn flush(&mut self, counts: &AlertCounts, kind: AlertKind, now: Instant) -> Option<u32> {
-        let k = &mut self.kinds[index(kind)];
+        let k = &mut self.kinds[index(kind)?];
         if k.folded == 0 {
             return None;
         }
@@ -185,6 +199,23 @@ mod tests {
             Raised::Send(3)
         );
         assert_eq!(f.flush(&c, AlertKind::Disconnected, t0 + W), None);
+    }
+
+    #[test]
+    fn the_new_kinds_fold_too_and_reports_never_do() {
+        let t0 = Instant::now();
+        let (mut f, mut c) = (Folding::default(), AlertCounts::default());
+        for kind in [AlertKind::FullscreenExit, AlertKind::HeartbeatGap] {
+            assert_eq!(f.raise(&mut c, kind, t0, W), Raised::Send(1));
+            assert!(matches!(
+                f.raise(&mut c, kind, t0, W),
+                Raised::Folded { .. }
+            ));
+        }
+        for n in 1..=3 {
+            assert_eq!(f.raise(&mut c, AlertKind::Report, t0, W), Raised::Send(n));
+        }
+        assert_eq!(f.flush(&c, AlertKind::Report, t0 + W), None);
     }
 
     #[test]

@@ -20,7 +20,9 @@
 mod actor;
 mod alerts;
 pub mod control;
+pub mod incident;
 pub mod queue;
+pub mod signals;
 pub use queue::Kick;
 pub mod rate;
 mod replay;
@@ -156,6 +158,10 @@ pub struct StudentJoin {
     /// so: a reconnect over a not-yet-detected dead socket is then the same
     /// session, not a second one.
     pub previous_session: Option<String>,
+    /// The peer's IP and user agent, compared with the student's previous
+    /// session (`ip_changed`, `device_changed`: room/signals.rs).
+    pub peer_ip: Option<String>,
+    pub user_agent: Option<String>,
     /// What the cluster-wide session lease said (always `Alone` in memory).
     pub cluster: ClusterJoin,
     /// With several instances: the student's answered questions, from the
@@ -235,6 +241,20 @@ pub enum RoomCmd {
         student: Arc<str>,
         answered: std::collections::HashSet<String>,
     },
+    /// A proctor's irregularity report (`POST .../irregularities`): the
+    /// room numbers and publishes it; `reply` gets its seq when known
+    /// here (`None` when the cluster numbers it later).
+    Report {
+        report: Report,
+        reply: oneshot::Sender<Option<Seq>>,
+    },
+    /// An alert was resolved (the row is already updated): tell watchers.
+    AlertResolved {
+        alert_id: String,
+        by: String,
+        note: String,
+        at: crate::protocol::Timestamp,
+    },
     /// Right after this session joined, its lease turned out to be held
     /// elsewhere (a simultaneous claim on another instance won).
     LeaseLost {
@@ -286,6 +306,18 @@ impl ControlCause {
     }
 }
 
+/// A manual irregularity report, as filed (validated by the API).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub alert_id: String,
+    pub student_id: Option<String>,
+    pub category: crate::protocol::AlertCategory,
+    pub text: String,
+    /// The filer's `sub`.
+    pub by: String,
+    pub at: crate::protocol::Timestamp,
+}
+
 /// The outcome of the cluster-wide session lease for a joining student.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterJoin {
@@ -324,6 +356,8 @@ impl RoomHandle {
 #[derive(Clone)]
 pub struct RoomContext {
     pub settings: Arc<ExamSettings>,
+    /// `[alerts]`: thresholds of the automatic alerts.
+    pub alerts: crate::config::AlertSettings,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,

@@ -36,6 +36,8 @@ pub struct Student {
     /// A submission is being committed; its ack is on the way. From the
     /// moment it arrived, nothing but another `submit` changes the student.
     pub submitting: bool,
+    /// IP/device changes, `answered` going back, heartbeat gaps.
+    pub signals: super::signals::Signals,
 }
 
 /// What a transition asks the room to do.
@@ -95,6 +97,7 @@ impl Student {
             rate: None,
             answered_questions: Default::default(),
             submitting: false,
+            signals: Default::default(),
         }
     }
 
@@ -114,6 +117,7 @@ impl Student {
             rate: None,
             answered_questions: answered,
             submitting: false,
+            signals: Default::default(),
         }
     }
 
@@ -281,6 +285,10 @@ impl Student {
                     Outcome::default().touched()
                 }
             }
+            // Not a loss of focus (the page may still have it): its own alert.
+            FocusState::FullscreenExit => {
+                Outcome::event(Cause::FullscreenExit).with_alert(AlertKind::FullscreenExit)
+            }
             FocusState::Gained => {
                 s.focused = true;
                 s.status = Status::Active;
@@ -387,6 +395,10 @@ mod tests {
         );
         assert_eq!(s.focus(FocusState::Lost).unwrap(), Outcome::default());
         assert_eq!(s.state.focus_lost_count, 1);
+        let o = s.focus(FocusState::FullscreenExit).unwrap();
+        assert_eq!(o.alert, Some(AlertKind::FullscreenExit));
+        assert_eq!(o.cause, Some(Cause::FullscreenExit));
+        assert_eq!(s.state.focus_lost_count, 1, "not a focus loss");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! batching [`writer`], so a slow database never delays a teacher's screen.
 
 pub mod control;
+pub mod alerts;
 pub mod queries;
 pub mod tx;
 pub mod writer;

@@ -146,6 +146,7 @@ pub(super) async fn write_batch(
                 .execute(tx.conn())
                 .await?;
             }
+            Record::Alert(row) => super::alerts::insert(tx.conn(), row).await?,
         }
     }
     if !events.is_empty() {

@@ -87,6 +87,8 @@ pub enum Record {
         at: i64,
         done: oneshot::Sender<bool>,
     },
+    /// An alert watchers were sent, beside its event (`store/alerts.rs`).
+    Alert(Box<super::alerts::AlertRow>),
 }
 
 /// Shared counters about the writer, for readiness and metrics.
@@ -322,6 +324,7 @@ impl Record {
             } => {
                 format!("submission of {student_id} in {exam_id}")
             }
+            Record::Alert(row) => format!("alert {} in {}", row.alert_id, row.exam_id),
         }
     }
 }

@@ -346,6 +346,8 @@ impl Connection {
                 },
                 session_id: self.session_id.clone(),
                 previous_session: self.previous_session.clone(),
+                peer_ip: Some(self.peer.ip().to_string()),
+                user_agent: Some(self.user_agent.clone()),
                 cluster,
                 answered: answered.clone(),
                 exam_clock: self.app.rosters.exam_clock(&self.exam_id),

@@ -27,6 +27,9 @@ async fn slow_students_app() -> TestApp {
         // no grace expiry, no idle change.
         s.exam.disconnect_grace = std::time::Duration::from_secs(120);
         s.exam.idle_after = std::time::Duration::from_secs(120);
+        // Nor a network incident when the kicked student and the readers
+        // all drop within a few seconds at the end (PROTOCOL.md 3.5).
+        s.alerts.incident_min = 1000;
         s.limits.max_message_bytes = 64 * 1024;
         s.limits.max_announcement_chars = 60_000;
         s.limits.messages_per_second = 100_000;

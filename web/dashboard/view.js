@@ -24,6 +24,13 @@ const CAUSE_TEXT = {
   disconnected: 'disconnected',
   submitted: 'submitted',
   second_session: 'second session',
+  fullscreen_exit: 'left full screen',
+  ip_changed: 'new IP address',
+  device_changed: 'new browser',
+  answered_decreased: 'answered count went down',
+  heartbeat_gap: 'heartbeats stopped',
+  network_incident: 'network incident',
+  report: 'report',
 };
 const ALERT_TEXT = {
   focus_lost: 'focus lost',
@@ -103,6 +110,8 @@ export class View {
   }
 
   name(id) {
+    // A room's alert (network_incident, a report about nobody) has no student.
+    if (id == null) return 'whole room';
     return this.rows.get(id)?.student.name || id;
   }
 
@@ -163,6 +172,7 @@ export class View {
     const user = (text) => el('bdi', '', text);
     if (ev.type === 'student') what.append(user(ev.student.name || ev.student.student_id), `: ${CAUSE_TEXT[ev.cause] ?? ev.cause}`);
     else if (ev.type === 'alert') what.append('alert: ', user(this.name(ev.student_id)), ` ${ALERT_TEXT[ev.kind] ?? ev.kind}`);
+    else if (ev.type === 'alert_resolved') what.append('alert resolved by ', user(ev.by), ...(ev.note ? [': ', user(ev.note)] : []));
     else what.append('announcement', ...(ev.from ? [' from ', user(ev.from)] : []), ': ', user(ev.text));
     // Student events carry no time: now, or for a replayed (or loaded) one
     // the last activity it reports.

@@ -101,12 +101,14 @@ impl Room {
                 student_id: p.student.clone(),
                 kind: match p.kind.as_str() {
                     "alert" => "alert",
+                    "alert_resolved" => "alert_resolved",
                     "announcement" => "announcement",
                     "exam_update" => "exam_update",
                     _ => "student",
                 },
                 payload: p.event.as_str().to_owned(),
             });
+            self.log_alert(p.seq, &p.kind, p.event.as_str());
         }
         if p.seq <= self.confirmed {
             return; // already have it (e.g. loaded at start-up)

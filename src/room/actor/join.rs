@@ -150,6 +150,8 @@ impl Room {
             reply,
             answered,
             rate,
+            peer_ip,
+            user_agent,
             ..
         } = join;
         if let (Some(answered), Some(st)) = (answered, self.students.get_mut(who.id.as_str())) {
@@ -210,6 +212,13 @@ impl Room {
         }
         self.student_conns.insert(conn, (sid.clone(), out));
         self.apply(&sid, outcome);
+        // Another IP or browser than the previous session (room/signals.rs).
+        let changed = self
+            .students
+            .get_mut(&sid)
+            .map(|st| st.signals.joined(peer_ip.as_deref(), user_agent.as_deref()))
+            .unwrap_or_default();
+        self.raise_signals(&sid, changed);
         self.verify_lease(&sid);
         let _ = reply.send(rate);
     }
