@@ -39,6 +39,10 @@ pub struct DemoOptions {
     /// Mean time between two actions of one student.
     pub pace: Duration,
     pub exam: String,
+    /// The waiting room before the exam opens by itself (zero: open now).
+    pub waiting: Duration,
+    /// How long it runs before it ends by itself at `closes_at`.
+    pub length: Duration,
 }
 
 /// Runs the server with the demo exam and its simulated students until
@@ -55,34 +59,62 @@ pub async fn run(
     let app = App::build(settings).await?;
     let addr = app.local_addr()?;
     let state = app.state().clone();
+    // The exam runs through its phases by itself: a waiting room, then
+    // `in_progress` at `opens_at`, then `ended` at `closes_at` (students
+    // with an accommodation a little later), so every part of the clock
+    // shows on the dashboard and on the student page.
     let now = now_ms();
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let opens_at = now + ms(opts.waiting);
     let mut clock = ExamClock::new(
         Phase::Draft,
         Timing::Fixed,
-        Some(now),
+        Some(opens_at),
+        Some(opens_at.saturating_add(ms(opts.length).max(1000))),
         None,
-        Some(3_600_000),
-        false,
+        !opts.waiting.is_zero(),
     );
-    for phase in [Phase::Scheduled, Phase::InProgress] {
+    let phases: &[Phase] = if opts.waiting.is_zero() {
+        &[Phase::Scheduled, Phase::InProgress]
+    } else {
+        &[Phase::Scheduled]
+    };
+    for phase in phases {
         clock
-            .set_phase(phase, now)
+            .set_phase(*phase, now)
             .context("the demo exam's phases")?;
     }
     let exam = ExamRow {
         id: opts.exam.clone(),
         title: "Demo exam".into(),
-        clock,
+        clock: clock.clone(),
         version: 0,
         settings: json!({ "total_questions": QUESTIONS }).to_string(),
         created_by: "examwatch demo".into(),
-        created_at: now_ms(),
+        created_at: now,
         roster_size: 0,
     };
     match state.store.create_exam(&exam, &[]).await {
-        Ok(()) | Err(StoreError::Conflict) => {}
+        Ok(()) => {}
+        Err(StoreError::Conflict) => {
+            // From an earlier run (maybe ended): this run's clock replaces it.
+            let (_, version) = state
+                .store
+                .exam_clock(&opts.exam)
+                .await?
+                .context("the demo exam vanished")?;
+            state.store.write_clock(&opts.exam, &clock, version).await?;
+        }
         Err(e) => return Err(e).context("cannot create the demo exam"),
     }
+    // The first simulated student has extra time (an accommodation).
+    state
+        .store
+        .update_student_control(&opts.exam, "s001", |c| {
+            c.clock.extra_minutes = 1;
+            Ok::<(), StoreError>(())
+        })
+        .await??;
     let keys = state.keys.clone();
     let twelve_hours = Duration::from_secs(12 * 3600);
     let grant = || vec![opts.exam.clone()];
@@ -138,11 +170,14 @@ fn links(addr: SocketAddr, opts: &DemoOptions, teacher: &str, visitor: &str) -> 
     format!(
         "{rule}\n\
          examwatch demo: exam {exam:?} with {} simulated students\n\
+         it opens in {} and runs for {} (s001 has a minute extra)\n\
          \n  dashboard:    http://{addr}/dashboard/?exam={exam}#token={teacher}\
          \n  student page: http://{addr}/demo/student?exam={exam}#token={visitor}\n\
          \nPress Enter to show these links again; ctrl-c stops the demo.\n\
          {rule}\n",
-        opts.students
+        opts.students,
+        humantime::format_duration(opts.waiting),
+        humantime::format_duration(opts.length),
     )
 }
 

@@ -65,6 +65,13 @@ enum Command {
         /// The demo exam's id.
         #[arg(long, default_value = "demo")]
         exam: String,
+        /// The waiting room before the exam opens by itself, e.g. `15s`
+        /// (`0s`: open at once).
+        #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+        waiting: Duration,
+        /// How long the exam runs before it ends by itself, e.g. `10m`.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        length: Duration,
     },
 }
 
@@ -121,12 +128,16 @@ fn main() -> ExitCode {
             students,
             pace,
             exam,
+            waiting,
+            length,
         } => demo(
             settings,
             DemoOptions {
                 students,
                 pace,
                 exam,
+                waiting,
+                length,
             },
         ),
     };

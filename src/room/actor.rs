@@ -122,6 +122,9 @@ pub(super) struct Room {
     control: super::control::Control,
     deadline_timers: HashMap<Arc<str>, tokio_util::time::delay_queue::Key>,
     exam_timer: Option<tokio_util::time::delay_queue::Key>,
+    /// The newest clock version this room has seen announced (published
+    /// by it, or received from another instance).
+    published_version: i64,
 }
 
 impl Room {
@@ -161,6 +164,7 @@ impl Room {
             control: Default::default(),
             deadline_timers: HashMap::new(),
             exam_timer: None,
+            published_version: -1,
         }
     }
 

@@ -6,6 +6,7 @@
 use std::process::{Command, Stdio};
 
 use reqwest::{StatusCode, header};
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -95,7 +96,15 @@ fn url_after(lines: &std::sync::mpsc::Receiver<String>, label: &str) -> String {
 async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = examwatch_command(dir.path())
-        .args(["demo", "--students", "4", "--pace", "300ms"])
+        .args([
+            "demo",
+            "--students",
+            "4",
+            "--pace",
+            "300ms",
+            "--waiting",
+            "0s",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -175,4 +184,52 @@ fn the_demo_refuses_a_pace_that_would_spin_or_overflow() {
             "--pace {pace}: {stderr}"
         );
     }
+}
+
+/// The demo runs its exam through the phases by itself: a waiting room,
+/// `in_progress` at `opens_at`, and at `closes_at` its students without
+/// extra time submitted by the server (issue 14).
+#[tokio::test]
+async fn the_demo_runs_its_exam_through_the_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = examwatch_command(dir.path())
+        .args([
+            "demo",
+            "--students",
+            "2",
+            "--pace",
+            "300ms",
+            "--waiting",
+            "1s",
+            "--length",
+            "2s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let dashboard = url_after(&lines, "dashboard:");
+    let (base, rest) = dashboard.split_once("/dashboard/?").unwrap();
+    let token = rest.split_once("#token=").unwrap().1;
+    let ws = format!("{}/v1/exams/demo/ws", base.replacen("http", "ws", 1));
+    let mut teacher = connect_url(&ws, token).await;
+    let snapshot = teacher.snapshot().await;
+    assert_eq!(snapshot["phase"], "scheduled", "the waiting room first");
+    let in_time = tokio::time::timeout(WAIT * 2, async {
+        let opened = teacher.next_of_type("exam_update").await;
+        assert_eq!(
+            (&opened["phase"], &opened["cause"]),
+            (&json!("in_progress"), &json!("auto"))
+        );
+        // s002 has no extra time: submitted by the server at closes_at;
+        // s001 has a minute more, so the exam itself stays in progress.
+        teacher
+            .next_where("s002 time_up", |v| is_student_event(v, "s002", "time_up"))
+            .await;
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    in_time.expect("the demo's exam ran through its phases in time");
 }

@@ -42,7 +42,7 @@ async fn exams_are_created_read_and_listed_per_grant(db: Backend) {
         let token = if id == "chem" { &admin } else { &teacher };
         let r = app
             .api(Method::POST, "/v1/exams", token)
-            .json(&json!({"id": id, "title": title, "starts_at": "2026-12-01T09:00:00Z", "duration_minutes": 60, "settings": {"calculator": false}}))
+            .json(&json!({"id": id, "title": title, "starts_at": "2099-12-01T09:00:00Z", "duration_minutes": 60, "settings": {"calculator": false}}))
             .send()
             .await
             .unwrap();
@@ -51,7 +51,7 @@ async fn exams_are_created_read_and_listed_per_grant(db: Backend) {
     let (_s, _) = app.student("math", "s1").await;
     let exam: Value = app.get_json("/v1/exams/math", &teacher).await;
     assert_eq!(exam["title"], "Algebra");
-    assert_eq!(exam["starts_at"], "2026-12-01T09:00:00Z");
+    assert_eq!(exam["starts_at"], "2099-12-01T09:00:00Z");
     assert_eq!(exam["duration_minutes"], 60);
     assert_eq!(exam["settings"], json!({"calculator": false}));
     assert_eq!(exam["counts"]["active"], 1, "live counts: {exam}");

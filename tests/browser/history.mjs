@@ -10,7 +10,9 @@ import { SECOND, check, kill9, launch, log, page, row, scenario, startServer, to
 const seqs = () => [...document.querySelectorAll('#timeline li .seq')].map((s) => Number(s.textContent.slice(1)));
 
 await scenario('history', async ({ cleanup, problems }) => {
-  const server = await startServer(['serve']);
+  // Repeats fold for 1 s (not the default 10 s): the second alert is
+  // stored well within the wait below, even on a loaded machine.
+  const server = await startServer(['serve'], { env: { EXAMWATCH__EXAM__ALERT_WINDOW: '1s' } });
   cleanup.push(() => kill9(server));
   const base = `http://${server.addr}`;
   const teacher = token('t1', 'teacher', 'e1', 'Ms Lovelace');

@@ -13,7 +13,7 @@ import { SECOND, artifacts, check, kill9, launch, log, page, patience, row, scen
 const rowText = (sel) => document.querySelector(sel)?.textContent ?? 'no such row';
 
 await scenario('live dashboard', async ({ cleanup, problems }) => {
-  const server = await startServer(['demo', '--students', '30', '--pace', '1s']);
+  const server = await startServer(['demo', '--students', '30', '--pace', '1s', '--waiting', '0s']);
   cleanup.push(() => kill9(server));
   log('demo running at', server.addr);
 

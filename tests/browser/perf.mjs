@@ -11,7 +11,7 @@ import { check, kill9, launch, log, page, scenario, startServer } from './lib.mj
 const STUDENTS = 300;
 
 await scenario('300 students', async ({ cleanup, problems }) => {
-  const server = await startServer(['demo', '--students', String(STUDENTS), '--pace', '1s']);
+  const server = await startServer(['demo', '--students', String(STUDENTS), '--pace', '1s', '--waiting', '0s']);
   cleanup.push(() => kill9(server));
   const browser = await launch();
   cleanup.push(() => browser.close());

@@ -29,8 +29,31 @@ fn ts(ms: Option<i64>) -> Option<Timestamp> {
     ms.map(Timestamp::from_unix_ms)
 }
 
+/// The longest a timer is armed for: the room's timer wheel takes about
+/// two years at most (a longer one panics), and an exam months away is
+/// simply looked at again when it fires (it re-arms, see `on_deadline`).
+const LONGEST_TIMER: Duration = Duration::from_secs(24 * 3600);
+
 fn until(at: i64, now: i64) -> Duration {
-    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0)).min(LONGEST_TIMER)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timers_are_never_armed_further_than_a_day() {
+        let day = super::LONGEST_TIMER;
+        assert_eq!(
+            super::until(i64::MAX, 0),
+            day,
+            "a date in 2099 cannot panic the room"
+        );
+        assert_eq!(
+            super::until(5_000, 1_000),
+            std::time::Duration::from_secs(4)
+        );
+        assert_eq!(super::until(1_000, 5_000), std::time::Duration::ZERO);
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -132,9 +155,19 @@ impl Room {
         local: bool,
     ) {
         let before = self.control.phase();
-        if !self.control.apply_exam(clock, version) {
-            return;
+        if self.control.apply_exam(clock, version) {
+            self.exam_changed(before, cause);
         }
+        // Announced by the instance that made the change, once per version,
+        // even if a join here already brought the room up to date with it.
+        if local && version > self.published_version {
+            self.published_version = version;
+            self.publish_exam_update(cause);
+        }
+    }
+
+    /// The exam's clock just changed: students, timers, the end.
+    fn exam_changed(&mut self, before: Phase, cause: ControlCause) {
         let now = now_ms();
         let phase = self.control.phase();
         // Students waiting here when it starts: their clocks start now.
@@ -166,9 +199,6 @@ impl Room {
                 self.finish_once(sid, at);
             }
         }
-        if local {
-            self.publish_exam_update(cause);
-        }
     }
 
     fn publish_exam_update(&mut self, cause: ControlCause) {
@@ -197,6 +227,7 @@ impl Room {
     /// Another instance's `exam_update` event (or our own, back from Redis).
     pub(super) fn exam_update_published(&mut self, event: &str) {
         if let Ok(ev) = serde_json::from_str::<ExamEvent>(event) {
+            self.published_version = self.published_version.max(ev.version);
             self.on_exam_control(ev.clock, ev.version, ev.cause, false);
         }
     }
