@@ -236,7 +236,7 @@ impl Room {
 
     fn handle(&mut self, cmd: RoomCmd) {
         match cmd {
-            RoomCmd::JoinStudent(join) => self.join_student(join),
+            RoomCmd::JoinStudent(join) => self.join_student(*join),
             RoomCmd::JoinTeacher {
                 conn,
                 out,

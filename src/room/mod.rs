@@ -181,7 +181,8 @@ pub struct StudentJoin {
 
 /// What a connection asks of its room.
 pub enum RoomCmd {
-    JoinStudent(StudentJoin),
+    /// Boxed: by far the largest command, and one per connection.
+    JoinStudent(Box<StudentJoin>),
     JoinTeacher {
         conn: ConnId,
         out: Outbox,

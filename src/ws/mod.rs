@@ -338,7 +338,7 @@ impl Connection {
             }
             let room = self.app.registry.get_or_start(&self.exam_id);
             let (reply, joined) = oneshot::channel();
-            let cmd = RoomCmd::JoinStudent(StudentJoin {
+            let cmd = RoomCmd::JoinStudent(Box::new(StudentJoin {
                 conn: self.id,
                 who: StudentId {
                     id: self.user.to_string(),
@@ -354,7 +354,7 @@ impl Connection {
                 out: out.clone(),
                 rate: fresh(),
                 reply,
-            });
+            }));
             if room.send(cmd).await.is_ok()
                 && let Ok(rate) = joined.await
             {

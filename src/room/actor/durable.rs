@@ -162,9 +162,10 @@ impl Room {
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
-                RoomCmd::JoinStudent(crate::room::StudentJoin {
-                    out, reply, rate, ..
-                }) => {
+                RoomCmd::JoinStudent(join) => {
+                    let crate::room::StudentJoin {
+                        out, reply, rate, ..
+                    } = *join;
                     out.kick.kick(close::TRY_AGAIN);
                     let _ = reply.send(rate);
                 }
