@@ -130,6 +130,21 @@ async fn report(
     let answered = app.store.answered_counts(&id).await?;
     let roster = app.store.roster(&id).await?;
     let categories = app.store.alert_categories(&id).await?;
+    let controls = app.store.student_controls(&id).await?;
+    // Extra time granted (accommodation and extensions, in seconds) and how
+    // the exam ended for the student (issue 14: disputes need both).
+    let timing_of = |sid: &str, submitted: bool| -> [String; 2] {
+        let c = controls.get(sid);
+        let extra = c.map_or(0, |c| {
+            i64::from(c.clock.extra_minutes) * 60 + c.clock.extension_ms / 1000
+        });
+        let ended = match c.and_then(|c| c.finished) {
+            Some((f, _)) => f.as_str(),
+            None if submitted => "submitted",
+            None => "",
+        };
+        [extra.to_string(), ended.to_owned()]
+    };
     let mut away: HashMap<String, i64> = HashMap::new();
     let now = now_ms();
     let mut per_user: BTreeMap<String, Vec<(i64, Option<i64>)>> = BTreeMap::new();
@@ -154,7 +169,7 @@ async fn report(
         away.insert(user, disconnected_ms(&sessions, end));
     }
     let mut csv = String::from(
-        "student_id,name,status,answered,connections,total_disconnected_seconds,focus_lost_count,submitted_at,alerts_environment,alerts_test_taker,alerts_technical\r\n",
+        "student_id,name,status,answered,connections,total_disconnected_seconds,focus_lost_count,submitted_at,alerts_environment,alerts_test_taker,alerts_technical,extra_time_seconds,ended\r\n",
     );
     let mut seen = std::collections::HashSet::new();
     for st in &states {
@@ -170,6 +185,7 @@ async fn report(
         };
         let [environment, test_taker, technical] =
             categories.get(&st.student_id).copied().unwrap_or_default();
+        let [extra_time, ended] = timing_of(&st.student_id, status == "submitted");
         let row = [
             st.student_id.clone(),
             st.name.clone(),
@@ -193,6 +209,8 @@ async fn report(
             environment.to_string(),
             test_taker.to_string(),
             technical.to_string(),
+            extra_time,
+            ended,
         ];
         push_row(&mut csv, &row);
     }
@@ -203,6 +221,7 @@ async fn report(
         .collect();
     absent.sort();
     for (student_id, (name, _)) in absent {
+        let [extra_time, ended] = timing_of(student_id, false);
         push_row(
             &mut csv,
             &[
@@ -217,6 +236,8 @@ async fn report(
                 "0".into(),
                 "0".into(),
                 "0".into(),
+                extra_time,
+                ended,
             ],
         );
     }

@@ -393,6 +393,25 @@ async fn deadlines_follow_accommodations_pauses_and_end_with_time_up() {
     ada.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": "a"}))
         .await;
     ada.expect_ack("a").await;
+    // The report says how it ended, and the extra time granted.
+    app.flushed().await;
+    let report = app
+        .api(Method::GET, "/v1/exams/clock/report.csv", &t)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = |id: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(&format!("{id},")))
+            .unwrap_or_else(|| panic!("{id}: {report}"))
+            .to_owned()
+    };
+    assert!(row("bob").ends_with(",0,time_up"), "{report}");
+    assert!(row("ada").ends_with(",60,"), "{report}");
 }
 
 #[tokio::test]
@@ -547,6 +566,7 @@ async fn the_clock_survives_a_restart_with_nobody_connected() {
         row.contains(",submitted,"),
         "submitted at the end: {report}"
     );
+    assert!(row.ends_with(",time_up"), "by the server: {report}");
 }
 
 #[tokio::test]

