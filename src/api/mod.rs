@@ -9,6 +9,7 @@
 //! an exam or replacing its roster: `EditExam`). The exception is
 //! `POST /v1/tickets` ([`tickets`]), which every role uses to connect.
 
+mod actions;
 mod control;
 mod exams;
 mod records;
@@ -62,6 +63,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(exams::router())
         .merge(control::router())
+        .merge(actions::router())
         .merge(records::router())
         .merge(tickets::router())
 }

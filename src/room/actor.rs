@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::store::{now_ms, writer::Record};
 
+mod actions;
 mod cluster;
 mod control;
 mod durable;
@@ -44,6 +45,9 @@ enum Timer {
     Deadline(Arc<str>),
     /// The exam's automatic start or end may be due.
     ExamDue,
+    /// Close this removed student's socket (`terminate`/`deny`) if its
+    /// client has not acknowledged the frame that says so by now.
+    Evict(ConnId, super::CloseReason),
 }
 
 /// A teacher connection and how far its stream is in sync.
@@ -119,6 +123,10 @@ pub(super) struct Room {
     control: super::control::Control,
     deadline_timers: HashMap<Arc<str>, tokio_util::time::delay_queue::Key>,
     exam_timer: Option<tokio_util::time::delay_queue::Key>,
+    /// Action frames each student has yet to acknowledge (`room/deliveries.rs`).
+    deliveries: super::deliveries::Deliveries,
+    /// Raised hands (`room/hands.rs`).
+    hands: super::hands::Hands,
 }
 
 impl Room {
@@ -157,6 +165,8 @@ impl Room {
             control: Default::default(),
             deadline_timers: HashMap::new(),
             exam_timer: None,
+            deliveries: Default::default(),
+            hands: Default::default(),
         }
     }
 
@@ -293,6 +303,14 @@ impl Room {
                 cause,
             } => self.on_student_control(student, *control, cause),
             RoomCmd::TimeUp { student, won, at } => self.time_up(student, won, at),
+            RoomCmd::Action(applied) => self.on_action(*applied),
+            RoomCmd::HandStored {
+                conn,
+                student,
+                hand,
+                r#ref,
+            } => self.hand_stored(conn, student, hand, r#ref),
+            RoomCmd::Delivered { student, action_id } => self.delivered(student, action_id),
             RoomCmd::LeaseLost { student, session } => {
                 let current = self
                     .students
@@ -355,6 +373,7 @@ impl Room {
             Timer::Probe(old) => return self.probe_result(old, false),
             Timer::Deadline(sid) => return self.on_deadline(sid),
             Timer::ExamDue => return self.on_exam_due(),
+            Timer::Evict(conn, reason) => return self.evict_now(conn, reason),
             Timer::AlertFlush(sid, kind) => {
                 let Some(st) = self.students.get_mut(&sid) else {
                     return;
@@ -445,6 +464,11 @@ impl Room {
                 }
                 return;
             }
+            ClientMsg::Received { id } => {
+                self.on_received(&sid, &id);
+                return self.ack(&out, r#ref.as_ref());
+            }
+            ClientMsg::RaiseHand { text } => return self.raise_hand(conn, &sid, text, r#ref),
             other => other,
         };
         let Some(st) = self.students.get_mut(&sid) else {
@@ -483,11 +507,15 @@ impl Room {
                         }
                     }
                 }
+                // Action frames not yet acknowledged come again.
+                self.resend_owed(&sid);
                 Ok(Outcome::default())
             }
-            ClientMsg::Announce { .. } | ClientMsg::Answer { .. } | ClientMsg::Submit {} => {
-                Err(ErrorCode::Forbidden)
-            }
+            ClientMsg::Announce { .. }
+            | ClientMsg::Answer { .. }
+            | ClientMsg::Submit {}
+            | ClientMsg::Received { .. }
+            | ClientMsg::RaiseHand { .. } => Err(ErrorCode::Forbidden),
         };
         match result {
             Ok(outcome) => {

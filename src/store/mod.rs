@@ -10,6 +10,7 @@
 //! handshake's roster check). Writes from the live path go through the
 //! batching [`writer`], so a slow database never delays a teacher's screen.
 
+pub mod actions;
 pub mod control;
 pub mod queries;
 pub mod tx;
