@@ -521,6 +521,12 @@ pub enum Cause {
     Started,
     /// A teacher ended their exam (`terminate`).
     Terminated,
+    /// Their access changed (`deny`, `allow`, `reset_session`).
+    Access,
+    /// They raised their hand.
+    HandRaised,
+    /// Their hand was answered or lowered.
+    HandLowered,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -108,7 +108,14 @@ impl Room {
 
     /// An action stored through this instance's API: apply, publish.
     pub(super) fn on_action(&mut self, a: ActionApplied) {
-        if !self.apply_action(&a.id, a.kind, &a.controls, a.frame.as_ref(), &a.deliver) {
+        if !self.apply_action(
+            &a.id,
+            a.kind,
+            &a.controls,
+            a.frame.as_ref(),
+            &a.deliver,
+            true,
+        ) {
             return;
         }
         let controls = (!a.controls.is_empty()).then_some(&a.controls);
@@ -125,7 +132,7 @@ impl Room {
             )
         });
         if let Some(lowered) = a.lowered {
-            self.lower_hand(&lowered);
+            self.lower_hand(&lowered, true);
             let sid: Arc<str> = lowered.student_id.as_str().into();
             let at = Timestamp::from_unix_ms(lowered.at);
             self.publish_event(Audience::Teachers, "hand_lowered", Some(&sid), |_, seq| {
@@ -154,6 +161,7 @@ impl Room {
                     &ev.controls,
                     ev.frame.as_ref(),
                     &ev.deliver,
+                    false,
                 );
             }
             Err(e) => tracing::warn!(error = %e, "an action event that does not parse"),
@@ -169,6 +177,7 @@ impl Room {
         controls: &BTreeMap<String, StudentControl>,
         frame: Option<&serde_json::Value>,
         deliver: &[String],
+        local: bool,
     ) -> bool {
         if !self.deliveries.learn(id) {
             return false;
@@ -181,13 +190,19 @@ impl Room {
             if kind == ActionKind::Allow {
                 self.deliveries.forget_removals(&sid);
             }
-            if kind == ActionKind::Terminate
-                && let Some((Finish::Terminated, at)) = finished
-            {
-                self.terminated(&sid, at);
-            }
             self.refresh_view(&sid, now);
             self.arm_deadline(&sid, now);
+            let cause = match kind {
+                ActionKind::Terminate => {
+                    if let Some((Finish::Terminated, at)) = finished {
+                        self.terminated(&sid, at);
+                    }
+                    Cause::Terminated
+                }
+                ActionKind::Extend | ActionKind::Pause | ActionKind::Resume => Cause::Timing,
+                _ => Cause::Access,
+            };
+            self.student_changed(&sid, cause, local);
         }
         self.arm_exam_timer(now);
         if kind.sends_frame() {
@@ -213,18 +228,23 @@ impl Room {
     /// Told to watchers by the room that holds their socket.
     fn terminated(&mut self, sid: &Arc<str>, at: i64) {
         self.control.finish(sid, Finish::Terminated, at);
-        let here = self.student_conns.values().any(|(s, _)| s == sid);
-        let Some(st) = self.students.get_mut(sid) else {
-            return;
-        };
-        if !st.submitted() {
+        if let Some(st) = self.students.get_mut(sid)
+            && !st.submitted()
+        {
             st.submit(Timestamp::from_unix_ms(at));
         }
-        if here {
+    }
+
+    /// Tells watchers of a student's changed state: from the room that
+    /// holds their socket, or the one the change came through (`local`),
+    /// whichever knows them (a repeat from both is the same state).
+    fn student_changed(&mut self, sid: &Arc<str>, cause: Cause, local: bool) {
+        let here = self.student_conns.values().any(|(s, _)| s == sid);
+        if (here || local) && self.students.contains_key(sid) {
             self.apply(
                 sid,
                 crate::room::students::Outcome {
-                    cause: Some(Cause::Terminated),
+                    cause: Some(cause),
                     ..Default::default()
                 },
             );
@@ -456,6 +476,7 @@ impl Room {
                 .encode(),
             )
         });
+        self.student_changed(&sid, Cause::HandRaised, true);
         if let Some(out) = out {
             self.ack(&out, r#ref.as_ref());
         }
@@ -480,21 +501,27 @@ impl Room {
     /// Another instance's `hand_lowered` event.
     pub(super) fn hand_lowered_published(&mut self, event: &str) {
         if let Ok(l) = serde_json::from_str::<LoweredEvent>(event) {
-            self.lower_hand(&LoweredHand {
-                hand_id: l.hand_id,
-                student_id: l.student_id,
-                by: String::new(),
-                at: 0,
-            });
+            self.lower_hand(
+                &LoweredHand {
+                    hand_id: l.hand_id,
+                    student_id: l.student_id,
+                    by: String::new(),
+                    at: 0,
+                },
+                false,
+            );
         }
     }
 
-    fn lower_hand(&mut self, l: &LoweredHand) {
+    fn lower_hand(&mut self, l: &LoweredHand, local: bool) {
         self.hands.lower(&l.hand_id);
-        if !self.hands.is_raised(&l.student_id)
-            && let Some(st) = self.students.get_mut(l.student_id.as_str())
+        let sid: Arc<str> = l.student_id.as_str().into();
+        if !self.hands.is_raised(&sid)
+            && let Some(st) = self.students.get_mut(&sid)
+            && st.state.hand_raised
         {
             st.state.hand_raised = false;
+            self.student_changed(&sid, Cause::HandLowered, local);
         }
     }
 }
