@@ -257,6 +257,11 @@ pub struct ExamSettings {
     /// restart (room/scheduler.rs).
     #[serde(with = "humantime_serde")]
     pub control_scan: Duration,
+    /// How long `POST /v1/exams/{id}/actions` waits for the targets'
+    /// clients to acknowledge the action's frame before it answers (those
+    /// that did show `delivered`, the others `pending`). Zero: no wait.
+    #[serde(with = "humantime_serde")]
+    pub action_ack_wait: Duration,
 }
 
 impl Default for ExamSettings {
@@ -273,6 +278,7 @@ impl Default for ExamSettings {
             lease_ttl: Duration::from_secs(30),
             alert_window: Duration::from_secs(10),
             control_scan: Duration::from_secs(5),
+            action_ack_wait: Duration::from_secs(1),
         }
     }
 }
@@ -536,6 +542,11 @@ impl Settings {
         at_most("exam.disconnect_grace", self.exam.disconnect_grace, DAY)?;
         at_most("exam.room_linger", self.exam.room_linger, DAY)?;
         at_most("exam.control_scan", self.exam.control_scan, DAY)?;
+        at_most(
+            "exam.action_ack_wait",
+            self.exam.action_ack_wait,
+            Duration::from_secs(30),
+        )?;
         at_most("exam.probe_timeout", self.exam.probe_timeout, HOUR)?;
         at_most("exam.lease_ttl", self.exam.lease_ttl, HOUR)?;
         at_most("alerts.heartbeat_gap", self.alerts.heartbeat_gap, DAY)?;

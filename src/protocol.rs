@@ -94,7 +94,22 @@ pub enum ClientMsg {
         question: Label,
         value: serde_json::Value,
     },
+    /// A student's client acknowledges a frame that carries an `id`
+    /// (`message`, `terminated`, `exam_update`, `session_invalidated` sent
+    /// for a proctor action): the action shows `delivered` for them.
+    Received {
+        id: String,
+    },
+    /// A student raises their hand, optionally saying why (at most
+    /// [`MAX_HAND_TEXT`] characters).
+    RaiseHand {
+        #[serde(default)]
+        text: Option<String>,
+    },
 }
+
+/// Longest `raise_hand` text, in characters.
+pub const MAX_HAND_TEXT: usize = 500;
 
 /// Every `type` the server understands (for the `unknown_type` error).
 const KNOWN_TYPES: &[&str] = &[
@@ -106,6 +121,8 @@ const KNOWN_TYPES: &[&str] = &[
     "resume",
     "announce",
     "answer",
+    "received",
+    "raise_hand",
 ];
 
 impl ClientMsg {
@@ -120,7 +137,9 @@ impl ClientMsg {
             | ClientMsg::Activity { .. }
             | ClientMsg::Focus { .. }
             | ClientMsg::Submit {}
-            | ClientMsg::Answer { .. } => !role.is_watcher(),
+            | ClientMsg::Answer { .. }
+            | ClientMsg::Received { .. }
+            | ClientMsg::RaiseHand { .. } => !role.is_watcher(),
         }
     }
     pub fn kind(&self) -> &'static str {
@@ -133,7 +152,90 @@ impl ClientMsg {
             ClientMsg::Resume { .. } => "resume",
             ClientMsg::Announce { .. } => "announce",
             ClientMsg::Answer { .. } => "answer",
+            ClientMsg::Received { .. } => "received",
+            ClientMsg::RaiseHand { .. } => "raise_hand",
         }
+    }
+}
+
+/// The kinds of proctor action (`POST /v1/exams/{id}/actions`,
+/// PROTOCOL.md 4.14): one vocabulary for the API, the events and the audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    Extend,
+    Pause,
+    Resume,
+    Terminate,
+    Deny,
+    Allow,
+    ResetSession,
+    Message,
+    LowerHand,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Extend => "extend",
+            ActionKind::Pause => "pause",
+            ActionKind::Resume => "resume",
+            ActionKind::Terminate => "terminate",
+            ActionKind::Deny => "deny",
+            ActionKind::Allow => "allow",
+            ActionKind::ResetSession => "reset_session",
+            ActionKind::Message => "message",
+            ActionKind::LowerHand => "lower_hand",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            ActionKind::Extend,
+            ActionKind::Pause,
+            ActionKind::Resume,
+            ActionKind::Terminate,
+            ActionKind::Deny,
+            ActionKind::Allow,
+            ActionKind::ResetSession,
+            ActionKind::Message,
+            ActionKind::LowerHand,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+
+    /// The right a caller needs for this kind.
+    pub fn right(self) -> Right {
+        match self {
+            ActionKind::Extend => Right::Extend,
+            ActionKind::Pause | ActionKind::Resume => Right::PauseStudent,
+            ActionKind::Terminate => Right::Terminate,
+            ActionKind::Deny | ActionKind::Allow => Right::Access,
+            ActionKind::ResetSession => Right::ResetSession,
+            ActionKind::Message => Right::Message,
+            ActionKind::LowerHand => Right::AnswerHands,
+        }
+    }
+
+    /// Whether the action sends its targets a frame they acknowledge
+    /// (`extend`/`pause`/`resume`: `exam_update`; `terminate`:
+    /// `terminated`; `deny`: `session_invalidated`; `message`).
+    pub fn sends_frame(self) -> bool {
+        matches!(
+            self,
+            ActionKind::Extend
+                | ActionKind::Pause
+                | ActionKind::Resume
+                | ActionKind::Terminate
+                | ActionKind::Deny
+                | ActionKind::Message
+        )
+    }
+
+    /// Whether its frame removes the student (close 4003 follows).
+    pub fn removes(self) -> bool {
+        matches!(self, ActionKind::Terminate | ActionKind::Deny)
     }
 }
 
@@ -272,6 +374,19 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
     let labels_ok = match &msg {
         ClientMsg::Progress { question, .. } => question.is_valid(),
         ClientMsg::Answer { id, question, .. } => id.is_valid() && question.is_valid(),
+        ClientMsg::Received { id } => {
+            !id.is_empty() && id.len() <= MAX_LABEL_LEN && !id.chars().any(char::is_control)
+        }
+        ClientMsg::RaiseHand { text: Some(t) } => {
+            if t.chars().count() > MAX_HAND_TEXT {
+                return Err(fail(
+                    ErrorCode::InvalidMessage,
+                    format!("`text` of raise_hand must be at most {MAX_HAND_TEXT} characters"),
+                    r#ref,
+                ));
+            }
+            true
+        }
         _ => true,
     };
     if !labels_ok {
@@ -407,6 +522,14 @@ pub enum Cause {
     /// Their clock started (admitted while the exam is in progress).
     Started,
     FullscreenExit,
+    /// A teacher ended their exam (`terminate`).
+    Terminated,
+    /// Their access changed (`deny`, `allow`, `reset_session`).
+    Access,
+    /// They raised their hand.
+    HandRaised,
+    /// Their hand was answered or lowered.
+    HandLowered,
 }
 
 /// What an alert is about. The per-student kinds fold (room/alerts.rs);
@@ -623,6 +746,10 @@ pub enum ServerMsg<'a> {
         clock: Option<&'a crate::control::ExamClock>,
         #[serde(skip_serializing_if = "Option::is_none")]
         version: Option<i64>,
+        /// Set when a proctor action (`extend`, `pause`, `resume`) caused
+        /// it: acknowledge it with `received {id}`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
     },
     Announcement {
         seq: Seq,
@@ -641,6 +768,59 @@ pub enum ServerMsg<'a> {
     },
     SessionInvalidated {
         reason: &'a str,
+        /// Set when a proctor action (`deny`) caused it: acknowledge it
+        /// with `received {id}`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
+    },
+    /// A teacher ended this student's exam (`terminate`); close 4003 follows.
+    Terminated {
+        id: &'a str,
+        reason: &'a str,
+    },
+    /// A private message from a proctor (action `message`).
+    Message {
+        id: &'a str,
+        text: &'a str,
+        from: &'a str,
+        at: Timestamp,
+    },
+    /// A proctor action, as a numbered event for watchers (PROTOCOL.md
+    /// 4.14): what was done, by whom, to whom. `controls` and `frame` are
+    /// for the other instances' rooms (the records to apply, the frame to
+    /// deliver to the targets they hold).
+    Action {
+        seq: Seq,
+        action: &'a serde_json::Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        controls: Option<&'a std::collections::BTreeMap<String, crate::control::StudentControl>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        frame: Option<&'a serde_json::Value>,
+        deliver: &'a [String],
+    },
+    /// A student acknowledged an action's frame.
+    Delivery {
+        seq: Seq,
+        action_id: &'a str,
+        student_id: &'a str,
+        state: &'a str,
+    },
+    /// A student raised their hand.
+    Hand {
+        seq: Seq,
+        hand_id: &'a str,
+        student_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<&'a str>,
+        at: Timestamp,
+    },
+    /// A raised hand was answered (`message` with `reply_to`) or lowered.
+    HandLowered {
+        seq: Seq,
+        hand_id: &'a str,
+        student_id: &'a str,
+        by: &'a str,
+        at: Timestamp,
     },
     /// One part of a snapshot (`part` of `parts`, from 1): a large exam's
     /// students are split over several frames (room/snapshot.rs,

@@ -10,6 +10,7 @@
 //! `POST /v1/tickets` ([`tickets`]), which every role uses to connect.
 
 mod alerts;
+mod actions;
 mod control;
 mod exams;
 mod records;
@@ -64,6 +65,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(exams::router())
         .merge(control::router())
         .merge(alerts::router())
+        .merge(actions::router())
         .merge(records::router())
         .merge(tickets::router())
 }

@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::store::{now_ms, writer::Record};
 
+mod actions;
 mod cluster;
 mod control;
 mod durable;
@@ -45,6 +46,9 @@ enum Timer {
     Deadline(Arc<str>),
     /// The exam's automatic start or end may be due.
     ExamDue,
+    /// Close this removed student's socket (`terminate`/`deny`) if its
+    /// client has not acknowledged the frame that says so by now.
+    Evict(ConnId, super::CloseReason),
 }
 
 /// A teacher connection and how far its stream is in sync.
@@ -125,6 +129,10 @@ pub(super) struct Room {
     /// The newest clock version this room has seen announced (published
     /// by it, or received from another instance).
     published_version: i64,
+    /// Action frames each student has yet to acknowledge (`room/deliveries.rs`).
+    deliveries: super::deliveries::Deliveries,
+    /// Raised hands (`room/hands.rs`).
+    hands: super::hands::Hands,
 }
 
 impl Room {
@@ -165,6 +173,8 @@ impl Room {
             deadline_timers: HashMap::new(),
             exam_timer: None,
             published_version: -1,
+            deliveries: Default::default(),
+            hands: Default::default(),
         }
     }
 
@@ -308,6 +318,14 @@ impl Room {
                 note,
                 at,
             } => self.alert_resolved(&alert_id, &by, &note, at),
+            RoomCmd::Action(applied) => self.on_action(*applied),
+            RoomCmd::HandStored {
+                conn,
+                student,
+                hand,
+                r#ref,
+            } => self.hand_stored(conn, student, hand, r#ref),
+            RoomCmd::Delivered { student, action_id } => self.delivered(student, action_id),
             RoomCmd::LeaseLost { student, session } => {
                 let current = self
                     .students
@@ -375,6 +393,7 @@ impl Room {
             Timer::Probe(old) => return self.probe_result(old, false),
             Timer::Deadline(sid) => return self.on_deadline(sid),
             Timer::ExamDue => return self.on_exam_due(),
+            Timer::Evict(conn, reason) => return self.evict_now(conn, reason),
             Timer::AlertFlush(sid, kind) => {
                 let Some(st) = self.students.get_mut(&sid) else {
                     return;
@@ -470,6 +489,11 @@ impl Room {
                 }
                 return;
             }
+            ClientMsg::Received { id } => {
+                self.on_received(&sid, &id);
+                return self.ack(&out, r#ref.as_ref());
+            }
+            ClientMsg::RaiseHand { text } => return self.raise_hand(conn, &sid, text, r#ref),
             other => other,
         };
         let Some(st) = self.students.get_mut(&sid) else {
@@ -508,11 +532,15 @@ impl Room {
                         }
                     }
                 }
+                // Action frames not yet acknowledged come again.
+                self.resend_owed(&sid);
                 Ok(Outcome::default())
             }
-            ClientMsg::Announce { .. } | ClientMsg::Answer { .. } | ClientMsg::Submit {} => {
-                Err(ErrorCode::Forbidden)
-            }
+            ClientMsg::Announce { .. }
+            | ClientMsg::Answer { .. }
+            | ClientMsg::Submit {}
+            | ClientMsg::Received { .. }
+            | ClientMsg::RaiseHand { .. } => Err(ErrorCode::Forbidden),
         };
         match result {
             Ok(outcome) => {

@@ -141,6 +141,10 @@ impl Control {
     pub fn work(&self, sid: &str, now: i64) -> Result<(), ErrorCode> {
         self.exam.phase.work().map_err(refusal)?;
         let c = self.student(sid);
+        if c.denied {
+            // Removed (`deny`): their socket is closing (4003).
+            return Err(ErrorCode::Forbidden);
+        }
         if matches!(c.finished, Some((Finish::TimeUp | Finish::Terminated, _))) {
             return Err(ErrorCode::ExamEnded);
         }

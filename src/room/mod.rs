@@ -21,6 +21,8 @@ mod actor;
 mod alerts;
 pub mod control;
 pub mod incident;
+pub mod deliveries;
+pub mod hands;
 pub mod queue;
 pub mod signals;
 pub use queue::Kick;
@@ -79,6 +81,9 @@ pub mod close {
             1013 => "exam state unavailable: try again later, with backoff",
             4000 => "ping timeout: no sign of life from the client",
             4001 => "session taken over by a newer connection of this student",
+            4003 => {
+                "removed from the exam by a teacher (terminated, or access revoked): do not reconnect"
+            }
             4008 => "too slow: the outbound queue was full",
             4009 => "another session is active for this student (policy reject)",
             _ => "not an examwatch close code",
@@ -124,6 +129,16 @@ pub mod close {
     pub const TAKEN_OVER: CloseReason = CloseReason {
         code: 4001,
         reason: "session taken over by a new connection",
+    };
+    /// A teacher ended this student's exam (`terminate`).
+    pub const TERMINATED: CloseReason = CloseReason {
+        code: 4003,
+        reason: "terminated",
+    };
+    /// The student was removed from the access list (`deny`).
+    pub const ACCESS_REVOKED: CloseReason = CloseReason {
+        code: 4003,
+        reason: "access revoked",
     };
     pub const TOO_SLOW: CloseReason = CloseReason {
         code: 4008,
@@ -274,12 +289,56 @@ pub enum RoomCmd {
         control: Box<crate::control::StudentControl>,
         cause: ControlCause,
     },
+    /// A proctor action was stored (api/actions.rs): apply it here,
+    /// deliver its frames, and publish it as an `action` event.
+    Action(Box<ActionApplied>),
+    /// A student's `raise_hand` was stored (`None`: it could not be).
+    HandStored {
+        conn: ConnId,
+        student: Arc<str>,
+        hand: Option<hands::Hand>,
+        r#ref: Option<Label>,
+    },
+    /// A student's acknowledgement of an action's frame was recorded by
+    /// this room (the first in the cluster): tell watchers.
+    Delivered {
+        student: Arc<str>,
+        action_id: Arc<str>,
+    },
     /// A `time_up` submission was written; `won` if by this room.
     TimeUp {
         student: Arc<str>,
         won: bool,
         at: i64,
     },
+}
+
+/// A proctor action, stored, as the room applies it (and as the `action`
+/// event carries it to the other instances).
+pub struct ActionApplied {
+    pub id: Arc<str>,
+    pub kind: crate::protocol::ActionKind,
+    /// What watchers see: the action's answer with its actor and payload.
+    pub record: serde_json::Value,
+    /// The students' control records as written (extend, pause, resume,
+    /// terminate, deny, allow, reset_session).
+    pub controls: std::collections::BTreeMap<String, crate::control::StudentControl>,
+    /// The frame every target gets (`message`, `terminated`,
+    /// `session_invalidated`); `None` for an `exam_update`, built per student.
+    pub frame: Option<serde_json::Value>,
+    /// The students owed the frame.
+    pub deliver: Vec<String>,
+    /// A hand lowered by it (`lower_hand`, `message` with `reply_to`).
+    pub lowered: Option<LoweredHand>,
+}
+
+/// A hand a proctor lowered.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoweredHand {
+    pub hand_id: String,
+    pub student_id: String,
+    pub by: String,
+    pub at: i64,
 }
 
 /// Why the exam's control changed (the `cause` of `exam_update`).

@@ -11,6 +11,7 @@
 //! batching [`writer`], so a slow database never delays a teacher's screen.
 
 pub mod alerts;
+pub mod actions;
 pub mod control;
 pub mod queries;
 pub mod tx;

@@ -266,7 +266,11 @@ impl Connection {
         let alive = redis.instance_alive(instance).await.unwrap_or(true);
         let policy = self.app.settings.exam.second_session;
         if alive && !same_client && policy == SecondSession::Reject {
-            return ClusterJoin::RejectedElsewhere;
+            // A `reset_session` lifts the block once: this connection takes over.
+            let reset = self.app.store.consume_reset(exam, student).await;
+            if !reset.unwrap_or(false) {
+                return ClusterJoin::RejectedElsewhere;
+            }
         }
         let _ = redis.claim_lease(exam, student, &holder, ttl, true).await;
         if alive {

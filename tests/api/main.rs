@@ -2,6 +2,7 @@
 //! against a real server on 127.0.0.1:0 with real WebSocket clients.
 
 mod alerts_v2;
+mod actions;
 mod api_doc;
 mod auth;
 mod bad_input;

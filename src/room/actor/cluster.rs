@@ -104,6 +104,10 @@ impl Room {
                     "alert_resolved" => "alert_resolved",
                     "announcement" => "announcement",
                     "exam_update" => "exam_update",
+                    "action" => "action",
+                    "delivery" => "delivery",
+                    "hand" => "hand",
+                    "hand_lowered" => "hand_lowered",
                     _ => "student",
                 },
                 payload: p.event.as_str().to_owned(),
@@ -137,6 +141,13 @@ impl Room {
         }
         if p.kind == "exam_update" {
             self.exam_update_published(p.event.as_str());
+        }
+        match p.kind.as_str() {
+            "action" => self.action_published(p.event.as_str()),
+            "delivery" => self.delivery_published(p.event.as_str()),
+            "hand" => self.hand_published(p.event.as_str()),
+            "hand_lowered" => self.hand_lowered_published(p.event.as_str()),
+            _ => {}
         }
         if p.kind == "announcement" {
             self.remember_announcement(p.seq, &p.event);
@@ -225,6 +236,7 @@ impl Room {
         if let Some((_, out)) = self.student_conns.remove(&conn) {
             let bye = ServerMsg::SessionInvalidated {
                 reason: "second_session",
+                id: None,
             }
             .encode();
             let _ = out.tx.try_send(bye);

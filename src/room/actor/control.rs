@@ -84,7 +84,7 @@ impl Room {
         for (sid, control) in store.student_controls(&self.exam_id).await? {
             self.control.apply_student(sid.as_str().into(), control);
         }
-        Ok(())
+        self.load_actions().await
     }
 
     /// After the room's state is loaded: views, timers.
@@ -124,6 +124,7 @@ impl Room {
             cause,
             clock: None,
             version: None,
+            id: None,
         }
         .encode()
     }
@@ -218,6 +219,7 @@ impl Room {
                     cause: cause.as_str(),
                     clock: Some(exam),
                     version: Some(room.control.version),
+                    id: None,
                 }
                 .encode(),
             )

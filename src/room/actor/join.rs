@@ -26,6 +26,12 @@ impl Room {
             // Newer than ours only if we missed a change (ignored otherwise).
             self.on_exam_control(clock, version, crate::room::ControlCause::Timing, false);
         }
+        if let Some(reason) = self.refused_access(&sid) {
+            // Removed from the exam (the handshake's roster cache was older).
+            join.out.kick.kick(reason);
+            let _ = join.reply.send(join.rate);
+            return;
+        }
         match join.cluster {
             crate::room::ClusterJoin::Alone => {}
             crate::room::ClusterJoin::RejectedElsewhere => {
@@ -113,16 +119,19 @@ impl Room {
     /// alert is folded with the student's other recent ones (`alerts.rs`).
     fn second_session(&mut self, join: StudentJoin, old: ConnId) {
         let sid: Arc<str> = join.who.id.as_str().into();
+        // A `reset_session` lifts the block for one connection.
+        let reset = self.take_reset(&sid);
         match self.ctx.settings.second_session {
-            SecondSession::Reject => {
+            SecondSession::Reject if !reset => {
                 join.out.kick.kick(close::SECOND_SESSION);
                 self.alert(&sid, AlertKind::SecondSession);
                 let _ = join.reply.send(join.rate);
             }
-            SecondSession::Takeover => {
+            SecondSession::Reject | SecondSession::Takeover => {
                 if let Some((_, old_out)) = self.student_conns.remove(&old) {
                     let bye = ServerMsg::SessionInvalidated {
                         reason: "second_session",
+                        id: None,
                     }
                     .encode();
                     let _ = old_out.tx.try_send(bye);
@@ -137,6 +146,24 @@ impl Room {
                 self.admit(join, Some(outcome));
             }
         }
+    }
+
+    /// Uses up a `reset_session` of this student, if one is pending here
+    /// (and in the database, for the other instances).
+    fn take_reset(&mut self, sid: &Arc<str>) -> bool {
+        let Some(c) = self.control.students.get_mut(sid) else {
+            return false;
+        };
+        if c.reset_at.take().is_none() {
+            return false;
+        }
+        let (store, exam, student) = (self.ctx.store.clone(), self.exam_id.clone(), sid.clone());
+        self.ctx.tracker.spawn(async move {
+            if let Err(e) = store.consume_reset(&exam, &student).await {
+                tracing::warn!(error = %e, %student, "cannot record a used reset_session");
+            }
+        });
+        true
     }
 
     /// Attaches the connection, sends `welcome`, and tells teachers.
@@ -195,6 +222,7 @@ impl Room {
         if let Some(st) = self.students.get_mut(&sid) {
             rate = st.rate.get_or_insert(rate).clone();
             st.session_id = Some(session_id);
+            st.state.hand_raised = self.hands.is_raised(&sid);
             let welcome = ServerMsg::Welcome {
                 session_id: st.session_id.as_deref().unwrap_or_default(),
                 server_time: Timestamp::from_unix_ms(now),
@@ -211,6 +239,8 @@ impl Room {
             self.push(&out, welcome);
         }
         self.student_conns.insert(conn, (sid.clone(), out));
+        // Action frames they have not acknowledged yet (sent while away).
+        self.resend_owed(&sid);
         self.apply(&sid, outcome);
         // Another IP or browser than the previous session (room/signals.rs).
         let changed = self

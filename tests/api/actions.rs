@@ -1,0 +1,565 @@
+//! Proctor actions over REST (`POST /v1/exams/{id}/actions`) and raised
+//! hands: each kind seen from the student's socket and the watcher's
+//! stream, idempotent retries, delivery going from pending to delivered,
+//! the rights of each role, and one action across two instances.
+
+use examwatch::auth::Role;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
+
+use crate::helpers::*;
+
+/// Creates `exam` in progress with a duration of `seconds`.
+async fn timed_exam(app: &TestApp, exam: &str, seconds: u32) {
+    let admin = app.token("admin", Role::Admin, &[]);
+    let res = app
+        .api(reqwest::Method::POST, "/v1/exams", &admin)
+        .json(&json!({"id": exam, "title": exam, "phase": "in_progress", "duration_seconds": seconds}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+}
+
+/// Posts an action to the server at `base`; status and JSON body.
+async fn act_at(base: &str, exam: &str, token: &str, body: Value) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/v1/exams/{exam}/actions"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("action request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn act(app: &TestApp, exam: &str, token: &str, body: Value) -> (u16, Value) {
+    act_at(&app.http(""), exam, token, body).await
+}
+
+/// Posts an action in the background (its answer waits for acks).
+fn act_later(
+    app: &TestApp,
+    exam: &str,
+    token: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let (base, exam, token) = (app.http(""), exam.to_owned(), token.to_owned());
+    tokio::spawn(async move { act_at(&base, &exam, &token, body).await })
+}
+
+/// Reads until a frame of `ty` carrying action id `id`, then acknowledges it.
+async fn receive(c: &mut Client, ty: &str, id: &str) -> Value {
+    let v = c
+        .next_where(&format!("{ty} {id}"), |v| v["type"] == ty && v["id"] == id)
+        .await;
+    c.send_json(json!({"type": "received", "id": id})).await;
+    v
+}
+
+fn ms(v: &Value) -> i64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("a timestamp, got {v}"));
+    humantime::parse_rfc3339(s)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The handshake is refused: status and error code.
+async fn refused(app: &TestApp, exam: &str, sub: &str) -> (u16, String) {
+    let token = app.token(sub, Role::Student, &[exam]);
+    match app.try_connect(&app.ws_url(exam), Some(&token), &[]).await {
+        Ok(_) => panic!("the socket was upgraded"),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            (
+                resp.status().as_u16(),
+                body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[tokio::test]
+async fn extend_moves_the_deadline_and_a_negative_one_is_clamped() {
+    let app = spawn_app().await;
+    timed_exam(&app, "x1", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["x1"]);
+    let (mut t, _) = app.teacher("x1", "t1").await;
+    let (mut s, welcome) = app.student("x1", "s1").await;
+    let before = ms(&welcome["deadline"]);
+    let post = act_later(
+        &app,
+        "x1",
+        &teacher,
+        json!({"id": "ext-1", "kind": "extend", "students": ["s1"], "minutes": 5}),
+    );
+    let update = receive(&mut s, "exam_update", "ext-1").await;
+    assert_eq!(ms(&update["deadline"]) - before, 5 * 60_000, "{update}");
+    assert_eq!(update["cause"], "extend");
+    let (status, answer) = post.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let one = &answer["students"][0];
+    assert_eq!(one["student_id"], "s1");
+    assert_eq!(one["delivery"], "delivered", "{answer}");
+    assert_eq!(one["clamped"], false);
+    assert_eq!(ms(&one["deadline"]), ms(&update["deadline"]));
+    assert_eq!(answer["actor"]["sub"], "t1");
+    // The student's state first, then the action that changed it.
+    let st = t
+        .next_where("s1's new deadline", |v| {
+            v["type"] == "student" && v["cause"] == "timing"
+        })
+        .await;
+    assert_eq!(ms(&st["student"]["deadline"]), ms(&update["deadline"]));
+    let ev = t
+        .next_where("the action event", |v| v["type"] == "action")
+        .await;
+    assert_eq!(ev["action"]["id"], "ext-1");
+    assert!(ev["seq"].as_u64().is_some(), "numbered: {ev}");
+
+    // Minus a day: only down to now.
+    let post = act_later(
+        &app,
+        "x1",
+        &teacher,
+        json!({"id": "ext-2", "kind": "extend", "students": ["s1"], "minutes": -1440}),
+    );
+    let update = receive(&mut s, "exam_update", "ext-2").await;
+    let (_, answer) = post.await.unwrap();
+    assert_eq!(answer["students"][0]["clamped"], true, "{answer}");
+    let deadline = ms(&update["deadline"]);
+    let now = examwatch::store::now_ms();
+    assert!(
+        deadline <= now && deadline > now - 5_000,
+        "clamped to about now: {deadline} vs {now}"
+    );
+}
+
+#[tokio::test]
+async fn pause_refuses_answers_until_resume() {
+    let app = spawn_app().await;
+    timed_exam(&app, "p1", 600).await;
+    let proctor = app.token("pr", Role::Proctor, &["p1"]);
+    let (mut s, _) = app.student("p1", "s1").await;
+    let post = act_later(
+        &app,
+        "p1",
+        &proctor,
+        json!({"id": "pause-1", "kind": "pause", "students": ["s1"]}),
+    );
+    let update = receive(&mut s, "exam_update", "pause-1").await;
+    assert_eq!(update["paused"], true);
+    assert_eq!(post.await.unwrap().1["students"][0]["paused"], true);
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": 1}))
+        .await;
+    let err = s.next_where("the refusal", |v| v["ref"] == 1).await;
+    assert_eq!(err["code"], "exam_paused", "{err}");
+    let post = act_later(
+        &app,
+        "p1",
+        &proctor,
+        json!({"id": "resume-1", "kind": "resume", "students": ["s1"]}),
+    );
+    let update = receive(&mut s, "exam_update", "resume-1").await;
+    assert_eq!(update["paused"], false);
+    post.await.unwrap();
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": 2}))
+        .await;
+    s.expect_ack(2).await;
+    // Resuming a running student changes nothing and says so.
+    let (_, answer) = act(
+        &app,
+        "p1",
+        &proctor,
+        json!({"id": "resume-2", "kind": "resume", "students": ["s1"]}),
+    )
+    .await;
+    assert_eq!(answer["students"][0]["error"], "not_paused");
+    assert_eq!(answer["students"][0]["delivery"], "none");
+}
+
+#[tokio::test]
+async fn terminate_closes_4003_refuses_reconnects_until_allow() {
+    let app = spawn_app().await;
+    timed_exam(&app, "k1", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["k1"]);
+    let (mut s, _) = app.student("k1", "s1").await;
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": 1}))
+        .await;
+    s.expect_ack(1).await;
+    let post = act_later(
+        &app,
+        "k1",
+        &teacher,
+        json!({"id": "term-1", "kind": "terminate", "students": ["s1"], "reason": "cheating"}),
+    );
+    let frame = receive(&mut s, "terminated", "term-1").await;
+    assert_eq!(frame["reason"], "cheating");
+    assert_eq!(s.expect_close().await.0, Some(4003));
+    let (_, answer) = post.await.unwrap();
+    assert_eq!(answer["students"][0]["finished"], true, "{answer}");
+    assert_eq!(answer["students"][0]["delivery"], "delivered");
+    assert_eq!(refused(&app, "k1", "s1").await, (403, "terminated".into()));
+    // Their answers stay.
+    let answers = app
+        .get_json("/v1/exams/k1/students/s1/answers", &teacher)
+        .await;
+    assert!(answers.to_string().contains("a1"), "{answers}");
+    let (status, _) = act(
+        &app,
+        "k1",
+        &teacher,
+        json!({"id": "allow-1", "kind": "allow", "students": ["s1"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_s, welcome) = app.student("k1", "s1").await;
+    assert_eq!(welcome["type"], "welcome");
+}
+
+#[tokio::test]
+async fn deny_invalidates_the_session_and_the_handshake() {
+    let app = spawn_app().await;
+    timed_exam(&app, "d1", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["d1"]);
+    let (mut s, _) = app.student("d1", "s1").await;
+    let started = Instant::now();
+    let post = act_later(
+        &app,
+        "d1",
+        &teacher,
+        json!({"id": "deny-1", "kind": "deny", "students": ["s1"]}),
+    );
+    let frame = s
+        .next_where("session_invalidated", |v| {
+            v["type"] == "session_invalidated"
+        })
+        .await;
+    assert_eq!(frame["reason"], "access_revoked");
+    assert_eq!(frame["id"], "deny-1");
+    assert_eq!(s.expect_close().await.0, Some(4003));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "closed within a second: {:?}",
+        started.elapsed()
+    );
+    let (status, answer) = post.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    // This client never acknowledged: still owed (moot once allowed).
+    assert_eq!(answer["students"][0]["delivery"], "pending");
+    assert_eq!(
+        refused(&app, "d1", "s1").await,
+        (403, "access_revoked".into())
+    );
+    act(
+        &app,
+        "d1",
+        &teacher,
+        json!({"id": "allow-1", "kind": "allow", "students": ["s1"]}),
+    )
+    .await;
+    let (mut back, _) = app.student("d1", "s1").await;
+    // The moot deny is not sent again to the readmitted student.
+    back.send_json(json!({"type": "heartbeat", "ref": "hb"}))
+        .await;
+    let v = back
+        .next_where("the heartbeat's ack", |v| v["ref"] == "hb")
+        .await;
+    assert_eq!(v, ack("hb"));
+}
+
+#[tokio::test]
+async fn reset_session_lets_a_second_session_in_under_reject() {
+    let app = spawn_app_with(|s| {
+        s.exam.second_session = examwatch::config::SecondSession::Reject;
+    })
+    .await;
+    timed_exam(&app, "r1", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["r1"]);
+    let (mut first, _) = app.student("r1", "s1").await;
+    let token = app.token("s1", Role::Student, &["r1"]);
+    let mut second = app.connect("r1", &token).await;
+    assert_eq!(second.expect_close().await.0, Some(4009), "blocked");
+    let (status, answer) = act(
+        &app,
+        "r1",
+        &teacher,
+        json!({"id": "reset-1", "kind": "reset_session", "students": ["s1"]}),
+    )
+    .await;
+    assert_eq!(
+        (status, &answer["students"][0]["delivery"]),
+        (200, &json!("none"))
+    );
+    let mut third = app.connect("r1", &token).await;
+    assert_eq!(third.next_of_type("welcome").await["type"], "welcome");
+    assert_eq!(
+        first.expect_close().await.0,
+        Some(4001),
+        "the old one yields"
+    );
+    // Used up: the next second session is blocked again.
+    let mut fourth = app.connect("r1", &token).await;
+    assert_eq!(fourth.expect_close().await.0, Some(4009));
+}
+
+#[tokio::test]
+async fn a_message_replying_to_a_raised_hand_lowers_it() {
+    let app = spawn_app().await;
+    timed_exam(&app, "h1", 600).await;
+    let proctor = app.token("pr", Role::Proctor, &["h1"]);
+    let (mut t, _) = app.teacher("h1", "t1").await;
+    let (mut s, _) = app.student("h1", "s1").await;
+    let (mut other, _) = app.student("h1", "s2").await;
+    s.send_json(json!({"type": "raise_hand", "text": "question 3?", "ref": "h"}))
+        .await;
+    s.expect_ack("h").await;
+    let hand = t.next_where("the hand", |v| v["type"] == "hand").await;
+    assert_eq!(
+        (hand["student_id"].as_str(), hand["text"].as_str()),
+        (Some("s1"), Some("question 3?"))
+    );
+    let hand_id = hand["hand_id"].as_str().unwrap().to_owned();
+    let st = t
+        .next_where("hand_raised", |v| {
+            v["type"] == "student" && v["student"]["hand_raised"] == true
+        })
+        .await;
+    assert_eq!(st["student"]["student_id"], "s1");
+    let snap = app.teacher("h1", "t2").await.1;
+    assert!(
+        snap.to_string().contains(r#""hand_raised":true"#),
+        "in the snapshot: {snap}"
+    );
+    let post = act_later(
+        &app,
+        "h1",
+        &proctor,
+        json!({"id": "m1", "kind": "message", "students": ["s1"], "text": "yes", "reply_to": hand_id}),
+    );
+    let msg = receive(&mut s, "message", "m1").await;
+    assert_eq!(
+        (msg["text"].as_str(), msg["from"].as_str()),
+        (Some("yes"), Some("Name pr"))
+    );
+    let (_, answer) = post.await.unwrap();
+    assert_eq!(answer["students"][0]["delivery"], "delivered", "{answer}");
+    let lowered = t
+        .next_where("hand_lowered", |v| v["type"] == "hand_lowered")
+        .await;
+    assert_eq!(
+        (lowered["hand_id"].as_str(), lowered["by"].as_str()),
+        (Some(hand_id.as_str()), Some("pr"))
+    );
+    // Only s1 got it.
+    other
+        .send_json(json!({"type": "heartbeat", "ref": "x"}))
+        .await;
+    let v = other
+        .next_where("s2's ack", |v| v["ref"] == "x" || v["type"] == "message")
+        .await;
+    assert_eq!(v, ack("x"), "s2 saw no message");
+    // Lowered once: lower_hand now reports nothing lowered.
+    let (_, again) = act(
+        &app,
+        "h1",
+        &proctor,
+        json!({"id": "l1", "kind": "lower_hand", "hand_id": hand_id}),
+    )
+    .await;
+    assert_eq!(again["students"][0]["lowered"], false, "{again}");
+    let snap = app.teacher("h1", "t3").await.1;
+    assert!(
+        !snap.to_string().contains(r#""hand_raised":true"#),
+        "{snap}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_action_id_applies_once_and_another_body_is_409() {
+    let app = spawn_app().await;
+    timed_exam(&app, "i1", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["i1"]);
+    let body = json!({"id": "same", "kind": "extend", "students": ["s1"], "minutes": 3});
+    let (s1, first) = act(&app, "i1", &teacher, body.clone()).await;
+    let (s2, second) = act(&app, "i1", &teacher, body).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(first, second, "the same answer");
+    let (status, err) = act(
+        &app,
+        "i1",
+        &teacher,
+        json!({"id": "same", "kind": "extend", "students": ["s1"], "minutes": 4}),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("action_id_reused"))
+    );
+    let list = app.get_json("/v1/exams/i1/actions", &teacher).await;
+    assert_eq!(list["actions"].as_array().unwrap().len(), 1, "{list}");
+    app.flushed().await;
+    let timeline = app.timeline("i1", &teacher, 100).await;
+    let actions = timeline.iter().filter(|e| e["type"] == "action").count();
+    assert_eq!(actions, 1, "one action event: {timeline:?}");
+    // Applied once: the deadline is 3 minutes on, not 6.
+    let (_, welcome) = app.student("i1", "s1").await;
+    assert_eq!(first["students"][0]["applied_ms"], 180_000);
+    assert_eq!(
+        ms(&welcome["deadline"]),
+        ms(&first["students"][0]["deadline"])
+    );
+}
+
+#[tokio::test]
+async fn a_message_to_an_absent_student_is_pending_until_they_connect() {
+    let app = spawn_app().await;
+    timed_exam(&app, "q1", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["q1"]);
+    let (mut t, _) = app.teacher("q1", "t1").await;
+    let (status, answer) = act(
+        &app,
+        "q1",
+        &teacher,
+        json!({"id": "m1", "kind": "message", "students": ["late"], "text": "hello"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["students"][0]["delivery"], "pending", "{answer}");
+    let (mut s, _) = app.student("q1", "late").await;
+    let msg = receive(&mut s, "message", "m1").await;
+    assert_eq!(msg["text"], "hello");
+    let d = t
+        .next_where("the delivery", |v| v["type"] == "delivery")
+        .await;
+    assert_eq!(
+        (
+            d["action_id"].as_str(),
+            d["student_id"].as_str(),
+            d["state"].as_str()
+        ),
+        (Some("m1"), Some("late"), Some("delivered"))
+    );
+    let list = app
+        .get_json("/v1/exams/q1/actions?limit=10", &teacher)
+        .await;
+    assert_eq!(
+        list["actions"][0]["students"][0]["delivery"], "delivered",
+        "{list}"
+    );
+}
+
+#[tokio::test]
+async fn rights_per_role() {
+    let app = spawn_app().await;
+    timed_exam(&app, "o1", 600).await;
+    let proctor = app.token("pr", Role::Proctor, &["o1"]);
+    let student = app.token("s1", Role::Student, &["o1"]);
+    let msg = |id: &str| json!({"id": id, "kind": "message", "students": ["s1"], "text": "hi"});
+    assert_eq!(act(&app, "o1", &proctor, msg("m1")).await.0, 200);
+    let pause = json!({"id": "p1", "kind": "pause", "students": ["s1"]});
+    assert_eq!(act(&app, "o1", &proctor, pause).await.0, 200);
+    for body in [
+        json!({"id": "t1", "kind": "terminate", "students": ["s1"]}),
+        json!({"id": "e1", "kind": "extend", "students": ["s1"], "minutes": 1}),
+        json!({"id": "d1", "kind": "deny", "all": true}),
+    ] {
+        let (status, err) = act(&app, "o1", &proctor, body).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (403, Some("forbidden"))
+        );
+    }
+    assert_eq!(act(&app, "o1", &student, msg("m2")).await.0, 403);
+    // Bad input is named.
+    let (status, err) = act(
+        &app,
+        "o1",
+        &proctor,
+        json!({"id": "", "kind": "message", "students": ["s1"], "text": "hi"}),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (422, Some("invalid_field"))
+    );
+    let (status, _) = act(
+        &app,
+        "o1",
+        &proctor,
+        json!({"id": "m3", "kind": "message", "text": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 422, "no targets");
+}
+
+#[tokio::test]
+async fn an_action_on_one_instance_reaches_the_student_on_another() {
+    let Some(redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    let apps = crate::cluster::cluster(&redis, 2, |_| {}).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    timed_exam(a, "c1", 600).await;
+    let teacher = b.token("t1", Role::Teacher, &["c1"]);
+    let (mut s, _) = a.student("c1", "s1").await;
+    let post = act_later(
+        b,
+        "c1",
+        &teacher,
+        json!({"id": "m1", "kind": "message", "students": ["s1"], "text": "from B"}),
+    );
+    let msg = receive(&mut s, "message", "m1").await;
+    assert_eq!(msg["text"], "from B");
+    let (_, answer) = post.await.unwrap();
+    assert_eq!(answer["students"][0]["delivery"], "delivered", "{answer}");
+    let started = Instant::now();
+    let post = act_later(
+        b,
+        "c1",
+        &teacher,
+        json!({"id": "deny-1", "kind": "deny", "students": ["s1"]}),
+    );
+    let frame = s
+        .next_where("session_invalidated", |v| {
+            v["type"] == "session_invalidated"
+        })
+        .await;
+    assert_eq!(frame["reason"], "access_revoked");
+    let (code, _) = s.expect_close().await;
+    assert_eq!(code, Some(4003));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "closed within a second: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(post.await.unwrap().0, 200);
+    // And the other instance refuses them too (its roster cache refreshed).
+    eventually_refused(a, "c1", "s1").await;
+}
+
+/// The handshake on `app` refuses `sub` with access_revoked within WAIT.
+async fn eventually_refused(app: &TestApp, exam: &str, sub: &str) {
+    let until = Instant::now() + WAIT;
+    loop {
+        let token = app.token(sub, Role::Student, &[exam]);
+        match app.try_connect(&app.ws_url(exam), Some(&token), &[]).await {
+            Err(tungstenite::Error::Http(resp)) if resp.status() == 403 => return,
+            Ok(mut c) => {
+                // Admitted on a stale cache: the room closes it (4003).
+                assert_eq!(c.expect_close().await.0, Some(4003));
+                return;
+            }
+            Err(e) => assert!(Instant::now() < until, "{e}"),
+        }
+    }
+}
