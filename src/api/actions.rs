@@ -119,6 +119,7 @@ pub struct ActionAnswer {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ListQuery {
     /// At most this many, newest first (1-500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
@@ -706,6 +707,7 @@ async fn wait_for_acks(app: &AppState, exam_id: &str, action_id: &str, deliver: 
     params(("id" = String, Path, description = "Exam id"), ListQuery),
     responses(
         (status = 200, description = "The newest actions first", body = ActionList),
+        (status = 400, description = "Malformed query (`limit` not a whole number)", body = crate::http::ErrorBody),
         (status = 401, description = "Missing or invalid token", body = crate::http::ErrorBody),
         (status = 403, description = "Not granted", body = crate::http::ErrorBody),
         (status = 404, description = "No such exam", body = crate::http::ErrorBody),

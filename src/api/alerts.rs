@@ -250,10 +250,10 @@ async fn resolve_alert(
     State(app): State<AppState>,
     caller: Watcher,
     Path((id, alert_id)): Path<(String, String)>,
-    body: Result<Json<Resolve>, JsonRejection>,
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Result<Json<AlertRow>, ApiError> {
     caller.require_right(&id, Right::ResolveAlert)?;
-    let Json(Resolve { note }) = body?;
+    let Resolve { note } = super::object_body(body)?;
     check_text("note", &note, MAX_TEXT, false)?;
     let by = caller.0.sub.clone();
     // An automatic alert reaches the table through the batching writer, a

@@ -136,9 +136,13 @@ pub struct ExamPatch {
     #[serde(default, deserialize_with = "double")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub closes_at: Option<Option<String>>,
-    #[schema(minimum = 1)]
+    /// Whole minutes (or `duration_seconds`, not both).
+    #[serde(default, deserialize_with = "super::exams::whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 44640)]
     pub duration_minutes: Option<u32>,
-    #[schema(minimum = 1)]
+    /// Whole seconds (or `duration_minutes`, not both).
+    #[serde(default, deserialize_with = "super::exams::whole_number")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2678400)]
     pub duration_seconds: Option<u32>,
     pub auto_start: Option<bool>,
     pub timing: Option<TimingName>,
@@ -164,10 +168,10 @@ pub(super) async fn patch_exam(
     State(app): State<AppState>,
     caller: Watcher,
     Path(id): Path<String>,
-    body: Result<Json<ExamPatch>, JsonRejection>,
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Result<Json<Exam>, ApiError> {
     caller.require_right(&id, Right::EditExam)?;
-    let Json(patch) = body?;
+    let patch: ExamPatch = super::object_body(body)?;
     if patch.phase.is_some() {
         caller.require_right(&id, Right::SetPhase)?;
     }
@@ -245,7 +249,8 @@ pub struct StudentPatch {
     /// Extra time (an accommodation), 0-10000 minutes.
     #[schema(minimum = 0, maximum = 10000)]
     pub extra_minutes: Option<i64>,
-    /// Their time multiplied (an accommodation), e.g. 1.25.
+    /// Their time multiplied (an accommodation), e.g. 1.25; 0.5-10.
+    #[schema(minimum = 0.5, maximum = 10.0)]
     pub time_multiplier: Option<f64>,
 }
 
@@ -266,10 +271,10 @@ async fn patch_student(
     State(app): State<AppState>,
     caller: Watcher,
     Path((id, student_id)): Path<(String, String)>,
-    body: Result<Json<StudentPatch>, JsonRejection>,
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> Result<Json<StudentControl>, ApiError> {
     caller.require_right(&id, Right::EditExam)?;
-    let Json(patch) = body?;
+    let patch: StudentPatch = super::object_body(body)?;
     if student_id.is_empty()
         || student_id.chars().count() > 128
         || student_id.chars().any(char::is_control)

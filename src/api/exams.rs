@@ -69,11 +69,12 @@ pub struct NewExam {
     /// Whole minutes; JSON Schema counts `90.0` as an integer, so it is
     /// taken as 90 (serde alone would refuse it). Or `duration_seconds`.
     #[serde(default, deserialize_with = "whole_number")]
-    #[schema(value_type = Option<u32>, minimum = 1, maximum = 4294967295_u32)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 44640)]
     pub duration_minutes: Option<u32>,
-    /// The duration in seconds (instead of `duration_minutes`).
+    /// The duration in seconds (instead of `duration_minutes`), at most
+    /// 31 days.
     #[serde(default, deserialize_with = "whole_number")]
-    #[schema(value_type = Option<u32>, minimum = 1, maximum = 4294967295_u32)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2678400)]
     pub duration_seconds: Option<u32>,
     /// Start by itself at `opens_at` (needs `opens_at`).
     #[serde(default)]
@@ -109,8 +110,9 @@ pub struct RosterEntry {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 10000)]
     pub extra_minutes: Option<i64>,
-    /// Their time multiplied (an accommodation), e.g. 1.25.
+    /// Their time multiplied (an accommodation), e.g. 1.25; 0.5-10.
     #[serde(default)]
+    #[schema(minimum = 0.5, maximum = 10.0)]
     pub time_multiplier: Option<f64>,
 }
 
@@ -118,7 +120,9 @@ pub struct RosterEntry {
 // refuses: the C0 and C1 ranges and DEL), in a regex both ECMA-262 and
 // Python read; a title also needs one non-whitespace character.
 /// A `u32` written as an integer or as a float with no fraction (`90.0`).
-fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+pub(super) fn whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u32>, D::Error> {
     let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
         return Ok(None);
     };

@@ -9,8 +9,8 @@
 //! an exam or replacing its roster: `EditExam`). The exception is
 //! `POST /v1/tickets` ([`tickets`]), which every role uses to connect.
 
-mod alerts;
 mod actions;
+mod alerts;
 mod control;
 mod exams;
 mod records;
@@ -152,6 +152,23 @@ impl From<JsonRejection> for ApiError {
         };
         ApiError::new(status, code, e.body_text())
     }
+}
+
+/// A JSON body that must be an object. serde also reads a struct from a
+/// JSON array (its fields in order), so a body whose fields are all
+/// optional would take `[]` or `[null]` as "nothing to change": read the
+/// object first, then the struct (422 `invalid_body` for anything else).
+pub fn object_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
+) -> Result<T, ApiError> {
+    let axum::Json(map) = body?;
+    serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("Failed to deserialize the JSON body into the target type: {e}"),
+        )
+    })
 }
 
 /// 422 with a message naming the field.

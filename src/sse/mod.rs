@@ -77,16 +77,28 @@ pub struct EventsParams {
 /// The stream ends when the server shuts down or the watcher falls too far
 /// behind (reconnect with `Last-Event-ID`). Same token as the socket
 /// (`Authorization` header or `?access_token=`), same limits.
+/// One event of the stream, as its fields (`id:`, `event:`, `data:`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the event-stream's shape
+pub struct SseEventDoc {
+    /// The event's `seq`, for `Last-Event-ID`.
+    pub id: Option<String>,
+    /// The message `type` (`snapshot`, `student`, `alert`, …).
+    pub event: Option<String>,
+    /// The message's JSON, as the socket sends it.
+    pub data: String,
+}
+
 #[utoipa::path(get, path = "/v1/exams/{exam_id}/events", tag = "events",
     params(
         ("exam_id" = String, Path, description = "Exam id"),
         ("access_token" = Option<String>, Query, description = "JWT, for clients that cannot set the Authorization header (EventSource)"),
-        ("last_event_id" = Option<u64>, Query, description = "Resume after this seq (the Last-Event-ID header wins)"),
-        ("last_seq" = Option<u64>, Query, description = "Same as last_event_id"),
+        ("last_event_id" = Option<u64>, Query, maximum = 9223372036854775807_u64, description = "Resume after this seq (the Last-Event-ID header wins)"),
+        ("last_seq" = Option<u64>, Query, maximum = 9223372036854775807_u64, description = "Same as last_event_id"),
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this seq: sent by EventSource when it reconnects"),
     ),
     responses(
-        (status = 200, description = "An event stream (`text/event-stream`, `Cache-Control: no-cache`, `X-Accel-Buffering: no`)", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream (`text/event-stream`, `Cache-Control: no-cache`, `X-Accel-Buffering: no`)", content_type = "text/event-stream", body = SseEventDoc),
         (status = 400, description = "`invalid_exam_id`, `invalid_query` or `invalid_last_event_id`", body = crate::http::ErrorBody),
         (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`)", body = crate::http::ErrorBody),
         (status = 403, description = "`watchers_only` (a student token), `exam_not_granted` or `origin_not_allowed`", body = crate::http::ErrorBody),
@@ -210,6 +222,19 @@ pub async fn watcher_events(
 /// Where to resume: the `Last-Event-ID` header (what a reconnecting
 /// `EventSource` sends), else `?last_event_id=`, else `?last_seq=`.
 fn resume_point(headers: &HeaderMap, params: &EventsParams) -> Result<Option<Seq>, ApiError> {
+    // A seq is at most i64::MAX (the database's BIGINT), whichever is used.
+    const MAX_SEQ: Seq = i64::MAX as Seq;
+    if params
+        .last_event_id
+        .or(params.last_seq)
+        .is_some_and(|s| s > MAX_SEQ)
+        || params.last_seq.is_some_and(|s| s > MAX_SEQ)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("last_event_id and last_seq are at most {MAX_SEQ}"),
+        ));
+    }
     let header = headers
         .get("last-event-id")
         .map(|v| v.to_str().map(str::trim).unwrap_or("?"));

@@ -599,6 +599,25 @@ async fn in_a_cluster_a_change_made_on_one_instance_reaches_students_on_another(
         .next_where("s1 timing", |v| is_student_event(v, "s1", "timing"))
         .await;
     assert_eq!(ev["student"]["extra_minutes"], 10);
+    // An extension posted on B: the student on A gets their new deadline
+    // and acknowledges it; B's answer says it was delivered.
+    let before = ms(&update["deadline"]);
+    let post = b
+        .api(Method::POST, "/v1/exams/cx/actions", &t)
+        .json(&json!({"id": "x1", "kind": "extend", "students": ["s1"], "minutes": 5}));
+    let answer =
+        tokio::spawn(async move { post.send().await.unwrap().json::<Value>().await.unwrap() });
+    let extended = s
+        .next_where("extend", |v| {
+            v["type"] == "exam_update" && v["cause"] == "extend"
+        })
+        .await;
+    assert_eq!(ms(&extended["deadline"]), before + 300_000);
+    assert_eq!(extended["id"], "x1");
+    s.send_json(json!({"type": "received", "id": "x1"})).await;
+    let answer = answer.await.unwrap();
+    assert_eq!(answer["students"][0]["student_id"], "s1", "{answer}");
+    assert_eq!(answer["students"][0]["delivery"], "delivered", "{answer}");
     // A pause set on B stops the student on A.
     set_phase(b, &t, "cx", "paused").await;
     let update = s.next_of_type("exam_update").await;

@@ -252,4 +252,37 @@ async fn the_readme_session_prints_what_the_readme_says() {
     teacher.send_text(announce).await;
     let got = student.next_of_type("announcement").await;
     assert_eq!(got["text"], pattern(announce)["text"]);
+
+    // The README's action: its curl body, posted as the teacher; the
+    // student receives what the README shows, and acknowledging it as the
+    // README says makes the delivery `delivered`.
+    let body = README
+        .lines()
+        .filter(|l| l.contains("/v1/exams/e1/actions") || l.contains("\"kind\":"))
+        .find_map(|l| l.split_once("-d '").map(|(_, b)| b.trim_end_matches('\'')))
+        .expect("the README posts an action with curl");
+    let body: Value = serde_json::from_str(body).expect("the action's body is JSON");
+    let res = app
+        .api(
+            reqwest::Method::POST,
+            "/v1/exams/e1/actions",
+            &teacher_token,
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let shown = inline_message("{\"type\":\"message\"");
+    expect_shown(&mut student, shown, "the student").await;
+    let received = inline_message("{\"type\":\"received\"");
+    student.send_text(received).await;
+    let id = body["id"].clone();
+    let delivery = teacher
+        .next_where("the delivery", |v| {
+            v["type"] == "delivery" && v["action_id"] == id
+        })
+        .await;
+    assert_eq!(delivery["state"], "delivered");
+    assert_eq!(delivery["student_id"], "s1");
 }
