@@ -42,6 +42,19 @@ pub struct PhaseBody {
     pub phase: PhaseName,
 }
 
+/// 409 `invalid_transition`: not a drawn transition from `from`.
+fn invalid_transition(from: Phase, to: Phase) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "invalid_transition",
+        format!(
+            "an exam cannot go from {} to {}",
+            from.as_str(),
+            to.as_str()
+        ),
+    )
+}
+
 fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such exam")
 }
@@ -83,17 +96,7 @@ async fn set_phase(
     match app.store.change_phase(&id, to, None, now_ms()).await {
         Err(crate::store::StoreError::NotFound) => return Err(not_found()),
         Err(e) => return Err(e.into()),
-        Ok(PhaseChange::Invalid { from }) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "invalid_transition",
-                format!(
-                    "an exam cannot go from {} to {}",
-                    from.as_str(),
-                    to.as_str()
-                ),
-            ));
-        }
+        Ok(PhaseChange::Invalid { from }) => return Err(invalid_transition(from, to)),
         Ok(PhaseChange::Skipped) => {}
         Ok(PhaseChange::Changed(clock, version)) => {
             app.rosters.invalidate(&id);
@@ -206,15 +209,7 @@ pub(super) async fn patch_exam(
         if let Some(p) = patch.phase {
             let (from, to) = (clock.phase, Phase::from(p));
             if from != to && clock.set_phase(to, now).is_err() {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "invalid_transition",
-                    format!(
-                        "an exam cannot go from {} to {}",
-                        from.as_str(),
-                        to.as_str()
-                    ),
-                ));
+                return Err(invalid_transition(from, to));
             }
         }
         if app.store.write_clock(&id, &clock, version).await? {

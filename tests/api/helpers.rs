@@ -895,9 +895,9 @@ fn test_keys() -> &'static Keys {
     })
 }
 
-/// Opens `exam` on the server at `addr` (`host:port`) signed with [`SECRET`].
-pub async fn open_exam_on(addr: &str, exam: &str) {
-    let admin = test_keys()
+/// An admin's token signed with [`SECRET`].
+fn test_admin() -> String {
+    test_keys()
         .mint(
             "test-admin",
             "Admin",
@@ -905,7 +905,12 @@ pub async fn open_exam_on(addr: &str, exam: &str) {
             vec![],
             Duration::from_secs(600),
         )
-        .expect("admin token");
+        .expect("admin token")
+}
+
+/// Opens `exam` on the server at `addr` (`host:port`) signed with [`SECRET`].
+pub async fn open_exam_on(addr: &str, exam: &str) {
+    let admin = test_admin();
     open_exam_at(&format!("http://{addr}"), &admin, exam).await;
 }
 
@@ -918,15 +923,7 @@ pub async fn connect_url(url: &str, token: &str) -> Client {
         && let Some((exam, _)) = rest.split_once('/')
         && test_keys().verify(token).is_ok()
     {
-        let admin = test_keys()
-            .mint(
-                "test-admin",
-                "Admin",
-                Role::Admin,
-                vec![],
-                Duration::from_secs(600),
-            )
-            .expect("admin token");
+        let admin = test_admin();
         open_exam_at(&format!("http://{host}"), &admin, exam).await;
     }
     let mut req = url.into_client_request().expect("valid url");
