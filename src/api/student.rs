@@ -116,6 +116,8 @@ pub struct Session {
     /// Null while open (or when its instance died before closing it).
     #[schema(value_type = Option<String>, format = DateTime)]
     pub closed_at: Option<Timestamp>,
+    /// The client's IP (the peer address, or the forwarded one behind a
+    /// trusted proxy).
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     /// The instance that held the socket.
@@ -209,7 +211,12 @@ async fn record(
             session_id: s.session_id,
             opened_at: Timestamp::from_unix_ms(s.opened_at),
             closed_at: s.closed_at.map(Timestamp::from_unix_ms),
-            ip: s.ip,
+            // Stored as the peer's socket address; the record shows the IP
+            // (a forwarded client address has no port and stays as it is).
+            ip: s.ip.map(|ip| {
+                ip.parse::<std::net::SocketAddr>()
+                    .map_or(ip, |a| a.ip().to_string())
+            }),
             user_agent: s.user_agent,
             instance_id: s.instance_id,
             close_code: s.close_code,
@@ -273,7 +280,13 @@ async fn targeting(
     // them all and keeping this student's is simpler than indexing the
     // outcome's JSON, and the same SQL on both databases.
     let mut out = Vec::new();
-    for a in app.store.actions(exam_id, u32::MAX).await?.into_iter().rev() {
+    for a in app
+        .store
+        .actions(exam_id, u32::MAX)
+        .await?
+        .into_iter()
+        .rev()
+    {
         let mine = deliveries
             .get(&a.action_id)
             .map(|d| (student_id.to_owned(), (d.state.clone(), d.delivered_at)))

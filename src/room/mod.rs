@@ -20,9 +20,9 @@
 mod actor;
 mod alerts;
 pub mod control;
-pub mod incident;
 pub mod deliveries;
 pub mod hands;
+pub mod incident;
 pub mod queue;
 pub mod signals;
 pub use queue::Kick;
