@@ -614,10 +614,10 @@ fn stored(body: &ActionBody, caller: &Watcher, at: i64, result: &Value) -> Store
     }
 }
 
-type Deliveries = HashMap<String, (String, Option<i64>)>;
+pub(super) type Deliveries = HashMap<String, (String, Option<i64>)>;
 
 /// The answer for a stored action and its deliveries.
-fn answer_from(a: &StoredAction, deliveries: &Deliveries) -> ActionAnswer {
+pub(super) fn answer_from(a: &StoredAction, deliveries: &Deliveries) -> ActionAnswer {
     let result: Value = a
         .result
         .as_deref()

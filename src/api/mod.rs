@@ -14,6 +14,7 @@ mod alerts;
 mod control;
 mod exams;
 mod records;
+mod student;
 mod tickets;
 mod timing;
 
@@ -67,6 +68,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(alerts::router())
         .merge(actions::router())
         .merge(records::router())
+        .merge(student::router())
         .merge(tickets::router())
 }
 

@@ -71,19 +71,27 @@ async fn timeline(
         return Err(invalid("limit must be between 1 and 1000"));
     }
     // One extra row tells whether there is a next page.
-    let mut rows = app.store.timeline(&id, after, limit + 1).await?;
-    let has_more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let next_after_seq = rows.last().map(|(seq, _)| *seq).unwrap_or(after);
-    let events = rows
-        .into_iter()
-        .filter_map(|(_, payload)| serde_json::from_str(&payload).ok())
-        .collect();
-    Ok(Json(Timeline {
-        events,
-        next_after_seq,
-        has_more,
-    }))
+    let rows = app.store.timeline(&id, after, limit + 1).await?;
+    Ok(Json(Timeline::page(rows, after, limit)))
+}
+
+impl Timeline {
+    /// A page from up to `limit + 1` rows read after `after` (the extra
+    /// row only tells whether there is a next page).
+    pub(super) fn page(mut rows: Vec<(i64, String)>, after: i64, limit: i64) -> Self {
+        let has_more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_after_seq = rows.last().map(|(seq, _)| *seq).unwrap_or(after);
+        let events = rows
+            .into_iter()
+            .filter_map(|(_, payload)| serde_json::from_str(&payload).ok())
+            .collect();
+        Timeline {
+            events,
+            next_after_seq,
+            has_more,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -255,7 +263,7 @@ async fn report(
 }
 
 /// 404 for an exam that was never created nor sat.
-async fn known(app: &AppState, id: &str) -> Result<(), ApiError> {
+pub(super) async fn known(app: &AppState, id: &str) -> Result<(), ApiError> {
     if app.store.exam_known(id).await? {
         Ok(())
     } else {

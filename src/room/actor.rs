@@ -291,6 +291,12 @@ impl Room {
             RoomCmd::Counts { reply } => {
                 let _ = reply.send(students::count(self.students.values().map(|s| &s.state)));
             }
+            RoomCmd::Student { student, reply } => {
+                let _ = reply.send(super::LiveStudent {
+                    state: self.students.get(student.as_str()).map(|s| s.state.clone()),
+                    view: self.control.view(&student, now_ms()),
+                });
+            }
             RoomCmd::Published(p) => self.on_published(p),
             RoomCmd::Resync => self.start_resync(),
             RoomCmd::ExamTotal(total) => self.total_questions = Some(total),

@@ -233,6 +233,12 @@ pub enum RoomCmd {
     Counts {
         reply: oneshot::Sender<crate::protocol::Counts>,
     },
+    /// One student's state and clock as this room has them now, for
+    /// their record (`GET /v1/exams/{id}/students/{student_id}`).
+    Student {
+        student: String,
+        reply: oneshot::Sender<LiveStudent>,
+    },
     /// A numbered event from the broker.
     Published(crate::broker::Published),
     /// The broker reconnected: reload the shared state.
@@ -311,6 +317,15 @@ pub enum RoomCmd {
         won: bool,
         at: i64,
     },
+}
+
+/// What a running room knows of one student right now.
+#[derive(Debug, Clone)]
+pub struct LiveStudent {
+    /// `None`: the student never joined this room (nor was loaded into it).
+    pub state: Option<crate::protocol::StudentState>,
+    /// Their clock, computed by the room's [`control::Control::view`].
+    pub view: control::View,
 }
 
 /// A proctor action, stored, as the room applies it (and as the `action`
@@ -546,6 +561,18 @@ impl Registry {
         let (reply, counts) = oneshot::channel();
         handle.send(RoomCmd::Counts { reply }).await.ok()?;
         counts.await.ok()
+    }
+
+    /// One student's live state and clock, if the exam's room runs here.
+    pub async fn student(&self, exam_id: &str, student: &str) -> Option<LiveStudent> {
+        let handle = self.lock().get(exam_id).cloned()?;
+        let (reply, live) = oneshot::channel();
+        let cmd = RoomCmd::Student {
+            student: student.to_owned(),
+            reply,
+        };
+        handle.send(cmd).await.ok()?;
+        live.await.ok()
     }
 
     /// Number of live rooms.

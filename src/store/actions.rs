@@ -391,6 +391,51 @@ impl Store {
         row.as_ref().map(hand_from_row).transpose()
     }
 
+    /// Every hand this student raised, oldest first.
+    pub async fn student_hands(
+        &self,
+        exam_id: &str,
+        student_id: &str,
+    ) -> Result<Vec<HandRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT hand_id, student_id, text, raised_at, lowered_at FROM hands \
+             WHERE exam_id = $1 AND student_id = $2 ORDER BY raised_at, hand_id",
+        )
+        .bind(exam_id)
+        .bind(student_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(hand_from_row).collect()
+    }
+
+    /// This student's delivery of every action that sent them a frame,
+    /// by action id.
+    pub async fn student_deliveries(
+        &self,
+        exam_id: &str,
+        student_id: &str,
+    ) -> Result<HashMap<String, DeliveryRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT action_id, state, delivered_at FROM action_deliveries \
+             WHERE exam_id = $1 AND student_id = $2",
+        )
+        .bind(exam_id)
+        .bind(student_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    DeliveryRow {
+                        state: r.try_get(1)?,
+                        delivered_at: r.try_get(2)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Lowers a hand; true for the one caller that did.
     pub async fn lower_hand(
         &self,

@@ -222,6 +222,22 @@ impl Store {
         r.map(row).transpose()
     }
 
+    /// One student's alerts, oldest first (the record for disputes).
+    pub async fn student_alerts(
+        &self,
+        exam_id: &str,
+        student_id: &str,
+    ) -> Result<Vec<AlertRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{COLUMNS} WHERE exam_id = $1 AND student_id = $2 ORDER BY created_at, seq"
+        )))
+        .bind(exam_id)
+        .bind(student_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(row).collect()
+    }
+
     /// Inserts a report's row (before its event is numbered).
     pub async fn insert_alert(&self, row: &AlertRow) -> Result<(), StoreError> {
         insert(self.pool(), row).await

@@ -14,6 +14,7 @@ pub mod actions;
 pub mod alerts;
 pub mod control;
 pub mod queries;
+pub mod record;
 pub mod tx;
 pub mod writer;
 

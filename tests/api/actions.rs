@@ -8,7 +8,12 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 
-use crate::helpers::*;
+use crate::{helpers::*, on_both_databases};
+
+on_both_databases!(
+    terminate_closes_4003_refuses_reconnects_until_allow,
+    a_message_to_an_absent_student_is_pending_until_they_connect,
+);
 
 /// Creates `exam` in progress with a duration of `seconds`.
 async fn timed_exam(app: &TestApp, exam: &str, seconds: u32) {
@@ -187,9 +192,10 @@ async fn pause_refuses_answers_until_resume() {
     assert_eq!(answer["students"][0]["delivery"], "none");
 }
 
-#[tokio::test]
-async fn terminate_closes_4003_refuses_reconnects_until_allow() {
-    let app = spawn_app().await;
+async fn terminate_closes_4003_refuses_reconnects_until_allow(db: Backend) {
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
     timed_exam(&app, "k1", 600).await;
     let teacher = app.token("t1", Role::Teacher, &["k1"]);
     let (mut s, _) = app.student("k1", "s1").await;
@@ -420,9 +426,10 @@ async fn the_same_action_id_applies_once_and_another_body_is_409() {
     );
 }
 
-#[tokio::test]
-async fn a_message_to_an_absent_student_is_pending_until_they_connect() {
-    let app = spawn_app().await;
+async fn a_message_to_an_absent_student_is_pending_until_they_connect(db: Backend) {
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
     timed_exam(&app, "q1", 600).await;
     let teacher = app.token("t1", Role::Teacher, &["q1"]);
     let (mut t, _) = app.teacher("q1", "t1").await;

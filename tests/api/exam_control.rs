@@ -13,7 +13,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite;
 
-use crate::helpers::*;
+use crate::{helpers::*, on_both_databases};
+
+on_both_databases!(
+    deadlines_follow_accommodations_pauses_and_end_with_time_up,
+    the_clock_survives_a_restart_with_nobody_connected,
+);
 
 const PHASES: [&str; 6] = [
     "draft",
@@ -329,9 +334,10 @@ async fn a_draft_or_unknown_exam_takes_no_student_and_scheduled_is_a_waiting_roo
     );
 }
 
-#[tokio::test]
-async fn deadlines_follow_accommodations_pauses_and_end_with_time_up() {
-    let app = spawn_app().await;
+async fn deadlines_follow_accommodations_pauses_and_end_with_time_up(db: Backend) {
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
     let t = app.token("t1", Role::Teacher, &["clock"]);
     let opens = now_ms();
     // Bob has 3 s; Ada has an extra minute (an accommodation).
@@ -515,9 +521,11 @@ async fn an_exam_starts_and_ends_by_itself_with_nobody_acting() {
     assert!(got["ended_at"].is_string());
 }
 
-#[tokio::test]
-async fn the_clock_survives_a_restart_with_nobody_connected() {
-    let app = spawn_app_with(|s| s.exam.control_scan = Duration::from_millis(100)).await;
+async fn the_clock_survives_a_restart_with_nobody_connected(db: Backend) {
+    let Some(app) = spawn_app_on(db, |s| s.exam.control_scan = Duration::from_millis(100)).await
+    else {
+        return;
+    };
     let t = app.token("t1", Role::Teacher, &["r"]);
     let closes = now_ms() + 2500;
     create(

@@ -37,4 +37,5 @@ mod sessions;
 mod snapshots;
 mod sse;
 mod status;
+mod student_record;
 mod tickets;
