@@ -9,8 +9,8 @@
 //! an exam or replacing its roster: `EditExam`). The exception is
 //! `POST /v1/tickets` ([`tickets`]), which every role uses to connect.
 
-mod alerts;
 mod actions;
+mod alerts;
 mod control;
 mod exams;
 mod records;

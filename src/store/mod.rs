@@ -10,8 +10,8 @@
 //! handshake's roster check). Writes from the live path go through the
 //! batching [`writer`], so a slow database never delays a teacher's screen.
 
-pub mod alerts;
 pub mod actions;
+pub mod alerts;
 pub mod control;
 pub mod queries;
 pub mod tx;

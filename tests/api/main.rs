@@ -1,8 +1,8 @@
 //! examwatch's integration tests: one binary, modules per feature, every test
 //! against a real server on 127.0.0.1:0 with real WebSocket clients.
 
-mod alerts_v2;
 mod actions;
+mod alerts_v2;
 mod api_doc;
 mod auth;
 mod bad_input;
@@ -36,5 +36,6 @@ mod rooms;
 mod sessions;
 mod snapshots;
 mod sse;
+mod sse_student;
 mod status;
 mod tickets;
