@@ -22,6 +22,8 @@ pub fn router(state: AppState) -> Router {
     let (router, openapi) = crate::api::router()
         .routes(routes!(ws::handshake::handshake))
         .routes(routes!(crate::sse::watcher_events))
+        .routes(routes!(crate::sse::student::student_events))
+        .routes(routes!(crate::sse::student::received))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .split_for_parts();

@@ -12,6 +12,9 @@ pub struct Metrics {
     /// Open Server-Sent Events streams (`GET /v1/exams/{id}/events`), which
     /// are not sockets: counted apart from `teachers_connected`.
     pub sse_streams: AtomicI64,
+    /// Open student streams (`GET /v1/exams/{id}/me/events`): not sockets,
+    /// and not in `students_connected` (the student is not connected).
+    pub sse_student_streams: AtomicI64,
     pub handshakes_rejected: AtomicU64,
     /// Of those, refused with 429 by a handshake rate limit.
     pub handshakes_rate_limited: AtomicU64,
@@ -125,6 +128,11 @@ impl Metrics {
                 "examwatch_sse_streams",
                 "Open Server-Sent Events streams (watchers on GET /v1/exams/{id}/events; not in the socket gauges, their frames are in examwatch_frames_out_total)",
                 self.sse_streams.load(Ordering::Relaxed),
+            ),
+            (
+                "examwatch_sse_student_streams",
+                "Open student Server-Sent Events streams (GET /v1/exams/{id}/me/events; the student is not counted as connected by it)",
+                self.sse_student_streams.load(Ordering::Relaxed),
             ),
             (
                 "examwatch_rooms",

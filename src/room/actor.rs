@@ -25,6 +25,7 @@ mod control;
 mod durable;
 mod irregular;
 mod join;
+mod listen;
 
 use super::{
     ConnId, Outbox, Registry, RoomCmd, RoomContext, alerts, close,
@@ -102,6 +103,10 @@ pub(super) struct Room {
     /// Student connections, by connection, with the student they speak for.
     student_conns: HashMap<ConnId, (Arc<str>, Outbox)>,
     teachers: HashMap<ConnId, Teacher>,
+    /// Students' event streams (`me/events`), by connection, with the
+    /// student they listen for: sent what that student's socket is sent
+    /// (`listen.rs`), but never counted as the student connecting.
+    listeners: HashMap<ConnId, (Arc<str>, Outbox)>,
     /// Joins waiting for a liveness probe of the student's old connection,
     /// keyed by that old connection.
     probes: HashMap<ConnId, (super::StudentJoin, tokio_util::time::delay_queue::Key)>,
@@ -161,6 +166,7 @@ impl Room {
             students: HashMap::new(),
             student_conns: HashMap::new(),
             teachers: HashMap::new(),
+            listeners: HashMap::new(),
             probes: HashMap::new(),
             history: VecDeque::new(),
             announcements: VecDeque::new(),
@@ -286,6 +292,18 @@ impl Room {
                 stored,
                 r#ref,
             } => self.stored(conn, student, what, stored, r#ref),
+            RoomCmd::ListenStudent {
+                conn,
+                student,
+                out,
+                reply,
+            } => {
+                self.listen_student(conn, student, out);
+                let _ = reply.send(());
+            }
+            RoomCmd::Received { student, id, reply } => {
+                self.on_received(&student, &id, Some(reply))
+            }
             RoomCmd::Leave { conn } => self.leave(conn),
             RoomCmd::Alive { conn } => self.probe_result(conn, true),
             RoomCmd::Counts { reply } => {
@@ -345,7 +363,7 @@ impl Room {
     }
 
     fn leave(&mut self, conn: ConnId) {
-        if self.teachers.remove(&conn).is_some() {
+        if self.teachers.remove(&conn).is_some() || self.listeners.remove(&conn).is_some() {
             return;
         }
         let Some((sid, _)) = self.student_conns.remove(&conn) else {
@@ -496,7 +514,7 @@ impl Room {
                 return;
             }
             ClientMsg::Received { id } => {
-                self.on_received(&sid, &id);
+                self.on_received(&sid, &id, None);
                 return self.ack(&out, r#ref.as_ref());
             }
             ClientMsg::RaiseHand { text } => return self.raise_hand(conn, &sid, text, r#ref),
@@ -861,7 +879,7 @@ impl Room {
     /// frames were queued.
     fn deliver_to_students(&mut self, bytes: &Utf8Bytes) -> usize {
         let mut queued = 0;
-        for (_, out) in self.student_conns.values() {
+        for (_, out) in self.student_conns.values().chain(self.listeners.values()) {
             if try_push(out, bytes.clone()) {
                 queued += 1;
             } else {
@@ -926,7 +944,8 @@ impl Room {
     }
 
     fn update_empty(&mut self) {
-        let empty = self.teachers.is_empty() && self.student_conns.is_empty();
+        let empty =
+            self.teachers.is_empty() && self.student_conns.is_empty() && self.listeners.is_empty();
         if empty && self.timers.is_empty() {
             self.empty_since.get_or_insert_with(Instant::now);
         } else {

@@ -222,6 +222,25 @@ pub enum RoomCmd {
         stored: bool,
         r#ref: Option<Label>,
     },
+    /// A student's event stream (`GET /v1/exams/{id}/me/events`): it gets
+    /// what the room sends that student's socket, but it is not a
+    /// connection of theirs (no status change, no lease, no second
+    /// session). Answered once the opening frames are queued.
+    ListenStudent {
+        conn: ConnId,
+        student: Arc<str>,
+        out: Outbox,
+        reply: oneshot::Sender<()>,
+    },
+    /// A student acknowledged an action's frame outside a socket (`POST
+    /// /v1/exams/{id}/me/received`): the socket's `received`, with an
+    /// answer once the delivery is recorded (`Some(true)`), could not be
+    /// (`Some(false)`), or `None` when nothing is owed under this id.
+    Received {
+        student: Arc<str>,
+        id: String,
+        reply: oneshot::Sender<Option<bool>>,
+    },
     Leave {
         conn: ConnId,
     },
@@ -523,19 +542,50 @@ impl Registry {
         out: &Outbox,
         last_seq: Option<Seq>,
     ) -> Option<RoomHandle> {
+        self.join(exam_id, |reply| RoomCmd::JoinTeacher {
+            conn,
+            out: out.clone(),
+            last_seq,
+            reply,
+        })
+        .await
+    }
+
+    /// Registers a student's event stream with `exam_id`'s room
+    /// ([`RoomCmd::ListenStudent`]): the room queues the student's
+    /// `exam_update` and their unacknowledged action frames on `out`
+    /// before it answers. Same retries and duty to `Leave` as
+    /// [`Registry::join_watcher`].
+    pub async fn listen_student(
+        &self,
+        exam_id: &str,
+        conn: ConnId,
+        student: &Arc<str>,
+        out: &Outbox,
+    ) -> Option<RoomHandle> {
+        self.join(exam_id, |reply| RoomCmd::ListenStudent {
+            conn,
+            student: student.clone(),
+            out: out.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Sends the command `make` builds to the exam's room and waits for
+    /// its answer, retrying on a fresh room when the one looked up ended.
+    async fn join(
+        &self,
+        exam_id: &str,
+        make: impl Fn(oneshot::Sender<()>) -> RoomCmd,
+    ) -> Option<RoomHandle> {
         for _ in 0..8 {
             if self.ctx.shutdown.is_cancelled() {
                 return None;
             }
             let room = self.get_or_start(exam_id);
             let (reply, joined) = oneshot::channel();
-            let cmd = RoomCmd::JoinTeacher {
-                conn,
-                out: out.clone(),
-                last_seq,
-                reply,
-            };
-            if room.send(cmd).await.is_ok() && joined.await.is_ok() {
+            if room.send(make(reply)).await.is_ok() && joined.await.is_ok() {
                 return Some(room);
             }
         }

@@ -90,12 +90,81 @@ fn fast_head(json: &str) -> Option<Head<'_>> {
 /// becomes a `data:` line of its own, which `EventSource` joins back.
 pub fn append(buf: &mut Vec<u8>, json: &str) {
     let head = head(json);
-    buf.reserve(json.len() + 64);
-    if let Some(seq) = head.seq {
-        // Writing to a Vec cannot fail.
-        let _ = writeln!(buf, "id: {seq}");
+    write_event(buf, head.seq.map(IdLine::Seq), head.kind.as_deref(), json);
+}
+
+/// What a student's frame needs for its event: its `type`, and its `id`
+/// (a proctor action's, for `received`) when it has a string one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StudentHead<'a> {
+    pub kind: Option<Cow<'a, str>>,
+    pub id: Option<Cow<'a, str>>,
+}
+
+/// The `type` and action `id` of a frame sent to a student. These frames
+/// are small (an `exam_update`, a `message`), so a real parse is cheap.
+pub fn student_head(json: &str) -> StudentHead<'_> {
+    #[derive(Deserialize)]
+    struct WithId<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(default, borrow)]
+        id: Option<Cow<'a, str>>,
     }
-    if let Some(kind) = &head.kind {
+    #[derive(Deserialize)]
+    struct KindOnly<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: Option<Cow<'a, str>>,
+    }
+    let (kind, id) = match serde_json::from_str::<WithId<'_>>(json) {
+        Ok(w) => (w.kind, w.id),
+        // An `id` that is not a string is no action's: the event has none.
+        Err(_) => match serde_json::from_str::<KindOnly<'_>>(json) {
+            Ok(k) => (k.kind, None),
+            Err(_) => (None, None),
+        },
+    };
+    let line_safe = |s: &Cow<'_, str>| !s.is_empty() && !s.contains(['\n', '\r', '\0']);
+    StudentHead {
+        kind: kind.filter(line_safe),
+        id: id.filter(line_safe),
+    }
+}
+
+/// The frames after which nothing more is a removed student's.
+const REMOVING: [&str; 2] = ["terminated", "session_invalidated"];
+
+/// Appends a frame sent to a student as one event: `id: <action id>`
+/// (only for action frames, which the client acknowledges by that id),
+/// `event: <type>`, `data: <json>`. Returns the frame's type when it is
+/// one that removes the student from the exam (the stream ends after it).
+pub fn append_student(buf: &mut Vec<u8>, json: &str) -> Option<&'static str> {
+    let head = student_head(json);
+    let id = head.id.as_deref().map(IdLine::Text);
+    write_event(buf, id, head.kind.as_deref(), json);
+    let kind = head.kind.as_deref()?;
+    REMOVING.into_iter().find(|r| *r == kind)
+}
+
+/// An event's `id:` line: a watcher's seq, or a student's action id.
+enum IdLine<'a> {
+    Seq(Seq),
+    Text(&'a str),
+}
+
+fn write_event(buf: &mut Vec<u8>, id: Option<IdLine<'_>>, kind: Option<&str>, json: &str) {
+    buf.reserve(json.len() + 64);
+    match id {
+        // Writing to a Vec cannot fail.
+        Some(IdLine::Seq(seq)) => {
+            let _ = writeln!(buf, "id: {seq}");
+        }
+        Some(IdLine::Text(id)) => {
+            let _ = writeln!(buf, "id: {id}");
+        }
+        None => {}
+    }
+    if let Some(kind) = kind {
         buf.extend_from_slice(b"event: ");
         buf.extend_from_slice(kind.as_bytes());
         buf.push(b'\n');
@@ -170,6 +239,39 @@ mod tests {
         );
         let h = head(r#"{"type":"a b","seq":1}"#);
         assert_eq!((h.kind.as_deref(), h.seq), (Some("a b"), Some(1)));
+    }
+
+    #[test]
+    fn a_student_frame_gets_its_action_id_as_id_and_nothing_else() {
+        let json = r#"{"type":"message","id":"a1","text":"hi","seq":3}"#;
+        let mut buf = Vec::new();
+        assert_eq!(append_student(&mut buf, json), None);
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            format!("id: a1\nevent: message\ndata: {json}\n\n"),
+            "the action id, not the seq"
+        );
+        let mut buf = Vec::new();
+        append_student(&mut buf, r#"{"type":"exam_update","paused":true}"#);
+        assert!(
+            String::from_utf8(buf)
+                .unwrap()
+                .starts_with("event: exam_update\n")
+        );
+        let removing = r#"{"type":"session_invalidated","reason":"access_revoked","id":"d1"}"#;
+        assert_eq!(
+            append_student(&mut Vec::new(), removing),
+            Some("session_invalidated")
+        );
+        let h = student_head(r#"{"type":"x","id":7}"#);
+        assert_eq!(
+            (h.kind.as_deref(), h.id),
+            (Some("x"), None),
+            "a numeric id is none"
+        );
+        let h = student_head("{\"type\":\"x\",\"id\":\"a\\nb\"}");
+        assert_eq!(h.id, None, "an id that would break the line is left out");
+        assert_eq!(student_head("nope").kind, None);
     }
 
     #[test]

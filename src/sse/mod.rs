@@ -21,11 +21,12 @@
 //! and at shutdown ends at once: the body then ends cleanly (the chunked
 //! terminator), and nothing holds the drain.
 //!
-//! Only the watcher stream lives here now; a student's
-//! (`GET /v1/exams/{id}/me/events`) would reuse [`event`] and [`Stream`]
-//! with another join.
+//! A student's stream (`GET /v1/exams/{id}/me/events`, [`student`]) is
+//! the same machinery with another join and another audience: the checks
+//! of [`Opening`], then [`Stream`] with [`Audience::Student`].
 
 pub mod event;
+pub mod student;
 
 use std::{convert::Infallible, net::SocketAddr, sync::atomic::Ordering};
 
@@ -44,7 +45,7 @@ use tracing::Instrument;
 
 use crate::{
     app::AppState,
-    auth::{self, TokenError},
+    auth::{self, Claims, TokenError},
     http::ApiError,
     protocol::Seq,
     room::{CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, close, queue::QueueRx},
@@ -113,66 +114,35 @@ pub async fn watcher_events(
     RawQuery(raw_query): RawQuery,
     params: Result<Query<EventsParams>, QueryRejection>,
 ) -> Response {
-    let now = std::time::Instant::now();
-    let guard = &app.handshake_guard;
-    let user_agent =
-        telemetry::clip(header_str(&headers, header::USER_AGENT).unwrap_or("-")).into_owned();
-    let refuse = |err: ApiError| {
-        refused(
-            &app,
-            Transport::EventStream,
-            &exam_id,
-            raw_query.as_deref(),
-            peer,
-            &user_agent,
-            err,
+    let opening = Opening::new(&app, &exam_id, raw_query.as_deref(), peer, &headers);
+    let (params, claims) = match opening
+        .admit(
+            &headers,
+            params,
+            |p: &EventsParams| (p.access_token.as_deref(), None),
+            |claims| {
+                if claims.role.is_watcher() {
+                    Ok(())
+                } else {
+                    Err(ApiError::forbidden(
+                        "watchers_only",
+                        "this stream is for the exam's watchers (teachers and admins)",
+                    ))
+                }
+            },
         )
-    };
-    if let Err(wait) = guard.limits.check_ip(peer.ip(), now) {
-        return rate_limited(&app, refuse, "client address", wait);
-    }
-    if !auth::valid_exam_id(&exam_id) {
-        return refuse(ApiError::bad_request(
-            "invalid_exam_id",
-            "exam ids are 1-64 characters of letters, digits, '-', '_' and '.'",
-        ));
-    }
-    let params = match params {
-        Ok(Query(p)) => p,
-        Err(e) => return refuse(ApiError::bad_request("invalid_query", e.body_text())),
-    };
-    let token = auth::extract_token(
-        header_str(&headers, header::AUTHORIZATION),
-        params.access_token.as_deref(),
-    );
-    let claims = match token
-        .ok_or(TokenError::Missing)
-        .and_then(|t| app.keys.verify(t))
+        .await
     {
-        Ok(c) => c,
-        Err(e) => return refuse(ApiError::unauthorized(e)),
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
     };
-    if let Err(wait) = guard.limits.check_subject(&claims.sub, now) {
-        return rate_limited(&app, refuse, "token subject", wait);
-    }
-    if let Err(e) = check_origin(&app, &headers) {
-        return refuse(e);
-    }
-    if !claims.role.is_watcher() {
-        return refuse(ApiError::forbidden(
-            "watchers_only",
-            "this stream is for the exam's watchers (teachers and admins)",
-        ));
-    }
-    if let Err(e) = require_grant(&claims, &exam_id) {
-        return refuse(e);
-    }
+    let refuse = |e| opening.refuse(e);
     let last_seq = match resume_point(&headers, &params) {
         Ok(l) => l,
         Err(e) => return refuse(e),
     };
-    if app.shutdown.is_cancelled() || app.draining() {
-        return refuse(shutting_down());
+    if let Some(refusal) = opening.closed_for_streams() {
+        return refusal;
     }
     let (tx, rx, kick) = crate::room::queue::queue(app.settings.ws.teacher_queue);
     let out = Outbox {
@@ -185,15 +155,7 @@ pub async fn watcher_events(
         .join_watcher(&exam_id, id, &out, last_seq)
         .await
     else {
-        return refuse(if app.shutdown.is_cancelled() {
-            shutting_down()
-        } else {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "exam_unavailable",
-                "the exam's room did not answer; retry shortly",
-            )
-        });
+        return opening.room_refused();
     };
     // The body's side: a small buffer, so the task notices a stalled
     // client as a hand-off that waits (raced against kick and shutdown).
@@ -205,8 +167,8 @@ pub async fn watcher_events(
         kick,
         app: app.clone(),
         peer,
-        user_agent: user_agent.clone(),
-        last_seq,
+        user_agent: opening.user_agent.clone(),
+        audience: Audience::Watcher { last_seq },
     };
     let span = tracing::info_span!(
         "sse",
@@ -215,7 +177,7 @@ pub async fn watcher_events(
         user_id = %claims.sub,
         role = claims.role.as_str(),
     );
-    app.tracker.spawn(stream.run(body_tx).instrument(span));
+    stream.start(body_tx, span);
     response(body_rx)
 }
 
@@ -250,6 +212,139 @@ fn resume_point(headers: &HeaderMap, params: &EventsParams) -> Result<Option<Seq
                 ),
             )
         }),
+    }
+}
+
+/// A stream being opened: what its refusals are logged with, and the
+/// checks every stream passes before its own (the socket's handshake, in
+/// the socket's order, with the very functions of [`crate::ws::handshake`]).
+pub(crate) struct Opening<'a> {
+    app: &'a AppState,
+    exam_id: &'a str,
+    raw_query: Option<&'a str>,
+    peer: SocketAddr,
+    /// Client-chosen and headed for the log: clipped.
+    user_agent: String,
+}
+
+impl<'a> Opening<'a> {
+    pub(crate) fn new(
+        app: &'a AppState,
+        exam_id: &'a str,
+        raw_query: Option<&'a str>,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Self {
+        let user_agent =
+            telemetry::clip(header_str(headers, header::USER_AGENT).unwrap_or("-")).into_owned();
+        Opening {
+            app,
+            exam_id,
+            raw_query,
+            peer,
+            user_agent,
+        }
+    }
+
+    /// Answers, counts and logs a refusal like a refused socket handshake.
+    pub(crate) fn refuse(&self, err: ApiError) -> Response {
+        refused(
+            self.app,
+            Transport::EventStream,
+            self.exam_id,
+            self.raw_query,
+            self.peer,
+            &self.user_agent,
+            err,
+        )
+    }
+
+    /// The per-address limit, the exam id, the query, the credential (a
+    /// ticket, else the `Authorization` header or `access_token`, which
+    /// `credential` picks from the query), the per-subject limit, `Origin`,
+    /// the stream's own `role` check, then the grant.
+    pub(crate) async fn admit<P>(
+        &self,
+        headers: &HeaderMap,
+        params: Result<Query<P>, QueryRejection>,
+        credential: impl Fn(&P) -> (Option<&str>, Option<&str>),
+        role: impl FnOnce(&Claims) -> Result<(), ApiError>,
+    ) -> Result<(P, Claims), Response> {
+        let app = self.app;
+        let now = std::time::Instant::now();
+        let limits = &app.handshake_guard.limits;
+        let refuse = |err: ApiError| self.refuse(err);
+        if let Err(wait) = limits.check_ip(self.peer.ip(), now) {
+            return Err(rate_limited(app, refuse, "client address", wait));
+        }
+        if !auth::valid_exam_id(self.exam_id) {
+            return Err(refuse(ApiError::bad_request(
+                "invalid_exam_id",
+                "exam ids are 1-64 characters of letters, digits, '-', '_' and '.'",
+            )));
+        }
+        let params = match params {
+            Ok(Query(p)) => p,
+            Err(e) => {
+                return Err(refuse(ApiError::bad_request(
+                    "invalid_query",
+                    e.body_text(),
+                )));
+            }
+        };
+        let (access_token, ticket) = credential(&params);
+        let claims = match ticket {
+            // A ticket's handshake was counted when it was minted.
+            Some(ticket) => match app.tickets.redeem(ticket, self.exam_id).await {
+                Ok(c) => c,
+                Err(e) => return Err(refuse(e.into())),
+            },
+            None => {
+                let token =
+                    auth::extract_token(header_str(headers, header::AUTHORIZATION), access_token);
+                let claims = match token
+                    .ok_or(TokenError::Missing)
+                    .and_then(|t| app.keys.verify(t))
+                {
+                    Ok(c) => c,
+                    Err(e) => return Err(refuse(ApiError::unauthorized(e))),
+                };
+                if let Err(wait) = limits.check_subject(&claims.sub, now) {
+                    return Err(rate_limited(app, refuse, "token subject", wait));
+                }
+                claims
+            }
+        };
+        if let Err(e) = check_origin(app, headers) {
+            return Err(refuse(e));
+        }
+        if let Err(e) = role(&claims) {
+            return Err(refuse(e));
+        }
+        if let Err(e) = require_grant(&claims, self.exam_id) {
+            return Err(refuse(e));
+        }
+        Ok((params, claims))
+    }
+
+    /// The refusal while the server drains or stops (`None`: streams are
+    /// still taken).
+    pub(crate) fn closed_for_streams(&self) -> Option<Response> {
+        (self.app.shutdown.is_cancelled() || self.app.draining())
+            .then(|| self.refuse(shutting_down()))
+    }
+
+    /// The refusal when the exam's room did not take the stream.
+    pub(crate) fn room_refused(&self) -> Response {
+        self.refuse(if self.app.shutdown.is_cancelled() {
+            shutting_down()
+        } else {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "exam_unavailable",
+                "the exam's room did not answer; retry shortly",
+            )
+        })
     }
 }
 
@@ -291,10 +386,25 @@ enum Ending {
     Shutdown,
     /// The body was dropped: the client went away.
     ClientGone,
+    /// A student's stream sent the frame that removes them from the exam
+    /// (`terminated`, `session_invalidated`): nothing more is theirs.
+    Removed(&'static str),
 }
 
-/// One watcher's stream: the room's side (its queue and kick) and the
-/// body's (a channel hyper reads).
+/// Whose stream it is, and so how its frames become events.
+pub(crate) enum Audience {
+    /// A watcher's (`GET .../events`): `id:` is the `seq`.
+    Watcher {
+        /// Where it resumed from, for its log line.
+        last_seq: Option<Seq>,
+    },
+    /// A student's (`GET .../me/events`): `id:` is an action frame's `id`,
+    /// and the stream ends after a frame that removes the student.
+    Student,
+}
+
+/// One stream: the room's side (its queue and kick) and the body's (a
+/// channel hyper reads).
 pub(crate) struct Stream {
     id: ConnId,
     room: RoomHandle,
@@ -303,27 +413,44 @@ pub(crate) struct Stream {
     app: AppState,
     peer: SocketAddr,
     user_agent: String,
-    last_seq: Option<Seq>,
+    audience: Audience,
 }
 
 impl Stream {
+    /// Runs the stream on the server's task tracker, in `span`.
+    fn start(self, body: mpsc::Sender<Bytes>, span: tracing::Span) {
+        let tracker = self.app.tracker.clone();
+        tracker.spawn(self.run(body).instrument(span));
+    }
+
+    /// The open-streams gauge this stream counts in.
+    fn gauge(&self) -> &std::sync::atomic::AtomicI64 {
+        match self.audience {
+            Audience::Watcher { .. } => &self.app.metrics.sse_streams,
+            Audience::Student => &self.app.metrics.sse_student_streams,
+        }
+    }
+
     async fn run(self, body: mpsc::Sender<Bytes>) {
-        let metrics = &self.app.metrics;
-        metrics.sse_streams.fetch_add(1, Ordering::Relaxed);
+        self.gauge().fetch_add(1, Ordering::Relaxed);
+        let last_event_id = match self.audience {
+            Audience::Watcher { last_seq } => last_seq.map(|s| s as i64).unwrap_or(-1),
+            Audience::Student => -1,
+        };
         tracing::info!(
-            ip = %self.peer, user_agent = %self.user_agent, auth = "ok",
-            last_event_id = self.last_seq.map(|s| s as i64).unwrap_or(-1),
+            ip = %self.peer, user_agent = %self.user_agent, auth = "ok", last_event_id,
             "sse stream opened"
         );
         let started = Instant::now();
         let ending = self.pump(&body).await;
-        // The room forgets this watcher (and may end, if it was the last).
+        // The room forgets this stream (and may end, if it was the last).
         let _ = self.room.send(RoomCmd::Leave { conn: self.id }).await;
-        metrics.sse_streams.fetch_sub(1, Ordering::Relaxed);
+        self.gauge().fetch_sub(1, Ordering::Relaxed);
         let (by, reason) = match &ending {
             Ending::Kicked(r) => ("server", format!("{} {}", r.code, r.reason)),
             Ending::Shutdown => ("server", close::GOING_AWAY.reason.to_owned()),
             Ending::ClientGone => ("client", "stream dropped".to_owned()),
+            Ending::Removed(by) => ("server", format!("removed ({by})")),
         };
         tracing::info!(
             ip = %self.peer, user_agent = %self.user_agent,
@@ -341,32 +468,46 @@ impl Stream {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let chunk = tokio::select! {
+            let (chunk, last) = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ending::Shutdown,
                 // Queued frames go before a kick is noticed, as on a socket.
                 first = self.rx.recv() => self.batch(first),
                 reason = self.kick.kicked() => return Ending::Kicked(reason),
                 _ = body.closed() => return Ending::ClientGone,
-                _ = heartbeat.tick() => Bytes::from_static(event::HEARTBEAT),
+                _ = heartbeat.tick() => (Bytes::from_static(event::HEARTBEAT), None),
             };
             if let Err(ending) = self.hand_off(body, chunk).await {
                 return ending;
             }
+            if let Some(removed) = last {
+                return Ending::Removed(removed);
+            }
         }
     }
 
-    /// `first` and whatever else is queued already, as one chunk.
-    fn batch(&self, first: axum::extract::ws::Utf8Bytes) -> Bytes {
+    /// `first` and whatever else is queued already, as one chunk; on a
+    /// student's stream, up to a frame that removes them (named, so the
+    /// stream ends once it is handed off).
+    fn batch(&self, first: axum::extract::ws::Utf8Bytes) -> (Bytes, Option<&'static str>) {
         let mut buf = Vec::new();
-        event::append(&mut buf, first.as_str());
-        for _ in 1..BATCH {
-            match self.rx.try_recv() {
-                Some(more) => event::append(&mut buf, more.as_str()),
-                None => break,
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(frame) = next.take() {
+            match self.audience {
+                Audience::Watcher { .. } => event::append(&mut buf, frame.as_str()),
+                Audience::Student => {
+                    if let Some(removed) = event::append_student(&mut buf, frame.as_str()) {
+                        return (buf.into(), Some(removed));
+                    }
+                }
+            }
+            taken += 1;
+            if taken < BATCH {
+                next = self.rx.try_recv();
             }
         }
-        buf.into()
+        (buf.into(), None)
     }
 
     /// Gives one chunk to the body, unless the room kicks this stream or

@@ -36,6 +36,7 @@ mod rooms;
 mod sessions;
 mod snapshots;
 mod sse;
+mod sse_student;
 mod status;
 mod student_record;
 mod tickets;

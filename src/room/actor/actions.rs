@@ -260,23 +260,33 @@ impl Room {
             .collect()
     }
 
-    /// Sends one owed frame on every socket the student has here; a frame
-    /// that removes them closes the socket soon after.
+    /// Sends one owed frame on every socket and event stream the student
+    /// has here; a frame that removes them closes the socket soon after
+    /// (a stream ends by itself once it has sent such a frame).
     fn send_owed(&mut self, sid: &str, owed: &Owed, now: i64) {
         let sockets = self.sockets_of(sid);
-        if sockets.is_empty() {
+        let streams = self.listeners_of(sid);
+        if sockets.is_empty() && streams.is_empty() {
             return;
         }
-        let bytes = match &owed.frame {
-            Frame::Bytes(b) => b.clone(),
-            Frame::ExamUpdate => self.exam_update_with_id(sid, owed, now),
-        };
+        let bytes = self.owed_frame(sid, owed, now);
+        for out in streams {
+            self.push(&out, bytes.clone());
+        }
         for (conn, out) in sockets {
             self.push(&out, bytes.clone());
             if owed.kind.removes() {
                 self.timers
                     .insert(Timer::Evict(conn, close_for(owed.kind)), EVICT_AFTER);
             }
+        }
+    }
+
+    /// The bytes of an owed frame: as stored, or an `exam_update` built now.
+    pub(super) fn owed_frame(&self, sid: &str, owed: &Owed, now: i64) -> Utf8Bytes {
+        match &owed.frame {
+            Frame::Bytes(b) => b.clone(),
+            Frame::ExamUpdate => self.exam_update_with_id(sid, owed, now),
         }
     }
 
@@ -328,10 +338,21 @@ impl Room {
         c.denied.then_some(reason)
     }
 
-    /// `received {id}` from a student.
-    pub(super) fn on_received(&mut self, sid: &Arc<str>, id: &str) {
+    /// `received {id}` from a student: on their socket, or through `POST
+    /// me/received`, whose `reply` learns whether the delivery was
+    /// recorded (`None`: nothing was owed under this id).
+    pub(super) fn on_received(
+        &mut self,
+        sid: &Arc<str>,
+        id: &str,
+        reply: Option<tokio::sync::oneshot::Sender<Option<bool>>>,
+    ) {
         let Some(owed) = self.deliveries.received(sid, id) else {
-            return; // not owed (already acknowledged, or not an action's)
+            // Not owed (already acknowledged, or not an action's).
+            if let Some(reply) = reply {
+                let _ = reply.send(None);
+            }
+            return;
         };
         if owed.kind.removes() {
             for (conn, _) in self.sockets_of(sid) {
@@ -346,9 +367,15 @@ impl Room {
         );
         let action_id = owed.action_id;
         self.ctx.tracker.spawn(async move {
+            let answer = |recorded: bool| {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Some(recorded));
+                }
+            };
             for attempt in 0..5u32 {
                 match store.mark_delivered(&exam, &action_id, &sid, now_ms()).await {
                     Ok(true) => {
+                        answer(true);
                         if let Some(inbox) = inbox.upgrade() {
                             let _ = inbox
                                 .send(RoomCmd::Delivered {
@@ -359,13 +386,15 @@ impl Room {
                         }
                         return;
                     }
-                    Ok(false) => return, // recorded elsewhere already
+                    // Recorded elsewhere already.
+                    Ok(false) => return answer(true),
                     Err(e) => {
                         tracing::warn!(error = %e, %sid, attempt, "cannot record a delivery; retrying");
                         tokio::time::sleep(Duration::from_millis(200) * (attempt + 1)).await;
                     }
                 }
             }
+            answer(false);
         });
     }
 

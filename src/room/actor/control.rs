@@ -129,11 +129,13 @@ impl Room {
         .encode()
     }
 
-    /// Sends a student their `exam_update` on every socket they have here.
+    /// Sends a student their `exam_update` on every socket and event
+    /// stream they have here.
     fn tell_student(&mut self, sid: &str, cause: &str, now: i64) {
         let conns: Vec<_> = self
             .student_conns
             .values()
+            .chain(self.listeners.values())
             .filter(|(s, _)| s.as_ref() == sid)
             .map(|(_, out)| out.clone())
             .collect();
@@ -187,6 +189,11 @@ impl Room {
             self.refresh_view(sid, now);
             self.tell_student(sid, cause.as_str(), now);
             self.arm_deadline(sid, now);
+        }
+        // Students who only listen here (their socket is elsewhere, or
+        // they have none) are told too.
+        for sid in self.listening_only() {
+            self.tell_student(&sid, cause.as_str(), now);
         }
         self.arm_exam_timer(now);
         if phase == Phase::Ended && before != Phase::Ended {

@@ -188,3 +188,92 @@ impl SseClient {
         while self.next_block_within(deadline).await.is_some() {}
     }
 }
+
+/// One event of a student's stream (`GET .../me/events`): its `id:` is an
+/// action frame's `id`, not a seq.
+#[derive(Debug)]
+pub struct StudentEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
+}
+
+impl StudentEvent {
+    /// Checks the shape: an optional `id: <action id>` that is the frame's
+    /// own `id`, `event: <type>` that is its `type`, one `data:` line.
+    fn parse(lines: Vec<String>) -> StudentEvent {
+        let mut it = lines.iter().map(String::as_str).peekable();
+        let id = it
+            .next_if(|l| l.starts_with("id: "))
+            .map(|l| l["id: ".len()..].to_owned());
+        let event = it
+            .next()
+            .and_then(|l| l.strip_prefix("event: "))
+            .unwrap_or_else(|| panic!("an `event:` line: {lines:?}"))
+            .to_owned();
+        let data = it
+            .next()
+            .and_then(|l| l.strip_prefix("data: "))
+            .unwrap_or_else(|| panic!("a `data:` line: {lines:?}"));
+        let data: Value =
+            serde_json::from_str(data).unwrap_or_else(|e| panic!("data is JSON ({e}): {lines:?}"));
+        assert!(it.next().is_none(), "nothing after `data:`: {lines:?}");
+        assert_eq!(data["type"], event.as_str(), "event = type: {lines:?}");
+        assert_eq!(
+            data["id"].as_str(),
+            id.as_deref(),
+            "id = the frame's id: {lines:?}"
+        );
+        StudentEvent { id, event, data }
+    }
+}
+
+impl TestApp {
+    pub fn me_events_url(&self, exam: &str) -> String {
+        self.http(&format!("/v1/exams/{exam}/me/events"))
+    }
+
+    /// Student `sub`'s own stream of `exam` (which must be open); a 200.
+    pub async fn student_sse(&self, exam: &str, sub: &str) -> SseClient {
+        let token = self.token(sub, super::Role::Student, &[exam]);
+        SseClient::open(
+            self.sse_get(&self.me_events_url(exam), Some(&token), &[])
+                .await,
+        )
+        .await
+    }
+}
+
+impl SseClient {
+    /// The next event of a student's stream, skipping heartbeats; panics
+    /// if the stream ends.
+    pub async fn next_student_event(&mut self) -> StudentEvent {
+        let deadline = deadline();
+        loop {
+            let block = self
+                .next_block_within(deadline)
+                .await
+                .unwrap_or_else(|| panic!("the stream ended; seen {}", self.seen));
+            if block != [": ping"] {
+                return StudentEvent::parse(block);
+            }
+        }
+    }
+
+    /// The next student event named `event`, skipping others.
+    pub async fn next_student_event_named(&mut self, event: &str) -> StudentEvent {
+        let deadline = deadline();
+        loop {
+            let block = self
+                .next_block_within(deadline)
+                .await
+                .unwrap_or_else(|| panic!("the stream ended; seen {}", self.seen));
+            if block != [": ping"] {
+                let ev = StudentEvent::parse(block);
+                if ev.event == event {
+                    return ev;
+                }
+            }
+        }
+    }
+}
