@@ -411,9 +411,20 @@ impl Timestamp {
     }
 }
 
+/// The last instant RFC 3339 can write (9999-12-31T23:59:59.999Z).
+const LAST_MS: i64 = 253_402_300_799_999;
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+        // humantime cannot format past year 9999 (and serde_json panics on
+        // a formatter's error): a deadline pushed that far by extra time
+        // and extensions is shown as the last instant there is.
+        let t = if self.unix_ms() > LAST_MS {
+            Timestamp::from_unix_ms(LAST_MS).0
+        } else {
+            self.0
+        };
+        s.collect_str(&humantime::format_rfc3339_millis(t))
     }
 }
 
@@ -434,8 +445,9 @@ impl Timestamp {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
     }
+    /// Clamped to 1970..=9999 (what RFC 3339 can write).
     pub fn from_unix_ms(ms: i64) -> Self {
-        Self(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+        Self(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, LAST_MS) as u64))
     }
 }
 
@@ -519,8 +531,6 @@ pub enum Cause {
     TimeUp,
     /// Their clock changed: an accommodation, an extension, a pause.
     Timing,
-    /// Their clock started (admitted while the exam is in progress).
-    Started,
     FullscreenExit,
     /// A teacher ended their exam (`terminate`).
     Terminated,
@@ -878,6 +888,14 @@ pub enum ServerMsg<'a> {
         note: &'a str,
         at: Timestamp,
     },
+    /// A student's control record changed before the room knew them
+    /// (an accommodation set ahead of the exam): watchers see it, and
+    /// every instance's room applies it (PROTOCOL.md 4.13).
+    StudentControl {
+        seq: Seq,
+        student_id: &'a str,
+        control: &'a crate::control::StudentControl,
+    },
     /// The answer to a student's `resume` (PROTOCOL.md 4.5), sent before
     /// the `replayed` announcements it announces. `recovered` is true only
     /// when every announcement after the student's `last_seq` is among
@@ -996,6 +1014,17 @@ mod tests {
         assert_eq!(e.code, ErrorCode::InvalidRef);
         let e = parse(r#"{"type":"activity","state":"asleep"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidMessage);
+    }
+
+    #[test]
+    fn instants_past_year_9999_are_written_as_its_last_instant() {
+        let far =
+            Timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(400_000_000_000));
+        let json = serde_json::to_string(&far).expect("no panic, no error");
+        assert_eq!(json, r#""9999-12-31T23:59:59.999Z""#);
+        let clamped = Timestamp::from_unix_ms(i64::MAX);
+        assert_eq!(clamped.unix_ms(), LAST_MS);
+        assert_eq!(Timestamp::from_unix_ms(-5).unix_ms(), 0);
     }
 
     #[test]

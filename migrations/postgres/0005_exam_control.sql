@@ -12,9 +12,11 @@ ALTER TABLE exams ADD COLUMN ended_at BIGINT;
 -- Exam-wide pauses, a JSON array of {"from","to"} (control/clock.rs Span).
 ALTER TABLE exams ADD COLUMN pauses TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE exams ADD COLUMN version BIGINT NOT NULL DEFAULT 0;
--- Exams created before this migration keep what they had.
+-- Exams created before this migration keep what they had: students could
+-- sit any of them ('scheduled' was only the default label, never a state),
+-- so they are in progress now, with their old start and duration.
 UPDATE exams SET opens_at = starts_at, duration_ms = duration_secs * 1000;
-UPDATE exams SET phase = 'in_progress' WHERE phase = 'running';
+UPDATE exams SET phase = 'in_progress' WHERE phase IN ('running', 'scheduled');
 
 -- One row per student the exam's control has touched: accommodations set
 -- on the roster or by PATCH, extensions, pauses, access and how their exam

@@ -205,7 +205,7 @@ pub(super) async fn patch_exam(
         if let Some(t) = patch.timing {
             clock.timing = t.into();
         }
-        super::timing::check(&clock)?;
+        super::timing::check(&clock, patch.duration_seconds.is_some())?;
         if let Some(p) = patch.phase {
             let (from, to) = (clock.phase, Phase::from(p));
             if from != to && clock.set_phase(to, now).is_err() {

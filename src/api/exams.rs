@@ -321,7 +321,7 @@ async fn create_exam(
         duration_ms,
         new.auto_start,
     );
-    super::timing::check(&clock)?;
+    super::timing::check(&clock, new.duration_seconds.is_some())?;
     // Created in a later phase: through the phases before it, so the clock
     // is what those transitions make it (`started_at` for in_progress).
     let path: &[Phase] = match new.phase.unwrap_or_default() {

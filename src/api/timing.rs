@@ -133,7 +133,9 @@ impl TimingInput<'_> {
 }
 
 /// Checks a clock's fields together (400 `invalid_timing` naming one).
-pub fn check(clock: &ExamClock) -> Result<(), ApiError> {
+/// The duration is named as the client sent it: `duration_seconds` when
+/// `in_seconds`, else `duration_minutes`.
+pub fn check(clock: &ExamClock, in_seconds: bool) -> Result<(), ApiError> {
     control::validate_timing(
         clock.timing,
         clock.opens_at,
@@ -141,7 +143,14 @@ pub fn check(clock: &ExamClock) -> Result<(), ApiError> {
         clock.duration_ms,
         clock.auto_start,
     )
-    .map_err(|e| invalid_timing(e.field, e.message))
+    .map_err(|e| {
+        let field = match e.field {
+            "duration" if in_seconds => "duration_seconds",
+            "duration" => "duration_minutes",
+            other => other,
+        };
+        invalid_timing(field, e.message)
+    })
 }
 
 /// Checks one student's accommodations (400 `invalid_timing` naming one).

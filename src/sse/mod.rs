@@ -126,7 +126,7 @@ pub async fn watcher_events(
                 } else {
                     Err(ApiError::forbidden(
                         "watchers_only",
-                        "this stream is for the exam's watchers (teachers and admins)",
+                        "this stream is for the exam's watchers (proctors, teachers and admins)",
                     ))
                 }
             },

@@ -159,7 +159,7 @@ async fn the_timing_model_is_checked_together_and_shown_back() {
     .await;
     assert_eq!(
         (status, &body["error"]["field"]),
-        (StatusCode::BAD_REQUEST, &json!("duration"))
+        (StatusCode::BAD_REQUEST, &json!("duration_minutes"))
     );
     let (status, body) = create(
         &app,
@@ -658,4 +658,31 @@ async fn in_a_cluster_a_change_made_on_one_instance_reaches_students_on_another(
         }
     }
     assert_eq!(more, 0, "time_up is recorded once in the cluster");
+}
+
+/// A deadline pushed past year 9999 (extra time on an exam that closes at
+/// its end) is written as the last instant RFC 3339 has, and the exam's
+/// room keeps working: it used to panic encoding the `welcome`.
+#[tokio::test]
+async fn a_deadline_past_year_9999_does_not_break_the_room() {
+    let app = spawn_app().await;
+    let t = app.token("t1", Role::Teacher, &["far"]);
+    let (status, body) = create(
+        &app,
+        &t,
+        json!({"id": "far", "title": "Far", "phase": "in_progress", "closes_at": "9999-12-31T23:00:00Z",
+               "roster": [{"student_id": "s1", "name": "S", "extra_minutes": 10000}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (mut s, welcome) = app.student("far", "s1").await;
+    assert_eq!(welcome["deadline"], "9999-12-31T23:59:59.999Z");
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": "a"}))
+        .await;
+    s.expect_ack("a").await;
+    let (_t, snapshot) = app.teacher("far", "t1").await;
+    assert_eq!(
+        snapshot["students"][0]["deadline"],
+        "9999-12-31T23:59:59.999Z"
+    );
 }

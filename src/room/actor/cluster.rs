@@ -108,6 +108,7 @@ impl Room {
                     "delivery" => "delivery",
                     "hand" => "hand",
                     "hand_lowered" => "hand_lowered",
+                    "student_control" => "student_control",
                     _ => "student",
                 },
                 payload: p.event.as_str().to_owned(),
@@ -143,6 +144,7 @@ impl Room {
             self.exam_update_published(p.event.as_str());
         }
         match p.kind.as_str() {
+            "student_control" => self.student_control_published(p.event.as_str()),
             "action" => self.action_published(p.event.as_str()),
             "delivery" => self.delivery_published(p.event.as_str()),
             "hand" => self.hand_published(p.event.as_str()),

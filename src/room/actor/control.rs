@@ -63,9 +63,12 @@ struct ExamEvent {
     cause: ControlCause,
 }
 
+/// A `student` event with `control`, or a `student_control` event: the
+/// student's id is in `student.student_id` or in `student_id`.
 #[derive(serde::Deserialize)]
 struct StudentControlEvent {
-    student: StudentIdOnly,
+    student: Option<StudentIdOnly>,
+    student_id: Option<String>,
     control: Option<StudentControl>,
 }
 
@@ -246,8 +249,9 @@ impl Room {
         let Ok(ev) = serde_json::from_str::<StudentControlEvent>(event) else {
             return;
         };
-        if let Some(control) = ev.control {
-            let sid: Arc<str> = ev.student.student_id.as_str().into();
+        let id = ev.student.map(|s| s.student_id).or(ev.student_id);
+        if let (Some(control), Some(id)) = (ev.control, id) {
+            let sid: Arc<str> = id.as_str().into();
             self.take_student_control(&sid, control, ControlCause::Timing.as_str());
         }
     }
@@ -285,9 +289,25 @@ impl Room {
     /// A `student` event with the student's control record in it.
     fn publish_student_control(&mut self, sid: &Arc<str>, cause: Cause) {
         if !self.students.contains_key(sid) {
-            // Never seen here: nothing to show yet; their record is
-            // applied where they connect (from the database at join).
-            return;
+            // Never seen here, so no state to show: the record alone, so
+            // that every instance's room has it before the student joins
+            // (their deadline, and the exam's own end, depend on it).
+            let sid2 = sid.clone();
+            return self.publish_event(
+                Audience::Teachers,
+                "student_control",
+                Some(sid),
+                move |room, seq| {
+                    Some(
+                        ServerMsg::StudentControl {
+                            seq,
+                            student_id: &sid2,
+                            control: room.control.student(&sid2),
+                        }
+                        .encode(),
+                    )
+                },
+            );
         }
         let sid2 = sid.clone();
         self.publish_event(
