@@ -9,6 +9,7 @@ mod bad_input;
 mod browser;
 mod cli;
 mod cluster;
+mod cluster_control;
 mod cluster_liveness;
 mod connections;
 mod coverage_handshake;
