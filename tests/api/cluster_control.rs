@@ -455,6 +455,14 @@ async fn an_accommodation_set_on_one_instance_before_the_student_joins_holds_on_
         .unwrap();
     let status = res.status();
     assert_eq!(status, StatusCode::OK, "{}", res.text().await.unwrap());
+    // A's room has the record once it is announced there (a student who
+    // joins on A within the milliseconds before may miss it: see the
+    // issue's note).
+    let announced = teacher
+        .next_where("s1's control record", |v| v["type"] == "student_control")
+        .await;
+    assert_eq!(announced["student_id"], "s1");
+    assert_eq!(announced["control"]["clock"]["extra_minutes"], 1);
     let (mut s, welcome) = a.student("cm", "s1").await;
     assert_eq!(ms(&welcome["deadline"]), closes + 60_000, "{welcome}");
     assert_eq!(welcome["student"]["extra_minutes"], 1, "{welcome}");

@@ -263,9 +263,11 @@ impl Room {
         control: StudentControl,
         cause: ControlCause,
     ) {
-        if self.take_student_control(&sid, control, cause.as_str()) {
-            self.publish_student_control(&sid, Cause::Timing);
-        }
+        // Announced even when this room already had it: a room that
+        // started just now loaded the stored record, which is this one,
+        // and the other instances' rooms still need to hear of it.
+        self.take_student_control(&sid, control, cause.as_str());
+        self.publish_student_control(&sid, Cause::Timing);
     }
 
     /// Applies a record if newer; tells the student. True if applied.
