@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     Watcher, invalid,
-    timing::{InitialPhase, TimingInput, TimingName, TimingView},
+    timing::{InitialPhase, TimingInput, TimingName, rfc3339},
 };
 use crate::{
     app::AppState,
@@ -201,19 +201,20 @@ pub struct ExamList {
 }
 
 pub(super) fn to_exam(row: ExamRow, counts: Counts) -> Exam {
-    let clock = TimingView::of(&row.clock);
+    let clock = &row.clock;
+    let duration_seconds = clock.duration_ms.map(|ms| ms / 1000);
     Exam {
-        starts_at: clock.opens_at.clone(),
-        duration_minutes: clock.duration_seconds.map(|s| s / 60),
-        phase: clock.phase,
-        timing: clock.timing,
-        opens_at: clock.opens_at,
-        closes_at: clock.closes_at,
-        duration_seconds: clock.duration_seconds,
+        starts_at: rfc3339(clock.opens_at),
+        duration_minutes: duration_seconds.map(|s| s / 60),
+        phase: clock.phase.as_str().to_owned(),
+        timing: clock.timing.into(),
+        opens_at: rfc3339(clock.opens_at),
+        closes_at: rfc3339(clock.closes_at),
+        duration_seconds,
         auto_start: clock.auto_start,
-        started_at: clock.started_at,
-        ended_at: clock.ended_at,
-        server_time: clock.server_time,
+        started_at: rfc3339(clock.started_at),
+        ended_at: rfc3339(clock.ended_at),
+        server_time: humantime::format_rfc3339_millis(Timestamp::now().0).to_string(),
         settings: serde_json::from_str(&row.settings).unwrap_or_default(),
         created_at: humantime::format_rfc3339_millis(Timestamp::from_unix_ms(row.created_at).0)
             .to_string(),

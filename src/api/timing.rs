@@ -160,7 +160,7 @@ pub fn check_accommodation(extra_minutes: i64, multiplier: f64) -> Result<(), Ap
 }
 
 /// Whole seconds as `…T09:00:00Z`, anything finer with milliseconds.
-fn rfc3339(ms: Option<i64>) -> Option<String> {
+pub fn rfc3339(ms: Option<i64>) -> Option<String> {
     ms.map(|ms| {
         let t = Timestamp::from_unix_ms(ms).0;
         if ms % 1000 == 0 {
@@ -171,40 +171,11 @@ fn rfc3339(ms: Option<i64>) -> Option<String> {
     })
 }
 
-/// The timing model of an exam as the API shows it (in `Exam`).
-#[derive(Debug)]
-pub struct TimingView {
-    /// `draft`, `scheduled`, `in_progress`, `paused`, `ended` or `grading`.
-    pub phase: String,
-    pub timing: TimingName,
-    pub opens_at: Option<String>,
-    pub closes_at: Option<String>,
-    /// Also as `duration_minutes` (rounded down), the field's old name.
-    pub duration_seconds: Option<i64>,
-    pub auto_start: bool,
-    /// When the exam first entered `in_progress`.
-    pub started_at: Option<String>,
-    pub ended_at: Option<String>,
-    /// The server's clock when this was answered: compare deadlines with
-    /// it, never with the client's own clock.
-    pub server_time: String,
-}
-
-impl TimingView {
-    pub fn of(clock: &ExamClock) -> Self {
-        Self {
-            phase: clock.phase.as_str().to_owned(),
-            timing: match clock.timing {
-                Timing::Fixed => TimingName::Fixed,
-                Timing::PerStudent => TimingName::PerStudent,
-            },
-            opens_at: rfc3339(clock.opens_at),
-            closes_at: rfc3339(clock.closes_at),
-            duration_seconds: clock.duration_ms.map(|ms| ms / 1000),
-            auto_start: clock.auto_start,
-            started_at: rfc3339(clock.started_at),
-            ended_at: rfc3339(clock.ended_at),
-            server_time: humantime::format_rfc3339_millis(Timestamp::now().0).to_string(),
+impl From<Timing> for TimingName {
+    fn from(t: Timing) -> Self {
+        match t {
+            Timing::Fixed => TimingName::Fixed,
+            Timing::PerStudent => TimingName::PerStudent,
         }
     }
 }

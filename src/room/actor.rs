@@ -889,6 +889,14 @@ impl Room {
         queued
     }
 
+    /// The socket a student has here (their current connection), if any.
+    pub(super) fn socket_of(&self, sid: &str) -> Option<(ConnId, Outbox)> {
+        let conn = self.students.get(sid)?.conn?;
+        self.student_conns
+            .get(&conn)
+            .map(|(_, out)| (conn, out.clone()))
+    }
+
     /// Queues one frame for one member; kicks it (4008) if its queue is full.
     fn push(&self, out: &Outbox, bytes: Utf8Bytes) -> bool {
         let ok = try_push(out, bytes);

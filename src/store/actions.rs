@@ -222,17 +222,7 @@ impl Store {
         .bind(action_id)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0)?,
-                    DeliveryRow {
-                        state: r.try_get(1)?,
-                        delivered_at: r.try_get(2)?,
-                    },
-                ))
-            })
-            .collect()
+        rows.iter().map(keyed_delivery).collect()
     }
 
     /// Marks a delivery acknowledged; true for the one caller that did.
@@ -423,17 +413,7 @@ impl Store {
         .bind(student_id)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0)?,
-                    DeliveryRow {
-                        state: r.try_get(1)?,
-                        delivered_at: r.try_get(2)?,
-                    },
-                ))
-            })
-            .collect()
+        rows.iter().map(keyed_delivery).collect()
     }
 
     /// Lowers a hand; true for the one caller that did.
@@ -459,4 +439,15 @@ impl Store {
         tx.commit().await?;
         Ok(done == 1)
     }
+}
+
+/// A delivery row keyed by its first column (a student or an action id).
+fn keyed_delivery(r: &sqlx::any::AnyRow) -> Result<(String, DeliveryRow), StoreError> {
+    Ok((
+        r.try_get(0)?,
+        DeliveryRow {
+            state: r.try_get(1)?,
+            delivered_at: r.try_get(2)?,
+        },
+    ))
 }

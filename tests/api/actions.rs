@@ -64,15 +64,6 @@ async fn receive(c: &mut Client, ty: &str, id: &str) -> Value {
     v
 }
 
-fn ms(v: &Value) -> i64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("a timestamp, got {v}"));
-    humantime::parse_rfc3339(s)
-        .unwrap()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// The handshake is refused: status and error code.
 async fn refused(app: &TestApp, exam: &str, sub: &str) -> (u16, String) {
     let token = app.token(sub, Role::Student, &[exam]);

@@ -28,24 +28,6 @@ async fn create(app: &TestApp, token: &str, body: Value) {
     assert_eq!(status, StatusCode::CREATED, "{}", res.text().await.unwrap());
 }
 
-fn ms(v: &Value) -> i64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("a timestamp: {v}"));
-    humantime::parse_rfc3339(s)
-        .unwrap_or_else(|e| panic!("{s}: {e}"))
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn now_ms() -> i64 {
-    examwatch::store::now_ms()
-}
-
 /// Posts an action to `app`; status and JSON body.
 async fn act(app: &TestApp, exam: &str, token: &str, body: Value) -> (u16, Value) {
     let res = app

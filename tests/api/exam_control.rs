@@ -74,24 +74,6 @@ async fn set_phase(app: &TestApp, token: &str, exam: &str, phase: &str) -> (Stat
     (res.status(), res.json().await.unwrap())
 }
 
-fn ms(v: &Value) -> i64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("a timestamp: {v}"));
-    humantime::parse_rfc3339(s)
-        .unwrap_or_else(|e| panic!("{s}: {e}"))
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn now_ms() -> i64 {
-    examwatch::store::now_ms()
-}
-
 #[tokio::test]
 async fn every_phase_transition_is_allowed_exactly_as_drawn() {
     let app = spawn_app().await;

@@ -966,3 +966,24 @@ impl Client {
         assert_eq!(reply, ack(r), "the reply is exactly the ack");
     }
 }
+
+/// A JSON timestamp (RFC 3339) as Unix milliseconds.
+pub fn ms(v: &Value) -> i64 {
+    let s = v.as_str().unwrap_or_else(|| panic!("a timestamp: {v}"));
+    humantime::parse_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Unix milliseconds as RFC 3339 with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// The server's clock (Unix milliseconds), for comparing with deadlines.
+pub fn now_ms() -> i64 {
+    examwatch::store::now_ms()
+}

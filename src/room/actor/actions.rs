@@ -239,7 +239,7 @@ impl Room {
     /// holds their socket, or the one the change came through (`local`),
     /// whichever knows them (a repeat from both is the same state).
     fn student_changed(&mut self, sid: &Arc<str>, cause: Cause, local: bool) {
-        let here = self.student_conns.values().any(|(s, _)| s == sid);
+        let here = self.socket_of(sid).is_some();
         if (here || local) && self.students.contains_key(sid) {
             self.apply(
                 sid,
@@ -251,13 +251,9 @@ impl Room {
         }
     }
 
-    /// The student's sockets here, with their connection ids.
+    /// The student's socket here, as a list (none or one).
     fn sockets_of(&self, sid: &str) -> Vec<(ConnId, crate::room::Outbox)> {
-        self.student_conns
-            .iter()
-            .filter(|(_, (s, _))| s.as_ref() == sid)
-            .map(|(c, (_, out))| (*c, out.clone()))
-            .collect()
+        self.socket_of(sid).into_iter().collect()
     }
 
     /// Sends one owed frame on every socket and event stream the student

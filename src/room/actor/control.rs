@@ -135,13 +135,10 @@ impl Room {
     /// Sends a student their `exam_update` on every socket and event
     /// stream they have here.
     fn tell_student(&mut self, sid: &str, cause: &str, now: i64) {
-        let conns: Vec<_> = self
-            .student_conns
-            .values()
-            .chain(self.listeners.values())
-            .filter(|(s, _)| s.as_ref() == sid)
-            .map(|(_, out)| out.clone())
-            .collect();
+        // Looked up through the student, not by scanning every socket: a
+        // phase change tells every student, so a scan would be n² per change.
+        let mut conns = self.listeners_of(sid);
+        conns.extend(self.socket_of(sid).map(|(_, out)| out));
         if conns.is_empty() {
             return;
         }
