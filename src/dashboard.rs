@@ -1,6 +1,7 @@
 //! The browser side, served by the server itself: the teacher dashboard
-//! (`/dashboard/`), the student client library (`/client/examwatch.js`) and
-//! the student demo page (`/demo/student`).
+//! (`/dashboard/`), the student client library (`/client/examwatch.js`),
+//! the student demo page (`/demo/student`) and the strings both pages share
+//! (`/i18n/`: English and French catalogues, see web/i18n/i18n.js).
 //!
 //! The files under `web/` are compiled into the binary with `include_str!`,
 //! so a deployment is still one file, pages are same-origin with the API and
@@ -65,6 +66,9 @@ static ASSETS: &[Asset] = &[
     asset!("client/examwatch.js", JS),
     asset!("demo/student.html", HTML),
     asset!("demo/student.js", JS),
+    asset!("i18n/i18n.js", JS),
+    asset!("i18n/en.js", JS),
+    asset!("i18n/fr.js", JS),
 ];
 
 /// Strong ETags, computed once per process from the embedded bytes.
@@ -106,6 +110,7 @@ pub fn router() -> Router<AppState> {
         .route("/dashboard/{file}", files_under("dashboard"))
         .route("/client/{file}", files_under("client"))
         .route("/demo/{file}", files_under("demo"))
+        .route("/i18n/{file}", files_under("i18n"))
 }
 
 /// `/` and `/dashboard` → `/dashboard/`, keeping the query: the dashboard
