@@ -274,8 +274,8 @@ async fn post_action(
             answer(&app, &exam_id, &body.id).await
         }
         Err(e) => {
-            // Unclaimed, so a retry applies it (what was changed stays
-            // changed: an extend may then count twice for some students).
+            // Unclaimed, so a retry applies it; the students it changed
+            // before failing remember its id and are not changed twice.
             let _ = app.store.release_action(&exam_id, &body.id).await;
             Err(e)
         }
@@ -372,7 +372,14 @@ async fn apply(
     for sid in &students {
         let mut out = serde_json::Map::new();
         out.insert("student_id".into(), json!(sid));
-        let changed = apply_one(app, exam_id, clock, body, sid, now, &roster, &mut out).await?;
+        let changed = match apply_one(app, exam_id, clock, body, sid, now, &roster, &mut out).await
+        {
+            Ok(changed) => changed,
+            Err(e) => {
+                stopped_halfway(app, exam_id, controls).await;
+                return Err(e);
+            }
+        };
         if let Some(control) = changed.control {
             controls.insert(sid.clone(), control);
         }
@@ -440,6 +447,30 @@ async fn apply(
     Ok(deliver)
 }
 
+/// The action failed after changing some students' records: their rooms
+/// are told now (cause `action`), so what every instance shows matches the
+/// database while the client decides whether to retry. The retry skips
+/// these students' changes (store `apply_student_action`) and sends the
+/// action's own frames.
+async fn stopped_halfway(
+    app: &AppState,
+    exam_id: &str,
+    controls: BTreeMap<String, StudentControl>,
+) {
+    for (student, control) in controls {
+        notify(
+            app,
+            exam_id,
+            RoomCmd::StudentControl {
+                student: student.as_str().into(),
+                control: Box::new(control),
+                cause: crate::room::ControlCause::Action,
+            },
+        )
+        .await;
+    }
+}
+
 /// What one student's part of an action changed.
 struct Changed {
     control: Option<StudentControl>,
@@ -472,13 +503,13 @@ async fn apply_one(
             let minutes = body.minutes.unwrap_or(0);
             let mut done = None;
             let r = store
-                .update_student_control(exam_id, sid, |c| {
+                .apply_student_action(exam_id, sid, &body.id, |c| {
                     done = Some(c.clock.extend(clock, minutes, now)?);
                     Ok::<(), crate::control::Untimed>(())
                 })
                 .await?;
             match (r, done) {
-                (Ok(c), Some(e)) => {
+                (Ok((c, true)), Some(e)) => {
                     out.insert(
                         "deadline".into(),
                         json!(Timestamp::from_unix_ms(e.deadline)),
@@ -487,13 +518,19 @@ async fn apply_one(
                     out.insert("applied_ms".into(), json!(e.applied_ms));
                     c
                 }
+                (Ok((c, false)), _) => {
+                    // A retry of an action that failed after this student.
+                    out.insert("deadline".into(), json!(ts(c.clock.deadline(clock, now))));
+                    out.insert("already_applied".into(), json!(true));
+                    c
+                }
                 _ => return Ok(refused(out, "untimed")),
             }
         }
         ActionKind::Pause | ActionKind::Resume => {
             let pause = body.kind == ActionKind::Pause;
             let r = store
-                .update_student_control(exam_id, sid, |c| {
+                .apply_student_action(exam_id, sid, &body.id, |c| {
                     if pause {
                         c.clock.pause(now)
                     } else {
@@ -502,9 +539,12 @@ async fn apply_one(
                 })
                 .await?;
             match r {
-                Ok(c) => {
+                Ok((c, fresh)) => {
                     out.insert("paused".into(), json!(pause));
                     out.insert("deadline".into(), json!(ts(c.clock.deadline(clock, now))));
+                    if !fresh {
+                        out.insert("already_applied".into(), json!(true));
+                    }
                     c
                 }
                 Err(AlreadyInState::Paused) => return Ok(refused(out, "already_paused")),
@@ -517,7 +557,7 @@ async fn apply_one(
                 .finish_student(exam_id, sid, Finish::Terminated, now)
                 .await?;
             out.insert("finished".into(), json!(won));
-            set(store, exam_id, sid, |c| {
+            set(store, exam_id, &body.id, sid, |c| {
                 c.denied = true;
                 c.deny_reason = Some("terminated".into());
             })
@@ -532,13 +572,15 @@ async fn apply_one(
             if !deny {
                 store.supersede_removals(exam_id, sid).await?;
             }
-            set(store, exam_id, sid, |c| {
+            set(store, exam_id, &body.id, sid, |c| {
                 c.denied = deny;
                 c.deny_reason = deny.then(|| "access_revoked".into());
             })
             .await?
         }
-        ActionKind::ResetSession => set(store, exam_id, sid, |c| c.reset_at = Some(now)).await?,
+        ActionKind::ResetSession => {
+            set(store, exam_id, &body.id, sid, |c| c.reset_at = Some(now)).await?
+        }
         ActionKind::Message => {
             return Ok(Changed {
                 control: None,
@@ -558,20 +600,23 @@ async fn apply_one(
     })
 }
 
+/// Changes a student's record for the action `action_id`, once: a retry
+/// returns the record as the first attempt left it.
 async fn set(
     store: &crate::store::Store,
     exam_id: &str,
+    action_id: &str,
     sid: &str,
     mut change: impl FnMut(&mut StudentControl),
 ) -> Result<StudentControl, StoreError> {
     store
-        .update_student_control(exam_id, sid, |c| {
+        .apply_student_action(exam_id, sid, action_id, |c| {
             change(c);
             Ok::<(), std::convert::Infallible>(())
         })
         .await
         .map(|r| match r {
-            Ok(c) => c,
+            Ok((c, _)) => c,
             Err(never) => match never {},
         })
 }

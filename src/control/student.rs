@@ -56,4 +56,54 @@ pub struct StudentControl {
     /// Increases with every change; of two copies, the higher is newer.
     #[serde(default)]
     pub version: i64,
+    /// The ids of the latest proctor actions that changed this record
+    /// (newest last, at most [`APPLIED_KEPT`]): a retried action skips the
+    /// students it already changed. Kept in the database only; events do
+    /// not carry it.
+    #[serde(skip)]
+    pub applied: Vec<String>,
+}
+
+/// How many action ids a student's record remembers: far more than the
+/// actions a retry can overlap with.
+pub const APPLIED_KEPT: usize = 32;
+
+impl StudentControl {
+    /// Whether the action `id` already changed this record.
+    pub fn has_applied(&self, id: &str) -> bool {
+        self.applied.iter().any(|a| a == id)
+    }
+
+    /// Remembers that the action `id` changed this record.
+    pub fn mark_applied(&mut self, id: &str) {
+        if self.has_applied(id) {
+            return;
+        }
+        self.applied.push(id.to_owned());
+        if self.applied.len() > APPLIED_KEPT {
+            let over = self.applied.len() - APPLIED_KEPT;
+            self.applied.drain(..over);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_remembers_the_latest_actions_each_once() {
+        let mut c = StudentControl::default();
+        assert!(!c.has_applied("a0"));
+        c.mark_applied("a0");
+        c.mark_applied("a0");
+        assert_eq!(c.applied, ["a0"], "once");
+        for n in 1..=APPLIED_KEPT {
+            c.mark_applied(&format!("a{n}"));
+        }
+        assert_eq!(c.applied.len(), APPLIED_KEPT);
+        assert!(!c.has_applied("a0"), "the oldest is forgotten first");
+        assert!(c.has_applied("a1") && c.has_applied(&format!("a{APPLIED_KEPT}")));
+        assert_eq!(c.applied.last().map(String::as_str), Some("a32"));
+    }
 }

@@ -64,6 +64,7 @@ const NO_CONTROL: &StudentControl = &StudentControl {
     deny_reason: None,
     reset_at: None,
     version: 0,
+    applied: Vec::new(),
 };
 
 impl Control {

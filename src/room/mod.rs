@@ -387,6 +387,9 @@ pub enum ControlCause {
     Auto,
     /// A student's accommodations changed.
     Accommodation,
+    /// Part of a proctor action that failed before it finished (its retry
+    /// sends the action's own `exam_update`).
+    Action,
 }
 
 impl ControlCause {
@@ -396,6 +399,7 @@ impl ControlCause {
             ControlCause::Timing => "timing",
             ControlCause::Auto => "auto",
             ControlCause::Accommodation => "accommodation",
+            ControlCause::Action => "action",
         }
     }
 }

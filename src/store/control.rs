@@ -78,7 +78,7 @@ pub enum PhaseChange {
 }
 
 const STUDENT_COLUMNS: &str = "student_id, extra_minutes, time_multiplier, extension_ms, started_at, pauses, \
-     finished, finished_at, denied, deny_reason, reset_at, version";
+     finished, finished_at, denied, deny_reason, reset_at, version, applied_actions";
 
 fn student_from_row(r: &sqlx::any::AnyRow) -> Result<(String, StudentControl), StoreError> {
     let extra: i64 = r.try_get(1)?;
@@ -102,6 +102,10 @@ fn student_from_row(r: &sqlx::any::AnyRow) -> Result<(String, StudentControl), S
         deny_reason: r.try_get(9)?,
         reset_at: r.try_get(10)?,
         version: r.try_get(11)?,
+        applied: r
+            .try_get::<Option<String>, _>(12)?
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default(),
     };
     Ok((r.try_get(0)?, control))
 }
@@ -292,6 +296,36 @@ impl Store {
         Err(StoreError::Db(sqlx::Error::PoolTimedOut))
     }
 
+    /// Like [`Self::update_student_control`] for the proctor action
+    /// `action_id`: the change is made at most once per student, however
+    /// often the action is retried. Returns the record and whether this
+    /// call changed it (false: the action had already, and nothing is
+    /// written).
+    pub async fn apply_student_action<E>(
+        &self,
+        exam_id: &str,
+        student_id: &str,
+        action_id: &str,
+        mut change: impl FnMut(&mut StudentControl) -> Result<(), E>,
+    ) -> Result<Result<(StudentControl, bool), E>, StoreError> {
+        if let Some(current) = self.student_control(exam_id, student_id).await?
+            && current.has_applied(action_id)
+        {
+            return Ok(Ok((current, false)));
+        }
+        // The action's claim (store/actions.rs) lets one request at a time
+        // apply it, so the check above cannot race with another writer of
+        // the same id.
+        let written = self
+            .update_student_control(exam_id, student_id, |c| {
+                change(c)?;
+                c.mark_applied(action_id);
+                Ok(())
+            })
+            .await?;
+        Ok(written.map(|c| (c, true)))
+    }
+
     /// Inserts (`expected` None) or updates at `expected` version; false if
     /// another change won.
     async fn write_student_control(
@@ -309,15 +343,15 @@ impl Store {
         let sql = match expected {
             None => {
                 "INSERT INTO student_control (extra_minutes, time_multiplier, extension_ms, started_at, pauses, \
-                 finished, finished_at, denied, deny_reason, reset_at, version, exam_id, student_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 finished, finished_at, denied, deny_reason, reset_at, version, applied_actions, exam_id, student_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (exam_id, student_id) DO NOTHING"
             }
             Some(_) => {
                 "UPDATE student_control SET extra_minutes = $1, time_multiplier = $2, extension_ms = $3, \
                  started_at = COALESCE(started_at, $4), pauses = $5, finished = COALESCE(finished, $6), \
                  finished_at = COALESCE(finished_at, $7), denied = $8, deny_reason = $9, reset_at = $10, \
-                 version = $11 WHERE exam_id = $12 AND student_id = $13 AND version = $14"
+                 version = $11, applied_actions = $12 WHERE exam_id = $13 AND student_id = $14 AND version = $15"
             }
         };
         let mut query = sqlx::query(sql)
@@ -332,6 +366,10 @@ impl Store {
             .bind(c.deny_reason.as_deref())
             .bind(c.reset_at)
             .bind(c.version)
+            .bind(
+                (!c.applied.is_empty())
+                    .then(|| serde_json::to_string(&c.applied).unwrap_or_default()),
+            )
             .bind(exam_id)
             .bind(student_id);
         if let Some(version) = expected {

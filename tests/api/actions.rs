@@ -561,3 +561,71 @@ async fn eventually_refused(app: &TestApp, exam: &str, sub: &str) {
         }
     }
 }
+
+/// Makes every write of `student`'s control record fail (a trigger in the
+/// app's own SQLite database), until the returned pool drops them.
+async fn break_writes_of(app: &TestApp, student: &str) -> sqlx::SqlitePool {
+    let pool = sqlx::SqlitePool::connect(&app.db_url)
+        .await
+        .expect("open the app's database");
+    for (name, op) in [("no_insert", "INSERT"), ("no_update", "UPDATE")] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TRIGGER {name} BEFORE {op} ON student_control WHEN NEW.student_id = '{student}' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )))
+        .execute(&pool)
+        .await
+        .expect("create the trigger");
+    }
+    pool
+}
+
+#[tokio::test]
+async fn an_action_that_failed_halfway_is_retried_without_extending_anyone_twice() {
+    let app = spawn_app().await;
+    timed_exam(&app, "h1", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["h1"]);
+    let (mut s1, w1) = app.student("h1", "s1").await;
+    let (mut s2, w2) = app.student("h1", "s2").await;
+    let (d1, d2) = (ms(&w1["deadline"]), ms(&w2["deadline"]));
+    let body = json!({"id": "half", "kind": "extend", "students": ["s1", "s2"], "minutes": 5});
+
+    // s1 is extended, then writing s2's record fails: the request fails.
+    let db = break_writes_of(&app, "s2").await;
+    let (status, err) = act(&app, "h1", &teacher, body.clone()).await;
+    assert_eq!(status, 503, "{err}");
+    // What did change is shown at once, not left to the retry.
+    let update = s1
+        .next_where("s1's record as changed", |v| v["type"] == "exam_update")
+        .await;
+    assert_eq!(update["cause"], "action", "{update}");
+    assert_eq!(ms(&update["deadline"]) - d1, 5 * 60_000, "{update}");
+    for name in ["no_insert", "no_update"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {name}")))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+
+    // The retry extends s2 and leaves s1 as the first attempt left them.
+    let post = act_later(&app, "h1", &teacher, body);
+    let u1 = receive(&mut s1, "exam_update", "half").await;
+    let u2 = receive(&mut s2, "exam_update", "half").await;
+    assert_eq!(ms(&u1["deadline"]) - d1, 5 * 60_000, "once for s1: {u1}");
+    assert_eq!(ms(&u2["deadline"]) - d2, 5 * 60_000, "once for s2: {u2}");
+    let (status, answer) = post.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let [one, two] = [&answer["students"][0], &answer["students"][1]];
+    assert_eq!(
+        (&one["student_id"], &one["already_applied"]),
+        (&json!("s1"), &json!(true)),
+        "{answer}"
+    );
+    assert_eq!(ms(&one["deadline"]), ms(&u1["deadline"]));
+    assert_eq!(two["applied_ms"], 300_000, "{answer}");
+    assert!(two.get("already_applied").is_none(), "{answer}");
+    // And the records say so after a reconnect.
+    drop(s1);
+    let (_, again) = app.student("h1", "s1").await;
+    assert_eq!(ms(&again["deadline"]) - d1, 5 * 60_000, "{again}");
+}
