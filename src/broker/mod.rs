@@ -113,6 +113,11 @@ pub async fn dispatch(
                     .route(&exam, RoomCmd::KickedElsewhere { student })
                     .await;
             }
+            redis::Inbound::Dropped { exam, student } => {
+                registry
+                    .route(&exam, RoomCmd::DroppedElsewhere { student })
+                    .await;
+            }
             redis::Inbound::Resync => {
                 for room in registry.all() {
                     let _ = room.send(RoomCmd::Resync).await;

@@ -66,6 +66,9 @@ pub enum Inbound {
     Event(Arc<str>, Published),
     /// A message for one connection of this instance (second session).
     Kick { exam: Arc<str>, student: Arc<str> },
+    /// A student's socket was lost on another instance (their grace clock
+    /// runs there): every room counts it towards a network incident.
+    Dropped { exam: Arc<str>, student: Arc<str> },
     /// Redis came back after a disconnection: reload shared state.
     Resync,
 }
@@ -496,6 +499,55 @@ impl RedisBroker {
         conn.publish(channel, msg).await
     }
 
+    /// Tells the other instances' rooms of the exam that a student's socket
+    /// was lost here (room/incident.rs counts drops cluster-wide).
+    pub async fn send_dropped(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let channel = format!("{}:exam:{exam}", self.prefix);
+        let msg = format!("{}\ndropped\n{student}\n0\n", self.instance);
+        conn.publish(channel, msg).await
+    }
+
+    /// Claims the right to report the exam's current network incident:
+    /// true for the first instance to ask within `ttl`, false for the others
+    /// (each saw the same drops and folds its students' alerts).
+    pub async fn claim_incident(
+        &self,
+        exam: &str,
+        ttl: Duration,
+    ) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:{{{exam}}}:incident", self.prefix))
+            .arg(&*self.instance)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Records the peer IP and user agent of a student's new session and
+    /// returns those of the one before, whichever instance it was on
+    /// (`None` when Redis has none: the caller asks the database).
+    pub async fn swap_client(
+        &self,
+        exam: &str,
+        student: &str,
+        client: &str,
+    ) -> Result<Option<String>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(format!("{}:{{{exam}}}:client:{student}", self.prefix))
+            .arg(client)
+            .arg("GET")
+            .arg("PX")
+            .arg(86_400_000_u64)
+            .query_async(&mut conn)
+            .await
+    }
+
     /// Stores a connection ticket's value for `ttl` (see `crate::tickets`).
     pub async fn put_ticket(
         &self,
@@ -728,13 +780,14 @@ async fn read_pushes(
                     continue;
                 };
                 let exam: Arc<str> = exam.into();
-                let inbound_msg = if msg.kind == "kick" {
+                let inbound_msg = if msg.kind == "kick" || msg.kind == "dropped" {
                     if msg.origin == instance {
-                        continue; // our own request: the new session is here
+                        continue; // our own: the new session, or the drop, is here
                     }
-                    match msg.student {
-                        Some(student) => Inbound::Kick { exam, student },
-                        None => continue,
+                    match (msg.student, msg.kind == "kick") {
+                        (Some(student), true) => Inbound::Kick { exam, student },
+                        (Some(student), false) => Inbound::Dropped { exam, student },
+                        (None, _) => continue,
                     }
                 } else {
                     Inbound::Event(exam, msg)

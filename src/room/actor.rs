@@ -320,6 +320,8 @@ impl Room {
             RoomCmd::ExamTotal(total) => self.total_questions = Some(total),
             RoomCmd::Resynced(state) => self.on_resynced(state),
             RoomCmd::KickedElsewhere { student } => self.kicked_elsewhere(&student),
+            RoomCmd::DroppedElsewhere { student } => self.dropped_elsewhere(&student),
+            RoomCmd::IncidentClaimed { students } => self.incident_claimed(students),
             RoomCmd::Orphaned { student } => self.orphaned(student),
             RoomCmd::AnsweredLoaded { student, answered } => {
                 self.answered_loaded(&student, answered)

@@ -15,8 +15,12 @@
 //!
 //! A drop whose grace ended before the incident was recognised has already
 //! had its alert (grace shorter than the time the incident took to form).
-//! In a cluster each instance sees the drops of its own students (and
-//! counts them against every connected student of the exam).
+//! In a cluster every instance sees every drop: a room tells the others of
+//! its students' lost sockets (an unnumbered `dropped` message on the
+//! exam's channel), so each counts the whole exam's drops against the
+//! whole exam's connected students and folds its own students' alerts
+//! alike. Each recognises the incident; the first to claim it in Redis
+//! (`SET NX`, two windows long) sends the one alert.
 //!
 //! Plain data; every method takes `now`, so its tests need no clock.
 

@@ -271,6 +271,15 @@ pub enum RoomCmd {
     KickedElsewhere {
         student: Arc<str>,
     },
+    /// A student's socket was lost on another instance.
+    DroppedElsewhere {
+        student: Arc<str>,
+    },
+    /// This room won the claim to report the network incident it saw
+    /// (or could not ask Redis): send the one alert.
+    IncidentClaimed {
+        students: u32,
+    },
     /// This instance claimed a student whose instance died.
     Orphaned {
         student: Arc<str>,

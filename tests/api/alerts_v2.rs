@@ -289,6 +289,84 @@ async fn four_of_five_dropping_at_once_is_one_network_incident() {
     assert_eq!(listed["students"], n);
 }
 
+/// Reads `t`'s stream until `n` different students were seen connected.
+async fn sees_connected(t: &mut Client, n: usize) {
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        let v = t
+            .next_where("students joining", |v| {
+                v["type"] == "student" && v["student"]["connected"] == true
+            })
+            .await;
+        seen.insert(v["student"]["student_id"].to_string());
+    }
+}
+
+#[tokio::test]
+async fn students_of_two_instances_dropping_at_once_are_one_network_incident() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, incident_settings).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let (mut ta, _) = a.teacher("e1", "t1").await;
+    let (mut tb, _) = b.teacher("e1", "t2").await;
+    // Three students on each; two of each drop. Neither instance alone
+    // has `incident_min` (3) drops: only the cluster's count makes it one.
+    let mut on_a = Vec::new();
+    let mut on_b = Vec::new();
+    for i in 1..=3 {
+        on_a.push(a.student("e1", &format!("a{i}")).await.0);
+        on_b.push(b.student("e1", &format!("b{i}")).await.0);
+    }
+    sees_connected(&mut ta, 6).await;
+    sees_connected(&mut tb, 6).await;
+    let mut stays = on_a.pop().expect("a3");
+    let _stays_b = on_b.pop().expect("b3");
+    drop(on_a);
+    drop(on_b);
+    // Every alert until past every grace (the four `disconnected` student
+    // events), then until a sentinel alert from a student who stayed.
+    let mut alerts = [Vec::new(), Vec::new()];
+    for (t, alerts) in [&mut ta, &mut tb].into_iter().zip(alerts.iter_mut()) {
+        let mut gone = std::collections::HashSet::new();
+        while gone.len() < 4 {
+            let v = t
+                .next_where("alerts and disconnects", |v| {
+                    v["type"] == "alert" || v["cause"] == "disconnected"
+                })
+                .await;
+            if v["type"] == "alert" {
+                alerts.push(v);
+            } else {
+                gone.insert(v["student"]["student_id"].to_string());
+            }
+        }
+    }
+    stays
+        .send_json(json!({"type": "focus", "state": "fullscreen_exit"}))
+        .await;
+    let mut incidents = Vec::new();
+    for (t, mut alerts) in [&mut ta, &mut tb].into_iter().zip(alerts) {
+        loop {
+            let v = t.next_of_type("alert").await;
+            if v["kind"] == "fullscreen_exit" {
+                break;
+            }
+            alerts.push(v);
+        }
+        let kinds: Vec<_> = alerts.iter().map(|v| v["kind"].clone()).collect();
+        assert_eq!(kinds, [json!("network_incident")], "{alerts:?}");
+        incidents.push(alerts.remove(0));
+    }
+    assert_eq!(
+        incidents[0]["alert_id"], incidents[1]["alert_id"],
+        "one alert"
+    );
+    // Counted when the incident was recognised: the third or fourth drop.
+    let n = incidents[0]["students"].as_u64().unwrap_or(0);
+    assert!((3..=4).contains(&n), "{:?}", incidents[0]);
+    assert_alert_shape(&incidents[0], "network_incident", "technical");
+}
+
 #[tokio::test]
 async fn one_drop_alone_is_the_normal_disconnected_alert() {
     let app = spawn_app_with(incident_settings).await;

@@ -14,7 +14,7 @@ use super::{Audience, Room};
 use crate::{
     broker::Broker,
     protocol::{AlertKind, AlertState, ClientMsg, Seq, ServerMsg, Status, Timestamp},
-    room::{Report, incident},
+    room::{Report, RoomCmd, incident},
     store::{alerts::AlertRow, writer::Record},
 };
 
@@ -88,9 +88,37 @@ impl Room {
         }
     }
 
-    /// A student's socket was lost (their grace clock runs): part of a
-    /// network incident?
+    /// A student's socket was lost here (their grace clock runs): the other
+    /// instances are told, and it counts towards a network incident.
     pub(super) fn student_dropped(&mut self, sid: &Arc<str>) {
+        if let Broker::Redis(redis) = &self.ctx.broker {
+            let (redis, exam, student) = (redis.clone(), self.exam_id.clone(), sid.clone());
+            self.ctx.tracker.spawn(async move {
+                if let Err(e) = redis.send_dropped(&exam, &student).await {
+                    tracing::debug!(error = %e, "cannot tell the cluster of a drop");
+                }
+            });
+        }
+        self.count_drop(sid);
+    }
+
+    /// A student's socket was lost on another instance: counted like ours,
+    /// so every instance sees the whole exam's drops, and judges (and folds
+    /// its own students' alerts) alike.
+    pub(super) fn dropped_elsewhere(&mut self, sid: &Arc<str>) {
+        if let Some(st) = self.students.get_mut(sid) {
+            if st.conn.is_some() {
+                return; // back here already: that drop is over
+            }
+            st.state.connected = false;
+        }
+        self.count_drop(sid);
+    }
+
+    /// A drop, here or elsewhere: part of a network incident? In a cluster
+    /// every instance sees the incident; the first to claim it in Redis
+    /// sends the one alert.
+    fn count_drop(&mut self, sid: &Arc<str>) {
         let connected = self
             .students
             .values()
@@ -98,13 +126,33 @@ impl Room {
             .count();
         let thresholds = incident::Thresholds::from(&self.ctx.alerts);
         let now = std::time::Instant::now();
-        match self.incidents.dropped(sid, connected, now, thresholds) {
-            incident::Verdict::Incident { students } => {
-                tracing::warn!(students, "network incident: many students dropped at once");
-                self.send_alert(None, AlertKind::NetworkIncident, 1, Some(students));
+        let incident::Verdict::Incident { students } =
+            self.incidents.dropped(sid, connected, now, thresholds)
+        else {
+            return;
+        };
+        let Broker::Redis(redis) = &self.ctx.broker else {
+            return self.incident_claimed(students);
+        };
+        let (redis, exam, inbox) = (redis.clone(), self.exam_id.clone(), self.inbox.clone());
+        // Long enough to cover the incident forming on every instance.
+        let ttl = thresholds.window * 2;
+        self.ctx.tracker.spawn(async move {
+            let ours = match redis.claim_incident(&exam, ttl).await {
+                Ok(won) => won,
+                // Better a second alert than none.
+                Err(_) => true,
+            };
+            if ours && let Some(inbox) = inbox.upgrade() {
+                let _ = inbox.send(RoomCmd::IncidentClaimed { students }).await;
             }
-            incident::Verdict::Normal | incident::Verdict::Folded => {}
-        }
+        });
+    }
+
+    /// Ours to report: one `network_incident` alert for the room.
+    pub(super) fn incident_claimed(&mut self, students: u32) {
+        tracing::warn!(students, "network incident: many students dropped at once");
+        self.send_alert(None, AlertKind::NetworkIncident, 1, Some(students));
     }
 
     /// A proctor's report, already stored by the API: numbered and sent to
