@@ -138,11 +138,8 @@ impl Room {
         // Long enough to cover the incident forming on every instance.
         let ttl = thresholds.window * 2;
         self.ctx.tracker.spawn(async move {
-            let ours = match redis.claim_incident(&exam, ttl).await {
-                Ok(won) => won,
-                // Better a second alert than none.
-                Err(_) => true,
-            };
+            // Better a second alert than none when Redis cannot answer.
+            let ours = redis.claim_incident(&exam, ttl).await.unwrap_or(true);
             if ours && let Some(inbox) = inbox.upgrade() {
                 let _ = inbox.send(RoomCmd::IncidentClaimed { students }).await;
             }
