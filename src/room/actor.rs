@@ -321,6 +321,11 @@ impl Room {
             RoomCmd::Resynced(state) => self.on_resynced(state),
             RoomCmd::KickedElsewhere { student } => self.kicked_elsewhere(&student),
             RoomCmd::DroppedElsewhere { student } => self.dropped_elsewhere(&student),
+            RoomCmd::PreviousClient {
+                student,
+                previous,
+                now,
+            } => self.previous_client(&student, &previous, &now),
             RoomCmd::IncidentClaimed { students } => self.incident_claimed(students),
             RoomCmd::Orphaned { student } => self.orphaned(student),
             RoomCmd::AnsweredLoaded { student, answered } => {

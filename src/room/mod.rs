@@ -177,6 +177,10 @@ pub struct StudentJoin {
     /// session (`ip_changed`, `device_changed`: room/signals.rs).
     pub peer_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// With several instances: where the student's previous session came
+    /// from, whichever instance it was on (Redis swaps this session's in
+    /// during the handshake); `None` when Redis had none.
+    pub previous_client: Option<signals::Client>,
     /// What the cluster-wide session lease said (always `Alone` in memory).
     pub cluster: ClusterJoin,
     /// With several instances: the student's answered questions, from the
@@ -270,6 +274,14 @@ pub enum RoomCmd {
     /// Another instance took over this student's session.
     KickedElsewhere {
         student: Arc<str>,
+    },
+    /// Where a student's previous session came from, learnt after their
+    /// join (from Redis or the database): compared with where the one that
+    /// joined (`now`) comes from.
+    PreviousClient {
+        student: Arc<str>,
+        previous: signals::Client,
+        now: signals::Client,
     },
     /// A student's socket was lost on another instance.
     DroppedElsewhere {

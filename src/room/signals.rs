@@ -6,9 +6,10 @@
 //!
 //! Plain data and functions taking `now`; the room asks and raises the
 //! alert kinds it is told (folded like the others, `room/alerts.rs`).
-//! What is compared is what this instance's room saw of the student's
-//! previous session: a room restarted, or a session that came from
-//! another instance, has nothing to compare with and raises nothing.
+//! The previous session is the student's latest one anywhere: what this
+//! room saw of it, or, when the room never saw one (it restarted, or the
+//! student was elsewhere), what the cluster (Redis) or the database
+//! recorded of it (the room asks off its loop, actor/join.rs).
 
 use std::time::{Duration, Instant};
 
@@ -32,20 +33,31 @@ impl Signals {
     /// A session joined (new, reconnect or takeover) from `ip` with
     /// `user_agent`: the kinds to raise if either differs from the last.
     pub fn joined(&mut self, ip: Option<&str>, user_agent: Option<&str>) -> Vec<AlertKind> {
-        let mut raised = Vec::new();
-        if changed(self.ip.as_deref(), ip) {
-            raised.push(AlertKind::IpChanged);
-        }
-        if changed(self.user_agent.as_deref(), user_agent) {
-            raised.push(AlertKind::DeviceChanged);
-        }
+        let raised = self
+            .previous()
+            .map(|before| changes(&before, ip, user_agent))
+            .unwrap_or_default();
+        self.record(ip, user_agent);
+        raised
+    }
+
+    /// The peer IP and user agent of the latest session this room saw;
+    /// `None` when it saw none.
+    pub fn previous(&self) -> Option<Client> {
+        (self.ip.is_some() || self.user_agent.is_some()).then(|| Client {
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+        })
+    }
+
+    /// Remembers a session's IP and user agent as the latest.
+    pub fn record(&mut self, ip: Option<&str>, user_agent: Option<&str>) {
         if let Some(ip) = ip {
             self.ip = Some(ip.to_owned());
         }
         if let Some(ua) = user_agent {
             self.user_agent = Some(ua.to_owned());
         }
-        raised
     }
 
     /// A `progress` claimed `answered`: `answered_decreased` if below the
@@ -72,6 +84,47 @@ impl Signals {
         self.gap_reported = true;
         Some(AlertKind::HeartbeatGap)
     }
+}
+
+/// Where a session came from: its peer IP and user agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Client {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Client {
+    /// As stored in Redis: `ip`, a newline, the user agent (a header
+    /// value holds no newline).
+    pub fn encode(&self) -> String {
+        format!(
+            "{}\n{}",
+            self.ip.as_deref().unwrap_or_default(),
+            self.user_agent.as_deref().unwrap_or_default()
+        )
+    }
+
+    pub fn decode(s: &str) -> Self {
+        let (ip, ua) = s.split_once('\n').unwrap_or((s, ""));
+        let some = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        Self {
+            ip: some(ip),
+            user_agent: some(ua),
+        }
+    }
+}
+
+/// The kinds to raise for a session from `ip` with `user_agent` after one
+/// from `before`.
+pub fn changes(before: &Client, ip: Option<&str>, user_agent: Option<&str>) -> Vec<AlertKind> {
+    let mut raised = Vec::new();
+    if changed(before.ip.as_deref(), ip) {
+        raised.push(AlertKind::IpChanged);
+    }
+    if changed(before.user_agent.as_deref(), user_agent) {
+        raised.push(AlertKind::DeviceChanged);
+    }
+    raised
 }
 
 /// Known before, known now, and different. A session that does not tell
@@ -103,6 +156,38 @@ mod tests {
         );
         assert!(s.joined(None, None).is_empty(), "unknown proves nothing");
         assert!(s.joined(Some("10.0.0.3"), Some("Safari")).is_empty());
+    }
+
+    #[test]
+    fn a_client_survives_its_redis_encoding() {
+        let c = Client {
+            ip: Some("10.0.0.1".into()),
+            user_agent: Some("Mozilla/5.0 (X11; Linux)".into()),
+        };
+        assert_eq!(Client::decode(&c.encode()), c);
+        assert_eq!(
+            Client::decode(&Client::default().encode()),
+            Client::default()
+        );
+        let no_ua = Client {
+            ip: Some("::1".into()),
+            user_agent: None,
+        };
+        assert_eq!(Client::decode(&no_ua.encode()), no_ua);
+    }
+
+    #[test]
+    fn what_the_room_saw_is_the_previous_client() {
+        let mut s = Signals::default();
+        assert_eq!(s.previous(), None, "nothing seen yet");
+        s.record(Some("10.0.0.1"), None);
+        assert_eq!(s.previous().and_then(|c| c.ip).as_deref(), Some("10.0.0.1"));
+        let before = s.previous().unwrap();
+        assert_eq!(
+            changes(&before, Some("10.0.0.9"), Some("Chrome")),
+            [AlertKind::IpChanged],
+            "a user agent not known before proves nothing"
+        );
     }
 
     #[test]

@@ -60,6 +60,40 @@ impl Store {
             .collect()
     }
 
+    /// The peer IP and user agent of the student's latest session of the
+    /// exam other than `except` (the one joining now), on any instance.
+    pub async fn previous_client(
+        &self,
+        exam_id: &str,
+        student_id: &str,
+        except: &str,
+    ) -> Result<Option<crate::room::signals::Client>, StoreError> {
+        let row = sqlx::query(
+            "SELECT ip, user_agent FROM sessions \
+             WHERE exam_id = $1 AND user_id = $2 AND role = 'student' AND id <> $3 \
+             ORDER BY connected_at DESC, id DESC LIMIT 1",
+        )
+        .bind(exam_id)
+        .bind(student_id)
+        .bind(except)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let ip: Option<String> = row.try_get(0)?;
+        let user_agent: Option<String> = row.try_get(1)?;
+        // Sessions record the peer as `ip:port`.
+        let ip = ip.map(|a| match a.parse::<std::net::SocketAddr>() {
+            Ok(addr) => addr.ip().to_string(),
+            Err(_) => a,
+        });
+        Ok(Some(crate::room::signals::Client {
+            ip: ip.filter(|v| !v.is_empty()),
+            user_agent: user_agent.filter(|v| !v.is_empty()),
+        }))
+    }
+
     /// The student's state as of their latest `student` event, if any.
     pub async fn last_student_state(
         &self,

@@ -310,14 +310,39 @@ impl Connection {
             .ok()
     }
 
+    /// Records where this session comes from in Redis and returns where the
+    /// student's previous session came from, on whichever instance it was
+    /// (`ip_changed`, `device_changed`: room/signals.rs).
+    async fn swap_client(
+        &self,
+        redis: &crate::broker::RedisBroker,
+    ) -> Option<crate::room::signals::Client> {
+        use crate::room::signals::Client;
+        let now = Client {
+            ip: Some(self.peer.ip().to_string()),
+            user_agent: Some(self.user_agent.clone()),
+        };
+        let swapped = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            redis.swap_client(&self.exam_id, &self.user, &now.encode()),
+        )
+        .await;
+        match swapped {
+            Ok(Ok(before)) => before.map(|b| Client::decode(&b)),
+            _ => None,
+        }
+    }
+
     /// Joins the room, retrying if it ended just as we looked it up. Also
     /// returns the message-rate bucket to use: a student's comes from the
     /// room (shared by all their connections), a teacher's is its own.
     async fn join(&self, out: Outbox) -> Option<(RoomHandle, Arc<RateBucket>)> {
         let cluster = self.claim_session().await;
-        let answered = match (&self.app.broker, self.watcher()) {
-            (Broker::Redis(redis), false) => self.answered(redis).await,
-            _ => None,
+        let (answered, previous_client) = match (&self.app.broker, self.watcher()) {
+            (Broker::Redis(redis), false) => {
+                tokio::join!(self.answered(redis), self.swap_client(redis))
+            }
+            _ => (None, None),
         };
         let fresh = || {
             Arc::new(RateBucket::new(
@@ -352,6 +377,7 @@ impl Connection {
                 previous_session: self.previous_session.clone(),
                 peer_ip: Some(self.peer.ip().to_string()),
                 user_agent: Some(self.user_agent.clone()),
+                previous_client: previous_client.clone(),
                 cluster,
                 answered: answered.clone(),
                 exam_clock: self.app.rosters.exam_clock(&self.exam_id),

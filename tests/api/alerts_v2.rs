@@ -60,10 +60,30 @@ fn assert_alert_shape(a: &Value, kind: &str, category: &str) {
 /// A student connection from `ip` (any 127.0.0.0/8 address is this host)
 /// with `user_agent`.
 async fn student_from(app: &TestApp, exam: &str, sub: &str, ip: &str, user_agent: &str) -> Client {
+    student_after(app, exam, sub, ip, user_agent, None).await.0
+}
+
+/// Like `student_from`, reconnecting after the session `previous` (if
+/// given); also returns the `welcome`.
+async fn student_after(
+    app: &TestApp,
+    exam: &str,
+    sub: &str,
+    ip: &str,
+    user_agent: &str,
+    previous: Option<&Value>,
+) -> (Client, Value) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
     let stream = socket.connect(app.addr).await.expect("connect");
-    let mut req = app.ws_url(exam).into_client_request().unwrap();
+    let mut url = app.ws_url(exam);
+    if let Some(p) = previous {
+        url = format!(
+            "{url}?previous_session={}",
+            p["session_id"].as_str().unwrap()
+        );
+    }
+    let mut req = url.into_client_request().unwrap();
     let token = app.token(sub, Role::Student, &[exam]);
     let h = req.headers_mut();
     h.insert(
@@ -79,8 +99,8 @@ async fn student_from(app: &TestApp, exam: &str, sub: &str, ip: &str, user_agent
     .expect("handshake in time")
     .expect("handshake accepted");
     let mut c = Client { ws, response };
-    c.next_of_type("welcome").await;
-    c
+    let welcome = c.next_of_type("welcome").await;
+    (c, welcome)
 }
 
 #[tokio::test]
@@ -139,6 +159,65 @@ async fn a_session_from_another_ip_or_browser_is_alerted_and_the_same_one_is_not
     let kinds = alerts_until(&mut t, "s1", "device_changed").await;
     assert_eq!(kinds, ["second_session"], "the takeover's own alert first");
     drop(s);
+}
+
+#[tokio::test]
+async fn a_room_that_restarted_still_knows_the_previous_session() {
+    let app = spawn_app_with(|s| {
+        unfolded(s);
+        s.exam.room_linger = Duration::from_millis(50);
+        s.exam.disconnect_grace = Duration::from_millis(20);
+    })
+    .await;
+    app.open_exam("e1").await;
+    let s = student_from(&app, "e1", "s1", "127.0.0.1", "Firefox/1").await;
+    s.close().await;
+    eventually("the room ends", || app.state.registry.is_empty()).await;
+    app.flushed().await;
+    // A new room, which never saw that session: the database tells.
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let mut s = student_from(&app, "e1", "s1", "127.0.0.1", "Chrome/2").await;
+    let a = next_alert(&mut t, json!("s1")).await;
+    assert_alert_shape(&a, "device_changed", "test_taker");
+    s.send_json(json!({"type": "focus", "state": "fullscreen_exit"}))
+        .await;
+    assert_eq!(
+        alerts_until(&mut t, "s1", "fullscreen_exit").await,
+        Vec::<String>::new(),
+        "the same address: no ip_changed"
+    );
+}
+
+#[tokio::test]
+async fn a_session_on_another_instance_is_compared_with_the_one_before() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |s| {
+        unfolded(s);
+        s.exam.disconnect_grace = Duration::from_secs(30);
+    })
+    .await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let (mut t, _) = a.teacher("e1", "t1").await;
+    let (s, w) = student_after(a, "e1", "s1", "127.0.0.1", "Firefox/1", None).await;
+    s.close().await;
+    // Another browser from another address, on the other instance (whose
+    // room never saw the first session): both alerts.
+    let (mut s, w) = student_after(b, "e1", "s1", "127.0.0.2", "Chrome/2", Some(&w)).await;
+    s.send_json(json!({"type": "focus", "state": "fullscreen_exit"}))
+        .await;
+    let mut kinds = alerts_until(&mut t, "s1", "fullscreen_exit").await;
+    kinds.sort();
+    assert_eq!(kinds, ["device_changed", "ip_changed"]);
+    s.close().await;
+    // The same client back on the first instance, whose room last saw
+    // Firefox from 127.0.0.1: the latest session was this one, so nothing.
+    let (mut s, _) = student_after(a, "e1", "s1", "127.0.0.2", "Chrome/2", Some(&w)).await;
+    s.send_json(json!({"type": "focus", "state": "fullscreen_exit"}))
+        .await;
+    assert_eq!(
+        alerts_until(&mut t, "s1", "fullscreen_exit").await,
+        Vec::<String>::new()
+    );
 }
 
 #[tokio::test]

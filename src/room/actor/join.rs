@@ -17,6 +17,7 @@ use crate::{
     config::SecondSession,
     protocol::{AlertKind, Cause, ServerMsg, Timestamp},
     room::{ConnId, StudentJoin, close, students::Outcome, students::Student},
+    room::{RoomCmd, signals, signals::Client},
 };
 
 impl Room {
@@ -179,8 +180,10 @@ impl Room {
             rate,
             peer_ip,
             user_agent,
+            previous_client,
             ..
         } = join;
+        let this_session = session_id.clone();
         if let (Some(answered), Some(st)) = (answered, self.students.get_mut(who.id.as_str())) {
             if answered.len() > st.answered_questions.len() {
                 // Answers stored through another instance count here too.
@@ -243,13 +246,72 @@ impl Room {
         self.resend_owed(&sid);
         self.apply(&sid, outcome);
         // Another IP or browser than the previous session (room/signals.rs).
-        let changed = self
-            .students
-            .get_mut(&sid)
-            .map(|st| st.signals.joined(peer_ip.as_deref(), user_agent.as_deref()))
-            .unwrap_or_default();
-        self.raise_signals(&sid, changed);
+        let client = Client {
+            ip: peer_ip,
+            user_agent,
+        };
+        self.compare_client(&sid, &this_session, client, previous_client);
         self.verify_lease(&sid);
         let _ = reply.send(rate);
+    }
+}
+
+impl Room {
+    /// Compares where a joining session comes from with the student's
+    /// previous session: the one Redis had (any instance's, swapped during
+    /// the handshake), else the one this room saw, else, off the loop, the
+    /// database's latest other session (a room that restarted), whose
+    /// answer comes back as `RoomCmd::PreviousClient`.
+    fn compare_client(
+        &mut self,
+        sid: &Arc<str>,
+        session_id: &str,
+        now: Client,
+        shared: Option<Client>,
+    ) {
+        let Some(st) = self.students.get_mut(sid) else {
+            return;
+        };
+        let seen = st.signals.previous();
+        st.signals
+            .record(now.ip.as_deref(), now.user_agent.as_deref());
+        if let Some(before) = shared.or(seen) {
+            let kinds = signals::changes(&before, now.ip.as_deref(), now.user_agent.as_deref());
+            return self.raise_signals(sid, kinds);
+        }
+        if st.state.connections <= 1 {
+            return; // their first session: nothing before it to read
+        }
+        let (store, exam, student, session, inbox) = (
+            self.ctx.store.clone(),
+            self.exam_id.clone(),
+            sid.clone(),
+            session_id.to_owned(),
+            self.inbox.clone(),
+        );
+        self.ctx.tracker.spawn(async move {
+            let previous = store
+                .previous_client(&exam, &student, &session)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "cannot read a student's previous session");
+                    None
+                });
+            if let (Some(previous), Some(inbox)) = (previous, inbox.upgrade()) {
+                let _ = inbox
+                    .send(RoomCmd::PreviousClient {
+                        student,
+                        previous,
+                        now,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    /// Where a student's previous session came from, learnt off the loop.
+    pub(super) fn previous_client(&mut self, sid: &Arc<str>, previous: &Client, now: &Client) {
+        let kinds = signals::changes(previous, now.ip.as_deref(), now.user_agent.as_deref());
+        self.raise_signals(sid, kinds);
     }
 }
