@@ -139,6 +139,7 @@ impl App {
             tracing::info!(instance = %instance_id, "sharing exams through Redis");
             (Broker::Redis(redis), Some(inbound))
         };
+        let rosters = RosterCache::default();
         let registry = Registry::new(RoomContext {
             settings: Arc::new(settings.exam.clone()),
             alerts: settings.alerts,
@@ -149,6 +150,7 @@ impl App {
             store: store.clone(),
             writer: writer.clone(),
             broker: broker.clone(),
+            rosters: rosters.clone(),
         });
         tokio::spawn(crate::room::scheduler::run(
             registry.clone(),
@@ -182,7 +184,7 @@ impl App {
             next_conn: Arc::new(AtomicU64::new(1)),
             store,
             writer,
-            rosters: RosterCache::default(),
+            rosters,
             instance_id,
             broker,
         };

@@ -3,9 +3,12 @@
 //!
 //! The same cached read holds the exam's phase (no student socket to an
 //! exam that does not exist or is a `draft`: `exam_not_open`) and who was
-//! denied access (`deny`, `terminate`). The cache answers for at most
-//! `TTL` after a change made on another instance; the room, which hears of
-//! every change at once, enforces them on sockets already open.
+//! denied access (`deny`, `terminate`). A change forgets the entry on the
+//! instance that made it, and on every instance with a room for the exam
+//! as soon as the change's event reaches that room (room/actor/cluster.rs);
+//! an instance without one (no student there lately) answers from its
+//! cache for at most `TTL`, and the room it then starts enforces the
+//! change on the socket (close 4003).
 //!
 //! Exams without a roster accept any student whose token grants the exam.
 //! If the database cannot be reached and nothing is cached, the check fails

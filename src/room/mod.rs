@@ -485,6 +485,11 @@ pub struct RoomContext {
     pub store: crate::store::Store,
     pub writer: crate::store::writer::Writer,
     pub broker: crate::broker::Broker,
+    /// This instance's cache of rosters and gates for the handshake: a
+    /// room forgets its exam's entry when another instance's action or
+    /// phase change arrives, so a student denied, terminated or allowed
+    /// elsewhere is judged by the new rule at their next handshake here.
+    pub rosters: crate::roster::RosterCache,
 }
 
 /// The live rooms of this instance.

@@ -143,6 +143,17 @@ impl Room {
         if p.kind == "exam_update" {
             self.exam_update_published(p.event.as_str());
         }
+        if !ours
+            && matches!(
+                p.kind.as_str(),
+                "exam_update" | "action" | "student_control"
+            )
+        {
+            // Changed elsewhere: the handshake here must not judge by the
+            // roster and gate it cached before (deny, terminate, allow, a
+            // phase change).
+            self.ctx.rosters.invalidate(&self.exam_id);
+        }
         match p.kind.as_str() {
             "student_control" => self.student_control_published(p.event.as_str()),
             "action" => self.action_published(p.event.as_str()),
