@@ -81,11 +81,6 @@ async fn refused(app: &TestApp, exam: &str, sub: &str) -> (u16, String) {
     }
 }
 
-/// How often a handshake is retried while another instance's roster cache
-/// (`roster::TTL`, 2 s) may still hold what was true before a change: slow
-/// enough to stay well under `limits.handshakes_per_subject` (30 a minute).
-const RETRY: Duration = Duration::from_millis(250);
-
 /// Sends a heartbeat and reads until its ack; how many frames before it
 /// `counted` holds for.
 async fn count_until_heartbeat(c: &mut Client, r: &str, counted: impl Fn(&Value) -> bool) -> usize {
