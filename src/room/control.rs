@@ -100,10 +100,21 @@ impl Control {
     /// start already known here is kept: both only ever go from none to
     /// some, and the copy may have been read before this room set them.
     pub fn apply_student(&mut self, sid: Arc<str>, mut control: StudentControl) -> bool {
-        let current = self.students.get(&sid);
-        if current.is_some_and(|c| c.version >= control.version && control.version != 0) {
+        let current = self.students.get_mut(&sid);
+        if let Some(c) = current
+            && c.version >= control.version
+            && control.version != 0
+        {
+            // Not newer. But the instant their clock started is written
+            // once, without a new version (store `mark_started`): news
+            // even in a copy of the same version.
+            if c.clock.started_at.is_none() && control.clock.started_at.is_some() {
+                c.clock.started_at = control.clock.started_at;
+                return true;
+            }
             return false;
         }
+        let current = self.students.get(&sid);
         if control.finished.is_none() {
             control.finished = current.and_then(|c| c.finished);
         }
@@ -217,6 +228,28 @@ mod tests {
         exam.set_phase(Phase::Scheduled, now).unwrap();
         exam.set_phase(Phase::InProgress, now).unwrap();
         Control::new(exam, 1)
+    }
+
+    #[test]
+    fn a_copy_of_the_same_version_still_brings_the_start_of_the_clock() {
+        let t0 = 1_000_000;
+        let mut c = running(t0, 10 * MIN);
+        let ada: Arc<str> = "ada".into();
+        let mut record = StudentControl {
+            version: 3,
+            ..Default::default()
+        };
+        assert!(c.apply_student(ada.clone(), record.clone()));
+        assert!(!c.apply_student(ada.clone(), record.clone()), "nothing new");
+        record.clock.started_at = Some(t0 + 7);
+        assert!(
+            c.apply_student(ada.clone(), record.clone()),
+            "the start is news"
+        );
+        assert_eq!(c.student("ada").clock.started_at, Some(t0 + 7));
+        record.clock.started_at = Some(t0 + 9);
+        assert!(!c.apply_student(ada.clone(), record), "written once");
+        assert_eq!(c.student("ada").clock.started_at, Some(t0 + 7));
     }
 
     #[test]

@@ -413,6 +413,47 @@ async fn a_stream_on_one_instance_gets_an_action_posted_on_another() {
 }
 
 #[tokio::test]
+async fn a_stream_elsewhere_follows_a_per_student_clock_to_time_up() {
+    let Some(redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    let apps = crate::cluster::cluster(&redis, 2, |_| {}).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let admin = a.token("admin", Role::Admin, &[]);
+    let (status, exam) = post_at(
+        &a.http(""),
+        "/v1/exams",
+        &admin,
+        json!({"id": "k2", "title": "k2", "phase": "in_progress", "timing": "per_student", "duration_seconds": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{exam}");
+    // The stream on B, before the student's clock started: no deadline.
+    let mut sse = b.student_sse("k2", "s1").await;
+    let first = sse.next_student_event_named("exam_update").await;
+    assert_eq!(first.data["deadline"], Value::Null, "{:?}", first.data);
+    // Their socket on A starts their clock; B's stream learns the deadline.
+    let (_s, welcome) = a.student("k2", "s1").await;
+    let deadline = ms(&welcome["deadline"]);
+    let started = sse.next_student_event_named("exam_update").await;
+    assert_eq!(
+        ms(&started.data["deadline"]),
+        deadline,
+        "{:?}",
+        started.data
+    );
+    // And B's room ends their time at that deadline.
+    let up = loop {
+        let e = sse.next_student_event_named("exam_update").await;
+        if e.data["cause"] == "time_up" {
+            break e;
+        }
+    };
+    assert_eq!(ms(&up.data["deadline"]), deadline, "{:?}", up.data);
+    assert!(examwatch::store::now_ms() >= deadline, "not before it");
+}
+
+#[tokio::test]
 async fn the_openapi_document_describes_the_students_stream_and_acknowledgement() {
     let app = spawn_app().await;
     let doc: Value = reqwest::get(app.http("/v1/openapi.json"))

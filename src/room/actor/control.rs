@@ -349,6 +349,11 @@ impl Room {
         self.refresh_view(sid, now);
         self.arm_deadline(sid, now);
         self.arm_exam_timer(now);
+        if self.control.exam.timing == crate::control::Timing::PerStudent {
+            // Their deadline depends on this instant: every instance's room
+            // needs it now (a stream of theirs elsewhere, its time_up).
+            self.publish_student_control(sid, Cause::Timing);
+        }
     }
 
     /// (Re)arms the timer of a student's deadline, or removes it.
