@@ -26,7 +26,10 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Watcher, control::notify};
+use super::{
+    Watcher,
+    control::{note_controls, notify},
+};
 use crate::{
     app::AppState,
     control::{AlreadyInState, ExamClock, Finish, StudentControl},
@@ -430,6 +433,8 @@ async fn apply(
             serde_json::to_value(body).unwrap_or(Value::Null),
         );
     }
+    let changed: Vec<&str> = controls.keys().map(String::as_str).collect();
+    note_controls(app, exam_id, &changed).await;
     notify(
         app,
         exam_id,
@@ -457,6 +462,8 @@ async fn stopped_halfway(
     exam_id: &str,
     controls: BTreeMap<String, StudentControl>,
 ) {
+    let changed: Vec<&str> = controls.keys().map(String::as_str).collect();
+    note_controls(app, exam_id, &changed).await;
     for (student, control) in controls {
         notify(
             app,

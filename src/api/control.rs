@@ -61,6 +61,18 @@ fn not_found() -> ApiError {
 
 /// Tells this instance's room of the exam (started if none runs here:
 /// its students may be elsewhere, its timers must run somewhere).
+/// Notes in Redis that these students' control records changed, before
+/// the change is announced: a handshake on another instance in the next
+/// seconds reads their record from the database (ws `recent_control`)
+/// rather than trust a room the announcement may not have reached yet.
+pub(super) async fn note_controls(app: &AppState, exam_id: &str, students: &[&str]) {
+    if let crate::broker::Broker::Redis(redis) = &app.broker
+        && let Err(e) = redis.note_controls(exam_id, students).await
+    {
+        tracing::warn!(error = %e, "cannot note changed control records in Redis");
+    }
+}
+
 pub(super) async fn notify(app: &AppState, exam_id: &str, cmd: RoomCmd) {
     let room = app.registry.get_or_start(exam_id);
     if room.send(cmd).await.is_err() {
@@ -309,6 +321,7 @@ async fn set_accommodation(
             Ok::<(), ApiError>(())
         })
         .await??;
+    note_controls(app, exam_id, &[student_id]).await;
     notify(
         app,
         exam_id,

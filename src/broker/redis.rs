@@ -59,6 +59,11 @@ redis.call('PEXPIRE', KEYS[4], 86400000)
 return seq
 "#;
 
+/// How long a change of a student's control record makes handshakes read
+/// it from the database ([`RedisBroker::note_controls`]): far longer than
+/// an event takes to reach every instance.
+pub const CONTROL_NOTE: Duration = Duration::from_secs(10);
+
 /// What the broker tells the rooms of this instance.
 #[derive(Debug)]
 pub enum Inbound {
@@ -546,6 +551,45 @@ impl RedisBroker {
             .arg(86_400_000_u64)
             .query_async(&mut conn)
             .await
+    }
+
+    /// Notes that these students' control records changed (a proctor
+    /// action, an accommodation), for [`CONTROL_NOTE`]: a handshake on any
+    /// instance within that time reads the record from the database
+    /// instead of trusting a room that may not have its event yet.
+    pub async fn note_controls(
+        &self,
+        exam: &str,
+        students: &[&str],
+    ) -> Result<(), redis::RedisError> {
+        if students.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for s in students {
+            pipe.cmd("SET")
+                .arg(self.control_key(exam, s))
+                .arg(1)
+                .arg("PX")
+                .arg(CONTROL_NOTE.as_millis() as u64)
+                .ignore();
+        }
+        pipe.query_async(&mut conn).await
+    }
+
+    /// Whether a student's control record changed within [`CONTROL_NOTE`].
+    pub async fn control_changed(
+        &self,
+        exam: &str,
+        student: &str,
+    ) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        conn.exists(self.control_key(exam, student)).await
+    }
+
+    fn control_key(&self, exam: &str, student: &str) -> String {
+        format!("{}:{{{exam}}}:control:{student}", self.prefix)
     }
 
     /// Stores a connection ticket's value for `ttl` (see `crate::tickets`).

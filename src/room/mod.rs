@@ -188,6 +188,10 @@ pub struct StudentJoin {
     pub answered: Option<std::collections::HashSet<String>>,
     /// The exam's clock as the handshake read it (store/control.rs `Gate`).
     pub exam_clock: Option<(crate::control::ExamClock, i64)>,
+    /// With several instances: the student's control record, read by the
+    /// handshake from the database because Redis said it changed within
+    /// the last seconds (its event may not have reached this room yet).
+    pub control: Option<Box<crate::control::StudentControl>>,
     pub out: Outbox,
     /// A fresh message-rate bucket, kept as the student's if they have
     /// none yet (`room/rate.rs`).

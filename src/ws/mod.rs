@@ -333,16 +333,38 @@ impl Connection {
         }
     }
 
+    /// The student's control record if it changed within the last seconds
+    /// (Redis notes every change, `broker::redis::CONTROL_NOTE`): read from
+    /// the database, so a change made on another instance a moment ago
+    /// holds from the welcome on, even before its event reaches the room.
+    async fn recent_control(
+        &self,
+        redis: &crate::broker::RedisBroker,
+    ) -> Option<Box<crate::control::StudentControl>> {
+        let wait = std::time::Duration::from_secs(2);
+        let changed = tokio::time::timeout(wait, redis.control_changed(&self.exam_id, &self.user));
+        if !matches!(changed.await, Ok(Ok(true))) {
+            return None;
+        }
+        let read = self.app.store.student_control(&self.exam_id, &self.user);
+        match tokio::time::timeout(wait, read).await {
+            Ok(Ok(control)) => control.map(Box::new),
+            _ => None, // the event still brings it
+        }
+    }
+
     /// Joins the room, retrying if it ended just as we looked it up. Also
     /// returns the message-rate bucket to use: a student's comes from the
     /// room (shared by all their connections), a teacher's is its own.
     async fn join(&self, out: Outbox) -> Option<(RoomHandle, Arc<RateBucket>)> {
         let cluster = self.claim_session().await;
-        let (answered, previous_client) = match (&self.app.broker, self.watcher()) {
-            (Broker::Redis(redis), false) => {
-                tokio::join!(self.answered(redis), self.swap_client(redis))
-            }
-            _ => (None, None),
+        let (answered, previous_client, control) = match (&self.app.broker, self.watcher()) {
+            (Broker::Redis(redis), false) => tokio::join!(
+                self.answered(redis),
+                self.swap_client(redis),
+                self.recent_control(redis)
+            ),
+            _ => (None, None, None),
         };
         let fresh = || {
             Arc::new(RateBucket::new(
@@ -381,6 +403,7 @@ impl Connection {
                 cluster,
                 answered: answered.clone(),
                 exam_clock: self.app.rosters.exam_clock(&self.exam_id),
+                control: control.clone(),
                 out: out.clone(),
                 rate: fresh(),
                 reply,

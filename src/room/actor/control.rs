@@ -285,6 +285,17 @@ impl Room {
         true
     }
 
+    /// A student's record as their handshake read it: applied if newer,
+    /// with its timers; the welcome that follows tells the student.
+    pub(super) fn control_from_join(&mut self, sid: &Arc<str>, control: StudentControl) {
+        if self.control.apply_student(sid.clone(), control) {
+            let now = now_ms();
+            self.refresh_view(sid, now);
+            self.arm_deadline(sid, now);
+            self.arm_exam_timer(now);
+        }
+    }
+
     /// A `student` event with the student's control record in it.
     fn publish_student_control(&mut self, sid: &Arc<str>, cause: Cause) {
         if !self.students.contains_key(sid) {

@@ -27,6 +27,11 @@ impl Room {
             // Newer than ours only if we missed a change (ignored otherwise).
             self.on_exam_control(clock, version, crate::room::ControlCause::Timing, false);
         }
+        if let Some(control) = join.control.take() {
+            // Changed elsewhere just now: known before the welcome, not
+            // only once the change's event arrives (ignored if not newer).
+            self.control_from_join(&sid, *control);
+        }
         if let Some(reason) = self.refused_access(&sid) {
             // Removed from the exam (the handshake's roster cache was older).
             join.out.kick.kick(reason);
