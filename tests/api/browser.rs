@@ -319,3 +319,15 @@ async fn dashboard_panels_answer_hands_resolve_alerts_and_show_a_record() {
     };
     assert!(stdout.contains("panels: ok"), "{stdout}");
 }
+
+/// The README's screenshot: the demo's exam in progress with a raised hand
+/// and open alerts (`dashboard.png`, copied into docs/img by hand).
+#[tokio::test]
+async fn the_readme_screenshot_shows_a_raised_hand_and_open_alerts() {
+    let Some(_) = scenario("screenshot.mjs").await else {
+        return;
+    };
+    let shot = artifact_dir().join("dashboard.png");
+    let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "a screenshot of the demo exam at {shot:?}");
+}
