@@ -215,4 +215,42 @@ await scenario('panels', async ({ cleanup, problems }) => {
   await dash.keyboard.press('Enter');
   await within(dash, SECOND, 'the close button closes, focus back on the row', (sel) => document.querySelector('#record').hidden && document.activeElement?.closest(sel), row('s2'), () => document.activeElement?.outerHTML);
   log('record: opened by click and by keyboard, paged, closed with Escape and the button');
+
+  // A name and texts with a bidi override (U+202E): isolated wherever the
+  // panels show them (a hand, its reply form, the live region, a report,
+  // the record), so they reorder nothing around them.
+  const RLO = '\u202E';
+  const evil = await connectStudent(base, 'e1', token('s8', 'student', 'e1', `${RLO}evil`));
+  cleanup.push(() => evil.close());
+  await evil.request({ type: 'raise_hand', text: `${RLO}help me` });
+  await within(dash, SECOND, 'the hand of s8', () => document.querySelector('#hands li[data-student="s8"]'), null, handsSeen);
+  await dash.click('#hands li[data-student="s8"] button.reply');
+  await dash.focus('#report-student');
+  await dash.selectOption('#report-student', 's8');
+  await dash.fill('#report-text', `${RLO}note passed`);
+  await dash.click('#report-form button.file');
+  await within(dash, SECOND, 'the report about s8', () => document.querySelector('#alerts li[data-kind="report"][data-student="s8"]'), null, alertsSeen);
+  await dash.click(`${row('s8')} .c-progress`);
+  await within(dash, SECOND, "s8's record", () => document.querySelector('#record').dataset.student === 's8' && document.querySelector('#record-sessions'), null, recordSeen);
+  const bidi = await dash.evaluate((rlo) => {
+    const isolated = (e) => e.tagName === 'BDI' || getComputedStyle(e).unicodeBidi === 'isolate';
+    const bad = [];
+    let seen = 0;
+    for (const panel of ['#hands-panel', '#alerts-panel', '#record']) {
+      const walker = document.createTreeWalker(document.querySelector(panel), NodeFilter.SHOW_TEXT);
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        if (!n.data.includes(rlo)) continue;
+        seen += 1;
+        const holder = n.parentElement;
+        // An <option> cannot hold a <bdi>: FSI … PDI around the string instead.
+        if (holder.tagName === 'OPTION') {
+          if (!n.data.includes(`\u2068${rlo}`)) bad.push(`OPTION: ${JSON.stringify(n.data)}`);
+        } else if (!isolated(holder) || holder.textContent !== n.data) bad.push(`${panel} ${holder.tagName}.${holder.className}: ${JSON.stringify(holder.textContent)}`);
+      }
+    }
+    return { bad, seen };
+  }, RLO);
+  check(bidi.bad.length === 0, `every string with U+202E is isolated in the panels: ${JSON.stringify(bidi.bad)}`);
+  check(bidi.seen >= 8, `the strings with U+202E are in the panels: ${bidi.seen}`);
+  log('bidi: isolated in the panels,', bidi.seen, 'strings');
 });

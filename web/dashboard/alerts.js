@@ -22,7 +22,7 @@
 // keeps its focus when alerts arrive.
 
 import { formatTime, onLanguage, t } from '../i18n/i18n.js';
-import { button, categoryText, el, examPath, kindText, ms, placeChildren, user } from './panels.js';
+import { button, categoryText, el, examPath, kindText, ms, placeChildren, say, user } from './panels.js';
 
 const MAX_LINES = 200;
 const RENDER_MS = 100;
@@ -216,6 +216,8 @@ export class AlertsPanel {
     this.reportSubmit.type = 'submit';
     this.form.append(this.reportLabels[0], this.reportStudent, this.reportLabels[1], this.reportCategory, this.reportLabels[2], this.reportText, this.reportSubmit);
     this.reportToggle.addEventListener('click', () => this._toggleReport());
+    // Students who joined while the form stayed open are offered too.
+    this.reportStudent.addEventListener('focus', () => this._fillStudents());
     this.form.addEventListener('submit', (e) => {
       e.preventDefault();
       this._fileReport();
@@ -262,12 +264,17 @@ export class AlertsPanel {
       this.reportToggle.focus();
       return;
     }
+    this._fillStudents();
+    this.reportStudent.focus();
+  }
+
+  /** The report form's students: the room, then everyone the table has. */
+  _fillStudents() {
     const value = this.reportStudent.value;
     const students = [...this.students()].sort((a, b) => a.name.localeCompare(b.name));
     // An <option> cannot hold a <bdi>: FSI … PDI isolate the user's strings.
     this.reportStudent.replaceChildren(new Option(t('alerts.report.room'), ''), ...students.map((s) => new Option(s.name === s.id ? `\u2068${s.id}\u2069` : `\u2068${s.name}\u2069 (\u2068${s.id}\u2069)`, s.id)));
     if (students.some((s) => s.id === value)) this.reportStudent.value = value;
-    this.reportStudent.focus();
   }
 
   async _fileReport() {
@@ -283,7 +290,7 @@ export class AlertsPanel {
       // Listed now; its `alert` event (the same alert_id) changes nothing.
       if (stored?.alert_id) this._add(stored);
       this.reportText.value = '';
-      this.status.textContent = t('alerts.report.filed', { name: who });
+      say(this.status, 'alerts.report.filed', { name: who });
       this._schedule();
     } catch (err) {
       this.status.textContent = t('alerts.report.refused', { why: err.message });
@@ -430,7 +437,7 @@ export class AlertsPanel {
         const row = await this.rest.post(examPath(this.exam, `/alerts/${encodeURIComponent(id)}/resolve`), { note });
         if (row?.resolution) this._resolved(id, row.resolution);
       }
-      this.status.textContent = t('alerts.resolved', { what: kindText(line.kind), name: node.who.textContent });
+      say(this.status, 'alerts.resolved', { what: kindText(line.kind), name: node.who.textContent });
       node.note.value = '';
       node.form.hidden = true;
       // The resolved line is elsewhere (another key): keep the keyboard in

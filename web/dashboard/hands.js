@@ -16,7 +16,7 @@
 // and a polite live region names the student; no sound.
 
 import { formatTime, onLanguage, t } from '../i18n/i18n.js';
-import { actionId, button, el, examPath, ms, placeChildren, user } from './panels.js';
+import { actionId, button, el, examPath, ms, placeChildren, say, user } from './panels.js';
 
 const NEW_MS = 8000;
 
@@ -73,7 +73,7 @@ export class HandsPanel {
       for (const [id, h] of this.hands) if (h.student_id === ev.student_id) this.hands.delete(id);
       this.hands.set(ev.hand_id, { hand_id: ev.hand_id, student_id: ev.student_id, text: ev.text ?? '', at: ev.at, seq: ev.seq ?? Infinity, fresh: !quiet && Date.now() });
       if (!quiet) this.raised?.add(ev.student_id);
-      if (!quiet) this.status.textContent = t('hands.new', { name: this.name(ev.student_id) });
+      if (!quiet) say(this.status, 'hands.new', { name: this.name(ev.student_id) });
     } else if (ev.type === 'hand_lowered') {
       this.lowered.add(ev.hand_id);
       this.hands.delete(ev.hand_id);
@@ -161,7 +161,7 @@ export class HandsPanel {
     const form = el('form', 'reply-form');
     form.hidden = true;
     const inputId = `reply-${h.hand_id}`;
-    const label = el('label', '', t('hands.reply_to', { name: who() }));
+    const label = say(el('label'), 'hands.reply_to', { name: who() });
     label.htmlFor = inputId;
     const input = el('input');
     input.id = inputId;
@@ -193,30 +193,31 @@ export class HandsPanel {
       e.preventDefault();
       const body = input.value.trim();
       if (!body) return;
-      this._act(h, [reply, dismiss, send], t('hands.replying', { name: who() }), {
+      this._act(h, [reply, dismiss, send], ['hands.replying', { name: who() }], {
         kind: 'message', students: [h.student_id], text: body, reply_to: h.hand_id,
-      }, (res) => t('hands.replied', { name: who(), delivery: deliveryText(res.students?.[0]?.delivery) }));
+      }, (res) => ['hands.replied', { name: who(), delivery: deliveryText(res.students?.[0]?.delivery) }]);
     });
     dismiss.addEventListener('click', () => {
-      this._act(h, [reply, dismiss, send], t('hands.dismissing', { name: who() }), { kind: 'lower_hand', hand_id: h.hand_id },
-        () => t('hands.dismissed', { name: who() }));
+      this._act(h, [reply, dismiss, send], ['hands.dismissing', { name: who() }], { kind: 'lower_hand', hand_id: h.hand_id },
+        () => ['hands.dismissed', { name: who() }]);
     });
     li.append(head, text, actions, form);
     return li;
   }
 
   /**
-   * POSTs an action for a hand; the hand goes when its `hand_lowered`
+   * POSTs an action for a hand (`pending`, `done(answer)`: a status line's
+   * key and values); the hand goes when its `hand_lowered`
    * arrives (the truth, for every dashboard at once), not on the answer.
    */
   async _act(h, controls, pending, body, done) {
     for (const c of controls) c.disabled = true;
-    this.status.textContent = pending;
+    say(this.status, ...pending);
     try {
       const res = await this.rest.post(examPath(this.exam, '/actions'), { id: actionId(body.kind === 'message' ? 'reply' : 'lower'), ...body });
-      this.status.textContent = done(res);
+      say(this.status, ...done(res));
     } catch (err) {
-      this.status.textContent = t('hands.refused', { name: this.name(h.student_id), why: err.message });
+      say(this.status, 'hands.refused', { name: this.name(h.student_id), why: err.message });
       for (const c of controls) c.disabled = false;
     }
   }
@@ -238,7 +239,7 @@ export class HandsPanel {
           this.event({ type: 'hand', hand_id: up.hand_id, student_id: sid, text: up.text, at: up.raised_at }, { quiet: true });
         }
       } catch (err) {
-        this.status.textContent = t('hands.unreadable', { name: this.name(sid), why: err.message });
+        say(this.status, 'hands.unreadable', { name: this.name(sid), why: err.message });
       }
     }
   }

@@ -21,6 +21,18 @@ export function user(text, className) {
   return el('bdi', className, text ?? '');
 }
 
+/**
+ * Puts the string for `key` into `node` with each `{placeholder}` filled
+ * by its value in a <bdi> of its own: a name with a bidi override
+ * (U+202E) in a sentence reorders nothing around it. `vars` values are
+ * text (numbers are formatted by the caller).
+ */
+export function say(node, key, vars = {}) {
+  const parts = t(key).split(/\{(\w+)\}/);
+  node.replaceChildren(...parts.map((part, i) => (i % 2 ? user(String(vars[part] ?? '')) : part)).filter((x) => x !== ''));
+  return node;
+}
+
 /** A `<button type=button>` with its text and, if given, an aria-label. */
 export function button(className, text, label) {
   const b = el('button', className, text);
