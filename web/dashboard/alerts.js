@@ -147,6 +147,14 @@ export class AlertsPanel {
     return visibleLines(this.alerts.values(), this.filter);
   }
 
+  /** The lines of every alert, and the filtered ones (one grouping). */
+  _lines() {
+    const all = groupAlerts(this.alerts.values());
+    const { category, state } = this.filter;
+    const shown = all.filter((l) => (!category || l.category === category) && (!state || l.state === state)).slice(0, MAX_LINES);
+    return { all, shown };
+  }
+
   // ---- internals --------------------------------------------------------
 
   _add(a) {
@@ -308,7 +316,7 @@ export class AlertsPanel {
   _render() {
     this._timer = null;
     this._last = performance.now();
-    const lines = this.lines();
+    const { all, shown: lines } = this._lines();
     const wanted = new Set(lines.map((l) => l.key));
     for (const key of this.lineNodes.keys()) {
       // A line still being resolved keeps its form (and its note) until done.
@@ -325,9 +333,9 @@ export class AlertsPanel {
       items.push(node.li);
     }
     placeChildren(this.ul, items);
-    const open = groupAlerts(this.alerts.values()).filter((l) => l.state === 'open').length;
-    this.openCount.textContent = open ? t('alerts.open_count', { n: open }) : '';
-    this.empty.textContent = t('alerts.none');
+    const open = all.filter((l) => l.state === 'open').length;
+    setText(this.openCount, open ? t('alerts.open_count', { n: open }) : '');
+    setText(this.empty, t('alerts.none'));
     this.empty.hidden = lines.length > 0;
   }
 
@@ -383,6 +391,12 @@ export class AlertsPanel {
 
   _paint(node, line) {
     node.line = line;
+    // A line that says the same as when it was painted is left alone (a
+    // busy exam repaints the list ten times a second).
+    const who = line.student_id == null ? '' : this.name(line.student_id);
+    const painted = JSON.stringify([line.ids.length, line.openIds.length, line.count, line.at, line.resolution, who]);
+    if (node.painted === painted) return;
+    node.painted = painted;
     const li = node.li;
     li.dataset.state = line.state;
     li.dataset.student = line.student_id ?? '';
