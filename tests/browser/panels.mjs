@@ -15,7 +15,10 @@
 // * a student's record: a click on the row opens it with their sessions
 //   (IP, device), alerts and actions; "More" pages their timeline; Escape
 //   closes it and focus goes back to the row; then the same from the
-//   keyboard alone (the name button, Tab, Enter, Escape).
+//   keyboard alone (the name button, Enter, Tab to the close button);
+// * keyboard only, besides: a resolve with its note and a room report;
+//   the strings of the three panels are bidi-isolated, and they redraw in
+//   French when the language changes.
 //
 // The students are node WebSockets (students.mjs).
 
@@ -159,13 +162,40 @@ await scenario('panels', async ({ cleanup, problems }) => {
   const incidents = await dash.$$eval(incident, (lis) => lis.map((li) => li.textContent));
   check(incidents.length === 1 && incidents[0].includes('whole room') && /[34] students dropped/.test(incidents[0]), `one room-wide incident line: ${JSON.stringify(incidents)}`);
   await dash.screenshot({ path: join(artifacts(), 'panels.png'), fullPage: true });
+  // Keyboard only: resolve the incident (Tab to Resolve, Enter, type the
+  // note, Enter), then file a report about the room (Tab to the toggle,
+  // Enter: focus on "About", whose first choice is the room; Tab to the
+  // text, type, Enter on the button).
+  await dash.focus('#alert-state');
+  await tabTo(dash, `${incident} button.resolve`, "the incident's Resolve");
+  await dash.keyboard.press('Enter');
+  check(await dash.evaluate((sel) => document.activeElement?.matches(`${sel} .resolve-form input`), incident), 'Enter on Resolve puts the focus in the note');
+  await dash.keyboard.type('Wi-Fi access point rebooted');
+  await dash.keyboard.press('Enter');
+  await within(dash, SECOND, 'the incident resolved from the keyboard', (sel) => !document.querySelector(sel), incident, alertsSeen);
+  check(await dash.evaluate(() => document.querySelector('#alerts-panel').contains(document.activeElement)), 'focus stays in the alerts panel');
+  await dash.click('#alerts-panel .report-toggle'); // closed, to open it with the keyboard
+  check(await dash.$eval('#report-form', (f) => f.hidden), 'the report form is closed');
+  await tabTo(dash, '#alerts-panel .report-toggle', 'the report button');
+  await dash.keyboard.press('Enter');
+  check(await dash.evaluate(() => document.activeElement?.id === 'report-student' && document.activeElement.value === ''), 'focus on "About", the room chosen');
+  await tabTo(dash, '#report-text', 'the report text');
+  await dash.keyboard.type('Projector noise in row 3');
+  await tabTo(dash, '#report-form button.file', 'the file button');
+  await dash.keyboard.press('Enter');
+  await within(dash, SECOND, 'the room report filed from the keyboard', () => [...document.querySelectorAll('#alerts li[data-kind="report"][data-student=""]')].some((li) => li.textContent.includes('Projector noise in row 3')), null, alertsSeen);
+  await dash.selectOption('#alert-state', 'resolved');
+  await within(dash, SECOND, 'the incident under resolved, with its note', (sel) => document.querySelector(sel)?.textContent.includes('Wi-Fi access point rebooted'), incident, alertsSeen);
+  await dash.selectOption('#alert-state', '');
+  await within(dash, SECOND, 'any state: resolved and open lines', () => document.querySelector('#alerts li[data-kind="network_incident"][data-state="resolved"]') && document.querySelector('#alerts li[data-kind="report"][data-state="open"]'), null, alertsSeen);
   await dash.selectOption('#alert-category', 'technical');
   await within(dash, SECOND, 'the category filter', () => {
     const lis = [...document.querySelectorAll('#alerts li')];
     return lis.length >= 1 && lis.every((li) => li.dataset.category === 'technical');
   }, null, alertsSeen);
-  check(await dash.$(incident), 'the incident is technical');
+  check(await dash.$(incident), 'the incident is technical (resolved, under any state)');
   await dash.selectOption('#alert-category', '');
+  await dash.selectOption('#alert-state', 'open');
   log('alerts: resolved with a note, filtered, reports and an incident listed');
 
   // The record: s1 sends enough progress for two pages of their timeline.
@@ -253,4 +283,13 @@ await scenario('panels', async ({ cleanup, problems }) => {
   check(bidi.bad.length === 0, `every string with U+202E is isolated in the panels: ${JSON.stringify(bidi.bad)}`);
   check(bidi.seen >= 8, `the strings with U+202E are in the panels: ${bidi.seen}`);
   log('bidi: isolated in the panels,', bidi.seen, 'strings');
+
+  // In French, the panels redraw in French (the strings of en.js and fr.js).
+  await dash.evaluate(() => import('/i18n/i18n.js').then((m) => m.setLanguage('fr')));
+  await within(dash, SECOND, 'the panels in French', () => document.querySelector('#hands-title').textContent.startsWith('Mains levées')
+    && document.querySelector('#alerts-title').textContent.startsWith('Alertes')
+    && document.querySelector('#record-title').textContent.startsWith('Dossier de')
+    && document.querySelector('#alerts li .state')?.textContent.includes('ouverte')
+    && document.querySelector('#hands li button.reply')?.textContent === 'Répondre', null, () => `${document.querySelector('#hands-panel').textContent} | ${document.querySelector('#alerts-panel').textContent.slice(0, 300)}`);
+  log('the panels switch to French');
 });
