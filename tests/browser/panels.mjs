@@ -107,6 +107,13 @@ await scenario('panels', async ({ cleanup, problems }) => {
   await within(dash, SECOND, 'the reply lowers the hand', () => !document.querySelector('#hands li[data-student="s1"]') && document.title.startsWith('(2) '), null, handsSeen);
   check(!st.s2.frames.some((f) => f.type === 'message') && !st.s3.frames.some((f) => f.type === 'message'), 'the reply went to s1 only');
 
+  // A refused dismiss (a 403, forced) is said so and the hand stays up.
+  await dash.route('**/v1/exams/e1/actions', (r) => r.fulfill({ status: 403, contentType: 'application/json', body: JSON.stringify({ error: { code: 'forbidden', message: 'this role may not answer hands' } }) }), { times: 1 });
+  await dash.click('#hands li[data-student="s2"] button.dismiss');
+  const handStatus = () => document.querySelector('#hands-panel [role="status"]').textContent;
+  await within(dash, SECOND, 'a refused dismiss is said so', () => /403/.test(document.querySelector('#hands-panel [role="status"]').textContent), null, handStatus);
+  check((await dash.textContent('#hands-panel [role="status"]')).includes('Grace') && (await dash.$('#hands li[data-student="s2"]')), 'the refusal names the student and the hand is still listed');
+  check(await dash.$eval('#hands li[data-student="s2"] button.dismiss', (b) => !b.disabled), 'Dismiss can be tried again');
   // Dismiss s2's hand: lowered, no message.
   await dash.click('#hands li[data-student="s2"] button.dismiss');
   await within(dash, SECOND, 'dismiss lowers the hand', () => !document.querySelector('#hands li[data-student="s2"]') && document.title.startsWith('(1) '), null, handsSeen);
