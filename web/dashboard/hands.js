@@ -128,7 +128,8 @@ export class HandsPanel {
       if (!h.li) h.li = this._line(h);
       const isNew = h.fresh && now - h.fresh < NEW_MS;
       h.li.classList.toggle('new', Boolean(isNew));
-      h.whoNode.textContent = this.name(h.student_id);
+      const who = this.name(h.student_id);
+      if (h.whoNode.textContent !== who) h.whoNode.textContent = who;
     }
     placeChildren(this.ul, hands.map((h) => h.li));
     this.empty.hidden = hands.length > 0;
