@@ -78,6 +78,6 @@ await scenario('history', async ({ cleanup, problems }) => {
   const shown = await dash.evaluate(seqs);
   check(JSON.stringify(shown) === JSON.stringify(expected), `the timeline lists each seq once, newest first: ${JSON.stringify(shown)}, expected ${JSON.stringify(expected)}`);
   const alerts = await dash.$$eval('#alerts li', (lis) => lis.map((li) => li.textContent));
-  check(alerts.length === 1 && alerts[0].includes('Ada') && alerts[0].includes('focus lost') && alerts[0].endsWith('×3'), `one folded alert line, ×3: ${JSON.stringify(alerts)}`);
+  check(alerts.length === 1 && alerts[0].includes('Ada') && alerts[0].includes('focus lost') && alerts[0].includes('×3'), `one folded alert line, ×3: ${JSON.stringify(alerts)}`);
   log('timeline', JSON.stringify(shown), 'alerts', JSON.stringify(alerts));
 });

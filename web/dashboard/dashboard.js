@@ -20,6 +20,10 @@
 import { ExamwatchClient, decodeToken } from '/client/examwatch.js';
 import { View } from './view.js';
 import { loadTimeline } from './history.js';
+import { restClient } from './panels.js';
+import { HandsPanel } from './hands.js';
+import { AlertsPanel } from './alerts.js';
+import { RecordPanel } from './record.js';
 
 const TOKEN_KEY = 'examwatch.dashboard.token';
 const $ = (sel) => document.querySelector(sel);
@@ -40,8 +44,20 @@ if (given) {
 
 let client = null;
 const view = new View(document.body, () => (client ? client.serverNow().getTime() : Date.now()));
+// The side panels (raised hands, alerts, a student's record): each takes
+// the events in seq order (toLists) and the timeline before a snapshot.
+const rest = restClient(() => token());
+const studentName = (id) => (id == null ? '' : view.rows.get(id)?.student?.name || id);
+const hands = new HandsPanel($('#hands-panel'), { rest, name: studentName });
+const alerts = new AlertsPanel($('#alerts-panel'), {
+  rest,
+  name: studentName,
+  students: () => [...view.rows.values()].filter((r) => r.student).map((r) => ({ id: r.student.student_id, name: r.student.name || r.student.student_id })),
+});
+const record = new RecordPanel({ rest, name: studentName });
+record.attach($('#students .rows'));
 // Read by the browser tests (and handy in the console).
-window.examwatch = { view, stats: view.stats, get client() { return client; } };
+window.examwatch = { view, hands, alerts, record, stats: view.stats, get client() { return client; } };
 
 function token() {
   return sessionStorage.getItem(TOKEN_KEY) ?? '';
@@ -116,7 +132,9 @@ function watch(exam) {
   view.timelineSeq = 0;
   view.lists.clear();
   catchUp = null;
-  $('#alerts').replaceChildren();
+  hands.reset(exam);
+  alerts.reset(exam);
+  record.reset(exam);
   $('#timeline').replaceChildren();
   if (listed) view.setTotal(listed.get(exam)?.total_questions);
   else {
@@ -130,6 +148,8 @@ function watch(exam) {
   // emits it once (PROTOCOL.md 4.12), so the table is rendered once.
   client.addEventListener('snapshot', (e) => {
     view.reset(e.detail.students);
+    hands.snapshot(e.detail.students);
+    alerts.load();
     loadPast(exam, e.detail.seq);
   });
   client.addEventListener('event', (e) => {
@@ -137,7 +157,19 @@ function watch(exam) {
     // Events replayed after a reconnect are applied like live ones; any
     // already in the view (`stale`) still belong in the timeline and
     // alerts if unseen there.
-    if (ev.type === 'student' && !ev.stale) view.upsert(ev.student);
+    if (ev.type === 'student' && !ev.stale) {
+      view.upsert(ev.student);
+      record.event(ev);
+    }
+    if (catchUp) catchUp.events.push(ev);
+    else toLists(ev);
+  });
+  // The numbered events the library has no event of its own for (`hand`,
+  // `hand_lowered`, `alert_resolved`, …) come as `message`: the panels
+  // take them in the same seq order.
+  client.addEventListener('message', (e) => {
+    const ev = e.detail;
+    if (!Number.isFinite(ev?.seq)) return;
     if (catchUp) catchUp.events.push(ev);
     else toLists(ev);
   });
@@ -154,14 +186,18 @@ let catchUp = null;
 /** An event into the alerts and the timeline, unless they have it already. */
 function toLists(ev) {
   if (ev.seq <= view.timelineSeq) return;
-  if (ev.type === 'alert') view.alert(ev);
+  hands.event(ev);
+  alerts.event(ev);
   view.timeline(ev);
 }
 
 /** Loads what the lists miss before the snapshot at `upTo`, then the live rest. */
 function loadPast(exam, upTo) {
   const from = view.timelineSeq;
-  if (!(upTo > from)) return;
+  if (!(upTo > from)) {
+    hands.history([]);
+    return;
+  }
   const waiting = { events: [] };
   catchUp = waiting;
   loadTimeline(api, exam, from, upTo)
@@ -171,6 +207,9 @@ function loadPast(exam, upTo) {
       // A newer snapshot or another exam took over; its own load covers this.
       if (catchUp !== waiting) return;
       catchUp = null;
+      const unseen = past.filter((ev) => ev.seq > view.timelineSeq).sort((a, b) => a.seq - b.seq);
+      hands.history(unseen);
+      alerts.history(unseen);
       view.history(past);
       for (const ev of waiting.events) toLists(ev);
     });

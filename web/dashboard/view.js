@@ -1,4 +1,5 @@
-// The dashboard's rendering: the student table, counts, alerts and timeline.
+// The dashboard's rendering: the student table, counts and timeline (the
+// panels: hands.js, alerts.js, record.js).
 //
 // With 300 students a busy exam sends hundreds of events a second, so the
 // view never re-renders the table: events mark students dirty, and at most
@@ -76,7 +77,6 @@ export class View {
     this.stats = { frames: 0, rowUpdates: 0, frameMs: [] };
     this.timelineSeq = 0;
     this.lists = new Map(); // list selector -> items waiting for the next frame
-    this.alertEntries = new Map(); // "student_id kind" -> its entry in the alerts list
     this._frame = null;
     this._lastRender = 0;
     setInterval(() => this._tickAges(), 1000);
@@ -136,34 +136,6 @@ export class View {
     this._schedule();
   }
 
-  /**
-   * Adds an alert to the alerts panel (newest first), one entry per student
-   * and kind: a repeat updates that entry (its time and "×count", from the
-   * alert's `count`) and moves it to the top instead of adding a line. So a
-   * student holds at most one line per kind, and one student's repeats can
-   * never push other students' alerts off the list.
-   */
-  alert(ev) {
-    const key = `${ev.student_id}\u0000${ev.kind}`;
-    const pending = this.lists.get('#alerts');
-    let entry = this.alertEntries.get(key);
-    // An entry trimmed off the list, or cleared with it, starts afresh.
-    if (entry && !entry.li.isConnected && !pending?.includes(entry.li)) entry = null;
-    if (!entry) {
-      const li = el('li', `alert alert-${ev.kind}`);
-      entry = { li, time: el('time'), count: el('span', 'count'), n: 0 };
-      li.append(entry.time, el('bdi', 'who', this.name(ev.student_id)), el('span', 'what', ALERT_TEXT[ev.kind] ?? ev.kind), entry.count);
-      this.alertEntries.set(key, entry);
-    } else if (pending) {
-      const i = pending.indexOf(entry.li);
-      if (i >= 0) pending.splice(i, 1); // queued again below, at the top
-    }
-    entry.n = Number.isInteger(ev.count) ? ev.count : entry.n + 1;
-    entry.time.textContent = clock(ev.at);
-    entry.count.textContent = entry.n > 1 ? `×${entry.n}` : '';
-    this._queue('#alerts', entry.li);
-  }
-
   /** Adds an event to the timeline, once per seq. */
   timeline(ev) {
     if (ev.seq <= this.timelineSeq) return;
@@ -184,12 +156,12 @@ export class View {
 
   /**
    * Events from before the snapshot (the REST timeline), oldest first, as
-   * if they had come live: every alert folds into its line; only the last
-   * MAX_LIST make timeline lines (the rest would be trimmed at once).
+   * if they had come live: only the last MAX_LIST make timeline lines (the
+   * rest would be trimmed at once). The alerts are the alerts panel's
+   * (alerts.js).
    */
   history(events) {
     const past = events.filter((ev) => ev.seq > this.timelineSeq).sort((a, b) => a.seq - b.seq);
-    for (const ev of past) if (ev.type === 'alert') this.alert(ev);
     for (const ev of past.slice(-MAX_LIST)) this.timeline({ ...ev, stale: true });
   }
 
@@ -231,9 +203,14 @@ export class View {
       cells[c].setAttribute('role', 'cell');
       tr.append(cells[c]);
     }
-    // The user's strings, each isolated in a <bdi> of its own.
+    // The user's strings, each isolated in a <bdi> of its own. The name is
+    // a button: the keyboard's way to the student's record (record.js).
     cells.nameText = el('bdi');
-    cells.name.append(cells.nameText);
+    const open = el('button', 'open-record');
+    open.type = 'button';
+    open.setAttribute('aria-describedby', 'record-hint');
+    open.append(cells.nameText);
+    cells.name.append(open);
     cells.questionText = el('bdi');
     cells.question.append(cells.questionText);
     cells.statusBadge = el('span', 'badge');
