@@ -1,0 +1,189 @@
+//! Encode once, fan out bytes: numbering an event, keeping it in the
+//! bounded history `resume` replays from, and queueing the same bytes for
+//! every recipient. A recipient whose queue is full is closed as a slow
+//! consumer (4008), never waited for; replies (ack, error) go to one
+//! connection.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use axum::extract::ws::Utf8Bytes;
+
+use super::{Audience, Room, SEQ_BLOCK};
+use crate::protocol::{ErrorCode, Label, Seq, ServerMsg};
+use crate::room::{ConnId, Outbox, close};
+use crate::store::{now_ms, writer::Record};
+
+impl Room {
+    /// Keeps an event in the bounded history that `resume` replays from.
+    pub(super) fn remember(&mut self, seq: Seq, bytes: &Utf8Bytes) {
+        self.history.push_back((seq, bytes.clone()));
+        if self.history.len() > self.ctx.settings.history_size {
+            self.history.pop_front();
+        }
+    }
+
+    /// Keeps an announcement for students' `resume`.
+    pub(super) fn remember_announcement(&mut self, seq: Seq, bytes: &Utf8Bytes) {
+        self.announcements.push_back((seq, bytes.clone()));
+        if self.announcements.len() > self.ctx.settings.history_size
+            && let Some((gone, _)) = self.announcements.pop_front()
+        {
+            self.announcement_floor = self.announcement_floor.max(gone);
+        }
+    }
+
+    /// The next event number, reserving more in the database ahead of use
+    /// (asynchronously: the reservation runs at least half a block ahead).
+    pub(super) fn next_seq(&mut self) -> Seq {
+        self.seq += 1;
+        if self.seq + SEQ_BLOCK / 2 >= self.reserved {
+            self.reserved = self.seq + SEQ_BLOCK;
+            self.ctx.writer.write(Record::SeqReserved {
+                exam_id: self.exam_id.clone(),
+                reserved: self.reserved as i64,
+                done: None,
+            });
+        }
+        self.seq
+    }
+
+    /// Records an encoded event in the history, delivers it, then hands it
+    /// to the database writer: teachers never wait for the disk.
+    pub(super) fn emit(
+        &mut self,
+        seq: Seq,
+        bytes: Utf8Bytes,
+        audience: Audience,
+        kind: &'static str,
+        student: Option<&Arc<str>>,
+    ) {
+        self.remember(seq, &bytes);
+        if audience == Audience::Everyone {
+            self.remember_announcement(seq, &bytes);
+        }
+        self.ctx.metrics.events.fetch_add(1, Ordering::Relaxed);
+        self.deliver(&bytes, audience);
+        self.ctx.writer.write(Record::Event {
+            exam_id: self.exam_id.clone(),
+            seq: seq as i64,
+            at: now_ms(),
+            student_id: student.cloned(),
+            kind,
+            payload: bytes.as_str().to_owned(),
+        });
+        self.log_alert(seq, kind, bytes.as_str());
+    }
+
+    /// Fans one encoded event out to local members without ever waiting.
+    pub(super) fn deliver(&mut self, bytes: &Utf8Bytes, audience: Audience) {
+        let mut too_slow = Vec::new();
+        for (conn, teacher) in &self.teachers {
+            if !try_push(&teacher.out, bytes.clone()) {
+                too_slow.push(*conn);
+            }
+        }
+        for conn in too_slow {
+            if let Some(teacher) = self.teachers.remove(&conn) {
+                self.kick_slow(&teacher.out);
+            }
+        }
+        let students = match audience {
+            Audience::Everyone => self.deliver_to_students(bytes),
+            Audience::Teachers => 0,
+        };
+        // Frames actually queued (a refused push is a 4008, counted there).
+        let n = self.teachers.len() + students;
+        self.ctx
+            .metrics
+            .frames_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// An announcement (or an event for everyone) to this room's students;
+    /// kicks (4008, counted) those whose queue is full. Returns how many
+    /// frames were queued.
+    pub(super) fn deliver_to_students(&mut self, bytes: &Utf8Bytes) -> usize {
+        let mut queued = 0;
+        for (_, out) in self.student_conns.values().chain(self.listeners.values()) {
+            if try_push(out, bytes.clone()) {
+                queued += 1;
+            } else {
+                self.kick_slow(out);
+            }
+        }
+        queued
+    }
+
+    /// The socket a student has here (their current connection), if any.
+    pub(super) fn socket_of(&self, sid: &str) -> Option<(ConnId, Outbox)> {
+        let conn = self.students.get(sid)?.conn?;
+        self.student_conns
+            .get(&conn)
+            .map(|(_, out)| (conn, out.clone()))
+    }
+
+    /// Queues one frame for one member; kicks it (4008) if its queue is full.
+    pub(super) fn push(&self, out: &Outbox, bytes: Utf8Bytes) -> bool {
+        let ok = try_push(out, bytes);
+        if !ok {
+            self.kick_slow(out);
+        }
+        ok
+    }
+
+    pub(super) fn kick_slow(&self, out: &Outbox) {
+        if out.kick.reason().is_none() {
+            self.ctx.metrics.slow_closes.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("closing a connection whose outbound queue is full (4008)");
+        }
+        out.kick.kick(close::TOO_SLOW);
+    }
+
+    pub(super) fn ack(&self, out: &Outbox, r#ref: Option<&Label>) {
+        if let Some(r#ref) = r#ref {
+            self.push(out, ServerMsg::Ack { r#ref }.encode());
+        }
+    }
+
+    pub(super) fn error(&self, out: &Outbox, code: ErrorCode, r#ref: Option<&Label>) {
+        let message = match code {
+            ErrorCode::AlreadySubmitted => "the exam is already submitted",
+            ErrorCode::InvalidAnnouncement => "announcement text is empty or too long",
+            ErrorCode::NotStored => "the database refused to store this message",
+            ErrorCode::StorageBusy => {
+                "the database is behind; keep this answer and re-send it later"
+            }
+            ErrorCode::Forbidden => "this message is not allowed for your role",
+            ErrorCode::InvalidMessage => {
+                "answered or question is beyond the exam's total_questions"
+            }
+            ErrorCode::ExamNotStarted => "the exam has not started yet",
+            ErrorCode::ExamEnded => "the exam is over for you: nothing more is taken",
+            ErrorCode::ExamPaused => "the exam is paused: re-send when it resumes",
+            _ => "request refused",
+        };
+        // Counted like the socket's own refusals (examwatch_bad_messages_total).
+        self.ctx
+            .metrics
+            .bad_messages
+            .fetch_add(1, Ordering::Relaxed);
+        let bytes = ServerMsg::Error {
+            code,
+            message: message.into(),
+            r#ref,
+        }
+        .encode();
+        self.push(out, bytes);
+    }
+}
+
+pub(super) fn try_push(out: &Outbox, bytes: Utf8Bytes) -> bool {
+    use crate::room::queue::PushError;
+    match out.tx.try_send(bytes) {
+        Ok(()) => true,
+        // A closed queue means the connection is already gone; its Leave
+        // is on the way.
+        Err(PushError::Closed) => true,
+        Err(PushError::Full) => false,
+    }
+}
