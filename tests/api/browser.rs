@@ -303,3 +303,19 @@ async fn a_page_load_is_clean_and_user_strings_are_bidi_isolated() {
     };
     assert!(stdout.contains("clean page: ok"), "{stdout}");
 }
+
+/// What a student sees on the demo page, against a real server driven by
+/// REST as a teacher would (issue 15 item 7): the waiting room, a countdown
+/// from the server's clock (the browser's is an hour off), a private
+/// message shown and acknowledged (`delivered`), pause (disabled inputs, a
+/// countdown that stands still), resume, extend, a raised hand in the
+/// timeline and its reply, the French switch, the terminated screen with
+/// no reconnect (also after a reload), the access-removed screen, and
+/// "time is up" for a short exam.
+#[tokio::test]
+async fn the_student_page_shows_the_waiting_room_countdown_messages_pauses_and_end_screens() {
+    let Some((_, stdout)) = scenario("student.mjs").await else {
+        return;
+    };
+    assert!(stdout.contains("student page: ok"), "{stdout}");
+}

@@ -42,6 +42,7 @@ async fn pages_are_served_with_their_types_csp_and_etags() {
         ("/client/examwatch.js", "text/javascript"),
         ("/demo/student", "text/html"),
         ("/demo/student.js", "text/javascript"),
+        ("/demo/student.css", "text/css"),
     ] {
         let res = http.get(app.http(path)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{path}");
@@ -66,7 +67,7 @@ async fn pages_are_served_with_their_types_csp_and_etags() {
     for path in [
         "/dashboard/nope.js",
         "/client/Cargo.toml",
-        "/demo/student.css",
+        "/demo/nope.css",
     ] {
         let res = http.get(app.http(path)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");

@@ -762,6 +762,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   await until('the refusal', () => c.state === 'closed');
   await new Promise((r) => setTimeout(r, 150));
   check(tickets.length === 1 && ended.length === 1 && ended[0].refused, `one ticket request, then stopped: ${tickets.length}, ${JSON.stringify(ended)}`);
+  check(c.examState()?.stopped === 'terminated' && !c.examState().running, `the exam state says so before any welcome: ${JSON.stringify(c.examState())}`);
 }
 
 // ---- raiseHand(text) (PROTOCOL.md 2, 4.14) ----

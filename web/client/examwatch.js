@@ -65,6 +65,8 @@ const REVOKED_REASON = 'access revoked';
 const STOPPING_REFUSALS = new Set(['terminated', 'access_revoked']);
 /** The longest `raise_hand` text the server takes, in characters (PROTOCOL.md 2). */
 export const MAX_HAND_TEXT = 500;
+/** The exam's view before the server described it. */
+const UNKNOWN_EXAM = Object.freeze({ phase: null, deadline: null, paused: false, opensAt: null, closesAt: null, extraMinutes: 0, serverTime: null, cause: null, id: null });
 /** Phases in which nothing more is taken (PROTOCOL.md 4.13). */
 const OVER_PHASES = new Set(['ended', 'grading']);
 /** Close codes that ask for a long backoff before trying again. */
@@ -246,7 +248,8 @@ export class ExamwatchClient extends EventTarget {
    * or null; `stopped` is `terminated` or `revoked` or null.
    */
   examState() {
-    const v = this._examView;
+    // Stopped before any welcome (a ticket refused as terminated): say so.
+    const v = this._examView ?? (this._stopped ? UNKNOWN_EXAM : null);
     if (!v) return null;
     const timeUp = this._timeUp();
     return {
@@ -804,7 +807,7 @@ export class ExamwatchClient extends EventTarget {
     clearTimeout(this._deadlineTimer);
     this._deadlineTimer = null;
     this._setState('closed', { code, reason });
-    if (this._examView) this._emit('exam', { ...this.examState(), update: null });
+    this._emit('exam', { ...this.examState(), update: null });
   }
 
   /**
