@@ -64,11 +64,7 @@ async fn pages_are_served_with_their_types_csp_and_etags() {
             .unwrap();
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
     }
-    for path in [
-        "/dashboard/nope.js",
-        "/client/Cargo.toml",
-        "/demo/nope.css",
-    ] {
+    for path in ["/dashboard/nope.js", "/client/Cargo.toml", "/demo/nope.css"] {
         let res = http.get(app.http(path)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
         let body: serde_json::Value = res.json().await.unwrap();
@@ -149,6 +145,104 @@ async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
     // The exam exists for the REST API, with its number of questions.
     let exam = get_json_at(&format!("{base}/v1/exams/demo"), token).await;
     assert_eq!(exam["settings"]["total_questions"], 5, "{exam}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success(), "demo exits 0 on SIGTERM");
+}
+
+/// The demo's exam exercises what a proctor must handle (issue 15 item
+/// 11): a waiting room where the simulated students wait without
+/// answering, then, once it runs, raised hands and focus losses; s001
+/// has extra time; and a private message to a simulated student is
+/// acknowledged, so it shows `delivered`.
+#[tokio::test]
+async fn the_demo_students_wait_then_raise_hands_lose_focus_and_ack_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = examwatch_command(dir.path())
+        .args([
+            "demo",
+            "--students",
+            "3",
+            "--pace",
+            "300ms",
+            "--waiting",
+            "3s",
+            "--hands",
+            "1s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let dashboard = url_after(&lines, "dashboard:");
+    let (base, rest) = dashboard.split_once("/dashboard/?").unwrap();
+    let token = rest.split_once("#token=").unwrap().1.to_owned();
+    let ws = format!("{}/v1/exams/demo/ws", base.replacen("http", "ws", 1));
+    let mut teacher = connect_url(&ws, &token).await;
+    let snapshot = teacher.snapshot().await;
+    assert_eq!(snapshot["phase"], "scheduled", "the waiting room first");
+    let mut started = false;
+    let mut hands = std::collections::HashSet::new();
+    let mut focus_lost = false;
+    let mut extra_for_s001 = None;
+    let in_time = tokio::time::timeout(WAIT * 4, async {
+        while !started || hands.is_empty() || !focus_lost || extra_for_s001.is_none() {
+            let Next::Json(ev) = teacher
+                .next_within(tokio::time::Instant::now() + WAIT * 4)
+                .await
+            else {
+                panic!("the teacher's socket closed");
+            };
+            match ev["type"].as_str() {
+                Some("exam_update") if ev["phase"] == "in_progress" => started = true,
+                Some("hand") => {
+                    assert!(started, "a hand only once the exam runs: {ev}");
+                    hands.insert(ev["student_id"].as_str().unwrap().to_owned());
+                }
+                Some("student") => {
+                    let cause = ev["cause"].as_str().unwrap_or_default();
+                    // Nothing is taken in the waiting room: they wait.
+                    assert!(
+                        started || !matches!(cause, "answered" | "progress" | "submitted"),
+                        "in the waiting room: {ev}"
+                    );
+                    focus_lost |= cause == "focus_lost";
+                    if ev["student"]["student_id"] == "s001" {
+                        extra_for_s001 = ev["student"]["extra_minutes"].as_i64();
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        in_time.is_ok(),
+        "within {:?}: started {started}, hands from {hands:?}, a focus loss {focus_lost}, s001's extra minutes {extra_for_s001:?}",
+        WAIT * 4
+    );
+    assert_eq!(extra_for_s001, Some(1), "s001 has a minute extra");
+    // A simulated student acknowledges a private message: delivered.
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/v1/exams/demo/actions"))
+        .bearer_auth(&token)
+        .json(&json!({"id": "m-demo", "kind": "message", "students": ["s002"], "text": "Are you all right?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut delivery = answer["students"][0]["delivery"].clone();
+    while delivery != "delivered" && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let list = get_json_at(&format!("{base}/v1/exams/demo/actions"), &token).await;
+        delivery = list["actions"][0]["students"][0]["delivery"].clone();
+    }
+    assert_eq!(delivery, "delivered", "{answer}");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
