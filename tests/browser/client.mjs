@@ -642,6 +642,13 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   ws.receive(update({ cause: 'timing' }));
   check(answersSent(ws).filter((m) => m.id === raced).length === before + 1, 'and re-sent when the exam runs again');
 
+  // Same for exam_not_started (the start not yet heard of).
+  const tooSoon = c.answer('q4', 'D');
+  ws.receive({ type: 'error', code: 'exam_not_started', message: 'not yet', ref: `a:${tooSoon}` });
+  check(c.pending().some((m) => m.id === tooSoon) && c.rejected().length === 0, 'exam_not_started is not a rejection');
+  ws.receive(update({ cause: 'phase' }));
+  check(answersSent(ws).filter((m) => m.id === tooSoon).length === 2, 'and re-sent on the next update');
+
   // Extended by 5 minutes: the countdown moves, and the extension is acknowledged.
   ws.receive(update({ cause: 'extend', id: 'x-1', deadline: serverIso(800000), extra_minutes: 0 }));
   check(ws.sent.some((m) => m.type === 'received' && m.id === 'x-1'), 'the extension is acknowledged');
@@ -813,6 +820,10 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   ws.receive({ type: 'exam_update', seq: 2, phase: 'in_progress', opens_at: null, closes_at: null, server_time: new Date().toISOString(), paused: false, cause: 'phase', clock: {}, version: 2 });
   check(JSON.stringify(got) === '[["exam","in_progress"],["message","exam_update"]]', `watchers: ${JSON.stringify(got)}`);
   check(!ws.sent.some((m) => m.type === 'received'), 'watchers acknowledge nothing');
+  const ups = [];
+  t.addEventListener('timeup', () => ups.push(1));
+  ws.receive({ type: 'exam_update', seq: 3, phase: 'ended', opens_at: null, closes_at: null, server_time: new Date().toISOString(), paused: false, cause: 'phase', clock: {}, version: 3 });
+  check(ups.length === 0 && got.at(-2)[1] === 'ended', `watchers see the end as an exam event, not a timeup: ${JSON.stringify(got)}`);
   t.close();
 }
 

@@ -1,7 +1,7 @@
 // What a student sees on the demo page (/demo/student), against a real
 // server driven through its REST API as a teacher would:
 // - the waiting room (phase `scheduled`): said in words, inputs disabled,
-//   no countdown; then the start: a countdown from the server's clock (the
+//   no countdown; an accommodation (10 minutes extra) shows; then the start: a countdown from the server's clock (the
 //   browser's clock is set an hour ahead, so a countdown from it would
 //   read 0), inputs enabled;
 // - a private message sent by REST shows, and the action's delivery
@@ -91,13 +91,18 @@ await scenario('student page', async ({ cleanup, problems }) => {
   check(await s1.evaluate(inputsDisabled), 'inputs disabled in the waiting room');
   check(!(await s1.isVisible('#countdown')), 'no countdown before the start');
 
+  // An accommodation set in the waiting room: 10 minutes extra.
+  const extra = await api('PATCH', '/v1/exams/e1/students/s1', { extra_minutes: 10 });
+  check(extra.status === 200, `extra time for s1: ${extra.status} ${JSON.stringify(extra.json)}`);
+  await within(s1, SECOND, 'the extra time shows', () => !document.querySelector('#extra').hidden && document.querySelector('#extra').textContent.includes('10 min'), null, () => text('#extra'));
+
   // ---- the start: a countdown from the server's clock --------------------
   check((await api('POST', '/v1/exams/e1/phase', { phase: 'in_progress' })).status === 200, 'started');
   await within(s1, SECOND, 'the exam starts on the page', () => document.querySelector('#exam-bar').dataset.phase === 'running', null, pageState);
   check(await s1.evaluate(inputsEnabled), 'inputs enabled once started');
   const atStart = await s1.evaluate(leftMs);
-  check(atStart > 29 * 60000 && atStart <= 30 * 60000, `about 30 minutes left by the server's clock (the browser's is an hour ahead): ${atStart}`);
-  check(/^(29|30):\d\d$/.test(await s1.textContent('#countdown')), `shown as m:ss: ${await s1.textContent('#countdown')}`);
+  check(atStart > 39 * 60000 && atStart <= 40 * 60000, `30 + 10 minutes left by the server's clock (the browser's is an hour ahead): ${atStart}`);
+  check(/^(39|40):\d\d$/.test(await s1.textContent('#countdown')), `shown as m:ss: ${await s1.textContent('#countdown')}`);
   await within(s1, 2 * SECOND, 'the countdown ticks', (v) => Number(document.querySelector('#countdown').dataset.ms) < v - 1000, atStart, pageState);
   await s1.check('fieldset[data-question="q1"] input >> nth=0');
   await s1.waitForSelector('#pending[data-count="0"]');

@@ -765,7 +765,8 @@ export class ExamwatchClient extends EventTarget {
   }
 
   _checkTimeUp(state = this.examState()) {
-    if (!state) return;
+    // A watcher's time is never up: the exam's end is its `exam` event.
+    if (!state || this.role !== 'student') return;
     if (state.timeUp && !this._timeUpSent && !this._stopped) {
       this._timeUpSent = true;
       this._emit('timeup', { reason: this._over ?? 'deadline', deadline: state.deadline });

@@ -62,6 +62,8 @@ const page = {
   invalidated: false,
   submit: null,
   submitted: false,
+  /** The teacher's reason for ending this student's exam (a user string). */
+  terminatedReason: null,
   hand: null,
   messages: [],
   announcements: [],
@@ -157,7 +159,9 @@ function renderExam(client) {
   else if (st?.waiting) kind = 'waiting';
   else if (st?.paused) kind = 'paused';
   else if (st?.phase === 'in_progress') kind = 'running';
-  const icons = { unknown: '…', invalidated: '⚠', terminated: '⛔', revoked: '🔒', timeup: '⏰', waiting: '⏳', paused: '⏸', running: '▶' };
+  // Symbols every system font has (DejaVu too): no emoji, which a
+  // machine without an emoji font shows as empty boxes.
+  const icons = { unknown: '…', invalidated: '⚠', terminated: '✖', revoked: '⊘', timeup: '⚑', waiting: '◔', paused: '❚❚', running: '▶' };
   $('#exam-bar').dataset.phase = kind;
   $('#phase-icon').textContent = icons[kind];
   $('#phase').textContent = t(`student.phase_${kind}`);
@@ -176,7 +180,7 @@ function renderExam(client) {
   }
   const extra = st?.extraMinutes ?? 0;
   $('#extra').hidden = !(extra > 0);
-  if (extra > 0) $('#extra').textContent = `＋ ${t('student.extra_time', { minutes: extra })}`;
+  if (extra > 0) $('#extra').textContent = `+ ${t('student.extra_time', { minutes: extra })}`;
 
   // Waiting room and the end screens replace nothing: the questions stay
   // visible but disabled, so a student sees what they answered.
@@ -196,7 +200,7 @@ function renderExam(client) {
     }
   }
   $('#paused').hidden = kind !== 'paused';
-  if (kind === 'paused') $('#paused').textContent = `⏸ ${t('student.paused_banner')}`;
+  if (kind === 'paused') $('#paused').textContent = `❚❚ ${t('student.paused_banner')}`;
 
   // Answers only while the exam runs (before the first welcome the state is
   // unknown: answers are kept in the outbox and sent when it runs).
