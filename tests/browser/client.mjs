@@ -806,7 +806,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   c.close();
 }
 
-// ---- watchers: exam_update is an `exam` event (and still a `message`) ----
+// ---- watchers: the snapshot's phase and each exam_update are `exam` events (an update still a `message` too) ----
 {
   const teacherToken = `${b64({ alg: 'HS256' })}.${b64({ sub: 't9', role: 'teacher', exams: ['e1'] })}.sig`;
   globalThis.fetch = async () => ({ headers: { get: () => null } });
@@ -818,7 +818,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   const ws = FakeSocket.last();
   ws.receive({ type: 'snapshot', seq: 1, exam_id: 'e1', part: 1, parts: 1, students: [], counts: {}, phase: 'scheduled', server_time: new Date().toISOString() });
   ws.receive({ type: 'exam_update', seq: 2, phase: 'in_progress', opens_at: null, closes_at: null, server_time: new Date().toISOString(), paused: false, cause: 'phase', clock: {}, version: 2 });
-  check(JSON.stringify(got) === '[["exam","in_progress"],["message","exam_update"]]', `watchers: ${JSON.stringify(got)}`);
+  check(JSON.stringify(got) === '[["exam","scheduled"],["exam","in_progress"],["message","exam_update"]]', `watchers: the snapshot's phase, then the update: ${JSON.stringify(got)}`);
   check(!ws.sent.some((m) => m.type === 'received'), 'watchers acknowledge nothing');
   const ups = [];
   t.addEventListener('timeup', () => ups.push(1));

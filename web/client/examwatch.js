@@ -635,6 +635,8 @@ export class ExamwatchClient extends EventTarget {
         this._synced = true;
         this._syncClockOverHttp();
         this._emit('snapshot', msg);
+        // The exam's phase as of the snapshot (watchers' `exam` events).
+        if (msg.phase) this._examChanged({ phase: msg.phase, server_time: msg.server_time, paused: msg.phase === 'paused' }, 'snapshot');
         if (this.state !== 'live') this._live({});
         this._setSeq(msg.seq);
         break;
