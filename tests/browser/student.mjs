@@ -1,5 +1,6 @@
 // What a student sees on the demo page (/demo/student), against a real
 // server driven through its REST API as a teacher would:
+// - before the exam exists: "not open yet", then it connects by itself;
 // - the waiting room (phase `scheduled`): said in words, inputs disabled,
 //   no countdown; an accommodation (10 minutes extra) shows; then the start: a countdown from the server's clock (the
 //   browser's clock is set an hour ahead, so a countdown from it would
@@ -67,8 +68,6 @@ await scenario('student page', async ({ cleanup, problems }) => {
     }
     throw new Error(`${what}: not within ${ms} ms`);
   };
-  const created = await api('POST', '/v1/exams', { id: 'e1', title: 'Student page', phase: 'scheduled', duration_minutes: 30, settings: { total_questions: 5 } });
-  check(created.status === 201, `exam e1 created: ${created.status} ${JSON.stringify(created.json)}`);
 
   const browser = await launch();
   cleanup.push(() => browser.close());
@@ -83,8 +82,14 @@ await scenario('student page', async ({ cleanup, problems }) => {
 
   // ---- the waiting room -------------------------------------------------
   const url = `${base}/demo/student#token=${token('s1', 'student', 'e1', 'Ada')}`;
+  // Before the exam exists its tickets are refused (403 exam_not_open): the
+  // page says it waits for the exam, and connects by itself once it opens.
   const s1 = await page(browser, url, problems);
+  await within(s1, SECOND, 'the page waits for the exam to open', () => document.querySelector('#notice').textContent.includes('not open yet'), null, () => text('#notice'));
+  const created = await api('POST', '/v1/exams', { id: 'e1', title: 'Student page', phase: 'scheduled', duration_minutes: 30, settings: { total_questions: 5 } });
+  check(created.status === 201, `exam e1 created: ${created.status} ${JSON.stringify(created.json)}`);
   await s1.waitForSelector('#conn[data-state="live"]');
+  check(await s1.isHidden('#notice'), 'the notice goes once connected');
   await within(s1, SECOND, 'the waiting room', () => document.querySelector('#exam-bar').dataset.phase === 'waiting', null, pageState);
   check((await s1.textContent('#phase')).includes('has not started'), `the waiting room in words: ${await s1.textContent('#phase')}`);
   check(await s1.isVisible('#screen[data-kind="waiting"]'), 'the waiting-room screen');

@@ -289,7 +289,10 @@ function start() {
       // revoked, which say why; anything else is a plain stop.
       if (code && code !== 4001 && code !== 4003) page.notice = { key: 'student.notice_closed', vars: { code } };
     } else if (state === 'offline') {
-      page.notice = { key: 'student.notice_offline' };
+      // A draft exam refuses tickets (403 exam_not_open) until a teacher
+      // opens it: the library retries, the page says what it waits for.
+      const notOpen = /exam_not_open/.test(e.detail.reason ?? '');
+      page.notice = { key: notOpen ? 'student.notice_not_open' : 'student.notice_offline' };
     } else if (state === 'live' && page.notice?.key !== 'student.notice_invalidated') {
       page.notice = null;
     }

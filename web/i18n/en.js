@@ -34,6 +34,7 @@ export default {
   'student.conn_offline': 'offline',
   'student.conn_closed': 'closed',
   'student.notice_no_token': 'Open this page with #token=<student token> (see `examwatch demo`).',
+  'student.notice_not_open': 'The exam is not open yet: this page connects by itself once a teacher opens it.',
   'student.notice_offline': 'Offline — your answers are kept here and sent when the connection is back.',
   'student.notice_closed': 'The connection was closed ({code}). Reload the page.',
   'student.notice_rejected': 'This exam is open somewhere else; trying again in a while.',

@@ -34,6 +34,7 @@ export default {
   'student.conn_offline': 'hors ligne',
   'student.conn_closed': 'fermée',
   'student.notice_no_token': 'Ouvrez cette page avec #token=<jeton d\'étudiant> (voir `examwatch demo`).',
+  'student.notice_not_open': 'L\'examen n\'est pas encore ouvert : cette page se connecte d\'elle-même dès qu\'un enseignant l\'ouvre.',
   'student.notice_offline': 'Hors ligne — vos réponses sont gardées ici et envoyées au retour de la connexion.',
   'student.notice_closed': 'La connexion a été fermée ({code}). Rechargez la page.',
   'student.notice_rejected': 'Cet examen est ouvert ailleurs ; nouvel essai dans un moment.',
