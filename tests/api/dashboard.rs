@@ -154,10 +154,10 @@ async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
 /// The demo's exam exercises what a proctor must handle (issue 15 item
 /// 11): a waiting room where the simulated students wait without
 /// answering, then, once it runs, raised hands and focus losses; s001
-/// has extra time; and a private message to a simulated student is
-/// acknowledged, so it shows `delivered`.
+/// has extra time; and what a proctor sends a simulated student (a
+/// message, a pause, a terminate) is acknowledged, so it shows `delivered`.
 #[tokio::test]
-async fn the_demo_students_wait_then_raise_hands_lose_focus_and_ack_messages() {
+async fn the_demo_students_wait_then_raise_hands_lose_focus_and_ack_what_proctors_send() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = examwatch_command(dir.path())
         .args([
@@ -224,25 +224,47 @@ async fn the_demo_students_wait_then_raise_hands_lose_focus_and_ack_messages() {
         WAIT * 4
     );
     assert_eq!(extra_for_s001, Some(1), "s001 has a minute extra");
-    // A simulated student acknowledges a private message: delivered.
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{base}/v1/exams/demo/actions"))
-        .bearer_auth(&token)
-        .json(&json!({"id": "m-demo", "kind": "message", "students": ["s002"], "text": "Are you all right?"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut delivery = answer["students"][0]["delivery"].clone();
-    while delivery != "delivered" && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let list = get_json_at(&format!("{base}/v1/exams/demo/actions"), &token).await;
-        delivery = list["actions"][0]["students"][0]["delivery"].clone();
+    // The simulated students acknowledge what a proctor sends them, so each
+    // action shows `delivered`: a message, a pause (an `exam_update` with
+    // the action's id), a terminate. One may be away (a simulated Wi-Fi
+    // drop of up to 10 s): the frame waits for their return.
+    let http = reqwest::Client::new();
+    for (id, body) in [
+        (
+            "m-demo",
+            json!({"kind": "message", "students": ["s002"], "text": "Are you all right?"}),
+        ),
+        ("p-demo", json!({"kind": "pause", "students": ["s001"]})),
+        (
+            "t-demo",
+            json!({"kind": "terminate", "students": ["s003"], "reason": "demo"}),
+        ),
+    ] {
+        let mut body = body;
+        body["id"] = json!(id);
+        let res = http
+            .post(format!("{base}/v1/exams/demo/actions"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{id}");
+        let deadline = tokio::time::Instant::now() + WAIT * 3;
+        let delivery = loop {
+            let list = get_json_at(&format!("{base}/v1/exams/demo/actions"), &token).await;
+            let action = list["actions"]
+                .as_array()
+                .and_then(|a| a.iter().find(|a| a["id"] == id).cloned())
+                .unwrap_or_default();
+            let delivery = action["students"][0]["delivery"].clone();
+            if delivery == "delivered" || tokio::time::Instant::now() > deadline {
+                break (delivery, action);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(delivery.0, "delivered", "{id}: {}", delivery.1);
     }
-    assert_eq!(delivery, "delivered", "{answer}");
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
