@@ -625,4 +625,43 @@ mod tests {
         let names: std::collections::HashSet<_> = (0..300).map(student_name).collect();
         assert!(names.len() > 250, "{} distinct names", names.len());
     }
+
+    #[test]
+    fn a_simulated_student_follows_the_exam_and_acknowledges_actions() {
+        let welcome = json!({"type": "welcome", "phase": "scheduled", "paused": false,
+                             "student": {"status": "active"}});
+        let mut seen = Seen::from_welcome(&welcome);
+        assert!(
+            !seen.running && !seen.done,
+            "the waiting room takes nothing"
+        );
+        let start = json!({"type": "exam_update", "phase": "in_progress", "paused": false, "cause": "phase"});
+        assert_eq!(seen.apply(&start), None, "no id, nothing to acknowledge");
+        assert!(seen.running);
+        let pause = json!({"type": "exam_update", "phase": "in_progress", "paused": true, "cause": "pause", "id": "p1"});
+        assert_eq!(
+            seen.apply(&pause),
+            Some(json!({"type": "received", "id": "p1"}))
+        );
+        assert!(!seen.running, "paused");
+        let message = json!({"type": "message", "id": "m1", "text": "hi", "from": "T", "at": "x"});
+        assert_eq!(
+            seen.apply(&message),
+            Some(json!({"type": "received", "id": "m1"}))
+        );
+        let announcement = json!({"type": "announcement", "seq": 3, "text": "hi"});
+        assert_eq!(seen.apply(&announcement), None);
+        let time_up = json!({"type": "exam_update", "phase": "in_progress", "paused": false, "cause": "time_up"});
+        seen.apply(&time_up);
+        assert!(seen.done && !seen.stopped, "time up: done, not stopped");
+        let denied = json!({"type": "session_invalidated", "reason": "access_revoked", "id": "d1"});
+        assert_eq!(
+            seen.apply(&denied),
+            Some(json!({"type": "received", "id": "d1"}))
+        );
+        assert!(seen.stopped, "denied: never come back");
+        let mut other = Seen::from_welcome(&welcome);
+        other.apply(&json!({"type": "terminated", "id": "t1", "reason": "r"}));
+        assert!(other.stopped, "terminated: never come back");
+    }
 }
