@@ -307,6 +307,9 @@ impl Rng {
 enum Step {
     /// Keep going on this connection after waiting this long.
     Continue(Duration),
+    /// Focus lost: come back (`focus gained`) after this long, still
+    /// reading frames meanwhile (a `terminated` is acknowledged at once).
+    Away(Duration),
     /// Drop the connection, come back after this long.
     Drop(Duration),
     /// Submitted: stay connected, do nothing more.
@@ -408,6 +411,7 @@ impl Simulated {
             };
             session = welcome["session_id"].as_str().map(str::to_owned);
             let mut seen = Seen::from_welcome(&welcome);
+            let mut away = false;
             let mut next = self.rng.jitter(self.pace, 0.2, 1.0);
             wait = loop {
                 let due = tokio::time::Instant::now() + next;
@@ -454,6 +458,15 @@ impl Simulated {
                         next = due.saturating_duration_since(tokio::time::Instant::now());
                         continue;
                     }
+                    Wake::Act if away => {
+                        away = false;
+                        let back = json!({"type": "focus", "state": "gained"});
+                        if ws.send(Message::text(back.to_string())).await.is_err() {
+                            break Duration::from_secs(1);
+                        }
+                        next = self.rng.jitter(self.pace, 0.5, 1.5);
+                        continue;
+                    }
                     Wake::Act => {}
                 }
                 if seen.done || seen.stopped {
@@ -476,6 +489,10 @@ impl Simulated {
                 k += 1;
                 match self.act(&mut ws, &mut answered, k).await {
                     Ok(Step::Continue(d)) => next = d,
+                    Ok(Step::Away(d)) => {
+                        away = true;
+                        next = d;
+                    }
                     Ok(Step::Drop(d)) => {
                         let _ = ws.close(None).await;
                         break d;
@@ -581,10 +598,11 @@ impl Simulated {
         if roll < 72 {
             ws.send(send(json!({"type": "focus", "state": "lost"})))
                 .await?;
-            tokio::time::sleep(self.rng.jitter(Duration::from_secs(3), 0.3, 1.0)).await;
-            ws.send(send(json!({"type": "focus", "state": "gained"})))
-                .await?;
-            return Ok(Step::Continue(pace));
+            return Ok(Step::Away(self.rng.jitter(
+                Duration::from_secs(3),
+                0.3,
+                1.0,
+            )));
         }
         if roll < 80 {
             // A long pause: the server marks the student idle (15 s).
