@@ -69,6 +69,15 @@ const page = {
   announcements: [],
 };
 
+/**
+ * Sets an element's text only when it changes: the page redraws four times
+ * a second, and rewriting a live region with the same words would make
+ * some screen readers announce them again.
+ */
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
 /** `text` in an isolated element (a user's string: never markup). */
 function bdi(text) {
   const b = document.createElement('bdi');
@@ -163,8 +172,8 @@ function renderExam(client) {
   // machine without an emoji font shows as empty boxes.
   const icons = { unknown: '…', invalidated: '⚠', terminated: '✖', revoked: '⊘', timeup: '⚑', waiting: '◔', paused: '❚❚', running: '▶' };
   $('#exam-bar').dataset.phase = kind;
-  $('#phase-icon').textContent = icons[kind];
-  $('#phase').textContent = t(`student.phase_${kind}`);
+  setText($('#phase-icon'), icons[kind]);
+  setText($('#phase'), t(`student.phase_${kind}`));
 
   // The countdown: this student's own deadline, on the server's clock.
   const left = client?.remaining() ?? null;
@@ -176,11 +185,11 @@ function renderExam(client) {
     clock.dataset.state = state;
     clock.dataset.ms = String(left);
     const suffix = state === 'paused' ? ` (${t('student.countdown_paused')})` : state === 'low' ? ` (${t('student.countdown_low')})` : '';
-    clock.textContent = formatDuration(left) + suffix;
+    setText(clock, formatDuration(left) + suffix);
   }
   const extra = st?.extraMinutes ?? 0;
   $('#extra').hidden = !(extra > 0);
-  if (extra > 0) $('#extra').textContent = `+ ${t('student.extra_time', { minutes: extra })}`;
+  if (extra > 0) setText($('#extra'), `+ ${t('student.extra_time', { minutes: extra })}`);
 
   // Waiting room and the end screens replace nothing: the questions stay
   // visible but disabled, so a student sees what they answered.
@@ -189,18 +198,21 @@ function renderExam(client) {
   screen.hidden = !screens.includes(kind);
   if (!screen.hidden) {
     screen.dataset.kind = kind;
-    $('#screen-title').textContent = t(`student.screen_${kind}_title`);
+    setText($('#screen-title'), t(`student.screen_${kind}_title`));
     const text = $('#screen-text');
     if (kind === 'waiting') {
-      text.textContent = st.opensAt !== null ? t('student.screen_waiting_at', { time: formatTime(st.opensAt) }) : t('student.screen_waiting_text');
+      setText(text, st.opensAt !== null ? t('student.screen_waiting_at', { time: formatTime(st.opensAt) }) : t('student.screen_waiting_text'));
     } else if (kind === 'terminated' && page.terminatedReason) {
-      text.replaceChildren(`${t('student.screen_terminated_reason')} `, bdi(page.terminatedReason));
+      const label = `${t('student.screen_terminated_reason')} `;
+      if (text.textContent !== label + page.terminatedReason || !text.querySelector('bdi')) {
+        text.replaceChildren(label, bdi(page.terminatedReason));
+      }
     } else {
-      text.textContent = t(`student.screen_${kind}_text`);
+      setText(text, t(`student.screen_${kind}_text`));
     }
   }
   $('#paused').hidden = kind !== 'paused';
-  if (kind === 'paused') $('#paused').textContent = `❚❚ ${t('student.paused_banner')}`;
+  if (kind === 'paused') setText($('#paused'), `❚❚ ${t('student.paused_banner')}`);
 
   // Answers only while the exam runs (before the first welcome the state is
   // unknown: answers are kept in the outbox and sent when it runs).
@@ -216,14 +228,14 @@ function renderExam(client) {
 function renderConnection(client) {
   const state = client?.state ?? 'idle';
   $('#conn').dataset.state = state;
-  $('#conn').textContent = t(`student.conn_${state}`);
+  setText($('#conn'), t(`student.conn_${state}`));
   const notice = $('#notice');
   notice.hidden = !page.notice;
-  if (page.notice) notice.textContent = t(page.notice.key, page.notice.vars);
+  if (page.notice) setText(notice, t(page.notice.key, page.notice.vars));
   $('#storage').hidden = !page.storageWarning;
-  if (page.storageWarning) $('#storage').textContent = t('student.storage_warning');
-  $('#submit-status').textContent = page.submit ? t(page.submit.key, page.submit.vars) : '';
-  $('#hand-status').textContent = page.hand ? t(page.hand.key, page.hand.vars) : '';
+  if (page.storageWarning) setText($('#storage'), t('student.storage_warning'));
+  setText($('#submit-status'), page.submit ? t(page.submit.key, page.submit.vars) : '');
+  setText($('#hand-status'), page.hand ? t(page.hand.key, page.hand.vars) : '');
 }
 
 function renderLists() {
