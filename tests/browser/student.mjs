@@ -111,11 +111,17 @@ await scenario('student page', async ({ cleanup, problems }) => {
   await within(s1, 2 * SECOND, 'the countdown ticks', (v) => Number(document.querySelector('#countdown').dataset.ms) < v - 1000, atStart, pageState);
   await s1.check('fieldset[data-question="q1"] input >> nth=0');
   await s1.waitForSelector('#pending[data-count="0"]');
+  // By keyboard: Space picks the focused option.
+  await s1.focus('fieldset[data-question="q2"] input >> nth=0');
+  await s1.keyboard.press('Space');
+  await within(s1, SECOND, 'an answer given by keyboard is saved', () => document.querySelector('fieldset[data-question="q2"] .saved').dataset.state === 'saved', null, () => text('fieldset[data-question="q2"] .saved'));
 
   // ---- a private message, acknowledged ----------------------------------
   await action({ id: 'm-1', kind: 'message', students: ['s1'], text: 'Question 3 counts double' });
   await within(s1, SECOND, 'the message shows', () => document.querySelector('#messages li')?.textContent.includes('Question 3 counts double'), null, () => text('#messages'));
   check((await s1.textContent('#messages li .from')) === 'Ms Proctor', `from the proctor: ${await s1.textContent('#messages li .from')}`);
+  const isolated = await s1.evaluate(() => ['#messages li bdi.from', '#messages li bdi.text'].every((sel) => document.querySelector(sel)?.tagName === 'BDI'));
+  check(isolated, 'the sender and the text are each in a <bdi>');
   await until('the message is delivered', async () => {
     const list = (await api('GET', '/v1/exams/e1/actions')).json;
     const m = list.actions.find((a) => a.id === 'm-1');
@@ -175,7 +181,7 @@ await scenario('student page', async ({ cleanup, problems }) => {
   await action({ id: 't-1', kind: 'terminate', students: ['s1'], reason: 'phone on the desk' });
   await within(s1, SECOND, 'the terminated screen', () => {
     const s = document.querySelector('#screen');
-    return !s.hidden && s.dataset.kind === 'terminated' && s.textContent.includes('phone on the desk');
+    return !s.hidden && s.dataset.kind === 'terminated' && s.querySelector('bdi')?.textContent === 'phone on the desk';
   }, null, pageState);
   await s1.waitForSelector('#conn[data-state="closed"]');
   check(await s1.evaluate(inputsDisabled), 'inputs disabled once terminated');
