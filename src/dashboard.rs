@@ -70,6 +70,7 @@ static ASSETS: &[Asset] = &[
     asset!("client/examwatch.js", JS),
     asset!("demo/student.html", HTML),
     asset!("demo/student.js", JS),
+    asset!("demo/student.css", CSS),
     asset!("i18n/i18n.js", JS),
     asset!("i18n/en.js", JS),
     asset!("i18n/fr.js", JS),

@@ -2,11 +2,17 @@
 //!
 //! A newcomer should see a live exam without writing a client: this starts
 //! the normal server (same settings, same code paths), creates one exam, and
-//! runs N simulated students against it over real WebSockets. They answer
-//! questions, pause long enough to become idle, lose and regain focus, drop
-//! their connection and come back (some within the grace period, some
-//! after), and now and then submit. It prints the dashboard URL with a
-//! ready teacher token, and a student page URL to join the exam by hand.
+//! runs N simulated students against it over real WebSockets. The exam
+//! opens after a short waiting room (`--waiting`), where they wait like a
+//! class does; once it runs they answer questions, pause long enough to
+//! become idle, lose and regain focus, raise a hand now and then
+//! (`--hands`), drop their connection and come back (some within the grace
+//! period, some after), and now and then submit. The first of them, s001,
+//! has a minute of extra time. They acknowledge what a proctor sends them
+//! (`received`), so the dashboard shows each action delivered, and stop
+//! when a teacher ends their exam or access. It prints the dashboard URL
+//! with a ready teacher token, and a student page URL to join the exam by
+//! hand.
 //!
 //! The simulated students are ordinary protocol clients (tokio-tungstenite)
 //! that connect the way browsers do, with a fresh ticket from
@@ -43,7 +49,18 @@ pub struct DemoOptions {
     pub waiting: Duration,
     /// How long it runs before it ends by itself at `closes_at`.
     pub length: Duration,
+    /// Mean time between two raised hands of one simulated student (zero:
+    /// they never raise one). A hand stays up until a proctor answers it.
+    pub hands: Duration,
 }
+
+/// What a simulated student asks when raising a hand (or nothing).
+const HAND_TEXTS: &[&str] = &[
+    "Is a calculator allowed?",
+    "I think question 3 has a typo.",
+    "May I have a sheet of scrap paper?",
+    "",
+];
 
 /// Runs the server with the demo exam and its simulated students until
 /// `shutdown` resolves.
@@ -147,6 +164,7 @@ pub async fn run(
             exam: opts.exam.clone(),
             token,
             pace: opts.pace,
+            hands: opts.hands,
             rng: Rng::seeded(i as u64),
             stop: stop.clone(),
         };
@@ -167,10 +185,19 @@ pub async fn run(
 fn links(addr: SocketAddr, opts: &DemoOptions, teacher: &str, visitor: &str) -> String {
     let exam = &opts.exam;
     let rule = "─".repeat(72);
+    let hands = if opts.hands.is_zero() {
+        "the students raise no hands".to_owned()
+    } else {
+        format!(
+            "each student raises a hand about every {}",
+            humantime::format_duration(opts.hands)
+        )
+    };
     format!(
         "{rule}\n\
          examwatch demo: exam {exam:?} with {} simulated students\n\
          it opens in {} and runs for {} (s001 has a minute extra)\n\
+         {hands}\n\
          \n  dashboard:    http://{addr}/dashboard/?exam={exam}#token={teacher}\
          \n  student page: http://{addr}/demo/student?exam={exam}#token={visitor}\n\
          \nPress Enter to show these links again; ctrl-c stops the demo.\n\
@@ -280,6 +307,9 @@ impl Rng {
 enum Step {
     /// Keep going on this connection after waiting this long.
     Continue(Duration),
+    /// Focus lost: come back (`focus gained`) after this long, still
+    /// reading frames meanwhile (a `terminated` is acknowledged at once).
+    Away(Duration),
     /// Drop the connection, come back after this long.
     Drop(Duration),
     /// Submitted: stay connected, do nothing more.
@@ -294,8 +324,69 @@ struct Simulated {
     exam: String,
     token: String,
     pace: Duration,
+    hands: Duration,
     rng: Rng,
     stop: CancellationToken,
+}
+
+/// What woke a simulated student up.
+enum Wake {
+    /// Time for its next action.
+    Act,
+    /// Time to raise a hand.
+    Hand,
+    /// A frame from the server, or the end of the connection.
+    Frame(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+}
+
+/// The exam as the server last described it to a simulated student.
+struct Seen {
+    /// Answers are taken: `in_progress` and not paused.
+    running: bool,
+    /// Nothing more to do: submitted, or time up.
+    done: bool,
+    /// A teacher ended their exam or their access: never come back.
+    stopped: bool,
+}
+
+impl Seen {
+    fn from_welcome(welcome: &Value) -> Self {
+        Self {
+            running: welcome["phase"] == "in_progress" && welcome["paused"] != true,
+            done: welcome["student"]["status"] == "submitted"
+                || matches!(welcome["phase"].as_str(), Some("ended" | "grading")),
+            stopped: false,
+        }
+    }
+
+    /// Applies a frame; returns the `received` to send for it, if it
+    /// carries an action's id (docs/PROTOCOL.md 2).
+    fn apply(&mut self, frame: &Value) -> Option<Value> {
+        match frame["type"].as_str()? {
+            "exam_update" => {
+                self.running = frame["phase"] == "in_progress" && frame["paused"] != true;
+                if frame["cause"] == "time_up"
+                    || matches!(frame["phase"].as_str(), Some("ended" | "grading"))
+                {
+                    self.done = true;
+                }
+            }
+            "terminated" => self.stopped = true,
+            "session_invalidated" if frame["reason"] == "access_revoked" => self.stopped = true,
+            "message" | "session_invalidated" => {}
+            _ => return None,
+        }
+        let id = frame["id"].as_str()?;
+        Some(json!({"type": "received", "id": id}))
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 type Socket =
@@ -308,6 +399,7 @@ impl Simulated {
         let mut session: Option<String> = None;
         let mut answered = [false; QUESTIONS as usize];
         let mut k = 0u64;
+        let mut hand_due = self.next_hand();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -318,40 +410,104 @@ impl Simulated {
                 continue;
             };
             session = welcome["session_id"].as_str().map(str::to_owned);
-            let mut submitted = welcome["student"]["status"] == "submitted";
+            let mut seen = Seen::from_welcome(&welcome);
+            let mut away = false;
             let mut next = self.rng.jitter(self.pace, 0.2, 1.0);
             wait = loop {
                 let due = tokio::time::Instant::now() + next;
                 // Reading while waiting answers the server's pings.
-                let incoming = tokio::select! {
-                    _ = tokio::time::sleep_until(due) => None,
-                    msg = ws.next() => Some(msg),
+                let wake = tokio::select! {
+                    _ = tokio::time::sleep_until(due) => Wake::Act,
+                    _ = sleep_until_some(hand_due) => Wake::Hand,
+                    msg = ws.next() => Wake::Frame(msg),
                     _ = self.stop.cancelled() => return,
                 };
-                match incoming {
-                    Some(Some(Ok(_))) => {
+                match wake {
+                    Wake::Frame(Some(Ok(msg))) => {
+                        next = due.saturating_duration_since(tokio::time::Instant::now());
+                        let Message::Text(text) = msg else { continue };
+                        let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
+                            continue;
+                        };
+                        if let Some(ack) = seen.apply(&frame) {
+                            // Acknowledged, so the proctor sees it delivered.
+                            if ws.send(Message::text(ack.to_string())).await.is_err() {
+                                break Duration::from_secs(1);
+                            }
+                        }
+                        continue;
+                    }
+                    // Closed: after a `terminate` or `deny` (close 4003)
+                    // for good, else back after a moment.
+                    Wake::Frame(_) if seen.stopped => return,
+                    Wake::Frame(_) => break Duration::from_secs(1),
+                    Wake::Hand => {
+                        hand_due = self.next_hand();
+                        if !seen.running || seen.done {
+                            continue;
+                        }
+                        let text = HAND_TEXTS[self.rng.below(HAND_TEXTS.len() as u64) as usize];
+                        let hand = if text.is_empty() {
+                            json!({"type": "raise_hand"})
+                        } else {
+                            json!({"type": "raise_hand", "text": text})
+                        };
+                        if ws.send(Message::text(hand.to_string())).await.is_err() {
+                            break Duration::from_secs(1);
+                        }
                         next = due.saturating_duration_since(tokio::time::Instant::now());
                         continue;
                     }
-                    Some(_) => break Duration::from_secs(1),
-                    None => {}
+                    Wake::Act if away => {
+                        away = false;
+                        let back = json!({"type": "focus", "state": "gained"});
+                        if ws.send(Message::text(back.to_string())).await.is_err() {
+                            break Duration::from_secs(1);
+                        }
+                        next = self.rng.jitter(self.pace, 0.5, 1.5);
+                        continue;
+                    }
+                    Wake::Act => {}
                 }
-                if submitted {
+                if seen.done || seen.stopped {
                     next = Duration::from_secs(3600);
+                    continue;
+                }
+                if !seen.running {
+                    // The waiting room or a pause: nothing is taken; a
+                    // heartbeat now and then, like the client library.
+                    if ws
+                        .send(Message::text(json!({"type": "heartbeat"}).to_string()))
+                        .await
+                        .is_err()
+                    {
+                        break Duration::from_secs(1);
+                    }
+                    next = self.rng.jitter(self.pace, 0.5, 1.5);
                     continue;
                 }
                 k += 1;
                 match self.act(&mut ws, &mut answered, k).await {
                     Ok(Step::Continue(d)) => next = d,
+                    Ok(Step::Away(d)) => {
+                        away = true;
+                        next = d;
+                    }
                     Ok(Step::Drop(d)) => {
                         let _ = ws.close(None).await;
                         break d;
                     }
-                    Ok(Step::Done) => submitted = true,
+                    Ok(Step::Done) => seen.done = true,
                     Err(_) => break Duration::from_secs(1),
                 }
             };
         }
+    }
+
+    /// When this student next raises a hand (None: never).
+    fn next_hand(&mut self) -> Option<tokio::time::Instant> {
+        (!self.hands.is_zero())
+            .then(|| tokio::time::Instant::now() + self.rng.jitter(self.hands, 0.5, 1.5))
     }
 
     async fn connect(&self, previous: Option<&str>) -> Option<(Socket, Value)> {
@@ -442,10 +598,11 @@ impl Simulated {
         if roll < 72 {
             ws.send(send(json!({"type": "focus", "state": "lost"})))
                 .await?;
-            tokio::time::sleep(self.rng.jitter(Duration::from_secs(3), 0.3, 1.0)).await;
-            ws.send(send(json!({"type": "focus", "state": "gained"})))
-                .await?;
-            return Ok(Step::Continue(pace));
+            return Ok(Step::Away(self.rng.jitter(
+                Duration::from_secs(3),
+                0.3,
+                1.0,
+            )));
         }
         if roll < 80 {
             // A long pause: the server marks the student idle (15 s).
@@ -485,5 +642,44 @@ mod tests {
         }
         let names: std::collections::HashSet<_> = (0..300).map(student_name).collect();
         assert!(names.len() > 250, "{} distinct names", names.len());
+    }
+
+    #[test]
+    fn a_simulated_student_follows_the_exam_and_acknowledges_actions() {
+        let welcome = json!({"type": "welcome", "phase": "scheduled", "paused": false,
+                             "student": {"status": "active"}});
+        let mut seen = Seen::from_welcome(&welcome);
+        assert!(
+            !seen.running && !seen.done,
+            "the waiting room takes nothing"
+        );
+        let start = json!({"type": "exam_update", "phase": "in_progress", "paused": false, "cause": "phase"});
+        assert_eq!(seen.apply(&start), None, "no id, nothing to acknowledge");
+        assert!(seen.running);
+        let pause = json!({"type": "exam_update", "phase": "in_progress", "paused": true, "cause": "pause", "id": "p1"});
+        assert_eq!(
+            seen.apply(&pause),
+            Some(json!({"type": "received", "id": "p1"}))
+        );
+        assert!(!seen.running, "paused");
+        let message = json!({"type": "message", "id": "m1", "text": "hi", "from": "T", "at": "x"});
+        assert_eq!(
+            seen.apply(&message),
+            Some(json!({"type": "received", "id": "m1"}))
+        );
+        let announcement = json!({"type": "announcement", "seq": 3, "text": "hi"});
+        assert_eq!(seen.apply(&announcement), None);
+        let time_up = json!({"type": "exam_update", "phase": "in_progress", "paused": false, "cause": "time_up"});
+        seen.apply(&time_up);
+        assert!(seen.done && !seen.stopped, "time up: done, not stopped");
+        let denied = json!({"type": "session_invalidated", "reason": "access_revoked", "id": "d1"});
+        assert_eq!(
+            seen.apply(&denied),
+            Some(json!({"type": "received", "id": "d1"}))
+        );
+        assert!(seen.stopped, "denied: never come back");
+        let mut other = Seen::from_welcome(&welcome);
+        other.apply(&json!({"type": "terminated", "id": "t1", "reason": "r"}));
+        assert!(other.stopped, "terminated: never come back");
     }
 }

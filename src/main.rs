@@ -72,6 +72,10 @@ enum Command {
         /// How long the exam runs before it ends by itself, e.g. `10m`.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         length: Duration,
+        /// Mean time between two raised hands of one simulated student,
+        /// e.g. `5m` (`0s`: none).
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        hands: Duration,
     },
 }
 
@@ -130,6 +134,7 @@ fn main() -> ExitCode {
             exam,
             waiting,
             length,
+            hands,
         } => demo(
             settings,
             DemoOptions {
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
                 exam,
                 waiting,
                 length,
+                hands,
             },
         ),
     };

@@ -331,3 +331,19 @@ async fn the_readme_screenshot_shows_a_raised_hand_and_open_alerts() {
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 10_000, "a screenshot of the demo exam at {shot:?}");
 }
+
+/// What a student sees on the demo page, against a real server driven by
+/// REST as a teacher would (issue 15 item 7): the waiting room, a countdown
+/// from the server's clock (the browser's is an hour off), a private
+/// message shown and acknowledged (`delivered`), pause (disabled inputs, a
+/// countdown that stands still), resume, extend, a raised hand in the
+/// timeline and its reply, the French switch, the terminated screen with
+/// no reconnect (also after a reload), the access-removed screen, and
+/// "time is up" for a short exam.
+#[tokio::test]
+async fn the_student_page_shows_the_waiting_room_countdown_messages_pauses_and_end_screens() {
+    let Some((_, stdout)) = scenario("student.mjs").await else {
+        return;
+    };
+    assert!(stdout.contains("student page: ok"), "{stdout}");
+}

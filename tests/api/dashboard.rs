@@ -42,6 +42,7 @@ async fn pages_are_served_with_their_types_csp_and_etags() {
         ("/client/examwatch.js", "text/javascript"),
         ("/demo/student", "text/html"),
         ("/demo/student.js", "text/javascript"),
+        ("/demo/student.css", "text/css"),
     ] {
         let res = http.get(app.http(path)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{path}");
@@ -63,11 +64,7 @@ async fn pages_are_served_with_their_types_csp_and_etags() {
             .unwrap();
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
     }
-    for path in [
-        "/dashboard/nope.js",
-        "/client/Cargo.toml",
-        "/demo/student.css",
-    ] {
+    for path in ["/dashboard/nope.js", "/client/Cargo.toml", "/demo/nope.css"] {
         let res = http.get(app.http(path)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{path}");
         let body: serde_json::Value = res.json().await.unwrap();
@@ -148,6 +145,142 @@ async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
     // The exam exists for the REST API, with its number of questions.
     let exam = get_json_at(&format!("{base}/v1/exams/demo"), token).await;
     assert_eq!(exam["settings"]["total_questions"], 5, "{exam}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(child.wait().unwrap().success(), "demo exits 0 on SIGTERM");
+}
+
+/// The demo's exam exercises what a proctor must handle (issue 15 item
+/// 11): a waiting room where the simulated students wait without
+/// answering, then, once it runs, raised hands and focus losses; s001
+/// has extra time; and what a proctor sends a simulated student (a
+/// message, a pause, a terminate) is acknowledged, so it shows `delivered`.
+#[tokio::test]
+async fn the_demo_students_wait_then_raise_hands_lose_focus_and_ack_what_proctors_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = examwatch_command(dir.path())
+        .args([
+            "demo",
+            "--students",
+            "3",
+            "--pace",
+            "300ms",
+            "--waiting",
+            "3s",
+            "--hands",
+            "1s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let dashboard = url_after(&lines, "dashboard:");
+    let (base, rest) = dashboard.split_once("/dashboard/?").unwrap();
+    let token = rest.split_once("#token=").unwrap().1.to_owned();
+    let ws = format!("{}/v1/exams/demo/ws", base.replacen("http", "ws", 1));
+    let mut teacher = connect_url(&ws, &token).await;
+    let snapshot = teacher.snapshot().await;
+    assert_eq!(snapshot["phase"], "scheduled", "the waiting room first");
+    let mut started = false;
+    let mut hands = std::collections::HashSet::new();
+    let mut focus_lost = false;
+    let in_time = tokio::time::timeout(WAIT * 4, async {
+        while !started || hands.is_empty() || !focus_lost {
+            let Next::Json(ev) = teacher
+                .next_within(tokio::time::Instant::now() + WAIT * 4)
+                .await
+            else {
+                panic!("the teacher's socket closed");
+            };
+            match ev["type"].as_str() {
+                Some("exam_update") if ev["phase"] == "in_progress" => started = true,
+                Some("hand") => {
+                    assert!(started, "a hand only once the exam runs: {ev}");
+                    hands.insert(ev["student_id"].as_str().unwrap().to_owned());
+                }
+                Some("student") => {
+                    let cause = ev["cause"].as_str().unwrap_or_default();
+                    // Nothing is taken in the waiting room: they wait.
+                    assert!(
+                        started || !matches!(cause, "answered" | "progress" | "submitted"),
+                        "in the waiting room: {ev}"
+                    );
+                    focus_lost |= cause == "focus_lost";
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        in_time.is_ok(),
+        "within {:?}: started {started}, hands from {hands:?}, a focus loss {focus_lost}",
+        WAIT * 4
+    );
+    // s001 has a minute extra: in their state (what the dashboard shows)
+    // and in their deadline, a minute after s002's.
+    let record = |id: &str| format!("{base}/v1/exams/demo/students/{id}");
+    let s001 = get_json_at(&record("s001"), &token).await;
+    let s002 = get_json_at(&record("s002"), &token).await;
+    assert_eq!(s001["accommodations"]["extra_minutes"], 1, "{s001}");
+    assert_eq!(s001["state"]["extra_minutes"], 1, "{s001}");
+    assert_eq!(
+        ms(&s001["deadline"]) - ms(&s002["deadline"]),
+        60_000,
+        "s001's deadline is a minute later: {s001} {s002}"
+    );
+    // The simulated students acknowledge what a proctor sends them, so each
+    // action shows `delivered`: a message, a pause (an `exam_update` with
+    // the action's id), a terminate. One may be away (a simulated Wi-Fi
+    // drop of up to 10 s): the frame waits for their return.
+    // The terminate goes to a student connected now: one who is away is
+    // refused at the handshake from then on (403 terminated), so theirs
+    // would stay `pending`.
+    let mut fresh = connect_url(&ws, &token).await;
+    let target = fresh.snapshot().await["students"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["connected"] == true).cloned())
+        .expect("a simulated student connected")["student_id"]
+        .clone();
+    let http = reqwest::Client::new();
+    for (id, body) in [
+        (
+            "m-demo",
+            json!({"kind": "message", "students": ["s002"], "text": "Are you all right?"}),
+        ),
+        ("p-demo", json!({"kind": "pause", "students": ["s001"]})),
+        (
+            "t-demo",
+            json!({"kind": "terminate", "students": [target], "reason": "demo"}),
+        ),
+    ] {
+        let mut body = body;
+        body["id"] = json!(id);
+        let res = http
+            .post(format!("{base}/v1/exams/demo/actions"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{id}");
+        let deadline = tokio::time::Instant::now() + WAIT * 3;
+        let delivery = loop {
+            let list = get_json_at(&format!("{base}/v1/exams/demo/actions"), &token).await;
+            let action = list["actions"]
+                .as_array()
+                .and_then(|a| a.iter().find(|a| a["id"] == id).cloned())
+                .unwrap_or_default();
+            let delivery = action["students"][0]["delivery"].clone();
+            if delivery == "delivered" || tokio::time::Instant::now() > deadline {
+                break (delivery, action);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(delivery.0, "delivered", "{id}: {}", delivery.1);
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -46,8 +46,8 @@ class FakeSocket {
     this.onclose?.({ code, reason: '' });
   }
   /** The server (or the network) ending the connection. */
-  drop(code) {
-    this.onclose?.({ code, reason: '' });
+  drop(code, reason = '') {
+    this.onclose?.({ code, reason });
   }
   receive(msg) {
     this.onmessage({ data: JSON.stringify(msg) });
@@ -582,6 +582,248 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   // A one-part snapshot is applied at once, as before.
   ws2.receive({ type: 'snapshot', seq: 45, exam_id: 'e1', part: 1, parts: 1, students: [st(9)], counts });
   check(snapshots.length === 3 && t.appliedSeq === 45, 'a single part is whole');
+  t.close();
+}
+
+// ---- the exam as a student sees it (PROTOCOL.md 4.13, 4.14) ---------------
+// The waiting room holds the outbox; the countdown runs from the server's
+// clock, stands still while paused and moves with an extension; every
+// frame with an action id is acknowledged with `received`; messages are
+// reported once; exam_paused keeps an answer for later.
+{
+  const c = new ExamwatchClient({ ...options, storage: new MemoryStorage() });
+  const exams = [];
+  const messages = [];
+  const timeups = [];
+  c.addEventListener('exam', (e) => exams.push(e.detail));
+  c.addEventListener('message', (e) => messages.push(e.detail));
+  c.addEventListener('timeup', (e) => timeups.push(e.detail));
+  c.connect();
+  const ws = FakeSocket.last();
+  const skew = 60000; // the server's clock is a minute ahead of ours
+  const serverIso = (plusMs = 0) => new Date(Date.now() + skew + plusMs).toISOString();
+  check(c.examState() === null && c.remaining() === null, 'nothing known before the welcome');
+  ws.receive({ ...welcome('X1', 0, skew), phase: 'scheduled', deadline: null, paused: false, opens_at: null, closes_at: null });
+  check(exams.length === 1 && exams[0].waiting && !exams[0].running && exams[0].phase === 'scheduled', `the waiting room: ${JSON.stringify(exams[0])}`);
+  check(c.remaining() === null && c.deadline === null, 'no countdown before the start');
+  const early = c.answer('q1', 'A');
+  check(!answersSent(ws).length, 'the waiting room holds the answer (the server would refuse it)');
+  check(c.pending().some((m) => m.id === early), 'kept in the outbox');
+
+  // The start: the countdown is deadline − server time, not our clock.
+  const update = (o) => ({ type: 'exam_update', phase: 'in_progress', opens_at: null, closes_at: null, server_time: serverIso(), deadline: serverIso(600000), paused: false, extra_minutes: 0, cause: 'phase', ...o });
+  ws.receive(update({}));
+  const left = c.remaining();
+  check(Math.abs(left - 600000) < 1000, `10 minutes left by the server's clock (ours is a minute behind): ${left}`);
+  check(exams.at(-1).running && !exams.at(-1).waiting, 'running once started');
+  check(answersSent(ws).some((m) => m.id === early), 'the held answer goes out at the start');
+  ws.receive({ type: 'ack', ref: `a:${early}` });
+
+  // Paused (a proctor's action, with its id): acknowledged, the countdown
+  // stands still, answers wait.
+  ws.receive(update({ paused: true, cause: 'pause', id: 'p-1', deadline: serverIso(500000) }));
+  check(ws.sent.some((m) => m.type === 'received' && m.id === 'p-1'), 'the pause frame is acknowledged with received');
+  const frozen = c.remaining();
+  check(Math.abs(frozen - 500000) < 50 && !exams.at(-1).running && exams.at(-1).paused, `paused with 500 s left: ${frozen}`);
+  await new Promise((r) => setTimeout(r, 60));
+  check(c.remaining() === frozen, `the countdown stands still while paused: ${c.remaining()} vs ${frozen}`);
+  const whilePaused = c.answer('q2', 'B');
+  check(!answersSent(ws).some((m) => m.id === whilePaused), 'a pause holds the answer');
+  ws.receive(update({ paused: false, cause: 'resume', id: 'r-1', deadline: serverIso(500000) }));
+  check(ws.sent.some((m) => m.type === 'received' && m.id === 'r-1'), 'the resume frame is acknowledged');
+  check(Math.abs(c.remaining() - 500000) < 1000, `no time lost over the pause: ${c.remaining()}`);
+  check(answersSent(ws).some((m) => m.id === whilePaused), 'sent once resumed');
+
+  // A pause the client had not heard of yet: exam_paused keeps the answer.
+  const raced = c.answer('q3', 'C');
+  ws.receive({ type: 'error', code: 'exam_paused', message: 'paused', ref: `a:${raced}` });
+  check(c.pending().some((m) => m.id === raced) && !c.rejected().some((r) => r.message.id === raced), 'exam_paused is not a rejection');
+  const before = answersSent(ws).filter((m) => m.id === raced).length;
+  ws.receive(update({ cause: 'timing' }));
+  check(answersSent(ws).filter((m) => m.id === raced).length === before + 1, 'and re-sent when the exam runs again');
+
+  // Same for exam_not_started (the start not yet heard of).
+  const tooSoon = c.answer('q4', 'D');
+  ws.receive({ type: 'error', code: 'exam_not_started', message: 'not yet', ref: `a:${tooSoon}` });
+  check(c.pending().some((m) => m.id === tooSoon) && c.rejected().length === 0, 'exam_not_started is not a rejection');
+  ws.receive(update({ cause: 'phase' }));
+  check(answersSent(ws).filter((m) => m.id === tooSoon).length === 2, 'and re-sent on the next update');
+
+  // Extended by 5 minutes: the countdown moves, and the extension is acknowledged.
+  ws.receive(update({ cause: 'extend', id: 'x-1', deadline: serverIso(800000), extra_minutes: 0 }));
+  check(ws.sent.some((m) => m.type === 'received' && m.id === 'x-1'), 'the extension is acknowledged');
+  check(Math.abs(c.remaining() - 800000) < 1000, `extended: ${c.remaining()}`);
+  check(exams.every((e) => e.remainingMs === null || e.remainingMs >= 0), 'never negative');
+
+  // A private message: acknowledged every time the server re-sends it, reported once.
+  const m = { type: 'message', id: 'm-1', text: 'Question 3 counts double', from: 'Ms Proctor', at: serverIso() };
+  ws.receive(m);
+  ws.receive(m);
+  check(ws.sent.filter((x) => x.type === 'received' && x.id === 'm-1').length === 2, 'each copy acknowledged');
+  check(messages.length === 1 && messages[0].text === m.text && messages[0].from === 'Ms Proctor', `reported once: ${JSON.stringify(messages)}`);
+  check(timeups.length === 0, 'no timeup yet');
+  c.close();
+}
+
+// ---- time is up: at the deadline on the server's clock, on time_up, on exam_ended ----
+{
+  const c = new ExamwatchClient({ ...options, storage: new MemoryStorage() });
+  const timeups = [];
+  c.addEventListener('timeup', (e) => timeups.push(e.detail));
+  c.connect();
+  const ws = FakeSocket.last();
+  const skew = -30000; // the server is half a minute behind us
+  const serverIso = (plusMs = 0) => new Date(Date.now() + skew + plusMs).toISOString();
+  ws.receive({ ...welcome('Y1', 0, skew), phase: 'in_progress', deadline: serverIso(200), paused: false, opens_at: null, closes_at: null });
+  check(c.remaining() > 0 && c.remaining() <= 200, `200 ms left on the server's clock: ${c.remaining()}`);
+  await until('timeup at the deadline', () => timeups.length === 1, 2000);
+  check(timeups[0].reason === 'deadline' && c.remaining() === 0 && c.examState().timeUp, `reason deadline: ${JSON.stringify(timeups[0])}`);
+  // An extension after our clock ran out takes it back; the next end is reported again.
+  ws.receive({ type: 'exam_update', phase: 'in_progress', opens_at: null, closes_at: null, server_time: serverIso(), deadline: serverIso(60000), paused: false, extra_minutes: 0, cause: 'extend', id: 'x-9' });
+  check(!c.examState().timeUp && c.remaining() > 50000, 'extended: not up any more');
+  const late = c.answer('q1', 'A');
+  // The server's own time_up: final, answer() refuses from now on.
+  ws.receive({ type: 'exam_update', phase: 'in_progress', opens_at: null, closes_at: null, server_time: serverIso(), deadline: serverIso(), paused: false, extra_minutes: 0, cause: 'time_up' });
+  check(timeups.length === 2 && timeups[1].reason === 'time_up', `time_up reported: ${JSON.stringify(timeups)}`);
+  check(c.examState().over === 'time_up' && !c.examState().running && c.remaining() === 0, 'over');
+  let threw = false;
+  try {
+    c.answer('q2', 'B');
+  } catch {
+    threw = true;
+  }
+  check(threw, 'answer() refuses once the time is up');
+  // The in-flight answer the server refuses is reported rejected, never re-sent.
+  ws.receive({ type: 'error', code: 'exam_ended', message: 'ended', ref: `a:${late}` });
+  check(c.rejected().some((r) => r.message.id === late && r.code === 'exam_ended') && c.pending().length === 0, 'exam_ended: rejected, out of the outbox');
+  const sentBefore = answersSent(ws).length;
+  ws.drop(1006);
+  await until('a reconnect', () => FakeSocket.last() !== ws);
+  FakeSocket.last().receive({ ...welcome('Y2', 0, skew), phase: 'ended', deadline: serverIso(-1000), paused: false, opens_at: null, closes_at: null });
+  check(answersSent(FakeSocket.last()).length === 0 && sentBefore >= 1, 'nothing is re-sent after the end');
+  check(timeups.length === 2, `reported once per end: ${timeups.length}`);
+  c.close();
+
+  // exam_ended alone (no update seen) is time up as well.
+  const d = new ExamwatchClient({ ...options, storage: new MemoryStorage() });
+  const ups = [];
+  d.addEventListener('timeup', (e) => ups.push(e.detail.reason));
+  d.connect();
+  const wd = FakeSocket.last();
+  wd.receive({ ...welcome('Z1', 0), phase: 'in_progress', deadline: null, paused: false, opens_at: null, closes_at: null });
+  const z = d.answer('q1', 'A');
+  wd.receive({ type: 'error', code: 'exam_ended', message: 'ended', ref: `a:${z}` });
+  check(ups.join() === 'exam_ended' && d.rejected().length === 1, `exam_ended: ${ups}`);
+  d.close();
+}
+
+// ---- terminated, revoked: acknowledged, reported, and no reconnect after 4003 ----
+{
+  const runs = [
+    { frame: { type: 'terminated', id: 't-1', reason: 'phone on the desk' }, event: 'terminated', closeReason: 'terminated' },
+    { frame: { type: 'session_invalidated', reason: 'access_revoked', id: 'd-1' }, event: 'revoked', closeReason: 'access revoked' },
+    { frame: null, event: 'terminated', closeReason: 'terminated' },
+    { frame: null, event: 'revoked', closeReason: 'access revoked' },
+  ];
+  for (const run of runs) {
+    const c = new ExamwatchClient({ ...options, storage: new MemoryStorage() });
+    const seen = [];
+    for (const type of ['terminated', 'revoked', 'session_invalidated']) c.addEventListener(type, (e) => seen.push([type, e.detail]));
+    c.connect();
+    const ws = FakeSocket.last();
+    ws.receive({ ...welcome('W1', 0), phase: 'in_progress', deadline: null, paused: false, opens_at: null, closes_at: null });
+    if (run.frame) {
+      ws.receive(run.frame);
+      check(ws.sent.some((m) => m.type === 'received' && m.id === run.frame.id), `${run.frame.type} acknowledged with received`);
+    }
+    const n = FakeSocket.all.length;
+    ws.drop(4003, run.closeReason);
+    check(c.state === 'closed', `closed after 4003 (${run.event})`);
+    check(seen.length === 1 && seen[0][0] === run.event, `${run.event} reported once: ${JSON.stringify(seen)}`);
+    if (run.frame?.reason === 'phone on the desk') check(seen[0][1].reason === 'phone on the desk' && seen[0][1].id === 't-1', 'with its reason');
+    await new Promise((r) => setTimeout(r, 150)); // backoff here is at most 40 ms
+    check(FakeSocket.all.length === n, `no reconnect after 4003 (${run.event})`);
+    check(c.examState().stopped === run.event && !c.examState().running, 'the exam state says so');
+    let threw = false;
+    try {
+      c.answer('q1', 'A');
+    } catch {
+      threw = true;
+    }
+    check(threw, `answer() refuses after ${run.event}`);
+    c.connect();
+    check(FakeSocket.all.length === n && c.state === 'closed', 'connect() after 4003 does not loop either');
+    c.close();
+  }
+  // A terminated student reloading the page: the ticket is refused (403
+  // terminated) until an allow; the client stops instead of retrying.
+  const tickets = [];
+  const fetch = async () => {
+    tickets.push(1);
+    return { status: 403, ok: false, json: async () => ({ error: { code: 'terminated', message: 'no' } }) };
+  };
+  const c = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage() });
+  const ended = [];
+  c.addEventListener('terminated', (e) => ended.push(e.detail));
+  c.connect();
+  await until('the refusal', () => c.state === 'closed');
+  await new Promise((r) => setTimeout(r, 150));
+  check(tickets.length === 1 && ended.length === 1 && ended[0].refused, `one ticket request, then stopped: ${tickets.length}, ${JSON.stringify(ended)}`);
+  check(c.examState()?.stopped === 'terminated' && !c.examState().running, `the exam state says so before any welcome: ${JSON.stringify(c.examState())}`);
+}
+
+// ---- raiseHand(text) (PROTOCOL.md 2, 4.14) ----
+{
+  const c = new ExamwatchClient({ ...options, storage: new MemoryStorage() });
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.receive({ ...welcome('H1', 0), phase: 'in_progress', deadline: null, paused: false, opens_at: null, closes_at: null });
+  const raised = c.raiseHand('Is a calculator allowed?');
+  const sent = ws.sent.find((m) => m.type === 'raise_hand');
+  check(sent && sent.text === 'Is a calculator allowed?' && sent.ref, `raise_hand with its text and a ref: ${JSON.stringify(sent)}`);
+  ws.receive({ type: 'ack', ref: sent.ref });
+  await raised;
+  const bare = c.raiseHand();
+  const plain = ws.sent.filter((m) => m.type === 'raise_hand')[1];
+  check(plain && !('text' in plain), `no text: none sent: ${JSON.stringify(plain)}`);
+  ws.receive({ type: 'error', code: 'invalid_message', message: 'bad', ref: plain.ref });
+  let refused = null;
+  await bare.catch((e) => (refused = e));
+  check(refused, 'an error rejects the promise');
+  let tooLong = false;
+  try {
+    c.raiseHand('é'.repeat(501));
+  } catch (e) {
+    tooLong = e instanceof RangeError;
+  }
+  check(tooLong, 'more than 500 characters throws');
+  const fits = c.raiseHand('é'.repeat(500));
+  check(ws.sent.filter((m) => m.type === 'raise_hand').length === 3, '500 characters (1000 bytes) are fine');
+  ws.drop(1006);
+  let dropped = null;
+  await fits.catch((e) => (dropped = e));
+  check(dropped, 'a drop before the ack rejects');
+  c.close();
+}
+
+// ---- watchers: the snapshot's phase and each exam_update are `exam` events (an update still a `message` too) ----
+{
+  const teacherToken = `${b64({ alg: 'HS256' })}.${b64({ sub: 't9', role: 'teacher', exams: ['e1'] })}.sig`;
+  globalThis.fetch = async () => ({ headers: { get: () => null } });
+  const t = new ExamwatchClient({ ...options, token: teacherToken, storage: new MemoryStorage() });
+  const got = [];
+  t.addEventListener('exam', (e) => got.push(['exam', e.detail.phase]));
+  t.addEventListener('message', (e) => got.push(['message', e.detail.type]));
+  t.connect();
+  const ws = FakeSocket.last();
+  ws.receive({ type: 'snapshot', seq: 1, exam_id: 'e1', part: 1, parts: 1, students: [], counts: {}, phase: 'scheduled', server_time: new Date().toISOString() });
+  ws.receive({ type: 'exam_update', seq: 2, phase: 'in_progress', opens_at: null, closes_at: null, server_time: new Date().toISOString(), paused: false, cause: 'phase', clock: {}, version: 2 });
+  check(JSON.stringify(got) === '[["exam","scheduled"],["exam","in_progress"],["message","exam_update"]]', `watchers: the snapshot's phase, then the update: ${JSON.stringify(got)}`);
+  check(!ws.sent.some((m) => m.type === 'received'), 'watchers acknowledge nothing');
+  const ups = [];
+  t.addEventListener('timeup', () => ups.push(1));
+  ws.receive({ type: 'exam_update', seq: 3, phase: 'ended', opens_at: null, closes_at: null, server_time: new Date().toISOString(), paused: false, cause: 'phase', clock: {}, version: 3 });
+  check(ups.length === 0 && got.at(-2)[1] === 'ended', `watchers see the end as an exam event, not a timeup: ${JSON.stringify(got)}`);
   t.close();
 }
 

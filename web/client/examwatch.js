@@ -12,6 +12,18 @@
 // refuses for good is reported, never dropped silently. The teacher
 // dashboard uses this very module for its own connection. API and example:
 // docs/CLIENT.md.
+//
+// It also keeps what a student must see of the exam itself (PROTOCOL.md
+// 4.13, 4.14): the phase, their own deadline and whether they are paused,
+// from `welcome` and every `exam_update`, with the time left counted from
+// the server's clock (`remaining()`), never from the browser's alone; the
+// waiting room and pauses hold the outbox (the server would refuse the
+// answers; they go out once the exam runs); private messages, a
+// teacher's `terminate` and a `deny` are events, each acknowledged with
+// `received {id}` as the protocol asks; after close 4003 it stops instead
+// of reconnecting; and the end of their time (the server's `time_up`, the
+// exam ended, an `exam_ended` refusal, or the deadline passing on the
+// server's clock) is one `timeup` event.
 
 const PROTOCOL = 'examwatch.v1';
 
@@ -46,7 +58,17 @@ function newId() {
 export const MAX_MESSAGE_BYTES = 16384;
 
 /** Close codes after which reconnecting cannot help (PROTOCOL.md 5). */
-const FATAL_CLOSES = new Set([1002, 1003, 1007, 4001]);
+const FATAL_CLOSES = new Set([1002, 1003, 1007, 4001, 4003]);
+/** Close 4003's reason for a `deny` (PROTOCOL.md 5); anything else is a `terminate`. */
+const REVOKED_REASON = 'access revoked';
+/** Ticket refusals (403) that stay until a teacher's `allow`: stop, do not retry. */
+const STOPPING_REFUSALS = new Set(['terminated', 'access_revoked']);
+/** The longest `raise_hand` text the server takes, in characters (PROTOCOL.md 2). */
+export const MAX_HAND_TEXT = 500;
+/** The exam's view before the server described it. */
+const UNKNOWN_EXAM = Object.freeze({ phase: null, deadline: null, paused: false, opensAt: null, closesAt: null, extraMinutes: 0, serverTime: null, cause: null, id: null });
+/** Phases in which nothing more is taken (PROTOCOL.md 4.13). */
+const OVER_PHASES = new Set(['ended', 'grading']);
 /** Close codes that ask for a long backoff before trying again. */
 const SLOW_CLOSES = new Set([1008, 4009]);
 /**
@@ -155,6 +177,26 @@ export class ExamwatchClient extends EventTarget {
     this._onOnline = () => this.state === 'offline' && this.reconnectNow();
     this._onStorage = (e) => this._storageChanged(e);
     this._invalidated = false;
+    /**
+     * The exam as the server last described it to this client (`welcome`,
+     * `exam_update`): phase, deadline and pause, with the server time they
+     * were true at. Null until the first.
+     */
+    this._examView = null;
+    /**
+     * Why this student's exam is over, as the server said it: `time_up`,
+     * `ended` (the phase), `exam_ended` (a refusal); null while it is not.
+     * Unlike a deadline passing on our clock estimate, this never reverts.
+     */
+    this._over = null;
+    /** A `timeup` was emitted and not taken back by a later update. */
+    this._timeUpSent = false;
+    /** `terminated` or `revoked` once a teacher ended this student's exam or access. */
+    this._stopped = null;
+    /** Action ids already reported (the server re-sends until `received`). */
+    this._seenActions = new Set();
+    /** Fires at the deadline (on the server's clock); survives reconnects. */
+    this._deadlineTimer = null;
   }
 
   // ---- public API -------------------------------------------------------
@@ -162,7 +204,8 @@ export class ExamwatchClient extends EventTarget {
   /** Opens the connection; reconnects on its own until close(). */
   connect() {
     if (this.state !== 'idle' && this.state !== 'closed') return this;
-    if (this._invalidated) return this;
+    // Taken over, terminated or denied: connecting again cannot help.
+    if (this._invalidated || this._stopped) return this;
     globalThis.addEventListener?.('online', this._onOnline);
     globalThis.addEventListener?.('storage', this._onStorage);
     this._open();
@@ -173,6 +216,8 @@ export class ExamwatchClient extends EventTarget {
   close() {
     globalThis.removeEventListener?.('online', this._onOnline);
     globalThis.removeEventListener?.('storage', this._onStorage);
+    clearTimeout(this._deadlineTimer);
+    this._deadlineTimer = null;
     this._detach(1000);
     this._connectionLost('closed');
     this._setState('closed', {});
@@ -189,6 +234,76 @@ export class ExamwatchClient extends EventTarget {
   /** Server time now, as a Date, from the estimated clock offset. */
   serverNow() {
     return new Date(Date.now() + this.clockOffsetMs);
+  }
+
+  /**
+   * The exam as this student sees it, or null before the first `welcome`:
+   * `{phase, deadline, paused, opensAt, closesAt, extraMinutes, cause, id,
+   * remainingMs, waiting, running, timeUp, over, stopped}`. Times are ms
+   * since the epoch (or null); `deadline` is this student's own (null while
+   * untimed or not started); `remainingMs` is `remaining()`; `waiting` is
+   * the waiting room (phase `scheduled`); `running` means answers are taken
+   * now (in progress, not paused, time not up, not stopped); `over` is why
+   * the server says their exam is over (`time_up`, `ended`, `exam_ended`)
+   * or null; `stopped` is `terminated` or `revoked` or null.
+   */
+  examState() {
+    // Stopped before any welcome (a ticket refused as terminated): say so.
+    const v = this._examView ?? (this._stopped ? UNKNOWN_EXAM : null);
+    if (!v) return null;
+    const timeUp = this._timeUp();
+    return {
+      phase: v.phase,
+      deadline: v.deadline,
+      paused: v.paused,
+      opensAt: v.opensAt,
+      closesAt: v.closesAt,
+      extraMinutes: v.extraMinutes,
+      cause: v.cause,
+      id: v.id,
+      remainingMs: this.remaining(),
+      waiting: v.phase === 'scheduled',
+      running: v.phase === 'in_progress' && !v.paused && !timeUp && !this._stopped,
+      timeUp,
+      over: this._over,
+      stopped: this._stopped,
+    };
+  }
+
+  /**
+   * This student's time left in ms, counted from the server's clock
+   * (PROTOCOL.md 4.13: `deadline − (server_time + (now − received_at))`),
+   * or null without a deadline. While paused it stands still at what was
+   * left when the pause was reported: no time is lost.
+   */
+  remaining() {
+    const v = this._examView;
+    if (!v || v.deadline === null) return null;
+    if (this._over) return 0;
+    if (v.paused) return Math.max(0, v.deadline - v.serverTime);
+    return Math.max(0, v.deadline - this.serverNow().getTime());
+  }
+
+  /** This student's deadline (ms since the epoch, server clock) or null. */
+  get deadline() {
+    return this._examView?.deadline ?? null;
+  }
+
+  /**
+   * Students: raises a hand (`raise_hand`, PROTOCOL.md 4.14), with an
+   * optional question of at most 500 characters. Resolves once the server
+   * has stored it (its ack); rejects on an error, a drop before the ack,
+   * or after `announceTimeoutMs`. Throws a RangeError for a longer text.
+   * While the hand is up, raising it again changes nothing (acked).
+   */
+  raiseHand(text = '') {
+    const t = String(text ?? '');
+    if ([...t].length > MAX_HAND_TEXT) {
+      throw new RangeError(`a raised hand's text is at most ${MAX_HAND_TEXT} characters`);
+    }
+    const ref = `hand:${newId()}`;
+    const msg = t.trim() ? { type: 'raise_hand', text: t, ref } : { type: 'raise_hand', ref };
+    return this._request(msg, ref);
   }
 
   /**
@@ -294,8 +409,13 @@ export class ExamwatchClient extends EventTarget {
    */
   announce(text) {
     const ref = `ann:${newId()}`;
+    return this._request({ type: 'announce', text, ref }, ref);
+  }
+
+  /** Sends `msg`; a promise settled by its ack or error (see `announce`). */
+  _request(msg, ref) {
     return new Promise((resolve, reject) => {
-      if (!this.send({ type: 'announce', text, ref })) {
+      if (!this.send(msg)) {
         reject(new Error('not connected'));
         return;
       }
@@ -314,7 +434,11 @@ export class ExamwatchClient extends EventTarget {
     if (typeof credential === 'string') return this._openSocket(credential);
     credential.then(
       (c) => current() && this._openSocket(c),
-      (e) => current() && this._scheduleReconnect(1006, String(e?.message ?? e)),
+      (e) => {
+        if (!current()) return;
+        if (e?.stop) return this._stop(e.stop === 'terminated' ? 'terminated' : 'revoked', { refused: true, id: null, reason: null }, 4003, String(e.message));
+        this._scheduleReconnect(1006, String(e?.message ?? e));
+      },
     );
   }
 
@@ -351,7 +475,10 @@ export class ExamwatchClient extends EventTarget {
         if (res.status === 404) return fallback;
         const body = await res.json().catch(() => ({}));
         if (!res.ok || typeof body.ticket !== 'string') {
-          throw new Error(`no ticket: ${res.status} ${body.error?.code ?? ''}`.trim());
+          const error = new Error(`no ticket: ${res.status} ${body.error?.code ?? ''}`.trim());
+          // Terminated or denied: refused until a teacher allows them again.
+          if (res.status === 403 && STOPPING_REFUSALS.has(body.error?.code)) error.stop = body.error.code;
+          throw error;
         }
         return `ticket=${encodeURIComponent(body.ticket)}`;
       })
@@ -426,6 +553,12 @@ export class ExamwatchClient extends EventTarget {
         this._invalidated = true;
         this._emit('session_invalidated', { reason: 'second_session', code });
       }
+      if (code === 4003) {
+        // Its frame (`terminated` / `session_invalidated`) normally came
+        // first and was reported; it is dropped when the queue was full.
+        const how = reason === REVOKED_REASON ? 'revoked' : 'terminated';
+        return this._stop(how, { id: null, reason: null }, code, reason);
+      }
       this._setState('closed', { code, reason });
       return;
     }
@@ -486,6 +619,7 @@ export class ExamwatchClient extends EventTarget {
         this._syncClock(Date.parse(msg.server_time));
         this._emit('welcome', msg);
         this._emit('status', { student: msg.student, cause: 'welcome' });
+        this._examChanged(msg, 'welcome');
         this._live({ sessionId: msg.session_id });
         // The announcements this client missed, then everything unacked.
         if (this.lastSeq !== null) this.send({ type: 'resume', last_seq: this.lastSeq });
@@ -501,6 +635,8 @@ export class ExamwatchClient extends EventTarget {
         this._synced = true;
         this._syncClockOverHttp();
         this._emit('snapshot', msg);
+        // The exam's phase as of the snapshot (watchers' `exam` events).
+        if (msg.phase) this._examChanged({ phase: msg.phase, server_time: msg.server_time, paused: msg.phase === 'paused' }, 'snapshot');
         if (this.state !== 'live') this._live({});
         this._setSeq(msg.seq);
         break;
@@ -535,12 +671,146 @@ export class ExamwatchClient extends EventTarget {
         this._onError(msg);
         break;
       case 'session_invalidated':
+        this._received(msg.id);
+        if (msg.reason === 'access_revoked') {
+          // A teacher's `deny`: close 4003 follows (and stops the client).
+          this._stopped = 'revoked';
+          this._emit('revoked', { id: msg.id ?? null, reason: msg.reason });
+          this._examChanged(null, 'revoked');
+          break;
+        }
         this._invalidated = true;
         this._emit('session_invalidated', msg);
+        break;
+      case 'exam_update':
+        this._received(msg.id);
+        if (this.role !== 'student') {
+          // Watchers: the exam's clock (no deadline of their own). Its
+          // `server_time` may be old (a replay after a resume), so the
+          // clock estimate stays the HTTP one. Also a `message`, as every
+          // frame without an event of its own was before.
+          this._examChanged(msg, msg.cause);
+          this._emit('message', msg);
+          break;
+        }
+        // A student's frames are built when sent (re-sent ones too): their
+        // `server_time` is now.
+        this._syncClock(Date.parse(msg.server_time));
+        this._examChanged(msg, msg.cause);
+        break;
+      case 'message':
+        // A private message (PROTOCOL.md 4.14): re-sent until acknowledged,
+        // so acknowledge every copy and report it once.
+        this._received(msg.id);
+        if (msg.id !== undefined && this._seenActions.has(msg.id)) break;
+        if (msg.id !== undefined) this._seenActions.add(msg.id);
+        this._emit('message', msg);
+        break;
+      case 'terminated':
+        this._received(msg.id);
+        this._stopped = 'terminated';
+        this._emit('terminated', { id: msg.id ?? null, reason: msg.reason ?? null });
+        this._examChanged(null, 'terminated');
         break;
       default:
         this._emit('message', msg);
     }
+  }
+
+  /** Acknowledges a frame that carries an action's id (PROTOCOL.md 2, `received`). */
+  _received(id) {
+    if (typeof id === 'string' && id.length > 0) this.send({ type: 'received', id });
+  }
+
+  /**
+   * A new description of the exam (`welcome`, `exam_update`; null when
+   * only this client's own state changed): keep it, emit `exam`, re-arm the
+   * deadline timer, and emit `timeup` when the time has just run out.
+   */
+  _examChanged(msg, cause) {
+    if (msg) {
+      const time = (v) => {
+        const ms = Date.parse(v ?? '');
+        return Number.isFinite(ms) ? ms : null;
+      };
+      const prev = this._examView;
+      const extra = msg.extra_minutes ?? msg.student?.extra_minutes ?? prev?.extraMinutes ?? 0;
+      this._examView = {
+        phase: msg.phase ?? prev?.phase ?? null,
+        deadline: time(msg.deadline ?? msg.student?.deadline),
+        paused: Boolean(msg.paused ?? msg.student?.paused),
+        opensAt: time(msg.opens_at),
+        closesAt: time(msg.closes_at),
+        extraMinutes: Number(extra) || 0,
+        serverTime: time(msg.server_time) ?? this.serverNow().getTime(),
+        cause: cause ?? null,
+        id: msg.id ?? null,
+      };
+      if (cause === 'time_up') this._over ??= 'time_up';
+      if (OVER_PHASES.has(this._examView.phase)) this._over ??= 'ended';
+      // Held by `exam_not_started` / `exam_paused`: try again now.
+      for (const m of this.outbox) if (!m.sentAt) m.retryAt = 0;
+    }
+    if (!this._examView) return;
+    this._armDeadline();
+    const state = this.examState();
+    this._emit('exam', { ...state, update: msg });
+    this._checkTimeUp(state);
+    this._pump();
+  }
+
+  /** The server said the time is over, or the deadline passed on its clock. */
+  _timeUp() {
+    if (this._over) return true;
+    const v = this._examView;
+    return Boolean(v && v.phase === 'in_progress' && !v.paused && v.deadline !== null && this.remaining() === 0);
+  }
+
+  _checkTimeUp(state = this.examState()) {
+    // A watcher's time is never up: the exam's end is its `exam` event.
+    if (!state || this.role !== 'student') return;
+    if (state.timeUp && !this._timeUpSent && !this._stopped) {
+      this._timeUpSent = true;
+      this._emit('timeup', { reason: this._over ?? 'deadline', deadline: state.deadline });
+    } else if (!state.timeUp) {
+      // An extension after our clock ran out: the time is not up after all.
+      this._timeUpSent = false;
+    }
+  }
+
+  /** A timer at the deadline, so `timeup` comes even without a frame from the server. */
+  _armDeadline() {
+    clearTimeout(this._deadlineTimer);
+    this._deadlineTimer = null;
+    const v = this._examView;
+    if (!v || v.paused || v.deadline === null || this._over || this.state === 'closed') return;
+    const left = this.remaining();
+    if (left === null || left <= 0) return;
+    // setTimeout's limit is 2^31 - 1 ms (24.8 days): wake up and re-arm.
+    this._deadlineTimer = setTimeout(() => {
+      this._deadlineTimer = null;
+      if (this.remaining() > 0) return this._armDeadline();
+      this._emit('exam', { ...this.examState(), update: null });
+      this._checkTimeUp();
+    }, Math.min(left + 20, 2 ** 31 - 1));
+  }
+
+  /**
+   * A teacher ended this student's exam (`terminated`) or access
+   * (`revoked`): no reconnect, nothing more is sent. Emits the event if its
+   * frame did not (close 4003 without it, or a ticket refused for it).
+   */
+  _stop(how, detail, code, reason) {
+    globalThis.removeEventListener?.('online', this._onOnline);
+    globalThis.removeEventListener?.('storage', this._onStorage);
+    if (this._stopped !== how) {
+      this._stopped = how;
+      this._emit(how, detail);
+    }
+    clearTimeout(this._deadlineTimer);
+    this._deadlineTimer = null;
+    this._setState('closed', { code, reason });
+    this._emit('exam', { ...this.examState(), update: null });
   }
 
   /**
@@ -616,8 +886,20 @@ export class ExamwatchClient extends EventTarget {
     }
     if (this._announces.has(msg.ref)) this._settleAnnounce(msg.ref, new Error(msg.message || msg.code));
     const m = this.outbox.find((e) => e.ref === msg.ref);
+    if (msg.code === 'exam_ended' && !this._over) {
+      // Nothing more is taken from this student (PROTOCOL.md 3.2).
+      this._over = 'exam_ended';
+      this._examChanged(null, 'exam_ended');
+    }
     if (m && msg.code === 'storage_busy') {
       // Nothing stored: keep it and try again later.
+      m.sentAt = 0;
+      m.retryAt = Date.now() + this.retryMs;
+      this._pumpIn(this.retryMs);
+    } else if (m && (msg.code === 'exam_not_started' || msg.code === 'exam_paused')) {
+      // The waiting room or a pause: nothing is lost, it goes out when the
+      // next `exam_update` says the exam runs (or after `retryMs`, should
+      // that update have been missed).
       m.sentAt = 0;
       m.retryAt = Date.now() + this.retryMs;
       this._pumpIn(this.retryMs);
@@ -643,6 +925,9 @@ export class ExamwatchClient extends EventTarget {
 
   _usable() {
     if (this._invalidated) throw new Error('this exam was opened somewhere else; this page is closed');
+    if (this._stopped === 'terminated') throw new Error('a teacher ended this exam for you');
+    if (this._stopped === 'revoked') throw new Error('your access to this exam was removed');
+    if (this._over) throw new Error('the exam is over: nothing more is taken');
     if (this.state === 'closed') throw new Error('the client is closed');
   }
 
@@ -687,6 +972,10 @@ export class ExamwatchClient extends EventTarget {
   _pump() {
     if (this.state !== 'live' || !this._ws) return;
     const now = Date.now();
+    // The waiting room or a pause: the server would refuse answers and the
+    // submit (`exam_not_started`, `exam_paused`), so they wait, stored.
+    const v = this._examView;
+    if (this.role === 'student' && v && (v.phase === 'scheduled' || v.paused)) return;
     if (now < this._pauseUntil) return this._pumpIn(this._pauseUntil - now);
     this._tokens = Math.min(OUTBOX_PER_SECOND, this._tokens + ((now - this._tokensAt) * OUTBOX_PER_SECOND) / 1000);
     this._tokensAt = now;
