@@ -126,6 +126,31 @@ impl Store {
         }
     }
 
+    /// Takes over a claim that was never finished (claimed at `claimed_at`):
+    /// true for exactly one caller, who then applies the action.
+    pub async fn take_over_action(
+        &self,
+        exam_id: &str,
+        action_id: &str,
+        claimed_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
+        let taken = sqlx::query(
+            "UPDATE actions SET at = $1 WHERE exam_id = $2 AND action_id = $3 AND result IS NULL AND at = $4",
+        )
+        .bind(now)
+        .bind(exam_id)
+        .bind(action_id)
+        .bind(claimed_at)
+        .execute(tx.conn())
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(taken)
+    }
+
     /// Gives up a claim whose action could not be applied (a retry may).
     pub async fn release_action(&self, exam_id: &str, action_id: &str) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;

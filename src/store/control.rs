@@ -308,22 +308,30 @@ impl Store {
         action_id: &str,
         mut change: impl FnMut(&mut StudentControl) -> Result<(), E>,
     ) -> Result<Result<(StudentControl, bool), E>, StoreError> {
-        if let Some(current) = self.student_control(exam_id, student_id).await?
-            && current.has_applied(action_id)
-        {
-            return Ok(Ok((current, false)));
+        /// Why the change was not made.
+        enum Not<E> {
+            /// The action had changed this record already: nothing written.
+            Again(StudentControl),
+            Refused(E),
         }
-        // The action's claim (store/actions.rs) lets one request at a time
-        // apply it, so the check above cannot race with another writer of
-        // the same id.
+        // Checked in the same versioned read-change-write as the change,
+        // so two appliers of one id (a retry that took over an abandoned
+        // claim, store/actions.rs) still change each student once.
         let written = self
             .update_student_control(exam_id, student_id, |c| {
-                change(c)?;
+                if c.has_applied(action_id) {
+                    return Err(Not::Again(c.clone()));
+                }
+                change(c).map_err(Not::Refused)?;
                 c.mark_applied(action_id);
                 Ok(())
             })
             .await?;
-        Ok(written.map(|c| (c, true)))
+        Ok(match written {
+            Ok(c) => Ok((c, true)),
+            Err(Not::Again(c)) => Ok((c, false)),
+            Err(Not::Refused(e)) => Err(e),
+        })
     }
 
     /// Inserts (`expected` None) or updates at `expected` version; false if

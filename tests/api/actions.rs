@@ -629,3 +629,59 @@ async fn an_action_that_failed_halfway_is_retried_without_extending_anyone_twice
     let (_, again) = app.student("h1", "s1").await;
     assert_eq!(ms(&again["deadline"]) - d1, 5 * 60_000, "{again}");
 }
+
+#[tokio::test]
+async fn a_claim_left_unfinished_is_taken_over_by_a_retry() {
+    let app = spawn_app().await;
+    timed_exam(&app, "h2", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["h2"]);
+    let (_s1, w1) = app.student("h2", "s1").await;
+    let (_s2, w2) = app.student("h2", "s2").await;
+    let body = json!({"id": "stuck", "kind": "extend", "students": ["s1", "s2"], "minutes": 2});
+    // s2's write fails, and so does giving the claim up: it stays behind.
+    let db = break_writes_of(&app, "s2").await;
+    sqlx::query(
+        "CREATE TRIGGER keep_claims BEFORE DELETE ON actions \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let (status, _) = act(&app, "h2", &teacher, body.clone()).await;
+    assert_eq!(status, 503);
+    for name in ["no_insert", "no_update", "keep_claims"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {name}")))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let left: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM actions WHERE action_id = 'stuck' AND result IS NULL",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(left, 1, "the claim is still there, unfinished");
+    // While it is recent, a retry waits for it and is told it is running.
+    let (status, err) = act(&app, "h2", &teacher, body.clone()).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (409, Some("action_in_progress"))
+    );
+    // Minutes later nothing will finish it: a retry takes it over, and
+    // nobody is extended twice.
+    sqlx::query("UPDATE actions SET at = at - 600000 WHERE action_id = 'stuck'")
+        .execute(&db)
+        .await
+        .unwrap();
+    let (status, answer) = act(&app, "h2", &teacher, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["students"][0]["already_applied"], true, "{answer}");
+    assert_eq!(answer["students"][1]["applied_ms"], 120_000, "{answer}");
+    let d1 = ms(&answer["students"][0]["deadline"]);
+    let d2 = ms(&answer["students"][1]["deadline"]);
+    assert_eq!(d1 - ms(&w1["deadline"]), 120_000, "{answer}");
+    assert_eq!(d2 - ms(&w2["deadline"]), 120_000, "{answer}");
+    let list = app.get_json("/v1/exams/h2/actions", &teacher).await;
+    assert_eq!(list["actions"][0]["id"], "stuck", "audited: {list}");
+}

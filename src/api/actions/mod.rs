@@ -271,22 +271,49 @@ async fn post_action(
                     ),
                 ));
             }
-            return retried(&app, &exam_id, &body.id).await;
+            // A claim never finished (its instance stopped mid-way, or the
+            // release failed): taken over, and applied where it stopped.
+            let abandoned = existing.result.is_none()
+                && now.saturating_sub(existing.at) > ABANDONED_CLAIM_MS
+                && app
+                    .store
+                    .take_over_action(&exam_id, &body.id, existing.at, now)
+                    .await?;
+            if !abandoned {
+                return retried(&app, &exam_id, &body.id).await;
+            }
         }
     }
-    match apply(&app, &exam_id, &clock, &body, &caller, now).await {
-        Ok(deliver) => {
-            wait_for_acks(&app, &exam_id, &body.id, deliver).await;
-            answer(&app, &exam_id, &body.id).await
-        }
-        Err(e) => {
-            // Unclaimed, so a retry applies it; the students it changed
-            // before failing remember its id and are not changed twice.
-            let _ = app.store.release_action(&exam_id, &body.id).await;
-            Err(e)
-        }
-    }
+    // Applied in a task of its own: a client that hangs up, or the request
+    // timeout, must not stop an action half way through its students.
+    let task = {
+        let (app, exam_id, body) = (app.clone(), exam_id.clone(), body.clone());
+        let caller = Watcher(caller.0.clone());
+        app.tracker.clone().spawn(async move {
+            let applied = apply(&app, &exam_id, &clock, &body, &caller, now).await;
+            if applied.is_err() {
+                // Unclaimed, so a retry applies it; the students it changed
+                // before failing remember its id and are not changed twice.
+                let _ = app.store.release_action(&exam_id, &body.id).await;
+            }
+            applied
+        })
+    };
+    let deliver = task.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the action stopped unexpectedly; retry with the same id",
+        )
+    })??;
+    wait_for_acks(&app, &exam_id, &body.id, deliver).await;
+    answer(&app, &exam_id, &body.id).await
 }
+
+/// How old a claim without a result must be before a retry takes it over:
+/// far longer than any action takes, since it runs to its end even when
+/// its request is gone; only an instance that stopped mid-way leaves one.
+const ABANDONED_CLAIM_MS: i64 = 120_000;
 
 /// A retry: the first request's answer, once it has one.
 async fn retried(
