@@ -311,7 +311,7 @@ impl Store {
         /// Why the change was not made.
         enum Not<E> {
             /// The action had changed this record already: nothing written.
-            Again(StudentControl),
+            Again(Box<StudentControl>),
             Refused(E),
         }
         // Checked in the same versioned read-change-write as the change,
@@ -320,7 +320,7 @@ impl Store {
         let written = self
             .update_student_control(exam_id, student_id, |c| {
                 if c.has_applied(action_id) {
-                    return Err(Not::Again(c.clone()));
+                    return Err(Not::Again(Box::new(c.clone())));
                 }
                 change(c).map_err(Not::Refused)?;
                 c.mark_applied(action_id);
@@ -329,7 +329,7 @@ impl Store {
             .await?;
         Ok(match written {
             Ok(c) => Ok((c, true)),
-            Err(Not::Again(c)) => Ok((c, false)),
+            Err(Not::Again(c)) => Ok((*c, false)),
             Err(Not::Refused(e)) => Err(e),
         })
     }
