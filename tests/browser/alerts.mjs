@@ -67,7 +67,10 @@ class FakeNode {
   }
 }
 
+// view.js speaks through the i18n module, which reads these at load.
+globalThis.navigator ??= { languages: ['en'] };
 globalThis.document = {
+  documentElement: {},
   createElement: (tag) => new FakeNode(tag),
   createDocumentFragment: () => new FakeNode('#fragment'),
 };
