@@ -99,7 +99,13 @@ async fn scenario(script: &str) -> Option<(tempfile::TempDir, String)> {
 /// Runs `tests/browser/{script}` with its own temp folder; returns stdout.
 /// Panics with the script's output if it fails or hangs.
 async fn run_scenario(script: &str, dir: &Path) -> String {
+    run_scenario_with(script, dir, &[]).await
+}
+
+/// `run_scenario` with extra environment variables for the script.
+async fn run_scenario_with(script: &str, dir: &Path, env: &[(&str, &str)]) -> String {
     let mut node = tokio::process::Command::new("node");
+    node.envs(env.iter().copied());
     // The servers the scenario starts get none of this process's settings.
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("EXAMWATCH__") {
@@ -302,4 +308,47 @@ async fn a_page_load_is_clean_and_user_strings_are_bidi_isolated() {
         return;
     };
     assert!(stdout.contains("clean page: ok"), "{stdout}");
+}
+
+/// The dashboard runs the exam as a teacher (issue 15 items 1, 2, 8, 9):
+/// phase buttons with the end's confirmation, the countdown by the
+/// server's clock (the browser's is two hours off), the waiting room,
+/// report.csv, every row action by menu (keyboard only for one) with its
+/// effect and its delivery going pending → delivered, bulk actions on a
+/// shift-click range and on "select all filtered", a failed action's
+/// reason, and the language switch to French and back.
+#[tokio::test]
+async fn the_dashboard_runs_the_exam_header_rows_bulk_and_languages() {
+    let Some((_, stdout)) = scenario("controls.mjs").await else {
+        return;
+    };
+    assert!(stdout.contains("controls: ok"), "{stdout}");
+}
+
+/// A proctor sees no control a proctor may not use, and a refused (403)
+/// action is reported (issue 15 item 6).
+#[tokio::test]
+async fn a_proctor_sees_only_their_controls_and_a_refusal_is_reported() {
+    let Some((_, stdout)) = scenario("proctor.mjs").await else {
+        return;
+    };
+    assert!(stdout.contains("proctor: ok"), "{stdout}");
+}
+
+/// The dashboard on one instance, the students on another, through Redis
+/// (issue 15 item 10): phase, extend, message, pause, hand and a bulk
+/// extend cross, and the deliveries come back.
+#[tokio::test]
+async fn the_dashboard_on_one_instance_runs_students_on_another() {
+    if !ready(true) {
+        return;
+    }
+    let Some(redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = redis.url();
+    let stdout = run_scenario_with("cluster.mjs", dir.path(), &[("REDIS_URL", &url)]).await;
+    assert!(stdout.contains("cluster: ok"), "{stdout}");
 }
