@@ -65,7 +65,7 @@ await scenario('cluster', async ({ cleanup, problems }) => {
   await within(dash, 2 * SECOND, 'paused on A', (sel) => document.querySelector(`${sel} .c-time`).dataset.state === 'paused', row('s2'), (sel) => text(sel));
 
   await send(raw, 's1', { type: 'raise_hand', text: 'May I have paper?' });
-  await within(dash, 2 * SECOND, "s1's hand on A", (sel) => document.querySelector(sel).dataset.hand === 'up' && /hand raised/.test(document.querySelector(`${sel} .c-hand`).textContent), row('s1'), (sel) => text(sel));
+  await within(dash, 2 * SECOND, "s1's hand on A", (sel) => document.querySelector(sel).dataset.hand === 'up' && /raised/.test(document.querySelector(`${sel} .c-hand`).textContent), row('s1'), (sel) => text(sel));
 
   await dash.click('#select-filtered');
   await dash.click('#bulk-buttons [data-kind="extend"]');

@@ -74,7 +74,11 @@ export class Columns {
     if (extra) parts.push(t('dash.extra.accommodation', { n: extra }));
     if (ext) parts.push(t('dash.extra.extension', { n: ext > 0 ? `+${ext}` : String(ext) }));
     set('extra', c.extra, parts.join(' ') || '—');
+    const extraTitle = extra || ext ? t('dash.extra.title', { a: extra, e: ext }) : '';
+    if (c.extra.title !== extraTitle) c.extra.title = extraTitle;
     set('hand', c.handMark, s.hand_raised ? `✋ ${t('dash.hand.up')}` : '');
+    const handTitle = s.hand_raised ? t('dash.hand.title') : '';
+    if (c.handMark.title !== handTitle) c.handMark.title = handTitle;
     row.tr.dataset.hand = s.hand_raised ? 'up' : '';
     const open = this.alerts.of(s.student_id);
     for (const cat of CATEGORIES) {

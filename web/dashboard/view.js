@@ -78,6 +78,20 @@ export class View {
     this._lastRender = 0;
     /** Paints the exam-control cells (columns.js); set by the dashboard. */
     this.columns = null;
+    // The 1 Hz texts ("last active", time left) are written only for rows
+    // on screen: with 300 students about 20 are, and a row coming into
+    // view is brought up to date at once. (No IntersectionObserver, as in
+    // the node tests: every row counts as on screen.)
+    this._io = typeof IntersectionObserver === 'function'
+      ? new IntersectionObserver((entries) => {
+        for (const e of entries) {
+          const row = this.rows.get(e.target.dataset.student);
+          if (!row || row.tr !== e.target) continue;
+          row.onScreen = e.isIntersecting;
+          if (row.onScreen && row.student) this._tickRow(row);
+        }
+      })
+      : null;
     setInterval(() => this._tickAges(), 1000);
   }
 
@@ -86,6 +100,7 @@ export class View {
    * time the states are from (the snapshot's `server_time`).
    */
   reset(students, at) {
+    this._io?.disconnect();
     this.tbody.replaceChildren();
     this.rows.clear();
     this.dirty.clear();
@@ -290,7 +305,8 @@ export class View {
     cells.connText = el('span', 'conn-text');
     cells.conn.append(cells.dot, cells.connText);
     this.columns?.build(cells);
-    return { tr, cells, student: null, sortKey: null, text: {}, stateAt: null };
+    this._io?.observe(tr);
+    return { tr, cells, student: null, sortKey: null, text: {}, stateAt: null, onScreen: !this._io };
   }
 
   /**
@@ -381,13 +397,14 @@ export class View {
 
   _tickAges() {
     const t0 = performance.now();
-    const set = (row) => (key, node, text) => this._set(row, key, node, text);
-    for (const row of this.rows.values()) {
-      if (!row.student) continue;
-      this._paintAge(row);
-      this.columns?.tick(this, row, set(row));
-    }
+    for (const row of this.rows.values()) if (row.student && row.onScreen) this._tickRow(row);
     this.stats.tickMs = performance.now() - t0;
+  }
+
+  /** The texts that change with time alone. */
+  _tickRow(row) {
+    this._paintAge(row);
+    this.columns?.tick(this, row, (key, node, text) => this._set(row, key, node, text));
   }
 
   _sortKey(s) {
