@@ -94,9 +94,10 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   await dash.evaluate(() => window.examwatch.header.setPhase('scheduled'));
   await within(dash, SECOND, 'a 409 is shown', () => /409 invalid_transition/.test(document.querySelector('#phase-status').textContent), null, () => text('#phase-status'));
 
-  // Sort by name: Ada (s1), Alan (s2), Grace (s3).
-  await dash.click('[data-sort="name"]');
-  await within(dash, SECOND, 'sorted by name', () => [...document.querySelectorAll('#students .rows .row')].map((r) => r.dataset.student).join() === 's1,s2,s3', null, () => text('#students'));
+  // Sort by name, by keyboard: Ada (s1), Alan (s2), Grace (s3).
+  await dash.focus('[data-sort="name"]');
+  await dash.keyboard.press('Enter');
+  await within(dash, SECOND, 'sorted by name', () => [...document.querySelectorAll('#students .rows .row')].map((r) => r.dataset.student).join() === 's1,s2,s3' && document.querySelector('[data-sort="name"]').getAttribute('aria-sort') === 'ascending', null, () => text('#students'));
 
   // ---- the row menu by keyboard only: extend s1 by 5 minutes -------------
   const before = parse(await timeOf(dash, 's1'));
@@ -226,6 +227,21 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   await within(dash, SECOND, 'the rows in French', (sel) => document.querySelector(`${sel} .c-time`).textContent === 'arrêté' && /arrêt/.test(document.querySelector(`${sel} .c-last`).textContent), row('s3'), (sel) => text(sel));
   await dash.selectOption('#lang', 'en');
   await within(dash, SECOND, 'English again', (sel) => document.documentElement.lang === 'en' && document.querySelector('#phase-value').textContent === 'in progress' && document.querySelector(`${sel} .c-time`).textContent === 'terminated', row('s3'), () => text('#exam-bar'));
+
+  // ---- the whole exam paused: no time lost ------------------------------
+  await dash.click('#phase-buttons button[data-phase="paused"]');
+  await within(dash, SECOND, 'the exam is paused', () => document.querySelector('#phase-value').dataset.phase === 'paused' && document.querySelector('#countdown-label').textContent === 'Paused — closes in', null, () => text('#exam-bar'));
+  await within(dash, SECOND, 'every running row shows paused', (sel) => document.querySelector(`${sel} .c-time`).dataset.state === 'paused', row('s1'), (sel) => text(`${sel} .c-time`));
+  const heldExam = parse(await dash.textContent('#countdown-time'));
+  const heldRow = parse((await timeOf(dash, 's1')).replace(/^\D+/, '').replace(/ .*$/, ''));
+  // The pause lasts three seconds of the server's time; none of it is lost.
+  await new Promise((r) => setTimeout(r, 3000));
+  await dash.click('#phase-buttons button[data-phase="in_progress"]');
+  await within(dash, SECOND, 'resumed', (sel) => document.querySelector('#phase-value').dataset.phase === 'in_progress' && document.querySelector(`${sel} .c-time`).dataset.state === 'running', row('s1'), () => text('#exam-bar'));
+  const afterExam = parse(await dash.textContent('#countdown-time'));
+  const afterRow = parse(await timeOf(dash, 's1'));
+  check(afterExam >= heldExam - 1500, `the exam's countdown stood still while paused: ${heldExam} then ${afterExam}`);
+  check(afterRow >= heldRow - 1500, `s1's time left stood still while the exam was paused: ${heldRow} then ${afterRow}`);
 
   // ---- end, with a confirmation -----------------------------------------
   await dash.click('#phase-buttons button[data-phase="ended"]');

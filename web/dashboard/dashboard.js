@@ -288,8 +288,16 @@ $('#signout').addEventListener('click', () => {
 $('#exam').addEventListener('change', (e) => watch(e.target.value));
 $('#filter-status').addEventListener('change', (e) => view.setFilter({ status: e.target.value }));
 $('#filter-name').addEventListener('input', (e) => view.setFilter({ name: e.target.value }));
+// Sortable headers: by click, or by keyboard (Tab to one, Enter or Space).
 for (const th of document.querySelectorAll('[data-sort]')) {
+  th.tabIndex = 0;
+  th.setAttribute('aria-sort', th.dataset.dir === 'asc' ? 'ascending' : 'none');
   th.addEventListener('click', () => view.setSort(th.dataset.sort));
+  th.addEventListener('keydown', (e) => {
+    if (e.key !== 'Enter' && e.key !== ' ') return;
+    e.preventDefault();
+    view.setSort(th.dataset.sort);
+  });
 }
 $('#announce-form').addEventListener('submit', async (e) => {
   e.preventDefault();

@@ -8,8 +8,9 @@
 // change is `POST /v1/exams/{id}/phase`, and a refusal (409
 // invalid_transition when someone else got there first, 403 for a role
 // without the right) is shown with the server's code and message. Ending
-// asks for confirmation. The countdown is to `closes_at` (before the start:
-// to `opens_at`) by the server's clock (the client library's serverNow()).
+// asks for confirmation. The countdown is to `closes_at` pushed back by the
+// exam's pauses (before the start: to `opens_at`), by the server's clock
+// (the client library's serverNow()).
 // Before the start the waiting room lists who is connected. The report is
 // `report.csv`, fetched with the token in a header (a plain link could not
 // carry it) and handed to the browser as a download.
@@ -17,6 +18,7 @@
 import { t, formatDuration, formatDateTime } from '../i18n/i18n.js';
 import { call, request, examPath } from './api.js';
 import { ask } from './dialog.js';
+import { pausedBetween } from './clock.js';
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -195,8 +197,10 @@ export class Header {
       at = this.opensAt;
     } else if ((this.phase === 'in_progress' || this.phase === 'paused') && this.closesAt !== null) {
       key = this.phase === 'paused' ? 'dash.countdown.paused' : 'dash.countdown.closes';
-      left = this.closesAt - now;
-      at = this.closesAt;
+      // Every deadline counts the exam's pauses (PROTOCOL.md 4.13), so the
+      // exam closes that much after `closes_at`: a pause stops the countdown.
+      at = this.closesAt + pausedBetween(this.pauses, -Infinity, now);
+      left = at - now;
     } else if (this.phase === 'ended' || this.phase === 'grading') {
       key = 'dash.countdown.ended';
     }

@@ -169,6 +169,7 @@ export class View {
     this.sort = { key, dir: this.sort.key === key ? -this.sort.dir : 1 };
     for (const th of this.root.querySelectorAll('[data-sort]')) {
       th.dataset.dir = th.dataset.sort === key ? (this.sort.dir > 0 ? 'asc' : 'desc') : '';
+      th.setAttribute('aria-sort', th.dataset.sort === key ? (this.sort.dir > 0 ? 'ascending' : 'descending') : 'none');
     }
     this.reorder = true;
     this._schedule();
@@ -371,6 +372,9 @@ export class View {
     this._set(row, 'progress', c.barText, total ? `${s.answered} / ${total}` : String(s.answered));
     this._set(row, 'focus', c.focus, String(s.focus_lost_count));
     c.focus.classList.toggle('warn', !s.focused);
+    // Not by colour alone: "⚠ away" after the count (CSS, from this attribute).
+    const away = s.focused ? '' : t('dash.focus.away');
+    if ((c.focus.dataset.away ?? '') !== away) c.focus.dataset.away = away;
     const conn = s.connected ? 'connected' : 'offline';
     if (row.tr.dataset.conn !== conn) {
       row.tr.dataset.conn = conn;

@@ -88,6 +88,7 @@ export default {
   'dash.extra.title': '{a} min accommodation, {e} min extended',
   'dash.extra.extension': 'ext. {n} min',
   'dash.hand.up': 'raised',
+  'dash.focus.away': 'away',
   'dash.hand.title': 'hand raised',
   'dash.category.environment': 'environment',
   'dash.category.test_taker': 'test taker',

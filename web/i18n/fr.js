@@ -88,6 +88,7 @@ export default {
   'dash.extra.title': "{a} min d'aménagement, {e} min de prolongation",
   'dash.extra.extension': 'prol. {n} min',
   'dash.hand.up': 'levée',
+  'dash.focus.away': 'absent',
   'dash.hand.title': 'main levée',
   'dash.category.environment': 'environnement',
   'dash.category.test_taker': 'candidat',
