@@ -9,7 +9,6 @@
 
 import { SECOND, check, frame, kill9, launch, log, page, rawStudents, rest, row, scenario, send, startServer, token, within } from './lib.mjs';
 
-const text = (sel) => document.querySelector(sel)?.textContent ?? `no ${sel}`;
 const REDIS = process.env.REDIS_URL;
 
 await scenario('cluster', async ({ cleanup, problems }) => {
@@ -32,6 +31,10 @@ await scenario('cluster', async ({ cleanup, problems }) => {
 
   const browser = await launch();
   cleanup.push(() => browser.close());
+  // What the checks' diagnostics call in the page (`text(sel)`).
+  await browser.addInitScript(() => {
+    window.text = (sel) => document.querySelector(sel)?.textContent ?? `no ${sel}`;
+  });
   const raw = await rawStudents(browser, baseB, 'e1', [
     { id: 's1', token: token('s1', 'student', 'e1', 'Ada') },
     { id: 's2', token: token('s2', 'student', 'e1', 'Alan') },

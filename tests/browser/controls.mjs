@@ -19,7 +19,6 @@ import { readFileSync } from 'node:fs';
 import { SECOND, ack, check, frame, framesOf, kill9, launch, log, page, rawStudents, rest, row, scenario, startServer, token, within } from './lib.mjs';
 
 const SKEW = 2 * 3600 * 1000;
-const text = (sel) => document.querySelector(sel)?.textContent ?? `no ${sel}`;
 /** "m:ss" or "h:mm:ss" to ms. */
 const parse = (s) => s.split(':').map(Number).reduce((a, n) => a * 60 + n, 0) * 1000;
 const timeOf = (p, id) => p.$eval(`${row(id)} .c-time`, (c) => c.textContent);
@@ -46,6 +45,10 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
 
   const browser = await launch();
   cleanup.push(() => browser.close());
+  // What the checks' diagnostics call in the page (`text(sel)`).
+  await browser.addInitScript(() => {
+    window.text = (sel) => document.querySelector(sel)?.textContent ?? `no ${sel}`;
+  });
   // The browser's clock is two hours ahead of the server's.
   await browser.addInitScript((skew) => {
     const real = Date.now;

@@ -8,7 +8,6 @@
 
 import { SECOND, check, frame, kill9, launch, log, page, rawStudents, rest, row, scenario, startServer, token, within } from './lib.mjs';
 
-const text = (sel) => document.querySelector(sel)?.textContent ?? `no ${sel}`;
 
 await scenario('proctor', async ({ cleanup, problems }) => {
   const server = await startServer(['serve']);
@@ -24,6 +23,10 @@ await scenario('proctor', async ({ cleanup, problems }) => {
   check(created.status === 201, `exam created: ${created.status} ${created.text}`);
   const browser = await launch();
   cleanup.push(() => browser.close());
+  // What the checks' diagnostics call in the page (`text(sel)`).
+  await browser.addInitScript(() => {
+    window.text = (sel) => document.querySelector(sel)?.textContent ?? `no ${sel}`;
+  });
   const raw = await rawStudents(browser, base, 'e1', [{ id: 's1', token: token('s1', 'student', 'e1', 'Ada') }]);
   const proctor = token('p1', 'proctor', 'e1', 'Mr Proctor');
   const dash = await page(browser, `${base}/dashboard/?exam=e1#token=${proctor}`, problems);
