@@ -8,8 +8,11 @@
 //!
 //! `client.mjs` checks the client library's rules in node alone, against a
 //! scripted fake socket; `alerts.mjs` the dashboard's alerts list, against
-//! a minimal fake DOM. `history.mjs` checks a dashboard opened mid-exam;
-//! `clean.mjs` a page load without console errors and bidi-isolated names.
+//! a minimal fake DOM; `clock.mjs` the dashboard's time-left arithmetic.
+//! `history.mjs` checks a dashboard opened mid-exam; `clean.mjs` a page
+//! load without console errors and bidi-isolated names; `controls.mjs`,
+//! `proctor.mjs` and `cluster.mjs` the exam's controls (issue 15), the
+//! last with two instances and a redis-server started here.
 //!
 //! Checks promised "within a second" wait up to `BROWSER_SLACK` (default
 //! 3) times their promise before failing, and log `SLOW` when they took
@@ -168,6 +171,18 @@ async fn dashboard_alerts_keep_one_line_per_student_and_kind() {
     let dir = tempfile::tempdir().expect("temp dir");
     let stdout = run_scenario("alerts.mjs", dir.path()).await;
     assert!(stdout.contains("alerts list: ok"), "{stdout}");
+}
+
+/// The dashboard's time-left arithmetic: server time, exam pauses after a
+/// state, a student's own pause (node only).
+#[tokio::test]
+async fn dashboard_time_left_counts_the_exams_pauses() {
+    if !ready(false) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stdout = run_scenario("clock.mjs", dir.path()).await;
+    assert!(stdout.contains("time left: ok"), "{stdout}");
 }
 
 #[tokio::test]
