@@ -8,8 +8,11 @@
 //!
 //! `client.mjs` checks the client library's rules in node alone, against a
 //! scripted fake socket; `alerts.mjs` the dashboard's alerts list, against
-//! a minimal fake DOM. `history.mjs` checks a dashboard opened mid-exam;
-//! `clean.mjs` a page load without console errors and bidi-isolated names.
+//! a minimal fake DOM; `clock.mjs` the dashboard's time-left arithmetic.
+//! `history.mjs` checks a dashboard opened mid-exam; `clean.mjs` a page
+//! load without console errors and bidi-isolated names; `controls.mjs`,
+//! `proctor.mjs` and `cluster.mjs` the exam's controls (issue 15), the
+//! last with two instances and a redis-server started here.
 //!
 //! Checks promised "within a second" wait up to `BROWSER_SLACK` (default
 //! 3) times their promise before failing, and log `SLOW` when they took
@@ -99,7 +102,13 @@ async fn scenario(script: &str) -> Option<(tempfile::TempDir, String)> {
 /// Runs `tests/browser/{script}` with its own temp folder; returns stdout.
 /// Panics with the script's output if it fails or hangs.
 async fn run_scenario(script: &str, dir: &Path) -> String {
+    run_scenario_with(script, dir, &[]).await
+}
+
+/// `run_scenario` with extra environment variables for the script.
+async fn run_scenario_with(script: &str, dir: &Path, env: &[(&str, &str)]) -> String {
     let mut node = tokio::process::Command::new("node");
+    node.envs(env.iter().copied());
     // The servers the scenario starts get none of this process's settings.
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("EXAMWATCH__") {
@@ -162,6 +171,18 @@ async fn dashboard_alerts_keep_one_line_per_student_and_kind() {
     let dir = tempfile::tempdir().expect("temp dir");
     let stdout = run_scenario("alerts.mjs", dir.path()).await;
     assert!(stdout.contains("alerts list: ok"), "{stdout}");
+}
+
+/// The dashboard's time-left arithmetic: server time, exam pauses after a
+/// state, a student's own pause (node only).
+#[tokio::test]
+async fn dashboard_time_left_counts_the_exams_pauses() {
+    if !ready(false) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stdout = run_scenario("clock.mjs", dir.path()).await;
+    assert!(stdout.contains("time left: ok"), "{stdout}");
 }
 
 #[tokio::test]
@@ -346,4 +367,47 @@ async fn the_student_page_shows_the_waiting_room_countdown_messages_pauses_and_e
         return;
     };
     assert!(stdout.contains("student page: ok"), "{stdout}");
+}
+
+/// The dashboard runs the exam as a teacher (issue 15 items 1, 2, 8, 9):
+/// phase buttons with the end's confirmation, the countdown by the
+/// server's clock (the browser's is two hours off), the waiting room,
+/// report.csv, every row action by menu (keyboard only for one) with its
+/// effect and its delivery going pending → delivered, bulk actions on a
+/// shift-click range and on "select all filtered", a failed action's
+/// reason, and the language switch to French and back.
+#[tokio::test]
+async fn the_dashboard_runs_the_exam_header_rows_bulk_and_languages() {
+    let Some((_, stdout)) = scenario("controls.mjs").await else {
+        return;
+    };
+    assert!(stdout.contains("controls: ok"), "{stdout}");
+}
+
+/// A proctor sees no control a proctor may not use, and a refused (403)
+/// action is reported (issue 15 item 6).
+#[tokio::test]
+async fn a_proctor_sees_only_their_controls_and_a_refusal_is_reported() {
+    let Some((_, stdout)) = scenario("proctor.mjs").await else {
+        return;
+    };
+    assert!(stdout.contains("proctor: ok"), "{stdout}");
+}
+
+/// The dashboard on one instance, the students on another, through Redis
+/// (issue 15 item 10): phase, extend, message, pause, hand and a bulk
+/// extend cross, and the deliveries come back.
+#[tokio::test]
+async fn the_dashboard_on_one_instance_runs_students_on_another() {
+    if !ready(true) {
+        return;
+    }
+    let Some(redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = redis.url();
+    let stdout = run_scenario_with("cluster.mjs", dir.path(), &[("REDIS_URL", &url)]).await;
+    assert!(stdout.contains("cluster: ok"), "{stdout}");
 }

@@ -232,3 +232,73 @@ export async function scenario(name, body) {
   }
   process.exit(failed ? 1 : 0);
 }
+
+/** POST/GET `path` on `base` with a bearer token and a JSON body; the parsed answer and status. */
+export async function rest(base, tok, method, path, body) {
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${tok}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    // Not JSON (report.csv).
+  }
+  return { status: res.status, json, text };
+}
+
+/**
+ * Students with plain sockets, in one page on `base`'s origin, so a test
+ * decides when each acknowledges an action's frame (`received`): every
+ * frame they get is kept in `window.frames[id]`; with `ack` true (the
+ * default) frames with an action `id` are acknowledged at once, else only
+ * when the test calls `ack(page, id, actionId)`. Also `send(page, id, msg)`.
+ */
+export async function rawStudents(context, base, exam, students) {
+  const p = await context.newPage();
+  await p.goto(`${base}/healthz`);
+  await p.evaluate(({ exam, students }) => {
+    window.frames_ = {};
+    window.sockets = {};
+    window.autoAck = {};
+    for (const s of students) {
+      window.frames_[s.id] = [];
+      window.autoAck[s.id] = s.ack !== false;
+      const ws = new WebSocket(`ws://${location.host}/v1/exams/${encodeURIComponent(exam)}/ws?access_token=${s.token}`, 'examwatch.v1');
+      ws.onmessage = (e) => {
+        const m = JSON.parse(e.data);
+        window.frames_[s.id].push(m);
+        if (m.id && window.autoAck[s.id] && ['message', 'exam_update', 'terminated', 'session_invalidated'].includes(m.type)) {
+          ws.send(JSON.stringify({ type: 'received', id: m.id }));
+        }
+      };
+      window.sockets[s.id] = ws;
+    }
+  }, { exam, students });
+  await p.waitForFunction((ids) => ids.every((id) => window.frames_[id].some((m) => m.type === 'welcome')), students.map((s) => s.id), { timeout: SLOW });
+  return p;
+}
+
+/** The frames a raw student got so far. */
+export const framesOf = (p, id) => p.evaluate((id) => window.frames_[id], id);
+/** A raw student acknowledges an action's frame. */
+export const ack = (p, id, actionId) => p.evaluate(([id, a]) => window.sockets[id].send(JSON.stringify({ type: 'received', id: a })), [id, actionId]);
+/** A raw student sends a message. */
+export const send = (p, id, msg) => p.evaluate(([id, m]) => window.sockets[id].send(JSON.stringify(m)), [id, msg]);
+/** Whether frame `m` has every field of `want` (shallow). */
+const matches = (m, want) => Object.entries(want).every(([k, v]) => m[k] === v);
+
+/** Waits until raw student `id` got a frame with the fields of `want`; returns the last such. */
+export async function frame(p, id, what, want, ms = SECOND) {
+  const t0 = Date.now();
+  try {
+    await p.waitForFunction(([id, want]) => window.frames_[id].some((m) => Object.entries(want).every(([k, v]) => m[k] === v)), [id, want], { timeout: patience(ms), polling: 50 });
+  } catch {
+    throw new Error(`${what}: not within ${patience(ms)} ms; ${id} got ${JSON.stringify(await framesOf(p, id)).slice(-1500)}`);
+  }
+  log(`${what}: ${Date.now() - t0} ms`);
+  return (await framesOf(p, id)).filter((m) => matches(m, want)).at(-1);
+}

@@ -16,10 +16,23 @@
 // the REST timeline (history.js), and the live events that arrive meanwhile
 // wait until they are in, so both lists are merged by seq (each event once,
 // in order, no gap between what the REST call returned and the socket).
+//
+// Exam control: the header (header.js: phase, countdown, waiting room,
+// report), the row menu, bulk bar and deliveries (controls.js), the
+// control columns (columns.js), shown as the token's role allows
+// (rights.js). Every string is in the i18n catalogue; the language switch
+// redraws the page's dynamic text.
 
 import { ExamwatchClient, decodeToken } from '/client/examwatch.js';
+import { t, translate, languageSwitch, onLanguage } from '../i18n/i18n.js';
 import { View } from './view.js';
 import { loadTimeline } from './history.js';
+import { useToken, request, examPath } from './api.js';
+import { Header } from './header.js';
+import { Controls } from './controls.js';
+import { Columns } from './columns.js';
+import { OpenAlerts } from './opencount.js';
+import { rightsOf } from './rights.js';
 import { restClient } from './panels.js';
 import { HandsPanel } from './hands.js';
 import { AlertsPanel } from './alerts.js';
@@ -43,7 +56,23 @@ if (given) {
 }
 
 let client = null;
-const view = new View(document.body, () => (client ? client.serverNow().getTime() : Date.now()));
+// The server's time: the library's estimate (never the browser's clock
+// alone). Before the first connection there is nothing better.
+const now = () => (client ? client.serverNow().getTime() : Date.now());
+const view = new View(document.body, now);
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY) ?? '';
+}
+useToken(token);
+
+const may = rightsOf(decodeToken(token()).role);
+const openAlerts = new OpenAlerts((id) => view.touch(id));
+const header = new Header({ now, students: () => view.students(), may });
+const controls = new Controls({ view, may });
+view.columns = new Columns({ controls, alerts: openAlerts, pauses: () => header.pauses });
+// A proctor sees no control a proctor may not use.
+document.querySelector('#announce-section').hidden = !may('announce');
 // The side panels (raised hands, alerts, a student's record): each takes
 // the events in seq order (toLists) and the timeline before a snapshot.
 const rest = restClient(() => token());
@@ -57,16 +86,19 @@ const alerts = new AlertsPanel($('#alerts-panel'), {
 const record = new RecordPanel({ rest, name: studentName });
 record.attach($('#students .rows'));
 // Read by the browser tests (and handy in the console).
-window.examwatch = { view, hands, alerts, record, stats: view.stats, get client() { return client; } };
+window.examwatch = { view, header, controls, hands, alerts, record, stats: view.stats, get client() { return client; } };
 
-function token() {
-  return sessionStorage.getItem(TOKEN_KEY) ?? '';
-}
+translate(document);
+languageSwitch(document.querySelector('#lang'));
+onLanguage(() => {
+  view.relabel();
+  header.redraw();
+  controls.redraw();
+  if (lastConnection) onConnection(lastConnection);
+});
 
 async function api(path) {
-  const res = await fetch(path, { headers: { authorization: `Bearer ${token()}` } });
-  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
-  return res.json();
+  return request('GET', path);
 }
 
 /**
@@ -110,7 +142,7 @@ async function start() {
   const wanted = params.get('exam') ?? sessionStorage.getItem('examwatch.dashboard.exam');
   if (wanted && exams.has(wanted)) picker.value = wanted;
   if (exams.size === 0) {
-    showBanner('This token grants no exam.', 'error');
+    showBanner(t('dash.banner.no_exam'), 'error');
     return;
   }
   watch(picker.value);
@@ -132,6 +164,10 @@ function watch(exam) {
   view.timelineSeq = 0;
   view.lists.clear();
   catchUp = null;
+  controlSeqs.clear();
+  openAlerts.clear();
+  header.watch(exam);
+  controls.watch(exam);
   hands.reset(exam);
   alerts.reset(exam);
   record.reset(exam);
@@ -147,34 +183,67 @@ function watch(exam) {
   // Always a whole snapshot: the library collects a large exam's parts and
   // emits it once (PROTOCOL.md 4.12), so the table is rendered once.
   client.addEventListener('snapshot', (e) => {
-    view.reset(e.detail.students);
+    const at = Date.parse(e.detail.server_time ?? '');
+    view.reset(e.detail.students, Number.isFinite(at) ? at : undefined);
+    header.snapshot(e.detail);
+    header.studentsChanged();
     hands.snapshot(e.detail.students);
     alerts.load();
+    loadOpenAlerts(exam);
+    controls.load();
     loadPast(exam, e.detail.seq);
   });
-  client.addEventListener('event', (e) => {
-    const ev = e.detail;
+  client.addEventListener('event', (e) => onEvent(e.detail));
+  // The exam-control events (exam_update, action, delivery, hand, …): the
+  // library passes on what it does not handle itself as `message`.
+  client.addEventListener('message', (e) => onEvent(e.detail));
+  client.addEventListener('session_invalidated', () => showBanner(t('dash.banner.invalidated'), 'error'));
+  client.connect();
+}
+
+/** Seqs of the control events applied, so one that comes twice (a replay) counts once. */
+const controlSeqs = new Set();
+const CONTROL = new Set(['exam_update', 'action', 'delivery', 'hand', 'hand_lowered', 'student_control']);
+
+function onEvent(ev) {
+  // Only the exam's numbered events (not a heartbeat's ack or the like).
+  if (!ev || typeof ev !== 'object' || !Number.isFinite(ev.seq)) return;
+  if (CONTROL.has(ev.type)) {
+    if (Number.isFinite(ev.seq)) {
+      if (controlSeqs.has(ev.seq)) return;
+      controlSeqs.add(ev.seq);
+      if (controlSeqs.size > 5000) controlSeqs.delete(controlSeqs.values().next().value);
+    }
+    if (ev.type === 'exam_update') {
+      header.update(ev);
+      // Every row's time left follows the exam's pauses.
+      for (const id of view.rows.keys()) view.touch(id);
+    }
+    controls.event(ev);
+  } else if (ev.type === 'student') {
     // Events replayed after a reconnect are applied like live ones; any
     // already in the view (`stale`) still belong in the timeline and
     // alerts if unseen there.
-    if (ev.type === 'student' && !ev.stale) {
+    if (!ev.stale) {
       view.upsert(ev.student);
       record.event(ev);
     }
-    if (catchUp) catchUp.events.push(ev);
-    else toLists(ev);
-  });
-  // The numbered events the library has no event of its own for (`hand`,
-  // `hand_lowered`, `alert_resolved`, …) come as `message`: the panels
-  // take them in the same seq order.
-  client.addEventListener('message', (e) => {
-    const ev = e.detail;
-    if (!Number.isFinite(ev?.seq)) return;
-    if (catchUp) catchUp.events.push(ev);
-    else toLists(ev);
-  });
-  client.addEventListener('session_invalidated', () => showBanner('Closed: this token was used elsewhere.', 'error'));
-  client.connect();
+    controls.event(ev);
+    header.studentsChanged();
+  } else if (ev.type === 'alert' || ev.type === 'alert_resolved') {
+    openAlerts.event(ev);
+  }
+  if (catchUp) catchUp.events.push(ev);
+  else toLists(ev);
+}
+
+/** The alerts open now, for the table's badges (then kept by the events). */
+function loadOpenAlerts(exam) {
+  api(`${examPath(exam, '/alerts')}?state=open&limit=1000`)
+    .then((page) => {
+      if (client?.exam === exam) for (const a of page.alerts ?? []) openAlerts.add(a);
+    })
+    .catch(() => {}); // The live alerts still count.
 }
 
 /**
@@ -211,22 +280,26 @@ function loadPast(exam, upTo) {
       hands.history(unseen);
       alerts.history(unseen);
       view.history(past);
+      for (const ev of past) openAlerts.event(ev);
       for (const ev of waiting.events) toLists(ev);
     });
 }
 
+let lastConnection = null;
+
 function onConnection(d) {
+  lastConnection = d;
   const dot = $('#live');
   dot.dataset.state = d.state;
-  dot.textContent = d.state === 'live' ? 'live' : d.state;
+  dot.textContent = t(`dash.conn.state.${d.state}`);
   if (d.state === 'live') showBanner('', 'info');
   else if (d.state === 'offline') {
     const secs = Math.ceil((d.delayMs ?? 0) / 1000);
-    showBanner(`Not live — reconnecting… (attempt ${d.attempt}, next in ${secs} s). The table shows the last known state.`, 'warn');
+    showBanner(t('dash.banner.offline', { attempt: d.attempt, secs }), 'warn');
   } else if (d.state === 'connecting' && dot.dataset.everLive) {
-    showBanner('Not live — reconnecting…', 'warn');
+    showBanner(t('dash.banner.reconnecting'), 'warn');
   } else if (d.state === 'closed' && d.code) {
-    showBanner(`Not live: the connection was closed (${d.code}). Reload to try again.`, 'error');
+    showBanner(t('dash.banner.closed', { code: d.code }), 'error');
   }
   if (d.state === 'live') dot.dataset.everLive = '1';
 }
@@ -245,21 +318,32 @@ $('#signout').addEventListener('click', () => {
 $('#exam').addEventListener('change', (e) => watch(e.target.value));
 $('#filter-status').addEventListener('change', (e) => view.setFilter({ status: e.target.value }));
 $('#filter-name').addEventListener('input', (e) => view.setFilter({ name: e.target.value }));
+// Sortable headers: by click, or by keyboard (Tab to one, Enter or Space).
 for (const th of document.querySelectorAll('[data-sort]')) {
+  th.tabIndex = 0;
+  th.setAttribute('aria-sort', th.dataset.dir === 'asc' ? 'ascending' : 'none');
   th.addEventListener('click', () => view.setSort(th.dataset.sort));
+  th.addEventListener('keydown', (e) => {
+    if (e.key !== 'Enter' && e.key !== ' ') return;
+    e.preventDefault();
+    view.setSort(th.dataset.sort);
+  });
 }
 $('#announce-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const text = $('#announce-text').value.trim();
   const status = $('#announce-status');
   if (!text || !client) return;
-  status.textContent = 'sending…';
+  status.textContent = t('dash.announce.sending');
+  status.dataset.state = 'sending';
   try {
     await client.announce(text);
     $('#announce-text').value = '';
-    status.textContent = 'sent';
+    status.textContent = t('dash.announce.sent');
+    status.dataset.state = 'sent';
   } catch (err) {
-    status.textContent = `not sent: ${err.message}`;
+    status.textContent = t('dash.announce.failed', { message: err.message });
+    status.dataset.state = 'failed';
   }
 });
 

@@ -11,28 +11,15 @@
 // user-supplied string (names, ids, question ids, announcement texts) sits
 // in its own <bdi>, so a bidi control in it (U+202E) cannot reorder the text
 // around it.
+//
+// Its strings are keys of the i18n catalogue (web/i18n); `relabel()`
+// repaints every row and timeline line after a language switch. The
+// exam-control cells (time left, extra time, hand, alerts, the latest
+// action, the row menu) are painted by columns.js through `columns`.
+
+import { t, formatTime } from '../i18n/i18n.js';
 
 const STATUS_ORDER = { disconnected: 0, idle: 1, active: 2, submitted: 3 };
-const CAUSE_TEXT = {
-  connected: 'joined',
-  reconnected: 'reconnected',
-  progress: 'progress',
-  answered: 'answered',
-  idle: 'went idle',
-  active: 'active again',
-  focus_lost: 'lost focus',
-  focus_gained: 'focus back',
-  disconnected: 'disconnected',
-  submitted: 'submitted',
-  second_session: 'second session',
-  fullscreen_exit: 'left full screen',
-  ip_changed: 'new IP address',
-  device_changed: 'new browser',
-  answered_decreased: 'answered count went down',
-  heartbeat_gap: 'heartbeats stopped',
-  network_incident: 'network incident',
-  report: 'report',
-};
 const ALERT_TEXT = {
   focus_lost: 'focus lost',
   idle: 'idle',
@@ -42,13 +29,23 @@ const ALERT_TEXT = {
 const MAX_LIST = 200;
 const RENDER_MS = 100;
 
-/** "12 s ago", "3 min ago", "1 h ago". */
+/** "12 s ago", "3 min ago", "1 h ago" (in the page's language). */
 export function ago(ms) {
   const s = Math.max(0, Math.round(ms / 1000));
-  if (s < 60) return `${s} s ago`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  return `${Math.floor(s / 3600)} h ago`;
+  if (s < 60) return t('dash.ago.s', { n: s });
+  if (s < 3600) return t('dash.ago.min', { n: Math.floor(s / 60) });
+  return t('dash.ago.h', { n: Math.floor(s / 3600) });
 }
+
+/** A cause's or an alert kind's words, or the raw name for one the catalogue lacks. */
+function words(prefix, name) {
+  const key = `${prefix}.${name}`;
+  const s = t(key);
+  return s === key ? String(name) : s;
+}
+
+/** The table's cells, in column order (columns.js paints the control ones). */
+const CELLS = ['select', 'name', 'status', 'time', 'extra', 'hand', 'alerts', 'question', 'progress', 'active', 'focus', 'conn', 'last', 'menu'];
 
 function el(tag, className, text) {
   const e = document.createElement(tag);
@@ -59,7 +56,7 @@ function el(tag, className, text) {
 
 function clock(at) {
   const d = new Date(at);
-  return Number.isNaN(d.getTime()) ? '' : d.toLocaleTimeString([], { hour12: false });
+  return Number.isNaN(d.getTime()) ? '' : formatTime(d.getTime());
 }
 
 export class View {
@@ -79,16 +76,36 @@ export class View {
     this.lists = new Map(); // list selector -> items waiting for the next frame
     this._frame = null;
     this._lastRender = 0;
+    /** Paints the exam-control cells (columns.js); set by the dashboard. */
+    this.columns = null;
+    // The 1 Hz texts ("last active", time left) are written only for rows
+    // on screen: with 300 students about 20 are, and a row coming into
+    // view is brought up to date at once. (No IntersectionObserver, as in
+    // the node tests: every row counts as on screen.)
+    this._io = typeof IntersectionObserver === 'function'
+      ? new IntersectionObserver((entries) => {
+        for (const e of entries) {
+          const row = this.rows.get(e.target.dataset.student);
+          if (!row || row.tr !== e.target) continue;
+          row.onScreen = e.isIntersecting;
+          if (row.onScreen && row.student) this._tickRow(row);
+        }
+      })
+      : null;
     setInterval(() => this._tickAges(), 1000);
   }
 
-  /** Replaces everything (a snapshot is authoritative). */
-  reset(students) {
+  /**
+   * Replaces everything (a snapshot is authoritative); `at` is the server
+   * time the states are from (the snapshot's `server_time`).
+   */
+  reset(students, at) {
+    this._io?.disconnect();
     this.tbody.replaceChildren();
     this.rows.clear();
     this.dirty.clear();
     this.moved.clear();
-    for (const s of students) this.upsert(s);
+    for (const s of students) this.upsert(s, at);
     this.reorder = true;
     // At once, not at the next tick: the "not live" banner goes away right
     // after this, and must never uncover the old state.
@@ -96,7 +113,8 @@ export class View {
     this._render();
   }
 
-  upsert(student) {
+  /** A student's new state, received at server time `at` (default: now). */
+  upsert(student, at) {
     let row = this.rows.get(student.student_id);
     if (!row) {
       row = this._newRow(student.student_id);
@@ -105,13 +123,39 @@ export class View {
       this.reorder = true;
     }
     row.student = student;
+    row.stateAt = Number.isFinite(at) ? at : this.now();
     this.dirty.add(student.student_id);
+    this._schedule();
+  }
+
+  /** Something shown in a student's row changed outside their state. */
+  touch(id) {
+    if (!this.rows.get(id)?.student) return;
+    this.dirty.add(id);
+    this._schedule();
+  }
+
+  /** Every state the view holds. */
+  students() {
+    return [...this.rows.values()].filter((r) => r.student).map((r) => r.student);
+  }
+
+  /** After a language switch: every row and timeline line in the new words. */
+  relabel() {
+    for (const [id, row] of this.rows) {
+      row.text = {};
+      row.tr.dataset.status = '';
+      row.tr.dataset.conn = '';
+      if (row.student) this.dirty.add(id);
+    }
+    for (const li of this.root.querySelectorAll('#timeline li')) li.redraw?.();
+    this.reorder = true;
     this._schedule();
   }
 
   name(id) {
     // A room's alert (network_incident, a report about nobody) has no student.
-    if (id == null) return 'whole room';
+    if (id == null) return t('dash.room');
     return this.rows.get(id)?.student.name || id;
   }
 
@@ -125,6 +169,7 @@ export class View {
     this.sort = { key, dir: this.sort.key === key ? -this.sort.dir : 1 };
     for (const th of this.root.querySelectorAll('[data-sort]')) {
       th.dataset.dir = th.dataset.sort === key ? (this.sort.dir > 0 ? 'asc' : 'desc') : '';
+      th.setAttribute('aria-sort', th.dataset.sort === key ? (this.sort.dir > 0 ? 'ascending' : 'descending') : 'none');
     }
     this.reorder = true;
     this._schedule();
@@ -140,18 +185,31 @@ export class View {
   timeline(ev) {
     if (ev.seq <= this.timelineSeq) return;
     this.timelineSeq = ev.seq;
-    const what = el('span', 'what');
-    const user = (text) => el('bdi', '', text);
-    if (ev.type === 'student') what.append(user(ev.student.name || ev.student.student_id), `: ${CAUSE_TEXT[ev.cause] ?? ev.cause}`);
-    else if (ev.type === 'alert') what.append('alert: ', user(this.name(ev.student_id)), ` ${ALERT_TEXT[ev.kind] ?? ev.kind}`);
-    else if (ev.type === 'alert_resolved') what.append('alert resolved by ', user(ev.by), ...(ev.note ? [': ', user(ev.note)] : []));
-    else what.append('announcement', ...(ev.from ? [' from ', user(ev.from)] : []), ': ', user(ev.text));
     // Student events carry no time: now, or for a replayed (or loaded) one
     // the last activity it reports.
-    const at = ev.at ?? (ev.stale ? ev.student?.last_activity : undefined);
+    const at = ev.at ?? (ev.stale ? ev.student?.last_activity : undefined) ?? this.now();
     const li = el('li', `ev ev-${ev.type}`);
-    li.append(el('time', '', clock(at ?? this.now())), el('span', 'seq', `#${ev.seq}`), what);
+    li.redraw = () => li.replaceChildren(el('time', '', clock(at)), el('span', 'seq', `#${ev.seq}`), this._what(ev));
+    li.redraw();
     this._queue('#timeline', li);
+  }
+
+  /** A timeline line's words; the user's strings each in a <bdi>. */
+  _what(ev) {
+    const what = el('span', 'what');
+    const user = (text) => el('bdi', '', text);
+    const name = (id) => user(this.name(id));
+    if (ev.type === 'student') what.append(user(ev.student.name || ev.student.student_id), `: ${words('dash.cause', ev.cause)}`);
+    else if (ev.type === 'alert') what.append(`${t('dash.tl.alert')} `, name(ev.student_id), ` ${words('dash.alert', ev.kind)}`);
+    else if (ev.type === 'alert_resolved') what.append(`${t('dash.tl.resolved')} `, user(ev.by), ...(ev.note ? [': ', user(ev.note)] : []));
+    else if (ev.type === 'announcement') what.append(t('dash.tl.announcement'), ...(ev.from ? [` ${t('dash.tl.from')} `, user(ev.from)] : []), ': ', user(ev.text));
+    else if (ev.type === 'exam_update') what.append(t('dash.tl.phase', { phase: words('dash.phase', ev.phase) }));
+    else if (ev.type === 'action') what.append(t('dash.tl.action', { action: words('dash.kind', ev.action?.kind), n: ev.action?.students?.length ?? 0 }));
+    else if (ev.type === 'delivery') what.append(`${t('dash.tl.delivery')} `, name(ev.student_id), `: ${words('dash.delivery', ev.state)}`);
+    else if (ev.type === 'hand') what.append(`${t('dash.tl.hand')} `, name(ev.student_id));
+    else if (ev.type === 'hand_lowered') what.append(`${t('dash.tl.hand_lowered')} `, name(ev.student_id));
+    else what.append(String(ev.type));
+    return what;
   }
 
   /**
@@ -198,7 +256,7 @@ export class View {
     tr.setAttribute('role', 'row');
     tr.dataset.student = id;
     const cells = {};
-    for (const c of ['name', 'status', 'question', 'progress', 'active', 'focus', 'conn']) {
+    for (const c of CELLS) {
       cells[c] = el('div', `c-${c}`);
       cells[c].setAttribute('role', 'cell');
       tr.append(cells[c]);
@@ -222,8 +280,11 @@ export class View {
     cells.barText = el('span', 'bar-text');
     cells.progress.append(bar, cells.barText);
     cells.dot = el('span', 'dot');
-    cells.conn.append(cells.dot);
-    return { tr, cells, student: null, sortKey: null, text: {} };
+    cells.connText = el('span', 'conn-text');
+    cells.conn.append(cells.dot, cells.connText);
+    this.columns?.build(cells);
+    this._io?.observe(tr);
+    return { tr, cells, student: null, sortKey: null, text: {}, stateAt: null, onScreen: !this._io };
   }
 
   /**
@@ -273,7 +334,7 @@ export class View {
     const s = row.student;
     const c = row.cells;
     this._set(row, 'name', c.nameText, s.name || s.student_id);
-    this._set(row, 'status', c.statusBadge, s.status);
+    this._set(row, 'status', c.statusBadge, t(`dash.status.${s.status}`));
     if (row.tr.dataset.status !== s.status) {
       row.tr.dataset.status = s.status;
       c.statusBadge.className = `badge status-${s.status}`;
@@ -288,12 +349,17 @@ export class View {
     this._set(row, 'progress', c.barText, total ? `${s.answered} / ${total}` : String(s.answered));
     this._set(row, 'focus', c.focus, String(s.focus_lost_count));
     c.focus.classList.toggle('warn', !s.focused);
+    // Not by colour alone: "⚠ away" after the count (CSS, from this attribute).
+    const away = s.focused ? '' : t('dash.focus.away');
+    if ((c.focus.dataset.away ?? '') !== away) c.focus.dataset.away = away;
     const conn = s.connected ? 'connected' : 'offline';
     if (row.tr.dataset.conn !== conn) {
       row.tr.dataset.conn = conn;
       c.dot.className = `dot ${conn}`;
-      c.dot.title = conn;
+      c.dot.title = t(`dash.conn.${conn}`);
     }
+    this._set(row, 'conn', c.connText, t(`dash.conn.${conn}`));
+    this.columns?.paint(this, row, (key, node, text) => this._set(row, key, node, text));
     this._paintAge(row);
     const key = this._sortKey(s);
     if (key !== row.sortKey) {
@@ -312,8 +378,14 @@ export class View {
 
   _tickAges() {
     const t0 = performance.now();
-    for (const row of this.rows.values()) if (row.student) this._paintAge(row);
+    for (const row of this.rows.values()) if (row.student && row.onScreen) this._tickRow(row);
     this.stats.tickMs = performance.now() - t0;
+  }
+
+  /** The texts that change with time alone. */
+  _tickRow(row) {
+    this._paintAge(row);
+    this.columns?.tick(this, row, (key, node, text) => this._set(row, key, node, text));
   }
 
   _sortKey(s) {
@@ -365,7 +437,7 @@ export class View {
       if (r.tr === cursor) cursor = cursor.nextElementSibling;
       else this.tbody.insertBefore(r.tr, cursor);
     }
-    this.root.querySelector('#shown').textContent = `${shown} of ${rows.length} shown`;
+    this.root.querySelector('#shown').textContent = t('dash.shown', { shown, total: rows.length });
   }
 
   _paintCounts() {

@@ -1,0 +1,45 @@
+// The dashboard's REST calls: the bearer token in a header (never in a
+// URL), JSON in and out, and the server's JSON error shape
+// (`{"error": {"code", "message"}}`) turned into an ApiError that says
+// what the server said, so no refusal is ever shown as a bare "failed".
+
+export class ApiError extends Error {
+  /** `status` 0 is a network error (nothing came back). */
+  constructor(status, code, message) {
+    super(message || code);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+let tokenOf = () => '';
+
+/** Where the calls get the token from (the dashboard's session). */
+export function useToken(f) {
+  tokenOf = f;
+}
+
+/** The raw Response of an authenticated request; throws ApiError unless 2xx. */
+export async function call(method, path, body) {
+  const headers = { authorization: `Bearer ${tokenOf()}` };
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  let res;
+  try {
+    res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, 'network', String(e?.message ?? e));
+  }
+  if (!res.ok) {
+    const json = await res.json().catch(() => null);
+    throw new ApiError(res.status, json?.error?.code ?? `http_${res.status}`, json?.error?.message ?? res.statusText);
+  }
+  return res;
+}
+
+/** `call` and its JSON answer. */
+export async function request(method, path, body) {
+  return (await call(method, path, body)).json();
+}
+
+/** `/v1/exams/{exam}` + `rest`, the exam id escaped. */
+export const examPath = (exam, rest = '') => `/v1/exams/${encodeURIComponent(exam)}${rest}`;
