@@ -533,24 +533,34 @@ impl RedisBroker {
         Ok(set.is_some())
     }
 
-    /// Records the peer IP and user agent of a student's new session and
-    /// returns those of the one before, whichever instance it was on
-    /// (`None` when Redis has none: the caller asks the database).
-    pub async fn swap_client(
+    /// Where a student's latest admitted session came from (peer IP and
+    /// user agent, `room::signals::Client::encode`), whichever instance it
+    /// was on; `None` when Redis has none (the caller asks the database).
+    pub async fn client_of(
+        &self,
+        exam: &str,
+        student: &str,
+    ) -> Result<Option<String>, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        conn.get(self.client_key(exam, student)).await
+    }
+
+    /// Records where a student's session that was just admitted comes from
+    /// (a refused one never replaces it: it would make the next honest
+    /// session look like another device).
+    pub async fn record_client(
         &self,
         exam: &str,
         student: &str,
         client: &str,
-    ) -> Result<Option<String>, redis::RedisError> {
+    ) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        redis::cmd("SET")
-            .arg(format!("{}:{{{exam}}}:client:{student}", self.prefix))
-            .arg(client)
-            .arg("GET")
-            .arg("PX")
-            .arg(86_400_000_u64)
-            .query_async(&mut conn)
+        conn.pset_ex(self.client_key(exam, student), client, 86_400_000)
             .await
+    }
+
+    fn client_key(&self, exam: &str, student: &str) -> String {
+        format!("{}:{{{exam}}}:client:{student}", self.prefix)
     }
 
     /// Notes that these students' control records changed (a proctor

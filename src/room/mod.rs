@@ -178,8 +178,8 @@ pub struct StudentJoin {
     pub peer_ip: Option<String>,
     pub user_agent: Option<String>,
     /// With several instances: where the student's previous session came
-    /// from, whichever instance it was on (Redis swaps this session's in
-    /// during the handshake); `None` when Redis had none.
+    /// from, whichever instance it was on (the latest admitted one, read
+    /// by the handshake from Redis); `None` when Redis had none.
     pub previous_client: Option<signals::Client>,
     /// What the cluster-wide session lease said (always `Alone` in memory).
     pub cluster: ClusterJoin,

@@ -310,25 +310,20 @@ impl Connection {
             .ok()
     }
 
-    /// Records where this session comes from in Redis and returns where the
-    /// student's previous session came from, on whichever instance it was
-    /// (`ip_changed`, `device_changed`: room/signals.rs).
-    async fn swap_client(
+    /// Where the student's previous admitted session came from, on
+    /// whichever instance it was (`ip_changed`, `device_changed`:
+    /// room/signals.rs); the room records this one once it is admitted.
+    async fn previous_client(
         &self,
         redis: &crate::broker::RedisBroker,
     ) -> Option<crate::room::signals::Client> {
-        use crate::room::signals::Client;
-        let now = Client {
-            ip: Some(self.peer.ip().to_string()),
-            user_agent: Some(self.user_agent.clone()),
-        };
-        let swapped = tokio::time::timeout(
+        let read = tokio::time::timeout(
             std::time::Duration::from_secs(2),
-            redis.swap_client(&self.exam_id, &self.user, &now.encode()),
+            redis.client_of(&self.exam_id, &self.user),
         )
         .await;
-        match swapped {
-            Ok(Ok(before)) => before.map(|b| Client::decode(&b)),
+        match read {
+            Ok(Ok(before)) => before.map(|b| crate::room::signals::Client::decode(&b)),
             _ => None,
         }
     }
@@ -361,7 +356,7 @@ impl Connection {
         let (answered, previous_client, control) = match (&self.app.broker, self.watcher()) {
             (Broker::Redis(redis), false) => tokio::join!(
                 self.answered(redis),
-                self.swap_client(redis),
+                self.previous_client(redis),
                 self.recent_control(redis)
             ),
             _ => (None, None, None),

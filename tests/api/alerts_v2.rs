@@ -103,6 +103,57 @@ async fn student_after(
     (c, welcome)
 }
 
+/// A connection from `ip` with `user_agent`, upgraded, before any frame.
+async fn attempt_from(app: &TestApp, exam: &str, sub: &str, ip: &str, user_agent: &str) -> Client {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(app.addr).await.expect("connect");
+    let mut req = app.ws_url(exam).into_client_request().unwrap();
+    let token = app.token(sub, Role::Student, &[exam]);
+    let h = req.headers_mut();
+    h.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    h.insert("user-agent", HeaderValue::from_str(user_agent).unwrap());
+    let (ws, response) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake accepted");
+    Client { ws, response }
+}
+
+#[tokio::test]
+async fn a_refused_second_device_is_not_the_previous_session() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |s| {
+        unfolded(s);
+        s.exam.disconnect_grace = Duration::from_secs(30);
+        s.exam.second_session = examwatch::config::SecondSession::Reject;
+    })
+    .await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let (mut t, _) = a.teacher("e1", "t1").await;
+    let (s, w) = student_after(a, "e1", "s1", "127.0.0.1", "Firefox/1", None).await;
+    // A phone tries the same account on the other instance: refused.
+    let mut phone = attempt_from(b, "e1", "s1", "127.0.0.9", "Phone/9").await;
+    assert_eq!(phone.expect_close().await.0, Some(4009));
+    // The laptop's network blinks; it comes back, through the other
+    // instance: compared with itself, not with the refused phone.
+    s.close().await;
+    let (mut s, _) = student_after(b, "e1", "s1", "127.0.0.1", "Firefox/1", Some(&w)).await;
+    s.send_json(json!({"type": "focus", "state": "fullscreen_exit"}))
+        .await;
+    assert_eq!(
+        alerts_until(&mut t, "s1", "fullscreen_exit").await,
+        ["second_session"],
+        "only the refusal's own alert"
+    );
+}
+
 #[tokio::test]
 async fn fullscreen_exit_is_a_test_taker_alert_and_every_alert_has_id_category_state() {
     let app = spawn_app_with(unfolded).await;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::{Room, Timer};
 use crate::{
+    broker::Broker,
     config::SecondSession,
     protocol::{AlertKind, Cause, ServerMsg, Timestamp},
     room::{ConnId, StudentJoin, close, students::Outcome, students::Student},
@@ -263,8 +264,8 @@ impl Room {
 
 impl Room {
     /// Compares where a joining session comes from with the student's
-    /// previous session: the one Redis had (any instance's, swapped during
-    /// the handshake), else the one this room saw, else, off the loop, the
+    /// previous session: the one Redis had (any instance's latest admitted
+    /// one, read by the handshake), else the one this room saw, else, off the loop, the
     /// database's latest other session (a room that restarted), whose
     /// answer comes back as `RoomCmd::PreviousClient`.
     fn compare_client(
@@ -280,6 +281,20 @@ impl Room {
         let seen = st.signals.previous();
         st.signals
             .record(now.ip.as_deref(), now.user_agent.as_deref());
+        if let Broker::Redis(redis) = &self.ctx.broker {
+            // Admitted: this is now the session the next one is compared with.
+            let (redis, exam, student, client) = (
+                redis.clone(),
+                self.exam_id.clone(),
+                sid.clone(),
+                now.encode(),
+            );
+            self.ctx.tracker.spawn(async move {
+                if let Err(e) = redis.record_client(&exam, &student, &client).await {
+                    tracing::debug!(error = %e, "cannot record a student's client in Redis");
+                }
+            });
+        }
         if let Some(before) = shared.or(seen) {
             let kinds = signals::changes(&before, now.ip.as_deref(), now.user_agent.as_deref());
             return self.raise_signals(sid, kinds);
