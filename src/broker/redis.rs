@@ -514,8 +514,9 @@ impl RedisBroker {
     }
 
     /// Claims the right to report the exam's current network incident:
-    /// true for the first instance to ask within `ttl`, false for the others
-    /// (each saw the same drops and folds its students' alerts).
+    /// true for the first instance to ask, false for the others (each saw
+    /// the same drops and folds its students' alerts) while the claim lasts
+    /// (`ttl`, renewed by every later drop of the incident).
     pub async fn claim_incident(
         &self,
         exam: &str,
@@ -531,6 +532,23 @@ impl RedisBroker {
             .query_async(&mut conn)
             .await?;
         Ok(set.is_some())
+    }
+
+    /// The exam's incident goes on (another drop): its claim lasts `ttl`
+    /// from now.
+    pub async fn extend_incident(
+        &self,
+        exam: &str,
+        ttl: Duration,
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let _: bool = conn
+            .pexpire(
+                format!("{}:{{{exam}}}:incident", self.prefix),
+                ttl.as_millis().max(1) as i64,
+            )
+            .await?;
+        Ok(())
     }
 
     /// Where a student's latest admitted session came from (peer IP and

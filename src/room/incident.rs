@@ -20,7 +20,9 @@
 //! exam's channel), so each counts the whole exam's drops against the
 //! whole exam's connected students and folds its own students' alerts
 //! alike. Each recognises the incident; the first to claim it in Redis
-//! (`SET NX`, two windows long) sends the one alert.
+//! (`SET NX`, lasting a window past the incident's last drop, which every
+//! instance renews) sends the one alert; if Redis cannot answer, an
+//! instance sends its own rather than none.
 //!
 //! Plain data; every method takes `now`, so its tests need no clock.
 

@@ -498,6 +498,57 @@ async fn students_of_two_instances_dropping_at_once_are_one_network_incident() {
 }
 
 #[tokio::test]
+async fn a_second_incident_soon_after_the_first_is_reported_in_a_cluster() {
+    let Some(redis) = Redis::start() else { return };
+    let window = Duration::from_secs(1);
+    let apps = cluster(&redis, 2, |s| {
+        incident_settings(s);
+        s.exam.disconnect_grace = Duration::from_millis(300);
+        s.alerts.incident_window = window;
+    })
+    .await;
+    let (a, b) = (&apps[0], &apps[1]);
+    let (mut t, _) = a.teacher("e1", "t1").await;
+    let mut waves = [Vec::new(), Vec::new()];
+    for i in 1..=6 {
+        let app = if i % 2 == 0 { a } else { b };
+        waves[(i - 1) / 3].push(app.student("e1", &format!("w{i}")).await.0);
+    }
+    let mut stays = a.student("e1", "stay").await.0;
+    sees_connected(&mut t, 7).await;
+    let [first, second] = waves;
+    // Three of seven drop (on both instances): one incident...
+    drop(first);
+    let one = t
+        .next_where("the first incident", |v| v["kind"] == "network_incident")
+        .await;
+    // ...then, a little more than a window after it (so it is over), three
+    // more: a new incident, with its own alert (the first one's claim in
+    // Redis must not outlive it).
+    tokio::time::sleep(window + Duration::from_millis(300)).await;
+    drop(second);
+    let two = t
+        .next_where("the second incident", |v| v["kind"] == "network_incident")
+        .await;
+    assert_ne!(one["alert_id"], two["alert_id"]);
+    stays
+        .send_json(json!({"type": "focus", "state": "fullscreen_exit"}))
+        .await;
+    let mut later = Vec::new();
+    loop {
+        let v = t.next_of_type("alert").await;
+        if v["kind"] == "fullscreen_exit" {
+            break;
+        }
+        later.push(v["kind"].clone());
+    }
+    assert!(
+        !later.contains(&json!("network_incident")),
+        "one alert each: {later:?}"
+    );
+}
+
+#[tokio::test]
 async fn one_drop_alone_is_the_normal_disconnected_alert() {
     let app = spawn_app_with(incident_settings).await;
     let (mut t, _) = app.teacher("e1", "t1").await;

@@ -126,17 +126,18 @@ impl Room {
             .count();
         let thresholds = incident::Thresholds::from(&self.ctx.alerts);
         let now = std::time::Instant::now();
-        let incident::Verdict::Incident { students } =
-            self.incidents.dropped(sid, connected, now, thresholds)
-        else {
-            return;
+        let students = match self.incidents.dropped(sid, connected, now, thresholds) {
+            incident::Verdict::Incident { students } => students,
+            incident::Verdict::Folded => return self.incident_goes_on(thresholds.window),
+            incident::Verdict::Normal => return,
         };
         let Broker::Redis(redis) = &self.ctx.broker else {
             return self.incident_claimed(students);
         };
         let (redis, exam, inbox) = (redis.clone(), self.exam_id.clone(), self.inbox.clone());
-        // Long enough to cover the incident forming on every instance.
-        let ttl = thresholds.window * 2;
+        // The claim lasts as long as the incident: a window past its last
+        // drop (`incident_goes_on`), so the next incident is claimed anew.
+        let ttl = thresholds.window;
         self.ctx.tracker.spawn(async move {
             // Better a second alert than none when Redis cannot answer.
             let ours = redis.claim_incident(&exam, ttl).await.unwrap_or(true);
@@ -144,6 +145,17 @@ impl Room {
                 let _ = inbox.send(RoomCmd::IncidentClaimed { students }).await;
             }
         });
+    }
+
+    /// A drop folded into the incident in progress: its claim in Redis
+    /// lives a window past this drop, as the incident does here.
+    fn incident_goes_on(&self, window: std::time::Duration) {
+        if let Broker::Redis(redis) = &self.ctx.broker {
+            let (redis, exam) = (redis.clone(), self.exam_id.clone());
+            self.ctx.tracker.spawn(async move {
+                let _ = redis.extend_incident(&exam, window).await;
+            });
+        }
     }
 
     /// Ours to report: one `network_incident` alert for the room.
