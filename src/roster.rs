@@ -19,7 +19,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -47,6 +47,10 @@ type Entry = (Instant, Arc<(Roster, Gate)>);
 pub struct RosterCache {
     /// A std mutex: held for a lookup or an insert, never across an await.
     entries: Arc<Mutex<HashMap<String, Entry>>>,
+    /// Bumped by every `invalidate`: a read that began before a change may
+    /// answer the handshake it was made for, but is not kept (it would put
+    /// back what the change made stale, for a whole `TTL`).
+    changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RosterCache {
@@ -58,13 +62,16 @@ impl RosterCache {
         fail_open: bool,
     ) -> Admission {
         let cached = self.lock().get(exam_id).cloned();
+        let before = self.changes.load(Ordering::Acquire);
         let roster = match cached {
             Some((at, roster)) if at.elapsed() < TTL => roster,
             stale => match read(store, exam_id).await {
                 Ok(roster) => {
                     let roster = Arc::new(roster);
-                    self.lock()
-                        .insert(exam_id.to_owned(), (Instant::now(), roster.clone()));
+                    let mut entries = self.lock();
+                    if self.changes.load(Ordering::Acquire) == before {
+                        entries.insert(exam_id.to_owned(), (Instant::now(), roster.clone()));
+                    }
                     roster
                 }
                 Err(e) => match stale {
@@ -113,7 +120,9 @@ impl RosterCache {
 
     /// Forgets an exam's roster and gate after they changed.
     pub fn invalidate(&self, exam_id: &str) {
-        self.lock().remove(exam_id);
+        let mut entries = self.lock();
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        entries.remove(exam_id);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
