@@ -287,6 +287,12 @@ pub enum RoomCmd {
         previous: signals::Client,
         now: signals::Client,
     },
+    /// A student's handshake (or ticket) was refused because a `deny` or
+    /// `terminate` shut them out: their client was told, so the frames of
+    /// those actions they never got count as delivered.
+    RefusedAtHandshake {
+        student: Arc<str>,
+    },
     /// A student's socket was lost on another instance.
     DroppedElsewhere {
         student: Arc<str>,

@@ -359,23 +359,36 @@ pub(crate) async fn check_roster(
                 "exam {exam_id:?} does not exist or is a draft: a teacher must create and open it first"
             ),
         )),
-        Admission::Denied(reason) => Err(ApiError::forbidden(
-            if reason == "terminated" {
-                "terminated"
-            } else {
-                "access_revoked"
-            },
-            format!(
-                "student {:?} may not connect to exam {exam_id:?} ({reason})",
-                claims.sub
-            ),
-        )),
+        Admission::Denied(reason) => {
+            // Told now: what the deny or terminate owed them is delivered.
+            let room = app.registry.get_or_start(exam_id);
+            let student = claims.sub.as_str().into();
+            let _ = room
+                .send(crate::room::RoomCmd::RefusedAtHandshake { student })
+                .await;
+            Err(denied(&reason, claims, exam_id))
+        }
         Admission::Unavailable => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "roster_unavailable",
             "the exam's roster cannot be read right now; retry shortly",
         )),
     }
+}
+
+/// The refusal of a student shut out by `deny` or `terminate`.
+fn denied(reason: &str, claims: &Claims, exam_id: &str) -> ApiError {
+    ApiError::forbidden(
+        if reason == "terminated" {
+            "terminated"
+        } else {
+            "access_revoked"
+        },
+        format!(
+            "student {:?} may not connect to exam {exam_id:?} ({reason})",
+            claims.sub
+        ),
+    )
 }
 
 pub(crate) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {

@@ -685,3 +685,34 @@ async fn a_claim_left_unfinished_is_taken_over_by_a_retry() {
     let list = app.get_json("/v1/exams/h2/actions", &teacher).await;
     assert_eq!(list["actions"][0]["id"], "stuck", "audited: {list}");
 }
+
+#[tokio::test]
+async fn a_terminate_owed_to_an_absent_student_is_delivered_by_the_refusal() {
+    let app = spawn_app().await;
+    timed_exam(&app, "r1", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["r1"]);
+    let (mut t, _) = app.teacher("r1", "t1").await;
+    let (s, _) = app.student("r1", "s1").await;
+    s.close().await;
+    let (status, answer) = act(
+        &app,
+        "r1",
+        &teacher,
+        json!({"id": "away-t", "kind": "terminate", "students": ["s1"], "reason": "left the room"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["students"][0]["delivery"], "pending", "{answer}");
+    // Their client comes back and is refused with the reason: told.
+    assert_eq!(refused(&app, "r1", "s1").await, (403, "terminated".into()));
+    let ev = t
+        .next_where("the delivery", |v| v["type"] == "delivery")
+        .await;
+    assert_eq!(
+        (&ev["action_id"], &ev["student_id"], &ev["state"]),
+        (&json!("away-t"), &json!("s1"), &json!("delivered")),
+        "{ev}"
+    );
+    let list = app.get_json("/v1/exams/r1/actions", &teacher).await;
+    assert_eq!(list["actions"][0]["students"][0]["delivery"], "delivered", "{list}");
+}

@@ -337,6 +337,22 @@ impl Room {
     /// `received {id}` from a student: on their socket, or through `POST
     /// me/received`, whose `reply` learns whether the delivery was
     /// recorded (`None`: nothing was owed under this id).
+    /// The student was refused at the handshake for a `deny` or
+    /// `terminate`: the refusal told their client (403 with its code), and
+    /// no socket will ever carry those frames, so they are delivered.
+    pub(super) fn refused_at_handshake(&mut self, sid: &Arc<str>) {
+        let removals: Vec<Arc<str>> = self
+            .deliveries
+            .owed(sid)
+            .iter()
+            .filter(|o| o.kind.removes())
+            .map(|o| o.action_id.clone())
+            .collect();
+        for id in removals {
+            self.on_received(sid, &id, None);
+        }
+    }
+
     pub(super) fn on_received(
         &mut self,
         sid: &Arc<str>,
