@@ -190,6 +190,7 @@ impl ActionKind {
                 | ActionKind::Terminate
                 | ActionKind::Deny
                 | ActionKind::Message
+                | ActionKind::LowerHand
         )
     }
 

@@ -90,6 +90,19 @@ pub enum ServerMsg<'a> {
         text: &'a str,
         from: &'a str,
         at: Timestamp,
+        /// The raised hand this answers (and lowered).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reply_to: Option<&'a str>,
+    },
+    /// To a student: a proctor lowered their hand without a message
+    /// (`lower_hand`, PROTOCOL.md 4.14). The watchers' event of the same
+    /// name is [`ServerMsg::HandLowered`].
+    #[serde(rename = "hand_lowered")]
+    YourHandLowered {
+        id: &'a str,
+        hand_id: &'a str,
+        from: &'a str,
+        at: Timestamp,
     },
     /// A proctor action, as a numbered event for watchers (PROTOCOL.md
     /// 4.14): what was done, by whom, to whom. `controls` and `frame` are

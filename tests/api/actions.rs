@@ -714,5 +714,8 @@ async fn a_terminate_owed_to_an_absent_student_is_delivered_by_the_refusal() {
         "{ev}"
     );
     let list = app.get_json("/v1/exams/r1/actions", &teacher).await;
-    assert_eq!(list["actions"][0]["students"][0]["delivery"], "delivered", "{list}");
+    assert_eq!(
+        list["actions"][0]["students"][0]["delivery"], "delivered",
+        "{list}"
+    );
 }

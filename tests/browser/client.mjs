@@ -661,6 +661,15 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   ws.receive(m);
   check(ws.sent.filter((x) => x.type === 'received' && x.id === 'm-1').length === 2, 'each copy acknowledged');
   check(messages.length === 1 && messages[0].text === m.text && messages[0].from === 'Ms Proctor', `reported once: ${JSON.stringify(messages)}`);
+  // A hand lowered without a message: its own event, acknowledged, once.
+  const lowered = [];
+  c.addEventListener('hand_lowered', (e) => lowered.push(e.detail));
+  const down = { type: 'hand_lowered', id: 'l-1', hand_id: 'h-9', from: 'Ms Proctor', at: serverIso() };
+  ws.receive(down);
+  ws.receive(down);
+  check(ws.sent.filter((x) => x.type === 'received' && x.id === 'l-1').length === 2, 'each hand_lowered acknowledged');
+  check(lowered.length === 1 && lowered[0].hand_id === 'h-9', `hand_lowered reported once: ${JSON.stringify(lowered)}`);
+  check(messages.length === 1, 'and not as a message');
   check(timeups.length === 0, 'no timeup yet');
   c.close();
 }

@@ -103,6 +103,7 @@ await scenario('panels', async ({ cleanup, problems }) => {
   await dash.keyboard.press('Enter');
   const message = await st.s1.next((f) => f.type === 'message' && f.text === 'Yes, a basic one.', 'the private reply');
   check(message.from === 'Mr Proctor', `the reply is from the proctor: ${JSON.stringify(message)}`);
+  check(typeof message.reply_to === 'string' && message.reply_to.length > 0, `the reply names the hand it answers: ${JSON.stringify(message)}`);
   await st.s1.request({ type: 'received', id: message.id });
   await within(dash, SECOND, 'the reply lowers the hand', () => !document.querySelector('#hands li[data-student="s1"]') && document.title.startsWith('(2) '), null, handsSeen);
   check(!st.s2.frames.some((f) => f.type === 'message') && !st.s3.frames.some((f) => f.type === 'message'), 'the reply went to s1 only');
@@ -114,12 +115,14 @@ await scenario('panels', async ({ cleanup, problems }) => {
   await within(dash, SECOND, 'a refused dismiss is said so', () => /403/.test(document.querySelector('#hands-panel [role="status"]').textContent), null, handStatus);
   check((await dash.textContent('#hands-panel [role="status"]')).includes('Grace') && (await dash.$('#hands li[data-student="s2"]')), 'the refusal names the student and the hand is still listed');
   check(await dash.$eval('#hands li[data-student="s2"] button.dismiss', (b) => !b.disabled), 'Dismiss can be tried again');
-  // Dismiss s2's hand: lowered, no message.
+  // Dismiss s2's hand: lowered, and s2 is told so (no message).
   await dash.click('#hands li[data-student="s2"] button.dismiss');
   await within(dash, SECOND, 'dismiss lowers the hand', () => !document.querySelector('#hands li[data-student="s2"]') && document.title.startsWith('(1) '), null, handsSeen);
   const lowered = (await get('/v1/exams/e1/timeline?limit=1000')).events.filter((e) => e.type === 'hand_lowered').map((e) => e.student_id).sort();
   check(JSON.stringify(lowered) === '["s1","s2"]', `two hands lowered on the server: ${JSON.stringify(lowered)}`);
-  check(!st.s2.frames.some((f) => f.type === 'message'), 'dismiss sends the student nothing');
+  check(!st.s2.frames.some((f) => f.type === 'message'), 'dismiss sends the student no message');
+  const down = await st.s2.next((f) => f.type === 'hand_lowered', 'the student told their hand was lowered');
+  check(down.from === 'Mr Proctor' && typeof down.id === 'string' && typeof down.hand_id === 'string', `hand_lowered names the proctor, the action and the hand: ${JSON.stringify(down)}`);
   log('hands: listed, counted, replied to, dismissed');
 
   // Alerts: s1's focus loss (from before the page opened) is open.

@@ -168,6 +168,16 @@ await scenario('student page', async ({ cleanup, problems }) => {
   check(hand.text === 'Is a calculator allowed?', `with its text: ${JSON.stringify(hand)}`);
   await action({ id: 'm-2', kind: 'message', students: ['s1'], text: 'Yes, a simple one.', reply_to: hand.hand_id });
   await within(s1, SECOND, 'the reply shows and the hand is answered', () => document.querySelector('#messages li')?.textContent.includes('Yes, a simple one.') && document.querySelector('#hand-status').textContent.includes('answered'), null, pageState);
+  // Raised again, then lowered without a word: the page says so.
+  await s1.fill('#hand-text', 'And a ruler?');
+  await s1.click('#raise-hand');
+  await within(s1, SECOND, 'the hand is up again', () => document.querySelector('#hand-status').textContent.includes('raised'), null, pageState);
+  const again = await until('the second hand is in the timeline', async () => {
+    const tl = (await api('GET', '/v1/exams/e1/timeline?limit=1000')).json;
+    return tl.events.find((e) => e.type === 'hand' && e.student_id === 's1' && e.hand_id !== hand.hand_id);
+  }, 3 * SECOND);
+  await action({ id: 'low-1', kind: 'lower_hand', hand_id: again.hand_id });
+  await within(s1, SECOND, 'a dismissed hand is shown lowered', () => document.querySelector('#hand-status').textContent.includes('lowered your hand'), null, pageState);
 
   await s1.screenshot({ path: join(artifacts(), 'student-page.png'), fullPage: true });
 

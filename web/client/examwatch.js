@@ -706,6 +706,19 @@ export class ExamwatchClient extends EventTarget {
         if (msg.id !== undefined) this._seenActions.add(msg.id);
         this._emit('message', msg);
         break;
+      case 'hand_lowered':
+        if (this.role !== 'student') {
+          // Watchers: the exam's numbered event, like every other one.
+          this._emit('message', msg);
+          break;
+        }
+        // A proctor lowered this student's hand without a message: re-sent
+        // until acknowledged, reported once.
+        this._received(msg.id);
+        if (msg.id !== undefined && this._seenActions.has(msg.id)) break;
+        if (msg.id !== undefined) this._seenActions.add(msg.id);
+        this._emit('hand_lowered', msg);
+        break;
       case 'terminated':
         this._received(msg.id);
         this._stopped = 'terminated';

@@ -341,9 +341,14 @@ function start() {
   });
   client.addEventListener('message', (e) => {
     page.messages.unshift({ id: e.detail.id, at: Date.parse(e.detail.at), from: e.detail.from, text: e.detail.text });
-    // A proctor's answer lowers the hand (PROTOCOL.md 4.14).
-    if (page.hand?.key === 'student.hand_up') page.hand = { key: 'student.hand_answered' };
+    // A proctor's answer to the hand lowers it (PROTOCOL.md 4.14).
+    if (e.detail.reply_to && page.hand?.key === 'student.hand_up') page.hand = { key: 'student.hand_answered' };
     renderLists();
+    redraw();
+  });
+  client.addEventListener('hand_lowered', () => {
+    // Lowered by a proctor without a message.
+    page.hand = { key: 'student.hand_dismissed' };
     redraw();
   });
   client.addEventListener('exam', redraw);

@@ -435,6 +435,7 @@ export default {
   'student.hand_sending': 'raising your hand…',
   'student.hand_up': '☝ Your hand is raised: a proctor will answer here or come to you.',
   'student.hand_answered': '✓ A proctor answered (see the messages).',
+  'student.hand_dismissed': '✓ A proctor lowered your hand.',
   'student.hand_failed': '✗ Your hand was not raised: {reason}',
   'student.messages_title': 'Messages for you',
   'student.messages_none': 'No message yet.',

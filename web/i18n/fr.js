@@ -435,6 +435,7 @@ export default {
   'student.hand_sending': 'main en cours de levée…',
   'student.hand_up': '☝ Votre main est levée : un surveillant répondra ici ou viendra vous voir.',
   'student.hand_answered': '✓ Un surveillant a répondu (voir les messages).',
+  'student.hand_dismissed': '✓ Un surveillant a baissé votre main.',
   'student.hand_failed': '✗ Votre main n\'a pas été levée : {reason}',
   'student.messages_title': 'Messages pour vous',
   'student.messages_none': 'Aucun message pour l\'instant.',

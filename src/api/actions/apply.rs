@@ -87,7 +87,9 @@ pub(super) async fn apply(
         if let Some(control) = changed.control {
             controls.insert(sid.clone(), control);
         }
-        if changed.frame && kind.sends_frame() {
+        // A hand that was down already: nothing to tell its student.
+        let lowers_nothing = kind == ActionKind::LowerHand && lowered.is_none();
+        if changed.frame && kind.sends_frame() && !lowers_nothing {
             deliver.push(sid.clone());
         }
         if kind == ActionKind::LowerHand {
@@ -298,7 +300,7 @@ pub(super) async fn apply_one(
         ActionKind::LowerHand => {
             return Ok(Changed {
                 control: None,
-                frame: false,
+                frame: true,
             });
         }
     };
@@ -335,6 +337,14 @@ pub(super) fn frame_for(body: &ActionBody, from: &str, at: Timestamp) -> Option<
         ActionKind::Message => ServerMsg::Message {
             id: &body.id,
             text: body.text.as_deref().map(str::trim).unwrap_or_default(),
+            from,
+            at,
+            reply_to: body.reply_to.as_deref(),
+        }
+        .encode(),
+        ActionKind::LowerHand => ServerMsg::YourHandLowered {
+            id: &body.id,
+            hand_id: body.hand_id.as_deref().unwrap_or_default(),
             from,
             at,
         }
