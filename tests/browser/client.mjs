@@ -417,6 +417,13 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   ws.receive({ type: 'snapshot', seq: 5, exam_id: 'e1', students: [], counts: {} });
   check(t.state === 'live', 'live on the snapshot');
   ws.receive({ type: 'alert', seq: 6, student_id: 's1', kind: 'idle', at: '' });
+  // The exam-control events come as `message`; they count as applied too,
+  // so the reconnect resumes after them (not replaying them).
+  const passed = [];
+  t.addEventListener('message', (e) => passed.push(e.detail.type));
+  ws.receive({ type: 'hand', seq: 7, hand_id: 'h1', student_id: 's1', text: null, at: '' });
+  ws.receive({ type: 'hand_lowered', seq: 8, hand_id: 'h1', student_id: 's1', by: 't1', at: '' });
+  check(passed.join() === 'hand,hand_lowered' && t.appliedSeq === 8, `control events passed on and applied: ${passed} ${t.appliedSeq}`);
   // announce(): rejected on a lost connection, and on no answer.
   const lost = t.announce('hello').then(() => 'resolved', (e) => e.message);
   const silent = t.announce('anyone?').then(() => 'resolved', (e) => e.message);
@@ -425,23 +432,23 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   check((await silent) === 'connection lost', 'every pending one');
   await until('a reconnect', () => FakeSocket.last() !== ws);
   const ws2 = FakeSocket.last();
-  check(ws2.url.endsWith('&last_seq=6'), `reconnects with ?last_seq=: ${ws2.url}`);
+  check(ws2.url.endsWith('&last_seq=8'), `reconnects with ?last_seq=: ${ws2.url}`);
   ws2.onopen();
   const sync = ws2.sent.find((m) => m.type === 'heartbeat');
   check(sync && t.state === 'connecting', 'not live before the replay is known to be complete');
   const events = [];
   t.addEventListener('event', (e) => events.push(`${e.detail.seq}${e.detail.stale ? 's' : ''}`));
-  ws2.receive({ type: 'student', seq: 7, student, cause: 'idle' });
-  ws2.receive({ type: 'alert', seq: 8, student_id: 's1', kind: 'idle', at: '' });
+  ws2.receive({ type: 'student', seq: 9, student, cause: 'idle' });
+  ws2.receive({ type: 'alert', seq: 10, student_id: 's1', kind: 'idle', at: '' });
   ws2.receive({ type: 'ack', ref: sync.ref });
-  check(t.state === 'live' && events.join() === '7,8' && t.appliedSeq === 8, `the replay applied, then live: ${events} ${t.state}`);
+  check(t.state === 'live' && events.join() === '9,10' && t.appliedSeq === 10, `the replay applied, then live: ${events} ${t.state}`);
   const timedOut = await t.announce('anyone?').then(() => 'resolved', (e) => e.message);
   check(timedOut === 'no answer from the server', `announce() times out: ${timedOut}`);
   // A gap too old for a replay: the server sends a snapshot instead.
   ws2.drop(1006);
   await until('a reconnect', () => FakeSocket.last() !== ws2);
   const ws3 = FakeSocket.last();
-  check(ws3.url.endsWith('&last_seq=8'), ws3.url);
+  check(ws3.url.endsWith('&last_seq=10'), ws3.url);
   ws3.onopen();
   ws3.receive({ type: 'snapshot', seq: 90, exam_id: 'e1', students: [], counts: {} });
   check(t.state === 'live' && t.appliedSeq === 90, 'a snapshot instead of a replay also makes it live');

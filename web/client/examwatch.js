@@ -691,6 +691,7 @@ export class ExamwatchClient extends EventTarget {
           // frame without an event of its own was before.
           this._examChanged(msg, msg.cause);
           this._emit('message', msg);
+          this._watcherSeq(msg);
           break;
         }
         // A student's frames are built when sent (re-sent ones too): their
@@ -710,6 +711,7 @@ export class ExamwatchClient extends EventTarget {
         if (this.role !== 'student') {
           // Watchers: the exam's numbered event, like every other one.
           this._emit('message', msg);
+          this._watcherSeq(msg);
           break;
         }
         // A proctor lowered this student's hand without a message: re-sent
@@ -727,7 +729,19 @@ export class ExamwatchClient extends EventTarget {
         break;
       default:
         this._emit('message', msg);
+        this._watcherSeq(msg);
     }
+  }
+
+  /**
+   * Watchers: a numbered event passed on as `message` (`action`,
+   * `delivery`, `hand`, …) was applied like the others, so a reconnect
+   * resumes after it instead of replaying it.
+   */
+  _watcherSeq(msg) {
+    if (this.role !== 'watcher' || !Number.isInteger(msg.seq)) return;
+    if (msg.seq > this.appliedSeq) this.appliedSeq = msg.seq;
+    this._setSeq(msg.seq);
   }
 
   /** Acknowledges a frame that carries an action's id (PROTOCOL.md 2, `received`). */
