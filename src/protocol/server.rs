@@ -153,6 +153,11 @@ pub enum ServerMsg<'a> {
         counts: Counts,
         phase: crate::control::Phase,
         server_time: Timestamp,
+        /// The exam's whole timing model and its version, as in the
+        /// watchers' `exam_update` (PROTOCOL.md 4.13): a dashboard opened
+        /// mid-exam has the times and pauses without another request.
+        clock: &'a crate::control::ExamClock,
+        version: i64,
     },
     Student {
         seq: Seq,

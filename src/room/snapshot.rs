@@ -37,7 +37,7 @@ pub fn encode(
     exam_id: &str,
     students: &[&StudentState],
     counts: Counts,
-    phase: crate::control::Phase,
+    (clock, version): (&crate::control::ExamClock, i64),
     budget: usize,
 ) -> Vec<Utf8Bytes> {
     let server_time = crate::protocol::Timestamp::now();
@@ -48,8 +48,10 @@ pub fn encode(
         parts,
         students,
         counts,
-        phase,
+        phase: clock.phase,
         server_time,
+        clock,
+        version,
     };
     // The frame around the students, at its largest (10-digit numbers).
     let overhead = frame(u32::MAX, u32::MAX, &[]).encode().len();
@@ -138,6 +140,17 @@ mod tests {
             .collect()
     }
 
+    fn running() -> crate::control::ExamClock {
+        crate::control::ExamClock::new(
+            crate::control::Phase::InProgress,
+            crate::control::Timing::Fixed,
+            None,
+            None,
+            None,
+            false,
+        )
+    }
+
     #[test]
     fn parts_stay_within_the_budget_and_together_hold_every_student_in_order() {
         let all: Vec<StudentState> = (0..1000).map(|i| student(i, i % 300)).collect();
@@ -147,14 +160,7 @@ mod tests {
             ..Counts::default()
         };
         let budget = 16 * 1024;
-        let frames = encode(
-            7,
-            "e1",
-            &refs,
-            counts,
-            crate::control::Phase::InProgress,
-            budget,
-        );
+        let frames = encode(7, "e1", &refs, counts, (&running(), 1), budget);
         assert!(frames.len() > 10, "{} parts", frames.len());
         assert!(frames.iter().all(|f| f.len() <= budget));
         let parts = decode(&frames);
@@ -190,7 +196,7 @@ mod tests {
                 "e1",
                 students,
                 Counts::default(),
-                crate::control::Phase::InProgress,
+                (&running(), 1),
                 PART_BYTES,
             );
             assert_eq!(frames.len(), 1);
@@ -209,14 +215,7 @@ mod tests {
     fn a_student_larger_than_the_budget_travels_alone() {
         let all = [student(0, 10), student(1, 5000), student(2, 10)];
         let refs: Vec<&StudentState> = all.iter().collect();
-        let frames = encode(
-            1,
-            "e1",
-            &refs,
-            Counts::default(),
-            crate::control::Phase::InProgress,
-            1024,
-        );
+        let frames = encode(1, "e1", &refs, Counts::default(), (&running(), 1), 1024);
         let sizes: Vec<usize> = decode(&frames)
             .iter()
             .map(|p| p["students"].as_array().unwrap().len())

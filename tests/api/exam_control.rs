@@ -244,6 +244,14 @@ async fn a_draft_or_unknown_exam_takes_no_student_and_scheduled_is_a_waiting_roo
         .unwrap();
     let snapshot = teacher.snapshot().await;
     assert_eq!(snapshot["phase"], "scheduled");
+    // The whole clock, as exam_update carries it: a dashboard opened now
+    // has the times without asking.
+    assert_eq!(snapshot["clock"]["phase"], "scheduled", "{snapshot}");
+    assert!(snapshot["clock"].get("opens_at").is_some(), "{snapshot}");
+    assert!(
+        snapshot["version"].as_i64().is_some_and(|v| v >= 1),
+        "{snapshot}"
+    );
     let mut s = app
         .try_connect_as_is(&app.ws_url("w"), Some(&s1), &[])
         .await

@@ -77,7 +77,7 @@ impl Room {
             &self.exam_id,
             &students,
             counts,
-            self.control.phase(),
+            (&self.control.exam, self.control.version),
             crate::room::snapshot::PART_BYTES,
         );
         tracing::debug!(
