@@ -137,6 +137,10 @@ async fn actions_posted_on_one_instance_control_a_student_on_another() {
     );
     let update = receive(&mut s, "exam_update", "pause-1").await;
     assert_eq!(update["paused"], true, "{update}");
+    assert!(
+        control_noted(&redis, "ca", "s1").await,
+        "an action's change is noted too"
+    );
     let (status, answer) = post.await.unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["students"][0]["paused"], true, "{answer}");
@@ -375,6 +379,9 @@ async fn an_accommodation_set_on_one_instance_before_the_student_joins_holds_on_
         .unwrap();
     let status = res.status();
     assert_eq!(status, StatusCode::OK, "{}", res.text().await.unwrap());
+    // The change is noted in Redis before it is announced (what lets a
+    // handshake anywhere read it in the moment before the announcement).
+    assert!(control_noted(&redis, "cm", "s1").await, "noted in Redis");
     // The student joins on A at once, without waiting for the change's
     // announcement to reach A's room: the handshake learnt from Redis that
     // their record changed a moment ago and read it, so the welcome has it.
@@ -444,4 +451,14 @@ async fn a_handshake_reads_a_record_changed_a_moment_ago_before_its_event_arrive
     let (_s, welcome) = a.student("cr", "s1").await;
     assert_eq!(welcome["student"]["extra_minutes"], 3, "{welcome}");
     assert_eq!(ms(&welcome["deadline"]), closes + 3 * 60_000, "{welcome}");
+}
+
+/// Whether `student`'s control record of `exam` was noted as changed in
+/// the last seconds (broker `note_controls`).
+async fn control_noted(redis: &crate::cluster::Redis, exam: &str, student: &str) -> bool {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::AsyncCommands::exists(&mut conn, format!("examwatch:{{{exam}}}:control:{student}"))
+        .await
+        .unwrap()
 }
