@@ -719,3 +719,36 @@ async fn a_terminate_owed_to_an_absent_student_is_delivered_by_the_refusal() {
         "{list}"
     );
 }
+
+#[tokio::test]
+async fn a_pause_that_failed_halfway_is_retried_without_refusing_the_students_it_paused() {
+    let app = spawn_app().await;
+    timed_exam(&app, "h3", 600).await;
+    let teacher = app.token("t1", Role::Teacher, &["h3"]);
+    let (_s1, _) = app.student("h3", "s1").await;
+    let (_s2, _) = app.student("h3", "s2").await;
+    let body = json!({"id": "half-pause", "kind": "pause", "students": ["s1", "s2"]});
+    let db = break_writes_of(&app, "s2").await;
+    let (status, _) = act(&app, "h3", &teacher, body.clone()).await;
+    assert_eq!(status, 503);
+    for name in ["no_insert", "no_update"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {name}")))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    // s1 was paused by the first attempt: not `already_paused`, but done.
+    let (status, answer) = act(&app, "h3", &teacher, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let [one, two] = [&answer["students"][0], &answer["students"][1]];
+    assert_eq!(
+        (&one["paused"], &one["already_applied"], one.get("error")),
+        (&json!(true), &json!(true), None),
+        "{answer}"
+    );
+    assert_eq!(
+        (&two["paused"], two.get("already_applied"), two.get("error")),
+        (&json!(true), None, None),
+        "{answer}"
+    );
+}
