@@ -191,6 +191,7 @@ async fn a_small_exam_gets_its_snapshot_in_one_part() {
     assert_eq!(
         keys,
         [
+            "clock",
             "counts",
             "exam_id",
             "part",
@@ -199,10 +200,12 @@ async fn a_small_exam_gets_its_snapshot_in_one_part() {
             "seq",
             "server_time",
             "students",
-            "type"
+            "type",
+            "version"
         ]
     );
     assert_eq!(snapshot["phase"], "in_progress");
+    assert_eq!(snapshot["clock"]["phase"], "in_progress");
     assert_eq!(snapshot["type"], "snapshot");
     assert_eq!(snapshot["part"], 1);
     assert_eq!(snapshot["parts"], 1);
@@ -225,12 +228,16 @@ async fn an_empty_exam_gets_one_empty_part() {
         server_time.as_str().is_some_and(|t| t.ends_with('Z')),
         "{server_time}"
     );
+    // The exam's clock (4.13), checked in tests/api/exam_control.rs.
+    let clock = snapshot["clock"].take();
+    assert_eq!(clock["phase"], "in_progress", "{clock}");
+    assert!(snapshot["version"].take().is_i64());
     assert_eq!(
         snapshot,
         serde_json::json!({
             "type": "snapshot", "seq": 0, "exam_id": "e0", "part": 1, "parts": 1,
             "students": [], "counts": {"active": 0, "idle": 0, "submitted": 0, "disconnected": 0},
-            "phase": "in_progress", "server_time": null
+            "phase": "in_progress", "server_time": null, "clock": null, "version": null
         })
     );
 }
