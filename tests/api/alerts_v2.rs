@@ -73,9 +73,6 @@ async fn student_after(
     user_agent: &str,
     previous: Option<&Value>,
 ) -> (Client, Value) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-    let stream = socket.connect(app.addr).await.expect("connect");
     let mut url = app.ws_url(exam);
     if let Some(p) = previous {
         url = format!(
@@ -83,32 +80,28 @@ async fn student_after(
             p["session_id"].as_str().unwrap()
         );
     }
-    let mut req = url.into_client_request().unwrap();
-    let token = app.token(sub, Role::Student, &[exam]);
-    let h = req.headers_mut();
-    h.insert(
-        "authorization",
-        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
-    );
-    h.insert("user-agent", HeaderValue::from_str(user_agent).unwrap());
-    let (ws, response) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake accepted");
-    let mut c = Client { ws, response };
+    let mut c = upgraded_from(app, &url, exam, sub, ip, user_agent).await;
     let welcome = c.next_of_type("welcome").await;
     (c, welcome)
 }
 
 /// A connection from `ip` with `user_agent`, upgraded, before any frame.
 async fn attempt_from(app: &TestApp, exam: &str, sub: &str, ip: &str, user_agent: &str) -> Client {
+    upgraded_from(app, &app.ws_url(exam), exam, sub, ip, user_agent).await
+}
+
+async fn upgraded_from(
+    app: &TestApp,
+    url: &str,
+    exam: &str,
+    sub: &str,
+    ip: &str,
+    user_agent: &str,
+) -> Client {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
     let stream = socket.connect(app.addr).await.expect("connect");
-    let mut req = app.ws_url(exam).into_client_request().unwrap();
+    let mut req = url.into_client_request().unwrap();
     let token = app.token(sub, Role::Student, &[exam]);
     let h = req.headers_mut();
     h.insert(
