@@ -324,6 +324,7 @@ impl Room {
             RoomCmd::Resynced(state) => self.on_resynced(state),
             RoomCmd::KickedElsewhere { student } => self.kicked_elsewhere(&student),
             RoomCmd::DroppedElsewhere { student } => self.dropped_elsewhere(&student),
+            RoomCmd::ClockStarted { student, at } => self.clock_started(&student, at),
             RoomCmd::RefusedAtHandshake { student } => self.refused_at_handshake(&student),
             RoomCmd::PreviousClient {
                 student,

@@ -125,6 +125,15 @@ impl Control {
         true
     }
 
+    /// Sets the instant the student's clock started to the stored one;
+    /// true if that moved it.
+    pub fn started_at(&mut self, sid: &Arc<str>, at: i64) -> bool {
+        let c = self.students.entry(sid.clone()).or_default();
+        let moved = c.clock.started_at != Some(at);
+        c.clock.started_at = Some(at);
+        moved
+    }
+
     /// The student's exam ended (`time_up`, `terminated`, `submitted`).
     pub fn finish(&mut self, sid: &Arc<str>, finish: Finish, at: i64) {
         let c = self.students.entry(sid.clone()).or_default();

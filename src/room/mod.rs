@@ -293,6 +293,11 @@ pub enum RoomCmd {
     RefusedAtHandshake {
         student: Arc<str>,
     },
+    /// The instant a student's clock started, as the database stored it.
+    ClockStarted {
+        student: Arc<str>,
+        at: i64,
+    },
     /// A student's socket was lost on another instance.
     DroppedElsewhere {
         student: Arc<str>,

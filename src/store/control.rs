@@ -389,25 +389,26 @@ impl Store {
     }
 
     /// Records the instant a student's clock started, unless it already
-    /// had (the first writer's instant stays).
+    /// had (the first writer's instant stays); returns the stored instant.
     pub async fn mark_started(
         &self,
         exam_id: &str,
         student_id: &str,
         at: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
+        let stored: Option<i64> = sqlx::query_scalar(
             "INSERT INTO student_control (exam_id, student_id, started_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (exam_id, student_id) DO UPDATE SET started_at = COALESCE(student_control.started_at, excluded.started_at)",
+             ON CONFLICT (exam_id, student_id) DO UPDATE SET started_at = COALESCE(student_control.started_at, excluded.started_at) \
+             RETURNING started_at",
         )
         .bind(exam_id)
         .bind(student_id)
         .bind(at)
-        .execute(tx.conn())
+        .fetch_one(tx.conn())
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(stored.unwrap_or(at))
     }
 
     /// Ends a student's exam as `finish` at `at`, once: true for the one

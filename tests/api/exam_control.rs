@@ -676,3 +676,40 @@ async fn a_deadline_past_year_9999_does_not_break_the_room() {
         "9999-12-31T23:59:59.999Z"
     );
 }
+
+#[tokio::test]
+async fn a_clock_started_elsewhere_a_moment_before_is_the_one_that_counts() {
+    let app = spawn_app().await;
+    let t = app.token("t1", Role::Teacher, &["ps"]);
+    let (status, exam) = create(
+        &app,
+        &t,
+        json!({"id": "ps", "title": "PS", "phase": "in_progress", "timing": "per_student", "duration_seconds": 600}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{exam}");
+    let (_teacher, _) = app.teacher("ps", "t1").await;
+    // Another instance admitted s1 a minute ago and stored it; its
+    // announcement has not reached this room (the room started before).
+    let started = now_ms() - 60_000;
+    let db = sqlx::SqlitePool::connect(&app.db_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO student_control (exam_id, student_id, started_at) VALUES ('ps', 's1', $1)",
+    )
+    .bind(started)
+    .execute(&db)
+    .await
+    .unwrap();
+    // Admitted here, the room guesses "now"; the stored start wins, and the
+    // student is told the deadline it makes.
+    let (mut s, welcome) = app.student("ps", "s1").await;
+    let guessed = ms(&welcome["deadline"]);
+    assert!(
+        guessed > started + 600_000,
+        "the room's own guess first: {welcome}"
+    );
+    let update = s
+        .next_where("the corrected deadline", |v| v["type"] == "exam_update")
+        .await;
+    assert_eq!(ms(&update["deadline"]), started + 600_000, "{update}");
+}

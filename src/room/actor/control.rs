@@ -346,10 +346,18 @@ impl Room {
             return;
         };
         let (store, exam, student) = (self.ctx.store.clone(), self.exam_id.clone(), sid.clone());
+        let inbox = self.inbox.clone();
         self.ctx.tracker.spawn(async move {
             for attempt in 0..5u32 {
                 match store.mark_started(&exam, &student, at).await {
-                    Ok(()) => return,
+                    Ok(stored) => {
+                        if let Some(inbox) = inbox.upgrade() {
+                            let _ = inbox
+                                .send(RoomCmd::ClockStarted { student, at: stored })
+                                .await;
+                        }
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, %student, attempt, "cannot store a student's start; retrying");
                         tokio::time::sleep(RETRY * (attempt + 1)).await;
@@ -360,9 +368,23 @@ impl Room {
         self.refresh_view(sid, now);
         self.arm_deadline(sid, now);
         self.arm_exam_timer(now);
+    }
+
+    /// The database stored the instant a student's clock started: the first
+    /// writer's, which may be another instance's admission a moment before
+    /// ours. Ours is corrected to it, and with per-student timing it is
+    /// announced, so every instance's room has the same deadline (a stream
+    /// of theirs elsewhere, its time_up). Only stored instants travel.
+    pub(super) fn clock_started(&mut self, sid: &Arc<str>, at: i64) {
+        let now = now_ms();
+        let moved = self.control.started_at(sid, at);
+        if moved {
+            self.refresh_view(sid, now);
+            self.tell_student(sid, ControlCause::Timing.as_str(), now);
+            self.arm_deadline(sid, now);
+            self.arm_exam_timer(now);
+        }
         if self.control.exam.timing == crate::control::Timing::PerStudent {
-            // Their deadline depends on this instant: every instance's room
-            // needs it now (a stream of theirs elsewhere, its time_up).
             self.publish_student_control(sid, Cause::Timing);
         }
     }
