@@ -713,3 +713,40 @@ async fn a_clock_started_elsewhere_a_moment_before_is_the_one_that_counts() {
         .await;
     assert_eq!(ms(&update["deadline"]), started + 600_000, "{update}");
 }
+
+#[tokio::test]
+async fn exams_from_before_exam_control_are_in_progress_after_the_upgrade() {
+    // A database as a server of migration 0004 left it: the phases it
+    // wrote were labels ('running' from the demo, 'scheduled' by default).
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/examwatch.db", dir.path().display());
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+    let pool = sqlx::SqlitePool::connect_with(options.create_if_missing(true))
+        .await
+        .unwrap();
+    let mut before = sqlx::migrate!("migrations/sqlite");
+    before.migrations = std::borrow::Cow::Owned(before.migrations[..4].to_vec());
+    before.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO exams (id, title, phase, created_by, created_at) \
+         VALUES ('old', 'Old', 'running', 't1', 0), ('lbl', 'Label', 'scheduled', 't1', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    // The new server migrates it; both exams keep taking students.
+    let app = spawn_app_on_url(Some(url), |_| {}).await;
+    let t = app.token("t1", Role::Teacher, &["old", "lbl"]);
+    for exam in ["old", "lbl"] {
+        let got = app.get_json(&format!("/v1/exams/{exam}"), &t).await;
+        assert_eq!(got["phase"], "in_progress", "{got}");
+        let s = app.token("s1", Role::Student, &[exam]);
+        let mut c = app
+            .try_connect_as_is(&app.ws_url(exam), Some(&s), &[])
+            .await
+            .expect("admitted as before");
+        let welcome = c.next_of_type("welcome").await;
+        assert_eq!(welcome["phase"], "in_progress", "{welcome}");
+    }
+}
