@@ -334,9 +334,6 @@ impl Room {
         c.denied.then_some(reason)
     }
 
-    /// `received {id}` from a student: on their socket, or through `POST
-    /// me/received`, whose `reply` learns whether the delivery was
-    /// recorded (`None`: nothing was owed under this id).
     /// The student was refused at the handshake for a `deny` or
     /// `terminate`: the refusal told their client (403 with its code), and
     /// no socket will ever carry those frames, so they are delivered.
@@ -353,6 +350,9 @@ impl Room {
         }
     }
 
+    /// `received {id}` from a student: on their socket, or through `POST
+    /// me/received`, whose `reply` learns whether the delivery was
+    /// recorded (`None`: nothing was owed under this id).
     pub(super) fn on_received(
         &mut self,
         sid: &Arc<str>,
