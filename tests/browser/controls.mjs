@@ -131,7 +131,6 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   const update = await frame(raw, 's1', 's1 got its new deadline', { type: 'exam_update', cause: 'extend' });
   await ack(raw, 's1', update.id);
   await within(dash, SECOND, 'delivery goes pending → delivered', (sel) => document.querySelector(`${sel} .c-last`).dataset.state === 'delivered' && /delivered/.test(document.querySelector(`${sel} .c-last`).textContent), row('s1'), lastOf);
-  await dash.evaluate(() => { window.autoAckAll = true; });
   await raw.evaluate(() => { window.autoAck.s1 = true; });
 
   // ---- pause / resume, message, a failure -------------------------------
@@ -245,6 +244,36 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   const afterRow = parse(await timeOf(dash, 's1'));
   check(afterExam >= heldExam - 1500, `the exam's countdown stood still while paused: ${heldExam} then ${afterExam}`);
   check(afterRow >= heldRow - 1500, `s1's time left stood still while the exam was paused: ${heldRow} then ${afterRow}`);
+
+  // ---- a dashboard opened now, its token pasted --------------------------
+  // Without `#token=`: the token goes into the paste field. Its rights are
+  // the pasted teacher's (phase buttons, the whole row menu), and its
+  // countdown counts the pause above from the snapshot's clock.
+  const pasted = await page(browser, `${base}/dashboard/?exam=e1`, problems);
+  await pasted.waitForSelector('#token-input', { state: 'visible' });
+  check((await pasted.$$('#phase-buttons button')).length === 0, 'no phase button before a token');
+  await pasted.fill('#token-input', teacher);
+  await pasted.press('#token-input', 'Enter');
+  await pasted.waitForSelector('#live[data-state="live"]');
+  await within(pasted, SECOND, 'the pasted teacher token gets the phase buttons', () => [...document.querySelectorAll('#phase-buttons button')].map((b) => b.dataset.phase).join() === 'paused,ended', null, () => text('#exam-bar'));
+  check(!(await pasted.$eval('#announce-section', (e) => e.hidden)), 'and the announcement box');
+  await within(pasted, SECOND, 'its rows are there', (sel) => document.querySelector(`${sel} .menu-btn`) !== null, row('s1'), () => text('#students'));
+  await pasted.click(`${row('s1')} .menu-btn`);
+  const pastedItems = await pasted.$$eval('#row-menu [role="menuitem"]', (is) => is.map((i) => i.dataset.kind).join());
+  check(pastedItems === 'extend,pause,resume,message,terminate,deny,allow,reset_session', `the pasted teacher's row menu: ${pastedItems}`);
+  await pasted.keyboard.press('Escape');
+  const pastedBulk = await pasted.$$eval('#bulk-buttons button', (bs) => bs.map((b) => b.dataset.kind).join());
+  check(pastedBulk === 'extend,message,pause,resume', `and the bulk bar: ${pastedBulk}`);
+  // Its countdown agrees with the first dashboard's (read here, then aged
+  // by the real time since) within 1.5 s; one counting to the raw
+  // closes_at would be the 3 s pause short.
+  const mine = parse(await dash.textContent('#countdown-time'));
+  await within(pasted, 2 * SECOND, 'a dashboard opened after the pause counts it', ([m, at, skew]) => {
+    const s = document.querySelector('#countdown-time').textContent;
+    const left = s.split(':').map(Number).reduce((a, n) => a * 60 + n, 0) * 1000;
+    return Math.abs(left - (m - (Date.now() - skew - at))) < 1500;
+  }, [mine, Date.now(), SKEW], () => `${text('#countdown')} ${JSON.stringify(window.examwatch.header.pauses)}`);
+  await pasted.close();
 
   // ---- end, with a confirmation -----------------------------------------
   await dash.click('#phase-buttons button[data-phase="ended"]');

@@ -66,13 +66,20 @@ function token() {
 }
 useToken(token);
 
-const may = rightsOf(decodeToken(token()).role);
+// The rights of the token in use now: read at every call, so a token pasted
+// after the page loaded (or a new one) gets its own controls.
+const may = (right) => rightsOf(decodeToken(token()).role)(right);
 const openAlerts = new OpenAlerts((id) => view.touch(id));
 const header = new Header({ now, students: () => view.students(), may });
 const controls = new Controls({ view, may });
 view.columns = new Columns({ controls, alerts: openAlerts, pauses: () => header.pauses });
-// A proctor sees no control a proctor may not use.
-document.querySelector('#announce-section').hidden = !may('announce');
+/** A proctor sees no control a proctor may not use: redrawn when the token changes. */
+function applyRights() {
+  document.querySelector('#announce-section').hidden = !may('announce');
+  header.redraw();
+  controls.redraw();
+}
+applyRights();
 // The side panels (raised hands, alerts, a student's record): each takes
 // the events in seq order (toLists) and the timeline before a snapshot.
 const rest = restClient(() => token());
@@ -134,6 +141,7 @@ async function start() {
     return;
   }
   $('#token-form').hidden = true;
+  applyRights();
   const claims = decodeToken(token());
   $('#who').textContent = claims.name || claims.sub || '';
   const exams = await grantedExams();
