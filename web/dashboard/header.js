@@ -1,8 +1,9 @@
 // The exam header: the phase and the buttons valid from it, the countdown,
 // the waiting room and the report.
 //
-// The phase comes from the exam (GET /v1/exams/{id}), then the snapshot,
-// then every `exam_update` (PROTOCOL.md 4.13), so it follows changes made
+// The phase and the exam's clock (times, past and open pauses) come from
+// the snapshot, then every `exam_update` (PROTOCOL.md 4.13; both carry the
+// clock's `version`, so an older one never undoes a newer one), so it follows changes made
 // anywhere (another dashboard, the server's own timers). The buttons are
 // the diagram's arrows from the current phase (src/control/phase.rs); a
 // change is `POST /v1/exams/{id}/phase`, and a refusal (409
@@ -54,47 +55,65 @@ export class Header {
     this.closesAt = null;
     /** The exam-wide pause spans (server ms), from the latest clock. */
     this.pauses = [];
+    /** The version of the exam clock shown (PROTOCOL.md 4.13). */
+    this.version = -Infinity;
     this._waitingTimer = null;
     $('#report').addEventListener('click', () => this.download());
     setInterval(() => this._tick(), 500);
   }
 
-  /** A new exam is watched: forget the old one, load this one's timing. */
+  /** A new exam is watched: forget the old one; its snapshot brings the timing. */
   watch(exam) {
     this.exam = exam;
     this.phase = null;
     this.opensAt = this.closesAt = null;
     this.pauses = [];
+    this.version = -Infinity;
     this._status('');
     this._paint();
-    request('GET', examPath(exam))
-      .then((e) => {
-        if (this.exam !== exam) return;
-        this.opensAt = ms(e.opens_at);
-        this.closesAt = ms(e.closes_at);
-        // The snapshot or an exam_update may have come first: theirs is newer.
-        if (!this.phase) this.phase = e.phase;
-        this._paint();
-      })
-      .catch(() => {}); // An exam not created through the API: the snapshot's phase only.
   }
 
-  /** The snapshot's phase, at its server time. */
+  /**
+   * The snapshot's phase and the exam's whole clock (times and pauses, past
+   * ones too), so a dashboard opened after a pause counts it.
+   */
   snapshot(snap) {
     if (PHASES.includes(snap.phase)) this.phase = snap.phase;
-    // A pause that began before we looked: counted in the states up to now.
-    const at = ms(snap.server_time) ?? this.now();
-    if (this.phase === 'paused' && !this.pauses.some((p) => p.to === null)) this.pauses = [{ from: at, to: null }];
+    if (!this._clock(snap.clock, snap.version)) {
+      // No clock (an older server): a pause that began before we looked is
+      // counted from the snapshot on.
+      const at = ms(snap.server_time) ?? this.now();
+      if (this.phase === 'paused' && !this.pauses.some((p) => p.to === null)) this.pauses = [{ from: at, to: null }];
+    }
     this._paint();
+  }
+
+  /**
+   * Takes the exam's `clock` unless an update already seen is newer (by
+   * `version`); whether there was a clock to take.
+   */
+  _clock(clock, version) {
+    if (!clock || typeof clock !== 'object') return false;
+    if (Number.isFinite(version)) {
+      if (version < this.version) return true;
+      this.version = version;
+    }
+    if (PHASES.includes(clock.phase)) this.phase = clock.phase;
+    this.opensAt = ms(clock.opens_at);
+    this.closesAt = ms(clock.closes_at);
+    if (Array.isArray(clock.pauses)) this.pauses = clock.pauses.map((p) => ({ from: p.from, to: p.to ?? null }));
+    return true;
   }
 
   /** An `exam_update` (watchers' form, with the exam's whole `clock`). */
   update(ev) {
+    if (Number.isFinite(ev.version) && ev.version < this.version) return;
     if (PHASES.includes(ev.phase)) this.phase = ev.phase;
     this.opensAt = ms(ev.opens_at);
     this.closesAt = ms(ev.closes_at);
-    if (Array.isArray(ev.clock?.pauses)) this.pauses = ev.clock.pauses.map((p) => ({ from: p.from, to: p.to ?? null }));
-    else if (ev.phase === 'paused' && !this.pauses.some((p) => p.to === null)) this.pauses = [...this.pauses, { from: ms(ev.server_time) ?? this.now(), to: null }];
+    if (this._clock(ev.clock, ev.version)) {
+      if (PHASES.includes(ev.phase)) this.phase = ev.phase;
+    } else if (ev.phase === 'paused' && !this.pauses.some((p) => p.to === null)) this.pauses = [...this.pauses, { from: ms(ev.server_time) ?? this.now(), to: null }];
     else if (ev.phase !== 'paused') this.pauses = this.pauses.map((p) => (p.to === null ? { ...p, to: ms(ev.server_time) ?? this.now() } : p));
     this._paint();
   }
