@@ -33,6 +33,23 @@ await scenario('readme screenshot', async ({ cleanup, problems }) => {
     return document.querySelectorAll('#alerts li[data-state="open"]').length >= 3 && n('idle') + n('disconnected') >= 2;
   }, null, { timeout: 60000, polling: 100 });
   check(await dash.$('#hands li[data-student="s-lin"]'), 'the hand is still up');
+  // At 1400 px no state is cut: the hand, status, time, focus, last-active
+  // and latest-action cells of every row show all their words (wrapped if
+  // need be), and the hand's symbol is one the system fonts have.
+  const hand = await dash.$eval('#students .row[data-student="s-lin"] .c-hand', (c) => c.textContent);
+  check(hand === '☝ raised', `the raised hand reads: ${hand}`);
+  const cut = await dash.evaluate(() => {
+    const out = [];
+    for (const r of document.querySelectorAll('#students .rows .row')) {
+      r.scrollIntoView({ block: 'nearest' });
+      for (const c of r.querySelectorAll('.c-status, .c-status .badge, .c-time, .c-hand, .c-focus, .c-active, .c-conn, .c-last')) {
+        if (c.scrollWidth > c.clientWidth + 1 || c.scrollHeight > c.clientHeight + 1) out.push(`${r.dataset.student} ${c.className}: ${c.textContent} (${c.scrollWidth}x${c.scrollHeight} in ${c.clientWidth}x${c.clientHeight})`);
+      }
+    }
+    window.scrollTo(0, 0);
+    return out;
+  });
+  check(cut.length === 0, `cells cut at 1400 px: ${cut.join('; ')}`);
   const shot = join(artifacts(), 'dashboard.png');
   await dash.screenshot({ path: shot, fullPage: true });
   log('screenshot saved to', shot);

@@ -3,7 +3,8 @@
 // the row's action menu button. view.js builds and paints the rows; these
 // are the cells it delegates, painted with the same "only what changed"
 // rule (`set`), so the 300-student budget holds. Every state is text (and
-// an icon), never colour alone.
+// an icon), never colour alone; the icons are symbols every system font
+// has (DejaVu included: no emoji, which Debian's chromium draws as a box).
 
 import { t, formatDuration } from '../i18n/i18n.js';
 import { timeLeft } from './clock.js';
@@ -76,7 +77,7 @@ export class Columns {
     set('extra', c.extra, parts.join(' ') || '—');
     const extraTitle = extra || ext ? t('dash.extra.title', { a: extra, e: ext }) : '';
     if (c.extra.title !== extraTitle) c.extra.title = extraTitle;
-    set('hand', c.handMark, s.hand_raised ? `✋ ${t('dash.hand.up')}` : '');
+    set('hand', c.handMark, s.hand_raised ? `☝ ${t('dash.hand.up')}` : '');
     const handTitle = s.hand_raised ? t('dash.hand.title') : '';
     if (c.handMark.title !== handTitle) c.handMark.title = handTitle;
     row.tr.dataset.hand = s.hand_raised ? 'up' : '';
@@ -89,7 +90,7 @@ export class Columns {
       const title = n ? t('dash.alerts.open', { n, category: t(`dash.category.${cat}`) }) : '';
       if (b.title !== title) b.title = title;
     }
-    const flag = info.flags?.terminated ? `⛔ ${t('dash.flag.terminated')}` : info.flags?.denied ? `🚫 ${t('dash.flag.denied')}` : '';
+    const flag = info.flags?.terminated ? `✖ ${t('dash.flag.terminated')}` : info.flags?.denied ? `⊘ ${t('dash.flag.denied')}` : '';
     set('flag', c.flag, flag);
     if (c.flag.hidden !== !flag) c.flag.hidden = !flag;
     row.tr.dataset.access = info.flags?.terminated ? 'terminated' : info.flags?.denied ? 'denied' : '';
@@ -98,7 +99,7 @@ export class Columns {
     let state = '';
     if (last) {
       state = last.error ? 'failed' : last.delivery;
-      const icon = { sending: '…', pending: '⏳', delivered: '✓', none: '✓', superseded: '↷', failed: '✗' }[state] ?? '';
+      const icon = { sending: '…', pending: '◔', delivered: '✓', none: '✓', superseded: '↷', failed: '✗' }[state] ?? '';
       const what = last.error ? t('dash.delivery.error', { code: last.error }) : t(`dash.delivery.${state}`);
       lastText = `${t(`dash.kind.${last.kind}`)}: ${icon} ${what}`;
     }
@@ -117,7 +118,7 @@ export class Columns {
     else {
       const left = timeLeft(s, row.stateAt ?? view.now(), this.pauses(), view.now());
       if (!left) [text, state] = ['—', 'untimed'];
-      else if (left.paused) [text, state] = [`⏸ ${t('dash.time.paused', { left: formatDuration(left.ms) })}`, 'paused'];
+      else if (left.paused) [text, state] = [`❚❚ ${t('dash.time.paused', { left: formatDuration(left.ms) })}`, 'paused'];
       else if (left.ms <= 0) [text, state] = [t('dash.time.up'), 'ended'];
       else [text, state] = [formatDuration(left.ms), 'running'];
     }
