@@ -249,6 +249,11 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   // Without `#token=`: the token goes into the paste field. Its rights are
   // the pasted teacher's (phase buttons, the whole row menu), and its
   // countdown counts the pause above from the snapshot's clock.
+  // This page has no crypto.randomUUID, as on a plain-http LAN address
+  // (not a secure context): its actions still get their ids.
+  await browser.addInitScript(() => {
+    Object.defineProperty(Crypto.prototype, 'randomUUID', { value: undefined, configurable: true });
+  });
   const pasted = await page(browser, `${base}/dashboard/?exam=e1`, problems);
   await pasted.waitForSelector('#token-input', { state: 'visible' });
   check((await pasted.$$('#phase-buttons button')).length === 0, 'no phase button before a token');
@@ -262,6 +267,13 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   const pastedItems = await pasted.$$eval('#row-menu [role="menuitem"]', (is) => is.map((i) => i.dataset.kind).join());
   check(pastedItems === 'extend,pause,resume,message,terminate,deny,allow,reset_session', `the pasted teacher's row menu: ${pastedItems}`);
   await pasted.keyboard.press('Escape');
+  check((await pasted.evaluate(() => typeof crypto.randomUUID)) === 'undefined', 'the pasted page has no randomUUID');
+  await pasted.evaluate(() => window.examwatch.controls.run('message', ['s1'], { text: 'Sent without randomUUID' }));
+  await frame(raw, 's1', 'an action sent without randomUUID reached s1', { type: 'message', text: 'Sent without randomUUID' });
+  await within(pasted, SECOND, 'and says done', () => /^message: done for 1 student/.test(document.querySelector('#control-status').textContent), null, () => text('#control-status'));
+  // A fault in the page while sending is said in the status line.
+  await pasted.evaluate(() => window.examwatch.controls.run('message', ['s1'], { get text() { throw new Error('boom'); } }));
+  await within(pasted, SECOND, 'a thrown error is shown', () => /message not sent — the page failed: boom/.test(document.querySelector('#control-status').textContent) && document.querySelector('#control-status').dataset.kind === 'error', null, () => text('#control-status'));
   const pastedBulk = await pasted.$$eval('#bulk-buttons button', (bs) => bs.map((b) => b.dataset.kind).join());
   check(pastedBulk === 'extend,message,pause,resume', `and the bulk bar: ${pastedBulk}`);
   // Its countdown agrees with the first dashboard's (read here, then aged

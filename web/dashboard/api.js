@@ -41,5 +41,16 @@ export async function request(method, path, body) {
   return (await call(method, path, body)).json();
 }
 
+/**
+ * A client-chosen id (an action's, PROTOCOL.md 4.14: 1-64 characters),
+ * `prefix-` and 24 hex digits. getRandomValues, not crypto.randomUUID: the
+ * latter exists only in secure contexts (https, localhost), not on a
+ * plain-http LAN address.
+ */
+export function newId(prefix = 'a') {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return `${prefix}-${[...bytes].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
 /** `/v1/exams/{exam}` + `rest`, the exam id escaped. */
 export const examPath = (exam, rest = '') => `/v1/exams/${encodeURIComponent(exam)}${rest}`;

@@ -2,7 +2,7 @@
 // selection, and what became of each action, per student.
 //
 // Every action is `POST /v1/exams/{id}/actions` (PROTOCOL.md 4.14) with an
-// id chosen here (crypto.randomUUID()): the server stores it under that id
+// id chosen here (api.js newId(), which works on plain http too): the server stores it under that id
 // before applying it, so after a network error the very same request is
 // sent again (same id, same body) and applies once. The answer lists each
 // target with its `delivery` (`pending`, `delivered`, `none`, `superseded`)
@@ -20,7 +20,7 @@
 // role may not use are not there at all.
 
 import { t } from '../i18n/i18n.js';
-import { request, examPath, ApiError } from './api.js';
+import { request, examPath, ApiError, newId } from './api.js';
 import { ask } from './dialog.js';
 import { KIND_RIGHT } from './rights.js';
 
@@ -119,7 +119,17 @@ export class Controls {
    * with the server's answer, or null when it was refused (reported).
    */
   async run(kind, targets, fields = {}) {
-    const id = crypto.randomUUID();
+    try {
+      return await this._run(kind, targets, fields);
+    } catch (err) {
+      // A fault of the page itself (not the server's answer): said, never silent.
+      this._status(t('dash.act.error', { action: t(`dash.kind.${kind}`), message: String(err?.message ?? err) }), 'error');
+      return null;
+    }
+  }
+
+  async _run(kind, targets, fields) {
+    const id = newId('act');
     const body = { id, kind, ...fields };
     if (targets === 'all') body.all = true;
     else body.students = [...targets];

@@ -46,14 +46,8 @@ export function ms(at) {
   return at ? Date.parse(at) : NaN;
 }
 
-/**
- * A client-chosen action id (PROTOCOL.md 4.14: 1-64 characters).
- * getRandomValues, not randomUUID: the latter exists only on https pages.
- */
-export function actionId(prefix) {
-  const bytes = crypto.getRandomValues(new Uint8Array(12));
-  return `${prefix}-${[...bytes].map((b) => b.toString(16).padStart(2, '0')).join('')}`;
-}
+/** A client-chosen action id: api.js's one id maker. */
+export { newId as actionId } from './api.js';
 
 /** A refused or failed call, as a sentence for a status line. */
 export class RestError extends Error {

@@ -149,6 +149,7 @@ export default {
   'dash.act.done': '{action}: done for {n} student(s)',
   'dash.act.partly': '{action}: {failed} of {n} student(s) failed',
   'dash.act.refused': '{action} refused — {why}',
+  'dash.act.error': '{action} not sent — the page failed: {message}',
   'dash.delivery.sending': 'sending',
   'dash.delivery.pending': 'pending',
   'dash.delivery.delivered': 'delivered',

@@ -149,6 +149,7 @@ export default {
   'dash.act.done': '{action} : fait pour {n} étudiant(s)',
   'dash.act.partly': '{action} : échec pour {failed} étudiant(s) sur {n}',
   'dash.act.refused': '{action} refusé — {why}',
+  'dash.act.error': '{action} non envoyé — erreur de la page : {message}',
   'dash.delivery.sending': 'envoi',
   'dash.delivery.pending': 'en attente',
   'dash.delivery.delivered': 'reçu',
