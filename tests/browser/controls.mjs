@@ -231,9 +231,13 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   await within(dash, SECOND, 'English again', (sel) => document.documentElement.lang === 'en' && document.querySelector('#phase-value').textContent === 'in progress' && document.querySelector(`${sel} .c-time`).textContent === 'terminated', row('s3'), () => text('#exam-bar'));
 
   // ---- the whole exam paused: no time lost ------------------------------
-  await dash.click('#phase-buttons button[data-phase="paused"]');
+  // By keyboard: the buttons are rebuilt for the new phase, and the focus
+  // lands on the new first one (Resume), not on <body>.
+  await dash.focus('#phase-buttons button[data-phase="paused"]');
+  await dash.keyboard.press('Enter');
   await within(dash, SECOND, 'the exam is paused', () => document.querySelector('#phase-value').dataset.phase === 'paused' && document.querySelector('#countdown-label').textContent === 'Paused — closes in', null, () => text('#exam-bar'));
   await within(dash, SECOND, 'every running row shows paused', (sel) => document.querySelector(`${sel} .c-time`).dataset.state === 'paused', row('s1'), (sel) => text(`${sel} .c-time`));
+  await within(dash, SECOND, 'the focus is on Resume after the phase change', () => document.activeElement?.matches('#phase-buttons button[data-phase="in_progress"]'), null, () => document.activeElement?.outerHTML ?? 'none');
   const heldExam = parse(await dash.textContent('#countdown-time'));
   const heldRow = parse((await timeOf(dash, 's1')).replace(/^\D+/, '').replace(/ .*$/, ''));
   // The pause lasts three seconds of the server's time; none of it is lost.

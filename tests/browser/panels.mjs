@@ -94,6 +94,11 @@ await scenario('panels', async ({ cleanup, problems }) => {
   check((await dash.evaluate(handOrder)) === 's1,s2,s3', `after a reload, oldest first: ${await dash.evaluate(handOrder)}`);
   check((await dash.title()).startsWith('(3) '), `the title after a reload: ${await dash.title()}`);
 
+  // The skip link, first in the tab order, goes to the raised hands.
+  await dash.keyboard.press('Tab');
+  check(await dash.evaluate(() => document.activeElement?.matches('a.skip[href="#hands-title"]') && document.activeElement.textContent === 'Skip to raised hands'), 'the first Tab reaches the skip link');
+  await dash.keyboard.press('Enter');
+  check(await dash.evaluate(() => document.activeElement?.id === 'hands-title'), 'the skip link puts the focus on the hands heading');
   // Reply to s1 privately, keyboard only.
   const presses = await tabTo(dash, '#hands li[data-student="s1"] button.reply', 'the reply button');
   log(`reply button reached with ${presses} Tab presses`);
@@ -106,6 +111,7 @@ await scenario('panels', async ({ cleanup, problems }) => {
   check(typeof message.reply_to === 'string' && message.reply_to.length > 0, `the reply names the hand it answers: ${JSON.stringify(message)}`);
   await st.s1.request({ type: 'received', id: message.id });
   await within(dash, SECOND, 'the reply lowers the hand', () => !document.querySelector('#hands li[data-student="s1"]') && document.title.startsWith('(2) '), null, handsSeen);
+  await within(dash, SECOND, 'the focus moves to the next hand\'s Reply', () => document.activeElement?.matches('#hands li[data-student="s2"] button.reply'), null, () => document.activeElement?.outerHTML ?? 'none');
   check(!st.s2.frames.some((f) => f.type === 'message') && !st.s3.frames.some((f) => f.type === 'message'), 'the reply went to s1 only');
 
   // A refused dismiss (a 403, forced) is said so and the hand stays up.
@@ -118,6 +124,7 @@ await scenario('panels', async ({ cleanup, problems }) => {
   // Dismiss s2's hand: lowered, and s2 is told so (no message).
   await dash.click('#hands li[data-student="s2"] button.dismiss');
   await within(dash, SECOND, 'dismiss lowers the hand', () => !document.querySelector('#hands li[data-student="s2"]') && document.title.startsWith('(1) '), null, handsSeen);
+  await within(dash, SECOND, 'the focus is not lost with the dismissed hand', () => document.activeElement !== document.body && document.activeElement?.closest('#hands-panel'), null, () => document.activeElement?.outerHTML ?? 'none');
   const lowered = (await get('/v1/exams/e1/timeline?limit=1000')).events.filter((e) => e.type === 'hand_lowered').map((e) => e.student_id).sort();
   check(JSON.stringify(lowered) === '["s1","s2"]', `two hands lowered on the server: ${JSON.stringify(lowered)}`);
   check(!st.s2.frames.some((f) => f.type === 'message'), 'dismiss sends the student no message');

@@ -175,6 +175,7 @@ export class AlertsPanel {
     root.setAttribute('aria-labelledby', 'alerts-title');
     const h2 = el('h2');
     h2.id = 'alerts-title';
+    h2.tabIndex = -1; // the skip link's target
     this.title = el('span', '', t('alerts.title'));
     this.openCount = el('span', 'alerts-count');
     h2.append(this.title, ' ', this.openCount);

@@ -323,6 +323,13 @@ $('#signout').addEventListener('click', () => {
   if (client) client.close();
   location.reload();
 });
+// Skip links: past the 900 row controls, straight to a panel's heading.
+for (const a of document.querySelectorAll('a.skip')) {
+  a.addEventListener('click', (e) => {
+    e.preventDefault();
+    document.getElementById(a.hash.slice(1))?.focus();
+  });
+}
 $('#exam').addEventListener('change', (e) => watch(e.target.value));
 $('#filter-status').addEventListener('change', (e) => view.setFilter({ status: e.target.value }));
 $('#filter-name').addEventListener('input', (e) => view.setFilter({ name: e.target.value }));

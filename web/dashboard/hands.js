@@ -96,6 +96,9 @@ export class HandsPanel {
     root.setAttribute('aria-labelledby', 'hands-title');
     const h2 = el('h2');
     h2.id = 'hands-title';
+    // Focusable by script (the skip link, a hand gone with the focus in it).
+    h2.tabIndex = -1;
+    this.heading = h2;
     this.title = el('span', '', t('hands.title'));
     this.count = el('span', 'hands-count');
     h2.append(this.title, ' ', this.count);
@@ -131,7 +134,19 @@ export class HandsPanel {
       const who = this.name(h.student_id);
       if (h.whoNode.textContent !== who) h.whoNode.textContent = who;
     }
+    // A line that goes with the keyboard focus in it (or just acted on,
+    // its buttons disabled meanwhile) hands the focus on: to the next
+    // hand's Reply, else the panel's heading, never to <body>.
+    const kept = new Set(hands.map((h) => h.li));
+    const before = [...this.ul.children];
+    const lost = document.activeElement === document.body || !document.activeElement;
+    const gone = before.findIndex((li) => !kept.has(li) && (li.contains(document.activeElement) || (lost && li.dataset.hand === this._acted)));
     placeChildren(this.ul, hands.map((h) => h.li));
+    if (gone >= 0) {
+      this._acted = null;
+      const next = before.slice(gone + 1).find((li) => kept.has(li)) ?? before.slice(0, gone).reverse().find((li) => kept.has(li));
+      (next?.querySelector('button.reply') ?? this.heading).focus();
+    }
     this.empty.hidden = hands.length > 0;
     this.count.textContent = hands.length ? t('hands.count', { n: hands.length }) : '';
     // The tab's title: "(2) examwatch — live exam", whatever the title is.
@@ -212,6 +227,7 @@ export class HandsPanel {
    * arrives (the truth, for every dashboard at once), not on the answer.
    */
   async _act(h, controls, pending, body, done) {
+    this._acted = h.hand_id;
     for (const c of controls) c.disabled = true;
     say(this.status, ...pending);
     try {

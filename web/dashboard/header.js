@@ -137,6 +137,7 @@ export class Header {
       const ok = await ask({ title: t('dash.phase.end.title'), text: t('dash.phase.end.text'), confirm: t('dash.phase.end.confirm'), danger: true });
       if (!ok) return;
     }
+    this._acted = true;
     this._status(t('dash.phase.sending'), 'pending');
     try {
       const e = await request('POST', examPath(this.exam, '/phase'), { phase });
@@ -185,6 +186,10 @@ export class Header {
     value.dataset.phase = this.phase ?? '';
     const box = $('#phase-buttons');
     const buttons = this.may('set_phase') ? BUTTONS[this.phase] ?? [] : [];
+    // The focus was on a button about to be replaced (or on one just used,
+    // lost since): it goes to the new phase's first button, or the phase.
+    const active = document.activeElement;
+    const refocus = box.contains(active) || (this._acted && (active === document.body || !active));
     box.replaceChildren(
       ...buttons.map(([to, key]) => {
         const b = document.createElement('button');
@@ -197,6 +202,10 @@ export class Header {
       }),
     );
     box.hidden = buttons.length === 0;
+    if (refocus) {
+      this._acted = false;
+      (box.querySelector('button') ?? value).focus();
+    }
     $('#waiting-room').hidden = !this._waiting();
     if (this._waiting()) this._paintWaiting();
     this._tick();
