@@ -142,7 +142,7 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   await within(dash, SECOND, 's2 shows paused in text', (sel) => document.querySelector(`${sel} .c-time`).dataset.state === 'paused' && /paused/.test(document.querySelector(`${sel} .c-time`).textContent), row('s2'), (sel) => text(`${sel} .c-time`));
   const pausedAt = await timeOf(dash, 's2');
   await menu('s2', 'pause');
-  await within(dash, SECOND, 'a failed action says why', (sel) => /failed: already_paused/.test(document.querySelector(`${sel} .c-last`).textContent), row('s2'), lastOf);
+  await within(dash, SECOND, 'a failed action says why', (sel) => /failed: already paused/.test(document.querySelector(`${sel} .c-last`).textContent), row('s2'), lastOf);
   check((await timeOf(dash, 's2')) === pausedAt, `a paused student's time stands still: ${pausedAt} then ${await timeOf(dash, 's2')}`);
   await menu('s2', 'resume');
   await within(dash, SECOND, 's2 runs again', (sel) => document.querySelector(`${sel} .c-time`).dataset.state === 'running', row('s2'), (sel) => text(`${sel} .c-time`));
@@ -225,7 +225,7 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
 
   // ---- the language switch ----------------------------------------------
   await dash.selectOption('#lang', 'fr');
-  await within(dash, SECOND, 'French', () => document.documentElement.lang === 'fr' && document.querySelector('#phase-value').textContent === 'en cours' && document.querySelector('[data-i18n="dash.col.time"]').textContent === 'Temps restant', null, () => text('#exam-bar'));
+  await within(dash, SECOND, 'French', () => document.documentElement.lang === 'fr' && document.querySelector('#phase-value').textContent === 'en cours' && document.querySelector('.phase').textContent === 'Phase : en cours' && document.querySelector('[data-i18n="dash.col.time"]').textContent === 'Temps restant', null, () => text('#exam-bar'));
   await within(dash, SECOND, 'the rows in French', (sel) => document.querySelector(`${sel} .c-time`).textContent === 'arrêté' && /arrêt/.test(document.querySelector(`${sel} .c-last`).textContent), row('s3'), (sel) => text(sel));
   await dash.selectOption('#lang', 'en');
   await within(dash, SECOND, 'English again', (sel) => document.documentElement.lang === 'en' && document.querySelector('#phase-value').textContent === 'in progress' && document.querySelector(`${sel} .c-time`).textContent === 'terminated', row('s3'), () => text('#exam-bar'));
@@ -257,6 +257,8 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   // (not a secure context): its actions still get their ids.
   await browser.addInitScript(() => {
     Object.defineProperty(Crypto.prototype, 'randomUUID', { value: undefined, configurable: true });
+    // And its browser prefers British English: times on a 24 h clock.
+    Object.defineProperty(Navigator.prototype, 'languages', { get: () => ['en-GB', 'en'], configurable: true });
   });
   const pasted = await page(browser, `${base}/dashboard/?exam=e1`, problems);
   await pasted.waitForSelector('#token-input', { state: 'visible' });
@@ -289,6 +291,9 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
     const left = s.split(':').map(Number).reduce((a, n) => a * 60 + n, 0) * 1000;
     return Math.abs(left - (m - (Date.now() - skew - at))) < 1500;
   }, [mine, Date.now(), SKEW], () => `${text('#countdown')} ${JSON.stringify(window.examwatch.header.pauses)}`);
+  const teaTime = Date.UTC(2026, 0, 1, 15, 0, 0);
+  const shown = async (p) => p.evaluate((at) => import('/i18n/i18n.js').then((m) => m.formatTime(at)), teaTime);
+  check(/PM/.test(await shown(dash)) && !/PM/i.test(await shown(pasted)), `times follow the browser's locale (en-US, en-GB): ${await shown(dash)}, ${await shown(pasted)}`);
   await pasted.close();
 
   // ---- end, with a confirmation -----------------------------------------

@@ -22,6 +22,13 @@ export const BEFORE = ['select'];
 export const AFTER_STATUS = ['time', 'extra', 'hand', 'alerts'];
 export const AT_END = ['last', 'menu'];
 
+/** A per-student error code's words (PROTOCOL.md 4.14), the code itself if unknown. */
+export function errorText(code) {
+  const key = `dash.error.${code}`;
+  const s = t(key);
+  return s === key ? String(code) : s;
+}
+
 export class Columns {
   /** `controls`: per-row info; `alerts`: OpenAlerts; `pauses()`: exam pause spans. */
   constructor({ controls, alerts, pauses }) {
@@ -100,7 +107,7 @@ export class Columns {
     if (last) {
       state = last.error ? 'failed' : last.delivery;
       const icon = { sending: '…', pending: '◔', delivered: '✓', none: '✓', superseded: '↷', failed: '✗' }[state] ?? '';
-      const what = last.error ? t('dash.delivery.error', { code: last.error }) : t(`dash.delivery.${state}`);
+      const what = last.error ? t('dash.delivery.error', { code: errorText(last.error) }) : t(`dash.delivery.${state}`);
       lastText = `${t(`dash.kind.${last.kind}`)}: ${icon} ${what}`;
     }
     set('last', c.last, lastText);

@@ -18,6 +18,7 @@
 // action, the row menu) are painted by columns.js through `columns`.
 
 import { t, formatTime } from '../i18n/i18n.js';
+import { say } from './panels.js';
 
 const STATUS_ORDER = { disconnected: 0, idle: 1, active: 2, submitted: 3 };
 const ALERT_TEXT = {
@@ -208,6 +209,7 @@ export class View {
     else if (ev.type === 'delivery') what.append(`${t('dash.tl.delivery')} `, name(ev.student_id), `: ${words('dash.delivery', ev.state)}`);
     else if (ev.type === 'hand') what.append(`${t('dash.tl.hand')} `, name(ev.student_id));
     else if (ev.type === 'hand_lowered') what.append(`${t('dash.tl.hand_lowered')} `, name(ev.student_id));
+    else if (ev.type === 'student_control') say(what, 'dash.tl.student_control', { name: this.name(ev.student_id) });
     else what.append(String(ev.type));
     return what;
   }

@@ -94,12 +94,31 @@ export function languageSwitch(select) {
   select.addEventListener('change', () => setLanguage(select.value));
 }
 
+/**
+ * The locale the Intl formatters use: the browser's full one (en-GB: a 24 h
+ * clock) when one of its languages is the catalogue's language, else the
+ * bare language.
+ */
+export function locale() {
+  const tags = typeof navigator === 'undefined' ? [] : navigator.languages ?? [navigator.language];
+  for (const tag of tags) {
+    if (String(tag ?? '').toLowerCase().split('-')[0] !== lang) continue;
+    try {
+      return Intl.DateTimeFormat.supportedLocalesOf([tag]).length ? tag : lang;
+    } catch {
+      return lang; // not a valid tag
+    }
+  }
+  return lang;
+}
+
 const formatters = new Map();
 function formatter(kind, options) {
   const k = `${lang}|${kind}`;
   let f = formatters.get(k);
   if (!f) {
-    f = kind === 'number' ? new Intl.NumberFormat(lang, options) : new Intl.DateTimeFormat(lang, options);
+    const loc = locale();
+    f = kind === 'number' ? new Intl.NumberFormat(loc, options) : new Intl.DateTimeFormat(loc, options);
     formatters.set(k, f);
   }
   return f;
