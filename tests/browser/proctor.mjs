@@ -57,7 +57,7 @@ await scenario('proctor', async ({ cleanup, problems }) => {
   check(answer === null, 'the refused action has no answer');
   await within(dash, SECOND, 'the 403 is in the status line', () => /refused \(403 forbidden\): .*proctor/.test(document.querySelector('#control-status').textContent), null, () => text('#control-status'));
   check((await dash.$eval('#control-status', (s) => s.dataset.kind)) === 'error', 'shown as an error');
-  await within(dash, SECOND, 'and in the row', (sel) => /extend: ✗ failed: forbidden/.test(document.querySelector(`${sel} .c-last`).textContent), row('s1'), (sel) => text(`${sel} .c-last`));
+  await within(dash, SECOND, 'and in the row', (sel) => /extend: ✗ failed: not allowed for this role/.test(document.querySelector(`${sel} .c-last`).textContent), row('s1'), (sel) => text(`${sel} .c-last`));
   await within(dash, SECOND, 'and in the actions list', () => /403 forbidden/.test(document.querySelector('#actions').textContent), null, () => text('#actions'));
   // And a refused phase change, the same way.
   await dash.evaluate(() => window.examwatch.header.setPhase('paused'));
