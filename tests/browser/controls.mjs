@@ -263,11 +263,17 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   const pasted = await page(browser, `${base}/dashboard/?exam=e1`, problems);
   await pasted.waitForSelector('#token-input', { state: 'visible' });
   check((await pasted.$$('#phase-buttons button')).length === 0, 'no phase button before a token');
+  const asked = [];
+  pasted.on('request', (r) => asked.push(`${r.method()} ${new URL(r.url()).pathname}`));
   await pasted.fill('#token-input', teacher);
   await pasted.press('#token-input', 'Enter');
   await pasted.waitForSelector('#live[data-state="live"]');
   await within(pasted, SECOND, 'the pasted teacher token gets the phase buttons', () => [...document.querySelectorAll('#phase-buttons button')].map((b) => b.dataset.phase).join() === 'paused,ended', null, () => text('#exam-bar'));
   check(!(await pasted.$eval('#announce-section', (e) => e.hidden)), 'and the announcement box');
+  // One alerts load per snapshot (the panel's, the badges count from it),
+  // and no GET of the exam for its times (the snapshot's clock has them).
+  await within(pasted, SECOND, 'the alerts are loaded', () => !document.querySelector('#alerts-panel .panel-status')?.textContent.includes('…'), null, () => text('#alerts-panel'));
+  check(asked.filter((r) => r === 'GET /v1/exams/e1/alerts').length === 1 && !asked.includes('GET /v1/exams/e1'), `one alerts load, no exam GET: ${asked.join(', ')}`);
   await within(pasted, SECOND, 'its rows are there', (sel) => document.querySelector(`${sel} .menu-btn`) !== null, row('s1'), () => text('#students'));
   await pasted.click(`${row('s1')} .menu-btn`);
   const pastedItems = await pasted.$$eval('#row-menu [role="menuitem"]', (is) => is.map((i) => i.dataset.kind).join());

@@ -23,10 +23,10 @@
 
 import { formatTime, onLanguage, t } from '../i18n/i18n.js';
 import { button, categoryText, el, examPath, kindText, ms, placeChildren, say, user } from './panels.js';
+import { CATEGORIES } from './opencount.js';
 
 const MAX_LINES = 200;
 const RENDER_MS = 100;
-export const CATEGORIES = ['environment', 'test_taker', 'technical'];
 const NEVER_FOLDED = new Set(['report', 'network_incident']);
 
 /** Writes `text` only when it changed (no needless DOM mutation). */
@@ -109,7 +109,11 @@ export class AlertsPanel {
     this._schedule();
   }
 
-  /** After a snapshot: the stored alerts, both states (GET …/alerts). */
+  /**
+   * After a snapshot: the stored alerts, both states (GET …/alerts); resolves
+   * with them (null if unreadable or another exam took over), for the
+   * table's badges.
+   */
   async load() {
     const exam = this.exam;
     try {
@@ -117,9 +121,11 @@ export class AlertsPanel {
       if (exam !== this.exam) return;
       for (const a of list.alerts) this._add(a);
       this._schedule();
+      return list.alerts;
     } catch (err) {
       if (exam === this.exam) this.status.textContent = t('alerts.unreadable', { why: err.message });
     }
+    return null;
   }
 
   /** The timeline before the snapshot, oldest first. */

@@ -2,6 +2,8 @@
 // URL), JSON in and out, and the server's JSON error shape
 // (`{"error": {"code", "message"}}`) turned into an ApiError that says
 // what the server said, so no refusal is ever shown as a bare "failed".
+// The one REST helper of the dashboard: the side panels' restClient
+// (panels.js) is built on it, and every action goes through postAction.
 
 export class ApiError extends Error {
   /** `status` 0 is a network error (nothing came back). */
@@ -36,9 +38,30 @@ export async function call(method, path, body) {
   return res;
 }
 
-/** `call` and its JSON answer. */
+/** `call` and its JSON answer (null when it has no body). */
 export async function request(method, path, body) {
-  return (await call(method, path, body)).json();
+  return (await call(method, path, body)).json().catch(() => null);
+}
+
+/** Network errors are retried this many times, with the same id. */
+const RETRIES = 3;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * POSTs an action (PROTOCOL.md 4.14; `body` has its `id`) and resolves
+ * with the server's answer. Only a request that may not have arrived (a
+ * network error) is sent again, the very same (same id: applied once);
+ * a refusal will not change by asking again: thrown as the ApiError.
+ */
+export async function postAction(exam, body) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await request('POST', examPath(exam, '/actions'), body);
+    } catch (err) {
+      if (!(err instanceof ApiError) || err.status !== 0 || attempt === RETRIES) throw err;
+      await sleep(500 * 2 ** attempt);
+    }
+  }
 }
 
 /**

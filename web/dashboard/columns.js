@@ -17,11 +17,6 @@ const el = (tag, className, text) => {
   return e;
 };
 
-/** The cell names, in the table's column order, around view.js's own. */
-export const BEFORE = ['select'];
-export const AFTER_STATUS = ['time', 'extra', 'hand', 'alerts'];
-export const AT_END = ['last', 'menu'];
-
 /** A per-student error code's words (PROTOCOL.md 4.14), the code itself if unknown. */
 export function errorText(code) {
   const key = `dash.error.${code}`;

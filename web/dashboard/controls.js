@@ -20,15 +20,12 @@
 // role may not use are not there at all.
 
 import { t } from '../i18n/i18n.js';
-import { request, examPath, ApiError, newId } from './api.js';
+import { request, examPath, ApiError, newId, postAction } from './api.js';
 import { ask } from './dialog.js';
 import { KIND_RIGHT } from './rights.js';
 
 const $ = (sel) => document.querySelector(sel);
 const MAX_ACTIONS_LISTED = 50;
-/** Network errors are retried this many times, with the same id. */
-const RETRIES = 3;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** The row menu's items, in order: [kind, label key]. */
 const ROW_ITEMS = [
@@ -138,17 +135,11 @@ export class Controls {
     this._status(t('dash.act.sending', { action: t(`dash.kind.${kind}`) }), 'pending');
     let answer = null;
     let failure = null;
-    for (let attempt = 0; attempt <= RETRIES; attempt++) {
-      try {
-        answer = await request('POST', examPath(this.exam, '/actions'), body);
-        break;
-      } catch (err) {
-        failure = err;
-        // Only a request that may not have arrived is sent again (same id:
-        // applied once); a refusal will not change by asking again.
-        if (!(err instanceof ApiError) || err.status !== 0 || attempt === RETRIES) break;
-        await sleep(500 * 2 ** attempt);
-      }
+    try {
+      answer = await postAction(this.exam, body);
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      failure = err;
     }
     if (answer) {
       this.applyAction(answer);

@@ -27,7 +27,7 @@ import { ExamwatchClient, decodeToken } from '/client/examwatch.js';
 import { t, translate, languageSwitch, onLanguage } from '../i18n/i18n.js';
 import { View } from './view.js';
 import { loadTimeline } from './history.js';
-import { useToken, request, examPath } from './api.js';
+import { useToken, request } from './api.js';
 import { Header } from './header.js';
 import { Controls } from './controls.js';
 import { Columns } from './columns.js';
@@ -82,7 +82,7 @@ function applyRights() {
 applyRights();
 // The side panels (raised hands, alerts, a student's record): each takes
 // the events in seq order (toLists) and the timeline before a snapshot.
-const rest = restClient(() => token());
+const rest = restClient();
 const studentName = (id) => (id == null ? '' : view.rows.get(id)?.student?.name || id);
 const hands = new HandsPanel($('#hands-panel'), { rest, name: studentName });
 const alerts = new AlertsPanel($('#alerts-panel'), {
@@ -196,8 +196,10 @@ function watch(exam) {
     header.snapshot(e.detail);
     header.studentsChanged();
     hands.snapshot(e.detail.students);
-    alerts.load();
-    loadOpenAlerts(exam);
+    // One alerts load: the panel's, whose open ones the badges count.
+    alerts.load().then((rows) => {
+      if (rows && client?.exam === exam) for (const a of rows) openAlerts.add(a);
+    });
     controls.load();
     loadPast(exam, e.detail.seq);
   });
@@ -243,15 +245,6 @@ function onEvent(ev) {
   }
   if (catchUp) catchUp.events.push(ev);
   else toLists(ev);
-}
-
-/** The alerts open now, for the table's badges (then kept by the events). */
-function loadOpenAlerts(exam) {
-  api(`${examPath(exam, '/alerts')}?state=open&limit=1000`)
-    .then((page) => {
-      if (client?.exam === exam) for (const a of page.alerts ?? []) openAlerts.add(a);
-    })
-    .catch(() => {}); // The live alerts still count.
 }
 
 /**

@@ -16,7 +16,8 @@
 // and a polite live region names the student; no sound.
 
 import { formatTime, onLanguage, t } from '../i18n/i18n.js';
-import { actionId, button, el, examPath, ms, placeChildren, say, user } from './panels.js';
+import { button, el, examPath, ms, placeChildren, say, user } from './panels.js';
+import { ApiError, newId, postAction } from './api.js';
 
 const NEW_MS = 8000;
 
@@ -231,10 +232,12 @@ export class HandsPanel {
     for (const c of controls) c.disabled = true;
     say(this.status, ...pending);
     try {
-      const res = await this.rest.post(examPath(this.exam, '/actions'), { id: actionId(body.kind === 'message' ? 'reply' : 'lower'), ...body });
+      const res = await postAction(this.exam, { id: newId(body.kind === 'message' ? 'reply' : 'lower'), ...body });
       say(this.status, ...done(res));
     } catch (err) {
-      say(this.status, 'hands.refused', { name: this.name(h.student_id), why: err.message });
+      // The table's wording for a refusal (status, code, the server's message).
+      const why = err instanceof ApiError ? t('dash.refused', { status: err.status, code: err.code, message: err.message }) : String(err?.message ?? err);
+      say(this.status, 'hands.refused', { name: this.name(h.student_id), why });
       for (const c of controls) c.disabled = false;
     }
   }

@@ -7,6 +7,7 @@
 // (a 403 says the role may not do this, PROTOCOL.md 1.2.2).
 
 import { t } from '../i18n/i18n.js';
+import { request, ApiError } from './api.js';
 
 /** An element with a class and text (textContent: never parsed as HTML). */
 export function el(tag, className, text) {
@@ -46,8 +47,6 @@ export function ms(at) {
   return at ? Date.parse(at) : NaN;
 }
 
-/** A client-chosen action id: api.js's one id maker. */
-export { newId as actionId } from './api.js';
 
 /** A refused or failed call, as a sentence for a status line. */
 export class RestError extends Error {
@@ -65,27 +64,19 @@ export class RestError extends Error {
 }
 
 /**
- * The REST calls of the panels, with the dashboard's token (`token()` is
+ * The REST calls of the panels, through api.js (the dashboard's token,
  * read at each call: the token may be changed on the page).
  */
-export function restClient(token) {
+export function restClient() {
+  // api.js's request (the token it was given by the dashboard, read at each
+  // call), its ApiError turned into a RestError's sentence.
   async function call(method, path, body) {
-    let res;
     try {
-      res = await fetch(path, {
-        method,
-        headers: {
-          authorization: `Bearer ${token()}`,
-          ...(body === undefined ? {} : { 'content-type': 'application/json' }),
-        },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch {
-      throw new RestError(0);
+      return await request(method, path, body);
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      throw new RestError(err.status, err.status === 0 ? undefined : err.code, err.message);
     }
-    const json = await res.json().catch(() => null);
-    if (!res.ok) throw new RestError(res.status, json?.error?.code, json?.error?.message);
-    return json;
   }
   return {
     get: (path) => call('GET', path),
@@ -93,10 +84,8 @@ export function restClient(token) {
   };
 }
 
-/** `/v1/exams/{exam}` + rest, the exam id escaped. */
-export function examPath(exam, rest = '') {
-  return `/v1/exams/${encodeURIComponent(exam)}${rest}`;
-}
+/** `/v1/exams/{exam}` + `rest`: api.js's. */
+export { examPath } from './api.js';
 
 /** The translation of `key`, or `fallback` when the catalogues lack it. */
 export function tOr(key, fallback, vars) {

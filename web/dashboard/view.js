@@ -21,12 +21,6 @@ import { t, formatTime } from '../i18n/i18n.js';
 import { say } from './panels.js';
 
 const STATUS_ORDER = { disconnected: 0, idle: 1, active: 2, submitted: 3 };
-const ALERT_TEXT = {
-  focus_lost: 'focus lost',
-  idle: 'idle',
-  disconnected: 'disconnected',
-  second_session: 'second session',
-};
 const MAX_LIST = 200;
 const RENDER_MS = 100;
 
