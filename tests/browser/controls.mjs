@@ -16,7 +16,10 @@
 // range and on "select all filtered". Language: French and back.
 
 import { readFileSync } from 'node:fs';
-import { SECOND, ack, check, frame, framesOf, kill9, launch, log, page, rawStudents, rest, row, scenario, startServer, token, within } from './lib.mjs';
+import { SECOND, ack, check, frame, framesOf, kill9, launch, log, page, patience, rawStudents, rest, row, scenario, startServer, token, within } from './lib.mjs';
+import { connectStudent, ensureWebSocket } from './students.mjs';
+
+ensureWebSocket();
 
 const SKEW = 2 * 3600 * 1000;
 /** "m:ss" or "h:mm:ss" to ms. */
@@ -28,7 +31,9 @@ const lastOf = (sel) => {
 };
 
 await scenario('exam controls', async ({ cleanup, problems }) => {
-  const server = await startServer(['serve']);
+  // Under `reject`, a second session of a student is refused unless a
+  // reset_session lifts it once (PROTOCOL.md 4.14): what the reset checks.
+  const server = await startServer(['serve'], { env: { EXAMWATCH__EXAM__SECOND_SESSION: 'reject' } });
   cleanup.push(() => kill9(server));
   const base = `http://${server.addr}`;
   const teacher = token('t1', 'teacher', 'e1', 'Ms Rivera');
@@ -214,8 +219,20 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   await within(dash, SECOND, 's2 is allowed again', (sel) => document.querySelector(sel).dataset.access === '' && /allow access/.test(document.querySelector(`${sel} .c-last`).textContent), row('s2'), (sel) => text(sel));
   const again = await rest(base, students[1].token, 'POST', '/v1/tickets', { exam_id: 'e1' });
   check(again.status === 200, `s2 may connect again after allow: ${again.status} ${again.text}`);
+  // Before the reset a second session of s1 is refused (4009)…
+  const wsUrl = `${base.replace(/^http/, 'ws')}/v1/exams/e1/ws?access_token=${encodeURIComponent(students[0].token)}`;
+  const refused = await new Promise((resolve) => {
+    const ws = new WebSocket(wsUrl, 'examwatch.v1');
+    const timer = setTimeout(() => { ws.close(); resolve('still open'); }, patience(3 * SECOND));
+    ws.addEventListener('close', (e) => { clearTimeout(timer); resolve(e.code); });
+  });
+  check(refused === 4009, `before the reset a second session of s1 is refused: ${refused}`);
   await menu('s1', 'reset_session');
   await within(dash, SECOND, 'reset session done', (sel) => /reset session: ✓ done/.test(document.querySelector(`${sel} .c-last`).textContent), row('s1'), lastOf);
+  // …after it, one is admitted, and the old session is told it gave way.
+  const s1again = await connectStudent(base, 'e1', students[0].token);
+  cleanup.push(() => s1again.close());
+  await frame(raw, 's1', 'the reset let a new session replace the old one', { type: 'session_invalidated' });
 
   // ---- report.csv ---------------------------------------------------------
   const [download] = await Promise.all([dash.waitForEvent('download'), dash.click('#report')]);
@@ -281,7 +298,7 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   await pasted.keyboard.press('Escape');
   check((await pasted.evaluate(() => typeof crypto.randomUUID)) === 'undefined', 'the pasted page has no randomUUID');
   await pasted.evaluate(() => window.examwatch.controls.run('message', ['s1'], { text: 'Sent without randomUUID' }));
-  await frame(raw, 's1', 'an action sent without randomUUID reached s1', { type: 'message', text: 'Sent without randomUUID' });
+  await s1again.next((f) => f.type === 'message' && f.text === 'Sent without randomUUID', 'an action sent without randomUUID reached s1');
   await within(pasted, SECOND, 'and says done', () => /^message: done for 1 student/.test(document.querySelector('#control-status').textContent), null, () => text('#control-status'));
   // A fault in the page while sending is said in the status line.
   await pasted.evaluate(() => window.examwatch.controls.run('message', ['s1'], { get text() { throw new Error('boom'); } }));
