@@ -76,6 +76,12 @@ await scenario('exam controls', async ({ cleanup, problems }) => {
   check((await buttons()) === 'in_progress,ended', `scheduled offers start and end only: ${await buttons()}`);
   await within(dash, SECOND, 'the countdown to the opening', () => document.querySelector('#countdown-label').textContent === 'Opens in', null, () => text('#countdown'));
 
+  // An accommodation for a student the room does not know yet comes as a
+  // `student_control` event: the timeline says it in words.
+  const accommodated = await rest(base, teacher, 'PATCH', '/v1/exams/e1/students/s9', { extra_minutes: 10 });
+  check(accommodated.status === 200, `accommodation for s9: ${accommodated.status} ${accommodated.text}`);
+  await within(dash, SECOND, 'the timeline tells the accommodation', () => [...document.querySelectorAll('#timeline li')].some((li) => /s9: time settings changed$/.test(li.textContent)), null, () => text('#timeline'));
+
   // ---- start, countdown by the server's clock ---------------------------
   await dash.click('#phase-buttons button[data-phase="in_progress"]');
   await within(dash, SECOND, 'started', () => document.querySelector('#phase-value').dataset.phase === 'in_progress', null, () => text('#exam-bar'));
