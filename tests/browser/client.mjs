@@ -843,4 +843,23 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   t.close();
 }
 
+// ---- watchers: the server's clock from the snapshot until the HTTP Date is in ----
+{
+  const teacherToken = `${b64({ alg: 'HS256' })}.${b64({ sub: 't8', role: 'teacher', exams: ['e1'] })}.sig`;
+  let answer;
+  globalThis.fetch = () => new Promise((resolve) => { answer = resolve; });
+  const t = new ExamwatchClient({ ...options, token: teacherToken, storage: new MemoryStorage() });
+  t.connect();
+  const ws = FakeSocket.last();
+  const hour = 3600 * 1000;
+  ws.receive({ type: 'snapshot', seq: 1, exam_id: 'e1', part: 1, parts: 1, students: [], counts: {}, phase: 'in_progress', server_time: new Date(Date.now() + hour).toISOString() });
+  check(Math.abs(t.clockOffsetMs - hour) < 1000, `the snapshot's server_time at once: ${t.clockOffsetMs}`);
+  // The HTTP Date (the server's clock, an hour and a minute ahead) refines it, and then rules.
+  answer({ headers: { get: () => new Date(Date.now() + hour + 60000).toUTCString() } });
+  await until('the HTTP clock', () => Math.abs(t.clockOffsetMs - hour - 60000) < 2000, 1000);
+  ws.receive({ type: 'snapshot', seq: 2, exam_id: 'e1', part: 1, parts: 1, students: [], counts: {}, phase: 'in_progress', server_time: new Date(Date.now() + hour).toISOString() });
+  check(Math.abs(t.clockOffsetMs - hour - 60000) < 2000, `a later snapshot does not undo it: ${t.clockOffsetMs}`);
+  t.close();
+}
+
 console.log('client library: ok');

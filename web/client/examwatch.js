@@ -633,6 +633,10 @@ export class ExamwatchClient extends EventTarget {
         if (!msg) break;
         this.appliedSeq = msg.seq;
         this._synced = true;
+        // A first estimate of the server's clock from the snapshot (made
+        // as it was sent; a large one's parts may take a moment, hence
+        // only until the HTTP Date header, which refines it, is known).
+        if (!this._httpClock) this._syncClock(Date.parse(msg.server_time));
         this._syncClockOverHttp();
         this._emit('snapshot', msg);
         // The exam's phase as of the snapshot (watchers' `exam` events).
@@ -1124,14 +1128,20 @@ export class ExamwatchClient extends EventTarget {
     this._emit('clock', { offsetMs: this.clockOffsetMs });
   }
 
-  /** Watchers get no `server_time`; the HTTP Date header (1 s resolution) will do. */
+  /**
+   * Watchers: the snapshot's `server_time` is a first estimate; the HTTP
+   * Date header (1 s resolution) of a request made now is steadier.
+   */
   async _syncClockOverHttp() {
     try {
       const httpUrl = this.url.replace(/^ws/, 'http').replace(/\/v1\/exams\/.*$/, '/healthz');
       const t0 = Date.now();
       const res = await fetch(httpUrl, { cache: 'no-store' });
       const date = Date.parse(res.headers.get('date') ?? '');
-      if (Number.isFinite(date)) this._syncClock(date + 500 - (Date.now() - t0) / 2);
+      if (Number.isFinite(date)) {
+        this._httpClock = true;
+        this._syncClock(date + 500 - (Date.now() - t0) / 2);
+      }
     } catch {
       // Keep the previous estimate.
     }
