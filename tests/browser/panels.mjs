@@ -228,6 +228,13 @@ await scenario('panels', async ({ cleanup, problems }) => {
     await sleep(100);
   }
   log(`s1 has ${events.length} events in their timeline`);
+  // Accommodations the record must show.
+  const patched = await fetch(`${base}/v1/exams/e1/students/s1`, {
+    method: 'PATCH',
+    headers: { authorization: `Bearer ${teacher}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ extra_minutes: 7, time_multiplier: 1.5 }),
+  });
+  check(patched.status === 200, `accommodations set: ${patched.status}`);
   await dash.click(`${row('s1')} .c-progress`);
   const recordSeen = () => document.querySelector('#record')?.textContent;
   await within(dash, SECOND, 'a row click opens the record', () => !document.querySelector('#record').hidden && document.querySelector('#record-sessions'), null, recordSeen);
@@ -236,6 +243,8 @@ await scenario('panels', async ({ cleanup, problems }) => {
   const sessions = await dash.$$eval('#record-sessions tbody tr', (trs) => trs.map((tr) => ({ ip: tr.querySelector('.ip').textContent, ua: tr.querySelector('.ua').textContent })));
   check(sessions.length === 1 && sessions[0].ip === '127.0.0.1' && sessions[0].ua !== '—' && sessions[0].ua.length > 0, `a session with IP and device: ${JSON.stringify(sessions)}`);
   check((await dash.textContent('#record-alerts')).includes('focus lost'), 'the record lists their alert');
+  const state = await dash.textContent('#record .record-state');
+  check(state.includes('active') && state.includes('none (untimed)') && state.includes('+7 min, time ×1.5'), `the record shows state, deadline and accommodations: ${state}`);
   check((await dash.textContent('#record-actions')).includes('Yes, a basic one.') && (await dash.textContent('#record-actions')).includes('delivered'), 'the record lists the reply, delivered');
   log('sessions', JSON.stringify(sessions));
   await dash.screenshot({ path: join(artifacts(), 'panels-record.png') });
