@@ -377,10 +377,14 @@ impl Room {
     /// of theirs elsewhere, its time_up). Only stored instants travel.
     pub(super) fn clock_started(&mut self, sid: &Arc<str>, at: i64) {
         let now = now_ms();
-        let moved = self.control.started_at(sid, at);
-        if moved {
+        let before = self.control.view(sid, now);
+        if self.control.started_at(sid, at) {
             self.refresh_view(sid, now);
-            self.tell_student(sid, ControlCause::Timing.as_str(), now);
+            // Told only if it moved their deadline (with fixed timing, or
+            // none, the start changes nothing they see).
+            if self.control.view(sid, now) != before {
+                self.tell_student(sid, ControlCause::Timing.as_str(), now);
+            }
             self.arm_deadline(sid, now);
             self.arm_exam_timer(now);
         }
