@@ -268,6 +268,11 @@ impl Store {
         };
         Ok(if done.rows_affected() > 0 {
             Resolved::Now(found)
+        } else if found.state == AlertState::Open {
+            // Written by the batching writer between the update and this
+            // read: not resolved yet, so not "already" either; the caller
+            // tries again.
+            Resolved::NotFound
         } else {
             Resolved::Already(found)
         })
