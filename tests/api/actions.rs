@@ -4,7 +4,7 @@
 //! the rights of each role, and one action across two instances.
 
 use examwatch::auth::Role;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 
@@ -27,63 +27,6 @@ async fn timed_exam(app: &TestApp, exam: &str, seconds: u32) {
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
 }
 
-/// Posts an action to the server at `base`; status and JSON body.
-async fn act_at(base: &str, exam: &str, token: &str, body: Value) -> (u16, Value) {
-    let res = reqwest::Client::new()
-        .post(format!("{base}/v1/exams/{exam}/actions"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("action request");
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-async fn act(app: &TestApp, exam: &str, token: &str, body: Value) -> (u16, Value) {
-    act_at(&app.http(""), exam, token, body).await
-}
-
-/// Posts an action in the background (its answer waits for acks).
-fn act_later(
-    app: &TestApp,
-    exam: &str,
-    token: &str,
-    body: Value,
-) -> tokio::task::JoinHandle<(u16, Value)> {
-    let (base, exam, token) = (app.http(""), exam.to_owned(), token.to_owned());
-    tokio::spawn(async move { act_at(&base, &exam, &token, body).await })
-}
-
-/// Reads until a frame of `ty` carrying action id `id`, then acknowledges it.
-async fn receive(c: &mut Client, ty: &str, id: &str) -> Value {
-    let v = c
-        .next_where(&format!("{ty} {id}"), |v| v["type"] == ty && v["id"] == id)
-        .await;
-    c.send_json(json!({"type": "received", "id": id})).await;
-    v
-}
-
-/// The handshake is refused: status and error code.
-async fn refused(app: &TestApp, exam: &str, sub: &str) -> (u16, String) {
-    let token = app.token(sub, Role::Student, &[exam]);
-    match app.try_connect(&app.ws_url(exam), Some(&token), &[]).await {
-        Ok(_) => panic!("the socket was upgraded"),
-        Err(tungstenite::Error::Http(resp)) => {
-            let body: Value =
-                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
-            (
-                resp.status().as_u16(),
-                body["error"]["code"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        }
-        Err(e) => panic!("unexpected error {e}"),
-    }
-}
-
 #[tokio::test]
 async fn extend_moves_the_deadline_and_a_negative_one_is_clamped() {
     let app = spawn_app().await;
@@ -92,13 +35,13 @@ async fn extend_moves_the_deadline_and_a_negative_one_is_clamped() {
     let (mut t, _) = app.teacher("x1", "t1").await;
     let (mut s, welcome) = app.student("x1", "s1").await;
     let before = ms(&welcome["deadline"]);
-    let post = act_later(
+    let post = post_action_later(
         &app,
         "x1",
         &teacher,
         json!({"id": "ext-1", "kind": "extend", "students": ["s1"], "minutes": 5}),
     );
-    let update = receive(&mut s, "exam_update", "ext-1").await;
+    let update = receive_action(&mut s, "exam_update", "ext-1").await;
     assert_eq!(ms(&update["deadline"]) - before, 5 * 60_000, "{update}");
     assert_eq!(update["cause"], "extend");
     let (status, answer) = post.await.unwrap();
@@ -123,13 +66,13 @@ async fn extend_moves_the_deadline_and_a_negative_one_is_clamped() {
     assert!(ev["seq"].as_u64().is_some(), "numbered: {ev}");
 
     // Minus a day: only down to now.
-    let post = act_later(
+    let post = post_action_later(
         &app,
         "x1",
         &teacher,
         json!({"id": "ext-2", "kind": "extend", "students": ["s1"], "minutes": -1440}),
     );
-    let update = receive(&mut s, "exam_update", "ext-2").await;
+    let update = receive_action(&mut s, "exam_update", "ext-2").await;
     let (_, answer) = post.await.unwrap();
     assert_eq!(answer["students"][0]["clamped"], true, "{answer}");
     let deadline = ms(&update["deadline"]);
@@ -146,33 +89,33 @@ async fn pause_refuses_answers_until_resume() {
     timed_exam(&app, "p1", 600).await;
     let proctor = app.token("pr", Role::Proctor, &["p1"]);
     let (mut s, _) = app.student("p1", "s1").await;
-    let post = act_later(
+    let post = post_action_later(
         &app,
         "p1",
         &proctor,
         json!({"id": "pause-1", "kind": "pause", "students": ["s1"]}),
     );
-    let update = receive(&mut s, "exam_update", "pause-1").await;
+    let update = receive_action(&mut s, "exam_update", "pause-1").await;
     assert_eq!(update["paused"], true);
     assert_eq!(post.await.unwrap().1["students"][0]["paused"], true);
     s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": 1}))
         .await;
     let err = s.next_where("the refusal", |v| v["ref"] == 1).await;
     assert_eq!(err["code"], "exam_paused", "{err}");
-    let post = act_later(
+    let post = post_action_later(
         &app,
         "p1",
         &proctor,
         json!({"id": "resume-1", "kind": "resume", "students": ["s1"]}),
     );
-    let update = receive(&mut s, "exam_update", "resume-1").await;
+    let update = receive_action(&mut s, "exam_update", "resume-1").await;
     assert_eq!(update["paused"], false);
     post.await.unwrap();
     s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": 2}))
         .await;
     s.expect_ack(2).await;
     // Resuming a running student changes nothing and says so.
-    let (_, answer) = act(
+    let (_, answer) = post_action(
         &app,
         "p1",
         &proctor,
@@ -193,25 +136,28 @@ async fn terminate_closes_4003_refuses_reconnects_until_allow(db: Backend) {
     s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": 1}))
         .await;
     s.expect_ack(1).await;
-    let post = act_later(
+    let post = post_action_later(
         &app,
         "k1",
         &teacher,
         json!({"id": "term-1", "kind": "terminate", "students": ["s1"], "reason": "cheating"}),
     );
-    let frame = receive(&mut s, "terminated", "term-1").await;
+    let frame = receive_action(&mut s, "terminated", "term-1").await;
     assert_eq!(frame["reason"], "cheating");
     assert_eq!(s.expect_close().await.0, Some(4003));
     let (_, answer) = post.await.unwrap();
     assert_eq!(answer["students"][0]["finished"], true, "{answer}");
     assert_eq!(answer["students"][0]["delivery"], "delivered");
-    assert_eq!(refused(&app, "k1", "s1").await, (403, "terminated".into()));
+    assert_eq!(
+        refused_student(&app, "k1", "s1").await,
+        (403, "terminated".into())
+    );
     // Their answers stay.
     let answers = app
         .get_json("/v1/exams/k1/students/s1/answers", &teacher)
         .await;
     assert!(answers.to_string().contains("a1"), "{answers}");
-    let (status, _) = act(
+    let (status, _) = post_action(
         &app,
         "k1",
         &teacher,
@@ -230,7 +176,7 @@ async fn deny_invalidates_the_session_and_the_handshake() {
     let teacher = app.token("t1", Role::Teacher, &["d1"]);
     let (mut s, _) = app.student("d1", "s1").await;
     let started = Instant::now();
-    let post = act_later(
+    let post = post_action_later(
         &app,
         "d1",
         &teacher,
@@ -254,10 +200,10 @@ async fn deny_invalidates_the_session_and_the_handshake() {
     // This client never acknowledged: still owed (moot once allowed).
     assert_eq!(answer["students"][0]["delivery"], "pending");
     assert_eq!(
-        refused(&app, "d1", "s1").await,
+        refused_student(&app, "d1", "s1").await,
         (403, "access_revoked".into())
     );
-    act(
+    post_action(
         &app,
         "d1",
         &teacher,
@@ -286,7 +232,7 @@ async fn reset_session_lets_a_second_session_in_under_reject() {
     let token = app.token("s1", Role::Student, &["r1"]);
     let mut second = app.connect("r1", &token).await;
     assert_eq!(second.expect_close().await.0, Some(4009), "blocked");
-    let (status, answer) = act(
+    let (status, answer) = post_action(
         &app,
         "r1",
         &teacher,
@@ -337,13 +283,13 @@ async fn a_message_replying_to_a_raised_hand_lowers_it() {
         snap.to_string().contains(r#""hand_raised":true"#),
         "in the snapshot: {snap}"
     );
-    let post = act_later(
+    let post = post_action_later(
         &app,
         "h1",
         &proctor,
         json!({"id": "m1", "kind": "message", "students": ["s1"], "text": "yes", "reply_to": hand_id}),
     );
-    let msg = receive(&mut s, "message", "m1").await;
+    let msg = receive_action(&mut s, "message", "m1").await;
     assert_eq!(
         (msg["text"].as_str(), msg["from"].as_str()),
         (Some("yes"), Some("Name pr"))
@@ -366,7 +312,7 @@ async fn a_message_replying_to_a_raised_hand_lowers_it() {
         .await;
     assert_eq!(v, ack("x"), "s2 saw no message");
     // Lowered once: lower_hand now reports nothing lowered.
-    let (_, again) = act(
+    let (_, again) = post_action(
         &app,
         "h1",
         &proctor,
@@ -387,11 +333,11 @@ async fn the_same_action_id_applies_once_and_another_body_is_409() {
     timed_exam(&app, "i1", 600).await;
     let teacher = app.token("t1", Role::Teacher, &["i1"]);
     let body = json!({"id": "same", "kind": "extend", "students": ["s1"], "minutes": 3});
-    let (s1, first) = act(&app, "i1", &teacher, body.clone()).await;
-    let (s2, second) = act(&app, "i1", &teacher, body).await;
+    let (s1, first) = post_action(&app, "i1", &teacher, body.clone()).await;
+    let (s2, second) = post_action(&app, "i1", &teacher, body).await;
     assert_eq!((s1, s2), (200, 200));
     assert_eq!(first, second, "the same answer");
-    let (status, err) = act(
+    let (status, err) = post_action(
         &app,
         "i1",
         &teacher,
@@ -424,7 +370,7 @@ async fn a_message_to_an_absent_student_is_pending_until_they_connect(db: Backen
     timed_exam(&app, "q1", 600).await;
     let teacher = app.token("t1", Role::Teacher, &["q1"]);
     let (mut t, _) = app.teacher("q1", "t1").await;
-    let (status, answer) = act(
+    let (status, answer) = post_action(
         &app,
         "q1",
         &teacher,
@@ -434,7 +380,7 @@ async fn a_message_to_an_absent_student_is_pending_until_they_connect(db: Backen
     assert_eq!(status, 200);
     assert_eq!(answer["students"][0]["delivery"], "pending", "{answer}");
     let (mut s, _) = app.student("q1", "late").await;
-    let msg = receive(&mut s, "message", "m1").await;
+    let msg = receive_action(&mut s, "message", "m1").await;
     assert_eq!(msg["text"], "hello");
     let d = t
         .next_where("the delivery", |v| v["type"] == "delivery")
@@ -463,23 +409,23 @@ async fn rights_per_role() {
     let proctor = app.token("pr", Role::Proctor, &["o1"]);
     let student = app.token("s1", Role::Student, &["o1"]);
     let msg = |id: &str| json!({"id": id, "kind": "message", "students": ["s1"], "text": "hi"});
-    assert_eq!(act(&app, "o1", &proctor, msg("m1")).await.0, 200);
+    assert_eq!(post_action(&app, "o1", &proctor, msg("m1")).await.0, 200);
     let pause = json!({"id": "p1", "kind": "pause", "students": ["s1"]});
-    assert_eq!(act(&app, "o1", &proctor, pause).await.0, 200);
+    assert_eq!(post_action(&app, "o1", &proctor, pause).await.0, 200);
     for body in [
         json!({"id": "t1", "kind": "terminate", "students": ["s1"]}),
         json!({"id": "e1", "kind": "extend", "students": ["s1"], "minutes": 1}),
         json!({"id": "d1", "kind": "deny", "all": true}),
     ] {
-        let (status, err) = act(&app, "o1", &proctor, body).await;
+        let (status, err) = post_action(&app, "o1", &proctor, body).await;
         assert_eq!(
             (status, err["error"]["code"].as_str()),
             (403, Some("forbidden"))
         );
     }
-    assert_eq!(act(&app, "o1", &student, msg("m2")).await.0, 403);
+    assert_eq!(post_action(&app, "o1", &student, msg("m2")).await.0, 403);
     // Bad input is named.
-    let (status, err) = act(
+    let (status, err) = post_action(
         &app,
         "o1",
         &proctor,
@@ -490,7 +436,7 @@ async fn rights_per_role() {
         (status, err["error"]["code"].as_str()),
         (422, Some("invalid_field"))
     );
-    let (status, _) = act(
+    let (status, _) = post_action(
         &app,
         "o1",
         &proctor,
@@ -510,18 +456,18 @@ async fn an_action_on_one_instance_reaches_the_student_on_another() {
     timed_exam(a, "c1", 600).await;
     let teacher = b.token("t1", Role::Teacher, &["c1"]);
     let (mut s, _) = a.student("c1", "s1").await;
-    let post = act_later(
+    let post = post_action_later(
         b,
         "c1",
         &teacher,
         json!({"id": "m1", "kind": "message", "students": ["s1"], "text": "from B"}),
     );
-    let msg = receive(&mut s, "message", "m1").await;
+    let msg = receive_action(&mut s, "message", "m1").await;
     assert_eq!(msg["text"], "from B");
     let (_, answer) = post.await.unwrap();
     assert_eq!(answer["students"][0]["delivery"], "delivered", "{answer}");
     let started = Instant::now();
-    let post = act_later(
+    let post = post_action_later(
         b,
         "c1",
         &teacher,
@@ -592,7 +538,7 @@ async fn an_action_that_failed_halfway_is_retried_without_extending_anyone_twice
 
     // s1 is extended, then writing s2's record fails: the request fails.
     let db = break_writes_of(&app, "s2").await;
-    let (status, err) = act(&app, "h1", &teacher, body.clone()).await;
+    let (status, err) = post_action(&app, "h1", &teacher, body.clone()).await;
     assert_eq!(status, 503, "{err}");
     // What did change is shown at once, not left to the retry.
     let update = s1
@@ -608,9 +554,9 @@ async fn an_action_that_failed_halfway_is_retried_without_extending_anyone_twice
     }
 
     // The retry extends s2 and leaves s1 as the first attempt left them.
-    let post = act_later(&app, "h1", &teacher, body);
-    let u1 = receive(&mut s1, "exam_update", "half").await;
-    let u2 = receive(&mut s2, "exam_update", "half").await;
+    let post = post_action_later(&app, "h1", &teacher, body);
+    let u1 = receive_action(&mut s1, "exam_update", "half").await;
+    let u2 = receive_action(&mut s2, "exam_update", "half").await;
     assert_eq!(ms(&u1["deadline"]) - d1, 5 * 60_000, "once for s1: {u1}");
     assert_eq!(ms(&u2["deadline"]) - d2, 5 * 60_000, "once for s2: {u2}");
     let (status, answer) = post.await.unwrap();
@@ -647,7 +593,7 @@ async fn a_claim_left_unfinished_is_taken_over_by_a_retry() {
     .execute(&db)
     .await
     .unwrap();
-    let (status, _) = act(&app, "h2", &teacher, body.clone()).await;
+    let (status, _) = post_action(&app, "h2", &teacher, body.clone()).await;
     assert_eq!(status, 503);
     for name in ["no_insert", "no_update", "keep_claims"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {name}")))
@@ -663,7 +609,7 @@ async fn a_claim_left_unfinished_is_taken_over_by_a_retry() {
     .unwrap();
     assert_eq!(left, 1, "the claim is still there, unfinished");
     // While it is recent, a retry waits for it and is told it is running.
-    let (status, err) = act(&app, "h2", &teacher, body.clone()).await;
+    let (status, err) = post_action(&app, "h2", &teacher, body.clone()).await;
     assert_eq!(
         (status, err["error"]["code"].as_str()),
         (409, Some("action_in_progress"))
@@ -674,7 +620,7 @@ async fn a_claim_left_unfinished_is_taken_over_by_a_retry() {
         .execute(&db)
         .await
         .unwrap();
-    let (status, answer) = act(&app, "h2", &teacher, body).await;
+    let (status, answer) = post_action(&app, "h2", &teacher, body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["students"][0]["already_applied"], true, "{answer}");
     assert_eq!(answer["students"][1]["applied_ms"], 120_000, "{answer}");
@@ -694,7 +640,7 @@ async fn a_terminate_owed_to_an_absent_student_is_delivered_by_the_refusal() {
     let (mut t, _) = app.teacher("r1", "t1").await;
     let (s, _) = app.student("r1", "s1").await;
     s.close().await;
-    let (status, answer) = act(
+    let (status, answer) = post_action(
         &app,
         "r1",
         &teacher,
@@ -704,7 +650,10 @@ async fn a_terminate_owed_to_an_absent_student_is_delivered_by_the_refusal() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["students"][0]["delivery"], "pending", "{answer}");
     // Their client comes back and is refused with the reason: told.
-    assert_eq!(refused(&app, "r1", "s1").await, (403, "terminated".into()));
+    assert_eq!(
+        refused_student(&app, "r1", "s1").await,
+        (403, "terminated".into())
+    );
     let ev = t
         .next_where("the delivery", |v| v["type"] == "delivery")
         .await;
@@ -729,7 +678,7 @@ async fn a_pause_that_failed_halfway_is_retried_without_refusing_the_students_it
     let (_s2, _) = app.student("h3", "s2").await;
     let body = json!({"id": "half-pause", "kind": "pause", "students": ["s1", "s2"]});
     let db = break_writes_of(&app, "s2").await;
-    let (status, _) = act(&app, "h3", &teacher, body.clone()).await;
+    let (status, _) = post_action(&app, "h3", &teacher, body.clone()).await;
     assert_eq!(status, 503);
     for name in ["no_insert", "no_update"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP TRIGGER {name}")))
@@ -738,7 +687,7 @@ async fn a_pause_that_failed_halfway_is_retried_without_refusing_the_students_it
             .unwrap();
     }
     // s1 was paused by the first attempt: not `already_paused`, but done.
-    let (status, answer) = act(&app, "h3", &teacher, body).await;
+    let (status, answer) = post_action(&app, "h3", &teacher, body).await;
     assert_eq!(status, 200, "{answer}");
     let [one, two] = [&answer["students"][0], &answer["students"][1]];
     assert_eq!(

@@ -13,7 +13,6 @@ use std::time::Duration;
 use examwatch::auth::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite;
 
 use crate::helpers::*;
 
@@ -26,59 +25,6 @@ async fn create(app: &TestApp, token: &str, body: Value) {
         .unwrap();
     let status = res.status();
     assert_eq!(status, StatusCode::CREATED, "{}", res.text().await.unwrap());
-}
-
-/// Posts an action to `app`; status and JSON body.
-async fn act(app: &TestApp, exam: &str, token: &str, body: Value) -> (u16, Value) {
-    let res = app
-        .api(Method::POST, &format!("/v1/exams/{exam}/actions"), token)
-        .json(&body)
-        .send()
-        .await
-        .expect("action request");
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
-}
-
-/// Posts an action in the background (its answer waits for acks).
-fn act_later(
-    app: &TestApp,
-    exam: &str,
-    token: &str,
-    body: Value,
-) -> tokio::task::JoinHandle<(u16, Value)> {
-    let req = app
-        .api(Method::POST, &format!("/v1/exams/{exam}/actions"), token)
-        .json(&body);
-    tokio::spawn(async move {
-        let res = req.send().await.expect("action request");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
-    })
-}
-
-/// Reads until a frame of `ty` carrying action id `id`, then acknowledges it.
-async fn receive(c: &mut Client, ty: &str, id: &str) -> Value {
-    let v = c
-        .next_where(&format!("{ty} {id}"), |v| v["type"] == ty && v["id"] == id)
-        .await;
-    c.send_json(json!({"type": "received", "id": id})).await;
-    v
-}
-
-/// A student's handshake on `app` is refused: status and error code.
-async fn refused(app: &TestApp, exam: &str, sub: &str) -> (u16, String) {
-    let token = app.token(sub, Role::Student, &[exam]);
-    match app.try_connect(&app.ws_url(exam), Some(&token), &[]).await {
-        Ok(_) => panic!("the socket was upgraded on {}", app.addr),
-        Err(tungstenite::Error::Http(resp)) => {
-            let body: Value =
-                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
-            let code = body["error"]["code"].as_str().unwrap_or_default();
-            (resp.status().as_u16(), code.to_owned())
-        }
-        Err(e) => panic!("unexpected error {e}"),
-    }
 }
 
 /// Sends a heartbeat and reads until its ack; how many frames before it
@@ -129,13 +75,13 @@ async fn actions_posted_on_one_instance_control_a_student_on_another() {
     let (mut s, _) = a.student("ca", "s1").await;
 
     // Pause on B: the student on A is stopped.
-    let post = act_later(
+    let post = post_action_later(
         b,
         "ca",
         &t,
         json!({"id": "pause-1", "kind": "pause", "students": ["s1"]}),
     );
-    let update = receive(&mut s, "exam_update", "pause-1").await;
+    let update = receive_action(&mut s, "exam_update", "pause-1").await;
     assert_eq!(update["paused"], true, "{update}");
     assert!(
         control_noted(&redis, "ca", "s1").await,
@@ -155,13 +101,13 @@ async fn actions_posted_on_one_instance_control_a_student_on_another() {
     );
 
     // Resume on B: the student on A answers again.
-    let post = act_later(
+    let post = post_action_later(
         b,
         "ca",
         &t,
         json!({"id": "resume-1", "kind": "resume", "students": ["s1"]}),
     );
-    let update = receive(&mut s, "exam_update", "resume-1").await;
+    let update = receive_action(&mut s, "exam_update", "resume-1").await;
     assert_eq!(update["paused"], false, "{update}");
     let (status, answer) = post.await.unwrap();
     assert_eq!(status, 200, "{answer}");
@@ -172,13 +118,13 @@ async fn actions_posted_on_one_instance_control_a_student_on_another() {
 
     // Terminate on B: the student on A is told, closed 4003, and neither
     // instance lets them back in.
-    let post = act_later(
+    let post = post_action_later(
         b,
         "ca",
         &t,
         json!({"id": "term-1", "kind": "terminate", "students": ["s1"], "reason": "cheating"}),
     );
-    let frame = receive(&mut s, "terminated", "term-1").await;
+    let frame = receive_action(&mut s, "terminated", "term-1").await;
     assert_eq!(frame["reason"], "cheating", "{frame}");
     assert_eq!(s.expect_close().await.0, Some(4003));
     let (status, answer) = post.await.unwrap();
@@ -188,12 +134,18 @@ async fn actions_posted_on_one_instance_control_a_student_on_another() {
     // B made the change and forgot its cached roster; A forgot its own when
     // the action reached its room (before the room closed the socket):
     // refused at once on both, before the upgrade.
-    assert_eq!(refused(b, "ca", "s1").await, (403, "terminated".into()));
-    assert_eq!(refused(a, "ca", "s1").await, (403, "terminated".into()));
+    assert_eq!(
+        refused_student(b, "ca", "s1").await,
+        (403, "terminated".into())
+    );
+    assert_eq!(
+        refused_student(a, "ca", "s1").await,
+        (403, "terminated".into())
+    );
 
     // Allow on B: the student is admitted on A again.
     let (mut on_a, _) = a.teacher("ca", "t2").await;
-    let (status, answer) = act(
+    let (status, answer) = post_action(
         b,
         "ca",
         &t,
@@ -222,7 +174,7 @@ async fn actions_posted_on_one_instance_control_a_student_on_another() {
         (Some("s1"), Some("question 3?"))
     );
     let hand_id = hand["hand_id"].as_str().expect("a hand_id").to_owned();
-    let (status, answer) = act(
+    let (status, answer) = post_action(
         b,
         "ca",
         &t,

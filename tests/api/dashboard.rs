@@ -159,28 +159,19 @@ async fn the_demo_prints_a_dashboard_url_that_watches_its_simulated_students() {
 #[tokio::test]
 async fn the_demo_students_wait_then_raise_hands_lose_focus_and_ack_what_proctors_send() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = examwatch_command(dir.path())
-        .args([
-            "demo",
-            "--students",
-            "3",
-            "--pace",
-            "300ms",
-            "--waiting",
-            "3s",
-            "--hands",
-            "1s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(child.stdout.take().unwrap());
-    let dashboard = url_after(&lines, "dashboard:");
-    let (base, rest) = dashboard.split_once("/dashboard/?").unwrap();
-    let token = rest.split_once("#token=").unwrap().1.to_owned();
+    let args = [
+        "--students",
+        "3",
+        "--pace",
+        "300ms",
+        "--waiting",
+        "3s",
+        "--hands",
+        "1s",
+    ];
+    let (mut child, base, token, mut teacher) = start_demo(dir.path(), &args).await;
+    let base = base.as_str();
     let ws = format!("{}/v1/exams/demo/ws", base.replacen("http", "ws", 1));
-    let mut teacher = connect_url(&ws, &token).await;
     let snapshot = teacher.snapshot().await;
     assert_eq!(snapshot["phase"], "scheduled", "the waiting room first");
     let mut started = false;
@@ -325,28 +316,17 @@ fn the_demo_refuses_a_pace_that_would_spin_or_overflow() {
 #[tokio::test]
 async fn the_demo_runs_its_exam_through_the_phases() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = examwatch_command(dir.path())
-        .args([
-            "demo",
-            "--students",
-            "2",
-            "--pace",
-            "300ms",
-            "--waiting",
-            "1s",
-            "--length",
-            "2s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(child.stdout.take().unwrap());
-    let dashboard = url_after(&lines, "dashboard:");
-    let (base, rest) = dashboard.split_once("/dashboard/?").unwrap();
-    let token = rest.split_once("#token=").unwrap().1;
-    let ws = format!("{}/v1/exams/demo/ws", base.replacen("http", "ws", 1));
-    let mut teacher = connect_url(&ws, token).await;
+    let args = [
+        "--students",
+        "2",
+        "--pace",
+        "300ms",
+        "--waiting",
+        "1s",
+        "--length",
+        "2s",
+    ];
+    let (mut child, _, _, mut teacher) = start_demo(dir.path(), &args).await;
     let snapshot = teacher.snapshot().await;
     assert_eq!(snapshot["phase"], "scheduled", "the waiting room first");
     let in_time = tokio::time::timeout(WAIT * 2, async {
@@ -365,4 +345,26 @@ async fn the_demo_runs_its_exam_through_the_phases() {
     let _ = child.kill();
     let _ = child.wait();
     in_time.expect("the demo's exam ran through its phases in time");
+}
+
+/// `examwatch demo` with `args`: the process, the server's base URL, the
+/// teacher token its dashboard link carries, and a teacher socket on it.
+async fn start_demo(
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (std::process::Child, String, String, Client) {
+    let mut child = examwatch_command(dir)
+        .arg("demo")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stdout.take().unwrap());
+    let dashboard = url_after(&lines, "dashboard:");
+    let (base, rest) = dashboard.split_once("/dashboard/?").unwrap();
+    let token = rest.split_once("#token=").unwrap().1.to_owned();
+    let ws = format!("{}/v1/exams/demo/ws", base.replacen("http", "ws", 1));
+    let teacher = connect_url(&ws, &token).await;
+    (child, base.to_owned(), token, teacher)
 }

@@ -987,3 +987,65 @@ pub fn rfc3339(ms: i64) -> String {
 pub fn now_ms() -> i64 {
     examwatch::store::now_ms()
 }
+
+/// Posts a proctor action to `app`; status and JSON body.
+pub async fn post_action(app: &TestApp, exam: &str, token: &str, body: Value) -> (u16, Value) {
+    let res = app
+        .api(
+            reqwest::Method::POST,
+            &format!("/v1/exams/{exam}/actions"),
+            token,
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("action request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Posts an action in the background (its answer waits for acks).
+pub fn post_action_later(
+    app: &TestApp,
+    exam: &str,
+    token: &str,
+    body: Value,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let req = app
+        .api(
+            reqwest::Method::POST,
+            &format!("/v1/exams/{exam}/actions"),
+            token,
+        )
+        .json(&body);
+    tokio::spawn(async move {
+        let res = req.send().await.expect("action request");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    })
+}
+
+/// Reads until a frame of `ty` carrying action id `id`, then acknowledges it.
+pub async fn receive_action(c: &mut Client, ty: &str, id: &str) -> Value {
+    let v = c
+        .next_where(&format!("{ty} {id}"), |v| v["type"] == ty && v["id"] == id)
+        .await;
+    c.send_json(serde_json::json!({"type": "received", "id": id}))
+        .await;
+    v
+}
+
+/// A student's handshake on `app` is refused: status and error code.
+pub async fn refused_student(app: &TestApp, exam: &str, sub: &str) -> (u16, String) {
+    let token = app.token(sub, Role::Student, &[exam]);
+    match app.try_connect(&app.ws_url(exam), Some(&token), &[]).await {
+        Ok(_) => panic!("the socket was upgraded on {}", app.addr),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            let code = body["error"]["code"].as_str().unwrap_or_default();
+            (resp.status().as_u16(), code.to_owned())
+        }
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}

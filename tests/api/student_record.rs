@@ -64,15 +64,6 @@ async fn act(app: &TestApp, exam: &str, token: &str, body: Value) -> Value {
     res.json().await.unwrap()
 }
 
-/// Reads until a frame of `ty` carrying action id `id`, acknowledges it.
-async fn receive(c: &mut Client, ty: &str, id: &str) -> Value {
-    let v = c
-        .next_where(&format!("{ty} {id}"), |v| v["type"] == ty && v["id"] == id)
-        .await;
-    c.send_json(json!({"type": "received", "id": id})).await;
-    v
-}
-
 /// Status and body of a GET.
 async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
     let res = app.api(Method::GET, path, token).send().await.unwrap();
@@ -154,7 +145,7 @@ async fn the_record_shows_everything_that_happened_to_the_student(db: Backend) {
         json!({"id": "ext-1", "kind": "extend", "students": ["ada"], "minutes": 5}),
     )
     .await;
-    let update = receive(&mut ada, "exam_update", "ext-1").await;
+    let update = receive_action(&mut ada, "exam_update", "ext-1").await;
     assert_eq!(extend["students"][0]["student_id"], "ada", "{extend}");
     act(
         &app,
@@ -163,7 +154,7 @@ async fn the_record_shows_everything_that_happened_to_the_student(db: Backend) {
         json!({"id": "msg-1", "kind": "message", "students": ["ada"], "text": "five more minutes"}),
     )
     .await;
-    receive(&mut ada, "message", "msg-1").await;
+    receive_action(&mut ada, "message", "msg-1").await;
     ada.send_json(json!({"type": "raise_hand", "text": "thanks", "ref": "h"}))
         .await;
     ada.expect_ack("h").await;

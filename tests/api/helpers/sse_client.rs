@@ -151,33 +151,32 @@ impl SseClient {
         self.next_block_within(deadline()).await
     }
 
-    /// The next event, skipping heartbeat comments; panics if the stream ends.
-    pub async fn next_event(&mut self) -> SseEvent {
-        let deadline = deadline();
+    /// The next block that is not a heartbeat comment, by `deadline`;
+    /// panics if the stream ends.
+    async fn next_data_block(&mut self, deadline: Instant) -> Vec<String> {
         loop {
             let block = self
                 .next_block_within(deadline)
                 .await
                 .unwrap_or_else(|| panic!("the stream ended; seen {}", self.seen));
             if block != [": ping"] {
-                return SseEvent::parse(block);
+                return block;
             }
         }
+    }
+
+    /// The next event, skipping heartbeat comments; panics if the stream ends.
+    pub async fn next_event(&mut self) -> SseEvent {
+        SseEvent::parse(self.next_data_block(deadline()).await)
     }
 
     /// The next event named `event`, skipping others.
     pub async fn next_event_named(&mut self, event: &str) -> SseEvent {
         let deadline = deadline();
         loop {
-            let block = self
-                .next_block_within(deadline)
-                .await
-                .unwrap_or_else(|| panic!("the stream ended; seen {}", self.seen));
-            if block != [": ping"] {
-                let ev = SseEvent::parse(block);
-                if ev.event == event {
-                    return ev;
-                }
+            let ev = SseEvent::parse(self.next_data_block(deadline).await);
+            if ev.event == event {
+                return ev;
             }
         }
     }
@@ -248,31 +247,16 @@ impl SseClient {
     /// The next event of a student's stream, skipping heartbeats; panics
     /// if the stream ends.
     pub async fn next_student_event(&mut self) -> StudentEvent {
-        let deadline = deadline();
-        loop {
-            let block = self
-                .next_block_within(deadline)
-                .await
-                .unwrap_or_else(|| panic!("the stream ended; seen {}", self.seen));
-            if block != [": ping"] {
-                return StudentEvent::parse(block);
-            }
-        }
+        StudentEvent::parse(self.next_data_block(deadline()).await)
     }
 
     /// The next student event named `event`, skipping others.
     pub async fn next_student_event_named(&mut self, event: &str) -> StudentEvent {
         let deadline = deadline();
         loop {
-            let block = self
-                .next_block_within(deadline)
-                .await
-                .unwrap_or_else(|| panic!("the stream ended; seen {}", self.seen));
-            if block != [": ping"] {
-                let ev = StudentEvent::parse(block);
-                if ev.event == event {
-                    return ev;
-                }
+            let ev = StudentEvent::parse(self.next_data_block(deadline).await);
+            if ev.event == event {
+                return ev;
             }
         }
     }
