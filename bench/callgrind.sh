@@ -11,7 +11,7 @@ source bench/lib.sh
 build
 port=$(free_port)
 EXAMWATCH__AUTH__JWT_SECRET=$SECRET EXAMWATCH__SERVER__BIND=127.0.0.1:$port EXAMWATCH__SERVER__ADMIN_BIND=127.0.0.1:$(free_port) \
-EXAMWATCH__LIMITS__MESSAGES_PER_SECOND=1000 EXAMWATCH__LIMITS__HANDSHAKES_PER_IP=0 EXAMWATCH__LOG__LEVEL=warn EXAMWATCH__EXAM__IDLE_AFTER=1h \
+EXAMWATCH__LIMITS__MESSAGES_PER_SECOND=1000 EXAMWATCH__LIMITS__HANDSHAKES_PER_IP=0 EXAMWATCH__LIMITS__CONNECTIONS_PER_IP=0 EXAMWATCH__LOG__LEVEL=warn EXAMWATCH__EXAM__IDLE_AFTER=1h \
 EXAMWATCH__DATABASE__URL="sqlite://$(mktemp -d)/cg.db" \
     valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" --instr-atstart=no \
     $BIN/examwatch >"$OUT/callgrind-server.log" 2>&1 &

@@ -71,6 +71,12 @@ pub struct ServerSettings {
     /// reserve for the database, Redis and the server itself (logged at
     /// start-up).
     pub max_connections: usize,
+    /// Peers (IPs or CIDR blocks) whose `server.client_ip_header` names the
+    /// client; from any other peer the header is ignored (`client_ip.rs`).
+    /// Empty (the default): the client is always the TCP peer.
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
+    /// The header a trusted proxy writes: `x-forwarded-for` or `forwarded`.
+    pub client_ip_header: crate::client_ip::ClientIpHeader,
 }
 
 impl Default for ServerSettings {
@@ -85,6 +91,8 @@ impl Default for ServerSettings {
             request_head_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 0,
+            trusted_proxies: Default::default(),
+            client_ip_header: Default::default(),
         }
     }
 }
@@ -394,13 +402,37 @@ pub struct LimitSettings {
     /// WebSocket handshakes per client IP (IPv6: per /64) per
     /// `handshake_window`, counted before the token is checked; past it,
     /// 429. Sized for an exam hall behind one NAT address reconnecting at
-    /// once, several times. The IP is the TCP peer: behind a proxy, every
-    /// client has the proxy's, so set 0 there and limit at the proxy.
+    /// once, several times. The IP is the TCP peer, or the client a
+    /// `server.trusted_proxies` peer forwarded for.
     pub handshakes_per_ip: u32,
     /// The window of both handshake limits: `limit` at once, then one
     /// every `window / limit`.
     #[serde(with = "humantime_serde")]
     pub handshake_window: Duration,
+    /// Open WebSocket connections and SSE streams per client IP (IPv6: per
+    /// /64) on this instance; past it the handshake gets 429
+    /// `too_many_connections_from_ip`. 0 = no limit.
+    pub connections_per_ip: u32,
+    /// Messages per `message_window` (a minute) per student across their
+    /// connections (per connection for teachers), as a sliding window:
+    /// never more than this in any window. 0 = off (only
+    /// `messages_per_second` applies).
+    pub messages_per_minute: u32,
+    /// The window of `messages_per_minute`: a minute (a setting so tests
+    /// can use a shorter one).
+    #[serde(with = "humantime_serde")]
+    pub message_window: Duration,
+    /// How long after the welcome/snapshot a connection may stay without
+    /// sending a text message before it is closed with 4408. 0 = off: the
+    /// protocol has no mandatory first message (docs/PROTOCOL.md 1.7).
+    #[serde(with = "humantime_serde")]
+    pub first_message_timeout: Duration,
+    /// Longest token accepted, in bytes, checked before it is decoded;
+    /// longer is 401 `token_too_large`. 0 = no limit.
+    pub max_token_bytes: usize,
+    /// Most exams a token's `exams` claim may list; more is 401
+    /// `too_many_exams`. 0 = no limit.
+    pub max_token_exams: usize,
 }
 
 impl Default for LimitSettings {
@@ -414,6 +446,12 @@ impl Default for LimitSettings {
             handshakes_per_subject: 30,
             handshakes_per_ip: 1200,
             handshake_window: Duration::from_secs(60),
+            connections_per_ip: 50,
+            messages_per_minute: 0,
+            message_window: Duration::from_secs(60),
+            first_message_timeout: Duration::ZERO,
+            max_token_bytes: 4096,
+            max_token_exams: 100,
         }
     }
 }
@@ -588,6 +626,23 @@ impl Settings {
         at_most(
             "limits.bad_message_window",
             self.limits.bad_message_window,
+            HOUR,
+        )?;
+        at_most("limits.message_window", self.limits.message_window, HOUR)?;
+        positive(
+            "limits.message_window",
+            !self.limits.message_window.is_zero(),
+        )?;
+        // The window keeps one instant per message taken (8 bytes each).
+        if self.limits.messages_per_minute > 10_000 {
+            return Err(ConfigError::Invalid {
+                key: "limits.messages_per_minute",
+                problem: "must be at most 10000 (0 turns it off)".into(),
+            });
+        }
+        at_most(
+            "limits.first_message_timeout",
+            self.limits.first_message_timeout,
             HOUR,
         )?;
         positive(
@@ -816,6 +871,51 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("EXAMWATCH__WS__WRITE_BUFFER_BYTES", "524288");
             assert!(Settings::load(None).is_ok());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_a_list_or_the_env_and_a_bad_entry_names_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "proxies.toml",
+                "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nclient_ip_header = \"forwarded\"\n",
+            )?;
+            let s = Settings::load(Some("proxies.toml".as_ref())).expect("valid");
+            assert!(s.server.trusted_proxies.contains([10, 1, 2, 3].into()));
+            assert!(s.server.trusted_proxies.contains("::1".parse().unwrap()));
+            assert!(!s.server.trusted_proxies.contains([127, 0, 0, 1].into()));
+            assert_eq!(
+                s.server.client_ip_header,
+                crate::client_ip::ClientIpHeader::Forwarded
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "EXAMWATCH__SERVER__TRUSTED_PROXIES",
+                "127.0.0.1, 192.168.0.0/16",
+            );
+            let s = Settings::load(None).expect("valid");
+            assert!(s.server.trusted_proxies.contains([192, 168, 4, 5].into()));
+            assert_eq!(
+                s.server.client_ip_header,
+                crate::client_ip::ClientIpHeader::XForwardedFor,
+                "the default"
+            );
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__SERVER__TRUSTED_PROXIES", "10.0.0.0/99");
+            let err = Settings::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("server.trusted_proxies"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__LIMITS__MESSAGES_PER_MINUTE", "20000");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("limits.messages_per_minute"), "{err}");
             Ok(())
         });
     }

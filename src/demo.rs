@@ -73,6 +73,16 @@ pub async fn run(
     // a minute of watching.
     settings.exam.idle_after = Duration::from_secs(15);
     settings.exam.disconnect_grace = Duration::from_secs(5);
+    // Every simulated student connects from this host: the per-IP cap on
+    // open connections must leave room for all of them and the watchers.
+    let per_ip = &mut settings.limits.connections_per_ip;
+    if *per_ip != 0 {
+        *per_ip = (*per_ip).max(
+            u32::try_from(opts.students)
+                .unwrap_or(u32::MAX)
+                .saturating_add(50),
+        );
+    }
     let app = App::build(settings).await?;
     let addr = app.local_addr()?;
     let state = app.state().clone();

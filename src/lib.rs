@@ -9,7 +9,8 @@
 //! - [`app`]: building the server and shutting it down gracefully;
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
 //! - [`auth`]: JWT verification and the handshake checks;
-//! - [`ratelimit`]: handshake limits per subject and IP, the refusal log budget;
+//! - [`client_ip`]: who the client is, behind `server.trusted_proxies`;
+//! - [`ratelimit`]: handshake limits per subject and IP, connections per IP, the refusal log budget;
 //! - [`tickets`]: short-lived, single-use connection tickets for browsers;
 //! - [`ws`]: the per-connection task (read, write, ping, close codes);
 //! - [`sse`]: the same events as a Server-Sent Events stream, for watchers;
@@ -24,6 +25,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod client_ip;
 pub mod config;
 pub mod control;
 pub mod dashboard;

@@ -1,4 +1,5 @@
-//! Handshake rate limits, and the budget of refused-handshake log lines.
+//! Handshake limits (rate per client IP and per token subject, open
+//! connections per client IP), and the budget of refused-handshake log lines.
 //!
 //! A student token in a reconnect loop made 60 handshakes in 5 s, and a
 //! bad-token flood 91,000 in 8 s (127 MB of log). Each handshake is cheap,
@@ -6,102 +7,159 @@
 //! every teacher, a log line) is not. So before the upgrade, handshakes are
 //! limited per client IP (checked first, before the token is even parsed)
 //! and per token subject (checked right after the token is verified); past
-//! either limit the answer is 429 with `Retry-After`.
+//! either limit the answer is 429 with `Retry-After`. The client IP is the
+//! TCP peer, or what a trusted proxy says it is ([`crate::client_ip`]).
 //!
-//! The limiter is GCRA (the "generic cell rate algorithm", a token bucket
-//! kept as one instant per key): `limit` handshakes may come at once, then
-//! one every `window / limit`. A key whose instant has passed is exactly
-//! as good as no key at all, so the map is pruned of those, and it never
-//! holds more than [`MAX_KEYS`] keys: an attacker with many addresses can
-//! make it fill, but not grow. Subjects are kept as a keyed hash (8 bytes,
-//! whatever the length of `sub`); IPv6 addresses by their /64, the block
-//! one host gets, so one host cannot rotate through its own addresses.
+//! The rate limits are governor's keyed GCRA (the "generic cell rate
+//! algorithm", a token bucket kept as one instant per key): `limit`
+//! handshakes may come at once, then one every `window / limit`. governor
+//! keeps its keys in a `DashMap` and offers `retain_recent()` to drop the
+//! keys that are as good as new; what it does not do is bound the map. So
+//! the map is governor's own [`DashMapStateStore`] behind [`BoundedStore`],
+//! which admits a key it has no room for *untracked* (the key's decision is
+//! made as for a fresh key and not stored) once [`MAX_KEYS`] keys are held
+//! and a sweep of expired ones freed nothing: an attacker with many
+//! addresses can make the map fill, but not grow, and the keys already
+//! tracked (someone's reconnect loop) stay limited. Subjects are kept as a
+//! keyed hash (8 bytes, whatever the length of `sub`); IPv6 addresses by
+//! their /64, the block one host gets, so one host cannot rotate through
+//! its own addresses.
 //!
-//! Everything takes `now` as an argument, so the unit tests need no clock.
+//! The limiters read a governor clock ([`MonotonicClock`] in the server);
+//! the unit tests hand them a `FakeRelativeClock` and advance it, so they
+//! need no sleeps.
+//!
+//! Open connections per client IP are counted by [`connections`]: a slot
+//! taken before the upgrade and held by the connection's task.
+
+pub mod connections;
 
 use std::{
-    collections::HashMap,
     hash::{BuildHasher, Hash, RandomState},
     net::IpAddr,
+    num::NonZeroU32,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, MonotonicClock},
+    middleware::NoOpMiddleware,
+    nanos::Nanos,
+    state::{
+        StateStore,
+        keyed::{DashMapStateStore, ShrinkableKeyedStateStore},
+    },
+};
+
 use crate::config::{LimitSettings, Settings};
+
+pub use connections::{ConnectionCounter, ConnectionSlot};
 
 /// Most keys a limiter tracks. At about 40 bytes a key, 4 MB at worst.
 pub const MAX_KEYS: usize = 100_000;
 
-/// Keyed GCRA limiter with bounded memory.
-pub struct KeyedLimiter<K> {
-    /// `window / limit`: how far each admitted request pushes its key ahead.
-    interval: Duration,
-    /// `window - interval`: how far ahead of now a key may be and still be
-    /// admitted, which lets `limit` requests through at once.
-    tolerance: Duration,
+/// governor's `DashMap` store, bounded: past `max_keys` keys, a key it does
+/// not hold yet is decided as a fresh key and not stored.
+pub struct BoundedStore<K: Hash + Eq + Clone> {
+    inner: DashMapStateStore<K>,
     max_keys: usize,
-    /// A std Mutex: held for a map lookup, never across an `.await`.
-    state: Mutex<LimiterState<K>>,
 }
 
-struct LimiterState<K> {
-    /// Per key, the "theoretical arrival time" of its next request.
-    next: HashMap<K, Instant>,
+impl<K: Hash + Eq + Clone> StateStore for BoundedStore<K> {
+    type Key = K;
+
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // Racing insertions may overshoot `max_keys` by the number of
+        // handshakes in flight at that instant: a bound all the same.
+        if self.inner.len() >= self.max_keys && !self.inner.contains_key(key) {
+            return f(None).map(|(outcome, _)| outcome);
+        }
+        self.inner.measure_and_replace(key, f)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for BoundedStore<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.inner.retain_recent(drop_below);
+    }
+    fn shrink_to_fit(&self) {
+        ShrinkableKeyedStateStore::shrink_to_fit(&self.inner);
+    }
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+/// A keyed GCRA limiter (governor's) with bounded memory.
+pub struct KeyedLimiter<K: Hash + Eq + Clone, C: Clock = MonotonicClock> {
+    limiter: RateLimiter<K, BoundedStore<K>, C, NoOpMiddleware<C::Instant>>,
+    max_keys: usize,
     /// A full map is swept of expired keys at most once per `interval`,
-    /// so a flood of new keys does not pay for a sweep each.
-    next_sweep: Option<Instant>,
+    /// so a flood of new keys does not pay for a sweep each. A std Mutex:
+    /// held for a comparison, never across an `.await`.
+    next_sweep: Mutex<Option<C::Instant>>,
+    interval: Nanos,
 }
 
-impl<K: Hash + Eq> KeyedLimiter<K> {
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     /// `limit` requests per `window` per key; `None` when `limit` is 0
     /// (the limit is off).
     pub fn new(limit: u32, window: Duration, max_keys: usize) -> Option<Self> {
-        if limit == 0 || window.is_zero() {
-            return None;
-        }
+        Self::with_clock(limit, window, max_keys, MonotonicClock)
+    }
+}
+
+impl<K: Hash + Eq + Clone, C: Clock> KeyedLimiter<K, C> {
+    pub fn with_clock(limit: u32, window: Duration, max_keys: usize, clock: C) -> Option<Self> {
+        let burst = NonZeroU32::new(limit)?;
         let interval = window / limit;
-        Some(Self {
-            interval,
-            tolerance: window.saturating_sub(interval),
+        let quota = Quota::with_period(interval)?.allow_burst(burst);
+        let store = BoundedStore {
+            inner: DashMapStateStore::default(),
             max_keys,
-            state: Mutex::new(LimiterState {
-                next: HashMap::new(),
-                next_sweep: None,
-            }),
+        };
+        Some(Self {
+            limiter: RateLimiter::new(quota, store, clock),
+            max_keys,
+            next_sweep: Mutex::new(None),
+            interval: interval.into(),
         })
     }
 
-    /// Admits a request for `key` at `now`, or says how long to wait.
-    pub fn check(&self, key: K, now: Instant) -> Result<(), Duration> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let tracked = state.next.get(&key).copied();
-        let next = tracked.filter(|t| *t > now).unwrap_or(now);
-        let ahead = next - now;
-        if ahead > self.tolerance {
-            return Err(ahead - self.tolerance);
+    /// Admits a request for `key` now, or says how long to wait.
+    pub fn check(&self, key: &K) -> Result<(), Duration> {
+        if self.limiter.len() >= self.max_keys {
+            self.sweep_if_due();
         }
-        if tracked.is_none() && state.next.len() >= self.max_keys {
-            if state.next_sweep.is_none_or(|t| now >= t) {
-                state.next.retain(|_, t| *t > now);
-                state.next_sweep = Some(now + self.interval);
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
+    }
+
+    /// Drops the keys that are as good as new, at most once per interval.
+    fn sweep_if_due(&self) {
+        let now = self.limiter.clock().now();
+        {
+            let mut next = self.next_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            if next.is_some_and(|t| now < t) {
+                return;
             }
-            if state.next.len() >= self.max_keys {
-                // Still full of live keys: admit this one untracked rather
-                // than refuse everyone new (or evict someone's history).
-                return Ok(());
-            }
+            *next = Some(now + self.interval);
         }
-        state.next.insert(key, next + self.interval);
-        Ok(())
+        self.limiter.retain_recent();
     }
 
     /// Keys currently tracked (for tests and metrics).
     pub fn len(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next
-            .len()
+        self.limiter.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -109,7 +167,7 @@ impl<K: Hash + Eq> KeyedLimiter<K> {
     }
 }
 
-/// What the per-IP limit counts: IPv4 addresses whole, IPv6 by /64
+/// What the per-IP limits count: IPv4 addresses whole, IPv6 by /64
 /// (IPv4-mapped IPv6 addresses as the IPv4 address they are).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IpKey {
@@ -130,9 +188,10 @@ impl From<IpAddr> for IpKey {
 }
 
 /// What the handshake keeps per instance to protect itself: the limits,
-/// and the budget of refusal log lines.
+/// the open connections per client IP, and the budget of refusal log lines.
 pub struct HandshakeGuard {
     pub limits: HandshakeLimits,
+    pub connections: ConnectionCounter,
     pub refusal_log: LogBudget,
 }
 
@@ -140,15 +199,16 @@ impl HandshakeGuard {
     pub fn new(settings: &Settings) -> Self {
         Self {
             limits: HandshakeLimits::new(&settings.limits),
+            connections: ConnectionCounter::new(settings.limits.connections_per_ip),
             refusal_log: LogBudget::new(settings.log.refused_handshakes_per_second),
         }
     }
 }
 
-/// The handshake limits of one server instance.
-pub struct HandshakeLimits {
-    per_subject: Option<KeyedLimiter<u64>>,
-    per_ip: Option<KeyedLimiter<IpKey>>,
+/// The handshake rate limits of one server instance.
+pub struct HandshakeLimits<C: Clock = MonotonicClock> {
+    per_subject: Option<KeyedLimiter<u64, C>>,
+    per_ip: Option<KeyedLimiter<IpKey, C>>,
     /// Keys the subject hash; random per process, so nobody can pick
     /// subjects that collide with someone else's.
     hasher: RandomState,
@@ -156,24 +216,35 @@ pub struct HandshakeLimits {
 
 impl HandshakeLimits {
     pub fn new(limits: &LimitSettings) -> Self {
+        Self::with_clock(limits, MonotonicClock)
+    }
+}
+
+impl<C: Clock + Clone> HandshakeLimits<C> {
+    pub fn with_clock(limits: &LimitSettings, clock: C) -> Self {
         let window = limits.handshake_window;
         Self {
-            per_subject: KeyedLimiter::new(limits.handshakes_per_subject, window, MAX_KEYS),
-            per_ip: KeyedLimiter::new(limits.handshakes_per_ip, window, MAX_KEYS),
+            per_subject: KeyedLimiter::with_clock(
+                limits.handshakes_per_subject,
+                window,
+                MAX_KEYS,
+                clock.clone(),
+            ),
+            per_ip: KeyedLimiter::with_clock(limits.handshakes_per_ip, window, MAX_KEYS, clock),
             hasher: RandomState::new(),
         }
     }
 
-    pub fn check_ip(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
         match &self.per_ip {
-            Some(l) => l.check(ip.into(), now),
+            Some(l) => l.check(&ip.into()),
             None => Ok(()),
         }
     }
 
-    pub fn check_subject(&self, sub: &str, now: Instant) -> Result<(), Duration> {
+    pub fn check_subject(&self, sub: &str) -> Result<(), Duration> {
         match &self.per_subject {
-            Some(l) => l.check(self.hasher.hash_one(sub), now),
+            Some(l) => l.check(&self.hasher.hash_one(sub)),
             None => Ok(()),
         }
     }
@@ -246,25 +317,39 @@ impl LogBudget {
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
 
+    fn limiter<K: Hash + Eq + Clone>(
+        limit: u32,
+        window: Duration,
+        max_keys: usize,
+    ) -> (KeyedLimiter<K, FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let l = KeyedLimiter::with_clock(limit, window, max_keys, clock.clone()).unwrap();
+        (l, clock)
+    }
+
     #[test]
     fn a_burst_of_limit_then_one_per_interval() {
-        let l = KeyedLimiter::new(5, 10 * S, 100).unwrap();
-        let t0 = Instant::now();
+        let (l, clock) = limiter(5, 10 * S, 100);
         for _ in 0..5 {
-            assert_eq!(l.check("a", t0), Ok(()));
+            assert_eq!(l.check(&"a"), Ok(()));
         }
-        assert_eq!(l.check("a", t0), Err(2 * S), "one slot frees in 10 s / 5");
-        assert_eq!(l.check("b", t0), Ok(()), "another key is unaffected");
-        assert_eq!(l.check("a", t0 + S), Err(S));
-        assert_eq!(l.check("a", t0 + 2 * S), Ok(()));
-        assert_eq!(l.check("a", t0 + 2 * S), Err(2 * S));
+        assert_eq!(l.check(&"a"), Err(2 * S), "one slot frees in 10 s / 5");
+        assert_eq!(l.check(&"b"), Ok(()), "another key is unaffected");
+        clock.advance(S);
+        assert_eq!(l.check(&"a"), Err(S));
+        clock.advance(S);
+        assert_eq!(l.check(&"a"), Ok(()));
+        assert_eq!(l.check(&"a"), Err(2 * S));
         // A key left alone for a window is as good as new.
+        clock.advance(18 * S);
         for _ in 0..5 {
-            assert_eq!(l.check("a", t0 + 20 * S), Ok(()));
+            assert_eq!(l.check(&"a"), Ok(()));
         }
     }
 
@@ -276,29 +361,58 @@ mod tests {
             handshakes_per_ip: 0,
             ..LimitSettings::default()
         });
-        let now = Instant::now();
         for _ in 0..10_000 {
-            assert!(limits.check_subject("s1", now).is_ok());
-            assert!(limits.check_ip([10, 0, 0, 1].into(), now).is_ok());
+            assert!(limits.check_subject("s1").is_ok());
+            assert!(limits.check_ip([10, 0, 0, 1].into()).is_ok());
         }
     }
 
     #[test]
     fn memory_is_bounded_and_expired_keys_are_pruned() {
-        let l = KeyedLimiter::new(2, 10 * S, 3).unwrap();
-        let t0 = Instant::now();
+        let (l, clock) = limiter(2, 10 * S, 3);
         for k in 0..3 {
-            l.check(k, t0).unwrap();
+            l.check(&k).unwrap();
         }
-        // Full of live keys: a new key is admitted but not tracked.
-        assert_eq!(l.check(99, t0), Ok(()));
+        // Full of live keys: a new key is admitted but not tracked...
+        for _ in 0..10 {
+            assert_eq!(l.check(&99), Ok(()));
+        }
         assert_eq!(l.len(), 3);
-        // Key 0 is still limited (its history was not evicted).
-        l.check(0, t0).unwrap();
-        assert!(l.check(0, t0).is_err());
+        // ...while key 0 is still limited (its history was not evicted).
+        l.check(&0).unwrap();
+        assert!(l.check(&0).is_err());
         // Once the others' entries expire, a sweep makes room.
-        assert_eq!(l.check(7, t0 + 20 * S), Ok(()));
+        clock.advance(20 * S);
+        assert_eq!(l.check(&7), Ok(()));
         assert_eq!(l.len(), 1);
+        assert_eq!(l.check(&7), Ok(()));
+        assert!(l.check(&7).is_err(), "the new key is tracked, and limited");
+    }
+
+    #[test]
+    fn the_handshake_limits_count_per_subject_and_per_ip() {
+        let clock = FakeRelativeClock::default();
+        let limits = HandshakeLimits::with_clock(
+            &LimitSettings {
+                handshakes_per_subject: 2,
+                handshakes_per_ip: 3,
+                handshake_window: 60 * S,
+                ..LimitSettings::default()
+            },
+            clock.clone(),
+        );
+        let ip: IpAddr = [10, 0, 0, 1].into();
+        assert!(limits.check_subject("s1").is_ok());
+        assert!(limits.check_subject("s1").is_ok());
+        assert_eq!(limits.check_subject("s1"), Err(30 * S));
+        assert!(limits.check_subject("s2").is_ok());
+        for _ in 0..3 {
+            assert!(limits.check_ip(ip).is_ok());
+        }
+        assert_eq!(limits.check_ip(ip), Err(20 * S));
+        assert!(limits.check_ip([10, 0, 0, 2].into()).is_ok());
+        clock.advance(20 * S);
+        assert!(limits.check_ip(ip).is_ok());
     }
 
     #[test]

@@ -85,10 +85,10 @@ impl FromRequestParts<AppState> for Watcher {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let token = auth::extract_token(header, None).ok_or(TokenError::Missing);
+        let token = auth::extract_token(header, None);
         let claims = token
-            .and_then(|t| app.keys.verify(t))
-            .map_err(ApiError::unauthorized)?;
+            .ok_or(ApiError::unauthorized(TokenError::Missing))
+            .and_then(|t| crate::ws::verify_token(app, t))?;
         if !claims.role.is_watcher() {
             return Err(ApiError::forbidden(
                 "teachers_only",

@@ -21,6 +21,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     app::AppState,
     auth::{self, TokenError},
+    client_ip::ClientAddr,
     http::ApiError,
     ws,
 };
@@ -55,12 +56,12 @@ pub struct Ticket {
     responses(
         (status = 200, description = "A ticket (never cached: `Cache-Control: no-store`)", body = Ticket),
         (status = 400, description = "The body is not JSON", body = crate::http::ErrorBody),
-        (status = 401, description = "Missing, invalid or expired token in the Authorization header", body = crate::http::ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token in the Authorization header, or one too large (`token_too_large`) or naming too many exams (`too_many_exams`)", body = crate::http::ErrorBody),
         (status = 403, description = "`exam_not_granted`, `origin_not_allowed`, `not_on_roster`, `not_allowed`, `exam_not_open` (never created, or a draft), `access_revoked` (denied) or `terminated` (the student's exam was ended)", body = crate::http::ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 2 MiB", body = crate::http::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`", body = crate::http::ErrorBody),
         (status = 422, description = "`invalid_exam_id`, or the body lacks `exam_id`", body = crate::http::ErrorBody),
-        (status = 429, description = "`rate_limited`: too many tickets or handshakes for this token subject or client address; see `Retry-After`", body = crate::http::ErrorBody),
+        (status = 429, description = "`rate_limited`: too many tickets or handshakes for this token subject or client address; `too_many_connections_from_ip`: this client address has `limits.connections_per_ip` connections open; see `Retry-After`", body = crate::http::ErrorBody),
         (status = 503, description = "`tickets_unavailable` (too many unused tickets, or Redis failed; `Retry-After`) or `roster_unavailable`", body = crate::http::ErrorBody),
     ))]
 async fn create_ticket(
@@ -69,7 +70,8 @@ async fn create_ticket(
     headers: HeaderMap,
     body: Result<Json<TicketRequest>, JsonRejection>,
 ) -> Response {
-    match mint(&app, peer, &headers, body).await {
+    let client = ClientAddr::resolve(&app.settings.server, peer, &headers);
+    match mint(&app, client, &headers, body).await {
         Ok(ticket) => (
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
             Json(ticket),
@@ -88,6 +90,7 @@ async fn create_ticket(
             );
             ([(header::RETRY_AFTER, HeaderValue::from(secs))], e).into_response()
         }
+        Err(Refusal::Connections(e)) => ws::refuse_connection(IntoResponse::into_response, e),
         Err(Refusal::Api(e)) if e.code == "tickets_unavailable" => {
             ([(header::RETRY_AFTER, HeaderValue::from_static("1"))], e).into_response()
         }
@@ -100,6 +103,8 @@ enum Refusal {
     Api(ApiError),
     /// Over `limits.handshakes_per_subject`; seconds until one is allowed.
     RateLimited(u64),
+    /// The address has `limits.connections_per_ip` connections open.
+    Connections(ApiError),
 }
 
 impl<E: Into<ApiError>> From<E> for Refusal {
@@ -110,34 +115,31 @@ impl<E: Into<ApiError>> From<E> for Refusal {
 
 async fn mint(
     app: &AppState,
-    peer: std::net::SocketAddr,
+    client: ClientAddr,
     headers: &HeaderMap,
     body: Result<Json<TicketRequest>, JsonRejection>,
 ) -> Result<Ticket, Refusal> {
     // Per address first, as at the handshake: a flood costs a map lookup.
-    if let Err(wait) = app
-        .handshake_guard
-        .limits
-        .check_ip(peer.ip(), std::time::Instant::now())
-    {
+    if let Err(wait) = app.handshake_guard.limits.check_ip(client.ip) {
         return Err(Refusal::RateLimited(ws::retry_after_secs(wait)));
     }
+    // No ticket for a socket the handshake would refuse for this address's
+    // open connections: refused here, where a browser can read the 429 (the
+    // place is only looked at, given back at once).
+    ws::connection_slot(app, client)
+        .map(drop)
+        .map_err(Refusal::Connections)?;
     // Who asks comes first: without a valid token nothing else is said.
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let claims = auth::extract_token(header, None)
-        .ok_or(TokenError::Missing)
-        .and_then(|t| app.keys.verify(t))
-        .map_err(ApiError::unauthorized)?;
+        .ok_or(ApiError::unauthorized(TokenError::Missing))
+        .and_then(|t| ws::verify_token(app, t))?;
     // Minting is where a ticket's handshake is counted against the token
     // subject's handshake budget (the handshake that redeems it is not
     // counted again): one token cannot fill the ticket store, nor loop.
-    if let Err(wait) = app
-        .handshake_guard
-        .limits
-        .check_subject(&claims.sub, std::time::Instant::now())
-    {
+    if let Err(wait) = app.handshake_guard.limits.check_subject(&claims.sub) {
         return Err(Refusal::RateLimited(ws::retry_after_secs(wait)));
     }
     let Json(request) = body?;

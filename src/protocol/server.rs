@@ -71,6 +71,9 @@ pub enum ServerMsg<'a> {
         message: Cow<'a, str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         r#ref: Option<&'a Label>,
+        /// `rate_limited` only: milliseconds until a message would be taken.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     SessionInvalidated {
         reason: &'a str,

@@ -86,10 +86,16 @@ pub mod close {
             }
             4008 => "too slow: the outbound queue was full",
             4009 => "another session is active for this student (policy reject)",
+            4408 => "no message within limits.first_message_timeout of connecting",
             _ => "not an examwatch close code",
         }
     }
 
+    /// `limits.first_message_timeout` passed without a text message.
+    pub const FIRST_MESSAGE_TIMEOUT: CloseReason = CloseReason {
+        code: 4408,
+        reason: "no message received",
+    };
     pub const GOING_AWAY: CloseReason = CloseReason {
         code: 1001,
         reason: "server shutting down",

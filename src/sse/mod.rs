@@ -46,12 +46,14 @@ use tracing::Instrument;
 use crate::{
     app::AppState,
     auth::{self, Claims, TokenError},
+    client_ip::ClientAddr,
     http::ApiError,
     protocol::Seq,
+    ratelimit::ConnectionSlot,
     room::{CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, close, queue::QueueRx},
     telemetry,
     ws::handshake::{Transport, header_str, rate_limited, refused},
-    ws::{check_origin, require_grant},
+    ws::{check_origin, connection_slot, refuse_connection, require_grant, verify_token},
 };
 
 /// Frames taken from the room's queue per hand-off to the body: one chunk
@@ -101,9 +103,9 @@ pub struct SseEventDoc {
     responses(
         (status = 200, description = "An event stream (`text/event-stream`, `Cache-Control: no-cache`, `X-Accel-Buffering: no`)", content_type = "text/event-stream", body = SseEventDoc),
         (status = 400, description = "`invalid_exam_id`, `invalid_query` or `invalid_last_event_id`", body = crate::http::ErrorBody),
-        (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`)", body = crate::http::ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), or one too large (`token_too_large`) or naming too many exams (`too_many_exams`)", body = crate::http::ErrorBody),
         (status = 403, description = "`watchers_only` (a student token), `exam_not_granted` or `origin_not_allowed`", body = crate::http::ErrorBody),
-        (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`); see `Retry-After`", body = crate::http::ErrorBody),
+        (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`), or too many open connections from this IP (`too_many_connections_from_ip`); see `Retry-After`", body = crate::http::ErrorBody),
         (status = 503, description = "`shutting_down`, or `exam_unavailable` (the exam's room did not answer)", body = crate::http::ErrorBody),
     ))]
 pub async fn watcher_events(
@@ -115,7 +117,7 @@ pub async fn watcher_events(
     params: Result<Query<EventsParams>, QueryRejection>,
 ) -> Response {
     let opening = Opening::new(&app, &exam_id, raw_query.as_deref(), peer, &headers);
-    let (params, claims) = match opening
+    let (params, claims, slot) = match opening
         .admit(
             &headers,
             params,
@@ -166,7 +168,8 @@ pub async fn watcher_events(
         rx,
         kick,
         app: app.clone(),
-        peer,
+        client: opening.client,
+        _slot: slot,
         user_agent: opening.user_agent.clone(),
         audience: Audience::Watcher { last_seq },
     };
@@ -222,7 +225,8 @@ pub(crate) struct Opening<'a> {
     app: &'a AppState,
     exam_id: &'a str,
     raw_query: Option<&'a str>,
-    peer: SocketAddr,
+    /// Whom the stream is for (the peer, or whom a trusted proxy forwarded for).
+    pub(crate) client: ClientAddr,
     /// Client-chosen and headed for the log: clipped.
     user_agent: String,
 }
@@ -241,7 +245,7 @@ impl<'a> Opening<'a> {
             app,
             exam_id,
             raw_query,
-            peer,
+            client: ClientAddr::resolve(&app.settings.server, peer, headers),
             user_agent,
         }
     }
@@ -253,30 +257,35 @@ impl<'a> Opening<'a> {
             Transport::EventStream,
             self.exam_id,
             self.raw_query,
-            self.peer,
+            self.client,
             &self.user_agent,
             err,
         )
     }
 
-    /// The per-address limit, the exam id, the query, the credential (a
-    /// ticket, else the `Authorization` header or `access_token`, which
-    /// `credential` picks from the query), the per-subject limit, `Origin`,
-    /// the stream's own `role` check, then the grant.
+    /// The per-address limits (handshake rate, then open connections: the
+    /// slot returned is the stream's, to hold while it runs), the exam id,
+    /// the query, the credential (a ticket, else the `Authorization` header
+    /// or `access_token`, which `credential` picks from the query), the
+    /// per-subject limit, `Origin`, the stream's own `role` check, then the
+    /// grant.
     pub(crate) async fn admit<P>(
         &self,
         headers: &HeaderMap,
         params: Result<Query<P>, QueryRejection>,
         credential: impl Fn(&P) -> (Option<&str>, Option<&str>),
         role: impl FnOnce(&Claims) -> Result<(), ApiError>,
-    ) -> Result<(P, Claims), Response> {
+    ) -> Result<(P, Claims, ConnectionSlot), Response> {
         let app = self.app;
-        let now = std::time::Instant::now();
         let limits = &app.handshake_guard.limits;
         let refuse = |err: ApiError| self.refuse(err);
-        if let Err(wait) = limits.check_ip(self.peer.ip(), now) {
+        if let Err(wait) = limits.check_ip(self.client.ip) {
             return Err(rate_limited(app, refuse, "client address", wait));
         }
+        let slot = match connection_slot(app, self.client) {
+            Ok(slot) => slot,
+            Err(err) => return Err(refuse_connection(refuse, err)),
+        };
         if !auth::valid_exam_id(self.exam_id) {
             return Err(refuse(ApiError::bad_request(
                 "invalid_exam_id",
@@ -303,13 +312,13 @@ impl<'a> Opening<'a> {
                 let token =
                     auth::extract_token(header_str(headers, header::AUTHORIZATION), access_token);
                 let claims = match token
-                    .ok_or(TokenError::Missing)
-                    .and_then(|t| app.keys.verify(t))
+                    .ok_or(ApiError::unauthorized(TokenError::Missing))
+                    .and_then(|t| verify_token(app, t))
                 {
                     Ok(c) => c,
-                    Err(e) => return Err(refuse(ApiError::unauthorized(e))),
+                    Err(e) => return Err(refuse(e)),
                 };
-                if let Err(wait) = limits.check_subject(&claims.sub, now) {
+                if let Err(wait) = limits.check_subject(&claims.sub) {
                     return Err(rate_limited(app, refuse, "token subject", wait));
                 }
                 claims
@@ -324,7 +333,7 @@ impl<'a> Opening<'a> {
         if let Err(e) = require_grant(&claims, self.exam_id) {
             return Err(refuse(e));
         }
-        Ok((params, claims))
+        Ok((params, claims, slot))
     }
 
     /// The refusal while the server drains or stops (`None`: streams are
@@ -411,7 +420,10 @@ pub(crate) struct Stream {
     rx: QueueRx,
     kick: Kick,
     app: AppState,
-    peer: SocketAddr,
+    client: ClientAddr,
+    /// The stream's place in its IP's count (`limits.connections_per_ip`),
+    /// given back when the stream's task ends.
+    _slot: ConnectionSlot,
     user_agent: String,
     audience: Audience,
 }
@@ -438,7 +450,7 @@ impl Stream {
             Audience::Student => -1,
         };
         tracing::info!(
-            ip = %self.peer, user_agent = %self.user_agent, auth = "ok", last_event_id,
+            ip = %self.client, user_agent = %self.user_agent, auth = "ok", last_event_id,
             "sse stream opened"
         );
         let started = Instant::now();
@@ -453,7 +465,7 @@ impl Stream {
             Ending::Removed(by) => ("server", format!("removed ({by})")),
         };
         tracing::info!(
-            ip = %self.peer, user_agent = %self.user_agent,
+            ip = %self.client, user_agent = %self.user_agent,
             closed_by = by, close_reason = %reason,
             duration_ms = started.elapsed().as_millis() as u64,
             "sse stream closed"

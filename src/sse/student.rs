@@ -32,7 +32,7 @@ use crate::{
     auth::{self, Claims, TokenError},
     http::ApiError,
     room::{Outbox, RoomCmd},
-    ws::{check_roster, handshake::header_str, require_grant},
+    ws::{check_roster, handshake::header_str, require_grant, verify_token},
 };
 
 #[derive(Debug, Deserialize)]
@@ -70,9 +70,9 @@ fn students_only() -> ApiError {
     responses(
         (status = 200, description = "An event stream (`text/event-stream`, `Cache-Control: no-cache`, `X-Accel-Buffering: no`)", content_type = "text/event-stream", body = String),
         (status = 400, description = "`invalid_exam_id` or `invalid_query`", body = crate::http::ErrorBody),
-        (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), or a ticket that is unknown, used, expired or for another exam (`invalid_ticket`)", body = crate::http::ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), one too large (`token_too_large`) or naming too many exams (`too_many_exams`), or a ticket that is unknown, used, expired or for another exam (`invalid_ticket`)", body = crate::http::ErrorBody),
         (status = 403, description = "`students_only` (a watcher's token), `exam_not_granted`, `origin_not_allowed`, `not_on_roster`, `not_allowed`, `exam_not_open` (a draft or unknown exam), `access_revoked` or `terminated`", body = crate::http::ErrorBody),
-        (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`), shared with the socket; see `Retry-After`", body = crate::http::ErrorBody),
+        (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`), or too many open connections from this IP (`too_many_connections_from_ip`), shared with the socket; see `Retry-After`", body = crate::http::ErrorBody),
         (status = 503, description = "`shutting_down`, `roster_unavailable`, `tickets_unavailable`, or `exam_unavailable` (the exam's room did not answer)", body = crate::http::ErrorBody),
     ))]
 pub async fn student_events(
@@ -84,7 +84,7 @@ pub async fn student_events(
     params: Result<Query<MeEventsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let opening = Opening::new(&app, &exam_id, raw_query.as_deref(), peer, &headers);
-    let (_, claims) = match opening
+    let (_, claims, slot) = match opening
         .admit(
             &headers,
             params,
@@ -129,7 +129,8 @@ pub async fn student_events(
         rx,
         kick,
         app: app.clone(),
-        peer,
+        client: opening.client,
+        _slot: slot,
         user_agent: opening.user_agent.clone(),
         audience: Audience::Student,
     };
@@ -167,9 +168,8 @@ pub struct ReceivedAnswer {
 fn student_of(app: &AppState, headers: &HeaderMap, exam_id: &str) -> Result<Claims, ApiError> {
     let token = auth::extract_token(header_str(headers, header::AUTHORIZATION), None);
     let claims = token
-        .ok_or(TokenError::Missing)
-        .and_then(|t| app.keys.verify(t))
-        .map_err(ApiError::unauthorized)?;
+        .ok_or(ApiError::unauthorized(TokenError::Missing))
+        .and_then(|t| verify_token(app, t))?;
     if claims.role.is_watcher() {
         return Err(students_only());
     }

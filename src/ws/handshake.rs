@@ -1,9 +1,11 @@
 //! The handshake: every check a WebSocket request must pass before the
-//! upgrade (rate limits per address and subject, the exam id, the query,
-//! the credential — ticket or token —, Origin, grant, backlog, roster,
-//! drain), each refusal a JSON answer with a stable code, counted and
-//! logged within the log budget. The checks that `POST /v1/tickets` shares
-//! are `pub(crate)` here.
+//! upgrade (rate limits per address, open connections per address, the exam
+//! id, the query, the credential — ticket or token, its size —, the rate
+//! per subject, Origin, grant, backlog, roster, drain), each refusal a JSON
+//! answer with a stable code, counted and logged within the log budget. The
+//! checks that `POST /v1/tickets` and the REST API share are `pub(crate)`
+//! here. The address is the client's ([`ClientAddr`]: the peer, or whom a
+//! trusted proxy forwarded for).
 
 use std::{net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
@@ -21,12 +23,17 @@ use serde::Deserialize;
 use crate::{
     app::AppState,
     auth::{self, Claims, TokenError},
+    client_ip::ClientAddr,
     http::ApiError,
     protocol::Seq,
-    ratelimit::Verdict,
+    ratelimit::{ConnectionSlot, Verdict},
     roster::Admission,
     telemetry,
 };
+
+/// `Retry-After` of a refusal for too many open connections: there is no
+/// telling when one closes, so a pause long enough not to hammer.
+const CONNECTIONS_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 use super::{AuthVia, Connection, MAX_WRITE_BUFFER, SUBPROTOCOL};
 
@@ -54,9 +61,9 @@ pub struct WsParams {
     responses(
         (status = 101, description = "Switching to the WebSocket protocol (subprotocol examwatch.v1 when offered)"),
         (status = 400, description = "Invalid exam id or query, or not a WebSocket request"),
-        (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), or a ticket that is unknown, used, expired or for another exam (`invalid_ticket`)"),
+        (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), a token over `limits.max_token_bytes` (`token_too_large`) or naming more than `limits.max_token_exams` exams (`too_many_exams`), or a ticket that is unknown, used, expired or for another exam (`invalid_ticket`)"),
         (status = 403, description = "Exam not granted, Origin not allowed, or not on the roster"),
-        (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`); see `Retry-After`"),
+        (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`), or too many open connections from this IP (`too_many_connections_from_ip`); see `Retry-After`"),
         (status = 503, description = "Shutting down, the database backlog is full, or tickets cannot be read (`tickets_unavailable`)"),
     ))]
 pub async fn handshake(
@@ -68,8 +75,8 @@ pub async fn handshake(
     params: Result<Query<WsParams>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let now = std::time::Instant::now();
     let guard = &app.handshake_guard;
+    let client = ClientAddr::resolve(&app.settings.server, peer, &headers);
     // Client-chosen and headed for the log and the sessions table: bounded.
     let user_agent =
         telemetry::clip(header_str(&headers, header::USER_AGENT).unwrap_or("-")).into_owned();
@@ -79,15 +86,21 @@ pub async fn handshake(
             Transport::WebSocket,
             &exam_id,
             raw_query.as_deref(),
-            peer,
+            client,
             &user_agent,
             err,
         )
     };
     // Before anything else, so a flood from one address costs a map lookup.
-    if let Err(wait) = guard.limits.check_ip(peer.ip(), now) {
+    if let Err(wait) = guard.limits.check_ip(client.ip) {
         return rate_limited(&app, refuse, "client address", wait);
     }
+    // Held from here: released by any refusal below, else by the
+    // connection's task when the socket ends.
+    let slot = match connection_slot(&app, client) {
+        Ok(slot) => slot,
+        Err(err) => return refuse_connection(refuse, err),
+    };
     if !auth::valid_exam_id(&exam_id) {
         return refuse(ApiError::bad_request(
             "invalid_exam_id",
@@ -111,17 +124,17 @@ pub async fn handshake(
                 params.access_token.as_deref(),
             );
             match token
-                .ok_or(TokenError::Missing)
-                .and_then(|t| app.keys.verify(t))
+                .ok_or(ApiError::unauthorized(TokenError::Missing))
+                .and_then(|t| verify_token(&app, t))
             {
                 Ok(c) => (c, AuthVia::Token),
-                Err(e) => return refuse(ApiError::unauthorized(e)),
+                Err(e) => return refuse(e),
             }
         }
     };
     // A ticket's handshake was counted when it was minted.
     if via == AuthVia::Token
-        && let Err(wait) = guard.limits.check_subject(&claims.sub, now)
+        && let Err(wait) = guard.limits.check_subject(&claims.sub)
     {
         return rate_limited(&app, refuse, "token subject", wait);
     }
@@ -166,7 +179,8 @@ pub async fn handshake(
         name: claims.name.as_str().into(),
         user: claims.sub.as_str().into(),
         role: claims.role,
-        peer,
+        client,
+        _slot: slot,
         user_agent,
         session_id: uuid::Uuid::new_v4().to_string(),
         via,
@@ -210,7 +224,7 @@ pub(crate) fn refused(
     transport: Transport,
     exam_id: &str,
     raw_query: Option<&str>,
-    peer: SocketAddr,
+    client: ClientAddr,
     user_agent: &str,
     err: ApiError,
 ) -> Response {
@@ -228,7 +242,7 @@ pub(crate) fn refused(
             tracing::info!(
                 exam_id = %telemetry::clip(&auth::redact_jwts(exam_id)),
                 query = %telemetry::clip(&query),
-                ip = %peer, %user_agent, auth = "rejected",
+                ip = %client, %user_agent, auth = "rejected",
                 status = err.status.as_u16(), code = err.code,
                 reason = %telemetry::clip(&auth::redact_jwts(&err.message)),
                 "{} handshake refused", transport.as_str()
@@ -292,6 +306,73 @@ pub(crate) fn rate_limited(
     res.headers_mut()
         .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
     res
+}
+
+/// A place among the client IP's open connections
+/// (`limits.connections_per_ip`), or 429 `too_many_connections_from_ip`.
+pub(crate) fn connection_slot(
+    app: &AppState,
+    client: ClientAddr,
+) -> Result<ConnectionSlot, ApiError> {
+    app.handshake_guard
+        .connections
+        .acquire(client.ip)
+        .map_err(|full| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections_from_ip",
+                format!(
+                    "this client address already has {} connections open; close one first",
+                    full.limit
+                ),
+            )
+        })
+}
+
+/// Answers a [`connection_slot`] refusal, with `Retry-After`.
+pub(crate) fn refuse_connection(
+    refuse: impl FnOnce(ApiError) -> Response,
+    err: ApiError,
+) -> Response {
+    let mut res = refuse(err);
+    res.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(CONNECTIONS_RETRY_AFTER.as_secs()),
+    );
+    res
+}
+
+/// Verifies a bearer token within the size limits: its length
+/// (`limits.max_token_bytes`) before anything is decoded, then, once it is
+/// verified, the number of exams it names (`limits.max_token_exams`; the
+/// length bounds the cost of decoding them). Shared by every way in: the
+/// socket, the SSE streams, tickets and the REST API.
+pub(crate) fn verify_token(app: &AppState, token: &str) -> Result<Claims, ApiError> {
+    let limits = &app.settings.limits;
+    if limits.max_token_bytes > 0 && token.len() > limits.max_token_bytes {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_too_large",
+            format!(
+                "the token is {} bytes; at most {} are accepted",
+                token.len(),
+                limits.max_token_bytes
+            ),
+        ));
+    }
+    let claims = app.keys.verify(token).map_err(ApiError::unauthorized)?;
+    if limits.max_token_exams > 0 && claims.exams.len() > limits.max_token_exams {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "too_many_exams",
+            format!(
+                "the token names {} exams; at most {} are accepted",
+                claims.exams.len(),
+                limits.max_token_exams
+            ),
+        ));
+    }
+    Ok(claims)
 }
 
 /// 403 `origin_not_allowed` unless the `Origin` header (if any) is allowed.

@@ -7,7 +7,7 @@
 //! server's shutdown, so a peer that stops reading can never pin the task.
 
 use std::{
-    net::SocketAddr,
+    pin::Pin,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -24,7 +24,9 @@ use tracing::Instrument;
 use crate::{
     app::AppState,
     auth::Role,
+    client_ip::ClientAddr,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
+    ratelimit::ConnectionSlot,
     room::{
         CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, close,
         queue::QueueRx, rate::RateBucket,
@@ -51,7 +53,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub mod handshake;
 pub use handshake::{WsParams, handshake};
-pub(crate) use handshake::{check_origin, check_roster, require_grant, retry_after_secs};
+pub(crate) use handshake::{
+    check_origin, check_roster, connection_slot, refuse_connection, require_grant,
+    retry_after_secs, verify_token,
+};
 
 /// How a connection ended, for the close frame and the log line.
 enum Ending {
@@ -71,7 +76,11 @@ struct Connection {
     /// Only what the connection needs of its token (the whole claims,
     /// with the list of granted exams, would be held for its whole life).
     role: Role,
-    peer: SocketAddr,
+    /// The client's address (the peer, or whom a trusted proxy forwarded for).
+    client: ClientAddr,
+    /// This connection's place in its IP's count (`limits.connections_per_ip`),
+    /// given back when the connection (and so this field) is dropped.
+    _slot: ConnectionSlot,
     user_agent: String,
     session_id: String,
     /// How the handshake authenticated, for the `connected` log line.
@@ -152,7 +161,7 @@ impl Connection {
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            ip = %self.peer, user_agent = %self.user_agent, auth = "ok",
+            ip = %self.client, user_agent = %self.user_agent, auth = "ok",
             via = self.via.as_str(), session_id = %self.session_id,
             protocol = socket.protocol().and_then(|p| p.to_str().ok()).unwrap_or("-"),
             "connected"
@@ -163,7 +172,7 @@ impl Connection {
             user_id: self.user.to_string(),
             role: self.role.as_str(),
             at: now_ms(),
-            ip: self.peer.to_string(),
+            ip: self.client.recorded(),
             user_agent: self.user_agent.clone(),
             instance_id: self.app.instance_id.clone(),
         });
@@ -183,7 +192,7 @@ impl Connection {
             reason: format!("{by}: {reason}"),
         });
         tracing::info!(
-            ip = %self.peer, user_agent = %self.user_agent,
+            ip = %self.client, user_agent = %self.user_agent,
             close_code = code.map(i64::from).unwrap_or(-1),
             close_reason = %telemetry::clip(&reason),
             closed_by = by, duration_ms = started.elapsed().as_millis() as u64,
@@ -361,12 +370,7 @@ impl Connection {
             ),
             _ => (None, None, None),
         };
-        let fresh = || {
-            Arc::new(RateBucket::new(
-                self.app.settings.limits.messages_per_second,
-                std::time::Instant::now(),
-            ))
-        };
+        let fresh = || Arc::new(RateBucket::new(&self.app.settings.limits));
         if self.watcher() {
             let registry = &self.app.registry;
             let joined = registry.join_watcher(&self.exam_id, self.id, &out, self.last_seq);
@@ -392,7 +396,7 @@ impl Connection {
                 },
                 session_id: self.session_id.clone(),
                 previous_session: self.previous_session.clone(),
-                peer_ip: Some(self.peer.ip().to_string()),
+                peer_ip: Some(self.client.ip.to_string()),
                 user_agent: Some(self.user_agent.clone()),
                 previous_client: previous_client.clone(),
                 cluster,
@@ -436,6 +440,11 @@ impl Connection {
         // pong. A flag, not an `Instant`: the connection keeps it all its life.
         let mut pinged = false;
         let mut bad = BadBudget::new(settings.limits.bad_message_window);
+        // Boxed, and dropped at the first message: only a connection that
+        // has not spoken yet pays for the timer.
+        let first_timeout = settings.limits.first_message_timeout;
+        let mut first_message =
+            (!first_timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(first_timeout)));
         loop {
             let step = tokio::select! {
                 biased;
@@ -445,6 +454,7 @@ impl Connection {
                 // write that blocks still yields to the kick (see `guarded`).
                 first = rx.recv() => Box::pin(self.write_batch(socket, first, rx, kick)).await,
                 reason = kick.kicked() => Err(Ending::Server(reason)),
+                () = expires(&mut first_message) => Err(Ending::Server(close::FIRST_MESSAGE_TIMEOUT)),
                 incoming = socket.recv() => match incoming {
                     None => Err(Ending::Dropped("connection closed without a close frame".into())),
                     Some(Err(e)) => Err(read_error(e)),
@@ -453,6 +463,7 @@ impl Connection {
                         pinged = false;
                         match msg {
                             Message::Text(text) => {
+                                first_message = None;
                                 Box::pin(self.on_text(socket, text, room, kick, limiter, &mut bad)).await
                             }
                             Message::Binary(_) => Err(Ending::Server(close::UNSUPPORTED)),
@@ -528,19 +539,17 @@ impl Connection {
         if text.len() > limits.max_message_bytes {
             return Err(Ending::Server(close::TOO_BIG));
         }
-        let refused: (ErrorCode, String, Option<Label>) =
-            if !limiter.allow(std::time::Instant::now()) {
+        let refused: (ErrorCode, String, Option<Label>, Option<u64>) =
+            if let Err(refused) = limiter.allow() {
                 (
                     ErrorCode::RateLimited,
-                    format!(
-                        "more than {} messages per second",
-                        limits.messages_per_second
-                    ),
+                    refused.message(),
                     None,
+                    Some(refused.retry_after_ms()),
                 )
             } else {
                 match protocol::parse(text.as_str()) {
-                    Err(e) => (e.code, e.message, e.r#ref),
+                    Err(e) => (e.code, e.message, e.r#ref, None),
                     Ok(incoming) if !incoming.msg.allowed_for(self.role) => (
                         ErrorCode::Forbidden,
                         format!(
@@ -549,6 +558,7 @@ impl Connection {
                             self.role.as_str()
                         ),
                         incoming.r#ref,
+                        None,
                     ),
                     Ok(incoming) => {
                         let cmd = RoomCmd::Message {
@@ -565,7 +575,7 @@ impl Connection {
                     }
                 }
             };
-        let (code, message, r#ref) = refused;
+        let (code, message, r#ref, retry_after_ms) = refused;
         metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
         let exhausted = bad.spend(limits.max_bad_messages);
         tracing::debug!(code = ?code, message = %telemetry::clip(&message), "refused a client message");
@@ -573,6 +583,7 @@ impl Connection {
             code,
             message: message.into(),
             r#ref: r#ref.as_ref(),
+            retry_after_ms,
         }
         .encode();
         guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await?;
@@ -584,6 +595,14 @@ impl Connection {
             }));
         }
         Ok(())
+    }
+}
+
+/// Completes when the timer (if any) fires; never without one.
+async fn expires(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -14,7 +14,7 @@ use tokio_tungstenite::{
 use crate::helpers::*;
 
 /// What a refused handshake answered: status, `Retry-After`, JSON body.
-fn refusal(err: tungstenite::Error) -> (u16, Option<String>, Value) {
+pub fn refusal(err: tungstenite::Error) -> (u16, Option<String>, Value) {
     match err {
         tungstenite::Error::Http(resp) => {
             let retry_after = resp
@@ -31,7 +31,7 @@ fn refusal(err: tungstenite::Error) -> (u16, Option<String>, Value) {
 
 /// Opens a handshake from the local address `from` (any 127.0.0.0/8
 /// address is this machine's), with a bearer token.
-async fn connect_from(
+pub async fn connect_from(
     from: [u8; 4],
     app: &TestApp,
     token: &str,
@@ -156,4 +156,123 @@ async fn a_flood_from_one_address_gets_429_and_other_addresses_are_served() {
     );
     assert_eq!(app.metric("examwatch_handshakes_rate_limited_total"), 1);
     assert_eq!(app.metric("examwatch_handshakes_rejected_total"), 2);
+}
+
+/// A student token for `e1` that also names `extra` other exams.
+fn token_naming(app: &TestApp, sub: &str, role: Role, extra: usize) -> String {
+    let mut exams: Vec<String> = (0..extra).map(|i| format!("other-{i}")).collect();
+    exams.push("e1".into());
+    let exams: Vec<&str> = exams.iter().map(String::as_str).collect();
+    app.token(sub, role, &exams)
+}
+
+#[tokio::test]
+async fn a_token_naming_too_many_exams_is_refused_everywhere() {
+    let app = spawn_app_with(|s| s.limits.max_token_exams = 10).await;
+    app.open_exam("e1").await;
+    // Ten exams in all: admitted.
+    let fine = token_naming(&app, "s1", Role::Student, 9);
+    let mut c = app.connect("e1", &fine).await;
+    c.next_of_type("welcome").await;
+    // Eleven: refused at the socket, the stream, a ticket and the REST API.
+    let student = token_naming(&app, "s2", Role::Student, 10);
+    let (status, _, body) = refusal(
+        app.try_connect(&app.ws_url("e1"), Some(&student), &[])
+            .await
+            .err()
+            .expect("refused"),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("too_many_exams"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("11") && m.contains("10")),
+        "{body}"
+    );
+    let teacher = token_naming(&app, "t1", Role::Teacher, 10);
+    let resp = app
+        .sse_get(&app.events_url("e1"), Some(&teacher), &[])
+        .await;
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "too_many_exams");
+    let resp = reqwest::Client::new()
+        .post(app.http("/v1/tickets"))
+        .bearer_auth(&student)
+        .json(&json!({"exam_id": "e1"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "too_many_exams");
+    let resp = app
+        .api(reqwest::Method::GET, "/v1/exams/e1", &teacher)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "too_many_exams");
+}
+
+#[tokio::test]
+async fn a_token_over_the_size_limit_is_refused_before_it_is_decoded() {
+    let app = spawn_app_with(|s| s.limits.max_token_bytes = 600).await;
+    app.open_exam("e1").await;
+    let small = app.token("s1", Role::Student, &["e1"]);
+    assert!(small.len() <= 600, "{}", small.len());
+    let mut c = app.connect("e1", &small).await;
+    c.next_of_type("welcome").await;
+    // A real token over the limit, and 20 KB of garbage: the same answer,
+    // so the garbage was never parsed (it would be `invalid_token`).
+    let large = token_naming(&app, "s2", Role::Student, 40);
+    assert!(large.len() > 600);
+    let garbage = "x".repeat(20_000);
+    for token in [&large, &garbage] {
+        let (status, _, body) = refusal(
+            app.try_connect(&app.ws_url("e1"), Some(token), &[])
+                .await
+                .err()
+                .expect("refused"),
+        );
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (401, &json!("token_too_large")),
+            "{body}"
+        );
+    }
+    // In the query as well as the header.
+    let url = format!("{}?access_token={garbage}", app.ws_url("e1"));
+    let (status, _, body) = refusal(
+        app.try_connect_as_is(&url, None, &[])
+            .await
+            .err()
+            .expect("refused"),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (401, &json!("token_too_large"))
+    );
+    let resp = app
+        .api(reqwest::Method::GET, "/v1/exams", &garbage)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "token_too_large");
+    let resp = reqwest::Client::new()
+        .post(app.http("/v1/tickets"))
+        .bearer_auth(&large)
+        .json(&json!({"exam_id": "e1"}))
+        .send()
+        .await
+        .expect("sent");
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "token_too_large");
 }

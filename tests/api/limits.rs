@@ -33,9 +33,13 @@ async fn reconnecting_does_not_refill_a_students_message_budget() {
             if reply["type"] == "ack" {
                 acked += 1;
             } else {
+                // No ref (the message was not read), and how long to wait:
+                // at most one interval of the sustained rate (200 ms).
+                let wait = reply["retry_after_ms"].as_u64().unwrap_or(0);
+                assert!((1..=200).contains(&wait), "{reply}");
                 assert_eq!(
                     reply,
-                    json!({"type": "error", "code": "rate_limited", "message": "more than 5 messages per second"})
+                    json!({"type": "error", "code": "rate_limited", "message": "more than 5 messages per second", "retry_after_ms": wait})
                 );
             }
         }
@@ -73,6 +77,83 @@ async fn reconnecting_does_not_refill_a_students_message_budget() {
         s1_progress <= bound,
         "{s1_progress} events in {elapsed:.2} s; the limit allows {bound}"
     );
+}
+
+/// Sends heartbeats `refs` at once and returns the replies, in order (a
+/// refusal has no `ref`, and errors may overtake acks: 1.6).
+async fn heartbeats(c: &mut Client, refs: std::ops::Range<u32>) -> Vec<Value> {
+    let n = refs.len();
+    for r in refs {
+        c.send_json(json!({"type": "heartbeat", "ref": r})).await;
+    }
+    let mut replies = Vec::new();
+    for _ in 0..n {
+        replies.push(c.next_json().await);
+    }
+    replies
+}
+
+fn acks(replies: &[Value]) -> usize {
+    replies.iter().filter(|r| r["type"] == "ack").count()
+}
+
+#[tokio::test]
+async fn a_rate_limited_message_says_how_long_to_wait_and_that_wait_is_enough() {
+    let app = spawn_app_with(|s| s.limits.messages_per_second = 2).await; // bursts of 4
+    let (mut s, _) = app.student("e1", "s1").await;
+    let replies = heartbeats(&mut s, 0..5).await;
+    assert_eq!(acks(&replies), 4, "{replies:?}");
+    let refused = replies
+        .iter()
+        .find(|r| r["type"] == "error")
+        .expect("one refused");
+    assert_eq!(refused["code"], "rate_limited");
+    let wait = refused["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(
+        (1..=500).contains(&wait),
+        "one message comes back every 500 ms: {refused}"
+    );
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    s.send_json(json!({"type": "heartbeat", "ref": "after"}))
+        .await;
+    s.expect_ack("after").await;
+}
+
+#[tokio::test]
+async fn a_minute_is_a_sliding_window_shared_by_a_students_connections() {
+    let window = Duration::from_secs(4); // "a minute", shortened for the test
+    let app = spawn_app_with(|s| {
+        s.limits.messages_per_second = 100;
+        s.limits.messages_per_minute = 30;
+        s.limits.message_window = window;
+    })
+    .await;
+    let started = Instant::now();
+    let (mut s, _) = app.student("e1", "s1").await;
+    assert_eq!(acks(&heartbeats(&mut s, 0..20).await), 20);
+    // Reconnecting does not refill it: 10 more, then the 31st is refused.
+    s.close().await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    assert_eq!(acks(&heartbeats(&mut s, 20..30).await), 10);
+    let replies = heartbeats(&mut s, 30..31).await;
+    let elapsed = started.elapsed();
+    let refused = &replies[0];
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert_eq!(refused["message"], "more than 30 messages per 4000 ms");
+    // Until the first of the 30 is a window old: within (window - elapsed, window].
+    let wait = Duration::from_millis(refused["retry_after_ms"].as_u64().expect("a wait"));
+    assert!(
+        wait <= window && wait + elapsed >= window,
+        "{wait:?} after {elapsed:?} in a window of {window:?}"
+    );
+    // Another student has a window of their own.
+    let (mut other, _) = app.student("e1", "s2").await;
+    assert_eq!(acks(&heartbeats(&mut other, 0..30).await), 30);
+    // Waiting as told is enough.
+    tokio::time::sleep(wait).await;
+    s.send_json(json!({"type": "heartbeat", "ref": "after"}))
+        .await;
+    s.expect_ack("after").await;
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@ mod cli;
 mod cluster;
 mod cluster_control;
 mod cluster_liveness;
+mod connection_limits;
 mod connections;
 mod coverage_handshake;
 mod coverage_messages;

@@ -171,6 +171,7 @@ impl Room {
             code,
             message: message.into(),
             r#ref,
+            retry_after_ms: None,
         }
         .encode();
         self.push(out, bytes);
