@@ -454,7 +454,6 @@ impl Connection {
                 // write that blocks still yields to the kick (see `guarded`).
                 first = rx.recv() => Box::pin(self.write_batch(socket, first, rx, kick)).await,
                 reason = kick.kicked() => Err(Ending::Server(reason)),
-                () = expires(&mut first_message) => Err(Ending::Server(close::FIRST_MESSAGE_TIMEOUT)),
                 incoming = socket.recv() => match incoming {
                     None => Err(Ending::Dropped("connection closed without a close frame".into())),
                     Some(Err(e)) => Err(read_error(e)),
@@ -483,6 +482,8 @@ impl Connection {
                         }
                     }
                 },
+                // After the read: a message that came in time goes first.
+                () = expires(&mut first_message) => Err(Ending::Server(close::FIRST_MESSAGE_TIMEOUT)),
                 _ = kick.probed() => {
                     let ping = Message::Ping(axum::body::Bytes::from_static(PROBE));
                     Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
