@@ -1,6 +1,8 @@
 //! Handshake rate limits: a reconnect loop with one token, or a flood from
 //! one address, gets 429 with `Retry-After` before the upgrade, while other
-//! students (other subjects, other addresses) are served as usual.
+//! students (other subjects, other addresses) are served as usual. And the
+//! token's size limits (its length, checked before decoding, and the exams
+//! it names), on every way a token comes in.
 
 use std::net::SocketAddr;
 
