@@ -11,6 +11,8 @@
 //! - [`auth`]: JWT verification and the handshake checks;
 //! - [`ratelimit`]: handshake limits per subject and IP, the refusal log budget;
 //! - [`tickets`]: short-lived, single-use connection tickets for browsers;
+//! - [`revocations`]: tokens refused before their `exp`, and the live
+//!   connections that close when one is revoked;
 //! - [`ws`]: the per-connection task (read, write, ping, close codes);
 //! - [`sse`]: the same events as a Server-Sent Events stream, for watchers;
 //! - [`protocol`]: the wire contract (mirrored in docs/PROTOCOL.md);
@@ -33,6 +35,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
+pub mod revocations;
 pub mod room;
 pub mod roster;
 pub mod sse;

@@ -56,7 +56,7 @@ pub struct Ticket {
         (status = 200, description = "A ticket (never cached: `Cache-Control: no-store`)", body = Ticket),
         (status = 400, description = "The body is not JSON", body = crate::http::ErrorBody),
         (status = 401, description = "Missing, invalid or expired token in the Authorization header", body = crate::http::ErrorBody),
-        (status = 403, description = "`exam_not_granted`, `origin_not_allowed`, `not_on_roster`, `not_allowed`, `exam_not_open` (never created, or a draft), `access_revoked` (denied) or `terminated` (the student's exam was ended)", body = crate::http::ErrorBody),
+        (status = 403, description = "`exam_not_granted`, `origin_not_allowed`, `not_on_roster`, `not_allowed`, `exam_not_open` (never created, or a draft), `access_revoked` (denied), `terminated` (the student's exam was ended) or `token_revoked` (a revocation covers the token)", body = crate::http::ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 2 MiB", body = crate::http::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`", body = crate::http::ErrorBody),
         (status = 422, description = "`invalid_exam_id`, or the body lacks `exam_id`", body = crate::http::ErrorBody),
@@ -130,6 +130,7 @@ async fn mint(
         .ok_or(TokenError::Missing)
         .and_then(|t| app.keys.verify(t))
         .map_err(ApiError::unauthorized)?;
+    crate::revocations::check(app, &claims)?;
     // Minting is where a ticket's handshake is counted against the token
     // subject's handshake budget (the handshake that redeems it is not
     // counted again): one token cannot fill the ticket store, nor loop.

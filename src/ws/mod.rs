@@ -25,6 +25,7 @@ use crate::{
     app::AppState,
     auth::Role,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
+    revocations::{LiveGuard, TokenId},
     room::{
         CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, close,
         queue::QueueRx, rate::RateBucket,
@@ -50,6 +51,7 @@ pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub mod handshake;
+pub(crate) mod lifetime;
 pub use handshake::{WsParams, handshake};
 pub(crate) use handshake::{check_origin, check_roster, require_grant, retry_after_secs};
 
@@ -71,6 +73,11 @@ struct Connection {
     /// Only what the connection needs of its token (the whole claims,
     /// with the list of granted exams, would be held for its whole life).
     role: Role,
+    /// What revocations look at (`sub`, `jti`, `iat`) in the token the
+    /// connection was admitted with; a `refresh` replaces it.
+    token: TokenId,
+    /// The admitting token's `exp` (a ticket's: its token's), Unix seconds.
+    exp: u64,
     peer: SocketAddr,
     user_agent: String,
     session_id: String,
@@ -203,6 +210,7 @@ impl Connection {
             tx,
             kick: kick.clone(),
         };
+        let for_revocations = out.clone();
         // Boxed here and below: a future's size is that of its largest
         // await point, and it lives for the connection's whole life. The
         // join (lease claim, database read) and the write and message
@@ -217,7 +225,19 @@ impl Connection {
             Box::pin(close_socket(socket, &reason)).await;
             return Ending::Server(reason);
         };
-        let ending = self.pump(socket, &rx, &kick, &room, &limiter).await;
+        // From here on a revocation of its token closes it (4403).
+        let live = self
+            .app
+            .revocations
+            .register(self.id, self.token.clone(), for_revocations);
+        let mut life = Standing {
+            exp: self.exp,
+            live,
+            bad: BadBudget::new(self.app.settings.limits.bad_message_window),
+        };
+        let ending = self
+            .pump(socket, &rx, &kick, &room, &limiter, &mut life)
+            .await;
         // The room keeps the session lease through the grace period (marked
         // `/grace`) and releases it when the student is gone for good.
         let _ = Box::pin(room.send(RoomCmd::Leave { conn: self.id })).await;
@@ -421,9 +441,16 @@ impl Connection {
         kick: &Kick,
         room: &RoomHandle,
         limiter: &RateBucket,
+        life: &mut Standing,
     ) -> Ending {
         let settings = &self.app.settings;
         let shutdown = self.app.shutdown.clone();
+        // One timer for the token's end (exp + grace), re-armed by a
+        // `refresh`: no message pays for the check.
+        let grace = settings.auth.expiry_grace;
+        let expiry = tokio::time::sleep_until(lifetime::next_wake(life.exp, grace));
+        tokio::pin!(expiry);
+        let mut armed_for = life.exp;
         let interval = settings.ws.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -435,7 +462,6 @@ impl Connection {
         // loop writes and sends no ping, and a client never asked owes no
         // pong. A flag, not an `Instant`: the connection keeps it all its life.
         let mut pinged = false;
-        let mut bad = BadBudget::new(settings.limits.bad_message_window);
         loop {
             let step = tokio::select! {
                 biased;
@@ -445,6 +471,15 @@ impl Connection {
                 // write that blocks still yields to the kick (see `guarded`).
                 first = rx.recv() => Box::pin(self.write_batch(socket, first, rx, kick)).await,
                 reason = kick.kicked() => Err(Ending::Server(reason)),
+                () = &mut expiry => {
+                    if lifetime::until_expiry(life.exp, grace, now_ms()).is_zero() {
+                        Box::pin(self.expired(socket, kick)).await
+                    } else {
+                        // Armed for at most a month: look again.
+                        expiry.as_mut().reset(lifetime::next_wake(life.exp, grace));
+                        Ok(())
+                    }
+                }
                 incoming = socket.recv() => match incoming {
                     None => Err(Ending::Dropped("connection closed without a close frame".into())),
                     Some(Err(e)) => Err(read_error(e)),
@@ -453,7 +488,15 @@ impl Connection {
                         pinged = false;
                         match msg {
                             Message::Text(text) => {
-                                Box::pin(self.on_text(socket, text, room, kick, limiter, &mut bad)).await
+                                let step = Box::pin(
+                                    self.on_text(socket, text, room, kick, limiter, life),
+                                )
+                                .await;
+                                if life.exp != armed_for {
+                                    armed_for = life.exp;
+                                    expiry.as_mut().reset(lifetime::next_wake(life.exp, grace));
+                                }
+                                step
                             }
                             Message::Binary(_) => Err(Ending::Server(close::UNSUPPORTED)),
                             Message::Pong(payload) if payload.as_ref() == PROBE => {
@@ -520,7 +563,7 @@ impl Connection {
         room: &RoomHandle,
         kick: &Kick,
         limiter: &RateBucket,
-        bad: &mut BadBudget,
+        life: &mut Standing,
     ) -> Result<(), Ending> {
         let metrics = &self.app.metrics;
         let limits = &self.app.settings.limits;
@@ -528,46 +571,79 @@ impl Connection {
         if text.len() > limits.max_message_bytes {
             return Err(Ending::Server(close::TOO_BIG));
         }
-        let refused: (ErrorCode, String, Option<Label>) =
-            if !limiter.allow(std::time::Instant::now()) {
-                (
-                    ErrorCode::RateLimited,
+        let refused: (ErrorCode, String, Option<Label>) = if !limiter
+            .allow(std::time::Instant::now())
+        {
+            (
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages per second",
+                    limits.messages_per_second
+                ),
+                None,
+            )
+        } else {
+            match protocol::parse(text.as_str()) {
+                Err(e) => (e.code, e.message, e.r#ref),
+                Ok(incoming) if !incoming.msg.allowed_for(self.role) => (
+                    ErrorCode::Forbidden,
                     format!(
-                        "more than {} messages per second",
-                        limits.messages_per_second
+                        "`{}` is not allowed for role {}",
+                        incoming.msg.kind(),
+                        self.role.as_str()
                     ),
-                    None,
-                )
-            } else {
-                match protocol::parse(text.as_str()) {
-                    Err(e) => (e.code, e.message, e.r#ref),
-                    Ok(incoming) if !incoming.msg.allowed_for(self.role) => (
-                        ErrorCode::Forbidden,
-                        format!(
-                            "`{}` is not allowed for role {}",
-                            incoming.msg.kind(),
-                            self.role.as_str()
-                        ),
-                        incoming.r#ref,
-                    ),
-                    Ok(incoming) => {
-                        let cmd = RoomCmd::Message {
-                            conn: self.id,
-                            r#ref: incoming.r#ref,
-                            msg: incoming.msg,
-                            user: self.user.clone(),
-                            from: self.name.clone(),
-                        };
-                        return match room.send(cmd).await {
-                            Ok(()) => Ok(()),
-                            Err(_) => Err(Ending::Server(close::GOING_AWAY)),
-                        };
+                    incoming.r#ref,
+                ),
+                Ok(protocol::Incoming {
+                    r#ref,
+                    msg: protocol::ClientMsg::Refresh { token },
+                }) => {
+                    match lifetime::check(&self.app, &token.0, &self.user, self.role, &self.exam_id)
+                    {
+                        Ok(claims) => {
+                            life.exp = claims.exp;
+                            life.live.update(TokenId::of(&claims));
+                            tracing::info!(exp = claims.exp, "token refreshed");
+                            let Some(r#ref) = r#ref else { return Ok(()) };
+                            let ack = ServerMsg::Ack { r#ref: &r#ref }.encode();
+                            return guarded(
+                                kick,
+                                &self.app.shutdown,
+                                socket.send(Message::Text(ack)),
+                            )
+                            .await;
+                        }
+                        Err(lifetime::Refused::Revoked) => {
+                            let frame = crate::revocations::revoked_frame();
+                            let _ = guarded(
+                                kick,
+                                &self.app.shutdown,
+                                socket.send(Message::Text(frame)),
+                            )
+                            .await;
+                            return Err(Ending::Server(close::TOKEN_REVOKED));
+                        }
+                        Err(lifetime::Refused::Error(code, message)) => (code, message, r#ref),
                     }
                 }
-            };
+                Ok(incoming) => {
+                    let cmd = RoomCmd::Message {
+                        conn: self.id,
+                        r#ref: incoming.r#ref,
+                        msg: incoming.msg,
+                        user: self.user.clone(),
+                        from: self.name.clone(),
+                    };
+                    return match room.send(cmd).await {
+                        Ok(()) => Ok(()),
+                        Err(_) => Err(Ending::Server(close::GOING_AWAY)),
+                    };
+                }
+            }
+        };
         let (code, message, r#ref) = refused;
         metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
-        let exhausted = bad.spend(limits.max_bad_messages);
+        let exhausted = life.bad.spend(limits.max_bad_messages);
         tracing::debug!(code = ?code, message = %telemetry::clip(&message), "refused a client message");
         let frame = ServerMsg::Error {
             code,
@@ -585,6 +661,30 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+impl Connection {
+    /// The token's end passed without a `refresh`: `error token_expired`,
+    /// then close 4401.
+    async fn expired(&self, socket: &mut WebSocket, kick: &Kick) -> Result<(), Ending> {
+        let frame = ServerMsg::Error {
+            code: ErrorCode::TokenExpired,
+            message: "this connection's token has expired: reconnect with a new token".into(),
+            r#ref: None,
+        }
+        .encode();
+        guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await?;
+        Err(Ending::Server(close::TOKEN_EXPIRED))
+    }
+}
+
+/// What the loop keeps about its client's standing: the token it speaks
+/// for (its `exp`, and its entry in the revocation set, which forgets the
+/// connection when dropped), and its refused messages.
+struct Standing {
+    exp: u64,
+    live: LiveGuard,
+    bad: BadBudget,
 }
 
 /// Runs a socket write unless the connection is kicked or the server stops
