@@ -59,12 +59,24 @@ impl FromRequestParts<AppState> for Admin {
 #[serde(deny_unknown_fields)]
 pub struct NewRevocation {
     /// Revoke this subject's tokens issued (`iat`) up to now, and its
-    /// tokens without `iat`. 1-128 characters.
+    /// tokens without `iat`. 1-128 bytes, without control characters.
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$",
+        min_length = 1,
+        max_length = 128,
+        example = "s42"
+    )]
     pub sub: Option<String>,
     /// Revoke the token with this `jti` (with `sub` too: only if it is that
-    /// subject's). 1-128 characters.
+    /// subject's). 1-128 bytes, without control characters.
     #[serde(default)]
+    #[schema(
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$",
+        min_length = 1,
+        max_length = 128,
+        example = "6f1c2a9e-8d4b-4c3e-9a57-0b2d1e4f7a10"
+    )]
     pub jti: Option<String>,
     /// RFC 3339 (any offset): the entry lasts until then. In the future,
     /// at most 30 days ahead.
@@ -140,7 +152,7 @@ fn validate(request: NewRevocation, by: &str, now: i64) -> Result<Revocation, Ap
     let name = |field: &str, v: Option<String>| match v {
         Some(v) if v.is_empty() || v.len() > MAX_NAME_LEN || v.chars().any(char::is_control) => {
             Err(invalid(format!(
-                "{field}: 1-{MAX_NAME_LEN} characters, without control characters"
+                "{field}: 1-{MAX_NAME_LEN} bytes, without control characters"
             )))
         }
         v => Ok(v),

@@ -446,3 +446,63 @@ async fn a_revocation_through_one_instance_closes_a_socket_on_another() {
         (403, "token_revoked".into())
     );
 }
+
+/// How many connections subscribe to the revocations channel.
+async fn revocation_subscribers(redis: &Redis) -> i64 {
+    let Ok(client) = redis::Client::open(redis.url()) else {
+        return 0;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return 0;
+    };
+    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("examwatch:revocations")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    counts.first().map_or(0, |(_, n)| *n)
+}
+
+async fn until_subscribed(redis: &Redis, n: i64) {
+    let deadline = deadline();
+    while revocation_subscribers(redis).await != n {
+        assert!(
+            Instant::now() < deadline,
+            "{n} subscribers to the revocations channel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn revocations_reach_other_instances_across_a_redis_restart() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (a, b) = (&apps[0], &apps[1]);
+    until_subscribed(&redis, 2).await;
+    let (mut s1, _) = b.student("e1", "s1").await;
+    let (mut s2, _) = b.student("e1", "s2").await;
+    // Revoked while Redis is down: stored, and B learns it when Redis is
+    // back (the queued message, or its reload from the database).
+    redis.stop();
+    let brokers = (a.state.broker.clone(), b.state.broker.clone());
+    eventually("both instances see Redis gone", || {
+        !brokers.0.healthy() && !brokers.1.healthy()
+    })
+    .await;
+    let (status, _) = revoke(a, &admin(a), json!({"sub": "s1", "until": in_secs(600)})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    redis.start_again();
+    let (code, close) = error_then_close(&mut s1).await;
+    assert_eq!((code.as_str(), close), ("token_revoked", Some(4403)));
+    // Both subscriptions came back by themselves: a revocation after the
+    // restart reaches B through the channel.
+    until_subscribed(&redis, 2).await;
+    let (status, _) = revoke(a, &admin(a), json!({"sub": "s2", "until": in_secs(600)})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (code, close) = error_then_close(&mut s2).await;
+    assert_eq!((code.as_str(), close), ("token_revoked", Some(4403)));
+}
