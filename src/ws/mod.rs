@@ -230,13 +230,13 @@ impl Connection {
             .app
             .revocations
             .register(self.id, self.token.clone(), for_revocations);
-        let mut life = Standing {
+        let mut standing = Standing {
             exp: self.exp,
             live,
             bad: BadBudget::new(self.app.settings.limits.bad_message_window),
         };
         let ending = self
-            .pump(socket, &rx, &kick, &room, &limiter, &mut life)
+            .pump(socket, &rx, &kick, &room, &limiter, &mut standing)
             .await;
         // The room keeps the session lease through the grace period (marked
         // `/grace`) and releases it when the student is gone for good.
@@ -441,16 +441,16 @@ impl Connection {
         kick: &Kick,
         room: &RoomHandle,
         limiter: &RateBucket,
-        life: &mut Standing,
+        standing: &mut Standing,
     ) -> Ending {
         let settings = &self.app.settings;
         let shutdown = self.app.shutdown.clone();
         // One timer for the token's end (exp + grace), re-armed by a
         // `refresh`: no message pays for the check.
         let grace = settings.auth.expiry_grace;
-        let expiry = tokio::time::sleep_until(lifetime::next_wake(life.exp, grace));
+        let expiry = tokio::time::sleep_until(lifetime::next_wake(standing.exp, grace));
         tokio::pin!(expiry);
-        let mut armed_for = life.exp;
+        let mut armed_for = standing.exp;
         let interval = settings.ws.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -472,11 +472,11 @@ impl Connection {
                 first = rx.recv() => Box::pin(self.write_batch(socket, first, rx, kick)).await,
                 reason = kick.kicked() => Err(Ending::Server(reason)),
                 () = &mut expiry => {
-                    if lifetime::until_expiry(life.exp, grace, now_ms()).is_zero() {
+                    if lifetime::until_expiry(standing.exp, grace, now_ms()).is_zero() {
                         Box::pin(self.expired(socket, kick)).await
                     } else {
                         // Armed for at most a month: look again.
-                        expiry.as_mut().reset(lifetime::next_wake(life.exp, grace));
+                        expiry.as_mut().reset(lifetime::next_wake(standing.exp, grace));
                         Ok(())
                     }
                 }
@@ -489,12 +489,12 @@ impl Connection {
                         match msg {
                             Message::Text(text) => {
                                 let step = Box::pin(
-                                    self.on_text(socket, text, room, kick, limiter, life),
+                                    self.on_text(socket, text, room, kick, limiter, standing),
                                 )
                                 .await;
-                                if life.exp != armed_for {
-                                    armed_for = life.exp;
-                                    expiry.as_mut().reset(lifetime::next_wake(life.exp, grace));
+                                if standing.exp != armed_for {
+                                    armed_for = standing.exp;
+                                    expiry.as_mut().reset(lifetime::next_wake(standing.exp, grace));
                                 }
                                 step
                             }
@@ -563,7 +563,7 @@ impl Connection {
         room: &RoomHandle,
         kick: &Kick,
         limiter: &RateBucket,
-        life: &mut Standing,
+        standing: &mut Standing,
     ) -> Result<(), Ending> {
         let metrics = &self.app.metrics;
         let limits = &self.app.settings.limits;
@@ -601,8 +601,8 @@ impl Connection {
                     match lifetime::check(&self.app, &token.0, &self.user, self.role, &self.exam_id)
                     {
                         Ok(claims) => {
-                            life.exp = claims.exp;
-                            life.live.update(TokenId::of(&claims));
+                            standing.exp = claims.exp;
+                            standing.live.update(TokenId::of(&claims));
                             tracing::info!(exp = claims.exp, "token refreshed");
                             let Some(r#ref) = r#ref else { return Ok(()) };
                             let ack = ServerMsg::Ack { r#ref: &r#ref }.encode();
@@ -643,7 +643,7 @@ impl Connection {
         };
         let (code, message, r#ref) = refused;
         metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
-        let exhausted = life.bad.spend(limits.max_bad_messages);
+        let exhausted = standing.bad.spend(limits.max_bad_messages);
         tracing::debug!(code = ?code, message = %telemetry::clip(&message), "refused a client message");
         let frame = ServerMsg::Error {
             code,
