@@ -55,6 +55,9 @@ pub struct AppState {
     pub handshake_guard: Arc<crate::ratelimit::HandshakeGuard>,
     /// Connection tickets (`POST /v1/tickets`, `?ticket=`).
     pub tickets: Arc<Tickets>,
+    /// Revoked tokens and the live connections they close
+    /// (`POST /v1/revocations`, [`crate::revocations`]).
+    pub revocations: Arc<crate::revocations::Revocations>,
     draining: Arc<AtomicBool>,
     next_conn: Arc<AtomicU64>,
 }
@@ -139,6 +142,15 @@ impl App {
             tracing::info!(instance = %instance_id, "sharing exams through Redis");
             (Broker::Redis(redis), Some(inbound))
         };
+        // Loaded before the first handshake: a restarted instance refuses
+        // what was revoked before it started.
+        let revocations = Arc::new(crate::revocations::Revocations::default());
+        let now = crate::store::now_ms();
+        let live = store
+            .live_revocations(now)
+            .await
+            .context("cannot read the token revocations from the database")?;
+        revocations.load(live, now);
         let rosters = RosterCache::default();
         let registry = Registry::new(RoomContext {
             settings: Arc::new(settings.exam.clone()),
@@ -159,7 +171,12 @@ impl App {
             shutdown.clone(),
         ));
         if let (Some(inbound), Broker::Redis(redis)) = (inbound, &broker) {
-            tokio::spawn(crate::broker::dispatch(inbound, registry.clone()));
+            tokio::spawn(crate::broker::dispatch(
+                inbound,
+                registry.clone(),
+                revocations.clone(),
+                store.clone(),
+            ));
             tokio::spawn(crate::broker::heartbeat(
                 redis.clone(),
                 settings.broker.heartbeat_ttl,
@@ -174,6 +191,7 @@ impl App {
         let state = AppState {
             handshake_guard: Arc::new(crate::ratelimit::HandshakeGuard::new(&settings)),
             tickets,
+            revocations,
             settings,
             keys: Arc::new(keys),
             registry,

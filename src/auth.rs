@@ -74,6 +74,16 @@ pub struct Claims {
     /// A string or a list of strings, as RFC 7519 allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
+    /// The token's id: what a revocation by `jti` names
+    /// ([`crate::revocations`]). `examwatch token` always sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// When the token was issued (Unix seconds): a revocation by `sub`
+    /// covers the subject's tokens issued up to the revocation's second,
+    /// so a token issued after it works. A token without `iat` is covered
+    /// while the entry lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,6 +236,15 @@ impl Keys {
             return Err(TokenError::Invalid("`name` is longer than 200 characters"));
         }
         if claims
+            .jti
+            .as_deref()
+            .is_some_and(|j| j.is_empty() || j.len() > 128 || j.chars().any(char::is_control))
+        {
+            return Err(TokenError::Invalid(
+                "`jti` must be 1 to 128 characters, without control characters",
+            ));
+        }
+        if claims
             .sub
             .chars()
             .chain(claims.name.chars())
@@ -251,7 +270,8 @@ impl Keys {
         )?)
     }
 
-    /// Convenience for the CLI and tests: claims valid for `ttl` from now.
+    /// Convenience for the CLI and tests: claims valid for `ttl` from now,
+    /// with a fresh random `jti` and `iat` = now (what revocations match).
     pub fn mint(
         &self,
         sub: &str,
@@ -268,6 +288,8 @@ impl Keys {
             exp: unix_now() + ttl.as_secs(),
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(Audience::One),
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+            iat: Some(unix_now()),
         })
     }
 }

@@ -135,6 +135,11 @@ pub struct AuthSettings {
     /// Redis, or while it is unreachable); past it, `POST /v1/tickets`
     /// answers 503 `tickets_unavailable`.
     pub ticket_capacity: usize,
+    /// How long past its token's `exp` a connection may stay open before
+    /// it gets `error token_expired` and close 4401 (a socket may send
+    /// `refresh` with a new token before that). Also ends SSE streams.
+    #[serde(with = "humantime_serde")]
+    pub expiry_grace: Duration,
 }
 
 impl Default for AuthSettings {
@@ -150,6 +155,7 @@ impl Default for AuthSettings {
             leeway: Duration::from_secs(30),
             ticket_ttl: Duration::from_secs(30),
             ticket_capacity: 50_000,
+            expiry_grace: Duration::from_secs(30),
         }
     }
 }
@@ -612,6 +618,7 @@ impl Settings {
         at_most("server.drain_delay", self.server.drain_delay, HOUR)?;
         at_most("auth.leeway", self.auth.leeway, HOUR)?;
         at_most("auth.ticket_ttl", self.auth.ticket_ttl, HOUR)?;
+        at_most("auth.expiry_grace", self.auth.expiry_grace, HOUR)?;
         positive("auth.ticket_ttl", !self.auth.ticket_ttl.is_zero())?;
         positive("auth.ticket_capacity", self.auth.ticket_capacity > 0)?;
         at_most(

@@ -12,6 +12,8 @@
 //! - [`client_ip`]: who the client is, behind `server.trusted_proxies`;
 //! - [`ratelimit`]: handshake limits per subject and IP, connections per IP, the refusal log budget;
 //! - [`tickets`]: short-lived, single-use connection tickets for browsers;
+//! - [`revocations`]: tokens refused before their `exp`, and the live
+//!   connections that close when one is revoked;
 //! - [`ws`]: the per-connection task (read, write, ping, close codes);
 //! - [`sse`]: the same events as a Server-Sent Events stream, for watchers;
 //! - [`protocol`]: the wire contract (mirrored in docs/PROTOCOL.md);
@@ -35,6 +37,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
+pub mod revocations;
 pub mod room;
 pub mod roster;
 pub mod sse;

@@ -303,6 +303,8 @@ mod tests {
                 exp: crate::auth::unix_now() + 600,
                 iss: None,
                 aud: None,
+                jti: None,
+                iat: None,
             },
         }
     }

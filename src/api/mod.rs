@@ -14,6 +14,7 @@ mod alerts;
 mod control;
 mod exams;
 mod records;
+mod revocations;
 mod student;
 mod tickets;
 mod timing;
@@ -70,6 +71,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(records::router())
         .merge(student::router())
         .merge(tickets::router())
+        .merge(revocations::router())
 }
 
 /// A caller of the REST API: a verified watcher (proctor, teacher or
@@ -89,6 +91,7 @@ impl FromRequestParts<AppState> for Watcher {
         let claims = token
             .ok_or(ApiError::unauthorized(TokenError::Missing))
             .and_then(|t| crate::ws::verify_token(app, t))?;
+        crate::revocations::check(app, &claims)?;
         if !claims.role.is_watcher() {
             return Err(ApiError::forbidden(
                 "teachers_only",

@@ -57,7 +57,7 @@ pub struct Ticket {
         (status = 200, description = "A ticket (never cached: `Cache-Control: no-store`)", body = Ticket),
         (status = 400, description = "The body is not JSON", body = crate::http::ErrorBody),
         (status = 401, description = "Missing, invalid or expired token in the Authorization header, or one too large (`token_too_large`) or naming too many exams (`too_many_exams`)", body = crate::http::ErrorBody),
-        (status = 403, description = "`exam_not_granted`, `origin_not_allowed`, `not_on_roster`, `not_allowed`, `exam_not_open` (never created, or a draft), `access_revoked` (denied) or `terminated` (the student's exam was ended)", body = crate::http::ErrorBody),
+        (status = 403, description = "`exam_not_granted`, `origin_not_allowed`, `not_on_roster`, `not_allowed`, `exam_not_open` (never created, or a draft), `access_revoked` (denied), `terminated` (the student's exam was ended) or `token_revoked` (a revocation covers the token)", body = crate::http::ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 2 MiB", body = crate::http::ErrorBody),
         (status = 415, description = "`unsupported_media_type`: the body is not sent as `Content-Type: application/json`", body = crate::http::ErrorBody),
         (status = 422, description = "`invalid_exam_id`, or the body lacks `exam_id`", body = crate::http::ErrorBody),
@@ -136,6 +136,7 @@ async fn mint(
     let claims = auth::extract_token(header, None)
         .ok_or(ApiError::unauthorized(TokenError::Missing))
         .and_then(|t| ws::verify_token(app, t))?;
+    crate::revocations::check(app, &claims)?;
     // Minting is where a ticket's handshake is counted against the token
     // subject's handshake budget (the handshake that redeems it is not
     // counted again): one token cannot fill the ticket store, nor loop.

@@ -88,6 +88,14 @@ impl Broker {
         }
     }
 
+    /// Tells every other instance of a revocation this instance has
+    /// applied (in memory there are none: nothing to do).
+    pub fn publish_revocation(&self, entry: &crate::revocations::Revocation) {
+        if let Broker::Redis(r) = self {
+            r.publish_revocation(entry.to_wire());
+        }
+    }
+
     /// Whether the broker is reachable (always, in memory).
     pub fn healthy(&self) -> bool {
         match self {
@@ -97,10 +105,13 @@ impl Broker {
     }
 }
 
-/// Routes what Redis pushes to this instance's rooms.
+/// Routes what Redis pushes to this instance's rooms, and revocations to
+/// its revocation set.
 pub async fn dispatch(
     mut inbound: tokio::sync::mpsc::UnboundedReceiver<redis::Inbound>,
     registry: crate::room::Registry,
+    revocations: Arc<crate::revocations::Revocations>,
+    store: crate::store::Store,
 ) {
     use crate::room::RoomCmd;
     while let Some(msg) = inbound.recv().await {
@@ -119,11 +130,35 @@ pub async fn dispatch(
                     .await;
             }
             redis::Inbound::Resync => {
+                // Revocations published while Redis was away never reached
+                // this instance: the database has them all.
+                tokio::spawn(reload_revocations(revocations.clone(), store.clone()));
                 for room in registry.all() {
                     let _ = room.send(RoomCmd::Resync).await;
                 }
             }
+            redis::Inbound::Revoked(wire) => {
+                match crate::revocations::Revocation::from_wire(&wire) {
+                    Some(entry) => {
+                        revocations.apply(entry, crate::store::now_ms());
+                    }
+                    None => tracing::warn!("unparseable message on the revocations channel"),
+                }
+            }
         }
+    }
+}
+
+/// Replaces this instance's revocation set with the database's (start-up,
+/// and after a Redis disconnection); on failure the set is kept as it was.
+pub async fn reload_revocations(
+    revocations: Arc<crate::revocations::Revocations>,
+    store: crate::store::Store,
+) {
+    let now = crate::store::now_ms();
+    match store.live_revocations(now).await {
+        Ok(entries) => revocations.load(entries, now),
+        Err(e) => tracing::warn!(error = %e, "cannot reload token revocations"),
     }
 }
 

@@ -13,6 +13,10 @@
 //!   events gets a fresh snapshot instead of a silent gap.
 //! - **Leases**: one session per student across the cluster, and liveness
 //!   keys per instance so a crashed instance's presence expires.
+//! - **Revocations**: one cluster-wide channel (`{prefix}:revocations`),
+//!   subscribed for the instance's whole life (and resubscribed after a
+//!   reconnection like the exam channels); a revocation is published
+//!   through the publisher's queue, so it waits out a Redis outage.
 
 use std::{
     collections::VecDeque,
@@ -76,6 +80,9 @@ pub enum Inbound {
     Dropped { exam: Arc<str>, student: Arc<str> },
     /// Redis came back after a disconnection: reload shared state.
     Resync,
+    /// A token revocation made on some instance (its wire JSON,
+    /// `Revocation::to_wire`).
+    Revoked(String),
 }
 
 enum Op {
@@ -83,6 +90,10 @@ enum Op {
     Publish(Draft, u64),
     Subscribe(Arc<str>, oneshot::Sender<()>),
     Unsubscribe(Arc<str>),
+    /// The revocations channel, once at start-up.
+    SubscribeRevocations,
+    /// A revocation's wire JSON, for every instance.
+    Revoke(String),
 }
 
 pub struct RedisBroker {
@@ -156,6 +167,9 @@ impl RedisBroker {
             tracing::warn!("Redis is not reachable yet; serving this instance's members alone");
         }
         let (ops, ops_rx) = mpsc::unbounded_channel();
+        // For the instance's whole life; retried by the publisher until
+        // Redis confirms, resubscribed by the connection after a reconnect.
+        let _ = ops.send(Op::SubscribeRevocations);
         let (inbound_tx, inbound) = mpsc::unbounded_channel();
         let broker = Arc::new(Self {
             instance: options.instance.clone(),
@@ -239,6 +253,13 @@ impl RedisBroker {
 
     pub fn unsubscribe(&self, exam: Arc<str>) {
         let _ = self.ops.send(Op::Unsubscribe(exam));
+    }
+
+    /// Publishes a revocation to every instance (this one included), in
+    /// order with everything else this instance publishes; retried until
+    /// Redis takes it.
+    pub fn publish_revocation(&self, wire: String) {
+        let _ = self.ops.send(Op::Revoke(wire));
     }
 
     /// The exam's shared state: seq, students' latest events, history.
@@ -739,6 +760,22 @@ impl Publisher {
                     }
                     ok
                 }
+                Some(Op::SubscribeRevocations) => {
+                    let channel = revocations_channel(&self.prefix);
+                    let ok = self.conn.subscribe(channel).await.is_ok();
+                    if ok {
+                        queue.pop_front();
+                    }
+                    ok
+                }
+                Some(Op::Revoke(wire)) => {
+                    let channel = revocations_channel(&self.prefix);
+                    let sent: Result<i64, _> = self.conn.publish(channel, wire.as_str()).await;
+                    if sent.is_ok() {
+                        queue.pop_front();
+                    }
+                    sent.is_ok()
+                }
                 Some(Op::Unsubscribe(exam)) => {
                     let channel = format!("{}:exam:{exam}", self.prefix);
                     let _ = self.conn.unsubscribe(channel).await;
@@ -833,6 +870,7 @@ async fn read_pushes(
     needs_resync: Arc<AtomicBool>,
 ) {
     let channel_prefix = format!("{prefix}:exam:");
+    let revocations = revocations_channel(&prefix);
     while let Some(push) = rx.recv().await {
         match push.kind {
             PushKind::Message => {
@@ -841,6 +879,12 @@ async fn read_pushes(
                 else {
                     continue;
                 };
+                if channel.as_slice() == revocations.as_bytes() {
+                    if let Ok(wire) = std::str::from_utf8(payload) {
+                        let _ = inbound.send(Inbound::Revoked(wire.to_owned()));
+                    }
+                    continue;
+                }
                 let Some(exam) = std::str::from_utf8(channel)
                     .ok()
                     .and_then(|c| c.strip_prefix(&channel_prefix))
@@ -874,6 +918,11 @@ async fn read_pushes(
             _ => {}
         }
     }
+}
+
+/// The cluster-wide channel of token revocations.
+fn revocations_channel(prefix: &str) -> String {
+    format!("{prefix}:revocations")
 }
 
 /// The instance part of a lease value (`instance/session[/grace]`).

@@ -66,6 +66,25 @@ pub enum ClientMsg {
         #[serde(default)]
         text: Option<String>,
     },
+    /// Anyone: a new token for this connection, before the current one
+    /// expires (PROTOCOL.md 1.2.3). Handled by the connection itself, never
+    /// by the room: verified like a handshake's token, it must name the
+    /// same subject and role and grant the connection's exam.
+    Refresh {
+        token: RefreshToken,
+    },
+}
+
+/// A `refresh` message's token: a credential, so its `Debug` never shows it
+/// (a message may be logged with `{:?}`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RefreshToken(pub String);
+
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 /// Longest `raise_hand` text, in characters.
@@ -83,6 +102,7 @@ const KNOWN_TYPES: &[&str] = &[
     "answer",
     "received",
     "raise_hand",
+    "refresh",
 ];
 
 impl ClientMsg {
@@ -91,7 +111,7 @@ impl ClientMsg {
     /// the watcher messages need the [`Right`] the rights matrix gives them.
     pub fn allowed_for(&self, role: Role) -> bool {
         match self {
-            ClientMsg::Heartbeat {} | ClientMsg::Resume { .. } => true,
+            ClientMsg::Heartbeat {} | ClientMsg::Resume { .. } | ClientMsg::Refresh { .. } => true,
             ClientMsg::Announce { .. } => role.may(Right::Announce),
             ClientMsg::Progress { .. }
             | ClientMsg::Activity { .. }
@@ -114,6 +134,7 @@ impl ClientMsg {
             ClientMsg::Answer { .. } => "answer",
             ClientMsg::Received { .. } => "received",
             ClientMsg::RaiseHand { .. } => "raise_hand",
+            ClientMsg::Refresh { .. } => "refresh",
         }
     }
 }

@@ -94,6 +94,14 @@ pub enum ErrorCode {
     /// The exam or this student is paused: no time is lost, and nothing is
     /// taken until `exam_update` says `paused: false`; re-send then.
     ExamPaused,
+    /// A `refresh` token that does not verify (signature, issuer, audience,
+    /// `nbf`, shape): the connection keeps its old token.
+    InvalidToken,
+    /// The connection's token expired without a `refresh` (close 4401
+    /// follows), or a `refresh` brought an already expired token.
+    TokenExpired,
+    /// A revocation covers the connection's token (close 4403 follows).
+    TokenRevoked,
 }
 
 impl ErrorCode {

@@ -85,6 +85,10 @@ pub mod close {
                 "removed from the exam by a teacher (terminated, or access revoked): do not reconnect"
             }
             4008 => "too slow: the outbound queue was full",
+            4401 => {
+                "token expired: reconnect with a new token (or send `refresh` before it expires)"
+            }
+            4403 => "token revoked: do not reconnect with it; sign in again",
             4009 => "another session is active for this student (policy reject)",
             4408 => "no message within limits.first_message_timeout of connecting",
             _ => "not an examwatch close code",
@@ -149,6 +153,17 @@ pub mod close {
     pub const TOO_SLOW: CloseReason = CloseReason {
         code: 4008,
         reason: "too slow",
+    };
+    /// The connection's token expired (past `auth.expiry_grace`) without
+    /// a `refresh` (docs/PROTOCOL.md 1.2.3).
+    pub const TOKEN_EXPIRED: CloseReason = CloseReason {
+        code: 4401,
+        reason: "token expired",
+    };
+    /// A revocation covers the connection's token (`POST /v1/revocations`).
+    pub const TOKEN_REVOKED: CloseReason = CloseReason {
+        code: 4403,
+        reason: "token revoked",
     };
     pub const SECOND_SESSION: CloseReason = CloseReason {
         code: 4009,

@@ -21,6 +21,13 @@
 //! and at shutdown ends at once: the body then ends cleanly (the chunked
 //! terminator), and nothing holds the drain.
 //!
+//! A stream cannot `refresh` its token: at the token's `exp` plus
+//! `auth.expiry_grace` it sends an `error` event (`token_expired`) and
+//! ends, and the client reconnects with a new token (`EventSource` does so
+//! by itself, with the URL it has: a page that puts a token or ticket in
+//! the URL opens a new `EventSource` instead). A revocation covering its
+//! token ends it the same way with `token_revoked` ([`crate::revocations`]).
+//!
 //! A student's stream (`GET /v1/exams/{id}/me/events`, [`student`]) is
 //! the same machinery with another join and another audience: the checks
 //! of [`Opening`], then [`Stream`] with [`Audience::Student`].
@@ -50,9 +57,11 @@ use crate::{
     http::ApiError,
     protocol::Seq,
     ratelimit::ConnectionSlot,
+    revocations::TokenId,
     room::{CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, close, queue::QueueRx},
     telemetry,
     ws::handshake::{Transport, header_str, rate_limited, refused},
+    ws::lifetime,
     ws::{check_origin, connection_slot, refuse_connection, require_grant, verify_token},
 };
 
@@ -104,7 +113,7 @@ pub struct SseEventDoc {
         (status = 200, description = "An event stream (`text/event-stream`, `Cache-Control: no-cache`, `X-Accel-Buffering: no`)", content_type = "text/event-stream", body = SseEventDoc),
         (status = 400, description = "`invalid_exam_id`, `invalid_query` or `invalid_last_event_id`", body = crate::http::ErrorBody),
         (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), or one too large (`token_too_large`) or naming too many exams (`too_many_exams`)", body = crate::http::ErrorBody),
-        (status = 403, description = "`watchers_only` (a student token), `exam_not_granted` or `origin_not_allowed`", body = crate::http::ErrorBody),
+        (status = 403, description = "`watchers_only` (a student token), `exam_not_granted`, `origin_not_allowed` or `token_revoked`", body = crate::http::ErrorBody),
         (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`), or too many open connections from this IP (`too_many_connections_from_ip`); see `Retry-After`", body = crate::http::ErrorBody),
         (status = 503, description = "`shutting_down`, or `exam_unavailable` (the exam's room did not answer)", body = crate::http::ErrorBody),
     ))]
@@ -167,6 +176,10 @@ pub async fn watcher_events(
         room,
         rx,
         kick,
+        _live: app
+            .revocations
+            .register(id, TokenId::of(&claims), out.clone()),
+        exp: claims.exp,
         app: app.clone(),
         client: opening.client,
         _slot: slot,
@@ -324,6 +337,9 @@ impl<'a> Opening<'a> {
                 claims
             }
         };
+        if let Err(e) = crate::revocations::check(app, &claims) {
+            return Err(refuse(e));
+        }
         if let Err(e) = check_origin(app, headers) {
             return Err(refuse(e));
         }
@@ -355,6 +371,17 @@ impl<'a> Opening<'a> {
             )
         })
     }
+}
+
+/// The `error` event a stream ends with when its token expires.
+fn expired_frame() -> axum::extract::ws::Utf8Bytes {
+    crate::protocol::ServerMsg::Error {
+        code: crate::protocol::ErrorCode::TokenExpired,
+        message: "this stream's token has expired: reconnect with a new token".into(),
+        r#ref: None,
+        retry_after_ms: None,
+    }
+    .encode()
 }
 
 fn shutting_down() -> ApiError {
@@ -398,6 +425,9 @@ enum Ending {
     /// A student's stream sent the frame that removes them from the exam
     /// (`terminated`, `session_invalidated`): nothing more is theirs.
     Removed(&'static str),
+    /// Its token's `exp` plus `auth.expiry_grace` passed (an `error`
+    /// event `token_expired` was sent).
+    Expired,
 }
 
 /// Whose stream it is, and so how its frames become events.
@@ -419,6 +449,11 @@ pub(crate) struct Stream {
     room: RoomHandle,
     rx: QueueRx,
     kick: Kick,
+    /// Its entry among the live connections revocations close: held, not
+    /// read (dropped with the stream, it unregisters).
+    _live: crate::revocations::LiveGuard,
+    /// Its token's `exp` (Unix seconds): the stream ends past it.
+    exp: u64,
     app: AppState,
     client: ClientAddr,
     /// The stream's place in its IP's count (`limits.connections_per_ip`),
@@ -463,6 +498,7 @@ impl Stream {
             Ending::Shutdown => ("server", close::GOING_AWAY.reason.to_owned()),
             Ending::ClientGone => ("client", "stream dropped".to_owned()),
             Ending::Removed(by) => ("server", format!("removed ({by})")),
+            Ending::Expired => ("server", close::TOKEN_EXPIRED.reason.to_owned()),
         };
         tracing::info!(
             ip = %self.client, user_agent = %self.user_agent,
@@ -479,6 +515,9 @@ impl Stream {
         let every = self.app.settings.sse.heartbeat;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let grace = self.app.settings.auth.expiry_grace;
+        let expiry = tokio::time::sleep_until(lifetime::next_wake(self.exp, grace));
+        tokio::pin!(expiry);
         loop {
             let (chunk, last) = tokio::select! {
                 biased;
@@ -488,6 +527,16 @@ impl Stream {
                 reason = self.kick.kicked() => return Ending::Kicked(reason),
                 _ = body.closed() => return Ending::ClientGone,
                 _ = heartbeat.tick() => (Bytes::from_static(event::HEARTBEAT), None),
+                () = &mut expiry => {
+                    if !lifetime::until_expiry(self.exp, grace, crate::store::now_ms()).is_zero() {
+                        expiry.as_mut().reset(lifetime::next_wake(self.exp, grace));
+                        continue;
+                    }
+                    let mut buf = Vec::new();
+                    event::append(&mut buf, expired_frame().as_str());
+                    let _ = self.hand_off(body, buf.into()).await;
+                    return Ending::Expired;
+                }
             };
             if let Err(ending) = self.hand_off(body, chunk).await {
                 return ending;

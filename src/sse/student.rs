@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::ToSchema;
 
 use super::{Audience, Opening, Stream, response};
+use crate::revocations::TokenId;
 use crate::{
     app::AppState,
     auth::{self, Claims, TokenError},
@@ -71,7 +72,7 @@ fn students_only() -> ApiError {
         (status = 200, description = "An event stream (`text/event-stream`, `Cache-Control: no-cache`, `X-Accel-Buffering: no`)", content_type = "text/event-stream", body = String),
         (status = 400, description = "`invalid_exam_id` or `invalid_query`", body = crate::http::ErrorBody),
         (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), one too large (`token_too_large`) or naming too many exams (`too_many_exams`), or a ticket that is unknown, used, expired or for another exam (`invalid_ticket`)", body = crate::http::ErrorBody),
-        (status = 403, description = "`students_only` (a watcher's token), `exam_not_granted`, `origin_not_allowed`, `not_on_roster`, `not_allowed`, `exam_not_open` (a draft or unknown exam), `access_revoked` or `terminated`", body = crate::http::ErrorBody),
+        (status = 403, description = "`students_only` (a watcher's token), `exam_not_granted`, `origin_not_allowed`, `not_on_roster`, `not_allowed`, `exam_not_open` (a draft or unknown exam), `access_revoked`, `terminated` or `token_revoked`", body = crate::http::ErrorBody),
         (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`), or too many open connections from this IP (`too_many_connections_from_ip`), shared with the socket; see `Retry-After`", body = crate::http::ErrorBody),
         (status = 503, description = "`shutting_down`, `roster_unavailable`, `tickets_unavailable`, or `exam_unavailable` (the exam's room did not answer)", body = crate::http::ErrorBody),
     ))]
@@ -128,6 +129,10 @@ pub async fn student_events(
         room,
         rx,
         kick,
+        _live: app
+            .revocations
+            .register(id, TokenId::of(&claims), out.clone()),
+        exp: claims.exp,
         app: app.clone(),
         client: opening.client,
         _slot: slot,
@@ -170,6 +175,7 @@ fn student_of(app: &AppState, headers: &HeaderMap, exam_id: &str) -> Result<Clai
     let claims = token
         .ok_or(ApiError::unauthorized(TokenError::Missing))
         .and_then(|t| verify_token(app, t))?;
+    crate::revocations::check(app, &claims)?;
     if claims.role.is_watcher() {
         return Err(students_only());
     }
@@ -192,7 +198,7 @@ fn student_of(app: &AppState, headers: &HeaderMap, exam_id: &str) -> Result<Clai
         (status = 200, description = "Acknowledged (see `recorded`)", body = ReceivedAnswer),
         (status = 400, description = "`invalid_exam_id`, or a body that is not JSON (`invalid_body`)", body = crate::http::ErrorBody),
         (status = 401, description = "Missing, invalid, expired or not yet valid token", body = crate::http::ErrorBody),
-        (status = 403, description = "`students_only` (a watcher's token) or `exam_not_granted`", body = crate::http::ErrorBody),
+        (status = 403, description = "`students_only` (a watcher's token), `exam_not_granted` or `token_revoked`", body = crate::http::ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = crate::http::ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json` (`unsupported_media_type`)", body = crate::http::ErrorBody),
         (status = 422, description = "A body of the wrong shape (`invalid_body`), or an `id` that is not 1-64 characters (`invalid_field`)", body = crate::http::ErrorBody),

@@ -15,6 +15,7 @@ pub mod alerts;
 pub mod control;
 pub mod queries;
 pub mod record;
+pub mod revocations;
 pub mod tx;
 pub mod writer;
 

@@ -62,7 +62,7 @@ pub struct WsParams {
         (status = 101, description = "Switching to the WebSocket protocol (subprotocol examwatch.v1 when offered)"),
         (status = 400, description = "Invalid exam id or query, or not a WebSocket request"),
         (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), a token over `limits.max_token_bytes` (`token_too_large`) or naming more than `limits.max_token_exams` exams (`too_many_exams`), or a ticket that is unknown, used, expired or for another exam (`invalid_ticket`)"),
-        (status = 403, description = "Exam not granted, Origin not allowed, or not on the roster"),
+        (status = 403, description = "Exam not granted, Origin not allowed, not on the roster, or the token revoked (`token_revoked`)"),
         (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`), or too many open connections from this IP (`too_many_connections_from_ip`); see `Retry-After`"),
         (status = 503, description = "Shutting down, the database backlog is full, or tickets cannot be read (`tickets_unavailable`)"),
     ))]
@@ -132,6 +132,9 @@ pub async fn handshake(
             }
         }
     };
+    if let Err(e) = crate::revocations::check(&app, &claims) {
+        return refuse(e);
+    }
     // A ticket's handshake was counted when it was minted.
     if via == AuthVia::Token
         && let Err(wait) = guard.limits.check_subject(&claims.sub)
@@ -181,6 +184,8 @@ pub async fn handshake(
         role: claims.role,
         client,
         _slot: slot,
+        token: crate::revocations::TokenId::of(&claims),
+        exp: claims.exp,
         user_agent,
         session_id: uuid::Uuid::new_v4().to_string(),
         via,

@@ -27,6 +27,7 @@ use crate::{
     client_ip::ClientAddr,
     protocol::{self, ErrorCode, Label, Seq, ServerMsg},
     ratelimit::ConnectionSlot,
+    revocations::{LiveGuard, TokenId},
     room::{
         CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, close,
         queue::QueueRx, rate::RateBucket,
@@ -52,6 +53,7 @@ pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub mod handshake;
+pub(crate) mod lifetime;
 pub use handshake::{WsParams, handshake};
 pub(crate) use handshake::{
     check_origin, check_roster, connection_slot, refuse_connection, require_grant,
@@ -81,6 +83,11 @@ struct Connection {
     /// This connection's place in its IP's count (`limits.connections_per_ip`),
     /// given back when the connection (and so this field) is dropped.
     _slot: ConnectionSlot,
+    /// What revocations look at (`sub`, `jti`, `iat`) in the token the
+    /// connection was admitted with; a `refresh` replaces it.
+    token: TokenId,
+    /// The admitting token's `exp` (a ticket's: its token's), Unix seconds.
+    exp: u64,
     user_agent: String,
     session_id: String,
     /// How the handshake authenticated, for the `connected` log line.
@@ -212,6 +219,7 @@ impl Connection {
             tx,
             kick: kick.clone(),
         };
+        let for_revocations = out.clone();
         // Boxed here and below: a future's size is that of its largest
         // await point, and it lives for the connection's whole life. The
         // join (lease claim, database read) and the write and message
@@ -226,7 +234,19 @@ impl Connection {
             Box::pin(close_socket(socket, &reason)).await;
             return Ending::Server(reason);
         };
-        let ending = self.pump(socket, &rx, &kick, &room, &limiter).await;
+        // From here on a revocation of its token closes it (4403).
+        let live = self
+            .app
+            .revocations
+            .register(self.id, self.token.clone(), for_revocations);
+        let mut standing = Standing {
+            exp: self.exp,
+            live,
+            bad: BadBudget::new(self.app.settings.limits.bad_message_window),
+        };
+        let ending = self
+            .pump(socket, &rx, &kick, &room, &limiter, &mut standing)
+            .await;
         // The room keeps the session lease through the grace period (marked
         // `/grace`) and releases it when the student is gone for good.
         let _ = Box::pin(room.send(RoomCmd::Leave { conn: self.id })).await;
@@ -425,9 +445,16 @@ impl Connection {
         kick: &Kick,
         room: &RoomHandle,
         limiter: &RateBucket,
+        standing: &mut Standing,
     ) -> Ending {
         let settings = &self.app.settings;
         let shutdown = self.app.shutdown.clone();
+        // One timer for the token's end (exp + grace), re-armed by a
+        // `refresh`: no message pays for the check.
+        let grace = settings.auth.expiry_grace;
+        let expiry = tokio::time::sleep_until(lifetime::next_wake(standing.exp, grace));
+        tokio::pin!(expiry);
+        let mut armed_for = standing.exp;
         let interval = settings.ws.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -439,7 +466,6 @@ impl Connection {
         // loop writes and sends no ping, and a client never asked owes no
         // pong. A flag, not an `Instant`: the connection keeps it all its life.
         let mut pinged = false;
-        let mut bad = BadBudget::new(settings.limits.bad_message_window);
         // Boxed, and dropped at the first message: only a connection that
         // has not spoken yet pays for the timer.
         let first_timeout = settings.limits.first_message_timeout;
@@ -454,6 +480,15 @@ impl Connection {
                 // write that blocks still yields to the kick (see `guarded`).
                 first = rx.recv() => Box::pin(self.write_batch(socket, first, rx, kick)).await,
                 reason = kick.kicked() => Err(Ending::Server(reason)),
+                () = &mut expiry => {
+                    if lifetime::until_expiry(standing.exp, grace, now_ms()).is_zero() {
+                        Box::pin(self.expired(socket, kick)).await
+                    } else {
+                        // Armed for at most a month: look again.
+                        expiry.as_mut().reset(lifetime::next_wake(standing.exp, grace));
+                        Ok(())
+                    }
+                }
                 incoming = socket.recv() => match incoming {
                     None => Err(Ending::Dropped("connection closed without a close frame".into())),
                     Some(Err(e)) => Err(read_error(e)),
@@ -463,7 +498,15 @@ impl Connection {
                         match msg {
                             Message::Text(text) => {
                                 first_message = None;
-                                Box::pin(self.on_text(socket, text, room, kick, limiter, &mut bad)).await
+                                let step = Box::pin(
+                                    self.on_text(socket, text, room, kick, limiter, standing),
+                                )
+                                .await;
+                                if standing.exp != armed_for {
+                                    armed_for = standing.exp;
+                                    expiry.as_mut().reset(lifetime::next_wake(standing.exp, grace));
+                                }
+                                step
                             }
                             Message::Binary(_) => Err(Ending::Server(close::UNSUPPORTED)),
                             Message::Pong(payload) if payload.as_ref() == PROBE => {
@@ -532,7 +575,7 @@ impl Connection {
         room: &RoomHandle,
         kick: &Kick,
         limiter: &RateBucket,
-        bad: &mut BadBudget,
+        standing: &mut Standing,
     ) -> Result<(), Ending> {
         let metrics = &self.app.metrics;
         let limits = &self.app.settings.limits;
@@ -561,6 +604,16 @@ impl Connection {
                         incoming.r#ref,
                         None,
                     ),
+                    Ok(protocol::Incoming {
+                        r#ref,
+                        msg: protocol::ClientMsg::Refresh { token },
+                    }) => match self
+                        .refresh(socket, kick, &token.0, r#ref, standing)
+                        .await?
+                    {
+                        None => return Ok(()),
+                        Some((code, message, r#ref)) => (code, message, r#ref, None),
+                    },
                     Ok(incoming) => {
                         let cmd = RoomCmd::Message {
                             conn: self.id,
@@ -578,7 +631,7 @@ impl Connection {
             };
         let (code, message, r#ref, retry_after_ms) = refused;
         metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
-        let exhausted = bad.spend(limits.max_bad_messages);
+        let exhausted = standing.bad.spend(limits.max_bad_messages);
         tracing::debug!(code = ?code, message = %telemetry::clip(&message), "refused a client message");
         let frame = ServerMsg::Error {
             code,
@@ -605,6 +658,61 @@ async fn expires(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
+}
+
+impl Connection {
+    /// The token's end passed without a `refresh`: `error token_expired`,
+    /// then close 4401.
+    /// A `refresh`: the new token takes over the connection (acked), or
+    /// the refusal to answer with (`None` when answered already). A revoked
+    /// token ends the connection (4403).
+    async fn refresh(
+        &self,
+        socket: &mut WebSocket,
+        kick: &Kick,
+        token: &str,
+        r#ref: Option<Label>,
+        standing: &mut Standing,
+    ) -> Result<Option<(ErrorCode, String, Option<Label>)>, Ending> {
+        match lifetime::check(&self.app, token, &self.user, self.role, &self.exam_id) {
+            Ok(claims) => {
+                standing.exp = claims.exp;
+                standing.live.update(TokenId::of(&claims));
+                tracing::info!(exp = claims.exp, "token refreshed");
+                let Some(r#ref) = r#ref else { return Ok(None) };
+                let ack = ServerMsg::Ack { r#ref: &r#ref }.encode();
+                guarded(kick, &self.app.shutdown, socket.send(Message::Text(ack))).await?;
+                Ok(None)
+            }
+            Err(lifetime::Refused::Revoked) => {
+                let frame = crate::revocations::revoked_frame();
+                let _ = guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await;
+                Err(Ending::Server(close::TOKEN_REVOKED))
+            }
+            Err(lifetime::Refused::Error(code, message)) => Ok(Some((code, message, r#ref))),
+        }
+    }
+
+    async fn expired(&self, socket: &mut WebSocket, kick: &Kick) -> Result<(), Ending> {
+        let frame = ServerMsg::Error {
+            code: ErrorCode::TokenExpired,
+            message: "this connection's token has expired: reconnect with a new token".into(),
+            r#ref: None,
+            retry_after_ms: None,
+        }
+        .encode();
+        guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await?;
+        Err(Ending::Server(close::TOKEN_EXPIRED))
+    }
+}
+
+/// What the loop keeps about its client's standing: the token it speaks
+/// for (its `exp`, and its entry in the revocation set, which forgets the
+/// connection when dropped), and its refused messages.
+struct Standing {
+    exp: u64,
+    live: LiveGuard,
+    bad: BadBudget,
 }
 
 /// Runs a socket write unless the connection is kicked or the server stops

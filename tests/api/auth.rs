@@ -36,6 +36,8 @@ fn claims(sub: &str, role: Role, exp: u64) -> Claims {
         exp,
         iss: None,
         aud: None,
+        jti: None,
+        iat: None,
     }
 }
 

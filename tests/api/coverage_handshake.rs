@@ -53,6 +53,8 @@ fn claims(sub: &str, name: &str) -> Claims {
         exp: unix_now() + 3600,
         iss: None,
         aud: None,
+        jti: None,
+        iat: None,
     }
 }
 

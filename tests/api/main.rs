@@ -42,3 +42,4 @@ mod sse_student;
 mod status;
 mod student_record;
 mod tickets;
+mod tokens;

@@ -15,7 +15,9 @@
 // failures are reported; a missed heartbeat goes offline at once; focus is
 // re-sent on every reconnect; 1008/4009 wait at least a floor; teachers
 // resume with ?last_seq=; announce() settles on a drop or a timeout; a
-// snapshot in parts is applied only whole, never from a dropped socket. Run by
+// snapshot in parts is applied only whole, never from a dropped socket;
+// refresh(token) is sent and settled by its ack or error, 4401 reconnects
+// with the latest token, 4403 and a ticket refused token_revoked stop. Run by
 // tests/api/browser.rs.
 
 import { ExamwatchClient, backoffDelay } from '../../web/client/examwatch.js';
@@ -860,6 +862,60 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   ws.receive({ type: 'snapshot', seq: 2, exam_id: 'e1', part: 1, parts: 1, students: [], counts: {}, phase: 'in_progress', server_time: new Date(Date.now() + hour).toISOString() });
   check(Math.abs(t.clockOffsetMs - hour - 60000) < 2000, `a later snapshot does not undo it: ${t.clockOffsetMs}`);
   t.close();
+}
+
+// ---- tokens (PROTOCOL.md 1.2.3): refresh, 4401 reconnects, 4403 stops ----
+{
+  const requests = [];
+  const fetch = (url, init) =>
+    new Promise((resolve) => {
+      requests.push({ init, answer: (status, body) => resolve({ status, ok: status >= 200 && status < 300, json: async () => body }) });
+    });
+  const c = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage() });
+  const expired = [];
+  const revoked = [];
+  c.addEventListener('token_expired', (e) => expired.push(e.detail.code));
+  c.addEventListener('token_revoked', (e) => revoked.push(e.detail.code));
+  const offline = await c.refresh('before-connecting').then(() => 'resolved');
+  check(offline === 'resolved' && c.token === 'before-connecting', 'refresh while not connected: kept for the next ticket');
+  c.connect();
+  check(requests.at(-1).init.headers.authorization === 'Bearer before-connecting', 'the ticket uses the refreshed token');
+  requests.at(-1).answer(200, { ticket: 'R0', exam_id: 'e1', expires_in_ms: 30000 });
+  await until('a socket', () => FakeSocket.last().url.endsWith('ticket=R0'));
+  const ws = FakeSocket.last();
+  ws.receive(welcome('R1', 1));
+  const ok = c.refresh('new-token');
+  const sent = ws.sent.find((m) => m.type === 'refresh');
+  check(sent && sent.token === 'new-token' && sent.ref, `refresh is sent with a ref: ${JSON.stringify(sent)}`);
+  ws.receive({ type: 'ack', ref: sent.ref });
+  check((await ok.then(() => 'acked')) === 'acked', 'refresh resolves on its ack');
+  const refused = c.refresh('someone-else');
+  const sent2 = ws.sent.filter((m) => m.type === 'refresh').at(-1);
+  ws.receive({ type: 'error', code: 'forbidden', message: 'not yours', ref: sent2.ref });
+  check((await refused.then(() => 'resolved', (e) => e.message)) === 'not yours', 'refresh rejects on its error');
+  // 4401: reported, then a reconnect with a fresh ticket for the latest token.
+  ws.receive({ type: 'error', code: 'token_expired', message: 'expired' });
+  ws.drop(4401, 'token expired');
+  check(expired.length === 1 && c.state === 'offline', `4401: token_expired, then offline (${c.state})`);
+  await until('a ticket request after 4401', () => requests.length === 2);
+  check(requests[1].init.headers.authorization === 'Bearer someone-else', 'the latest token is used');
+  requests[1].answer(200, { ticket: 'R1', exam_id: 'e1', expires_in_ms: 30000 });
+  await until('a reconnect after 4401', () => FakeSocket.last().url.includes('ticket=R1'));
+  const ws2 = FakeSocket.last();
+  ws2.receive(welcome('R2', 1));
+  // 4403: reported, and no reconnect.
+  ws2.drop(4403, 'token revoked');
+  check(revoked.length === 1 && c.state === 'closed', `4403: token_revoked, closed (${c.state})`);
+  await new Promise((r) => setTimeout(r, 60));
+  check(requests.length === 2 && FakeSocket.last() === ws2, 'no reconnect after 4403');
+  // A ticket refused as token_revoked stops too, after one request.
+  const d = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage() });
+  d.addEventListener('token_revoked', (e) => revoked.push(e.detail.code));
+  d.connect();
+  requests.at(-1).answer(403, { error: { code: 'token_revoked', message: 'revoked' } });
+  await until('the refused ticket', () => d.state === 'closed');
+  await new Promise((r) => setTimeout(r, 60));
+  check(revoked.length === 2 && requests.length === 3, `a revoked ticket: reported once, no retry (${requests.length})`);
 }
 
 console.log('client library: ok');

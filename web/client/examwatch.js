@@ -24,6 +24,13 @@
 // of reconnecting; and the end of their time (the server's `time_up`, the
 // exam ended, an `exam_ended` refusal, or the deadline passing on the
 // server's clock) is one `timeup` event.
+//
+// Tokens expire: `refresh(token)` hands the live socket a new one (the
+// server closes with 4401 at the old token's `exp` plus its grace
+// otherwise) and uses it for every later ticket; a 4401 is a
+// `token_expired` event and a reconnect (with whatever token it has by
+// then), a revoked token (close 4403, or a ticket refused `token_revoked`)
+// a `token_revoked` event and a stop (PROTOCOL.md 1.2.3).
 
 const PROTOCOL = 'examwatch.v1';
 
@@ -58,7 +65,7 @@ function newId() {
 export const MAX_MESSAGE_BYTES = 16384;
 
 /** Close codes after which reconnecting cannot help (PROTOCOL.md 5). */
-const FATAL_CLOSES = new Set([1002, 1003, 1007, 4001, 4003]);
+const FATAL_CLOSES = new Set([1002, 1003, 1007, 4001, 4003, 4403]);
 /** Close 4003's reason for a `deny` (PROTOCOL.md 5); anything else is a `terminate`. */
 const REVOKED_REASON = 'access revoked';
 /** Ticket refusals (403) that stay until a teacher's `allow`: stop, do not retry. */
@@ -403,6 +410,21 @@ export class ExamwatchClient extends EventTarget {
   }
 
   /**
+   * Gives the connection a new token (same `sub`, `role` and exam; PROTOCOL.md
+   * 1.2.3), before the current one expires: sent as `refresh` on the live
+   * socket, and used for every later ticket. Resolves once the server acks
+   * it (or at once while not connected: the next connection uses it);
+   * rejects with the server's error (`forbidden`, `invalid_token`,
+   * `token_expired`: the socket keeps its old token) or on a drop.
+   */
+  refresh(token) {
+    this.token = token;
+    if (this.state !== 'live' || !this._ws) return Promise.resolve();
+    const ref = `tok:${newId()}`;
+    return this._request({ type: 'refresh', token, ref }, ref);
+  }
+
+  /**
    * Teachers: sends an announcement; resolves on its ack, rejects on an
    * error, on losing the connection before the ack, or after
    * `announceTimeoutMs` without one.
@@ -436,6 +458,7 @@ export class ExamwatchClient extends EventTarget {
       (c) => current() && this._openSocket(c),
       (e) => {
         if (!current()) return;
+        if (e?.revokedToken) return this._tokenRevoked(4403, String(e.message));
         if (e?.stop) return this._stop(e.stop === 'terminated' ? 'terminated' : 'revoked', { refused: true, id: null, reason: null }, 4003, String(e.message));
         this._scheduleReconnect(1006, String(e?.message ?? e));
       },
@@ -478,6 +501,8 @@ export class ExamwatchClient extends EventTarget {
           const error = new Error(`no ticket: ${res.status} ${body.error?.code ?? ''}`.trim());
           // Terminated or denied: refused until a teacher allows them again.
           if (res.status === 403 && STOPPING_REFUSALS.has(body.error?.code)) error.stop = body.error.code;
+          // A revoked token stays refused: a new one must come from the page.
+          if (res.status === 403 && body.error?.code === 'token_revoked') error.revokedToken = true;
           throw error;
         }
         return `ticket=${encodeURIComponent(body.ticket)}`;
@@ -549,6 +574,7 @@ export class ExamwatchClient extends EventTarget {
     if (FATAL_CLOSES.has(code)) {
       globalThis.removeEventListener?.('online', this._onOnline);
       globalThis.removeEventListener?.('storage', this._onStorage);
+      if (code === 4403) return this._tokenRevoked(code, reason);
       if (code === 4001 && !this._invalidated) {
         this._invalidated = true;
         this._emit('session_invalidated', { reason: 'second_session', code });
@@ -563,6 +589,9 @@ export class ExamwatchClient extends EventTarget {
       return;
     }
     if (code === 4009) this._emit('session_rejected', { code, reason });
+    // The token ran out: reconnect with whatever token the page gives by
+    // then (`refresh(token)` from this event's listener is in time).
+    if (code === 4401) this._emit('token_expired', { code, reason });
     let delayMs;
     if (SLOW_CLOSES.has(code)) {
       // Full jitter can be 0: never retry at once after a refusal.
@@ -589,6 +618,14 @@ export class ExamwatchClient extends EventTarget {
     }, this.stableMs);
     this._every(() => this._heartbeat(), this.heartbeatMs);
     this._every(() => this._pump(), 1000);
+  }
+
+  /** A revocation covers the token: stop, and say so (a new token, a new client). */
+  _tokenRevoked(code, reason) {
+    globalThis.removeEventListener?.('online', this._onOnline);
+    globalThis.removeEventListener?.('storage', this._onStorage);
+    this._emit('token_revoked', { code, reason });
+    this._setState('closed', { code, reason });
   }
 
   _heartbeat() {

@@ -109,7 +109,9 @@ impl Room {
             | ClientMsg::Answer { .. }
             | ClientMsg::Submit {}
             | ClientMsg::Received { .. }
-            | ClientMsg::RaiseHand { .. } => Err(ErrorCode::Forbidden),
+            | ClientMsg::RaiseHand { .. }
+            // The socket answers `refresh` itself; it never reaches a room.
+            | ClientMsg::Refresh { .. } => Err(ErrorCode::Forbidden),
         };
         match result {
             Ok(outcome) => {

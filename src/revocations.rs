@@ -1,0 +1,459 @@
+//! Token revocation: which tokens are refused before their `exp`, and the
+//! live connections that must close when one is revoked.
+//!
+//! An entry (`POST /v1/revocations`, [`crate::api`]) names a `jti` (one
+//! token), a `sub` (a subject's tokens), or both (that token, only if it is
+//! that subject's), and lasts `until` a time at most [`MAX_LIFETIME`]
+//! ahead: past it the entry is ignored, and pruned. A token's own `exp`
+//! bounds how long it needs refusing, so an entry need not outlive the
+//! longest token lifetime the identity provider issues.
+//!
+//! By `sub` alone, an entry covers the subject's tokens *issued up to the
+//! revocation's second* (`iat` ≤ its creation, in Unix seconds): a token
+//! the identity provider issues afterwards works again at once, which is
+//! what an admin wants after "log this user out everywhere". A token
+//! without `iat` cannot be placed in time and is covered while the entry
+//! lasts.
+//!
+//! Where it lives: every entry is stored (the `revocations` table), and
+//! every instance holds the live ones in memory ([`Revocations`]), indexed
+//! by `jti` and by `sub`, so the check at every handshake, ticket and REST
+//! call is a hash lookup and never a query. The set is loaded from the
+//! database at start-up and kept current through the broker: the instance
+//! that takes the `POST` applies it at once and publishes it on Redis's
+//! cluster-wide revocations channel ([`crate::broker`]); each instance
+//! applies what it receives (applying twice is harmless), and reloads the
+//! whole set from the database after a Redis disconnection, when it may
+//! have missed some.
+//!
+//! Applying an entry also closes this instance's live connections it
+//! covers: every WebSocket and SSE stream registers here ([`LiveGuard`])
+//! with the token it currently speaks for (a `refresh` replaces it), and
+//! gets `error token_revoked` then close 4403.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use serde::Serialize;
+
+use crate::{
+    auth::Claims,
+    protocol::{ErrorCode, ServerMsg, Timestamp},
+    room::{ConnId, Outbox, close},
+};
+
+/// The furthest ahead an entry's `until` may be: long enough to outlive
+/// any token an exam-day identity provider issues, short enough that the
+/// set cannot fill with forgotten entries.
+pub const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Longest `sub` or `jti` an entry may name (the token's own bounds).
+pub const MAX_NAME_LEN: usize = 128;
+
+/// One revocation, as stored and as `GET /v1/revocations` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Revocation {
+    /// A UUID, unique in the cluster.
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// RFC 3339; the entry is ignored (and pruned) from then on.
+    #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String)]
+    pub until: i64,
+    /// RFC 3339: when the entry was made. By `sub` alone, tokens issued
+    /// (`iat`) in this second or before are covered.
+    #[serde(serialize_with = "as_rfc3339")]
+    #[schema(value_type = String)]
+    pub created_at: i64,
+    /// The admin who made it (their `sub`).
+    pub created_by: String,
+}
+
+fn as_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    Timestamp::from_unix_ms(*ms).serialize(s)
+}
+
+/// What a revocation looks at in a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenId {
+    pub sub: Arc<str>,
+    pub jti: Option<Arc<str>>,
+    pub iat: Option<u64>,
+}
+
+impl TokenId {
+    pub fn of(claims: &Claims) -> Self {
+        Self {
+            sub: claims.sub.as_str().into(),
+            jti: claims.jti.as_deref().map(Into::into),
+            iat: claims.iat,
+        }
+    }
+}
+
+impl Revocation {
+    /// Does this entry refuse `token` at `now_ms`?
+    pub fn covers(&self, token: &TokenId, now_ms: i64) -> bool {
+        if self.until <= now_ms {
+            return false;
+        }
+        if let Some(sub) = &self.sub
+            && **sub != *token.sub
+        {
+            return false;
+        }
+        match &self.jti {
+            Some(jti) => token.jti.as_deref() == Some(jti.as_str()),
+            // By subject: tokens issued up to the revocation's second.
+            None => token
+                .iat
+                .is_none_or(|iat| i64::try_from(iat).unwrap_or(i64::MAX) <= self.created_at / 1000),
+        }
+    }
+
+    /// The entry's JSON for the broker (every field, unlike the listing's
+    /// optional ones, so it parses back the same).
+    pub fn to_wire(&self) -> String {
+        serde_json::json!({
+            "id": self.id, "sub": self.sub, "jti": self.jti,
+            "until": self.until, "created_at": self.created_at, "created_by": self.created_by,
+        })
+        .to_string()
+    }
+
+    pub fn from_wire(text: &str) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Wire {
+            id: String,
+            sub: Option<String>,
+            jti: Option<String>,
+            until: i64,
+            created_at: i64,
+            created_by: String,
+        }
+        let w: Wire = serde_json::from_str(text).ok()?;
+        (w.sub.is_some() || w.jti.is_some()).then_some(Self {
+            id: w.id,
+            sub: w.sub,
+            jti: w.jti,
+            until: w.until,
+            created_at: w.created_at,
+            created_by: w.created_by,
+        })
+    }
+}
+
+/// The live entries, indexed for the handshake's lookup.
+#[derive(Default)]
+struct Index {
+    by_id: HashMap<String, Arc<Revocation>>,
+    /// Entries naming a `jti` (with or without a `sub`).
+    by_jti: HashMap<String, Vec<Arc<Revocation>>>,
+    /// Entries naming only a `sub`.
+    by_sub: HashMap<String, Vec<Arc<Revocation>>>,
+}
+
+impl Index {
+    fn insert(&mut self, entry: Arc<Revocation>) -> bool {
+        if self.by_id.contains_key(&entry.id) {
+            return false;
+        }
+        match (&entry.jti, &entry.sub) {
+            (Some(jti), _) => self
+                .by_jti
+                .entry(jti.clone())
+                .or_default()
+                .push(entry.clone()),
+            (None, Some(sub)) => self
+                .by_sub
+                .entry(sub.clone())
+                .or_default()
+                .push(entry.clone()),
+            (None, None) => return false,
+        }
+        self.by_id.insert(entry.id.clone(), entry);
+        true
+    }
+
+    fn covering(&self, token: &TokenId, now_ms: i64) -> bool {
+        let by_jti = token
+            .jti
+            .as_deref()
+            .and_then(|j| self.by_jti.get(j))
+            .into_iter()
+            .flatten();
+        let by_sub = self.by_sub.get(&*token.sub).into_iter().flatten();
+        by_jti.chain(by_sub).any(|e| e.covers(token, now_ms))
+    }
+}
+
+/// A connection that closes when a revocation covers its token.
+struct Live {
+    token: TokenId,
+    out: Outbox,
+}
+
+/// This instance's revocation set and live connections (see the module doc).
+#[derive(Default)]
+pub struct Revocations {
+    /// A std RwLock: read at every handshake, written only by a revocation
+    /// or a prune; no await while held.
+    index: RwLock<Index>,
+    /// A std Mutex: a connection's register/update/drop, and a
+    /// revocation's scan, are each one short critical section.
+    live: Mutex<HashMap<ConnId, Live>>,
+}
+
+impl Revocations {
+    /// Replaces the set with `entries` (start-up, or a reload after Redis
+    /// was away), and closes the live connections any of them covers.
+    pub fn load(&self, entries: Vec<Revocation>, now_ms: i64) {
+        let mut index = Index::default();
+        for e in entries.into_iter().filter(|e| e.until > now_ms) {
+            index.insert(Arc::new(e));
+        }
+        *self.index_mut() = index;
+        self.close_covered(now_ms);
+    }
+
+    /// Adds an entry (if new) and closes the live connections it covers;
+    /// how many it closed. Idempotent: the instance that took the `POST`
+    /// and the broker's echo both apply it.
+    pub fn apply(&self, entry: Revocation, now_ms: i64) -> usize {
+        if entry.until <= now_ms {
+            return 0;
+        }
+        let entry = Arc::new(entry);
+        self.index_mut().insert(entry.clone());
+        // Not under the index lock: a connection registering meanwhile
+        // checks the index after it is in `live` (see `register`).
+        let live = self.lock_live();
+        let mut closed = 0;
+        for conn in live.values() {
+            if entry.covers(&conn.token, now_ms) {
+                revoke(&conn.out);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Is this token refused now?
+    pub fn is_revoked(&self, claims: &Claims) -> bool {
+        self.is_revoked_id(&TokenId::of(claims), crate::store::now_ms())
+    }
+
+    fn is_revoked_id(&self, token: &TokenId, now_ms: i64) -> bool {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        !index.by_id.is_empty() && index.covering(token, now_ms)
+    }
+
+    /// The live entries, soonest to end first.
+    pub fn list(&self, now_ms: i64) -> Vec<Revocation> {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Revocation> = index
+            .by_id
+            .values()
+            .filter(|e| e.until > now_ms)
+            .map(|e| (**e).clone())
+            .collect();
+        out.sort_by(|a, b| (a.until, &a.id).cmp(&(b.until, &b.id)));
+        out
+    }
+
+    /// Drops expired entries from memory.
+    pub fn prune(&self, now_ms: i64) {
+        let live: Vec<Revocation> = self.list(now_ms);
+        let mut index = Index::default();
+        for e in live {
+            index.insert(Arc::new(e));
+        }
+        *self.index_mut() = index;
+    }
+
+    /// Registers a live connection with its token, until the guard drops.
+    /// A token revoked between the handshake's check and now is closed at
+    /// once (so no revocation slips between the two).
+    pub fn register(self: &Arc<Self>, conn: ConnId, token: TokenId, out: Outbox) -> LiveGuard {
+        let revoked_now = {
+            self.lock_live().insert(
+                conn,
+                Live {
+                    token: token.clone(),
+                    out: out.clone(),
+                },
+            );
+            self.is_revoked_id(&token, crate::store::now_ms())
+        };
+        if revoked_now {
+            revoke(&out);
+        }
+        LiveGuard {
+            set: self.clone(),
+            conn,
+        }
+    }
+
+    /// How many connections are registered (tests, diagnostics).
+    pub fn live_connections(&self) -> usize {
+        self.lock_live().len()
+    }
+
+    fn close_covered(&self, now_ms: i64) {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        if index.by_id.is_empty() {
+            return;
+        }
+        for conn in self.lock_live().values() {
+            if index.covering(&conn.token, now_ms) {
+                revoke(&conn.out);
+            }
+        }
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        // Each write replaces or extends the index whole: a panic while
+        // holding it cannot leave a half-updated entry.
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Keeps a connection registered; unregisters it when dropped.
+pub struct LiveGuard {
+    set: Arc<Revocations>,
+    conn: ConnId,
+}
+
+impl LiveGuard {
+    /// The connection now speaks for another token (an accepted `refresh`).
+    pub fn update(&self, token: TokenId) {
+        if let Some(live) = self.set.lock_live().get_mut(&self.conn) {
+            live.token = token;
+        }
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.set.lock_live().remove(&self.conn);
+    }
+}
+
+/// The one check every handshake, ticket and REST call makes: 403
+/// `token_revoked` while a revocation covers the token.
+pub fn check(app: &crate::app::AppState, claims: &Claims) -> Result<(), crate::http::ApiError> {
+    if app.revocations.is_revoked(claims) {
+        Err(crate::http::ApiError::forbidden(
+            "token_revoked",
+            "this token has been revoked; sign in again for a new one",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// `error token_revoked` (queued first: the connection writes queued frames
+/// before it notices the kick), then close 4403.
+fn revoke(out: &Outbox) {
+    let _ = out.tx.try_send(revoked_frame());
+    out.kick.kick(close::TOKEN_REVOKED);
+}
+
+/// The frame a revoked connection gets before its close.
+pub fn revoked_frame() -> axum::extract::ws::Utf8Bytes {
+    ServerMsg::Error {
+        code: ErrorCode::TokenRevoked,
+        message: "this connection's token was revoked".into(),
+        r#ref: None,
+        retry_after_ms: None,
+    }
+    .encode()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, sub: Option<&str>, jti: Option<&str>, created_at: i64) -> Revocation {
+        Revocation {
+            id: id.into(),
+            sub: sub.map(Into::into),
+            jti: jti.map(Into::into),
+            until: created_at + 60_000,
+            created_at,
+            created_by: "admin".into(),
+        }
+    }
+
+    fn token(sub: &str, jti: Option<&str>, iat: Option<u64>) -> TokenId {
+        TokenId {
+            sub: sub.into(),
+            jti: jti.map(Into::into),
+            iat,
+        }
+    }
+
+    #[test]
+    fn by_subject_covers_tokens_issued_up_to_its_second() {
+        let t0 = 1_800_000_000_500; // ms; its second is 1_800_000_000
+        let e = entry("r1", Some("s1"), None, t0);
+        assert!(e.covers(&token("s1", None, Some(1_800_000_000)), t0));
+        assert!(e.covers(&token("s1", Some("j"), Some(1_700_000_000)), t0));
+        assert!(
+            !e.covers(&token("s1", None, Some(1_800_000_001)), t0),
+            "issued after"
+        );
+        assert!(e.covers(&token("s1", None, None), t0), "no iat: covered");
+        assert!(!e.covers(&token("s2", None, None), t0), "another subject");
+        assert!(
+            !e.covers(&token("s1", None, None), e.until),
+            "expired entry"
+        );
+    }
+
+    #[test]
+    fn by_jti_covers_that_token_and_a_sub_narrows_it() {
+        let t0 = 1_800_000_000_000;
+        let e = entry("r1", None, Some("j1"), t0);
+        assert!(e.covers(&token("anyone", Some("j1"), Some(u64::MAX)), t0));
+        assert!(!e.covers(&token("anyone", Some("j2"), None), t0));
+        assert!(!e.covers(&token("anyone", None, None), t0));
+        let both = entry("r2", Some("s1"), Some("j1"), t0);
+        assert!(both.covers(&token("s1", Some("j1"), None), t0));
+        assert!(!both.covers(&token("s2", Some("j1"), None), t0));
+    }
+
+    #[test]
+    fn the_set_looks_up_by_jti_and_sub_and_forgets_expired_entries() {
+        let set = Revocations::default();
+        let t0 = 1_800_000_000_000;
+        set.apply(entry("r1", Some("s1"), None, t0), t0);
+        set.apply(entry("r2", None, Some("j9"), t0), t0);
+        set.apply(entry("r2", None, Some("j9"), t0), t0); // the broker's echo
+        assert_eq!(set.list(t0).len(), 2);
+        assert!(set.is_revoked_id(&token("s1", Some("x"), Some(1)), t0));
+        assert!(set.is_revoked_id(&token("s7", Some("j9"), Some(1)), t0));
+        assert!(!set.is_revoked_id(&token("s7", Some("j8"), Some(1)), t0));
+        let later = t0 + 60_000;
+        assert!(!set.is_revoked_id(&token("s1", None, None), later));
+        assert!(set.list(later).is_empty());
+        set.prune(later);
+        assert!(set.index.read().unwrap().by_id.is_empty());
+    }
+
+    #[test]
+    fn wire_form_round_trips() {
+        let e = entry("r1", Some("s1"), Some("j"), 5);
+        assert_eq!(Revocation::from_wire(&e.to_wire()), Some(e));
+        assert_eq!(Revocation::from_wire(r#"{"id":"x"}"#), None);
+    }
+}

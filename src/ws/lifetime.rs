@@ -1,0 +1,125 @@
+//! A connection's token over time: its `exp`, the `refresh` that replaces
+//! it, and the deadline past which the connection ends.
+//!
+//! Every connection remembers the `exp` of the token it was admitted with
+//! (a ticket's connection: the `exp` of the token the ticket was minted
+//! from, carried with the ticket). At `exp + auth.expiry_grace` it gets
+//! `error token_expired` and close 4401; the connection's loop holds one
+//! timer for it, re-armed by an accepted `refresh`, so no message pays for
+//! the check. A `refresh` token is verified exactly as a handshake's
+//! ([`crate::auth::Keys::verify`]: signature, algorithm, issuer, audience,
+//! `nbf`, shape) and must be for the same subject and role and grant the
+//! connection's exam; a revoked one ends the connection as a revocation
+//! does. The display name stays the one the connection joined with: the
+//! room knows the student by it, and a new name shows from the next
+//! connection on.
+
+use std::time::Duration;
+
+use crate::{
+    app::AppState,
+    auth::{Claims, Role, TokenError},
+    protocol::ErrorCode,
+};
+
+/// The longest one arming of the expiry timer waits; a token valid for
+/// longer re-arms it when it fires (tokio's timer wheel tops out at about
+/// two years, and an `Instant` can overflow).
+const MAX_ARM: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long from `now_ms` until a token with this `exp` (Unix seconds)
+/// has outlived its grace; zero once it has.
+pub(crate) fn until_expiry(exp: u64, grace: Duration, now_ms: i64) -> Duration {
+    let end_ms = u128::from(exp) * 1000 + grace.as_millis();
+    let now_ms = u128::try_from(now_ms).unwrap_or(0);
+    let left = end_ms.saturating_sub(now_ms);
+    Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX))
+}
+
+/// When to wake next for a token with this `exp`: at its end, or after
+/// [`MAX_ARM`] to look again.
+pub(crate) fn next_wake(exp: u64, grace: Duration) -> tokio::time::Instant {
+    let left = until_expiry(exp, grace, crate::store::now_ms()).min(MAX_ARM);
+    tokio::time::Instant::now() + left
+}
+
+/// Why a `refresh` was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// A revocation covers the new token: the connection ends (4403).
+    Revoked,
+    /// `error {code}`; the connection keeps its token.
+    Error(ErrorCode, String),
+}
+
+/// Verifies a `refresh` token for a connection of `user` with `role` on
+/// `exam_id`: its claims if the connection may take it.
+pub(super) fn check(
+    app: &AppState,
+    token: &str,
+    user: &str,
+    role: Role,
+    exam_id: &str,
+) -> Result<Claims, Refused> {
+    let limits = &app.settings.limits;
+    if limits.max_token_bytes > 0 && token.len() > limits.max_token_bytes {
+        return Err(Refused::Error(
+            ErrorCode::InvalidToken,
+            format!(
+                "refresh refused: the token is {} bytes; at most {} are accepted",
+                token.len(),
+                limits.max_token_bytes
+            ),
+        ));
+    }
+    let claims = app.keys.verify(token).map_err(|e| {
+        let code = match e {
+            TokenError::Expired => ErrorCode::TokenExpired,
+            _ => ErrorCode::InvalidToken,
+        };
+        Refused::Error(code, format!("refresh refused: {e}"))
+    })?;
+    if limits.max_token_exams > 0 && claims.exams.len() > limits.max_token_exams {
+        return Err(Refused::Error(
+            ErrorCode::InvalidToken,
+            format!(
+                "refresh refused: the token names {} exams; at most {} are accepted",
+                claims.exams.len(),
+                limits.max_token_exams
+            ),
+        ));
+    }
+    if app.revocations.is_revoked(&claims) {
+        return Err(Refused::Revoked);
+    }
+    if claims.sub != user || claims.role != role || !claims.grants(exam_id) {
+        return Err(Refused::Error(
+            ErrorCode::Forbidden,
+            format!(
+                "refresh refused: the token must be for the same subject and role as this \
+                 connection ({}) and grant exam {exam_id:?}",
+                role.as_str()
+            ),
+        ));
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_is_exp_plus_grace() {
+        let grace = Duration::from_secs(30);
+        let exp = 1_800_000_000;
+        let at = |ms: i64| until_expiry(exp, grace, ms);
+        assert_eq!(at(1_800_000_000_000), grace);
+        assert_eq!(at(1_800_000_029_500), Duration::from_millis(500));
+        assert_eq!(at(1_800_000_030_000), Duration::ZERO);
+        assert_eq!(at(1_900_000_000_000), Duration::ZERO, "long past");
+        assert_eq!(at(-5), Duration::from_millis(1_800_000_030_000));
+        // No overflow for a token that never expires in practice.
+        assert!(until_expiry(u64::MAX, grace, 0) > MAX_ARM);
+    }
+}
