@@ -41,3 +41,4 @@ mod sse_student;
 mod status;
 mod student_record;
 mod tickets;
+mod tls;
