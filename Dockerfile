@@ -1,6 +1,15 @@
 # syntax=docker/dockerfile:1
 # Multi-stage: build with the Rust toolchain, run on a slim Debian as a
 # non-root user. Configure with EXAMWATCH__SECTION__KEY environment variables.
+#
+# Runs on a read-only root filesystem (docker run --read-only, compose
+# read_only: true): the server writes only in /var/lib/examwatch (the data
+# volume: the generated jwt_secret when auth.jwt_secret is unset, and the
+# SQLite file with its -wal and -shm when database.url is SQLite). SQLite
+# keeps its temporary tables in memory (the bundled build's
+# SQLITE_TEMP_STORE=2) and nothing else writes to /tmp, so no tmpfs is
+# needed. TLS in-process: mount the PEM files read-only (readable by uid
+# 10001) and set EXAMWATCH__SERVER__TLS__CERT / __KEY (docs/DEPLOY.md).
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -28,10 +37,20 @@ ENV EXAMWATCH__SERVER__BIND=0.0.0.0:8080 \
     EXAMWATCH__SERVER__DATA_DIR=/var/lib/examwatch \
     EXAMWATCH__DATABASE__URL=sqlite:///var/lib/examwatch/examwatch.db \
     EXAMWATCH__LOG__FORMAT=json
+# The data folder is a volume: writable even when the root is read-only
+# and nothing is mounted there (an anonymous volume), kept across upgrades
+# when a named one is.
+VOLUME ["/var/lib/examwatch"]
 EXPOSE 8080
+# Readiness, not mere liveness: /readyz is 503 while draining or while the
+# database backlog is over database.queue_limit (compose's nginx waits for
+# "healthy"). Plain HTTP first; with TLS in-process that gets no HTTP
+# answer and the HTTPS try runs (-k: this checks the process, not the
+# certificate, which is rarely issued for 127.0.0.1).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
-# SIGTERM drains: /readyz turns 503, sockets get 1001, then exit 0.
+  CMD curl -fsS http://127.0.0.1:8080/readyz || curl -fsSk https://127.0.0.1:8080/readyz || exit 1
+# SIGTERM drains: /readyz turns 503, sockets close, writes are flushed,
+# then exit 0 (give it the stop grace period of docs/DEPLOY.md).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["examwatch", "--config", "/etc/examwatch/default.toml"]
 CMD ["serve"]

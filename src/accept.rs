@@ -22,6 +22,14 @@
 //! - **Accept errors that back off**: out of file descriptors, the loop
 //!   sleeps (10 ms doubling to 1 s) instead of spinning, and logs at most
 //!   one line a second with the count of errors since the last one.
+//! - **TLS** (`server.tls.*`, [`crate::tls`]), when the listener has it: the
+//!   handshake runs in the connection's own task, after the cap has counted
+//!   it, and must finish within `server.request_head_timeout` (a client
+//!   that never completes one is closed like a silent one); the request
+//!   head then has its own deadline as above. A failed handshake is a debug
+//!   line about that connection only. Over the cap, a rejecter completes
+//!   the handshake (within [`REJECT_HANDSHAKE_TIMEOUT`]) and writes the
+//!   same 503, so TLS clients are told to come back too.
 
 use std::{
     convert::Infallible,
@@ -40,7 +48,7 @@ use axum::{Router, extract::ConnectInfo};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
     time::Instant,
@@ -49,6 +57,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 
 use crate::metrics::Metrics;
+use crate::tls::{self, HandshakeFailure, Tls};
 
 /// How one listener treats its connections.
 #[derive(Clone, Debug)]
@@ -58,12 +67,18 @@ pub struct ListenerLimits {
     /// Deadline for a complete request head, and for the next one on an
     /// idle keep-alive connection.
     pub request_head_timeout: Duration,
+    /// TLS on this listener, or plain HTTP (`None`).
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// How many over-the-cap clients may be in the middle of getting their
 /// 503 at once; past that, a connection is closed without an answer (the
 /// reserve of file descriptors is what is being protected).
 const REJECTERS: usize = 64;
+
+/// How long a rejecter waits for an over-the-cap client's TLS handshake
+/// before closing without the 503 (it holds one of [`REJECTERS`] meanwhile).
+pub const REJECT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// File descriptors kept out of the connection cap: the listeners, the
 /// database and Redis connections, the rejecters, logs, and the runtime.
@@ -152,8 +167,12 @@ pub async fn serve(
                 .connections_refused_full
                 .fetch_add(1, Ordering::Relaxed);
             if let Ok(slot) = rejecters.clone().try_acquire_owned() {
+                let tls = limits.tls.clone();
                 tokio::spawn(async move {
-                    refuse_full(tcp).await;
+                    match tls {
+                        None => refuse_full(tcp).await,
+                        Some(tls) => refuse_full_tls(&tls, tcp, peer).await,
+                    }
                     drop(slot);
                 });
             }
@@ -165,19 +184,55 @@ pub async fn serve(
         };
         let router = router.clone();
         let timeout = limits.request_head_timeout;
-        conns.spawn(serve_connection(io, peer, router, timeout, stop.clone()));
+        match &limits.tls {
+            None => conns.spawn(serve_connection(io, peer, router, timeout, stop.clone())),
+            Some(tls) => conns.spawn(serve_tls_connection(
+                tls.clone(),
+                io,
+                peer,
+                router,
+                timeout,
+                stop.clone(),
+            )),
+        };
     }
     conns.close();
     conns.wait().await;
 }
 
-async fn serve_connection(
+/// The TLS handshake, under the request-head deadline, then HTTP over it.
+async fn serve_tls_connection(
+    tls: Arc<Tls>,
     io: Counted,
     peer: SocketAddr,
     router: Router,
     head_timeout: Duration,
     stop: CancellationToken,
 ) {
+    let handshake = tokio::time::timeout(head_timeout, tls.acceptor().accept(io));
+    let stream = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tls::handshake_failed(peer, HandshakeFailure::of(&e), &e),
+            Err(_) => {
+                let why = "no complete handshake within server.request_head_timeout";
+                return tls::handshake_failed(peer, HandshakeFailure::Timeout, &why);
+            }
+        },
+        _ = stop.cancelled() => return,
+    };
+    serve_connection(stream, peer, router, head_timeout, stop).await;
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    head_timeout: Duration,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let mut req = req.map(axum::body::Body::new);
         req.extensions_mut().insert(ConnectInfo(peer));
@@ -221,22 +276,29 @@ fn tune_accepted(tcp: &TcpStream) {
 /// Writes the 503, stops sending, and reads what the client sent (for at
 /// most a second) so closing does not reset the connection before the
 /// client has read the answer.
-async fn refuse_full(mut tcp: TcpStream) {
+async fn refuse_full<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        tcp.write_all(FULL_RESPONSE).await?;
-        tcp.shutdown().await?;
+        io.write_all(FULL_RESPONSE).await?;
+        io.shutdown().await?;
         let mut sink = [0u8; 1024];
-        loop {
-            tcp.readable().await?;
-            match tcp.try_read(&mut sink) {
-                Ok(0) => return Ok::<_, io::Error>(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
     })
     .await;
+}
+
+/// [`refuse_full`] on a TLS listener: the handshake first, so the client
+/// reads a 503 rather than a TLS error.
+async fn refuse_full_tls(tls: &Tls, tcp: TcpStream, peer: SocketAddr) {
+    let handshake = tokio::time::timeout(REJECT_HANDSHAKE_TIMEOUT, tls.acceptor().accept(tcp));
+    match handshake.await {
+        Ok(Ok(stream)) => refuse_full(stream).await,
+        Ok(Err(e)) => tls::handshake_failed(peer, HandshakeFailure::of(&e), &e),
+        Err(_) => {
+            let why = "over the connection cap, no complete handshake in time for the 503";
+            tls::handshake_failed(peer, HandshakeFailure::Timeout, &why)
+        }
+    }
 }
 
 /// Errors about one connection that is already gone: nothing to back off

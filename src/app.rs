@@ -98,7 +98,8 @@ impl App {
                 settings.server.admin_bind
             )
         })?;
-        let limits = listener_limits(&settings);
+        let tls = crate::tls::Tls::from_settings(&settings.server.tls)?;
+        let limits = listener_limits(&settings, tls.clone());
         let store = Store::open(&settings.database).await.with_context(|| {
             format!(
                 "cannot open database.url = {}",
@@ -188,6 +189,15 @@ impl App {
             Broker::Memory => None,
         };
         let tickets = Arc::new(Tickets::new(&settings.auth, shared, metrics.clone()));
+        if let Some(tls) = &tls {
+            tls.spawn_reloader(shutdown.clone())
+                .context("cannot install the SIGHUP handler for TLS certificate reloads")?;
+            tracing::info!(
+                cert = ?settings.server.tls.cert,
+                reload_interval_ms = settings.server.tls.reload_interval.as_millis() as u64,
+                "TLS on server.bind (1.2 and 1.3); the certificate reloads on SIGHUP or a file change"
+            );
+        }
         let state = AppState {
             handshake_guard: Arc::new(crate::ratelimit::HandshakeGuard::new(&settings)),
             tickets,
@@ -242,6 +252,11 @@ impl App {
         } = self;
         let addr = listener.local_addr()?;
         let admin_addr = admin.local_addr()?;
+        let scheme = if limits.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let token = state.shutdown.clone();
         let server = tokio::spawn(accept::serve(
             listener,
@@ -254,6 +269,7 @@ impl App {
         // descriptor reserve, so it never eats into the public one's.
         let admin_limits = ListenerLimits {
             max_connections: ADMIN_CONNECTIONS,
+            tls: None, // plain: loopback or a private network (docs/DEPLOY.md)
             ..limits
         };
         let admin_server = tokio::spawn(accept::serve(
@@ -263,7 +279,7 @@ impl App {
             state.metrics.clone(),
             token.clone(),
         ));
-        tracing::info!(%addr, "examwatch listening on http://{addr}");
+        tracing::info!(%addr, "examwatch listening on {scheme}://{addr}");
         tracing::info!(addr = %admin_addr, "operators' endpoints (/metrics, /readyz) on http://{admin_addr}");
 
         shutdown.await;
@@ -358,7 +374,7 @@ const ADMIN_CONNECTIONS: usize = 32;
 /// The accept loop's limits: the request-head deadline, and the
 /// connection cap (by default the open-files limit, raised to its hard
 /// limit first, less a reserve), logged so an operator sees what applies.
-fn listener_limits(settings: &Settings) -> ListenerLimits {
+fn listener_limits(settings: &Settings, tls: Option<Arc<crate::tls::Tls>>) -> ListenerLimits {
     let (soft, hard) = accept::raise_open_files_limit();
     let reserve = accept::fd_reserve(settings.database.max_connections);
     let fits = soft.saturating_sub(reserve).max(16);
@@ -385,5 +401,6 @@ fn listener_limits(settings: &Settings) -> ListenerLimits {
     ListenerLimits {
         max_connections,
         request_head_timeout: settings.server.request_head_timeout,
+        tls,
     }
 }

@@ -77,6 +77,36 @@ pub struct ServerSettings {
     pub trusted_proxies: crate::client_ip::TrustedProxies,
     /// The header a trusted proxy writes: `x-forwarded-for` or `forwarded`.
     pub client_ip_header: crate::client_ip::ClientIpHeader,
+    /// TLS on the public listener (HTTPS and wss), in-process.
+    pub tls: TlsSettings,
+}
+
+/// TLS in-process (`src/tls.rs`): with both files set, `server.bind`
+/// speaks only TLS (1.2 and 1.3, rustls on `ring`); without them, plain
+/// HTTP for a proxy to terminate. The operators' listener
+/// (`server.admin_bind`) stays plain either way: it is meant for loopback
+/// or a private monitoring network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
+    pub key: Option<PathBuf>,
+    /// How often the two files' modification times are checked; a change
+    /// reloads them (so does SIGHUP). A bad new pair keeps the old one.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            reload_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -93,6 +123,7 @@ impl Default for ServerSettings {
             max_connections: 0,
             trusted_proxies: Default::default(),
             client_ip_header: Default::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -582,6 +613,30 @@ impl Settings {
             !self.server.request_timeout.is_zero(),
         )?;
         at_most("server.request_timeout", self.server.request_timeout, HOUR)?;
+        match (&self.server.tls.cert, &self.server.tls.key) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "server.tls.key",
+                    problem: "is required when server.tls.cert is set".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "server.tls.cert",
+                    problem: "is required when server.tls.key is set".into(),
+                });
+            }
+            _ => {}
+        }
+        positive(
+            "server.tls.reload_interval",
+            !self.server.tls.reload_interval.is_zero(),
+        )?;
+        at_most(
+            "server.tls.reload_interval",
+            self.server.tls.reload_interval,
+            HOUR,
+        )?;
         at_most("exam.idle_after", self.exam.idle_after, DAY)?;
         at_most("exam.disconnect_grace", self.exam.disconnect_grace, DAY)?;
         at_most("exam.room_linger", self.exam.room_linger, DAY)?;
@@ -923,6 +978,36 @@ mod tests {
             jail.set_env("EXAMWATCH__LIMITS__MESSAGES_PER_MINUTE", "20000");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("limits.messages_per_minute"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_comes_from_the_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__SERVER__TLS__CERT", "/etc/examwatch/cert.pem");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("server.tls.key"), "{err}");
+            jail.set_env("EXAMWATCH__SERVER__TLS__KEY", "/etc/examwatch/key.pem");
+            jail.set_env("EXAMWATCH__SERVER__TLS__RELOAD_INTERVAL", "250ms");
+            let s = Settings::load(None).expect("valid");
+            assert_eq!(
+                s.server.tls.key.as_deref(),
+                Some(std::path::Path::new("/etc/examwatch/key.pem"))
+            );
+            assert_eq!(s.server.tls.reload_interval, Duration::from_millis(250));
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__SERVER__TLS__KEY", "key.pem");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("server.tls.cert"), "{err}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__SERVER__TLS__RELOAD_INTERVAL", "0s");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("server.tls.reload_interval"), "{err}");
             Ok(())
         });
     }

@@ -7,6 +7,8 @@
 //!
 //! - [`config`]: typed settings from defaults, a TOML file and the environment;
 //! - [`app`]: building the server and shutting it down gracefully;
+//! - [`accept`], [`tls`]: the accept loop's limits, and HTTPS/wss in-process
+//!   (rustls) with certificate reloads;
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
 //! - [`auth`]: JWT verification and the handshake checks;
 //! - [`client_ip`]: who the client is, behind `server.trusted_proxies`;
@@ -44,6 +46,7 @@ pub mod sse;
 pub mod store;
 pub mod telemetry;
 pub mod tickets;
+pub mod tls;
 pub mod ws;
 
 pub use app::App;

@@ -149,6 +149,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A setting found unusable only at start-up (a TLS certificate
+        // that does not load) exits like one refused while loading.
+        Err(e) if e.chain().any(|c| c.is::<examwatch::config::ConfigError>()) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

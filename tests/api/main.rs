@@ -43,3 +43,4 @@ mod status;
 mod student_record;
 mod tickets;
 mod tokens;
+mod tls;
