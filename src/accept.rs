@@ -167,6 +167,10 @@ pub async fn serve(
         let timeout = limits.request_head_timeout;
         conns.spawn(serve_connection(io, peer, router, timeout, stop.clone()));
     }
+    // Closed now, not once the open connections are done: a client trying
+    // to connect from here on is refused (a rolling restart, src/drain.rs),
+    // never queued by the kernel and then dropped.
+    drop(listener);
     conns.close();
     conns.wait().await;
 }

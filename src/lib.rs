@@ -7,6 +7,8 @@
 //!
 //! - [`config`]: typed settings from defaults, a TOML file and the environment;
 //! - [`app`]: building the server and shutting it down gracefully;
+//! - [`drain`]: rolling restarts, sockets closed 1012 over `server.drain_window`;
+//! - [`health`]: the readiness check that opens a WebSocket to ourselves;
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
 //! - [`auth`]: JWT verification and the handshake checks;
 //! - [`ratelimit`]: handshake limits per subject and IP, the refusal log budget;
@@ -28,6 +30,8 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod demo;
+pub mod drain;
+pub mod health;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;

@@ -17,6 +17,7 @@ mod coverage_messages;
 mod coverage_rooms;
 mod crash;
 mod dashboard;
+mod drain;
 mod exam_control;
 mod fanout_metrics;
 mod faults;
