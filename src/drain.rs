@@ -37,6 +37,8 @@ use crate::room::{ConnId, Kick, close};
 pub struct Drain {
     /// A std mutex: held to insert, remove or copy, never across an await.
     inner: Mutex<State>,
+    /// Woken when the last listed connection is gone.
+    emptied: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -62,7 +64,14 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.drain.lock().open.remove(&self.conn);
+        let empty = {
+            let mut s = self.drain.lock();
+            s.open.remove(&self.conn);
+            s.open.is_empty()
+        };
+        if empty {
+            self.drain.emptied.notify_waiters();
+        }
     }
 }
 
@@ -142,17 +151,21 @@ impl Drain {
         n
     }
 
-    /// Waits (polling, bounded by `deadline`) until every listed
-    /// connection has finished its close; true if they all did.
+    /// Waits, until `deadline` at most, for every listed connection to
+    /// finish its close; true if they all did.
     pub async fn closed_by(&self, deadline: Instant) -> bool {
         loop {
+            // Interest first, then the check: a last connection leaving in
+            // between still wakes us.
+            let emptied = self.emptied.notified();
+            let mut emptied = std::pin::pin!(emptied);
+            emptied.as_mut().enable();
             if self.open() == 0 {
                 return true;
             }
-            if Instant::now() >= deadline {
-                return false;
+            if tokio::time::timeout_at(deadline, emptied).await.is_err() {
+                return self.open() == 0;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -250,9 +263,22 @@ mod tests {
         assert_eq!(drain.close_spread(Duration::ZERO).await, 1);
         assert_eq!(kick.reason(), Some(close::RESTART));
         let (_tx2, _rx2, late) = crate::room::queue::queue(4);
-        let _second = drain.register(2, &exam, false, &late);
+        let second = drain.register(2, &exam, false, &late);
         assert_eq!(late.reason(), Some(close::RESTART));
         drop(first);
         assert_eq!(drain.open(), 1);
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(!drain.closed_by(soon).await, "one is still open");
+        let waiter = {
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                drain
+                    .closed_by(Instant::now() + Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::task::yield_now().await;
+        drop(second);
+        assert!(waiter.await.unwrap(), "woken when the last one left");
     }
 }

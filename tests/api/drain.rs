@@ -115,6 +115,18 @@ async fn a_graceful_stop_refuses_new_connections_and_closes_1012_over_the_window
     .await
     .unwrap();
     assert_eq!(rows.len(), 5, "{rows:?}");
+    // Written after the closes, before the exit: every session's end, 1012.
+    let codes: Vec<(Option<i64>, Option<String>)> =
+        sqlx::query_as("SELECT close_code, close_reason FROM sessions WHERE exam_id = 'e1'")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(codes.len(), 6, "{codes:?}");
+    assert!(
+        codes.iter().all(|(code, reason)| *code == Some(1012)
+            && reason.as_deref() == Some("server: service restart")),
+        "{codes:?}"
+    );
     drop(parts);
 }
 
