@@ -198,3 +198,23 @@ async fn student_despite_the_probe(app: &TestApp, sub: &str) -> Client {
         }
     }
 }
+
+#[tokio::test]
+async fn the_probe_path_without_the_probes_secret_is_an_ordinary_handshake() {
+    let app = spawn_app_with(|s| s.server.ws_probe_interval = Duration::from_millis(100)).await;
+    let url = format!("ws://{}{}", app.addr, examwatch::health::PROBE_PATH);
+    // A guessed secret opens nothing: the handshake wants a token.
+    let guessed = app
+        .try_connect_as_is(&url, None, &[(examwatch::health::PROBE_HEADER, "guess")])
+        .await;
+    match guessed {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 401),
+        other => panic!("refused with 401, not {:?}", other.map(|_| "a socket")),
+    }
+    // Meanwhile the real probe gets through, and is not a connection of
+    // anyone's: no student, no teacher, no room.
+    admin_readyz_until(&app, 200, Some("ok")).await;
+    assert_eq!(app.metric("examwatch_students_connected"), 0);
+    assert_eq!(app.metric("examwatch_teachers_connected"), 0);
+    assert!(app.state.registry.is_empty(), "the probe joined no room");
+}
