@@ -129,6 +129,7 @@ pub async fn student_events(
         rx,
         kick,
         app: app.clone(),
+        exam: exam_id.as_str().into(),
         peer,
         user_agent: opening.user_agent.clone(),
         audience: Audience::Student,
