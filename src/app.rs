@@ -68,7 +68,8 @@ pub struct AppState {
     pub handshake_guard: Arc<crate::ratelimit::HandshakeGuard>,
     /// Connection tickets (`POST /v1/tickets`, `?ticket=`).
     pub tickets: Arc<Tickets>,
-    /// The open WebSockets, for a rolling restart's spread close.
+    /// The open WebSockets and event streams, for a rolling restart's
+    /// spread close.
     pub drain: Arc<crate::drain::Drain>,
     /// The WebSocket loopback check's last result, for `/readyz`.
     pub health: Arc<crate::health::Health>,
@@ -306,7 +307,10 @@ impl App {
                 "shutdown timeout: sockets still closing"
             );
         }
-        tracing::info!(sockets = closed, "drained: every socket closed with 1012");
+        tracing::info!(
+            connections = closed,
+            "drained: every socket closed with 1012, every event stream ended"
+        );
         if let Some(redis) = &redis {
             redis.retire().await;
         }

@@ -32,7 +32,8 @@ use tokio::time::Instant;
 
 use crate::room::{ConnId, Kick, close};
 
-/// The WebSocket connections open on this instance, for the drain.
+/// The connections open on this instance (WebSockets and Server-Sent
+/// Events streams), for the drain.
 #[derive(Default)]
 pub struct Drain {
     /// A std mutex: held to insert, remove or copy, never across an await.
