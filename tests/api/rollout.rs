@@ -122,3 +122,59 @@ async fn a_drained_exam_reconnects_elsewhere_without_any_alert() {
     let ev = t.next_of_type("student").await;
     assert!(is_student_event(&ev, id, "progress"), "{ev}");
 }
+
+/// While an instance drains, its students still connected there are not
+/// taken for orphans by the others: its liveness key says `draining`
+/// (free to take for a reconnect) rather than being gone (dead). Here the
+/// second student is closed half a window (2 s) after the first, longer
+/// than `broker.heartbeat_ttl` (1 s) and the grace (1 s) together: had the
+/// key simply been deleted, the other instance would have shown them
+/// `disconnected` while they were still connected.
+#[tokio::test]
+async fn students_still_connected_to_a_draining_instance_are_not_orphaned() {
+    let Some(redis) = Redis::start() else { return };
+    let mut apps = cluster(&redis, 2, |s| {
+        s.broker.heartbeat_ttl = std::time::Duration::from_secs(1);
+        s.exam.disconnect_grace = std::time::Duration::from_secs(1);
+        s.server.drain_window = std::time::Duration::from_secs(4);
+    })
+    .await;
+    let (mut t, _) = apps[1].teacher("e1", "t1").await;
+    let mut students = Vec::new();
+    for id in ["s1", "s2"] {
+        let (s, welcome) = apps[0].student("e1", id).await;
+        let session = welcome["session_id"].as_str().unwrap().to_owned();
+        t.next_where("connected", |e| is_student_event(e, id, "connected"))
+            .await;
+        students.push((id, session, s));
+    }
+    apps[0].begin_shutdown();
+    let mut last = None;
+    for (id, session, mut s) in students {
+        let closed = s
+            .expect_close_within(tokio::time::Instant::now() + std::time::Duration::from_secs(8))
+            .await;
+        assert_eq!(closed.0, Some(1012), "{id}");
+        let token = apps[1].token(id, examwatch::auth::Role::Student, &["e1"]);
+        let url = format!("{}?previous_session={session}", apps[1].ws_url("e1"));
+        let mut again = apps[1].try_connect(&url, Some(&token), &[]).await.unwrap();
+        assert_eq!(again.next_json().await["type"], "welcome", "{id}");
+        last = Some((id, again));
+    }
+    let (id, mut again) = last.unwrap();
+    again
+        .send_json(json!({"type": "progress", "question": 2, "answered": 0, "ref": "p"}))
+        .await;
+    loop {
+        let ev = t.next_json().await;
+        assert!(
+            !is_student_event(&ev, "s1", "disconnected")
+                && !is_student_event(&ev, "s2", "disconnected"),
+            "still connected to the draining instance, never disconnected: {ev}"
+        );
+        assert_ne!(ev["type"], "alert", "{ev}");
+        if is_student_event(&ev, id, "progress") {
+            break;
+        }
+    }
+}
