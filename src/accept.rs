@@ -196,6 +196,10 @@ pub async fn serve(
             )),
         };
     }
+    // Closed now, not once the open connections are done: a client trying
+    // to connect from here on is refused (a rolling restart, src/drain.rs),
+    // never queued by the kernel and then dropped.
+    drop(listener);
     conns.close();
     conns.wait().await;
 }

@@ -2,8 +2,21 @@
 //!
 //! `App::build(settings)` binds the listener (tests pass their own bound to
 //! port 0 via [`App::with_listener`]); `app.run(shutdown)` serves until the
-//! `shutdown` future resolves, then drains: `/readyz` turns 503, every socket
-//! gets close 1001, and tasks are awaited up to `server.shutdown_timeout`.
+//! `shutdown` future resolves (SIGTERM in `main`), then drains for a
+//! rolling restart (docs/DEPLOY.md, "Rolling restarts"):
+//!
+//! 1. `/readyz` turns 503 and the public listener stops accepting (a new
+//!    connection is refused; the operators' listener keeps answering);
+//! 2. after `server.drain_delay`, the liveness key in Redis says
+//!    `draining`: sessions here are free to take elsewhere, as reconnects;
+//! 3. the sockets close with 1012, spread evenly over `server.drain_window`
+//!    ([`crate::drain`]), and their close handshakes finish (up to
+//!    `server.shutdown_timeout`);
+//! 4. the liveness key goes, rooms release their leases and end, tasks are
+//!    awaited (the same deadline), the writer commits everything queued
+//!    (up to `server.shutdown_timeout`), the listeners stop, and `run`
+//!    returns `Ok` (exit 0).
+//!
 //! axum's graceful shutdown does not wait for upgraded sockets, so every
 //! connection and room is spawned on our own [`TaskTracker`].
 
@@ -58,6 +71,11 @@ pub struct AppState {
     /// Revoked tokens and the live connections they close
     /// (`POST /v1/revocations`, [`crate::revocations`]).
     pub revocations: Arc<crate::revocations::Revocations>,
+    /// The open WebSockets and event streams, for a rolling restart's
+    /// spread close.
+    pub drain: Arc<crate::drain::Drain>,
+    /// The WebSocket loopback check's last result, for `/readyz`.
+    pub health: Arc<crate::health::Health>,
     draining: Arc<AtomicBool>,
     next_conn: Arc<AtomicU64>,
 }
@@ -202,6 +220,8 @@ impl App {
             handshake_guard: Arc::new(crate::ratelimit::HandshakeGuard::new(&settings)),
             tickets,
             revocations,
+            drain: Arc::default(),
+            health: Arc::new(crate::health::Health::new(&settings.server)),
             settings,
             keys: Arc::new(keys),
             registry,
@@ -258,12 +278,15 @@ impl App {
             "http"
         };
         let token = state.shutdown.clone();
+        // The public listener stops accepting when the drain begins, long
+        // before the rest stops: its own token.
+        let accepting = token.child_token();
         let server = tokio::spawn(accept::serve(
             listener,
             http::router(state.clone()),
             limits.clone(),
             state.metrics.clone(),
-            token.clone(),
+            accepting.clone(),
         ));
         // The operators' listener has a small cap of its own, inside the
         // descriptor reserve, so it never eats into the public one's.
@@ -279,26 +302,56 @@ impl App {
             state.metrics.clone(),
             token.clone(),
         ));
+        tokio::spawn(crate::health::run(
+            state.clone(),
+            addr,
+            crate::health::Connector::default(),
+            accepting.clone(),
+        ));
         tracing::info!(%addr, "examwatch listening on {scheme}://{addr}");
         tracing::info!(addr = %admin_addr, "operators' endpoints (/metrics, /readyz) on http://{admin_addr}");
 
         shutdown.await;
         let settings = &state.settings.server;
         state.draining.store(true, Ordering::Relaxed);
+        accepting.cancel();
         tracing::info!(
             drain_delay_ms = settings.drain_delay.as_millis() as u64,
-            "shutting down: not ready any more"
+            drain_window_ms = settings.drain_window.as_millis() as u64,
+            sockets = state.drain.open(),
+            "shutting down: not ready any more, not accepting"
         );
         tokio::time::sleep(settings.drain_delay).await;
-        // Before the sockets close: students reconnecting elsewhere at once
-        // must find this instance gone, not a live session of theirs here.
-        if let crate::broker::Broker::Redis(redis) = &state.broker {
+        let redis = match &state.broker {
+            Broker::Redis(redis) => Some(redis.clone()),
+            Broker::Memory => None,
+        };
+        // Before the first socket closes: a student who reconnects elsewhere
+        // must find this instance's sessions free to take (a reconnect, not
+        // a second session), while the orphan scan elsewhere still leaves
+        // the students connected here alone.
+        if let Some(redis) = &redis {
+            redis.start_draining().await;
+        }
+        let closed = state.drain.close_spread(settings.drain_window).await;
+        let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+        if !state.drain.closed_by(deadline).await {
+            tracing::warn!(
+                sockets = state.drain.open(),
+                "shutdown timeout: sockets still closing"
+            );
+        }
+        tracing::info!(
+            connections = closed,
+            "drained: every socket closed with 1012, every event stream ended"
+        );
+        if let Some(redis) = &redis {
             redis.retire().await;
         }
         token.cancel();
         state.tracker.close();
         let open = state.tracker.len();
-        if tokio::time::timeout(settings.shutdown_timeout, state.tracker.wait())
+        if tokio::time::timeout_at(deadline, state.tracker.wait())
             .await
             .is_err()
         {
@@ -310,7 +363,7 @@ impl App {
         // Everything the rooms and sockets produced is written before exit.
         writer_task.finish(settings.shutdown_timeout).await;
         // Both listeners under one deadline, so shutdown stays within
-        // drain_delay + 3 x shutdown_timeout (docs/DEPLOY.md).
+        // drain_delay + drain_window + 3 x shutdown_timeout (docs/DEPLOY.md).
         let both = async { (server.await, admin_server.await) };
         match tokio::time::timeout(settings.shutdown_timeout, both).await {
             Ok((a, b)) => {

@@ -55,6 +55,19 @@ pub struct ServerSettings {
     /// balancer stops routing new clients here first.
     #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
+    /// A rolling restart closes this instance's sockets (close 1012) one by
+    /// one, spread evenly over this window after `drain_delay`, so their
+    /// clients do not all reconnect elsewhere in the same second
+    /// (src/drain.rs). 0 closes them all at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+    /// How often the readiness check opens a WebSocket to this server's own
+    /// public listener and pings it (src/health.rs). 0 turns the check off.
+    #[serde(with = "humantime_serde")]
+    pub ws_probe_interval: Duration,
+    /// How long one such check may take (connect, upgrade, ping, pong).
+    #[serde(with = "humantime_serde")]
+    pub ws_probe_timeout: Duration,
     /// Address of the operators' listener (`/metrics`, and `/readyz` with
     /// its details). Loopback by default: never expose it publicly.
     pub admin_bind: SocketAddr,
@@ -117,6 +130,9 @@ impl Default for ServerSettings {
             data_dir: PathBuf::from("data"),
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
+            drain_window: Duration::from_secs(10),
+            ws_probe_interval: Duration::from_secs(5),
+            ws_probe_timeout: Duration::from_secs(2),
             admin_bind: SocketAddr::from(([127, 0, 0, 1], 9090)),
             request_head_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
@@ -671,6 +687,21 @@ impl Settings {
             HOUR,
         )?;
         at_most("server.drain_delay", self.server.drain_delay, HOUR)?;
+        at_most("server.drain_window", self.server.drain_window, HOUR)?;
+        at_most(
+            "server.ws_probe_interval",
+            self.server.ws_probe_interval,
+            HOUR,
+        )?;
+        at_most(
+            "server.ws_probe_timeout",
+            self.server.ws_probe_timeout,
+            HOUR,
+        )?;
+        positive(
+            "server.ws_probe_timeout",
+            !self.server.ws_probe_timeout.is_zero(),
+        )?;
         at_most("auth.leeway", self.auth.leeway, HOUR)?;
         at_most("auth.ticket_ttl", self.auth.ticket_ttl, HOUR)?;
         at_most("auth.expiry_grace", self.auth.expiry_grace, HOUR)?;

@@ -38,6 +38,12 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(crate::dashboard::router())
         .fallback(not_found)
+        // Innermost: the readiness probe's upgrade is answered here, behind
+        // the same layers as a client's (src/health.rs).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::health::intercept,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_deadline,
@@ -167,10 +173,14 @@ struct Readiness {
     status: &'static str,
     /// Why it is not simply `ready` (stable words, for operators).
     reasons: Vec<&'static str>,
+    /// The WebSocket loopback check (src/health.rs).
+    websocket: crate::health::ProbeState,
 }
 
 fn readiness(app: &AppState) -> Readiness {
     let mut reasons = Vec::new();
+    let websocket = app.health.state(std::time::Instant::now());
+    let probe_failed = websocket.reason();
     if app.writer.degraded() {
         reasons.push("database_writes_failing");
     }
@@ -180,10 +190,13 @@ fn readiness(app: &AppState) -> Readiness {
     if !app.broker.healthy() {
         reasons.push("broker_unreachable");
     }
+    if let Some(reason) = probe_failed {
+        reasons.push(reason);
+    }
     let (code, status) = if app.draining() || app.shutdown.is_cancelled() {
         reasons.insert(0, "shutting_down");
         (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
-    } else if app.writer.over_limit() {
+    } else if app.writer.over_limit() || probe_failed.is_some() {
         (StatusCode::SERVICE_UNAVAILABLE, "degraded")
     } else if !reasons.is_empty() {
         (StatusCode::OK, "degraded")
@@ -194,11 +207,14 @@ fn readiness(app: &AppState) -> Readiness {
         code,
         status,
         reasons,
+        websocket,
     }
 }
 
-/// Ready for new clients, for load balancers: 503 once draining, or when so
-/// much waits for the database that new exam connections are refused.
+/// Ready for new clients, for load balancers: 503 once draining, when so
+/// much waits for the database that new exam connections are refused, or
+/// when the WebSocket loopback check (`server.ws_probe_interval`) failed or
+/// has not finished recently: a client could not open a socket here.
 /// While database writes fail but the backlog is under its bound, 200 with
 /// `"status": "degraded"`: the live exam still works, answers wait for
 /// their commit, and nothing is lost. Says nothing more (the reasons and
@@ -206,7 +222,7 @@ fn readiness(app: &AppState) -> Readiness {
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready (`status` is `ready`, or `degraded` while database writes are retried or the broker is unreachable)"),
-        (status = 503, description = "Shutting down, or too much waiting for the database"),
+        (status = 503, description = "Shutting down, too much waiting for the database, or the WebSocket loopback check failing or stale"),
     ))]
 async fn readyz(State(app): State<AppState>) -> Response {
     let r = readiness(&app);
@@ -224,7 +240,9 @@ pub fn admin_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Readiness with its reasons, the database backlog and the broker.
+/// Readiness with its reasons, the database backlog, the broker and the
+/// WebSocket loopback check (`websocket`: `{"state": "ok", "age_ms",
+/// "rtt_ms"}`, `failing` with its `error`, `stale`, `pending` or `off`).
 async fn admin_readyz(State(app): State<AppState>) -> Response {
     use std::sync::atomic::Ordering;
     let r = readiness(&app);
@@ -245,6 +263,7 @@ async fn admin_readyz(State(app): State<AppState>) -> Response {
         "database": database,
         "pending_writes": pending,
         "broker": broker,
+        "websocket": r.websocket,
         "instance_id": app.instance_id.as_ref(),
     });
     (r.code, Json(body)).into_response()

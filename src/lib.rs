@@ -9,6 +9,8 @@
 //! - [`app`]: building the server and shutting it down gracefully;
 //! - [`accept`], [`tls`]: the accept loop's limits, and HTTPS/wss in-process
 //!   (rustls) with certificate reloads;
+//! - [`drain`]: rolling restarts, sockets closed 1012 over `server.drain_window`;
+//! - [`health`]: the readiness check that opens a WebSocket to ourselves;
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
 //! - [`auth`]: JWT verification and the handshake checks;
 //! - [`client_ip`]: who the client is, behind `server.trusted_proxies`;
@@ -34,6 +36,8 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod demo;
+pub mod drain;
+pub mod health;
 pub mod http;
 pub mod loadgen;
 pub mod metrics;

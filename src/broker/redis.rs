@@ -63,6 +63,9 @@ redis.call('PEXPIRE', KEYS[4], 86400000)
 return seq
 "#;
 
+/// The liveness key's value while its instance drains (`start_draining`).
+const DRAINING: &str = "draining";
+
 /// How long a change of a student's control record makes handshakes read
 /// it from the database ([`RedisBroker::note_controls`]): far longer than
 /// an event takes to reach every instance.
@@ -111,6 +114,9 @@ pub struct RedisBroker {
     /// Set by a graceful stop (`retire`): the heartbeat stops renewing the
     /// liveness key, which is gone.
     retired: AtomicBool,
+    /// Set when a rolling restart begins (`start_draining`): the liveness
+    /// key says `draining` instead of `1` until `retire` deletes it.
+    draining: AtomicBool,
     /// `broker.heartbeat_ttl` (see `RedisOptions`).
     heartbeat_ttl: Duration,
 }
@@ -182,6 +188,7 @@ impl RedisBroker {
             overflowed: Arc::default(),
             next_draft: std::sync::atomic::AtomicU64::new(1),
             retired: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             heartbeat_ttl: options.heartbeat_ttl,
         });
         tokio::spawn(read_pushes(
@@ -675,14 +682,43 @@ impl RedisBroker {
         }
         let mut conn = self.conn.clone();
         let key = format!("{}:instance:{}", self.prefix, self.instance);
-        conn.set_ex(key, "1", ttl.as_secs().max(1)).await
+        conn.set_ex(key, self.liveness(), ttl.as_secs().max(1))
+            .await
     }
 
-    /// A graceful stop, before the sockets close: this instance stops
-    /// saying it is alive and deletes its liveness key, so a student who
-    /// reconnects elsewhere at once is a reconnect there, not a live second
-    /// session (which it would be until the key expired, up to
-    /// `broker.heartbeat_ttl`). The rooms release their leases as they end.
+    /// What the liveness key holds: `1`, or `draining` during a rolling
+    /// restart.
+    fn liveness(&self) -> &'static str {
+        if self.draining.load(Ordering::Relaxed) {
+            DRAINING
+        } else {
+            "1"
+        }
+    }
+
+    /// A rolling restart begins (src/drain.rs), before the first socket
+    /// closes: the liveness key says `draining` (the heartbeat keeps it
+    /// so). To a student's handshake elsewhere this instance is then not
+    /// alive — its lease is free to take, a reconnect not a live second
+    /// session, and no kick is sent here — while the orphan scan still sees
+    /// it alive: its students are still connected until it closes them,
+    /// and must not be put through a grace period elsewhere meanwhile.
+    pub async fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let ttl = self.heartbeat_ttl;
+        let marked = tokio::time::timeout(Duration::from_secs(2), self.heartbeat(ttl)).await;
+        if !matches!(marked, Ok(Ok(()))) {
+            tracing::warn!("cannot mark this instance as draining in Redis");
+        }
+    }
+
+    /// A graceful stop, once the drain closed the sockets (or at once
+    /// without one): this instance stops saying it is alive and deletes its
+    /// liveness key, so a student who reconnects elsewhere is a reconnect
+    /// there, not a live second session (which it would be until the key
+    /// expired, up to `broker.heartbeat_ttl`), and students who did not
+    /// come back are found by the orphan scan. The rooms release their
+    /// leases as they end.
     pub async fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
         let mut conn = self.conn.clone();
@@ -699,11 +735,14 @@ impl RedisBroker {
         }
     }
 
-    /// Whether an instance has heartbeated recently.
+    /// Whether an instance has heartbeated recently and is not draining
+    /// (a draining instance's sessions are free to take: `start_draining`).
     pub async fn instance_alive(&self, instance: &str) -> Result<bool, redis::RedisError> {
         let mut conn = self.conn.clone();
-        conn.exists(format!("{}:instance:{instance}", self.prefix))
-            .await
+        let value: Option<String> = conn
+            .get(format!("{}:instance:{instance}", self.prefix))
+            .await?;
+        Ok(value.is_some_and(|v| v != DRAINING))
     }
 }
 

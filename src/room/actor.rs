@@ -378,9 +378,13 @@ impl Room {
         if self.teachers.remove(&conn).is_some() || self.listeners.remove(&conn).is_some() {
             return;
         }
-        let Some((sid, _)) = self.student_conns.remove(&conn) else {
+        let Some((sid, out)) = self.student_conns.remove(&conn) else {
             return;
         };
+        // Closed by a rolling restart (src/drain.rs): the client comes back
+        // here or elsewhere within the grace, as the same session. Not a
+        // network drop: no incident count, nothing told to the cluster.
+        let restart = out.kick.reason() == Some(crate::room::close::RESTART);
         let grace = self.ctx.settings.disconnect_grace;
         if let Some(st) = self.students.get_mut(&sid)
             && st.conn == Some(conn)
@@ -394,7 +398,9 @@ impl Room {
                 self.release_lease(&sid);
             } else {
                 st.grace_timer = Some(self.timers.insert(Timer::Grace(sid.clone()), grace));
-                self.student_dropped(&sid);
+                if !restart {
+                    self.student_dropped(&sid);
+                }
             }
         }
         // A join was waiting to learn whether this socket is alive: it is not.

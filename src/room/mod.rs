@@ -78,6 +78,9 @@ pub mod close {
             1008 => "too many rejected messages (forbidden or rate limited)",
             1009 => "message too big: never resend it",
             1011 => "server error",
+            1012 => {
+                "service restart (rolling restart): reconnect after a short random wait, another instance takes you"
+            }
             1013 => "exam state unavailable: try again later, with backoff",
             4000 => "ping timeout: no sign of life from the client",
             4001 => "session taken over by a newer connection of this student",
@@ -100,9 +103,21 @@ pub mod close {
         code: 4408,
         reason: "no message received",
     };
+
+    /// The server stops without a drain: the sockets still open when
+    /// `server.shutdown_timeout`'s wait begins (a connection that was
+    /// joining as the drain ended), a room that ended under a connection.
     pub const GOING_AWAY: CloseReason = CloseReason {
         code: 1001,
         reason: "server shutting down",
+    };
+    /// A rolling restart (src/drain.rs): this instance closes its sockets
+    /// one by one over `server.drain_window`; the client waits a random
+    /// share of its own jitter window, then reconnects (to another
+    /// instance) as the same session.
+    pub const RESTART: CloseReason = CloseReason {
+        code: 1012,
+        reason: "service restart",
     };
     pub const UNSUPPORTED: CloseReason = CloseReason {
         code: 1003,

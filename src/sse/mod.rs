@@ -183,6 +183,7 @@ pub async fn watcher_events(
         app: app.clone(),
         client: opening.client,
         _slot: slot,
+        exam: exam_id.as_str().into(),
         user_agent: opening.user_agent.clone(),
         audience: Audience::Watcher { last_seq },
     };
@@ -459,6 +460,8 @@ pub(crate) struct Stream {
     /// The stream's place in its IP's count (`limits.connections_per_ip`),
     /// given back when the stream's task ends.
     _slot: ConnectionSlot,
+    /// The exam, for a rolling restart's fair closing order (src/drain.rs).
+    exam: std::sync::Arc<str>,
     user_agent: String,
     audience: Audience,
 }
@@ -479,6 +482,13 @@ impl Stream {
     }
 
     async fn run(self, body: mpsc::Sender<Bytes>) {
+        // A rolling restart ends streams spread over its window like
+        // sockets (a kick with 1012's reason: the body ends cleanly).
+        let watcher = matches!(self.audience, Audience::Watcher { .. });
+        let _listed = self
+            .app
+            .drain
+            .register(self.id, &self.exam, watcher, &self.kick);
         self.gauge().fetch_add(1, Ordering::Relaxed);
         let last_event_id = match self.audience {
             Audience::Watcher { last_seq } => last_seq.map(|s| s as i64).unwrap_or(-1),

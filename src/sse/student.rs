@@ -136,6 +136,7 @@ pub async fn student_events(
         app: app.clone(),
         client: opening.client,
         _slot: slot,
+        exam: exam_id.as_str().into(),
         user_agent: opening.user_agent.clone(),
         audience: Audience::Student,
     };

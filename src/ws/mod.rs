@@ -215,6 +215,11 @@ impl Connection {
             settings.ws.student_queue
         };
         let (tx, rx, kick) = crate::room::queue::queue(queue);
+        // Listed for a rolling restart's spread close (src/drain.rs).
+        let _listed = self
+            .app
+            .drain
+            .register(self.id, &self.exam_id, self.watcher(), &kick);
         let out = Outbox {
             tx,
             kick: kick.clone(),

@@ -12,7 +12,8 @@
 //! `history.mjs` checks a dashboard opened mid-exam; `clean.mjs` a page
 //! load without console errors and bidi-isolated names; `controls.mjs`,
 //! `proctor.mjs` and `cluster.mjs` the exam's controls (issue 15), the
-//! last with two instances and a redis-server started here.
+//! last with two instances and a redis-server started here, as has
+//! `drain.mjs` (a rolling restart through a failover forwarder).
 //!
 //! Checks promised "within a second" wait up to `BROWSER_SLACK` (default
 //! 3) times their promise before failing, and log `SLOW` when they took
@@ -410,4 +411,42 @@ async fn the_dashboard_on_one_instance_runs_students_on_another() {
     let url = redis.url();
     let stdout = run_scenario_with("cluster.mjs", dir.path(), &[("REDIS_URL", &url)]).await;
     assert!(stdout.contains("cluster: ok"), "{stdout}");
+}
+
+/// A rolling restart with two instances, Redis and the client library
+/// (issue 16 item 4): the clients of the stopped instance get 1012 spread
+/// over the drain window, resume on the other one through a failover
+/// forwarder, and nothing is lost (every answer reaches both teachers,
+/// no alert); here, each answer is in the database once.
+#[tokio::test]
+async fn a_rolling_restart_moves_every_client_to_the_other_instance_losing_nothing() {
+    if !ready(true) {
+        return;
+    }
+    let Some(redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = redis.url();
+    let stdout = run_scenario_with("drain.mjs", dir.path(), &[("REDIS_URL", &url)]).await;
+    let result = line_json(&stdout, "RESULT ");
+    let db_url = format!("sqlite://{}/examwatch.db", dir.path().display());
+    let db = sqlx::SqlitePool::connect(&db_url)
+        .await
+        .expect("open the database");
+    let answers = result["answers"].as_u64().expect("answers") as usize;
+    for student in result["students"].as_array().expect("students") {
+        let student = student.as_str().expect("a student id");
+        let rows = sqlx::query(
+            "SELECT question FROM answers WHERE exam_id = 'e1' AND student_id = ? ORDER BY question",
+        )
+        .bind(student)
+        .fetch_all(&db)
+        .await
+        .expect("read answers");
+        let questions: Vec<String> = rows.iter().map(|r| r.get("question")).collect();
+        let want: Vec<String> = (1..=answers).map(|n| format!("q{n}")).collect();
+        assert_eq!(questions, want, "{student}: each answer stored once");
+    }
 }

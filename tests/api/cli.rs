@@ -1,6 +1,6 @@
 //! The real binary: `examwatch token` signs with the secret the server
 //! generated, `serve` is the default, a bad setting is a clear error, and
-//! SIGTERM drains with 1001 and exits 0.
+//! SIGTERM drains with 1012 and exits 0.
 
 use std::process::{Command, Stdio};
 
@@ -88,7 +88,7 @@ async fn serve_then_token_then_sigterm() {
     assert!(kill.success());
     assert_eq!(
         client.expect_close().await,
-        (Some(1001), "server shutting down".to_string())
+        (Some(1012), "service restart".to_string())
     );
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
@@ -355,8 +355,8 @@ async fn the_example_client_keeps_its_token_off_the_command_line_and_exits_on_cl
     assert!(status.success(), "{status}");
     let said: Vec<String> = err.iter().collect();
     assert!(
-        said.iter().any(|l| l.contains("1001")
-            && l.contains("server shutting down")
+        said.iter().any(|l| l.contains("1012")
+            && l.contains("service restart")
             && l.contains("reconnect")),
         "the close code and its meaning: {said:?}"
     );

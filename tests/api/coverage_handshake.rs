@@ -204,27 +204,31 @@ async fn a_request_that_is_not_an_upgrade_gets_400_and_http_1_0_gets_426() {
 }
 
 #[tokio::test]
-async fn handshakes_during_the_drain_get_503_shutting_down() {
+async fn handshakes_during_the_drain_are_refused_at_connect() {
     // Long enough that the whole check runs inside the drain.
     let mut app = spawn_app_with(|s| s.server.drain_delay = Duration::from_secs(3)).await;
     let (mut open, _) = app.student("e1", "s1").await;
     let token = app.token("s2", Role::Student, &["e1"]);
     app.begin_shutdown();
     eventually("the server drains", || app.state.draining()).await;
-    let (status, _, body) = refusal(&app, &app.ws_url("e1"), Some(&token)).await;
-    assert_eq!(status, 503);
-    assert_eq!(
-        body,
-        json!({"error": {"code": "shutting_down",
-            "message": "the server is shutting down; reconnect to another instance"}})
+    // The listener stopped accepting (a rolling restart): refused, never
+    // accepted and dropped. (A handshake already on its way gets 503
+    // `shutting_down` from the handshake itself.)
+    let refused = app
+        .try_connect_as_is(&app.ws_url("e1"), Some(&token), &[])
+        .await;
+    assert!(
+        matches!(&refused, Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "refused at connect: {:?}",
+        refused.err()
     );
-    // Open sockets are served through the drain, then closed with 1001.
+    // Open sockets are served through the drain, then closed with 1012.
     open.send_json(json!({"type": "heartbeat", "ref": "h"}))
         .await;
     assert_eq!(open.next_json().await, json!({"type": "ack", "ref": "h"}));
     assert_eq!(
         open.expect_close().await,
-        (Some(1001), "server shutting down".into())
+        (Some(1012), "service restart".into())
     );
     app.shutdown().await.expect("clean exit");
 }

@@ -1,5 +1,5 @@
 //! What operators rely on: health, readiness, metrics, JSON errors, and a
-//! graceful shutdown that says goodbye (1001) to every socket.
+//! graceful shutdown that says goodbye (1012, spread: tests/api/drain.rs) to every socket.
 
 use std::time::Duration;
 
@@ -79,18 +79,19 @@ async fn health_readiness_metrics_and_json_404() {
 }
 
 #[tokio::test]
-async fn shutdown_sends_1001_to_every_client_and_turns_not_ready() {
+async fn shutdown_sends_1012_to_every_client_and_turns_not_ready() {
     let mut app = spawn_app_with(|s| s.server.drain_delay = Duration::from_millis(300)).await;
     let (mut t, _) = app.teacher("e1", "t1").await;
     let (mut s1, _) = app.student("e1", "s1").await;
     let (mut s2, _) = app.student("e2", "s2").await;
     let http = reqwest::Client::new();
     app.begin_shutdown();
-    // During the drain delay the server still answers, but is not ready.
+    // During the drain delay the server is not ready (the public listener
+    // refuses new connections: the operators' one answers).
     let mut status = 200;
     for _ in 0..50 {
         status = http
-            .get(app.http("/readyz"))
+            .get(app.admin("/readyz"))
             .send()
             .await
             .unwrap()
@@ -105,7 +106,7 @@ async fn shutdown_sends_1001_to_every_client_and_turns_not_ready() {
     for c in [&mut t, &mut s1, &mut s2] {
         assert_eq!(
             c.expect_close().await,
-            (Some(1001), "server shutting down".to_string())
+            (Some(1012), "service restart".to_string())
         );
     }
     app.shutdown().await.expect("clean exit");

@@ -13,7 +13,8 @@
 // entry behind a 1009 is set aside; a welcome does not reset the backoff;
 // two tabs share one outbox; a taken-over client refuses answers; storage
 // failures are reported; a missed heartbeat goes offline at once; focus is
-// re-sent on every reconnect; 1008/4009 wait at least a floor; teachers
+// re-sent on every reconnect; 1008/4009 wait at least a floor; 1012 waits
+// a random share of restartJitterMs; teachers
 // resume with ?last_seq=; announce() settles on a drop or a timeout; a
 // snapshot in parts is applied only whole, never from a dropped socket;
 // refresh(token) is sent and settled by its ack or error, 4401 reconnects
@@ -406,6 +407,25 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   again.ws.drop(1008);
   check(d[0] >= 300, `1008 waits at least the floor: ${d}`);
   again.c.close();
+}
+
+// ---- after 1012 (a rolling restart), a random share of restartJitterMs ----
+{
+  const realRandom = Math.random;
+  const draws = [0.999, 0.5, 0];
+  Math.random = () => draws.shift() ?? 0;
+  const { c, ws } = live({ storage: new MemoryStorage(), backoffBaseMs: 10, backoffCapMs: 20, restartJitterMs: 400 });
+  const delays = [];
+  c.addEventListener('connection', (e) => e.detail.state === 'offline' && delays.push(e.detail));
+  ws.drop(1012, 'service restart');
+  check(delays[0].delayMs === 399 && delays[0].code === 1012, `1012 waits its share of the jitter window, not the backoff: ${JSON.stringify(delays)}`);
+  check(FakeSocket.last() === ws, 'not at once');
+  await until('the reconnect after the jitter', () => FakeSocket.last() !== ws, 2000);
+  const ws2 = FakeSocket.last();
+  ws2.drop(1012, 'service restart');
+  check(delays[1].delayMs === 200 && delays[1].attempt === 0, `uniform, and the attempt count does not grow: ${JSON.stringify(delays[1])}`);
+  Math.random = realRandom;
+  c.close();
 }
 
 // ---- teachers: resume at the handshake; announce() settles ---------------

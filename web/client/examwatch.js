@@ -79,6 +79,14 @@ const OVER_PHASES = new Set(['ended', 'grading']);
 /** Close codes that ask for a long backoff before trying again. */
 const SLOW_CLOSES = new Set([1008, 4009]);
 /**
+ * Close 1012, "service restart": a rolling restart closes an instance's
+ * sockets one by one over its drain window (PROTOCOL.md 5). Not a failure:
+ * the client waits a random share of `restartJitterMs`, so the clients of
+ * one instance do not all reconnect to the others in the same second, and
+ * its backoff does not grow.
+ */
+const RESTART_CLOSE = 1012;
+/**
  * Outbox pacing. The server allows 20 messages/s with bursts of 40, and
  * closes the socket (1008) at the 10th refused message in a minute; a page
  * re-sending a long outbox at once would be refused before the acks of the
@@ -114,6 +122,7 @@ export class ExamwatchClient extends EventTarget {
    * @param {Storage} [o.storage] where the outbox lives (default: localStorage)
    * @param {number} [o.backoffBaseMs=500] @param {number} [o.backoffCapMs=30000]
    * @param {number} [o.slowBackoffMs=5000] least wait after close 1008 or 4009
+   * @param {number} [o.restartJitterMs=5000] after close 1012 (a rolling restart) reconnect after a random wait in [0, this)
    * @param {number} [o.stableMs=15000] live this long before the backoff starts over
    * @param {number} [o.heartbeatMs=15000] heartbeat period; no ack within it: reconnect
    * @param {number} [o.retryMs=10000] re-send an unacked outbox entry after this long
@@ -139,6 +148,7 @@ export class ExamwatchClient extends EventTarget {
     this.baseMs = o.backoffBaseMs ?? 500;
     this.capMs = o.backoffCapMs ?? 30000;
     this.slowBackoffMs = o.slowBackoffMs ?? 5000;
+    this.restartJitterMs = o.restartJitterMs ?? 5000;
     this.stableMs = o.stableMs ?? 15000;
     this.heartbeatMs = o.heartbeatMs ?? 15000;
     this.retryMs = o.retryMs ?? 10000;
@@ -593,6 +603,14 @@ export class ExamwatchClient extends EventTarget {
     // then (`refresh(token)` from this event's listener is in time).
     if (code === 4401) this._emit('token_expired', { code, reason });
     let delayMs;
+    if (code === RESTART_CLOSE) {
+      // Uniform over the window, whatever the attempt: a restart is not a
+      // failure of ours (and the attempt count does not grow).
+      delayMs = Math.floor(Math.random() * Math.max(0, this.restartJitterMs));
+      this._setState('offline', { code, reason, delayMs, attempt: this._attempt });
+      this._later(() => this._open(), delayMs);
+      return;
+    }
     if (SLOW_CLOSES.has(code)) {
       // Full jitter can be 0: never retry at once after a refusal.
       const floor = Math.min(this.slowBackoffMs, this.capMs);
