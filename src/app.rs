@@ -112,7 +112,9 @@ impl App {
                 redact_url(&settings.database.url)
             )
         })?;
-        let (writer, writer_task) = Writer::spawn(store.clone(), &settings.database);
+        let metrics = Arc::new(Metrics::new(&instance_id));
+        let (writer, writer_task) =
+            Writer::spawn(store.clone(), &settings.database, metrics.db.clone());
         let keys = Keys::from_settings(&settings.auth, &settings.server.data_dir)?;
         if settings.server.allowed_origins.is_empty() {
             tracing::warn!(
@@ -120,8 +122,8 @@ impl App {
             );
         }
         let settings = Arc::new(settings);
-        let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
+        tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
         let tracker = TaskTracker::new();
         let (broker, inbound) = if settings.broker.redis_url.is_empty() {
             (Broker::Memory, None)
@@ -133,6 +135,7 @@ impl App {
                 history: settings.exam.history_size,
                 queue_limit: settings.broker.queue_limit,
                 heartbeat_ttl: settings.broker.heartbeat_ttl,
+                metrics: metrics.broker.clone(),
             })
             .await
             .context("cannot connect to broker.redis_url")?;

@@ -69,16 +69,18 @@ async fn create_ticket(
     headers: HeaderMap,
     body: Result<Json<TicketRequest>, JsonRejection>,
 ) -> Response {
-    match mint(&app, peer, &headers, body).await {
+    let minted = mint(&app, peer, &headers, body).await;
+    if let Err(refusal) = &minted {
+        app.metrics.handshake_rejected("ticket", refusal.code());
+    }
+    match minted {
         Ok(ticket) => (
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
             Json(ticket),
         )
             .into_response(),
         Err(Refusal::RateLimited(secs)) => {
-            app.metrics
-                .handshakes_rate_limited
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            app.metrics.handshakes_rate_limited.increment(1);
             let e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -100,6 +102,16 @@ enum Refusal {
     Api(ApiError),
     /// Over `limits.handshakes_per_subject`; seconds until one is allowed.
     RateLimited(u64),
+}
+
+impl Refusal {
+    /// The error code answered (the metrics' `reason`).
+    fn code(&self) -> &'static str {
+        match self {
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::Api(e) => e.code,
+        }
+    }
 }
 
 impl<E: Into<ApiError>> From<E> for Refusal {
