@@ -627,7 +627,12 @@ const HELP: &[(&str, Kind, &str)] = &[
 
 /// The families the server exports, for tests and the dashboard check.
 pub fn families() -> impl Iterator<Item = &'static str> {
-    HELP.iter().map(|(name, _, _)| *name)
+    described().map(|(name, _)| name)
+}
+
+/// Every family with its help text (docs/PROTOCOL.md, B.1, repeats them).
+pub fn described() -> impl Iterator<Item = (&'static str, &'static str)> {
+    HELP.iter().map(|(name, _, help)| (*name, *help))
 }
 
 #[cfg(test)]

@@ -299,3 +299,22 @@ async fn the_grafana_dashboard_uses_only_exported_families() {
     }
     assert!(used >= 20, "{used} metric references");
 }
+
+#[test]
+fn the_metrics_table_lists_every_family_with_its_help() {
+    let doc = include_str!("../../docs/PROTOCOL.md");
+    let table = doc
+        .split_once("### B.1 Metrics")
+        .expect("docs/PROTOCOL.md has B.1 Metrics")
+        .1;
+    for (name, help) in examwatch::metrics::described() {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("{name} is not in the metrics table"));
+        assert!(
+            row.ends_with(&format!("| {} |", help.replace('|', "\\|"))),
+            "{name}: the table's help differs from the server's: {row}"
+        );
+    }
+}
