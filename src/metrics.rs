@@ -496,7 +496,7 @@ const HELP: &[(&str, Kind, &str)] = &[
     (
         "examwatch_events_total",
         Kind::Counter,
-        "Exam events this instance numbered and fanned out (each has a seq); events numbered elsewhere and relayed by the broker not counted",
+        "Exam events this instance's rooms took in, each once with its seq: numbered here (no Redis), or numbered by Redis and received back from it (any instance's, with Redis)",
     ),
     (
         "examwatch_frames_out_total",

@@ -4,12 +4,13 @@
 //!
 //! A fixed array of slots, each a `OnceLock` holding one label value and the
 //! counter registered for it. A lookup scans the filled slots (a dozen at
-//! most in practice: one atomic load and a short compare each); the first
-//! sight of a value registers its counter with the recorder (the only
-//! allocation) in the first free slot. Two threads racing for a slot is
-//! harmless: the loser moves on, and the recorder hands both the same
-//! counter for the same key anyway. Once every slot is taken, new values
-//! are counted under `other`, so a flood of strange values cannot grow the
+//! most in practice: one atomic load and a short compare each) and takes no
+//! lock. Only the first sight of a value registers its counter with the
+//! recorder (its one allocation and its one lock), in the first free slot;
+//! a thread racing for the same slot waits for that, then moves on if the
+//! slot went to another value (and the recorder hands out the same counter
+//! for the same key anyway). Once every slot is taken, new values are
+//! counted under `other`, so a flood of strange values cannot grow the
 //! scrape without bound.
 
 use std::sync::OnceLock;
