@@ -123,7 +123,6 @@ impl App {
         }
         let settings = Arc::new(settings);
         let shutdown = CancellationToken::new();
-        tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
         let tracker = TaskTracker::new();
         let (broker, inbound) = if settings.broker.redis_url.is_empty() {
             (Broker::Memory, None)
@@ -155,6 +154,7 @@ impl App {
             broker: broker.clone(),
             rosters: rosters.clone(),
         });
+        tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
         tokio::spawn(crate::room::scheduler::run(
             registry.clone(),
             store.clone(),
