@@ -153,7 +153,7 @@ pub async fn serve(
             }
             Err(e) if is_per_connection(&e) => continue,
             Err(e) => {
-                metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
+                metrics.accept_errors.increment(1);
                 let pause = errors.failed(&e);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => continue,
@@ -163,9 +163,7 @@ pub async fn serve(
         };
         tune_accepted(&tcp);
         let Some(permit) = ConnPermit::take(&open, limits.max_connections) else {
-            metrics
-                .connections_refused_full
-                .fetch_add(1, Ordering::Relaxed);
+            metrics.connections_refused_full.increment(1);
             if let Ok(slot) = rejecters.clone().try_acquire_owned() {
                 let tls = limits.tls.clone();
                 tokio::spawn(async move {

@@ -134,7 +134,9 @@ impl App {
                 redact_url(&settings.database.url)
             )
         })?;
-        let (writer, writer_task) = Writer::spawn(store.clone(), &settings.database);
+        let metrics = Arc::new(Metrics::new(&instance_id));
+        let (writer, writer_task) =
+            Writer::spawn(store.clone(), &settings.database, metrics.db.clone());
         let keys = Keys::from_settings(&settings.auth, &settings.server.data_dir)?;
         if settings.server.allowed_origins.is_empty() {
             tracing::warn!(
@@ -142,7 +144,6 @@ impl App {
             );
         }
         let settings = Arc::new(settings);
-        let metrics = Arc::new(Metrics::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let (broker, inbound) = if settings.broker.redis_url.is_empty() {
@@ -155,6 +156,7 @@ impl App {
                 history: settings.exam.history_size,
                 queue_limit: settings.broker.queue_limit,
                 heartbeat_ttl: settings.broker.heartbeat_ttl,
+                metrics: metrics.broker.clone(),
             })
             .await
             .context("cannot connect to broker.redis_url")?;
@@ -183,6 +185,7 @@ impl App {
             broker: broker.clone(),
             rosters: rosters.clone(),
         });
+        tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
         tokio::spawn(crate::room::scheduler::run(
             registry.clone(),
             store.clone(),

@@ -269,54 +269,10 @@ async fn admin_readyz(State(app): State<AppState>) -> Response {
     (r.code, Json(body)).into_response()
 }
 
-/// Prometheus text format; every metric is labelled with `instance_id`.
+/// Prometheus text format; every series is labelled with `instance_id`
+/// (src/metrics.rs; docs/DEPLOY.md lists the families).
 async fn metrics(State(app): State<AppState>) -> Response {
-    use crate::metrics::write_metric;
-    use std::sync::atomic::Ordering;
-    let w = app.writer.stats();
-    let id = app.instance_id.as_ref();
-    let mut text = app.metrics.render(id);
-    let db: [(&str, &str, &str, u64); 6] = [
-        (
-            "examwatch_db_pending_writes",
-            "Records waiting for the database",
-            "gauge",
-            w.pending.load(Ordering::Relaxed) as u64,
-        ),
-        (
-            "examwatch_db_failing",
-            "1 while database writes fail (and are retried)",
-            "gauge",
-            u64::from(w.failing.load(Ordering::Relaxed)),
-        ),
-        (
-            "examwatch_db_committed_total",
-            "Records committed",
-            "counter",
-            w.committed.load(Ordering::Relaxed),
-        ),
-        (
-            "examwatch_db_retries_total",
-            "Failed batch commits (retried on a fresh connection)",
-            "counter",
-            w.retries.load(Ordering::Relaxed),
-        ),
-        (
-            "examwatch_db_rejected_total",
-            "Records the database refused for their data (set aside)",
-            "counter",
-            w.rejected.load(Ordering::Relaxed),
-        ),
-        (
-            "examwatch_db_collisions_total",
-            "Events whose (exam, seq) was already in the log (a re-issued seq)",
-            "counter",
-            w.collisions.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, kind, v) in db {
-        write_metric(&mut text, name, help, kind, id, v);
-    }
+    let text = app.metrics.render(app.writer.stats());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

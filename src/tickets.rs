@@ -20,7 +20,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -128,7 +128,7 @@ impl Tickets {
             let value = serde_json::to_string(&grant).map_err(|_| TicketError::Unavailable)?;
             match redis.put_ticket(&ticket, &value, expires_in).await {
                 Ok(()) => {
-                    self.metrics.tickets_issued.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.tickets_issued.increment(1);
                     return Ok(Issued { ticket, expires_in });
                 }
                 // The write may have reached Redis before it failed (a
@@ -145,7 +145,7 @@ impl Tickets {
         let now = Instant::now();
         self.lock()
             .insert(ticket.clone(), grant, now + expires_in, now)?;
-        self.metrics.tickets_issued.fetch_add(1, Ordering::Relaxed);
+        self.metrics.tickets_issued.increment(1);
         Ok(Issued { ticket, expires_in })
     }
 
@@ -165,7 +165,7 @@ impl Tickets {
             Ok(_) => &self.metrics.tickets_redeemed,
             Err(_) => &self.metrics.tickets_refused,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.increment(1);
         result
     }
 

@@ -71,16 +71,18 @@ async fn create_ticket(
     body: Result<Json<TicketRequest>, JsonRejection>,
 ) -> Response {
     let client = ClientAddr::resolve(&app.settings.server, peer, &headers);
-    match mint(&app, client, &headers, body).await {
+    let minted = mint(&app, client, &headers, body).await;
+    if let Err(refusal) = &minted {
+        app.metrics.handshake_rejected("ticket", refusal.code());
+    }
+    match minted {
         Ok(ticket) => (
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
             Json(ticket),
         )
             .into_response(),
         Err(Refusal::RateLimited(secs)) => {
-            app.metrics
-                .handshakes_rate_limited
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            app.metrics.handshakes_rate_limited.increment(1);
             let e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -105,6 +107,16 @@ enum Refusal {
     RateLimited(u64),
     /// The address has `limits.connections_per_ip` connections open.
     Connections(ApiError),
+}
+
+impl Refusal {
+    /// The error code answered (the metrics' `reason`).
+    fn code(&self) -> &'static str {
+        match self {
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::Api(e) | Refusal::Connections(e) => e.code,
+        }
+    }
 }
 
 impl<E: Into<ApiError>> From<E> for Refusal {

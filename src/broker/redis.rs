@@ -89,8 +89,8 @@ pub enum Inbound {
 }
 
 enum Op {
-    /// A draft and its id, unique per instance.
-    Publish(Draft, u64),
+    /// A draft, its id (unique per instance), and when it was queued.
+    Publish(Draft, u64, std::time::Instant),
     Subscribe(Arc<str>, oneshot::Sender<()>),
     Unsubscribe(Arc<str>),
     /// The revocations channel, once at start-up.
@@ -131,6 +131,8 @@ pub struct RedisOptions {
     /// `broker.heartbeat_ttl`: how soon a dead instance's liveness key is
     /// gone, hence how often rooms look for its orphaned students.
     pub heartbeat_ttl: Duration,
+    /// Publish latency and reconnects (`examwatch_broker_*`).
+    pub metrics: crate::metrics::BrokerMetrics,
 }
 
 impl RedisBroker {
@@ -213,6 +215,7 @@ impl RedisBroker {
                 inbound: inbound_tx,
                 script_sha: redis::Script::new(PUBLISH_LUA).get_hash().to_owned(),
                 script_loaded: false,
+                metrics: options.metrics,
             }
             .run(),
         );
@@ -248,7 +251,8 @@ impl RedisBroker {
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
         let id = self.next_draft.fetch_add(1, Ordering::Relaxed);
-        self.ops.send(Op::Publish(draft, id)).is_ok()
+        let queued = std::time::Instant::now();
+        self.ops.send(Op::Publish(draft, id, queued)).is_ok()
     }
 
     /// Subscribes to an exam's channel; resolves once Redis confirmed.
@@ -763,6 +767,7 @@ struct Publisher {
     /// Loaded since the last error (a restarted Redis forgets scripts; any
     /// failed pipeline, NOSCRIPT included, loads it again before retrying).
     script_loaded: bool,
+    metrics: crate::metrics::BrokerMetrics,
 }
 
 impl Publisher {
@@ -841,7 +846,7 @@ impl Publisher {
         }
         let mut n = 0;
         for op in queue.iter().take(256) {
-            let Op::Publish(d, id) = op else { break };
+            let Op::Publish(d, id, _) = op else { break };
             let exam = &d.exam;
             let p = &self.prefix;
             pipe.cmd("EVALSHA")
@@ -868,7 +873,11 @@ impl Publisher {
         match pipe.query_async::<()>(&mut self.conn).await {
             Ok(()) => {
                 self.script_loaded = true;
-                queue.drain(..n);
+                for op in queue.drain(..n) {
+                    if let Op::Publish(_, _, queued) = op {
+                        self.metrics.publish_seconds.record(queued.elapsed());
+                    }
+                }
                 self.pending.fetch_sub(n, Ordering::Relaxed);
                 true
             }
@@ -889,6 +898,7 @@ impl Publisher {
             return;
         }
         if !was {
+            self.metrics.reconnects.increment(1);
             tracing::info!("Redis reachable again");
         }
         let resync = self.needs_resync.swap(false, Ordering::Relaxed)

@@ -9,7 +9,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -141,6 +141,9 @@ pub(super) struct Room {
     deliveries: super::deliveries::Deliveries,
     /// Raised hands (`room/hands.rs`).
     hands: super::hands::Hands,
+    /// When the room took what it is handling now (a command, a timer, a
+    /// tick): where `examwatch_fanout_seconds` starts counting.
+    step_started: std::time::Instant,
 }
 
 impl Room {
@@ -184,6 +187,7 @@ impl Room {
             published_version: -1,
             deliveries: Default::default(),
             hands: Default::default(),
+            step_started: std::time::Instant::now(),
         }
     }
 
@@ -194,7 +198,7 @@ impl Room {
             if let Err(e) = self.restore().await {
                 tracing::error!(error = %e, "cannot load the exam's state; refusing joins (1013)");
                 self.refuse_all(&mut rx);
-                self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+                self.ctx.metrics.rooms.decrement(1);
                 return;
             }
             self.control_started();
@@ -246,7 +250,7 @@ impl Room {
                 reserved: self.seq as i64,
                 done: None,
             });
-            self.ctx.metrics.rooms.fetch_sub(1, Ordering::Relaxed);
+            self.ctx.metrics.rooms.decrement(1);
             tracing::debug!(seq = self.seq, "room ended");
         }
         .instrument(span)
@@ -254,6 +258,7 @@ impl Room {
     }
 
     fn handle(&mut self, cmd: RoomCmd) {
+        self.step_started = std::time::Instant::now();
         match cmd {
             RoomCmd::JoinStudent(join) => self.join_student(*join),
             RoomCmd::JoinTeacher {
@@ -408,6 +413,7 @@ impl Room {
     }
 
     fn on_timer(&mut self, timer: Timer) {
+        self.step_started = std::time::Instant::now();
         let (sid, outcome) = match timer {
             Timer::Idle(sid) => {
                 let Some(st) = self.students.get_mut(&sid) else {

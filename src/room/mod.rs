@@ -191,6 +191,8 @@ pub mod close {
 pub struct Outbox {
     pub tx: queue::QueueTx,
     pub kick: Kick,
+    /// What kind of member it is, for the slow-consumer metric.
+    pub lane: crate::metrics::SlowPath,
 }
 
 /// A student as the token describes them.
@@ -578,7 +580,7 @@ impl Registry {
         let handle = RoomHandle { id, tx };
         let exam: Arc<str> = exam_id.into();
         rooms.insert(exam.clone(), handle.clone());
-        self.ctx.metrics.rooms.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.rooms.increment(1);
         // Known only if this exam's previous room ended cleanly in this process.
         let first_seq = self
             .ended

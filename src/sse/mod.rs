@@ -35,7 +35,7 @@
 pub mod event;
 pub mod student;
 
-use std::{convert::Infallible, net::SocketAddr, sync::atomic::Ordering};
+use std::{convert::Infallible, net::SocketAddr};
 
 use axum::{
     body::{Body, Bytes},
@@ -159,6 +159,7 @@ pub async fn watcher_events(
     let out = Outbox {
         tx,
         kick: kick.clone(),
+        lane: crate::metrics::SlowPath::SseWatcher,
     };
     let id = app.next_conn_id();
     let Some(room) = app
@@ -474,7 +475,7 @@ impl Stream {
     }
 
     /// The open-streams gauge this stream counts in.
-    fn gauge(&self) -> &std::sync::atomic::AtomicI64 {
+    fn gauge(&self) -> &metrics::Gauge {
         match self.audience {
             Audience::Watcher { .. } => &self.app.metrics.sse_streams,
             Audience::Student => &self.app.metrics.sse_student_streams,
@@ -489,7 +490,7 @@ impl Stream {
             .app
             .drain
             .register(self.id, &self.exam, watcher, &self.kick);
-        self.gauge().fetch_add(1, Ordering::Relaxed);
+        self.gauge().increment(1);
         let last_event_id = match self.audience {
             Audience::Watcher { last_seq } => last_seq.map(|s| s as i64).unwrap_or(-1),
             Audience::Student => -1,
@@ -502,7 +503,7 @@ impl Stream {
         let ending = self.pump(&body).await;
         // The room forgets this stream (and may end, if it was the last).
         let _ = self.room.send(RoomCmd::Leave { conn: self.id }).await;
-        self.gauge().fetch_sub(1, Ordering::Relaxed);
+        self.gauge().decrement(1);
         let (by, reason) = match &ending {
             Ending::Kicked(r) => ("server", format!("{} {}", r.code, r.reason)),
             Ending::Shutdown => ("server", close::GOING_AWAY.reason.to_owned()),

@@ -113,6 +113,7 @@ pub async fn student_events(
     let out = Outbox {
         tx,
         kick: kick.clone(),
+        lane: crate::metrics::SlowPath::SseStudent,
     };
     let id = app.next_conn_id();
     let student = claims.sub.as_str().into();

@@ -13,7 +13,7 @@ use crate::protocol::{Seq, StudentState};
 pub(super) async fn write_batch(
     store: &Store,
     batch: &[Record],
-    stats: &super::writer::WriterStats,
+    stats: &crate::metrics::DbMetrics,
 ) -> Result<(), StoreError> {
     let mut tx = store.write_tx().await?;
     let mut events: Vec<&Record> = Vec::new();
@@ -208,7 +208,7 @@ async fn insert_events(
     backend: super::Backend,
     tx: &mut super::tx::WriteTx,
     events: &[&Record],
-    stats: &super::writer::WriterStats,
+    stats: &crate::metrics::DbMetrics,
 ) -> Result<(), StoreError> {
     let sql = event_insert_sql(backend, events.len());
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -236,9 +236,7 @@ async fn insert_events(
     if collided > 0 {
         // Only a re-issued seq can collide; seq reservation is there to
         // make this impossible, so it must be loud.
-        stats
-            .collisions
-            .fetch_add(collided, std::sync::atomic::Ordering::Relaxed);
+        stats.collisions.increment(collided);
         tracing::error!(collided, "events whose seq was already in the log");
     }
     Ok(())

@@ -14,7 +14,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -27,7 +27,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::Store;
-use crate::config::DatabaseSettings;
+use crate::{config::DatabaseSettings, metrics::DbMetrics};
 
 /// One record for the database.
 #[derive(Debug)]
@@ -91,20 +91,15 @@ pub enum Record {
     Alert(Box<super::alerts::AlertRow>),
 }
 
-/// Shared counters about the writer, for readiness and metrics.
+/// The writer's state, for readiness (and gauges read at scrape time).
+/// What it counts (commits, retries, records refused, seq collisions,
+/// batch sizes, commit times) goes to [`DbMetrics`].
 #[derive(Default)]
 pub struct WriterStats {
     /// Records accepted but not yet committed.
     pub pending: AtomicUsize,
     /// The last attempt to commit failed (and is being retried).
     pub failing: AtomicBool,
-    pub committed: AtomicU64,
-    pub retries: AtomicU64,
-    /// Records the database refused permanently (bad data): logged, counted,
-    /// and for answers reported to the student instead of an ack.
-    pub rejected: AtomicU64,
-    /// Events whose (exam, seq) was already in the log.
-    pub collisions: AtomicU64,
 }
 
 /// A cheap handle for handing records to the writer task.
@@ -122,7 +117,11 @@ pub struct WriterTask {
 }
 
 impl Writer {
-    pub fn spawn(store: Store, settings: &DatabaseSettings) -> (Writer, WriterTask) {
+    pub fn spawn(
+        store: Store,
+        settings: &DatabaseSettings,
+        metrics: Arc<DbMetrics>,
+    ) -> (Writer, WriterTask) {
         // Unbounded on purpose: bounding here would mean dropping or blocking
         // the live path. The bound is enforced at admission (queue_limit).
         let (tx, rx) = mpsc::unbounded_channel();
@@ -132,6 +131,7 @@ impl Writer {
             store,
             rx,
             stats: stats.clone(),
+            metrics,
             batch_max: settings.batch_max,
             flush_interval: settings.flush_interval,
             stop: stop.clone(),
@@ -184,6 +184,9 @@ struct Worker {
     store: Store,
     rx: mpsc::UnboundedReceiver<Record>,
     stats: Arc<WriterStats>,
+    /// Commits, retries, records refused (`rejected`), seq collisions,
+    /// batch sizes and commit times.
+    metrics: Arc<DbMetrics>,
     batch_max: usize,
     flush_interval: Duration,
     stop: CancellationToken,
@@ -227,11 +230,14 @@ impl Worker {
     /// committed record by record so one bad record cannot stall the rest.
     async fn commit(&self, batch: Vec<Record>) {
         let n = batch.len();
+        self.metrics.batch_records.record(n as f64);
         let mut pending = batch;
         let mut backoff = Duration::from_millis(50);
         while !pending.is_empty() {
-            match super::queries::write_batch(&self.store, &pending, &self.stats).await {
+            let started = std::time::Instant::now();
+            match super::queries::write_batch(&self.store, &pending, &self.metrics).await {
                 Ok(()) => {
+                    self.metrics.commit_seconds.record(started.elapsed());
                     self.succeeded();
                     finish(std::mem::take(&mut pending), true);
                 }
@@ -242,14 +248,14 @@ impl Worker {
                     if !self.stats.failing.swap(true, Ordering::Relaxed) {
                         tracing::error!(error = %e, records = pending.len(), "database write failed; retrying, nothing is dropped");
                     }
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.retries.increment(1);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
         self.stats.pending.fetch_sub(n, Ordering::Relaxed);
-        self.stats.committed.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics.committed.increment(n as u64);
     }
 
     /// Commits each record alone; drops (with a log line) those the database
@@ -259,10 +265,14 @@ impl Worker {
         let mut rest = batch.into_iter();
         while let Some(record) = rest.next() {
             let one = std::slice::from_ref(&record);
-            match super::queries::write_batch(&self.store, one, &self.stats).await {
-                Ok(()) => finish(vec![record], true),
+            let started = std::time::Instant::now();
+            match super::queries::write_batch(&self.store, one, &self.metrics).await {
+                Ok(()) => {
+                    self.metrics.commit_seconds.record(started.elapsed());
+                    finish(vec![record], true)
+                }
                 Err(e) if e.is_permanent() => {
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.rejected.increment(1);
                     tracing::error!(error = %e, record = record.describe(), "the database refused a record; it is set aside");
                     finish(vec![record], false);
                 }

@@ -7,7 +7,7 @@
 //! here. The address is the client's ([`ClientAddr`]: the peer, or whom a
 //! trusted proxy forwarded for).
 
-use std::{net::SocketAddr, sync::atomic::Ordering, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     extract::{
@@ -234,7 +234,7 @@ pub(crate) fn refused(
     err: ApiError,
 ) -> Response {
     let metrics = &app.metrics;
-    metrics.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
+    metrics.handshake_rejected(transport.as_str(), err.code);
     match app
         .handshake_guard
         .refusal_log
@@ -254,9 +254,7 @@ pub(crate) fn refused(
             );
         }
         Verdict::Suppress { schedule_summary } => {
-            metrics
-                .handshake_logs_suppressed
-                .fetch_add(1, Ordering::Relaxed);
+            metrics.handshake_logs_suppressed.increment(1);
             if schedule_summary {
                 app.tracker.spawn(summarize_suppressed(app.clone()));
             }
@@ -299,9 +297,7 @@ pub(crate) fn rate_limited(
     what: &str,
     wait: Duration,
 ) -> Response {
-    app.metrics
-        .handshakes_rate_limited
-        .fetch_add(1, Ordering::Relaxed);
+    app.metrics.handshakes_rate_limited.increment(1);
     let secs = retry_after_secs(wait);
     let mut res = refuse(ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,

@@ -6,11 +6,7 @@
 //! and every write is raced against the connection's [`Kick`] and the
 //! server's shutdown, so a peer that stops reading can never pin the task.
 
-use std::{
-    pin::Pin,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
@@ -97,6 +93,20 @@ struct Connection {
     app: AppState,
 }
 
+impl Ending {
+    /// Who ended it and with which code, for `examwatch_closes_total`
+    /// (1005 and 1006 are what RFC 6455 reserves for "no code" and "no
+    /// close frame").
+    fn metric(&self) -> (crate::metrics::ClosedBy, u16) {
+        use crate::metrics::ClosedBy;
+        match self {
+            Ending::Server(r) => (ClosedBy::Server, r.code),
+            Ending::Client { code, .. } => (ClosedBy::Client, code.unwrap_or(1005)),
+            Ending::Dropped(_) => (ClosedBy::Transport, 1006),
+        }
+    }
+}
+
 /// The credential a connection was admitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AuthVia {
@@ -153,7 +163,7 @@ impl Connection {
         }
     }
 
-    fn gauge(&self) -> &std::sync::atomic::AtomicI64 {
+    fn gauge(&self) -> &metrics::Gauge {
         if self.watcher() {
             &self.app.metrics.teachers_connected
         } else {
@@ -162,11 +172,9 @@ impl Connection {
     }
 
     fn opened(&self, socket: &WebSocket) {
-        self.gauge().fetch_add(1, Ordering::Relaxed);
-        self.app
-            .metrics
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
+        self.gauge().increment(1);
+        self.app.metrics.connections_open(self.role).increment(1);
+        self.app.metrics.connections_total.increment(1);
         tracing::info!(
             ip = %self.client, user_agent = %self.user_agent, auth = "ok",
             via = self.via.as_str(), session_id = %self.session_id,
@@ -186,7 +194,9 @@ impl Connection {
     }
 
     fn closed(&self, ending: &Ending, started: Instant) {
-        self.gauge().fetch_sub(1, Ordering::Relaxed);
+        self.app.metrics.closed(ending.metric());
+        self.gauge().decrement(1);
+        self.app.metrics.connections_open(self.role).decrement(1);
         let (code, reason, by) = match ending {
             Ending::Server(r) => (Some(r.code), r.reason.to_owned(), "server"),
             Ending::Client { code, reason } => (*code, reason.clone(), "client"),
@@ -223,6 +233,7 @@ impl Connection {
         let out = Outbox {
             tx,
             kick: kick.clone(),
+            lane: crate::metrics::SlowPath::of_socket(self.role),
         };
         let for_revocations = out.clone();
         // Boxed here and below: a future's size is that of its largest
@@ -538,7 +549,7 @@ impl Connection {
                 }
                 _ = ping.tick() => {
                     if pinged && last_seen.elapsed() > interval * 2 {
-                        self.app.metrics.ping_timeouts.fetch_add(1, Ordering::Relaxed);
+                        self.app.metrics.ping_timeouts.increment(1);
                         Err(Ending::Server(close::PING_TIMEOUT))
                     } else {
                         pinged = true;
@@ -584,12 +595,13 @@ impl Connection {
     ) -> Result<(), Ending> {
         let metrics = &self.app.metrics;
         let limits = &self.app.settings.limits;
-        metrics.messages_in.fetch_add(1, Ordering::Relaxed);
         if text.len() > limits.max_message_bytes {
+            metrics.messages_in("unread", 1);
             return Err(Ending::Server(close::TOO_BIG));
         }
         let refused: (ErrorCode, String, Option<Label>, Option<u64>) =
             if let Err(refused) = limiter.allow() {
+                metrics.messages_in("unread", 1);
                 (
                     ErrorCode::RateLimited,
                     refused.message(),
@@ -597,7 +609,10 @@ impl Connection {
                     Some(refused.retry_after_ms()),
                 )
             } else {
-                match protocol::parse(text.as_str()) {
+                let parsed = protocol::parse(text.as_str());
+                let kind = parsed.as_ref().map_or("invalid", |m| m.msg.kind());
+                metrics.messages_in(kind, 1);
+                match parsed {
                     Err(e) => (e.code, e.message, e.r#ref, None),
                     Ok(incoming) if !incoming.msg.allowed_for(self.role) => (
                         ErrorCode::Forbidden,
@@ -635,7 +650,7 @@ impl Connection {
                 }
             };
         let (code, message, r#ref, retry_after_ms) = refused;
-        metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
+        metrics.bad_messages.increment(1);
         let exhausted = standing.bad.spend(limits.max_bad_messages);
         tracing::debug!(code = ?code, message = %telemetry::clip(&message), "refused a client message");
         let frame = ServerMsg::Error {
@@ -645,6 +660,7 @@ impl Connection {
             retry_after_ms,
         }
         .encode();
+        metrics.messages_out(frame.as_str(), 1);
         guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await?;
         if exhausted {
             return Err(Ending::Server(if code.is_invalid_data() {

@@ -182,6 +182,11 @@ async fn students_kicked_during_an_announcement_fan_out_are_counted() {
         2,
         "two students closed 4008, two counted, nobody else"
     );
+    let slow_path = [("path", "student_queue")];
+    assert_eq!(
+        app.metric_where("examwatch_slow_consumer_closes_total", &slow_path),
+        2
+    );
 }
 
 #[tokio::test]

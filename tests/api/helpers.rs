@@ -354,8 +354,18 @@ impl TestApp {
     }
 
     pub fn metric(&self, name: &str) -> i64 {
-        let text = self.state.metrics.render(&self.state.instance_id);
-        metric_in(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
+        metric_in(&self.metrics_text(), name).unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// The sum of metric `name`'s series whose labels include every one
+    /// of `labels` (`[("reason", "invalid_token")]`); 0 if none yet.
+    pub fn metric_where(&self, name: &str, labels: &[(&str, &str)]) -> i64 {
+        metric_where(&self.metrics_text(), name, labels).unwrap_or(0)
+    }
+
+    /// What `/metrics` answers, without the HTTP round trip.
+    pub fn metrics_text(&self) -> String {
+        self.state.metrics.render(self.state.writer.stats())
     }
 
     /// A URL on the operators' listener.
@@ -713,16 +723,42 @@ macro_rules! on_both_databases {
     };
 }
 
-/// The value of metric `name` in a Prometheus text (any labels).
+/// The value of metric `name` in a Prometheus text: the sum of its series
+/// over all labels (`None` if it has none).
 pub fn metric_in(text: &str, name: &str) -> Option<i64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        let value = match rest.strip_prefix('{') {
-            Some(labels) => labels.split_once("} ")?.1,
-            None => rest.strip_prefix(' ')?,
+    metric_where(text, name, &[])
+}
+
+/// The sum of metric `name`'s series whose labels include every one of
+/// `labels` (`None` if no series matches).
+pub fn metric_where(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<i64> {
+    let mut sum = None;
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
         };
-        value.trim().parse().ok()
-    })
+        let (set, value) = match rest.strip_prefix('{') {
+            Some(labelled) => match labelled.split_once("} ") {
+                Some(parts) => parts,
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        let wanted = labels
+            .iter()
+            .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+        if !wanted {
+            continue;
+        }
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        *sum.get_or_insert(0) += value as i64;
+    }
+    sum
 }
 
 /// The real binary, run in `dir`, on 127.0.0.1:0, logging at info level,

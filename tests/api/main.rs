@@ -27,6 +27,7 @@ mod helpers;
 mod limits;
 mod loadgen;
 mod log_hygiene;
+mod metric_families;
 mod ops;
 mod outage;
 mod persistence;

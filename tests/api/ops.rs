@@ -43,11 +43,12 @@ async fn health_readiness_metrics_and_json_404() {
     ] {
         assert_eq!(metric_in(&text, exported), Some(0), "{exported}: {text}");
     }
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        assert!(
-            line.contains(&format!("{{instance_id=\"{id}\"}} ")),
-            "{line}"
-        );
+    // Every series, labelled or not, names its instance.
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        assert!(line.contains(&format!("{{instance_id=\"{id}\"")), "{line}");
     }
     // The operators' readiness has the details.
     let body: serde_json::Value = http

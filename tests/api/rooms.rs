@@ -177,5 +177,13 @@ async fn a_teacher_that_never_reads_is_closed_without_delaying_others() {
         app.metric("examwatch_teachers_connected") == 2
     })
     .await;
+    // Counted on its path, and among the closes by code.
+    let slow_path = [("path", "teacher_queue")];
+    assert_eq!(
+        app.metric_where("examwatch_slow_consumer_closes_total", &slow_path),
+        1
+    );
+    let too_slow = [("by", "server"), ("code", "4008")];
+    assert_eq!(app.metric_where("examwatch_closes_total", &too_slow), 1);
     drop(slow);
 }

@@ -368,6 +368,11 @@ async fn a_watcher_that_never_reads_is_ended_as_too_slow() {
     })
     .await;
     assert_eq!(app.metric("examwatch_slow_consumer_closes_total"), 1);
+    let slow_path = [("path", "sse_watcher")];
+    assert_eq!(
+        app.metric_where("examwatch_slow_consumer_closes_total", &slow_path),
+        1
+    );
     drop(slow);
 }
 

@@ -187,10 +187,7 @@ impl Room {
             return;
         }
         self.remember(p.seq, &p.event);
-        self.ctx
-            .metrics
-            .events
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.metrics.events.increment(1);
         if ours && p.delivered_at_origin {
             return; // our members had it already, under a provisional seq
         }
@@ -346,6 +343,7 @@ impl Room {
 
     /// Renews this instance's student leases (every `exam.lease_ttl` / 3).
     pub(super) fn cluster_tick(&mut self) {
+        self.step_started = std::time::Instant::now();
         let Broker::Redis(redis) = &self.ctx.broker else {
             return;
         };
@@ -376,6 +374,7 @@ impl Room {
     /// stopped instance (whose key `retire` deleted) is claimed the same
     /// way, but reconnects within the grace: no event at all.
     pub(super) fn orphan_tick(&mut self) {
+        self.step_started = std::time::Instant::now();
         let Broker::Redis(redis) = &self.ctx.broker else {
             return;
         };

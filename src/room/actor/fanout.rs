@@ -4,11 +4,12 @@
 //! consumer (4008), never waited for; replies (ack, error) go to one
 //! connection.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 
 use super::{Audience, Room, SEQ_BLOCK};
+use crate::metrics::SlowPath;
 use crate::protocol::{ErrorCode, Label, Seq, ServerMsg};
 use crate::room::{ConnId, Outbox, close};
 use crate::store::{now_ms, writer::Record};
@@ -61,7 +62,7 @@ impl Room {
         if audience == Audience::Everyone {
             self.remember_announcement(seq, &bytes);
         }
-        self.ctx.metrics.events.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.events.increment(1);
         self.deliver(&bytes, audience);
         self.ctx.writer.write(Record::Event {
             exam_id: self.exam_id.clone(),
@@ -87,16 +88,18 @@ impl Room {
                 self.kick_slow(&teacher.out);
             }
         }
+        let metrics = &self.ctx.metrics;
+        metrics.messages_out(bytes.as_str(), self.teachers.len() as u64);
         let students = match audience {
             Audience::Everyone => self.deliver_to_students(bytes),
             Audience::Teachers => 0,
         };
         // Frames actually queued (a refused push is a 4008, counted there).
-        let n = self.teachers.len() + students;
-        self.ctx
-            .metrics
+        let metrics = &self.ctx.metrics;
+        metrics
             .frames_out
-            .fetch_add(n as u64, Ordering::Relaxed);
+            .increment((self.teachers.len() + students) as u64);
+        metrics.fanout_seconds.record(self.step_started.elapsed());
     }
 
     /// An announcement (or an event for everyone) to this room's students;
@@ -111,6 +114,7 @@ impl Room {
                 self.kick_slow(out);
             }
         }
+        self.ctx.metrics.messages_out(bytes.as_str(), queued as u64);
         queued
     }
 
@@ -124,17 +128,32 @@ impl Room {
 
     /// Queues one frame for one member; kicks it (4008) if its queue is full.
     pub(super) fn push(&self, out: &Outbox, bytes: Utf8Bytes) -> bool {
-        let ok = try_push(out, bytes);
-        if !ok {
-            self.kick_slow(out);
+        self.push_as(out, bytes, out.lane)
+    }
+
+    /// [`Room::push`], a full queue counted as a slow close on `path`.
+    pub(super) fn push_as(&self, out: &Outbox, bytes: Utf8Bytes, path: SlowPath) -> bool {
+        let ok = try_push(out, bytes.clone());
+        if ok {
+            self.ctx.metrics.messages_out(bytes.as_str(), 1);
+        } else {
+            self.kick_slow_as(out, path);
         }
         ok
     }
 
     pub(super) fn kick_slow(&self, out: &Outbox) {
+        self.kick_slow_as(out, out.lane);
+    }
+
+    /// Closes a slow consumer (4008), counted once, on `path`.
+    pub(super) fn kick_slow_as(&self, out: &Outbox, path: SlowPath) {
         if out.kick.reason().is_none() {
-            self.ctx.metrics.slow_closes.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("closing a connection whose outbound queue is full (4008)");
+            self.ctx.metrics.slow_close(path);
+            tracing::warn!(
+                path = path.as_str(),
+                "closing a connection whose outbound queue is full (4008)"
+            );
         }
         out.kick.kick(close::TOO_SLOW);
     }
@@ -163,10 +182,7 @@ impl Room {
             _ => "request refused",
         };
         // Counted like the socket's own refusals (examwatch_bad_messages_total).
-        self.ctx
-            .metrics
-            .bad_messages
-            .fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.bad_messages.increment(1);
         let bytes = ServerMsg::Error {
             code,
             message: message.into(),

@@ -2,11 +2,10 @@
 //! or a snapshot when the gap cannot be replayed: room/replay.rs decides),
 //! and snapshots, in parts for a large exam (PROTOCOL.md 4.12).
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::ws::Utf8Bytes;
 
-use super::{Room, fanout::try_push};
+use super::Room;
+use crate::metrics::SlowPath;
 use crate::protocol::Seq;
 use crate::room::{
     ConnId,
@@ -37,21 +36,14 @@ impl Room {
         let start = match plan {
             crate::room::replay::Resume::UpToDate => return,
             crate::room::replay::Resume::Snapshot => {
-                self.ctx
-                    .metrics
-                    .resume_snapshots
-                    .fetch_add(1, Ordering::Relaxed);
+                self.ctx.metrics.resume_snapshots.increment(1);
                 return self.send_snapshot(conn);
             }
             crate::room::replay::Resume::Replay { start } => start,
         };
-        self.ctx
-            .metrics
-            .resume_replays
-            .fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.resume_replays.increment(1);
         for (_, bytes) in self.history.range(start..) {
-            if !try_push(&out, bytes.clone()) {
-                self.kick_slow(&out);
+            if !self.push_as(&out, bytes.clone(), SlowPath::Replay) {
                 break;
             }
         }
@@ -101,7 +93,7 @@ impl Room {
         teacher.synced_at = self.seq;
         let out = teacher.out.clone();
         for part in parts {
-            if !self.push(&out, part.clone()) {
+            if !self.push_as(&out, part.clone(), SlowPath::Snapshot) {
                 break;
             }
         }
