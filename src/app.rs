@@ -305,10 +305,16 @@ impl App {
             state.metrics.clone(),
             token.clone(),
         ));
+        // With TLS in-process the readiness check speaks TLS too, trusting
+        // exactly the certificate served (a reload included).
+        let probe = match &limits.tls {
+            Some(tls) => crate::health::Connector::Tls(tls.loopback_connector()?),
+            None => crate::health::Connector::Plain,
+        };
         tokio::spawn(crate::health::run(
             state.clone(),
             addr,
-            crate::health::Connector::default(),
+            probe,
             accepting.clone(),
         ));
         tracing::info!(%addr, "examwatch listening on {scheme}://{addr}");

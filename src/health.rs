@@ -10,7 +10,7 @@
 //!
 //! What the check goes through is what a client's handshake goes through:
 //! the accept loop (its connection cap and request-head deadline, and TLS
-//! once `server.tls.*` lands: see [`Connector`]), hyper's HTTP/1 upgrade,
+//! with `server.tls.*`: see [`Connector`]), hyper's HTTP/1 upgrade,
 //! the router with its layers, axum's `WebSocketUpgrade` and tungstenite
 //! with the server's frame settings. It stops where a client's
 //! authentication would begin: the probe is not a student or a teacher,
@@ -49,15 +49,25 @@ pub const PROBE_PATH: &str = "/v1/exams/_probe/ws";
 /// The ping's payload, echoed in the pong.
 const PING: &[u8] = b"examwatch-readiness";
 
-/// How the probe reaches the listener. Plain TCP today; with in-process
-/// TLS (`server.tls.*`) a variant holding a `tokio_rustls::TlsConnector`
-/// that trusts the served certificate goes here, and [`Connector::open`]
-/// runs the same WebSocket exchange over the TLS stream (tungstenite's
-/// `client_async` takes any `AsyncRead + AsyncWrite`).
-#[derive(Debug, Clone, Default)]
+/// How the probe reaches the listener: plain TCP, or with in-process TLS
+/// (`server.tls.*`) a TLS handshake that trusts exactly the certificate
+/// served now ([`crate::tls::Tls::loopback_connector`]), then the same
+/// WebSocket exchange over the TLS stream (tungstenite's `client_async`
+/// takes any `AsyncRead + AsyncWrite`).
+#[derive(Clone, Default)]
 pub enum Connector {
     #[default]
     Plain,
+    Tls(tokio_rustls::TlsConnector),
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Connector::Plain => "Plain",
+            Connector::Tls(_) => "Tls",
+        })
+    }
 }
 
 /// The last results of the check, for `/readyz`.
@@ -246,6 +256,14 @@ impl Connector {
             .map_err(|e| format!("cannot connect to {target}: {e}"))?;
         match self {
             Connector::Plain => exchange(tcp, &format!("ws://{target}{PROBE_PATH}"), secret).await,
+            Connector::Tls(tls) => {
+                let name = rustls::pki_types::ServerName::from(target.ip());
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                exchange(stream, &format!("wss://{target}{PROBE_PATH}"), secret).await
+            }
         }
     }
 }

@@ -100,9 +100,10 @@ pub enum TlsError {
 
 /// TLS for one listener: the rustls config and the certificate it serves.
 pub struct Tls {
-    /// The config new handshakes get. A std lock: held for one Arc clone,
-    /// never across an await.
-    current: RwLock<Arc<ServerConfig>>,
+    /// The config new handshakes get, and the certificate it serves (for
+    /// the readiness check's connector, which trusts exactly that one). A
+    /// std lock: held for one Arc clone, never across an await.
+    current: RwLock<(Arc<ServerConfig>, Arc<CertifiedKey>)>,
     cert: PathBuf,
     key: PathBuf,
     reload_interval: Duration,
@@ -128,7 +129,7 @@ impl Tls {
             return Ok(None);
         };
         let seen = Stamps::of(cert, key);
-        let config = build_config(cert, key).map_err(|e| ConfigError::Invalid {
+        let served = build_config(cert, key).map_err(|e| ConfigError::Invalid {
             key: match &e {
                 TlsError::Read { key, .. }
                 | TlsError::NoCertificate { key, .. }
@@ -138,7 +139,7 @@ impl Tls {
             problem: format!("cannot be used: {e}"),
         })?;
         Ok(Some(Arc::new(Self {
-            current: RwLock::new(config),
+            current: RwLock::new(served),
             cert: cert.clone(),
             key: key.clone(),
             reload_interval: settings.reload_interval,
@@ -149,14 +150,35 @@ impl Tls {
     /// What runs the handshake of a connection accepted now: the current
     /// config.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.config())
+        TlsAcceptor::from(self.current().0)
     }
 
-    fn config(&self) -> Arc<ServerConfig> {
+    fn current(&self) -> (Arc<ServerConfig>, Arc<CertifiedKey>) {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// A client connector for the readiness check (`health.rs`), which
+    /// connects to this listener on loopback: it trusts exactly the
+    /// certificate served now (whatever names it carries, so no CA and no
+    /// `127.0.0.1` in the certificate are needed), and still checks that
+    /// the server holds its key (the handshake's signature).
+    pub fn loopback_connector(self: &Arc<Self>) -> Result<tokio_rustls::TlsConnector, TlsError> {
+        let provider = provider();
+        let verifier = Arc::new(ServedOnly {
+            tls: self.clone(),
+            provider: provider.clone(),
+        });
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsError::Config)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
     }
 
     /// Loads the files again and, if they make a valid pair, serves it to
@@ -164,8 +186,8 @@ impl Tls {
     pub fn reload(&self) -> Result<(), TlsError> {
         let stamps = Stamps::of(&self.cert, &self.key);
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = stamps;
-        let config = build_config(&self.cert, &self.key)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        let served = build_config(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = served;
         Ok(())
     }
 
@@ -226,18 +248,90 @@ impl ResolvesServerCert for OneCert {
     }
 }
 
-/// A complete server config for the pair in `cert` and `key`.
-fn build_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// A complete server config for the pair in `cert` and `key`, and the pair.
+fn build_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Arc<ServerConfig>, Arc<CertifiedKey>), TlsError> {
     let provider = provider();
     let pair = load_pair(cert, key, &provider)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Config)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(OneCert(pair)));
+        .with_cert_resolver(Arc::new(OneCert(pair.clone())));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), pair))
+}
+
+/// The readiness check's certificate verifier: the end-entity certificate
+/// must be the one this instance serves now (byte for byte); the
+/// handshake signatures are checked as any client checks them.
+struct ServedOnly {
+    tls: Arc<Tls>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for ServedOnly {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServedOnly")
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for ServedOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let (_, pair) = self.tls.current();
+        match pair.end_entity_cert() {
+            Ok(served) if served.as_ref() == end_entity.as_ref() => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            _ => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Reads a certificate chain and its key and checks that they match.
@@ -442,12 +536,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = pair(dir.path(), "a");
         let tls = Tls::from_settings(&settings(&cert, &key)).unwrap().unwrap();
-        let before = tls.config();
+        let before = tls.current().0;
         assert!(!tls.changed());
         std::fs::write(&cert, "not a certificate").unwrap();
         assert!(tls.changed());
         assert!(matches!(tls.reload(), Err(TlsError::NoCertificate { .. })));
-        assert!(Arc::ptr_eq(&tls.config(), &before), "the old config stays");
+        assert!(Arc::ptr_eq(&tls.current().0, &before), "the old config stays");
         assert!(
             !tls.changed(),
             "a failed file is not retried until it changes"
@@ -457,7 +551,7 @@ mod tests {
         std::fs::rename(&new_key, &key).unwrap();
         assert!(tls.changed());
         tls.reload().unwrap();
-        assert!(!Arc::ptr_eq(&tls.config(), &before), "a new config");
+        assert!(!Arc::ptr_eq(&tls.current().0, &before), "a new config");
     }
 
     #[test]

@@ -688,3 +688,62 @@ fn a_certificate_that_does_not_load_stops_the_start_with_exit_code_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not fit"), "{err}");
 }
+
+/// The readiness check (`/readyz`'s `websocket`) speaks TLS to a TLS
+/// listener and trusts exactly the certificate served, so it stays ready
+/// across a reload to a certificate of another CA (a plain probe, or one
+/// pinned to the first certificate, would fail here).
+#[tokio::test]
+async fn the_readiness_check_opens_a_wss_socket_and_follows_a_reload() {
+    let first = Ca::new("first");
+    let (app, files, _) = tls_app(&first, |s| {
+        s.server.tls.reload_interval = Duration::from_millis(50);
+        s.server.ws_probe_interval = Duration::from_millis(100);
+        s.server.ws_probe_timeout = Duration::from_millis(1000);
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let readyz = async || -> (u16, Value) {
+        let r = http.get(app.admin("/readyz")).send().await.expect("admin");
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    };
+    let until = deadline();
+    loop {
+        let (status, body) = readyz().await;
+        if status == 200 && body["websocket"]["state"] == "ok" {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "never ready over TLS: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let second = Ca::new("second");
+    let (cert, key, der) = second.server(2);
+    files.write(&cert, &key);
+    let client = second.client();
+    while tls_connect(app.addr, &client, "127.0.0.1").await.is_err() {
+        assert!(
+            Instant::now() < until,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served_certificate(app.addr, &client).await, der);
+    let reloaded = Instant::now();
+    loop {
+        let (status, body) = readyz().await;
+        let fresh = body["websocket"]["age_ms"]
+            .as_u64()
+            .is_some_and(|age| u128::from(age) < reloaded.elapsed().as_millis());
+        if fresh {
+            assert_eq!(status, 200, "a check after the reload: {body}");
+            assert_eq!(body["websocket"]["state"], "ok", "{body}");
+            break;
+        }
+        assert!(Instant::now() < until, "no check after the reload: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
