@@ -231,6 +231,20 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   check(answersSent(ws)[10].id === 'p0', `what was in flight is sent again first: ${answersSent(ws)[10].id}`);
   c.close();
 }
+{
+  // rate_limited with retry_after_ms: the pause is the server's, not the
+  // library's own 2 s (first refusal) guess.
+  const storage3 = new MemoryStorage();
+  storage3.setItem('examwatch:outbox:e1:s1', stored(3));
+  const { c, ws } = live({ storage: storage3 });
+  await until('the stored answers sent', () => answersSent(ws).length === 3, 2000);
+  ws.receive({ type: 'error', code: 'rate_limited', message: '', retry_after_ms: 150 });
+  const refused = Date.now();
+  check(answersSent(ws).length === 3, 'nothing re-sent at once after rate_limited');
+  await until('sending again after retry_after_ms', () => answersSent(ws).length > 3, 1500);
+  check(Date.now() - refused >= 100, 'not before retry_after_ms');
+  c.close();
+}
 
 // ---- submit never overtakes an answer; nothing refused is silent --------
 {

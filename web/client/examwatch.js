@@ -958,11 +958,16 @@ export class ExamwatchClient extends EventTarget {
 
   _onError(msg) {
     if (msg.code === 'rate_limited') {
-      // Refused unprocessed, and the error names no ref: pause the outbox,
-      // longer each time, and send what was in flight again afterwards
-      // (duplicates are harmless, a lost answer is not).
+      // Refused unprocessed, and the error names no ref: pause the outbox
+      // for as long as the server says (`retry_after_ms`), or, from a
+      // server that does not say, longer each time; then send what was in
+      // flight again (duplicates are harmless, a lost answer is not).
       this._rateLimited += 1;
-      this._pauseUntil = Date.now() + Math.min(30000, 2000 * this._rateLimited);
+      const told = Number(msg.retry_after_ms);
+      const wait = Number.isFinite(told) && told > 0
+        ? Math.min(60000, told)
+        : Math.min(30000, 2000 * this._rateLimited);
+      this._pauseUntil = Date.now() + wait;
       for (const m of this.outbox) if (m.sentAt) m.sentAt = 0;
       // The refused message may have been the heartbeat: do not take its
       // missing ack for a dead connection.
