@@ -166,10 +166,11 @@ pub async fn serve(
             metrics.connections_refused_full.increment(1);
             if let Ok(slot) = rejecters.clone().try_acquire_owned() {
                 let tls = limits.tls.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     match tls {
                         None => refuse_full(tcp).await,
-                        Some(tls) => refuse_full_tls(&tls, tcp, peer).await,
+                        Some(tls) => refuse_full_tls(&tls, tcp, peer, &metrics).await,
                     }
                     drop(slot);
                 });
@@ -186,6 +187,7 @@ pub async fn serve(
             None => conns.spawn(serve_connection(io, peer, router, timeout, stop.clone())),
             Some(tls) => conns.spawn(serve_tls_connection(
                 tls.clone(),
+                metrics.clone(),
                 io,
                 peer,
                 router,
@@ -205,6 +207,7 @@ pub async fn serve(
 /// The TLS handshake, under the request-head deadline, then HTTP over it.
 async fn serve_tls_connection(
     tls: Arc<Tls>,
+    metrics: Arc<Metrics>,
     io: Counted,
     peer: SocketAddr,
     router: Router,
@@ -215,10 +218,10 @@ async fn serve_tls_connection(
     let stream = tokio::select! {
         r = handshake => match r {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return tls::handshake_failed(peer, HandshakeFailure::of(&e), &e),
+            Ok(Err(e)) => return tls::handshake_failed(&metrics, peer, HandshakeFailure::of(&e), &e),
             Err(_) => {
                 let why = "no complete handshake within server.request_head_timeout";
-                return tls::handshake_failed(peer, HandshakeFailure::Timeout, &why);
+                return tls::handshake_failed(&metrics, peer, HandshakeFailure::Timeout, &why);
             }
         },
         _ = stop.cancelled() => return,
@@ -291,14 +294,14 @@ async fn refuse_full<I: AsyncRead + AsyncWrite + Unpin>(mut io: I) {
 
 /// [`refuse_full`] on a TLS listener: the handshake first, so the client
 /// reads a 503 rather than a TLS error.
-async fn refuse_full_tls(tls: &Tls, tcp: TcpStream, peer: SocketAddr) {
+async fn refuse_full_tls(tls: &Tls, tcp: TcpStream, peer: SocketAddr, metrics: &Metrics) {
     let handshake = tokio::time::timeout(REJECT_HANDSHAKE_TIMEOUT, tls.acceptor().accept(tcp));
     match handshake.await {
         Ok(Ok(stream)) => refuse_full(stream).await,
-        Ok(Err(e)) => tls::handshake_failed(peer, HandshakeFailure::of(&e), &e),
+        Ok(Err(e)) => tls::handshake_failed(metrics, peer, HandshakeFailure::of(&e), &e),
         Err(_) => {
             let why = "over the connection cap, no complete handshake in time for the 503";
-            tls::handshake_failed(peer, HandshakeFailure::Timeout, &why)
+            tls::handshake_failed(metrics, peer, HandshakeFailure::Timeout, &why)
         }
     }
 }

@@ -50,6 +50,13 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
 ];
 
+/// The reasons a TLS handshake fails, in the order of their counters.
+const TLS_FAILURES: [crate::tls::HandshakeFailure; 3] = [
+    crate::tls::HandshakeFailure::Timeout,
+    crate::tls::HandshakeFailure::Closed,
+    crate::tls::HandshakeFailure::Protocol,
+];
+
 /// Why a connection was closed as a slow consumer (4008): which queue was
 /// full, or what was being sent when it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +192,9 @@ pub struct Metrics {
     pub accept_errors: Counter,
     /// Connections answered 503 because `server.max_connections` were open.
     pub connections_refused_full: Counter,
+    /// TLS handshakes on the public listener that made no connection, by
+    /// reason (timeout, closed, protocol: [`crate::tls::HandshakeFailure`]).
+    tls_handshake_failures: [Counter; 3],
     /// Connection tickets minted, redeemed, and refused at a handshake.
     pub tickets_issued: Counter,
     pub tickets_redeemed: Counter,
@@ -296,6 +306,13 @@ impl Metrics {
             tickets_issued: counter("examwatch_tickets_issued_total"),
             tickets_redeemed: counter("examwatch_tickets_redeemed_total"),
             tickets_refused: counter("examwatch_tickets_refused_total"),
+            tls_handshake_failures: TLS_FAILURES.map(|reason| {
+                register(
+                    r,
+                    "examwatch_tls_handshake_failures_total",
+                    vec![label("reason", reason.as_str())],
+                )
+            }),
             fanout_seconds: histogram("examwatch_fanout_seconds"),
             broker: BrokerMetrics {
                 publish_seconds: histogram("examwatch_broker_publish_seconds"),
@@ -321,6 +338,13 @@ impl Metrics {
 
     /// A handshake refused with `reason` (its error code) on `transport`
     /// (`websocket`, `sse`, `ticket`).
+    /// A TLS handshake that made no connection (`tls::handshake_failed`).
+    pub fn tls_handshake_failed(&self, reason: crate::tls::HandshakeFailure) {
+        if let Some(i) = TLS_FAILURES.iter().position(|r| *r == reason) {
+            self.tls_handshake_failures[i].increment(1);
+        }
+    }
+
     pub fn handshake_rejected(&self, transport: &'static str, reason: &'static str) {
         self.handshakes_rejected.increment(
             &self.recorder,

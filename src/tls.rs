@@ -444,10 +444,14 @@ impl HandshakeFailure {
 /// Every failed TLS handshake goes through here: logged at debug only
 /// (scanners and clients with old TLS stacks must not fill the log, and
 /// one failure concerns that connection alone).
-///
-/// Metrics (issue 16 item 6): the TLS handshake failures counter, by
-/// `reason` = [`HandshakeFailure::as_str`], belongs here.
-pub fn handshake_failed(peer: SocketAddr, reason: HandshakeFailure, error: &dyn fmt::Display) {
+/// Counted in `examwatch_tls_handshake_failures_total{reason}`.
+pub fn handshake_failed(
+    metrics: &crate::metrics::Metrics,
+    peer: SocketAddr,
+    reason: HandshakeFailure,
+    error: &dyn fmt::Display,
+) {
+    metrics.tls_handshake_failed(reason);
     tracing::debug!(%peer, reason = reason.as_str(), %error, "TLS handshake failed");
 }
 
@@ -541,7 +545,10 @@ mod tests {
         std::fs::write(&cert, "not a certificate").unwrap();
         assert!(tls.changed());
         assert!(matches!(tls.reload(), Err(TlsError::NoCertificate { .. })));
-        assert!(Arc::ptr_eq(&tls.current().0, &before), "the old config stays");
+        assert!(
+            Arc::ptr_eq(&tls.current().0, &before),
+            "the old config stays"
+        );
         assert!(
             !tls.changed(),
             "a failed file is not retried until it changes"

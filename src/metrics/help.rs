@@ -120,6 +120,11 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
         "Connections answered 503 at server.max_connections",
     ),
     (
+        "examwatch_tls_handshake_failures_total",
+        Kind::Counter,
+        "TLS handshakes on the public listener that made no connection, by reason: timeout (not complete within server.request_head_timeout, or 2 s for a 503 past the cap), closed (the peer went away), protocol (refused by rustls: TLS 1.1 or older, not TLS, an untrusting client's alert)",
+    ),
+    (
         "examwatch_tickets_issued_total",
         Kind::Counter,
         "Connection tickets minted",

@@ -394,6 +394,15 @@ async fn clients_that_do_not_trust_it_or_do_not_speak_tls_1_2_are_refused() {
     let answer = raw_exchange(app.addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert!(!answer.starts_with(b"HTTP/"), "{answer:02x?}");
 
+    // Each is counted by reason: the untrusting client's alert, TLS 1.1 and
+    // plain HTTP are rustls refusals.
+    let failed = "examwatch_tls_handshake_failures_total";
+    eventually("three protocol failures counted", || {
+        app.metric_where(failed, &[("reason", "protocol")]) == 3
+    })
+    .await;
+    assert_eq!(app.metric_where(failed, &[("reason", "timeout")]), 0);
+
     // None of that disturbed the open connections.
     progress_reaches_the_teacher(&mut student, &mut teacher, 1).await;
 }
@@ -448,6 +457,11 @@ async fn a_connection_that_never_completes_a_handshake_is_closed_at_the_head_dea
         "not before the deadline: {:?}",
         started.elapsed()
     );
+    let failed = "examwatch_tls_handshake_failures_total";
+    eventually("both counted as timeouts", || {
+        app.metric_where(failed, &[("reason", "timeout")]) == 2
+    })
+    .await;
     // The listener serves the next client as usual.
     let (status, _) = https(app.addr, &ca.client(), ("GET", "/healthz"), None, None).await;
     assert_eq!(status, 200);
