@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
             let v: serde_json::Value =
                 serde_json::from_str(frame.as_str()).expect("the error frame is JSON");
             assert_eq!(v["type"], "error");
-            assert_eq!(v["code"], serde_json::to_value(e.code).expect("a code encodes"));
+            assert_eq!(
+                v["code"],
+                serde_json::to_value(e.code).expect("a code encodes")
+            );
         }
     }
 });

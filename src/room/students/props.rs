@@ -121,8 +121,8 @@ fn allowed(from: Status, to: Status, step: &Step, connected_before: bool) -> boo
     }
 }
 
-/// Applies one step as the room would; returns whether the student's
-/// message was refused with `already_submitted`.
+/// Applies one step as the room would; returns the code a refused message
+/// got (`None` when accepted, or when the step was not a message).
 fn run(st: &mut Student, m: &mut Model, step: &Step, total: Option<u32>) -> Option<ErrorCode> {
     let connected = st.conn.is_some();
     // The room routes messages only from the student's current socket.
