@@ -218,4 +218,37 @@ mod tests {
             assert!(!handler, "{}: inline event handler", a.path);
         }
     }
+
+    /// Names, questions, hand texts and announcements are other people's
+    /// strings: the scripts put them in the page as text (`textContent`,
+    /// `append`), so no API that parses a string as HTML or code appears in
+    /// them (comment lines aside). The browser test `clean.mjs` shows the
+    /// same from the outside (docs/SECURITY.md).
+    #[test]
+    fn scripts_never_parse_strings_as_markup_or_code() {
+        const SINKS: &[&str] = &[
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "createContextualFragment",
+            "DOMParser",
+            "srcdoc",
+            "eval(",
+            "new Function",
+            "setTimeout('",
+            "setTimeout(\"",
+        ];
+        for a in ASSETS.iter().filter(|a| a.content_type == JS) {
+            for (n, line) in a.body.lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("//") || code.starts_with('*') || code.starts_with("/*") {
+                    continue;
+                }
+                for sink in SINKS {
+                    assert!(!code.contains(sink), "{}:{}: {sink}", a.path, n + 1);
+                }
+            }
+        }
+    }
 }

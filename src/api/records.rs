@@ -398,4 +398,44 @@ mod tests {
         assert_eq!(cell(""), "");
         assert_eq!(cell("a\nb"), "\"a\nb\"");
     }
+
+    /// One RFC 4180 field, read back as a spreadsheet would.
+    fn read_cell(csv: &str) -> Result<String, String> {
+        match csv.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            Some(inner) if !inner.replace("\"\"", "").contains('"') => {
+                Ok(inner.replace("\"\"", "\""))
+            }
+            Some(_) => Err(format!("a lone quote inside {csv:?}")),
+            None if csv.contains([',', '"', '\r', '\n']) => Err(format!("unquoted {csv:?}")),
+            None => Ok(csv.to_owned()),
+        }
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::{cell, read_cell};
+
+        /// OWASP's list, written out again: the test's own oracle.
+        const FORMULA_START: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+        proptest! {
+            /// Whatever a name or id holds, its cell reads back as that text
+            /// (with `'` in front when it would start a formula), and what a
+            /// spreadsheet reads never starts a formula.
+            #[test]
+            fn any_cell_reads_back_as_its_text_and_never_starts_a_formula(
+                f in prop_oneof![
+                    any::<String>(),
+                    ("[=+@\t\r-]", any::<String>()).prop_map(|(a, b)| a + &b),
+                    "[a=+@, \"\r\n\t-]{0,8}",
+                ]
+            ) {
+                let read = read_cell(&cell(&f)).map_err(TestCaseError::fail)?;
+                let expected = if f.starts_with(FORMULA_START) { format!("'{f}") } else { f.clone() };
+                prop_assert_eq!(&read, &expected);
+                prop_assert!(!read.starts_with(FORMULA_START), "{:?}", read);
+            }
+        }
+    }
 }

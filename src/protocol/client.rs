@@ -90,8 +90,9 @@ impl std::fmt::Debug for RefreshToken {
 /// Longest `raise_hand` text, in characters.
 pub const MAX_HAND_TEXT: usize = 500;
 
-/// Every `type` the server understands (for the `unknown_type` error).
-const KNOWN_TYPES: &[&str] = &[
+/// Every `type` the server understands (for the `unknown_type` error;
+/// the property tests check it against PROTOCOL.md 2).
+pub(crate) const KNOWN_TYPES: &[&str] = &[
     "progress",
     "activity",
     "focus",

@@ -13,6 +13,8 @@
 //! (labels, timestamps, error codes) are here.
 
 mod client;
+#[cfg(test)]
+mod props;
 mod server;
 mod state;
 

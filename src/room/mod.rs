@@ -30,7 +30,8 @@ pub mod rate;
 mod replay;
 pub mod scheduler;
 mod snapshot;
-mod students;
+// Public for the fuzz target fuzz/fuzz_targets/student_state.rs.
+pub mod students;
 pub use students::total_questions;
 
 use std::{

@@ -213,9 +213,12 @@ impl Student {
         Outcome::event(Cause::Disconnected).with_alert(AlertKind::Disconnected)
     }
 
-    /// No progress or activity for `exam.idle_after`.
+    /// No progress or activity for `exam.idle_after`. Never while the
+    /// socket is gone (PROTOCOL.md 4.2: away is not idle, the grace timer
+    /// decides): a timer the room armed for a student who then dropped
+    /// (any event about them re-arms it) does nothing.
     pub fn idle_expired(&mut self) -> Outcome {
-        if self.state.status != Status::Active {
+        if self.state.status != Status::Active || !self.state.connected {
             return Outcome::default();
         }
         self.state.status = Status::Idle;
@@ -298,6 +301,27 @@ impl Student {
         })
     }
 
+    /// A `submit` arrived: from now on nothing but another `submit`
+    /// changes the student ([`Self::refuse_if_submitted`]). False when they
+    /// have already submitted (the repeat is acked at once, nothing stored).
+    pub fn submit_arrived(&mut self) -> bool {
+        if self.submitted() {
+            return false;
+        }
+        self.submitting = true;
+        true
+    }
+
+    /// The database refused a record of this student's. A refused
+    /// submission lets the student carry on; a refused answer changes
+    /// nothing, and in particular does not reopen a submission still being
+    /// committed (which would let messages sent after the `submit` in).
+    pub fn store_refused(&mut self, submission: bool) {
+        if submission {
+            self.submitting = false;
+        }
+    }
+
     /// Final: a second submit is acknowledged but changes nothing.
     pub fn submit(&mut self, at: Timestamp) -> Outcome {
         self.submitting = false;
@@ -363,6 +387,9 @@ pub fn count<'a>(students: impl Iterator<Item = &'a StudentState>) -> Counts {
     }
     c
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

@@ -224,6 +224,52 @@ async fn a_silent_connection_is_closed_after_two_ping_intervals() {
     assert_eq!(app.metric("examwatch_ping_timeouts_total"), 1);
 }
 
+/// An event about a student while they are away (here a teacher's
+/// `extend`) does not restart an idle clock for them: the next news about
+/// them is `disconnected` once the grace period ends, never `idle` (found by
+/// the state machine's property tests, src/room/students/props.rs).
+#[tokio::test]
+async fn an_action_on_an_away_student_does_not_make_them_idle() {
+    let app = spawn_app_with(|s| {
+        s.exam.idle_after = Duration::from_millis(150);
+        s.exam.disconnect_grace = Duration::from_secs(3);
+    })
+    .await;
+    let admin = app.token("admin", examwatch::auth::Role::Admin, &[]);
+    let created = app
+        .api(reqwest::Method::POST, "/v1/exams", &admin)
+        .json(&json!({"id": "e1", "title": "e1", "phase": "in_progress", "duration_seconds": 600}))
+        .send()
+        .await
+        .expect("exam created");
+    assert_eq!(created.status(), 201);
+    let teacher = app.token("t1", examwatch::auth::Role::Teacher, &["e1"]);
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (s, _) = app.student("e1", "s1").await;
+    t.next_of_type("student").await;
+    // The server's close reply comes after the room was told of the drop,
+    // so the action below reaches a room where s1 is away.
+    s.close().await;
+    let body = json!({"id": "ext-1", "kind": "extend", "students": ["s1"], "minutes": 5});
+    let (status, answer) = post_action(&app, "e1", &teacher, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let timing = t
+        .next_where("s1's new deadline", |v| is_student_event(v, "s1", "timing"))
+        .await;
+    assert_eq!(timing["student"]["connected"], false, "{timing}");
+    let next = t
+        .next_where("the next news about s1", |v| {
+            let student = v["type"] == "student" && v["student"]["student_id"] == "s1";
+            let alert = v["type"] == "alert" && v["student_id"] == "s1";
+            (student && v["cause"] != "timing") || alert
+        })
+        .await;
+    assert!(
+        is_student_event(&next, "s1", "disconnected"),
+        "away is not idle: {next}"
+    );
+}
+
 #[tokio::test]
 async fn a_dropped_student_is_not_reported_idle_while_away() {
     let app = spawn_app_with(|s| {

@@ -4,11 +4,16 @@
 // <link rel="icon">). And the user's strings are isolated: a student, a
 // teacher and an announcement with U+202E (RIGHT-TO-LEFT OVERRIDE) in them
 // sit in <bdi> elements (or elements with `unicode-bidi: isolate`), so they
-// cannot reorder the text around them.
+// cannot reorder the text around them. And they are text, never markup: a
+// student whose name, current question and raised-hand text are HTML (the
+// question and the hand's text are the student's own choice) shows that
+// HTML as text on the dashboard, and none of it becomes an element.
 
-import { SECOND, check, kill9, launch, log, row, scenario, startServer, token, within } from './lib.mjs';
+import { SECOND, check, kill9, launch, log, rawStudents, row, scenario, send, startServer, token, within } from './lib.mjs';
 
 const RLO = '\u202E';
+/** Markup that, parsed as HTML, would add an element and fetch an image (a 404 the strict page reports). */
+const MARKUP = '<xss-probe>x</xss-probe><img src="/xss-probe.png">';
 
 /** Every error the page shows, unfiltered. */
 async function strictPage(browser, url, problems) {
@@ -78,4 +83,16 @@ await scenario('clean page', async ({ cleanup, problems }) => {
   const cell = await dash.$eval(`${row('s1')} .c-name bdi`, (b) => b.textContent);
   check(cell === `${RLO}evil`, `the name cell holds the name in a <bdi>: ${JSON.stringify(cell)}`);
   log('isolated strings:', unisolated.seen);
+
+  const raw = await rawStudents(browser, base, 'e1', [{ id: 's2', token: token('s2', 'student', 'e1', `Eve${MARKUP}`) }]);
+  await send(raw, 's2', { type: 'progress', question: `q${MARKUP}`.slice(0, 64), answered: 1 });
+  await send(raw, 's2', { type: 'raise_hand', text: `help${MARKUP}` });
+  await within(dash, SECOND, "s2's question is on the dashboard", (sel) => document.querySelector(sel)?.textContent.includes('q<xss-probe>'), row('s2'), (sel) => document.querySelector(sel)?.textContent);
+  await within(dash, SECOND, "s2's raised hand is listed", (text) => document.querySelector('#hands-panel')?.textContent.includes(text), `help${MARKUP}`, () => document.querySelector('#hands-panel')?.textContent);
+  const injected = await dash.evaluate((sel) => ({
+    elements: document.querySelectorAll('xss-probe, img[src*="xss-probe"]').length,
+    name: document.querySelector(`${sel} .c-name`)?.textContent,
+  }), row('s2'));
+  check(injected.elements === 0, `no user string became an element: ${injected.elements}`);
+  check(injected.name?.includes(`Eve${MARKUP}`), `the name is shown as the text it is: ${JSON.stringify(injected.name)}`);
 });

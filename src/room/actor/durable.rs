@@ -220,10 +220,9 @@ impl Room {
         let Some(st) = self.students.get_mut(sid) else {
             return false;
         };
-        if st.submitted() {
+        if !st.submit_arrived() {
             return false;
         }
-        st.submitting = true;
         let at = Timestamp::now();
         let (done, committed) = oneshot::channel();
         self.ctx.writer.write(Record::Submission {
@@ -280,7 +279,7 @@ impl Room {
     ) {
         if !stored {
             if let Some(st) = self.students.get_mut(&sid) {
-                st.submitting = false;
+                st.store_refused(matches!(what, Stored::Submission { .. }));
             }
             if let Some((_, out)) = self.student_conns.get(&conn) {
                 let out = out.clone();
