@@ -50,6 +50,10 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
 ];
 
+/// The close codes a client's close is counted under as they are; any
+/// other code a client sends is counted as `other`.
+const CLIENT_CLOSE_CODES: [u16; 4] = [1000, 1001, 1005, 1006];
+
 /// The reasons a TLS handshake fails, in the order of their counters.
 const TLS_FAILURES: [crate::tls::HandshakeFailure; 3] = [
     crate::tls::HandshakeFailure::Timeout,
@@ -394,14 +398,22 @@ impl Metrics {
     /// A WebSocket connection ended with `code` (1005: a client close
     /// frame without one; 1006: no close frame at all).
     pub fn closes(&self, by: ClosedBy, code: u16, n: u64) {
+        // A client chooses its close code: any but the ordinary ones is
+        // `other`, so no client can fill the family's slots with made-up
+        // codes and push the server's own (4401, 4403, 1012, …) out.
+        let code = match by {
+            ClosedBy::Client if !CLIENT_CLOSE_CODES.contains(&code) => 0,
+            _ => code,
+        };
         self.closes.increment(
             &self.recorder,
             |k| *k == (by, code),
             || {
-                let labels = vec![
-                    Label::new("by", by.as_str()),
-                    Label::new("code", code.to_string()),
-                ];
+                let shown = match code {
+                    0 => OTHER.to_owned(),
+                    c => c.to_string(),
+                };
+                let labels = vec![Label::new("by", by.as_str()), Label::new("code", shown)];
                 ((by, code), labels)
             },
             n,
@@ -520,6 +532,24 @@ mod tests {
             .count();
         assert!(closes <= 50, "{closes} close series");
         assert!(text.contains("by=\"other\",code=\"other\"} "), "{text}");
+    }
+
+    #[test]
+    fn a_clients_own_close_codes_cannot_crowd_out_the_servers() {
+        let m = Metrics::new("i");
+        for code in 3000..3100 {
+            m.closed((ClosedBy::Client, code));
+        }
+        m.closed((ClosedBy::Client, 1000));
+        m.closed((ClosedBy::Server, 4403));
+        let text = m.render(&stats());
+        for line in [
+            "examwatch_closes_total{instance_id=\"i\",by=\"client\",code=\"other\"} 100",
+            "examwatch_closes_total{instance_id=\"i\",by=\"client\",code=\"1000\"} 1",
+            "examwatch_closes_total{instance_id=\"i\",by=\"server\",code=\"4403\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

@@ -180,6 +180,18 @@ impl Index {
         true
     }
 
+    /// Forgets the entries that ended (in place: an entry added meanwhile
+    /// under the same lock is never lost).
+    fn retain_live(&mut self, now_ms: i64) {
+        self.by_id.retain(|_, e| e.until > now_ms);
+        for map in [&mut self.by_jti, &mut self.by_sub] {
+            map.retain(|_, entries| {
+                entries.retain(|e| e.until > now_ms);
+                !entries.is_empty()
+            });
+        }
+    }
+
     fn covering(&self, token: &TokenId, now_ms: i64) -> bool {
         let by_jti = token
             .jti
@@ -210,14 +222,18 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    /// Replaces the set with `entries` (start-up, or a reload after Redis
-    /// was away), and closes the live connections any of them covers.
+    /// Adds the stored `entries` to the set (start-up, or a reload after
+    /// Redis was away) and closes the live connections any of them covers.
+    /// A merge, not a replacement: entries are only ever added (or end), so
+    /// one applied from the broker while the reload's query ran is kept.
     pub fn load(&self, entries: Vec<Revocation>, now_ms: i64) {
-        let mut index = Index::default();
-        for e in entries.into_iter().filter(|e| e.until > now_ms) {
-            index.insert(Arc::new(e));
+        {
+            let mut index = self.index_mut();
+            for e in entries.into_iter().filter(|e| e.until > now_ms) {
+                index.insert(Arc::new(e));
+            }
+            index.retain_live(now_ms);
         }
-        *self.index_mut() = index;
         self.close_covered(now_ms);
     }
 
@@ -229,7 +245,13 @@ impl Revocations {
             return 0;
         }
         let entry = Arc::new(entry);
-        self.index_mut().insert(entry.clone());
+        {
+            let mut index = self.index_mut();
+            index.insert(entry.clone());
+            // Every instance applies every entry (the broker's echo
+            // included), so each forgets the ended ones here.
+            index.retain_live(now_ms);
+        }
         // Not under the index lock: a connection registering meanwhile
         // checks the index after it is in `live` (see `register`).
         let live = self.lock_live();
@@ -266,14 +288,9 @@ impl Revocations {
         out
     }
 
-    /// Drops expired entries from memory.
+    /// Drops expired entries from memory, in place under one lock.
     pub fn prune(&self, now_ms: i64) {
-        let live: Vec<Revocation> = self.list(now_ms);
-        let mut index = Index::default();
-        for e in live {
-            index.insert(Arc::new(e));
-        }
-        *self.index_mut() = index;
+        self.index_mut().retain_live(now_ms);
     }
 
     /// Registers a live connection with its token, until the guard drops.
@@ -448,6 +465,28 @@ mod tests {
         assert!(set.list(later).is_empty());
         set.prune(later);
         assert!(set.index.read().unwrap().by_id.is_empty());
+    }
+
+    #[test]
+    fn a_reload_adds_to_the_set_and_never_forgets_an_entry_applied_meanwhile() {
+        let set = Revocations::default();
+        let t0 = 1_800_000_000_000;
+        // Applied from the broker while the reload's query ran: the rows
+        // read do not have it yet.
+        set.apply(entry("r1", Some("s1"), None, t0), t0);
+        set.load(vec![entry("r2", None, Some("j2"), t0)], t0);
+        assert!(set.is_revoked_id(&token("s1", None, None), t0), "kept");
+        assert!(
+            set.is_revoked_id(&token("s9", Some("j2"), None), t0),
+            "loaded"
+        );
+        // An ended entry in memory is dropped by the next apply or load.
+        let mut short = entry("r3", Some("s3"), None, t0);
+        short.until = t0 + 1_000;
+        set.apply(short, t0);
+        set.apply(entry("r4", Some("s4"), None, t0 + 2_000), t0 + 2_000);
+        let ids: Vec<String> = set.list(t0).into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["r1", "r2", "r4"], "r3 ended and was forgotten");
     }
 
     #[test]

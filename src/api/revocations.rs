@@ -41,9 +41,8 @@ impl FromRequestParts<AppState> for Admin {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let claims = auth::extract_token(header, None)
-            .ok_or(TokenError::Missing)
-            .and_then(|t| app.keys.verify(t))
-            .map_err(ApiError::unauthorized)?;
+            .ok_or(ApiError::unauthorized(TokenError::Missing))
+            .and_then(|t| crate::ws::verify_token(app, t))?;
         crate::revocations::check(app, &claims)?;
         if claims.role != Role::Admin {
             return Err(ApiError::forbidden(

@@ -739,15 +739,30 @@ impl RedisBroker {
         }
     }
 
-    /// Whether an instance has heartbeated recently and is not draining
+    /// Whether an instance has heartbeated recently, and whether it drains
     /// (a draining instance's sessions are free to take: `start_draining`).
-    pub async fn instance_alive(&self, instance: &str) -> Result<bool, redis::RedisError> {
+    pub async fn instance_state(&self, instance: &str) -> Result<InstanceState, redis::RedisError> {
         let mut conn = self.conn.clone();
         let value: Option<String> = conn
             .get(format!("{}:instance:{instance}", self.prefix))
             .await?;
-        Ok(value.is_some_and(|v| v != DRAINING))
+        Ok(match value.as_deref() {
+            None => InstanceState::Gone,
+            Some(DRAINING) => InstanceState::Draining,
+            Some(_) => InstanceState::Alive,
+        })
     }
+}
+
+/// What another instance's liveness key says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    Alive,
+    /// In a rolling restart: its sockets are closing (1012), its students'
+    /// sessions are free to take, but a socket it still holds is live.
+    Draining,
+    /// No key: the instance stopped or died.
+    Gone,
 }
 
 struct Publisher {

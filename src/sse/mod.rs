@@ -526,7 +526,7 @@ impl Stream {
         let every = self.app.settings.sse.heartbeat;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let grace = self.app.settings.auth.expiry_grace;
+        let grace = lifetime::grace(&self.app.settings.auth);
         let expiry = tokio::time::sleep_until(lifetime::next_wake(self.exp, grace));
         tokio::pin!(expiry);
         loop {

@@ -52,6 +52,14 @@ pub(super) enum Refused {
     Error(ErrorCode, String),
 }
 
+/// How long past its `exp` a connection may run: `auth.expiry_grace`, but
+/// never less than `auth.leeway` (a token the handshake admitted within the
+/// leeway would otherwise be closed 4401 right after its welcome, and its
+/// client would reconnect with it in a loop).
+pub(crate) fn grace(auth: &crate::config::AuthSettings) -> std::time::Duration {
+    auth.expiry_grace.max(auth.leeway)
+}
+
 /// Verifies a `refresh` token for a connection of `user` with `role` on
 /// `exam_id`: its claims if the connection may take it.
 pub(super) fn check(
@@ -108,6 +116,18 @@ pub(super) fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grace_is_never_shorter_than_the_leeway() {
+        let mut auth = crate::config::AuthSettings {
+            expiry_grace: Duration::from_secs(5),
+            leeway: Duration::from_secs(30),
+            ..Default::default()
+        };
+        assert_eq!(grace(&auth), Duration::from_secs(30));
+        auth.expiry_grace = Duration::from_secs(60);
+        assert_eq!(grace(&auth), Duration::from_secs(60));
+    }
 
     #[test]
     fn the_deadline_is_exp_plus_grace() {

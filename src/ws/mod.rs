@@ -308,7 +308,11 @@ impl Connection {
             None => (session, false),
         };
         let same_client = in_grace || self.previous_session.as_deref() == Some(session);
-        let alive = redis.instance_alive(instance).await.unwrap_or(true);
+        let state = redis
+            .instance_state(instance)
+            .await
+            .unwrap_or(crate::broker::redis::InstanceState::Alive);
+        let alive = state == crate::broker::redis::InstanceState::Alive;
         let policy = self.app.settings.exam.second_session;
         if alive && !same_client && policy == SecondSession::Reject {
             // A `reset_session` lifts the block once: this connection takes over.
@@ -318,9 +322,11 @@ impl Connection {
             }
         }
         let _ = redis.claim_lease(exam, student, &holder, ttl, true).await;
-        if alive {
+        if state != crate::broker::redis::InstanceState::Gone {
             // The other instance closes its socket (or ends its grace
-            // period) for this student, without an event of its own.
+            // period) for this student, without an event of its own; a
+            // draining one too, so a socket it has not closed yet does not
+            // run beside this one until the drain reaches it.
             let _ = redis.send_kick(exam, student).await;
         }
         if alive && !same_client {
@@ -467,7 +473,7 @@ impl Connection {
         let shutdown = self.app.shutdown.clone();
         // One timer for the token's end (exp + grace), re-armed by a
         // `refresh`: no message pays for the check.
-        let grace = settings.auth.expiry_grace;
+        let grace = lifetime::grace(&settings.auth);
         let expiry = tokio::time::sleep_until(lifetime::next_wake(standing.exp, grace));
         tokio::pin!(expiry);
         let mut armed_for = standing.exp;
@@ -699,6 +705,15 @@ impl Connection {
             Ok(claims) => {
                 standing.exp = claims.exp;
                 standing.live.update(TokenId::of(&claims));
+                // A revocation that came between the check and the update
+                // scanned the old token: look again now that the new one
+                // is what revocations see.
+                if self.app.revocations.is_revoked(&claims) {
+                    let frame = crate::revocations::revoked_frame();
+                    let _ =
+                        guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await;
+                    return Err(Ending::Server(close::TOKEN_REVOKED));
+                }
                 tracing::info!(exp = claims.exp, "token refreshed");
                 let Some(r#ref) = r#ref else { return Ok(None) };
                 let ack = ServerMsg::Ack { r#ref: &r#ref }.encode();

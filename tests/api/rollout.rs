@@ -178,3 +178,45 @@ async fn students_still_connected_to_a_draining_instance_are_not_orphaned() {
         }
     }
 }
+
+/// A second device that joins another instance while the student's first
+/// socket is still open on a draining one: the draining instance is told
+/// to close that socket at once (session_invalidated, 4001), so the two
+/// do not run side by side until the drain would have reached it.
+#[tokio::test]
+async fn a_socket_still_open_on_a_draining_instance_is_closed_when_its_student_joins_elsewhere() {
+    let Some(redis) = Redis::start() else { return };
+    let mut apps = cluster(&redis, 2, |s| {
+        s.server.drain_window = std::time::Duration::from_secs(30);
+    })
+    .await;
+    let (mut a, _) = apps[0].student("e1", "s1").await;
+    let (mut b, _) = apps[0].student("e1", "s2").await;
+    apps[0].begin_shutdown();
+    // The drain closes one of the two at once and the other 15 s later:
+    // the one still open is the one to take over.
+    let soon = || tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (open, id) = tokio::select! {
+        closed = a.expect_close_within(soon()) => {
+            assert_eq!(closed.0, Some(1012));
+            (b, "s2")
+        }
+        closed = b.expect_close_within(soon()) => {
+            assert_eq!(closed.0, Some(1012));
+            (a, "s1")
+        }
+    };
+    let mut open = open;
+    let (_second, welcome) = apps[1].student("e1", id).await;
+    assert_eq!(welcome["type"], "welcome");
+    let invalidated = open
+        .next_of_type_within("session_invalidated", soon())
+        .await;
+    assert_eq!(invalidated["reason"], "second_session", "{invalidated}");
+    let (code, _) = open.expect_close_within(soon()).await;
+    assert_eq!(
+        code,
+        Some(4001),
+        "taken over, not left for the drain's 1012"
+    );
+}
