@@ -142,7 +142,7 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
     (
         "examwatch_fanout_seconds",
         Kind::Seconds,
-        "Per event this instance fans out (numbered here or relayed by the broker): seconds from the room taking the command, timer or broker message that caused it to the event's bytes being queued for every local member",
+        "Per event this instance fans out (numbered here or relayed by the broker): seconds from its cause to the event's bytes being queued for every local member; the cause is a client message read from its socket (the wait in the room's inbox included), or the room taking a command, timer or broker message",
     ),
     (
         "examwatch_broker_publish_seconds",

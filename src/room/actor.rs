@@ -258,7 +258,10 @@ impl Room {
     }
 
     fn handle(&mut self, cmd: RoomCmd) {
-        self.step_started = std::time::Instant::now();
+        self.step_started = match &cmd {
+            RoomCmd::Message { received, .. } => *received,
+            _ => std::time::Instant::now(),
+        };
         match cmd {
             RoomCmd::JoinStudent(join) => self.join_student(*join),
             RoomCmd::JoinTeacher {
@@ -286,6 +289,7 @@ impl Room {
                 msg,
                 user,
                 from,
+                received: _,
             } => {
                 if self.teachers.contains_key(&conn) {
                     self.teacher_message(conn, r#ref, msg, &user, &from);

@@ -256,6 +256,10 @@ pub enum RoomCmd {
         conn: ConnId,
         r#ref: Option<Label>,
         msg: ClientMsg,
+        /// When the connection read the frame: where the fan-out latency
+        /// (`examwatch_fanout_seconds`) starts, so the wait in the room's
+        /// inbox is in it.
+        received: std::time::Instant,
         /// The sender's user id and display name (for announcements).
         user: Arc<str>,
         from: Arc<str>,

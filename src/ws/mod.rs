@@ -599,6 +599,7 @@ impl Connection {
         limiter: &RateBucket,
         standing: &mut Standing,
     ) -> Result<(), Ending> {
+        let received = std::time::Instant::now();
         let metrics = &self.app.metrics;
         let limits = &self.app.settings.limits;
         if text.len() > limits.max_message_bytes {
@@ -642,6 +643,7 @@ impl Connection {
                     },
                     Ok(incoming) => {
                         let cmd = RoomCmd::Message {
+                            received,
                             conn: self.id,
                             r#ref: incoming.r#ref,
                             msg: incoming.msg,
