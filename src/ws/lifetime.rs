@@ -16,10 +16,16 @@
 
 use std::time::Duration;
 
+use axum::extract::ws::{Message, WebSocket};
+use tokio::time::Instant;
+
+use super::{Connection, Ending, guarded};
 use crate::{
     app::AppState,
     auth::{Claims, Role, TokenError},
-    protocol::ErrorCode,
+    protocol::{ErrorCode, Label, ServerMsg},
+    revocations::{LiveGuard, TokenId},
+    room::{Kick, close},
 };
 
 /// The longest one arming of the expiry timer waits; a token valid for
@@ -111,6 +117,98 @@ pub(super) fn check(
         ));
     }
     Ok(claims)
+}
+
+impl Connection {
+    /// A `refresh`: the new token takes over the connection (acked), or
+    /// the refusal to answer with (`None` when answered already). A revoked
+    /// token ends the connection (4403).
+    pub(super) async fn refresh(
+        &self,
+        socket: &mut WebSocket,
+        kick: &Kick,
+        token: &str,
+        r#ref: Option<Label>,
+        standing: &mut Standing,
+    ) -> Result<Option<(ErrorCode, String, Option<Label>)>, Ending> {
+        match check(&self.app, token, &self.user, self.role, &self.exam_id) {
+            Ok(claims) => {
+                standing.exp = claims.exp;
+                standing.live.update(TokenId::of(&claims));
+                // A revocation that came between the check and the update
+                // scanned the old token: look again now that the new one
+                // is what revocations see.
+                if self.app.revocations.is_revoked(&claims) {
+                    let frame = crate::revocations::revoked_frame();
+                    let _ =
+                        guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await;
+                    return Err(Ending::Server(close::TOKEN_REVOKED));
+                }
+                tracing::info!(exp = claims.exp, "token refreshed");
+                let Some(r#ref) = r#ref else { return Ok(None) };
+                let ack = ServerMsg::Ack { r#ref: &r#ref }.encode();
+                guarded(kick, &self.app.shutdown, socket.send(Message::Text(ack))).await?;
+                Ok(None)
+            }
+            Err(Refused::Revoked) => {
+                let frame = crate::revocations::revoked_frame();
+                let _ = guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await;
+                Err(Ending::Server(close::TOKEN_REVOKED))
+            }
+            Err(Refused::Error(code, message)) => Ok(Some((code, message, r#ref))),
+        }
+    }
+
+    /// The token's end passed without a `refresh`: `error token_expired`,
+    /// then close 4401.
+    pub(super) async fn expired(&self, socket: &mut WebSocket, kick: &Kick) -> Result<(), Ending> {
+        let frame = ServerMsg::Error {
+            code: ErrorCode::TokenExpired,
+            message: "this connection's token has expired: reconnect with a new token".into(),
+            r#ref: None,
+            retry_after_ms: None,
+        }
+        .encode();
+        guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await?;
+        Err(Ending::Server(close::TOKEN_EXPIRED))
+    }
+}
+
+/// What the loop keeps about its client's standing: the token it speaks
+/// for (its `exp`, and its entry in the revocation set, which forgets the
+/// connection when dropped), and its refused messages.
+pub(super) struct Standing {
+    pub(super) exp: u64,
+    pub(super) live: LiveGuard,
+    pub(super) bad: BadBudget,
+}
+
+/// Counts rejected messages per window (`limits.bad_message_window`, a
+/// minute): scattered mistakes over a long exam are forgiven, a burst of
+/// them is not.
+pub(super) struct BadBudget {
+    count: u32,
+    window: Duration,
+    window_start: Instant,
+}
+
+impl BadBudget {
+    pub(super) fn new(window: Duration) -> Self {
+        Self {
+            count: 0,
+            window,
+            window_start: Instant::now(),
+        }
+    }
+    /// Records one rejected message; true once `max` is reached.
+    pub(super) fn spend(&mut self, max: u32) -> bool {
+        if self.window_start.elapsed() > self.window {
+            self.count = 0;
+            self.window_start = Instant::now();
+        }
+        self.count += 1;
+        self.count >= max
+    }
 }
 
 #[cfg(test)]
