@@ -52,6 +52,9 @@ pub struct DemoOptions {
     /// Mean time between two raised hands of one simulated student (zero:
     /// they never raise one). A hand stays up until a proctor answers it.
     pub hands: Duration,
+    /// The simulated students' random choices from this seed (the same
+    /// run of actions every time, for tests); `None`: from the system.
+    pub seed: Option<u64>,
 }
 
 /// What a simulated student asks when raising a hand (or nothing).
@@ -175,7 +178,7 @@ pub async fn run(
             token,
             pace: opts.pace,
             hands: opts.hands,
-            rng: Rng::seeded(i as u64),
+            rng: Rng::seeded(opts.seed, i as u64),
             stop: stop.clone(),
         };
         tokio::spawn(sim.run());
@@ -290,11 +293,14 @@ fn student_name(i: usize) -> String {
 struct Rng(u64);
 
 impl Rng {
-    fn seeded(salt: u64) -> Self {
-        let mut seed = [0u8; 8];
-        // No randomness available: a fixed seed still makes a fine demo.
-        let _ = getrandom::fill(&mut seed);
-        Self((u64::from_le_bytes(seed) ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+    fn seeded(fixed: Option<u64>, salt: u64) -> Self {
+        let seed = fixed.unwrap_or_else(|| {
+            let mut seed = [0u8; 8];
+            // No randomness available: a fixed seed still makes a fine demo.
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed)
+        });
+        Self((seed ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
     }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -642,7 +648,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_in_range_and_names_vary() {
-        let mut rng = Rng::seeded(7);
+        let mut rng = Rng::seeded(None, 7);
         for _ in 0..1000 {
             let d = rng.jitter(Duration::from_secs(2), 0.5, 1.5);
             assert!(
@@ -650,6 +656,14 @@ mod tests {
                 "{d:?}"
             );
         }
+        // A fixed seed gives the same choices every time, per student.
+        let run = |seed, salt| {
+            let mut rng = Rng::seeded(Some(seed), salt);
+            (0..8).map(|_| rng.below(100)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(3, 1), run(3, 1));
+        assert_ne!(run(3, 1), run(3, 2), "students differ");
+        assert_ne!(run(3, 1), run(4, 1), "seeds differ");
         let names: std::collections::HashSet<_> = (0..300).map(student_name).collect();
         assert!(names.len() > 250, "{} distinct names", names.len());
     }

@@ -76,6 +76,10 @@ enum Command {
         /// e.g. `5m` (`0s`: none).
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         hands: Duration,
+        /// Seed the simulated students' random choices (the same run of
+        /// actions every time); default: a random seed.
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             waiting,
             length,
             hands,
+            seed,
         } => demo(
             settings,
             DemoOptions {
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
                 waiting,
                 length,
                 hands,
+                seed,
             },
         ),
     };
