@@ -99,11 +99,16 @@ impl Control {
     /// Takes a newer copy of a student's record. A `finished` or a clock
     /// start already known here is kept: both only ever go from none to
     /// some, and the copy may have been read before this room set them.
+    ///
+    /// Version 0 is no exception: it is the record no change has written
+    /// yet (at most the start of the clock, see below), so a copy of it is
+    /// not newer than the room's. In particular the room's own
+    /// announcement of a start, back from Redis, is not news, and the
+    /// student is not sent an `exam_update` for it.
     pub fn apply_student(&mut self, sid: Arc<str>, mut control: StudentControl) -> bool {
         let current = self.students.get_mut(&sid);
         if let Some(c) = current
             && c.version >= control.version
-            && control.version != 0
         {
             // Not newer. But the instant their clock started is written
             // once, without a new version (store `mark_started`): news
@@ -259,6 +264,35 @@ mod tests {
         record.clock.started_at = Some(t0 + 9);
         assert!(!c.apply_student(ada.clone(), record), "written once");
         assert_eq!(c.student("ada").clock.started_at, Some(t0 + 7));
+    }
+
+    #[test]
+    fn a_copy_of_the_unchanged_record_is_not_news() {
+        // The room admitted ada and stored the start; its announcement of
+        // it (version 0: no change has written her record) comes back.
+        let t0 = 1_000_000;
+        let mut c = running(t0, 10 * MIN);
+        let ada: Arc<str> = "ada".into();
+        assert_eq!(c.admit(&ada, t0), Some(t0));
+        let echo = c.student("ada").clone();
+        assert_eq!(echo.version, 0);
+        assert!(!c.apply_student(ada.clone(), echo.clone()), "nothing new");
+        // Nor does a copy of version 0 move a start the room has.
+        let mut other = echo;
+        other.clock.started_at = Some(t0 - 5);
+        assert!(!c.apply_student(ada.clone(), other.clone()));
+        assert_eq!(c.student("ada").clock.started_at, Some(t0));
+        // But to a room that has not seen her start, it is news.
+        let bob: Arc<str> = "bob".into();
+        assert!(c.apply_student(bob.clone(), other.clone()), "unknown here");
+        let mut fresh = running(t0, 10 * MIN);
+        fresh.finish(&ada, Finish::TimeUp, t0 + 1);
+        assert!(fresh.apply_student(ada.clone(), other), "the start is news");
+        assert_eq!(fresh.student("ada").clock.started_at, Some(t0 - 5));
+        assert_eq!(
+            fresh.student("ada").finished,
+            Some((Finish::TimeUp, t0 + 1))
+        );
     }
 
     #[test]
