@@ -140,6 +140,7 @@ impl Connection {
                 // is what revocations see.
                 if self.app.revocations.is_revoked(&claims) {
                     let frame = crate::revocations::revoked_frame();
+                    self.app.metrics.messages_out(frame.as_str(), 1);
                     let _ =
                         guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await;
                     return Err(Ending::Server(close::TOKEN_REVOKED));
@@ -147,11 +148,13 @@ impl Connection {
                 tracing::info!(exp = claims.exp, "token refreshed");
                 let Some(r#ref) = r#ref else { return Ok(None) };
                 let ack = ServerMsg::Ack { r#ref: &r#ref }.encode();
+                self.app.metrics.messages_out(ack.as_str(), 1);
                 guarded(kick, &self.app.shutdown, socket.send(Message::Text(ack))).await?;
                 Ok(None)
             }
             Err(Refused::Revoked) => {
                 let frame = crate::revocations::revoked_frame();
+                self.app.metrics.messages_out(frame.as_str(), 1);
                 let _ = guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await;
                 Err(Ending::Server(close::TOKEN_REVOKED))
             }
@@ -169,6 +172,7 @@ impl Connection {
             retry_after_ms: None,
         }
         .encode();
+        self.app.metrics.messages_out(frame.as_str(), 1);
         guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await?;
         Err(Ending::Server(close::TOKEN_EXPIRED))
     }
