@@ -278,6 +278,19 @@ impl Wss {
     }
 }
 
+/// Exam e1 opened, teacher t1 and student s1 on it over wss: both
+/// sockets, the teacher's snapshot and the student's welcome.
+async fn teacher_and_student(app: &TestApp, client: &TlsConnector) -> (Wss, Wss, Value, Value) {
+    open_exam_tls(app, client, "e1").await;
+    let teacher_token = app.token("t1", Role::Teacher, &["e1"]);
+    let mut teacher = Wss::connect(app.addr, client, "e1", &teacher_token).await;
+    let snapshot = teacher.next_of_type("snapshot").await;
+    let student_token = app.token("s1", Role::Student, &["e1"]);
+    let mut student = Wss::connect(app.addr, client, "e1", &student_token).await;
+    let welcome = student.next_of_type("welcome").await;
+    (teacher, student, snapshot, welcome)
+}
+
 /// A student's progress is acknowledged and the teacher sees it.
 async fn progress_reaches_the_teacher(student: &mut Wss, teacher: &mut Wss, answered: u32) {
     student
@@ -303,25 +316,8 @@ async fn wss_carries_the_protocol_and_https_serves_rest() {
     let client = ca.client();
     let (status, body) = https(app.addr, &client, ("GET", "/healthz"), None, None).await;
     assert_eq!(status, 200, "{body}");
-    open_exam_tls(&app, &client, "e1").await;
-
-    let mut teacher = Wss::connect(
-        app.addr,
-        &client,
-        "e1",
-        &app.token("t1", Role::Teacher, &["e1"]),
-    )
-    .await;
-    let snapshot = teacher.next_of_type("snapshot").await;
+    let (mut teacher, mut student, snapshot, welcome) = teacher_and_student(&app, &client).await;
     assert_eq!(snapshot["exam_id"], "e1");
-    let mut student = Wss::connect(
-        app.addr,
-        &client,
-        "e1",
-        &app.token("s1", Role::Student, &["e1"]),
-    )
-    .await;
-    let welcome = student.next_of_type("welcome").await;
     assert_eq!(welcome["exam_id"], "e1");
     teacher
         .next_where("s1 connected", |v| is_student_event(v, "s1", "connected"))
@@ -355,23 +351,7 @@ async fn clients_that_do_not_trust_it_or_do_not_speak_tls_1_2_are_refused() {
     let ca = Ca::new("one");
     let (app, _files, _) = tls_app(&ca, |_| {}).await;
     let client = ca.client();
-    open_exam_tls(&app, &client, "e1").await;
-    let mut teacher = Wss::connect(
-        app.addr,
-        &client,
-        "e1",
-        &app.token("t1", Role::Teacher, &["e1"]),
-    )
-    .await;
-    teacher.next_of_type("snapshot").await;
-    let mut student = Wss::connect(
-        app.addr,
-        &client,
-        "e1",
-        &app.token("s1", Role::Student, &["e1"]),
-    )
-    .await;
-    student.next_of_type("welcome").await;
+    let (mut teacher, mut student, _, _) = teacher_and_student(&app, &client).await;
 
     // A client trusting another CA rejects the server's certificate.
     let stranger = Ca::new("other").client();
@@ -499,23 +479,7 @@ async fn a_changed_certificate_is_served_to_new_connections_and_open_ones_keep_g
     .await;
     let client = first.client();
     assert_eq!(served_certificate(app.addr, &client).await, first_der);
-    open_exam_tls(&app, &client, "e1").await;
-    let mut teacher = Wss::connect(
-        app.addr,
-        &client,
-        "e1",
-        &app.token("t1", Role::Teacher, &["e1"]),
-    )
-    .await;
-    teacher.next_of_type("snapshot").await;
-    let mut student = Wss::connect(
-        app.addr,
-        &client,
-        "e1",
-        &app.token("s1", Role::Student, &["e1"]),
-    )
-    .await;
-    student.next_of_type("welcome").await;
+    let (mut teacher, mut student, _, _) = teacher_and_student(&app, &client).await;
 
     // A renewal from another CA, with another serial.
     let second = Ca::new("second");
