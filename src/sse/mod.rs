@@ -319,8 +319,12 @@ impl<'a> Opening<'a> {
         let (access_token, ticket) = credential(&params);
         let claims = match ticket {
             // A ticket's handshake was counted when it was minted.
+            // The ticket's token may have been revoked since it was minted.
             Some(ticket) => match app.tickets.redeem(ticket, self.exam_id).await {
-                Ok(c) => c,
+                Ok(c) => match crate::revocations::check(app, &c) {
+                    Ok(()) => c,
+                    Err(e) => return Err(refuse(e)),
+                },
                 Err(e) => return Err(refuse(e.into())),
             },
             None => {
@@ -339,9 +343,6 @@ impl<'a> Opening<'a> {
                 claims
             }
         };
-        if let Err(e) = crate::revocations::check(app, &claims) {
-            return Err(refuse(e));
-        }
         if let Err(e) = check_origin(app, headers) {
             return Err(refuse(e));
         }

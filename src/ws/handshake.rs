@@ -114,8 +114,12 @@ pub async fn handshake(
     // A ticket, when given, is the credential: the token is not read (a
     // page that has one never put its token in the URL).
     let (claims, via) = match params.ticket.as_deref() {
+        // The ticket's token may have been revoked since it was minted.
         Some(ticket) => match app.tickets.redeem(ticket, &exam_id).await {
-            Ok(c) => (c, AuthVia::Ticket),
+            Ok(c) => match crate::revocations::check(&app, &c) {
+                Ok(()) => (c, AuthVia::Ticket),
+                Err(e) => return refuse(e),
+            },
             Err(e) => return refuse(e.into()),
         },
         None => {
@@ -132,9 +136,6 @@ pub async fn handshake(
             }
         }
     };
-    if let Err(e) = crate::revocations::check(&app, &claims) {
-        return refuse(e);
-    }
     // A ticket's handshake was counted when it was minted.
     if via == AuthVia::Token
         && let Err(wait) = guard.limits.check_subject(&claims.sub)
@@ -346,8 +347,9 @@ pub(crate) fn refuse_connection(
 /// Verifies a bearer token within the size limits: its length
 /// (`limits.max_token_bytes`) before anything is decoded, then, once it is
 /// verified, the number of exams it names (`limits.max_token_exams`; the
-/// length bounds the cost of decoding them). Shared by every way in: the
-/// socket, the SSE streams, tickets and the REST API.
+/// length bounds the cost of decoding them), and last whether a revocation
+/// covers it (403 `token_revoked`). Shared by every way in: the socket, the
+/// SSE streams, tickets, the REST API and a socket's `refresh`.
 pub(crate) fn verify_token(app: &AppState, token: &str) -> Result<Claims, ApiError> {
     let limits = &app.settings.limits;
     if limits.max_token_bytes > 0 && token.len() > limits.max_token_bytes {
@@ -373,6 +375,7 @@ pub(crate) fn verify_token(app: &AppState, token: &str) -> Result<Claims, ApiErr
             ),
         ));
     }
+    crate::revocations::check(app, &claims)?;
     Ok(claims)
 }
 

@@ -7,8 +7,8 @@
 //! `error token_expired` and close 4401; the connection's loop holds one
 //! timer for it, re-armed by an accepted `refresh`, so no message pays for
 //! the check. A `refresh` token is verified exactly as a handshake's
-//! ([`crate::auth::Keys::verify`]: signature, algorithm, issuer, audience,
-//! `nbf`, shape) and must be for the same subject and role and grant the
+//! (`ws::verify_token`: size limits, signature, algorithm, issuer,
+//! audience, `nbf`, shape, revocations) and must be for the same subject and role and grant the
 //! connection's exam; a revoked one ends the connection as a revocation
 //! does. The display name stays the one the connection joined with: the
 //! room knows the student by it, and a new name shows from the next
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::{Connection, Ending, guarded};
 use crate::{
     app::AppState,
-    auth::{Claims, Role, TokenError},
+    auth::{Claims, Role},
     protocol::{ErrorCode, Label, ServerMsg},
     revocations::{LiveGuard, TokenId},
     room::{Kick, close},
@@ -75,37 +75,19 @@ pub(super) fn check(
     role: Role,
     exam_id: &str,
 ) -> Result<Claims, Refused> {
-    let limits = &app.settings.limits;
-    if limits.max_token_bytes > 0 && token.len() > limits.max_token_bytes {
-        return Err(Refused::Error(
+    // Exactly a handshake's checks (size limits, signature and claims,
+    // revocations), answered as the socket's error codes.
+    let claims = super::verify_token(app, token).map_err(|e| match e.code {
+        "token_revoked" => Refused::Revoked,
+        "token_expired" => Refused::Error(
+            ErrorCode::TokenExpired,
+            format!("refresh refused: {}", e.message),
+        ),
+        _ => Refused::Error(
             ErrorCode::InvalidToken,
-            format!(
-                "refresh refused: the token is {} bytes; at most {} are accepted",
-                token.len(),
-                limits.max_token_bytes
-            ),
-        ));
-    }
-    let claims = app.keys.verify(token).map_err(|e| {
-        let code = match e {
-            TokenError::Expired => ErrorCode::TokenExpired,
-            _ => ErrorCode::InvalidToken,
-        };
-        Refused::Error(code, format!("refresh refused: {e}"))
+            format!("refresh refused: {}", e.message),
+        ),
     })?;
-    if limits.max_token_exams > 0 && claims.exams.len() > limits.max_token_exams {
-        return Err(Refused::Error(
-            ErrorCode::InvalidToken,
-            format!(
-                "refresh refused: the token names {} exams; at most {} are accepted",
-                claims.exams.len(),
-                limits.max_token_exams
-            ),
-        ));
-    }
-    if app.revocations.is_revoked(&claims) {
-        return Err(Refused::Revoked);
-    }
     if claims.sub != user || claims.role != role || !claims.grants(exam_id) {
         return Err(Refused::Error(
             ErrorCode::Forbidden,
@@ -139,11 +121,7 @@ impl Connection {
                 // scanned the old token: look again now that the new one
                 // is what revocations see.
                 if self.app.revocations.is_revoked(&claims) {
-                    let frame = crate::revocations::revoked_frame();
-                    self.app.metrics.messages_out(frame.as_str(), 1);
-                    let _ =
-                        guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await;
-                    return Err(Ending::Server(close::TOKEN_REVOKED));
+                    return self.revoked(socket, kick).await;
                 }
                 tracing::info!(exp = claims.exp, "token refreshed");
                 let Some(r#ref) = r#ref else { return Ok(None) };
@@ -152,14 +130,18 @@ impl Connection {
                 guarded(kick, &self.app.shutdown, socket.send(Message::Text(ack))).await?;
                 Ok(None)
             }
-            Err(Refused::Revoked) => {
-                let frame = crate::revocations::revoked_frame();
-                self.app.metrics.messages_out(frame.as_str(), 1);
-                let _ = guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await;
-                Err(Ending::Server(close::TOKEN_REVOKED))
-            }
+            Err(Refused::Revoked) => self.revoked(socket, kick).await,
             Err(Refused::Error(code, message)) => Ok(Some((code, message, r#ref))),
         }
+    }
+
+    /// A `refresh` brought a revoked token: `error token_revoked`, then
+    /// close 4403 (the frame is best effort: the close follows anyway).
+    async fn revoked<T>(&self, socket: &mut WebSocket, kick: &Kick) -> Result<T, Ending> {
+        let frame = crate::revocations::revoked_frame();
+        self.app.metrics.messages_out(frame.as_str(), 1);
+        let _ = guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await;
+        Err(Ending::Server(close::TOKEN_REVOKED))
     }
 
     /// The token's end passed without a `refresh`: `error token_expired`,
