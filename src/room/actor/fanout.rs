@@ -88,17 +88,16 @@ impl Room {
                 self.kick_slow(&teacher.out);
             }
         }
-        let metrics = &self.ctx.metrics;
-        metrics.messages_out(bytes.as_str(), self.teachers.len() as u64);
         let students = match audience {
-            Audience::Everyone => self.deliver_to_students(bytes),
+            Audience::Everyone => self.push_to_students(bytes),
             Audience::Teachers => 0,
         };
-        // Frames actually queued (a refused push is a 4008, counted there).
+        // Frames actually queued (a refused push is a 4008, counted there),
+        // by type once for all of them.
+        let queued = (self.teachers.len() + students) as u64;
         let metrics = &self.ctx.metrics;
-        metrics
-            .frames_out
-            .increment((self.teachers.len() + students) as u64);
+        metrics.messages_out(bytes.as_str(), queued);
+        metrics.frames_out.increment(queued);
         metrics.fanout_seconds.record(self.step_started.elapsed());
     }
 
@@ -106,6 +105,13 @@ impl Room {
     /// kicks (4008, counted) those whose queue is full. Returns how many
     /// frames were queued.
     pub(super) fn deliver_to_students(&mut self, bytes: &Utf8Bytes) -> usize {
+        let queued = self.push_to_students(bytes);
+        self.ctx.metrics.messages_out(bytes.as_str(), queued as u64);
+        queued
+    }
+
+    /// [`Room::deliver_to_students`] without counting the frames out.
+    fn push_to_students(&mut self, bytes: &Utf8Bytes) -> usize {
         let mut queued = 0;
         for (_, out) in self.student_conns.values().chain(self.listeners.values()) {
             if try_push(out, bytes.clone()) {
@@ -114,7 +120,6 @@ impl Room {
                 self.kick_slow(out);
             }
         }
-        self.ctx.metrics.messages_out(bytes.as_str(), queued as u64);
         queued
     }
 
