@@ -14,6 +14,11 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+# The root manifest is also a workspace whose members include the load
+# generator (bench/loadgen): cargo loads every member's manifest and
+# targets, even to build one binary of another member, so the member is
+# copied (a few small files); only the server is built.
+COPY bench/loadgen ./bench/loadgen
 COPY src ./src
 COPY migrations ./migrations
 COPY examples ./examples

@@ -4,7 +4,8 @@ SECRET=bench-secret-bench-secret-bench-secret-42
 BIN=target/release
 PIDS=()
 
-build() { cargo build --release --locked --bins -q; }
+# The server and the load generator (bench/loadgen, a workspace member).
+build() { cargo build --release --locked --workspace --bins -q; }
 
 # start_server NAME [REDIS_URL] [DATABASE_URL]: sets PID_NAME, ADDR_NAME and
 # ADMIN_NAME (the operators' listener, for metrics).

@@ -39,7 +39,6 @@ pub mod demo;
 pub mod drain;
 pub mod health;
 pub mod http;
-pub mod loadgen;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;

@@ -1,10 +1,11 @@
 //! A seconds-long smoke run of the load generator against a real server,
-//! so it keeps working: it must deliver everything, once. (No timing is
+//! so it keeps working: it must deliver everything, once. The generator is
+//! its own crate (bench/loadgen), a dev-dependency here. (No timing is
 //! asserted; performance lives in docs/BENCHMARKS.md.)
 
 use std::time::Duration;
 
-use examwatch::loadgen::{Plan, Report, run};
+use examwatch_loadgen::{Plan, Report, run};
 
 use crate::helpers::*;
 

@@ -1,4 +1,11 @@
-//! The load generator behind `examwatch-loadgen` (and the CI smoke test).
+//! The load generator behind `examwatch-loadgen` (and the CI smoke test,
+//! `tests/api/loadgen.rs` in the server's crate).
+//!
+//! Its own crate, a workspace member beside the server (issue 17 item 9):
+//! what only a load generator needs (hdrhistogram, the pacer, the
+//! Socket.IO framing) is no dependency of the server. It takes one thing
+//! from the server's crate, `examwatch::auth`, to mint the tokens its
+//! clients present, so a token it makes is one the server accepts.
 //!
 //! Open loop: event `k` has an intended send time `start + k / rate`, fixed
 //! before the run, and its latency is measured from that time — a slow
@@ -35,7 +42,7 @@ pub use client::{Framing, Link, Target, parse_progress};
 pub use report::{Latency, Report, Storm};
 use tasks::{Shared, Who, epoch, student, teacher};
 
-use crate::auth::{Keys, Role};
+use examwatch::auth::{Keys, Role};
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
 //! `examwatch-loadgen`: drives an examwatch (or peer) server with simulated
-//! exams and reports latency, delivery, loss and duplicates. See
-//! `examwatch::loadgen` for how it measures.
+//! exams and reports latency, delivery, loss and duplicates. See the
+//! library half of this crate (`examwatch_loadgen`) for how it measures.
 //!
 //! `--processes N` splits the exams over N child processes of this same
 //! binary (each under its own 20,000 open-files limit and with its own
@@ -19,8 +19,8 @@ use clap::Parser;
 use examwatch::{
     auth::Keys,
     config::{AuthSettings, Secret},
-    loadgen::{Framing, Plan, Report, connect},
 };
+use examwatch_loadgen::{Framing, Plan, Report, connect};
 
 #[derive(Parser, Clone)]
 #[command(name = "examwatch-loadgen", about = "Open-loop load for examwatch")]

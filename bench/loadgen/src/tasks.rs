@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{
+use crate::{
     client::{self, Framing, Link, Target, parse_progress},
     report,
 };

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::auth::{Keys, Role};
+use examwatch::auth::{Keys, Role};
 
 /// Answers within this, or the run stops with an error.
 const TIMEOUT: Duration = Duration::from_secs(10);
