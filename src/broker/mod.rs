@@ -10,6 +10,7 @@
 //! subscription per exam and delivers it locally. Rooms only call the small
 //! surface below and do not care which broker they have.
 
+mod publish;
 pub mod redis;
 
 use std::sync::Arc;
