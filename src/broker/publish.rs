@@ -1,62 +1,243 @@
 //! The publisher: the one task that owns the order in which this
-//! instance's drafts reach Redis. Drafts are pipelined, each through the
-//! numbering script, so the order rooms handed them over is the order they
-//! are numbered and published in. While Redis is unreachable drafts wait
-//! (bounded) and are retried with backoff; `/readyz` reports degraded.
-//! Subscriptions and revocations go through the same queue, in order with
-//! the events.
+//! instance's drafts reach Redis, and numbers them there in batches.
+//!
+//! Drafts queued together are grouped per exam, in the order the room
+//! handed them over (exams are independent: only each exam's own order
+//! matters). Each group is one *batch*: one call of the numbering script,
+//! which gives its N events the exam's next N seqs, appends them to the
+//! history, records each student's latest state and publishes them as ONE
+//! message on the exam's sharded channel (framing: src/broker/frame.rs).
+//! The batches of every exam go in one pipeline, one round trip. Nothing
+//! waits to fill a batch: a batch holds what queued while the previous
+//! round trip was out, so batches grow with the load, exactly when the
+//! per-call cost matters (at a few events per exam per round trip each
+//! call still numbers them all, with one publish instead of one each).
+//!
+//! A batch sent and not confirmed (an error, a timeout, a lost reply) is
+//! re-sent exactly as it was, under the same id, before anything newer:
+//! the script records the last batch id it numbered for this publisher
+//! in the exam's hash tag, so a batch Redis ran but whose reply was lost
+//! is not numbered twice. While Redis is unreachable drafts wait (bounded
+//! by `broker.queue_limit`) and are retried with backoff; `/readyz`
+//! reports degraded. Subscriptions and revocations go through the same
+//! queue, in order with the events.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use redis::{AsyncCommands, Value, aio::ConnectionManager};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Draft;
-use super::redis::{Inbound, revocations_channel};
+use super::redis::{Inbound, exam_channel, revocations_channel};
 
-/// Numbers, records and publishes one event atomically. KEYS[5] is the
-/// draft's id: a pipeline re-sent after a timeout (that Redis had in fact
-/// run) does not number the same draft twice.
+/// Numbers, records and publishes one batch of an exam's events
+/// atomically. Every key carries the exam's hash tag (one cluster slot),
+/// the channel too.
+///
+/// KEYS: seq, channel, history, students (latest event per student),
+/// batches (per publisher, the last batch id numbered).
+/// ARGV: publisher, batch id, floor, history length, origin; then five per
+/// event: `!` or empty (delivered at the origin already), kind, student
+/// (or empty), the event's text before its seq and after it.
+///
+/// The floor is the highest seq the room had seen: the counter never goes
+/// below it, even if Redis lost its data. The frame is built in the same
+/// pass as the history entries (frame.rs describes it). Returns the last
+/// seq given, or 0 for a batch numbered already (re-sent after its reply
+/// was lost).
 pub(super) const PUBLISH_LUA: &str = r#"
-if not redis.call('SET', KEYS[5], '1', 'NX', 'PX', 60000) then
+local id = tonumber(ARGV[2])
+if id <= tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or 0) then
   return 0
 end
-local seq = redis.call('INCR', KEYS[1])
-local floor = tonumber(ARGV[1])
-if seq <= floor then
-  seq = floor + 1
-  redis.call('SET', KEYS[1], seq)
+redis.call('HSET', KEYS[5], ARGV[1], id)
+local n = (#ARGV - 5) / 5
+local last = redis.call('INCRBY', KEYS[1], n)
+local floor = tonumber(ARGV[3])
+if last - n < floor then
+  last = floor + n
+  redis.call('SET', KEYS[1], last)
 end
-local event = string.gsub(ARGV[2], '"seq":0,', '"seq":' .. seq .. ',', 1)
-redis.call('PUBLISH', KEYS[2], ARGV[3] .. '\n' .. ARGV[4] .. '\n' .. ARGV[5] .. '\n' .. seq .. '\n' .. event)
-redis.call('RPUSH', KEYS[3], seq .. '\n' .. event)
-redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
-if ARGV[4] == 'student' and ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[4], ARGV[5], event)
+local frame, f = {ARGV[5], '\n'}, 2
+local history, students, s = {}, {}, 0
+for i = 1, n do
+  local a = 5 * i + 1
+  local seq = last - n + i
+  local event = ARGV[a + 3] .. seq .. ARGV[a + 4]
+  history[i] = seq .. '\n' .. event
+  frame[f + 1] = ARGV[a] .. ARGV[a + 1] .. '\n' .. ARGV[a + 2] .. '\n' .. seq .. '\n' .. #event .. '\n'
+  frame[f + 2] = event
+  f = f + 2
+  if ARGV[a + 1] == 'student' and ARGV[a + 2] ~= '' then
+    students[s + 1] = ARGV[a + 2]
+    students[s + 2] = event
+    s = s + 2
+  end
+end
+redis.call('SPUBLISH', KEYS[2], table.concat(frame))
+redis.call('RPUSH', KEYS[3], unpack(history))
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+if s > 0 then
+  redis.call('HSET', KEYS[4], unpack(students))
 end
 -- An exam's keys live a day past its last event (the database keeps all).
 redis.call('PEXPIRE', KEYS[1], 86400000)
 redis.call('PEXPIRE', KEYS[3], 86400000)
 redis.call('PEXPIRE', KEYS[4], 86400000)
-return seq
+redis.call('PEXPIRE', KEYS[5], 86400000)
+return last
 "#;
 
+/// The most events in one batch (one script call, one message): bounds the
+/// script's arguments, the Lua stack its `unpack` uses, and the message
+/// every subscriber receives.
+const BATCH_EVENTS: usize = 256;
+
+/// The most bytes of events in one batch (a batch is closed once past it).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// The most drafts in one round trip, all exams together: bounds the
+/// pipeline's size, hence how long its reply takes.
+const PIPELINE_EVENTS: usize = 1024;
+
 pub(super) enum Op {
-    /// A draft, its id (unique per instance), and when it was queued.
-    Publish(Draft, u64, std::time::Instant),
+    /// A draft, and when it was queued.
+    Publish(Draft, Instant),
     Subscribe(Arc<str>, oneshot::Sender<()>),
     Unsubscribe(Arc<str>),
     /// The revocations channel, once at start-up.
     SubscribeRevocations,
     /// A revocation's wire JSON, for every instance.
     Revoke(String),
+}
+
+/// An exam's drafts numbered by one script call.
+struct Batch {
+    exam: Arc<str>,
+    /// Increasing in the order batches are formed, hence per exam too: the
+    /// script numbers a batch only if its id is above the last it numbered
+    /// for this publisher.
+    id: u64,
+    drafts: Vec<Queued>,
+    bytes: usize,
+}
+
+/// A draft in a batch.
+struct Queued {
+    draft: Draft,
+    /// Where the `0` of its placeholder seq is in its body ([`seq_at`]).
+    seq_at: usize,
+    queued: Instant,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.drafts.len() >= BATCH_EVENTS || self.bytes >= BATCH_BYTES
+    }
+}
+
+/// The batches in flight, and how new ones are named.
+struct Batches {
+    /// This publisher's field in each exam's `batches` hash: the instance
+    /// and a random word drawn at start-up, so an instance restarted under
+    /// the same id does not find its first batches numbered already by its
+    /// previous life.
+    publisher: String,
+    next_id: u64,
+    /// Sent, not yet confirmed: re-sent as they are (same ids, same drafts)
+    /// until Redis confirms them. Empty when nothing is in flight.
+    sent: Vec<Batch>,
+}
+
+impl Batches {
+    fn new(instance: &str) -> Self {
+        let word = getrandom::u64().unwrap_or_else(|_| {
+            // No entropy source: the time of day still differs between
+            // two lives of one instance.
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Batches {
+            publisher: format!("{instance}/{word:016x}"),
+            next_id: 1,
+            sent: Vec::new(),
+        }
+    }
+
+    /// Moves the drafts at the front of the queue (up to
+    /// [`PIPELINE_EVENTS`]) into batches, one open batch per exam, each
+    /// exam's drafts in queue order. Returns how many drafts were dropped
+    /// instead (a body without a placeholder seq).
+    fn form(&mut self, queue: &mut VecDeque<Op>) -> usize {
+        let mut open: HashMap<Arc<str>, usize> = HashMap::new();
+        let (mut taken, mut dropped) = (0, 0);
+        while taken < PIPELINE_EVENTS && matches!(queue.front(), Some(Op::Publish(..))) {
+            let Some(Op::Publish(draft, queued)) = queue.pop_front() else {
+                break;
+            };
+            taken += 1;
+            let Some(seq_at) = seq_at(&draft.body) else {
+                // Every event a room publishes has a seq: this is a bug, and
+                // a frame without one would be read as seq 0.
+                tracing::error!(
+                    kind = draft.kind,
+                    "draft without a seq placeholder; dropped"
+                );
+                dropped += 1;
+                continue;
+            };
+            let i = match open.get(&draft.exam) {
+                Some(&i) if !self.sent[i].full() => i,
+                _ => {
+                    self.sent.push(Batch {
+                        exam: draft.exam.clone(),
+                        id: self.next_id,
+                        drafts: Vec::new(),
+                        bytes: 0,
+                    });
+                    self.next_id += 1;
+                    let i = self.sent.len() - 1;
+                    open.insert(draft.exam.clone(), i);
+                    i
+                }
+            };
+            let batch = &mut self.sent[i];
+            batch.bytes += draft.body.len();
+            batch.drafts.push(Queued {
+                draft,
+                seq_at,
+                queued,
+            });
+        }
+        dropped
+    }
+
+    fn drafts(&self) -> usize {
+        self.sent.iter().map(|b| b.drafts.len()).sum()
+    }
+}
+
+/// Where the `0` of a draft's placeholder seq is (`"seq":0` followed by
+/// `,` or `}`, the first one): the script puts the real seq in its place.
+fn seq_at(body: &str) -> Option<usize> {
+    const PLACEHOLDER: &str = r#""seq":0"#;
+    let mut from = 0;
+    while let Some(found) = body[from..].find(PLACEHOLDER) {
+        let end = from + found + PLACEHOLDER.len();
+        if matches!(body.as_bytes().get(end), Some(b',' | b'}')) {
+            return Some(end - 1);
+        }
+        from = end;
+    }
+    None
 }
 
 pub(super) struct Publisher {
@@ -82,10 +263,11 @@ pub(super) struct Publisher {
 impl Publisher {
     pub(super) async fn run(mut self) {
         let mut queue: VecDeque<Op> = VecDeque::new();
+        let mut batches = Batches::new(&self.instance);
         let mut backoff = Duration::from_millis(50);
         let mut ping = tokio::time::interval(Duration::from_secs(1));
         loop {
-            if queue.is_empty() {
+            if queue.is_empty() && batches.sent.is_empty() {
                 tokio::select! {
                     op = self.rx.recv() => match op {
                         Some(op) => queue.push_back(op),
@@ -104,10 +286,15 @@ impl Publisher {
                 queue.push_back(op);
             }
             let ok = match queue.front() {
-                Some(Op::Publish(..)) => self.publish_batch(&mut queue).await,
+                _ if !batches.sent.is_empty() => self.publish(&mut batches, &mut queue).await,
+                Some(Op::Publish(..)) => self.publish(&mut batches, &mut queue).await,
                 Some(Op::Subscribe(exam, _)) => {
-                    let channel = format!("{}:exam:{exam}", self.prefix);
-                    let ok = self.conn.subscribe(channel).await.is_ok();
+                    let channel = exam_channel(&self.prefix, exam);
+                    let ok = redis::cmd("SSUBSCRIBE")
+                        .arg(channel)
+                        .query_async::<()>(&mut self.conn)
+                        .await
+                        .is_ok();
                     if ok && let Some(Op::Subscribe(_, done)) = queue.pop_front() {
                         let _ = done.send(());
                     }
@@ -130,8 +317,11 @@ impl Publisher {
                     sent.is_ok()
                 }
                 Some(Op::Unsubscribe(exam)) => {
-                    let channel = format!("{}:exam:{exam}", self.prefix);
-                    let _ = self.conn.unsubscribe(channel).await;
+                    let channel = exam_channel(&self.prefix, exam);
+                    let _ = redis::cmd("SUNSUBSCRIBE")
+                        .arg(channel)
+                        .query_async::<()>(&mut self.conn)
+                        .await;
                     queue.pop_front();
                     true
                 }
@@ -147,44 +337,62 @@ impl Publisher {
         }
     }
 
-    /// Publishes the drafts at the front of the queue in one pipeline.
-    async fn publish_batch(&mut self, queue: &mut VecDeque<Op>) -> bool {
+    /// Sends the batches in flight, or if none, the drafts at the front of
+    /// the queue as new batches, in one pipeline; true once Redis confirmed
+    /// them all.
+    async fn publish(&mut self, batches: &mut Batches, queue: &mut VecDeque<Op>) -> bool {
+        if batches.sent.is_empty() {
+            let dropped = batches.form(queue);
+            self.pending.fetch_sub(dropped, Ordering::Relaxed);
+            if batches.sent.is_empty() {
+                return true;
+            }
+        }
         let mut pipe = redis::pipe();
         if !self.script_loaded {
             pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_LUA).ignore();
         }
-        let mut n = 0;
-        for op in queue.iter().take(256) {
-            let Op::Publish(d, id, _) = op else { break };
-            let exam = &d.exam;
-            let p = &self.prefix;
+        let p = &self.prefix;
+        for batch in &batches.sent {
+            let exam = &batch.exam;
+            // Only the room's own drafts are in a batch, in its order: the
+            // highest floor is its latest.
+            let floor = batch.drafts.iter().map(|q| q.draft.floor).max();
             pipe.cmd("EVALSHA")
                 .arg(&self.script_sha)
                 .arg(5)
                 .arg(format!("{p}:{{{exam}}}:seq"))
-                .arg(format!("{p}:exam:{exam}"))
+                .arg(exam_channel(p, exam))
                 .arg(format!("{p}:{{{exam}}}:history"))
                 .arg(format!("{p}:{{{exam}}}:students"))
-                .arg(format!("{p}:{{{exam}}}:draft:{}:{id}", self.instance))
-                .arg(d.floor)
-                .arg(&d.body)
-                .arg(if d.delivered_locally {
-                    format!("{}!", self.instance)
-                } else {
-                    self.instance.to_string()
-                })
-                .arg(d.kind)
-                .arg(d.student.as_deref().unwrap_or(""))
+                .arg(format!("{p}:{{{exam}}}:batches"))
+                .arg(&batches.publisher)
+                .arg(batch.id)
+                .arg(floor.unwrap_or(0))
                 .arg(self.history)
-                .ignore();
-            n += 1;
+                .arg(&*self.instance);
+            for Queued {
+                draft: d, seq_at, ..
+            } in &batch.drafts
+            {
+                // The placeholder's `0` is ASCII: both cuts are on char
+                // boundaries.
+                let (before, after) = (&d.body[..*seq_at], &d.body[*seq_at + 1..]);
+                pipe.arg(if d.delivered_locally { "!" } else { "" })
+                    .arg(d.kind)
+                    .arg(d.student.as_deref().unwrap_or(""))
+                    .arg(before)
+                    .arg(after);
+            }
+            pipe.ignore();
         }
         match pipe.query_async::<()>(&mut self.conn).await {
             Ok(()) => {
                 self.script_loaded = true;
-                for op in queue.drain(..n) {
-                    if let Op::Publish(_, _, queued) = op {
-                        self.metrics.publish_seconds.record(queued.elapsed());
+                let n = batches.drafts();
+                for batch in batches.sent.drain(..) {
+                    for q in batch.drafts {
+                        self.metrics.publish_seconds.record(q.queued.elapsed());
                     }
                 }
                 self.pending.fetch_sub(n, Ordering::Relaxed);
@@ -193,7 +401,7 @@ impl Publisher {
             Err(e) => {
                 self.script_loaded = false;
                 if self.healthy.load(Ordering::Relaxed) {
-                    tracing::error!(error = %e, waiting = n, "cannot publish to Redis; retrying");
+                    tracing::error!(error = %e, waiting = batches.drafts(), "cannot publish to Redis; retrying");
                 }
                 false
             }

@@ -5,8 +5,10 @@
 //!   `Publisher`, src/broker/publish.rs). While Redis is unreachable drafts
 //!   wait (bounded) and are retried with backoff; `/readyz` reports
 //!   degraded.
-//! - **Subscribing**: one channel per exam, only while this instance has a
-//!   room for it. Pushed messages are parsed here and routed to rooms.
+//! - **Subscribing**: one sharded channel per exam (`{prefix}:exam:{<exam>}`,
+//!   SSUBSCRIBE/SPUBLISH: it lives on the exam's slot, with its keys), only
+//!   while this instance has a room for it. Each message is a batch of the
+//!   exam's events (src/broker/frame.rs), split here and routed to rooms.
 //! - **Re-synchronising**: after a disconnection, every room is told to
 //!   reload the exam's shared state, so a teacher whose instance missed
 //!   events gets a fresh snapshot instead of a silent gap.
@@ -32,8 +34,7 @@ use redis::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::publish::{Op, PUBLISH_LUA, Publisher};
-use super::{Draft, Published, SharedState};
-use crate::protocol::Seq;
+use super::{Draft, Published, SharedState, frame};
 
 /// The liveness key's value while its instance drains (`start_draining`).
 const DRAINING: &str = "draining";
@@ -71,7 +72,6 @@ pub struct RedisBroker {
     limit: usize,
     /// Set when drafts had to be dropped: rooms re-synchronise afterwards.
     overflowed: Arc<AtomicBool>,
-    next_draft: std::sync::atomic::AtomicU64,
     /// Set by a graceful stop (`retire`): the heartbeat stops renewing the
     /// liveness key, which is gone.
     retired: AtomicBool,
@@ -149,7 +149,6 @@ impl RedisBroker {
             pending: Arc::default(),
             limit: options.queue_limit,
             overflowed: Arc::default(),
-            next_draft: std::sync::atomic::AtomicU64::new(1),
             retired: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             heartbeat_ttl: options.heartbeat_ttl,
@@ -211,9 +210,8 @@ impl RedisBroker {
             return false;
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
-        let id = self.next_draft.fetch_add(1, Ordering::Relaxed);
         let queued = std::time::Instant::now();
-        self.ops.send(Op::Publish(draft, id, queued)).is_ok()
+        self.ops.send(Op::Publish(draft, queued)).is_ok()
     }
 
     /// Subscribes to an exam's channel; resolves once Redis confirmed.
@@ -492,18 +490,16 @@ impl RedisBroker {
     /// Asks the instance holding a student's old session to close it.
     pub async fn send_kick(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        let channel = format!("{}:exam:{exam}", self.prefix);
-        let msg = format!("{}\nkick\n{student}\n0\n", self.instance);
-        conn.publish(channel, msg).await
+        let msg = frame::control(&self.instance, "kick", student);
+        conn.spublish(exam_channel(&self.prefix, exam), msg).await
     }
 
     /// Tells the other instances' rooms of the exam that a student's socket
     /// was lost here (room/incident.rs counts drops cluster-wide).
     pub async fn send_dropped(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        let channel = format!("{}:exam:{exam}", self.prefix);
-        let msg = format!("{}\ndropped\n{student}\n0\n", self.instance);
-        conn.publish(channel, msg).await
+        let msg = frame::control(&self.instance, "dropped", student);
+        conn.spublish(exam_channel(&self.prefix, exam), msg).await
     }
 
     /// Claims the right to report the exam's current network incident:
@@ -735,46 +731,46 @@ async fn read_pushes(
     healthy: Arc<AtomicBool>,
     needs_resync: Arc<AtomicBool>,
 ) {
-    let channel_prefix = format!("{prefix}:exam:");
     let revocations = revocations_channel(&prefix);
     while let Some(push) = rx.recv().await {
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
+                let mut data = push.data.into_iter();
                 let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                    (push.data.first(), push.data.get(1))
+                    (data.next(), data.next())
                 else {
                     continue;
                 };
-                if channel.as_slice() == revocations.as_bytes() {
-                    if let Ok(wire) = std::str::from_utf8(payload) {
-                        let _ = inbound.send(Inbound::Revoked(wire.to_owned()));
+                if channel == revocations.as_bytes() {
+                    if let Ok(wire) = String::from_utf8(payload) {
+                        let _ = inbound.send(Inbound::Revoked(wire));
                     }
                     continue;
                 }
-                let Some(exam) = std::str::from_utf8(channel)
-                    .ok()
-                    .and_then(|c| c.strip_prefix(&channel_prefix))
-                else {
+                let Some(exam) = exam_of(&prefix, &channel) else {
                     continue;
                 };
-                let Some(msg) = parse(payload) else {
+                // One message is one batch of the exam's events.
+                let Some(events) = frame::parse(payload.into()) else {
                     tracing::warn!("unparseable message on an exam channel");
                     continue;
                 };
-                let exam: Arc<str> = exam.into();
-                let inbound_msg = if msg.kind == "kick" || msg.kind == "dropped" {
-                    if msg.origin == instance {
-                        continue; // our own: the new session, or the drop, is here
-                    }
-                    match (msg.student, msg.kind == "kick") {
-                        (Some(student), true) => Inbound::Kick { exam, student },
-                        (Some(student), false) => Inbound::Dropped { exam, student },
-                        (None, _) => continue,
-                    }
-                } else {
-                    Inbound::Event(exam, msg)
-                };
-                let _ = inbound.send(inbound_msg);
+                for msg in events {
+                    let exam = exam.clone();
+                    let inbound_msg = if msg.kind == "kick" || msg.kind == "dropped" {
+                        if msg.origin == instance {
+                            continue; // our own: the new session, or the drop, is here
+                        }
+                        match (msg.student, msg.kind == "kick") {
+                            (Some(student), true) => Inbound::Kick { exam, student },
+                            (Some(student), false) => Inbound::Dropped { exam, student },
+                            (None, _) => continue,
+                        }
+                    } else {
+                        Inbound::Event(exam, msg)
+                    };
+                    let _ = inbound.send(inbound_msg);
+                }
             }
             PushKind::Disconnection => {
                 healthy.store(false, Ordering::Relaxed);
@@ -786,6 +782,23 @@ async fn read_pushes(
     }
 }
 
+/// The exam's sharded event channel. It carries the exam's hash tag, like
+/// every per-exam key, so a cluster keeps it on the exam's slot and the
+/// numbering script may publish on it.
+pub(super) fn exam_channel(prefix: &str, exam: &str) -> String {
+    format!("{prefix}:exam:{{{exam}}}")
+}
+
+/// The exam an exam channel (`{prefix}:exam:{<exam>}`) is for.
+fn exam_of(prefix: &str, channel: &[u8]) -> Option<Arc<str>> {
+    std::str::from_utf8(channel)
+        .ok()?
+        .strip_prefix(prefix)?
+        .strip_prefix(":exam:{")?
+        .strip_suffix('}')
+        .map(Arc::from)
+}
+
 /// The cluster-wide channel of token revocations.
 pub(super) fn revocations_channel(prefix: &str) -> String {
     format!("{prefix}:revocations")
@@ -794,27 +807,4 @@ pub(super) fn revocations_channel(prefix: &str) -> String {
 /// The instance part of a lease value (`instance/session[/grace]`).
 fn holder_instance(lease: &str) -> &str {
     lease.split_once('/').map_or(lease, |(i, _)| i)
-}
-
-/// `origin \n kind \n student \n seq \n event`.
-fn parse(payload: &[u8]) -> Option<Published> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(5, '\n');
-    let origin = parts.next()?;
-    let (origin, delivered_at_origin) = match origin.strip_suffix('!') {
-        Some(o) => (o, true),
-        None => (origin, false),
-    };
-    let kind = parts.next()?;
-    let student = parts.next()?;
-    let seq: Seq = parts.next()?.parse().ok()?;
-    let event = parts.next().unwrap_or_default();
-    Some(Published {
-        origin: origin.into(),
-        delivered_at_origin,
-        kind: kind.to_owned(),
-        student: (!student.is_empty()).then(|| student.into()),
-        seq,
-        event: event.to_owned().into(),
-    })
 }
