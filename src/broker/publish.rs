@@ -43,34 +43,36 @@ use super::redis::{Inbound, exam_channel, revocations_channel};
 ///
 /// KEYS: seq, channel, history, students (latest event per student),
 /// batches (per publisher, the last batch id numbered).
-/// ARGV: publisher, batch id, floor, history length, origin; then five per
-/// event: `!` or empty (delivered at the origin already), kind, student
-/// (or empty), the event's text before its seq and after it.
+/// ARGV: publisher, batch id, history length, origin; then six per event:
+/// `!` or empty (delivered at the origin already), kind, student (or
+/// empty), floor, and the event's text before its seq and after it.
 ///
-/// The floor is the highest seq the room had seen: the counter never goes
-/// below it, even if Redis lost its data. The frame is built in the same
-/// pass as the history entries (frame.rs describes it). Returns the last
-/// seq given, or 0 for a batch numbered already (re-sent after its reply
-/// was lost).
+/// An event's floor is the latest seq its room had when it was decided:
+/// its seq is above it even if Redis lost its data, exactly as if each
+/// event were numbered alone (`INCRBY` for the batch, then a `SET` only
+/// when a floor moved the count). The frame is built in the same pass as
+/// the history entries (frame.rs describes it). Returns the last seq
+/// given, or 0 for a batch numbered already (re-sent after its reply was
+/// lost).
 pub(super) const PUBLISH_LUA: &str = r#"
 local id = tonumber(ARGV[2])
 if id <= tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or 0) then
   return 0
 end
 redis.call('HSET', KEYS[5], ARGV[1], id)
-local n = (#ARGV - 5) / 5
+local n = (#ARGV - 4) / 6
 local last = redis.call('INCRBY', KEYS[1], n)
-local floor = tonumber(ARGV[3])
-if last - n < floor then
-  last = floor + n
-  redis.call('SET', KEYS[1], last)
-end
-local frame, f = {ARGV[5], '\n'}, 2
+local seq = last - n
+local frame, f = {ARGV[4], '\n'}, 2
 local history, students, s = {}, {}, 0
 for i = 1, n do
-  local a = 5 * i + 1
-  local seq = last - n + i
-  local event = ARGV[a + 3] .. seq .. ARGV[a + 4]
+  local a = 6 * i - 1
+  seq = seq + 1
+  local floor = tonumber(ARGV[a + 3])
+  if seq <= floor then
+    seq = floor + 1
+  end
+  local event = ARGV[a + 4] .. seq .. ARGV[a + 5]
   history[i] = seq .. '\n' .. event
   frame[f + 1] = ARGV[a] .. ARGV[a + 1] .. '\n' .. ARGV[a + 2] .. '\n' .. seq .. '\n' .. #event .. '\n'
   frame[f + 2] = event
@@ -81,9 +83,12 @@ for i = 1, n do
     s = s + 2
   end
 end
+if seq ~= last then
+  redis.call('SET', KEYS[1], seq)
+end
 redis.call('SPUBLISH', KEYS[2], table.concat(frame))
 redis.call('RPUSH', KEYS[3], unpack(history))
-redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[3]), -1)
 if s > 0 then
   redis.call('HSET', KEYS[4], unpack(students))
 end
@@ -92,7 +97,7 @@ redis.call('PEXPIRE', KEYS[1], 86400000)
 redis.call('PEXPIRE', KEYS[3], 86400000)
 redis.call('PEXPIRE', KEYS[4], 86400000)
 redis.call('PEXPIRE', KEYS[5], 86400000)
-return last
+return seq
 "#;
 
 /// The most events in one batch (one script call, one message): bounds the
@@ -355,9 +360,6 @@ impl Publisher {
         let p = &self.prefix;
         for batch in &batches.sent {
             let exam = &batch.exam;
-            // Only the room's own drafts are in a batch, in its order: the
-            // highest floor is its latest.
-            let floor = batch.drafts.iter().map(|q| q.draft.floor).max();
             pipe.cmd("EVALSHA")
                 .arg(&self.script_sha)
                 .arg(5)
@@ -368,7 +370,6 @@ impl Publisher {
                 .arg(format!("{p}:{{{exam}}}:batches"))
                 .arg(&batches.publisher)
                 .arg(batch.id)
-                .arg(floor.unwrap_or(0))
                 .arg(self.history)
                 .arg(&*self.instance);
             for Queued {
@@ -381,6 +382,7 @@ impl Publisher {
                 pipe.arg(if d.delivered_locally { "!" } else { "" })
                     .arg(d.kind)
                     .arg(d.student.as_deref().unwrap_or(""))
+                    .arg(d.floor)
                     .arg(before)
                     .arg(after);
             }
@@ -423,5 +425,120 @@ impl Publisher {
         if resync {
             let _ = self.inbound.send(Inbound::Resync);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft(exam: &str, n: usize) -> Op {
+        Op::Publish(
+            Draft {
+                exam: exam.into(),
+                body: format!(r#"{{"type":"student","seq":0,"n":{n}}}"#),
+                kind: "student",
+                student: None,
+                floor: n as u64,
+                delivered_locally: false,
+            },
+            Instant::now(),
+        )
+    }
+
+    /// `(exam, id, the drafts' n)` of each batch formed.
+    fn formed(b: &Batches) -> Vec<(String, u64, Vec<u64>)> {
+        b.sent
+            .iter()
+            .map(|batch| {
+                let ns = batch.drafts.iter().map(|q| q.draft.floor).collect();
+                (batch.exam.to_string(), batch.id, ns)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn drafts_are_grouped_per_exam_in_their_order_up_to_the_next_other_op() {
+        let mut queue: VecDeque<Op> = [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("a", 5)]
+            .into_iter()
+            .map(|(e, n)| draft(e, n))
+            .collect();
+        queue.push_back(Op::Revoke("r".into()));
+        queue.push_back(draft("a", 6));
+        let mut batches = Batches::new("node-a");
+        assert_eq!(batches.form(&mut queue), 0);
+        assert_eq!(
+            formed(&batches),
+            [
+                ("a".into(), 1, vec![1, 3, 5]),
+                ("b".into(), 2, vec![2]),
+                ("c".into(), 3, vec![4]),
+            ]
+        );
+        // What follows a non-publish op waits for it.
+        assert!(matches!(queue.front(), Some(Op::Revoke(_))));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(batches.drafts(), 5);
+    }
+
+    #[test]
+    fn batches_and_round_trips_are_bounded_and_ids_keep_increasing() {
+        let mut queue: VecDeque<Op> = (0..PIPELINE_EVENTS + 10)
+            .map(|n| draft(if n < 300 { "a" } else { "b" }, n))
+            .collect();
+        let mut batches = Batches::new("node-a");
+        batches.form(&mut queue);
+        assert_eq!(queue.len(), 10, "one round trip takes PIPELINE_EVENTS");
+        let sizes: Vec<(String, u64, usize)> = formed(&batches)
+            .into_iter()
+            .map(|(e, id, ns)| (e, id, ns.len()))
+            .collect();
+        assert_eq!(
+            sizes,
+            [
+                ("a".into(), 1, BATCH_EVENTS),
+                ("a".into(), 2, 300 - BATCH_EVENTS),
+                ("b".into(), 3, BATCH_EVENTS),
+                ("b".into(), 4, BATCH_EVENTS),
+                ("b".into(), 5, PIPELINE_EVENTS - 300 - 2 * BATCH_EVENTS),
+            ]
+        );
+        // Each exam's drafts stay in order across its batches.
+        let a: Vec<u64> = formed(&batches)
+            .into_iter()
+            .filter(|(e, ..)| e == "a")
+            .flat_map(|(.., ns)| ns)
+            .collect();
+        assert_eq!(a, (0..300).collect::<Vec<u64>>());
+        batches.sent.clear();
+        batches.form(&mut queue);
+        assert_eq!(formed(&batches)[0].1, 6, "ids never repeat");
+    }
+
+    #[test]
+    fn a_draft_without_a_placeholder_seq_is_dropped_not_sent() {
+        let mut queue = VecDeque::from([draft("a", 1), draft("a", 2)]);
+        if let Some(Op::Publish(d, _)) = queue.front_mut() {
+            d.body = r#"{"type":"student"}"#.into();
+        }
+        let mut batches = Batches::new("node-a");
+        assert_eq!(batches.form(&mut queue), 1);
+        assert_eq!(formed(&batches), [("a".into(), 1, vec![2])]);
+    }
+
+    #[test]
+    fn the_placeholder_is_the_first_seq_zero_that_ends_a_value() {
+        assert_eq!(seq_at(r#"{"type":"x","seq":0,"y":1}"#), Some(18));
+        assert_eq!(seq_at(r#"{"type":"x","y":1,"seq":0}"#), Some(24));
+        assert_eq!(seq_at(r#"{"a":{"seq":05},"seq":0,"b":2}"#), Some(22));
+        assert_eq!(seq_at(r#"{"type":"x","seq":7}"#), None);
+        assert_eq!(seq_at(""), None);
+    }
+
+    #[test]
+    fn two_lives_of_one_instance_publish_under_different_names() {
+        let (a, b) = (Batches::new("node-a"), Batches::new("node-a"));
+        assert!(a.publisher.starts_with("node-a/"));
+        assert_ne!(a.publisher, b.publisher);
     }
 }
