@@ -1,11 +1,12 @@
 # Helpers shared by bench/run.sh and bench/ab.sh (sourced, not run).
 OUT=bench/out; mkdir -p "$OUT"
 SECRET=bench-secret-bench-secret-bench-secret-42
-BIN=target/release
+BIN=${BIN:-target/release}
 PIDS=()
 
 # The server and the load generator (bench/loadgen, a workspace member).
-build() { cargo build --release --locked --workspace --bins -q; }
+# NO_BUILD=1 (with BIN=dir) runs binaries built elsewhere, e.g. a baseline.
+build() { [ -n "${NO_BUILD:-}" ] || cargo build --release --locked --workspace --bins -q; }
 
 # start_server NAME [REDIS_URL] [DATABASE_URL]: sets PID_NAME, ADDR_NAME and
 # ADMIN_NAME (the operators' listener, for metrics).
@@ -70,6 +71,51 @@ start_redis() {
         --logfile "$PWD/$OUT/redis.log" >/dev/null
     for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
+}
+
+# redis_cpu: Redis's own CPU seconds so far (INFO cpu, user + sys).
+redis_cpu() { redis-cli -p "$REDIS_PORT" info cpu | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.6f", s}'; }
+
+# redis_run RATE: students on A, teachers on B, through Redis, at RATE
+# events/s for 10 s (100 exams x 30 students x 1 teacher). Besides the load
+# generator's report, what each event sent cost while sending (and
+# draining): Redis CPU (INFO cpu), Redis commands (INFO commandstats, reset
+# when sending starts), and each instance's CPU (/proc/PID/stat).
+redis_run() {
+    local rate=$1 a0 b0 r0 a1 b1 r1 lg
+    loadgen --server "$ADDR_A" --teacher-server "$ADDR_B" --exams 100 --students 30 --teachers 1 \
+        --rate "$rate" --duration 10s --prefix "r$rate-$RANDOM-" --json "$OUT/redis-$rate.json" \
+        >/dev/null 2>"$OUT/redis-$rate.log" &
+    lg=$!
+    until grep -q 'sending' "$OUT/redis-$rate.log"; do sleep 0.2; done
+    redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+    a0=$(cpu_ticks "$PID_A"); b0=$(cpu_ticks "$PID_B"); r0=$(redis_cpu)
+    wait $lg
+    a1=$(cpu_ticks "$PID_A"); b1=$(cpu_ticks "$PID_B"); r1=$(redis_cpu)
+    redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' >"$OUT/redis-$rate-commandstats.txt"
+    python3 - "$OUT/redis-$rate.json" "$OUT/redis-$rate-commandstats.txt" "$rate" \
+        "$((a1 - a0))" "$((b1 - b0))" "$r0" "$r1" "$(getconf CLK_TCK)" <<'PY' | tee "$OUT/redis-$rate-cost.json"
+import json, sys
+report, stats, rate, a, b, r0, r1, tck = sys.argv[1:]
+d = json.load(open(report))
+sent = max(d["sent"], 1)
+cmds = {}
+for line in open(stats):
+    if line.startswith("cmdstat_"):
+        name, fields = line[len("cmdstat_"):].strip().split(":", 1)
+        f = dict(kv.split("=") for kv in fields.split(","))
+        cmds[name] = {"calls_per_event": round(int(f["calls"]) / sent, 3),
+                      "usec_per_call": float(f["usec_per_call"]),
+                      "usec_per_event": round(int(f["usec"]) / sent, 2)}
+print(json.dumps({
+    "rate": int(rate), "sent": d["sent"], "delivered": d["delivered"], "lost": d["lost"],
+    "duplicated": d["duplicated"], "resyncs": d["resyncs"], "p50_us": d["latency_us"]["p50"],
+    "p99_us": d["latency_us"]["p99"], "max_us": d["latency_us"]["max"],
+    "redis_cpu_us_per_event": round((float(r1) - float(r0)) * 1e6 / sent, 2),
+    "a_cpu_us_per_event": round(int(a) * 1e6 / int(tck) / sent, 2),
+    "b_cpu_us_per_event": round(int(b) * 1e6 / int(tck) / sent, 2),
+    "commands": cmds}))
+PY
 }
 
 pg_db() {

@@ -61,10 +61,7 @@ redis)
     start_redis
     start_server A "$REDIS_URL"
     start_server B "$REDIS_URL"
-    for rate in 5000 10000 20000; do
-        loadgen --server "$ADDR_A" --teacher-server "$ADDR_B" --exams 100 --students 30 --teachers 1 \
-            --rate $rate --duration 10s --prefix "r$rate-" --json "$OUT/redis-$rate.json" >/dev/null
-    done ;;
+    for rate in 5000 10000 20000; do redis_run $rate; done ;;
 storm)
     start_server A
     loadgen --server "$ADDR_A" --exams 188 --students 100 --teachers 1 --rate 1000 --duration 20s \

@@ -2,14 +2,17 @@
 //!
 //! `Broker::Memory` (one instance): the room numbers its events itself and
 //! delivers them at once. `Broker::Redis` (several instances): the room
-//! hands the event to Redis, where one Lua script gives it the exam's next
-//! cluster-wide `seq`, appends it to a trimmed history list, records the
-//! student's latest state and publishes it on the exam's channel — all
+//! hands the event to Redis, where one Lua script call per batch of the
+//! exam's queued events gives them the exam's next cluster-wide `seq`s,
+//! appends them to a trimmed history list, records the students' latest
+//! state and publishes them as one message on the exam's channel — all
 //! atomically, so the channel's order *is* the seq order. Every instance
 //! with members in that exam (the origin included) receives it from its one
 //! subscription per exam and delivers it locally. Rooms only call the small
 //! surface below and do not care which broker they have.
 
+mod frame;
+mod publish;
 pub mod redis;
 
 use std::sync::Arc;

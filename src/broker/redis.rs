@@ -1,13 +1,14 @@
 //! The Redis broker: one reconnecting connection (the redis crate's
 //! `ConnectionManager`, RESP3, automatic resubscription) per instance.
 //!
-//! - **Publishing** goes through one task that owns the order: drafts are
-//!   pipelined, each through the numbering script, so the order rooms
-//!   handed them over is the order they are numbered and published in.
-//!   While Redis is unreachable drafts wait (bounded) and are retried with
-//!   backoff; `/readyz` reports degraded.
-//! - **Subscribing**: one channel per exam, only while this instance has a
-//!   room for it. Pushed messages are parsed here and routed to rooms.
+//! - **Publishing** goes through one task that owns the order (the
+//!   `Publisher`, src/broker/publish.rs). While Redis is unreachable drafts
+//!   wait (bounded) and are retried with backoff; `/readyz` reports
+//!   degraded.
+//! - **Subscribing**: one sharded channel per exam (`{prefix}:exam:{<exam>}`,
+//!   SSUBSCRIBE/SPUBLISH: it lives on the exam's slot, with its keys), only
+//!   while this instance has a room for it. Each message is a batch of the
+//!   exam's events (src/broker/frame.rs), split here and routed to rooms.
 //! - **Re-synchronising**: after a disconnection, every room is told to
 //!   reload the exam's shared state, so a teacher whose instance missed
 //!   events gets a fresh snapshot instead of a silent gap.
@@ -19,7 +20,6 @@
 //!   through the publisher's queue, so it waits out a Redis outage.
 
 use std::{
-    collections::VecDeque,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -33,35 +33,8 @@ use redis::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Draft, Published, SharedState};
-use crate::protocol::Seq;
-
-/// Numbers, records and publishes one event atomically. KEYS[5] is the
-/// draft's id: a pipeline re-sent after a timeout (that Redis had in fact
-/// run) does not number the same draft twice.
-const PUBLISH_LUA: &str = r#"
-if not redis.call('SET', KEYS[5], '1', 'NX', 'PX', 60000) then
-  return 0
-end
-local seq = redis.call('INCR', KEYS[1])
-local floor = tonumber(ARGV[1])
-if seq <= floor then
-  seq = floor + 1
-  redis.call('SET', KEYS[1], seq)
-end
-local event = string.gsub(ARGV[2], '"seq":0,', '"seq":' .. seq .. ',', 1)
-redis.call('PUBLISH', KEYS[2], ARGV[3] .. '\n' .. ARGV[4] .. '\n' .. ARGV[5] .. '\n' .. seq .. '\n' .. event)
-redis.call('RPUSH', KEYS[3], seq .. '\n' .. event)
-redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
-if ARGV[4] == 'student' and ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[4], ARGV[5], event)
-end
--- An exam's keys live a day past its last event (the database keeps all).
-redis.call('PEXPIRE', KEYS[1], 86400000)
-redis.call('PEXPIRE', KEYS[3], 86400000)
-redis.call('PEXPIRE', KEYS[4], 86400000)
-return seq
-"#;
+use super::publish::{Op, PUBLISH_LUA, Publisher};
+use super::{Draft, Published, SharedState, frame};
 
 /// The liveness key's value while its instance drains (`start_draining`).
 const DRAINING: &str = "draining";
@@ -88,17 +61,6 @@ pub enum Inbound {
     Revoked(String),
 }
 
-enum Op {
-    /// A draft, its id (unique per instance), and when it was queued.
-    Publish(Draft, u64, std::time::Instant),
-    Subscribe(Arc<str>, oneshot::Sender<()>),
-    Unsubscribe(Arc<str>),
-    /// The revocations channel, once at start-up.
-    SubscribeRevocations,
-    /// A revocation's wire JSON, for every instance.
-    Revoke(String),
-}
-
 pub struct RedisBroker {
     instance: Arc<str>,
     prefix: Arc<str>,
@@ -110,7 +72,6 @@ pub struct RedisBroker {
     limit: usize,
     /// Set when drafts had to be dropped: rooms re-synchronise afterwards.
     overflowed: Arc<AtomicBool>,
-    next_draft: std::sync::atomic::AtomicU64,
     /// Set by a graceful stop (`retire`): the heartbeat stops renewing the
     /// liveness key, which is gone.
     retired: AtomicBool,
@@ -188,7 +149,6 @@ impl RedisBroker {
             pending: Arc::default(),
             limit: options.queue_limit,
             overflowed: Arc::default(),
-            next_draft: std::sync::atomic::AtomicU64::new(1),
             retired: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             heartbeat_ttl: options.heartbeat_ttl,
@@ -250,9 +210,8 @@ impl RedisBroker {
             return false;
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
-        let id = self.next_draft.fetch_add(1, Ordering::Relaxed);
         let queued = std::time::Instant::now();
-        self.ops.send(Op::Publish(draft, id, queued)).is_ok()
+        self.ops.send(Op::Publish(draft, queued)).is_ok()
     }
 
     /// Subscribes to an exam's channel; resolves once Redis confirmed.
@@ -531,18 +490,16 @@ impl RedisBroker {
     /// Asks the instance holding a student's old session to close it.
     pub async fn send_kick(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        let channel = format!("{}:exam:{exam}", self.prefix);
-        let msg = format!("{}\nkick\n{student}\n0\n", self.instance);
-        conn.publish(channel, msg).await
+        let msg = frame::control(&self.instance, "kick", student);
+        conn.spublish(exam_channel(&self.prefix, exam), msg).await
     }
 
     /// Tells the other instances' rooms of the exam that a student's socket
     /// was lost here (room/incident.rs counts drops cluster-wide).
     pub async fn send_dropped(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        let channel = format!("{}:exam:{exam}", self.prefix);
-        let msg = format!("{}\ndropped\n{student}\n0\n", self.instance);
-        conn.publish(channel, msg).await
+        let msg = frame::control(&self.instance, "dropped", student);
+        conn.spublish(exam_channel(&self.prefix, exam), msg).await
     }
 
     /// Claims the right to report the exam's current network incident:
@@ -765,165 +722,6 @@ pub enum InstanceState {
     Gone,
 }
 
-struct Publisher {
-    conn: ConnectionManager,
-    rx: mpsc::UnboundedReceiver<Op>,
-    prefix: String,
-    instance: Arc<str>,
-    history: usize,
-    healthy: Arc<AtomicBool>,
-    pending: Arc<AtomicUsize>,
-    overflowed: Arc<AtomicBool>,
-    needs_resync: Arc<AtomicBool>,
-    inbound: mpsc::UnboundedSender<Inbound>,
-    /// The numbering script runs by its SHA1 (`EVALSHA`): sending its text
-    /// with every event made Redis hash a kilobyte per event.
-    script_sha: String,
-    /// Loaded since the last error (a restarted Redis forgets scripts; any
-    /// failed pipeline, NOSCRIPT included, loads it again before retrying).
-    script_loaded: bool,
-    metrics: crate::metrics::BrokerMetrics,
-}
-
-impl Publisher {
-    async fn run(mut self) {
-        let mut queue: VecDeque<Op> = VecDeque::new();
-        let mut backoff = Duration::from_millis(50);
-        let mut ping = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            if queue.is_empty() {
-                tokio::select! {
-                    op = self.rx.recv() => match op {
-                        Some(op) => queue.push_back(op),
-                        None => return,
-                    },
-                    // A regular PING notices a lost connection (and brings
-                    // the subscriptions back) even when nothing is published.
-                    _ = ping.tick() => {
-                        let ok = redis::cmd("PING").query_async::<Value>(&mut self.conn).await.is_ok();
-                        self.report(ok);
-                        continue;
-                    }
-                }
-            }
-            while let Ok(op) = self.rx.try_recv() {
-                queue.push_back(op);
-            }
-            let ok = match queue.front() {
-                Some(Op::Publish(..)) => self.publish_batch(&mut queue).await,
-                Some(Op::Subscribe(exam, _)) => {
-                    let channel = format!("{}:exam:{exam}", self.prefix);
-                    let ok = self.conn.subscribe(channel).await.is_ok();
-                    if ok && let Some(Op::Subscribe(_, done)) = queue.pop_front() {
-                        let _ = done.send(());
-                    }
-                    ok
-                }
-                Some(Op::SubscribeRevocations) => {
-                    let channel = revocations_channel(&self.prefix);
-                    let ok = self.conn.subscribe(channel).await.is_ok();
-                    if ok {
-                        queue.pop_front();
-                    }
-                    ok
-                }
-                Some(Op::Revoke(wire)) => {
-                    let channel = revocations_channel(&self.prefix);
-                    let sent: Result<i64, _> = self.conn.publish(channel, wire.as_str()).await;
-                    if sent.is_ok() {
-                        queue.pop_front();
-                    }
-                    sent.is_ok()
-                }
-                Some(Op::Unsubscribe(exam)) => {
-                    let channel = format!("{}:exam:{exam}", self.prefix);
-                    let _ = self.conn.unsubscribe(channel).await;
-                    queue.pop_front();
-                    true
-                }
-                None => true,
-            };
-            self.report(ok);
-            if ok {
-                backoff = Duration::from_millis(50);
-            } else {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-
-    /// Publishes the drafts at the front of the queue in one pipeline.
-    async fn publish_batch(&mut self, queue: &mut VecDeque<Op>) -> bool {
-        let mut pipe = redis::pipe();
-        if !self.script_loaded {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_LUA).ignore();
-        }
-        let mut n = 0;
-        for op in queue.iter().take(256) {
-            let Op::Publish(d, id, _) = op else { break };
-            let exam = &d.exam;
-            let p = &self.prefix;
-            pipe.cmd("EVALSHA")
-                .arg(&self.script_sha)
-                .arg(5)
-                .arg(format!("{p}:{{{exam}}}:seq"))
-                .arg(format!("{p}:exam:{exam}"))
-                .arg(format!("{p}:{{{exam}}}:history"))
-                .arg(format!("{p}:{{{exam}}}:students"))
-                .arg(format!("{p}:{{{exam}}}:draft:{}:{id}", self.instance))
-                .arg(d.floor)
-                .arg(&d.body)
-                .arg(if d.delivered_locally {
-                    format!("{}!", self.instance)
-                } else {
-                    self.instance.to_string()
-                })
-                .arg(d.kind)
-                .arg(d.student.as_deref().unwrap_or(""))
-                .arg(self.history)
-                .ignore();
-            n += 1;
-        }
-        match pipe.query_async::<()>(&mut self.conn).await {
-            Ok(()) => {
-                self.script_loaded = true;
-                for op in queue.drain(..n) {
-                    if let Op::Publish(_, _, queued) = op {
-                        self.metrics.publish_seconds.record(queued.elapsed());
-                    }
-                }
-                self.pending.fetch_sub(n, Ordering::Relaxed);
-                true
-            }
-            Err(e) => {
-                self.script_loaded = false;
-                if self.healthy.load(Ordering::Relaxed) {
-                    tracing::error!(error = %e, waiting = n, "cannot publish to Redis; retrying");
-                }
-                false
-            }
-        }
-    }
-
-    fn report(&self, ok: bool) {
-        let was = self.healthy.swap(ok, Ordering::Relaxed);
-        if !ok {
-            self.needs_resync.store(true, Ordering::Relaxed);
-            return;
-        }
-        if !was {
-            self.metrics.reconnects.increment(1);
-            tracing::info!("Redis reachable again");
-        }
-        let resync = self.needs_resync.swap(false, Ordering::Relaxed)
-            | self.overflowed.swap(false, Ordering::Relaxed);
-        if resync {
-            let _ = self.inbound.send(Inbound::Resync);
-        }
-    }
-}
-
 /// Parses pushed messages and hands them to the rooms.
 async fn read_pushes(
     mut rx: mpsc::UnboundedReceiver<PushInfo>,
@@ -933,46 +731,46 @@ async fn read_pushes(
     healthy: Arc<AtomicBool>,
     needs_resync: Arc<AtomicBool>,
 ) {
-    let channel_prefix = format!("{prefix}:exam:");
     let revocations = revocations_channel(&prefix);
     while let Some(push) = rx.recv().await {
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
+                let mut data = push.data.into_iter();
                 let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                    (push.data.first(), push.data.get(1))
+                    (data.next(), data.next())
                 else {
                     continue;
                 };
-                if channel.as_slice() == revocations.as_bytes() {
-                    if let Ok(wire) = std::str::from_utf8(payload) {
-                        let _ = inbound.send(Inbound::Revoked(wire.to_owned()));
+                if channel == revocations.as_bytes() {
+                    if let Ok(wire) = String::from_utf8(payload) {
+                        let _ = inbound.send(Inbound::Revoked(wire));
                     }
                     continue;
                 }
-                let Some(exam) = std::str::from_utf8(channel)
-                    .ok()
-                    .and_then(|c| c.strip_prefix(&channel_prefix))
-                else {
+                let Some(exam) = exam_of(&prefix, &channel) else {
                     continue;
                 };
-                let Some(msg) = parse(payload) else {
+                // One message is one batch of the exam's events.
+                let Some(events) = frame::parse(payload.into()) else {
                     tracing::warn!("unparseable message on an exam channel");
                     continue;
                 };
-                let exam: Arc<str> = exam.into();
-                let inbound_msg = if msg.kind == "kick" || msg.kind == "dropped" {
-                    if msg.origin == instance {
-                        continue; // our own: the new session, or the drop, is here
-                    }
-                    match (msg.student, msg.kind == "kick") {
-                        (Some(student), true) => Inbound::Kick { exam, student },
-                        (Some(student), false) => Inbound::Dropped { exam, student },
-                        (None, _) => continue,
-                    }
-                } else {
-                    Inbound::Event(exam, msg)
-                };
-                let _ = inbound.send(inbound_msg);
+                for msg in events {
+                    let exam = exam.clone();
+                    let inbound_msg = if msg.kind == "kick" || msg.kind == "dropped" {
+                        if msg.origin == instance {
+                            continue; // our own: the new session, or the drop, is here
+                        }
+                        match (msg.student, msg.kind == "kick") {
+                            (Some(student), true) => Inbound::Kick { exam, student },
+                            (Some(student), false) => Inbound::Dropped { exam, student },
+                            (None, _) => continue,
+                        }
+                    } else {
+                        Inbound::Event(exam, msg)
+                    };
+                    let _ = inbound.send(inbound_msg);
+                }
             }
             PushKind::Disconnection => {
                 healthy.store(false, Ordering::Relaxed);
@@ -984,35 +782,29 @@ async fn read_pushes(
     }
 }
 
+/// The exam's sharded event channel. It carries the exam's hash tag, like
+/// every per-exam key, so a cluster keeps it on the exam's slot and the
+/// numbering script may publish on it.
+pub(super) fn exam_channel(prefix: &str, exam: &str) -> String {
+    format!("{prefix}:exam:{{{exam}}}")
+}
+
+/// The exam an exam channel (`{prefix}:exam:{<exam>}`) is for.
+fn exam_of(prefix: &str, channel: &[u8]) -> Option<Arc<str>> {
+    std::str::from_utf8(channel)
+        .ok()?
+        .strip_prefix(prefix)?
+        .strip_prefix(":exam:{")?
+        .strip_suffix('}')
+        .map(Arc::from)
+}
+
 /// The cluster-wide channel of token revocations.
-fn revocations_channel(prefix: &str) -> String {
+pub(super) fn revocations_channel(prefix: &str) -> String {
     format!("{prefix}:revocations")
 }
 
 /// The instance part of a lease value (`instance/session[/grace]`).
 fn holder_instance(lease: &str) -> &str {
     lease.split_once('/').map_or(lease, |(i, _)| i)
-}
-
-/// `origin \n kind \n student \n seq \n event`.
-fn parse(payload: &[u8]) -> Option<Published> {
-    let text = std::str::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(5, '\n');
-    let origin = parts.next()?;
-    let (origin, delivered_at_origin) = match origin.strip_suffix('!') {
-        Some(o) => (o, true),
-        None => (origin, false),
-    };
-    let kind = parts.next()?;
-    let student = parts.next()?;
-    let seq: Seq = parts.next()?.parse().ok()?;
-    let event = parts.next().unwrap_or_default();
-    Some(Published {
-        origin: origin.into(),
-        delivered_at_origin,
-        kind: kind.to_owned(),
-        student: (!student.is_empty()).then(|| student.into()),
-        seq,
-        event: event.to_owned().into(),
-    })
 }

@@ -6,6 +6,7 @@ mod alerts_v2;
 mod api_doc;
 mod auth;
 mod bad_input;
+mod batching;
 mod browser;
 mod cli;
 mod cluster;
