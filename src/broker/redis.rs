@@ -1,13 +1,18 @@
-//! The Redis broker: one reconnecting connection (the redis crate's
-//! `ConnectionManager`, RESP3, automatic resubscription) per instance.
+//! The Redis broker: one reconnecting connection per instance (RESP3,
+//! automatic resubscription), to one server or to a Redis Cluster
+//! (`conn::BrokerConn`: the code below does not care which).
 //!
 //! - **Publishing** goes through one task that owns the order: drafts are
 //!   pipelined, each through the numbering script, so the order rooms
 //!   handed them over is the order they are numbered and published in.
 //!   While Redis is unreachable drafts wait (bounded) and are retried with
 //!   backoff; `/readyz` reports degraded.
-//! - **Subscribing**: one channel per exam, only while this instance has a
-//!   room for it. Pushed messages are parsed here and routed to rooms.
+//! - **Subscribing**: one sharded channel per exam (`{prefix}:exam:{<exam>}`,
+//!   SSUBSCRIBE/SPUBLISH: it lives on the exam's slot, with its keys), only
+//!   while this instance has a room for it. Pushed messages are parsed here
+//!   and routed to rooms. A subscription lost and regained (a reconnection,
+//!   a failed-over primary, a slot moved to another node) re-synchronises
+//!   that exam's room: events published meanwhile never reached it.
 //! - **Re-synchronising**: after a disconnection, every room is told to
 //!   reload the exam's shared state, so a teacher whose instance missed
 //!   events gets a fresh snapshot instead of a silent gap.
@@ -19,7 +24,7 @@
 //!   through the publisher's queue, so it waits out a Redis outage.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -27,13 +32,13 @@ use std::{
     time::Duration,
 };
 
-use redis::{
-    AsyncCommands, PushInfo, PushKind, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Draft, Published, SharedState};
+use super::{
+    Draft, Published, SharedState,
+    conn::{BrokerConn, Target},
+};
 use crate::protocol::Seq;
 
 /// Numbers, records and publishes one event atomically. KEYS[5] is the
@@ -50,7 +55,7 @@ if seq <= floor then
   redis.call('SET', KEYS[1], seq)
 end
 local event = string.gsub(ARGV[2], '"seq":0,', '"seq":' .. seq .. ',', 1)
-redis.call('PUBLISH', KEYS[2], ARGV[3] .. '\n' .. ARGV[4] .. '\n' .. ARGV[5] .. '\n' .. seq .. '\n' .. event)
+redis.call('SPUBLISH', KEYS[2], ARGV[3] .. '\n' .. ARGV[4] .. '\n' .. ARGV[5] .. '\n' .. seq .. '\n' .. event)
 redis.call('RPUSH', KEYS[3], seq .. '\n' .. event)
 redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
 if ARGV[4] == 'student' and ARGV[5] ~= '' then
@@ -83,6 +88,9 @@ pub enum Inbound {
     Dropped { exam: Arc<str>, student: Arc<str> },
     /// Redis came back after a disconnection: reload shared state.
     Resync,
+    /// One exam's subscription was lost and is back (a failover, a slot
+    /// moved): its room reloads the shared state.
+    ResyncExam(Arc<str>),
     /// A token revocation made on some instance (its wire JSON,
     /// `Revocation::to_wire`).
     Revoked(String),
@@ -102,8 +110,11 @@ enum Op {
 pub struct RedisBroker {
     instance: Arc<str>,
     prefix: Arc<str>,
-    conn: ConnectionManager,
+    conn: BrokerConn,
     ops: mpsc::UnboundedSender<Op>,
+    /// The exams this instance wants events of (it has a room for them):
+    /// what `read_pushes` subscribes again when a subscription is lost.
+    wanted: Wanted,
     healthy: Arc<AtomicBool>,
     pending: Arc<AtomicUsize>,
     /// Drafts allowed to wait while Redis is unreachable.
@@ -123,7 +134,8 @@ pub struct RedisBroker {
 
 /// Settings the broker needs.
 pub struct RedisOptions {
-    pub url: String,
+    /// One server or a cluster (`broker.redis_url`, parsed).
+    pub target: Target,
     pub instance: Arc<str>,
     pub prefix: String,
     pub history: usize,
@@ -141,24 +153,10 @@ impl RedisBroker {
     pub async fn connect(
         options: RedisOptions,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Inbound>), redis::RedisError> {
-        let mut url = options.url.clone();
-        if !url.contains("protocol=") {
-            url.push_str(if url.contains('?') { "&" } else { "?" });
-            url.push_str("protocol=resp3");
-        }
-        let client = redis::Client::open(url)?;
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(push_tx)
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(2);
         // Lazy: an instance starts (and serves its own members) even while
         // Redis is down; the publisher's pings connect it when it is back.
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = BrokerConn::open(&options.target, push_tx)?;
         // Until the first command succeeds Redis counts as away (events are
         // served locally); reaching it then re-synchronises every room.
         let needs_resync = Arc::new(AtomicBool::new(true));
@@ -183,7 +181,8 @@ impl RedisBroker {
             instance: options.instance.clone(),
             prefix: options.prefix.clone().into(),
             conn: conn.clone(),
-            ops,
+            ops: ops.clone(),
+            wanted: Wanted::default(),
             healthy: Arc::new(AtomicBool::new(reachable)),
             pending: Arc::default(),
             limit: options.queue_limit,
@@ -193,14 +192,19 @@ impl RedisBroker {
             draining: AtomicBool::new(false),
             heartbeat_ttl: options.heartbeat_ttl,
         });
-        tokio::spawn(read_pushes(
-            push_rx,
-            options.instance.clone(),
-            options.prefix.clone(),
-            inbound_tx.clone(),
-            broker.healthy.clone(),
-            needs_resync.clone(),
-        ));
+        tokio::spawn(
+            Pushes {
+                instance: options.instance.clone(),
+                prefix: options.prefix.clone(),
+                inbound: inbound_tx.clone(),
+                healthy: broker.healthy.clone(),
+                needs_resync: needs_resync.clone(),
+                wanted: broker.wanted.clone(),
+                ops,
+                confirmed: Default::default(),
+            }
+            .run(push_rx),
+        );
         tokio::spawn(
             Publisher {
                 conn,
@@ -258,11 +262,13 @@ impl RedisBroker {
     /// Subscribes to an exam's channel; resolves once Redis confirmed.
     pub fn subscribe(&self, exam: Arc<str>) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
+        self.wanted.set(&exam, true);
         let _ = self.ops.send(Op::Subscribe(exam, tx));
         rx
     }
 
     pub fn unsubscribe(&self, exam: Arc<str>) {
+        self.wanted.set(&exam, false);
         let _ = self.ops.send(Op::Unsubscribe(exam));
     }
 
@@ -531,18 +537,24 @@ impl RedisBroker {
     /// Asks the instance holding a student's old session to close it.
     pub async fn send_kick(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        let channel = format!("{}:exam:{exam}", self.prefix);
         let msg = format!("{}\nkick\n{student}\n0\n", self.instance);
-        conn.publish(channel, msg).await
+        redis::cmd("SPUBLISH")
+            .arg(exam_channel(&self.prefix, exam))
+            .arg(msg)
+            .query_async(&mut conn)
+            .await
     }
 
     /// Tells the other instances' rooms of the exam that a student's socket
     /// was lost here (room/incident.rs counts drops cluster-wide).
     pub async fn send_dropped(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        let channel = format!("{}:exam:{exam}", self.prefix);
         let msg = format!("{}\ndropped\n{student}\n0\n", self.instance);
-        conn.publish(channel, msg).await
+        redis::cmd("SPUBLISH")
+            .arg(exam_channel(&self.prefix, exam))
+            .arg(msg)
+            .query_async(&mut conn)
+            .await
     }
 
     /// Claims the right to report the exam's current network incident:
@@ -766,7 +778,7 @@ pub enum InstanceState {
 }
 
 struct Publisher {
-    conn: ConnectionManager,
+    conn: BrokerConn,
     rx: mpsc::UnboundedReceiver<Op>,
     prefix: String,
     instance: Arc<str>,
@@ -812,8 +824,8 @@ impl Publisher {
             let ok = match queue.front() {
                 Some(Op::Publish(..)) => self.publish_batch(&mut queue).await,
                 Some(Op::Subscribe(exam, _)) => {
-                    let channel = format!("{}:exam:{exam}", self.prefix);
-                    let ok = self.conn.subscribe(channel).await.is_ok();
+                    let channel = exam_channel(&self.prefix, exam);
+                    let ok = self.conn.ssubscribe(&channel).await.is_ok();
                     if ok && let Some(Op::Subscribe(_, done)) = queue.pop_front() {
                         let _ = done.send(());
                     }
@@ -821,7 +833,7 @@ impl Publisher {
                 }
                 Some(Op::SubscribeRevocations) => {
                     let channel = revocations_channel(&self.prefix);
-                    let ok = self.conn.subscribe(channel).await.is_ok();
+                    let ok = self.conn.subscribe(&channel).await.is_ok();
                     if ok {
                         queue.pop_front();
                     }
@@ -836,8 +848,8 @@ impl Publisher {
                     sent.is_ok()
                 }
                 Some(Op::Unsubscribe(exam)) => {
-                    let channel = format!("{}:exam:{exam}", self.prefix);
-                    let _ = self.conn.unsubscribe(channel).await;
+                    let channel = exam_channel(&self.prefix, exam);
+                    let _ = self.conn.sunsubscribe(&channel).await;
                     queue.pop_front();
                     true
                 }
@@ -868,7 +880,7 @@ impl Publisher {
                 .arg(&self.script_sha)
                 .arg(5)
                 .arg(format!("{p}:{{{exam}}}:seq"))
-                .arg(format!("{p}:exam:{exam}"))
+                .arg(exam_channel(p, exam))
                 .arg(format!("{p}:{{{exam}}}:history"))
                 .arg(format!("{p}:{{{exam}}}:students"))
                 .arg(format!("{p}:{{{exam}}}:draft:{}:{id}", self.instance))
@@ -924,64 +936,166 @@ impl Publisher {
     }
 }
 
-/// Parses pushed messages and hands them to the rooms.
-async fn read_pushes(
-    mut rx: mpsc::UnboundedReceiver<PushInfo>,
+/// The exams this instance wants events of: set by the rooms' subscribe
+/// and unsubscribe, read by the push reader when a subscription is lost.
+/// A std Mutex: it is never held across an await.
+#[derive(Clone, Default)]
+struct Wanted(Arc<std::sync::Mutex<HashSet<Arc<str>>>>);
+
+impl Wanted {
+    fn set(&self, exam: &Arc<str>, wanted: bool) {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if wanted {
+            set.insert(exam.clone());
+        } else {
+            set.remove(exam);
+        }
+    }
+
+    fn contains(&self, exam: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(exam)
+    }
+
+    fn all(&self) -> Vec<Arc<str>> {
+        let set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.iter().cloned().collect()
+    }
+}
+
+/// Parses pushed messages and hands them to the rooms; keeps the exams'
+/// sharded subscriptions alive.
+///
+/// The redis crate re-subscribes after a reconnection and, in a cluster,
+/// after a slot refresh; but a server that moves a slot away tells its
+/// subscribers with a `sunsubscribe` push and forgets them, and events
+/// published while a subscription was away are missed either way. So:
+/// a `sunsubscribe` this instance did not ask for subscribes again (the
+/// cluster connection follows the `MOVED` to the slot's new owner); a lost
+/// connection re-issues every wanted subscription (queued, hence retried
+/// until Redis takes them); and a confirmation of a subscription that was
+/// already confirmed (a re-subscription, by us or by the crate) makes that
+/// exam's room re-synchronise.
+struct Pushes {
     instance: Arc<str>,
     prefix: String,
     inbound: mpsc::UnboundedSender<Inbound>,
     healthy: Arc<AtomicBool>,
     needs_resync: Arc<AtomicBool>,
-) {
-    let channel_prefix = format!("{prefix}:exam:");
-    let revocations = revocations_channel(&prefix);
-    while let Some(push) = rx.recv().await {
-        match push.kind {
-            PushKind::Message => {
-                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                    (push.data.first(), push.data.get(1))
-                else {
-                    continue;
-                };
-                if channel.as_slice() == revocations.as_bytes() {
-                    if let Ok(wire) = std::str::from_utf8(payload) {
-                        let _ = inbound.send(Inbound::Revoked(wire.to_owned()));
+    wanted: Wanted,
+    ops: mpsc::UnboundedSender<Op>,
+    /// Exams whose subscription Redis has confirmed since this instance
+    /// last unsubscribed them: a further confirmation is a re-subscription.
+    confirmed: HashSet<Arc<str>>,
+}
+
+impl Pushes {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
+        let revocations = revocations_channel(&self.prefix);
+        while let Some(push) = rx.recv().await {
+            match push.kind {
+                PushKind::Message | PushKind::SMessage => {
+                    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                        (push.data.first(), push.data.get(1))
+                    else {
+                        continue;
+                    };
+                    if channel.as_slice() == revocations.as_bytes() {
+                        if let Ok(wire) = std::str::from_utf8(payload) {
+                            let _ = self.inbound.send(Inbound::Revoked(wire.to_owned()));
+                        }
+                        continue;
                     }
-                    continue;
+                    if let Some(exam) = self.exam_of(channel) {
+                        self.on_event(exam, payload);
+                    }
                 }
-                let Some(exam) = std::str::from_utf8(channel)
-                    .ok()
-                    .and_then(|c| c.strip_prefix(&channel_prefix))
-                else {
-                    continue;
-                };
-                let Some(msg) = parse(payload) else {
-                    tracing::warn!("unparseable message on an exam channel");
-                    continue;
-                };
-                let exam: Arc<str> = exam.into();
-                let inbound_msg = if msg.kind == "kick" || msg.kind == "dropped" {
-                    if msg.origin == instance {
-                        continue; // our own: the new session, or the drop, is here
+                PushKind::SSubscribe => {
+                    let Some(exam) = self.exam_in(&push.data) else {
+                        continue;
+                    };
+                    if !self.wanted.contains(&exam) {
+                        // A stale re-subscription that lost a race with the
+                        // room's end: undo it.
+                        self.confirmed.remove(&exam);
+                        let _ = self.ops.send(Op::Unsubscribe(exam));
+                    } else if !self.confirmed.insert(exam.clone()) {
+                        tracing::debug!(exam = %exam, "exam subscription restored; re-synchronising");
+                        let _ = self.inbound.send(Inbound::ResyncExam(exam));
                     }
-                    match (msg.student, msg.kind == "kick") {
-                        (Some(student), true) => Inbound::Kick { exam, student },
-                        (Some(student), false) => Inbound::Dropped { exam, student },
-                        (None, _) => continue,
+                }
+                PushKind::SUnsubscribe => {
+                    let Some(exam) = self.exam_in(&push.data) else {
+                        continue;
+                    };
+                    if self.wanted.contains(&exam) {
+                        tracing::info!(exam = %exam, "Redis dropped an exam subscription (slot moved); subscribing again");
+                        let (done, _) = oneshot::channel();
+                        let _ = self.ops.send(Op::Subscribe(exam, done));
+                    } else {
+                        self.confirmed.remove(&exam);
                     }
-                } else {
-                    Inbound::Event(exam, msg)
-                };
-                let _ = inbound.send(inbound_msg);
+                }
+                PushKind::Disconnection => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    self.needs_resync.store(true, Ordering::Relaxed);
+                    tracing::warn!("Redis connection lost; reconnecting");
+                    for exam in self.wanted.all() {
+                        let (done, _) = oneshot::channel();
+                        let _ = self.ops.send(Op::Subscribe(exam, done));
+                    }
+                }
+                _ => {}
             }
-            PushKind::Disconnection => {
-                healthy.store(false, Ordering::Relaxed);
-                needs_resync.store(true, Ordering::Relaxed);
-                tracing::warn!("Redis connection lost; reconnecting");
-            }
-            _ => {}
         }
     }
+
+    fn on_event(&self, exam: Arc<str>, payload: &[u8]) {
+        let Some(msg) = parse(payload) else {
+            tracing::warn!("unparseable message on an exam channel");
+            return;
+        };
+        let inbound_msg = if msg.kind == "kick" || msg.kind == "dropped" {
+            if msg.origin == self.instance {
+                return; // our own: the new session, or the drop, is here
+            }
+            match (msg.student, msg.kind == "kick") {
+                (Some(student), true) => Inbound::Kick { exam, student },
+                (Some(student), false) => Inbound::Dropped { exam, student },
+                (None, _) => return,
+            }
+        } else {
+            Inbound::Event(exam, msg)
+        };
+        let _ = self.inbound.send(inbound_msg);
+    }
+
+    /// The exam of a (un)subscription confirmation (`[channel, count]`).
+    fn exam_in(&self, data: &[Value]) -> Option<Arc<str>> {
+        match data.first() {
+            Some(Value::BulkString(channel)) => self.exam_of(channel),
+            _ => None,
+        }
+    }
+
+    /// The exam an exam channel (`{prefix}:exam:{<exam>}`) is for.
+    fn exam_of(&self, channel: &[u8]) -> Option<Arc<str>> {
+        std::str::from_utf8(channel)
+            .ok()?
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":exam:{")?
+            .strip_suffix('}')
+            .map(Arc::from)
+    }
+}
+
+/// The exam's sharded event channel. It carries the exam's hash tag, like
+/// every per-exam key, so a cluster keeps it on the exam's slot and the
+/// numbering script may publish on it.
+fn exam_channel(prefix: &str, exam: &str) -> String {
+    format!("{prefix}:exam:{{{exam}}}")
 }
 
 /// The cluster-wide channel of token revocations.
