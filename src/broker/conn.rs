@@ -104,7 +104,9 @@ impl RedisUrl {
 /// One URL: `redis://...` or `redis+cluster://h1:p1,h2:p2[/db][?query]`.
 fn parse_one(url: &str) -> Result<Target, String> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!("is not a URL: `{url}` (expected redis://host:port/)"));
+        return Err(format!(
+            "is not a URL: `{url}` (expected redis://host:port/)"
+        ));
     };
     match scheme {
         "redis" => {
@@ -182,9 +184,9 @@ impl BrokerConn {
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_secs(2))
                     .set_number_of_retries(2);
-                Ok(BrokerConn::Single(
-                    ConnectionManager::new_lazy_with_config(client, config)?,
-                ))
+                Ok(BrokerConn::Single(ConnectionManager::new_lazy_with_config(
+                    client, config,
+                )?))
             }
             Target::Cluster(seeds) => {
                 let client = ClusterClientBuilder::new(seeds.iter().map(|s| with_resp3(s)))
@@ -217,12 +219,7 @@ impl BrokerConn {
 
     pub async fn sunsubscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
-            BrokerConn::Single(c) => {
-                redis::cmd("SUNSUBSCRIBE")
-                    .arg(channel)
-                    .query_async(c)
-                    .await
-            }
+            BrokerConn::Single(c) => redis::cmd("SUNSUBSCRIBE").arg(channel).query_async(c).await,
             BrokerConn::Cluster(c) => c.sunsubscribe(channel).await,
         }
     }

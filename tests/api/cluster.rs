@@ -216,7 +216,12 @@ pub struct Processes {
 }
 
 impl Processes {
-    pub fn start(redis: &impl Backplane, lease_ttl: &str, heartbeat_ttl: &str, grace: &str) -> Processes {
+    pub fn start(
+        redis: &impl Backplane,
+        lease_ttl: &str,
+        heartbeat_ttl: &str,
+        grace: &str,
+    ) -> Processes {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}/shared.db", dir.path().display());
         let redis_url = redis.url();
@@ -265,6 +270,8 @@ pub struct View {
     pub questions: HashMap<String, Value>,
     /// `(seq, student, cause)` of every live student event, in order.
     pub events: Vec<(u64, String, String)>,
+    /// The seq of every snapshot received, in order.
+    pub snapshots: Vec<u64>,
 }
 
 impl View {
@@ -272,6 +279,7 @@ impl View {
         match v["type"].as_str() {
             Some("snapshot") => {
                 self.seq = v["seq"].as_u64().unwrap();
+                self.snapshots.push(self.seq);
                 self.questions = v["students"]
                     .as_array()
                     .unwrap()
@@ -483,7 +491,9 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
 }
 
 on_single_and_cluster!(an_instance_killed_mid_exam_its_students_move_and_its_presence_expires);
-async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires(redis: &impl Backplane) {
+async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires(
+    redis: &impl Backplane,
+) {
     let p = Processes::start(redis, "600ms", "600ms", "800ms");
     let (mut a, b) = (p.a, p.b);
     let token = |sub: &str, role| token_e1(&p.keys, sub, role);

@@ -64,11 +64,14 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        cluster.wait_until("every node says cluster_state:ok with 3 primaries and 3 replicas", |c| {
-            c.ports.iter().all(|p| {
-                cli(*p, &["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
-            }) && c.replicas_in_sync() == 3
-        });
+        cluster.wait_until(
+            "every node says cluster_state:ok with 3 primaries and 3 replicas",
+            |c| {
+                c.ports.iter().all(|p| {
+                    cli(*p, &["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                }) && c.replicas_in_sync() == 3
+            },
+        );
         Some(cluster)
     }
 
@@ -132,13 +135,23 @@ impl RedisCluster {
     fn wait_until(&self, what: &str, cond: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + FORM;
         while !cond(self) {
-            assert!(Instant::now() < deadline, "the Redis Cluster never got to: {what}");
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster never got to: {what}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// The client port of the primary that owns `key`'s slot.
     pub fn primary_of(&self, key: &str) -> u16 {
+        self.owner_of(key)
+            .unwrap_or_else(|| panic!("no healthy primary owns the slot of {key}"))
+    }
+
+    /// The healthy primary owning `key`'s slot, if one does (none while it
+    /// fails over).
+    fn owner_of(&self, key: &str) -> Option<u16> {
         let any = self.live_port();
         let slot: u16 = cli(any, &["CLUSTER", "KEYSLOT", key])
             .and_then(|s| s.trim().parse().ok())
@@ -158,12 +171,10 @@ impl RedisCluster {
             if owns {
                 // `127.0.0.1:PORT@BUS`
                 let addr = fields[1].split('@').next().unwrap_or("");
-                if let Some(port) = addr.rsplit(':').next().and_then(|p| p.parse().ok()) {
-                    return port;
-                }
+                return addr.rsplit(':').next().and_then(|p| p.parse().ok());
             }
         }
-        panic!("no primary owns slot {slot}: {nodes}");
+        None
     }
 
     fn live_port(&self) -> u16 {
@@ -189,7 +200,7 @@ impl RedisCluster {
         self.wait_until("a replica took over the dead primary's slots", |c| {
             c.children.iter().all(|(p, _)| {
                 cli(*p, &["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
-            }) && c.primary_of(key) != dead
+            }) && c.owner_of(key).is_some_and(|p| p != dead)
         });
     }
 }
