@@ -146,11 +146,17 @@ impl App {
         let settings = Arc::new(settings);
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let (broker, inbound) = if settings.broker.redis_url.is_empty() {
-            (Broker::Memory, None)
-        } else {
+        // Settings built in code skip `Settings::validate`: the URL is
+        // checked here too, with the same error.
+        let target = settings.broker.redis_url.target().map_err(|problem| {
+            crate::config::ConfigError::Invalid {
+                key: "broker.redis_url",
+                problem,
+            }
+        })?;
+        let (broker, inbound) = if let Some(target) = target {
             let (redis, inbound) = RedisBroker::connect(RedisOptions {
-                url: settings.broker.redis_url.clone(),
+                target,
                 instance: instance_id.clone(),
                 prefix: settings.broker.prefix.clone(),
                 history: settings.exam.history_size,
@@ -162,6 +168,8 @@ impl App {
             .context("cannot connect to broker.redis_url")?;
             tracing::info!(instance = %instance_id, "sharing exams through Redis");
             (Broker::Redis(redis), Some(inbound))
+        } else {
+            (Broker::Memory, None)
         };
         // Loaded before the first handshake: a restarted instance refuses
         // what was revoked before it started.

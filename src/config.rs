@@ -210,9 +210,11 @@ impl Default for AuthSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerSettings {
-    /// `redis://host:port/` to share exams between instances; empty = this
-    /// instance alone (in-memory broker).
-    pub redis_url: String,
+    /// `redis://host:port/` (one server) or `redis+cluster://h1:p1,h2:p2`
+    /// (a Redis Cluster; a TOML list of `redis://` URLs means the same) to
+    /// share exams between instances; empty = this instance alone
+    /// (in-memory broker). See `broker::conn`.
+    pub redis_url: crate::broker::conn::RedisUrl,
     /// Prefix of every Redis key and channel.
     pub prefix: String,
     /// Events allowed to wait while Redis is unreachable; beyond it they
@@ -228,7 +230,7 @@ pub struct BrokerSettings {
 impl Default for BrokerSettings {
     fn default() -> Self {
         Self {
-            redis_url: String::new(),
+            redis_url: Default::default(),
             prefix: "examwatch".into(),
             queue_limit: 100_000,
             heartbeat_ttl: Duration::from_secs(10),
@@ -615,6 +617,12 @@ impl Settings {
         }
         const DAY: Duration = Duration::from_secs(24 * 3600);
         const HOUR: Duration = Duration::from_secs(3600);
+        if let Err(problem) = self.broker.redis_url.target() {
+            return Err(ConfigError::Invalid {
+                key: "broker.redis_url",
+                problem,
+            });
+        }
         positive(
             "server.request_head_timeout",
             !self.server.request_head_timeout.is_zero(),

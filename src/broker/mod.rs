@@ -11,6 +11,7 @@
 //! subscription per exam and delivers it locally. Rooms only call the small
 //! surface below and do not care which broker they have.
 
+pub mod conn;
 mod frame;
 mod publish;
 pub mod redis;
@@ -131,6 +132,9 @@ pub async fn dispatch(
                 registry
                     .route(&exam, RoomCmd::DroppedElsewhere { student })
                     .await;
+            }
+            redis::Inbound::ResyncExam(exam) => {
+                registry.route(&exam, RoomCmd::Resync).await;
             }
             redis::Inbound::Resync => {
                 // Revocations published while Redis was away never reached

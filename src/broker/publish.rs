@@ -31,11 +31,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::{AsyncCommands, Value, aio::ConnectionManager};
+use redis::{AsyncCommands, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Draft;
 use super::redis::{Inbound, exam_channel, revocations_channel};
+use super::{Draft, conn::BrokerConn};
 
 /// Numbers, records and publishes one batch of an exam's events
 /// atomically. Every key carries the exam's hash tag (one cluster slot),
@@ -246,7 +246,7 @@ fn seq_at(body: &str) -> Option<usize> {
 }
 
 pub(super) struct Publisher {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: BrokerConn,
     pub(super) rx: mpsc::UnboundedReceiver<Op>,
     pub(super) prefix: String,
     pub(super) instance: Arc<str>,
@@ -295,11 +295,7 @@ impl Publisher {
                 Some(Op::Publish(..)) => self.publish(&mut batches, &mut queue).await,
                 Some(Op::Subscribe(exam, _)) => {
                     let channel = exam_channel(&self.prefix, exam);
-                    let ok = redis::cmd("SSUBSCRIBE")
-                        .arg(channel)
-                        .query_async::<()>(&mut self.conn)
-                        .await
-                        .is_ok();
+                    let ok = self.conn.ssubscribe(&channel).await.is_ok();
                     if ok && let Some(Op::Subscribe(_, done)) = queue.pop_front() {
                         let _ = done.send(());
                     }
@@ -307,7 +303,7 @@ impl Publisher {
                 }
                 Some(Op::SubscribeRevocations) => {
                     let channel = revocations_channel(&self.prefix);
-                    let ok = self.conn.subscribe(channel).await.is_ok();
+                    let ok = self.conn.subscribe(&channel).await.is_ok();
                     if ok {
                         queue.pop_front();
                     }
@@ -323,10 +319,7 @@ impl Publisher {
                 }
                 Some(Op::Unsubscribe(exam)) => {
                     let channel = exam_channel(&self.prefix, exam);
-                    let _ = redis::cmd("SUNSUBSCRIBE")
-                        .arg(channel)
-                        .query_async::<()>(&mut self.conn)
-                        .await;
+                    let _ = self.conn.sunsubscribe(&channel).await;
                     queue.pop_front();
                     true
                 }

@@ -1,5 +1,6 @@
-//! The Redis broker: one reconnecting connection (the redis crate's
-//! `ConnectionManager`, RESP3, automatic resubscription) per instance.
+//! The Redis broker: one reconnecting connection per instance (RESP3,
+//! automatic resubscription), to one server or to a Redis Cluster
+//! (`conn::BrokerConn`: the code below does not care which).
 //!
 //! - **Publishing** goes through one task that owns the order (the
 //!   `Publisher`, src/broker/publish.rs). While Redis is unreachable drafts
@@ -8,7 +9,10 @@
 //! - **Subscribing**: one sharded channel per exam (`{prefix}:exam:{<exam>}`,
 //!   SSUBSCRIBE/SPUBLISH: it lives on the exam's slot, with its keys), only
 //!   while this instance has a room for it. Each message is a batch of the
-//!   exam's events (src/broker/frame.rs), split here and routed to rooms.
+//!   exam's events (src/broker/frame.rs), split here and routed to rooms. A subscription lost and regained (a
+//!   reconnection, a failed-over primary, a slot moved to another node)
+//!   re-synchronises that exam's room: events published meanwhile never
+//!   reached it.
 //! - **Re-synchronising**: after a disconnection, every room is told to
 //!   reload the exam's shared state, so a teacher whose instance missed
 //!   events gets a fresh snapshot instead of a silent gap.
@@ -20,6 +24,7 @@
 //!   through the publisher's queue, so it waits out a Redis outage.
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -27,14 +32,15 @@ use std::{
     time::Duration,
 };
 
-use redis::{
-    AsyncCommands, PushInfo, PushKind, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use redis::{AsyncCommands, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::publish::{Op, PUBLISH_LUA, Publisher};
-use super::{Draft, Published, SharedState, frame};
+use super::{
+    Draft, Published, SharedState,
+    conn::{BrokerConn, Target},
+    frame,
+};
 
 /// The liveness key's value while its instance drains (`start_draining`).
 const DRAINING: &str = "draining";
@@ -56,6 +62,9 @@ pub enum Inbound {
     Dropped { exam: Arc<str>, student: Arc<str> },
     /// Redis came back after a disconnection: reload shared state.
     Resync,
+    /// One exam's subscription was lost and is back (a failover, a slot
+    /// moved): its room reloads the shared state.
+    ResyncExam(Arc<str>),
     /// A token revocation made on some instance (its wire JSON,
     /// `Revocation::to_wire`).
     Revoked(String),
@@ -64,8 +73,11 @@ pub enum Inbound {
 pub struct RedisBroker {
     instance: Arc<str>,
     prefix: Arc<str>,
-    conn: ConnectionManager,
+    conn: BrokerConn,
     ops: mpsc::UnboundedSender<Op>,
+    /// The exams this instance wants events of (it has a room for them):
+    /// what `read_pushes` subscribes again when a subscription is lost.
+    wanted: Wanted,
     healthy: Arc<AtomicBool>,
     pending: Arc<AtomicUsize>,
     /// Drafts allowed to wait while Redis is unreachable.
@@ -84,7 +96,8 @@ pub struct RedisBroker {
 
 /// Settings the broker needs.
 pub struct RedisOptions {
-    pub url: String,
+    /// One server or a cluster (`broker.redis_url`, parsed).
+    pub target: Target,
     pub instance: Arc<str>,
     pub prefix: String,
     pub history: usize,
@@ -102,24 +115,10 @@ impl RedisBroker {
     pub async fn connect(
         options: RedisOptions,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<Inbound>), redis::RedisError> {
-        let mut url = options.url.clone();
-        if !url.contains("protocol=") {
-            url.push_str(if url.contains('?') { "&" } else { "?" });
-            url.push_str("protocol=resp3");
-        }
-        let client = redis::Client::open(url)?;
         let (push_tx, push_rx) = mpsc::unbounded_channel::<PushInfo>();
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(push_tx)
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(2);
         // Lazy: an instance starts (and serves its own members) even while
         // Redis is down; the publisher's pings connect it when it is back.
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = BrokerConn::open(&options.target, push_tx)?;
         // Until the first command succeeds Redis counts as away (events are
         // served locally); reaching it then re-synchronises every room.
         let needs_resync = Arc::new(AtomicBool::new(true));
@@ -144,7 +143,8 @@ impl RedisBroker {
             instance: options.instance.clone(),
             prefix: options.prefix.clone().into(),
             conn: conn.clone(),
-            ops,
+            ops: ops.clone(),
+            wanted: Wanted::default(),
             healthy: Arc::new(AtomicBool::new(reachable)),
             pending: Arc::default(),
             limit: options.queue_limit,
@@ -153,14 +153,19 @@ impl RedisBroker {
             draining: AtomicBool::new(false),
             heartbeat_ttl: options.heartbeat_ttl,
         });
-        tokio::spawn(read_pushes(
-            push_rx,
-            options.instance.clone(),
-            options.prefix.clone(),
-            inbound_tx.clone(),
-            broker.healthy.clone(),
-            needs_resync.clone(),
-        ));
+        tokio::spawn(
+            Pushes {
+                instance: options.instance.clone(),
+                prefix: options.prefix.clone(),
+                inbound: inbound_tx.clone(),
+                healthy: broker.healthy.clone(),
+                needs_resync: needs_resync.clone(),
+                wanted: broker.wanted.clone(),
+                ops,
+                confirmed: Default::default(),
+            }
+            .run(push_rx),
+        );
         tokio::spawn(
             Publisher {
                 conn,
@@ -217,11 +222,13 @@ impl RedisBroker {
     /// Subscribes to an exam's channel; resolves once Redis confirmed.
     pub fn subscribe(&self, exam: Arc<str>) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
+        self.wanted.set(&exam, true);
         let _ = self.ops.send(Op::Subscribe(exam, tx));
         rx
     }
 
     pub fn unsubscribe(&self, exam: Arc<str>) {
+        self.wanted.set(&exam, false);
         let _ = self.ops.send(Op::Unsubscribe(exam));
     }
 
@@ -722,63 +729,164 @@ pub enum InstanceState {
     Gone,
 }
 
-/// Parses pushed messages and hands them to the rooms.
-async fn read_pushes(
-    mut rx: mpsc::UnboundedReceiver<PushInfo>,
+/// The exams this instance wants events of: set by the rooms' subscribe
+/// and unsubscribe, read by the push reader when a subscription is lost.
+/// A std Mutex: it is never held across an await.
+#[derive(Clone, Default)]
+struct Wanted(Arc<std::sync::Mutex<HashSet<Arc<str>>>>);
+
+impl Wanted {
+    fn set(&self, exam: &Arc<str>, wanted: bool) {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if wanted {
+            set.insert(exam.clone());
+        } else {
+            set.remove(exam);
+        }
+    }
+
+    fn contains(&self, exam: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(exam)
+    }
+
+    fn all(&self) -> Vec<Arc<str>> {
+        let set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.iter().cloned().collect()
+    }
+}
+
+/// Parses pushed messages and hands them to the rooms; keeps the exams'
+/// sharded subscriptions alive.
+///
+/// The redis crate re-subscribes after a reconnection and, in a cluster,
+/// after a slot refresh; but a server that moves a slot away tells its
+/// subscribers with a `sunsubscribe` push and forgets them, and events
+/// published while a subscription was away are missed either way. So:
+/// a `sunsubscribe` this instance did not ask for subscribes again (the
+/// cluster connection follows the `MOVED` to the slot's new owner); a lost
+/// connection re-issues every wanted subscription (queued, hence retried
+/// until Redis takes them); and a confirmation of a subscription that was
+/// already confirmed (a re-subscription, by us or by the crate) makes that
+/// exam's room re-synchronise.
+struct Pushes {
     instance: Arc<str>,
     prefix: String,
     inbound: mpsc::UnboundedSender<Inbound>,
     healthy: Arc<AtomicBool>,
     needs_resync: Arc<AtomicBool>,
-) {
-    let revocations = revocations_channel(&prefix);
-    while let Some(push) = rx.recv().await {
-        match push.kind {
-            PushKind::Message | PushKind::SMessage => {
-                let mut data = push.data.into_iter();
-                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                    (data.next(), data.next())
-                else {
-                    continue;
-                };
-                if channel == revocations.as_bytes() {
-                    if let Ok(wire) = String::from_utf8(payload) {
-                        let _ = inbound.send(Inbound::Revoked(wire));
-                    }
-                    continue;
-                }
-                let Some(exam) = exam_of(&prefix, &channel) else {
-                    continue;
-                };
-                // One message is one batch of the exam's events.
-                let Some(events) = frame::parse(payload.into()) else {
-                    tracing::warn!("unparseable message on an exam channel");
-                    continue;
-                };
-                for msg in events {
-                    let exam = exam.clone();
-                    let inbound_msg = if msg.kind == "kick" || msg.kind == "dropped" {
-                        if msg.origin == instance {
-                            continue; // our own: the new session, or the drop, is here
-                        }
-                        match (msg.student, msg.kind == "kick") {
-                            (Some(student), true) => Inbound::Kick { exam, student },
-                            (Some(student), false) => Inbound::Dropped { exam, student },
-                            (None, _) => continue,
-                        }
-                    } else {
-                        Inbound::Event(exam, msg)
+    wanted: Wanted,
+    ops: mpsc::UnboundedSender<Op>,
+    /// Exams whose subscription Redis has confirmed since this instance
+    /// last unsubscribed them: a further confirmation is a re-subscription.
+    confirmed: HashSet<Arc<str>>,
+}
+
+impl Pushes {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
+        let revocations = revocations_channel(&self.prefix);
+        while let Some(push) = rx.recv().await {
+            match push.kind {
+                PushKind::Message | PushKind::SMessage => {
+                    let mut data = push.data.into_iter();
+                    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                        (data.next(), data.next())
+                    else {
+                        continue;
                     };
-                    let _ = inbound.send(inbound_msg);
+                    if channel.as_slice() == revocations.as_bytes() {
+                        if let Ok(wire) = String::from_utf8(payload) {
+                            let _ = self.inbound.send(Inbound::Revoked(wire));
+                        }
+                        continue;
+                    }
+                    if let Some(exam) = self.exam_of(&channel) {
+                        self.on_event(exam, payload);
+                    }
                 }
+                PushKind::SSubscribe => {
+                    let Some(exam) = self.exam_in(&push.data) else {
+                        continue;
+                    };
+                    if !self.wanted.contains(&exam) {
+                        // A stale re-subscription that lost a race with the
+                        // room's end: undo it.
+                        self.confirmed.remove(&exam);
+                        let _ = self.ops.send(Op::Unsubscribe(exam));
+                    } else if !self.confirmed.insert(exam.clone()) {
+                        tracing::debug!(exam = %exam, "exam subscription restored; re-synchronising");
+                        let _ = self.inbound.send(Inbound::ResyncExam(exam));
+                    }
+                }
+                PushKind::SUnsubscribe => {
+                    let Some(exam) = self.exam_in(&push.data) else {
+                        continue;
+                    };
+                    if self.wanted.contains(&exam) {
+                        tracing::info!(exam = %exam, "Redis dropped an exam subscription (slot moved); subscribing again");
+                        let (done, _) = oneshot::channel();
+                        let _ = self.ops.send(Op::Subscribe(exam, done));
+                    } else {
+                        self.confirmed.remove(&exam);
+                    }
+                }
+                PushKind::Disconnection => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    self.needs_resync.store(true, Ordering::Relaxed);
+                    tracing::warn!("Redis connection lost; reconnecting");
+                    for exam in self.wanted.all() {
+                        let (done, _) = oneshot::channel();
+                        let _ = self.ops.send(Op::Subscribe(exam, done));
+                    }
+                }
+                _ => {}
             }
-            PushKind::Disconnection => {
-                healthy.store(false, Ordering::Relaxed);
-                needs_resync.store(true, Ordering::Relaxed);
-                tracing::warn!("Redis connection lost; reconnecting");
-            }
-            _ => {}
         }
+    }
+
+    /// One message on an exam channel: one batch of the exam's events
+    /// (src/broker/frame.rs), or a kick / dropped record.
+    fn on_event(&self, exam: Arc<str>, payload: Vec<u8>) {
+        let Some(events) = frame::parse(payload.into()) else {
+            tracing::warn!("unparseable message on an exam channel");
+            return;
+        };
+        for msg in events {
+            let exam = exam.clone();
+            let inbound_msg = if msg.kind == "kick" || msg.kind == "dropped" {
+                if msg.origin == self.instance {
+                    continue; // our own: the new session, or the drop, is here
+                }
+                match (msg.student, msg.kind == "kick") {
+                    (Some(student), true) => Inbound::Kick { exam, student },
+                    (Some(student), false) => Inbound::Dropped { exam, student },
+                    (None, _) => continue,
+                }
+            } else {
+                Inbound::Event(exam, msg)
+            };
+            let _ = self.inbound.send(inbound_msg);
+        }
+    }
+
+    /// The exam of a (un)subscription confirmation (`[channel, count]`).
+    fn exam_in(&self, data: &[Value]) -> Option<Arc<str>> {
+        match data.first() {
+            Some(Value::BulkString(channel)) => self.exam_of(channel),
+            _ => None,
+        }
+    }
+
+    /// The exam an exam channel (`{prefix}:exam:{<exam>}`) is for.
+    fn exam_of(&self, channel: &[u8]) -> Option<Arc<str>> {
+        std::str::from_utf8(channel)
+            .ok()?
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":exam:{")?
+            .strip_suffix('}')
+            .map(Arc::from)
     }
 }
 
@@ -787,16 +895,6 @@ async fn read_pushes(
 /// numbering script may publish on it.
 pub(super) fn exam_channel(prefix: &str, exam: &str) -> String {
     format!("{prefix}:exam:{{{exam}}}")
-}
-
-/// The exam an exam channel (`{prefix}:exam:{<exam>}`) is for.
-fn exam_of(prefix: &str, channel: &[u8]) -> Option<Arc<str>> {
-    std::str::from_utf8(channel)
-        .ok()?
-        .strip_prefix(prefix)?
-        .strip_prefix(":exam:{")?
-        .strip_suffix('}')
-        .map(Arc::from)
 }
 
 /// The cluster-wide channel of token revocations.

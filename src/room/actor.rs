@@ -90,6 +90,11 @@ pub(super) struct Room {
     /// A gap was seen: the shared state is being reloaded, then teachers
     /// get a snapshot.
     resync_pending: bool,
+    /// Another instance's event arrived numbered under this room's
+    /// provisional seqs (its teachers never saw it) and a reload for it is
+    /// in flight; `late_again`: more arrived meanwhile, reload once more.
+    late_loading: bool,
+    late_again: bool,
     /// The previous room of this exam ended cleanly in this process, so its
     /// last seq is known exactly even if its final write is still queued.
     ended_cleanly_here: bool,
@@ -165,6 +170,8 @@ impl Room {
             ended_cleanly_here: first_seq.is_some(),
             diverged: false,
             resync_pending: false,
+            late_loading: false,
+            late_again: false,
             reserved: 0,
             epoch_floor: 0,
             total_questions: None,

@@ -149,7 +149,7 @@ async fn a_batch_sent_again_after_its_reply_was_lost_is_numbered_once() {
     // Instance A reaches Redis through a proxy that can lose replies;
     // instance B (the teacher's) reaches it directly.
     let proxy = LossyProxy::start(redis.port).await;
-    let a = cluster(&redis, 1, |s| s.broker.redis_url = proxy.url())
+    let a = cluster(&redis, 1, |s| s.broker.redis_url = proxy.url().into())
         .await
         .remove(0);
     let b = join_cluster(&redis, &a.db_url, 1..2, |_| {})

@@ -10,6 +10,30 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
+/// Runs a case on one Redis server and on a Redis Cluster (3 primaries,
+/// 3 replicas): `NAME::single` and `NAME::cluster`.
+macro_rules! on_single_and_cluster {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn single() {
+                let Some(redis) = super::Redis::start() else {
+                    return;
+                };
+                super::$name(&redis).await;
+            }
+
+            #[tokio::test]
+            async fn cluster() {
+                let Some(redis) = crate::helpers::RedisCluster::start() else {
+                    return;
+                };
+                super::$name(&redis).await;
+            }
+        }
+    };
+}
+
 /// A private redis-server on a free port.
 pub struct Redis {
     pub port: u16,
@@ -120,6 +144,12 @@ fn redis_pid(port: u16) -> Option<u32> {
     line["process_id:".len()..].trim().parse().ok()
 }
 
+impl Backplane for Redis {
+    fn url(&self) -> String {
+        Redis::url(self)
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
@@ -128,7 +158,7 @@ impl Drop for Redis {
 
 /// `n` instances on one Redis and one (SQLite) database.
 pub async fn cluster(
-    redis: &Redis,
+    redis: &impl Backplane,
     n: usize,
     tune: impl Fn(&mut examwatch::Settings),
 ) -> Vec<TestApp> {
@@ -141,7 +171,7 @@ pub async fn cluster(
 /// when that database is unavailable outside CI. Every instance uses the
 /// same database (`TestApp::db_url`), as a real deployment does.
 pub async fn cluster_on(
-    redis: &Redis,
+    redis: &impl Backplane,
     backend: Backend,
     n: usize,
     tune: impl Fn(&mut examwatch::Settings),
@@ -156,7 +186,7 @@ pub async fn cluster_on(
 
 /// Instances `ids` (named `node-{id}`) joining a cluster on `db_url`.
 pub async fn join_cluster(
-    redis: &Redis,
+    redis: &impl Backplane,
     db_url: &str,
     ids: std::ops::Range<usize>,
     tune: impl Fn(&mut examwatch::Settings),
@@ -164,7 +194,7 @@ pub async fn join_cluster(
     let mut apps = Vec::new();
     for i in ids {
         let app = spawn_app_on_url(Some(db_url.to_owned()), |s| {
-            s.broker.redis_url = redis.url();
+            s.broker.redis_url = redis.url().into();
             s.database.instance_id = Some(format!("node-{i}"));
             tune(s);
         })
@@ -186,7 +216,12 @@ pub struct Processes {
 }
 
 impl Processes {
-    pub fn start(redis: &Redis, lease_ttl: &str, heartbeat_ttl: &str, grace: &str) -> Processes {
+    pub fn start(
+        redis: &impl Backplane,
+        lease_ttl: &str,
+        heartbeat_ttl: &str,
+        grace: &str,
+    ) -> Processes {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}/shared.db", dir.path().display());
         let redis_url = redis.url();
@@ -230,17 +265,21 @@ pub fn ws_e1(addr: &str) -> String {
 
 /// A teacher's model of the exam: applies snapshots and student events.
 #[derive(Default, Debug)]
-struct View {
-    seq: u64,
-    questions: HashMap<String, Value>,
-    events: Vec<(u64, String, String)>,
+pub struct View {
+    pub seq: u64,
+    pub questions: HashMap<String, Value>,
+    /// `(seq, student, cause)` of every live student event, in order.
+    pub events: Vec<(u64, String, String)>,
+    /// The seq of every snapshot received, in order.
+    pub snapshots: Vec<u64>,
 }
 
 impl View {
-    fn apply(&mut self, v: &Value) {
+    pub fn apply(&mut self, v: &Value) {
         match v["type"].as_str() {
             Some("snapshot") => {
                 self.seq = v["seq"].as_u64().unwrap();
+                self.snapshots.push(self.seq);
                 self.questions = v["students"]
                     .as_array()
                     .unwrap()
@@ -274,10 +313,9 @@ impl View {
     }
 }
 
-#[tokio::test]
-async fn three_instances_one_order_and_snapshots_include_every_instance() {
-    let Some(redis) = Redis::start() else { return };
-    let apps = cluster(&redis, 3, |_| {}).await;
+on_single_and_cluster!(three_instances_one_order_and_snapshots_include_every_instance);
+async fn three_instances_one_order_and_snapshots_include_every_instance(redis: &impl Backplane) {
+    let apps = cluster(redis, 3, |_| {}).await;
     let mut teachers = Vec::new();
     for (i, app) in apps.iter().enumerate() {
         teachers.push(app.teacher("e1", &format!("t{i}")).await.0);
@@ -327,10 +365,9 @@ async fn three_instances_one_order_and_snapshots_include_every_instance() {
     }
 }
 
-#[tokio::test]
-async fn resume_and_announcements_work_across_instances() {
-    let Some(redis) = Redis::start() else { return };
-    let apps = cluster(&redis, 2, |_| {}).await;
+on_single_and_cluster!(resume_and_announcements_work_across_instances);
+async fn resume_and_announcements_work_across_instances(redis: &impl Backplane) {
+    let apps = cluster(redis, 2, |_| {}).await;
     let (mut t, _) = apps[0].teacher("e1", "t1").await;
     let (mut s, _) = apps[1].student("e1", "s1").await;
     let mut last_seen = t.next_of_type("student").await["seq"].as_u64().unwrap();
@@ -359,10 +396,9 @@ async fn resume_and_announcements_work_across_instances() {
     assert_eq!(s.next_of_type("announcement").await["text"], "Time!");
 }
 
-#[tokio::test]
-async fn a_second_session_on_another_instance_takes_over_with_an_alert() {
-    let Some(redis) = Redis::start() else { return };
-    let apps = cluster(&redis, 2, |_| {}).await;
+on_single_and_cluster!(a_second_session_on_another_instance_takes_over_with_an_alert);
+async fn a_second_session_on_another_instance_takes_over_with_an_alert(redis: &impl Backplane) {
+    let apps = cluster(redis, 2, |_| {}).await;
     let (mut t, _) = apps[0].teacher("e1", "t1").await;
     let (mut first, _) = apps[0].student("e1", "s1").await;
     t.next_of_type("student").await;
@@ -454,10 +490,11 @@ async fn redis_restarted_mid_exam_every_teacher_ends_with_the_true_state() {
     .await;
 }
 
-#[tokio::test]
-async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires() {
-    let Some(redis) = Redis::start() else { return };
-    let p = Processes::start(&redis, "600ms", "600ms", "800ms");
+on_single_and_cluster!(an_instance_killed_mid_exam_its_students_move_and_its_presence_expires);
+async fn an_instance_killed_mid_exam_its_students_move_and_its_presence_expires(
+    redis: &impl Backplane,
+) {
+    let p = Processes::start(redis, "600ms", "600ms", "800ms");
     let (mut a, b) = (p.a, p.b);
     let token = |sub: &str, role| token_e1(&p.keys, sub, role);
     let ws = |addr: &str| ws_e1(addr);

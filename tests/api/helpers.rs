@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+mod redis_cluster;
+pub use redis_cluster::{Backplane, RedisCluster};
 mod run_end;
 mod sse_client;
 pub use sse_client::{SseClient, SseEvent, sse_get_at};

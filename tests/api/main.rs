@@ -11,6 +11,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod cluster_control;
+mod cluster_failover;
 mod cluster_liveness;
 mod connection_limits;
 mod connections;

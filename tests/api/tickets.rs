@@ -240,7 +240,7 @@ async fn two_instances(redis: &Redis, tune: impl Fn(&mut examwatch::Settings)) -
     for i in 0..2 {
         apps.push(
             spawn_app_on_url(Some(url.clone()), |s| {
-                s.broker.redis_url = redis.url();
+                s.broker.redis_url = redis.url().into();
                 s.database.instance_id = Some(format!("node-{i}"));
                 tune(s);
             })

@@ -128,6 +128,14 @@ impl Room {
                 // Delivered, not kept: below our numbering.
                 self.announcement_floor = self.announcement_floor.max(self.seq);
             }
+            // Our teachers never saw it, and the resync after the outage
+            // may have run before it was numbered (the other instance's
+            // drafts waited out the outage too; in a cluster, the exam's
+            // shard may come back after the rest): they need a snapshot
+            // that has it.
+            if !(ours && p.delivered_at_origin) {
+                self.reload_for_late_event();
+            }
             return;
         }
         let gap = p.seq > self.seq + 1 && !(ours && p.delivered_at_origin);
@@ -289,6 +297,22 @@ impl Room {
             self.resync_pending = false;
             self.snapshot_all();
         }
+        if std::mem::take(&mut self.late_loading) && std::mem::take(&mut self.late_again) {
+            self.reload_for_late_event();
+        }
+    }
+
+    /// Reloads the shared state, then snapshots every local teacher, for
+    /// an event numbered under our provisional seqs; one reload at a time
+    /// (events arriving meanwhile make one more).
+    fn reload_for_late_event(&mut self) {
+        if self.late_loading {
+            self.late_again = true;
+            return;
+        }
+        self.late_loading = true;
+        self.diverged = true;
+        self.start_resync();
     }
 
     /// Merges the broker's view of the exam into the room.

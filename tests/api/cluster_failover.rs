@@ -1,0 +1,144 @@
+//! A Redis Cluster losing a primary mid-exam: the primary that owns the
+//! exam's slot is SIGKILLed while its replica is there to take over. The
+//! instances notice (readiness degraded), follow the failover, subscribe
+//! the exam's sharded channel on the new primary and re-synchronise; no
+//! acknowledged work is lost and every teacher sees one order.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::cluster::{View, cluster};
+use crate::helpers::*;
+
+/// `examwatch_broker_reconnects_total` of one instance.
+fn reconnects(app: &TestApp) -> u64 {
+    app.metrics_text()
+        .lines()
+        .find(|l| l.starts_with("examwatch_broker_reconnects_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Reads a teacher's frames into `view` until student `a` is on question
+/// `qa` and `b` on `qb`.
+async fn converge(t: &mut Client, view: &mut View, qa: u64, qb: u64) {
+    let deadline = Instant::now() + WAIT * 4;
+    while view.questions.get("a") != Some(&json!(qa)) || view.questions.get("b") != Some(&json!(qb))
+    {
+        assert!(Instant::now() < deadline, "teacher view stuck at {view:?}");
+        let ev = t.next_json_within(deadline).await;
+        view.apply(&ev);
+    }
+}
+
+async fn progress_acked(s: &mut Client, question: u64, r: u64) {
+    s.send_json(json!({"type": "progress", "question": question, "answered": r, "ref": r}))
+        .await;
+    s.expect_ack(r).await;
+}
+
+#[tokio::test]
+async fn a_primary_killed_mid_exam_fails_over_and_events_flow_again_in_one_order() {
+    let Some(mut redis) = RedisCluster::start() else {
+        return;
+    };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (mut t0, snap0) = apps[0].teacher("e1", "t0").await;
+    let (mut t1, snap1) = apps[1].teacher("e1", "t1").await;
+    let (mut v0, mut v1) = (View::default(), View::default());
+    v0.apply(&snap0);
+    v1.apply(&snap1);
+    let (mut a, _) = apps[0].student("e1", "a").await;
+    let (mut b, _) = apps[1].student("e1", "b").await;
+    progress_acked(&mut a, 1, 1).await;
+    progress_acked(&mut b, 101, 1).await;
+    converge(&mut t0, &mut v0, 1, 101).await;
+    converge(&mut t1, &mut v1, 1, 101).await;
+    let before: Vec<u64> = apps.iter().map(reconnects).collect();
+
+    let dead = redis.primary_of("{e1}");
+    redis.kill(dead);
+    // Students keep working while the cluster fails over, and after.
+    for r in 2..=4 {
+        progress_acked(&mut a, r, r).await;
+        progress_acked(&mut b, 100 + r, r).await;
+    }
+    redis.wait_for_failover("{e1}", dead);
+    for r in 5..=7 {
+        progress_acked(&mut a, r, r).await;
+        progress_acked(&mut b, 100 + r, r).await;
+    }
+    // Every teacher ends with the last acknowledged state (events replayed
+    // late, or a fresh snapshot), never a stale view.
+    converge(&mut t0, &mut v0, 7, 107).await;
+    converge(&mut t1, &mut v1, 7, 107).await;
+    eventually("readiness recovers", || {
+        apps.iter().all(|a| a.state.broker.healthy())
+    })
+    .await;
+    let ready: Value = reqwest::get(apps[0].admin("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    for (app, before) in apps.iter().zip(before) {
+        assert!(
+            reconnects(app) > before,
+            "the instance saw Redis go away and come back (degraded, then ready)"
+        );
+    }
+
+    // While the shard was away each instance numbered its own members'
+    // events provisionally (PROTOCOL.md 4.11) and its teachers then got a
+    // snapshot; the seq a teacher saw never went backwards.
+    for view in [&v0, &v1] {
+        let seqs: Vec<u64> = view.events.iter().map(|e| e.0).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "one increasing order: {seqs:?}"
+        );
+    }
+    // From now on live events flow between the instances again: both
+    // teachers get the same events in one gapless order, except where the
+    // instance lost its subscription while the cluster connection moved it
+    // to the new primary: then a snapshot covers what it missed.
+    let recovered = v0.seq.max(v1.seq);
+    for r in 8..=10 {
+        progress_acked(&mut a, 40 + r, r).await;
+        progress_acked(&mut b, 140 + r, r).await;
+    }
+    converge(&mut t0, &mut v0, 50, 150).await;
+    converge(&mut t1, &mut v1, 50, 150).await;
+    let last = v0.seq.max(v1.seq);
+    assert!(last >= recovered + 6, "six events numbered: {v0:?} {v1:?}");
+    for (name, v) in [("t0", &v0), ("t1", &v1)] {
+        for seq in recovered + 1..=last {
+            let live = v.events.iter().any(|e| e.0 == seq);
+            let snapshotted = v.snapshots.iter().any(|s| *s >= seq);
+            assert!(live || snapshotted, "{name} missed seq {seq}: {v:?}");
+        }
+    }
+    let by_seq: HashMap<u64, _> = v0.events.iter().map(|e| (e.0, e)).collect();
+    for e in v1.events.iter().filter(|e| e.0 > recovered) {
+        if let Some(other) = by_seq.get(&e.0) {
+            assert_eq!(*other, e, "one seq, one event, on both instances");
+        }
+    }
+    // A teacher arriving now on either instance sees the acknowledged state.
+    for app in &apps {
+        let (_t, snap) = app.teacher("e1", "late").await;
+        let questions: HashMap<&str, &Value> = snap["students"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["student_id"].as_str().unwrap(), &s["current_question"]))
+            .collect();
+        assert_eq!(questions.get("a"), Some(&&json!(50)), "{snap}");
+        assert_eq!(questions.get("b"), Some(&&json!(150)), "{snap}");
+    }
+}
