@@ -202,6 +202,7 @@ impl RedisBroker {
                 wanted: broker.wanted.clone(),
                 ops,
                 confirmed: Default::default(),
+                metrics: options.metrics.clone(),
             }
             .run(push_rx),
         );
@@ -989,6 +990,7 @@ struct Pushes {
     /// Exams whose subscription Redis has confirmed since this instance
     /// last unsubscribed them: a further confirmation is a re-subscription.
     confirmed: HashSet<Arc<str>>,
+    metrics: crate::metrics::BrokerMetrics,
 }
 
 impl Pushes {
@@ -1022,6 +1024,7 @@ impl Pushes {
                         self.confirmed.remove(&exam);
                         let _ = self.ops.send(Op::Unsubscribe(exam));
                     } else if !self.confirmed.insert(exam.clone()) {
+                        self.metrics.resubscriptions.increment(1);
                         tracing::debug!(exam = %exam, "exam subscription restored; re-synchronising");
                         let _ = self.inbound.send(Inbound::ResyncExam(exam));
                     }
