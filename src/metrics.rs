@@ -156,6 +156,9 @@ pub struct DbMetrics {
 pub struct BrokerMetrics {
     pub publish_seconds: Histogram,
     pub reconnects: Counter,
+    /// Exam subscriptions restored after Redis dropped them (a reconnect,
+    /// a failed-over primary, a slot moved): each re-synchronises a room.
+    pub resubscriptions: Counter,
 }
 
 pub struct Metrics {
@@ -321,6 +324,7 @@ impl Metrics {
             broker: BrokerMetrics {
                 publish_seconds: histogram("examwatch_broker_publish_seconds"),
                 reconnects: counter("examwatch_broker_reconnects_total"),
+                resubscriptions: counter("examwatch_broker_resubscriptions_total"),
             },
             db: Arc::new(db),
             open_fds: gauge("process_open_fds", vec![]),

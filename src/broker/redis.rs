@@ -163,6 +163,7 @@ impl RedisBroker {
                 wanted: broker.wanted.clone(),
                 ops,
                 confirmed: Default::default(),
+                metrics: options.metrics.clone(),
             }
             .run(push_rx),
         );
@@ -782,6 +783,7 @@ struct Pushes {
     /// Exams whose subscription Redis has confirmed since this instance
     /// last unsubscribed them: a further confirmation is a re-subscription.
     confirmed: HashSet<Arc<str>>,
+    metrics: crate::metrics::BrokerMetrics,
 }
 
 impl Pushes {
@@ -816,6 +818,7 @@ impl Pushes {
                         self.confirmed.remove(&exam);
                         let _ = self.ops.send(Op::Unsubscribe(exam));
                     } else if !self.confirmed.insert(exam.clone()) {
+                        self.metrics.resubscriptions.increment(1);
                         tracing::debug!(exam = %exam, "exam subscription restored; re-synchronising");
                         let _ = self.inbound.send(Inbound::ResyncExam(exam));
                     }

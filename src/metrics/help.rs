@@ -155,6 +155,11 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
         "Times Redis became reachable after being unreachable (a lost connection, or a start without it); rooms re-synchronise each time",
     ),
     (
+        "examwatch_broker_resubscriptions_total",
+        Kind::Counter,
+        "Times an exam's sharded subscription (`{broker.prefix}:exam:{<exam>}`) was confirmed again after Redis dropped it: a lost connection, a failed-over primary or a slot moved to another node of a Redis Cluster; that exam's room re-synchronises each time",
+    ),
+    (
         "examwatch_db_pending_writes",
         Kind::Gauge,
         "Records accepted by the database writer and not yet committed (read at scrape time)",

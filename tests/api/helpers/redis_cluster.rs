@@ -177,6 +177,55 @@ impl RedisCluster {
         None
     }
 
+    /// Moves `key`'s slot, with its keys, from its primary to another
+    /// primary, the way `redis-cli --cluster reshard` does: IMPORTING on
+    /// the target, MIGRATING on the source, MIGRATE every key, then
+    /// `SETSLOT … NODE` on every primary. Returns the new owner's port.
+    pub fn move_slot_of(&self, key: &str) -> u16 {
+        let from = self.primary_of(key);
+        let to = self
+            .children
+            .iter()
+            .map(|(p, _)| *p)
+            .find(|p| *p != from && cli(*p, &["ROLE"]).is_some_and(|r| r.starts_with("master")))
+            .expect("another primary");
+        let id = |p: u16| {
+            cli(p, &["CLUSTER", "MYID"])
+                .map(|s| s.trim().to_owned())
+                .expect("CLUSTER MYID answers")
+        };
+        let (from_id, to_id) = (id(from), id(to));
+        let slot = cli(from, &["CLUSTER", "KEYSLOT", key])
+            .map(|s| s.trim().to_owned())
+            .expect("CLUSTER KEYSLOT answers");
+        let ok = |p: u16, args: &[&str]| {
+            let out = cli(p, args).unwrap_or_default();
+            assert!(out.trim() == "OK", "{args:?} on {p}: {out}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        loop {
+            let keys = cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]).unwrap_or_default();
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(from, &args);
+        }
+        for p in self.children.iter().map(|(p, _)| *p) {
+            if cli(p, &["ROLE"]).is_some_and(|r| r.starts_with("master")) {
+                ok(p, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+        }
+        self.wait_until("every node agrees on the slot's new owner", |c| {
+            c.owner_of(key) == Some(to)
+        });
+        to
+    }
+
     fn live_port(&self) -> u16 {
         self.children
             .iter()
