@@ -26,6 +26,10 @@ pub struct Report {
     pub resyncs: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<Storm>,
+    /// Clients whose server went away (a rolling restart) and came back on
+    /// another instance; `None` when no server went away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Moved>,
     /// Recorded latency buckets `[value_us, count]`, for merging children.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub histogram: Vec<[u64; 2]>,
@@ -52,6 +56,24 @@ pub struct Storm {
     /// Snapshots teachers got instead of a replay (all of them, when the
     /// run had a storm: see `Report::resyncs`).
     pub snapshots: u64,
+}
+
+/// Clients whose server closed them 1012 / 1001 or died, and moved to the
+/// next server of their list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Moved {
+    /// Connections lost that way (a client that moved twice counts twice).
+    pub clients: u64,
+    /// Of those, back (students welcomed, teachers resumed).
+    pub back: u64,
+    /// From the first such loss until the last client was back (so it
+    /// spans the instance's `server.drain_window`).
+    pub all_back_seconds: f64,
+    /// The longest one client was away: from its close to its welcome.
+    pub max_away_seconds: f64,
+    /// Events students re-sent on the new connection (not acknowledged
+    /// before the close; `Plan::acked` only).
+    pub resent: u64,
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -83,6 +105,7 @@ impl Report {
         let mut hist = new_histogram();
         let mut out = Report::default();
         let mut storm: Option<Storm> = None;
+        let mut moved: Option<Moved> = None;
         for p in parts {
             out.connections += p.connections;
             out.connect_errors += p.connect_errors;
@@ -105,9 +128,18 @@ impl Report {
                 m.snapshots += s.snapshots;
                 m.all_back_seconds = m.all_back_seconds.max(s.all_back_seconds);
             }
+            if let Some(s) = p.moved {
+                let m = moved.get_or_insert_with(Moved::default);
+                m.clients += s.clients;
+                m.back += s.back;
+                m.resent += s.resent;
+                m.all_back_seconds = m.all_back_seconds.max(s.all_back_seconds);
+                m.max_away_seconds = m.max_away_seconds.max(s.max_away_seconds);
+            }
         }
         out.latency_us = Latency::of(&hist);
         out.storm = storm;
+        out.moved = moved;
         Ok(out)
     }
 
@@ -137,6 +169,12 @@ impl Report {
             s += &format!(
                 "\nstorm: {}/{} clients back in {:.2}s ({} teacher snapshots)",
                 st.back, st.clients, st.all_back_seconds, st.snapshots
+            );
+        }
+        if let Some(m) = &self.moved {
+            s += &format!(
+                "\nmoved: {}/{} clients of a server that went away back in {:.2}s (longest away {:.2}s, {} events re-sent)",
+                m.back, m.clients, m.all_back_seconds, m.max_away_seconds, m.resent
             );
         }
         s
