@@ -142,7 +142,7 @@ out = {
     "students": students, "exams": exams, "instances": instances, "offered_rate": rate,
     "broker": sys.argv[6].split("://")[0], "connections": r["connections"],
     "expected_connections": students + exams, "connect_errors": r["connect_errors"],
-    "connect_seconds": r["connect_seconds"], "sent": r["sent"], "delivered": r["delivered"],
+    "connect_seconds": r["connect_seconds"], "connect_retries": r.get("connect_retries", 0), "sent": r["sent"], "delivered": r["delivered"],
     "expected": r["expected"], "lost": r["lost"], "duplicated": r["duplicated"],
     "latency_us": r["latency_us"], "rss_kb_before_restart": json.loads(sys.argv[7]),
     "server_cpu_us_per_event": float(sys.argv[8]), "server_cpu_cores": float(sys.argv[11]),
@@ -153,7 +153,7 @@ json.dump(out, open(sys.argv[1].replace("national.json", "national-result.json")
 m = out["moved"] or {}
 l = out["latency_us"]
 print(json.dumps(out))
-print(f"national: {out['connections']}/{out['expected_connections']} connected, sent {out['sent']}, "
+print(f"national: {out['connections']}/{out['expected_connections']} connected ({out['connect_retries']} retries), sent {out['sent']}, "
       f"lost {out['lost']}, duplicated {out['duplicated']}, p50/p99/max {l['p50']}/{l['p99']}/{l['max']} us, "
       f"cpu {out['server_cpu_us_per_event']} us/event ({out['server_cpu_cores']} cores), rss kB {out['rss_kb_before_restart']}, "
       f"restarted {out['restarted']}: {m.get('back', 0)}/{m.get('clients', 0)} clients back in "

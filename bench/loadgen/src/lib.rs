@@ -212,8 +212,7 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
             }
             let sh = shared.clone();
             opening.spawn(async move {
-                let mut link = w.connect(&sh, None).await?;
-                let first = link.wait_for(kind).await?;
+                let (link, first) = w.first_connect(&sh, kind).await?;
                 anyhow::Ok((group, w, link, first))
             });
         }
@@ -393,6 +392,7 @@ impl Connected {
             achieved_rate: sent as f64 / send_seconds.max(f64::EPSILON),
             latency_us: Latency::of(&hist),
             resyncs: sh.snapshots.load(Ordering::Relaxed),
+            connect_retries: sh.retries.load(Ordering::Relaxed),
             storm,
             moved,
             histogram: report::buckets(&hist),

@@ -24,6 +24,11 @@ pub struct Report {
     /// re-synchronise them rather than send every event).
     #[serde(default)]
     pub resyncs: u64,
+    /// First connections refused and tried again (all connected in the end
+    /// unless `connect_errors` says otherwise: a run fails on a client that
+    /// never connects).
+    #[serde(default)]
+    pub connect_retries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<Storm>,
     /// Clients whose server went away (a rolling restart) and came back on
@@ -116,6 +121,7 @@ impl Report {
             out.lost += p.lost;
             out.duplicated += p.duplicated;
             out.resyncs += p.resyncs;
+            out.connect_retries += p.connect_retries;
             out.offered_rate += p.offered_rate;
             out.achieved_rate += p.achieved_rate;
             for [value, count] in p.histogram {
@@ -147,10 +153,11 @@ impl Report {
     pub fn summary(&self) -> String {
         let l = &self.latency_us;
         let mut s = format!(
-            "{} connections ({} errors) in {:.1}s | sent {} at {:.0}/s | delivered {}/{} | lost {} | duplicated {} | resyncs {}\n\
+            "{} connections ({} errors, {} retries) in {:.1}s | sent {} at {:.0}/s | delivered {}/{} | lost {} | duplicated {} | resyncs {}\n\
              latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
             self.connections,
             self.connect_errors,
+            self.connect_retries,
             self.connect_seconds,
             self.sent,
             self.achieved_rate,

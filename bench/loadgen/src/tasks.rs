@@ -40,6 +40,8 @@ pub(super) struct Shared {
     pub(super) last_back_us: AtomicU64,
     pub(super) snapshots: AtomicU64,
     pub(super) errors: AtomicU64,
+    /// First connections tried again after a refusal (`Who::first_connect`).
+    pub(super) retries: AtomicU64,
     /// Clients whose server went away, and their way back.
     pub(super) moves: Moves,
 }
@@ -92,6 +94,7 @@ impl Shared {
             last_back_us: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
             moves: Moves::default(),
         }
     }
@@ -129,6 +132,35 @@ impl Who {
             small_receive_buffer: self.slow,
         };
         Link::connect(sh.framing, &target).await
+    }
+
+    /// The first connection, up to its first message of type `kind`. A
+    /// refusal (1013 "try again later" while an exam's state loads under a
+    /// join storm, a 503, a reset) is tried again after a backoff, as a real
+    /// client does, up to 8 times; each retry is counted.
+    pub(super) async fn first_connect(
+        &self,
+        sh: &Shared,
+        kind: &str,
+    ) -> anyhow::Result<(Link, String)> {
+        let mut pause = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            let attempt = async {
+                let mut link = self.connect(sh, None).await?;
+                let first = link.wait_for(kind).await?;
+                anyhow::Ok((link, first))
+            };
+            match attempt.await {
+                Ok(done) => return Ok(done),
+                Err(e) if tries >= 8 => return Err(e),
+                Err(_) => {}
+            }
+            tries += 1;
+            sh.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// Connects again after a drop, retrying for up to 30 s; returns the
