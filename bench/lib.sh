@@ -8,11 +8,14 @@ PIDS=()
 # NO_BUILD=1 (with BIN=dir) runs binaries built elsewhere, e.g. a baseline.
 build() { [ -n "${NO_BUILD:-}" ] || cargo build --release --locked --workspace --bins -q; }
 
-# start_server NAME [REDIS_URL] [DATABASE_URL]: sets PID_NAME, ADDR_NAME and
-# ADMIN_NAME (the operators' listener, for metrics).
+# start_server NAME [REDIS_URL] [DATABASE_URL] [PORT] [ADMIN_PORT]: sets
+# PID_NAME, ADDR_NAME, ADMIN_NAME (the operators' listener, for metrics)
+# and DB_NAME. PORT and ADMIN_PORT start it again where it was (a restart).
+# Other EXAMWATCH__ variables in the environment reach it too.
 start_server() {
-    local name=$1 redis=${2:-} db=${3:-} port admin
-    port=$(free_port); admin=$(free_port)
+    local name=$1 redis=${2:-} db=${3:-} port=${4:-} admin=${5:-}
+    [ -n "$port" ] || port=$(free_port)
+    [ -n "$admin" ] || admin=$(free_port)
     [ -n "$db" ] || db="sqlite://$(mktemp -d)/bench.db"
     EXAMWATCH__AUTH__JWT_SECRET=$SECRET EXAMWATCH__SERVER__BIND=127.0.0.1:$port \
     EXAMWATCH__SERVER__ADMIN_BIND=127.0.0.1:$admin \
@@ -23,8 +26,17 @@ start_server() {
     local pid=$!
     PIDS+=("$pid")
     printf -v "PID_$name" %s "$pid"; printf -v "ADDR_$name" %s "127.0.0.1:$port"
-    printf -v "ADMIN_$name" %s "127.0.0.1:$admin"
+    printf -v "ADMIN_$name" %s "127.0.0.1:$admin"; printf -v "DB_$name" %s "$db"
     wait_http "127.0.0.1:$port"
+}
+
+# restart_server NAME [REDIS_URL]: SIGTERM (the drain: 1012 over
+# server.drain_window), wait for the exit, start again on the same ports
+# and database.
+restart_server() {
+    local addr_var="ADDR_$1" admin_var="ADMIN_$1" db_var="DB_$1"
+    stop_server "$1"
+    start_server "$1" "${2:-}" "${!db_var}" "${!addr_var##*:}" "${!admin_var##*:}"
 }
 
 # start_peer NAME DIR [REDIS_URL]: a Node.js peer from bench/peers/DIR.
@@ -54,7 +66,9 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     [ -z "${REDIS_PORT:-}" ] || redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    for p in "${CLUSTER_PORTS[@]}"; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
 }
+CLUSTER_PORTS=()
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -116,6 +130,50 @@ print(json.dumps({
     "b_cpu_us_per_event": round(int(b) * 1e6 / int(tck) / sent, 2),
     "commands": cmds}))
 PY
+}
+
+# A free port whose cluster bus port (port + 10000) is free as well.
+free_cluster_port() {
+    python3 -c '
+import socket
+while True:
+    a, b = socket.socket(), socket.socket()
+    a.bind(("127.0.0.1", 0)); p = a.getsockname()[1]
+    if p + 10000 > 65535: continue
+    try: b.bind(("127.0.0.1", p + 10000))
+    except OSError: continue
+    print(p); break'
+}
+
+# start_redis_cluster [REPLICAS]: a Redis Cluster of 3 primaries (and
+# REPLICAS replicas of each, default 0) on free ports, nothing kept on
+# disk; waits for cluster_state:ok on every node. Sets CLUSTER_PORTS and
+# CLUSTER_URL (redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3, the
+# primaries, for broker.redis_url).
+start_redis_cluster() {
+    local replicas=${1:-0} dir port p addrs=() ok
+    dir=$(mktemp -d)
+    for _ in $(seq 1 $(( 3 * (1 + replicas) ))); do
+        port=$(free_cluster_port)
+        redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+            --cluster-config-file "$dir/nodes-$port.conf" --dir "$dir" --save "" --appendonly no \
+            --daemonize yes --logfile "$PWD/$OUT/redis-cluster-$port.log" >/dev/null
+        CLUSTER_PORTS+=("$port"); addrs+=("127.0.0.1:$port")
+    done
+    for p in "${CLUSTER_PORTS[@]}"; do
+        for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    done
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas "$replicas" --cluster-yes \
+        >"$OUT/redis-cluster-create.log" 2>&1
+    for p in "${CLUSTER_PORTS[@]}"; do
+        ok=
+        for _ in $(seq 1 100); do
+            redis-cli -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && { ok=1; break; }
+            sleep 0.1
+        done
+        [ -n "$ok" ] || { echo "redis cluster node $p never reached cluster_state:ok" >&2; exit 1; }
+    done
+    CLUSTER_URL="redis+cluster://$(IFS=,; echo "${addrs[*]:0:3}")"
 }
 
 pg_db() {

@@ -10,6 +10,9 @@
 #   storm        19,000 clients drop and reconnect at once: time until all are back, events lost
 #   slow         one teacher stops reading: server RSS over time, other teachers' p99 with and without
 #   persistence  the throughput steps with the SQLite writer and with the PostgreSQL writer
+#   national     100,000 students in 1,000 exams on 6 instances over a 3-primary Redis Cluster,
+#                one event per student every 10 s for 60 s, one instance restarted mid-run
+#                (scale: NATIONAL_* below; docs/bench/national.md)
 # PEER=node-ws or PEER=socketio runs capacity, throughput or slow against that
 # Node.js peer instead (the other scenarios need examwatch's resume, Redis
 # numbering or persistence). Peers (bench/peers/*) also run side by side in
@@ -18,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-SCENARIO="${1:?usage: bench/run.sh latency|cpu|idle|capacity|throughput|redis|storm|slow|persistence}"
+SCENARIO="${1:?usage: bench/run.sh latency|cpu|idle|capacity|throughput|redis|storm|slow|persistence|national}"
 build
 PEER=${PEER:-}
 FRAMING=examwatch; [ "$PEER" = socketio ] && FRAMING=socketio
@@ -86,5 +89,73 @@ persistence)
     pg_db examwatch_bench
     start_server A "" "postgres://postgres@127.0.0.1:5432/examwatch_bench"
     step_rates A "$ADDR_A" persistence-postgres ;;
+national)
+    # Scale (defaults: the issue's national exam). Smoke: NATIONAL_STUDENTS=2000 NATIONAL_EXAMS=20.
+    students=${NATIONAL_STUDENTS:-100000}; exams=${NATIONAL_EXAMS:-1000}
+    instances=${NATIONAL_INSTANCES:-6}; duration=${NATIONAL_DURATION:-60}
+    restart_at=${NATIONAL_RESTART_AT:-$(( duration / 2 ))}  # seconds after sending starts
+    procs=${NATIONAL_PROCESSES:-$(( students / 12500 + 1 ))}; nsrc=${NATIONAL_SOURCES:-$procs}
+    per_exam=$(( students / exams )); rate=$(( students / 10 ))  # one event per student every 10 s
+    export EXAMWATCH__SERVER__DRAIN_WINDOW=${NATIONAL_DRAIN_WINDOW:-10s}
+    # The broker: a 3-primary Redis Cluster, or (NATIONAL_REDIS=single) one plain Redis.
+    if [ "${NATIONAL_REDIS:-cluster}" = single ]; then start_redis; broker=$REDIS_URL
+    else start_redis_cluster "${NATIONAL_REPLICAS:-0}"; broker=$CLUSTER_URL; fi
+    # One database for the fleet, as deployed: PostgreSQL (NATIONAL_DB=sqlite: one shared file).
+    if [ "${NATIONAL_DB:-postgres}" = sqlite ]; then db="sqlite://$(mktemp -d)/national.db"
+    else pg_db examwatch_national; db="postgres://postgres@127.0.0.1:5432/examwatch_national"; fi
+    names=(); servers=()
+    for i in $(seq 1 "$instances"); do
+        start_server "N$i" "$broker" "$db"; names+=("N$i"); a="ADDR_N$i"; servers+=("${!a}")
+    done
+    sources=$(for i in $(seq 1 "$nsrc"); do printf '127.0.0.%d\n' "$i"; done | paste -sd,)
+    victim=N$(( instances > 1 ? 2 : 1 ))
+    log="$OUT/national.log"; : >"$log"
+    loadgen --server "$(IFS=,; echo "${servers[*]}")" --exams "$exams" --students "$per_exam" --teachers 1 \
+        --rate "$rate" --duration "${duration}s" --processes "$procs" --sources "$sources" --acked \
+        --connect-concurrency 64 --prefix "nat$RANDOM-" --json "$OUT/national.json" >/dev/null 2>"$log" &
+    LG=$!
+    until grep -q 'connected; go\|sending' "$log"; do
+        kill -0 $LG 2>/dev/null || { echo "the load generator failed:" >&2; tail -5 "$log" >&2; exit 1; }
+        sleep 0.5
+    done
+    ticks() { local t=0 n p; for n in "${names[@]}"; do p="PID_$n"; t=$(( t + $(cpu_ticks "${!p}") )); done; echo $t; }
+    t0=$(ticks); s0=$(date +%s.%N)
+    sleep "$restart_at"
+    t1=$(ticks); s1=$(date +%s.%N)
+    rss="{"; for n in "${names[@]}"; do p="PID_$n"; rss+="\"$n\": $(rss_kb "${!p}"),"; done; rss="${rss%,}}"
+    echo "national: restarting $victim (SIGTERM: 1012 over $EXAMWATCH__SERVER__DRAIN_WINDOW, then start on the same port)" >&2
+    restart_started=$(date +%s.%N)
+    restart_server "$victim" "$broker"
+    restart_seconds=$(python3 -c "print(round($(date +%s.%N) - $restart_started, 2))")
+    wait $LG || true
+    # Server CPU over the steady part (sending started .. the restart), all instances together.
+    us=$(python3 -c "print(round(($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / ($rate * ($s1 - $s0)), 2))")
+    cores=$(python3 -c "print(round(($t1 - $t0) / $(getconf CLK_TCK) / ($s1 - $s0), 2))")
+    python3 - "$OUT/national.json" "$students" "$exams" "$instances" "$rate" "$broker" "$rss" "$us" "$restart_seconds" "$victim" "$cores" <<'PY' | tee "$OUT/national-summary.json"
+import json, sys
+r = json.load(open(sys.argv[1]))
+students, exams, instances, rate = map(int, sys.argv[2:6])
+out = {
+    "students": students, "exams": exams, "instances": instances, "offered_rate": rate,
+    "broker": sys.argv[6].split("://")[0], "connections": r["connections"],
+    "expected_connections": students + exams, "connect_errors": r["connect_errors"],
+    "connect_seconds": r["connect_seconds"], "connect_retries": r.get("connect_retries", 0), "sent": r["sent"], "delivered": r["delivered"],
+    "expected": r["expected"], "lost": r["lost"], "duplicated": r["duplicated"],
+    "latency_us": r["latency_us"], "rss_kb_before_restart": json.loads(sys.argv[7]),
+    "server_cpu_us_per_event": float(sys.argv[8]), "server_cpu_cores": float(sys.argv[11]),
+    "restarted": sys.argv[10],
+    "restart_process_seconds": float(sys.argv[9]), "moved": r.get("moved"),
+}
+json.dump(out, open(sys.argv[1].replace("national.json", "national-result.json"), "w"), indent=2)
+m = out["moved"] or {}
+l = out["latency_us"]
+print(json.dumps(out))
+print(f"national: {out['connections']}/{out['expected_connections']} connected ({out['connect_retries']} retries), sent {out['sent']}, "
+      f"lost {out['lost']}, duplicated {out['duplicated']}, p50/p99/max {l['p50']}/{l['p99']}/{l['max']} us, "
+      f"cpu {out['server_cpu_us_per_event']} us/event ({out['server_cpu_cores']} cores), rss kB {out['rss_kb_before_restart']}, "
+      f"restarted {out['restarted']}: {m.get('back', 0)}/{m.get('clients', 0)} clients back in "
+      f"{m.get('all_back_seconds', 0)} s (longest away {m.get('max_away_seconds', 0)} s)", file=sys.stderr)
+PY
+    ;;
 *) echo "unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac

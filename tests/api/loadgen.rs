@@ -137,3 +137,59 @@ async fn a_teacher_who_never_reads_does_not_cost_the_others_an_event() {
         "no other teacher was: {closes:?}"
     );
 }
+
+/// Three instances on one Redis and one database, students round-robin
+/// over all three (student `s` of exam `g` on instance `(g + s) % 3`) and
+/// each exam's teacher on instance `g % 3`: the second instance holds 9
+/// students and exam 1's teacher. Mid-run it stops gracefully (1012 over
+/// its drain window): those 10 clients move to the next instance of their
+/// list and resume there (students with `previous_session`, re-sending
+/// what was not acked; the teacher with `last_seq`), and every teacher
+/// still gets every event exactly once.
+#[tokio::test]
+async fn clients_of_a_draining_instance_move_to_another_losing_nothing() {
+    let Some(redis) = crate::cluster::Redis::start() else {
+        return;
+    };
+    let mut apps = crate::cluster::cluster(&redis, 3, |s| {
+        s.limits.messages_per_second = 1000;
+        s.server.drain_window = Duration::from_millis(500);
+    })
+    .await;
+    let plan = Plan {
+        servers: apps.iter().map(|a| a.addr).collect(),
+        exams: 3,
+        students: 9,
+        teachers: 1,
+        rate: 300.0,
+        duration: Duration::from_secs(3),
+        prefix: "move-".into(),
+        acked: true,
+        ..Plan::new(apps[0].addr)
+    };
+    let connected = examwatch_loadgen::connect(&plan, &apps[0].keys)
+        .await
+        .expect("every client connects");
+    assert_eq!(connected.connections(), 30);
+    // Once the generator reports that it is sending, instance 1 stops.
+    let (sending, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let run = connected.send(move |line| {
+        if line.starts_with("sent") {
+            let _ = sending.send(());
+        }
+    });
+    let restart = async {
+        started.recv().await;
+        apps[1].begin_shutdown();
+    };
+    let (report, ()) = tokio::join!(run, restart);
+    let report = report.expect("the run completes");
+    let moved = report.moved.clone().expect("instance 1's clients moved");
+    assert_eq!(moved.clients, 10, "9 students and 1 teacher were on it");
+    assert_eq!(moved.back, 10, "all of them came back elsewhere");
+    assert_eq!(report.connect_errors, 0);
+    assert_eq!(report.sent, 900);
+    assert_eq!(report.expected, 900);
+    assert_eq!(report.delivered, report.expected, "{}", report.summary());
+    assert_eq!((report.lost, report.duplicated), (0, 0));
+}

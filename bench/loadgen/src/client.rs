@@ -46,6 +46,8 @@ pub struct Target<'a> {
 pub struct Link {
     ws: WebSocketStream<tokio::net::TcpStream>,
     framing: Framing,
+    /// The server's close code, once its close frame has been read.
+    close_code: Option<u16>,
 }
 
 impl Link {
@@ -91,7 +93,11 @@ impl Link {
             .read_buffer_size(4096)
             .write_buffer_size(0);
         let (ws, _) = client_async_with_config(req, tcp, Some(config)).await?;
-        let mut link = Self { ws, framing };
+        let mut link = Self {
+            ws,
+            framing,
+            close_code: None,
+        };
         if framing == Framing::Socketio {
             // Engine.IO open packet, then a Socket.IO CONNECT to "/".
             link.expect_raw(|t| t.starts_with('0')).await?;
@@ -120,7 +126,11 @@ impl Link {
                     }
                     Framing::Socketio => return Some(t.as_str().to_owned()),
                 },
-                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(Message::Close(frame)) => {
+                    self.close_code = frame.map(|f| f.code.into());
+                    return None;
+                }
+                Err(_) => return None,
                 Ok(_) => {}
             }
         }
@@ -145,9 +155,23 @@ impl Link {
         }
     }
 
-    /// Sends the `progress` that carries event `k` and its intended time.
-    pub async fn send_progress(&mut self, k: u64, stamp: u64) -> anyhow::Result<()> {
-        let body = format!(r#"{{"type":"progress","question":"{k}:{stamp}","answered":1}}"#);
+    /// Whether the connection, now ended, ended the way an instance going
+    /// away ends it: 1012 (a rolling restart's drain), 1001 (shutdown), or
+    /// no close frame at all (the process died). Any other close (4008 slow
+    /// consumer, 4401 expired token, …) is about this client, and a client
+    /// that reconnected after it would hide the server's verdict.
+    pub fn server_went_away(&self) -> bool {
+        matches!(self.close_code, None | Some(1001) | Some(1012))
+    }
+
+    /// Sends the `progress` that carries event `k` and its intended time;
+    /// with `ack`, with `"ref": k`, so the server acknowledges it.
+    pub async fn send_progress(&mut self, k: u64, stamp: u64, ack: bool) -> anyhow::Result<()> {
+        let body = if ack {
+            format!(r#"{{"type":"progress","question":"{k}:{stamp}","answered":1,"ref":{k}}}"#)
+        } else {
+            format!(r#"{{"type":"progress","question":"{k}:{stamp}","answered":1}}"#)
+        };
         let frame = match self.framing {
             Framing::Examwatch => body,
             Framing::Socketio => format!(r#"42["progress",{body}]"#),
@@ -198,6 +222,14 @@ pub fn parse_progress(text: &str) -> Option<(u64, u64)> {
     }
     let (k, stamp) = string_field(text, "current_question")?.split_once(':')?;
     Some((k.parse().ok()?, stamp.parse().ok()?))
+}
+
+/// The event number an `ack` acknowledges (its numeric `ref`), if it is one.
+pub fn parse_ack(text: &str) -> Option<u64> {
+    if !text.contains(r#""type":"ack""#) {
+        return None;
+    }
+    number_field(text, "ref")
 }
 
 /// The first `"seq":N` of a message, if any.
@@ -251,6 +283,13 @@ mod tests {
         assert_eq!(parse_progress(r#"{"cause":"connected"}"#), None);
         let sio = format!(r#"42["student",{ev}]"#);
         assert_eq!(parse_progress(&sio), Some((42, 1234)));
+    }
+
+    #[test]
+    fn acks_name_the_event_they_acknowledge() {
+        assert_eq!(parse_ack(r#"{"type":"ack","ref":42}"#), Some(42));
+        assert_eq!(parse_ack(r#"{"type":"ack","ref":"p-1"}"#), None);
+        assert_eq!(parse_ack(r#"{"type":"error","ref":42}"#), None);
     }
 
     #[test]

@@ -19,6 +19,19 @@
 //! connection at once and comes back, students naming their previous
 //! session, teachers resuming from their last seq — no event may be lost),
 //! and slow teachers that connect and never read.
+//!
+//! Several servers (instances behind one Redis): students go round-robin
+//! over `Plan::servers` (student `s` of exam `g` to server `(g + s) % n`),
+//! teachers over `Plan::teacher_servers` (teacher `t` of exam `g` to
+//! `(g + t) % m`), so with one list of `n` instances a teacher shares an
+//! instance with only `1/n` of its exam's students, as behind a load
+//! balancer. When a server goes away (a rolling restart's 1012, 1001, or
+//! no close at all), its clients move to the next server of their list and
+//! resume there; `Report::moved` says how long that took. With
+//! `Plan::acked`, students send each `progress` with a `ref` and re-send,
+//! after such a move, the ones the server had not acknowledged (a frame
+//! written while the instance stopped reading is otherwise lost on the
+//! client's side of the close, not the server's).
 
 mod client;
 mod open;
@@ -28,7 +41,7 @@ mod tasks;
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -36,10 +49,9 @@ use std::{
 
 use hdrhistogram::Histogram;
 use tokio::{sync::mpsc, task::JoinSet};
-use tokio_util::sync::CancellationToken;
 
 pub use client::{Framing, Link, Target, parse_progress};
-pub use report::{Latency, Report, Storm};
+pub use report::{Latency, Moved, Report, Storm};
 use tasks::{Shared, Who, epoch, student, teacher};
 
 use examwatch::auth::{Keys, Role};
@@ -47,10 +59,12 @@ use examwatch::auth::{Keys, Role};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// `host:port` of the server students connect to.
-    pub server: SocketAddr,
-    /// Teachers connect here instead, when set (two instances behind Redis).
-    pub teacher_server: Option<SocketAddr>,
+    /// `host:port` of the servers students connect to, round-robin (the
+    /// first also gets the REST calls that open the exams). Not empty.
+    pub servers: Vec<SocketAddr>,
+    /// Teachers connect to these instead, round-robin by exam, when not
+    /// empty (e.g. a second instance behind Redis).
+    pub teacher_servers: Vec<SocketAddr>,
     pub framing: Framing,
     pub exams: usize,
     /// The first exam's number (a child process runs a slice of the exams).
@@ -71,14 +85,17 @@ pub struct Plan {
     pub storm_after: Option<Duration>,
     /// Connections opened at once while connecting.
     pub connect_concurrency: usize,
+    /// Students ask for an `ack` of every event and re-send the ones not
+    /// acknowledged when they move to another server (module docs).
+    pub acked: bool,
 }
 
 impl Plan {
     /// A small plan against `server`, to adjust with struct update syntax.
     pub fn new(server: SocketAddr) -> Self {
         Self {
-            server,
-            teacher_server: None,
+            servers: vec![server],
+            teacher_servers: Vec::new(),
             framing: Framing::Examwatch,
             exams: 10,
             first_exam: 0,
@@ -91,6 +108,7 @@ impl Plan {
             slow_teachers: 0,
             storm_after: None,
             connect_concurrency: 32,
+            acked: false,
         }
     }
 
@@ -119,26 +137,23 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
     );
     anyhow::ensure!(!plan.sources.is_empty(), "no source address");
     let started = Instant::now();
-    let shared = Arc::new(Shared {
-        framing: plan.framing,
-        received: AtomicU64::new(0),
-        stop: CancellationToken::new(),
-        storm: CancellationToken::new(),
-        storm_at: OnceLock::new(),
-        back: AtomicU64::new(0),
-        last_back_us: AtomicU64::new(0),
-        snapshots: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-    });
+    anyhow::ensure!(!plan.servers.is_empty(), "no server address");
+    let shared = Arc::new(Shared::new(plan.framing, plan.acked));
     let ttl = plan.duration + Duration::from_secs(3600);
     if plan.framing == Framing::Examwatch {
         for e in 0..plan.exams {
             let exam = format!("{}{}", plan.prefix, plan.first_exam + e);
-            open::open_exam(plan.server, keys, &exam).await?;
+            open::open_exam(plan.servers[0], keys, &exam).await?;
         }
     }
     let mut n = 0usize;
-    let mut who = |e: usize, id: String, role: Role, to: SocketAddr| -> anyhow::Result<Who> {
+    let students_on: Arc<[SocketAddr]> = plan.servers.clone().into();
+    let teachers_on: Arc<[SocketAddr]> = if plan.teacher_servers.is_empty() {
+        students_on.clone()
+    } else {
+        plan.teacher_servers.clone().into()
+    };
+    let mut who = |e: usize, id: String, role: Role, k: usize| -> anyhow::Result<Who> {
         let exam = format!("{}{}", plan.prefix, plan.first_exam + e);
         let name = if role == Role::Student {
             "load student"
@@ -147,8 +162,14 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
         };
         let token = keys.mint(&id, name, role, vec![exam.clone()], ttl)?;
         n += 1;
+        let servers = if role == Role::Student {
+            students_on.clone()
+        } else {
+            teachers_on.clone()
+        };
         Ok(Who {
-            server: to,
+            at: (plan.first_exam + e + k) % servers.len(),
+            servers,
             source: plan.sources[n % plan.sources.len()],
             exam,
             token,
@@ -156,7 +177,6 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
         })
     };
     let total = plan.total_events();
-    let teacher_server = plan.teacher_server.unwrap_or(plan.server);
     let mut clients = Clients::default();
     let mut opening = JoinSet::new();
     // Teachers, then slow teachers, then students: each group fully open
@@ -168,18 +188,18 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
             match group {
                 0 => {
                     for t in 0..plan.teachers {
-                        whos.push(who(e, format!("lt{g}-{t}"), Role::Teacher, teacher_server)?);
+                        whos.push(who(e, format!("lt{g}-{t}"), Role::Teacher, t)?);
                     }
                 }
                 1 if e == 0 => {
                     for t in 0..plan.slow_teachers {
-                        let slow = who(e, format!("slow{g}-{t}"), Role::Teacher, teacher_server)?;
+                        let slow = who(e, format!("slow{g}-{t}"), Role::Teacher, t)?;
                         whos.push(Who { slow: true, ..slow });
                     }
                 }
                 2 => {
                     for s in 0..plan.students {
-                        whos.push(who(e, format!("ls{g}-{s}"), Role::Student, plan.server)?);
+                        whos.push(who(e, format!("ls{g}-{s}"), Role::Student, s)?);
                     }
                 }
                 _ => {}
@@ -192,8 +212,7 @@ pub async fn connect(plan: &Plan, keys: &Keys) -> anyhow::Result<Connected> {
             }
             let sh = shared.clone();
             opening.spawn(async move {
-                let mut link = w.connect(&sh, None).await?;
-                let first = link.wait_for(kind).await?;
+                let (link, first) = w.first_connect(&sh, kind).await?;
                 anyhow::Ok((group, w, link, first))
             });
         }
@@ -316,10 +335,21 @@ impl Connected {
             !sh.storm.is_cancelled()
                 || sh.back.load(Ordering::Relaxed) + sh.errors.load(Ordering::Relaxed) >= clients
         };
-        let deadline =
-            Instant::now() + Duration::from_secs(if storm_at.is_some() { 35 } else { 5 });
-        while (sh.received.load(Ordering::Relaxed) < expected || !storm_done(&sh))
-            && Instant::now() < deadline
+        // Clients whose server went away: back, or given up on.
+        let moves_done = |sh: &Shared| {
+            let m = &sh.moves;
+            m.back.load(Ordering::Relaxed) + sh.errors.load(Ordering::Relaxed)
+                >= m.clients.load(Ordering::Relaxed)
+        };
+        let tail_from = Instant::now();
+        let tail = |sh: &Shared| {
+            let moved = sh.moves.clients.load(Ordering::Relaxed) > 0;
+            Duration::from_secs(if storm_at.is_some() || moved { 35 } else { 5 })
+        };
+        while (sh.received.load(Ordering::Relaxed) < expected
+            || !storm_done(&sh)
+            || !moves_done(&sh))
+            && tail_from.elapsed() < tail(&sh)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -341,6 +371,14 @@ impl Connected {
             all_back_seconds: sh.last_back_us.load(Ordering::Relaxed) as f64 / 1e6,
             snapshots: sh.snapshots.load(Ordering::Relaxed),
         });
+        let m = &sh.moves;
+        let moved = (m.clients.load(Ordering::Relaxed) > 0).then(|| Moved {
+            clients: m.clients.load(Ordering::Relaxed),
+            back: m.back.load(Ordering::Relaxed),
+            all_back_seconds: m.last_back_us.load(Ordering::Relaxed) as f64 / 1e6,
+            max_away_seconds: m.max_away_us.load(Ordering::Relaxed) as f64 / 1e6,
+            resent: m.resent.load(Ordering::Relaxed),
+        });
         Ok(Report {
             connections,
             connect_errors: sh.errors.load(Ordering::Relaxed),
@@ -354,7 +392,9 @@ impl Connected {
             achieved_rate: sent as f64 / send_seconds.max(f64::EPSILON),
             latency_us: Latency::of(&hist),
             resyncs: sh.snapshots.load(Ordering::Relaxed),
+            connect_retries: sh.retries.load(Ordering::Relaxed),
             storm,
+            moved,
             histogram: report::buckets(&hist),
         })
     }

@@ -25,12 +25,19 @@ use examwatch_loadgen::{Framing, Plan, Report, connect};
 #[derive(Parser, Clone)]
 #[command(name = "examwatch-loadgen", about = "Open-loop load for examwatch")]
 struct Args {
-    /// Server address students connect to, host:port.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    server: std::net::SocketAddr,
-    /// Teachers connect here instead (e.g. a second instance behind Redis).
+    /// Server addresses students connect to, host:port, comma-separated:
+    /// round-robin per student; a client whose server goes away (1012)
+    /// moves to the next. Exams are opened on the first.
+    #[arg(long, default_value = "127.0.0.1:8080", value_delimiter = ',')]
+    server: Vec<std::net::SocketAddr>,
+    /// Teachers connect to these instead, round-robin per exam (e.g. a
+    /// second instance behind Redis).
+    #[arg(long, value_delimiter = ',')]
+    teacher_server: Vec<std::net::SocketAddr>,
+    /// Students ask for an ack of every event and re-send the ones not
+    /// acknowledged after moving to another server.
     #[arg(long)]
-    teacher_server: Option<std::net::SocketAddr>,
+    acked: bool,
     /// Wire framing of the server under test.
     #[arg(long, value_enum, default_value = "examwatch")]
     framing: Framing,
@@ -116,8 +123,8 @@ async fn single(args: &Args) -> anyhow::Result<Report> {
         std::path::Path::new("."),
     )?;
     let plan = Plan {
-        server: args.server,
-        teacher_server: args.teacher_server,
+        servers: args.server.clone(),
+        teacher_servers: args.teacher_server.clone(),
         framing: args.framing,
         exams: args.exams,
         first_exam: args.first_exam,
@@ -130,6 +137,7 @@ async fn single(args: &Args) -> anyhow::Result<Report> {
         slow_teachers: args.slow_teachers,
         storm_after: args.storm_after,
         connect_concurrency: args.connect_concurrency,
+        acked: args.acked,
     };
     let tag = if args.child {
         format!("loadgen[{}]", args.first_exam)
@@ -169,7 +177,7 @@ fn parent(args: &Args) -> anyhow::Result<Report> {
             .collect();
         let mut cmd = Command::new(&exe);
         cmd.args(["--child", "--processes", "1"])
-            .args(["--server", &args.server.to_string()])
+            .args(["--server", &join(&args.server)])
             .args(["--framing", framing_name(args.framing)])
             .args(["--secret", &args.secret])
             .args(["--exams", &exams.to_string()])
@@ -194,8 +202,11 @@ fn parent(args: &Args) -> anyhow::Result<Report> {
                 "--slow-teachers",
                 &if i == 0 { args.slow_teachers } else { 0 }.to_string(),
             ]);
-        if let Some(t) = args.teacher_server {
-            cmd.args(["--teacher-server", &t.to_string()]);
+        if !args.teacher_server.is_empty() {
+            cmd.args(["--teacher-server", &join(&args.teacher_server)]);
+        }
+        if args.acked {
+            cmd.arg("--acked");
         }
         if let Some(s) = args.storm_after {
             cmd.args(["--storm-after", &humantime::format_duration(s).to_string()]);
@@ -232,6 +243,15 @@ fn parent(args: &Args) -> anyhow::Result<Report> {
         child.wait()?;
     }
     Report::merge(parts)
+}
+
+/// Addresses as the comma-separated list the options take.
+fn join(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn framing_name(f: Framing) -> &'static str {

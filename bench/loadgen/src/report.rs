@@ -24,8 +24,17 @@ pub struct Report {
     /// re-synchronise them rather than send every event).
     #[serde(default)]
     pub resyncs: u64,
+    /// First connections refused and tried again (all connected in the end
+    /// unless `connect_errors` says otherwise: a run fails on a client that
+    /// never connects).
+    #[serde(default)]
+    pub connect_retries: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm: Option<Storm>,
+    /// Clients whose server went away (a rolling restart) and came back on
+    /// another instance; `None` when no server went away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Moved>,
     /// Recorded latency buckets `[value_us, count]`, for merging children.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub histogram: Vec<[u64; 2]>,
@@ -52,6 +61,24 @@ pub struct Storm {
     /// Snapshots teachers got instead of a replay (all of them, when the
     /// run had a storm: see `Report::resyncs`).
     pub snapshots: u64,
+}
+
+/// Clients whose server closed them 1012 / 1001 or died, and moved to the
+/// next server of their list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Moved {
+    /// Connections lost that way (a client that moved twice counts twice).
+    pub clients: u64,
+    /// Of those, back (students welcomed, teachers resumed).
+    pub back: u64,
+    /// From the first such loss until the last client was back (so it
+    /// spans the instance's `server.drain_window`).
+    pub all_back_seconds: f64,
+    /// The longest one client was away: from its close to its welcome.
+    pub max_away_seconds: f64,
+    /// Events students re-sent on the new connection (not acknowledged
+    /// before the close; `Plan::acked` only).
+    pub resent: u64,
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -83,6 +110,7 @@ impl Report {
         let mut hist = new_histogram();
         let mut out = Report::default();
         let mut storm: Option<Storm> = None;
+        let mut moved: Option<Moved> = None;
         for p in parts {
             out.connections += p.connections;
             out.connect_errors += p.connect_errors;
@@ -93,6 +121,7 @@ impl Report {
             out.lost += p.lost;
             out.duplicated += p.duplicated;
             out.resyncs += p.resyncs;
+            out.connect_retries += p.connect_retries;
             out.offered_rate += p.offered_rate;
             out.achieved_rate += p.achieved_rate;
             for [value, count] in p.histogram {
@@ -105,9 +134,18 @@ impl Report {
                 m.snapshots += s.snapshots;
                 m.all_back_seconds = m.all_back_seconds.max(s.all_back_seconds);
             }
+            if let Some(s) = p.moved {
+                let m = moved.get_or_insert_with(Moved::default);
+                m.clients += s.clients;
+                m.back += s.back;
+                m.resent += s.resent;
+                m.all_back_seconds = m.all_back_seconds.max(s.all_back_seconds);
+                m.max_away_seconds = m.max_away_seconds.max(s.max_away_seconds);
+            }
         }
         out.latency_us = Latency::of(&hist);
         out.storm = storm;
+        out.moved = moved;
         Ok(out)
     }
 
@@ -115,10 +153,11 @@ impl Report {
     pub fn summary(&self) -> String {
         let l = &self.latency_us;
         let mut s = format!(
-            "{} connections ({} errors) in {:.1}s | sent {} at {:.0}/s | delivered {}/{} | lost {} | duplicated {} | resyncs {}\n\
+            "{} connections ({} errors, {} retries) in {:.1}s | sent {} at {:.0}/s | delivered {}/{} | lost {} | duplicated {} | resyncs {}\n\
              latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
             self.connections,
             self.connect_errors,
+            self.connect_retries,
             self.connect_seconds,
             self.sent,
             self.achieved_rate,
@@ -137,6 +176,12 @@ impl Report {
             s += &format!(
                 "\nstorm: {}/{} clients back in {:.2}s ({} teacher snapshots)",
                 st.back, st.clients, st.all_back_seconds, st.snapshots
+            );
+        }
+        if let Some(m) = &self.moved {
+            s += &format!(
+                "\nmoved: {}/{} clients of a server that went away back in {:.2}s (longest away {:.2}s, {} events re-sent)",
+                m.back, m.clients, m.all_back_seconds, m.max_away_seconds, m.resent
             );
         }
         s
