@@ -5,11 +5,16 @@ BIN=target/release
 PIDS=()
 
 build() { cargo build --release --locked --bins -q; }
+# The Rust peers are cargo projects of their own (own workspace and lock
+# file, outside the server's): built into target/peers.
+PEER_BIN=target/peers/release
+build_rust_peer() { cargo build --release --locked -q --manifest-path "bench/peers/$1/Cargo.toml" --target-dir target/peers; }
 
-# start_server NAME [REDIS_URL] [DATABASE_URL]: sets PID_NAME, ADDR_NAME and
-# ADMIN_NAME (the operators' listener, for metrics).
+# start_server NAME [REDIS_URL] [DATABASE_URL] [ENV]: sets PID_NAME, ADDR_NAME
+# and ADMIN_NAME (the operators' listener, for metrics). ENV: extra
+# space-separated VAR=value settings, e.g. "EXAMWATCH__EVENTS__PERSIST=false".
 start_server() {
-    local name=$1 redis=${2:-} db=${3:-} port admin
+    local name=$1 redis=${2:-} db=${3:-} extra=${4:-} port admin
     port=$(free_port); admin=$(free_port)
     [ -n "$db" ] || db="sqlite://$(mktemp -d)/bench.db"
     EXAMWATCH__AUTH__JWT_SECRET=$SECRET EXAMWATCH__SERVER__BIND=127.0.0.1:$port \
@@ -17,7 +22,7 @@ start_server() {
     EXAMWATCH__LIMITS__MESSAGES_PER_SECOND=1000 EXAMWATCH__LIMITS__HANDSHAKES_PER_IP=0 EXAMWATCH__LIMITS__CONNECTIONS_PER_IP=0 EXAMWATCH__LOG__LEVEL=warn \
     EXAMWATCH__EXAM__IDLE_AFTER=1h EXAMWATCH__DATABASE__URL=$db \
     EXAMWATCH__BROKER__REDIS_URL=$redis EXAMWATCH__DATABASE__INSTANCE_ID=bench-$name \
-        $BIN/examwatch >"$OUT/server-$name.log" 2>&1 &
+        env $extra $BIN/examwatch >"$OUT/server-$name.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
     printf -v "PID_$name" %s "$pid"; printf -v "ADDR_$name" %s "127.0.0.1:$port"
@@ -25,12 +30,17 @@ start_server() {
     wait_http "127.0.0.1:$port"
 }
 
-# start_peer NAME DIR [REDIS_URL]: a Node.js peer from bench/peers/DIR.
+# start_peer NAME DIR [REDIS_URL]: a peer from bench/peers/DIR: Node.js
+# (server.js), or Rust (Cargo.toml, built by build_rust_peer).
 start_peer() {
     local name=$1 dir=$2 redis=${3:-} port
     port=$(free_port)
-    [ -d "bench/peers/$dir/node_modules" ] || (cd "bench/peers/$dir" && npm ci --silent)
-    PORT=$port REDIS_URL=$redis node "bench/peers/$dir/server.js" >"$OUT/peer-$name.log" 2>&1 &
+    if [ -f "bench/peers/$dir/Cargo.toml" ]; then
+        PORT=$port REDIS_URL=$redis "$PEER_BIN/examwatch-peer-$dir" >"$OUT/peer-$name.log" 2>&1 &
+    else
+        [ -d "bench/peers/$dir/node_modules" ] || (cd "bench/peers/$dir" && npm ci --silent)
+        PORT=$port REDIS_URL=$redis node "bench/peers/$dir/server.js" >"$OUT/peer-$name.log" 2>&1 &
+    fi
     local pid=$!
     PIDS+=("$pid")
     printf -v "PID_$name" %s "$pid"; printf -v "ADDR_$name" %s "127.0.0.1:$port"
@@ -76,6 +86,29 @@ pg_db() {
     psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $1" >/dev/null
 }
 
+# started PID LOG: waits until the load generator PID says it is sending;
+# fails (with its log's last lines) if it ended before that.
+started() {
+    until grep -q 'sending' "$2"; do
+        if ! kill -0 "$1" 2>/dev/null; then
+            echo "load generator ended before sending: $(grep -v '^ ' "$2" | tail -3)" >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# drained ADMIN_ADDR: waits (up to 120 s) until examwatch's database writer
+# has nothing pending, so a measure does not pay for the previous one's
+# backlog (nor get refused with 503 past database.queue_limit).
+drained() {
+    for _ in $(seq 1 600); do
+        [ "$(metric db_pending_writes "$1")" = 0 ] && return 0
+        sleep 0.2
+    done
+    echo "examwatch's database writer did not drain within 120 s" >&2
+}
+
 # cpu_run NAME ADDR LABEL [FRAMING] [TEACHERS] [RATE]: server CPU µs per
 # fanned-out event (events x teachers per exam) at RATE (default 20k/s,
 # 100 exams x 30 students x 1 teacher).
@@ -85,7 +118,7 @@ cpu_run() {
     loadgen --server "$2" --framing "${4:-examwatch}" --exams $exams --students 30 --teachers "$teachers" \
         --rate "$rate" --duration 10s --prefix "cpu$RANDOM-" >"$OUT/cpu-$3.json" 2>"$OUT/cpu-$3.log" &
     local lg=$!
-    until grep -q 'sending' "$OUT/cpu-$3.log"; do sleep 0.2; done
+    started "$lg" "$OUT/cpu-$3.log" || return 1
     t0=$(cpu_ticks "${!pid_var}")
     wait $lg
     t1=$(cpu_ticks "${!pid_var}")
@@ -103,7 +136,7 @@ idle_run() {
     loadgen --server "$2" --framing "${5:-examwatch}" --exams $(($3 / 100)) --students 100 --teachers 0 \
         --rate 1 --duration 16s --prefix "idle$RANDOM-" >"$OUT/idle-$4.json" 2>"$OUT/idle-$4.log" &
     local lg=$!
-    until grep -q 'sending' "$OUT/idle-$4.log"; do sleep 0.5; done
+    started "$lg" "$OUT/idle-$4.log" || return 1
     sleep 12
     after=$(rss_kb "${!pid_var}")
     wait $lg
