@@ -65,7 +65,8 @@ two_instances() { # LABEL ROUND
     for rate in 5000 20000; do
         loadgen --server "$ADDR_A" --teacher-server "$ADDR_B" --framing $framing --exams 100 --students 30 \
             --teachers 1 --rate $rate --duration 10s --prefix "ab2$rate-" \
-            --json "$OUT/ab-$label-redis$rate-r$r.json" >/dev/null 2>&1
+            --json "$OUT/ab-$label-redis$rate-r$r.json" >/dev/null 2>&1 \
+            || echo "ab: $label x2 at $rate/s: the load generator failed" >&2
     done
     stop_server A; stop_server B
     redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true

@@ -70,7 +70,8 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # metric NAME ADMIN_ADDR: one examwatch metric (labelled with instance_id).
 metric() { curl -fs "http://$2/metrics" | awk -v m="examwatch_$1" 'index($1, m "{") == 1 {print $2}'; }
-loadgen() { $BIN/examwatch-loadgen --secret $SECRET "$@"; }
+# LOADGEN: another load generator binary (default: this tree's).
+loadgen() { ${LOADGEN:-$BIN/examwatch-loadgen} --secret $SECRET "$@"; }
 json_field() { python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print(eval('d'+sys.argv[2]))" "$1" "$2"; }
 
 start_redis() {
@@ -89,7 +90,7 @@ pg_db() {
 # started PID LOG: waits until the load generator PID says it is sending;
 # fails (with its log's last lines) if it ended before that.
 started() {
-    until grep -q 'sending' "$2"; do
+    until grep -qs 'sending' "$2"; do
         if ! kill -0 "$1" 2>/dev/null; then
             echo "load generator ended before sending: $(grep -v '^ ' "$2" | tail -3)" >&2
             return 1
