@@ -4,11 +4,13 @@ SECRET=bench-secret-bench-secret-bench-secret-42
 BIN=target/release
 PIDS=()
 
-build() { cargo build --release --locked --bins -q; }
+# SKIP_BUILD=1: use the binaries already in target/ (e.g. while a cargo
+# command holds the build directory's lock).
+build() { [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked --bins -q; }
 # The Rust peers are cargo projects of their own (own workspace and lock
 # file, outside the server's): built into target/peers.
 PEER_BIN=target/peers/release
-build_rust_peer() { cargo build --release --locked -q --manifest-path "bench/peers/$1/Cargo.toml" --target-dir target/peers; }
+build_rust_peer() { [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -q --manifest-path "bench/peers/$1/Cargo.toml" --target-dir target/peers; }
 
 # start_server NAME [REDIS_URL] [DATABASE_URL] [ENV]: sets PID_NAME, ADDR_NAME
 # and ADMIN_NAME (the operators' listener, for metrics). ENV: extra

@@ -989,7 +989,7 @@ mod tests {
         });
         figment::Jail::expect_with(|jail| {
             jail.set_env("EXAMWATCH__EVENTS__PERSIST", "sometimes");
-            let err = Settings::load(None).unwrap_err().to_string();
+            let err = Settings::load(None).unwrap_err().to_string().to_lowercase();
             assert!(err.contains("events.persist"), "{err}");
             Ok(())
         });
