@@ -40,19 +40,67 @@ def fmt(v):
     return str(v)
 
 
+# Servers in the table: examwatch twice (SQLite persistence, the default;
+# and `examwatch-mem`, events.persist = false), then the peers.
+OURS = [("examwatch", "examwatch"), ("examwatch-mem", "examwatch-mem")]
+PEERS = [("node-ws", "Node `ws`"), ("socketio", "Socket.IO"), ("socketioxide", "socketioxide")]
+CPU_FAN = "server CPU per fanned-out event, 10 teachers/exam (µs)"
+CPU_ONE = "server CPU per event at 20k/s (µs)"
+RSS = "RSS per idle connection (KB)"
+# Issue 17's targets, as (measure, our server, the most its value may be as
+# a multiple of the best peer's in the same run).
+TARGETS = [
+    (CPU_FAN, "examwatch-mem", 0.8),
+    (CPU_FAN, "examwatch", 1.0),
+    (CPU_ONE, "examwatch-mem", 0.8),
+    (CPU_ONE, "examwatch", 1.0),
+    (RSS, "examwatch", 0.5),
+]
+
+
+def number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def best_peer(data, key):
+    """The best (lowest) peer value of a measure and its label, or None."""
+    vals = [(data[l][key], l) for l, _ in PEERS if number(data[l][key]) and data[l][key] > 0]
+    return min(vals) if vals else None
+
+
 def table():
-    labels = ["examwatch", "node-ws", "socketio"]
+    labels = [l for l, _ in OURS + PEERS]
     data = {l: measure(l) for l in labels}
-    rows = ["| measure (median of rounds) | examwatch | Node `ws` | Socket.IO | examwatch / best peer |",
-            "|---|---|---|---|---|"]
+    head = " | ".join(name for _, name in OURS + PEERS)
+    ratios = " | ".join(f"{name} / best peer" for _, name in OURS)
+    rows = [f"| measure (median of rounds) | {head} | {ratios} |",
+            "|---|" + "---|" * (len(labels) + len(OURS))]
     for key in data["examwatch"]:
         vals = [data[l][key] for l in labels]
-        peers = [v for v in vals[1:] if isinstance(v, (int, float)) and v]
-        ratio = "—"
-        if not key.startswith(("lost", "rounds")) and isinstance(vals[0], (int, float)) and peers:
-            ratio = f"{vals[0] / min(peers):.2f}"
-        rows.append(f"| {key} | " + " | ".join(fmt(v) for v in vals) + f" | {ratio} |")
+        best = best_peer(data, key)
+        cells = []
+        for l, _ in OURS:
+            v = data[l][key]
+            if key.startswith(("lost", "rounds")) or not number(v) or best is None:
+                cells.append("—")
+            else:
+                cells.append(f"{v / best[0]:.2f}")
+        rows.append(f"| {key} | " + " | ".join(fmt(v) for v in vals) + " | " + " | ".join(cells) + " |")
     return "\n".join(rows), data
+
+
+def targets(data):
+    """Issue 17's ratio targets: met or behind, against the best peer."""
+    rows = ["| target (issue 17) | ours | best peer | ratio | target | |", "|---|---|---|---|---|---|"]
+    for key, ours, most in TARGETS:
+        v, best = data[ours][key], best_peer(data, key)
+        if not number(v) or best is None:
+            rows.append(f"| {key} | {ours}: — | — | — | ≤ {most} | not measured |")
+            continue
+        ratio = v / best[0]
+        verdict = "met" if ratio <= most else "behind"
+        rows.append(f"| {key} | {ours}: {fmt(v)} | {best[1]}: {fmt(best[0])} | {ratio:.2f} | ≤ {most} | {verdict} |")
+    return "\n".join(rows)
 
 
 def curve(label):
@@ -108,7 +156,7 @@ def plot(series):
 if __name__ == "__main__":
     md, data = table()
     series = {l: curve(l) for l in ("examwatch", "node-ws")}
-    lines = [md, "", "| offered rate | " + " | ".join(f"{l} p50 / p99 ms (lost)" for l in series) + " |",
+    lines = [md, "", targets(data), "", "| offered rate | " + " | ".join(f"{l} p50 / p99 ms (lost)" for l in series) + " |",
              "|---|" + "---|" * len(series)]
     rates = sorted({p[0] for pts in series.values() for p in pts})
     for rate in rates:

@@ -5,15 +5,22 @@ BIN=${BIN:-target/release}
 PIDS=()
 
 # The server and the load generator (bench/loadgen, a workspace member).
-# NO_BUILD=1 (with BIN=dir) runs binaries built elsewhere, e.g. a baseline.
-build() { [ -n "${NO_BUILD:-}" ] || cargo build --release --locked --workspace --bins -q; }
+# NO_BUILD=1 or SKIP_BUILD=1 (with BIN=dir) runs binaries built elsewhere,
+# e.g. a baseline, or while a cargo command holds the build directory's lock.
+build() { [ -n "${NO_BUILD:-}${SKIP_BUILD:-}" ] || cargo build --release --locked --workspace --bins -q; }
+# The Rust peers are cargo projects of their own (own workspace and lock
+# file, outside the server's): built into target/peers.
+PEER_BIN=target/peers/release
+build_rust_peer() { [ -n "${NO_BUILD:-}${SKIP_BUILD:-}" ] || cargo build --release --locked -q --manifest-path "bench/peers/$1/Cargo.toml" --target-dir target/peers; }
 
-# start_server NAME [REDIS_URL] [DATABASE_URL] [PORT] [ADMIN_PORT]: sets
-# PID_NAME, ADDR_NAME, ADMIN_NAME (the operators' listener, for metrics)
-# and DB_NAME. PORT and ADMIN_PORT start it again where it was (a restart).
-# Other EXAMWATCH__ variables in the environment reach it too.
+# start_server NAME [REDIS_URL] [DATABASE_URL] [ENV] [PORT] [ADMIN_PORT]:
+# sets PID_NAME, ADDR_NAME, ADMIN_NAME (the operators' listener, for
+# metrics) and DB_NAME. ENV: extra space-separated VAR=value settings, e.g.
+# "EXAMWATCH__EVENTS__PERSIST=false". PORT and ADMIN_PORT start it again
+# where it was (a restart). Other EXAMWATCH__ variables in the environment
+# reach it too.
 start_server() {
-    local name=$1 redis=${2:-} db=${3:-} port=${4:-} admin=${5:-}
+    local name=$1 redis=${2:-} db=${3:-} extra=${4:-} port=${5:-} admin=${6:-}
     [ -n "$port" ] || port=$(free_port)
     [ -n "$admin" ] || admin=$(free_port)
     [ -n "$db" ] || db="sqlite://$(mktemp -d)/bench.db"
@@ -22,7 +29,7 @@ start_server() {
     EXAMWATCH__LIMITS__MESSAGES_PER_SECOND=1000 EXAMWATCH__LIMITS__HANDSHAKES_PER_IP=0 EXAMWATCH__LIMITS__CONNECTIONS_PER_IP=0 EXAMWATCH__LOG__LEVEL=warn \
     EXAMWATCH__EXAM__IDLE_AFTER=1h EXAMWATCH__DATABASE__URL=$db \
     EXAMWATCH__BROKER__REDIS_URL=$redis EXAMWATCH__DATABASE__INSTANCE_ID=bench-$name \
-        $BIN/examwatch >"$OUT/server-$name.log" 2>&1 &
+        env $extra $BIN/examwatch >"$OUT/server-$name.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
     printf -v "PID_$name" %s "$pid"; printf -v "ADDR_$name" %s "127.0.0.1:$port"
@@ -36,15 +43,20 @@ start_server() {
 restart_server() {
     local addr_var="ADDR_$1" admin_var="ADMIN_$1" db_var="DB_$1"
     stop_server "$1"
-    start_server "$1" "${2:-}" "${!db_var}" "${!addr_var##*:}" "${!admin_var##*:}"
+    start_server "$1" "${2:-}" "${!db_var}" "" "${!addr_var##*:}" "${!admin_var##*:}"
 }
 
-# start_peer NAME DIR [REDIS_URL]: a Node.js peer from bench/peers/DIR.
+# start_peer NAME DIR [REDIS_URL]: a peer from bench/peers/DIR: Node.js
+# (server.js), or Rust (Cargo.toml, built by build_rust_peer).
 start_peer() {
     local name=$1 dir=$2 redis=${3:-} port
     port=$(free_port)
-    [ -d "bench/peers/$dir/node_modules" ] || (cd "bench/peers/$dir" && npm ci --silent)
-    PORT=$port REDIS_URL=$redis node "bench/peers/$dir/server.js" >"$OUT/peer-$name.log" 2>&1 &
+    if [ -f "bench/peers/$dir/Cargo.toml" ]; then
+        PORT=$port REDIS_URL=$redis "$PEER_BIN/examwatch-peer-$dir" >"$OUT/peer-$name.log" 2>&1 &
+    else
+        [ -d "bench/peers/$dir/node_modules" ] || (cd "bench/peers/$dir" && npm ci --silent)
+        PORT=$port REDIS_URL=$redis node "bench/peers/$dir/server.js" >"$OUT/peer-$name.log" 2>&1 &
+    fi
     local pid=$!
     PIDS+=("$pid")
     printf -v "PID_$name" %s "$pid"; printf -v "ADDR_$name" %s "127.0.0.1:$port"
@@ -76,7 +88,8 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # metric NAME ADMIN_ADDR: one examwatch metric (labelled with instance_id).
 metric() { curl -fs "http://$2/metrics" | awk -v m="examwatch_$1" 'index($1, m "{") == 1 {print $2}'; }
-loadgen() { $BIN/examwatch-loadgen --secret $SECRET "$@"; }
+# LOADGEN: another load generator binary (default: this tree's).
+loadgen() { ${LOADGEN:-$BIN/examwatch-loadgen} --secret $SECRET "$@"; }
 json_field() { python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print(eval('d'+sys.argv[2]))" "$1" "$2"; }
 
 start_redis() {
@@ -181,6 +194,29 @@ pg_db() {
     psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $1" >/dev/null
 }
 
+# started PID LOG: waits until the load generator PID says it is sending;
+# fails (with its log's last lines) if it ended before that.
+started() {
+    until grep -qs 'sending' "$2"; do
+        if ! kill -0 "$1" 2>/dev/null; then
+            echo "load generator ended before sending: $(grep -v '^ ' "$2" | tail -3)" >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# drained ADMIN_ADDR: waits (up to 120 s) until examwatch's database writer
+# has nothing pending, so a measure does not pay for the previous one's
+# backlog (nor get refused with 503 past database.queue_limit).
+drained() {
+    for _ in $(seq 1 600); do
+        [ "$(metric db_pending_writes "$1")" = 0 ] && return 0
+        sleep 0.2
+    done
+    echo "examwatch's database writer did not drain within 120 s" >&2
+}
+
 # cpu_run NAME ADDR LABEL [FRAMING] [TEACHERS] [RATE]: server CPU µs per
 # fanned-out event (events x teachers per exam) at RATE (default 20k/s,
 # 100 exams x 30 students x 1 teacher).
@@ -190,7 +226,7 @@ cpu_run() {
     loadgen --server "$2" --framing "${4:-examwatch}" --exams $exams --students 30 --teachers "$teachers" \
         --rate "$rate" --duration 10s --prefix "cpu$RANDOM-" >"$OUT/cpu-$3.json" 2>"$OUT/cpu-$3.log" &
     local lg=$!
-    until grep -q 'sending' "$OUT/cpu-$3.log"; do sleep 0.2; done
+    started "$lg" "$OUT/cpu-$3.log" || return 1
     t0=$(cpu_ticks "${!pid_var}")
     wait $lg
     t1=$(cpu_ticks "${!pid_var}")
@@ -208,7 +244,7 @@ idle_run() {
     loadgen --server "$2" --framing "${5:-examwatch}" --exams $(($3 / 100)) --students 100 --teachers 0 \
         --rate 1 --duration 16s --prefix "idle$RANDOM-" >"$OUT/idle-$4.json" 2>"$OUT/idle-$4.log" &
     local lg=$!
-    until grep -q 'sending' "$OUT/idle-$4.log"; do sleep 0.5; done
+    started "$lg" "$OUT/idle-$4.log" || return 1
     sleep 12
     after=$(rss_kb "${!pid_var}")
     wait $lg

@@ -188,6 +188,7 @@ impl App {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             max_announcement_chars: settings.limits.max_announcement_chars,
+            persist_events: settings.events.persist,
             store: store.clone(),
             writer: writer.clone(),
             broker: broker.clone(),

@@ -28,6 +28,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
     pub database: DatabaseSettings,
+    pub events: EventSettings,
     pub broker: BrokerSettings,
     pub exam: ExamSettings,
     pub alerts: AlertSettings,
@@ -267,6 +268,28 @@ impl Default for DatabaseSettings {
             queue_limit: 100_000,
             instance_id: None,
         }
+    }
+}
+
+/// `[events]`: what of the live stream goes to the database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// Write each `student` event (progress, focus, connects...) to the
+    /// exam's event log. `false` keeps the log to the exam's control
+    /// events (announcements, phase and clock changes, actions, alerts,
+    /// hands, deliveries), so a student event costs no database work at
+    /// all: the like-for-like setting against in-memory servers
+    /// (bench/ab.sh `examwatch-mem`). Answers, submissions, sessions,
+    /// proctor actions and alerts stay durable either way; what is lost is
+    /// the per-event history (timeline, a student's page of it, their
+    /// last state after a restart): docs/DEPLOY.md.
+    pub persist: bool,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self { persist: true }
     }
 }
 
@@ -957,6 +980,25 @@ mod tests {
             jail.set_env("EXAMWATCH__EXAM__NOPE", "1");
             let err = Settings::load(None).unwrap_err().to_string().to_lowercase();
             assert!(err.contains("nope"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn event_persistence_is_on_unless_turned_off_and_a_non_boolean_names_the_key() {
+        figment::Jail::expect_with(|_jail| {
+            assert!(Settings::load(None).expect("defaults").events.persist);
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__EVENTS__PERSIST", "false");
+            assert!(!Settings::load(None).expect("valid").events.persist);
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EXAMWATCH__EVENTS__PERSIST", "sometimes");
+            let err = Settings::load(None).unwrap_err().to_string().to_lowercase();
+            assert!(err.contains("events.persist"), "{err}");
             Ok(())
         });
     }

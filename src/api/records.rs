@@ -133,7 +133,7 @@ async fn report(
     caller.require_right(&id, Right::Watch)?;
     known(&app, &id).await?;
     let live = app.registry.counts(&id).await.is_some();
-    let states = app.store.student_states(&id).await?;
+    let mut states = app.store.student_states(&id).await?;
     let submitted = app.store.submissions(&id).await?;
     let answered = app.store.answered_counts(&id).await?;
     let roster = app.store.roster(&id).await?;
@@ -161,6 +161,27 @@ async fn report(
             .entry(s.user_id)
             .or_default()
             .push((s.connected_at, s.disconnected_at));
+    }
+    // With `events.persist = false` the log keeps no `student` events:
+    // students known only from their records (sessions, answers, a
+    // submission) get the live room's state while it runs, else one built
+    // from those records (so a student who sat the exam is never `absent`).
+    let stored: std::collections::HashSet<String> =
+        states.iter().map(|s| s.student_id.clone()).collect();
+    let recorded: std::collections::BTreeSet<&String> = per_user
+        .keys()
+        .chain(submitted.keys())
+        .chain(answered.keys())
+        .filter(|sid| !stored.contains(*sid))
+        .collect();
+    for sid in recorded {
+        let live_state = match live {
+            true => app.registry.student(&id, sid).await.and_then(|l| l.state),
+            false => None,
+        };
+        let name = roster.get(sid).map(|(name, _)| name.clone());
+        let sessions = per_user.get(sid).map_or(0, Vec::len);
+        states.push(live_state.unwrap_or_else(|| recorded_state(sid, name, sessions)));
     }
     // Time away counts until the student submitted, the exam's scheduled
     // end (when it has one), or now, whichever comes first.
@@ -308,6 +329,35 @@ fn disconnected_ms(sessions: &[(i64, Option<i64>)], end: i64) -> i64 {
 }
 
 /// Appends one CSV record (RFC 4180, CRLF line ends) of `fields`.
+/// A student's state from their records alone: no focus or activity is
+/// known, only who they are and how often they connected.
+fn recorded_state(
+    sid: &str,
+    name: Option<String>,
+    sessions: usize,
+) -> crate::protocol::StudentState {
+    crate::protocol::StudentState {
+        student_id: sid.to_owned(),
+        name: name.unwrap_or_else(|| sid.to_owned()),
+        status: Status::Disconnected,
+        current_question: None,
+        answered: 0,
+        last_activity: Timestamp::now(),
+        connected: false,
+        focused: true,
+        focus_lost_count: 0,
+        alerts: Default::default(),
+        connections: u32::try_from(sessions).unwrap_or(u32::MAX),
+        submitted_at: None,
+        deadline: None,
+        paused: false,
+        extra_minutes: 0,
+        disconnected_ms: 0,
+        disconnected_since: None,
+        hand_raised: false,
+    }
+}
+
 fn push_row(csv: &mut String, fields: &[String]) {
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {

@@ -540,6 +540,10 @@ pub struct RoomContext {
     pub tracker: TaskTracker,
     /// `limits.max_announcement_chars`.
     pub max_announcement_chars: usize,
+    /// `events.persist`: `student` events go to the event log. Off, they
+    /// are delivered and kept for `resume` but never handed to the writer
+    /// (no record, no copy of the payload); every other event still is.
+    pub persist_events: bool,
     pub store: crate::store::Store,
     pub writer: crate::store::writer::Writer,
     pub broker: crate::broker::Broker,

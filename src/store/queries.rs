@@ -267,10 +267,14 @@ struct StudentEvent {
 
 impl Store {
     /// Loads an exam's durable state for a room that is starting.
+    /// `logged`: whether the event log holds every event (`events.persist`);
+    /// if not, an exam with no event in its log may still have answers and
+    /// submissions, so they are read anyway.
     pub async fn load_exam_state(
         &self,
         exam_id: &str,
         history: usize,
+        logged: bool,
     ) -> Result<ExamState, StoreError> {
         let pool = self.pool();
         let last_seq: Option<i64> =
@@ -288,7 +292,7 @@ impl Store {
             reserved: reserved.unwrap_or(0).max(0) as Seq,
             ..ExamState::default()
         };
-        if state.last_seq == 0 {
+        if state.last_seq == 0 && logged {
             return Ok(state);
         }
         state.students = self.student_states(exam_id).await?;
@@ -564,11 +568,14 @@ impl Store {
         rows.into_iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
-    /// Whether the exam exists: created through the API, or seen live.
+    /// Whether the exam exists: created through the API, or seen live (an
+    /// event in its log, or a session: with `events.persist = false` the
+    /// log may hold nothing of an exam that was sat).
     pub async fn exam_known(&self, exam_id: &str) -> Result<bool, StoreError> {
         let found: Option<String> = sqlx::query_scalar(
             "SELECT id FROM exams WHERE id = $1 \
-             UNION ALL SELECT exam_id FROM events WHERE exam_id = $1 LIMIT 1",
+             UNION ALL SELECT exam_id FROM events WHERE exam_id = $1 \
+             UNION ALL SELECT exam_id FROM sessions WHERE exam_id = $1 LIMIT 1",
         )
         .bind(exam_id)
         .fetch_optional(self.pool())

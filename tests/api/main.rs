@@ -32,6 +32,7 @@ mod log_hygiene;
 mod metric_families;
 mod ops;
 mod outage;
+mod persist_off;
 mod persistence;
 mod readme;
 mod rest;

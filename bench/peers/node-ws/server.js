@@ -32,9 +32,17 @@ function claims(req) {
   }
 }
 
+// GET /healthz, and the load generator's "create this exam in progress"
+// (POST /v1/exams): 201, since every exam here is open.
 const server = http.createServer((req, res) => {
+  if (req.method === 'POST' && req.url === '/v1/exams') {
+    req.resume();
+    res.writeHead(201, { 'content-type': 'application/json' });
+    res.end('{}');
+    return;
+  }
   res.writeHead(req.url === '/healthz' ? 200 : 404, { 'content-type': 'application/json' });
-  res.end('{"status":"ok"}');
+  res.end(req.url === '/healthz' ? '{"status":"ok"}' : '{"error":"not found"}');
 });
 const wss = new WebSocketServer({ noServer: true });
 

@@ -23,11 +23,12 @@ impl Room {
     /// connected when the last room ended get a grace period to come back.
     pub(super) async fn restore(&mut self) -> Result<(), StoreError> {
         let mut attempt = 0;
-        let state = loop {
-            let load = self
-                .ctx
-                .store
-                .load_exam_state(&self.exam_id, self.ctx.settings.history_size);
+        let mut state = loop {
+            let load = self.ctx.store.load_exam_state(
+                &self.exam_id,
+                self.ctx.settings.history_size,
+                self.ctx.persist_events,
+            );
             match tokio::time::timeout(Duration::from_secs(3), load).await {
                 Ok(Ok(s)) => break s,
                 Ok(Err(e)) if attempt >= 2 => return Err(e),
@@ -61,12 +62,15 @@ impl Room {
             // The last room did not end cleanly (a crash): seqs up to its
             // reservation may have reached teachers without reaching the
             // log. Never re-issue them, and answer older resumes with a
-            // snapshot.
-            tracing::warn!(
-                last_stored = state.last_seq,
-                reserved = state.reserved,
-                "previous room ended uncleanly; continuing after its reservation"
-            );
+            // snapshot. (Without `student` events in the log, this is
+            // every restart, clean or not: nothing to warn about.)
+            if self.ctx.persist_events {
+                tracing::warn!(
+                    last_stored = state.last_seq,
+                    reserved = state.reserved,
+                    "previous room ended uncleanly; continuing after its reservation"
+                );
+            }
             self.seq = state.reserved;
             self.epoch_floor = state.reserved;
         }
@@ -92,14 +96,25 @@ impl Room {
             let sid: Arc<str> = st.student_id.as_str().into();
             let questions = answered.remove(st.student_id.as_str()).unwrap_or_default();
             let mut student = Student::restored(st, questions);
-            if let Some(at) = state.submitted.get(sid.as_ref()) {
+            if let Some(at) = state.submitted.remove(sid.as_ref()) {
                 student.state.status = Status::Submitted;
-                student.state.submitted_at = Some(Timestamp::from_unix_ms(*at));
+                student.state.submitted_at = Some(Timestamp::from_unix_ms(at));
             }
             if matches!(student.state.status, Status::Active | Status::Idle) {
                 student.grace_timer = Some(self.timers.insert(Timer::Grace(sid.clone()), grace));
             }
             self.students.insert(sid, student);
+        }
+        // Without `student` events in the log (`events.persist = false`),
+        // what is durable still counts: a student with stored answers or a
+        // submission comes back with them (answered count, submitted), not
+        // as a newcomer who could submit again.
+        for (id, questions) in answered {
+            let at = state.submitted.remove(&id);
+            self.restore_from_records(id, questions, at);
+        }
+        for (id, at) in state.submitted {
+            self.restore_from_records(id, Default::default(), Some(at));
         }
         self.history = state
             .history
@@ -123,8 +138,9 @@ impl Room {
             }
         }
         // A history that does not end at the current seq has a hole (lost
-        // events): resumes from before here get a snapshot.
-        if self.history.back().is_some_and(|(s, _)| *s != self.seq) {
+        // events): resumes from before here get a snapshot. So does one
+        // read from a log that keeps no `student` events.
+        if !self.ctx.persist_events || self.history.back().is_some_and(|(s, _)| *s != self.seq) {
             self.epoch_floor = self.epoch_floor.max(self.seq);
         }
         // Announcements among them stay available to students' `resume`;
@@ -152,6 +168,30 @@ impl Room {
             );
         }
         Ok(())
+    }
+
+    /// A student known only from their stored answers and submission (no
+    /// `student` event in the log): disconnected until they come back.
+    fn restore_from_records(
+        &mut self,
+        id: String,
+        questions: std::collections::HashSet<String>,
+        submitted_at: Option<i64>,
+    ) {
+        let sid: Arc<str> = id.as_str().into();
+        if self.students.contains_key(&sid) {
+            return;
+        }
+        // Their name comes back with their next connection's token.
+        let mut state = Student::new(id.clone(), id, 0).state;
+        state.status = Status::Disconnected;
+        state.connections = 0;
+        if let Some(at) = submitted_at {
+            state.status = Status::Submitted;
+            state.submitted_at = Some(Timestamp::from_unix_ms(at));
+        }
+        self.students
+            .insert(sid, Student::restored(state, questions));
     }
 
     /// The room could not load its state: every pending join is told to

@@ -64,15 +64,25 @@ impl Room {
         }
         self.ctx.metrics.events.increment(1);
         self.deliver(&bytes, audience);
-        self.ctx.writer.write(Record::Event {
-            exam_id: self.exam_id.clone(),
-            seq: seq as i64,
-            at: now_ms(),
-            student_id: student.cloned(),
-            kind,
-            payload: bytes.as_str().to_owned(),
-        });
+        if self.logs(kind) {
+            self.ctx.writer.write(Record::Event {
+                exam_id: self.exam_id.clone(),
+                seq: seq as i64,
+                at: now_ms(),
+                student_id: student.cloned(),
+                kind,
+                payload: bytes.as_str().to_owned(),
+            });
+        }
         self.log_alert(seq, kind, bytes.as_str());
+    }
+
+    /// Whether an event of this kind goes to the exam's event log: all of
+    /// them, but `student` events only with `events.persist` (the one kind
+    /// that comes with every student message; the others are the exam's
+    /// control events, rare, and a proctor's record).
+    pub(super) fn logs(&self, kind: &str) -> bool {
+        self.ctx.persist_events || kind != "student"
     }
 
     /// Fans one encoded event out to local members without ever waiting.
