@@ -10,6 +10,12 @@
 //!
 //! Answers and submissions carry a completion: it fires only after their
 //! transaction committed, and that is when the student gets its `ack`.
+//!
+//! The task wakes once per batch, not once per record: after the first
+//! record of a batch it sleeps on one timer for `database.flush_interval`
+//! while the rest gather in the queue (a record sent while the task sleeps
+//! is a push and no wake-up: the task is not waiting on the queue). Only a
+//! full batch (`database.batch_max` records waiting) cuts the sleep short.
 
 use std::{
     sync::{
@@ -19,8 +25,9 @@ use std::{
     time::Duration,
 };
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot},
     task::JoinHandle,
     time::Instant,
 };
@@ -39,7 +46,9 @@ pub enum Record {
         at: i64,
         student_id: Option<Arc<str>>,
         kind: &'static str,
-        payload: String,
+        /// The very bytes teachers were sent (reference counted: the
+        /// writer shares them with the room's history, no copy).
+        payload: Utf8Bytes,
     },
     /// The exam's seq may be used up to `reserved` (see `exam_seq`).
     /// `done`, if given, fires once committed (a room starting up waits).
@@ -107,7 +116,20 @@ pub struct WriterStats {
 pub struct Writer {
     tx: mpsc::UnboundedSender<Record>,
     stats: Arc<WriterStats>,
+    wake: Arc<Wake>,
     limit: usize,
+}
+
+/// What cuts the writer's sleep short: a full batch waiting.
+struct Wake {
+    /// Records in the queue the task has not taken yet.
+    unread: AtomicUsize,
+    /// This many unread records wake the sleeping task: with the record
+    /// it holds, a full batch (`database.batch_max - 1`, at least 1).
+    full_at: usize,
+    /// Notified when `unread` reaches `full_at` (a permit is kept if the
+    /// task is not sleeping: at worst one batch goes early).
+    full: Notify,
 }
 
 /// Owns the writer task; `finish` drains it at shutdown.
@@ -127,10 +149,16 @@ impl Writer {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(WriterStats::default());
         let stop = CancellationToken::new();
+        let wake = Arc::new(Wake {
+            unread: AtomicUsize::new(0),
+            full_at: settings.batch_max.saturating_sub(1).max(1),
+            full: Notify::new(),
+        });
         let worker = Worker {
             store,
             rx,
             stats: stats.clone(),
+            wake: wake.clone(),
             metrics,
             batch_max: settings.batch_max,
             flush_interval: settings.flush_interval,
@@ -140,6 +168,7 @@ impl Writer {
         let writer = Writer {
             tx,
             stats,
+            wake,
             limit: settings.queue_limit,
         };
         (writer, WriterTask { stop, handle })
@@ -148,9 +177,17 @@ impl Writer {
     /// Queues a record. Never blocks, never drops while the task runs.
     pub fn write(&self, record: Record) {
         self.stats.pending.fetch_add(1, Ordering::Relaxed);
+        // Counted before the send, so the task (which subtracts what it
+        // takes) never sees fewer unread than it takes.
+        let unread = self.wake.unread.fetch_add(1, Ordering::Relaxed) + 1;
         if self.tx.send(record).is_err() {
             self.stats.pending.fetch_sub(1, Ordering::Relaxed);
+            self.wake.unread.fetch_sub(1, Ordering::Relaxed);
             tracing::error!("record written after the writer stopped");
+            return;
+        }
+        if unread == self.wake.full_at {
+            self.wake.full.notify_one();
         }
     }
 
@@ -184,6 +221,7 @@ struct Worker {
     store: Store,
     rx: mpsc::UnboundedReceiver<Record>,
     stats: Arc<WriterStats>,
+    wake: Arc<Wake>,
     /// Commits, retries, records refused (`rejected`), seq collisions,
     /// batch sizes and commit times.
     metrics: Arc<DbMetrics>,
@@ -202,7 +240,10 @@ impl Worker {
                 _ = self.stop.cancelled() => None,
             };
             match first {
-                Some(r) => batch.push(r),
+                Some(r) => {
+                    self.taken(1);
+                    batch.push(r);
+                }
                 None => {
                     // Stopping: take whatever is still queued.
                     while let Ok(r) = self.rx.try_recv() {
@@ -214,15 +255,32 @@ impl Worker {
                     return;
                 }
             }
-            let deadline = Instant::now() + self.flush_interval;
-            while batch.len() < self.batch_max {
-                match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                    Ok(Some(r)) => batch.push(r),
-                    _ => break,
+            // Let the batch gather on one timer, not one wake-up per record
+            // (see the module's doc); a full batch waiting goes at once.
+            if self.wake.unread.load(Ordering::Relaxed) < self.wake.full_at {
+                let deadline = Instant::now() + self.flush_interval;
+                tokio::select! {
+                    biased;
+                    () = self.wake.full.notified() => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                    () = self.stop.cancelled() => {}
                 }
             }
+            let before = batch.len();
+            while batch.len() < self.batch_max {
+                match self.rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.taken(batch.len() - before);
             self.commit(std::mem::take(&mut batch)).await;
         }
+    }
+
+    /// `n` records left the queue.
+    fn taken(&self, n: usize) {
+        self.wake.unread.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Commits one batch, retrying with backoff until it succeeds. A batch

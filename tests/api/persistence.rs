@@ -400,3 +400,30 @@ async fn the_roster_decides_who_may_join(db: Backend) {
     // Exams without a roster take any student their token admits.
     let (_x, _) = app.student("open-exam", "anyone").await;
 }
+
+/// The writer sleeps through `database.flush_interval` while a batch
+/// gathers (no wake-up per record), but a full batch (`batch_max` records
+/// waiting) is committed at once. With a one-minute interval and batches
+/// of two, nothing here could happen within the test's few seconds
+/// otherwise: the room's start waits for its seq reservation to commit
+/// (beside the session record), and the answer's ack for its commit
+/// (beside the events after it).
+#[tokio::test]
+async fn a_full_batch_is_committed_without_waiting_for_the_flush_interval() {
+    let app = spawn_app_with(|s| {
+        s.database.flush_interval = std::time::Duration::from_secs(60);
+        s.database.batch_max = 2;
+    })
+    .await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": "a"}))
+        .await;
+    for i in 0..2 {
+        s.send_json(
+            json!({"type": "progress", "question": format!("q{i}"), "answered": 1, "ref": i}),
+        )
+        .await;
+    }
+    // expect_ack gives up well before the minute is over.
+    s.expect_ack("a").await;
+}

@@ -78,7 +78,7 @@ pub async fn seed_students(app: &TestApp, exam: &str, n: usize) {
             at: examwatch::store::now_ms(),
             student_id: Some(state.student_id.as_str().into()),
             kind: "student",
-            payload: payload.as_str().to_owned(),
+            payload,
         });
     }
     app.flushed().await;

@@ -111,7 +111,7 @@ impl Room {
                     "student_control" => "student_control",
                     _ => "student",
                 },
-                payload: p.event.as_str().to_owned(),
+                payload: p.event.clone(),
             });
             self.log_alert(p.seq, &p.kind, p.event.as_str());
         }

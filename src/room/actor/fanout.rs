@@ -71,7 +71,7 @@ impl Room {
                 at: now_ms(),
                 student_id: student.cloned(),
                 kind,
-                payload: bytes.as_str().to_owned(),
+                payload: bytes.clone(),
             });
         }
         self.log_alert(seq, kind, bytes.as_str());
