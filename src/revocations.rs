@@ -88,9 +88,43 @@ pub struct TokenId {
 
 impl TokenId {
     pub fn of(claims: &Claims) -> Self {
+        Self::with_sub(claims, claims.sub.as_str().into())
+    }
+
+    /// The claims' id around a `sub` the caller already holds (a
+    /// connection's user id is the same string: one allocation, not two).
+    pub fn with_sub(claims: &Claims, sub: Arc<str>) -> Self {
+        debug_assert_eq!(*sub, *claims.sub);
         Self {
-            sub: claims.sub.as_str().into(),
+            sub,
             jti: claims.jti.as_deref().map(Into::into),
+            iat: claims.iat,
+        }
+    }
+
+    fn as_ref(&self) -> TokenRef<'_> {
+        TokenRef {
+            sub: &self.sub,
+            jti: self.jti.as_deref(),
+            iat: self.iat,
+        }
+    }
+}
+
+/// [`TokenId`] borrowed, for a check that keeps nothing: the check at
+/// every handshake allocates no copy of the token's ids.
+#[derive(Debug, Clone, Copy)]
+struct TokenRef<'a> {
+    sub: &'a str,
+    jti: Option<&'a str>,
+    iat: Option<u64>,
+}
+
+impl<'a> TokenRef<'a> {
+    fn of(claims: &'a Claims) -> Self {
+        Self {
+            sub: &claims.sub,
+            jti: claims.jti.as_deref(),
             iat: claims.iat,
         }
     }
@@ -99,16 +133,20 @@ impl TokenId {
 impl Revocation {
     /// Does this entry refuse `token` at `now_ms`?
     pub fn covers(&self, token: &TokenId, now_ms: i64) -> bool {
+        self.covers_ref(token.as_ref(), now_ms)
+    }
+
+    fn covers_ref(&self, token: TokenRef<'_>, now_ms: i64) -> bool {
         if self.until <= now_ms {
             return false;
         }
         if let Some(sub) = &self.sub
-            && **sub != *token.sub
+            && sub.as_str() != token.sub
         {
             return false;
         }
         match &self.jti {
-            Some(jti) => token.jti.as_deref() == Some(jti.as_str()),
+            Some(jti) => token.jti == Some(jti.as_str()),
             // By subject: tokens issued up to the revocation's second.
             None => token
                 .iat
@@ -192,15 +230,14 @@ impl Index {
         }
     }
 
-    fn covering(&self, token: &TokenId, now_ms: i64) -> bool {
+    fn covering(&self, token: TokenRef<'_>, now_ms: i64) -> bool {
         let by_jti = token
             .jti
-            .as_deref()
             .and_then(|j| self.by_jti.get(j))
             .into_iter()
             .flatten();
-        let by_sub = self.by_sub.get(&*token.sub).into_iter().flatten();
-        by_jti.chain(by_sub).any(|e| e.covers(token, now_ms))
+        let by_sub = self.by_sub.get(token.sub).into_iter().flatten();
+        by_jti.chain(by_sub).any(|e| e.covers_ref(token, now_ms))
     }
 }
 
@@ -267,10 +304,15 @@ impl Revocations {
 
     /// Is this token refused now?
     pub fn is_revoked(&self, claims: &Claims) -> bool {
-        self.is_revoked_id(&TokenId::of(claims), crate::store::now_ms())
+        self.is_revoked_ref(TokenRef::of(claims), crate::store::now_ms())
     }
 
+    #[cfg(test)]
     fn is_revoked_id(&self, token: &TokenId, now_ms: i64) -> bool {
+        self.is_revoked_ref(token.as_ref(), now_ms)
+    }
+
+    fn is_revoked_ref(&self, token: TokenRef<'_>, now_ms: i64) -> bool {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         !index.by_id.is_empty() && index.covering(token, now_ms)
     }
@@ -305,7 +347,7 @@ impl Revocations {
                     out: out.clone(),
                 },
             );
-            self.is_revoked_id(&token, crate::store::now_ms())
+            self.is_revoked_ref(token.as_ref(), crate::store::now_ms())
         };
         if revoked_now {
             revoke(&out);
@@ -327,7 +369,7 @@ impl Revocations {
             return;
         }
         for conn in self.lock_live().values() {
-            if index.covering(&conn.token, now_ms) {
+            if index.covering(conn.token.as_ref(), now_ms) {
                 revoke(&conn.out);
             }
         }

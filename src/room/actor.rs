@@ -77,6 +77,8 @@ pub(super) struct Room {
     id: u64,
     registry: Registry,
     ctx: RoomContext,
+    /// The exam-wide answered-set read in flight, if any (`load_answered`).
+    answered_load: cluster::AnsweredLoad,
     /// Last assigned event number (with Redis: the latest delivered here,
     /// which may be provisional during an outage).
     seq: Seq,
@@ -195,6 +197,7 @@ impl Room {
             deliveries: Default::default(),
             hands: Default::default(),
             step_started: std::time::Instant::now(),
+            answered_load: Default::default(),
         }
     }
 
@@ -349,9 +352,7 @@ impl Room {
             } => self.previous_client(&student, &previous, &now),
             RoomCmd::IncidentClaimed { students } => self.incident_claimed(students),
             RoomCmd::Orphaned { student } => self.orphaned(student),
-            RoomCmd::AnsweredLoaded { student, answered } => {
-                self.answered_loaded(&student, answered)
-            }
+            RoomCmd::AnsweredLoaded { answered } => self.answered_loaded(answered),
             RoomCmd::ExamControl {
                 clock,
                 version,

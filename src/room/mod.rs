@@ -354,12 +354,12 @@ pub enum RoomCmd {
     Orphaned {
         student: Arc<str>,
     },
-    /// A student's answered questions read from the database, because
-    /// the set Redis gave at their join was smaller than the count the
-    /// room knew (Redis lost data, or a record failed).
+    /// Every student's answered questions read from the database (one
+    /// query for the exam), because the set Redis gave at a join was
+    /// smaller than the count the room knew (Redis lost data, or a record
+    /// failed). Empty when the read failed.
     AnsweredLoaded {
-        student: Arc<str>,
-        answered: std::collections::HashSet<String>,
+        answered: std::collections::HashMap<String, std::collections::HashSet<String>>,
     },
     /// A proctor's irregularity report (`POST .../irregularities`): the
     /// room numbers and publishes it; `reply` gets its seq when known

@@ -87,14 +87,13 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// `answered_questions` queries run, for tests (a reconnect storm in
+    /// `answered_sets` queries run, for tests (a reconnect storm in
     /// cluster mode must not be one query per student).
     answered_reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
-    /// How many `answered_questions` queries this handle (and its clones)
-    /// ran.
+    /// How many `answered_sets` queries this handle (and its clones) ran.
     pub fn answered_reads(&self) -> u64 {
         self.answered_reads
             .load(std::sync::atomic::Ordering::Relaxed)

@@ -296,15 +296,7 @@ impl Store {
             return Ok(state);
         }
         state.students = self.student_states(exam_id).await?;
-        let rows =
-            sqlx::query("SELECT DISTINCT student_id, question FROM answers WHERE exam_id = $1")
-                .bind(exam_id)
-                .fetch_all(pool)
-                .await?;
-        for row in rows {
-            let (student, question): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            state.answered.entry(student).or_default().insert(question);
-        }
+        state.answered = self.answered_by_student(exam_id).await?;
         state.submitted = self.submissions(exam_id).await?;
         let rows = sqlx::query(
             "SELECT seq, payload FROM events WHERE exam_id = $1 ORDER BY seq DESC LIMIT $2",
@@ -550,22 +542,32 @@ impl Store {
         Ok(())
     }
 
-    /// Questions with a stored answer for one student.
-    pub async fn answered_questions(
+    /// Every student's questions with a stored answer, in one query: what
+    /// a burst of joins reads when Redis cannot say (`ws::answered`).
+    pub async fn answered_sets(
         &self,
         exam_id: &str,
-        student_id: &str,
-    ) -> Result<HashSet<String>, StoreError> {
+    ) -> Result<HashMap<String, HashSet<String>>, StoreError> {
         self.answered_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let rows = sqlx::query(
-            "SELECT DISTINCT question FROM answers WHERE exam_id = $1 AND student_id = $2",
-        )
-        .bind(exam_id)
-        .bind(student_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.into_iter().map(|r| Ok(r.try_get(0)?)).collect()
+        self.answered_by_student(exam_id).await
+    }
+
+    async fn answered_by_student(
+        &self,
+        exam_id: &str,
+    ) -> Result<HashMap<String, HashSet<String>>, StoreError> {
+        let rows =
+            sqlx::query("SELECT DISTINCT student_id, question FROM answers WHERE exam_id = $1")
+                .bind(exam_id)
+                .fetch_all(self.pool())
+                .await?;
+        let mut answered: HashMap<String, HashSet<String>> = HashMap::new();
+        for row in rows {
+            let (student, question): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            answered.entry(student).or_default().insert(question);
+        }
+        Ok(answered)
     }
 
     /// Whether the exam exists: created through the API, or seen live (an

@@ -177,15 +177,18 @@ pub async fn handshake(
     // Frames a little over the limit are read whole so they can be refused
     // with a clean 1009; far larger ones are cut off by tungstenite itself.
     let hard_cap = max.saturating_mul(4).max(64 * 1024);
+    // One allocation for the user id: the revocation registry's copy of
+    // the token's `sub` is the same string.
+    let user: std::sync::Arc<str> = claims.sub.as_str().into();
     let conn = Box::new(Connection {
         id: app.next_conn_id(),
         exam_id: exam_id.into(),
         name: claims.name.as_str().into(),
-        user: claims.sub.as_str().into(),
+        token: crate::revocations::TokenId::with_sub(&claims, user.clone()),
+        user,
         role: claims.role,
         client,
         _slot: slot,
-        token: crate::revocations::TokenId::of(&claims),
         exp: claims.exp,
         user_agent,
         session_id: uuid::Uuid::new_v4().to_string(),
@@ -478,4 +481,24 @@ fn denied(reason: &str, claims: &Claims, exam_id: &str) -> ApiError {
 
 pub(crate) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use super::*;
+
+    /// Every connection keeps its `Connection` (and so an `AppState`) for
+    /// its whole life: one pointer to the shared handles, not a 368-byte
+    /// copy of them, and no field that doubles it again.
+    #[test]
+    fn a_connection_keeps_one_pointer_to_the_app_not_a_copy_of_it() {
+        assert_eq!(size_of::<AppState>(), size_of::<usize>());
+        assert!(
+            size_of::<Connection>() <= 320,
+            "Connection grew to {} bytes",
+            size_of::<Connection>()
+        );
+    }
 }

@@ -80,7 +80,9 @@ impl Connection {
     /// The student's answered questions, stored through any instance: from
     /// Redis (rooms record each committed answer there before its ack), so
     /// a reconnect storm costs no database query per student; from the
-    /// database only when Redis has no state for the exam or cannot answer.
+    /// database only when Redis has no state for the exam or cannot answer,
+    /// and then in one read per exam that the burst's joins share
+    /// ([`super::answered`]), not one query per join.
     async fn answered(
         &self,
         redis: &crate::broker::RedisBroker,
@@ -94,10 +96,9 @@ impl Connection {
             return Some(answered);
         }
         self.app
-            .store
-            .answered_questions(&self.exam_id, &self.user)
+            .answered_reads
+            .answered(&self.app.store, &self.exam_id, &self.user)
             .await
-            .ok()
     }
 
     /// Where the student's previous admitted session came from, on

@@ -48,6 +48,7 @@ pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// Longest wait for a peer to answer our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+pub(crate) mod answered;
 pub mod handshake;
 mod join;
 pub(crate) mod lifetime;

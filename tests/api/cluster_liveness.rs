@@ -132,3 +132,79 @@ async fn an_answered_set_lost_by_redis_is_read_again_from_the_database() {
         .await;
     assert_eq!(ev["student"]["answered"], 4, "{ev}");
 }
+
+/// Redis restarted and lost everything: students moving to another
+/// instance still get their answered questions right (their welcome's
+/// count, and a new answer counting on from it), and the instance reads
+/// them from the database in one exam-wide query, not one per student.
+#[tokio::test]
+async fn after_a_redis_restart_moving_students_share_one_answers_read() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    // A teacher on the second instance: its room mirrors the students.
+    let (mut t, _) = apps[1].teacher("e1", "t1").await;
+    let students = ["s1", "s2", "s3", "s4"];
+    let mut sessions = Vec::new();
+    for (i, sid) in students.iter().enumerate() {
+        let (mut s, welcome) = apps[0].student("e1", sid).await;
+        for q in 0..=i {
+            let r = q as u64 + 1;
+            s.send_json(json!({"type": "answer", "id": format!("a{q}"), "question": format!("q{q}"), "value": q, "ref": r}))
+                .await;
+            s.expect_ack(r).await;
+        }
+        sessions.push((s, welcome["session_id"].as_str().unwrap().to_owned()));
+    }
+    t.next_where("s4's fourth answer", |v| {
+        v["student"]["student_id"] == "s4" && v["student"]["answered"] == 4
+    })
+    .await;
+    redis.stop();
+    eventually("the instances notice", || {
+        apps.iter().all(|a| !a.state.broker.healthy())
+    })
+    .await;
+    redis.start_again();
+    eventually("the instances are back on Redis", || {
+        apps.iter().all(|a| a.state.broker.healthy())
+    })
+    .await;
+    let before = apps[1].state.store.answered_reads();
+    let mut moved = Vec::new();
+    for (sid, (s, session)) in students.iter().zip(sessions) {
+        s.close().await;
+        let url = format!("{}?previous_session={session}", apps[1].ws_url("e1"));
+        let token = apps[1].token(sid, Role::Student, &["e1"]);
+        let mut c = apps[1].try_connect(&url, Some(&token), &[]).await.unwrap();
+        let welcome = c.next_of_type("welcome").await;
+        moved.push((sid, c, welcome));
+    }
+    for (i, (sid, c, welcome)) in moved.iter_mut().enumerate() {
+        assert_eq!(
+            welcome["student"]["answered"],
+            i as u64 + 1,
+            "{sid}: {welcome}"
+        );
+        // A new question counts on from the stored ones: the set is whole.
+        c.send_json(
+            json!({"type": "answer", "id": "new", "question": "q-new", "value": 1, "ref": 99}),
+        )
+        .await;
+        c.expect_ack(99).await;
+        let ev = t
+            .next_where("the new answer", |v| {
+                v["cause"] == "answered" && v["student"]["student_id"] == **sid
+            })
+            .await;
+        assert_eq!(ev["student"]["answered"], i as u64 + 2, "{sid}: {ev}");
+    }
+    let reads = apps[1].state.store.answered_reads() - before;
+    assert!(
+        (1..=2).contains(&reads),
+        "{reads} answered-set reads for 4 returning students: one exam-wide read \
+         (and at most one more for those who asked while it ran), not one each"
+    );
+    t.close().await;
+}

@@ -6,7 +6,11 @@
 //! With `Broker::Memory` none of this runs: `publish_event` numbers and
 //! delivers at once, as a single instance always did.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -505,37 +509,48 @@ impl Room {
         }
     }
 
-    /// Reads a student's answered questions from the database, off the
-    /// loop: the rare join whose shared set (Redis) was not whole.
-    pub(super) fn load_answered(&self, sid: Arc<str>) {
+    /// Reads the students' answered questions from the database, off the
+    /// loop: for the join whose shared set (Redis) was not whole. One query
+    /// for the whole exam, whichever student asked: after a Redis restart
+    /// every returning student asks, and they share one read in flight
+    /// (those who ask meanwhile get one more read once it is back, since it
+    /// may have started before their last answer).
+    pub(super) fn load_answered(&mut self) {
+        if self.answered_load.in_flight {
+            self.answered_load.again = true;
+            return;
+        }
+        self.answered_load.in_flight = true;
         let (store, exam, inbox) = (
             self.ctx.store.clone(),
             self.exam_id.clone(),
             self.inbox.clone(),
         );
         self.ctx.tracker.spawn(async move {
-            let Ok(answered) = store.answered_questions(&exam, &sid).await else {
-                return;
-            };
+            let answered = store.answered_sets(&exam).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the exam's answered questions");
+                Default::default()
+            });
             if let Some(inbox) = inbox.upgrade() {
-                let _ = inbox
-                    .send(RoomCmd::AnsweredLoaded {
-                        student: sid,
-                        answered,
-                    })
-                    .await;
+                let _ = inbox.send(RoomCmd::AnsweredLoaded { answered }).await;
             }
         });
     }
 
-    /// The database's answered set for a student (see `load_answered`).
-    /// Merged, not replaced: an answer committed since the read (its
-    /// question then in our set) still counts.
-    pub(super) fn answered_loaded(&mut self, sid: &Arc<str>, answered: HashSet<String>) {
-        if let Some(st) = self.students.get_mut(sid) {
-            st.answered_questions.extend(answered);
-            let n = st.answered_questions.len() as u32;
-            st.state.answered = st.state.answered.max(n);
+    /// The database's answered sets (see `load_answered`). Merged, not
+    /// replaced: an answer committed since the read (its question then in
+    /// our set) still counts.
+    pub(super) fn answered_loaded(&mut self, answered: HashMap<String, HashSet<String>>) {
+        for (sid, questions) in answered {
+            if let Some(st) = self.students.get_mut(sid.as_str()) {
+                st.answered_questions.extend(questions);
+                let n = st.answered_questions.len() as u32;
+                st.state.answered = st.state.answered.max(n);
+            }
+        }
+        self.answered_load.in_flight = false;
+        if std::mem::take(&mut self.answered_load.again) {
+            self.load_answered();
         }
     }
 
@@ -582,4 +597,13 @@ fn event_connected(event: &str) -> bool {
     serde_json::from_str::<StudentEvent>(event)
         .map(|e| e.student.connected)
         .unwrap_or(false)
+}
+
+/// The room's exam-wide answered-set read (`Room::load_answered`).
+#[derive(Debug, Default)]
+pub(super) struct AnsweredLoad {
+    /// A read is running; its result comes back as `AnsweredLoaded`.
+    in_flight: bool,
+    /// Someone asked while it ran: read once more when it is back.
+    again: bool,
 }

@@ -197,7 +197,7 @@ impl Room {
                 st.answered_questions = answered;
             } else if (st.answered_questions.len() as u32) < st.state.answered {
                 // Fewer than the count we know: the shared set is not whole.
-                self.load_answered(who.id.as_str().into());
+                self.load_answered();
             }
         }
         let sid: Arc<str> = who.id.as_str().into();
