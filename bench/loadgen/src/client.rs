@@ -107,10 +107,18 @@ impl Link {
         Ok(link)
     }
 
+    /// The next handshake frame, which `ok` must accept. An Engine.IO ping
+    /// (`2`) may come first (socketioxide pings right after its open
+    /// packet): it is answered (`3`) and the wait goes on.
     async fn expect_raw(&mut self, ok: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-        match tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if ok(t.as_str()) => Ok(()),
-            other => anyhow::bail!("unexpected Socket.IO handshake frame: {other:?}"),
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if ok(t.as_str()) => return Ok(()),
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "2" => {
+                    self.ws.send(Message::text("3")).await?;
+                }
+                other => anyhow::bail!("unexpected Socket.IO handshake frame: {other:?}"),
+            }
         }
     }
 
