@@ -97,6 +97,12 @@ pub(super) struct Room {
     /// in flight; `late_again`: more arrived meanwhile, reload once more.
     late_loading: bool,
     late_again: bool,
+    /// A reload of the shared state is out (`start_resync`): at most one
+    /// per room, so a burst of gaps cannot pile reloads onto Redis;
+    /// `resync_again`: it was asked for again meanwhile, so the answer of
+    /// the one out may predate what asked, and one more follows it.
+    resync_loading: bool,
+    resync_again: bool,
     /// The previous room of this exam ended cleanly in this process, so its
     /// last seq is known exactly even if its final write is still queued.
     ended_cleanly_here: bool,
@@ -174,6 +180,8 @@ impl Room {
             resync_pending: false,
             late_loading: false,
             late_again: false,
+            resync_loading: false,
+            resync_again: false,
             reserved: 0,
             epoch_floor: 0,
             total_questions: None,

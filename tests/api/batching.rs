@@ -354,3 +354,57 @@ impl ProxyState {
         }
     }
 }
+
+/// How many times Redis ran `command` so far (`INFO commandstats`).
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A burst of gaps (events numbered elsewhere that never reached this
+/// instance) reloads the exam's shared state once at a time, not once per
+/// gap: the gaps arrive while Redis is paused, so without the bound every
+/// one of them would queue a reload behind the pause. The teacher still
+/// gets the truth as a snapshot afterwards.
+#[tokio::test]
+async fn a_burst_of_gaps_reloads_the_shared_state_one_at_a_time() {
+    const GAPS: u64 = 30;
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 1, |_| {}).await;
+    let (mut t, _) = apps[0].teacher("e1", "t0").await;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before = calls(&mut conn, "hvals").await;
+    // One pipeline, run by Redis in one go: every gap is pushed to the
+    // instance, then Redis pauses every client (the reloads wait).
+    let mut pipe = redis::pipe();
+    for i in 0..GAPS {
+        let seq = 1000 + 2 * i;
+        let event = format!(r#"{{"type":"announcement","seq":{seq},"text":"gap {i}"}}"#);
+        let frame = format!("elsewhere\nannouncement\n\n{seq}\n{}\n{event}", event.len());
+        pipe.cmd("SPUBLISH")
+            .arg("examwatch:exam:{e1}")
+            .arg(frame)
+            .ignore();
+    }
+    pipe.cmd("CLIENT").arg("PAUSE").arg(300).arg("ALL").ignore();
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+    t.next_of_type("snapshot").await;
+    let reloads = calls(&mut conn, "hvals").await - before;
+    assert!(
+        (1..=3).contains(&reloads),
+        "one reload, one more for the gaps that came meanwhile (at most one racing the pause); not {reloads} for {GAPS} gaps"
+    );
+}

@@ -27,6 +27,12 @@ struct StudentEvent {
     student: StudentState,
 }
 
+/// How long one reload of the shared state may take before it is tried
+/// again, and the pauses between tries (doubling up to the maximum).
+const RESYNC_TIMEOUT: Duration = Duration::from_secs(3);
+const RESYNC_RETRY: Duration = Duration::from_millis(500);
+const RESYNC_RETRY_MAX: Duration = Duration::from_secs(5);
+
 impl Room {
     /// Emits an event: numbered here (memory), or handed to Redis and
     /// delivered when it comes back numbered (cluster).
@@ -270,23 +276,33 @@ impl Room {
     }
 
     /// Reloads the shared state after Redis came back or a gap (async, off
-    /// the loop; retried until it succeeds).
-    pub(super) fn start_resync(&self) {
+    /// the loop; retried with backoff until it succeeds or the room ends).
+    /// One reload at a time per room: asked again while one is out, one
+    /// more follows it (`on_resynced`), however many asked.
+    pub(super) fn start_resync(&mut self) {
         let Broker::Redis(redis) = &self.ctx.broker else {
             return;
         };
+        if self.resync_loading {
+            self.resync_again = true;
+            return;
+        }
+        self.resync_loading = true;
         let (redis, exam, inbox) = (redis.clone(), self.exam_id.clone(), self.inbox.clone());
         self.ctx.tracker.spawn(async move {
-            let cmd = match tokio::time::timeout(Duration::from_secs(3), redis.load(&exam)).await {
-                Ok(Ok(s)) => RoomCmd::Resynced(s),
-                _ => {
-                    // Not yet: try again shortly (the room may have ended).
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    RoomCmd::Resync
+            let mut pause = RESYNC_RETRY;
+            loop {
+                if let Ok(Ok(s)) = tokio::time::timeout(RESYNC_TIMEOUT, redis.load(&exam)).await {
+                    if let Some(inbox) = inbox.upgrade() {
+                        let _ = inbox.send(RoomCmd::Resynced(s)).await;
+                    }
+                    return;
                 }
-            };
-            if let Some(inbox) = inbox.upgrade() {
-                let _ = inbox.send(cmd).await;
+                if inbox.strong_count() == 0 {
+                    return; // the room ended
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RESYNC_RETRY_MAX);
             }
         });
     }
@@ -294,6 +310,13 @@ impl Room {
     /// Applies reloaded shared state; teachers get a snapshot if anything
     /// was missed.
     pub(super) fn on_resynced(&mut self, state: SharedState) {
+        self.resync_loading = false;
+        if std::mem::take(&mut self.resync_again) {
+            // Asked again while this reload was out: its state may predate
+            // what asked (a gap, a late event). The next one decides.
+            self.start_resync();
+            return;
+        }
         let missed = state.seq > self.seq || self.diverged || self.resync_pending;
         self.apply_shared(state);
         if missed {
