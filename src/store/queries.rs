@@ -571,13 +571,15 @@ impl Store {
     }
 
     /// Whether the exam exists: created through the API, or seen live (an
-    /// event in its log, or a session: with `events.persist = false` the
-    /// log may hold nothing of an exam that was sat).
+    /// event in its log, or a student's session: with `events.persist =
+    /// false` the log may hold nothing of an exam that was sat). A teacher's
+    /// session alone does not count: a socket on a mistyped exam id must
+    /// not turn REST's 404 into an empty 200.
     pub async fn exam_known(&self, exam_id: &str) -> Result<bool, StoreError> {
         let found: Option<String> = sqlx::query_scalar(
             "SELECT id FROM exams WHERE id = $1 \
              UNION ALL SELECT exam_id FROM events WHERE exam_id = $1 \
-             UNION ALL SELECT exam_id FROM sessions WHERE exam_id = $1 LIMIT 1",
+             UNION ALL SELECT exam_id FROM sessions WHERE exam_id = $1 AND role = 'student' LIMIT 1",
         )
         .bind(exam_id)
         .fetch_optional(self.pool())
