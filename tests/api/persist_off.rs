@@ -133,8 +133,14 @@ async fn answers_and_submissions_stay_durable_with_persistence_off(db: Backend) 
         json!({"choice": "B"}),
         "{body}"
     );
+    // s2 connects and stores nothing: known from their session alone.
+    let (mut s2, _) = app.student("e1", "s2").await;
+    t.next_where("s2 connected", |v| is_student_event(v, "s2", "connected"))
+        .await;
+    s2.close().await;
     drop(t);
     s.close().await;
+    app.flushed().await;
 
     // A restart on the same database, persistence still off.
     let url = app.db_url.clone();
@@ -159,6 +165,14 @@ async fn answers_and_submissions_stay_durable_with_persistence_off(db: Backend) 
         .unwrap_or_else(|| panic!("s1 is known from its records: {snap}"));
     assert_eq!(s1["status"], "submitted", "{s1}");
     assert_eq!(s1["answered"], 1, "{s1}");
+    let s2 = snap["students"]
+        .as_array()
+        .expect("students")
+        .iter()
+        .find(|st| st["student_id"] == "s2")
+        .unwrap_or_else(|| panic!("s2 is known from their session: {snap}"));
+    assert_eq!(s2["status"], "disconnected", "{s2}");
+    assert_eq!(s2["answered"], 0, "{s2}");
     // The student comes back: still submitted, nothing more is taken.
     let (mut s, welcome) = app2.student("e1", "s1").await;
     assert_eq!(welcome["student"]["status"], "submitted", "{welcome}");
