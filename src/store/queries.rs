@@ -256,6 +256,11 @@ pub struct ExamState {
     pub answered: HashMap<String, HashSet<String>>,
     /// Submission time (unix ms) per student.
     pub submitted: HashMap<String, i64>,
+    /// Every student with a session in the exam, with their roster name
+    /// if they are on its roster. Read only when the log keeps no
+    /// `student` events: a student who connected but stored nothing is
+    /// known from their session alone.
+    pub seen: HashMap<String, Option<String>>,
     /// The newest events (oldest first), to serve `resume` after a restart.
     pub history: Vec<(Seq, String)>,
 }
@@ -298,6 +303,20 @@ impl Store {
         state.students = self.student_states(exam_id).await?;
         state.answered = self.answered_by_student(exam_id).await?;
         state.submitted = self.submissions(exam_id).await?;
+        if !logged {
+            let rows = sqlx::query(
+                "SELECT DISTINCT s.user_id, r.name FROM sessions s \
+                 LEFT JOIN roster r ON r.exam_id = s.exam_id AND r.student_id = s.user_id \
+                 WHERE s.exam_id = $1 AND s.role = 'student'",
+            )
+            .bind(exam_id)
+            .fetch_all(pool)
+            .await?;
+            for row in rows {
+                let (id, name): (String, Option<String>) = (row.try_get(0)?, row.try_get(1)?);
+                state.seen.insert(id, name);
+            }
+        }
         let rows = sqlx::query(
             "SELECT seq, payload FROM events WHERE exam_id = $1 ORDER BY seq DESC LIMIT $2",
         )
@@ -571,13 +590,15 @@ impl Store {
     }
 
     /// Whether the exam exists: created through the API, or seen live (an
-    /// event in its log, or a session: with `events.persist = false` the
-    /// log may hold nothing of an exam that was sat).
+    /// event in its log, or a student's session: with `events.persist =
+    /// false` the log may hold nothing of an exam that was sat). A teacher's
+    /// session alone does not count: a socket on a mistyped exam id must
+    /// not turn REST's 404 into an empty 200.
     pub async fn exam_known(&self, exam_id: &str) -> Result<bool, StoreError> {
         let found: Option<String> = sqlx::query_scalar(
             "SELECT id FROM exams WHERE id = $1 \
              UNION ALL SELECT exam_id FROM events WHERE exam_id = $1 \
-             UNION ALL SELECT exam_id FROM sessions WHERE exam_id = $1 LIMIT 1",
+             UNION ALL SELECT exam_id FROM sessions WHERE exam_id = $1 AND role = 'student' LIMIT 1",
         )
         .bind(exam_id)
         .fetch_optional(self.pool())

@@ -11,6 +11,8 @@ use crate::{helpers::*, on_both_databases};
 on_both_databases!(
     the_event_log_keeps_student_events_only_with_persistence_on,
     answers_and_submissions_stay_durable_with_persistence_off,
+    a_per_student_control_change_stays_in_the_log_with_persistence_off,
+    a_teacher_session_alone_does_not_make_an_exam_known,
 );
 
 async fn db_pool(app: &TestApp) -> sqlx::AnyPool {
@@ -131,8 +133,14 @@ async fn answers_and_submissions_stay_durable_with_persistence_off(db: Backend) 
         json!({"choice": "B"}),
         "{body}"
     );
+    // s2 connects and stores nothing: known from their session alone.
+    let (mut s2, _) = app.student("e1", "s2").await;
+    t.next_where("s2 connected", |v| is_student_event(v, "s2", "connected"))
+        .await;
+    s2.close().await;
     drop(t);
     s.close().await;
+    app.flushed().await;
 
     // A restart on the same database, persistence still off.
     let url = app.db_url.clone();
@@ -157,6 +165,14 @@ async fn answers_and_submissions_stay_durable_with_persistence_off(db: Backend) 
         .unwrap_or_else(|| panic!("s1 is known from its records: {snap}"));
     assert_eq!(s1["status"], "submitted", "{s1}");
     assert_eq!(s1["answered"], 1, "{s1}");
+    let s2 = snap["students"]
+        .as_array()
+        .expect("students")
+        .iter()
+        .find(|st| st["student_id"] == "s2")
+        .unwrap_or_else(|| panic!("s2 is known from their session: {snap}"));
+    assert_eq!(s2["status"], "disconnected", "{s2}");
+    assert_eq!(s2["answered"], 0, "{s2}");
     // The student comes back: still submitted, nothing more is taken.
     let (mut s, welcome) = app2.student("e1", "s1").await;
     assert_eq!(welcome["student"]["status"], "submitted", "{welcome}");
@@ -183,4 +199,81 @@ async fn answers_and_submissions_stay_durable_with_persistence_off(db: Backend) 
     assert_eq!(fields[3], "1", "one question answered: {csv}");
     assert!(!fields[7].is_empty(), "submitted_at is set: {csv}");
     drop((db_dir, data));
+}
+
+/// A teacher's per-student change (here an accommodation) reaches a
+/// connected student as a `student` event carrying `control`: a proctor's
+/// record, kept in the log even when `student` events are not.
+async fn a_per_student_control_change_stays_in_the_log_with_persistence_off(db: Backend) {
+    let Some(app) = spawn_app_on(db, |s| s.events.persist = false).await else {
+        return;
+    };
+    let teacher = app.token("t1", Role::Teacher, &["pc"]);
+    let res = app
+        .api(reqwest::Method::POST, "/v1/exams", &teacher)
+        .json(&json!({"id": "pc", "title": "PC", "phase": "in_progress"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    let (mut t, _) = app.teacher("pc", "t1").await;
+    let (_s, _) = app.student("pc", "s1").await;
+    let res = app
+        .api(reqwest::Method::PATCH, "/v1/exams/pc/students/s1", &teacher)
+        .json(&json!({"extra_minutes": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    t.next_where("s1's accommodation", |v| {
+        v["type"] == "student" && v["student"]["student_id"] == "s1" && !v["control"].is_null()
+    })
+    .await;
+    app.flushed().await;
+    let page = app
+        .get_json("/v1/exams/pc/students/s1/timeline?limit=100", &teacher)
+        .await;
+    let events = page["events"].as_array().expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "student" && !e["control"].is_null()),
+        "the change is in s1's timeline: {page}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["type"] != "student" || !e["control"].is_null()),
+        "no other student event is kept: {page}"
+    );
+}
+
+/// A teacher's socket on a mistyped exam id leaves a session, not an
+/// exam: REST still answers 404 (with persistence on or off).
+async fn a_teacher_session_alone_does_not_make_an_exam_known(db: Backend) {
+    let Some(app) = spawn_app_on(db, |s| s.events.persist = false).await else {
+        return;
+    };
+    // As is: the test helpers would create the exam themselves.
+    let teacher = app.token("t1", Role::Teacher, &["typo"]);
+    let mut t = app
+        .try_connect_as_is(&app.ws_url("typo"), Some(&teacher), &[])
+        .await
+        .expect("a teacher may watch an exam id nobody created");
+    t.snapshot().await;
+    drop(t);
+    app.flushed().await;
+    let pool = db_pool(&app).await;
+    let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE exam_id = $1")
+        .bind("typo")
+        .fetch_one(&pool)
+        .await
+        .expect("count the sessions");
+    assert!(sessions >= 1, "the teacher's session is recorded");
+    let res = app
+        .api(reqwest::Method::GET, "/v1/exams/typo/timeline", &teacher)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
 }

@@ -103,7 +103,10 @@ impl Room {
         // The origin writes its events to the log, including those its
         // members already saw under a provisional seq (whose number the
         // room may have passed meanwhile).
-        if ours && (p.seq > self.seq || p.delivered_at_origin) && self.logs(&p.kind) {
+        if ours
+            && (p.seq > self.seq || p.delivered_at_origin)
+            && self.logs(&p.kind, p.event.as_str())
+        {
             self.ctx.writer.write(Record::Event {
                 exam_id: self.exam_id.clone(),
                 seq: p.seq as i64,

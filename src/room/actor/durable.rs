@@ -108,13 +108,20 @@ impl Room {
         // Without `student` events in the log (`events.persist = false`),
         // what is durable still counts: a student with stored answers or a
         // submission comes back with them (answered count, submitted), not
-        // as a newcomer who could submit again.
+        // as a newcomer who could submit again. So does one who connected
+        // but stored nothing (from their session), under their roster name.
+        let mut seen = std::mem::take(&mut state.seen);
         for (id, questions) in answered {
             let at = state.submitted.remove(&id);
-            self.restore_from_records(id, questions, at);
+            let name = seen.remove(&id).flatten();
+            self.restore_from_records(id, questions, at, name);
         }
         for (id, at) in state.submitted {
-            self.restore_from_records(id, Default::default(), Some(at));
+            let name = seen.remove(&id).flatten();
+            self.restore_from_records(id, Default::default(), Some(at), name);
+        }
+        for (id, name) in seen {
+            self.restore_from_records(id, Default::default(), None, name);
         }
         self.history = state
             .history
@@ -177,13 +184,16 @@ impl Room {
         id: String,
         questions: std::collections::HashSet<String>,
         submitted_at: Option<i64>,
+        roster_name: Option<String>,
     ) {
         let sid: Arc<str> = id.as_str().into();
         if self.students.contains_key(&sid) {
             return;
         }
-        // Their name comes back with their next connection's token.
-        let mut state = Student::new(id.clone(), id, 0).state;
+        // Their roster name if they have one (else their id); their token's
+        // name comes back with their next connection.
+        let name = roster_name.unwrap_or_else(|| id.clone());
+        let mut state = Student::new(id, name, 0).state;
         state.status = Status::Disconnected;
         state.connections = 0;
         if let Some(at) = submitted_at {

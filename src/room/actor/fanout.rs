@@ -64,7 +64,7 @@ impl Room {
         }
         self.ctx.metrics.events.increment(1);
         self.deliver(&bytes, audience);
-        if self.logs(kind) {
+        if self.logs(kind, bytes.as_str()) {
             self.ctx.writer.write(Record::Event {
                 exam_id: self.exam_id.clone(),
                 seq: seq as i64,
@@ -80,9 +80,11 @@ impl Room {
     /// Whether an event of this kind goes to the exam's event log: all of
     /// them, but `student` events only with `events.persist` (the one kind
     /// that comes with every student message; the others are the exam's
-    /// control events, rare, and a proctor's record).
-    pub(super) fn logs(&self, kind: &str) -> bool {
-        self.ctx.persist_events || kind != "student"
+    /// control events, rare, and a proctor's record). A `student` event
+    /// that carries a teacher's per-student change (`control`: clock,
+    /// pause, deny, accommodation) is such a record too and is kept.
+    pub(super) fn logs(&self, kind: &str, payload: &str) -> bool {
+        self.ctx.persist_events || kind != "student" || payload.contains(r#""control":"#)
     }
 
     /// Fans one encoded event out to local members without ever waiting.
