@@ -134,7 +134,7 @@ async fn answers_and_submissions_stay_durable_with_persistence_off(db: Backend) 
         "{body}"
     );
     // s2 connects and stores nothing: known from their session alone.
-    let (mut s2, _) = app.student("e1", "s2").await;
+    let (s2, _) = app.student("e1", "s2").await;
     t.next_where("s2 connected", |v| is_student_event(v, "s2", "connected"))
         .await;
     s2.close().await;
