@@ -63,12 +63,20 @@ async fn progress_acked(s: &mut Client, question: u64, r: u64) {
     s.expect_ack(r).await;
 }
 
-#[tokio::test]
-async fn a_primary_killed_mid_exam_fails_over_and_events_flow_again_in_one_order() {
-    let Some(mut redis) = RedisCluster::start() else {
-        return;
-    };
-    let apps = cluster(&redis, 2, |_| {}).await;
+/// Two instances on `redis`, a teacher on each, student `a` on the first
+/// and `b` on the second, each with one acked progress both teachers saw.
+struct Exam {
+    apps: Vec<TestApp>,
+    t0: Client,
+    t1: Client,
+    v0: View,
+    v1: View,
+    a: Client,
+    b: Client,
+}
+
+async fn exam_on(redis: &RedisCluster) -> Exam {
+    let apps = cluster(redis, 2, |_| {}).await;
     let (mut t0, snap0) = apps[0].teacher("e1", "t0").await;
     let (mut t1, snap1) = apps[1].teacher("e1", "t1").await;
     let (mut v0, mut v1) = (View::default(), View::default());
@@ -80,6 +88,31 @@ async fn a_primary_killed_mid_exam_fails_over_and_events_flow_again_in_one_order
     progress_acked(&mut b, 101, 1).await;
     converge(&mut t0, &mut v0, 1, 101).await;
     converge(&mut t1, &mut v1, 1, 101).await;
+    Exam {
+        apps,
+        t0,
+        t1,
+        v0,
+        v1,
+        a,
+        b,
+    }
+}
+
+#[tokio::test]
+async fn a_primary_killed_mid_exam_fails_over_and_events_flow_again_in_one_order() {
+    let Some(mut redis) = RedisCluster::start() else {
+        return;
+    };
+    let Exam {
+        apps,
+        mut t0,
+        mut t1,
+        mut v0,
+        mut v1,
+        mut a,
+        mut b,
+    } = exam_on(&redis).await;
     let before: Vec<i64> = apps.iter().map(reconnects).collect();
 
     let dead = redis.primary_of("{e1}");
@@ -163,18 +196,15 @@ async fn the_exams_slot_moved_to_another_primary_events_follow_it() {
     let Some(redis) = RedisCluster::start() else {
         return;
     };
-    let apps = cluster(&redis, 2, |_| {}).await;
-    let (mut t0, snap0) = apps[0].teacher("e1", "t0").await;
-    let (mut t1, snap1) = apps[1].teacher("e1", "t1").await;
-    let (mut v0, mut v1) = (View::default(), View::default());
-    v0.apply(&snap0);
-    v1.apply(&snap1);
-    let (mut a, _) = apps[0].student("e1", "a").await;
-    let (mut b, _) = apps[1].student("e1", "b").await;
-    progress_acked(&mut a, 1, 1).await;
-    progress_acked(&mut b, 101, 1).await;
-    converge(&mut t0, &mut v0, 1, 101).await;
-    converge(&mut t1, &mut v1, 1, 101).await;
+    let Exam {
+        apps,
+        mut t0,
+        mut t1,
+        mut v0,
+        mut v1,
+        mut a,
+        mut b,
+    } = exam_on(&redis).await;
     let before = redis.primary_of("{e1}");
 
     assert!(apps.iter().all(|a| resubscriptions(a) == 0));
