@@ -52,7 +52,10 @@ pub struct Timeline {
     pub has_more: bool,
 }
 
-/// The exam's event log, paged by seq.
+/// The exam's event log, paged by seq. `seq`s may have gaps: with
+/// `events.persist = false` the log keeps no plain `student` events
+/// (docs/DEPLOY.md, Event persistence), and a cluster's numbering may skip
+/// ahead after an outage; a gap is not a loss.
 #[utoipa::path(get, path = "/v1/exams/{id}/timeline", tag = "records",
     params(("id" = String, Path, description = "Exam id"), TimelineQuery),
     responses((status = 200, description = "OK", body = Timeline), (status = 400, description = "Malformed request", body = crate::http::ErrorBody), (status = 401, description = "Missing, invalid or expired token", body = crate::http::ErrorBody), (status = 403, description = "`teachers_only` (a student's token) or `exam_not_granted`", body = crate::http::ErrorBody), (status = 404, description = "No such exam", body = crate::http::ErrorBody), (status = 422, description = "`invalid_field`: `limit` is outside 1-1000", body = crate::http::ErrorBody), (status = 503, description = "The database could not answer", body = crate::http::ErrorBody)))]
@@ -174,11 +177,12 @@ async fn report(
         .chain(answered.keys())
         .filter(|sid| !stored.contains(*sid))
         .collect();
+    let mut live_states = match live && !recorded.is_empty() {
+        true => app.registry.states(&id).await.unwrap_or_default(),
+        false => HashMap::new(),
+    };
     for sid in recorded {
-        let live_state = match live {
-            true => app.registry.student(&id, sid).await.and_then(|l| l.state),
-            false => None,
-        };
+        let live_state = live_states.remove(sid.as_str());
         let name = roster.get(sid).map(|(name, _)| name.clone());
         let sessions = per_user.get(sid).map_or(0, Vec::len);
         states.push(live_state.unwrap_or_else(|| recorded_state(sid, name, sessions)));

@@ -263,11 +263,16 @@ impl Room {
                 redis.unsubscribe(self.exam_id.clone());
             }
             // A clean end: the next room continues right after our last seq.
-            self.ctx.writer.write(Record::SeqReserved {
-                exam_id: self.exam_id.clone(),
-                reserved: self.seq as i64,
-                done: None,
-            });
+            // Not in a cluster whose log keeps no `student` events: there
+            // the reservation is the only floor left if Redis loses its
+            // counter, and other instances may still be numbering past us.
+            if !(self.ctx.broker.clustered() && !self.ctx.persist_events) {
+                self.ctx.writer.write(Record::SeqReserved {
+                    exam_id: self.exam_id.clone(),
+                    reserved: self.seq as i64,
+                    done: None,
+                });
+            }
             self.ctx.metrics.rooms.decrement(1);
             tracing::debug!(seq = self.seq, "room ended");
         }
@@ -344,6 +349,14 @@ impl Room {
                     state: self.students.get(student.as_str()).map(|s| s.state.clone()),
                     view: self.control.view(&student, now_ms()),
                 });
+            }
+            RoomCmd::States { reply } => {
+                let states = self.students.iter();
+                let _ = reply.send(
+                    states
+                        .map(|(id, s)| (id.to_string(), s.state.clone()))
+                        .collect(),
+                );
             }
             RoomCmd::Published(p) => self.on_published(p),
             RoomCmd::Resync => self.start_resync(),

@@ -309,6 +309,11 @@ pub enum RoomCmd {
         student: String,
         reply: oneshot::Sender<LiveStudent>,
     },
+    /// Every student's state as this room has them now, for the report
+    /// (one command for the whole exam, not one per student).
+    States {
+        reply: oneshot::Sender<HashMap<String, crate::protocol::StudentState>>,
+    },
     /// A numbered event from the broker.
     Published(crate::broker::Published),
     /// The broker reconnected: reload the shared state.
@@ -715,6 +720,17 @@ impl Registry {
         };
         handle.send(cmd).await.ok()?;
         live.await.ok()
+    }
+
+    /// Every student's live state, if the exam's room runs here.
+    pub async fn states(
+        &self,
+        exam_id: &str,
+    ) -> Option<HashMap<String, crate::protocol::StudentState>> {
+        let handle = self.lock().get(exam_id).cloned()?;
+        let (reply, states) = oneshot::channel();
+        handle.send(RoomCmd::States { reply }).await.ok()?;
+        states.await.ok()
     }
 
     /// Number of live rooms.

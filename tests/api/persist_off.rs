@@ -3,16 +3,23 @@
 //! is still committed first and survives a restart. With the default, the
 //! log keeps every event. On SQLite and on PostgreSQL.
 
+use std::time::Duration;
+
 use examwatch::auth::Role;
 use serde_json::{Value, json};
 
-use crate::{helpers::*, on_both_databases};
+use crate::{
+    cluster::{Redis, cluster, join_cluster},
+    helpers::*,
+    on_both_databases,
+};
 
 on_both_databases!(
     the_event_log_keeps_student_events_only_with_persistence_on,
     answers_and_submissions_stay_durable_with_persistence_off,
     a_per_student_control_change_stays_in_the_log_with_persistence_off,
     a_teacher_session_alone_does_not_make_an_exam_known,
+    the_report_after_the_room_ended_knows_every_student_from_their_records,
 );
 
 async fn db_pool(app: &TestApp) -> sqlx::AnyPool {
@@ -276,4 +283,157 @@ async fn a_teacher_session_alone_does_not_make_an_exam_known(db: Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), reqwest::StatusCode::NOT_FOUND);
+}
+
+/// The report once the room is gone: with no `student` events in the log,
+/// every student is rebuilt from their records (answers, submission,
+/// sessions), none is `absent`, nobody is connected.
+async fn the_report_after_the_room_ended_knows_every_student_from_their_records(db: Backend) {
+    let Some(app) = spawn_app_on(db, |s| {
+        s.events.persist = false;
+        s.exam.room_linger = Duration::from_millis(50);
+        s.exam.disconnect_grace = Duration::from_millis(20);
+    })
+    .await
+    else {
+        return;
+    };
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let (mut s1, _) = app.student("e1", "s1").await;
+    s1.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": 1}))
+        .await;
+    s1.expect_ack(1).await;
+    s1.send_json(json!({"type": "submit", "ref": 2})).await;
+    s1.expect_ack(2).await;
+    let (s2, _) = app.student("e1", "s2").await;
+    s1.close().await;
+    s2.close().await;
+    eventually("the room ends", || app.state.registry.is_empty()).await;
+    app.flushed().await;
+    let csv = app
+        .api(reqwest::Method::GET, "/v1/exams/e1/report.csv", &teacher)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = |id: &str| -> Vec<String> {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{id},")))
+            .unwrap_or_else(|| panic!("a row for {id}: {csv}"))
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    };
+    let (r1, r2) = (row("s1"), row("s2"));
+    // No roster here: a token's `name` lives only in `student` events, so
+    // the name column falls back to the student's id (DEPLOY.md says so).
+    assert_eq!(
+        (r1[1].as_str(), r1[2].as_str(), r1[3].as_str()),
+        ("s1", "submitted", "1"),
+        "{csv}"
+    );
+    assert!(!r1[7].is_empty(), "s1's submitted_at: {csv}");
+    assert_eq!(
+        (r2[1].as_str(), r2[2].as_str(), r2[3].as_str()),
+        ("s2", "disconnected", "0"),
+        "{csv}"
+    );
+    assert_eq!(r2[4], "1", "s2 connected once: {csv}");
+    assert!(app.state.registry.is_empty(), "the report started no room");
+}
+
+/// Two instances on Redis, persistence off: a room started on B for a
+/// teacher who resumes there takes Redis's history, which is whole, so the
+/// teacher is replayed exactly what it missed instead of a snapshot (the
+/// log's history, without `student` events, could not have been).
+#[tokio::test]
+async fn a_teacher_resuming_on_another_instance_is_replayed_with_persistence_off() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let apps = cluster(&redis, 2, |s| s.events.persist = false).await;
+    let (mut t, _) = apps[0].teacher("e1", "t1").await;
+    let (mut s, _) = apps[0].student("e1", "s1").await;
+    let mut seqs = Vec::new();
+    for q in 1..=3 {
+        s.send_json(json!({"type": "progress", "question": q, "answered": q, "ref": q}))
+            .await;
+        s.expect_ack(q).await;
+        let ev = t
+            .next_where("s1's progress", |v| is_student_event(v, "s1", "progress"))
+            .await;
+        seqs.push(ev["seq"].as_u64().expect("seq"));
+    }
+    assert!(apps[1].state.registry.is_empty(), "B has no room yet");
+    let token = apps[1].token("t2", Role::Teacher, &["e1"]);
+    let resume = format!("{}?last_seq={}", apps[1].ws_url("e1"), seqs[0]);
+    let mut t2 = apps[1]
+        .try_connect(&resume, Some(&token), &[])
+        .await
+        .unwrap();
+    for (i, want) in seqs[1..].iter().enumerate() {
+        let ev = t2.next_json().await;
+        assert_eq!(ev["type"], "student", "a replay, not a snapshot: {ev}");
+        assert_eq!(
+            ev["seq"].as_u64(),
+            Some(*want),
+            "event {i} of the replay: {ev}"
+        );
+        assert_eq!(ev["student"]["current_question"], json!(i + 2), "{ev}");
+    }
+}
+
+/// Persistence off, and Redis loses everything while no room runs: the log
+/// holds no `student` events to floor the cluster's counter, so the
+/// reservation the origin kept ahead does. No seq a teacher may have seen
+/// is issued again (a teacher resuming from an old seq would otherwise be
+/// replayed different events under the same numbers).
+#[tokio::test]
+async fn after_redis_lost_its_data_no_seq_is_issued_twice_with_persistence_off() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let tune = |s: &mut examwatch::Settings| s.events.persist = false;
+    let mut apps = cluster(&redis, 1, tune).await;
+    let a = apps.remove(0);
+    let url = a.db_url.clone();
+    let (mut t, _) = a.teacher("e1", "t1").await;
+    let (mut s, _) = a.student("e1", "s1").await;
+    let mut last = 0;
+    for q in 1..=5 {
+        s.send_json(json!({"type": "progress", "question": q, "answered": q, "ref": q}))
+            .await;
+        s.expect_ack(q).await;
+        let ev = t
+            .next_where("s1's progress", |v| is_student_event(v, "s1", "progress"))
+            .await;
+        last = ev["seq"].as_u64().expect("seq");
+    }
+    s.close().await;
+    drop(t);
+    let parts = a.stop().await;
+    redis.stop();
+    redis.start_again();
+    let b = join_cluster(&redis, &url, 1..2, tune).await.remove(0);
+    let (mut t, snap) = b.teacher("e1", "t1").await;
+    assert!(
+        snap["seq"].as_u64().expect("seq") >= last,
+        "the snapshot does not go back to before {last}: {snap}"
+    );
+    let (mut s, _) = b.student("e1", "s1").await;
+    s.send_json(json!({"type": "progress", "question": 9, "answered": 5, "ref": 9}))
+        .await;
+    s.expect_ack(9).await;
+    let ev = t
+        .next_where("s1's progress on B", |v| {
+            is_student_event(v, "s1", "progress")
+        })
+        .await;
+    assert!(
+        ev["seq"].as_u64().expect("seq") > last,
+        "numbering continues after {last}: {ev}"
+    );
+    drop(parts);
 }

@@ -153,6 +153,12 @@ impl Room {
         }
         let gap = p.seq > self.seq + 1 && !(ours && p.delivered_at_origin);
         self.seq = p.seq;
+        if ours && !self.ctx.persist_events {
+            // The log holds no `student` events, so it cannot floor the
+            // cluster's counter if Redis loses it: the origin keeps a
+            // reservation ahead instead (read back by `restore`).
+            self.reserve_ahead();
+        }
         if p.kind == "student"
             && let Some(sid) = &p.student
         {

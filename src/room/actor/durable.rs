@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Room, Timer};
 use crate::{
-    protocol::{ErrorCode, Label, Status, Timestamp},
+    protocol::{ErrorCode, Label, Seq, Status, Timestamp},
     room::{RoomCmd, Stored, close, students::Outcome, students::Student},
     store::{StoreError, now_ms, writer::Record},
 };
@@ -42,6 +42,7 @@ impl Room {
             }
         };
         self.seq = self.seq.max(state.last_seq);
+        let reservation = state.reserved;
         // The exam's total bounds what `progress` may claim. Read once: an
         // exam's settings do not change once it is created (normally before
         // its students connect). Not fatal: unknown, nothing is bounded.
@@ -131,6 +132,7 @@ impl Room {
         // With Redis, the shared state is the newest: students attached to
         // other instances, the cluster's seq and recent history. Subscribe
         // first, so nothing published meanwhile is missed.
+        let mut from_broker = false;
         if let crate::broker::Broker::Redis(redis) = &self.ctx.broker {
             let subscribed = redis.subscribe(self.exam_id.clone());
             if tokio::time::timeout(Duration::from_secs(2), subscribed)
@@ -140,14 +142,24 @@ impl Room {
                 tracing::warn!("Redis subscription pending; serving from the database meanwhile");
             }
             match tokio::time::timeout(Duration::from_secs(2), redis.load(&self.exam_id)).await {
-                Ok(Ok(shared)) => self.apply_shared(shared),
+                Ok(Ok(shared)) => {
+                    let (lost, floor) = (shared.seq == 0, self.epoch_floor);
+                    let before = self.seq;
+                    self.apply_shared(shared);
+                    if !self.ctx.persist_events {
+                        self.persist_off_shared(before, floor, lost, reservation);
+                        from_broker = self.seq > before;
+                    }
+                }
                 _ => tracing::warn!("cannot load the exam's shared state from Redis yet"),
             }
         }
         // A history that does not end at the current seq has a hole (lost
         // events): resumes from before here get a snapshot. So does one
-        // read from a log that keeps no `student` events.
-        if !self.ctx.persist_events || self.history.back().is_some_and(|(s, _)| *s != self.seq) {
+        // read from a log that keeps no `student` events, unless Redis's
+        // history replaced it.
+        let unlogged = !self.ctx.persist_events && !from_broker;
+        if unlogged || self.history.back().is_some_and(|(s, _)| *s != self.seq) {
             self.epoch_floor = self.epoch_floor.max(self.seq);
         }
         // Announcements among them stay available to students' `resume`;
@@ -179,6 +191,28 @@ impl Room {
 
     /// A student known only from their stored answers and submission (no
     /// `student` event in the log): disconnected until they come back.
+    /// A cluster room starting without `student` events in its log
+    /// (`events.persist = false`), once Redis's shared state is applied.
+    /// Redis's history, when it replaced the log's, is whole: its first
+    /// event need not follow the log's last (which is a control event), so
+    /// teachers resuming within it are replayed, not snapshotted. And when
+    /// Redis knows nothing of the exam (it lost its data), the log cannot
+    /// say how far the cluster numbered: the reservation the origins kept
+    /// ahead does, so no seq a teacher may have seen is issued again.
+    fn persist_off_shared(&mut self, before: Seq, floor: Seq, lost: bool, reservation: Seq) {
+        if self.seq > before {
+            self.epoch_floor = floor;
+        }
+        if lost && reservation > self.seq {
+            tracing::warn!(
+                reserved = reservation,
+                "Redis has no state for this exam; numbering continues after the reservation"
+            );
+            self.seq = reservation;
+            self.epoch_floor = reservation;
+        }
+    }
+
     fn restore_from_records(
         &mut self,
         id: String,

@@ -37,6 +37,15 @@ impl Room {
     /// (asynchronously: the reservation runs at least half a block ahead).
     pub(super) fn next_seq(&mut self) -> Seq {
         self.seq += 1;
+        self.reserve_ahead();
+        self.seq
+    }
+
+    /// Keeps the database's reservation at least half a block ahead of
+    /// `seq`, so a room started after a crash (or, in a cluster without
+    /// `student` events in the log, after Redis lost its counter) never
+    /// issues a number that may already have reached a teacher.
+    pub(super) fn reserve_ahead(&mut self) {
         if self.seq + SEQ_BLOCK / 2 >= self.reserved {
             self.reserved = self.seq + SEQ_BLOCK;
             self.ctx.writer.write(Record::SeqReserved {
@@ -45,7 +54,6 @@ impl Room {
                 done: None,
             });
         }
-        self.seq
     }
 
     /// Records an encoded event in the history, delivers it, then hands it
