@@ -641,3 +641,36 @@ async fn on_two_instances_the_post_may_reach_either() {
         (StatusCode::SERVICE_UNAVAILABLE, "session_unreachable")
     );
 }
+
+/// On PostgreSQL too, an answer's ack comes after its commit: the stored
+/// answers hold it when the POST returns; a re-sent one is harmless.
+#[tokio::test]
+async fn on_postgres_an_answer_is_acked_after_its_commit() {
+    let Some(app) = spawn_app_on(Backend::Postgres, |_| {}).await else {
+        return;
+    };
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let s = HttpStudent::open(&app, "e1", "s1").await;
+    let answer = json!({"type": "answer", "id": "a1", "question": "q1", "value": "B", "ref": 1});
+    for _ in 0..2 {
+        let results = s.send(json!([answer.clone()])).await;
+        assert_eq!(results, [json!({"type": "ack", "ref": 1})]);
+        let stored = app
+            .get_json("/v1/exams/e1/students/s1/answers", &teacher)
+            .await;
+        let ids: Vec<&str> = stored["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["a1"], "stored once when acked: {stored}");
+    }
+}
+
+#[tokio::test]
+async fn the_session_stream_sends_its_heartbeat() {
+    let app = spawn_app_with(|s| s.sse.heartbeat = Duration::from_millis(100)).await;
+    let mut s = HttpStudent::open(&app, "e1", "s1").await;
+    assert_eq!(s.sse.next_block().await, Some(vec![": ping".to_owned()]));
+}
