@@ -674,3 +674,56 @@ async fn the_session_stream_sends_its_heartbeat() {
     let mut s = HttpStudent::open(&app, "e1", "s1").await;
     assert_eq!(s.sse.next_block().await, Some(vec![": ping".to_owned()]));
 }
+
+/// Refused messages spend the session's budget as a socket's do; past it
+/// the stream ends with the socket's close code (1007 for malformed data).
+#[tokio::test]
+async fn too_many_refused_messages_end_the_session_with_1007() {
+    let app = spawn_app_with(|s| s.limits.max_bad_messages = 2).await;
+    let mut s = HttpStudent::open(&app, "e1", "s1").await;
+    let results = s.send(json!([{"type": "nope"}, {"type": "nope"}])).await;
+    assert!(
+        results.iter().all(|r| r["code"] == "unknown_type"),
+        "{results:?}"
+    );
+    let close = s.next_named("close").await;
+    assert_eq!(close.data["code"], 1007, "{close:?}");
+    assert_eq!(s.sse.next_block().await, None, "then the stream ends");
+}
+
+/// A session stream cannot `refresh`: at its token's end it gets `error
+/// token_expired`, then `event: close` 4401.
+#[tokio::test]
+async fn the_tokens_end_ends_the_session_with_4401() {
+    let app = spawn_app_with(|s| {
+        s.auth.leeway = Duration::ZERO;
+        s.auth.expiry_grace = Duration::ZERO;
+    })
+    .await;
+    app.open_exam("e1").await;
+    let token = app
+        .keys
+        .mint(
+            "s1",
+            "S One",
+            Role::Student,
+            vec!["e1".into()],
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    let mut s = HttpStudent::open_at(&app.http(""), &token, "e1", "", &[]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let block = s.sse.next_block_within(deadline).await.expect("events");
+        if block != [": ping"] {
+            seen.push(parse(&block));
+        }
+    }
+    assert_eq!(seen[0].event, "error");
+    assert_eq!(seen[0].data["code"], "token_expired");
+    assert_eq!(
+        (seen[1].event.as_str(), seen[1].data["code"].as_u64()),
+        ("close", Some(4401))
+    );
+}
