@@ -41,7 +41,9 @@ pub fn order(
     teachers.sort_unstable_by_key(|(c, _, _)| *c);
     shuffle(&mut students, &mut rng);
     shuffle(&mut teachers, &mut rng);
-    let strip = |v: Vec<(ConnId, bool, Kick)>| v.into_iter().map(|(c, _, k)| (c, k)).collect();
+    let strip = |v: Vec<(ConnId, bool, Kick)>| -> VecDeque<(ConnId, Kick)> {
+        v.into_iter().map(|(c, _, k)| (c, k)).collect()
+    };
     (strip(students), strip(teachers))
 }
 

@@ -209,11 +209,28 @@ async fn a_third_instance_gets_its_share_and_nothing_is_lost() {
 
 /// The admin drain: admins only, a share in (0, 1], an id of a live
 /// instance; this instance sheds at once, another one's drain is
-/// forwarded through Redis and done there.
-#[tokio::test]
-async fn the_admin_drain_checks_its_caller_and_body_and_reaches_any_instance() {
-    let Some(redis) = Redis::start() else { return };
-    let apps = cluster(&redis, 2, tuned(false, Duration::ZERO)).await;
+/// forwarded through Redis and done there. On one Redis server and on a
+/// Redis Cluster (the counts and the requests are single-key commands).
+mod the_admin_drain_checks_its_caller_and_body_and_reaches_any_instance {
+    #[tokio::test]
+    async fn single() {
+        let Some(redis) = crate::cluster::Redis::start() else {
+            return;
+        };
+        super::admin_drain(&redis).await;
+    }
+
+    #[tokio::test]
+    async fn cluster() {
+        let Some(redis) = crate::helpers::RedisCluster::start() else {
+            return;
+        };
+        super::admin_drain(&redis).await;
+    }
+}
+
+async fn admin_drain(redis: &impl Backplane) {
+    let apps = cluster(redis, 2, tuned(false, Duration::ZERO)).await;
     let ops = admin(&apps[0]);
     let teacher = apps[0].token("t1", Role::Teacher, &["e1"]);
     let (status, body) = drain(&apps[0], "node-0", &teacher, json!({"share": 0.5})).await;
