@@ -159,7 +159,10 @@ async fn list_instances(State(app): State<AppState>, _: Admin) -> Result<Json<Fl
     let average = if live.is_empty() {
         0.0
     } else {
-        live.iter().map(|i| (i.students + i.teachers) as f64).sum::<f64>() / live.len() as f64
+        live.iter()
+            .map(|i| (i.students + i.teachers) as f64)
+            .sum::<f64>()
+            / live.len() as f64
     };
     Ok(Json(Fleet {
         instances,

@@ -181,7 +181,13 @@ mod tests {
         let stop = CancellationToken::new();
         let mut kicks = Vec::new();
         let done = shed(&drain, 4, Duration::ZERO, &stop, |w| kicks.push(w)).await;
-        assert_eq!(done, Shed { students: 2, teachers: 2 });
+        assert_eq!(
+            done,
+            Shed {
+                students: 2,
+                teachers: 2
+            }
+        );
         assert_eq!(kicks, [false, false, true, true], "students first");
         assert_eq!(students[0].1.reason(), None, "mid-commit: left alone");
         for (_, k) in &students[1..] {
@@ -199,7 +205,10 @@ mod tests {
         let stop = CancellationToken::new();
         let done = shed(&drain, 2, Duration::ZERO, &stop, |_| {}).await;
         assert_eq!(done.students, 2);
-        let kicked = students.iter().filter(|(_, k)| k.reason().is_some()).count();
+        let kicked = students
+            .iter()
+            .filter(|(_, k)| k.reason().is_some())
+            .count();
         assert_eq!(kicked, 2);
         let done = shed(&drain, 10, Duration::ZERO, &stop, |_| {}).await;
         assert_eq!(done.students, 3, "only the three not kicked yet");

@@ -315,7 +315,10 @@ mod tests {
         assert!(!kick.in_flight());
         assert!(kick.kick_unless_in_flight(crate::room::close::REBALANCE));
         assert_eq!(kick.reason(), Some(crate::room::close::REBALANCE));
-        assert!(!kick.kick_unless_in_flight(crate::room::close::REBALANCE), "once");
+        assert!(
+            !kick.kick_unless_in_flight(crate::room::close::REBALANCE),
+            "once"
+        );
     }
 
     #[tokio::test]

@@ -104,7 +104,11 @@ async fn fleet(app: &TestApp) -> Vec<(String, u64)> {
 
 async fn drain(app: &TestApp, id: &str, token: &str, body: Value) -> (StatusCode, Value) {
     let r = app
-        .api(Method::POST, &format!("/v1/admin/instances/{id}/drain"), token)
+        .api(
+            Method::POST,
+            &format!("/v1/admin/instances/{id}/drain"),
+            token,
+        )
         .json(&body)
         .send()
         .await
@@ -153,7 +157,10 @@ async fn a_third_instance_gets_its_share_and_nothing_is_lost() {
         started.recv().await;
         let before = fleet(&apps[0]).await;
         assert_eq!(before.iter().map(|(_, n)| n).sum::<u64>(), 32, "{before:?}");
-        assert!(before.iter().all(|(_, n)| *n >= 12), "both loaded: {before:?}");
+        assert!(
+            before.iter().all(|(_, n)| *n >= 12),
+            "both loaded: {before:?}"
+        );
         let third = join_cluster(&redis, &url, 2..3, &tune).await.remove(0);
         proxy.add(third.addr);
         // Poll the listing (no fixed sleep) until every instance is within
@@ -187,7 +194,12 @@ async fn a_third_instance_gets_its_share_and_nothing_is_lost() {
     assert!(shed > 0, "the loaded instances shed students: {even:?}");
     let restarts: i64 = apps
         .iter()
-        .map(|a| a.metric_where("examwatch_closes_total", &[("by", "server"), ("code", "1012")]))
+        .map(|a| {
+            a.metric_where(
+                "examwatch_closes_total",
+                &[("by", "server"), ("code", "1012")],
+            )
+        })
         .sum();
     assert!(restarts >= shed, "every shed close is a 1012 close");
     let moved = report.moved.clone().expect("clients moved");
@@ -236,7 +248,11 @@ async fn admin_drain(redis: &impl Backplane) {
     let (status, body) = drain(&apps[0], "node-0", &teacher, json!({"share": 0.5})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], "admins_only");
-    for bad in [json!({"share": 0}), json!({"share": 2}), json!({"share": -0.5})] {
+    for bad in [
+        json!({"share": 0}),
+        json!({"share": 2}),
+        json!({"share": -0.5}),
+    ] {
         let (status, body) = drain(&apps[0], "node-0", &ops, bad.clone()).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
     }
@@ -269,10 +285,7 @@ async fn admin_drain(redis: &impl Backplane) {
     let (mut s3, _) = apps[1].student("e1", "s3").await;
     let (mut s4, _) = apps[1].student("e1", "s4").await;
     let deadline = Instant::now() + WAIT;
-    while !fleet(&apps[0])
-        .await
-        .contains(&("node-1".to_owned(), 2))
-    {
+    while !fleet(&apps[0]).await.contains(&("node-1".to_owned(), 2)) {
         assert!(Instant::now() < deadline, "node-1's count reaches node-0");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -328,7 +341,10 @@ async fn a_student_with_an_answer_in_flight_is_not_shed() {
     let (status, body) = drain(&app, &app.state.instance_id, &ops, json!({"share": 1})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["connections"], 2, "every connection was asked for");
-    assert_eq!(idle.expect_close().await, (Some(1012), "rebalance".to_owned()));
+    assert_eq!(
+        idle.expect_close().await,
+        (Some(1012), "rebalance".to_owned())
+    );
     eventually("one student shed", || {
         app.metric_where("examwatch_rebalance_shed_total", &[("role", "student")]) == 1
     })
