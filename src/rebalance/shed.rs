@@ -27,12 +27,12 @@ pub struct Shed {
     pub teachers: u64,
 }
 
+/// Connections in the order they are tried.
+pub type Queue = VecDeque<(ConnId, Kick)>;
+
 /// The candidates in the order they are tried: students shuffled, then
 /// watchers shuffled (`seed` makes the order reproducible in tests).
-pub fn order(
-    candidates: Vec<(ConnId, bool, Kick)>,
-    seed: u64,
-) -> (VecDeque<(ConnId, Kick)>, VecDeque<(ConnId, Kick)>) {
+pub fn order(candidates: Vec<(ConnId, bool, Kick)>, seed: u64) -> (Queue, Queue) {
     let mut rng = SplitMix(seed);
     let (mut students, mut teachers): (Vec<_>, Vec<_>) =
         candidates.into_iter().partition(|(_, watcher, _)| !watcher);
@@ -41,9 +41,8 @@ pub fn order(
     teachers.sort_unstable_by_key(|(c, _, _)| *c);
     shuffle(&mut students, &mut rng);
     shuffle(&mut teachers, &mut rng);
-    let strip = |v: Vec<(ConnId, bool, Kick)>| -> VecDeque<(ConnId, Kick)> {
-        v.into_iter().map(|(c, _, k)| (c, k)).collect()
-    };
+    let strip =
+        |v: Vec<(ConnId, bool, Kick)>| -> Queue { v.into_iter().map(|(c, _, k)| (c, k)).collect() };
     (strip(students), strip(teachers))
 }
 
@@ -58,7 +57,7 @@ pub async fn shed(
     mut on_kick: impl FnMut(bool),
 ) -> Shed {
     let (mut students, mut teachers) = order(drain.candidates(), seed());
-    let mut deferred: VecDeque<(ConnId, Kick)> = VecDeque::new();
+    let mut deferred = Queue::new();
     let mut done = Shed::default();
     let start = Instant::now();
     for i in 0..n {
@@ -163,7 +162,7 @@ mod tests {
         let (s1, t1) = order(cands(40), 1);
         let (s2, _) = order(cands(40), 2);
         assert_eq!((s1.len(), t1.len()), (30, 10));
-        let ids = |q: &VecDeque<(ConnId, Kick)>| q.iter().map(|(c, _)| *c).collect::<Vec<_>>();
+        let ids = |q: &Queue| q.iter().map(|(c, _)| *c).collect::<Vec<_>>();
         assert!(ids(&s1).iter().all(|c| c % 4 != 0), "no teacher among them");
         assert_ne!(ids(&s1), ids(&s2), "another seed, another order");
         let mut sorted = ids(&s1);
