@@ -84,8 +84,10 @@ pub struct Shared {
     /// (`POST /v1/revocations`, [`crate::revocations`]).
     pub revocations: Arc<crate::revocations::Revocations>,
     /// The open WebSockets and event streams, for a rolling restart's
-    /// spread close.
+    /// spread close (and a rebalance's).
     pub drain: Arc<crate::drain::Drain>,
+    /// Rebalancing across the fleet ([`crate::rebalance`]).
+    pub rebalancer: crate::rebalance::Rebalancer,
     /// The WebSocket loopback check's last result, for `/readyz`.
     pub health: Arc<crate::health::Health>,
     /// Exam-wide answered-set reads shared by the joins Redis cannot
@@ -257,6 +259,7 @@ impl App {
             tickets,
             revocations,
             drain: Arc::default(),
+            rebalancer: crate::rebalance::Rebalancer::new(&settings.cluster),
             health: Arc::new(crate::health::Health::new(&settings.server)),
             answered_reads: Default::default(),
             http_sessions: Default::default(),
@@ -354,6 +357,9 @@ impl App {
             probe,
             accepting.clone(),
         ));
+        // Counts for the fleet, shed requests, and (with
+        // `cluster.rebalance`) the shedding of an excess.
+        tokio::spawn(crate::rebalance::run(state.clone()));
         tracing::info!(%addr, "examwatch listening on {scheme}://{addr}");
         tracing::info!(addr = %admin_addr, "operators' endpoints (/metrics, /readyz) on http://{admin_addr}");
 

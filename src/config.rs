@@ -30,6 +30,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub events: EventSettings,
     pub broker: BrokerSettings,
+    pub cluster: ClusterSettings,
     pub exam: ExamSettings,
     pub alerts: AlertSettings,
     pub ws: WsSettings,
@@ -236,6 +237,40 @@ impl Default for BrokerSettings {
             prefix: "examwatch".into(),
             queue_limit: 100_000,
             heartbeat_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[cluster]`: spreading connections over the fleet (src/rebalance).
+/// With the in-memory broker (one instance) there is no fleet: nothing is
+/// published and nothing is ever shed automatically.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Shed connections while this instance holds more than its share of
+    /// the fleet's (docs/DEPLOY.md, "Rebalancing"). Counts are published
+    /// either way (`GET /v1/admin/instances`, the operator's drain).
+    pub rebalance: bool,
+    /// How far above the fleet's average an instance may be before it
+    /// sheds (0.2: 20 % above); it then sheds down to the average.
+    pub rebalance_tolerance: f64,
+    /// The shed connections close (1012 "rebalance") spread over this
+    /// window; a new shedding starts no sooner than a window later.
+    #[serde(with = "humantime_serde")]
+    pub rebalance_window: Duration,
+    /// How often the counts are published and the decision taken. A count
+    /// older than three of these is an instance that is gone.
+    #[serde(with = "humantime_serde")]
+    pub rebalance_interval: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            rebalance: false,
+            rebalance_tolerance: 0.2,
+            rebalance_window: Duration::from_secs(60),
+            rebalance_interval: Duration::from_secs(5),
         }
     }
 }
@@ -744,6 +779,27 @@ impl Settings {
         )?;
         at_most("server.drain_delay", self.server.drain_delay, HOUR)?;
         at_most("server.drain_window", self.server.drain_window, HOUR)?;
+        at_most(
+            "cluster.rebalance_window",
+            self.cluster.rebalance_window,
+            HOUR,
+        )?;
+        at_most(
+            "cluster.rebalance_interval",
+            self.cluster.rebalance_interval,
+            HOUR,
+        )?;
+        positive(
+            "cluster.rebalance_interval",
+            self.cluster.rebalance_interval >= Duration::from_millis(10),
+        )?;
+        let tolerance = self.cluster.rebalance_tolerance;
+        if !(tolerance.is_finite() && (0.0..=10.0).contains(&tolerance)) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.rebalance_tolerance",
+                problem: "must be between 0 and 10 (0.2: 20 % above the average)".into(),
+            });
+        }
         at_most(
             "server.ws_probe_interval",
             self.server.ws_probe_interval,

@@ -121,6 +121,40 @@ impl Drain {
         self.lock().open.len()
     }
 
+    /// Open connections by role, for the fleet's counts (src/rebalance).
+    pub fn counts(&self) -> crate::rebalance::Counts {
+        let s = self.lock();
+        let teachers = s.open.values().filter(|e| e.watcher).count() as u64;
+        crate::rebalance::Counts {
+            students: s.open.len() as u64 - teachers,
+            teachers,
+        }
+    }
+
+    /// The open connections with their kicks, for a rebalance to choose
+    /// from (src/rebalance/shed.rs); empty once a rolling restart began
+    /// (it closes them all anyway).
+    pub fn candidates(&self) -> Vec<(ConnId, bool, Kick)> {
+        let s = self.lock();
+        if s.started {
+            return Vec::new();
+        }
+        s.open
+            .iter()
+            .map(|(conn, e)| (*conn, e.watcher, e.kick.clone()))
+            .collect()
+    }
+
+    /// Whether a rolling restart began (a rebalance then stops shedding).
+    pub fn restarting(&self) -> bool {
+        self.lock().started
+    }
+
+    /// Whether a connection is still listed.
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.lock().open.contains_key(&conn)
+    }
+
     /// Closes every open connection with 1012, connection `i` of `n` at
     /// `i × window / n` from now, in [`fair_order`]; returns once the last
     /// one was kicked. Connections that register meanwhile are kicked at

@@ -10,6 +10,8 @@
 //! - [`accept`], [`tls`]: the accept loop's limits, and HTTPS/wss in-process
 //!   (rustls) with certificate reloads;
 //! - [`drain`]: rolling restarts, sockets closed 1012 over `server.drain_window`;
+//! - [`rebalance`]: an instance above the fleet's average sheds the excess
+//!   (1012 "rebalance"), so a new instance gets its share of the clients;
 //! - [`health`]: the readiness check that opens a WebSocket to ourselves;
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
 //! - [`auth`]: JWT verification and the handshake checks;
@@ -42,6 +44,7 @@ pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
+pub mod rebalance;
 pub mod revocations;
 pub mod room;
 pub mod roster;

@@ -242,6 +242,8 @@ pub struct Metrics {
     pub fanout_seconds: Histogram,
     pub broker: BrokerMetrics,
     pub db: Arc<DbMetrics>,
+    /// Connections closed by rebalancing: students, teachers (watchers).
+    rebalance_shed: [Counter; 2],
     open_fds: Gauge,
     max_fds: Gauge,
 }
@@ -360,6 +362,13 @@ impl Metrics {
                 resubscriptions: counter("examwatch_broker_resubscriptions_total"),
             },
             db: Arc::new(db),
+            rebalance_shed: ["student", "teacher"].map(|role| {
+                register(
+                    r,
+                    "examwatch_rebalance_shed_total",
+                    vec![label("role", role)],
+                )
+            }),
             open_fds: gauge("process_open_fds", vec![]),
             max_fds: gauge("process_max_fds", vec![]),
             handle: recorder.handle(),
@@ -369,7 +378,30 @@ impl Metrics {
         // draw (zero) before the first refusal or close.
         metrics.messages_in("progress", 0);
         metrics.closes(ClosedBy::Server, 4008, 0);
+        metrics.fleet_connections(instance, crate::rebalance::Counts::default());
         metrics
+    }
+
+    /// A connection closed by rebalancing (`examwatch_rebalance_shed_total`).
+    pub fn rebalance_shed(&self, watcher: bool) {
+        self.rebalance_shed[usize::from(watcher)].increment(1);
+    }
+
+    /// An instance's connections as this one last read them from the
+    /// fleet's counts (`examwatch_fleet_connections`).
+    pub fn fleet_connections(&self, member: &str, counts: crate::rebalance::Counts) {
+        for (role, n) in [("student", counts.students), ("teacher", counts.teachers)] {
+            let labels = vec![
+                Label::new("member", member.to_owned()),
+                Label::from_static_parts("role", role),
+            ];
+            self.recorder
+                .register_gauge(
+                    &Key::from_parts("examwatch_fleet_connections", labels),
+                    &metadata(),
+                )
+                .set(n as f64);
+        }
     }
 
     /// The open-sockets gauge of a role (`examwatch_connections_open`).

@@ -13,6 +13,7 @@ mod actions;
 mod alerts;
 mod control;
 mod exams;
+mod instances;
 mod records;
 mod revocations;
 mod student;
@@ -72,6 +73,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(student::router())
         .merge(tickets::router())
         .merge(revocations::router())
+        .merge(instances::router())
 }
 
 /// A caller of the REST API: a verified watcher (proctor, teacher or

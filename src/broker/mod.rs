@@ -12,6 +12,7 @@
 //! surface below and do not care which broker they have.
 
 pub mod conn;
+pub mod fleet;
 mod frame;
 mod publish;
 pub mod redis;

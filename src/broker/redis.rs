@@ -74,9 +74,9 @@ pub enum Inbound {
 }
 
 pub struct RedisBroker {
-    instance: Arc<str>,
-    prefix: Arc<str>,
-    conn: BrokerConn,
+    pub(super) instance: Arc<str>,
+    pub(super) prefix: Arc<str>,
+    pub(super) conn: BrokerConn,
     ops: mpsc::UnboundedSender<Op>,
     /// The exams this instance wants events of (it has a room for them):
     /// what `read_pushes` subscribes again when a subscription is lost.

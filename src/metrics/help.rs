@@ -200,6 +200,16 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
         "Per database transaction that committed (a batch, or one record when a batch was split to set a bad record aside): seconds from its start to its commit; failed attempts not observed",
     ),
     (
+        "examwatch_fleet_connections",
+        Kind::Gauge,
+        "Open connections (WebSockets and SSE streams) of each instance of the fleet as this instance last read them from Redis (cluster.rebalance_interval), by member (instance id) and role (student; teacher = every watcher role); an instance gone keeps its last value; with the in-memory broker, this instance alone",
+    ),
+    (
+        "examwatch_rebalance_shed_total",
+        Kind::Counter,
+        "Connections this instance closed with 1012 \"rebalance\" (automatic rebalancing, or POST /v1/admin/instances/{id}/drain), by role (student; teacher = every watcher role); they are also in examwatch_closes_total{code=\"1012\"}",
+    ),
+    (
         "process_open_fds",
         Kind::Gauge,
         "File descriptors this process has open (entries of /proc/self/fd, read at scrape time; -1 where unavailable)",

@@ -419,10 +419,13 @@ impl Room {
         let Some((sid, out)) = self.student_conns.remove(&conn) else {
             return;
         };
-        // Closed by a rolling restart (src/drain.rs): the client comes back
-        // here or elsewhere within the grace, as the same session. Not a
-        // network drop: no incident count, nothing told to the cluster.
-        let restart = out.kick.reason() == Some(crate::room::close::RESTART);
+        // Closed by a rolling restart (src/drain.rs) or a rebalance
+        // (src/rebalance): 1012 either way, and the client comes back here
+        // or elsewhere within the grace, as the same session. Not a network
+        // drop: no incident count, nothing told to the cluster.
+        let restart = out.kick.reason().is_some_and(|r| {
+            r == crate::room::close::RESTART || r == crate::room::close::REBALANCE
+        });
         let grace = self.ctx.settings.disconnect_grace;
         if let Some(st) = self.students.get_mut(&sid)
             && st.conn == Some(conn)

@@ -80,7 +80,7 @@ pub mod close {
             1009 => "message too big: never resend it",
             1011 => "server error",
             1012 => {
-                "service restart (rolling restart): reconnect after a short random wait, another instance takes you"
+                "service restart (rolling restart, or rebalancing): reconnect after a short random wait, another instance takes you"
             }
             1013 => "exam state unavailable: try again later, with backoff",
             4000 => "ping timeout: no sign of life from the client",
@@ -119,6 +119,15 @@ pub mod close {
     pub const RESTART: CloseReason = CloseReason {
         code: 1012,
         reason: "service restart",
+    };
+    /// Rebalancing (src/rebalance): this instance holds more than its share
+    /// of the fleet's connections and closes some, spread over
+    /// `cluster.rebalance_window`; the client reconnects (through the load
+    /// balancer, to whichever instance it picks) as the same session,
+    /// exactly as after [`RESTART`]: same code, another reason.
+    pub const REBALANCE: CloseReason = CloseReason {
+        code: 1012,
+        reason: "rebalance",
     };
     pub const UNSUPPORTED: CloseReason = CloseReason {
         code: 1003,

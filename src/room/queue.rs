@@ -50,6 +50,10 @@ struct State {
     kicked: Option<CloseReason>,
     /// A probe asked for and not yet taken.
     probe: bool,
+    /// Durable messages of this connection (answers, submissions) handed
+    /// to the database and not committed yet ([`Kick::commit_started`]):
+    /// a rebalance never closes a connection mid-commit.
+    in_flight: u32,
     /// The connection task's waker, registered by whichever of its futures
     /// last found nothing to do.
     waker: Option<Waker>,
@@ -91,6 +95,7 @@ pub fn queue(bound: usize) -> (QueueTx, QueueRx, Kick) {
             closed: false,
             kicked: None,
             probe: false,
+            in_flight: 0,
             waker: None,
         }),
         bound,
@@ -229,6 +234,35 @@ impl Kick {
         self.inner.lock().kicked.clone()
     }
 
+    /// A durable message of this connection goes to the database: until
+    /// the returned guard is dropped (its commit is known), the connection
+    /// is mid-commit ([`Kick::kick_unless_in_flight`]).
+    pub fn commit_started(&self) -> InFlight {
+        self.inner.lock().in_flight += 1;
+        InFlight { kick: self.clone() }
+    }
+
+    /// Whether a durable message of this connection awaits its commit.
+    pub fn in_flight(&self) -> bool {
+        self.inner.lock().in_flight > 0
+    }
+
+    /// Kicks with `reason` unless the connection was kicked already or has
+    /// a durable message awaiting its commit (checked under the same lock
+    /// as the kick, so no commit starts in between); true if it kicked.
+    pub fn kick_unless_in_flight(&self, reason: CloseReason) -> bool {
+        let mut kicked = false;
+        self.inner.signal(|s| {
+            if s.kicked.is_some() || s.in_flight > 0 {
+                return false;
+            }
+            s.kicked = Some(reason);
+            kicked = true;
+            true
+        });
+        kicked
+    }
+
     /// Asks the connection to check that its peer is alive.
     pub fn probe(&self) {
         self.inner.signal(|s| {
@@ -252,9 +286,40 @@ impl Kick {
     }
 }
 
+/// A durable message awaiting its commit ([`Kick::commit_started`]).
+pub struct InFlight {
+    kick: Kick,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.kick.inner.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_mid_commit_is_not_kicked_by_a_rebalance() {
+        let (_tx, _rx, kick) = queue(4);
+        let first = kick.commit_started();
+        let second = kick.commit_started();
+        assert!(kick.in_flight());
+        assert!(!kick.kick_unless_in_flight(crate::room::close::REBALANCE));
+        drop(first);
+        assert!(!kick.kick_unless_in_flight(crate::room::close::REBALANCE));
+        drop(second);
+        assert!(!kick.in_flight());
+        assert!(kick.kick_unless_in_flight(crate::room::close::REBALANCE));
+        assert_eq!(kick.reason(), Some(crate::room::close::REBALANCE));
+        assert!(
+            !kick.kick_unless_in_flight(crate::room::close::REBALANCE),
+            "once"
+        );
+    }
 
     #[tokio::test]
     async fn frames_come_out_in_order_up_to_the_bound() {

@@ -36,6 +36,7 @@ mod outage;
 mod persist_off;
 mod persistence;
 mod readme;
+mod rebalance;
 mod rest;
 mod resume;
 mod roles;

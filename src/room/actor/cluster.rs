@@ -476,6 +476,7 @@ impl Room {
             return;
         };
         let mine = redis.holder(&session);
+        let ttl = self.ctx.settings.lease_ttl;
         let (redis, exam, sid, inbox) = (
             redis.clone(),
             self.exam_id.clone(),
@@ -486,6 +487,18 @@ impl Room {
             let Ok(Some(holder)) = redis.lease_holder(&exam, &sid).await else {
                 return;
             };
+            let here = format!("{}/", redis.instance());
+            if holder != mine && holder != format!("{mine}/grace") && holder.starts_with(&here) {
+                // Another session of this instance still holds it (a
+                // reconnect here): name this one now, not at the next
+                // renewal, so that this client's next reconnect elsewhere,
+                // naming this session, is a reconnect there and not a
+                // second session (a rebalance can move it again at once).
+                let _ = redis
+                    .renew_leases(&exam, &[(sid.clone(), mine, false)], ttl)
+                    .await;
+                return;
+            }
             if holder != mine
                 && holder != format!("{mine}/grace")
                 && !holder.starts_with(&format!("{}/", redis.instance()))

@@ -330,7 +330,14 @@ impl Room {
         let inbox = self.inbox.clone();
         let student = sid.clone();
         let share = self.answer_sharing();
+        // Until the commit is known (and the room told), the connection
+        // is mid-commit: a rebalance leaves it alone (src/rebalance).
+        let in_flight = self
+            .student_conns
+            .get(&conn)
+            .map(|(_, out)| out.kick.commit_started());
         self.ctx.tracker.spawn(async move {
+            let _in_flight = in_flight;
             let Ok(stored) = committed.await else {
                 return; // writer stopped before committing: no ack, the client re-sends
             };
