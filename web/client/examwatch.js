@@ -1116,6 +1116,10 @@ export class ExamwatchClient extends EventTarget {
     // As after a reconnect: what was in flight over HTTP goes again on the
     // socket (harmless), waiting requests are settled.
     this._connectionLost('moved to the socket');
+    // Not live until the socket's welcome is handled (so the resume goes
+    // first, as on any reconnect), without telling the page: to it the
+    // session never went away, and the welcome's `live` follows at once.
+    this.state = 'connecting';
     this._attach(socket);
     socket.onclose = (e) => {
       if (this._link !== socket) return;
