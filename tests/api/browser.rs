@@ -13,7 +13,9 @@
 //! load without console errors and bidi-isolated names; `controls.mjs`,
 //! `proctor.mjs` and `cluster.mjs` the exam's controls (issue 15), the
 //! last with two instances and a redis-server started here, as has
-//! `drain.mjs` (a rolling restart through a failover forwarder).
+//! `drain.mjs` (a rolling restart through a failover forwarder);
+//! `fallback.mjs` puts a proxy that refuses WebSocket upgrades in front of
+//! the students (the library's HTTP fallback and its way back).
 //!
 //! Checks promised "within a second" wait up to `BROWSER_SLACK` (default
 //! 3) times their promise before failing, and log `SLOW` when they took

@@ -18,8 +18,12 @@
 // resume with ?last_seq=; announce() settles on a drop or a timeout; a
 // snapshot in parts is applied only whole, never from a dropped socket;
 // refresh(token) is sent and settled by its ack or error, 4401 reconnects
-// with the latest token, 4403 and a ticket refused token_revoked stop. Run by
-// tests/api/browser.rs.
+// with the latest token, 4403 and a ticket refused token_revoked stop. The
+// HTTP fallback against a scripted fetch: failed handshakes while HTTP
+// works switch to SSE + POST (batches, one POST in flight, results by
+// position, 429, 409, Last-Event-ID, `event: close`), the socket is tried
+// in the background and its welcome moves the session back; no switch
+// while HTTP fails too, nor for watchers. Run by tests/api/browser.rs.
 
 import { ExamwatchClient, backoffDelay } from '../../web/client/examwatch.js';
 

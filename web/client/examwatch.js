@@ -31,6 +31,14 @@
 // `token_expired` event and a reconnect (with whatever token it has by
 // then), a revoked token (close 4403, or a ticket refused `token_revoked`)
 // a `token_revoked` event and a stop (PROTOCOL.md 1.2.3).
+//
+// Students whose network refuses WebSocket upgrades (or swallows what
+// follows them) while plain HTTP works fall back by themselves to the HTTP
+// transport: an SSE stream for the server's frames and batched POSTs for
+// theirs, carrying the very same session (outbox, acks, resume), and move
+// back to the socket once a background attempt gets through. The session
+// logic is written once, above two transports that only carry frames
+// (SocketLink, HttpLink); `transport` says which one is in use.
 
 const PROTOCOL = 'examwatch.v1';
 
