@@ -223,7 +223,9 @@ class HttpLink {
     this._closed = false;
     /** The stream's `event: close` (the socket's close code), if it sent one. */
     this._closeFrame = null;
-    this._open();
+    // Not from the constructor: a fetch that throws at once must reach an
+    // `onclose` that is set by then.
+    queueMicrotask(() => this._open());
   }
 
   send(text) {
@@ -553,6 +555,8 @@ export class ExamwatchClient extends EventTarget {
     /** On HTTP: the background socket attempt under way, and how many failed. */
     this._probe = null;
     this._probeFailures = 0;
+    /** Bumped when a background attempt is dropped, so one still asking for its ticket gives up. */
+    this._probeGen = 0;
     this._timers = new Set();
     this._pumpTimer = null;
     this._pendingPing = null;
@@ -1073,20 +1077,27 @@ export class ExamwatchClient extends EventTarget {
    * session onto it; a failure waits longer for the next try.
    */
   async _probeSocket() {
-    const onHttp = () => this.state === 'live' && this._link?.kind === 'http' && !this._probe;
-    if (!onHttp()) return;
+    const onHttp = () => this.state === 'live' && this._link?.kind === 'http';
+    if (!onHttp() || this._probe) return;
+    const gen = ++this._probeGen;
+    // Holds the place while the ticket is asked for: one attempt at a time.
+    this._probe = { close() {} };
+    const current = () => gen === this._probeGen && onHttp();
     let credential;
     try {
       credential = await this._credential();
     } catch {
-      if (onHttp()) this._scheduleProbe();
-      return;
+      credential = null;
     }
-    if (!onHttp()) return;
-    let probe;
+    if (!current()) return;
+    this._probe = null;
+    let probe = null;
     try {
-      probe = new SocketLink(this._socketUrl(credential), PROTOCOL);
+      if (credential !== null) probe = new SocketLink(this._socketUrl(credential), PROTOCOL);
     } catch {
+      // A URL the browser refuses: as a failed attempt.
+    }
+    if (!probe) {
       this._probeFailures += 1;
       this._scheduleProbe();
       return;
@@ -1148,6 +1159,7 @@ export class ExamwatchClient extends EventTarget {
   }
 
   _dropProbe() {
+    this._probeGen += 1;
     const probe = this._probe;
     this._probe = null;
     probe?.close(1000);
