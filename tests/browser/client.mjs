@@ -1106,10 +1106,46 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   // A handshake failure now counts anew: one is not enough to fall back.
   back.drop(1006);
   await until('a socket again', () => FakeSocket.last() !== back);
-  const n1 = streams().length;
+  let n1 = streams().length;
   FakeSocket.last().receive(welcome('W2', 4));
   check(c.transport === 'websocket' && streams().length === n1, 'the socket works: it stays');
   c.close();
+
+  // The server retires the HTTP session as it admits the background socket
+  // (a reconnect: close 4001 with no `session_invalidated`, before the
+  // socket's welcome): not a takeover; the socket's welcome carries on.
+  {
+    const k = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage(), wsRetryMs: 20, wsRetryCapMs: 40 });
+    const invalidated = [];
+    k.addEventListener('session_invalidated', () => invalidated.push(1));
+    const m0 = FakeSocket.all.length;
+    const s0 = streams().length;
+    k.connect();
+    await until('socket 1', () => FakeSocket.all.length === m0 + 1);
+    FakeSocket.last().drop(1006);
+    await until('socket 2', () => FakeSocket.all.length === m0 + 2);
+    FakeSocket.last().drop(1006);
+    await until('its stream', () => streams().length === s0 + 1);
+    const b = stream();
+    streams().at(-1).resolve(b.res);
+    await tick();
+    b.write(`event: welcome\ndata: ${JSON.stringify(welcome('K1', 0))}\n\n`);
+    await until('on HTTP', () => k.state === 'live' && k.transport === 'http');
+    const q = k.answer('q1', 'A');
+    await until('the background socket', () => FakeSocket.all.length === m0 + 3, 1000);
+    const bg = FakeSocket.last();
+    check(bg.url.includes('previous_session=K1'), bg.url);
+    b.write('event: close\ndata: {"code":4001,"reason":"session taken over by a new connection"}\n\n');
+    b.end();
+    await tick();
+    check(invalidated.length === 0 && k.state !== 'closed' && !k._invalidated, `not a second session: ${k.state}`);
+    check(streams().length === s0 + 1, 'no new stream: the socket is on its way');
+    bg.receive(welcome('K2', 0));
+    check(k.state === 'live' && k.transport === 'websocket' && k.sessionId === 'K2', `on the socket: ${k.state} ${k.transport}`);
+    check(bg.sent.some((m) => m.id === q), 'the unacked answer goes on the socket');
+    k.close();
+  }
+  n1 = streams().length;
 
   // The server down (HTTP fails too): handshake failures do not switch.
   health = 'down';

@@ -1051,6 +1051,14 @@ export class ExamwatchClient extends EventTarget {
     link.onclose = (e) => {
       if (this._link !== link) return;
       this._link = null;
+      if (this._probe instanceof SocketLink && e.opened && !this._invalidated && !this._stopped) {
+        // The background socket is taking this session over: the server
+        // retires the HTTP session as it admits the socket (4001 without a
+        // `session_invalidated`, or a POST's 409). Its welcome decides;
+        // until then nothing is sent (quietly: the page was told nothing).
+        this.state = 'connecting';
+        return;
+      }
       if (e.code === 1009) this._setAsideTooBig();
       this._connectionLost('connection lost');
       if (e.unsupported) this._httpUnsupported = true;
@@ -1108,7 +1116,10 @@ export class ExamwatchClient extends EventTarget {
       this._probe = null;
       probe.close(1000);
       this._probeFailures += 1;
-      this._scheduleProbe();
+      if (this._link) return this._scheduleProbe();
+      // The HTTP session ended while this attempt was under way: a reconnect as usual.
+      this._connectionLost('connection lost');
+      this._scheduleReconnect(1006, 'the background socket failed');
     };
     probe.onclose = failed;
     this._later(failed, this.wsOpenTimeoutMs);
