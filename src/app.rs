@@ -91,6 +91,12 @@ pub struct Shared {
     /// Exam-wide answered-set reads shared by the joins Redis cannot
     /// answer (cluster mode, [`crate::ws::answered`]).
     pub(crate) answered_reads: crate::ws::answered::AnsweredReads,
+    /// The students' HTTP sessions open here (`?transport=http`), for
+    /// `POST me/messages` ([`crate::sse::sessions`]).
+    pub http_sessions: Arc<crate::sse::sessions::HttpSessions>,
+    /// This instance's batches forwarded to the instance holding their
+    /// session, waiting for its answer ([`crate::sse::forward`]).
+    pub forwards: crate::sse::forward::Forwards,
     draining: AtomicBool,
     next_conn: AtomicU64,
 }
@@ -216,12 +222,15 @@ impl App {
             settings.exam.control_scan,
             shutdown.clone(),
         ));
+        // Forwarded HTTP batches need the whole state: served once it exists.
+        let (forwards_tx, forwards_rx) = tokio::sync::mpsc::unbounded_channel();
         if let (Some(inbound), Broker::Redis(redis)) = (inbound, &broker) {
             tokio::spawn(crate::broker::dispatch(
                 inbound,
                 registry.clone(),
                 revocations.clone(),
                 store.clone(),
+                forwards_tx,
             ));
             tokio::spawn(crate::broker::heartbeat(
                 redis.clone(),
@@ -250,6 +259,8 @@ impl App {
             drain: Arc::default(),
             health: Arc::new(crate::health::Health::new(&settings.server)),
             answered_reads: Default::default(),
+            http_sessions: Default::default(),
+            forwards: Default::default(),
             settings,
             keys: Arc::new(keys),
             registry,
@@ -264,6 +275,7 @@ impl App {
             instance_id,
             broker,
         }));
+        tokio::spawn(crate::sse::forward::serve(state.clone(), forwards_rx));
         Ok(Self {
             state,
             listener,

@@ -34,6 +34,7 @@ pub struct Settings {
     pub alerts: AlertSettings,
     pub ws: WsSettings,
     pub sse: SseSettings,
+    pub http: HttpSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
 }
@@ -439,6 +440,26 @@ impl Default for SseSettings {
     }
 }
 
+/// The HTTP transport of students (`?transport=http` on `me/events`, `POST
+/// me/messages`, [`crate::sse::session`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// How long `POST me/messages` waits for a message's result (an
+    /// `answer`'s or `submit`'s commit, a forwarded batch's answer) before
+    /// it answers that message `error not_stored` ("send it again").
+    #[serde(with = "humantime_serde")]
+    pub reply_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            reply_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The largest accepted `ws.write_buffer_bytes`.
 const MAX_WRITE_BUFFER_BYTES: usize = 512 * 1024;
 
@@ -508,6 +529,9 @@ pub struct LimitSettings {
     /// Longest token accepted, in bytes, checked before it is decoded;
     /// longer is 401 `token_too_large`. 0 = no limit.
     pub max_token_bytes: usize,
+    /// Most client messages in one `POST /v1/exams/{id}/me/messages`
+    /// (the HTTP transport); more is 422 `batch_too_big`.
+    pub http_batch_max: usize,
     /// Most exams a token's `exams` claim may list; more is 401
     /// `too_many_exams`. 0 = no limit.
     pub max_token_exams: usize,
@@ -529,6 +553,7 @@ impl Default for LimitSettings {
             message_window: Duration::from_secs(60),
             first_message_timeout: Duration::ZERO,
             max_token_bytes: 4096,
+            http_batch_max: 32,
             max_token_exams: 100,
         }
     }
@@ -797,6 +822,9 @@ impl Settings {
         positive("exam.history_size", self.exam.history_size > 0)?;
         positive("exam.room_inbox", self.exam.room_inbox > 0)?;
         positive("ws.ping_interval", !self.ws.ping_interval.is_zero())?;
+        positive("limits.http_batch_max", self.limits.http_batch_max > 0)?;
+        positive("http.reply_timeout", !self.http.reply_timeout.is_zero())?;
+        at_most("http.reply_timeout", self.http.reply_timeout, HOUR)?;
         positive("ws.teacher_queue", self.ws.teacher_queue > 0)?;
         positive("ws.student_queue", self.ws.student_queue > 0)?;
         positive("ws.read_buffer_bytes", self.ws.read_buffer_bytes > 0)?;

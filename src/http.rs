@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(crate::sse::watcher_events))
         .routes(routes!(crate::sse::student::student_events))
         .routes(routes!(crate::sse::student::received))
+        .routes(routes!(crate::sse::messages::post_messages))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .split_for_parts();

@@ -109,13 +109,15 @@ impl Broker {
     }
 }
 
-/// Routes what Redis pushes to this instance's rooms, and revocations to
-/// its revocation set.
+/// Routes what Redis pushes to this instance's rooms, revocations to its
+/// revocation set, and its own channel's messages to `forwards`
+/// (src/sse/forward.rs).
 pub async fn dispatch(
     mut inbound: tokio::sync::mpsc::UnboundedReceiver<redis::Inbound>,
     registry: crate::room::Registry,
     revocations: Arc<crate::revocations::Revocations>,
     store: crate::store::Store,
+    forwards: tokio::sync::mpsc::UnboundedSender<String>,
 ) {
     use crate::room::RoomCmd;
     while let Some(msg) = inbound.recv().await {
@@ -151,6 +153,9 @@ pub async fn dispatch(
                     }
                     None => tracing::warn!("unparseable message on the revocations channel"),
                 }
+            }
+            redis::Inbound::Forward(wire) => {
+                let _ = forwards.send(wire);
             }
         }
     }

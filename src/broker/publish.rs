@@ -34,7 +34,7 @@ use std::{
 use redis::{AsyncCommands, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::redis::{Inbound, exam_channel, revocations_channel};
+use super::redis::{Inbound, exam_channel, instance_channel, revocations_channel};
 use super::{Draft, conn::BrokerConn};
 
 /// Numbers, records and publishes one batch of an exam's events
@@ -119,6 +119,9 @@ pub(super) enum Op {
     Unsubscribe(Arc<str>),
     /// The revocations channel, once at start-up.
     SubscribeRevocations,
+    /// This instance's own channel (forwarded HTTP batches and their
+    /// answers, src/sse/forward.rs), once at start-up.
+    SubscribeInstance,
     /// A revocation's wire JSON, for every instance.
     Revoke(String),
 }
@@ -303,6 +306,14 @@ impl Publisher {
                 }
                 Some(Op::SubscribeRevocations) => {
                     let channel = revocations_channel(&self.prefix);
+                    let ok = self.conn.subscribe(&channel).await.is_ok();
+                    if ok {
+                        queue.pop_front();
+                    }
+                    ok
+                }
+                Some(Op::SubscribeInstance) => {
+                    let channel = instance_channel(&self.prefix, &self.instance);
                     let ok = self.conn.subscribe(&channel).await.is_ok();
                     if ok {
                         queue.pop_front();

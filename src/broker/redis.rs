@@ -68,6 +68,9 @@ pub enum Inbound {
     /// A token revocation made on some instance (its wire JSON,
     /// `Revocation::to_wire`).
     Revoked(String),
+    /// A message on this instance's own channel: a forwarded HTTP batch
+    /// or the answer to one (src/sse/forward.rs).
+    Forward(String),
 }
 
 pub struct RedisBroker {
@@ -138,6 +141,7 @@ impl RedisBroker {
         // For the instance's whole life; retried by the publisher until
         // Redis confirms, resubscribed by the connection after a reconnect.
         let _ = ops.send(Op::SubscribeRevocations);
+        let _ = ops.send(Op::SubscribeInstance);
         let (inbound_tx, inbound) = mpsc::unbounded_channel();
         let broker = Arc::new(Self {
             instance: options.instance.clone(),
@@ -495,6 +499,20 @@ impl RedisBroker {
         format!("{}:{{{exam}}}:answered:{student}", self.prefix)
     }
 
+    /// Sends `payload` on `instance`'s own channel; false when no
+    /// instance listens there (it is gone).
+    pub async fn send_to_instance(
+        &self,
+        instance: &str,
+        payload: &str,
+    ) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        let receivers: i64 = conn
+            .publish(instance_channel(&self.prefix, instance), payload)
+            .await?;
+        Ok(receivers > 0)
+    }
+
     /// Asks the instance holding a student's old session to close it.
     pub async fn send_kick(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
@@ -789,6 +807,7 @@ struct Pushes {
 impl Pushes {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
         let revocations = revocations_channel(&self.prefix);
+        let own = instance_channel(&self.prefix, &self.instance);
         while let Some(push) = rx.recv().await {
             match push.kind {
                 PushKind::Message | PushKind::SMessage => {
@@ -801,6 +820,12 @@ impl Pushes {
                     if channel.as_slice() == revocations.as_bytes() {
                         if let Ok(wire) = String::from_utf8(payload) {
                             let _ = self.inbound.send(Inbound::Revoked(wire));
+                        }
+                        continue;
+                    }
+                    if channel.as_slice() == own.as_bytes() {
+                        if let Ok(wire) = String::from_utf8(payload) {
+                            let _ = self.inbound.send(Inbound::Forward(wire));
                         }
                         continue;
                     }
@@ -903,6 +928,11 @@ pub(super) fn exam_channel(prefix: &str, exam: &str) -> String {
 /// The cluster-wide channel of token revocations.
 pub(super) fn revocations_channel(prefix: &str) -> String {
     format!("{prefix}:revocations")
+}
+
+/// One instance's own channel (forwarded HTTP batches, their answers).
+pub(super) fn instance_channel(prefix: &str, instance: &str) -> String {
+    format!("{prefix}:instance:{instance}")
 }
 
 /// The instance part of a lease value (`instance/session[/grace]`).

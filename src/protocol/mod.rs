@@ -104,6 +104,10 @@ pub enum ErrorCode {
     TokenExpired,
     /// A revocation covers the connection's token (close 4403 follows).
     TokenRevoked,
+    /// A message the HTTP transport does not take (`resume`: send
+    /// `Last-Event-ID` with the stream instead; `refresh`: open a new
+    /// stream with the new token), docs/PROTOCOL.md 8.
+    UnsupportedOnHttp,
 }
 
 impl ErrorCode {

@@ -85,12 +85,14 @@ fn every_code() -> Vec<ErrorCode> {
         InvalidToken,
         TokenExpired,
         TokenRevoked,
+        UnsupportedOnHttp,
     ];
     for code in &all {
         match code {
             InvalidJson | UnknownType | InvalidMessage | InvalidRef | Forbidden | RateLimited
             | AlreadySubmitted | InvalidAnnouncement | NotStored | StorageBusy | ExamNotStarted
-            | ExamEnded | ExamPaused | InvalidToken | TokenExpired | TokenRevoked => {}
+            | ExamEnded | ExamPaused | InvalidToken | TokenExpired | TokenRevoked
+            | UnsupportedOnHttp => {}
         }
     }
     all

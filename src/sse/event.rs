@@ -146,6 +146,13 @@ pub fn append_student(buf: &mut Vec<u8>, json: &str) -> Option<&'static str> {
     REMOVING.into_iter().find(|r| *r == kind)
 }
 
+/// Appends a frame of a session stream (docs/PROTOCOL.md 8.1): `id: <id>`
+/// (the highest seq delivered, [`super::ids`]), `event: <kind>`, `data:
+/// <json>`.
+pub fn append_with_id(buf: &mut Vec<u8>, id: Option<Seq>, kind: Option<&str>, json: &str) {
+    write_event(buf, id.map(IdLine::Seq), kind, json);
+}
+
 /// An event's `id:` line: a watcher's seq, or a student's action id.
 enum IdLine<'a> {
     Seq(Seq),

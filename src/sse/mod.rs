@@ -33,6 +33,11 @@
 //! of [`Opening`], then [`Stream`] with [`Audience::Student`].
 
 pub mod event;
+pub mod forward;
+mod ids;
+pub mod messages;
+pub mod session;
+pub mod sessions;
 pub mod student;
 
 use std::{convert::Infallible, net::SocketAddr};
@@ -202,25 +207,37 @@ pub async fn watcher_events(
 /// Where to resume: the `Last-Event-ID` header (what a reconnecting
 /// `EventSource` sends), else `?last_event_id=`, else `?last_seq=`.
 fn resume_point(headers: &HeaderMap, params: &EventsParams) -> Result<Option<Seq>, ApiError> {
-    // A seq is at most i64::MAX (the database's BIGINT), whichever is used.
-    const MAX_SEQ: Seq = i64::MAX as Seq;
-    if params
-        .last_event_id
-        .or(params.last_seq)
-        .is_some_and(|s| s > MAX_SEQ)
-        || params.last_seq.is_some_and(|s| s > MAX_SEQ)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("last_event_id and last_seq are at most {MAX_SEQ}"),
-        ));
+    if params.last_seq.is_some_and(|s| s > MAX_SEQ) {
+        return Err(too_large_seq());
+    }
+    last_event_id(headers, params.last_event_id.or(params.last_seq))
+}
+
+/// A seq is at most i64::MAX (the database's BIGINT), whichever is used.
+const MAX_SEQ: Seq = i64::MAX as Seq;
+
+fn too_large_seq() -> ApiError {
+    ApiError::bad_request(
+        "invalid_query",
+        format!("last_event_id and last_seq are at most {MAX_SEQ}"),
+    )
+}
+
+/// The `Last-Event-ID` header, else `query` (the stream's query parameter
+/// for clients that cannot set the header).
+pub(crate) fn last_event_id(
+    headers: &HeaderMap,
+    query: Option<Seq>,
+) -> Result<Option<Seq>, ApiError> {
+    if query.is_some_and(|s| s > MAX_SEQ) {
+        return Err(too_large_seq());
     }
     let header = headers
         .get("last-event-id")
         .map(|v| v.to_str().map(str::trim).unwrap_or("?"));
     match header {
         // An empty id is what a client sends when it has none.
-        Some("") | None => Ok(params.last_event_id.or(params.last_seq)),
+        Some("") | None => Ok(query),
         Some(v) => v.parse().map(Some).map_err(|_| {
             ApiError::bad_request(
                 "invalid_last_event_id",
@@ -243,7 +260,7 @@ pub(crate) struct Opening<'a> {
     /// Whom the stream is for (the peer, or whom a trusted proxy forwarded for).
     pub(crate) client: ClientAddr,
     /// Client-chosen and headed for the log: clipped.
-    user_agent: String,
+    pub(crate) user_agent: String,
 }
 
 impl<'a> Opening<'a> {
@@ -387,7 +404,7 @@ fn expired_frame() -> axum::extract::ws::Utf8Bytes {
     .encode()
 }
 
-fn shutting_down() -> ApiError {
+pub(crate) fn shutting_down() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "shutting_down",
@@ -396,7 +413,7 @@ fn shutting_down() -> ApiError {
 }
 
 /// The `200 text/event-stream` answer whose body is what the task sends.
-fn response(body_rx: mpsc::Receiver<Bytes>) -> Response {
+pub(crate) fn response(body_rx: mpsc::Receiver<Bytes>) -> Response {
     let chunks = futures_util::stream::unfold(body_rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
     });

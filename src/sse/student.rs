@@ -12,7 +12,8 @@
 //! ([`crate::room::RoomCmd::ListenStudent`]) and sends it what it sends
 //! their socket. Watchers never see the student `connected` because of
 //! it, it holds no session lease, and a socket opened beside it is no
-//! second session.
+//! second session. With `?transport=http` the same request opens a
+//! session stream instead ([`super::session`]), which is a connection.
 
 use std::net::SocketAddr;
 
@@ -42,9 +43,26 @@ pub struct MeEventsParams {
     access_token: Option<String>,
     /// A connection ticket (`POST /v1/tickets`), in place of a token.
     ticket: Option<String>,
+    /// `http`: the stream is a session of the student (docs/PROTOCOL.md
+    /// 8, [`super::session`]); absent, a listener (7.1).
+    transport: Option<StreamTransport>,
+    /// A session stream: the `session_id` of this client's previous
+    /// connection (a socket's or a session stream's), as on a socket (4.3).
+    previous_session: Option<String>,
+    /// A session stream: resume after this seq (the `Last-Event-ID`
+    /// header wins), for clients that cannot set the header.
+    last_event_id: Option<crate::protocol::Seq>,
 }
 
-fn students_only() -> ApiError {
+/// What `?transport=` may say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamTransport {
+    /// The HTTP transport: the stream is a connection of the student.
+    Http,
+}
+
+pub(crate) fn students_only() -> ApiError {
     ApiError::forbidden(
         "students_only",
         "this is a student's own stream; watchers use GET /v1/exams/{exam_id}/events",
@@ -62,19 +80,30 @@ fn students_only() -> ApiError {
 /// or `session_invalidated`, at shutdown, and when the client falls too
 /// far behind. A `: ping` comment every `sse.heartbeat`. It does not make
 /// the student connected. Admission as for a student's socket.
+///
+/// With `?transport=http` it is instead a *session* of the student, the
+/// server-to-client half of the HTTP transport (PROTOCOL.md 8): a
+/// connection like a socket (status, lease, second session, grace), whose
+/// first event is the socket's `welcome`, every event's `id:` the highest
+/// seq delivered (for `Last-Event-ID`), and whose end sends `event: close`
+/// with the socket's close code.
 #[utoipa::path(get, path = "/v1/exams/{exam_id}/me/events", tag = "events",
     params(
         ("exam_id" = String, Path, description = "Exam id"),
         ("access_token" = Option<String>, Query, description = "JWT, for clients that cannot set the Authorization header (EventSource)"),
         ("ticket" = Option<String>, Query, description = "Connection ticket from POST /v1/tickets, in place of a token (single use)"),
+        ("transport" = Option<String>, Query, description = "`http`: the stream is a session of the student, the server-to-client half of the HTTP transport (PROTOCOL.md 8; messages go to POST /v1/exams/{exam_id}/me/messages); absent: a listener that is no connection (7.1)"),
+        ("previous_session" = Option<String>, Query, description = "With transport=http: session_id of this client's previous connection (socket or HTTP session), as on the socket"),
+        ("last_event_id" = Option<u64>, Query, maximum = 9223372036854775807_u64, description = "With transport=http: resume after this seq (the Last-Event-ID header wins)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "With transport=http: resume after this seq (the highest seq the stream delivered, its last `id:`): `resumed` and the replay follow the welcome"),
     ),
     responses(
         (status = 200, description = "An event stream (`text/event-stream`, `Cache-Control: no-cache`, `X-Accel-Buffering: no`)", content_type = "text/event-stream", body = String),
-        (status = 400, description = "`invalid_exam_id` or `invalid_query`", body = crate::http::ErrorBody),
+        (status = 400, description = "`invalid_exam_id`, `invalid_query` (also an unknown `transport`) or `invalid_last_event_id`", body = crate::http::ErrorBody),
         (status = 401, description = "Missing, invalid, expired or not yet valid token (`missing_token`, `invalid_token`, `token_expired`, `token_not_yet_valid`), one too large (`token_too_large`) or naming too many exams (`too_many_exams`), or a ticket that is unknown, used, expired or for another exam (`invalid_ticket`)", body = crate::http::ErrorBody),
         (status = 403, description = "`students_only` (a watcher's token), `exam_not_granted`, `origin_not_allowed`, `not_on_roster`, `not_allowed`, `exam_not_open` (a draft or unknown exam), `access_revoked`, `terminated` or `token_revoked`", body = crate::http::ErrorBody),
         (status = 429, description = "Too many handshakes from this IP or token subject (`rate_limited`), or too many open connections from this IP (`too_many_connections_from_ip`), shared with the socket; see `Retry-After`", body = crate::http::ErrorBody),
-        (status = 503, description = "`shutting_down`, `roster_unavailable`, `tickets_unavailable`, or `exam_unavailable` (the exam's room did not answer)", body = crate::http::ErrorBody),
+        (status = 503, description = "`shutting_down`, `roster_unavailable`, `tickets_unavailable`, `database_backlog` (transport=http), or `exam_unavailable` (the exam's room did not answer)", body = crate::http::ErrorBody),
     ))]
 pub async fn student_events(
     State(app): State<AppState>,
@@ -85,7 +114,7 @@ pub async fn student_events(
     params: Result<Query<MeEventsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let opening = Opening::new(&app, &exam_id, raw_query.as_deref(), peer, &headers);
-    let (_, claims, slot) = match opening
+    let (params, claims, slot) = match opening
         .admit(
             &headers,
             params,
@@ -108,6 +137,14 @@ pub async fn student_events(
     }
     if let Some(refusal) = opening.closed_for_streams() {
         return refusal;
+    }
+    if params.transport == Some(StreamTransport::Http) {
+        let query = super::session::SessionQuery {
+            via_ticket: params.ticket.is_some(),
+            previous_session: params.previous_session,
+            last_event_id: params.last_event_id,
+        };
+        return super::session::open(&app, &opening, &headers, &exam_id, claims, slot, query);
     }
     let (tx, rx, kick) = crate::room::queue::queue(app.settings.ws.student_queue);
     let out = Outbox {
@@ -172,7 +209,11 @@ pub struct ReceivedAnswer {
 }
 
 /// The student of a REST call: a verified student token for the exam.
-fn student_of(app: &AppState, headers: &HeaderMap, exam_id: &str) -> Result<Claims, ApiError> {
+pub(crate) fn student_of(
+    app: &AppState,
+    headers: &HeaderMap,
+    exam_id: &str,
+) -> Result<Claims, ApiError> {
     let token = auth::extract_token(header_str(headers, header::AUTHORIZATION), None);
     let claims = token
         .ok_or(ApiError::unauthorized(TokenError::Missing))

@@ -163,23 +163,33 @@ impl Connection {
 /// What the loop keeps about its client's standing: the token it speaks
 /// for (its `exp`, and its entry in the revocation set, which forgets the
 /// connection when dropped), and its refused messages.
-pub(super) struct Standing {
-    pub(super) exp: u64,
-    pub(super) live: LiveGuard,
-    pub(super) bad: BadBudget,
+pub(crate) struct Standing {
+    pub(crate) exp: u64,
+    pub(crate) live: LiveGuard,
+    pub(crate) bad: BadBudget,
+}
+
+/// How a connection whose refused messages used up its budget closes:
+/// 1007 for malformed data, 1008 for other misuse.
+pub(crate) fn bad_close(code: ErrorCode) -> crate::room::CloseReason {
+    if code.is_invalid_data() {
+        close::INVALID_DATA
+    } else {
+        close::POLICY
+    }
 }
 
 /// Counts rejected messages per window (`limits.bad_message_window`, a
 /// minute): scattered mistakes over a long exam are forgiven, a burst of
 /// them is not.
-pub(super) struct BadBudget {
+pub(crate) struct BadBudget {
     count: u32,
     window: Duration,
     window_start: Instant,
 }
 
 impl BadBudget {
-    pub(super) fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         Self {
             count: 0,
             window,
@@ -187,7 +197,7 @@ impl BadBudget {
         }
     }
     /// Records one rejected message; true once `max` is reached.
-    pub(super) fn spend(&mut self, max: u32) -> bool {
+    pub(crate) fn spend(&mut self, max: u32) -> bool {
         if self.window_start.elapsed() > self.window {
             self.count = 0;
             self.window_start = Instant::now();

@@ -22,7 +22,7 @@ use crate::{
     app::AppState,
     auth::Role,
     client_ip::ClientAddr,
-    protocol::{self, ErrorCode, Label, Seq, ServerMsg},
+    protocol::{self, Seq},
     ratelimit::ConnectionSlot,
     revocations::TokenId,
     room::{
@@ -50,6 +50,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub(crate) mod answered;
 pub mod handshake;
+pub(crate) mod inbound;
 mod join;
 pub(crate) mod lifetime;
 pub use handshake::{WsParams, handshake};
@@ -57,10 +58,11 @@ pub(crate) use handshake::{
     check_origin, check_roster, connection_slot, refuse_connection, require_grant,
     retry_after_secs, verify_token,
 };
-use lifetime::{BadBudget, Standing};
+use inbound::Inbound;
+pub(crate) use lifetime::{BadBudget, Standing};
 
 /// How a connection ended, for the close frame and the log line.
-enum Ending {
+pub(crate) enum Ending {
     /// We close, with this code.
     Server(CloseReason),
     /// The client sent a close frame.
@@ -69,31 +71,44 @@ enum Ending {
     Dropped(String),
 }
 
-struct Connection {
-    id: ConnId,
-    exam_id: Arc<str>,
-    name: Arc<str>,
-    user: Arc<str>,
+pub(crate) struct Connection {
+    pub(crate) id: ConnId,
+    pub(crate) exam_id: Arc<str>,
+    pub(crate) name: Arc<str>,
+    pub(crate) user: Arc<str>,
     /// Only what the connection needs of its token (the whole claims,
     /// with the list of granted exams, would be held for its whole life).
-    role: Role,
+    pub(crate) role: Role,
     /// The client's address (the peer, or whom a trusted proxy forwarded for).
-    client: ClientAddr,
+    pub(crate) client: ClientAddr,
     /// This connection's place in its IP's count (`limits.connections_per_ip`),
     /// given back when the connection (and so this field) is dropped.
-    _slot: ConnectionSlot,
+    pub(crate) _slot: ConnectionSlot,
     /// What revocations look at (`sub`, `jti`, `iat`) in the token the
     /// connection was admitted with; a `refresh` replaces it.
-    token: TokenId,
+    pub(crate) token: TokenId,
     /// The admitting token's `exp` (a ticket's: its token's), Unix seconds.
-    exp: u64,
-    user_agent: String,
-    session_id: String,
+    pub(crate) exp: u64,
+    pub(crate) user_agent: String,
+    pub(crate) session_id: String,
     /// How the handshake authenticated, for the `connected` log line.
-    via: AuthVia,
-    last_seq: Option<Seq>,
-    previous_session: Option<String>,
-    app: AppState,
+    pub(crate) via: AuthVia,
+    pub(crate) last_seq: Option<Seq>,
+    pub(crate) previous_session: Option<String>,
+    pub(crate) app: AppState,
+}
+
+/// A connection that joined its room: what its loop works with.
+pub(crate) struct Joined {
+    /// What the room queues for it.
+    pub(crate) rx: QueueRx,
+    pub(crate) kick: Kick,
+    pub(crate) room: RoomHandle,
+    /// The message budget: the student's own, shared by all their connections.
+    pub(crate) limiter: std::sync::Arc<RateBucket>,
+    pub(crate) standing: Standing,
+    /// Its entry in the drain's list, dropped with it.
+    _listed: crate::drain::Registered,
 }
 
 impl Ending {
@@ -112,7 +127,7 @@ impl Ending {
 
 /// The credential a connection was admitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AuthVia {
+pub(crate) enum AuthVia {
     /// `Authorization: Bearer` or `?access_token=`.
     Token,
     /// `?ticket=` (`POST /v1/tickets`).
@@ -160,7 +175,9 @@ impl Connection {
                 role = self.role.as_str(),
             );
             let started = Instant::now();
-            span.in_scope(|| self.opened(&socket));
+            span.in_scope(|| {
+                self.opened(socket.protocol().and_then(|p| p.to_str().ok()).unwrap_or("-"))
+            });
             let ending = self.serve(&mut socket).instrument(span.clone()).await;
             span.in_scope(|| self.closed(&ending, started));
         }
@@ -174,14 +191,16 @@ impl Connection {
         }
     }
 
-    fn opened(&self, socket: &WebSocket) {
+    /// Counts and logs the connection, and records its session.
+    /// `protocol`: the subprotocol, or the transport when it is no socket.
+    pub(crate) fn opened(&self, protocol: &str) {
         self.gauge().increment(1);
         self.app.metrics.connections_open(self.role).increment(1);
         self.app.metrics.connections_total.increment(1);
         tracing::info!(
             ip = %self.client, user_agent = %self.user_agent, auth = "ok",
             via = self.via.as_str(), session_id = %self.session_id,
-            protocol = socket.protocol().and_then(|p| p.to_str().ok()).unwrap_or("-"),
+            protocol,
             "connected"
         );
         self.app.writer.write(Record::SessionOpened {
@@ -196,7 +215,7 @@ impl Connection {
         });
     }
 
-    fn closed(&self, ending: &Ending, started: Instant) {
+    pub(crate) fn closed(&self, ending: &Ending, started: Instant) {
         self.app.metrics.closed(ending.metric());
         self.gauge().decrement(1);
         self.app.metrics.connections_open(self.role).decrement(1);
@@ -221,54 +240,32 @@ impl Connection {
     }
 
     async fn serve(&self, socket: &mut WebSocket) -> Ending {
-        let settings = &self.app.settings;
-        let queue = if self.watcher() {
-            settings.ws.teacher_queue
-        } else {
-            settings.ws.student_queue
-        };
-        let (tx, rx, kick) = crate::room::queue::queue(queue);
-        // Listed for a rolling restart's spread close (src/drain.rs).
-        let _listed = self
-            .app
-            .drain
-            .register(self.id, &self.exam_id, self.watcher(), &kick);
-        let out = Outbox {
-            tx,
-            kick: kick.clone(),
-            lane: crate::metrics::SlowPath::of_socket(self.role),
-        };
-        let for_revocations = out.clone();
+        let lane = crate::metrics::SlowPath::of_socket(self.role);
         // Boxed here and below: a future's size is that of its largest
         // await point, and it lives for the connection's whole life. The
         // join (lease claim, database read) and the write and message
         // handlers only run briefly, so they live on the heap while they
         // do (with `run` below, the task's future went from 5.6 KB to 1.35 KB).
-        let Some((room, limiter)) = Box::pin(self.join(out)).await else {
-            let reason = if self.app.shutdown.is_cancelled() {
-                close::GOING_AWAY
-            } else {
-                close::TRY_AGAIN
-            };
-            Box::pin(close_socket(socket, &reason)).await;
-            return Ending::Server(reason);
-        };
-        // From here on a revocation of its token closes it (4403).
-        let live = self
-            .app
-            .revocations
-            .register(self.id, self.token.clone(), for_revocations);
-        let mut standing = Standing {
-            exp: self.exp,
-            live,
-            bad: BadBudget::new(self.app.settings.limits.bad_message_window),
+        let mut joined = match Box::pin(self.enter(lane)).await {
+            Ok(joined) => joined,
+            Err(reason) => {
+                Box::pin(close_socket(socket, &reason)).await;
+                return Ending::Server(reason);
+            }
         };
         let ending = self
-            .pump(socket, &rx, &kick, &room, &limiter, &mut standing)
+            .pump(
+                socket,
+                &joined.rx,
+                &joined.kick,
+                &joined.room,
+                &joined.limiter,
+                &mut joined.standing,
+            )
             .await;
         // The room keeps the session lease through the grace period (marked
         // `/grace`) and releases it when the student is gone for good.
-        let _ = Box::pin(room.send(RoomCmd::Leave { conn: self.id })).await;
+        let _ = Box::pin(joined.room.send(RoomCmd::Leave { conn: self.id })).await;
         match &ending {
             Ending::Server(reason) => Box::pin(close_socket(socket, reason)).await,
             // Let tungstenite flush its automatic close reply.
@@ -278,6 +275,56 @@ impl Connection {
             Ending::Dropped(_) => {}
         }
         ending
+    }
+
+    /// What every transport of a connection does before its loop: its
+    /// queue, its place in the drain's list, the join (session lease,
+    /// status, second session, grace, `welcome`), and its entry among the
+    /// connections revocations close. `Err`: the close code to end with.
+    pub(crate) async fn enter(&self, lane: crate::metrics::SlowPath) -> Result<Joined, CloseReason> {
+        let settings = &self.app.settings;
+        let queue = if self.watcher() {
+            settings.ws.teacher_queue
+        } else {
+            settings.ws.student_queue
+        };
+        let (tx, rx, kick) = crate::room::queue::queue(queue);
+        // Listed for a rolling restart's spread close (src/drain.rs).
+        let listed = self
+            .app
+            .drain
+            .register(self.id, &self.exam_id, self.watcher(), &kick);
+        let out = Outbox {
+            tx,
+            kick: kick.clone(),
+            lane,
+        };
+        let for_revocations = out.clone();
+        let Some((room, limiter)) = self.join(out).await else {
+            return Err(if self.app.shutdown.is_cancelled() {
+                close::GOING_AWAY
+            } else {
+                close::TRY_AGAIN
+            });
+        };
+        // From here on a revocation of its token closes it (4403).
+        let live = self
+            .app
+            .revocations
+            .register(self.id, self.token.clone(), for_revocations);
+        let standing = Standing {
+            exp: self.exp,
+            live,
+            bad: BadBudget::new(self.app.settings.limits.bad_message_window),
+        };
+        Ok(Joined {
+            rx,
+            kick,
+            room,
+            limiter,
+            standing,
+            _listed: listed,
+        })
     }
 
     /// The connection's main loop; returns how it ended.
@@ -421,84 +468,52 @@ impl Connection {
         standing: &mut Standing,
     ) -> Result<(), Ending> {
         let received = std::time::Instant::now();
-        let metrics = &self.app.metrics;
-        let limits = &self.app.settings.limits;
-        if text.len() > limits.max_message_bytes {
-            metrics.messages_in("unread", 1);
-            return Err(Ending::Server(close::TOO_BIG));
-        }
-        let refused: (ErrorCode, String, Option<Label>, Option<u64>) =
-            if let Err(refused) = limiter.allow() {
-                metrics.messages_in("unread", 1);
-                (
-                    ErrorCode::RateLimited,
-                    refused.message(),
-                    None,
-                    Some(refused.retry_after_ms()),
-                )
-            } else {
-                let parsed = protocol::parse(text.as_str());
-                let kind = parsed.as_ref().map_or("invalid", |m| m.msg.kind());
-                metrics.messages_in(kind, 1);
-                match parsed {
-                    Err(e) => (e.code, e.message, e.r#ref, None),
-                    Ok(incoming) if !incoming.msg.allowed_for(self.role) => (
-                        ErrorCode::Forbidden,
-                        format!(
-                            "`{}` is not allowed for role {}",
-                            incoming.msg.kind(),
-                            self.role.as_str()
-                        ),
-                        incoming.r#ref,
-                        None,
-                    ),
-                    Ok(protocol::Incoming {
+        let refusal = match inbound::classify(&self.app, self.role, limiter, text.as_str()) {
+            Inbound::TooBig => return Err(Ending::Server(close::TOO_BIG)),
+            Inbound::Refused(refusal) => refusal,
+            Inbound::Refresh { token, r#ref } => {
+                match self.refresh(socket, kick, &token, r#ref, standing).await? {
+                    None => return Ok(()),
+                    Some((code, message, r#ref)) => inbound::Refusal {
+                        code,
+                        message,
                         r#ref,
-                        msg: protocol::ClientMsg::Refresh { token },
-                    }) => match self
-                        .refresh(socket, kick, &token.0, r#ref, standing)
-                        .await?
-                    {
-                        None => return Ok(()),
-                        Some((code, message, r#ref)) => (code, message, r#ref, None),
+                        retry_after_ms: None,
                     },
-                    Ok(incoming) => {
-                        let cmd = RoomCmd::Message {
-                            received,
-                            conn: self.id,
-                            r#ref: incoming.r#ref,
-                            msg: incoming.msg,
-                            user: self.user.clone(),
-                            from: self.name.clone(),
-                        };
-                        return match room.send(cmd).await {
-                            Ok(()) => Ok(()),
-                            Err(_) => Err(Ending::Server(close::GOING_AWAY)),
-                        };
-                    }
                 }
-            };
-        let (code, message, r#ref, retry_after_ms) = refused;
-        metrics.bad_messages.increment(1);
-        let exhausted = standing.bad.spend(limits.max_bad_messages);
-        tracing::debug!(code = ?code, message = %telemetry::clip(&message), "refused a client message");
-        let frame = ServerMsg::Error {
-            code,
-            message: message.into(),
-            r#ref: r#ref.as_ref(),
-            retry_after_ms,
-        }
-        .encode();
-        metrics.messages_out(frame.as_str(), 1);
+            }
+            Inbound::Room(incoming) => {
+                return match room.send(self.message(received, incoming)).await {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(Ending::Server(close::GOING_AWAY)),
+                };
+            }
+        };
+        let exhausted = standing
+            .bad
+            .spend(self.app.settings.limits.max_bad_messages);
+        let frame = refusal.frame(&self.app);
         guarded(kick, &self.app.shutdown, socket.send(Message::Text(frame))).await?;
         if exhausted {
-            return Err(Ending::Server(if code.is_invalid_data() {
-                close::INVALID_DATA
-            } else {
-                close::POLICY
-            }));
+            return Err(Ending::Server(lifetime::bad_close(refusal.code)));
         }
         Ok(())
+    }
+
+    /// The room command for a message of this connection.
+    pub(crate) fn message(
+        &self,
+        received: std::time::Instant,
+        incoming: protocol::Incoming,
+    ) -> RoomCmd {
+        RoomCmd::Message {
+            received,
+            conn: self.id,
+            r#ref: incoming.r#ref,
+            msg: incoming.msg,
+            user: self.user.clone(),
+            from: self.name.clone(),
+        }
     }
 }
 

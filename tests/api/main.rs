@@ -26,6 +26,7 @@ mod fanout_metrics;
 mod faults;
 mod handshake_limits;
 mod helpers;
+mod http_transport;
 mod limits;
 mod loadgen;
 mod log_hygiene;
