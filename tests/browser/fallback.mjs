@@ -112,7 +112,9 @@ await scenario('fallback', async ({ cleanup, problems }) => {
         exam: 'e1',
         token: w.token,
         wsFailuresBeforeFallback: 2,
-        wsOpenTimeoutMs: 3000,
+        // Above the server's exam.probe_timeout (2 s): a socket taking over
+        // the HTTP session gets its welcome only after that probe.
+        wsOpenTimeoutMs: 8000,
         wsRetryMs: 1000,
         wsRetryCapMs: 2000,
         backoffBaseMs: 100,
@@ -169,8 +171,9 @@ await scenario('fallback', async ({ cleanup, problems }) => {
     window.seen.s2.ids.q5 = c.answer('q5', { choice: 5 });
   });
   const onSocket = (ids) => ids.every((id) => window.c[id].state === 'live' && window.c[id].transport === 'websocket');
-  // wsRetryCapMs is 2 s: the next background attempt is at most that far off.
-  await within(sp, 3000, 'both students back on the socket', onSocket, STUDENTS, show);
+  // The next background attempt is at most wsRetryCapMs (2 s) away, and
+  // its welcome waits the server's probe of the HTTP session (2 s).
+  await within(sp, 5000, 'both students back on the socket', onSocket, STUDENTS, show);
   await sp.evaluate(() => {
     const c = window.c.s2;
     window.seen.s2.ids.q6 = c.answer('q6', { choice: 6 });
