@@ -1046,7 +1046,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   const a3 = c.answer('q3', 'C');
   await tick();
   check(posts().length === 1, 'the next message waits for the POST in flight');
-  p1.resolve(json(200, [{ type: 'ack', ref: `a:${a1}` }, { type: 'error', code: 'storage_busy', message: 'busy', ref: `a:${a2}` }, { type: 'ack', ref: null }]));
+  p1.resolve(json(200, [{ type: 'ack', ref: `a:${a1}` }, { type: 'error', code: 'not_stored', retry: true, message: 'no result in time', ref: `a:${a2}` }, { type: 'ack', ref: null }]));
   await until('the next POST', () => posts().length === 2);
   check(c.pending().map((m) => m.id).join() === `${a2},${a3}`, `results by position: ${c.pending().map((m) => m.question)}`);
   check(bodyOf(posts()[1]).map((m) => m.id).join() === a3, 'then what waited');

@@ -181,7 +181,7 @@ class SocketLink {
 const HTTP_STOPS = { terminated: [4003, 'terminated'], access_revoked: [4003, REVOKED_REASON], token_revoked: [4403, 'token revoked'] };
 
 /**
- * The HTTP transport (PROTOCOL.md, the student's session stream): frames
+ * The HTTP transport (PROTOCOL.md 8, the student's session stream): frames
  * from the server on an SSE stream, `GET me/events?transport=http`, read
  * with `fetch` and a streaming body reader rather than `EventSource`, which
  * can set neither `Authorization` nor `Last-Event-ID`, reconnects on its own
@@ -1603,8 +1603,9 @@ export class ExamwatchClient extends EventTarget {
       this._over = 'exam_ended';
       this._examChanged(null, 'exam_ended');
     }
-    if (m && msg.code === 'storage_busy') {
-      // Nothing stored: keep it and try again later.
+    if (m && (msg.code === 'storage_busy' || (msg.code === 'not_stored' && msg.retry === true))) {
+      // Nothing stored (or, over HTTP, no result in time: `retry`): keep
+      // it and try again later; a duplicate is harmless.
       m.sentAt = 0;
       m.retryAt = Date.now() + this.retryMs;
       this._pumpIn(this.retryMs);
