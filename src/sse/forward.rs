@@ -187,8 +187,16 @@ mod tests {
     #[test]
     fn only_a_lease_naming_the_live_session_has_a_holder() {
         assert_eq!(live_holder("node-a/s1", "s1"), Some("node-a"));
-        assert_eq!(live_holder("node-a/s1/grace", "s1"), None, "its stream ended");
-        assert_eq!(live_holder("node-a/s2", "s1"), None, "another session holds it");
+        assert_eq!(
+            live_holder("node-a/s1/grace", "s1"),
+            None,
+            "its stream ended"
+        );
+        assert_eq!(
+            live_holder("node-a/s2", "s1"),
+            None,
+            "another session holds it"
+        );
         assert_eq!(live_holder("garbage", "s1"), None);
     }
 
@@ -204,7 +212,10 @@ mod tests {
         match serde_json::from_str::<Wire>(&text).unwrap() {
             Wire::Reply {
                 id: 3,
-                outcome: BatchOutcome::RateLimited { retry_after_ms: 250 },
+                outcome:
+                    BatchOutcome::RateLimited {
+                        retry_after_ms: 250,
+                    },
             } => {}
             other => panic!("{other:?}"),
         }

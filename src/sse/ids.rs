@@ -123,7 +123,11 @@ mod tests {
     fn a_resumed_stream_reaches_the_resumed_seq_only_after_its_replay() {
         let mut ids = EventIds::new(Some(3));
         let welcome = r#"{"type":"welcome","session_id":"s","last_seq":10}"#;
-        assert_eq!(ids.on_frame("welcome", welcome), Some(3), "not yet delivered");
+        assert_eq!(
+            ids.on_frame("welcome", welcome),
+            Some(3),
+            "not yet delivered"
+        );
         let resumed = r#"{"type":"resumed","recovered":true,"last_seq":10,"replayed":2}"#;
         assert_eq!(ids.on_frame("resumed", resumed), Some(3));
         assert_eq!(ids.on_frame("announcement", &announcement(5)), Some(5));

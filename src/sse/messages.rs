@@ -161,9 +161,8 @@ async fn post(
     match outcome {
         BatchOutcome::Results { results } => Ok(results),
         BatchOutcome::RateLimited { retry_after_ms } => {
-            let secs = crate::ws::retry_after_secs(std::time::Duration::from_millis(
-                retry_after_ms,
-            ));
+            let secs =
+                crate::ws::retry_after_secs(std::time::Duration::from_millis(retry_after_ms));
             let mut res = refuse(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",

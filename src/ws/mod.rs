@@ -176,7 +176,12 @@ impl Connection {
             );
             let started = Instant::now();
             span.in_scope(|| {
-                self.opened(socket.protocol().and_then(|p| p.to_str().ok()).unwrap_or("-"))
+                self.opened(
+                    socket
+                        .protocol()
+                        .and_then(|p| p.to_str().ok())
+                        .unwrap_or("-"),
+                )
             });
             let ending = self.serve(&mut socket).instrument(span.clone()).await;
             span.in_scope(|| self.closed(&ending, started));
@@ -281,7 +286,10 @@ impl Connection {
     /// queue, its place in the drain's list, the join (session lease,
     /// status, second session, grace, `welcome`), and its entry among the
     /// connections revocations close. `Err`: the close code to end with.
-    pub(crate) async fn enter(&self, lane: crate::metrics::SlowPath) -> Result<Joined, CloseReason> {
+    pub(crate) async fn enter(
+        &self,
+        lane: crate::metrics::SlowPath,
+    ) -> Result<Joined, CloseReason> {
         let settings = &self.app.settings;
         let queue = if self.watcher() {
             settings.ws.teacher_queue

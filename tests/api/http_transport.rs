@@ -39,7 +39,10 @@ fn parse(lines: &[String]) -> Ev {
     let mut data = None;
     for l in lines {
         if let Some(v) = l.strip_prefix("id: ") {
-            id = Some(v.parse().unwrap_or_else(|e| panic!("id is a seq ({e}): {lines:?}")));
+            id = Some(
+                v.parse()
+                    .unwrap_or_else(|e| panic!("id is a seq ({e}): {lines:?}")),
+            );
         } else if let Some(v) = l.strip_prefix("event: ") {
             event = Some(v.to_owned());
         } else if let Some(v) = l.strip_prefix("data: ") {
@@ -102,7 +105,10 @@ impl HttpStudent {
             base: base.to_owned(),
             exam: exam.to_owned(),
             token: token.to_owned(),
-            session: first.data["session_id"].as_str().expect("a session_id").into(),
+            session: first.data["session_id"]
+                .as_str()
+                .expect("a session_id")
+                .into(),
             welcome_id: first.id,
             welcome: first.data,
         }
@@ -123,7 +129,14 @@ impl HttpStudent {
 
     /// POSTs `batch` for this session: status and body.
     async fn post(&self, batch: Value) -> (StatusCode, Value) {
-        post_messages(&self.base, &self.token, &self.exam, Some(&self.session), batch).await
+        post_messages(
+            &self.base,
+            &self.token,
+            &self.exam,
+            Some(&self.session),
+            batch,
+        )
+        .await
     }
 
     /// POSTs `batch`; must be a 200.
@@ -287,14 +300,18 @@ async fn a_student_on_http_has_the_same_state_as_one_on_a_socket() {
     }
     let results = http.send(Value::Array(steps.to_vec())).await;
     assert!(results.iter().all(|r| r["type"] == "ack"), "{results:?}");
-    let last = |who: &'static str| {
-        move |v: &Value| is_student_event(v, who, "submitted")
-    };
+    let last = |who: &'static str| move |v: &Value| is_student_event(v, who, "submitted");
     let a = t.next_where("ws submitted", last("ws")).await["student"].clone();
     let b = t.next_where("ht submitted", last("ht")).await["student"].clone();
     let without_ids = |mut v: Value| {
         let o = v.as_object_mut().unwrap();
-        for k in ["student_id", "name", "last_activity", "submitted_at", "started_at"] {
+        for k in [
+            "student_id",
+            "name",
+            "last_activity",
+            "submitted_at",
+            "started_at",
+        ] {
             o.remove(k);
         }
         v
@@ -313,7 +330,10 @@ async fn refusals_have_the_sockets_codes_and_whole_request_errors_theirs() {
             {"type": "announce", "text": "hi", "ref": 3},
         ]))
         .await;
-    let codes: Vec<&str> = results.iter().map(|r| r["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> = results
+        .iter()
+        .map(|r| r["code"].as_str().unwrap())
+        .collect();
     assert_eq!(codes, ["unknown_type", "invalid_message", "forbidden"]);
     assert_eq!(results[2]["ref"], 3);
     let results = s
@@ -325,28 +345,47 @@ async fn refusals_have_the_sockets_codes_and_whole_request_errors_theirs() {
 
     let four = json!([{"type": "heartbeat"}, {"type": "heartbeat"}, {"type": "heartbeat"}, {"type": "heartbeat"}]);
     let (status, body) = s.post(four).await;
-    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "batch_too_big"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "batch_too_big")
+    );
     let (status, body) = s.post(json!([])).await;
-    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch")
+    );
     let (status, body) = s.post(json!({"type": "heartbeat"})).await;
-    assert_eq!((status, code(&body)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_batch")
+    );
     let big = "x".repeat(20_000);
     let (status, body) = s.post(json!([{"type": "raise_hand", "text": big}])).await;
-    assert_eq!((status, code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "message_too_big"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "message_too_big")
+    );
 
     let hb = json!([{"type": "heartbeat"}]);
     let base = app.http("");
-    let (status, body) = post_messages(&base, &s.token, "e1", Some("not-a-session"), hb.clone()).await;
+    let (status, body) =
+        post_messages(&base, &s.token, "e1", Some("not-a-session"), hb.clone()).await;
     assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "no_session"));
     let (status, body) = post_messages(&base, &s.token, "e1", None, hb.clone()).await;
-    assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, "missing_session"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "missing_session")
+    );
     // Another student cannot speak for this session.
     let other = app.token("s2", Role::Student, &["e1"]);
     let (status, body) = post_messages(&base, &other, "e1", Some(&s.session), hb.clone()).await;
     assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "no_session"));
     let teacher = app.token("t1", Role::Teacher, &["e1"]);
     let (status, body) = post_messages(&base, &teacher, "e1", Some(&s.session), hb.clone()).await;
-    assert_eq!((status, code(&body)), (StatusCode::FORBIDDEN, "students_only"));
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::FORBIDDEN, "students_only")
+    );
     let (status, _) = post_messages(&base, "garbage", "e1", Some(&s.session), hb).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
@@ -357,7 +396,9 @@ async fn the_rate_limit_is_the_students_across_socket_and_http() {
     let app = spawn_app_with(|s| s.limits.messages_per_minute = 3).await;
     let (mut socket, _) = app.student("e1", "s1").await;
     for i in 0..2 {
-        socket.send_json(json!({"type": "heartbeat", "ref": i})).await;
+        socket
+            .send_json(json!({"type": "heartbeat", "ref": i}))
+            .await;
         socket.expect_ack(i).await;
     }
     // The HTTP session (taking over) spends from the same budget: one
@@ -393,7 +434,9 @@ async fn a_dropped_stream_is_a_disconnect_after_the_grace_and_a_new_one_within_i
         .await;
     drop(s);
     let ev = t
-        .next_where("disconnected", |v| is_student_event(v, "s1", "disconnected"))
+        .next_where("disconnected", |v| {
+            is_student_event(v, "s1", "disconnected")
+        })
         .await;
     assert_eq!(ev["student"]["status"], "disconnected");
     // Within a long grace, a new stream is a reconnect, with no disconnect.
@@ -404,11 +447,18 @@ async fn a_dropped_stream_is_a_disconnect_after_the_grace_and_a_new_one_within_i
         .await;
     let session = s.session.clone();
     drop(s);
-    let again =
-        HttpStudent::open_with(&app, "e1", "s1", &format!("&previous_session={session}"), &[])
-            .await;
+    let again = HttpStudent::open_with(
+        &app,
+        "e1",
+        "s1",
+        &format!("&previous_session={session}"),
+        &[],
+    )
+    .await;
     let ev = t
-        .next_where("reconnected", |v| v["type"] == "student" && v["student"]["student_id"] == "s1")
+        .next_where("reconnected", |v| {
+            v["type"] == "student" && v["student"]["student_id"] == "s1"
+        })
         .await;
     assert_eq!(ev["cause"], "reconnected", "{ev}");
     assert_eq!(again.welcome["student"]["connections"], 2);
@@ -427,7 +477,9 @@ async fn one_session_across_transports_socket_then_http() {
     let (code, _) = socket.expect_close().await;
     assert_eq!(code, Some(4001));
     let ev = t
-        .next_where("second session", |v| is_student_event(v, "s1", "second_session"))
+        .next_where("second session", |v| {
+            is_student_event(v, "s1", "second_session")
+        })
         .await;
     assert_eq!(ev["student"]["connections"], 2);
 }
@@ -440,7 +492,10 @@ async fn one_session_across_transports_http_then_socket() {
     let bye = http.next_named("session_invalidated").await;
     assert_eq!(bye.data["reason"], "second_session");
     let close = http.next().await;
-    assert_eq!((close.event.as_str(), close.data["code"].as_u64()), ("close", Some(4001)));
+    assert_eq!(
+        (close.event.as_str(), close.data["code"].as_u64()),
+        ("close", Some(4001))
+    );
     assert_eq!(http.sse.next_block().await, None, "the stream ended");
     let (status, body) = http.post(json!([{"type": "heartbeat"}])).await;
     assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "no_session"));
@@ -458,7 +513,9 @@ async fn previous_session_naming_an_http_session_is_a_reconnect() {
     let welcome = socket.next_of_type("welcome").await;
     assert_eq!(welcome["student"]["connections"], 2);
     let ev = t
-        .next_where("s1 again", |v| v["type"] == "student" && v["student"]["student_id"] == "s1")
+        .next_where("s1 again", |v| {
+            v["type"] == "student" && v["student"]["student_id"] == "s1"
+        })
         .await;
     assert_eq!(ev["cause"], "reconnected", "no second session: {ev}");
 }
@@ -468,14 +525,20 @@ async fn last_event_id_resumes_with_resumed_and_the_missed_announcements() {
     let app = spawn_app().await;
     let (mut t, _) = app.teacher("e1", "t1").await;
     let mut s = HttpStudent::open(&app, "e1", "s1").await;
-    t.send_json(json!({"type": "announce", "text": "one", "ref": 1})).await;
+    t.send_json(json!({"type": "announce", "text": "one", "ref": 1}))
+        .await;
     t.expect_ack(1).await;
     let one = s.next_named("announcement").await;
-    assert_eq!(one.id, one.data["seq"].as_u64(), "the id follows the announcements");
+    assert_eq!(
+        one.id,
+        one.data["seq"].as_u64(),
+        "the id follows the announcements"
+    );
     let seen = one.id.expect("an id");
     drop(s);
     for (i, text) in ["two", "three"].iter().enumerate() {
-        t.send_json(json!({"type": "announce", "text": text, "ref": i + 2})).await;
+        t.send_json(json!({"type": "announce", "text": text, "ref": i + 2}))
+            .await;
         t.expect_ack(i + 2).await;
     }
     let last = seen.to_string();
@@ -487,7 +550,10 @@ async fn last_event_id_resumes_with_resumed_and_the_missed_announcements() {
     assert_eq!(resumed.data["replayed"], 2);
     let texts = [s.next().await, s.next().await];
     assert_eq!(
-        texts.iter().map(|e| e.data["text"].as_str().unwrap()).collect::<Vec<_>>(),
+        texts
+            .iter()
+            .map(|e| e.data["text"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         ["two", "three"]
     );
     assert_eq!(texts[1].id, resumed.data["last_seq"].as_u64());
@@ -545,7 +611,9 @@ async fn on_two_instances_the_post_may_reach_either() {
         v["type"] == "student" && v["student"]["current_question"] == 3
     })
     .await;
-    let stored = b.get_json("/v1/exams/e1/students/s1/answers", &teacher).await;
+    let stored = b
+        .get_json("/v1/exams/e1/students/s1/answers", &teacher)
+        .await;
     assert_eq!(stored["answers"][0]["id"], "a1", "{stored}");
     // No such session anywhere: 409 on either instance.
     let hb = json!([{"type": "heartbeat"}]);
@@ -572,4 +640,37 @@ async fn on_two_instances_the_post_may_reach_either() {
         (status, code(&body)),
         (StatusCode::SERVICE_UNAVAILABLE, "session_unreachable")
     );
+}
+
+/// On PostgreSQL too, an answer's ack comes after its commit: the stored
+/// answers hold it when the POST returns; a re-sent one is harmless.
+#[tokio::test]
+async fn on_postgres_an_answer_is_acked_after_its_commit() {
+    let Some(app) = spawn_app_on(Backend::Postgres, |_| {}).await else {
+        return;
+    };
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let s = HttpStudent::open(&app, "e1", "s1").await;
+    let answer = json!({"type": "answer", "id": "a1", "question": "q1", "value": "B", "ref": 1});
+    for _ in 0..2 {
+        let results = s.send(json!([answer.clone()])).await;
+        assert_eq!(results, [json!({"type": "ack", "ref": 1})]);
+        let stored = app
+            .get_json("/v1/exams/e1/students/s1/answers", &teacher)
+            .await;
+        let ids: Vec<&str> = stored["answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["a1"], "stored once when acked: {stored}");
+    }
+}
+
+#[tokio::test]
+async fn the_session_stream_sends_its_heartbeat() {
+    let app = spawn_app_with(|s| s.sse.heartbeat = Duration::from_millis(100)).await;
+    let mut s = HttpStudent::open(&app, "e1", "s1").await;
+    assert_eq!(s.sse.next_block().await, Some(vec![": ping".to_owned()]));
 }
