@@ -13,7 +13,9 @@
 //! load without console errors and bidi-isolated names; `controls.mjs`,
 //! `proctor.mjs` and `cluster.mjs` the exam's controls (issue 15), the
 //! last with two instances and a redis-server started here, as has
-//! `drain.mjs` (a rolling restart through a failover forwarder).
+//! `drain.mjs` (a rolling restart through a failover forwarder);
+//! `fallback.mjs` puts a proxy that refuses WebSocket upgrades in front of
+//! the students (the library's HTTP fallback and its way back).
 //!
 //! Checks promised "within a second" wait up to `BROWSER_SLACK` (default
 //! 3) times their promise before failing, and log `SLOW` when they took
@@ -448,5 +450,68 @@ async fn a_rolling_restart_moves_every_client_to_the_other_instance_losing_nothi
         let questions: Vec<String> = rows.iter().map(|r| r.get("question")).collect();
         let want: Vec<String> = (1..=answers).map(|n| format!("q{n}")).collect();
         assert_eq!(questions, want, "{student}: each answer stored once");
+    }
+}
+
+/// The client library falls back to HTTP by itself (issue 18 item 2): the
+/// students' page is behind a proxy that refuses WebSocket upgrades; the
+/// library sits the exam over SSE + POST (a teacher on the server sees it
+/// all), then returns to the socket once upgrades get through, losing
+/// nothing. Here: each answer and each submission is in the database
+/// once, under the ids the page got, and each `answered` count was
+/// reached once (a re-sent answer counted twice would repeat one).
+#[tokio::test]
+async fn the_client_library_falls_back_to_http_and_returns_to_the_socket_losing_nothing() {
+    let Some((dir, stdout)) = scenario("fallback.mjs").await else {
+        return;
+    };
+    let result = line_json(&stdout, "RESULT ");
+    let url = format!("sqlite://{}/examwatch.db", dir.path().display());
+    let db = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("open the database");
+    let answers = result["answers"].as_object().expect("answers by student");
+    for (student, ids) in answers {
+        let ids = ids.as_object().expect("answer ids by question");
+        let rows = sqlx::query(
+            "SELECT answer_id, question FROM answers WHERE exam_id = 'e1' AND student_id = ? ORDER BY question",
+        )
+        .bind(student)
+        .fetch_all(&db)
+        .await
+        .expect("read answers");
+        let stored: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| (r.get("question"), r.get("answer_id")))
+            .collect();
+        let mut want: Vec<(String, String)> = ids
+            .iter()
+            .map(|(q, id)| (q.clone(), id.as_str().expect("an id").to_owned()))
+            .collect();
+        want.sort();
+        assert_eq!(stored, want, "{student}: each answer stored once");
+        let submissions: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM submissions WHERE exam_id = 'e1' AND student_id = ?",
+        )
+        .bind(student)
+        .fetch_one(&db)
+        .await
+        .expect("read submissions");
+        assert_eq!(submissions, 1, "{student}: submitted once");
+        let events = sqlx::query(
+            "SELECT payload FROM events WHERE exam_id = 'e1' AND student_id = ? ORDER BY seq",
+        )
+        .bind(student)
+        .fetch_all(&db)
+        .await
+        .expect("read events");
+        let counts: Vec<u64> = events
+            .iter()
+            .filter_map(|r| serde_json::from_str::<serde_json::Value>(r.get("payload")).ok())
+            .filter(|e| e["cause"] == "answered")
+            .filter_map(|e| e["student"]["answered"].as_u64())
+            .collect();
+        let expected: Vec<u64> = (1..=want.len() as u64).collect();
+        assert_eq!(counts, expected, "{student}: `answered` events, each once");
     }
 }

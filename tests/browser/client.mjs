@@ -18,8 +18,12 @@
 // resume with ?last_seq=; announce() settles on a drop or a timeout; a
 // snapshot in parts is applied only whole, never from a dropped socket;
 // refresh(token) is sent and settled by its ack or error, 4401 reconnects
-// with the latest token, 4403 and a ticket refused token_revoked stop. Run by
-// tests/api/browser.rs.
+// with the latest token, 4403 and a ticket refused token_revoked stop. The
+// HTTP fallback against a scripted fetch: failed handshakes while HTTP
+// works switch to SSE + POST (batches, one POST in flight, results by
+// position, 429, 409, Last-Event-ID, `event: close`), the socket is tried
+// in the background and its welcome moves the session back; no switch
+// while HTTP fails too, nor for watchers. Run by tests/api/browser.rs.
 
 import { ExamwatchClient, backoffDelay } from '../../web/client/examwatch.js';
 
@@ -950,6 +954,227 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   await until('the refused ticket', () => d.state === 'closed');
   await new Promise((r) => setTimeout(r, 60));
   check(revoked.length === 2 && requests.length === 3, `a revoked ticket: reported once, no retry (${requests.length})`);
+}
+
+// ---- the HTTP fallback (issue 18 item 2): failed handshakes while HTTP works
+// switch to SSE + POST; batches, 429, 409; back to the socket in the background ----
+{
+  // A scripted fetch: tickets are granted at once, /healthz answers as
+  // `health` says, every other request waits for the test.
+  const calls = [];
+  let health = 'up';
+  let tickets = 0;
+  const fetch = (url, init = {}) => {
+    if (url.endsWith('/v1/tickets')) {
+      tickets += 1;
+      return Promise.resolve({ status: 200, ok: true, json: async () => ({ ticket: `T${tickets}` }) });
+    }
+    if (url.endsWith('/healthz')) {
+      return health === 'up' ? Promise.resolve({ status: 200, ok: true, json: async () => ({}) }) : Promise.reject(new TypeError('Failed to fetch'));
+    }
+    return new Promise((resolve, reject) => {
+      const call = { url, init, resolve, reject, aborted: false };
+      init.signal?.addEventListener('abort', () => {
+        call.aborted = true;
+        reject(new Error('aborted'));
+      });
+      calls.push(call);
+    });
+  };
+  const json = (status, body, headers = {}) => ({ status, ok: status >= 200 && status < 300, headers: new Map(Object.entries(headers)), json: async () => body });
+  /** An SSE response whose body the test writes. */
+  const stream = () => {
+    const chunks = [];
+    let waiting = null;
+    const reader = {
+      read: () => new Promise((resolve) => {
+        if (chunks.length) resolve(chunks.shift());
+        else waiting = resolve;
+      }),
+    };
+    const give = (chunk) => (waiting ? (waiting(chunk), (waiting = null)) : chunks.push(chunk));
+    return {
+      res: { status: 200, ok: true, headers: new Map(), body: { getReader: () => reader } },
+      write: (text) => give({ value: new TextEncoder().encode(text), done: false }),
+      end: () => give({ done: true }),
+    };
+  };
+  const streams = () => calls.filter((k) => k.url.includes('/me/events'));
+  const posts = () => calls.filter((k) => k.url.endsWith('/me/messages'));
+  const bodyOf = (k) => JSON.parse(k.init.body);
+  const tick = () => new Promise((r) => setTimeout(r, 5));
+
+  const c = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage(), wsRetryMs: 100000 });
+  const transports = [];
+  const lives = [];
+  c.addEventListener('transport', (e) => transports.push(`${e.detail.transport}:${c.transport}`));
+  c.addEventListener('connection', (e) => e.detail.state === 'live' && lives.push(e.detail.transport));
+  check(c.transport === 'websocket', 'the socket first');
+  const n0 = FakeSocket.all.length;
+  c.connect();
+  // Two handshakes refused (the browser's 1006 before any open) after a granted ticket.
+  await until('a first socket', () => FakeSocket.all.length === n0 + 1);
+  FakeSocket.last().drop(1006);
+  await until('a second socket', () => FakeSocket.all.length === n0 + 2);
+  FakeSocket.last().drop(1006);
+  await until('a session stream', () => streams().length === 1);
+  check(FakeSocket.all.length === n0 + 2, 'no third socket: the HTTP transport instead');
+  const [s1] = streams();
+  check(s1.url === 'http://exams.test/v1/exams/e1/me/events?transport=http', `the stream: ${s1.url}`);
+  check(s1.init.headers.authorization === `Bearer ${token}` && s1.init.headers.accept === 'text/event-stream', 'the token in a header');
+  check(!('last-event-id' in s1.init.headers), 'nothing to resume yet');
+  const body1 = stream();
+  s1.resolve(body1.res);
+  await tick();
+  // The welcome, split anywhere, CRLF lines, then a comment.
+  body1.write('event: welcome\r');
+  body1.write(`\ndata: ${JSON.stringify(welcome('H1', 3))}\r\nid: 3\r\n\r\n: ping\n\n`);
+  await until('live over HTTP', () => c.state === 'live');
+  check(c.transport === 'http' && transports.join() === 'http:http' && lives.join() === 'http', `transport http: ${transports} ${lives}`);
+  check(c.sessionId === 'H1' && c.lastSeq === 3, 'the welcome is the session');
+  body1.write(`event: announcement\ndata: ${JSON.stringify({ type: 'announcement', seq: 4, text: 'hi', at: '', from: 'T' })}\nid: 4\n\n`);
+  await until('the announcement', () => c.lastSeq === 4);
+
+  // Messages of one moment go in one POST, with the session's id; one POST at a time.
+  const a1 = c.answer('q1', 'A');
+  const a2 = c.answer('q2', 'B');
+  c.progress('q2', 2);
+  await until('a POST', () => posts().length === 1);
+  const [p1] = posts();
+  check(p1.init.method === 'POST' && p1.init.headers['x-examwatch-session'] === 'H1' && p1.init.headers.authorization === `Bearer ${token}`, 'POST with the session and the token');
+  check(bodyOf(p1).map((m) => m.id ?? m.type).join() === `${a1},${a2},progress`, `one batch, in order: ${p1.init.body}`);
+  const a3 = c.answer('q3', 'C');
+  await tick();
+  check(posts().length === 1, 'the next message waits for the POST in flight');
+  p1.resolve(json(200, [{ type: 'ack', ref: `a:${a1}` }, { type: 'error', code: 'not_stored', retry: true, message: 'no result in time', ref: `a:${a2}` }, { type: 'ack', ref: null }]));
+  await until('the next POST', () => posts().length === 2);
+  check(c.pending().map((m) => m.id).join() === `${a2},${a3}`, `results by position: ${c.pending().map((m) => m.question)}`);
+  check(bodyOf(posts()[1]).map((m) => m.id).join() === a3, 'then what waited');
+  // 429: the same batch again after Retry-After.
+  const t429 = Date.now();
+  posts()[1].resolve(json(429, { error: { code: 'rate_limited' } }, { 'retry-after': '0.1' }));
+  await until('the batch again', () => posts().length === 3, 1000);
+  check(Date.now() - t429 >= 80 && bodyOf(posts()[2]).map((m) => m.id).join() === a3, 'after Retry-After, the same messages');
+  // 409 no_session: a new stream, as a reconnect that resumes.
+  posts()[2].resolve(json(409, { error: { code: 'no_session' } }));
+  await until('a new stream', () => streams().length === 2);
+  const s2 = streams()[1];
+  check(s2.url.endsWith('?transport=http&previous_session=H1') && s2.init.headers['last-event-id'] === '4', `previous_session and Last-Event-ID: ${s2.url} ${JSON.stringify(s2.init.headers)}`);
+  const body2 = stream();
+  s2.resolve(body2.res);
+  await tick();
+  body2.write(`event: welcome\ndata: ${JSON.stringify(welcome('H2', 4))}\nid: 4\n\n`);
+  await until('a POST on the new session', () => posts().length === 4);
+  const p4 = posts()[3];
+  check(p4.init.headers['x-examwatch-session'] === 'H2', 'the new session id');
+  check(!bodyOf(p4).some((m) => m.type === 'resume'), 'no resume message: the header did it');
+  check(bodyOf(p4).some((m) => m.id === a3), `the unacked answer is sent again: ${p4.init.body}`);
+  p4.resolve(json(200, bodyOf(p4).map((m) => ({ type: 'ack', ref: m.ref }))));
+  await until('the answer acked', () => !c.pending().some((m) => m.id === a3));
+  check(transports.join() === 'http:http', 'still http: no transport event for a new stream');
+
+  // The stream's `event: close` is the socket's close code: 1012, a new stream after the restart jitter.
+  c.wsRetryMs = 20;
+  c.wsRetryCapMs = 40;
+  body2.write('event: close\ndata: {"code":1012,"reason":"service restart"}\n\n');
+  body2.end();
+  await until('offline with 1012', () => c.state !== 'live');
+  await until('a third stream', () => streams().length === 3, 6000);
+  const s3 = streams()[2];
+  const body3 = stream();
+  s3.resolve(body3.res);
+  await tick();
+  body3.write(`event: welcome\ndata: ${JSON.stringify(welcome('H3', 4))}\n\n`);
+  await until('live again', () => c.state === 'live');
+  const a4 = c.answer('q4', 'D');
+  // Meanwhile the socket is tried in the background, with the HTTP session's id.
+  const before = FakeSocket.all.length;
+  await until('a background socket', () => FakeSocket.all.length === before + 1, 1000);
+  check(FakeSocket.last().url.includes('&previous_session=H3'), `a reconnect of the HTTP session: ${FakeSocket.last().url}`);
+  FakeSocket.last().drop(1006);
+  check(c.state === 'live' && c.transport === 'http', 'a failed attempt changes nothing');
+  await until('another background socket', () => FakeSocket.all.length === before + 2, 1000);
+  const back = FakeSocket.last();
+  back.receive(welcome('W1', 4));
+  check(c.transport === 'websocket' && transports.join() === 'http:http,websocket:websocket', `back on the socket: ${transports}`);
+  check(c.sessionId === 'W1' && c.state === 'live', 'its welcome is the session');
+  check(s3.aborted, 'the stream is ended');
+  check(back.sent[0].type === 'resume' && back.sent[0].last_seq === 4, `resume on the socket: ${JSON.stringify(back.sent[0])}`);
+  check(back.sent.some((m) => m.id === a4), 'what was unacked over HTTP is sent on the socket');
+  back.receive({ type: 'ack', ref: `a:${a4}` });
+  check(c.pending().length === 0, 'all acked');
+  // A handshake failure now counts anew: one is not enough to fall back.
+  back.drop(1006);
+  await until('a socket again', () => FakeSocket.last() !== back);
+  let n1 = streams().length;
+  FakeSocket.last().receive(welcome('W2', 4));
+  check(c.transport === 'websocket' && streams().length === n1, 'the socket works: it stays');
+  c.close();
+
+  // The server retires the HTTP session as it admits the background socket
+  // (a reconnect: close 4001 with no `session_invalidated`, before the
+  // socket's welcome): not a takeover; the socket's welcome carries on.
+  {
+    const k = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage(), wsRetryMs: 20, wsRetryCapMs: 40 });
+    const invalidated = [];
+    k.addEventListener('session_invalidated', () => invalidated.push(1));
+    const m0 = FakeSocket.all.length;
+    const s0 = streams().length;
+    k.connect();
+    await until('socket 1', () => FakeSocket.all.length === m0 + 1);
+    FakeSocket.last().drop(1006);
+    await until('socket 2', () => FakeSocket.all.length === m0 + 2);
+    FakeSocket.last().drop(1006);
+    await until('its stream', () => streams().length === s0 + 1);
+    const b = stream();
+    streams().at(-1).resolve(b.res);
+    await tick();
+    b.write(`event: welcome\ndata: ${JSON.stringify(welcome('K1', 0))}\n\n`);
+    await until('on HTTP', () => k.state === 'live' && k.transport === 'http');
+    const q = k.answer('q1', 'A');
+    await until('the background socket', () => FakeSocket.all.length === m0 + 3, 1000);
+    const bg = FakeSocket.last();
+    check(bg.url.includes('previous_session=K1'), bg.url);
+    b.write('event: close\ndata: {"code":4001,"reason":"session taken over by a new connection"}\n\n');
+    b.end();
+    await tick();
+    check(invalidated.length === 0 && k.state !== 'closed' && !k._invalidated, `not a second session: ${k.state}`);
+    check(streams().length === s0 + 1, 'no new stream: the socket is on its way');
+    bg.receive(welcome('K2', 0));
+    check(k.state === 'live' && k.transport === 'websocket' && k.sessionId === 'K2', `on the socket: ${k.state} ${k.transport}`);
+    check(bg.sent.some((m) => m.id === q), 'the unacked answer goes on the socket');
+    k.close();
+  }
+  n1 = streams().length;
+
+  // The server down (HTTP fails too): handshake failures do not switch.
+  health = 'down';
+  const d = new ExamwatchClient({ ...options, fetch, storage: new MemoryStorage() }).connect();
+  for (let i = 0; i < 4; i += 1) {
+    const ws = FakeSocket.last();
+    ws.drop(1006);
+    await until('a retry', () => FakeSocket.last() !== ws);
+  }
+  await tick();
+  check(streams().length === n1 && d.transport === 'websocket', 'no HTTP stream while HTTP fails too');
+  d.close();
+  // Without tickets, /healthz says whether HTTP works; a socket with no welcome in time failed too.
+  health = 'up';
+  const e = new ExamwatchClient({ ...options, fetch, storage: new MemoryStorage(), wsOpenTimeoutMs: 30 }).connect();
+  await until('a stream after two silent sockets', () => streams().length === n1 + 1, 3000);
+  check(e.state === 'connecting', 'connecting over HTTP');
+  e.close();
+  check(streams().at(-1).aborted, 'close() ends the stream');
+  // Watchers never fall back.
+  const wToken = `${b64({ alg: 'HS256' })}.${b64({ sub: 't3', role: 'teacher', exams: ['e1'] })}.sig`;
+  const w = new ExamwatchClient({ ...options, token: wToken, fetch, storage: new MemoryStorage() }).connect();
+  for (let i = 0; i < 3; i += 1) {
+    const ws = FakeSocket.last();
+    ws.drop(1006);
+    await until('a watcher retry', () => FakeSocket.last() !== ws);
+  }
+  check(streams().length === n1 + 1, 'a watcher stays on sockets');
+  w.close();
 }
 
 console.log('client library: ok');

@@ -31,6 +31,14 @@
 // `token_expired` event and a reconnect (with whatever token it has by
 // then), a revoked token (close 4403, or a ticket refused `token_revoked`)
 // a `token_revoked` event and a stop (PROTOCOL.md 1.2.3).
+//
+// Students whose network refuses WebSocket upgrades (or swallows what
+// follows them) while plain HTTP works fall back by themselves to the HTTP
+// transport: an SSE stream for the server's frames and batched POSTs for
+// theirs, carrying the very same session (outbox, acks, resume), and move
+// back to the socket once a background attempt gets through. The session
+// logic is written once, above two transports that only carry frames
+// (SocketLink, HttpLink); `transport` says which one is in use.
 
 const PROTOCOL = 'examwatch.v1';
 
@@ -109,6 +117,346 @@ function wire(m) {
   return w;
 }
 
+// ---- transports -----------------------------------------------------------
+//
+// The session logic (outbox, acks by `ref`, resume, `previous_session`,
+// welcome, exam updates, close codes) lives in ExamwatchClient and is
+// written once. A transport only carries frames: `send(text)` takes a client
+// message, `onframe(frame)` gives a server frame (a JSON string, or an
+// object for a result the HTTP transport got back from a POST), `onopen()`
+// says the connection is up, `onclose({code, reason, opened, ...})` says it
+// ended, with the socket's close code (PROTOCOL.md 5). `close(code, reason)`
+// ends it from our side without any further callback.
+
+/**
+ * The WebSocket (PROTOCOL.md 1). `opened` is true once the handshake
+ * completed or a frame arrived: a close before that (the browser reports
+ * 1006) is a failed handshake, which is what counts toward the HTTP fallback.
+ */
+class SocketLink {
+  constructor(url, protocol) {
+    this.kind = 'websocket';
+    /** Resume is a `resume` message after the welcome (not a header). */
+    this.resumesAtOpen = false;
+    this.opened = false;
+    this.onopen = this.onframe = this.onclose = null;
+    const ws = new WebSocket(url, protocol);
+    this._ws = ws;
+    ws.onopen = () => {
+      this.opened = true;
+      this.onopen?.();
+    };
+    ws.onmessage = (e) => {
+      this.opened = true;
+      this.onframe?.(e.data);
+    };
+    ws.onclose = (e) => {
+      const onclose = this.onclose;
+      this._forget();
+      onclose?.({ code: e.code, reason: e.reason, opened: this.opened });
+    };
+  }
+
+  send(text) {
+    this._ws.send(text);
+  }
+
+  close(code, reason) {
+    const ws = this._ws;
+    this._forget();
+    try {
+      ws.close(code, reason);
+    } catch {
+      // Already closed, or a code the browser refuses: the socket is gone anyway.
+    }
+  }
+
+  _forget() {
+    this.onopen = this.onframe = this.onclose = null;
+    this._ws.onopen = this._ws.onmessage = this._ws.onclose = null;
+  }
+}
+
+/** Whole-request refusals of the HTTP transport that stop the client, as the socket's close codes. */
+const HTTP_STOPS = { terminated: [4003, 'terminated'], access_revoked: [4003, REVOKED_REASON], token_revoked: [4403, 'token revoked'] };
+
+/**
+ * The HTTP transport (PROTOCOL.md 8, the student's session stream): frames
+ * from the server on an SSE stream, `GET me/events?transport=http`, read
+ * with `fetch` and a streaming body reader rather than `EventSource`, which
+ * can set neither `Authorization` nor `Last-Event-ID`, reconnects on its own
+ * behind our back, and hides the stream's `event: close`. Messages to the
+ * server go as JSON arrays to `POST me/messages` with the stream's session
+ * id (`X-Examwatch-Session`): what is sent while a POST is out waits and
+ * goes in the next one (one POST in flight, at most `batchMax` messages),
+ * and the POST's results, one per message in order, are the frames the
+ * socket would have sent back (`ack`, `error`). A 409 `no_session` ends the
+ * transport (the session opens a new stream); a 429 waits `Retry-After` and
+ * sends the batch again; a network error keeps the batch and sends it again
+ * after a growing wait (re-sending is harmless: answers are stored by id,
+ * PROTOCOL.md 2.1). A resume is the `Last-Event-ID` header of the stream
+ * request, so `resumesAtOpen` is true.
+ */
+class HttpLink {
+  /**
+   * @param {object} o
+   * @param {Function} o.fetch
+   * @param {string} o.base      `…/v1/exams/{exam}` (http or https)
+   * @param {Function} o.token   the current JWT (a refresh changes it)
+   * @param {string|null} o.previousSession @param {number|null} o.lastEventId
+   * @param {number} o.batchMax  @param {number} o.idleMs a stream silent this long is dead
+   */
+  constructor(o) {
+    this.kind = 'http';
+    this.resumesAtOpen = true;
+    this.opened = false;
+    this.onopen = this.onframe = this.onclose = null;
+    this._o = o;
+    this._sessionId = null;
+    /** Client messages not yet POSTed, as objects. */
+    this._queue = [];
+    this._posting = false;
+    this._postFailures = 0;
+    this._batchMax = o.batchMax;
+    this._abort = new AbortController();
+    this._timers = new Set();
+    this._closed = false;
+    /** The stream's `event: close` (the socket's close code), if it sent one. */
+    this._closeFrame = null;
+    // Not from the constructor: a fetch that throws at once must reach an
+    // `onclose` that is set by then.
+    queueMicrotask(() => this._open());
+  }
+
+  send(text) {
+    if (this._closed) return;
+    this._queue.push(JSON.parse(text));
+    if (this._queue.length === 1) queueMicrotask(() => this._flush());
+  }
+
+  close() {
+    this._closed = true;
+    this.onopen = this.onframe = this.onclose = null;
+    for (const t of this._timers) clearTimeout(t);
+    this._timers.clear();
+    this._abort.abort();
+  }
+
+  /** Ends the transport from here, telling the session (once). */
+  _end(detail) {
+    if (this._closed) return;
+    const onclose = this.onclose;
+    this.close();
+    onclose?.({ opened: this.opened, ...detail });
+  }
+
+  _later(fn, ms) {
+    const t = setTimeout(() => {
+      this._timers.delete(t);
+      fn();
+    }, ms);
+    this._timers.add(t);
+    return t;
+  }
+
+  _headers(extra = {}) {
+    return { authorization: `Bearer ${this._o.token()}`, ...extra };
+  }
+
+  async _open() {
+    const o = this._o;
+    const query = new URLSearchParams({ transport: 'http' });
+    if (o.previousSession) query.set('previous_session', o.previousSession);
+    const headers = this._headers({ accept: 'text/event-stream' });
+    if (Number.isFinite(o.lastEventId)) headers['last-event-id'] = String(o.lastEventId);
+    let res;
+    try {
+      res = await o.fetch(`${o.base}/me/events?${query}`, { headers, cache: 'no-store', signal: this._abort.signal });
+    } catch (e) {
+      return this._end({ code: 1006, reason: `stream: ${e?.message ?? e}` });
+    }
+    if (this._closed) return;
+    if (!res.ok || !res.body) {
+      const body = await res.json().catch(() => ({}));
+      const code = body?.error?.code ?? '';
+      const stop = res.status === 403 ? HTTP_STOPS[code] : null;
+      return this._end({
+        code: stop ? stop[0] : res.status === 429 ? 1008 : 1006,
+        reason: stop ? stop[1] : `stream refused: ${res.status} ${code}`.trim(),
+        refusal: { status: res.status, code },
+        // A server without session streams (404, 400 for the parameter).
+        unsupported: res.status === 404 || res.status === 400 || res.status === 405,
+      });
+    }
+    this.opened = true;
+    this.onopen?.();
+    await this._read(res.body.getReader());
+  }
+
+  /** Reads the SSE stream until it ends, dispatching each event (WHATWG SSE parsing). */
+  async _read(reader) {
+    const decoder = new TextDecoder();
+    let buf = '';
+    let event = { type: '', data: [] };
+    let idle = null;
+    const alive = () => {
+      if (idle !== null) {
+        clearTimeout(idle);
+        this._timers.delete(idle);
+      }
+      idle = this._later(() => this._end({ code: 4000, reason: 'stream silent' }), this._o.idleMs);
+    };
+    const line = (text) => {
+      if (text === '') {
+        if (event.data.length) this._dispatch(event.type || 'message', event.data.join('\n'));
+        event = { type: '', data: [] };
+        return;
+      }
+      if (text.startsWith(':')) return; // a comment: the `: ping` heartbeat
+      const colon = text.indexOf(':');
+      const field = colon < 0 ? text : text.slice(0, colon);
+      let value = colon < 0 ? '' : text.slice(colon + 1);
+      if (value.startsWith(' ')) value = value.slice(1);
+      if (field === 'event') event.type = value;
+      else if (field === 'data') event.data.push(value);
+      // `id` is the seq the stream delivered; the session keeps its own (`lastSeq`).
+    };
+    alive();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (this._closed) return;
+        if (done) break;
+        alive();
+        buf += decoder.decode(value, { stream: true });
+        for (;;) {
+          const i = buf.search(/[\r\n]/);
+          if (i < 0) break;
+          // A CR at the end of a chunk may be the first half of a CRLF.
+          if (buf[i] === '\r' && i === buf.length - 1) break;
+          const next = buf[i] === '\r' && buf[i + 1] === '\n' ? i + 2 : i + 1;
+          line(buf.slice(0, i));
+          buf = buf.slice(next);
+          if (this._closed) return;
+        }
+      }
+    } catch (e) {
+      return this._end({ code: 1006, reason: `stream: ${e?.message ?? e}` });
+    }
+    const c = this._closeFrame;
+    this._end(c ? { code: c.code, reason: c.reason } : { code: 1006, reason: 'stream ended' });
+  }
+
+  _dispatch(type, data) {
+    if (type === 'close') {
+      try {
+        const c = JSON.parse(data);
+        this._closeFrame = { code: Number(c.code) || 1006, reason: String(c.reason ?? '') };
+      } catch {
+        this._closeFrame = { code: 1006, reason: 'stream closed' };
+      }
+      return;
+    }
+    if (!this._sessionId) {
+      // The first event of a session stream is the welcome; a server
+      // without session streams sends a listener stream (its `exam_update`).
+      let msg = null;
+      try {
+        msg = JSON.parse(data);
+      } catch {
+        // not JSON: not our stream
+      }
+      if (msg?.type !== 'welcome' || typeof msg.session_id !== 'string') {
+        return this._end({ code: 1006, reason: 'no session stream here', unsupported: true });
+      }
+      this._sessionId = msg.session_id;
+      this.onframe?.(data);
+      return this._flush();
+    }
+    this.onframe?.(data);
+  }
+
+  /** POSTs what is queued, one request at a time. */
+  async _flush() {
+    if (this._closed || this._posting || !this._sessionId || this._queue.length === 0) return;
+    const batch = this._queue.splice(0, this._batchMax);
+    this._posting = true;
+    let retryIn = null;
+    try {
+      const res = await this._o.fetch(`${this._o.base}/me/messages`, {
+        method: 'POST',
+        headers: this._headers({ 'content-type': 'application/json', 'x-examwatch-session': this._sessionId }),
+        body: JSON.stringify(batch),
+        cache: 'no-store',
+        signal: this._abort.signal,
+      });
+      if (this._closed) return;
+      retryIn = await this._results(res, batch);
+    } catch (e) {
+      if (this._closed) return;
+      // Network error: nothing is known of this batch; it goes again.
+      this._postFailures += 1;
+      retryIn = Math.min(10000, 250 * 2 ** Math.min(this._postFailures, 6));
+      this._queue.unshift(...batch);
+    } finally {
+      this._posting = false;
+    }
+    if (this._closed) return;
+    if (retryIn !== null) this._later(() => this._flush(), retryIn);
+    else this._flush();
+  }
+
+  /** Handles a POST's answer; returns a wait before the next POST, or null. */
+  async _results(res, batch) {
+    const body = await res.json().catch(() => null);
+    if (this._closed) return null;
+    if (res.ok && Array.isArray(body)) {
+      this._postFailures = 0;
+      for (const r of body) {
+        // A message without `ref` (progress, focus, received) still gets a
+        // result so positions match; the socket would have said nothing.
+        if (r && typeof r === 'object' && !(r.type === 'ack' && (r.ref === undefined || r.ref === null))) this.onframe?.(r);
+      }
+      return null;
+    }
+    const code = body?.error?.code ?? '';
+    if (res.status === 429) {
+      this._queue.unshift(...batch);
+      const s = Number(res.headers?.get?.('retry-after'));
+      return Number.isFinite(s) && s > 0 ? Math.min(60000, s * 1000) : 1000;
+    }
+    if (res.status === 413 || res.status === 422) {
+      // Too big or too many for this server: smaller batches; a single
+      // message refused is refused for good (the socket would close 1009).
+      if (batch.length > 1) {
+        this._batchMax = Math.max(1, Math.floor(batch.length / 2));
+        this._queue.unshift(...batch);
+        return null;
+      }
+      const [m] = batch;
+      const error = { type: 'error', code: res.status === 413 ? 'message_too_big' : 'invalid_message', message: `refused: ${res.status} ${code}`.trim() };
+      if (m?.ref !== undefined) error.ref = m.ref;
+      this.onframe?.(error);
+      return null;
+    }
+    if (res.status === 409 || res.status === 401) {
+      // No such session (any more), or the token ran out: a new stream.
+      this._end({ code: res.status === 401 ? 4401 : 1006, reason: `messages refused: ${res.status} ${code}`.trim() });
+      return null;
+    }
+    if (res.status === 403) {
+      const stop = HTTP_STOPS[code];
+      this._end({ code: stop ? stop[0] : 1008, reason: stop ? stop[1] : `messages refused: 403 ${code}`.trim() });
+      return null;
+    }
+    // 503 shutting_down (the stream's `event: close` 1012 follows), a 5xx,
+    // anything else: keep the batch and try again a little later.
+    this._postFailures += 1;
+    this._queue.unshift(...batch);
+    return Math.min(10000, 250 * 2 ** Math.min(this._postFailures, 6));
+  }
+}
+
 export class ExamwatchClient extends EventTarget {
   /**
    * @param {object} o
@@ -128,6 +476,13 @@ export class ExamwatchClient extends EventTarget {
    * @param {number} [o.retryMs=10000] re-send an unacked outbox entry after this long
    * @param {number} [o.announceTimeoutMs=10000] `announce()` rejects without an ack by then
    * @param {number} [o.maxMessageBytes=16384] the server's `limits.max_message_bytes`
+   * @param {boolean} [o.httpFallback=true] students: fall back to the HTTP transport when sockets cannot be opened
+   * @param {number} [o.wsFailuresBeforeFallback=2] that many failed socket handshakes in a row (while HTTP works) switch to HTTP
+   * @param {number} [o.wsOpenTimeoutMs=4000] a student's socket without its welcome by then has failed
+   * @param {number} [o.wsRetryMs=5000] @param {number} [o.wsRetryCapMs=60000] on HTTP, try the socket again after this, doubling up to the cap
+   * @param {string} [o.httpUrl] the exam's HTTP base, `…/v1/exams/{exam}` (default: from the socket URL)
+   * @param {number} [o.httpBatchMax=32] the server's `limits.http_batch_max`
+   * @param {number} [o.sseIdleMs=45000] an HTTP event stream silent this long (no event, no `: ping`) is dead
    */
   constructor(o) {
     super();
@@ -154,6 +509,14 @@ export class ExamwatchClient extends EventTarget {
     this.retryMs = o.retryMs ?? 10000;
     this.announceTimeoutMs = o.announceTimeoutMs ?? 10000;
     this.maxMessageBytes = o.maxMessageBytes ?? MAX_MESSAGE_BYTES;
+    this.httpFallback = o.httpFallback ?? true;
+    this.wsFailuresBeforeFallback = o.wsFailuresBeforeFallback ?? 2;
+    this.wsOpenTimeoutMs = o.wsOpenTimeoutMs ?? 4000;
+    this.wsRetryMs = o.wsRetryMs ?? 5000;
+    this.wsRetryCapMs = o.wsRetryCapMs ?? 60000;
+    this.httpUrl = o.httpUrl ?? `${this.url.replace(/^ws/, 'http').replace(/\/v1\/exams\/.*$/, '')}/v1/exams/${encodeURIComponent(o.exam)}`;
+    this.httpBatchMax = o.httpBatchMax ?? 32;
+    this.sseIdleMs = o.sseIdleMs ?? 45000;
     /** 'idle' | 'connecting' | 'live' | 'offline' | 'closed' */
     this.state = 'idle';
     /** Estimated server clock minus local clock, in ms. */
@@ -177,7 +540,23 @@ export class ExamwatchClient extends EventTarget {
     this.outbox = [];
     this._mergeStored(this._readStoredOutbox());
     this._attempt = 0;
-    this._ws = null;
+    /** The transport carrying the session now (SocketLink or HttpLink), or null. */
+    this._link = null;
+    /** `websocket` or `http`: the transport of the last welcome (read as `transport`). */
+    this._transport = 'websocket';
+    /**
+     * Failed socket handshakes in a row while HTTP worked (a ticket was
+     * granted for the attempt, or a probe of /healthz answered): at
+     * `wsFailuresBeforeFallback` the next attempt is the HTTP transport.
+     */
+    this._wsFailures = 0;
+    /** The server has no HTTP session streams (an older one): never try again. */
+    this._httpUnsupported = false;
+    /** On HTTP: the background socket attempt under way, and how many failed. */
+    this._probe = null;
+    this._probeFailures = 0;
+    /** Bumped when a background attempt is dropped, so one still asking for its ticket gives up. */
+    this._probeGen = 0;
     this._timers = new Set();
     this._pumpTimer = null;
     this._pendingPing = null;
@@ -307,6 +686,14 @@ export class ExamwatchClient extends EventTarget {
   }
 
   /**
+   * The transport of the current (or last) session: `websocket`, or `http`
+   * after the fallback (SSE + POST). Changes are `transport` events.
+   */
+  get transport() {
+    return this._transport;
+  }
+
+  /**
    * Students: raises a hand (`raise_hand`, PROTOCOL.md 4.14), with an
    * optional question of at most 500 characters. Resolves once the server
    * has stored it (its ack); rejects on an error, a drop before the ack,
@@ -371,10 +758,10 @@ export class ExamwatchClient extends EventTarget {
 
   /** Sends a non-durable message (progress, focus, activity, announce, …) if live. */
   send(msg) {
-    if (this.state !== 'live' || !this._ws) return false;
+    if (this.state !== 'live' || !this._link) return false;
     const text = JSON.stringify(msg);
     if (utf8Length(text) > this.maxMessageBytes) throw new RangeError('message too big for the server');
-    this._ws.send(text);
+    this._link.send(text);
     return true;
   }
 
@@ -429,7 +816,10 @@ export class ExamwatchClient extends EventTarget {
    */
   refresh(token) {
     this.token = token;
-    if (this.state !== 'live' || !this._ws) return Promise.resolve();
+    // Over HTTP every request carries the token: the next one has the new
+    // one (the stream, at the old one's expiry, ends with 4401 and is
+    // opened again with it).
+    if (this.state !== 'live' || !this._link || this._link.kind === 'http') return Promise.resolve();
     const ref = `tok:${newId()}`;
     return this._request({ type: 'refresh', token, ref }, ref);
   }
@@ -459,20 +849,35 @@ export class ExamwatchClient extends EventTarget {
   // ---- connection -------------------------------------------------------
 
   _open() {
-    this._setState('connecting', { attempt: this._attempt });
+    const http = this._fallsBack();
+    this._setState('connecting', { attempt: this._attempt, transport: http ? 'http' : 'websocket' });
     const opening = ++this._opening;
+    if (http) return this._openHttp();
     const current = () => opening === this._opening && this.state === 'connecting';
     const credential = this._credential();
-    if (typeof credential === 'string') return this._openSocket(credential);
+    // Without tickets, whether HTTP works is learnt by a probe if the socket fails.
+    if (typeof credential === 'string') return this._openSocket(credential, false);
     credential.then(
-      (c) => current() && this._openSocket(c),
+      (c) => current() && this._openSocket(c, true),
       (e) => {
         if (!current()) return;
+        // HTTP fails too: the socket's failures say nothing about a proxy.
+        this._wsFailures = 0;
         if (e?.revokedToken) return this._tokenRevoked(4403, String(e.message));
         if (e?.stop) return this._stop(e.stop === 'terminated' ? 'terminated' : 'revoked', { refused: true, id: null, reason: null }, 4003, String(e.message));
         this._scheduleReconnect(1006, String(e?.message ?? e));
       },
     );
+  }
+
+  /**
+   * Whether the next attempt is the HTTP transport: a student's, after
+   * `wsFailuresBeforeFallback` failed socket handshakes in a row while HTTP
+   * worked (something between here and the server refuses WebSocket
+   * upgrades, or lets them through and then nothing: a buffering proxy).
+   */
+  _fallsBack() {
+    return this.httpFallback && this.role === 'student' && !this._httpUnsupported && typeof this._fetch === 'function' && this._wsFailures >= Math.max(1, this.wsFailuresBeforeFallback);
   }
 
   /**
@@ -520,7 +925,8 @@ export class ExamwatchClient extends EventTarget {
       .finally(() => clearTimeout(timer));
   }
 
-  _openSocket(credential) {
+  /** The socket URL for `credential`, resuming as the role does. */
+  _socketUrl(credential) {
     let url = `${this.url}?${credential}`;
     if (this.role === 'student' && this.sessionId) {
       url += `&previous_session=${encodeURIComponent(this.sessionId)}`;
@@ -528,51 +934,259 @@ export class ExamwatchClient extends EventTarget {
     // Teachers resume atomically at the handshake (PROTOCOL.md 4.4 form 1):
     // the server sends what was missed, or a snapshot, instead of a snapshot
     // followed by a `resume` that a live event could turn into a snapshot.
+    if (this.role !== 'student' && this._synced) url += `&last_seq=${this.appliedSeq}`;
+    return url;
+  }
+
+  /** `viaHttp`: a ticket was just granted for this attempt (so HTTP works). */
+  _openSocket(credential, viaHttp) {
     const resuming = this.role !== 'student' && this._synced;
-    if (resuming) url += `&last_seq=${this.appliedSeq}`;
-    let ws;
+    let link;
     try {
-      ws = new WebSocket(url, PROTOCOL);
+      link = new SocketLink(this._socketUrl(credential), PROTOCOL);
     } catch (e) {
       this._scheduleReconnect(0, String(e));
       return;
     }
-    this._ws = ws;
-    ws.onmessage = (e) => this._onMessage(e.data);
-    ws.onclose = (e) => {
-      if (this._ws !== ws) return;
-      this._ws = null;
+    this._attach(link);
+    link.onclose = (e) => {
+      if (this._link !== link) return;
+      this._link = null;
       if (e.code === 1009) this._setAsideTooBig();
       this._connectionLost('connection lost');
+      // A handshake that failed (the browser says only 1006).
+      if (!e.opened && e.code === 1006) this._socketFailed(viaHttp);
       this._scheduleReconnect(e.code, e.reason);
     };
     if (resuming) {
       // A replay may be empty, so nothing might arrive: a heartbeat's ack
       // comes after the replay (same queue), and then the view is current.
-      ws.onopen = () => {
-        if (this._ws !== ws) return;
+      link.onopen = () => {
+        if (this._link !== link) return;
         this._syncRef = `sync:${newId()}`;
-        ws.send(JSON.stringify({ type: 'heartbeat', ref: this._syncRef }));
+        link.send(JSON.stringify({ type: 'heartbeat', ref: this._syncRef }));
       };
+    }
+    if (this.role === 'student' && this.httpFallback) {
+      // A student's socket without its welcome by then has failed too (a
+      // proxy that holds upgraded connections silent). Watchers wait:
+      // a large exam's snapshot may take longer.
+      this._later(() => {
+        if (this._link !== link || this.state !== 'connecting') return;
+        this._detach(1000);
+        this._connectionLost('no welcome');
+        this._socketFailed(viaHttp);
+        this._scheduleReconnect(1006, `no welcome within ${this.wsOpenTimeoutMs} ms`);
+      }, this.wsOpenTimeoutMs);
     }
   }
 
-  /** Drops the current socket without waiting for the browser's close event. */
-  _detach(code, reason) {
-    const ws = this._ws;
-    this._ws = null;
-    if (!ws) return;
-    ws.onopen = ws.onmessage = ws.onclose = null;
-    try {
-      ws.close(code, reason);
-    } catch {
-      // Already closed, or a code the browser refuses: the socket is gone anyway.
+  /** Makes `link` the session's transport: its frames are the session's. */
+  _attach(link) {
+    this._link = link;
+    link.onframe = (data) => this._link === link && this._onMessage(data);
+  }
+
+  /**
+   * A student's socket handshake failed. It counts toward the fallback
+   * only if HTTP works: known when a ticket was granted for the attempt,
+   * else asked of `/healthz` (the server down, or the network gone, fails
+   * both, and then HTTP would not help).
+   */
+  _socketFailed(viaHttp) {
+    if (!this.httpFallback || this.role !== 'student' || this._httpUnsupported) return;
+    if (viaHttp) {
+      this._wsFailures += 1;
+      return;
     }
+    const probe = this._probeHttp();
+    probe.then((works) => {
+      if (works) this._wsFailures += 1;
+      else this._wsFailures = 0;
+    });
+  }
+
+  /** Whether a plain HTTP request reaches the server (`GET /healthz`, any answer). */
+  async _probeHttp() {
+    if (typeof this._fetch !== 'function') return false;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), this.wsOpenTimeoutMs);
+    try {
+      const url = this.httpUrl.replace(/\/v1\/exams\/.*$/, '/healthz');
+      const res = await this._fetch(url, { cache: 'no-store', signal: abort.signal });
+      return typeof res?.status === 'number' && res.status < 500;
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * The fallback: this attempt is an HTTP session (SSE + POST), opened with
+   * `previous_session` (a reconnect, PROTOCOL.md 4.3) and `Last-Event-ID`
+   * (the resume). A failure to open it (a refusal, the network) sends the
+   * next attempts back to the socket, as does a server without session
+   * streams (for good).
+   */
+  _openHttp() {
+    const link = new HttpLink({
+      fetch: this._fetch,
+      base: this.httpUrl,
+      token: () => this.token,
+      previousSession: this.sessionId,
+      lastEventId: this.lastSeq,
+      batchMax: this.httpBatchMax,
+      idleMs: this.sseIdleMs,
+    });
+    this._attach(link);
+    // A stream that gives no welcome in time (held by a proxy) has failed.
+    this._later(() => {
+      if (this._link !== link || this.state !== 'connecting') return;
+      this._detach(1000);
+      this._connectionLost('no welcome');
+      this._wsFailures = 0;
+      this._scheduleReconnect(1006, `no welcome over HTTP within ${this.ticketTimeoutMs} ms`);
+    }, this.ticketTimeoutMs);
+    link.onclose = (e) => {
+      if (this._link !== link) return;
+      this._link = null;
+      if (this._probe instanceof SocketLink && e.opened && !this._invalidated && !this._stopped) {
+        // The background socket is taking this session over: the server
+        // retires the HTTP session as it admits the socket (4001 without a
+        // `session_invalidated`, or a POST's 409). Its welcome decides;
+        // until then nothing is sent (quietly: the page was told nothing).
+        this.state = 'connecting';
+        return;
+      }
+      if (e.code === 1009) this._setAsideTooBig();
+      this._connectionLost('connection lost');
+      if (e.unsupported) this._httpUnsupported = true;
+      if (!e.opened || e.unsupported) this._wsFailures = 0;
+      if (e.refusal?.code === 'token_revoked') return this._tokenRevoked(4403, e.reason);
+      if (e.refusal && e.code === 4003) {
+        return this._stop(e.reason === REVOKED_REASON ? 'revoked' : 'terminated', { refused: true, id: null, reason: null }, 4003, e.reason);
+      }
+      this._scheduleReconnect(e.code, e.reason);
+    };
+  }
+
+  /** On HTTP: the next background socket attempt, later each time (up to `wsRetryCapMs`). */
+  _scheduleProbe() {
+    const ceiling = Math.min(this.wsRetryCapMs, this.wsRetryMs * 2 ** Math.min(this._probeFailures, 30));
+    // Half jitter: never at once, not all of a room's students together.
+    this._later(() => this._probeSocket(), Math.floor(ceiling / 2 + (Math.random() * ceiling) / 2));
+  }
+
+  /**
+   * On HTTP, in the background: a socket opened with `previous_session` =
+   * the HTTP session's id, so the server takes that session over as a
+   * reconnect (no second session, no disconnect). Its welcome moves the
+   * session onto it; a failure waits longer for the next try.
+   */
+  async _probeSocket() {
+    const onHttp = () => this.state === 'live' && this._link?.kind === 'http';
+    if (!onHttp() || this._probe) return;
+    const gen = ++this._probeGen;
+    // Holds the place while the ticket is asked for: one attempt at a time.
+    this._probe = { close() {} };
+    const current = () => gen === this._probeGen && onHttp();
+    let credential;
+    try {
+      credential = await this._credential();
+    } catch {
+      credential = null;
+    }
+    if (!current()) return;
+    this._probe = null;
+    let probe = null;
+    try {
+      if (credential !== null) probe = new SocketLink(this._socketUrl(credential), PROTOCOL);
+    } catch {
+      // A URL the browser refuses: as a failed attempt.
+    }
+    if (!probe) {
+      this._probeFailures += 1;
+      this._scheduleProbe();
+      return;
+    }
+    this._probe = probe;
+    const failed = () => {
+      if (this._probe !== probe) return;
+      this._probe = null;
+      probe.close(1000);
+      this._probeFailures += 1;
+      if (this._link) return this._scheduleProbe();
+      // The HTTP session ended while this attempt was under way: a reconnect as usual.
+      this._connectionLost('connection lost');
+      this._scheduleReconnect(1006, 'the background socket failed');
+    };
+    probe.onclose = failed;
+    this._later(failed, this.wsOpenTimeoutMs);
+    probe.onframe = (data) => {
+      if (this._probe !== probe) return;
+      let msg = null;
+      try {
+        msg = JSON.parse(data);
+      } catch {
+        // not a welcome
+      }
+      // Anything but a welcome first (a refusal before its close): not usable.
+      if (msg?.type !== 'welcome') return failed();
+      this._probe = null;
+      this._switchToSocket(probe, msg);
+    };
+  }
+
+  /** The background socket is up: end the HTTP session and carry on on the socket. */
+  _switchToSocket(socket, first) {
+    const http = this._link;
+    this._link = null;
+    http?.close();
+    // As after a reconnect: what was in flight over HTTP goes again on the
+    // socket (harmless), waiting requests are settled.
+    this._connectionLost('moved to the socket');
+    // Not live until the socket's welcome is handled (so the resume goes
+    // first, as on any reconnect), without telling the page: to it the
+    // session never went away, and the welcome's `live` follows at once.
+    this.state = 'connecting';
+    this._attach(socket);
+    socket.onclose = (e) => {
+      if (this._link !== socket) return;
+      this._link = null;
+      if (e.code === 1009) this._setAsideTooBig();
+      this._connectionLost('connection lost');
+      this._scheduleReconnect(e.code, e.reason);
+    };
+    this._onMessage(first);
+  }
+
+  /** Drops the current transport (and a background socket) without waiting for a close event. */
+  _detach(code, reason) {
+    this._dropProbe();
+    const link = this._link;
+    this._link = null;
+    link?.close(code, reason);
+  }
+
+  _dropProbe() {
+    this._probeGen += 1;
+    const probe = this._probe;
+    this._probe = null;
+    probe?.close(1000);
+  }
+
+  /** The transport of a welcome: a `transport` event when it changed. */
+  _setTransport(kind) {
+    if (this._transport === kind) return;
+    this._transport = kind;
+    this._emit('transport', { transport: kind });
   }
 
   /** Whatever waited on the connection that just ended. */
   _connectionLost(why) {
     this._clearTimers();
+    this._dropProbe();
     this._syncRef = null;
     this._snapshotParts = null;
     for (const m of this.outbox) m.sentAt = 0;
@@ -663,24 +1277,31 @@ export class ExamwatchClient extends EventTarget {
   _onMessage(data) {
     let msg;
     try {
-      msg = JSON.parse(data);
+      // A frame, or (HTTP) one of a POST's results, already parsed.
+      msg = typeof data === 'string' ? JSON.parse(data) : data;
     } catch {
       return;
     }
     switch (msg.type) {
-      case 'welcome':
+      case 'welcome': {
         this.sessionId = msg.session_id;
         this._store('session', msg.session_id);
         this._syncClock(Date.parse(msg.server_time));
+        const kind = this._link?.kind ?? 'websocket';
+        if (kind === 'websocket') this._wsFailures = this._probeFailures = 0;
+        this._setTransport(kind);
         this._emit('welcome', msg);
         this._emit('status', { student: msg.student, cause: 'welcome' });
         this._examChanged(msg, 'welcome');
-        this._live({ sessionId: msg.session_id });
-        // The announcements this client missed, then everything unacked.
-        if (this.lastSeq !== null) this.send({ type: 'resume', last_seq: this.lastSeq });
-        else this._setSeq(msg.last_seq);
+        this._live({ sessionId: msg.session_id, transport: kind });
+        // The announcements this client missed (over HTTP the stream
+        // request's Last-Event-ID asked for them), then everything unacked.
+        if (this.lastSeq === null) this._setSeq(msg.last_seq);
+        else if (!this._link?.resumesAtOpen) this.send({ type: 'resume', last_seq: this.lastSeq });
         this._pump();
+        if (kind === 'http') this._scheduleProbe();
         break;
+      }
       case 'snapshot':
         // A large exam's snapshot comes in parts (PROTOCOL.md 4.12): only
         // the whole one is applied and reported.
@@ -982,8 +1603,9 @@ export class ExamwatchClient extends EventTarget {
       this._over = 'exam_ended';
       this._examChanged(null, 'exam_ended');
     }
-    if (m && msg.code === 'storage_busy') {
-      // Nothing stored: keep it and try again later.
+    if (m && (msg.code === 'storage_busy' || (msg.code === 'not_stored' && msg.retry === true))) {
+      // Nothing stored (or, over HTTP, no result in time: `retry`): keep
+      // it and try again later; a duplicate is harmless.
       m.sentAt = 0;
       m.retryAt = Date.now() + this.retryMs;
       this._pumpIn(this.retryMs);
@@ -1061,7 +1683,7 @@ export class ExamwatchClient extends EventTarget {
    * submit waits until every answer before it is acked.
    */
   _pump() {
-    if (this.state !== 'live' || !this._ws) return;
+    if (this.state !== 'live' || !this._link) return;
     const now = Date.now();
     // The waiting room or a pause: the server would refuse answers and the
     // submit (`exam_not_started`, `exam_paused`), so they wait, stored.
@@ -1090,7 +1712,7 @@ export class ExamwatchClient extends EventTarget {
         continue;
       }
       this._tokens -= 1;
-      this._ws.send(text);
+      this._link.send(text);
       if (fresh) inFlight += 1;
       m.sentAt = now;
       m.retryAt = 0;
