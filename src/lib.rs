@@ -9,6 +9,7 @@
 //! - [`app`]: building the server and shutting it down gracefully;
 //! - [`accept`], [`tls`]: the accept loop's limits, and HTTPS/wss in-process
 //!   (rustls) with certificate reloads;
+//! - [`shard`]: an exam's sockets and room on one thread (`server.shards`);
 //! - [`drain`]: rolling restarts, sockets closed 1012 over `server.drain_window`;
 //! - [`health`]: the readiness check that opens a WebSocket to ourselves;
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
@@ -45,6 +46,7 @@ pub mod ratelimit;
 pub mod revocations;
 pub mod room;
 pub mod roster;
+pub mod shard;
 pub mod sse;
 pub mod store;
 pub mod telemetry;
