@@ -67,7 +67,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 
 use crate::metrics::Metrics;
-use crate::shard::{Shards, route};
+use crate::shard::{OnShard, Shards, route};
 use crate::tls::{self, HandshakeFailure, Tls};
 
 /// How one listener treats its connections.
@@ -224,6 +224,7 @@ pub async fn serve(
         let io = Counted {
             io: tcp,
             _permit: permit,
+            _on_shard: None,
         };
         match &limits.tls {
             None => conns.spawn(serve_connection(io, peer, router, timeout, stop.clone())),
@@ -306,7 +307,6 @@ impl Handoff {
             ..
         } = self;
         shards.spawn_on(shard, tracker, async move {
-            let _counted = on_shard.connection_here();
             // Registers the socket with this shard's reactor.
             let tcp = match TcpStream::from_std(tcp) {
                 Ok(tcp) => tcp,
@@ -318,6 +318,9 @@ impl Handoff {
             let io = Counted {
                 io: tcp,
                 _permit: permit,
+                // Read on the thread that serves it; an upgraded socket
+                // keeps it (hyper hands this I/O object to the WebSocket).
+                _on_shard: on_shard.connection_here(),
             };
             let timeout = limits.request_head_timeout;
             match limits.tls {
@@ -503,6 +506,8 @@ impl Drop for ConnPermit {
 struct Counted {
     io: TcpStream,
     _permit: ConnPermit,
+    /// `examwatch_shard_connections` of the shard it is served on.
+    _on_shard: Option<OnShard>,
 }
 
 impl AsyncRead for Counted {

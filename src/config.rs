@@ -1172,7 +1172,7 @@ mod tests {
             assert_eq!(Settings::load(None).unwrap().server.shards, ShardCount::Count(3));
             jail.set_env("EXAMWATCH__SERVER__SHARDS", "many");
             let err = Settings::load(None).unwrap_err().to_string();
-            assert!(err.contains("shards"), "{err}");
+            assert!(err.to_lowercase().contains("server.shards"), "{err}");
             jail.set_env("EXAMWATCH__SERVER__SHARDS", "100000");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("server.shards"), "{err}");

@@ -37,10 +37,23 @@ async fn spread_becomes(app: &TestApp, want: [(i64, i64); 2]) {
             )
         })
     };
-    eventually(&format!("(connections, rooms) per shard = {want:?}"), || {
-        now() == want
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = now();
+        if seen == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "(connections, rooms) per shard: {seen:?}, not {want:?}\n{}",
+            app.metrics_text()
+                .lines()
+                .filter(|l| l.contains("shard"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -61,8 +74,10 @@ async fn an_exams_sockets_and_room_share_its_shard_and_another_exam_uses_the_oth
 
     let (mut other, _) = app.student(&b, "s2").await;
     spread_becomes(&app, [(2, 1), (1, 1)]).await;
-    other.send_json(progress(1, 0)).await;
-    other.next_of_type("ack").await;
+    let mut p = progress(1, 0);
+    p["ref"] = serde_json::json!("p");
+    other.send_json(p).await;
+    other.expect_ack("p").await;
 
     // A room started off the sockets' path (REST, the broker, the
     // scheduler all call the registry) still starts on its exam's shard.
