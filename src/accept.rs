@@ -209,12 +209,12 @@ pub async fn serve(
             };
             match limits.tls {
                 // The request line is inside the TLS stream.
-                Some(_) => conn.to_shard(shards.round_robin(), &shards, &conns),
+                Some(_) => conn.hand_to(shards.round_robin(), &shards, &conns),
                 None => {
                     let (shards, tracker) = (shards.clone(), conns.clone());
                     conns.spawn(async move {
                         if let Some(shard) = conn.pick_shard(&shards).await {
-                            conn.to_shard(shard, &shards, &tracker);
+                            conn.hand_to(shard, &shards, &tracker);
                         }
                     });
                 }
@@ -288,7 +288,7 @@ impl Handoff {
 
     /// Moves the socket to `shard`'s runtime and serves it there (on the
     /// current runtime if that shard is gone). The permit travels with it.
-    fn to_shard(self, shard: Option<usize>, shards: &Shards, tracker: &TaskTracker) {
+    fn hand_to(self, shard: Option<usize>, shards: &Shards, tracker: &TaskTracker) {
         let tcp = match self.tcp.into_std() {
             Ok(tcp) => tcp,
             Err(e) => {

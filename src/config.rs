@@ -140,9 +140,8 @@ impl<'de> Deserialize<'de> for ShardCount {
             Count(u64),
             Word(String),
         }
-        let bad = || {
-            <D::Error as serde::de::Error>::custom("expected \"auto\" or a number of threads")
-        };
+        let bad =
+            || <D::Error as serde::de::Error>::custom("expected \"auto\" or a number of threads");
         match Raw::deserialize(d)? {
             Raw::Count(n) => usize::try_from(n).map(ShardCount::Count).map_err(|_| bad()),
             Raw::Word(w) if w.trim().eq_ignore_ascii_case("auto") => Ok(ShardCount::Auto),
@@ -1161,7 +1160,10 @@ mod tests {
     #[test]
     fn shards_are_auto_a_number_or_off() {
         figment::Jail::expect_with(|jail| {
-            assert_eq!(Settings::load(None).unwrap().server.shards, ShardCount::Auto);
+            assert_eq!(
+                Settings::load(None).unwrap().server.shards,
+                ShardCount::Auto
+            );
             assert!(ShardCount::Auto.resolve() >= 1);
             jail.create_file("s.toml", "[server]\nshards = \"auto\"\n")?;
             let s = Settings::load(Some("s.toml".as_ref())).unwrap();
@@ -1169,7 +1171,10 @@ mod tests {
             jail.set_env("EXAMWATCH__SERVER__SHARDS", "0");
             assert_eq!(Settings::load(None).unwrap().server.shards.resolve(), 0);
             jail.set_env("EXAMWATCH__SERVER__SHARDS", "3");
-            assert_eq!(Settings::load(None).unwrap().server.shards, ShardCount::Count(3));
+            assert_eq!(
+                Settings::load(None).unwrap().server.shards,
+                ShardCount::Count(3)
+            );
             jail.set_env("EXAMWATCH__SERVER__SHARDS", "many");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.to_lowercase().contains("server.shards"), "{err}");

@@ -612,10 +612,12 @@ impl Registry {
         // call, the broker, the scheduler), so it lives with its sockets.
         let shards = self.ctx.shards.clone();
         let shard = shards.for_exam(exam_id);
-        self.ctx.shards.spawn_on(shard, &self.ctx.tracker, async move {
-            let _counted = shards.room_here();
-            room.run(rx).await;
-        });
+        self.ctx
+            .shards
+            .spawn_on(shard, &self.ctx.tracker, async move {
+                let _counted = shards.room_here();
+                room.run(rx).await;
+            });
         handle
     }
 

@@ -68,7 +68,9 @@ async fn an_exams_sockets_and_room_share_its_shard_and_another_exam_uses_the_oth
     student.send_json(progress(1, 1)).await;
     teacher
         .next_where("s1's progress", |v| {
-            v["type"] == "student" && v["student"]["student_id"] == "s1" && v["student"]["answered"] == 1
+            v["type"] == "student"
+                && v["student"]["student_id"] == "s1"
+                && v["student"]["answered"] == 1
         })
         .await;
 
@@ -101,7 +103,9 @@ async fn with_shards_off_nothing_runs_on_a_shard_and_everything_works() {
     student.send_json(progress(1, 1)).await;
     teacher
         .next_where("s1's progress", |v| {
-            v["type"] == "student" && v["student"]["student_id"] == "s1" && v["student"]["answered"] == 1
+            v["type"] == "student"
+                && v["student"]["student_id"] == "s1"
+                && v["student"]["answered"] == 1
         })
         .await;
     assert_eq!(app.metric("examwatch_rooms"), 1);
