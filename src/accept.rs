@@ -30,6 +30,16 @@
 //!   line about that connection only. Over the cap, a rejecter completes
 //!   the handshake (within [`REJECT_HANDSHAKE_TIMEOUT`]) and writes the
 //!   same 503, so TLS clients are told to come back too.
+//! - **Shards** (`server.shards`, [`crate::shard`]): with shards on, an
+//!   accepted plain connection is not served here. A small task peeks at
+//!   its first bytes once (under the request-head deadline; a peek does not
+//!   consume them, so hyper reads the same head), takes the exam id from a
+//!   `/v1/exams/{id}/…` request line, and moves the socket to that exam's
+//!   shard (round robin for any other path, or a head not complete in the
+//!   first peek), where it is registered with that shard's reactor and
+//!   served as below. The accept loop never waits on a client. A TLS
+//!   connection cannot be read before its handshake: it goes round robin,
+//!   and the handshake runs on its shard (docs/DEPLOY.md, "Shards").
 
 use std::{
     convert::Infallible,
@@ -57,6 +67,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::Service;
 
 use crate::metrics::Metrics;
+use crate::shard::{OnShard, Shards, route};
 use crate::tls::{self, HandshakeFailure, Tls};
 
 /// How one listener treats its connections.
@@ -127,13 +138,20 @@ connection: close\r\n\
 content-length: 92\r\n\r\n\
 {\"error\":{\"code\":\"too_many_connections\",\"message\":\"the server is at its connection limit\"}}\n";
 
+/// How much of a request head the shard router peeks at: a request line
+/// with its exam id and a token in the query fits (an id cut off by this
+/// goes round robin).
+const HEAD_PEEK: usize = 2048;
+
 /// Serves `router` on `listener` until `stop` is cancelled, then lets every
 /// open HTTP connection finish its request and returns once they are gone
 /// (upgraded WebSockets are the app's own tasks, not waited for here).
+/// With `shards` (not empty) the connections are served on them.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    shards: Shards,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -177,12 +195,37 @@ pub async fn serve(
             }
             continue;
         };
+        let router = router.clone();
+        let timeout = limits.request_head_timeout;
+        if !shards.is_empty() {
+            let conn = Handoff {
+                tcp,
+                permit,
+                peer,
+                router,
+                limits: limits.clone(),
+                metrics: metrics.clone(),
+                stop: stop.clone(),
+            };
+            match limits.tls {
+                // The request line is inside the TLS stream.
+                Some(_) => conn.hand_to(shards.round_robin(), &shards, &conns),
+                None => {
+                    let (shards, tracker) = (shards.clone(), conns.clone());
+                    conns.spawn(async move {
+                        if let Some(shard) = conn.pick_shard(&shards).await {
+                            conn.hand_to(shard, &shards, &tracker);
+                        }
+                    });
+                }
+            }
+            continue;
+        }
         let io = Counted {
             io: tcp,
             _permit: permit,
+            _on_shard: None,
         };
-        let router = router.clone();
-        let timeout = limits.request_head_timeout;
         match &limits.tls {
             None => conns.spawn(serve_connection(io, peer, router, timeout, stop.clone())),
             Some(tls) => conns.spawn(serve_tls_connection(
@@ -202,6 +245,92 @@ pub async fn serve(
     drop(listener);
     conns.close();
     conns.wait().await;
+}
+
+/// An accepted connection on its way to a shard: what serving it needs.
+struct Handoff {
+    tcp: TcpStream,
+    permit: ConnPermit,
+    peer: SocketAddr,
+    router: Router,
+    limits: ListenerLimits,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+}
+
+impl Handoff {
+    /// The shard of the exam the request line names, round robin for
+    /// another one; `None` (and the connection closed) if the client sent
+    /// nothing within `server.request_head_timeout` (hyper would have closed
+    /// it then too), closed first, or the server stops.
+    ///
+    /// One peek, never a loop: a peek returns the bytes already there again
+    /// at once, so waiting for "more" would spin. A head split before its
+    /// exam id arrives goes round robin; that costs locality, not service.
+    async fn pick_shard(&self, shards: &Shards) -> Option<Option<usize>> {
+        let mut head = [0u8; HEAD_PEEK];
+        let peeked = tokio::select! {
+            r = tokio::time::timeout(self.limits.request_head_timeout, self.tcp.peek(&mut head)) => r,
+            _ = self.stop.cancelled() => return None,
+        };
+        match peeked {
+            Ok(Ok(n)) if n > 0 => Some(match route::exam_of_head(&head[..n]) {
+                Some(exam) => shards.for_exam(&exam),
+                None => shards.round_robin(),
+            }),
+            Ok(Ok(_)) | Ok(Err(_)) => None,
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "no request head within server.request_head_timeout");
+                None
+            }
+        }
+    }
+
+    /// Moves the socket to `shard`'s runtime and serves it there (on the
+    /// current runtime if that shard is gone). The permit travels with it.
+    fn hand_to(self, shard: Option<usize>, shards: &Shards, tracker: &TaskTracker) {
+        let tcp = match self.tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(error = %e, peer = %self.peer, "cannot move a connection to its shard");
+                return;
+            }
+        };
+        let on_shard = shards.clone();
+        let Self {
+            permit,
+            peer,
+            router,
+            limits,
+            metrics,
+            stop,
+            ..
+        } = self;
+        shards.spawn_on(shard, tracker, async move {
+            // Registers the socket with this shard's reactor.
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::debug!(error = %e, %peer, "cannot register a connection on its shard");
+                    return;
+                }
+            };
+            let io = Counted {
+                io: tcp,
+                _permit: permit,
+                // Read on the thread that serves it; an upgraded socket
+                // keeps it (hyper hands this I/O object to the WebSocket).
+                _on_shard: on_shard.connection_here(),
+            };
+            let timeout = limits.request_head_timeout;
+            match limits.tls {
+                None => serve_connection(io, peer, router, timeout, stop).await,
+                Some(tls) => {
+                    serve_tls_connection(tls, metrics, io, peer, router, timeout, stop).await
+                }
+            }
+        });
+    }
 }
 
 /// The TLS handshake, under the request-head deadline, then HTTP over it.
@@ -377,6 +506,8 @@ impl Drop for ConnPermit {
 struct Counted {
     io: TcpStream,
     _permit: ConnPermit,
+    /// `examwatch_shard_connections` of the shard it is served on.
+    _on_shard: Option<OnShard>,
 }
 
 impl AsyncRead for Counted {

@@ -18,7 +18,9 @@
 //!    returns `Ok` (exit 0).
 //!
 //! axum's graceful shutdown does not wait for upgraded sockets, so every
-//! connection and room is spawned on our own [`TaskTracker`].
+//! connection and room is spawned on our own [`TaskTracker`]. Those tasks
+//! run on the shard threads (`server.shards`, [`crate::shard`]), which end
+//! last, after the tracker is empty.
 
 use std::{
     net::SocketAddr,
@@ -41,6 +43,7 @@ use crate::{
     metrics::Metrics,
     room::{ConnId, Registry, RoomContext},
     roster::RosterCache,
+    shard::{ShardThreads, Shards},
     store::{
         Store,
         writer::{Writer, WriterTask},
@@ -99,6 +102,8 @@ pub struct Shared {
     /// This instance's batches forwarded to the instance holding their
     /// session, waiting for its answer ([`crate::sse::forward`]).
     pub forwards: crate::sse::forward::Forwards,
+    /// The shard threads' runtimes (`server.shards`; empty when off).
+    pub shards: Shards,
     draining: AtomicBool,
     next_conn: AtomicU64,
 }
@@ -119,6 +124,12 @@ pub struct App {
     admin: TcpListener,
     limits: ListenerLimits,
     writer_task: WriterTask,
+    /// The public listener's connections and the rooms run on these
+    /// (`server.shards`); empty when off.
+    shards: Shards,
+    /// Their threads: ended last in `run`, or when an app that never ran
+    /// is dropped.
+    shard_threads: ShardThreads,
 }
 
 impl App {
@@ -158,6 +169,15 @@ impl App {
             )
         })?;
         let metrics = Arc::new(Metrics::new(&instance_id));
+        let (shards, shard_threads) = Shards::start(settings.server.shards.resolve(), &metrics)
+            .context("cannot start the shard threads (server.shards)")?;
+        if !shards.is_empty() {
+            tracing::info!(
+                shards = shards.len(),
+                tls = tls.is_some(),
+                "exams sharded over threads (server.shards)"
+            );
+        }
         let (writer, writer_task) =
             Writer::spawn(store.clone(), &settings.database, metrics.db.clone());
         let keys = Keys::from_settings(&settings.auth, &settings.server.data_dir)?;
@@ -216,6 +236,7 @@ impl App {
             writer: writer.clone(),
             broker: broker.clone(),
             rosters: rosters.clone(),
+            shards: shards.clone(),
         });
         tokio::spawn(metrics.clone().upkeep(shutdown.clone()));
         tokio::spawn(crate::room::scheduler::run(
@@ -264,6 +285,7 @@ impl App {
             answered_reads: Default::default(),
             http_sessions: Default::default(),
             forwards: Default::default(),
+            shards: shards.clone(),
             settings,
             keys: Arc::new(keys),
             registry,
@@ -285,6 +307,8 @@ impl App {
             admin,
             limits,
             writer_task,
+            shards,
+            shard_threads,
         })
     }
 
@@ -312,6 +336,8 @@ impl App {
             admin,
             limits,
             writer_task,
+            shards,
+            shard_threads,
         } = self;
         let addr = listener.local_addr()?;
         let admin_addr = admin.local_addr()?;
@@ -328,6 +354,7 @@ impl App {
             listener,
             http::router(state.clone()),
             limits.clone(),
+            shards,
             state.metrics.clone(),
             accepting.clone(),
         ));
@@ -342,6 +369,7 @@ impl App {
             admin,
             http::admin_router(state.clone()),
             admin_limits,
+            Shards::default(), // the operators' listener stays on the main runtime
             state.metrics.clone(),
             token.clone(),
         ));
@@ -427,6 +455,9 @@ impl App {
             }
             Err(_) => tracing::warn!("HTTP server did not stop in time"),
         }
+        // Last: every connection and room on them has ended (or was
+        // abandoned at a deadline above, and is dropped with its shard).
+        shard_threads.end();
         tracing::info!(closed_tasks = open, "shutdown complete");
         Ok(())
     }

@@ -95,6 +95,61 @@ pub struct ServerSettings {
     pub client_ip_header: crate::client_ip::ClientIpHeader,
     /// TLS on the public listener (HTTPS and wss), in-process.
     pub tls: TlsSettings,
+    /// Shard threads (src/shard.rs): each runs its own single-threaded
+    /// runtime, and an exam's connections and room run on the one its id
+    /// hashes to, so an event crosses no thread. `"auto"` (the default):
+    /// one per core the process may use; `0`: off, everything on the main
+    /// runtime's worker threads.
+    pub shards: ShardCount,
+}
+
+/// More shard threads than this is a typo, not a machine.
+const MAX_SHARDS: usize = 1024;
+
+/// `server.shards`: `"auto"` or a number of threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShardCount {
+    /// One per core (`std::thread::available_parallelism`).
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl ShardCount {
+    /// The number of shard threads to start (0: shards off).
+    pub fn resolve(self) -> usize {
+        match self {
+            ShardCount::Auto => crate::shard::auto_count(),
+            ShardCount::Count(n) => n,
+        }
+    }
+}
+
+impl Serialize for ShardCount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ShardCount::Auto => s.serialize_str("auto"),
+            ShardCount::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ShardCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Word(String),
+        }
+        let bad =
+            || <D::Error as serde::de::Error>::custom("expected \"auto\" or a number of threads");
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => usize::try_from(n).map(ShardCount::Count).map_err(|_| bad()),
+            Raw::Word(w) if w.trim().eq_ignore_ascii_case("auto") => Ok(ShardCount::Auto),
+            Raw::Word(w) => w.trim().parse().map(ShardCount::Count).map_err(|_| bad()),
+        }
+    }
 }
 
 /// TLS in-process (`src/tls.rs`): with both files set, `server.bind`
@@ -143,6 +198,7 @@ impl Default for ServerSettings {
             trusted_proxies: Default::default(),
             client_ip_header: Default::default(),
             tls: TlsSettings::default(),
+            shards: ShardCount::Auto,
         }
     }
 }
@@ -864,6 +920,14 @@ impl Settings {
             self.database.max_connections > 0,
         )?;
         positive("database.batch_max", self.database.batch_max > 0)?;
+        if let ShardCount::Count(n) = self.server.shards
+            && n > MAX_SHARDS
+        {
+            return Err(ConfigError::Invalid {
+                key: "server.shards",
+                problem: format!("at most {MAX_SHARDS} threads (0 = off, \"auto\" = one per core)"),
+            });
+        }
         positive("database.queue_limit", self.database.queue_limit > 0)?;
         if !(self.database.url.starts_with("sqlite:")
             || self.database.url.starts_with("postgres://")
@@ -1173,6 +1237,34 @@ mod tests {
             jail.set_env("EXAMWATCH__SERVER__TLS__RELOAD_INTERVAL", "0s");
             let err = Settings::load(None).unwrap_err().to_string();
             assert!(err.contains("server.tls.reload_interval"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn shards_are_auto_a_number_or_off() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(
+                Settings::load(None).unwrap().server.shards,
+                ShardCount::Auto
+            );
+            assert!(ShardCount::Auto.resolve() >= 1);
+            jail.create_file("s.toml", "[server]\nshards = \"auto\"\n")?;
+            let s = Settings::load(Some("s.toml".as_ref())).unwrap();
+            assert_eq!(s.server.shards, ShardCount::Auto);
+            jail.set_env("EXAMWATCH__SERVER__SHARDS", "0");
+            assert_eq!(Settings::load(None).unwrap().server.shards.resolve(), 0);
+            jail.set_env("EXAMWATCH__SERVER__SHARDS", "3");
+            assert_eq!(
+                Settings::load(None).unwrap().server.shards,
+                ShardCount::Count(3)
+            );
+            jail.set_env("EXAMWATCH__SERVER__SHARDS", "many");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("server.shards"), "{err}");
+            jail.set_env("EXAMWATCH__SERVER__SHARDS", "100000");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(err.contains("server.shards"), "{err}");
             Ok(())
         });
     }

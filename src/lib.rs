@@ -9,6 +9,7 @@
 //! - [`app`]: building the server and shutting it down gracefully;
 //! - [`accept`], [`tls`]: the accept loop's limits, and HTTPS/wss in-process
 //!   (rustls) with certificate reloads;
+//! - [`shard`]: an exam's sockets and room on one thread (`server.shards`);
 //! - [`drain`]: rolling restarts, sockets closed 1012 over `server.drain_window`;
 //! - [`rebalance`]: an instance above the fleet's average sheds the excess
 //!   (1012 "rebalance"), so a new instance gets its share of the clients;
@@ -48,6 +49,7 @@ pub mod rebalance;
 pub mod revocations;
 pub mod room;
 pub mod roster;
+pub mod shard;
 pub mod sse;
 pub mod store;
 pub mod telemetry;

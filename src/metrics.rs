@@ -404,6 +404,15 @@ impl Metrics {
         }
     }
 
+    /// A per-shard gauge (`examwatch_shard_connections`,
+    /// `examwatch_shard_rooms`), registered when the shards start: their
+    /// number is only known then.
+    pub fn shard_gauge(&self, name: &'static str, shard: usize) -> Gauge {
+        let labels = vec![Label::new("shard", shard.to_string())];
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &metadata())
+    }
+
     /// The open-sockets gauge of a role (`examwatch_connections_open`).
     pub fn connections_open(&self, role: Role) -> &Gauge {
         &self.connections_open[role_index(role)]

@@ -60,6 +60,16 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
     ),
     ("examwatch_rooms", Kind::Gauge, "Exam rooms in memory"),
     (
+        "examwatch_shard_connections",
+        Kind::Gauge,
+        "Open connections (HTTP, WebSocket, SSE) served by each shard thread, by shard (0 to server.shards - 1; no series with server.shards = 0)",
+    ),
+    (
+        "examwatch_shard_rooms",
+        Kind::Gauge,
+        "Exam rooms running on each shard thread, by shard (an exam's room runs on the shard its id hashes to; no series with server.shards = 0)",
+    ),
+    (
         "examwatch_messages_in_total",
         Kind::Counter,
         "WebSocket text frames received from clients, by client message type; invalid = not a valid client message (bad JSON, unknown type, bad fields), unread = refused before parsing (over limits.max_message_bytes or the message rate); pings, pongs and close frames not counted",

@@ -566,6 +566,9 @@ pub struct RoomContext {
     /// phase change arrives, so a student denied, terminated or allowed
     /// elsewhere is judged by the new rule at their next handshake here.
     pub rosters: crate::roster::RosterCache,
+    /// Where rooms run: on the shard of their exam id, with the sockets
+    /// the accept loop routed there by the same hash.
+    pub shards: crate::shard::Shards,
 }
 
 /// The live rooms of this instance.
@@ -619,7 +622,16 @@ impl Registry {
             self.ctx.clone(),
             handle.tx.downgrade(),
         );
-        self.ctx.tracker.spawn(room.run(rx));
+        // On the exam's shard whoever starts it (a socket there, a REST
+        // call, the broker, the scheduler), so it lives with its sockets.
+        let shards = self.ctx.shards.clone();
+        let shard = shards.for_exam(exam_id);
+        self.ctx
+            .shards
+            .spawn_on(shard, &self.ctx.tracker, async move {
+                let _counted = shards.room_here();
+                room.run(rx).await;
+            });
         handle
     }
 

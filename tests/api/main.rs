@@ -43,6 +43,7 @@ mod roles;
 mod rollout;
 mod rooms;
 mod sessions;
+mod shards;
 mod snapshots;
 mod sse;
 mod sse_student;

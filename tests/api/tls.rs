@@ -346,6 +346,31 @@ async fn wss_carries_the_protocol_and_https_serves_rest() {
     assert!(ready.status().is_success(), "{}", ready.status());
 }
 
+/// With shards, TLS connections are spread round robin (the path is inside
+/// the TLS stream) and served on the shard threads: the protocol works the
+/// same across them.
+#[tokio::test]
+async fn with_shards_wss_sockets_are_served_on_the_shard_threads() {
+    let ca = Ca::new("one");
+    let (app, _files, _) = tls_app(&ca, |s| {
+        s.server.shards = examwatch::config::ShardCount::Count(2);
+    })
+    .await;
+    let client = ca.client();
+    let (mut teacher, mut student, _, _) = teacher_and_student(&app, &client).await;
+    progress_reaches_the_teacher(&mut student, &mut teacher, 1).await;
+    let on = |i: &str| app.metric_where("examwatch_shard_connections", &[("shard", i)]);
+    eventually("the two sockets counted on the shards", || {
+        on("0") + on("1") == 2
+    })
+    .await;
+    assert_eq!(
+        app.metric_where("examwatch_shard_rooms", &[]),
+        1,
+        "the room is on a shard"
+    );
+}
+
 #[tokio::test]
 async fn clients_that_do_not_trust_it_or_do_not_speak_tls_1_2_are_refused() {
     let ca = Ca::new("one");
