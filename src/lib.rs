@@ -39,6 +39,7 @@ pub mod demo;
 pub mod drain;
 pub mod health;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;

@@ -24,7 +24,8 @@ use crate::{
     app::AppState,
     auth::{Claims, Role},
     protocol::{ErrorCode, Label, ServerMsg},
-    revocations::{LiveGuard, TokenId},
+    live::Listed,
+    revocations::TokenId,
     room::{Kick, close},
 };
 
@@ -165,7 +166,7 @@ impl Connection {
 /// connection when dropped), and its refused messages.
 pub(super) struct Standing {
     pub(super) exp: u64,
-    pub(super) live: LiveGuard,
+    pub(super) live: Listed,
     pub(super) bad: BadBudget,
 }
 
