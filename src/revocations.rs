@@ -102,7 +102,12 @@ impl Jti {
     pub fn new(text: &str) -> Self {
         match uuid::Uuid::try_parse(text) {
             // Only the canonical form: its text must come back exactly.
-            Ok(id) if *id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()) == *text => {
+            Ok(id)
+                if *id
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    == *text =>
+            {
                 Jti::Uuid(id)
             }
             _ => Jti::Other(text.into()),
@@ -112,7 +117,9 @@ impl Jti {
     /// Calls `f` with the `jti`'s text (a UUID's formatted on the stack).
     fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         match self {
-            Jti::Uuid(id) => f(id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer())),
+            Jti::Uuid(id) => f(id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())),
             Jti::Other(text) => f(text),
         }
     }
@@ -432,7 +439,6 @@ impl Revocations {
         // holding it cannot leave a half-updated entry.
         self.index.write().unwrap_or_else(|p| p.into_inner())
     }
-
 }
 
 /// The one check every handshake, ticket and REST call makes: 403

@@ -217,7 +217,10 @@ mod tests {
         let checks = (0..20).map(|i| cache.check(&store, "e1", ["s1", "s2"][i % 2], false));
         let answers = futures_util::future::join_all(checks).await;
         // No such exam: every one refused, from one read.
-        assert!(answers.iter().all(|a| *a == Admission::NotOpen), "{answers:?}");
+        assert!(
+            answers.iter().all(|a| *a == Admission::NotOpen),
+            "{answers:?}"
+        );
         assert_eq!(cache.reads(), 1, "one read for 20 concurrent misses");
         // Cached now; a change makes the next check read again.
         cache.check(&store, "e1", "s1", false).await;

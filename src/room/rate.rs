@@ -369,7 +369,11 @@ mod tests {
         // Bursts of 4: shared, the two connections together get 4.
         let taken = (0..4)
             .filter(|i| {
-                let b = if i % 2 == 0 { &bucket } else { &other_connection };
+                let b = if i % 2 == 0 {
+                    &bucket
+                } else {
+                    &other_connection
+                };
                 b.allow(&limits).is_ok()
             })
             .count();

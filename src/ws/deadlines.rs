@@ -179,6 +179,10 @@ mod tests {
         assert_eq!(d.next(), at(t0, 2));
         assert_eq!(d.due(at(t0, 2)), Some(Due::FirstMessage));
         d.heard(at(t0, 2));
-        assert_eq!(d.due(at(t0, 2)), Some(Due::FirstMessage), "a ping is not a message");
+        assert_eq!(
+            d.due(at(t0, 2)),
+            Some(Due::FirstMessage),
+            "a ping is not a message"
+        );
     }
 }

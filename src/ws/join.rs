@@ -4,7 +4,6 @@
 //! the previous client, a control record changed a moment ago), read
 //! concurrently so a join pays one round trip.
 
-
 use tokio::sync::oneshot;
 
 use super::Connection;

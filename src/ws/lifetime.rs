@@ -23,8 +23,8 @@ use super::{Connection, Ending, guarded};
 use crate::{
     app::AppState,
     auth::{Claims, Role},
-    protocol::{ErrorCode, Label, ServerMsg},
     live::Listed,
+    protocol::{ErrorCode, Label, ServerMsg},
     revocations::TokenId,
     room::{Kick, close},
 };
