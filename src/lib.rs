@@ -10,6 +10,8 @@
 //! - [`accept`], [`tls`]: the accept loop's limits, and HTTPS/wss in-process
 //!   (rustls) with certificate reloads;
 //! - [`drain`]: rolling restarts, sockets closed 1012 over `server.drain_window`;
+//! - [`live`]: the one registry of open sockets and event streams, read by the
+//!   drain and by revocations;
 //! - [`health`]: the readiness check that opens a WebSocket to ourselves;
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
 //! - [`auth`]: JWT verification and the handshake checks;
