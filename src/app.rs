@@ -86,9 +86,10 @@ pub struct Shared {
     /// Revoked tokens and the live connections they close
     /// (`POST /v1/revocations`, [`crate::revocations`]).
     pub revocations: Arc<crate::revocations::Revocations>,
-    /// The open WebSockets and event streams, for a rolling restart's
-    /// spread close (and a rebalance's).
-    pub drain: Arc<crate::drain::Drain>,
+    /// The open WebSockets and event streams, one registry for a rolling
+    /// restart's spread close, a rebalance's shedding and revocations
+    /// ([`crate::live`]).
+    pub live: Arc<crate::live::Live>,
     /// Rebalancing across the fleet ([`crate::rebalance`]).
     pub rebalancer: crate::rebalance::Rebalancer,
     /// The WebSocket loopback check's last result, for `/readyz`.
@@ -216,13 +217,14 @@ impl App {
         };
         // Loaded before the first handshake: a restarted instance refuses
         // what was revoked before it started.
-        let revocations = Arc::new(crate::revocations::Revocations::default());
+        let open = Arc::new(crate::live::Live::default());
+        let revocations = Arc::new(crate::revocations::Revocations::new(open.clone()));
         let now = crate::store::now_ms();
-        let live = store
+        let stored = store
             .live_revocations(now)
             .await
             .context("cannot read the token revocations from the database")?;
-        revocations.load(live, now);
+        revocations.load(stored, now);
         let rosters = RosterCache::default();
         let registry = Registry::new(RoomContext {
             settings: Arc::new(settings.exam.clone()),
@@ -279,7 +281,7 @@ impl App {
             handshake_guard: Arc::new(crate::ratelimit::HandshakeGuard::new(&settings)),
             tickets,
             revocations,
-            drain: Arc::default(),
+            live: open,
             rebalancer: crate::rebalance::Rebalancer::new(&settings.cluster),
             health: Arc::new(crate::health::Health::new(&settings.server)),
             answered_reads: Default::default(),
@@ -398,7 +400,7 @@ impl App {
         tracing::info!(
             drain_delay_ms = settings.drain_delay.as_millis() as u64,
             drain_window_ms = settings.drain_window.as_millis() as u64,
-            sockets = state.drain.open(),
+            sockets = state.live.open(),
             "shutting down: not ready any more, not accepting"
         );
         tokio::time::sleep(settings.drain_delay).await;
@@ -413,11 +415,11 @@ impl App {
         if let Some(redis) = &redis {
             redis.start_draining().await;
         }
-        let closed = state.drain.close_spread(settings.drain_window).await;
+        let closed = state.live.close_spread(settings.drain_window).await;
         let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-        if !state.drain.closed_by(deadline).await {
+        if !state.live.closed_by(deadline).await {
             tracing::warn!(
-                sockets = state.drain.open(),
+                sockets = state.live.open(),
                 "shutdown timeout: sockets still closing"
             );
         }
@@ -429,6 +431,10 @@ impl App {
             redis.retire().await;
         }
         token.cancel();
+        // Connections wait for no shutdown signal of their own (ws::pump):
+        // any the drain's kick missed get one now (a kick's first reason
+        // wins, so those it reached keep their 1012).
+        state.live.kick_all(crate::room::close::GOING_AWAY);
         state.tracker.close();
         let open = state.tracker.len();
         if tokio::time::timeout_at(deadline, state.tracker.wait())

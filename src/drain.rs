@@ -4,7 +4,7 @@
 //! Closing every socket at the same instant (what a plain shutdown does)
 //! sends a whole instance's clients to the others in the same second: a
 //! reconnect storm of handshakes, lease claims and snapshots. Instead
-//! [`App::run`](crate::app::App::run) asks [`Drain::close_spread`] to kick
+//! [`App::run`](crate::app::App::run) asks [`Live::close_spread`] to kick
 //! connection *i* of *n* with close 1012 ("service restart") at
 //! `i × window / n`; the client library adds a random wait of its own
 //! (`restartJitterMs`) before it reconnects.
@@ -17,64 +17,22 @@
 //! one, and a teacher here is back (resumed with `last_seq`) while the
 //! rest of the exam is still moving.
 //!
-//! The kick is the connection's own [`Kick`]: queued frames still go out
+//! The connections are those of the one registry of open connections
+//! ([`crate::live`]), which revocations read too.
+//!
+//! The kick is the connection's own [`Kick`](crate::room::Kick): queued frames still go out
 //! before the close (see `ws::pump`), and the room learns why the socket
 //! went (`Kick::reason`), so a restart is neither a drop that counts
 //! towards a network incident nor anything but the normal grace period.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::room::{ConnId, Kick, close};
-
-/// The connections open on this instance (WebSockets and Server-Sent
-/// Events streams), for the drain.
-#[derive(Default)]
-pub struct Drain {
-    /// A std mutex: held to insert, remove or copy, never across an await.
-    inner: Mutex<State>,
-    /// Woken when the last listed connection is gone.
-    emptied: tokio::sync::Notify,
-}
-
-#[derive(Default)]
-struct State {
-    open: HashMap<ConnId, Entry>,
-    /// Once set, a connection that registers is kicked at once (it was
-    /// accepted just before the listener stopped, and joined after the
-    /// drain took its list).
-    started: bool,
-}
-
-struct Entry {
-    exam: Arc<str>,
-    watcher: bool,
-    kick: Kick,
-}
-
-/// Removes its connection from the drain's list when dropped.
-pub struct Registered {
-    drain: Arc<Drain>,
-    conn: ConnId,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        let empty = {
-            let mut s = self.drain.lock();
-            s.open.remove(&self.conn);
-            s.open.is_empty()
-        };
-        if empty {
-            self.drain.emptied.notify_waiters();
-        }
-    }
-}
+use crate::{
+    live::Live,
+    room::{ConnId, Kick, close},
+};
 
 /// One open connection as the ordering sees it.
 #[derive(Debug, Clone)]
@@ -84,43 +42,9 @@ pub struct Member {
     pub watcher: bool,
 }
 
-impl Drain {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Plain inserts and removals: a poisoned map is still a valid map.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Lists a connection until the returned guard is dropped.
-    pub fn register(
-        self: &Arc<Self>,
-        conn: ConnId,
-        exam: &Arc<str>,
-        watcher: bool,
-        kick: &Kick,
-    ) -> Registered {
-        let mut s = self.lock();
-        if s.started {
-            kick.kick(close::RESTART);
-        }
-        s.open.insert(
-            conn,
-            Entry {
-                exam: exam.clone(),
-                watcher,
-                kick: kick.clone(),
-            },
-        );
-        Registered {
-            drain: self.clone(),
-            conn,
-        }
-    }
-
-    /// Connections still open.
-    pub fn open(&self) -> usize {
-        self.lock().open.len()
-    }
-
+/// The drain over the registry of open connections ([`crate::live`]), and
+/// what a rebalance reads of it (src/rebalance).
+impl Live {
     /// Open connections by role, for the fleet's counts (src/rebalance).
     pub fn counts(&self) -> crate::rebalance::Counts {
         let s = self.lock();
@@ -136,18 +60,18 @@ impl Drain {
     /// (it closes them all anyway).
     pub fn candidates(&self) -> Vec<(ConnId, bool, Kick)> {
         let s = self.lock();
-        if s.started {
+        if s.restarting {
             return Vec::new();
         }
         s.open
             .iter()
-            .map(|(conn, e)| (*conn, e.watcher, e.kick.clone()))
+            .map(|(conn, e)| (*conn, e.watcher, e.out.kick.clone()))
             .collect()
     }
 
     /// Whether a rolling restart began (a rebalance then stops shedding).
     pub fn restarting(&self) -> bool {
-        self.lock().started
+        self.lock().restarting
     }
 
     /// Whether a connection is still listed.
@@ -162,7 +86,7 @@ impl Drain {
     pub async fn close_spread(&self, window: Duration) -> usize {
         let members: Vec<Member> = {
             let mut s = self.lock();
-            s.started = true;
+            s.restarting = true;
             s.open
                 .iter()
                 .map(|(conn, e)| Member {
@@ -178,12 +102,22 @@ impl Drain {
         for (i, conn) in order.into_iter().enumerate() {
             tokio::time::sleep_until(start + close_at(i, n, window)).await;
             // Gone already (closed by its client, kicked for another reason).
-            let kick = self.lock().open.get(&conn).map(|e| e.kick.clone());
+            let kick = self.lock().open.get(&conn).map(|e| e.out.kick.clone());
             if let Some(kick) = kick {
                 kick.kick(close::RESTART);
             }
         }
         n
+    }
+
+    /// Kicks every open connection with `reason` (the shutdown, after the
+    /// drain: a connection its kick missed still ends); how many.
+    pub fn kick_all(&self, reason: crate::room::CloseReason) -> usize {
+        let s = self.lock();
+        for e in s.open.values() {
+            e.out.kick.kick(reason.clone());
+        }
+        s.open.len()
     }
 
     /// Waits, until `deadline` at most, for every listed connection to
@@ -289,16 +223,29 @@ mod tests {
         assert!(pos(1) < pos(2) && pos(2) < pos(3) && pos(3) < pos(4));
     }
 
+    fn listed(
+        drain: &Arc<Live>,
+        conn: ConnId,
+        exam: &Arc<str>,
+    ) -> (crate::live::Listed, crate::room::Kick) {
+        let (tx, _rx, kick) = crate::room::queue::queue(4);
+        let out = crate::room::Outbox {
+            tx,
+            kick: kick.clone(),
+            lane: crate::metrics::SlowPath::StudentQueue,
+        };
+        let token = crate::revocations::TokenId::new("s1".into(), None, None);
+        (drain.insert(conn, exam.clone(), false, token, out), kick)
+    }
+
     #[tokio::test]
     async fn a_connection_joining_after_the_drain_started_is_kicked_at_once() {
-        let drain = Arc::new(Drain::default());
-        let (_tx, _rx, kick) = crate::room::queue::queue(4);
+        let drain = Arc::new(Live::default());
         let exam: Arc<str> = "e1".into();
-        let first = drain.register(1, &exam, false, &kick);
+        let (first, kick) = listed(&drain, 1, &exam);
         assert_eq!(drain.close_spread(Duration::ZERO).await, 1);
         assert_eq!(kick.reason(), Some(close::RESTART));
-        let (_tx2, _rx2, late) = crate::room::queue::queue(4);
-        let second = drain.register(2, &exam, false, &late);
+        let (second, late) = listed(&drain, 2, &exam);
         assert_eq!(late.reason(), Some(close::RESTART));
         drop(first);
         assert_eq!(drain.open(), 1);

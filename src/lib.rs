@@ -13,6 +13,8 @@
 //! - [`drain`]: rolling restarts, sockets closed 1012 over `server.drain_window`;
 //! - [`rebalance`]: an instance above the fleet's average sheds the excess
 //!   (1012 "rebalance"), so a new instance gets its share of the clients;
+//! - [`live`]: the one registry of open sockets and event streams, read by the
+//!   drain, a rebalance and revocations;
 //! - [`health`]: the readiness check that opens a WebSocket to ourselves;
 //! - [`http`]: routes, the JSON error shape, health/readiness/metrics;
 //! - [`auth`]: JWT verification and the handshake checks;
@@ -42,6 +44,7 @@ pub mod demo;
 pub mod drain;
 pub mod health;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;

@@ -27,19 +27,21 @@
 //! have missed some.
 //!
 //! Applying an entry also closes this instance's live connections it
-//! covers: every WebSocket and SSE stream registers here ([`LiveGuard`])
-//! with the token it currently speaks for (a `refresh` replaces it), and
-//! gets `error token_revoked` then close 4403.
+//! covers: every WebSocket and SSE stream registers ([`Revocations::register`],
+//! into the instance's one registry of open connections, [`crate::live`],
+//! which the drain reads too) with the token it currently speaks for (a
+//! `refresh` replaces it), and gets `error token_revoked` then close 4403.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
 };
 
 use serde::Serialize;
 
 use crate::{
     auth::Claims,
+    live::{Listed, Live},
     protocol::{ErrorCode, ServerMsg, Timestamp},
     room::{ConnId, Outbox, close},
 };
@@ -82,11 +84,56 @@ fn as_rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenId {
     pub sub: Arc<str>,
-    pub jti: Option<Arc<str>>,
+    pub jti: Option<Jti>,
     pub iat: Option<u64>,
 }
 
+/// A token's `jti`, kept for as long as its connection lives: 16 bytes
+/// inline when it is a UUID in its canonical text (lower case, hyphens),
+/// what identity providers mostly issue, instead of a 36-byte string on the
+/// heap; any other text as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Jti {
+    Uuid(uuid::Uuid),
+    Other(Arc<str>),
+}
+
+impl Jti {
+    pub fn new(text: &str) -> Self {
+        match uuid::Uuid::try_parse(text) {
+            // Only the canonical form: its text must come back exactly.
+            Ok(id)
+                if *id
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer())
+                    == *text =>
+            {
+                Jti::Uuid(id)
+            }
+            _ => Jti::Other(text.into()),
+        }
+    }
+
+    /// Calls `f` with the `jti`'s text (a UUID's formatted on the stack).
+    fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            Jti::Uuid(id) => f(id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())),
+            Jti::Other(text) => f(text),
+        }
+    }
+}
+
 impl TokenId {
+    pub fn new(sub: Arc<str>, jti: Option<&str>, iat: Option<u64>) -> Self {
+        Self {
+            sub,
+            jti: jti.map(Jti::new),
+            iat,
+        }
+    }
+
     pub fn of(claims: &Claims) -> Self {
         Self::with_sub(claims, claims.sub.as_str().into())
     }
@@ -95,18 +142,25 @@ impl TokenId {
     /// connection's user id is the same string: one allocation, not two).
     pub fn with_sub(claims: &Claims, sub: Arc<str>) -> Self {
         debug_assert_eq!(*sub, *claims.sub);
-        Self {
-            sub,
-            jti: claims.jti.as_deref().map(Into::into),
-            iat: claims.iat,
-        }
+        Self::new(sub, claims.jti.as_deref(), claims.iat)
     }
 
-    fn as_ref(&self) -> TokenRef<'_> {
-        TokenRef {
-            sub: &self.sub,
-            jti: self.jti.as_deref(),
-            iat: self.iat,
+    /// Calls `f` with the id borrowed.
+    fn with_ref<R>(&self, f: impl FnOnce(TokenRef<'_>) -> R) -> R {
+        let (sub, iat) = (&*self.sub, self.iat);
+        match &self.jti {
+            Some(jti) => jti.with_str(|jti| {
+                f(TokenRef {
+                    sub,
+                    jti: Some(jti),
+                    iat,
+                })
+            }),
+            None => f(TokenRef {
+                sub,
+                jti: None,
+                iat,
+            }),
         }
     }
 }
@@ -133,7 +187,7 @@ impl<'a> TokenRef<'a> {
 impl Revocation {
     /// Does this entry refuse `token` at `now_ms`?
     pub fn covers(&self, token: &TokenId, now_ms: i64) -> bool {
-        self.covers_ref(token.as_ref(), now_ms)
+        token.with_ref(|token| self.covers_ref(token, now_ms))
     }
 
     fn covers_ref(&self, token: TokenRef<'_>, now_ms: i64) -> bool {
@@ -241,24 +295,28 @@ impl Index {
     }
 }
 
-/// A connection that closes when a revocation covers its token.
-struct Live {
-    token: TokenId,
-    out: Outbox,
-}
-
-/// This instance's revocation set and live connections (see the module doc).
-#[derive(Default)]
+/// This instance's revocation set, and the open connections it closes
+/// (see the module doc).
 pub struct Revocations {
     /// A std RwLock: read at every handshake, written only by a revocation
     /// or a prune; no await while held.
     index: RwLock<Index>,
-    /// A std Mutex: a connection's register/update/drop, and a
-    /// revocation's scan, are each one short critical section.
-    live: Mutex<HashMap<ConnId, Live>>,
+    /// The registry of open connections, shared with the drain
+    /// ([`crate::live`]): a connection's register/update/drop, and a
+    /// revocation's scan, are each one short critical section under its
+    /// std Mutex.
+    live: Arc<Live>,
 }
 
 impl Revocations {
+    /// An empty set over the instance's registry of open connections.
+    pub fn new(live: Arc<Live>) -> Self {
+        Self {
+            index: RwLock::default(),
+            live,
+        }
+    }
+
     /// Adds the stored `entries` to the set (start-up, or a reload after
     /// Redis was away) and closes the live connections any of them covers.
     /// A merge, not a replacement: entries are only ever added (or end), so
@@ -291,9 +349,9 @@ impl Revocations {
         }
         // Not under the index lock: a connection registering meanwhile
         // checks the index after it is in `live` (see `register`).
-        let live = self.lock_live();
+        let live = self.live.lock();
         let mut closed = 0;
-        for conn in live.values() {
+        for conn in live.open.values() {
             if entry.covers(&conn.token, now_ms) {
                 revoke(&conn.out);
                 closed += 1;
@@ -307,9 +365,8 @@ impl Revocations {
         self.is_revoked_ref(TokenRef::of(claims), crate::store::now_ms())
     }
 
-    #[cfg(test)]
     fn is_revoked_id(&self, token: &TokenId, now_ms: i64) -> bool {
-        self.is_revoked_ref(token.as_ref(), now_ms)
+        token.with_ref(|token| self.is_revoked_ref(token, now_ms))
     }
 
     fn is_revoked_ref(&self, token: TokenRef<'_>, now_ms: i64) -> bool {
@@ -335,32 +392,34 @@ impl Revocations {
         self.index_mut().retain_live(now_ms);
     }
 
-    /// Registers a live connection with its token, until the guard drops.
-    /// A token revoked between the handshake's check and now is closed at
-    /// once (so no revocation slips between the two).
-    pub fn register(self: &Arc<Self>, conn: ConnId, token: TokenId, out: Outbox) -> LiveGuard {
-        let revoked_now = {
-            self.lock_live().insert(
-                conn,
-                Live {
-                    token: token.clone(),
-                    out: out.clone(),
-                },
-            );
-            self.is_revoked_ref(token.as_ref(), crate::store::now_ms())
-        };
-        if revoked_now {
+    /// Lists an open connection (a socket or an event stream) in the
+    /// instance's registry ([`crate::live`]), with its exam and role for the
+    /// drain and its token for revocations, until the guard drops. A token
+    /// revoked between the handshake's check and now is closed at once (so
+    /// no revocation slips between the two: [`Self::apply`] adds to the
+    /// index before it scans the registry, this lists before it checks).
+    pub fn register(
+        &self,
+        conn: ConnId,
+        exam: Arc<str>,
+        watcher: bool,
+        token: TokenId,
+        out: Outbox,
+    ) -> Listed {
+        let listed = self
+            .live
+            .insert(conn, exam, watcher, token.clone(), out.clone());
+        // Not under the registry's lock (the index's is taken after it
+        // elsewhere).
+        if self.is_revoked_id(&token, crate::store::now_ms()) {
             revoke(&out);
         }
-        LiveGuard {
-            set: self.clone(),
-            conn,
-        }
+        listed
     }
 
     /// How many connections are registered (tests, diagnostics).
     pub fn live_connections(&self) -> usize {
-        self.lock_live().len()
+        self.live.open()
     }
 
     fn close_covered(&self, now_ms: i64) {
@@ -368,8 +427,8 @@ impl Revocations {
         if index.by_id.is_empty() {
             return;
         }
-        for conn in self.lock_live().values() {
-            if index.covering(conn.token.as_ref(), now_ms) {
+        for conn in self.live.lock().open.values() {
+            if conn.token.with_ref(|token| index.covering(token, now_ms)) {
                 revoke(&conn.out);
             }
         }
@@ -379,31 +438,6 @@ impl Revocations {
         // Each write replaces or extends the index whole: a panic while
         // holding it cannot leave a half-updated entry.
         self.index.write().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Live>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Keeps a connection registered; unregisters it when dropped.
-pub struct LiveGuard {
-    set: Arc<Revocations>,
-    conn: ConnId,
-}
-
-impl LiveGuard {
-    /// The connection now speaks for another token (an accepted `refresh`).
-    pub fn update(&self, token: TokenId) {
-        if let Some(live) = self.set.lock_live().get_mut(&self.conn) {
-            live.token = token;
-        }
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.set.lock_live().remove(&self.conn);
     }
 }
 
@@ -454,11 +488,7 @@ mod tests {
     }
 
     fn token(sub: &str, jti: Option<&str>, iat: Option<u64>) -> TokenId {
-        TokenId {
-            sub: sub.into(),
-            jti: jti.map(Into::into),
-            iat,
-        }
+        TokenId::new(sub.into(), jti, iat)
     }
 
     #[test]
@@ -493,7 +523,7 @@ mod tests {
 
     #[test]
     fn the_set_looks_up_by_jti_and_sub_and_forgets_expired_entries() {
-        let set = Revocations::default();
+        let set = Revocations::new(Arc::default());
         let t0 = 1_800_000_000_000;
         set.apply(entry("r1", Some("s1"), None, t0), t0);
         set.apply(entry("r2", None, Some("j9"), t0), t0);
@@ -511,7 +541,7 @@ mod tests {
 
     #[test]
     fn a_reload_adds_to_the_set_and_never_forgets_an_entry_applied_meanwhile() {
-        let set = Revocations::default();
+        let set = Revocations::new(Arc::default());
         let t0 = 1_800_000_000_000;
         // Applied from the broker while the reload's query ran: the rows
         // read do not have it yet.
@@ -529,6 +559,27 @@ mod tests {
         set.apply(entry("r4", Some("s4"), None, t0 + 2_000), t0 + 2_000);
         let ids: Vec<String> = set.list(t0).into_iter().map(|e| e.id).collect();
         assert_eq!(ids, ["r1", "r2", "r4"], "r3 ended and was forgotten");
+    }
+
+    #[test]
+    fn a_uuid_jti_is_kept_inline_and_still_matches_its_text() {
+        let uuid = "0b6f3c8e-5a43-4d0e-9f51-2b3c4d5e6f70";
+        assert!(matches!(Jti::new(uuid), Jti::Uuid(_)));
+        // Not canonical: kept as it came, so it matches only its own text.
+        let upper = uuid.to_uppercase();
+        assert!(matches!(Jti::new(&upper), Jti::Other(_)));
+        assert!(matches!(Jti::new("not-a-uuid"), Jti::Other(_)));
+        let t0 = 1_800_000_000_000;
+        let by_uuid = entry("r1", None, Some(uuid), t0);
+        assert!(by_uuid.covers(&token("s1", Some(uuid), None), t0));
+        assert!(!by_uuid.covers(&token("s1", Some(&upper), None), t0));
+        let by_upper = entry("r2", None, Some(&upper), t0);
+        assert!(by_upper.covers(&token("s1", Some(&upper), None), t0));
+        assert!(!by_upper.covers(&token("s1", Some(uuid), None), t0));
+        let set = Revocations::new(Arc::default());
+        set.apply(by_uuid, t0);
+        assert!(set.is_revoked_id(&token("s9", Some(uuid), None), t0));
+        assert!(std::mem::size_of::<TokenId>() <= 56);
     }
 
     #[test]

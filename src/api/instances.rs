@@ -106,7 +106,7 @@ pub struct DrainAccepted {
 /// The fleet as seen from here: this instance's live count, the others'
 /// last published ones.
 async fn fleet(app: &AppState) -> Result<Vec<Instance>, ApiError> {
-    let own = app.drain.counts();
+    let own = app.live.counts();
     let me = app.instance_id.to_string();
     let mut list = vec![Instance {
         id: me.clone(),

@@ -78,7 +78,7 @@ impl Rebalancer {
     /// Sheds `share` of this instance's connections over the window, in
     /// the background (an operator asked); how many that is.
     pub fn shed_share(&self, app: &AppState, share: f64) -> u64 {
-        let own = app.drain.counts().total();
+        let own = app.live.counts().total();
         let n = self.decider().operator(own, share, Instant::now());
         start(app, n, "operator");
         n
@@ -99,7 +99,7 @@ pub async fn run(app: AppState) {
 }
 
 async fn step(app: &AppState) {
-    let counts = app.drain.counts();
+    let counts = app.live.counts();
     app.metrics.fleet_connections(&app.instance_id, counts);
     let Broker::Redis(redis) = &app.broker else {
         return; // alone: nothing to balance against
@@ -169,7 +169,7 @@ fn start(app: &AppState, n: u64, trigger: &'static str) {
     // anyway, and this task ends at its next close (or the cancellation).
     tokio::spawn(async move {
         let metrics = app.metrics.clone();
-        let done = shed::shed(&app.drain, n as usize, window, &app.shutdown, |watcher| {
+        let done = shed::shed(&app.live, n as usize, window, &app.shutdown, |watcher| {
             metrics.rebalance_shed(watcher)
         })
         .await;

@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    drain::{Drain, close_at},
+    drain::close_at,
+    live::Live,
     room::{ConnId, Kick, close},
 };
 
@@ -50,7 +51,7 @@ pub fn order(candidates: Vec<(ConnId, bool, Kick)>, seed: u64) -> (Queue, Queue)
 /// [`order`]; stops early at `stop`, when a rolling restart begins, or
 /// when no candidate is left. `on_kick(watcher)` is told of each close.
 pub async fn shed(
-    drain: &Drain,
+    drain: &Live,
     n: usize,
     window: Duration,
     stop: &CancellationToken,
@@ -138,13 +139,19 @@ mod tests {
 
     use super::*;
 
-    fn listed(drain: &Arc<Drain>, n: u64, watcher: bool) -> Vec<(crate::drain::Registered, Kick)> {
+    fn listed(drain: &Arc<Live>, n: u64, watcher: bool) -> Vec<(crate::live::Listed, Kick)> {
         let exam: Arc<str> = "e1".into();
         (0..n)
             .map(|i| {
-                let (_tx, _rx, kick) = crate::room::queue::queue(4);
+                let (tx, _rx, kick) = crate::room::queue::queue(4);
                 let conn = if watcher { 1000 + i } else { i };
-                (drain.register(conn, &exam, watcher, &kick), kick)
+                let out = crate::room::Outbox {
+                    tx,
+                    kick: kick.clone(),
+                    lane: crate::metrics::SlowPath::StudentQueue,
+                };
+                let token = crate::revocations::TokenId::new(format!("u{conn}").into(), None, None);
+                (drain.insert(conn, exam.clone(), watcher, token, out), kick)
             })
             .collect()
     }
@@ -172,7 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn sheds_students_then_teachers_and_never_one_mid_commit() {
-        let drain = Arc::new(Drain::default());
+        let drain = Arc::new(Live::default());
         let students = listed(&drain, 3, false);
         let teachers = listed(&drain, 2, true);
         // Student 0 has an answer awaiting its commit the whole time.
@@ -199,7 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn sheds_no_more_than_asked_and_stops_when_nobody_is_left() {
-        let drain = Arc::new(Drain::default());
+        let drain = Arc::new(Live::default());
         let students = listed(&drain, 5, false);
         let stop = CancellationToken::new();
         let done = shed(&drain, 2, Duration::ZERO, &stop, |_| {}).await;

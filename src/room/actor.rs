@@ -115,7 +115,10 @@ pub(super) struct Room {
     /// When the total was last looked for while unknown (see
     /// `refresh_total`).
     total_checked: Option<std::time::Instant>,
-    students: HashMap<Arc<str>, Student>,
+    /// Boxed: the map's slots are mostly a fraction empty (a hash map
+    /// grows by doubling), and an empty slot of a 400-byte `Student` is
+    /// 400 bytes kept per student for nothing; a box's slot is a pointer.
+    students: HashMap<Arc<str>, Box<Student>>,
     /// Student connections, by connection, with the student they speak for.
     student_conns: HashMap<ConnId, (Arc<str>, Outbox)>,
     teachers: HashMap<ConnId, Teacher>,
@@ -266,7 +269,7 @@ impl Room {
             // Not in a cluster whose log keeps no `student` events: there
             // the reservation is the only floor left if Redis loses its
             // counter, and other instances may still be numbering past us.
-            if !(self.ctx.broker.clustered() && !self.ctx.persist_events) {
+            if !self.ctx.broker.clustered() || self.ctx.persist_events {
                 self.ctx.writer.write(Record::SeqReserved {
                     exam_id: self.exam_id.clone(),
                     reserved: self.seq as i64,

@@ -241,13 +241,13 @@ pub struct StudentJoin {
     /// the last seconds (its event may not have reached this room yet).
     pub control: Option<Box<crate::control::StudentControl>>,
     pub out: Outbox,
-    /// A fresh message-rate bucket, kept as the student's if they have
-    /// none yet (`room/rate.rs`).
-    pub rate: Arc<rate::RateBucket>,
+    /// A fresh (empty) message-rate bucket, kept as the student's if they
+    /// have none yet (`room/rate.rs`).
+    pub rate: rate::LazyBucket,
     /// Answered once joined (or refused) with the bucket this connection
     /// must use: the student's own, shared by all their connections.
     /// Dropped if the room ended.
-    pub reply: oneshot::Sender<Arc<rate::RateBucket>>,
+    pub reply: oneshot::Sender<rate::LazyBucket>,
 }
 
 /// What a connection asks of its room.

@@ -25,10 +25,20 @@
 //!   student, allocated only as they are sent); the wait is until the
 //!   oldest leaves the window.
 //!
+//! A student's bucket is made on their first message ([`LazyBucket`]):
+//! the room hands every connection of the student the same empty slot, and
+//! most students of an exam never send a message (the client library's
+//! events are few), so an idle student costs a pointer, not a bucket.
+//!
 //! Both read a governor clock ([`MonotonicClock`] in the server); the unit
 //! tests use a `FakeRelativeClock`, so they need no sleeps.
 
-use std::{collections::VecDeque, num::NonZeroU32, sync::Mutex, time::Duration};
+use std::{
+    collections::VecDeque,
+    num::NonZeroU32,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 
 use governor::{
     Quota, RateLimiter,
@@ -149,6 +159,29 @@ impl<C: Clock> RateBucket<C> {
 
     fn per_second_interval(&self) -> Duration {
         Duration::from_secs(1) / self.rate
+    }
+}
+
+/// The slot of one student's (or teacher connection's) [`RateBucket`],
+/// shared by every clone, filled on the first message: a full bucket made
+/// then takes the same messages as one made at the join (it cannot be
+/// fuller than full), so nothing changes but when its memory is taken.
+/// The bucket is boxed so that the empty slot, which every connection and
+/// the room's student entry point to, stays a pointer's size.
+#[derive(Clone, Default)]
+pub struct LazyBucket(Arc<OnceLock<Box<RateBucket>>>);
+
+impl LazyBucket {
+    /// [`RateBucket::allow`], making the bucket with `limits` on first use.
+    pub fn allow(&self, limits: &LimitSettings) -> Result<(), Refused> {
+        self.0
+            .get_or_init(|| Box::new(RateBucket::new(limits)))
+            .allow()
+    }
+
+    /// Whether a message was ever checked against it.
+    pub fn is_made(&self) -> bool {
+        self.0.get().is_some()
     }
 }
 
@@ -318,6 +351,36 @@ mod tests {
         // Had those ten taken cells, the per-second bucket would be empty.
         clock.advance(Duration::from_secs(1));
         assert_eq!(allowed(&b, 10), 3, "the window frees three places");
+    }
+
+    #[test]
+    fn a_lazy_bucket_is_made_on_the_first_message_and_shared_by_its_clones() {
+        let limits = LimitSettings {
+            messages_per_second: 2,
+            ..LimitSettings::default()
+        };
+        let bucket = LazyBucket::default();
+        let other_connection = bucket.clone();
+        assert!(!bucket.is_made(), "no bucket before a message");
+        assert_eq!(
+            std::mem::size_of::<Option<LazyBucket>>(),
+            std::mem::size_of::<usize>()
+        );
+        // Bursts of 4: shared, the two connections together get 4.
+        let taken = (0..4)
+            .filter(|i| {
+                let b = if i % 2 == 0 {
+                    &bucket
+                } else {
+                    &other_connection
+                };
+                b.allow(&limits).is_ok()
+            })
+            .count();
+        assert_eq!(taken, 4);
+        assert!(bucket.is_made() && other_connection.is_made());
+        assert!(bucket.allow(&limits).is_err());
+        assert!(other_connection.allow(&limits).is_err());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct Student {
     pub alert_fold: super::alerts::Folding,
     /// The message-rate bucket every connection of this student shares
     /// (set by the first one to join), so reconnecting does not refill it.
-    pub rate: Option<std::sync::Arc<super::rate::RateBucket>>,
+    pub rate: Option<super::rate::LazyBucket>,
     /// Questions with at least one stored answer; `answered` counts them
     /// once any exist (before that, the client's own count is shown).
     pub answered_questions: std::collections::HashSet<String>,

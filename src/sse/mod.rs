@@ -182,14 +182,18 @@ pub async fn watcher_events(
         room,
         rx,
         kick,
-        _live: app
-            .revocations
-            .register(id, TokenId::of(&claims), out.clone()),
+        // Listed for revocations and the drain (src/live.rs).
+        _live: app.revocations.register(
+            id,
+            exam_id.as_str().into(),
+            true,
+            TokenId::of(&claims),
+            out.clone(),
+        ),
         exp: claims.exp,
         app: app.clone(),
         client: opening.client,
         _slot: slot,
-        exam: exam_id.as_str().into(),
         user_agent: opening.user_agent.clone(),
         audience: Audience::Watcher { last_seq },
     };
@@ -471,7 +475,7 @@ pub(crate) struct Stream {
     kick: Kick,
     /// Its entry among the live connections revocations close: held, not
     /// read (dropped with the stream, it unregisters).
-    _live: crate::revocations::LiveGuard,
+    _live: crate::live::Listed,
     /// Its token's `exp` (Unix seconds): the stream ends past it.
     exp: u64,
     app: AppState,
@@ -479,8 +483,6 @@ pub(crate) struct Stream {
     /// The stream's place in its IP's count (`limits.connections_per_ip`),
     /// given back when the stream's task ends.
     _slot: ConnectionSlot,
-    /// The exam, for a rolling restart's fair closing order (src/drain.rs).
-    exam: std::sync::Arc<str>,
     user_agent: String,
     audience: Audience,
 }
@@ -502,12 +504,8 @@ impl Stream {
 
     async fn run(self, body: mpsc::Sender<Bytes>) {
         // A rolling restart ends streams spread over its window like
-        // sockets (a kick with 1012's reason: the body ends cleanly).
-        let watcher = matches!(self.audience, Audience::Watcher { .. });
-        let _listed = self
-            .app
-            .drain
-            .register(self.id, &self.exam, watcher, &self.kick);
+        // sockets (a kick with 1012's reason: the body ends cleanly): the
+        // stream was listed for it with `_live`.
         self.gauge().increment(1);
         let last_event_id = match self.audience {
             Audience::Watcher { last_seq } => last_seq.map(|s| s as i64).unwrap_or(-1),

@@ -4,9 +4,10 @@
 //! Unlike the listener stream of [`super::student`], this stream IS a
 //! connection of the student: it is a [`crate::ws::Connection`] with
 //! another loop. Everything before the loop is the socket's own code
-//! ([`Connection::enter`]: queue, drain list, the join with its session
-//! lease, status, grace, second session and `previous_session`, and the
-//! revocation registry), and so is everything after it (`Leave`, which
+//! ([`Connection::enter`]: queue, its one entry in the registry of open
+//! connections that the drain, a rebalance and revocations read, and the
+//! join with its session lease, status, grace, second session and
+//! `previous_session`), and so is everything after it (`Leave`, which
 //! starts the grace period; the `disconnected` log line, the session row,
 //! the gauges and `examwatch_closes_total`). What differs is only how
 //! frames travel: each frame the room queues is one event (`event:` its
@@ -94,7 +95,7 @@ pub(crate) fn open(
         _slot: slot,
         exp: claims.exp,
         user_agent: opening.user_agent.clone(),
-        session_id: uuid::Uuid::new_v4().to_string(),
+        session_id: uuid::Uuid::new_v4(),
         via: if query.via_ticket {
             AuthVia::Ticket
         } else {
@@ -158,7 +159,7 @@ impl Session {
         });
         let _listed = app
             .http_sessions
-            .insert(conn.session_id.clone(), session.clone());
+            .insert(conn.session_id.to_string(), session.clone());
         if let Some(last_seq) = self.resume {
             // Exactly a socket's `resume` as its first message: `resumed`,
             // the replay and the owed action frames, after the welcome.

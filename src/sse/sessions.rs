@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     protocol::Label,
-    room::{ConnId, Kick, RoomHandle, rate::RateBucket},
+    room::{ConnId, Kick, RoomHandle, rate::LazyBucket},
     ws::BadBudget,
 };
 
@@ -47,7 +47,7 @@ pub struct HttpSession {
     pub(crate) user: Arc<str>,
     pub(crate) name: Arc<str>,
     /// The student's message budget, shared with their sockets.
-    pub(crate) limiter: Arc<RateBucket>,
+    pub(crate) limiter: LazyBucket,
     /// Ends the stream (a close code), like the room's kicks.
     pub(crate) kick: Kick,
     /// Refused messages per window, as a socket counts them: past

@@ -167,14 +167,18 @@ pub async fn student_events(
         room,
         rx,
         kick,
-        _live: app
-            .revocations
-            .register(id, TokenId::of(&claims), out.clone()),
+        // Listed for revocations and the drain (src/live.rs).
+        _live: app.revocations.register(
+            id,
+            exam_id.as_str().into(),
+            false,
+            TokenId::of(&claims),
+            out.clone(),
+        ),
         exp: claims.exp,
         app: app.clone(),
         client: opening.client,
         _slot: slot,
-        exam: exam_id.as_str().into(),
         user_agent: opening.user_agent.clone(),
         audience: Audience::Student,
     };

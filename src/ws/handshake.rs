@@ -191,7 +191,7 @@ pub async fn handshake(
         _slot: slot,
         exp: claims.exp,
         user_agent,
-        session_id: uuid::Uuid::new_v4().to_string(),
+        session_id: uuid::Uuid::new_v4(),
         via,
         last_seq: params.last_seq,
         previous_session: params.previous_session.filter(|s| s.len() <= 64),

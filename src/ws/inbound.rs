@@ -1,6 +1,6 @@
 //! What a connection does with one client message before the room sees it:
 //! the size limit, the student's message budget (`limits.messages_per_second`,
-//! [`RateBucket`]), the parse into a [`protocol::ClientMsg`], and the role's
+//! [`LazyBucket`]), the parse into a [`protocol::ClientMsg`], and the role's
 //! rights. One function for both transports of a student — the socket's
 //! text frames and the messages of `POST /v1/exams/{id}/me/messages`
 //! ([`crate::sse::post`]) — so the same message gets the same verdict and
@@ -11,7 +11,7 @@ use crate::{
     app::AppState,
     auth::Role,
     protocol::{self, ErrorCode, Incoming, Label, ServerMsg},
-    room::rate::RateBucket,
+    room::rate::LazyBucket,
 };
 
 /// The verdict on one client message.
@@ -58,13 +58,13 @@ impl Refusal {
 
 /// Checks one client message of a connection with `role`, spending one
 /// token of `limiter` for it (refused unread when none is left).
-pub(crate) fn classify(app: &AppState, role: Role, limiter: &RateBucket, text: &str) -> Inbound {
+pub(crate) fn classify(app: &AppState, role: Role, limiter: &LazyBucket, text: &str) -> Inbound {
     let metrics = &app.metrics;
     if text.len() > app.settings.limits.max_message_bytes {
         metrics.messages_in("unread", 1);
         return Inbound::TooBig;
     }
-    if let Err(refused) = limiter.allow() {
+    if let Err(refused) = limiter.allow(&app.settings.limits) {
         metrics.messages_in("unread", 1);
         return Inbound::Refused(Refusal {
             code: ErrorCode::RateLimited,

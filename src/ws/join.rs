@@ -4,15 +4,13 @@
 //! the previous client, a control record changed a moment ago), read
 //! concurrently so a join pays one round trip.
 
-use std::sync::Arc;
-
 use tokio::sync::oneshot;
 
 use super::Connection;
 use crate::{
     broker::Broker,
     config::SecondSession,
-    room::{ClusterJoin, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, rate::RateBucket},
+    room::{ClusterJoin, Outbox, RoomCmd, RoomHandle, StudentId, StudentJoin, rate::LazyBucket},
 };
 
 impl Connection {
@@ -26,7 +24,7 @@ impl Connection {
             return ClusterJoin::Alone;
         }
         let ttl = self.app.settings.exam.lease_ttl;
-        let holder = redis.holder(&self.session_id);
+        let holder = redis.holder(&self.session_id.to_string());
         let (exam, student) = (&self.exam_id, &self.user);
         let previous = match redis.claim_lease(exam, student, &holder, ttl, false).await {
             Ok(None) => return ClusterJoin::Alone,
@@ -142,7 +140,7 @@ impl Connection {
     /// Joins the room, retrying if it ended just as we looked it up. Also
     /// returns the message-rate bucket to use: a student's comes from the
     /// room (shared by all their connections), a teacher's is its own.
-    pub(super) async fn join(&self, out: Outbox) -> Option<(RoomHandle, Arc<RateBucket>)> {
+    pub(super) async fn join(&self, out: Outbox) -> Option<(RoomHandle, LazyBucket)> {
         let cluster = self.claim_session().await;
         let (answered, previous_client, control) = match (&self.app.broker, self.watcher()) {
             (Broker::Redis(redis), false) => tokio::join!(
@@ -152,7 +150,8 @@ impl Connection {
             ),
             _ => (None, None, None),
         };
-        let fresh = || Arc::new(RateBucket::new(&self.app.settings.limits));
+        // Empty until the first message (room/rate.rs).
+        let fresh = LazyBucket::default;
         if self.watcher() {
             let registry = &self.app.registry;
             let joined = registry.join_watcher(&self.exam_id, self.id, &out, self.last_seq);
@@ -176,7 +175,7 @@ impl Connection {
                     id: self.user.to_string(),
                     name: self.name.to_string(),
                 },
-                session_id: self.session_id.clone(),
+                session_id: self.session_id.to_string(),
                 previous_session: self.previous_session.clone(),
                 peer_ip: Some(self.client.ip.to_string()),
                 user_agent: Some(self.user_agent.clone()),

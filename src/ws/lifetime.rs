@@ -23,8 +23,9 @@ use super::{Connection, Ending, guarded};
 use crate::{
     app::AppState,
     auth::{Claims, Role},
+    live::Listed,
     protocol::{ErrorCode, Label, ServerMsg},
-    revocations::{LiveGuard, TokenId},
+    revocations::TokenId,
     room::{Kick, close},
 };
 
@@ -165,7 +166,7 @@ impl Connection {
 /// connection when dropped), and its refused messages.
 pub(crate) struct Standing {
     pub(crate) exp: u64,
-    pub(crate) live: LiveGuard,
+    pub(crate) live: Listed,
     pub(crate) bad: BadBudget,
 }
 

@@ -10,11 +10,11 @@
 //! the connection joins) and [`lifetime`] (the token's end, `refresh`, and
 //! the budget of refused messages).
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
-use tokio::time::{Instant, MissedTickBehavior};
+use futures_util::{FutureExt, SinkExt};
+use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
@@ -27,7 +27,7 @@ use crate::{
     revocations::TokenId,
     room::{
         CloseReason, ConnId, Kick, Outbox, RoomCmd, RoomHandle, close, queue::QueueRx,
-        rate::RateBucket,
+        rate::LazyBucket,
     },
     store::{now_ms, writer::Record},
     telemetry,
@@ -49,10 +49,12 @@ pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub(crate) mod answered;
+mod deadlines;
 pub mod handshake;
 pub(crate) mod inbound;
 mod join;
 pub(crate) mod lifetime;
+use deadlines::{Deadlines, Due};
 pub use handshake::{WsParams, handshake};
 pub(crate) use handshake::{
     check_origin, check_roster, connection_slot, refuse_connection, require_grant,
@@ -90,7 +92,9 @@ pub(crate) struct Connection {
     /// The admitting token's `exp` (a ticket's: its token's), Unix seconds.
     pub(crate) exp: u64,
     pub(crate) user_agent: String,
-    pub(crate) session_id: String,
+    /// Formatted where it is written (a UUID's 16 bytes, not a 36-byte
+    /// string on the heap for the connection's whole life).
+    pub(crate) session_id: uuid::Uuid,
     /// How the handshake authenticated, for the `connected` log line.
     pub(crate) via: AuthVia,
     pub(crate) last_seq: Option<Seq>,
@@ -104,11 +108,12 @@ pub(crate) struct Joined {
     pub(crate) rx: QueueRx,
     pub(crate) kick: Kick,
     pub(crate) room: RoomHandle,
-    /// The message budget: the student's own, shared by all their connections.
-    pub(crate) limiter: std::sync::Arc<RateBucket>,
+    /// The message budget: the student's own, shared by all their
+    /// connections, made on the first message.
+    pub(crate) limiter: LazyBucket,
+    /// Its token, and its entry in the registry of open connections
+    /// (src/live.rs), dropped with it.
     pub(crate) standing: Standing,
-    /// Its entry in the drain's list, dropped with it.
-    _listed: crate::drain::Registered,
 }
 
 impl Ending {
@@ -209,7 +214,7 @@ impl Connection {
             "connected"
         );
         self.app.writer.write(Record::SessionOpened {
-            id: self.session_id.clone(),
+            id: self.session_id.to_string(),
             exam_id: self.exam_id.clone(),
             user_id: self.user.to_string(),
             role: self.role.as_str(),
@@ -230,7 +235,7 @@ impl Connection {
             Ending::Dropped(e) => (None, e.clone(), "transport"),
         };
         self.app.writer.write(Record::SessionClosed {
-            id: self.session_id.clone(),
+            id: self.session_id.to_string(),
             at: now_ms(),
             code: code.map(i64::from),
             reason: format!("{by}: {reason}"),
@@ -283,9 +288,9 @@ impl Connection {
     }
 
     /// What every transport of a connection does before its loop: its
-    /// queue, its place in the drain's list, the join (session lease,
-    /// status, second session, grace, `welcome`), and its entry among the
-    /// connections revocations close. `Err`: the close code to end with.
+    /// queue, its one entry in the registry of open connections (src/live.rs:
+    /// the drain, a rebalance and revocations read it), and the join
+    /// (session lease, status, second session, grace, `welcome`). `Err`: the close code to end with.
     pub(crate) async fn enter(
         &self,
         lane: crate::metrics::SlowPath,
@@ -297,17 +302,21 @@ impl Connection {
             settings.ws.student_queue
         };
         let (tx, rx, kick) = crate::room::queue::queue(queue);
-        // Listed for a rolling restart's spread close (src/drain.rs).
-        let listed = self
-            .app
-            .drain
-            .register(self.id, &self.exam_id, self.watcher(), &kick);
         let out = Outbox {
             tx,
             kick: kick.clone(),
             lane,
         };
-        let for_revocations = out.clone();
+        // Listed (src/live.rs) for a rolling restart's spread close, a
+        // rebalance and revocations: from here on a revocation of its token
+        // closes it (4403), and a drain that has begun kicks it (1012).
+        let live = self.app.revocations.register(
+            self.id,
+            self.exam_id.clone(),
+            self.watcher(),
+            self.token.clone(),
+            out.clone(),
+        );
         let Some((room, limiter)) = self.join(out).await else {
             return Err(if self.app.shutdown.is_cancelled() {
                 close::GOING_AWAY
@@ -315,11 +324,6 @@ impl Connection {
                 close::TRY_AGAIN
             });
         };
-        // From here on a revocation of its token closes it (4403).
-        let live = self
-            .app
-            .revocations
-            .register(self.id, self.token.clone(), for_revocations);
         let standing = Standing {
             exp: self.exp,
             live,
@@ -331,118 +335,171 @@ impl Connection {
             room,
             limiter,
             standing,
-            _listed: listed,
         })
     }
 
     /// The connection's main loop; returns how it ended.
+    ///
+    /// One timer for every timed duty (pings, the token's end, the first
+    /// message's deadline: [`Deadlines`]), and no branch for the server's
+    /// shutdown: the drain kicks every listed connection before the
+    /// shutdown token is cancelled, and one that registers later is kicked
+    /// at once (src/live.rs). Each branch's future lives in this loop's
+    /// future for the connection's whole life, so every one left out is
+    /// memory every idle connection keeps.
     async fn pump(
         &self,
         socket: &mut WebSocket,
         rx: &QueueRx,
         kick: &Kick,
         room: &RoomHandle,
-        limiter: &RateBucket,
+        limiter: &LazyBucket,
         standing: &mut Standing,
     ) -> Ending {
         let settings = &self.app.settings;
-        let shutdown = self.app.shutdown.clone();
-        // One timer for the token's end (exp + grace), re-armed by a
-        // `refresh`: no message pays for the check.
         let grace = lifetime::grace(&settings.auth);
-        let expiry = tokio::time::sleep_until(lifetime::next_wake(standing.exp, grace));
-        tokio::pin!(expiry);
-        let mut armed_for = standing.exp;
-        let interval = settings.ws.ping_interval;
-        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_seen = Instant::now();
-        // A ping went out (at an earlier tick, so an interval ago or more)
-        // since the client's last frame. A connection is dead when a ping
-        // stayed unanswered, not merely when the client was silent: while
-        // the queue is never empty (a large snapshot to a slow link) the
-        // loop writes and sends no ping, and a client never asked owes no
-        // pong. A flag, not an `Instant`: the connection keeps it all its life.
-        let mut pinged = false;
-        // Boxed, and dropped at the first message: only a connection that
-        // has not spoken yet pays for the timer.
-        let first_timeout = settings.limits.first_message_timeout;
-        let mut first_message =
-            (!first_timeout.is_zero()).then(|| Box::pin(tokio::time::sleep(first_timeout)));
+        let mut deadlines = Deadlines::new(
+            Instant::now(),
+            settings.ws.ping_interval,
+            lifetime::next_wake(standing.exp, grace),
+            settings.limits.first_message_timeout,
+        );
+        let timer = tokio::time::sleep_until(deadlines.next());
+        tokio::pin!(timer);
         loop {
+            let wake = deadlines.next();
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             let step = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Err(Ending::Server(close::GOING_AWAY)),
                 // Frames already queued go before a kick is noticed, so a
                 // `session_invalidated` reaches the socket it concerns; a
                 // write that blocks still yields to the kick (see `guarded`).
                 first = rx.recv() => Box::pin(self.write_batch(socket, first, rx, kick)).await,
                 reason = kick.kicked() => Err(Ending::Server(reason)),
-                () = &mut expiry => {
-                    if lifetime::until_expiry(standing.exp, grace, now_ms()).is_zero() {
-                        Box::pin(self.expired(socket, kick)).await
-                    } else {
-                        // Armed for at most a month: look again.
-                        expiry.as_mut().reset(lifetime::next_wake(standing.exp, grace));
-                        Ok(())
-                    }
+                // Before the read: a chatty client cannot hold off its
+                // token's end.
+                () = &mut timer => {
+                    let due = deadlines.due(Instant::now());
+                    Box::pin(self.on_due(due, socket, room, kick, limiter, standing, &mut deadlines))
+                        .await
                 }
-                incoming = socket.recv() => match incoming {
-                    None => Err(Ending::Dropped("connection closed without a close frame".into())),
-                    Some(Err(e)) => Err(read_error(e)),
-                    Some(Ok(msg)) => {
-                        last_seen = Instant::now();
-                        pinged = false;
-                        match msg {
-                            Message::Text(text) => {
-                                first_message = None;
-                                let step = Box::pin(
-                                    self.on_text(socket, text, room, kick, limiter, standing),
-                                )
-                                .await;
-                                if standing.exp != armed_for {
-                                    armed_for = standing.exp;
-                                    expiry.as_mut().reset(lifetime::next_wake(standing.exp, grace));
-                                }
-                                step
-                            }
-                            Message::Binary(_) => Err(Ending::Server(close::UNSUPPORTED)),
-                            Message::Pong(payload) if payload.as_ref() == PROBE => {
-                                let _ = Box::pin(room.send(RoomCmd::Alive { conn: self.id })).await;
-                                Ok(())
-                            }
-                            Message::Ping(_) | Message::Pong(_) => Ok(()),
-                            Message::Close(frame) => Err(Ending::Client {
-                                code: frame.as_ref().map(|f| f.code),
-                                // Client-chosen text headed for logs and the
-                                // database: no control characters.
-                                reason: frame
-                                    .map(|f| f.reason.chars().filter(|c| !c.is_control()).collect())
-                                    .unwrap_or_default(),
-                            }),
-                        }
-                    }
-                },
-                // After the read: a message that came in time goes first.
-                () = expires(&mut first_message) => Err(Ending::Server(close::FIRST_MESSAGE_TIMEOUT)),
+                incoming = socket.recv() => {
+                    Box::pin(self.on_frame(incoming, socket, room, kick, limiter, standing, &mut deadlines))
+                        .await
+                }
                 _ = kick.probed() => {
                     let ping = Message::Ping(axum::body::Bytes::from_static(PROBE));
-                    Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
-                }
-                _ = ping.tick() => {
-                    if pinged && last_seen.elapsed() > interval * 2 {
-                        self.app.metrics.ping_timeouts.increment(1);
-                        Err(Ending::Server(close::PING_TIMEOUT))
-                    } else {
-                        pinged = true;
-                        let ping = Message::Ping(Default::default());
-                        Box::pin(guarded(kick, &shutdown, socket.send(ping))).await
-                    }
+                    Box::pin(guarded(kick, &self.app.shutdown, socket.send(ping))).await
                 }
             };
             if let Err(ending) = step {
                 return ending;
             }
+        }
+    }
+
+    /// The timer fired: does what [`Deadlines::due`] says is due.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_due(
+        &self,
+        due: Option<Due>,
+        socket: &mut WebSocket,
+        room: &RoomHandle,
+        kick: &Kick,
+        limiter: &LazyBucket,
+        standing: &mut Standing,
+        deadlines: &mut Deadlines,
+    ) -> Result<(), Ending> {
+        let shutdown = &self.app.shutdown;
+        match due {
+            None => Ok(()),
+            Some(Due::Expiry) => {
+                let grace = lifetime::grace(&self.app.settings.auth);
+                if lifetime::until_expiry(standing.exp, grace, now_ms()).is_zero() {
+                    self.expired(socket, kick).await
+                } else {
+                    // Armed for at most a month: look again.
+                    deadlines.set_expiry(lifetime::next_wake(standing.exp, grace));
+                    Ok(())
+                }
+            }
+            Some(Due::FirstMessage) => {
+                // A message that came in time goes first: read what is
+                // already there before closing.
+                match socket.recv().now_or_never() {
+                    Some(incoming) => {
+                        Box::pin(
+                            self.on_frame(
+                                incoming, socket, room, kick, limiter, standing, deadlines,
+                            ),
+                        )
+                        .await
+                    }
+                    None => Err(Ending::Server(close::FIRST_MESSAGE_TIMEOUT)),
+                }
+            }
+            Some(Due::PingTimeout) => {
+                self.app.metrics.ping_timeouts.increment(1);
+                Err(Ending::Server(close::PING_TIMEOUT))
+            }
+            Some(Due::Ping) => {
+                let ping = Message::Ping(Default::default());
+                guarded(kick, shutdown, socket.send(ping)).await
+            }
+        }
+    }
+
+    /// A frame from the client (or the end of its stream).
+    #[allow(clippy::too_many_arguments)]
+    async fn on_frame(
+        &self,
+        incoming: Option<Result<Message, axum::Error>>,
+        socket: &mut WebSocket,
+        room: &RoomHandle,
+        kick: &Kick,
+        limiter: &LazyBucket,
+        standing: &mut Standing,
+        deadlines: &mut Deadlines,
+    ) -> Result<(), Ending> {
+        let msg = match incoming {
+            None => {
+                return Err(Ending::Dropped(
+                    "connection closed without a close frame".into(),
+                ));
+            }
+            Some(Err(e)) => return Err(read_error(e)),
+            Some(Ok(msg)) => msg,
+        };
+        deadlines.heard(Instant::now());
+        match msg {
+            Message::Text(text) => {
+                deadlines.spoke();
+                let before = standing.exp;
+                let step = self
+                    .on_text(socket, text, room, kick, limiter, standing)
+                    .await;
+                if standing.exp != before {
+                    let grace = lifetime::grace(&self.app.settings.auth);
+                    deadlines.set_expiry(lifetime::next_wake(standing.exp, grace));
+                }
+                step
+            }
+            Message::Binary(_) => Err(Ending::Server(close::UNSUPPORTED)),
+            Message::Pong(payload) if payload.as_ref() == PROBE => {
+                let _ = room.send(RoomCmd::Alive { conn: self.id }).await;
+                Ok(())
+            }
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close(frame) => Err(Ending::Client {
+                code: frame.as_ref().map(|f| f.code),
+                // Client-chosen text headed for logs and the database: no
+                // control characters.
+                reason: frame
+                    .map(|f| f.reason.chars().filter(|c| !c.is_control()).collect())
+                    .unwrap_or_default(),
+            }),
         }
     }
 
@@ -472,7 +529,7 @@ impl Connection {
         text: Utf8Bytes,
         room: &RoomHandle,
         kick: &Kick,
-        limiter: &RateBucket,
+        limiter: &LazyBucket,
         standing: &mut Standing,
     ) -> Result<(), Ending> {
         let received = std::time::Instant::now();
@@ -525,14 +582,6 @@ impl Connection {
     }
 }
 
-/// Completes when the timer (if any) fires; never without one.
-async fn expires(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
-    match timer {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Runs a socket write unless the connection is kicked or the server stops
 /// first: a peer that does not read cannot hold the task.
 async fn guarded<F>(
@@ -581,4 +630,31 @@ async fn close_socket(socket: &mut WebSocket, reason: &CloseReason) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    use super::*;
+
+    /// The size of what `f` returns, without calling it (nor building its
+    /// arguments: a socket cannot be had without a real upgrade).
+    fn output_size<A, B, C, R>(_: &impl FnOnce(A, B, C) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    /// The connection's future is what an idle connection's task keeps for
+    /// its whole life (its socket is inline in it): every branch of the
+    /// loop and every local that lives across an await counts, so a new
+    /// one that grows it fails here rather than in `bench/` 10,000 times.
+    /// (1,216 bytes in a debug build when written; a release build's is
+    /// smaller.)
+    #[test]
+    fn the_connection_future_stays_small() {
+        let run = output_size(&Connection::run);
+        let socket = size_of::<WebSocket>();
+        println!("Connection::run future: {run} bytes (socket {socket} of it)");
+        assert!(run <= 1_280, "the connection's future grew to {run} bytes");
+    }
 }

@@ -353,7 +353,7 @@ async fn a_student_with_an_answer_in_flight_is_not_shed() {
         .await;
     eventually("the answer is in flight", || {
         app.state
-            .drain
+            .live
             .candidates()
             .iter()
             .any(|(_, _, kick)| kick.in_flight())

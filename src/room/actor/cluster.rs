@@ -245,7 +245,7 @@ impl Room {
                 // The event's count is the cluster's newest; our own set may
                 // be older (answers went through another instance since).
                 let answered = ev.student.answered;
-                *st = crate::room::students::Student::restored(ev.student, questions);
+                **st = crate::room::students::Student::restored(ev.student, questions);
                 st.state.answered = st.state.answered.max(answered);
                 st.state.connected = event_connected(event);
             }
@@ -253,7 +253,7 @@ impl Room {
                 let mut st =
                     crate::room::students::Student::restored(ev.student, Default::default());
                 st.state.connected = event_connected(event);
-                self.students.insert(sid.clone(), st);
+                self.students.insert(sid.clone(), Box::new(st));
             }
         }
     }

@@ -104,7 +104,7 @@ impl Room {
             if matches!(student.state.status, Status::Active | Status::Idle) {
                 student.grace_timer = Some(self.timers.insert(Timer::Grace(sid.clone()), grace));
             }
-            self.students.insert(sid, student);
+            self.students.insert(sid, Box::new(student));
         }
         // Without `student` events in the log (`events.persist = false`),
         // what is durable still counts: a student with stored answers or a
@@ -235,7 +235,7 @@ impl Room {
             state.submitted_at = Some(Timestamp::from_unix_ms(at));
         }
         self.students
-            .insert(sid, Student::restored(state, questions));
+            .insert(sid, Box::new(Student::restored(state, questions)));
     }
 
     /// The room could not load its state: every pending join is told to

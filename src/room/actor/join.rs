@@ -61,7 +61,11 @@ impl Room {
                     None => {
                         self.students.insert(
                             sid.clone(),
-                            Student::new(join.who.id.clone(), join.who.name.clone(), conn),
+                            Box::new(Student::new(
+                                join.who.id.clone(),
+                                join.who.name.clone(),
+                                conn,
+                            )),
                         );
                         Outcome {
                             cause: Some(Cause::SecondSession),
@@ -211,7 +215,7 @@ impl Room {
             }
             (None, None) => {
                 self.students
-                    .insert(sid.clone(), Student::new(who.id, who.name, conn));
+                    .insert(sid.clone(), Box::new(Student::new(who.id, who.name, conn)));
                 Outcome {
                     cause: Some(Cause::Connected),
                     alert: None,
