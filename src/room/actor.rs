@@ -266,7 +266,7 @@ impl Room {
             // Not in a cluster whose log keeps no `student` events: there
             // the reservation is the only floor left if Redis loses its
             // counter, and other instances may still be numbering past us.
-            if !(self.ctx.broker.clustered() && !self.ctx.persist_events) {
+            if !self.ctx.broker.clustered() || self.ctx.persist_events {
                 self.ctx.writer.write(Record::SeqReserved {
                     exam_id: self.exam_id.clone(),
                     reserved: self.seq as i64,
