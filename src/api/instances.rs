@@ -10,48 +10,20 @@
 
 use axum::{
     Json,
-    extract::{FromRequestParts, Path, State, rejection::JsonRejection},
-    http::{StatusCode, header, request::Parts},
+    extract::{Path, State, rejection::JsonRejection},
+    http::StatusCode,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{
-    app::AppState,
-    auth::{self, Role, TokenError},
-    broker::Broker,
-    http::ApiError,
-};
+use super::revocations::Admin;
+use crate::{app::AppState, broker::Broker, http::ApiError};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_instances))
         .routes(routes!(drain_instance))
-}
-
-/// A caller with an admin token (header only).
-struct Admin;
-
-impl FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let claims = auth::extract_token(header, None)
-            .ok_or(ApiError::unauthorized(TokenError::Missing))
-            .and_then(|t| crate::ws::verify_token(app, t))?;
-        if claims.role != Role::Admin {
-            return Err(ApiError::forbidden(
-                "admins_only",
-                "the fleet's instances are for admins only",
-            ));
-        }
-        Ok(Admin)
-    }
 }
 
 /// One instance of the fleet, as last published.

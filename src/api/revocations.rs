@@ -29,8 +29,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_revocation, list_revocations))
 }
 
-/// A caller with an admin token (header only).
-struct Admin(Claims);
+/// A caller with an admin token (header only); also the fleet's admin
+/// endpoints' ([`super::instances`]).
+pub(super) struct Admin(pub(super) Claims);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -46,7 +47,7 @@ impl FromRequestParts<AppState> for Admin {
         if claims.role != Role::Admin {
             return Err(ApiError::forbidden(
                 "admins_only",
-                "revocations are for admins only",
+                "this endpoint is for admins only",
             ));
         }
         Ok(Admin(claims))
