@@ -249,6 +249,7 @@ impl App {
         ));
         // Forwarded HTTP batches need the whole state: served once it exists.
         let (forwards_tx, forwards_rx) = tokio::sync::mpsc::unbounded_channel();
+        let http_sessions: Arc<crate::sse::sessions::HttpSessions> = Default::default();
         if let (Some(inbound), Broker::Redis(redis)) = (inbound, &broker) {
             tokio::spawn(crate::broker::dispatch(
                 inbound,
@@ -256,6 +257,7 @@ impl App {
                 revocations.clone(),
                 store.clone(),
                 forwards_tx,
+                http_sessions.clone(),
             ));
             tokio::spawn(crate::broker::heartbeat(
                 redis.clone(),
@@ -285,7 +287,7 @@ impl App {
             rebalancer: crate::rebalance::Rebalancer::new(&settings.cluster),
             health: Arc::new(crate::health::Health::new(&settings.server)),
             answered_reads: Default::default(),
-            http_sessions: Default::default(),
+            http_sessions,
             forwards: Default::default(),
             shards: shards.clone(),
             settings,

@@ -370,7 +370,8 @@ pub fn extract_token<'a>(
 
 /// Query parameters whose value is a credential: the token, and the
 /// single-use connection ticket.
-const SECRET_PARAMS: [&str; 2] = ["access_token", "ticket"];
+/// `handover`: an HTTP session's handover token (docs/PROTOCOL.md 8.4).
+const SECRET_PARAMS: [&str; 3] = ["access_token", "ticket", "handover"];
 
 /// The query string as it may be logged: the value of every credential
 /// parameter replaced by `[redacted]`, its key compared *after* decoding
@@ -615,6 +616,8 @@ mod tests {
             "%61%63%63%65%73%73%5f%74%6f%6b%65%6e",
             "ticket",
             "tick%65t",
+            "handover",
+            "hand%6Fver",
         ] {
             assert_eq!(
                 redact_query(&format!("last_seq=1&{key}=opaque-secret&x=2")),

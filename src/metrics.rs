@@ -168,6 +168,40 @@ impl ClosedBy {
     }
 }
 
+/// Where a `POST /v1/exams/{id}/me/messages` batch went
+/// (`examwatch_http_batches_total{path}`, src/sse/messages.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpBatch {
+    /// Run here: this instance holds the session.
+    Local,
+    /// Sent through Redis to the instance holding the session, which
+    /// answered.
+    Forwarded,
+    /// Run here for a POST that reached another instance.
+    Relayed,
+    /// For another instance that could not be reached or did not answer
+    /// (503 `session_unreachable`): each batch is in one path only.
+    Unreachable,
+}
+
+impl HttpBatch {
+    const ALL: [HttpBatch; 4] = [
+        HttpBatch::Local,
+        HttpBatch::Forwarded,
+        HttpBatch::Relayed,
+        HttpBatch::Unreachable,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            HttpBatch::Local => "local",
+            HttpBatch::Forwarded => "forwarded",
+            HttpBatch::Relayed => "relayed",
+            HttpBatch::Unreachable => "unreachable",
+        }
+    }
+}
+
 /// The database writer's handles (src/store/writer.rs).
 pub struct DbMetrics {
     pub committed: Counter,
@@ -196,8 +230,14 @@ pub struct Metrics {
     pub connections_total: Counter,
     pub students_connected: Gauge,
     pub teachers_connected: Gauge,
-    /// Open sockets per role (`examwatch_connections_open`).
+    /// Open sockets per role (`examwatch_connections_open`,
+    /// `transport="websocket"`).
     connections_open: [Gauge; 4],
+    /// Open HTTP sessions of students (`examwatch_connections_open`,
+    /// `role="student", transport="http"`): only students have them.
+    http_sessions_open: Gauge,
+    /// `POST me/messages` batches by path ([`HttpBatch`]).
+    http_batches: [Counter; 4],
     /// Open Server-Sent Events streams (`GET /v1/exams/{id}/events`), which
     /// are not sockets: counted apart from the socket gauges.
     pub sse_streams: Gauge,
@@ -305,7 +345,21 @@ impl Metrics {
             connections_open: ROLES.map(|role| {
                 gauge(
                     "examwatch_connections_open",
-                    vec![label("role", role.as_str())],
+                    vec![
+                        label("role", role.as_str()),
+                        label("transport", "websocket"),
+                    ],
+                )
+            }),
+            http_sessions_open: gauge(
+                "examwatch_connections_open",
+                vec![label("role", "student"), label("transport", "http")],
+            ),
+            http_batches: HttpBatch::ALL.map(|path| {
+                register(
+                    r,
+                    "examwatch_http_batches_total",
+                    vec![label("path", path.as_str())],
                 )
             }),
             sse_streams: gauge("examwatch_sse_streams", vec![]),
@@ -413,9 +467,20 @@ impl Metrics {
             .register_gauge(&Key::from_parts(name, labels), &metadata())
     }
 
-    /// The open-sockets gauge of a role (`examwatch_connections_open`).
-    pub fn connections_open(&self, role: Role) -> &Gauge {
-        &self.connections_open[role_index(role)]
+    /// The open-connections gauge of a role on a transport
+    /// (`examwatch_connections_open`): `http` for a student's HTTP session
+    /// (PROTOCOL.md 8), a socket otherwise.
+    pub fn connections_open(&self, role: Role, http: bool) -> &Gauge {
+        if http {
+            &self.http_sessions_open
+        } else {
+            &self.connections_open[role_index(role)]
+        }
+    }
+
+    /// A `POST me/messages` batch went `path` (`examwatch_http_batches_total`).
+    pub fn http_batch(&self, path: HttpBatch) {
+        self.http_batches[path as usize].increment(1);
     }
 
     /// A handshake refused with `reason` (its error code) on `transport`

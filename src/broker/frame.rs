@@ -62,8 +62,13 @@ impl Frame {
 
 /// A one-record message about a student with no event (`kick`, `dropped`).
 pub(super) fn control(origin: &str, kind: &str, student: &str) -> String {
+    control_with(origin, kind, student, "")
+}
+
+/// [`control`] with a payload of one line (a kick's handover proof).
+pub(super) fn control_with(origin: &str, kind: &str, student: &str, payload: &str) -> String {
     let mut frame = Frame::new(origin);
-    frame.push(false, kind, Some(student), 0, "");
+    frame.push(false, kind, Some(student), 0, payload);
     frame.into_string()
 }
 

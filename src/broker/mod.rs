@@ -119,6 +119,7 @@ pub async fn dispatch(
     revocations: Arc<crate::revocations::Revocations>,
     store: crate::store::Store,
     forwards: tokio::sync::mpsc::UnboundedSender<String>,
+    http_sessions: Arc<crate::sse::sessions::HttpSessions>,
 ) {
     use crate::room::RoomCmd;
     while let Some(msg) = inbound.recv().await {
@@ -126,9 +127,19 @@ pub async fn dispatch(
             redis::Inbound::Event(exam, published) => {
                 registry.route(&exam, RoomCmd::Published(published)).await;
             }
-            redis::Inbound::Kick { exam, student } => {
+            redis::Inbound::Kick {
+                exam,
+                student,
+                handover,
+            } => {
+                // The client of an HTTP session here moving to another
+                // instance, with the stream's token (PROTOCOL.md 8.4):
+                // retired quietly, as the room does for a local handover.
+                let quiet = handover.is_some_and(|(session, token)| {
+                    http_sessions.hands_over(&session, &token, &exam, &student)
+                });
                 registry
-                    .route(&exam, RoomCmd::KickedElsewhere { student })
+                    .route(&exam, RoomCmd::KickedElsewhere { student, quiet })
                     .await;
             }
             redis::Inbound::Dropped { exam, student } => {

@@ -55,8 +55,14 @@ pub const CONTROL_NOTE: Duration = Duration::from_secs(10);
 pub enum Inbound {
     /// A numbered event for an exam.
     Event(Arc<str>, Published),
-    /// A message for one connection of this instance (second session).
-    Kick { exam: Arc<str>, student: Arc<str> },
+    /// A message for one connection of this instance (second session);
+    /// with the HTTP session and handover token the new connection
+    /// presented, if it did (PROTOCOL.md 8.4).
+    Kick {
+        exam: Arc<str>,
+        student: Arc<str>,
+        handover: Option<(String, uuid::Uuid)>,
+    },
     /// A student's socket was lost on another instance (their grace clock
     /// runs there): every room counts it towards a network incident.
     Dropped { exam: Arc<str>, student: Arc<str> },
@@ -514,9 +520,22 @@ impl RedisBroker {
     }
 
     /// Asks the instance holding a student's old session to close it.
-    pub async fn send_kick(&self, exam: &str, student: &str) -> Result<(), redis::RedisError> {
+    /// `handover`: the previous session and the handover token the new
+    /// connection presented (PROTOCOL.md 8.4), for the holder to check.
+    pub async fn send_kick(
+        &self,
+        exam: &str,
+        student: &str,
+        handover: Option<(&str, &uuid::Uuid)>,
+    ) -> Result<(), redis::RedisError> {
         let mut conn = self.conn.clone();
-        let msg = frame::control(&self.instance, "kick", student);
+        let proof = handover.map(|(session, token)| format!("{session} {token}"));
+        let msg = frame::control_with(
+            &self.instance,
+            "kick",
+            student,
+            proof.as_deref().unwrap_or(""),
+        );
         conn.spublish(exam_channel(&self.prefix, exam), msg).await
     }
 
@@ -777,6 +796,14 @@ impl Wanted {
     }
 }
 
+/// A kick's `{session} {token}` (see [`RedisBroker::send_kick`]), if it
+/// carries one that parses.
+fn handover_proof(payload: &str) -> Option<(String, uuid::Uuid)> {
+    let (session, token) = payload.split_once(' ')?;
+    let token = uuid::Uuid::try_parse(token).ok()?;
+    (!session.is_empty() && session.len() <= 64).then(|| (session.to_owned(), token))
+}
+
 /// Parses pushed messages and hands them to the rooms; keeps the exams'
 /// sharded subscriptions alive.
 ///
@@ -888,7 +915,11 @@ impl Pushes {
                     continue; // our own: the new session, or the drop, is here
                 }
                 match (msg.student, msg.kind == "kick") {
-                    (Some(student), true) => Inbound::Kick { exam, student },
+                    (Some(student), true) => Inbound::Kick {
+                        exam,
+                        student,
+                        handover: handover_proof(msg.event.as_str()),
+                    },
                     (Some(student), false) => Inbound::Dropped { exam, student },
                     (None, _) => continue,
                 }

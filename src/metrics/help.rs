@@ -16,12 +16,12 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
     (
         "examwatch_connections_total",
         Kind::Counter,
-        "WebSocket connections upgraded (every role; SSE streams not included)",
+        "Connections opened: WebSocket upgrades (every role) and students' HTTP sessions (GET me/events?transport=http); listener SSE streams not included",
     ),
     (
         "examwatch_students_connected",
         Kind::Gauge,
-        "Open student WebSocket connections (SSE streams not included)",
+        "Open student connections: WebSockets and HTTP sessions (listener SSE streams not included)",
     ),
     (
         "examwatch_teachers_connected",
@@ -31,7 +31,7 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
     (
         "examwatch_connections_open",
         Kind::Gauge,
-        "Open WebSocket connections by token role (student, proctor, teacher, admin); SSE streams are in examwatch_sse_streams and examwatch_sse_student_streams",
+        "Open connections by token role (student, proctor, teacher, admin) and transport (websocket; http: a student's HTTP session, GET me/events?transport=http + POST me/messages); listener SSE streams are in examwatch_sse_streams and examwatch_sse_student_streams",
     ),
     (
         "examwatch_sse_streams",
@@ -213,6 +213,11 @@ pub(super) const HELP: &[(&str, Kind, &str)] = &[
         "examwatch_fleet_connections",
         Kind::Gauge,
         "Open connections (WebSockets and SSE streams) of each instance of the fleet as this instance last read them from Redis (cluster.rebalance_interval), by member (instance id) and role (student; teacher = every watcher role); an instance gone keeps its last value; with the in-memory broker, this instance alone",
+    ),
+    (
+        "examwatch_http_batches_total",
+        Kind::Counter,
+        "POST /v1/exams/{id}/me/messages batches by path: local (this instance holds the session), forwarded (sent through Redis to the instance holding it, which answered), relayed (run here for a POST that reached another instance), unreachable (for another instance that could not be reached or did not answer: 503 session_unreachable); each batch in one path",
     ),
     (
         "examwatch_rebalance_shed_total",

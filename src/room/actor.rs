@@ -365,7 +365,7 @@ impl Room {
             RoomCmd::Resync => self.start_resync(),
             RoomCmd::ExamTotal(total) => self.total_questions = Some(total),
             RoomCmd::Resynced(state) => self.on_resynced(state),
-            RoomCmd::KickedElsewhere { student } => self.kicked_elsewhere(&student),
+            RoomCmd::KickedElsewhere { student, quiet } => self.kicked_elsewhere(&student, quiet),
             RoomCmd::DroppedElsewhere { student } => self.dropped_elsewhere(&student),
             RoomCmd::ClockStarted { student, at } => self.clock_started(&student, at),
             RoomCmd::RefusedAtHandshake { student } => self.refused_at_handshake(&student),
@@ -409,7 +409,7 @@ impl Room {
                     .get(&student)
                     .and_then(|st| st.session_id.as_deref());
                 if current == Some(session.as_str()) {
-                    self.kicked_elsewhere(&student);
+                    self.kicked_elsewhere(&student, false);
                 }
             }
         }

@@ -221,6 +221,10 @@ pub struct StudentJoin {
     /// so: a reconnect over a not-yet-detected dead socket is then the same
     /// session, not a second one.
     pub previous_session: Option<String>,
+    /// The connection proved it is the client of the HTTP session it names
+    /// as `previous_session` (its handover token, PROTOCOL.md 8.4): that
+    /// session is taken over at once, without a liveness probe.
+    pub handover: bool,
     /// The peer's IP and user agent, compared with the student's previous
     /// session (`ip_changed`, `device_changed`: room/signals.rs).
     pub peer_ip: Option<String>,
@@ -332,9 +336,12 @@ pub enum RoomCmd {
     ExamTotal(u32),
     /// The reloaded shared state.
     Resynced(crate::broker::SharedState),
-    /// Another instance took over this student's session.
+    /// Another instance took over this student's session; `quiet`: it
+    /// was this HTTP session's own client moving (PROTOCOL.md 8.4), so no
+    /// `session_invalidated` goes first.
     KickedElsewhere {
         student: Arc<str>,
+        quiet: bool,
     },
     /// Where a student's previous session came from, learnt after their
     /// join (from Redis or the database): compared with where the one that

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::{BatchOutcome, run_batch};
+use crate::metrics::HttpBatch;
 use crate::{app::AppState, broker::Broker, http::ApiError};
 
 /// How much longer the asker waits than the holder's own reply timeout.
@@ -81,7 +82,7 @@ pub(crate) async fn forward(
         Ok(lease) => lease,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read a session lease to forward a batch");
-            return Err(unreachable());
+            return Err(unreachable(app));
         }
     };
     let Some(instance) = lease.as_deref().and_then(|l| live_holder(l, session_id)) else {
@@ -112,14 +113,17 @@ pub(crate) async fn forward(
         if let Err(e) = sent {
             tracing::warn!(error = %e, "cannot forward a batch to {instance}");
         }
-        return Err(unreachable());
+        return Err(unreachable(app));
     }
     let wait = app.settings.http.reply_timeout + MARGIN;
     match tokio::time::timeout(wait, rx).await {
-        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Ok(outcome)) => {
+            app.metrics.http_batch(HttpBatch::Forwarded);
+            Ok(outcome)
+        }
         _ => {
             forwards.lock().remove(&id);
-            Err(unreachable())
+            Err(unreachable(app))
         }
     }
 }
@@ -131,7 +135,10 @@ fn live_holder<'a>(lease: &'a str, session: &str) -> Option<&'a str> {
     (held == session).then_some(instance)
 }
 
-fn unreachable() -> ApiError {
+/// The 503 for a batch that could not be run on its session's instance
+/// (counted as `unreachable`).
+fn unreachable(app: &AppState) -> ApiError {
+    app.metrics.http_batch(HttpBatch::Unreachable);
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "session_unreachable",
@@ -161,7 +168,10 @@ pub(crate) async fn serve(app: AppState, mut wires: mpsc::UnboundedReceiver<Stri
                 let app = app.clone();
                 app.tracker.clone().spawn(async move {
                     let outcome = match app.http_sessions.get(&session, &exam, &student) {
-                        Some(held) => run_batch(&app, &held, texts).await,
+                        Some(held) => {
+                            app.metrics.http_batch(HttpBatch::Relayed);
+                            run_batch(&app, &held, texts).await
+                        }
                         None => BatchOutcome::NoSession,
                     };
                     let reply = Wire::Reply { id, outcome };

@@ -153,7 +153,10 @@ async fn post(
             ))
         })?;
     let outcome = match app.http_sessions.get(session_id, exam_id, &claims.sub) {
-        Some(session) => run_batch(app, &session, texts).await,
+        Some(session) => {
+            app.metrics.http_batch(crate::metrics::HttpBatch::Local);
+            run_batch(app, &session, texts).await
+        }
         None => super::forward::forward(app, exam_id, &claims.sub, session_id, texts)
             .await
             .map_err(refuse)?,
@@ -245,6 +248,11 @@ pub(crate) async fn run_batch(
     texts: Vec<String>,
 ) -> BatchOutcome {
     let deadline = tokio::time::Instant::now() + app.settings.http.reply_timeout;
+    // Any message meets the first-message deadline, as any text frame does
+    // on a socket (refused ones too).
+    session
+        .spoke
+        .store(true, std::sync::atomic::Ordering::Release);
     let mut slots = Vec::with_capacity(texts.len());
     for (i, text) in texts.iter().enumerate() {
         let received = std::time::Instant::now();

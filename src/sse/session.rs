@@ -20,19 +20,21 @@
 //! a client reacts as it would to the socket's close. An HTTP session
 //! cannot answer a liveness probe: a new connection naming it as its
 //! `previous_session` waits `exam.probe_timeout` and takes over as a
-//! reconnect (4.3).
+//! reconnect (4.3) — unless it presents the stream's handover token
+//! ([`HANDOVER_HEADER`], 8.4), which only the client holding the stream
+//! has: then it takes over at once (the client library moving back to
+//! the socket).
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Bytes,
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::Response,
 };
-use tokio::{
-    sync::mpsc,
-    time::{Instant, MissedTickBehavior},
-};
+use std::sync::atomic::Ordering;
+
+use tokio::{sync::mpsc, time::Instant};
 use tracing::Instrument;
 
 use super::{Opening, event, ids::EventIds, sessions::HttpSession};
@@ -43,7 +45,11 @@ use crate::{
     protocol::{ClientMsg, Incoming, Seq},
     ratelimit::ConnectionSlot,
     room::{CloseReason, RoomCmd, close},
-    ws::{AuthVia, Connection, Ending, Joined, lifetime},
+    ws::{
+        AuthVia, Connection, Ending, Joined,
+        deadlines::{Deadlines, Due},
+        lifetime,
+    },
 };
 
 /// Frames taken from the room's queue per hand-off to the body.
@@ -58,7 +64,16 @@ pub(crate) struct SessionQuery {
     pub(crate) previous_session: Option<String>,
     pub(crate) last_event_id: Option<Seq>,
     pub(crate) via_ticket: bool,
+    /// The handover token of the HTTP session `previous_session` names.
+    pub(crate) handover: Option<String>,
 }
+
+/// The session stream's response header with its handover token
+/// (PROTOCOL.md 8.4): a new connection of this client that presents it
+/// (`?handover=`) beside `?previous_session=` takes the session over at
+/// once. Only the client that opened the stream sees it: the `session_id`
+/// may be shared (a student's tabs keep it in common storage), this not.
+pub const HANDOVER_HEADER: &str = "x-examwatch-handover";
 
 /// Opens a session stream for an admitted student (the checks of
 /// [`Opening::admit`] and the roster passed): the database backlog check
@@ -102,20 +117,33 @@ pub(crate) fn open(
             AuthVia::Token
         },
         last_seq: None,
+        handover: super::sessions::handover_token(query.handover.as_deref()),
         previous_session: query.previous_session.filter(|s| s.len() <= 64),
+        http: true,
         app: app.clone(),
     });
     let (body_tx, body_rx) = mpsc::channel(2);
-    let session = Session { conn, resume };
+    let token = uuid::Uuid::new_v4();
+    let session = Session {
+        conn,
+        resume,
+        handover: token,
+    };
     // On the tracker, like every connection: shutdown waits for it.
     app.tracker.spawn(session.run(body_tx));
-    super::response(body_rx)
+    let mut res = super::response(body_rx);
+    if let Ok(value) = HeaderValue::from_str(&token.to_string()) {
+        res.headers_mut().insert(HANDOVER_HEADER, value);
+    }
+    res
 }
 
 struct Session {
     conn: Box<Connection>,
     /// `Last-Event-ID`: the stream starts with the socket's resume from it.
     resume: Option<Seq>,
+    /// Sent in [`HANDOVER_HEADER`].
+    handover: uuid::Uuid,
 }
 
 impl Session {
@@ -156,6 +184,8 @@ impl Session {
                 app.settings.limits.bad_message_window,
             )),
             replies: Default::default(),
+            handover: self.handover,
+            spoke: Default::default(),
         });
         let _listed = app
             .http_sessions
@@ -180,7 +210,11 @@ impl Session {
     }
 
     /// Hands the room's frames, heartbeats and the token's end to the body
-    /// until the stream must end.
+    /// until the stream must end. One timer for every timed duty, as on a
+    /// socket ([`Deadlines`]): the heartbeat (the socket's ping: a write is
+    /// all the liveness check a stream has, so a written one counts as
+    /// heard), the token's end, and `limits.first_message_timeout` (met by
+    /// the first POST that brings a message).
     async fn pump(
         &self,
         body: &mpsc::Sender<Bytes>,
@@ -190,15 +224,22 @@ impl Session {
     ) -> Ending {
         let app = &self.conn.app;
         let shutdown = app.shutdown.clone();
-        let every = app.settings.sse.heartbeat;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // A session stream cannot `refresh`: its token's end is its end.
         let exp = joined.standing.exp;
         let grace = lifetime::grace(&app.settings.auth);
-        let expiry = tokio::time::sleep_until(lifetime::next_wake(exp, grace));
-        tokio::pin!(expiry);
+        let mut deadlines = Deadlines::new(
+            Instant::now(),
+            app.settings.sse.heartbeat,
+            lifetime::next_wake(exp, grace),
+            app.settings.limits.first_message_timeout,
+        );
+        let timer = tokio::time::sleep_until(deadlines.next());
+        tokio::pin!(timer);
         loop {
+            let wake = deadlines.next();
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             let chunk = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ending::Server(close::GOING_AWAY),
@@ -209,18 +250,34 @@ impl Session {
                 _ = body.closed() => {
                     return Ending::Dropped("the event stream was closed".into());
                 }
-                _ = heartbeat.tick() => Bytes::from_static(event::HEARTBEAT),
-                () = &mut expiry => {
-                    if !lifetime::until_expiry(exp, grace, crate::store::now_ms()).is_zero() {
-                        expiry.as_mut().reset(lifetime::next_wake(exp, grace));
-                        continue;
+                () = &mut timer => {
+                    let now = Instant::now();
+                    match deadlines.due(now) {
+                        None => continue,
+                        Some(Due::Expiry) => {
+                            if !lifetime::until_expiry(exp, grace, crate::store::now_ms()).is_zero() {
+                                deadlines.set_expiry(lifetime::next_wake(exp, grace));
+                                continue;
+                            }
+                            let mut buf = Vec::new();
+                            let frame = super::expired_frame();
+                            app.metrics.messages_out(frame.as_str(), 1);
+                            event::append_with_id(&mut buf, ids.current(), Some("error"), frame.as_str());
+                            let _ = self.hand_off(body, joined, buf.into()).await;
+                            return Ending::Server(close::TOKEN_EXPIRED);
+                        }
+                        Some(Due::FirstMessage) => {
+                            if !session.spoke.load(Ordering::Acquire) {
+                                return Ending::Server(close::FIRST_MESSAGE_TIMEOUT);
+                            }
+                            deadlines.spoke();
+                            continue;
+                        }
+                        Some(Due::Ping | Due::PingTimeout) => {
+                            deadlines.heard(now);
+                            Bytes::from_static(event::HEARTBEAT)
+                        }
                     }
-                    let mut buf = Vec::new();
-                    let frame = super::expired_frame();
-                    app.metrics.messages_out(frame.as_str(), 1);
-                    event::append_with_id(&mut buf, ids.current(), Some("error"), frame.as_str());
-                    let _ = self.hand_off(body, joined, buf.into()).await;
-                    return Ending::Server(close::TOKEN_EXPIRED);
                 }
             };
             if chunk.is_empty() {

@@ -54,6 +54,11 @@ pub struct HttpSession {
     /// `limits.max_bad_messages` the stream ends (1007/1008).
     pub(crate) bad: Mutex<BadBudget>,
     pub(crate) replies: Replies,
+    /// The stream's handover token (`X-Examwatch-Handover`, PROTOCOL.md
+    /// 8.4): only the client holding the stream has it.
+    pub(crate) handover: uuid::Uuid,
+    /// A POST brought a message: `limits.first_message_timeout` is met.
+    pub(crate) spoke: std::sync::atomic::AtomicBool,
 }
 
 impl HttpSessions {
@@ -74,6 +79,21 @@ impl HttpSessions {
             .get(id)
             .filter(|s| &*s.exam == exam && &*s.student == student)
             .cloned()
+    }
+
+    /// Whether a new connection of `student` naming `previous` as its
+    /// previous session presents that open HTTP session's handover token:
+    /// the client holding the stream is moving (to a socket, or to a new
+    /// stream), so the room may take the session over without a probe.
+    pub(crate) fn hands_over(
+        &self,
+        previous: &str,
+        token: &uuid::Uuid,
+        exam: &str,
+        student: &str,
+    ) -> bool {
+        self.get(previous, exam, student)
+            .is_some_and(|s| same_secret(s.handover.as_bytes(), token.as_bytes()))
     }
 
     /// How many are open (for tests and the log).
@@ -163,6 +183,20 @@ impl Replies {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Utf8Bytes>>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A `?handover=` parameter as a token: `None` if absent or not a UUID
+/// (then it proves nothing, and the probe's rule applies).
+pub(crate) fn handover_token(param: Option<&str>) -> Option<Box<uuid::Uuid>> {
+    param
+        .and_then(|t| uuid::Uuid::try_parse(t).ok())
+        .map(Box::new)
+}
+
+/// Equal without an early exit: the time taken says nothing of where two
+/// secrets differ.
+fn same_secret(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn number(r#ref: &Label) -> Option<u64> {

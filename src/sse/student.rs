@@ -52,6 +52,9 @@ pub struct MeEventsParams {
     /// A session stream: resume after this seq (the `Last-Event-ID`
     /// header wins), for clients that cannot set the header.
     last_event_id: Option<crate::protocol::Seq>,
+    /// A session stream: the handover token of the HTTP session named by
+    /// `previous_session` (PROTOCOL.md 8.4).
+    handover: Option<String>,
 }
 
 /// What `?transport=` may say.
@@ -95,6 +98,7 @@ pub(crate) fn students_only() -> ApiError {
         ("transport" = Option<String>, Query, description = "`http`: the stream is a session of the student, the server-to-client half of the HTTP transport (PROTOCOL.md 8; messages go to POST /v1/exams/{exam_id}/me/messages); absent: a listener that is no connection (7.1)"),
         ("previous_session" = Option<String>, Query, description = "With transport=http: session_id of this client's previous connection (socket or HTTP session), as on the socket"),
         ("last_event_id" = Option<u64>, Query, maximum = 9223372036854775807_u64, description = "With transport=http: resume after this seq (the Last-Event-ID header wins)"),
+        ("handover" = Option<String>, Query, description = "With transport=http and previous_session naming an HTTP session: that session's handover token (its X-Examwatch-Handover response header), so it is taken over at once (PROTOCOL.md 8.4)"),
         ("Last-Event-ID" = Option<u64>, Header, description = "With transport=http: resume after this seq (the highest seq the stream delivered, its last `id:`): `resumed` and the replay follow the welcome"),
     ),
     responses(
@@ -143,6 +147,7 @@ pub async fn student_events(
             via_ticket: params.ticket.is_some(),
             previous_session: params.previous_session,
             last_event_id: params.last_event_id,
+            handover: params.handover,
         };
         return super::session::open(&app, &opening, &headers, &exam_id, claims, slot, query);
     }

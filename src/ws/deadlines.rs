@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 /// What the timer woke the connection for, most urgent first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Due {
+pub(crate) enum Due {
     /// The token's deadline as last armed: the caller checks the wall clock
     /// and either ends the connection or arms it again
     /// ([`Deadlines::set_expiry`]).
@@ -32,7 +32,7 @@ pub(super) enum Due {
 
 /// The instants a connection's loop waits for (see the module doc).
 #[derive(Debug)]
-pub(super) struct Deadlines {
+pub(crate) struct Deadlines {
     /// `ws.ping_interval`.
     interval: Duration,
     next_ping: Instant,
@@ -54,7 +54,7 @@ pub(super) struct Deadlines {
 impl Deadlines {
     /// A connection opened at `now`: its first ping an interval later.
     /// `first_timeout` zero means no first-message deadline.
-    pub(super) fn new(
+    pub(crate) fn new(
         now: Instant,
         interval: Duration,
         expiry: Instant,
@@ -71,24 +71,24 @@ impl Deadlines {
     }
 
     /// When the timer must fire next.
-    pub(super) fn next(&self) -> Instant {
+    pub(crate) fn next(&self) -> Instant {
         let next = self.next_ping.min(self.expiry);
         self.first_message.map_or(next, |first| next.min(first))
     }
 
     /// The client sent a frame (any kind): it is alive.
-    pub(super) fn heard(&mut self, now: Instant) {
+    pub(crate) fn heard(&mut self, now: Instant) {
         self.last_seen = now;
         self.pinged = false;
     }
 
     /// The client sent a text message: the first-message deadline is met.
-    pub(super) fn spoke(&mut self) {
+    pub(crate) fn spoke(&mut self) {
         self.first_message = None;
     }
 
     /// Arms the token's deadline anew (a `refresh`, or a capped wait ended).
-    pub(super) fn set_expiry(&mut self, at: Instant) {
+    pub(crate) fn set_expiry(&mut self, at: Instant) {
         self.expiry = at;
     }
 
@@ -97,7 +97,7 @@ impl Deadlines {
     /// `Ping` or `PingTimeout` schedules the next ping an interval from
     /// `now` (a late tick delays the ones after it, as tokio's
     /// `MissedTickBehavior::Delay` did).
-    pub(super) fn due(&mut self, now: Instant) -> Option<Due> {
+    pub(crate) fn due(&mut self, now: Instant) -> Option<Due> {
         if self.expiry <= now {
             return Some(Due::Expiry);
         }

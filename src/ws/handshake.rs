@@ -46,6 +46,9 @@ pub struct WsParams {
     last_seq: Option<Seq>,
     /// Students: the `session_id` of this client's previous connection.
     previous_session: Option<String>,
+    /// Students: the handover token of the HTTP session `previous_session`
+    /// names (PROTOCOL.md 8.4).
+    handover: Option<String>,
 }
 
 /// `GET /v1/exams/{exam_id}/ws`: authenticate, authorize, then upgrade.
@@ -57,6 +60,7 @@ pub struct WsParams {
         ("access_token" = Option<String>, Query, description = "JWT (fallback for servers without tickets; else the Authorization header)"),
         ("last_seq" = Option<u64>, Query, description = "Teachers: resume after this seq instead of a snapshot"),
         ("previous_session" = Option<String>, Query, description = "Students: session_id of the previous connection"),
+        ("handover" = Option<String>, Query, description = "Students, with previous_session naming an HTTP session: that session's handover token (its X-Examwatch-Handover response header), so it is taken over at once instead of after a liveness probe (PROTOCOL.md 8.4)"),
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol (subprotocol examwatch.v1 when offered)"),
@@ -194,7 +198,9 @@ pub async fn handshake(
         session_id: uuid::Uuid::new_v4(),
         via,
         last_seq: params.last_seq,
+        handover: crate::sse::sessions::handover_token(params.handover.as_deref()),
         previous_session: params.previous_session.filter(|s| s.len() <= 64),
+        http: false,
         app: app.clone(),
     });
     let guard = app.tracker.token();

@@ -64,7 +64,14 @@ impl Connection {
             // period) for this student, without an event of its own; a
             // draining one too, so a socket it has not closed yet does not
             // run beside this one until the drain reaches it.
-            let _ = redis.send_kick(exam, student).await;
+            // With the handover token, if one was presented: the holder
+            // checks it against its HTTP session and, if it is that
+            // session's, closes it without `session_invalidated` (8.4).
+            let proof = match (&self.previous_session, &self.handover) {
+                (Some(previous), Some(token)) => Some((previous.as_str(), &**token)),
+                _ => None,
+            };
+            let _ = redis.send_kick(exam, student, proof).await;
         }
         if alive && !same_client {
             ClusterJoin::TookOverElsewhere
@@ -72,6 +79,19 @@ impl Connection {
             // The same client back (it named its session, or its old socket
             // was already gone), or its instance died: a reconnect.
             ClusterJoin::Alone
+        }
+    }
+
+    /// Whether this connection presented the handover token of the open
+    /// HTTP session here that it names as its previous session (8.4).
+    fn hands_over(&self) -> bool {
+        match (&self.previous_session, &self.handover) {
+            (Some(previous), Some(token)) => {
+                self.app
+                    .http_sessions
+                    .hands_over(previous, token, &self.exam_id, &self.user)
+            }
+            _ => false,
         }
     }
 
@@ -177,6 +197,7 @@ impl Connection {
                 },
                 session_id: self.session_id.to_string(),
                 previous_session: self.previous_session.clone(),
+                handover: self.hands_over(),
                 peer_ip: Some(self.client.ip.to_string()),
                 user_agent: Some(self.user_agent.clone()),
                 previous_client: previous_client.clone(),

@@ -49,7 +49,7 @@ pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub(crate) mod answered;
-mod deadlines;
+pub(crate) mod deadlines;
 pub mod handshake;
 pub(crate) mod inbound;
 mod join;
@@ -99,6 +99,14 @@ pub(crate) struct Connection {
     pub(crate) via: AuthVia,
     pub(crate) last_seq: Option<Seq>,
     pub(crate) previous_session: Option<String>,
+    /// The handover token the connection presented (`?handover=`) for the
+    /// HTTP session it names as `previous_session` (PROTOCOL.md 8.4). If it
+    /// is that session's, the same client is moving: the session is taken
+    /// over without a probe, here or on its instance. Boxed: rare, and the
+    /// connection lives long.
+    pub(crate) handover: Option<Box<uuid::Uuid>>,
+    /// A student's HTTP session (PROTOCOL.md 8), not a socket.
+    pub(crate) http: bool,
     pub(crate) app: AppState,
 }
 
@@ -205,7 +213,10 @@ impl Connection {
     /// `protocol`: the subprotocol, or the transport when it is no socket.
     pub(crate) fn opened(&self, protocol: &str) {
         self.gauge().increment(1);
-        self.app.metrics.connections_open(self.role).increment(1);
+        self.app
+            .metrics
+            .connections_open(self.role, self.http)
+            .increment(1);
         self.app.metrics.connections_total.increment(1);
         tracing::info!(
             ip = %self.client, user_agent = %self.user_agent, auth = "ok",
@@ -228,7 +239,10 @@ impl Connection {
     pub(crate) fn closed(&self, ending: &Ending, started: Instant) {
         self.app.metrics.closed(ending.metric());
         self.gauge().decrement(1);
-        self.app.metrics.connections_open(self.role).decrement(1);
+        self.app
+            .metrics
+            .connections_open(self.role, self.http)
+            .decrement(1);
         let (code, reason, by) = match ending {
             Ending::Server(r) => (Some(r.code), r.reason.to_owned(), "server"),
             Ending::Client { code, reason } => (*code, reason.clone(), "client"),

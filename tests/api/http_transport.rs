@@ -508,7 +508,13 @@ async fn previous_session_naming_an_http_session_is_a_reconnect() {
     let http = HttpStudent::open(&app, "e1", "s1").await;
     t.next_where("connected", |v| is_student_event(v, "s1", "connected"))
         .await;
-    let url = format!("{}?previous_session={}", app.ws_url("e1"), http.session);
+    reconnect_over(&app, &mut t, &http.session, "").await;
+}
+
+/// Student s1's socket naming `session` as its previous one (and `query`
+/// more): welcomed as their second connection, a reconnect for teacher `t`.
+async fn reconnect_over(app: &TestApp, t: &mut Client, session: &str, query: &str) -> Client {
+    let url = format!("{}?previous_session={session}{query}", app.ws_url("e1"));
     let mut socket = connect_url(&url, &app.token("s1", Role::Student, &["e1"])).await;
     let welcome = socket.next_of_type("welcome").await;
     assert_eq!(welcome["student"]["connections"], 2);
@@ -518,6 +524,7 @@ async fn previous_session_naming_an_http_session_is_a_reconnect() {
         })
         .await;
     assert_eq!(ev["cause"], "reconnected", "no second session: {ev}");
+    socket
 }
 
 #[tokio::test]
@@ -569,22 +576,29 @@ async fn a_drain_ends_the_stream_with_close_1012() {
     assert_eq!(s.sse.next_block().await, None, "then the stream ends");
 }
 
+/// Two instances A and B on one Redis of their own (`None`: Redis or the
+/// database is not there), exam e1 open, and teacher t1 on B past its
+/// snapshot.
+async fn two_instances() -> Option<(crate::cluster::Redis, Vec<TestApp>, Client)> {
+    let redis = crate::cluster::Redis::start()?;
+    let apps = crate::cluster::cluster_on(&redis, Backend::Sqlite, 2, |_| {}).await?;
+    apps[0].open_exam("e1").await;
+    let teacher = apps[1].token("t1", Role::Teacher, &["e1"]);
+    let mut t = connect_url(&apps[1].ws_url("e1"), &teacher).await;
+    t.snapshot().await;
+    Some((redis, apps, t))
+}
+
 /// Two instances on one Redis: the student's stream on A, a teacher on B
 /// sees them as any student; a POST on B is forwarded to A and answered
 /// with A's results; a session whose holder does not answer is 503.
 #[tokio::test]
 async fn on_two_instances_the_post_may_reach_either() {
-    let Some(redis) = crate::cluster::Redis::start() else {
-        return;
-    };
-    let Some(apps) = crate::cluster::cluster_on(&redis, Backend::Sqlite, 2, |_| {}).await else {
+    let Some((redis, apps, mut t)) = two_instances().await else {
         return;
     };
     let (a, b) = (&apps[0], &apps[1]);
-    a.open_exam("e1").await;
     let teacher = b.token("t1", Role::Teacher, &["e1"]);
-    let mut t = connect_url(&b.ws_url("e1"), &teacher).await;
-    t.snapshot().await;
     let s = HttpStudent::open(a, "e1", "s1").await;
     t.next_where("connected on A", |v| is_student_event(v, "s1", "connected"))
         .await;
@@ -607,6 +621,13 @@ async fn on_two_instances_the_post_may_reach_either() {
     assert_eq!(body[0], json!({"type": "ack", "ref": "b1"}));
     assert_eq!(body[1]["code"], "unknown_type");
     assert_eq!(body[2], json!({"type": "ack"}));
+    let path =
+        |app: &TestApp, path| app.metric_where("examwatch_http_batches_total", &[("path", path)]);
+    assert_eq!(
+        [path(b, "forwarded"), path(a, "relayed"), path(a, "local")],
+        [1, 1, 1],
+        "B forwarded it, A ran it for B (and its own first batch)"
+    );
     t.next_where("progress via B", |v| {
         v["type"] == "student" && v["student"]["current_question"] == 3
     })
@@ -640,6 +661,8 @@ async fn on_two_instances_the_post_may_reach_either() {
         (status, code(&body)),
         (StatusCode::SERVICE_UNAVAILABLE, "session_unreachable")
     );
+    assert_eq!(path(b, "unreachable"), 1);
+    assert_eq!(path(b, "forwarded"), 1, "each batch in one path");
 }
 
 /// On PostgreSQL too, an answer's ack comes after its commit: the stored
@@ -726,4 +749,210 @@ async fn the_tokens_end_ends_the_session_with_4401() {
         (seen[1].event.as_str(), seen[1].data["code"].as_u64()),
         ("close", Some(4401))
     );
+}
+
+/// The handover token (PROTOCOL.md 8.4): a socket that names the HTTP
+/// session and presents its token takes it over at once, as a reconnect,
+/// although the probe would wait a minute; so does a new session stream.
+#[tokio::test]
+async fn the_handover_token_takes_the_http_session_over_at_once() {
+    let app = spawn_app_with(|s| s.exam.probe_timeout = Duration::from_secs(60)).await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let mut http = HttpStudent::open(&app, "e1", "s1").await;
+    t.next_where("connected", |v| is_student_event(v, "s1", "connected"))
+        .await;
+    let token = http.sse.headers["x-examwatch-handover"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    assert!(uuid::Uuid::try_parse(&token).is_ok(), "a UUID: {token}");
+    assert_ne!(token, http.session, "not the shareable session id");
+    // Socket: its welcome well within the probe's minute (WAIT is 5 s).
+    let _socket = reconnect_over(&app, &mut t, &http.session, &format!("&handover={token}")).await;
+    let close = http.next().await;
+    assert_eq!(
+        (close.event.as_str(), close.data["code"].as_u64()),
+        ("close", Some(4001)),
+        "taken over quietly: no session_invalidated first"
+    );
+    // HTTP to HTTP: a new stream presenting the token of the one it moves from.
+    let first = HttpStudent::open(&app, "e1", "s2").await;
+    let token = first.sse.headers["x-examwatch-handover"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut first = first;
+    t.next_where("s2 connected", |v| is_student_event(v, "s2", "connected"))
+        .await;
+    let query = format!("&previous_session={}&handover={token}", first.session);
+    let second = HttpStudent::open_with(&app, "e1", "s2", &query, &[]).await;
+    assert_eq!(second.welcome["student"]["connections"], 2);
+    let close = first.next().await;
+    assert_eq!(
+        (close.event.as_str(), close.data["code"].as_u64()),
+        ("close", Some(4001))
+    );
+    let ev = t
+        .next_where("s2 again", |v| {
+            v["type"] == "student" && v["student"]["student_id"] == "s2"
+        })
+        .await;
+    assert_eq!(ev["cause"], "reconnected", "{ev}");
+    assert_ne!(
+        second.sse.headers["x-examwatch-handover"].to_str().unwrap(),
+        token,
+        "each stream has its own"
+    );
+}
+
+/// Without the right token the probe's rule holds: the new connection waits
+/// `exam.probe_timeout` (the HTTP session cannot answer), then takes over.
+#[tokio::test]
+async fn a_wrong_handover_token_waits_for_the_probe() {
+    let probe = Duration::from_millis(800);
+    let app = spawn_app_with(|s| s.exam.probe_timeout = probe).await;
+    let other = HttpStudent::open(&app, "e1", "s0").await;
+    let others = other.sse.headers["x-examwatch-handover"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let stranger = uuid::Uuid::new_v4().to_string();
+    // Another student's, a malformed one, and a well-formed stranger.
+    for (sub, wrong) in [
+        ("s1", &others[..]),
+        ("s2", "not-a-uuid"),
+        ("s3", &stranger[..]),
+    ] {
+        let http = HttpStudent::open(&app, "e1", sub).await;
+        let real = &http.sse.headers["x-examwatch-handover"];
+        assert_ne!(real.to_str().unwrap(), wrong);
+        let url = format!(
+            "{}?previous_session={}&handover={wrong}",
+            app.ws_url("e1"),
+            http.session
+        );
+        let started = tokio::time::Instant::now();
+        let mut socket = connect_url(&url, &app.token(sub, Role::Student, &["e1"])).await;
+        let welcome = socket.next_of_type("welcome").await;
+        assert!(
+            started.elapsed() >= probe,
+            "{wrong}: admitted after {:?}, before the probe's end",
+            started.elapsed()
+        );
+        assert_eq!(welcome["student"]["connections"], 2, "then a reconnect");
+    }
+}
+
+/// `limits.first_message_timeout` holds for HTTP sessions: one that POSTs
+/// nothing ends with `event: close` 4408; one that POSTed stays.
+#[tokio::test]
+async fn an_http_session_that_never_posts_is_closed_at_the_first_message_deadline() {
+    let app = spawn_app_with(|s| s.limits.first_message_timeout = Duration::from_millis(300)).await;
+    let talking = HttpStudent::open(&app, "e1", "s1").await;
+    assert_eq!(
+        talking.send(json!([{"type": "heartbeat"}])).await,
+        [json!({"type": "ack"})]
+    );
+    // A refused message is a message too, as on a socket.
+    let refused = HttpStudent::open(&app, "e1", "s3").await;
+    let results = refused.send(json!([{"type": "nope"}])).await;
+    assert_eq!(results[0]["code"], "unknown_type");
+    let mut silent = HttpStudent::open(&app, "e1", "s2").await;
+    let close = silent.next_named("close").await;
+    assert_eq!(
+        close.data,
+        json!({"code": 4408, "reason": "no message received"})
+    );
+    assert_eq!(silent.sse.next_block().await, None, "then the stream ends");
+    // The talking ones' deadlines have passed too: they are still served.
+    for s in [&talking, &refused] {
+        assert_eq!(
+            s.send(json!([{"type": "heartbeat"}])).await,
+            [json!({"type": "ack"})]
+        );
+    }
+    assert_eq!(app.state.http_sessions.len(), 2);
+}
+
+/// The connection metrics tell the transports apart, and the POSTs' paths
+/// are counted.
+#[tokio::test]
+async fn connection_metrics_carry_the_transport_and_batches_are_counted() {
+    let app = spawn_app().await;
+    let open = |transport| {
+        app.metric_where(
+            "examwatch_connections_open",
+            &[("role", "student"), ("transport", transport)],
+        )
+    };
+    let (_socket, _) = app.student("e1", "ws").await;
+    let http = HttpStudent::open(&app, "e1", "ht").await;
+    eventually("one of each", || {
+        open("websocket") == 1 && open("http") == 1
+    })
+    .await;
+    assert_eq!(app.metric("examwatch_students_connected"), 2);
+    let local = || app.metric_where("examwatch_http_batches_total", &[("path", "local")]);
+    assert_eq!(local(), 0);
+    http.send(json!([{"type": "heartbeat"}])).await;
+    http.send(json!([{"type": "heartbeat"}, {"type": "heartbeat"}]))
+        .await;
+    assert_eq!(local(), 2, "one per batch, not per message");
+    drop(http);
+    eventually("the session closed", || open("http") == 0).await;
+    assert_eq!(open("websocket"), 1);
+}
+
+/// Across instances (8.4): an HTTP session on A, and its client's socket on
+/// B presenting the stream's token: B's kick carries it, A checks it and
+/// closes the stream with 4001 and nothing before it (the library moves on
+/// quietly); without the token A says `session_invalidated` first.
+#[tokio::test]
+async fn across_instances_the_handover_token_retires_the_http_session_quietly() {
+    let Some((_redis, apps, mut t)) = two_instances().await else {
+        return;
+    };
+    let (a, b) = (&apps[0], &apps[1]);
+    for (sub, with_token) in [("s1", true), ("s2", false)] {
+        let mut http = HttpStudent::open(a, "e1", sub).await;
+        t.next_where("connected on A", |v| is_student_event(v, sub, "connected"))
+            .await;
+        let token = http.sse.headers["x-examwatch-handover"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let proof = if with_token {
+            format!("&handover={token}")
+        } else {
+            String::new()
+        };
+        let url = format!(
+            "{}?previous_session={}{proof}",
+            b.ws_url("e1"),
+            http.session
+        );
+        let mut socket = connect_url(&url, &b.token(sub, Role::Student, &["e1"])).await;
+        socket.next_of_type("welcome").await;
+        let next = http.next().await;
+        if with_token {
+            assert_eq!(
+                (next.event.as_str(), next.data["code"].as_u64()),
+                ("close", Some(4001)),
+                "{sub}: quietly, nothing before the close"
+            );
+        } else {
+            assert_eq!(next.event, "session_invalidated", "{sub}: {next:?}");
+            assert_eq!(next.data["reason"], "second_session");
+            let close = http.next().await;
+            assert_eq!(close.data["code"], 4001);
+        }
+        let ev = t
+            .next_where("again on B", |v| {
+                v["type"] == "student"
+                    && v["student"]["student_id"] == sub
+                    && v["cause"] != "progress"
+            })
+            .await;
+        assert_eq!(ev["cause"], "reconnected", "{sub}: the same client: {ev}");
+    }
 }

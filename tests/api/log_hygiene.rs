@@ -230,6 +230,16 @@ async fn no_spelling_of_the_token_parameter_gets_a_token_into_the_log() {
     .await;
     assert_eq!(status_of(refused), 401);
     expected_queries.push("ticket=[redacted]".into());
+    // An HTTP session's handover token (PROTOCOL.md 8.4) is a secret too.
+    let handover = "5f0e8a4c-2b1d-4c3e-9f7a-0d1e2c3b4a59";
+    let refused = handshake(
+        &format!("{base}/e2/ws?previous_session=p1&handover={handover}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status_of(refused), 403);
+    expected_queries.push("previous_session=p1&handover=[redacted]".into());
 
     let deadline = Instant::now() + 2 * WAIT;
     let mut queries = Vec::new();
@@ -248,4 +258,5 @@ async fn no_spelling_of_the_token_parameter_gets_a_token_into_the_log() {
         !log.contains("tk-0123456789abcdef"),
         "a ticket reached the log"
     );
+    assert!(!log.contains(handover), "a handover token reached the log");
 }

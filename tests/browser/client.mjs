@@ -984,7 +984,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   };
   const json = (status, body, headers = {}) => ({ status, ok: status >= 200 && status < 300, headers: new Map(Object.entries(headers)), json: async () => body });
   /** An SSE response whose body the test writes. */
-  const stream = () => {
+  const stream = (handover = null) => {
     const chunks = [];
     let waiting = null;
     const reader = {
@@ -995,7 +995,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
     };
     const give = (chunk) => (waiting ? (waiting(chunk), (waiting = null)) : chunks.push(chunk));
     return {
-      res: { status: 200, ok: true, headers: new Map(), body: { getReader: () => reader } },
+      res: { status: 200, ok: true, headers: new Map(handover ? [['x-examwatch-handover', handover]] : []), body: { getReader: () => reader } },
       write: (text) => give({ value: new TextEncoder().encode(text), done: false }),
       end: () => give({ done: true }),
     };
@@ -1004,6 +1004,23 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   const posts = () => calls.filter((k) => k.url.endsWith('/me/messages'));
   const bodyOf = (k) => JSON.parse(k.init.body);
   const tick = () => new Promise((r) => setTimeout(r, 5));
+  /** Connects `k`, refuses its two handshakes, and welcomes its session stream as `session`. */
+  const ontoHttp = async (k, session, handover = null) => {
+    const m0 = FakeSocket.all.length;
+    const s0 = streams().length;
+    k.connect();
+    await until('socket 1', () => FakeSocket.all.length === m0 + 1);
+    FakeSocket.last().drop(1006);
+    await until('socket 2', () => FakeSocket.all.length === m0 + 2);
+    FakeSocket.last().drop(1006);
+    await until('its stream', () => streams().length === s0 + 1);
+    const b = stream(handover);
+    streams().at(-1).resolve(b.res);
+    await tick();
+    b.write(`event: welcome\ndata: ${JSON.stringify(welcome(session, 0))}\n\n`);
+    await until('on HTTP', () => k.state === 'live' && k.transport === 'http');
+    return b;
+  };
 
   const c = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage(), wsRetryMs: 100000 });
   const transports = [];
@@ -1061,7 +1078,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   await until('a new stream', () => streams().length === 2);
   const s2 = streams()[1];
   check(s2.url.endsWith('?transport=http&previous_session=H1') && s2.init.headers['last-event-id'] === '4', `previous_session and Last-Event-ID: ${s2.url} ${JSON.stringify(s2.init.headers)}`);
-  const body2 = stream();
+  const body2 = stream('HT2');
   s2.resolve(body2.res);
   await tick();
   body2.write(`event: welcome\ndata: ${JSON.stringify(welcome('H2', 4))}\nid: 4\n\n`);
@@ -1082,7 +1099,8 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   await until('offline with 1012', () => c.state !== 'live');
   await until('a third stream', () => streams().length === 3, 6000);
   const s3 = streams()[2];
-  const body3 = stream();
+  check(s3.url.endsWith('&previous_session=H2&handover=HT2'), `a new stream presents the last one's handover token: ${s3.url}`);
+  const body3 = stream('HT3');
   s3.resolve(body3.res);
   await tick();
   body3.write(`event: welcome\ndata: ${JSON.stringify(welcome('H3', 4))}\n\n`);
@@ -1091,7 +1109,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
   // Meanwhile the socket is tried in the background, with the HTTP session's id.
   const before = FakeSocket.all.length;
   await until('a background socket', () => FakeSocket.all.length === before + 1, 1000);
-  check(FakeSocket.last().url.includes('&previous_session=H3'), `a reconnect of the HTTP session: ${FakeSocket.last().url}`);
+  check(FakeSocket.last().url.includes('&previous_session=H3&handover=HT3'), `a reconnect of the HTTP session, with its token: ${FakeSocket.last().url}`);
   FakeSocket.last().drop(1006);
   check(c.state === 'live' && c.transport === 'http', 'a failed attempt changes nothing');
   await until('another background socket', () => FakeSocket.all.length === before + 2, 1000);
@@ -1121,17 +1139,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
     k.addEventListener('session_invalidated', () => invalidated.push(1));
     const m0 = FakeSocket.all.length;
     const s0 = streams().length;
-    k.connect();
-    await until('socket 1', () => FakeSocket.all.length === m0 + 1);
-    FakeSocket.last().drop(1006);
-    await until('socket 2', () => FakeSocket.all.length === m0 + 2);
-    FakeSocket.last().drop(1006);
-    await until('its stream', () => streams().length === s0 + 1);
-    const b = stream();
-    streams().at(-1).resolve(b.res);
-    await tick();
-    b.write(`event: welcome\ndata: ${JSON.stringify(welcome('K1', 0))}\n\n`);
-    await until('on HTTP', () => k.state === 'live' && k.transport === 'http');
+    const b = await ontoHttp(k, 'K1');
     const q = k.answer('q1', 'A');
     await until('the background socket', () => FakeSocket.all.length === m0 + 3, 1000);
     const bg = FakeSocket.last();
@@ -1144,6 +1152,52 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
     bg.receive(welcome('K2', 0));
     check(k.state === 'live' && k.transport === 'websocket' && k.sessionId === 'K2', `on the socket: ${k.state} ${k.transport}`);
     check(bg.sent.some((m) => m.id === q), 'the unacked answer goes on the socket');
+    k.close();
+  }
+
+  // A background socket with the token, given up before its welcome (slow):
+  // the server may have retired the HTTP session for it, so the 4001 that
+  // follows is our own move, a reconnect, not a second session.
+  {
+    const k = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage(), wsRetryMs: 20, wsRetryCapMs: 40, wsOpenTimeoutMs: 30 });
+    const invalidated = [];
+    k.addEventListener('session_invalidated', () => invalidated.push(1));
+    const m0 = FakeSocket.all.length;
+    const s0 = streams().length;
+    const b = await ontoHttp(k, 'M1', 'HTM');
+    await until('the background socket', () => FakeSocket.all.length === m0 + 3, 1000);
+    const bg = FakeSocket.last();
+    check(bg.url.includes('previous_session=M1&handover=HTM'), bg.url);
+    await until('given up', () => bg.closedWith === 1000, 1000);
+    b.write('event: close\ndata: {"code":4001,"reason":"session taken over by a new connection"}\n\n');
+    b.end();
+    await until('the stream ended', () => k.state !== 'live', 1000);
+    check(invalidated.length === 0 && k.state !== 'closed', `our own move, not a second session: ${k.state} ${invalidated.length}`);
+    const n = FakeSocket.all.length + streams().length;
+    await until('a reconnect', () => FakeSocket.all.length + streams().length > n, 2000);
+    k.close();
+  }
+
+  // `terminated` over HTTP: the stream (and its session) end with it, so
+  // its `received` goes to POST me/received, not to the session's POST;
+  // a 503 is retried. On the socket the handover token is not sent again.
+  {
+    const k = new ExamwatchClient({ ...options, tickets: true, fetch, storage: new MemoryStorage(), wsRetryMs: 100000 });
+    const p0 = posts().length;
+    const b = await ontoHttp(k, 'X1', 'HTX');
+    const received = () => calls.filter((x) => x.url === 'http://exams.test/v1/exams/e1/me/received');
+    const r0 = received().length;
+    b.write(`event: terminated\ndata: ${JSON.stringify({ type: 'terminated', id: 'act-9', reason: 'bye' })}\n\n`);
+    b.write('event: close\ndata: {"code":4003,"reason":"exam terminated"}\n\n');
+    b.end();
+    await until('POST me/received', () => received().length === r0 + 1);
+    const r = received().at(-1);
+    check(r.init.method === 'POST' && JSON.parse(r.init.body).id === 'act-9' && r.init.headers.authorization === `Bearer ${token}`, `me/received with the id and the token: ${r.init.body}`);
+    r.resolve(json(503, { error: { code: 'database_unavailable' } }));
+    await until('sent again after a 503', () => received().length === r0 + 2, 3000);
+    received().at(-1).resolve(json(200, { id: 'act-9', recorded: true }));
+    check(!posts().slice(p0).some((x) => bodyOf(x).some((m) => m.type === 'received')), 'not on the ended session');
+    check(k.state === 'closed', `terminated stops the client: ${k.state}`);
     k.close();
   }
   n1 = streams().length;

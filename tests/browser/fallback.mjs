@@ -7,9 +7,14 @@
 // HTTP transport (SSE + POST) and sits the exam on it: progress, answers,
 // focus lost and regained, and s1 submits. A teacher (the library,
 // directly on the server) sees all of it live, and the students
-// `connected`. Then the gate lets upgrades through: each library returns to
-// the socket by itself (its background attempt, `previous_session` = the
-// HTTP session), s2 answering across the move and after it, then
+// `connected`. A third student, s3, is terminated by the teacher while on
+// HTTP: their client stops, and the action shows `delivered` (the library
+// acknowledges the frame with POST me/received, since the stream and its
+// session end with it). Then the gate lets upgrades through: each library
+// returns to the socket by itself (its background attempt,
+// `previous_session` = the HTTP session, with the stream's handover token:
+// the server's probe is set to a minute, so only the token gets it
+// through in time), s2 answering across the move and after it, then
 // submitting. Checked: `transport` went `http` then `websocket` (event and
 // property); nothing is left in an outbox or set aside; no
 // `session_invalidated`; the teacher saw every answer, no `disconnected`
@@ -73,7 +78,9 @@ function upgradeGate(target) {
 }
 
 await scenario('fallback', async ({ cleanup, problems }) => {
-  const app = await startServer(['serve']);
+  // A probe far longer than the test waits: the move back to the socket
+  // must come from the HTTP session's handover token (PROTOCOL.md 8.4).
+  const app = await startServer(['serve'], { env: { EXAMWATCH__EXAM__PROBE_TIMEOUT: '60s' } });
   cleanup.push(() => kill9(app));
   const { gate, close, addr } = await upgradeGate(app.addr);
   cleanup.push(close);
@@ -102,7 +109,8 @@ await scenario('fallback', async ({ cleanup, problems }) => {
 
   // The students, through the gate: sockets refused.
   const sp = await page(browser, `http://${addr}/healthz`, problems);
-  const who = STUDENTS.map((id) => ({ id, token: token(id, 'student', 'e1', id.toUpperCase()) }));
+  // s3 sits on HTTP too, until a teacher terminates their exam.
+  const who = [...STUDENTS, 's3'].map((id) => ({ id, token: token(id, 'student', 'e1', id.toUpperCase()) }));
   await sp.evaluate(async (who) => {
     const { ExamwatchClient } = await import('/client/examwatch.js');
     window.c = {};
@@ -112,9 +120,9 @@ await scenario('fallback', async ({ cleanup, problems }) => {
         exam: 'e1',
         token: w.token,
         wsFailuresBeforeFallback: 2,
-        // Above the server's exam.probe_timeout (2 s): a socket taking over
-        // the HTTP session gets its welcome only after that probe.
-        wsOpenTimeoutMs: 8000,
+        // Far below the server's exam.probe_timeout (60 s here): a socket
+        // taking over the HTTP session is welcomed at once, by the token.
+        wsOpenTimeoutMs: 4000,
         wsRetryMs: 1000,
         wsRetryCapMs: 2000,
         backoffBaseMs: 100,
@@ -125,6 +133,7 @@ await scenario('fallback', async ({ cleanup, problems }) => {
       c.addEventListener('connection', (e) => seen.states.push(`${e.detail.state}${e.detail.transport ? `/${e.detail.transport}` : ''}${e.detail.code ? `:${e.detail.code}` : ''}`));
       c.addEventListener('session_invalidated', () => (seen.invalidated += 1));
       c.addEventListener('error', (e) => seen.errors.push(e.detail.code));
+      c.addEventListener('terminated', () => (seen.terminated = true));
       window.c[w.id] = c;
       window.seen[w.id] = seen;
       c.connect();
@@ -162,6 +171,26 @@ await scenario('fallback', async ({ cleanup, problems }) => {
   check(await sp.evaluate(onHttp, STUDENTS), `still on HTTP: ${await sp.evaluate(show)}`);
   check(gate.upgrades === 0, 'no socket got through');
 
+  // Terminated over HTTP: the stream ends right after the frame, so the
+  // library acknowledges it with POST me/received, and the action shows
+  // `delivered` (not `pending` for ever).
+  await within(sp, 10000, 's3 live over HTTP', onHttp, ['s3'], show);
+  const term = await rest(`http://${app.addr}`, teacher, 'POST', '/v1/exams/e1/actions', { id: 'end-s3', kind: 'terminate', students: ['s3'] });
+  check(term.status === 200, `terminate: ${term.status} ${term.text}`);
+  await within(sp, 2000, "s3's client stops: terminated", () => window.seen.s3.terminated === true && window.c.s3.state === 'closed', null, show);
+  const delivery = async () => {
+    const list = await rest(`http://${app.addr}`, teacher, 'GET', '/v1/exams/e1/actions');
+    const action = list.json?.actions?.find((a) => a.id === 'end-s3');
+    return action?.students?.find((st) => st.student_id === 's3')?.delivery;
+  };
+  const deadline = Date.now() + 5000;
+  let delivered = await delivery();
+  while (delivered !== 'delivered' && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 100));
+    delivered = await delivery();
+  }
+  check(delivered === 'delivered', `the terminate frame was acknowledged over HTTP: ${delivered}`);
+
   // Upgrades get through again: back to the socket, s2 answering across the move.
   gate.blocked = false;
   log('unblocked');
@@ -172,8 +201,8 @@ await scenario('fallback', async ({ cleanup, problems }) => {
   });
   const onSocket = (ids) => ids.every((id) => window.c[id].state === 'live' && window.c[id].transport === 'websocket');
   // The next background attempt is at most wsRetryCapMs (2 s) away, and
-  // its welcome waits the server's probe of the HTTP session (2 s).
-  await within(sp, 5000, 'both students back on the socket', onSocket, STUDENTS, show);
+  // its welcome comes at once (the handover token: no probe to wait for).
+  await within(sp, 3000, 'both students back on the socket', onSocket, STUDENTS, show);
   await sp.evaluate(() => {
     const c = window.c.s2;
     window.seen.s2.ids.q6 = c.answer('q6', { choice: 6 });

@@ -213,6 +213,7 @@ class HttpLink {
     this.onopen = this.onframe = this.onclose = null;
     this._o = o;
     this._sessionId = null;
+    this.handover = null;
     /** Client messages not yet POSTed, as objects. */
     this._queue = [];
     this._posting = false;
@@ -267,6 +268,7 @@ class HttpLink {
     const o = this._o;
     const query = new URLSearchParams({ transport: 'http' });
     if (o.previousSession) query.set('previous_session', o.previousSession);
+    if (o.previousSession && o.handover) query.set('handover', o.handover);
     const headers = this._headers({ accept: 'text/event-stream' });
     if (Number.isFinite(o.lastEventId)) headers['last-event-id'] = String(o.lastEventId);
     let res;
@@ -289,6 +291,8 @@ class HttpLink {
       });
     }
     this.opened = true;
+    /** The stream's handover token (PROTOCOL.md 8.4): a later connection of this client presents it. */
+    this.handover = res.headers?.get?.('x-examwatch-handover') ?? null;
     this.onopen?.();
     await this._read(res.body.getReader());
   }
@@ -555,6 +559,10 @@ export class ExamwatchClient extends EventTarget {
     /** On HTTP: the background socket attempt under way, and how many failed. */
     this._probe = null;
     this._probeFailures = 0;
+    /** The last HTTP session's handover token, `{session, token}` (PROTOCOL.md 8.4), or null. */
+    this._handover = null;
+    /** When a background socket that presented the token was given up (ms), or null. */
+    this._movedAt = null;
     /** Bumped when a background attempt is dropped, so one still asking for its ticket gives up. */
     this._probeGen = 0;
     this._timers = new Set();
@@ -930,6 +938,8 @@ export class ExamwatchClient extends EventTarget {
     let url = `${this.url}?${credential}`;
     if (this.role === 'student' && this.sessionId) {
       url += `&previous_session=${encodeURIComponent(this.sessionId)}`;
+      const handover = this._handoverFor(this.sessionId);
+      if (handover) url += `&handover=${encodeURIComponent(handover)}`;
     }
     // Teachers resume atomically at the handshake (PROTOCOL.md 4.4 form 1):
     // the server sends what was missed, or a snapshot, instead of a snapshot
@@ -1035,6 +1045,7 @@ export class ExamwatchClient extends EventTarget {
       base: this.httpUrl,
       token: () => this.token,
       previousSession: this.sessionId,
+      handover: this._handoverFor(this.sessionId),
       lastEventId: this.lastSeq,
       batchMax: this.httpBatchMax,
       idleMs: this.sseIdleMs,
@@ -1061,6 +1072,10 @@ export class ExamwatchClient extends EventTarget {
       }
       if (e.code === 1009) this._setAsideTooBig();
       this._connectionLost('connection lost');
+      // Retired for a background socket of ours that we gave up on (its
+      // welcome late): not a second session, a reconnect.
+      const ours = e.code === 4001 && !this._invalidated && this._movedAt !== null && Date.now() - this._movedAt < 60000;
+      if (ours) e = { ...e, code: 1006, reason: 'moved to a socket that was given up' };
       if (e.unsupported) this._httpUnsupported = true;
       if (!e.opened || e.unsupported) this._wsFailures = 0;
       if (e.refusal?.code === 'token_revoked') return this._tokenRevoked(4403, e.reason);
@@ -1111,10 +1126,14 @@ export class ExamwatchClient extends EventTarget {
       return;
     }
     this._probe = probe;
+    const handedOver = this._handoverFor(this.sessionId) !== null;
     const failed = () => {
       if (this._probe !== probe) return;
       this._probe = null;
       probe.close(1000);
+      // The server may have taken the HTTP session over for it already
+      // (the token skips the probe): the 4001 that follows is our own move.
+      if (handedOver) this._movedAt = Date.now();
       this._probeFailures += 1;
       if (this._link) return this._scheduleProbe();
       // The HTTP session ended while this attempt was under way: a reconnect as usual.
@@ -1289,6 +1308,11 @@ export class ExamwatchClient extends EventTarget {
         this._syncClock(Date.parse(msg.server_time));
         const kind = this._link?.kind ?? 'websocket';
         if (kind === 'websocket') this._wsFailures = this._probeFailures = 0;
+        this._movedAt = null;
+        // Kept in memory only (not in the tabs' shared storage): it proves
+        // this tab is the HTTP session's client when it moves (8.4).
+        const token = kind === 'http' ? this._link.handover : null;
+        this._handover = token ? { session: msg.session_id, token } : null;
         this._setTransport(kind);
         this._emit('welcome', msg);
         this._emit('status', { student: msg.student, cause: 'welcome' });
@@ -1351,14 +1375,15 @@ export class ExamwatchClient extends EventTarget {
         this._onError(msg);
         break;
       case 'session_invalidated':
-        this._received(msg.id);
         if (msg.reason === 'access_revoked') {
+          this._receivedFinal(msg.id);
           // A teacher's `deny`: close 4003 follows (and stops the client).
           this._stopped = 'revoked';
           this._emit('revoked', { id: msg.id ?? null, reason: msg.reason });
           this._examChanged(null, 'revoked');
           break;
         }
+        this._received(msg.id);
         this._invalidated = true;
         this._emit('session_invalidated', msg);
         break;
@@ -1402,7 +1427,7 @@ export class ExamwatchClient extends EventTarget {
         this._emit('hand_lowered', msg);
         break;
       case 'terminated':
-        this._received(msg.id);
+        this._receivedFinal(msg.id);
         this._stopped = 'terminated';
         this._emit('terminated', { id: msg.id ?? null, reason: msg.reason ?? null });
         this._examChanged(null, 'terminated');
@@ -1427,6 +1452,46 @@ export class ExamwatchClient extends EventTarget {
   /** Acknowledges a frame that carries an action's id (PROTOCOL.md 2, `received`). */
   _received(id) {
     if (typeof id === 'string' && id.length > 0) this.send({ type: 'received', id });
+  }
+
+  /**
+   * Acknowledges the frame that ends the session (`terminated`, a `deny`'s
+   * `session_invalidated`). On a socket, as any other. On HTTP the stream
+   * ends right after it, and with it the session a POST would need (409
+   * `no_session`): so `POST me/received` instead (PROTOCOL.md 7.1, any
+   * instance, harmless twice), retried a few times on a network error or
+   * a 5xx.
+   */
+  _receivedFinal(id) {
+    if (typeof id !== 'string' || id.length === 0) return;
+    if (this._link?.kind !== 'http' || typeof this._fetch !== 'function') return this._received(id);
+    // Its own timers: the session's are cleared as the stream ends, which
+    // it does right after this frame.
+    const retry = (attempt) => setTimeout(() => send(attempt + 1), 500 * 2 ** attempt);
+    const send = (attempt) => {
+      Promise.resolve()
+        .then(() =>
+          this._fetch(`${this.httpUrl}/me/received`, {
+            method: 'POST',
+            headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
+            body: JSON.stringify({ id }),
+            cache: 'no-store',
+          }),
+        )
+        .then((res) => {
+          if (res.status >= 500 && attempt < 5) retry(attempt);
+        })
+        .catch(() => {
+          if (attempt < 5) retry(attempt);
+        });
+    };
+    send(0);
+  }
+
+  /** The handover token of this client's HTTP session `sessionId`, if it had one (PROTOCOL.md 8.4). */
+  _handoverFor(sessionId) {
+    const h = this._handover;
+    return h && sessionId && h.session === sessionId ? h.token : null;
   }
 
   /**

@@ -258,9 +258,10 @@ impl Room {
         }
     }
 
-    /// Another instance took this student's session: close ours quietly,
-    /// or end our grace period for them without an event.
-    pub(super) fn kicked_elsewhere(&mut self, sid: &Arc<str>) {
+    /// Another instance took this student's session: close ours (after a
+    /// `session_invalidated`, unless `quiet`: its own client moved with the
+    /// handover token), or end our grace period for them without an event.
+    pub(super) fn kicked_elsewhere(&mut self, sid: &Arc<str>, quiet: bool) {
         let Some(st) = self.students.get_mut(sid) else {
             return;
         };
@@ -271,12 +272,14 @@ impl Room {
             return;
         };
         if let Some((_, out)) = self.student_conns.remove(&conn) {
-            let bye = ServerMsg::SessionInvalidated {
-                reason: "second_session",
-                id: None,
+            if !quiet {
+                let bye = ServerMsg::SessionInvalidated {
+                    reason: "second_session",
+                    id: None,
+                }
+                .encode();
+                let _ = out.tx.try_send(bye);
             }
-            .encode();
-            let _ = out.tx.try_send(bye);
             out.kick.kick(close::TAKEN_OVER);
         }
         if let Some(key) = st.idle_timer.take() {

@@ -85,6 +85,11 @@ impl Room {
         };
         let claims_same_client =
             join.previous_session.is_some() && join.previous_session == st.session_id;
+        if claims_same_client && join.handover {
+            // The client of that HTTP session moving (8.4): it cannot
+            // answer a probe, and need not.
+            return self.retire(join, old);
+        }
         if claims_same_client && !self.probes.contains_key(&old) {
             if let Some((_, old_out)) = self.student_conns.get(&old) {
                 old_out.kick.probe();
@@ -114,7 +119,12 @@ impl Room {
         {
             return self.second_session(join, current);
         }
-        // Dead: retire the old socket quietly and treat this as a reconnect.
+        self.retire(join, old);
+    }
+
+    /// The student's connection `old` is dead or handed over: it is closed
+    /// quietly (4001) and `join` admitted as a reconnect.
+    fn retire(&mut self, join: StudentJoin, old: ConnId) {
         if let Some((sid, old_out)) = self.student_conns.remove(&old) {
             old_out.kick.kick(close::TAKEN_OVER);
             if let Some(st) = self.students.get_mut(&sid)
