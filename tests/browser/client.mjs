@@ -1168,6 +1168,7 @@ const most1s = (ws) => Math.max(0, ...ws.sentAt.map((t) => ws.sentAt.filter((u) 
     await until('the background socket', () => FakeSocket.all.length === m0 + 3, 1000);
     const bg = FakeSocket.last();
     check(bg.url.includes('previous_session=M1&handover=HTM'), bg.url);
+    bg.onopen(); // upgraded, then no welcome in time
     await until('given up', () => bg.closedWith === 1000, 1000);
     b.write('event: close\ndata: {"code":4001,"reason":"session taken over by a new connection"}\n\n');
     b.end();

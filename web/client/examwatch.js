@@ -1126,14 +1126,15 @@ export class ExamwatchClient extends EventTarget {
       return;
     }
     this._probe = probe;
-    const handedOver = this._handoverFor(this.sessionId) !== null;
     const failed = () => {
       if (this._probe !== probe) return;
       this._probe = null;
       probe.close(1000);
-      // The server may have taken the HTTP session over for it already
-      // (the token skips the probe): the 4001 that follows is our own move.
-      if (handedOver) this._movedAt = Date.now();
+      // Upgraded, so the server may have taken the HTTP session over for
+      // it already (at once with the token, or when its probe ran out): a
+      // quiet 4001 that follows is our own move. (A refused upgrade never
+      // reached a room.)
+      if (probe.opened) this._movedAt = Date.now();
       this._probeFailures += 1;
       if (this._link) return this._scheduleProbe();
       // The HTTP session ended while this attempt was under way: a reconnect as usual.
