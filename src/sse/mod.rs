@@ -160,52 +160,12 @@ pub async fn watcher_events(
     if let Some(refusal) = opening.closed_for_streams() {
         return refusal;
     }
-    let (tx, rx, kick) = crate::room::queue::queue(app.settings.ws.teacher_queue);
-    let out = Outbox {
-        tx,
-        kick: kick.clone(),
-        lane: crate::metrics::SlowPath::SseWatcher,
-    };
-    let id = app.next_conn_id();
-    let Some(room) = app
-        .registry
-        .join_watcher(&exam_id, id, &out, last_seq)
-        .await
-    else {
-        return opening.room_refused();
-    };
-    // The body's side: a small buffer, so the task notices a stalled
-    // client as a hand-off that waits (raced against kick and shutdown).
-    let (body_tx, body_rx) = mpsc::channel::<Bytes>(2);
-    let stream = Stream {
-        id,
-        room,
-        rx,
-        kick,
-        // Listed for revocations and the drain (src/live.rs).
-        _live: app.revocations.register(
-            id,
-            exam_id.as_str().into(),
-            true,
-            TokenId::of(&claims),
-            out.clone(),
-        ),
-        exp: claims.exp,
-        app: app.clone(),
-        client: opening.client,
-        _slot: slot,
-        user_agent: opening.user_agent.clone(),
-        audience: Audience::Watcher { last_seq },
-    };
-    let span = tracing::info_span!(
-        "sse",
-        conn_id = id,
-        exam_id = %exam_id,
-        user_id = %claims.sub,
-        role = claims.role.as_str(),
-    );
-    stream.start(body_tx, span);
-    response(body_rx)
+    let queue = app.settings.ws.teacher_queue;
+    let (registry, exam) = (&app.registry, exam_id.as_str());
+    let join =
+        move |id, out: Outbox| async move { registry.join_watcher(exam, id, &out, last_seq).await };
+    let audience = Audience::Watcher { last_seq };
+    Stream::listen(&app, &opening, &claims, slot, queue, audience, join).await
 }
 
 /// Where to resume: the `Last-Event-ID` header (what a reconnecting
@@ -488,6 +448,73 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
+    /// Opens a listener stream (sections 7 and 7.1) for admitted `claims`:
+    /// its queue of `queue` frames, `join` to put it in its room (`None`:
+    /// the room refused, 503), its entry among the live connections, and
+    /// the task that feeds the body.
+    pub(crate) async fn listen<F, Fut>(
+        app: &AppState,
+        opening: &Opening<'_>,
+        claims: &Claims,
+        slot: ConnectionSlot,
+        queue: usize,
+        audience: Audience,
+        join: F,
+    ) -> Response
+    where
+        F: FnOnce(ConnId, Outbox) -> Fut,
+        Fut: std::future::Future<Output = Option<RoomHandle>>,
+    {
+        let watcher = matches!(audience, Audience::Watcher { .. });
+        let (tx, rx, kick) = crate::room::queue::queue(queue);
+        let lane = if watcher {
+            crate::metrics::SlowPath::SseWatcher
+        } else {
+            crate::metrics::SlowPath::SseStudent
+        };
+        let out = Outbox {
+            tx,
+            kick: kick.clone(),
+            lane,
+        };
+        let id = app.next_conn_id();
+        let Some(room) = join(id, out.clone()).await else {
+            return opening.room_refused();
+        };
+        // The body's side: a small buffer, so the task notices a stalled
+        // client as a hand-off that waits (raced against kick and shutdown).
+        let (body_tx, body_rx) = mpsc::channel::<Bytes>(2);
+        let stream = Stream {
+            id,
+            room,
+            rx,
+            kick,
+            // Listed for revocations and the drain (src/live.rs).
+            _live: app.revocations.register(
+                id,
+                opening.exam_id.into(),
+                watcher,
+                TokenId::of(claims),
+                out,
+            ),
+            exp: claims.exp,
+            app: app.clone(),
+            client: opening.client,
+            _slot: slot,
+            user_agent: opening.user_agent.clone(),
+            audience,
+        };
+        let span = tracing::info_span!(
+            "sse",
+            conn_id = id,
+            exam_id = %opening.exam_id,
+            user_id = %claims.sub,
+            role = claims.role.as_str(),
+        );
+        stream.start(body_tx, span);
+        response(body_rx)
+    }
+
     /// Runs the stream on the server's task tracker, in `span`.
     fn start(self, body: mpsc::Sender<Bytes>, span: tracing::Span) {
         let tracker = self.app.tracker.clone();

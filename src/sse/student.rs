@@ -24,11 +24,10 @@ use axum::{
     response::Response,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use utoipa::ToSchema;
 
-use super::{Audience, Opening, Stream, response};
-use crate::revocations::TokenId;
+use super::{Audience, Opening, Stream};
 use crate::{
     app::AppState,
     auth::{self, Claims, TokenError},
@@ -151,51 +150,22 @@ pub async fn student_events(
         };
         return super::session::open(&app, &opening, &headers, &exam_id, claims, slot, query);
     }
-    let (tx, rx, kick) = crate::room::queue::queue(app.settings.ws.student_queue);
-    let out = Outbox {
-        tx,
-        kick: kick.clone(),
-        lane: crate::metrics::SlowPath::SseStudent,
+    let queue = app.settings.ws.student_queue;
+    let (registry, exam) = (&app.registry, exam_id.as_str());
+    let student: std::sync::Arc<str> = claims.sub.as_str().into();
+    let join = move |id, out: Outbox| async move {
+        registry.listen_student(exam, id, &student, &out).await
     };
-    let id = app.next_conn_id();
-    let student = claims.sub.as_str().into();
-    let Some(room) = app
-        .registry
-        .listen_student(&exam_id, id, &student, &out)
-        .await
-    else {
-        return opening.room_refused();
-    };
-    let (body_tx, body_rx) = mpsc::channel(2);
-    let stream = Stream {
-        id,
-        room,
-        rx,
-        kick,
-        // Listed for revocations and the drain (src/live.rs).
-        _live: app.revocations.register(
-            id,
-            exam_id.as_str().into(),
-            false,
-            TokenId::of(&claims),
-            out.clone(),
-        ),
-        exp: claims.exp,
-        app: app.clone(),
-        client: opening.client,
-        _slot: slot,
-        user_agent: opening.user_agent.clone(),
-        audience: Audience::Student,
-    };
-    let span = tracing::info_span!(
-        "sse",
-        conn_id = id,
-        exam_id = %exam_id,
-        user_id = %claims.sub,
-        role = claims.role.as_str(),
-    );
-    stream.start(body_tx, span);
-    response(body_rx)
+    Stream::listen(
+        &app,
+        &opening,
+        &claims,
+        slot,
+        queue,
+        Audience::Student,
+        join,
+    )
+    .await
 }
 
 /// What a student acknowledges.
