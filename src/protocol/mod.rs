@@ -17,6 +17,7 @@ mod client;
 mod props;
 mod server;
 mod state;
+mod student_frame;
 
 pub use client::*;
 pub use server::*;
@@ -188,12 +189,18 @@ impl Serialize for Timestamp {
         // humantime cannot format past year 9999 (and serde_json panics on
         // a formatter's error): a deadline pushed that far by extra time
         // and extensions is shown as the last instant there is.
-        let t = if self.unix_ms() > LAST_MS {
+        s.collect_str(&humantime::format_rfc3339_millis(self.formattable()))
+    }
+}
+
+impl Timestamp {
+    /// The instant as it is shown: at most [`LAST_MS`].
+    fn formattable(&self) -> SystemTime {
+        if self.unix_ms() > LAST_MS {
             Timestamp::from_unix_ms(LAST_MS).0
         } else {
             self.0
-        };
-        s.collect_str(&humantime::format_rfc3339_millis(t))
+        }
     }
 }
 
