@@ -315,11 +315,17 @@ impl<'de, T: Scalar<'de>> Deserialize<'de> for Field<T> {
                 Ok(Field::Null)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<T>, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                // Drained through `deserialize_any` (not `IgnoredAny`, which
+                // skips serde_json's depth limit): JSON nested too deep stays
+                // `invalid_json`, as it was when this pass read a `Value`.
+                while seq.next_element::<Field<Cow<'de, str>>>()?.is_some() {}
                 Ok(Field::Other)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<T>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                while map
+                    .next_entry::<IgnoredAny, Field<Cow<'de, str>>>()?
+                    .is_some()
+                {}
                 Ok(Field::Other)
             }
         }
