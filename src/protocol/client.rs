@@ -2,6 +2,8 @@
 //! that turns one text frame into a typed message (or an `error` that
 //! still echoes its `ref`).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use super::{ErrorCode, Label, MAX_LABEL_LEN, Seq};
@@ -236,14 +238,113 @@ pub struct ParseError {
     pub r#ref: Option<Label>,
 }
 
+/// A header field of [`parse`]'s first pass: `null`, a value of the
+/// expected kind, or any other JSON value (skipped, never an error, so the
+/// first pass fails only on JSON that is not an object).
+enum Field<T> {
+    Null,
+    Is(T),
+    Other,
+}
+
+/// The scalars a [`Field`] holds: which JSON strings and numbers are one.
+trait Scalar<'de>: Sized {
+    fn from_borrowed(s: &'de str) -> Option<Self>;
+    fn from_str(s: &str) -> Option<Self>;
+    fn from_number(n: serde_json::Number) -> Option<Self>;
+}
+
+impl<'de: 'a, 'a> Scalar<'de> for Cow<'a, str> {
+    fn from_borrowed(s: &'de str) -> Option<Self> {
+        Some(Cow::Borrowed(s))
+    }
+    fn from_str(s: &str) -> Option<Self> {
+        Some(Cow::Owned(s.to_owned()))
+    }
+    fn from_number(_: serde_json::Number) -> Option<Self> {
+        None
+    }
+}
+
+impl<'de> Scalar<'de> for Label {
+    fn from_borrowed(s: &'de str) -> Option<Self> {
+        Self::from_str(s)
+    }
+    fn from_str(s: &str) -> Option<Self> {
+        Some(Label::Text(s.to_owned()))
+    }
+    fn from_number(n: serde_json::Number) -> Option<Self> {
+        Some(Label::Number(n))
+    }
+}
+
+impl<'de, T: Scalar<'de>> Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, SeqAccess};
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        fn is<T>(v: Option<T>) -> Field<T> {
+            v.map_or(Field::Other, Field::Is)
+        }
+        impl<'de, T: Scalar<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = Field<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: Error>(self, _: bool) -> Result<Field<T>, E> {
+                Ok(Field::Other)
+            }
+            fn visit_u64<E: Error>(self, n: u64) -> Result<Field<T>, E> {
+                Ok(is(T::from_number(n.into())))
+            }
+            fn visit_i64<E: Error>(self, n: i64) -> Result<Field<T>, E> {
+                Ok(is(T::from_number(n.into())))
+            }
+            fn visit_f64<E: Error>(self, n: f64) -> Result<Field<T>, E> {
+                Ok(is(serde_json::Number::from_f64(n).and_then(T::from_number)))
+            }
+            fn visit_borrowed_str<E: Error>(self, s: &'de str) -> Result<Field<T>, E> {
+                Ok(is(T::from_borrowed(s)))
+            }
+            fn visit_str<E: Error>(self, s: &str) -> Result<Field<T>, E> {
+                Ok(is(T::from_str(s)))
+            }
+            fn visit_unit<E: Error>(self) -> Result<Field<T>, E> {
+                Ok(Field::Null)
+            }
+            fn visit_none<E: Error>(self) -> Result<Field<T>, E> {
+                Ok(Field::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<T>, A::Error> {
+                // Drained through `deserialize_any` (not `IgnoredAny`, which
+                // skips serde_json's depth limit): JSON nested too deep stays
+                // `invalid_json`, as it was when this pass read a `Value`.
+                while seq.next_element::<Field<Cow<'de, str>>>()?.is_some() {}
+                Ok(Field::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<T>, A::Error> {
+                while map
+                    .next_entry::<IgnoredAny, Field<Cow<'de, str>>>()?
+                    .is_some()
+                {}
+                Ok(Field::Other)
+            }
+        }
+        d.deserialize_any(Visitor(std::marker::PhantomData))
+    }
+}
+
 /// Parses one text frame into a typed message.
 pub fn parse(text: &str) -> Result<Incoming, ParseError> {
+    // The first pass borrows `type` and reads `ref` as a label, and takes
+    // any other JSON value in either place as what it is not (a
+    // `serde_json::Value` per field cost an allocation and a second
+    // conversion per message).
     #[derive(Deserialize)]
-    struct Header {
-        #[serde(rename = "type")]
-        kind: Option<serde_json::Value>,
-        #[serde(rename = "ref")]
-        r#ref: Option<serde_json::Value>,
+    struct Header<'a> {
+        #[serde(rename = "type", borrow, default)]
+        kind: Option<Field<Cow<'a, str>>>,
+        #[serde(rename = "ref", default)]
+        r#ref: Option<Field<Label>>,
     }
     let fail = |code, message: String, r#ref| ParseError {
         code,
@@ -265,23 +366,19 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
         )
     })?;
     let r#ref = match header.r#ref {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => match serde_json::from_value::<Label>(v) {
-            Ok(l) if l.is_valid() => Some(l),
-            _ => {
-                return Err(fail(
-                    ErrorCode::InvalidRef,
-                    format!(
-                        "`ref` must be a string or number of at most {MAX_LABEL_LEN} characters"
-                    ),
-                    None,
-                ));
-            }
-        },
+        None | Some(Field::Null) => None,
+        Some(Field::Is(l)) if l.is_valid() => Some(l),
+        Some(Field::Is(_) | Field::Other) => {
+            return Err(fail(
+                ErrorCode::InvalidRef,
+                format!("`ref` must be a string or number of at most {MAX_LABEL_LEN} characters"),
+                None,
+            ));
+        }
     };
     let kind = match &header.kind {
-        Some(serde_json::Value::String(k)) if KNOWN_TYPES.contains(&k.as_str()) => k.clone(),
-        Some(serde_json::Value::String(k)) => {
+        Some(Field::Is(k)) if KNOWN_TYPES.contains(&&**k) => k,
+        Some(Field::Is(k)) => {
             let shown: String = k.chars().take(32).collect();
             return Err(fail(
                 ErrorCode::UnknownType,

@@ -17,6 +17,7 @@ mod client;
 mod props;
 mod server;
 mod state;
+mod student_frame;
 
 pub use client::*;
 pub use server::*;
@@ -33,12 +34,47 @@ pub type Seq = u64;
 pub const MAX_LABEL_LEN: usize = 64;
 
 /// A short client-chosen label: a string or a number, echoed back verbatim.
-/// Used for `ref` and for question ids.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Used for `ref` and for question ids. Serialized untagged; deserialized by
+/// hand (below) with the same meaning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Label {
     Number(serde_json::Number),
     Text(String),
+}
+
+/// What `#[serde(untagged)]` would accept (a number, else a string), read
+/// straight from the input: the derived untagged form first buffers the
+/// value, then tries `Number` and builds an error before it tries `String`,
+/// ~3,000 instructions per `progress` message (docs/bench/cpu.md, round 3).
+impl<'de> Deserialize<'de> for Label {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Label;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Label, E> {
+                Ok(Label::Number(n.into()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Label, E> {
+                Ok(Label::Number(n.into()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Label, E> {
+                serde_json::Number::from_f64(n)
+                    .map(Label::Number)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Float(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Label, E> {
+                Ok(Label::Text(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Label, E> {
+                Ok(Label::Text(s))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 impl std::fmt::Display for Label {
@@ -55,7 +91,19 @@ impl Label {
     /// store NUL in text, and none belong in an id).
     fn is_valid(&self) -> bool {
         match self {
-            Label::Number(n) => n.to_string().len() <= MAX_LABEL_LEN,
+            Label::Number(n) => {
+                // Its text's length, counted without building it.
+                struct Len(usize);
+                impl std::fmt::Write for Len {
+                    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                        self.0 += s.len();
+                        Ok(())
+                    }
+                }
+                let mut len = Len(0);
+                let _ = std::fmt::Write::write_fmt(&mut len, format_args!("{n}"));
+                len.0 <= MAX_LABEL_LEN
+            }
             Label::Text(s) => s.len() <= MAX_LABEL_LEN && !s.chars().any(char::is_control),
         }
     }
@@ -141,12 +189,18 @@ impl Serialize for Timestamp {
         // humantime cannot format past year 9999 (and serde_json panics on
         // a formatter's error): a deadline pushed that far by extra time
         // and extensions is shown as the last instant there is.
-        let t = if self.unix_ms() > LAST_MS {
+        s.collect_str(&humantime::format_rfc3339_millis(self.formattable()))
+    }
+}
+
+impl Timestamp {
+    /// The instant as it is shown: at most [`LAST_MS`].
+    fn formattable(&self) -> SystemTime {
+        if self.unix_ms() > LAST_MS {
             Timestamp::from_unix_ms(LAST_MS).0
         } else {
             self.0
-        };
-        s.collect_str(&humantime::format_rfc3339_millis(t))
+        }
     }
 }
 
