@@ -21,6 +21,18 @@
 //!   part, so a script is loaded on every node that runs it. Order is kept
 //!   where it matters: all of an exam's keys share its hash tag, hence one
 //!   slot, hence one part.
+//! - **Subscriptions on a connection of their own (cluster).** redis 1.8's
+//!   node connections take every subscription push as the reply to the
+//!   oldest request in flight: the `sunsubscribe` a node sends unasked
+//!   when a slot moves away, and the extra confirmations of the cluster
+//!   connection's own re-subscriptions after a slot refresh (one
+//!   `SUBSCRIBE a b` answered twice, read as one reply). Either shifts that
+//!   node's replies by one for good: a numbering script "succeeded" with a
+//!   stray confirmation and its events were never numbered, and every later
+//!   command on the node got the previous one's answer. So a cluster gets
+//!   two connections: one for subscriptions (with the push sender), where
+//!   only subscription commands run, and one for every other command,
+//!   which subscribes to nothing and so never sees a push.
 //! - **Sharded subscriptions on a single server.** The crate's
 //!   `ConnectionManager` has no `ssubscribe`; a raw `SSUBSCRIBE` of one
 //!   channel is answered by one confirmation push, which the connection
@@ -163,7 +175,14 @@ fn parse_one(url: &str) -> Result<Target, String> {
 #[derive(Clone)]
 pub enum BrokerConn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster {
+        /// Every command but (un)subscriptions: no push ever arrives here,
+        /// so its replies cannot be mismatched (see the module's doc).
+        commands: ClusterConnection,
+        /// Subscriptions only, with the push sender: the crate tracks them
+        /// and moves them after a failover or a slot move.
+        pubsub: ClusterConnection,
+    },
 }
 
 impl BrokerConn {
@@ -197,13 +216,16 @@ impl BrokerConn {
                     .build()?;
                 // The per-connection config overrides the builder's
                 // timeouts, so they are set here.
-                let config = ClusterConfig::new()
-                    .set_push_sender(pushes)
-                    .set_connection_timeout(TIMEOUT)
-                    .set_response_timeout(TIMEOUT);
-                Ok(BrokerConn::Cluster(
-                    client.get_pending_async_connection_with_config(config),
-                ))
+                let config = || {
+                    ClusterConfig::new()
+                        .set_connection_timeout(TIMEOUT)
+                        .set_response_timeout(TIMEOUT)
+                };
+                Ok(BrokerConn::Cluster {
+                    commands: client.get_pending_async_connection_with_config(config()),
+                    pubsub: client
+                        .get_pending_async_connection_with_config(config().set_push_sender(pushes)),
+                })
             }
         }
     }
@@ -213,14 +235,14 @@ impl BrokerConn {
     pub async fn ssubscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
             BrokerConn::Single(c) => redis::cmd("SSUBSCRIBE").arg(channel).query_async(c).await,
-            BrokerConn::Cluster(c) => c.ssubscribe(channel).await,
+            BrokerConn::Cluster { pubsub, .. } => pubsub.ssubscribe(channel).await,
         }
     }
 
     pub async fn sunsubscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
             BrokerConn::Single(c) => redis::cmd("SUNSUBSCRIBE").arg(channel).query_async(c).await,
-            BrokerConn::Cluster(c) => c.sunsubscribe(channel).await,
+            BrokerConn::Cluster { pubsub, .. } => pubsub.sunsubscribe(channel).await,
         }
     }
 
@@ -229,7 +251,7 @@ impl BrokerConn {
     pub async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
         match self {
             BrokerConn::Single(c) => c.subscribe(channel).await,
-            BrokerConn::Cluster(c) => c.subscribe(channel).await,
+            BrokerConn::Cluster { pubsub, .. } => pubsub.subscribe(channel).await,
         }
     }
 }
@@ -247,7 +269,7 @@ impl ConnectionLike for BrokerConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             BrokerConn::Single(c) => c.req_packed_command(cmd),
-            BrokerConn::Cluster(c) => c.req_packed_command(cmd),
+            BrokerConn::Cluster { commands, .. } => commands.req_packed_command(cmd),
         }
     }
 
@@ -259,14 +281,16 @@ impl ConnectionLike for BrokerConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             BrokerConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            BrokerConn::Cluster(c) => Box::pin(per_slot(c, pipeline, offset, count)),
+            BrokerConn::Cluster { commands, .. } => {
+                Box::pin(per_slot(commands, pipeline, offset, count))
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             BrokerConn::Single(c) => c.get_db(),
-            BrokerConn::Cluster(c) => c.get_db(),
+            BrokerConn::Cluster { commands, .. } => commands.get_db(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The Redis broker: one reconnecting connection per instance (RESP3,
-//! automatic resubscription), to one server or to a Redis Cluster
-//! (`conn::BrokerConn`: the code below does not care which).
+//! automatic resubscription), to one server or to a Redis Cluster (there,
+//! one for commands and one for subscriptions: `conn::BrokerConn`; the
+//! code below does not care which).
 //!
 //! - **Publishing** goes through one task that owns the order (the
 //!   `Publisher`, src/broker/publish.rs). While Redis is unreachable drafts
@@ -891,6 +892,13 @@ impl Pushes {
                     self.healthy.store(false, Ordering::Relaxed);
                     self.needs_resync.store(true, Ordering::Relaxed);
                     tracing::warn!("Redis connection lost; reconnecting");
+                    // In a cluster the subscriptions have a connection of
+                    // their own (src/broker/conn.rs) that nothing else uses:
+                    // these commands are what makes it reconnect and re-route,
+                    // the revocations and our own channel included (asking
+                    // again for a live subscription is harmless).
+                    let _ = self.ops.send(Op::SubscribeRevocations);
+                    let _ = self.ops.send(Op::SubscribeInstance);
                     for exam in self.wanted.all() {
                         let (done, _) = oneshot::channel();
                         let _ = self.ops.send(Op::Subscribe(exam, done));
