@@ -341,24 +341,13 @@ fn recorded_state(
     sessions: usize,
 ) -> crate::protocol::StudentState {
     crate::protocol::StudentState {
-        student_id: sid.to_owned(),
-        name: name.unwrap_or_else(|| sid.to_owned()),
-        status: Status::Disconnected,
-        current_question: None,
-        answered: 0,
-        last_activity: Timestamp::now(),
-        connected: false,
-        focused: true,
-        focus_lost_count: 0,
-        alerts: Default::default(),
         connections: u32::try_from(sessions).unwrap_or(u32::MAX),
-        submitted_at: None,
-        deadline: None,
-        paused: false,
-        extra_minutes: 0,
-        disconnected_ms: 0,
-        disconnected_since: None,
-        hand_raised: false,
+        ..crate::protocol::StudentState::fresh(
+            sid.to_owned(),
+            name.unwrap_or_else(|| sid.to_owned()),
+            Status::Disconnected,
+            Timestamp::now(),
+        )
     }
 }
 

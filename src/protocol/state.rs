@@ -58,6 +58,34 @@ pub struct StudentState {
     pub hand_raised: bool,
 }
 
+impl StudentState {
+    /// A student as first known, from `now` on: nothing answered, no alerts,
+    /// no timing of their own, focused, not connected. Callers set what
+    /// they know on top (`StudentState { connected: true, ..fresh(..) }`).
+    pub fn fresh(student_id: String, name: String, status: Status, now: Timestamp) -> Self {
+        Self {
+            student_id,
+            name,
+            status,
+            current_question: None,
+            answered: 0,
+            last_activity: now,
+            connected: false,
+            focused: true,
+            focus_lost_count: 0,
+            alerts: AlertCounts::default(),
+            connections: 0,
+            submitted_at: None,
+            deadline: None,
+            paused: false,
+            extra_minutes: 0,
+            disconnected_ms: 0,
+            disconnected_since: None,
+            hand_raised: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     pub active: u32,

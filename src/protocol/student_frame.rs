@@ -198,24 +198,13 @@ mod tests {
     #[test]
     fn a_fresh_state_is_written_as_derived() {
         let st = StudentState {
-            student_id: "student-042".into(),
-            name: String::new(),
-            status: Status::Active,
-            current_question: None,
-            answered: 0,
-            last_activity: Timestamp::from_unix_ms(1),
-            connected: false,
             focused: false,
-            focus_lost_count: 0,
-            alerts: AlertCounts::default(),
-            connections: 0,
-            submitted_at: None,
-            deadline: None,
-            paused: false,
-            extra_minutes: 0,
-            disconnected_ms: 0,
-            disconnected_since: None,
-            hand_raised: false,
+            ..StudentState::fresh(
+                "student-042".into(),
+                String::new(),
+                Status::Active,
+                Timestamp::from_unix_ms(1),
+            )
         };
         for question in [
             None,

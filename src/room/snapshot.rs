@@ -112,24 +112,14 @@ mod tests {
 
     fn student(i: usize, name_len: usize) -> StudentState {
         StudentState {
-            student_id: format!("s{i:05}"),
-            name: "n".repeat(name_len),
-            status: Status::Active,
-            current_question: None,
-            answered: 0,
-            last_activity: Timestamp::now(),
             connected: true,
-            focused: true,
-            focus_lost_count: 0,
             connections: 1,
-            submitted_at: None,
-            alerts: Default::default(),
-            deadline: None,
-            paused: false,
-            extra_minutes: 0,
-            disconnected_ms: 0,
-            disconnected_since: None,
-            hand_raised: false,
+            ..StudentState::fresh(
+                format!("s{i:05}"),
+                "n".repeat(name_len),
+                Status::Active,
+                Timestamp::now(),
+            )
         }
     }
 

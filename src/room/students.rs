@@ -70,24 +70,9 @@ impl Student {
     pub fn new(id: String, name: String, conn: ConnId) -> Self {
         Self {
             state: StudentState {
-                student_id: id,
-                name,
-                status: Status::Active,
-                current_question: None,
-                answered: 0,
-                last_activity: Timestamp::now(),
                 connected: true,
-                focused: true,
-                focus_lost_count: 0,
-                alerts: Default::default(),
                 connections: 1,
-                submitted_at: None,
-                deadline: None,
-                paused: false,
-                extra_minutes: 0,
-                disconnected_ms: 0,
-                disconnected_since: None,
-                hand_raised: false,
+                ..StudentState::fresh(id, name, Status::Active, Timestamp::now())
             },
             conn: Some(conn),
             idle_timer: None,
