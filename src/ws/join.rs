@@ -67,11 +67,7 @@ impl Connection {
             // With the handover token, if one was presented: the holder
             // checks it against its HTTP session and, if it is that
             // session's, closes it without `session_invalidated` (8.4).
-            let proof = match (&self.previous_session, &self.handover) {
-                (Some(previous), Some(token)) => Some((previous.as_str(), &**token)),
-                _ => None,
-            };
-            let _ = redis.send_kick(exam, student, proof).await;
+            let _ = redis.send_kick(exam, student, self.handover_claim()).await;
         }
         if alive && !same_client {
             ClusterJoin::TookOverElsewhere
@@ -82,17 +78,23 @@ impl Connection {
         }
     }
 
+    /// The previous session this connection names and the handover token
+    /// it presented for it (8.4), if it did both.
+    fn handover_claim(&self) -> Option<(&str, &uuid::Uuid)> {
+        match (&self.previous_session, &self.handover) {
+            (Some(previous), Some(token)) => Some((previous.as_str(), &**token)),
+            _ => None,
+        }
+    }
+
     /// Whether this connection presented the handover token of the open
     /// HTTP session here that it names as its previous session (8.4).
     fn hands_over(&self) -> bool {
-        match (&self.previous_session, &self.handover) {
-            (Some(previous), Some(token)) => {
-                self.app
-                    .http_sessions
-                    .hands_over(previous, token, &self.exam_id, &self.user)
-            }
-            _ => false,
-        }
+        self.handover_claim().is_some_and(|(previous, token)| {
+            self.app
+                .http_sessions
+                .hands_over(previous, token, &self.exam_id, &self.user)
+        })
     }
 
     /// The student's answered questions, stored through any instance: from
@@ -183,6 +185,7 @@ impl Connection {
             };
             return Some((room, fresh()));
         }
+        let handover = self.hands_over();
         for _ in 0..8 {
             if self.app.shutdown.is_cancelled() {
                 return None;
@@ -197,7 +200,7 @@ impl Connection {
                 },
                 session_id: self.session_id.to_string(),
                 previous_session: self.previous_session.clone(),
-                handover: self.hands_over(),
+                handover,
                 peer_ip: Some(self.client.ip.to_string()),
                 user_agent: Some(self.user_agent.clone()),
                 previous_client: previous_client.clone(),
