@@ -357,6 +357,46 @@ impl Publisher {
                 return true;
             }
         }
+        let mut result = self.send(batches).await;
+        if let Err(e) = &result
+            && self.script_loaded
+            && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        {
+            // A node that never ran the script: the exam's slot moved to
+            // another primary, or a replica took over. Not an outage: load
+            // it there and send again at once (batches Redis numbered in
+            // the first try are recognised by their ids and not numbered
+            // twice). Treating it as one would number events provisionally
+            // and cost every teacher a snapshot at each resharding.
+            tracing::debug!("numbering script missing on a node; loading it");
+            self.script_loaded = false;
+            result = self.send(batches).await;
+        }
+        match result {
+            Ok(()) => {
+                self.script_loaded = true;
+                let n = batches.drafts();
+                for batch in batches.sent.drain(..) {
+                    for q in batch.drafts {
+                        self.metrics.publish_seconds.record(q.queued.elapsed());
+                    }
+                }
+                self.pending.fetch_sub(n, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                self.script_loaded = false;
+                if self.healthy.load(Ordering::Relaxed) {
+                    tracing::error!(error = %e, waiting = batches.drafts(), "cannot publish to Redis; retrying");
+                }
+                false
+            }
+        }
+    }
+
+    /// One pipeline: the script (unless loaded since the last error), then
+    /// one numbering call per batch in flight.
+    async fn send(&mut self, batches: &Batches) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         if !self.script_loaded {
             pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH_LUA).ignore();
@@ -392,26 +432,7 @@ impl Publisher {
             }
             pipe.ignore();
         }
-        match pipe.query_async::<()>(&mut self.conn).await {
-            Ok(()) => {
-                self.script_loaded = true;
-                let n = batches.drafts();
-                for batch in batches.sent.drain(..) {
-                    for q in batch.drafts {
-                        self.metrics.publish_seconds.record(q.queued.elapsed());
-                    }
-                }
-                self.pending.fetch_sub(n, Ordering::Relaxed);
-                true
-            }
-            Err(e) => {
-                self.script_loaded = false;
-                if self.healthy.load(Ordering::Relaxed) {
-                    tracing::error!(error = %e, waiting = batches.drafts(), "cannot publish to Redis; retrying");
-                }
-                false
-            }
-        }
+        pipe.query_async::<()>(&mut self.conn).await
     }
 
     fn report(&self, ok: bool) {

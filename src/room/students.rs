@@ -38,6 +38,10 @@ pub struct Student {
     pub submitting: bool,
     /// IP/device changes, `answered` going back, heartbeat gaps.
     pub signals: super::signals::Signals,
+    /// For a student attached to another instance: the seq of the event
+    /// their state here was mirrored from, so state reloaded from Redis
+    /// that is older than an event already applied does not replace it.
+    pub mirrored_seq: crate::protocol::Seq,
 }
 
 /// What a transition asks the room to do.
@@ -83,6 +87,7 @@ impl Student {
             answered_questions: Default::default(),
             submitting: false,
             signals: Default::default(),
+            mirrored_seq: 0,
         }
     }
 
@@ -103,6 +108,7 @@ impl Student {
             answered_questions: answered,
             submitting: false,
             signals: Default::default(),
+            mirrored_seq: 0,
         }
     }
 

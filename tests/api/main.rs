@@ -13,6 +13,7 @@ mod cluster;
 mod cluster_control;
 mod cluster_failover;
 mod cluster_liveness;
+mod cluster_recovery;
 mod connection_limits;
 mod connections;
 mod coverage_handshake;

@@ -24,6 +24,8 @@ use crate::{
 
 #[derive(serde::Deserialize)]
 struct StudentEvent {
+    #[serde(default)]
+    seq: Seq,
     student: StudentState,
 }
 
@@ -132,6 +134,15 @@ impl Room {
             return; // already have it (e.g. loaded at start-up)
         }
         self.confirmed = p.seq;
+        if ours && p.delivered_at_origin {
+            // Back from an outage, numbered: our members saw it under a
+            // provisional seq. Our drafts queued before the outage showed
+            // come back before it, numbered above what our teachers saw,
+            // so they got them live after newer state; and a resync may
+            // have run before it was numbered. The snapshot after the last
+            // of them is the truth (coalesced: one reload at a time).
+            self.reload_for_late_event();
+        }
         if p.seq <= self.seq {
             // Numbered below what our teachers saw under provisional seqs
             // (an outage): they get a snapshot at resync; students still
@@ -234,6 +245,9 @@ impl Room {
         match self.students.get_mut(sid) {
             // Attached here: our own state is the newest.
             Some(st) if st.conn.is_some() => {}
+            // Older than what we mirrored already: a reload of the shared
+            // state issued before that event was numbered.
+            Some(st) if ev.seq < st.mirrored_seq => {}
             Some(st) => {
                 if ev.student.connected
                     && let Some(key) = st.grace_timer.take()
@@ -248,11 +262,13 @@ impl Room {
                 **st = crate::room::students::Student::restored(ev.student, questions);
                 st.state.answered = st.state.answered.max(answered);
                 st.state.connected = event_connected(event);
+                st.mirrored_seq = ev.seq;
             }
             None => {
                 let mut st =
                     crate::room::students::Student::restored(ev.student, Default::default());
                 st.state.connected = event_connected(event);
+                st.mirrored_seq = ev.seq;
                 self.students.insert(sid.clone(), Box::new(st));
             }
         }
