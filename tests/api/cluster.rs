@@ -263,6 +263,32 @@ pub fn ws_e1(addr: &str) -> String {
     format!("ws://{addr}/v1/exams/e1/ws")
 }
 
+/// Sends a `progress` with `ref` `r` and waits for its ack.
+pub async fn progress_acked(s: &mut Client, question: u64, r: u64) {
+    s.send_json(json!({"type": "progress", "question": question, "answered": r, "ref": r}))
+        .await;
+    s.expect_ack(r).await;
+}
+
+/// Reads `t`'s frames into `view` until `wanted` holds of it, within
+/// `within`; panics with the view (not just the frames) when stuck.
+pub async fn read_until(
+    t: &mut Client,
+    view: &mut View,
+    within: Duration,
+    what: &str,
+    wanted: impl Fn(&View) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !wanted(view) {
+        let waited = tokio::time::timeout_at(deadline, t.next_json_within(deadline + WAIT)).await;
+        let Ok(ev) = waited else {
+            panic!("{what}: teacher view stuck at {view:?}");
+        };
+        view.apply(&ev);
+    }
+}
+
 /// A teacher's model of the exam: applies snapshots and student events.
 #[derive(Default, Debug)]
 pub struct View {

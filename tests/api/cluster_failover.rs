@@ -8,9 +8,8 @@
 use std::collections::HashMap;
 
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
-use crate::cluster::{View, cluster};
+use crate::cluster::{View, cluster, progress_acked, read_until};
 use crate::helpers::*;
 
 fn reconnects(app: &TestApp) -> i64 {
@@ -24,15 +23,10 @@ fn resubscriptions(app: &TestApp) -> i64 {
 /// Reads a teacher's frames into `view` until student `a` is on question
 /// `qa` and `b` on `qb`.
 async fn converge(t: &mut Client, view: &mut View, qa: u64, qb: u64) {
-    let deadline = Instant::now() + WAIT * 4;
-    while view.questions.get("a") != Some(&json!(qa)) || view.questions.get("b") != Some(&json!(qb))
-    {
-        let waited = tokio::time::timeout_at(deadline, t.next_json_within(deadline + WAIT)).await;
-        let Ok(ev) = waited else {
-            panic!("teacher view stuck at {view:?}");
-        };
-        view.apply(&ev);
-    }
+    read_until(t, view, WAIT * 4, "converge", |v| {
+        v.questions.get("a") == Some(&json!(qa)) && v.questions.get("b") == Some(&json!(qb))
+    })
+    .await;
 }
 
 /// From `recovered` on, both teachers saw every seq live or under a later
@@ -57,12 +51,6 @@ fn one_order_since(v0: &View, v1: &View, recovered: u64) {
             assert_eq!(*other, e, "one seq, one event, on both instances");
         }
     }
-}
-
-async fn progress_acked(s: &mut Client, question: u64, r: u64) {
-    s.send_json(json!({"type": "progress", "question": question, "answered": r, "ref": r}))
-        .await;
-    s.expect_ack(r).await;
 }
 
 /// Two instances on `redis`, a teacher on each, student `a` on the first

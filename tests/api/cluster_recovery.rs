@@ -8,7 +8,7 @@
 
 use serde_json::json;
 
-use crate::cluster::{Redis, View, cluster};
+use crate::cluster::{Redis, View, cluster, progress_acked as progress, read_until};
 use crate::helpers::*;
 
 async fn redis_cmd(redis: &Redis, args: &[&str]) -> redis::Value {
@@ -24,26 +24,8 @@ async fn redis_cmd(redis: &Redis, args: &[&str]) -> redis::Value {
     cmd.query_async(&mut conn).await.unwrap()
 }
 
-/// Reads `t`'s frames into `view` until `wanted` holds of it.
-async fn read_until(t: &mut Client, view: &mut View, what: &str, wanted: impl Fn(&View) -> bool) {
-    let deadline = deadline() + WAIT;
-    while !wanted(view) {
-        let waited = tokio::time::timeout_at(deadline, t.next_json_within(deadline + WAIT)).await;
-        let Ok(ev) = waited else {
-            panic!("{what}: teacher view stuck at {view:?}");
-        };
-        view.apply(&ev);
-    }
-}
-
 fn on(view: &View, student: &str, question: u64) -> bool {
     view.questions.get(student) == Some(&json!(question))
-}
-
-async fn progress(s: &mut Client, question: u64, r: u64) {
-    s.send_json(json!({"type": "progress", "question": question, "answered": r, "ref": r}))
-        .await;
-    s.expect_ack(r).await;
 }
 
 #[tokio::test]
@@ -57,7 +39,7 @@ async fn a_node_that_lost_the_numbering_script_is_not_an_outage() {
     v1.apply(&snap);
     let (mut a, _) = apps[0].student("e1", "a").await;
     progress(&mut a, 1, 1).await;
-    read_until(&mut t1, &mut v1, "first event", |v| on(v, "a", 1)).await;
+    read_until(&mut t1, &mut v1, WAIT * 2, "first event", |v| on(v, "a", 1)).await;
     let reconnects = apps[0].metric("examwatch_broker_reconnects_total");
 
     // What a node that never ran the script answers (`NOSCRIPT`).
@@ -106,7 +88,7 @@ async fn drafts_queued_before_an_outage_showed_do_not_leave_teachers_stale() {
     let (mut r, _) = apps[1].student("e1", "r").await;
     progress(&mut s, 1, 1).await;
     progress(&mut r, 101, 1).await;
-    read_until(&mut t0, &mut v0, "baseline", |v| {
+    read_until(&mut t0, &mut v0, WAIT * 2, "baseline", |v| {
         on(v, "s", 1) && on(v, "r", 101)
     })
     .await;
@@ -121,16 +103,20 @@ async fn drafts_queued_before_an_outage_showed_do_not_leave_teachers_stale() {
     .await;
     // Now its members are served under a provisional seq...
     progress(&mut s, 3, 3).await;
-    read_until(&mut t0, &mut v0, "provisional", |v| on(v, "s", 3)).await;
+    read_until(&mut t0, &mut v0, WAIT * 2, "provisional", |v| on(v, "s", 3)).await;
     // ...while the other instance numbers its own events for real; they
     // reach instance 0 at or above its provisional seqs, and its teacher
     // gets a snapshot for them.
     let snapshots = v0.snapshots.len();
     progress(&mut r, 102, 2).await;
     progress(&mut r, 103, 3).await;
-    read_until(&mut t0, &mut v0, "the other instance's events", |v| {
-        on(v, "r", 103) && v.snapshots.len() > snapshots
-    })
+    read_until(
+        &mut t0,
+        &mut v0,
+        WAIT * 2,
+        "the other instance's events",
+        |v| on(v, "r", 103) && v.snapshots.len() > snapshots,
+    )
     .await;
 
     // Redis takes instance 0's drafts again: `s` on 2 (queued before the
@@ -142,7 +128,7 @@ async fn drafts_queued_before_an_outage_showed_do_not_leave_teachers_stale() {
     })
     .await;
     progress(&mut r, 104, 4).await;
-    read_until(&mut t0, &mut v0, "after the outage", |v| {
+    read_until(&mut t0, &mut v0, WAIT * 2, "after the outage", |v| {
         on(v, "s", 3) && on(v, "r", 104)
     })
     .await;
@@ -155,6 +141,9 @@ async fn drafts_queued_before_an_outage_showed_do_not_leave_teachers_stale() {
     };
     assert!(on(&truth, "s", 3) && on(&truth, "r", 104), "{snap}");
     progress(&mut r, 105, 5).await;
-    read_until(&mut t0, &mut v0, "live again", |v| on(v, "r", 105)).await;
+    read_until(&mut t0, &mut v0, WAIT * 2, "live again", |v| {
+        on(v, "r", 105)
+    })
+    .await;
     assert!(on(&v0, "s", 3), "teacher view went back: {v0:?}");
 }

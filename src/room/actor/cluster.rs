@@ -242,12 +242,19 @@ impl Room {
         let Ok(ev) = serde_json::from_str::<StudentEvent>(event) else {
             return;
         };
+        let (seq, connected) = (ev.seq, event_connected(event));
+        let mirrored = |student, questions| {
+            let mut st = crate::room::students::Student::restored(student, questions);
+            st.state.connected = connected;
+            st.mirrored_seq = seq;
+            st
+        };
         match self.students.get_mut(sid) {
             // Attached here: our own state is the newest.
             Some(st) if st.conn.is_some() => {}
             // Older than what we mirrored already: a reload of the shared
             // state issued before that event was numbered.
-            Some(st) if ev.seq < st.mirrored_seq => {}
+            Some(st) if seq < st.mirrored_seq => {}
             Some(st) => {
                 if ev.student.connected
                     && let Some(key) = st.grace_timer.take()
@@ -259,16 +266,11 @@ impl Room {
                 // The event's count is the cluster's newest; our own set may
                 // be older (answers went through another instance since).
                 let answered = ev.student.answered;
-                **st = crate::room::students::Student::restored(ev.student, questions);
+                **st = mirrored(ev.student, questions);
                 st.state.answered = st.state.answered.max(answered);
-                st.state.connected = event_connected(event);
-                st.mirrored_seq = ev.seq;
             }
             None => {
-                let mut st =
-                    crate::room::students::Student::restored(ev.student, Default::default());
-                st.state.connected = event_connected(event);
-                st.mirrored_seq = ev.seq;
+                let st = mirrored(ev.student, Default::default());
                 self.students.insert(sid.clone(), Box::new(st));
             }
         }
