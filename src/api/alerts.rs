@@ -259,7 +259,8 @@ async fn resolve_alert(
     // An automatic alert reaches the table through the batching writer, a
     // few milliseconds after watchers saw it: one just raised is looked
     // for again for a moment before it is called unknown.
-    let patience = app.settings.database.flush_interval * 4 + Duration::from_millis(500);
+    let db = &app.settings.database;
+    let patience = db.flush_interval.max(db.events_flush_interval) * 4 + Duration::from_millis(500);
     let give_up = tokio::time::Instant::now() + patience;
     let resolved = loop {
         let at = Timestamp::now();

@@ -12,10 +12,21 @@
 //! transaction committed, and that is when the student gets its `ack`.
 //!
 //! The task wakes once per batch, not once per record: after the first
-//! record of a batch it sleeps on one timer for `database.flush_interval`
-//! while the rest gather in the queue (a record sent while the task sleeps
-//! is a push and no wake-up: the task is not waiting on the queue). Only a
-//! full batch (`database.batch_max` records waiting) cuts the sleep short.
+//! record of a batch it sleeps on one timer while the rest gather in the
+//! queue (a record sent while the task sleeps is a push and no wake-up: the
+//! task is not waiting on the queue). A full batch (`database.batch_max`
+//! records waiting) cuts the sleep short.
+//!
+//! How long a batch gathers depends on who waits for it. A record someone
+//! waits on (an answer's or a submission's `ack`, a room's seq reservation)
+//! is committed within `database.flush_interval` (5 ms): its arrival wakes
+//! the task once, to bring the batch's deadline forward. A batch of records
+//! nobody waits on (events, session records, proctor actions, alerts)
+//! gathers for `database.events_flush_interval` (25 ms): most of a commit's
+//! cost (the transaction, the WAL's fsync, the index pages it dirties) is
+//! per commit, not per record, so at a few thousand events per second five
+//! times fewer commits take most of persistence's CPU away
+//! (docs/bench/writer.md).
 
 use std::{
     sync::{
@@ -120,7 +131,8 @@ pub struct Writer {
     limit: usize,
 }
 
-/// What cuts the writer's sleep short: a full batch waiting.
+/// What cuts the writer's sleep short: a full batch waiting, or a record
+/// someone waits on.
 struct Wake {
     /// Records in the queue the task has not taken yet.
     unread: AtomicUsize,
@@ -130,6 +142,9 @@ struct Wake {
     /// Notified when `unread` reaches `full_at` (a permit is kept if the
     /// task is not sleeping: at worst one batch goes early).
     full: Notify,
+    /// Notified for each record someone waits on (see [`Record::awaited`]):
+    /// the batch it joins is committed within `flush_interval`.
+    awaited: Notify,
 }
 
 /// Owns the writer task; `finish` drains it at shutdown.
@@ -153,6 +168,7 @@ impl Writer {
             unread: AtomicUsize::new(0),
             full_at: settings.batch_max.saturating_sub(1).max(1),
             full: Notify::new(),
+            awaited: Notify::new(),
         });
         let worker = Worker {
             store,
@@ -162,6 +178,7 @@ impl Writer {
             metrics,
             batch_max: settings.batch_max,
             flush_interval: settings.flush_interval,
+            events_flush_interval: settings.events_flush_interval,
             stop: stop.clone(),
         };
         let handle = tokio::spawn(worker.run());
@@ -180,6 +197,7 @@ impl Writer {
         // Counted before the send, so the task (which subtracts what it
         // takes) never sees fewer unread than it takes.
         let unread = self.wake.unread.fetch_add(1, Ordering::Relaxed) + 1;
+        let awaited = record.awaited();
         if self.tx.send(record).is_err() {
             self.stats.pending.fetch_sub(1, Ordering::Relaxed);
             self.wake.unread.fetch_sub(1, Ordering::Relaxed);
@@ -188,6 +206,9 @@ impl Writer {
         }
         if unread == self.wake.full_at {
             self.wake.full.notify_one();
+        }
+        if awaited {
+            self.wake.awaited.notify_one();
         }
     }
 
@@ -226,7 +247,10 @@ struct Worker {
     /// batch sizes and commit times.
     metrics: Arc<DbMetrics>,
     batch_max: usize,
+    /// How long a batch may gather once a record someone waits on is in it.
     flush_interval: Duration,
+    /// How long a batch of records nobody waits on may gather.
+    events_flush_interval: Duration,
     stop: CancellationToken,
 }
 
@@ -258,13 +282,7 @@ impl Worker {
             // Let the batch gather on one timer, not one wake-up per record
             // (see the module's doc); a full batch waiting goes at once.
             if self.wake.unread.load(Ordering::Relaxed) < self.wake.full_at {
-                let deadline = Instant::now() + self.flush_interval;
-                tokio::select! {
-                    biased;
-                    () = self.wake.full.notified() => {}
-                    () = tokio::time::sleep_until(deadline) => {}
-                    () = self.stop.cancelled() => {}
-                }
+                self.gather().await;
             }
             let before = batch.len();
             while batch.len() < self.batch_max {
@@ -275,6 +293,28 @@ impl Worker {
             }
             self.taken(batch.len() - before);
             self.commit(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// Sleeps while a batch gathers: until `events_flush_interval` after
+    /// its first record, brought forward to `flush_interval` after a
+    /// record someone waits on. Such a record's notification is never
+    /// missed: sent while the task was not sleeping here (the record is the
+    /// batch's first, or still queued), it is kept as a permit.
+    async fn gather(&self) {
+        let mut deadline = Instant::now() + self.events_flush_interval;
+        loop {
+            tokio::select! {
+                biased;
+                () = self.wake.full.notified() => return,
+                () = self.stop.cancelled() => return,
+                () = self.wake.awaited.notified() => {
+                    // The permit may be one the last batch left (its record
+                    // went with it): at worst this batch goes early.
+                    deadline = deadline.min(Instant::now() + self.flush_interval);
+                }
+                () = tokio::time::sleep_until(deadline) => return,
+            }
         }
     }
 
@@ -370,6 +410,17 @@ fn finish(records: Vec<Record>, stored: bool) {
 }
 
 impl Record {
+    /// Someone waits for this record's commit: a student for its `ack`, a
+    /// room for its start. Its batch goes within `database.flush_interval`.
+    fn awaited(&self) -> bool {
+        matches!(
+            self,
+            Record::Answer { .. }
+                | Record::Submission { .. }
+                | Record::SeqReserved { done: Some(_), .. }
+        )
+    }
+
     /// A short description for logs (no payloads).
     fn describe(&self) -> String {
         match self {

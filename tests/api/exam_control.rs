@@ -415,6 +415,7 @@ async fn an_answer_that_arrived_before_the_deadline_is_stored_even_if_committed_
     // Commits wait 3 s for a batch: the answer's lands after the deadline.
     let app = spawn_app_with(|s| {
         s.database.flush_interval = Duration::from_millis(3000);
+        s.database.events_flush_interval = Duration::from_millis(3000);
         s.database.batch_max = 100_000;
     })
     .await;

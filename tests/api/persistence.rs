@@ -401,7 +401,7 @@ async fn the_roster_decides_who_may_join(db: Backend) {
     let (_x, _) = app.student("open-exam", "anyone").await;
 }
 
-/// The writer sleeps through `database.flush_interval` while a batch
+/// The writer sleeps through its flush intervals while a batch
 /// gathers (no wake-up per record), but a full batch (`batch_max` records
 /// waiting) is committed at once. With a one-minute interval and batches
 /// of two, nothing here could happen within the test's few seconds
@@ -412,6 +412,7 @@ async fn the_roster_decides_who_may_join(db: Backend) {
 async fn a_full_batch_is_committed_without_waiting_for_the_flush_interval() {
     let app = spawn_app_with(|s| {
         s.database.flush_interval = std::time::Duration::from_secs(60);
+        s.database.events_flush_interval = std::time::Duration::from_secs(60);
         s.database.batch_max = 2;
     })
     .await;
@@ -426,4 +427,77 @@ async fn a_full_batch_is_committed_without_waiting_for_the_flush_interval() {
     }
     // expect_ack gives up well before the minute is over.
     s.expect_ack("a").await;
+}
+
+/// An answer's (and a submission's) ack waits for its commit, and its batch goes within
+/// `database.flush_interval` even when it joins a batch of events, which
+/// alone would gather for `events_flush_interval` (here a minute: the ack
+/// would never come within the test's wait).
+#[tokio::test]
+async fn an_answer_joining_a_batch_of_events_is_committed_within_the_short_interval() {
+    let app = spawn_app_with(|s| {
+        s.database.events_flush_interval = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    let (mut s, _) = app.student("e1", "s1").await;
+    s.send_json(progress(1, 0)).await;
+    t.next_where("the progress event", |v| {
+        is_student_event(v, "s1", "progress")
+    })
+    .await;
+    assert!(
+        app.state
+            .writer
+            .stats()
+            .pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the event waits for its batch"
+    );
+    s.send_json(json!({"type": "answer", "id": "a1", "question": "q1", "value": 1, "ref": "a"}))
+        .await;
+    s.expect_ack("a").await;
+    // The event queued before the answer went with it (the answer's own
+    // event, queued after it, may still be gathering).
+    let teacher = app.token("t1", Role::Teacher, &["e1"]);
+    let logged = app.timeline("e1", &teacher, 100).await;
+    assert!(
+        logged.iter().any(|e| is_student_event(e, "s1", "progress")),
+        "{logged:?}"
+    );
+    // A submission too: it joins the batch the answer's event began.
+    s.send_json(json!({"type": "submit", "ref": "sub"})).await;
+    s.expect_ack("sub").await;
+}
+
+/// A batch of records nobody waits on (events, session records) gathers
+/// for `database.events_flush_interval`, not for `flush_interval`: one
+/// commit where there would be one per `flush_interval`.
+#[tokio::test]
+async fn events_alone_gather_for_the_events_flush_interval() {
+    let gather = std::time::Duration::from_millis(400);
+    let app = spawn_app_with(|s| {
+        s.database.flush_interval = std::time::Duration::from_millis(5);
+        s.database.events_flush_interval = gather;
+    })
+    .await;
+    let (mut t, _) = app.teacher("e1", "t1").await;
+    app.flushed().await;
+    // Before the student's session record, the batch's first.
+    let joined = std::time::Instant::now();
+    let (mut s, _) = app.student("e1", "s1").await;
+    s.send_json(progress(1, 0)).await;
+    t.next_where("the progress event", |v| {
+        is_student_event(v, "s1", "progress")
+    })
+    .await;
+    app.flushed().await;
+    // A lower bound only: the commit cannot come before the batch's
+    // deadline, however slow the machine.
+    assert!(
+        joined.elapsed() >= gather - std::time::Duration::from_millis(50),
+        "committed after {:?}, before the batch's {gather:?}",
+        joined.elapsed()
+    );
 }
