@@ -18,7 +18,9 @@ const rowState = (sel) => { const r = document.querySelector(sel); return r ? `$
 
 // A slow writer: an answer's ack waits ~1.5 s, so an answer sent right
 // before the kill is certainly unacknowledged.
-const env = { EXAMWATCH__DATABASE__FLUSH_INTERVAL: '1500ms' };
+// Both intervals: a batch goes at the earlier of its deadlines, and the
+// answer's event would otherwise take the answer along after 25 ms.
+const env = { EXAMWATCH__DATABASE__FLUSH_INTERVAL: '1500ms', EXAMWATCH__DATABASE__EVENTS_FLUSH_INTERVAL: '1500ms' };
 
 await scenario('restart', async ({ cleanup, problems }) => {
   let server = await startServer(['serve'], { env });
