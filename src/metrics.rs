@@ -222,6 +222,11 @@ pub struct BrokerMetrics {
     /// Exam subscriptions restored after Redis dropped them (a reconnect,
     /// a failed-over primary, a slot moved): each re-synchronises a room.
     pub resubscriptions: Counter,
+    /// Session leases read by the rooms' orphan scans, and instances'
+    /// liveness keys read for them (src/broker/orphans.rs): in a steady
+    /// cluster both stay near zero between `exam.lease_ttl` sweeps.
+    pub lease_reads: Counter,
+    pub liveness_reads: Counter,
 }
 
 pub struct Metrics {
@@ -414,6 +419,8 @@ impl Metrics {
                 publish_seconds: histogram("examwatch_broker_publish_seconds"),
                 reconnects: counter("examwatch_broker_reconnects_total"),
                 resubscriptions: counter("examwatch_broker_resubscriptions_total"),
+                lease_reads: counter("examwatch_broker_lease_reads_total"),
+                liveness_reads: counter("examwatch_broker_liveness_reads_total"),
             },
             db: Arc::new(db),
             rebalance_shed: ["student", "teacher"].map(|role| {

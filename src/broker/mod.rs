@@ -14,6 +14,7 @@
 pub mod conn;
 pub mod fleet;
 mod frame;
+pub mod orphans;
 mod publish;
 pub mod redis;
 

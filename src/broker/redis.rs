@@ -101,7 +101,13 @@ pub struct RedisBroker {
     /// key says `draining` instead of `1` until `retire` deletes it.
     draining: AtomicBool,
     /// `broker.heartbeat_ttl` (see `RedisOptions`).
-    heartbeat_ttl: Duration,
+    pub(super) heartbeat_ttl: Duration,
+    /// Other instances' liveness, read for the rooms' orphan scans
+    /// (src/broker/orphans.rs).
+    pub(super) peer_liveness: super::orphans::Liveness,
+    /// The orphan scans' reads (`examwatch_broker_lease_reads_total`,
+    /// `examwatch_broker_liveness_reads_total`).
+    pub(super) scan_reads: (metrics::Counter, metrics::Counter),
 }
 
 /// Settings the broker needs.
@@ -163,6 +169,11 @@ impl RedisBroker {
             retired: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             heartbeat_ttl: options.heartbeat_ttl,
+            peer_liveness: Default::default(),
+            scan_reads: (
+                options.metrics.lease_reads.clone(),
+                options.metrics.liveness_reads.clone(),
+            ),
         });
         tokio::spawn(
             Pushes {
@@ -320,31 +331,21 @@ impl RedisBroker {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        // Any lease held by this instance is ours to renew: the room knows
-        // which of its sessions speaks for the student now.
-        let script = redis::Script::new(
-            r"local cur = redis.call('GET', KEYS[1])
-              if (not cur) or string.sub(cur, 1, #ARGV[4]) == ARGV[4] then
-                redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-                return 1
-              end
-              return 0",
-        );
         let mine = format!("{}/", self.instance);
-        for (student, holder, in_grace) in leases {
-            let value = if *in_grace {
-                format!("{holder}/grace")
-            } else {
-                holder.clone()
-            };
-            let _: i64 = script
-                .key(self.lease_key(exam, student))
-                .arg(holder)
-                .arg(value)
-                .arg(ttl.as_millis() as u64)
-                .arg(&mine)
-                .invoke_async(&mut conn)
-                .await?;
+        // One script call per chunk of the room's students (not one round
+        // trip each): every key carries the exam's hash tag, one slot.
+        for chunk in leases.chunks(RENEW_CHUNK) {
+            let mut call = RENEW.prepare_invoke();
+            call.arg(&mine).arg(ttl.as_millis() as u64);
+            for (student, holder, in_grace) in chunk {
+                call.key(self.lease_key(exam, student));
+                if *in_grace {
+                    call.arg(format!("{holder}/grace"));
+                } else {
+                    call.arg(holder);
+                }
+            }
+            let _: i64 = call.invoke_async(&mut conn).await?;
         }
         Ok(())
     }
@@ -376,94 +377,8 @@ impl RedisBroker {
         conn.get(self.lease_key(exam, student)).await
     }
 
-    fn lease_key(&self, exam: &str, student: &str) -> String {
+    pub(super) fn lease_key(&self, exam: &str, student: &str) -> String {
         format!("{}:{{{exam}}}:lease:{student}", self.prefix)
-    }
-
-    /// Of these students (who look connected, with no socket or grace
-    /// period here), those whose session is on no live instance: their
-    /// lease expired, or its holder's liveness key is gone (killed, or
-    /// stopped). Each comes with the lease value seen (`None`: none), for
-    /// `claim_orphan`. Two round trips whatever the number of students:
-    /// one `MGET` of the leases, one `EXISTS` per distinct holder.
-    pub async fn find_orphans(
-        &self,
-        exam: &str,
-        students: &[Arc<str>],
-    ) -> Result<Vec<(Arc<str>, Option<String>)>, redis::RedisError> {
-        if students.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.conn.clone();
-        let keys: Vec<String> = students.iter().map(|s| self.lease_key(exam, s)).collect();
-        // `MGET` of one key returns a single value: ask with a slice, the
-        // crate then always answers with a list.
-        let leases: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        let mut holders: Vec<String> = leases
-            .iter()
-            .flatten()
-            .map(|l| holder_instance(l).to_owned())
-            .collect();
-        holders.sort_unstable();
-        holders.dedup();
-        let mut pipe = redis::pipe();
-        for h in &holders {
-            pipe.exists(format!("{}:instance:{h}", self.prefix));
-        }
-        let alive: Vec<bool> = if holders.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await?
-        };
-        let dead = |l: &str| {
-            let h = holder_instance(l);
-            holders
-                .iter()
-                .position(|x| x == h)
-                .is_none_or(|i| !alive.get(i).copied().unwrap_or(true))
-        };
-        Ok(students
-            .iter()
-            .cloned()
-            .zip(leases)
-            .filter(|(_, l)| l.as_deref().is_none_or(dead))
-            .collect())
-    }
-
-    /// Claims a student whose session is on no live instance (see
-    /// `find_orphans`); true for the one instance that wins. Atomic: it
-    /// wins only if the lease is still `seen` (the student did not come
-    /// back elsewhere meanwhile) and nobody claimed that same lease yet.
-    /// The claim remembers the lease it was for, so a later lease of the
-    /// same student (on another instance that dies too) can be claimed;
-    /// an expired lease is claimable only if no claim is recorded at all
-    /// (the claimed lease may expire during the grace period started for
-    /// it: that is not a second orphan).
-    pub async fn claim_orphan(
-        &self,
-        exam: &str,
-        student: &str,
-        seen: Option<&str>,
-        ttl: Duration,
-    ) -> Result<bool, redis::RedisError> {
-        let mut conn = self.conn.clone();
-        let script = redis::Script::new(
-            r"local cur = redis.call('GET', KEYS[1]) or ''
-              if cur ~= ARGV[1] then return 0 end
-              local reaped = redis.call('GET', KEYS[2])
-              if reaped and (reaped == ARGV[1] or ARGV[1] == '') then return 0 end
-              redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-              return 1",
-        );
-        let won: i64 = script
-            .key(self.lease_key(exam, student))
-            .key(format!("{}:{{{exam}}}:reap:{student}", self.prefix))
-            .arg(seen.unwrap_or(""))
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(won == 1)
     }
 
     /// Adds a committed answer's question to the student's answered set
@@ -974,7 +889,29 @@ pub(super) fn instance_channel(prefix: &str, instance: &str) -> String {
     format!("{prefix}:instance:{instance}")
 }
 
+/// Renews each of `KEYS` that is free or held by this instance (any lease
+/// held by this instance is ours to renew: the room knows which of its
+/// sessions speaks for the student now). ARGV: this instance's prefix
+/// (`instance/`), the ttl in ms, then the value for each key. Returns how
+/// many were renewed.
+static RENEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local n = 0
+          for i = 1, #KEYS do
+            local cur = redis.call('GET', KEYS[i])
+            if (not cur) or string.sub(cur, 1, #ARGV[1]) == ARGV[1] then
+              redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', ARGV[2])
+              n = n + 1
+            end
+          end
+          return n",
+    )
+});
+
+/// The most leases renewed by one script call (bounds how long Redis runs it).
+const RENEW_CHUNK: usize = 500;
+
 /// The instance part of a lease value (`instance/session[/grace]`).
-fn holder_instance(lease: &str) -> &str {
+pub(super) fn holder_instance(lease: &str) -> &str {
     lease.split_once('/').map_or(lease, |(i, _)| i)
 }

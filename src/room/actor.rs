@@ -28,6 +28,7 @@ mod irregular;
 mod join;
 mod listen;
 mod messages;
+mod orphans;
 mod watchers;
 
 use super::{
@@ -79,6 +80,8 @@ pub(super) struct Room {
     ctx: RoomContext,
     /// The exam-wide answered-set read in flight, if any (`load_answered`).
     answered_load: cluster::AnsweredLoad,
+    /// Who holds remote students' leases, for the orphan scan (`orphans.rs`).
+    holders: orphans::Holders,
     /// Last assigned event number (with Redis: the latest delivered here,
     /// which may be provisional during an outage).
     seq: Seq,
@@ -209,6 +212,7 @@ impl Room {
             hands: Default::default(),
             step_started: std::time::Instant::now(),
             answered_load: Default::default(),
+            holders: Default::default(),
         }
     }
 
@@ -376,6 +380,7 @@ impl Room {
             } => self.previous_client(&student, &previous, &now),
             RoomCmd::IncidentClaimed { students } => self.incident_claimed(students),
             RoomCmd::Orphaned { student } => self.orphaned(student),
+            RoomCmd::LeaseHolders { holders } => self.holders.learned(holders),
             RoomCmd::AnsweredLoaded { answered } => self.answered_loaded(answered),
             RoomCmd::ExamControl {
                 clock,

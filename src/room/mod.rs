@@ -375,6 +375,10 @@ pub enum RoomCmd {
     Orphaned {
         student: Arc<str>,
     },
+    /// Who holds these remote students' leases (an orphan scan read them).
+    LeaseHolders {
+        holders: Vec<(Arc<str>, Arc<str>)>,
+    },
     /// Every student's answered questions read from the database (one
     /// query for the exam), because the set Redis gave at a join was
     /// smaller than the count the room knew (Redis lost data, or a record

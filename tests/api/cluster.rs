@@ -212,6 +212,8 @@ pub struct Processes {
     pub a: ServerProcess,
     pub b: ServerProcess,
     pub keys: examwatch::auth::Keys,
+    /// The SQLite file both share (an in-process instance may join them).
+    pub db_url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -247,6 +249,7 @@ impl Processes {
             a,
             b,
             keys,
+            db_url: db.clone(),
             _dir: dir,
         }
     }

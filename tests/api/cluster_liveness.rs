@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::{
-    cluster::{Processes, Redis, cluster, token_e1, ws_e1},
+    cluster::{Processes, Redis, cluster, join_cluster, token_e1, ws_e1},
     helpers::*,
 };
 
@@ -207,4 +207,127 @@ async fn after_a_redis_restart_moving_students_share_one_answers_read() {
          (and at most one more for those who asked while it ran), not one each"
     );
     t.close().await;
+}
+
+const LEASE_READS: &str = "examwatch_broker_lease_reads_total";
+const LIVENESS_READS: &str = "examwatch_broker_liveness_reads_total";
+
+/// The orphan scan of a steady room reads its remote students' leases
+/// once, then checks only their holder's liveness (one key for the
+/// instance, not one lease per student) until the next `lease_ttl` sweep:
+/// at national scale reading every lease every scan was most of Redis's
+/// work (src/broker/orphans.rs).
+#[tokio::test]
+async fn a_steady_rooms_orphan_scan_reads_each_lease_once_per_lease_ttl() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |s| {
+        // A scan every 100 ms; a sweep of every lease only every 30 s.
+        s.broker.heartbeat_ttl = Duration::from_millis(300);
+        s.exam.lease_ttl = Duration::from_secs(30);
+    })
+    .await;
+    let (mut t, _) = apps[1].teacher("e1", "t1").await;
+    let mut students = Vec::new();
+    for id in ["s1", "s2", "s3"] {
+        students.push(apps[0].student("e1", id).await.0);
+        t.next_where("connected", |e| is_student_event(e, id, "connected"))
+            .await;
+    }
+    eventually("the first scan read the three leases", || {
+        apps[1].metric(LEASE_READS) >= 3
+    })
+    .await;
+    let read = apps[1].metric(LEASE_READS);
+    let checked = apps[1].metric(LIVENESS_READS);
+    // Scans go on (the holder's liveness is read again each time its
+    // answer is older than heartbeat_ttl / 6 = 50 ms) ...
+    eventually("five more scans", || {
+        apps[1].metric(LIVENESS_READS) >= checked + 5
+    })
+    .await;
+    // ... without reading a lease: the holder, node-0, is alive.
+    assert_eq!(apps[1].metric(LEASE_READS), read);
+    assert_eq!(read, 3, "each remote student's lease read once");
+    // The instance holding the students has no remote student to scan.
+    assert_eq!(apps[0].metric(LEASE_READS), 0);
+    drop(students);
+}
+
+/// A student known to be held by one instance moves to another, which is
+/// then killed: the watching instance forgot the old holder when the
+/// student moved (the kick, the student's event from the new instance),
+/// reads the lease again, finds its holder dead and shows the student
+/// `disconnected` within heartbeat_ttl and the grace, not at the sweep
+/// 30 s (`exam.lease_ttl`) later.
+#[tokio::test]
+async fn a_student_who_moved_is_orphaned_when_the_new_instance_is_killed() {
+    let Some(redis) = Redis::start() else { return };
+    // a watches, b is killed; the student starts on node-0 (in process).
+    let p = Processes::start(&redis, "30s", "300ms", "300ms");
+    let (a, mut b) = (p.a, p.b);
+    let x = join_cluster(&redis, &p.db_url, 0..1, |s| {
+        s.broker.heartbeat_ttl = Duration::from_millis(300);
+        s.exam.lease_ttl = Duration::from_secs(30);
+        s.exam.disconnect_grace = Duration::from_millis(300);
+        // Its room ends once s1 has left: only a is left to watch s1.
+        s.exam.room_linger = Duration::from_millis(50);
+    })
+    .await
+    .remove(0);
+    let token = |sub: &str, role| token_e1(&p.keys, sub, role);
+    let mut t = connect_url(&ws_e1(&a.addr), &token("t1", Role::Teacher)).await;
+    t.next_of_type("snapshot").await;
+    let (s, welcome) = x.student("e1", "s1").await;
+    t.next_where("connected", |e| is_student_event(e, "s1", "connected"))
+        .await;
+    // The watching instance learned s1's holder: its scans go on without
+    // reading the lease again.
+    let metric = |name: &str| {
+        let admin = a.admin_addr.clone();
+        let name = name.to_owned();
+        async move {
+            let text = reqwest::get(format!("http://{admin}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            metric_in(&text, &name).unwrap_or(0)
+        }
+    };
+    let deadline = Instant::now() + WAIT;
+    while metric(LEASE_READS).await < 1 {
+        assert!(Instant::now() < deadline, "s1's lease never read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let checked = metric(LIVENESS_READS).await;
+    while metric(LIVENESS_READS).await < checked + 3 {
+        assert!(Instant::now() < deadline, "no more scans");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(LEASE_READS).await, 1, "the holder is known");
+
+    // A second device on b takes the session over (s1 stays connected).
+    let mut moved = connect_url(&ws_e1(&b.addr), &token("s1", Role::Student)).await;
+    assert_eq!(moved.next_json().await["type"], "welcome");
+    let mut s = s;
+    assert_eq!(s.expect_close().await.0, Some(4001));
+    let _ = welcome;
+    t.next_where("the second session", |e| {
+        is_student_event(e, "s1", "second_session")
+    })
+    .await;
+    eventually("node-0's room ended", || x.metric("examwatch_rooms") == 0).await;
+    b.kill9();
+    let killed = Instant::now();
+    drop(moved);
+    loop {
+        let ev = t
+            .next_of_type_within("student", killed + Duration::from_secs(5))
+            .await;
+        if is_student_event(&ev, "s1", "disconnected") {
+            break;
+        }
+    }
+    drop(x);
 }

@@ -173,6 +173,7 @@ impl Room {
         if p.kind == "student"
             && let Some(sid) = &p.student
         {
+            self.holders.event_from(sid, &p.origin);
             self.mirror(sid, p.event.as_str());
             if p.event.as_str().contains(r#""control":"#) {
                 self.student_control_published(p.event.as_str());
@@ -280,6 +281,7 @@ impl Room {
     /// `session_invalidated`, unless `quiet`: its own client moved with the
     /// handover token), or end our grace period for them without an event.
     pub(super) fn kicked_elsewhere(&mut self, sid: &Arc<str>, quiet: bool) {
+        self.holders.forget(sid);
         let Some(st) = self.students.get_mut(sid) else {
             return;
         };
@@ -443,46 +445,6 @@ impl Room {
         let (redis, exam) = (redis.clone(), self.exam_id.clone());
         self.ctx.tracker.spawn(async move {
             let _ = redis.renew_leases(&exam, &leases, ttl).await;
-        });
-    }
-
-    /// Looks for students whose instance died (every `broker.heartbeat_ttl`
-    /// / 3): they still look connected here, but their lease is held by an
-    /// instance whose liveness key is gone, or has expired. One instance
-    /// claims each and gives them the usual grace period, so the dashboard
-    /// shows them `disconnected` within `heartbeat_ttl` + `disconnect_grace`
-    /// of the crash, not after the 30 s lease. A student of a gracefully
-    /// stopped instance (whose key `retire` deleted) is claimed the same
-    /// way, but reconnects within the grace: no event at all.
-    pub(super) fn orphan_tick(&mut self) {
-        self.step_started = std::time::Instant::now();
-        let Broker::Redis(redis) = &self.ctx.broker else {
-            return;
-        };
-        let candidates: Vec<Arc<str>> = self
-            .students
-            .iter()
-            .filter(|(_, st)| st.conn.is_none() && st.grace_timer.is_none() && st.state.connected)
-            .map(|(sid, _)| sid.clone())
-            .collect();
-        if candidates.is_empty() {
-            return;
-        }
-        let ttl = self.ctx.settings.lease_ttl;
-        let (redis, exam, inbox) = (redis.clone(), self.exam_id.clone(), self.inbox.clone());
-        self.ctx.tracker.spawn(async move {
-            let Ok(orphans) = redis.find_orphans(&exam, &candidates).await else {
-                return;
-            };
-            for (sid, seen) in orphans {
-                if let Ok(true) = redis
-                    .claim_orphan(&exam, &sid, seen.as_deref(), ttl * 2)
-                    .await
-                    && let Some(inbox) = inbox.upgrade()
-                {
-                    let _ = inbox.send(RoomCmd::Orphaned { student: sid }).await;
-                }
-            }
         });
     }
 

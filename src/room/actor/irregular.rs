@@ -106,6 +106,7 @@ impl Room {
     /// so every instance sees the whole exam's drops, and judges (and folds
     /// its own students' alerts) alike.
     pub(super) fn dropped_elsewhere(&mut self, sid: &Arc<str>) {
+        self.holders.forget(sid);
         if let Some(st) = self.students.get_mut(sid) {
             if st.conn.is_some() {
                 return; // back here already: that drop is over
