@@ -82,6 +82,8 @@ pub(super) struct Room {
     answered_load: cluster::AnsweredLoad,
     /// Who holds remote students' leases, for the orphan scan (`orphans.rs`).
     holders: orphans::Holders,
+    /// Admitted students' starts not yet stored (`control.rs`).
+    starts: control::Starts,
     /// Last assigned event number (with Redis: the latest delivered here,
     /// which may be provisional during an outage).
     seq: Seq,
@@ -213,6 +215,7 @@ impl Room {
             step_started: std::time::Instant::now(),
             answered_load: Default::default(),
             holders: Default::default(),
+            starts: Default::default(),
         }
     }
 
@@ -371,7 +374,7 @@ impl Room {
             RoomCmd::Resynced(state) => self.on_resynced(state),
             RoomCmd::KickedElsewhere { student, quiet } => self.kicked_elsewhere(&student, quiet),
             RoomCmd::DroppedElsewhere { student } => self.dropped_elsewhere(&student),
-            RoomCmd::ClockStarted { student, at } => self.clock_started(&student, at),
+            RoomCmd::ClocksStarted { stored } => self.clocks_started(stored),
             RoomCmd::RefusedAtHandshake { student } => self.refused_at_handshake(&student),
             RoomCmd::PreviousClient {
                 student,

@@ -357,10 +357,10 @@ pub enum RoomCmd {
     RefusedAtHandshake {
         student: Arc<str>,
     },
-    /// The instant a student's clock started, as the database stored it.
-    ClockStarted {
-        student: Arc<str>,
-        at: i64,
+    /// The instants students' clocks started, as the database stored
+    /// them (one write of the room's admitted students; empty: it failed).
+    ClocksStarted {
+        stored: Vec<(String, i64)>,
     },
     /// A student's socket was lost on another instance.
     DroppedElsewhere {

@@ -18,6 +18,9 @@ use sqlx::Row;
 use super::{Store, StoreError};
 use crate::control::{ExamClock, Finish, Phase, Span, StudentClock, StudentControl, Timing};
 
+/// Rows per multi-row `student_control` INSERT (3 parameters each).
+const START_ROWS: usize = 200;
+
 /// Attempts of an optimistic update before giving up (each lost one means
 /// another change landed in between).
 const ATTEMPTS: usize = 8;
@@ -388,27 +391,50 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records the instant a student's clock started, unless it already
-    /// had (the first writer's instant stays); returns the stored instant.
+    /// Records the instant each student's clock started, unless it already
+    /// had (the first writer's instant stays); returns the stored instant
+    /// of each, in one transaction (a room admits a hall at once: one
+    /// commit for the students gathered while the previous one was out,
+    /// not one each). A student named twice keeps the first instant.
     pub async fn mark_started(
         &self,
         exam_id: &str,
-        student_id: &str,
-        at: i64,
-    ) -> Result<i64, StoreError> {
+        starts: &[(std::sync::Arc<str>, i64)],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let starts: Vec<&(std::sync::Arc<str>, i64)> = starts
+            .iter()
+            .filter(|(s, _)| seen.insert(s.clone()))
+            .collect();
+        let mut stored = Vec::with_capacity(starts.len());
+        if starts.is_empty() {
+            return Ok(stored);
+        }
         let mut tx = self.write_tx().await?;
-        let stored: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO student_control (exam_id, student_id, started_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (exam_id, student_id) DO UPDATE SET started_at = COALESCE(student_control.started_at, excluded.started_at) \
-             RETURNING started_at",
-        )
-        .bind(exam_id)
-        .bind(student_id)
-        .bind(at)
-        .fetch_one(tx.conn())
-        .await?;
+        for chunk in starts.chunks(START_ROWS) {
+            let mut sql = String::from(
+                "INSERT INTO student_control (exam_id, student_id, started_at) VALUES ",
+            );
+            super::queries::push_values(&mut sql, self.backend(), chunk.len(), 3);
+            sql.push_str(
+                " ON CONFLICT (exam_id, student_id) DO UPDATE SET started_at = COALESCE(student_control.started_at, excluded.started_at) \
+                 RETURNING student_id, started_at",
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (student, at) in chunk {
+                query = query.bind(exam_id).bind(student.as_ref()).bind(*at);
+            }
+            for row in query.fetch_all(tx.conn()).await? {
+                let student: String = row.try_get(0)?;
+                let at: Option<i64> = row.try_get(1)?;
+                let asked = chunk.iter().find(|(s, _)| **s == *student).map(|(_, a)| *a);
+                if let Some(at) = at.or(asked) {
+                    stored.push((student, at));
+                }
+            }
+        }
         tx.commit().await?;
-        Ok(stored.unwrap_or(at))
+        Ok(stored)
     }
 
     /// Ends a student's exam as `finish` at `at`, once: true for the one

@@ -166,33 +166,13 @@ const EVENT_ROWS: usize = 100;
 /// speaks `$N`, and looks them up by number. The full-size statement (most
 /// batches under load) is built once per backend.
 fn event_insert_sql(backend: super::Backend, rows: usize) -> String {
-    use std::fmt::Write as _;
     static FULL: [std::sync::OnceLock<String>; 2] =
         [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
     let build = || {
         let mut sql = String::from(
             "INSERT INTO events (exam_id, seq, at, student_id, kind, payload) VALUES ",
         );
-        for i in 0..rows {
-            if i > 0 {
-                sql.push(',');
-            }
-            if backend == super::Backend::Sqlite {
-                sql.push_str("(?, ?, ?, ?, ?, ?)");
-            } else {
-                let b = i * 6;
-                let _ = write!(
-                    sql,
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6
-                );
-            }
-        }
+        push_values(&mut sql, backend, rows, 6);
         sql.push_str(" ON CONFLICT (exam_id, seq) DO NOTHING");
         sql
     };
@@ -201,6 +181,27 @@ fn event_insert_sql(backend: super::Backend, rows: usize) -> String {
         slot.get_or_init(build).clone()
     } else {
         build()
+    }
+}
+
+/// Appends the placeholders of a multi-row `VALUES` list of `rows` rows
+/// of `cols` parameters each: anonymous `?` for SQLite, `$N` for
+/// PostgreSQL (see [`event_insert_sql`] for why).
+pub(super) fn push_values(sql: &mut String, backend: super::Backend, rows: usize, cols: usize) {
+    use std::fmt::Write as _;
+    for i in 0..rows {
+        sql.push_str(if i > 0 { ",(" } else { "(" });
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if backend == super::Backend::Sqlite {
+                sql.push('?');
+            } else {
+                let _ = write!(sql, "${}", i * cols + c + 1);
+            }
+        }
+        sql.push(')');
     }
 }
 

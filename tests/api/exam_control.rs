@@ -18,6 +18,7 @@ use crate::{helpers::*, on_both_databases};
 on_both_databases!(
     deadlines_follow_accommodations_pauses_and_end_with_time_up,
     the_clock_survives_a_restart_with_nobody_connected,
+    a_hall_admitted_at_once_has_every_start_stored_and_the_earlier_one_kept,
 );
 
 const PHASES: [&str; 6] = [
@@ -749,5 +750,68 @@ async fn exams_from_before_exam_control_are_in_progress_after_the_upgrade() {
             .expect("admitted as before");
         let welcome = c.next_of_type("welcome").await;
         assert_eq!(welcome["phase"], "in_progress", "{welcome}");
+    }
+}
+
+/// Thirty students admitted at once: the room stores their starts in a
+/// few transactions (each holds who was admitted while the previous one
+/// was out), every one is stored, and a start another instance stored
+/// first is kept and corrects that student's deadline.
+async fn a_hall_admitted_at_once_has_every_start_stored_and_the_earlier_one_kept(db: Backend) {
+    use sqlx::Row;
+    let Some(app) = spawn_app_on(db, |_| {}).await else {
+        return;
+    };
+    let t = app.token("t1", Role::Teacher, &["hall"]);
+    let (status, exam) = create(
+        &app,
+        &t,
+        json!({"id": "hall", "title": "Hall", "phase": "in_progress", "timing": "per_student", "duration_seconds": 600}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{exam}");
+    let (_teacher, _) = app.teacher("hall", "t1").await;
+    let pool = db_pool(&app).await;
+    let started = now_ms() - 60_000;
+    sqlx::query(
+        "INSERT INTO student_control (exam_id, student_id, started_at) VALUES ('hall', 's7', $1)",
+    )
+    .bind(started)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let joins = (0..30).map(|i| {
+        let app = &app;
+        async move { app.student("hall", &format!("s{i}")).await }
+    });
+    let mut students = futures_util::future::join_all(joins).await;
+    let (s7, _) = &mut students[7];
+    let update = s7
+        .next_where("the corrected deadline", |v| v["type"] == "exam_update")
+        .await;
+    assert_eq!(ms(&update["deadline"]), started + 600_000, "{update}");
+    // Each admission's write is out or queued behind the one out.
+    let until = deadline();
+    let rows = loop {
+        let rows = sqlx::query(
+            "SELECT student_id, started_at FROM student_control WHERE exam_id = 'hall' ORDER BY student_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if rows.len() == 30 || tokio::time::Instant::now() > until {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rows.len(), 30);
+    for row in rows {
+        let (sid, at): (String, Option<i64>) = (row.get(0), row.get(1));
+        let at = at.unwrap_or_else(|| panic!("{sid}: no start stored"));
+        if sid == "s7" {
+            assert_eq!(at, started, "the earlier start is kept");
+        } else {
+            assert!(at > started, "{sid}: {at}");
+        }
     }
 }

@@ -711,6 +711,14 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A pool on the test app's own database (either backend).
+pub async fn db_pool(app: &TestApp) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(&app.db_url)
+        .await
+        .expect("connect to the test database")
+}
+
 /// Runs each named `async fn(Backend)` test once on SQLite and once on
 /// PostgreSQL, as `sqlite::name` and `postgres::name`.
 #[macro_export]

@@ -22,13 +22,6 @@ on_both_databases!(
     the_report_after_the_room_ended_knows_every_student_from_their_records,
 );
 
-async fn db_pool(app: &TestApp) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    sqlx::AnyPool::connect(&app.db_url)
-        .await
-        .expect("connect to the test database")
-}
-
 /// A student's progress and a teacher's announcement; returns the event
 /// log as the REST timeline serves it, and the `student` rows in the
 /// database's event log.

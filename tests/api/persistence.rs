@@ -17,13 +17,6 @@ on_both_databases!(
     a_record_the_database_refuses_does_not_stall_the_others,
 );
 
-async fn db_pool(app: &TestApp) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    sqlx::AnyPool::connect(&app.db_url)
-        .await
-        .expect("connect to the test database")
-}
-
 async fn sessions_and_teacher_actions_are_recorded(db: Backend) {
     use sqlx::Row;
     let Some(app) = spawn_app_on(db, |_| {}).await else {
