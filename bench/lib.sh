@@ -83,7 +83,24 @@ cleanup() {
 CLUSTER_PORTS=()
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# A free port below the kernel's ephemeral range (32768 up): a restarted
+# server gets its port back even while the load generator's thousands of
+# client sockets hold ephemeral ports (one of which could be its old port).
+free_port() {
+    python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(1000):
+    p = random.randrange(10000, max(low, 10001))
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()
+'
+}
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # metric NAME ADMIN_ADDR: one examwatch metric (labelled with instance_id).

@@ -382,9 +382,9 @@ pub enum RoomCmd {
     /// Every student's answered questions read from the database (one
     /// query for the exam), because the set Redis gave at a join was
     /// smaller than the count the room knew (Redis lost data, or a record
-    /// failed). Empty when the read failed.
+    /// failed). `None` when the read failed.
     AnsweredLoaded {
-        answered: std::collections::HashMap<String, std::collections::HashSet<String>>,
+        answered: Option<std::collections::HashMap<String, std::collections::HashSet<String>>>,
     },
     /// A proctor's irregularity report (`POST .../irregularities`): the
     /// room numbers and publishes it; `reply` gets its seq when known

@@ -33,6 +33,11 @@ pub struct Student {
     /// Questions with at least one stored answer; `answered` counts them
     /// once any exist (before that, the client's own count is shown).
     pub answered_questions: std::collections::HashSet<String>,
+    /// The count (`state.answered`) an exam-wide read of the database
+    /// found no more stored answers for: a count the client claimed in
+    /// `progress` (never sent as `answer`s), not answers Redis lost. A join
+    /// reads the database again only for a count above it.
+    pub answers_checked: u32,
     /// A submission is being committed; its ack is on the way. From the
     /// moment it arrived, nothing but another `submit` changes the student.
     pub submitting: bool,
@@ -85,6 +90,7 @@ impl Student {
             alert_fold: Default::default(),
             rate: None,
             answered_questions: Default::default(),
+            answers_checked: 0,
             submitting: false,
             signals: Default::default(),
             mirrored_seq: 0,
@@ -106,6 +112,7 @@ impl Student {
             alert_fold: Default::default(),
             rate: None,
             answered_questions: answered,
+            answers_checked: 0,
             submitting: false,
             signals: Default::default(),
             mirrored_seq: 0,

@@ -331,3 +331,48 @@ async fn a_student_who_moved_is_orphaned_when_the_new_instance_is_killed() {
     }
     drop(x);
 }
+
+/// A client that only claims its count in `progress` (it never sends an
+/// `answer`) has no stored answers for Redis to lose: the first move reads
+/// the database once to be sure, and later moves to the same instance do
+/// not read it again for that same count.
+#[tokio::test]
+async fn a_claimed_count_is_checked_against_the_database_once() {
+    let Some(redis) = Redis::start() else { return };
+    let apps = cluster(&redis, 2, |_| {}).await;
+    let (mut t, _) = apps[1].teacher("e1", "t1").await;
+    let (mut s, welcome) = apps[0].student("e1", "s1").await;
+    let mut session = welcome["session_id"].as_str().unwrap().to_owned();
+    s.send_json(json!({"type": "progress", "question": 3, "answered": 3, "ref": 1}))
+        .await;
+    s.expect_ack(1).await;
+    t.next_where("the claim", |v| v["student"]["answered"] == 3)
+        .await;
+    let reads = |app: &crate::helpers::TestApp| app.state.store.answered_reads();
+    let mut moves = Vec::new();
+    // 1 -> 0 -> 1 -> 0 -> 1: each instance sees s1 arrive twice.
+    for (round, to) in [1, 0, 1, 0, 1].into_iter().enumerate() {
+        s.close().await;
+        let before = reads(&apps[to]);
+        let url = format!("{}?previous_session={session}", apps[to].ws_url("e1"));
+        let token = apps[to].token("s1", Role::Student, &["e1"]);
+        s = apps[to].try_connect(&url, Some(&token), &[]).await.unwrap();
+        let welcome = s.next_of_type("welcome").await;
+        assert_eq!(
+            welcome["student"]["answered"], 3,
+            "round {round}: {welcome}"
+        );
+        session = welcome["session_id"].as_str().unwrap().to_owned();
+        if round < 2 {
+            eventually("the read", || reads(&apps[to]) > before).await;
+        }
+        // A read the join started has begun once the room acked a message
+        // after it (the read is spawned on the room's thread first).
+        s.send_json(json!({"type": "heartbeat", "ref": round}))
+            .await;
+        s.expect_ack(round as u64).await;
+        moves.push(reads(&apps[to]) - before);
+    }
+    assert_eq!(moves, [1, 1, 0, 0, 0], "database reads per move");
+    t.close().await;
+}

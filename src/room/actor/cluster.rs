@@ -240,10 +240,13 @@ impl Room {
 
     /// Updates a student attached elsewhere from their latest event.
     fn mirror(&mut self, sid: &Arc<str>, event: &str) {
+        if self.students.get(sid).is_some_and(|st| st.conn.is_some()) {
+            return; // attached here: our own state is the newest
+        }
         let Ok(ev) = serde_json::from_str::<StudentEvent>(event) else {
             return;
         };
-        let (seq, connected) = (ev.seq, event_connected(event));
+        let (seq, connected) = (ev.seq, ev.student.connected);
         let mirrored = |student, questions| {
             let mut st = crate::room::students::Student::restored(student, questions);
             st.state.connected = connected;
@@ -264,11 +267,13 @@ impl Room {
                     self.timers.try_remove(&key);
                 }
                 let questions = std::mem::take(&mut st.answered_questions);
+                let checked = st.answers_checked;
                 // The event's count is the cluster's newest; our own set may
                 // be older (answers went through another instance since).
                 let answered = ev.student.answered;
                 **st = mirrored(ev.student, questions);
                 st.state.answered = st.state.answered.max(answered);
+                st.answers_checked = checked;
             }
             None => {
                 let st = mirrored(ev.student, Default::default());
@@ -555,10 +560,13 @@ impl Room {
             self.inbox.clone(),
         );
         self.ctx.tracker.spawn(async move {
-            let answered = store.answered_sets(&exam).await.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot read the exam's answered questions");
-                Default::default()
-            });
+            let answered = store
+                .answered_sets(&exam)
+                .await
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "cannot read the exam's answered questions"),
+                )
+                .ok();
             if let Some(inbox) = inbox.upgrade() {
                 let _ = inbox.send(RoomCmd::AnsweredLoaded { answered }).await;
             }
@@ -568,12 +576,22 @@ impl Room {
     /// The database's answered sets (see `load_answered`). Merged, not
     /// replaced: an answer committed since the read (its question then in
     /// our set) still counts.
-    pub(super) fn answered_loaded(&mut self, answered: HashMap<String, HashSet<String>>) {
-        for (sid, questions) in answered {
-            if let Some(st) = self.students.get_mut(sid.as_str()) {
-                st.answered_questions.extend(questions);
-                let n = st.answered_questions.len() as u32;
-                st.state.answered = st.state.answered.max(n);
+    /// A count still above the set afterwards is one the database has no
+    /// answers for either (a client's claim in `progress`): joins do not
+    /// read again for it (`Student::answers_checked`).
+    pub(super) fn answered_loaded(&mut self, answered: Option<HashMap<String, HashSet<String>>>) {
+        if let Some(answered) = answered {
+            for (sid, questions) in answered {
+                if let Some(st) = self.students.get_mut(sid.as_str()) {
+                    st.answered_questions.extend(questions);
+                    let n = st.answered_questions.len() as u32;
+                    st.state.answered = st.state.answered.max(n);
+                }
+            }
+            for st in self.students.values_mut() {
+                if (st.answered_questions.len() as u32) < st.state.answered {
+                    st.answers_checked = st.state.answered;
+                }
             }
         }
         self.answered_load.in_flight = false;
@@ -618,13 +636,6 @@ impl AnswerSharing {
             tracing::warn!("cannot record an answer in Redis; joins read it from the database");
         }
     }
-}
-
-/// The `connected` flag of a student event, defaulting to false.
-fn event_connected(event: &str) -> bool {
-    serde_json::from_str::<StudentEvent>(event)
-        .map(|e| e.student.connected)
-        .unwrap_or(false)
 }
 
 /// The room's exam-wide answered-set read (`Room::load_answered`).

@@ -209,8 +209,11 @@ impl Room {
                 // Answers stored through another instance count here too.
                 st.state.answered = answered.len() as u32;
                 st.answered_questions = answered;
-            } else if (st.answered_questions.len() as u32) < st.state.answered {
-                // Fewer than the count we know: the shared set is not whole.
+            } else if (st.answered_questions.len() as u32) < st.state.answered
+                && st.state.answered > st.answers_checked
+            {
+                // Fewer than the count we know, and not a count the
+                // database was found not to back: the shared set is not whole.
                 self.load_answered();
             }
         }
