@@ -79,7 +79,7 @@ impl RedisBroker {
         if !stale.is_empty() {
             let mut pipe = redis::pipe();
             for i in &stale {
-                pipe.exists(format!("{}:instance:{i}", self.prefix));
+                pipe.exists(self.liveness_key(i));
             }
             let mut conn = self.conn.clone();
             self.scan_reads.1.increment(stale.len() as u64);

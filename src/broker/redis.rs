@@ -377,6 +377,12 @@ impl RedisBroker {
         conn.get(self.lease_key(exam, student)).await
     }
 
+    /// An instance's liveness key (`heartbeat`; no hash tag: read with
+    /// `GET`/`EXISTS` alone, never inside an exam's script).
+    pub(super) fn liveness_key(&self, instance: &str) -> String {
+        format!("{}:instance:{instance}", self.prefix)
+    }
+
     pub(super) fn lease_key(&self, exam: &str, student: &str) -> String {
         format!("{}:{{{exam}}}:lease:{student}", self.prefix)
     }
@@ -603,7 +609,7 @@ impl RedisBroker {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let key = format!("{}:instance:{}", self.prefix, self.instance);
+        let key = self.liveness_key(&self.instance);
         conn.set_ex(key, self.liveness(), ttl.as_secs().max(1))
             .await
     }
@@ -644,7 +650,7 @@ impl RedisBroker {
     pub async fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
         let mut conn = self.conn.clone();
-        let key = format!("{}:instance:{}", self.prefix, self.instance);
+        let key = self.liveness_key(&self.instance);
         let deleted: Result<i64, _> = tokio::time::timeout(Duration::from_secs(2), conn.del(key))
             .await
             .unwrap_or_else(|_| {
@@ -661,9 +667,7 @@ impl RedisBroker {
     /// (a draining instance's sessions are free to take: `start_draining`).
     pub async fn instance_state(&self, instance: &str) -> Result<InstanceState, redis::RedisError> {
         let mut conn = self.conn.clone();
-        let value: Option<String> = conn
-            .get(format!("{}:instance:{instance}", self.prefix))
-            .await?;
+        let value: Option<String> = conn.get(self.liveness_key(instance)).await?;
         Ok(match value.as_deref() {
             None => InstanceState::Gone,
             Some(DRAINING) => InstanceState::Draining,

@@ -427,8 +427,8 @@ impl Store {
             for row in query.fetch_all(tx.conn()).await? {
                 let student: String = row.try_get(0)?;
                 let at: Option<i64> = row.try_get(1)?;
-                let asked = chunk.iter().find(|(s, _)| **s == *student).map(|(_, a)| *a);
-                if let Some(at) = at.or(asked) {
+                let asked = || chunk.iter().find(|(s, _)| **s == *student).map(|(_, a)| *a);
+                if let Some(at) = at.or_else(asked) {
                     stored.push((student, at));
                 }
             }

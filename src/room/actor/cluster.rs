@@ -254,8 +254,6 @@ impl Room {
             st
         };
         match self.students.get_mut(sid) {
-            // Attached here: our own state is the newest.
-            Some(st) if st.conn.is_some() => {}
             // Older than what we mirrored already: a reload of the shared
             // state issued before that event was numbered.
             Some(st) if seq < st.mirrored_seq => {}

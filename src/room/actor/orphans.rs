@@ -57,12 +57,12 @@ impl Holders {
         for sid in candidates {
             match self.by_student.remove(&sid) {
                 Some(holder) => {
-                    if !sweep {
-                        plan.by_holder.push((sid.clone(), holder.clone()));
+                    kept.insert(sid.clone(), holder.clone());
+                    if sweep {
+                        plan.read.push(sid);
                     } else {
-                        plan.read.push(sid.clone());
+                        plan.by_holder.push((sid, holder));
                     }
-                    kept.insert(sid, holder);
                 }
                 None => plan.read.push(sid),
             }
